@@ -1,0 +1,40 @@
+# ftckpt — build, test, run and benchmark.
+#
+#   make run    build everything and run the default demo on the embedded guest
+#   make test   vet, then every test (KVM tests skip with a message where /dev/kvm cannot be opened)
+#   make bench  Go benchmarks (numbers, never pass/fail)
+
+GO ?= go
+BIN := bin/ftckpt
+STATICCHECK_VERSION := 2025.1.1
+
+.PHONY: all build guests test test-short run bench fuzz lint clean
+
+all: build
+
+guests:
+	$(MAKE) -C guests
+
+build: guests
+	$(GO) build -o $(BIN) ./cmd/ftckpt
+
+test: guests
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-short: guests
+	$(GO) test -count=1 -short ./...
+
+run: build
+	./$(BIN) run --guest counter --vcpus 1 --memory 16M
+
+bench: guests
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+clean:
+	$(MAKE) -C guests clean
+	rm -rf bin
