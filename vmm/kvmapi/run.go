@@ -1,0 +1,32 @@
+package kvmapi
+
+// Offsets inside kvm_run's exit union (kvm.RunData.Data), as the kernel lays
+// them out; abi_test.go checks them against <linux/kvm.h>.
+const (
+	// io: direction u8 @0, size u8 @1, port u16 @2, count u32 @4, data_offset u64 @8.
+	RunIODirectionOffset  = 0
+	RunIOSizeOffset       = 1
+	RunIOPortOffset       = 2
+	RunIOCountOffset      = 4
+	RunIODataOffsetOffset = 8
+	// mmio: phys_addr u64 @0, data [8]u8 @8, len u32 @16, is_write u8 @20.
+	RunMMIOPhysAddrOffset = 0
+	RunMMIODataOffset     = 8
+	RunMMIOLenOffset      = 16
+	RunMMIOIsWriteOffset  = 20
+	// debug.arch: exception u32 @0, pad u32 @4, pc u64 @8, dr6 u64 @16, dr7 u64 @24.
+	RunDebugExceptionOffset = 0
+	RunDebugPCOffset        = 8
+	RunDebugDR6Offset       = 16
+	RunDebugDR7Offset       = 24
+
+	// KVM_EXIT_IO directions.
+	KVM_EXIT_IO_IN  = 0
+	KVM_EXIT_IO_OUT = 1
+)
+
+// Exit reasons (kvm_run.exit_reason) that gokvm does not name.
+const (
+	KVM_EXIT_SYSTEM_EVENT    = 24
+	KVM_EXIT_DIRTY_RING_FULL = 31
+)
