@@ -1,0 +1,312 @@
+package checkpoint
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"math/bits"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+// BackupState is where a Backup stands. The zero BackupState is invalid.
+type BackupState uint8
+
+// Backup states.
+const (
+	// StateEmpty: nothing received yet; memory is not a guest state.
+	StateEmpty BackupState = 1
+	// StateCommitted: memory and machine state are exactly the last
+	// committed (generation, epoch); the backup can take over.
+	StateCommitted BackupState = 2
+	// StateSyncing: a full sync is in progress; memory is a mixture of
+	// pre-copy rounds and there is no committed state to take over from.
+	StateSyncing BackupState = 3
+)
+
+func (s BackupState) String() string {
+	switch s {
+	case StateEmpty:
+		return "empty"
+	case StateCommitted:
+		return "committed"
+	case StateSyncing:
+		return "syncing"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Status is a Backup's position.
+type Status struct {
+	State BackupState
+	// Generation and Epoch are the committed state (StateCommitted) or the
+	// target of the sync in progress (StateSyncing); zero when empty.
+	Generation, Epoch uint64
+}
+
+// Result says what Receive did with an accepted checkpoint.
+type Result struct {
+	Header Header
+	// Committed is true when the checkpoint committed Header's
+	// (Generation, Epoch): the caller acknowledges it to the primary.
+	// A sync round is applied but not committed.
+	Committed bool
+}
+
+// BackupConfig configures a Backup.
+type BackupConfig struct {
+	// CheckMachine, if set, is called with each committing checkpoint's
+	// machine-state blob while it is staged, before guest memory is
+	// touched; an error rejects the checkpoint. It runs on the goroutine
+	// calling Receive and must not retain blob.
+	CheckMachine func(h Header, blob []byte) error
+}
+
+// Backup holds the backup's copy of the guest: its memory and the machine
+// state of the last committed checkpoint. It stages each incoming
+// checkpoint completely (decode, decompress, XOR, checks) before writing
+// any byte of memory, so a rejected checkpoint leaves memory, machine
+// state and Status exactly as they were (DESIGN.md invariant 2).
+//
+// A Backup is used by one goroutine (the receiver). Memory and Machine
+// are stable only between calls to Receive.
+type Backup struct {
+	mem   []byte
+	pages uint64
+	cfg   BackupConfig
+
+	status Status
+	// maxGeneration is the highest generation ever accepted; anything
+	// lower is a stale primary and is refused (fencing).
+	maxGeneration uint64
+	machine       []byte   // last committed machine state (own copy)
+	spare         []byte   // the other machine-state buffer, swapped on commit
+	covered       []uint64 // StateSyncing: pages written since the sync started
+
+	// Staging, reused by every Receive.
+	ck    Checkpoint
+	stage []byte   // decompressed pages, PageSize each
+	src   [][]byte // per record of ck.Pages: the page's final contents
+}
+
+// NewBackup returns an empty Backup over mem, the backup's guest memory
+// (guest-physical [0, len(mem)); len(mem) a positive multiple of
+// PageSize). The Backup owns mem from now on.
+func NewBackup(mem []byte, cfg BackupConfig) (*Backup, error) {
+	if len(mem) == 0 || len(mem)%PageSize != 0 || uint64(len(mem)/PageSize) > MaxMemPages {
+		return nil, fmt.Errorf("new backup: %w: %d bytes is not a positive multiple of %d up to %d pages",
+			ErrBadMemSize, len(mem), PageSize, MaxMemPages)
+	}
+	n := uint64(len(mem) / PageSize)
+	return &Backup{
+		mem:     mem,
+		pages:   n,
+		cfg:     cfg,
+		status:  Status{State: StateEmpty},
+		covered: make([]uint64, (n+63)/64),
+	}, nil
+}
+
+// Status returns the backup's position.
+func (b *Backup) Status() Status { return b.status }
+
+// Memory returns guest memory. It is the committed state when Status is
+// StateCommitted.
+func (b *Backup) Memory() []byte { return b.mem }
+
+// Machine returns the machine-state blob of the last committed checkpoint
+// (nil unless StateCommitted). Valid until the next Receive.
+func (b *Backup) Machine() []byte {
+	if b.status.State != StateCommitted {
+		return nil
+	}
+	return b.machine
+}
+
+// Receive verifies one whole checkpoint and, only if every check passes,
+// applies it. buf is not retained. On error nothing has changed.
+func (b *Backup) Receive(buf []byte) (Result, error) {
+	defer b.release()
+	if err := Decode(buf, &b.ck); err != nil {
+		return Result{}, fmt.Errorf("receive: %w", err)
+	}
+	h := b.ck.Header
+	if err := b.stageAll(); err != nil {
+		return Result{}, fmt.Errorf("receive %v: %w", h, err)
+	}
+	b.apply()
+	return Result{Header: h, Committed: h.Kind.commits()}, nil
+}
+
+// stageAll runs every check and fills b.src; it writes nothing but staging.
+func (b *Backup) stageAll() error {
+	ck := &b.ck
+	h := ck.Header
+	if h.MemPages != b.pages {
+		return fmt.Errorf("%w: checkpoint has %d pages, backup %d", ErrMemSizeMismatch, h.MemPages, b.pages)
+	}
+	if err := b.checkOrder(h); err != nil {
+		return err
+	}
+	start := h.Flags&FlagSyncStart != 0
+	sync := h.Kind != KindEpoch
+
+	// Decompress and resolve every page.
+	nlz := 0
+	for _, r := range ck.Pages {
+		if r.Enc == EncLZ4 || r.Enc == EncXORLZ4 {
+			nlz++
+		}
+	}
+	if need := nlz * PageSize; cap(b.stage) < need {
+		b.stage = make([]byte, need)
+	}
+	b.src = b.src[:0]
+	slot := 0
+	for i, r := range ck.Pages {
+		var page []byte
+		switch r.Enc {
+		case EncZero:
+			page = zeroPage[:]
+		case EncRaw:
+			page = r.Data
+		case EncLZ4, EncXORLZ4:
+			if r.Enc == EncXORLZ4 && sync && (start || !b.isCovered(r.PFN)) {
+				return fmt.Errorf("%w: record %d (page %d) is a delta but the backup's copy is not from this sync", ErrNoBase, i, r.PFN)
+			}
+			page = b.stage[slot : slot+PageSize : slot+PageSize]
+			slot += PageSize
+			n, err := lz4.UncompressBlock(r.Data, page)
+			if err != nil || n != PageSize {
+				return fmt.Errorf("%w: record %d (page %d): %v payload decodes to %d bytes (%v)", ErrBadPage, i, r.PFN, r.Enc, n, err)
+			}
+			if r.Enc == EncXORLZ4 {
+				subtle.XORBytes(page, page, b.page(r.PFN))
+			}
+		}
+		b.src = append(b.src, page)
+	}
+
+	if h.Kind == KindSyncCommit {
+		have := uint64(0)
+		if !start {
+			for _, w := range b.covered {
+				have += uint64(bits.OnesCount64(w))
+			}
+		}
+		for _, r := range ck.Pages {
+			if start || !b.isCovered(r.PFN) {
+				have++
+			}
+		}
+		if have != b.pages {
+			return fmt.Errorf("%w: %d of %d pages", ErrIncompleteSync, have, b.pages)
+		}
+	}
+	if ck.MemHash != nil {
+		if sum := b.hashAfter(); !bytes.Equal(sum[:], ck.MemHash) {
+			return fmt.Errorf("%w: memory would hash to %x, primary says %x", ErrMemHash, sum[:8], ck.MemHash[:8])
+		}
+	}
+	if h.Kind.commits() && b.cfg.CheckMachine != nil {
+		if err := b.cfg.CheckMachine(h, ck.Machine); err != nil {
+			return fmt.Errorf("%w: %w", ErrMachineState, err)
+		}
+	}
+	return nil
+}
+
+// checkOrder decides whether h may follow the backup's current position.
+func (b *Backup) checkOrder(h Header) error {
+	st := b.status
+	fail := func(reason string) error {
+		return &OrderError{
+			Reason:         reason,
+			HaveGeneration: st.Generation, HaveEpoch: st.Epoch,
+			HaveValid: st.State != StateEmpty,
+			Got:       h,
+			stale:     h.Generation < b.maxGeneration,
+		}
+	}
+	if h.Generation < b.maxGeneration {
+		return fail(fmt.Sprintf("generation %d is older than %d", h.Generation, b.maxGeneration))
+	}
+	switch {
+	case h.Kind == KindEpoch:
+		switch {
+		case st.State != StateCommitted:
+			return fail(fmt.Sprintf("epoch checkpoint while %v: needs a full sync first", st.State))
+		case h.Generation != st.Generation:
+			return fail("a new generation must begin with a full sync")
+		case h.Epoch != st.Epoch+1:
+			return fail(fmt.Sprintf("expected epoch %d", st.Epoch+1))
+		}
+	case h.Flags&FlagSyncStart != 0:
+		if st.State == StateCommitted && h.Generation == st.Generation && h.Epoch <= st.Epoch {
+			return fail(fmt.Sprintf("a sync must target an epoch after %d", st.Epoch))
+		}
+	default: // continuing a sync
+		switch {
+		case st.State != StateSyncing:
+			return fmt.Errorf("%w: %v while %v", ErrNotSyncing, h, st.State)
+		case h.Generation != st.Generation || h.Epoch != st.Epoch:
+			return fail("does not continue the sync in progress")
+		}
+	}
+	return nil
+}
+
+// hashAfter is the SHA-256 memory would have after applying b.src.
+func (b *Backup) hashAfter() [32]byte {
+	d := sha256.New()
+	next := uint64(0) // first page not yet hashed
+	for i, r := range b.ck.Pages {
+		if r.PFN > next {
+			d.Write(b.mem[next*PageSize : r.PFN*PageSize])
+		}
+		d.Write(b.src[i])
+		next = r.PFN + 1
+	}
+	d.Write(b.mem[next*PageSize:])
+	var s [32]byte
+	d.Sum(s[:0])
+	return s
+}
+
+// apply writes the staged checkpoint; it cannot fail.
+func (b *Backup) apply() {
+	h := b.ck.Header
+	if h.Flags&FlagSyncStart != 0 {
+		clear(b.covered)
+		b.status = Status{State: StateSyncing, Generation: h.Generation, Epoch: h.Epoch}
+	}
+	for i, r := range b.ck.Pages {
+		copy(b.page(r.PFN), b.src[i])
+	}
+	if h.Kind != KindEpoch {
+		for _, r := range b.ck.Pages {
+			b.covered[r.PFN/64] |= 1 << (r.PFN % 64)
+		}
+	}
+	b.maxGeneration = h.Generation
+	if h.Kind.commits() {
+		b.spare = append(b.spare[:0], b.ck.Machine...)
+		b.machine, b.spare = b.spare, b.machine
+		b.status = Status{State: StateCommitted, Generation: h.Generation, Epoch: h.Epoch}
+	}
+}
+
+// release drops every reference into the caller's buffer.
+func (b *Backup) release() {
+	clear(b.ck.Pages)
+	clear(b.src)
+	b.ck.Machine, b.ck.MemHash = nil, nil
+}
+
+func (b *Backup) page(pfn uint64) []byte {
+	off := pfn * PageSize
+	return b.mem[off : off+PageSize : off+PageSize]
+}
+
+func (b *Backup) isCovered(pfn uint64) bool { return b.covered[pfn/64]&(1<<(pfn%64)) != 0 }
