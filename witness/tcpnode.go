@@ -1,0 +1,148 @@
+package witness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// ServeConfig is what `ftckpt witness` runs: one node of a raft witness
+// cluster with durable stores under DataDir and the real TCP transport.
+type ServeConfig struct {
+	ID      string // this node's ID, one of Peers
+	Bind    string // listen address of the client protocol; raft listens on its port + 1
+	Peers   []Peer // from ParsePeers; the same list on every node
+	DataDir string // raft.db (raft-boltdb log and stable store) and snapshots/
+	Raft    *raft.Config
+	Logger  *slog.Logger
+}
+
+// ParsePeers parses the --peers list "ID=HOST:PORT,ID=HOST:PORT,...". Each
+// HOST:PORT is the node's client address; its raft transport is at
+// HOST:PORT+1.
+func ParsePeers(s string) ([]Peer, error) {
+	if s == "" {
+		return nil, errors.New("peers: empty list, want ID=HOST:PORT,...")
+	}
+	var peers []Peer
+	for _, item := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(item, "=")
+		if !ok || id == "" {
+			return nil, fmt.Errorf("peer %q: want ID=HOST:PORT", item)
+		}
+		if err := checkHostPort(addr); err != nil {
+			return nil, fmt.Errorf("peer %s: %w", id, err)
+		}
+		raftAddr, err := raftAddrOf(addr)
+		if err != nil {
+			return nil, fmt.Errorf("peer %s: %w", id, err)
+		}
+		peers = append(peers, Peer{ID: id, Client: addr, Raft: raftAddr})
+	}
+	return peers, nil
+}
+
+// raftAddrOf returns HOST:PORT+1 for a client address HOST:PORT.
+func raftAddrOf(client string) (string, error) {
+	host, port, err := net.SplitHostPort(client)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p >= 65535 {
+		return "", fmt.Errorf("client port %q: want 1..65534 (raft uses the next port)", port)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
+}
+
+// RunNode runs one witness node until ctx ends, then shuts it down cleanly.
+// Bootstrap: start every node with the same Peers; each bootstraps that
+// configuration once, on first start (see Node).
+func RunNode(ctx context.Context, cfg ServeConfig) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var self *Peer
+	for i := range cfg.Peers {
+		if cfg.Peers[i].ID == cfg.ID {
+			self = &cfg.Peers[i]
+		}
+	}
+	if self == nil {
+		return fmt.Errorf("witness %q: not in --peers (IDs: %s)", cfg.ID, peerIDs(cfg.Peers))
+	}
+	if cfg.DataDir == "" {
+		return fmt.Errorf("witness %s: no data directory", cfg.ID)
+	}
+	raftBind, err := raftAddrOf(cfg.Bind)
+	if err != nil {
+		return fmt.Errorf("witness %s: --bind %q: %w", cfg.ID, cfg.Bind, err)
+	}
+	advertise, err := net.ResolveTCPAddr("tcp", self.Raft)
+	if err != nil {
+		return fmt.Errorf("witness %s: resolving own raft address %s: %w", cfg.ID, self.Raft, err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("witness %s: data directory: %w", cfg.ID, err)
+	}
+
+	// Listen for clients first: a busy port is reported before raft starts.
+	ln, err := net.Listen("tcp", cfg.Bind)
+	if err != nil {
+		return fmt.Errorf("witness %s: client listener: %w", cfg.ID, err)
+	}
+	defer ln.Close()
+	store, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
+	if err != nil {
+		return fmt.Errorf("witness %s: opening raft.db: %w", cfg.ID, err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(cfg.DataDir, 2, slogWriter{cfg.Logger})
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("witness %s: snapshot store: %w", cfg.ID, err)
+	}
+	trans, err := raft.NewTCPTransport(raftBind, advertise, 4, 5*time.Second, slogWriter{cfg.Logger})
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("witness %s: raft transport on %s: %w", cfg.ID, raftBind, err)
+	}
+	node, err := StartNode(NodeConfig{
+		ID: cfg.ID, Peers: cfg.Peers,
+		Transport: trans, Logs: store, Stable: store, Snapshots: snaps,
+		Raft: cfg.Raft, Logger: cfg.Logger,
+	})
+	if err != nil {
+		trans.Close()
+		store.Close()
+		return err
+	}
+	cfg.Logger.Info("witness node serving", "id", cfg.ID, "client", ln.Addr().String(), "raft", raftBind, "data", cfg.DataDir)
+	served := make(chan error, 1)
+	go func() { served <- node.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+	}
+	if serr := node.Shutdown(); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+func peerIDs(peers []Peer) string {
+	ids := make([]string, len(peers))
+	for i, p := range peers {
+		ids[i] = p.ID
+	}
+	return strings.Join(ids, ",")
+}
