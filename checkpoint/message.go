@@ -1,0 +1,310 @@
+package checkpoint
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+)
+
+// Framing on a stream transport (see PROTOCOL.md). Every message is
+//
+//	length:u32 (payload bytes)  version:u16  type:u16  payload[length]
+//
+// little-endian. The zero MsgType is invalid.
+
+// ProtocolVersion is the wire protocol this package speaks.
+const ProtocolVersion uint16 = 1
+
+const frameHeaderSize = 8
+
+// MsgType says what a message carries.
+type MsgType uint16
+
+// Message types.
+const (
+	MsgHello      MsgType = 1 // Hello: first message each way
+	MsgCheckpoint MsgType = 2 // a checkpoint, primary to backup
+	MsgAck        MsgType = 3 // Ack: backup committed (generation, epoch)
+	MsgHeartbeat  MsgType = 4 // Heartbeat: liveness, either way
+	MsgResync     MsgType = 5 // Resync: backup asks for a full sync
+
+	numMsgTypes = 6
+)
+
+func (t MsgType) String() string {
+	switch t {
+	case MsgHello:
+		return "hello"
+	case MsgCheckpoint:
+		return "checkpoint"
+	case MsgAck:
+		return "ack"
+	case MsgHeartbeat:
+		return "heartbeat"
+	case MsgResync:
+		return "resync"
+	}
+	return fmt.Sprintf("msgtype(%d)", uint16(t))
+}
+
+// Framing errors.
+var (
+	ErrProtocolVersion = errors.New("unsupported protocol version")
+	ErrBadMessage      = errors.New("malformed message")
+	ErrMessageTooLarge = errors.New("message too large")
+)
+
+// Fixed payload sizes and bounds.
+const (
+	helloSize     = 4 + 1 + 1 + 8 + 8 + 8
+	ackSize       = 16
+	heartbeatSize = 8
+	// MaxResyncDetail bounds the human-readable text in a Resync.
+	MaxResyncDetail = 512
+	resyncFixed     = 1 + 16 + 2
+)
+
+// DefaultMaxCheckpoint is the default bound on a checkpoint message.
+const DefaultMaxCheckpoint = 1 << 30
+
+// Role says which side sent a Hello. The zero Role is invalid.
+type Role uint8
+
+// Roles.
+const (
+	RolePrimary Role = 1
+	RoleBackup  Role = 2
+)
+
+var helloMagic = [4]byte{'F', 'T', 'C', 'H'}
+
+// Hello opens a connection in each direction. The backup reports the
+// state it holds committed; the primary reports its cache Base. The
+// primary continues with epoch checkpoints only if the backup's committed
+// (Generation, Epoch) equals its Base; otherwise it starts a full sync.
+type Hello struct {
+	Role              Role
+	MemPages          uint64
+	Committed         bool // Generation and Epoch are meaningful
+	Generation, Epoch uint64
+}
+
+// Append appends h's payload to b.
+func (h Hello) Append(b []byte) []byte {
+	b = append(b, helloMagic[:]...)
+	c := byte(0)
+	if h.Committed {
+		c = 1
+	}
+	b = append(b, byte(h.Role), c)
+	b = binary.LittleEndian.AppendUint64(b, h.MemPages)
+	b = binary.LittleEndian.AppendUint64(b, h.Generation)
+	return binary.LittleEndian.AppendUint64(b, h.Epoch)
+}
+
+// DecodeHello parses a Hello payload.
+func DecodeHello(p []byte) (Hello, error) {
+	if len(p) != helloSize || [4]byte(p[:4]) != helloMagic {
+		return Hello{}, fmt.Errorf("decode hello: %w: %d bytes", ErrBadMessage, len(p))
+	}
+	h := Hello{
+		Role:       Role(p[4]),
+		Committed:  p[5] == 1,
+		MemPages:   binary.LittleEndian.Uint64(p[6:]),
+		Generation: binary.LittleEndian.Uint64(p[14:]),
+		Epoch:      binary.LittleEndian.Uint64(p[22:]),
+	}
+	switch {
+	case h.Role != RolePrimary && h.Role != RoleBackup:
+		return Hello{}, fmt.Errorf("decode hello: %w: role %d", ErrBadMessage, p[4])
+	case p[5] > 1:
+		return Hello{}, fmt.Errorf("decode hello: %w: committed flag %d", ErrBadMessage, p[5])
+	case h.MemPages == 0 || h.MemPages > MaxMemPages:
+		return Hello{}, fmt.Errorf("decode hello: %w: %d pages", ErrBadMemSize, h.MemPages)
+	}
+	return h, nil
+}
+
+// Ack tells the primary the backup committed (Generation, Epoch): the
+// outputs of that epoch may be released.
+type Ack struct{ Generation, Epoch uint64 }
+
+// Append appends a's payload to b.
+func (a Ack) Append(b []byte) []byte {
+	b = binary.LittleEndian.AppendUint64(b, a.Generation)
+	return binary.LittleEndian.AppendUint64(b, a.Epoch)
+}
+
+// DecodeAck parses an Ack payload.
+func DecodeAck(p []byte) (Ack, error) {
+	if len(p) != ackSize {
+		return Ack{}, fmt.Errorf("decode ack: %w: %d bytes, want %d", ErrBadMessage, len(p), ackSize)
+	}
+	a := Ack{binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])}
+	if a.Generation == 0 {
+		return Ack{}, fmt.Errorf("decode ack: %w: generation 0", ErrBadMessage)
+	}
+	return a, nil
+}
+
+// Heartbeat shows the sender is alive; Seq rises by one per heartbeat.
+type Heartbeat struct{ Seq uint64 }
+
+// Append appends hb's payload to b.
+func (hb Heartbeat) Append(b []byte) []byte { return binary.LittleEndian.AppendUint64(b, hb.Seq) }
+
+// DecodeHeartbeat parses a Heartbeat payload.
+func DecodeHeartbeat(p []byte) (Heartbeat, error) {
+	if len(p) != heartbeatSize {
+		return Heartbeat{}, fmt.Errorf("decode heartbeat: %w: %d bytes, want %d", ErrBadMessage, len(p), heartbeatSize)
+	}
+	return Heartbeat{binary.LittleEndian.Uint64(p)}, nil
+}
+
+// ResyncReason says why a backup asks for a full sync. Zero is invalid.
+type ResyncReason uint8
+
+// Resync reasons.
+const (
+	ResyncRejected   ResyncReason = 1 // a checkpoint was rejected
+	ResyncGap        ResyncReason = 2 // the stream does not follow what the backup holds
+	ResyncDivergence ResyncReason = 3 // the backup's state disagrees with the primary's
+)
+
+// Resync asks the primary for a full sync. Generation and Epoch are the
+// backup's committed state (zero if none); Detail says what went wrong.
+type Resync struct {
+	Reason            ResyncReason
+	Generation, Epoch uint64
+	Detail            string
+}
+
+// Append appends r's payload to b; Detail is cut to MaxResyncDetail bytes.
+func (r Resync) Append(b []byte) []byte {
+	d := r.Detail[:min(len(r.Detail), MaxResyncDetail)]
+	b = append(b, byte(r.Reason))
+	b = binary.LittleEndian.AppendUint64(b, r.Generation)
+	b = binary.LittleEndian.AppendUint64(b, r.Epoch)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(d)))
+	return append(b, d...)
+}
+
+// DecodeResync parses a Resync payload.
+func DecodeResync(p []byte) (Resync, error) {
+	if len(p) < resyncFixed {
+		return Resync{}, fmt.Errorf("decode resync: %w: %d bytes", ErrBadMessage, len(p))
+	}
+	r := Resync{
+		Reason:     ResyncReason(p[0]),
+		Generation: binary.LittleEndian.Uint64(p[1:]),
+		Epoch:      binary.LittleEndian.Uint64(p[9:]),
+	}
+	n := int(binary.LittleEndian.Uint16(p[17:]))
+	switch {
+	case r.Reason < ResyncRejected || r.Reason > ResyncDivergence:
+		return Resync{}, fmt.Errorf("decode resync: %w: reason %d", ErrBadMessage, p[0])
+	case n > MaxResyncDetail || n != len(p)-resyncFixed:
+		return Resync{}, fmt.Errorf("decode resync: %w: detail length %d in %d bytes", ErrBadMessage, n, len(p))
+	}
+	r.Detail = string(p[resyncFixed:])
+	return r, nil
+}
+
+// WriteMessage writes one framed message. For a net.Conn the header and
+// payload go out in one writev. Use from one goroutine per writer.
+func WriteMessage(w io.Writer, t MsgType, payload []byte) error {
+	if t == 0 || t >= numMsgTypes {
+		return fmt.Errorf("write message: %w: type %d", ErrBadMessage, t)
+	}
+	if uint64(len(payload)) > 0xFFFFFFFF {
+		return fmt.Errorf("write %v: %w: %d bytes", t, ErrMessageTooLarge, len(payload))
+	}
+	var h [frameHeaderSize]byte
+	binary.LittleEndian.PutUint32(h[0:], uint32(len(payload)))
+	binary.LittleEndian.PutUint16(h[4:], ProtocolVersion)
+	binary.LittleEndian.PutUint16(h[6:], uint16(t))
+	bufs := net.Buffers{h[:], payload}
+	if _, err := bufs.WriteTo(w); err != nil {
+		return fmt.Errorf("write %v (%d bytes): %w", t, len(payload), err)
+	}
+	return nil
+}
+
+// Reader reads framed messages, refusing any whose length exceeds the
+// bound for its type before reading it, and growing its buffer only as
+// bytes actually arrive (a lying length cannot make it allocate more than
+// was sent plus one chunk). Use from one goroutine.
+type Reader struct {
+	r             io.Reader
+	maxCheckpoint int
+	hdr           [frameHeaderSize]byte
+	buf           []byte
+}
+
+// readChunk is how much the Reader grows its buffer ahead of the data.
+const readChunk = 1 << 20
+
+// NewReader returns a Reader on r accepting checkpoints of up to
+// maxCheckpoint bytes (DefaultMaxCheckpoint if <= 0).
+func NewReader(r io.Reader, maxCheckpoint int) *Reader {
+	if maxCheckpoint <= 0 {
+		maxCheckpoint = DefaultMaxCheckpoint
+	}
+	return &Reader{r: r, maxCheckpoint: maxCheckpoint}
+}
+
+// Next reads the next message. The payload is valid until the next call.
+// A clean end of stream between messages is io.EOF; a stream that ends
+// inside a message is io.ErrUnexpectedEOF.
+func (r *Reader) Next() (MsgType, []byte, error) {
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		if err == io.EOF {
+			return 0, nil, io.EOF
+		}
+		return 0, nil, fmt.Errorf("read message header: %w", err)
+	}
+	n := uint64(binary.LittleEndian.Uint32(r.hdr[0:]))
+	v := binary.LittleEndian.Uint16(r.hdr[4:])
+	t := MsgType(binary.LittleEndian.Uint16(r.hdr[6:]))
+	if v != ProtocolVersion {
+		return 0, nil, fmt.Errorf("read message: %w: version %d, this build speaks %d", ErrProtocolVersion, v, ProtocolVersion)
+	}
+	var lo, hi uint64
+	switch t {
+	case MsgHello:
+		lo, hi = helloSize, helloSize
+	case MsgCheckpoint:
+		lo, hi = headerSize+trailerSize, uint64(r.maxCheckpoint)
+	case MsgAck:
+		lo, hi = ackSize, ackSize
+	case MsgHeartbeat:
+		lo, hi = heartbeatSize, heartbeatSize
+	case MsgResync:
+		lo, hi = resyncFixed, resyncFixed+MaxResyncDetail
+	default:
+		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
+	}
+	if n > hi {
+		return 0, nil, fmt.Errorf("read %v: %w: %d bytes, limit %d", t, ErrMessageTooLarge, n, hi)
+	}
+	if n < lo {
+		return 0, nil, fmt.Errorf("read %v: %w: %d bytes, at least %d needed", t, ErrBadMessage, n, lo)
+	}
+	r.buf = r.buf[:0]
+	for uint64(len(r.buf)) < n {
+		step := min(n-uint64(len(r.buf)), readChunk)
+		r.buf = slices.Grow(r.buf, int(step))
+		m, err := io.ReadFull(r.r, r.buf[len(r.buf):len(r.buf)+int(step)])
+		r.buf = r.buf[:len(r.buf)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, fmt.Errorf("read %v payload (%d of %d bytes): %w", t, len(r.buf), n, err)
+		}
+	}
+	return t, r.buf, nil
+}
