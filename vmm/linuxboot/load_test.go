@@ -61,8 +61,8 @@ func TestLoadWritesExactlyTheDocumentedBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const kernelAt = 0x1000000                   // pref_address: it fits
-	const initrdAt = 64*mib - 0x6000             // highest page-aligned start for 0x5001 bytes
+	const kernelAt = 0x1000000       // pref_address: it fits
+	const initrdAt = 64*mib - 0x6000 // highest page-aligned start for 0x5001 bytes
 	wantE820 := []E820Entry{{0, 0x9FC00, E820RAM}, {0x9FC00, 0x60400, E820Reserved}, {0x100000, 63 * mib, E820RAM}}
 	want := make([]byte, 64*mib)
 	copy(want[0x500:], []byte{
