@@ -206,7 +206,7 @@ func (b *Backup) stageAll() error {
 	}
 	if ck.MemHash != nil {
 		if sum := b.hashAfter(); !bytes.Equal(sum[:], ck.MemHash) {
-			return fmt.Errorf("%w: memory would hash to %x, primary says %x", ErrMemHash, sum[:8], ck.MemHash[:8])
+			return fmt.Errorf("%w: memory would hash to %x, primary says %x", ErrMemHash, sum, ck.MemHash)
 		}
 	}
 	if h.Kind.commits() && b.cfg.CheckMachine != nil {

@@ -212,7 +212,7 @@ func mustReject(tb testing.TB, b *Backup, ck []byte, want error) error {
 		tb.Fatalf("error %q does not match %q", err, want)
 	}
 	after := snap(b)
-	if before.mem != after.mem || before.status != after.status || before.machine != after.machine || !slices.Equal(before.covered, after.covered) {
+	if !sameSnap(before, after) {
 		tb.Fatalf("rejected checkpoint (%v) changed the backup: %+v -> %+v", err, before.status, after.status)
 	}
 	return err
