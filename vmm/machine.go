@@ -1,0 +1,535 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+	"golang.org/x/sys/unix"
+)
+
+// MaxVCPUs is the most vCPUs a machine may have.
+const MaxVCPUs = 64
+
+// Addresses KVM needs for Intel VMX, inside the 32-bit MMIO hole.
+const (
+	tssGPA         = 0xfffbd000
+	identityMapGPA = 0xfffbc000
+)
+
+// Config describes a machine.
+type Config struct {
+	// VCPUs is the number of vCPUs, 1 to MaxVCPUs.
+	VCPUs int
+	// MemSize is the guest RAM in bytes, MinMemory to MaxMemory, a multiple
+	// of 2 MiB.
+	MemSize int64
+	// IRQChip selects the in-kernel PIC, IOAPIC, LAPIC and PIT. Without it
+	// there is no interrupt controller in the kernel: interrupts are injected
+	// from userspace with KVM_INTERRUPT, which needs a single vCPU.
+	IRQChip bool
+	// DirtyRingEntries, if non-zero, enables KVM's per-vCPU dirty rings with
+	// that many entries (a power of two) instead of the dirty bitmap. KVM
+	// requires this before any vCPU exists, so it is part of the machine.
+	DirtyRingEntries int
+	// Params are passed to a bare-metal guest in its boot-info page.
+	Params map[string]string
+	// Console receives the serial port's output; nil drops it.
+	Console io.Writer
+}
+
+// Validate says what is wrong with the configuration, or nil.
+func (c *Config) Validate() error {
+	switch {
+	case c.VCPUs < 1 || c.VCPUs > MaxVCPUs:
+		return fmt.Errorf("%d vCPUs: must be 1 to %d", c.VCPUs, MaxVCPUs)
+	case !c.IRQChip && c.VCPUs != 1:
+		return fmt.Errorf("%d vCPUs without the in-kernel irqchip: userspace interrupt delivery supports 1 vCPU", c.VCPUs)
+	case c.DirtyRingEntries < 0 || c.DirtyRingEntries&(c.DirtyRingEntries-1) != 0:
+		return fmt.Errorf("dirty ring of %d entries: must be a power of two", c.DirtyRingEntries)
+	}
+	if err := ValidateMemSize(c.MemSize); err != nil {
+		return err
+	}
+	return ValidateParams(c.Params)
+}
+
+// machineState is the machine's lifecycle:
+//
+//	created ──Start──▶ running ◀──Resume── paused
+//	                      │ ──Pause──────────▲
+//	                      └─(power-off, shutdown, error)──▶ stopped
+//
+// Saving and restoring state is allowed in created and paused.
+type machineState int
+
+const (
+	stateInvalid machineState = iota
+	stateCreated
+	stateRunning
+	statePaused
+	stateStopped
+)
+
+func (s machineState) String() string {
+	switch s {
+	case stateCreated:
+		return "created"
+	case stateRunning:
+		return "running"
+	case statePaused:
+		return "paused"
+	case stateStopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("invalid(%d)", int(s))
+}
+
+// ErrNotPaused is returned by operations that need a paused machine.
+var ErrNotPaused = errors.New("machine is not paused")
+
+// Machine is one virtual machine on KVM: guest memory, vCPU threads, devices,
+// and the pause barrier that checkpointing is built on.
+type Machine struct {
+	cfg    Config
+	kvmFd  int
+	vmFd   int
+	mem    *GuestMemory
+	vcpus  []*VCPU
+	bus    IOBus
+	serial *Serial
+	power  *PowerDevice
+	clock  *Clock
+	vm     *vmComponent
+	// components are saved and restored in this order; see RestoreState.
+	components []Component
+	// savedMSRs are the MSRs this host lets us save, in restore order.
+	savedMSRs []uint32
+	// onDirtyRingFull collects a full dirty ring; set before Start.
+	onDirtyRingFull func(vcpu int) error
+
+	// pauseReq is set while vCPUs are asked to stop entering the guest. It is
+	// read by vCPU threads without mu.
+	pauseReq atomic.Bool
+
+	mu   sync.Mutex
+	cond *sync.Cond // signalled when parked changes
+	// state is the lifecycle state; mu protects it.
+	state machineState
+	// parked counts vCPUs out of KVM_RUN and waiting; mu protects it.
+	parked int
+	// stopping is set once the machine has been told to stop for good; mu.
+	stopping bool
+	// stopStatus and stopErr say why it stopped; mu protects them.
+	stopStatus uint8
+	stopErr    error
+	// stopped is closed when the machine reaches stateStopped.
+	stopped chan struct{}
+}
+
+// New creates a machine: the VM, its memory, its vCPU threads and its
+// devices. The vCPUs do not run until Start.
+func New(cfg Config) (m *Machine, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	installKickHandler()
+	m = &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
+	m.cond = sync.NewCond(&m.mu)
+	defer func() {
+		if err != nil {
+			m.release()
+		}
+	}()
+	if m.kvmFd, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("opening /dev/kvm: %w", err)
+	}
+	vmFd, err := kvm.CreateVM(uintptr(m.kvmFd))
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
+	}
+	m.vmFd = int(vmFd)
+	if err := m.checkHost(); err != nil {
+		return nil, err
+	}
+	if err := kvm.SetTSSAddr(vmFd, tssGPA); err != nil {
+		return nil, fmt.Errorf("KVM_SET_TSS_ADDR: %w", err)
+	}
+	if err := kvmapi.SetIdentityMapAddr(m.vmFd, identityMapGPA); err != nil {
+		return nil, err
+	}
+	if cfg.IRQChip {
+		if err := kvm.CreateIRQChip(vmFd); err != nil {
+			return nil, fmt.Errorf("KVM_CREATE_IRQCHIP: %w", err)
+		}
+		if err := kvm.CreatePIT2(vmFd); err != nil {
+			return nil, fmt.Errorf("KVM_CREATE_PIT2: %w", err)
+		}
+	}
+	if cfg.DirtyRingEntries > 0 {
+		if err := kvmapi.EnableCapability(m.vmFd, kvmapi.KVM_CAP_DIRTY_LOG_RING, uint64(cfg.DirtyRingEntries)*16); err != nil {
+			return nil, fmt.Errorf("enabling a dirty ring of %d entries: %w", cfg.DirtyRingEntries, err)
+		}
+	}
+	if m.mem, err = NewGuestMemory(cfg.MemSize); err != nil {
+		return nil, err
+	}
+	for _, s := range m.mem.slots {
+		r := kvm.UserspaceMemoryRegion{
+			Slot: s.ID, Flags: kvmapi.KVM_MEM_LOG_DIRTY_PAGES, GuestPhysAddr: s.GPA, MemorySize: s.Size,
+			UserspaceAddr: uint64(uintptrOf(m.mem.host[s.HostOffset:])),
+		}
+		if err := kvm.SetUserMemoryRegion(vmFd, &r); err != nil {
+			return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d [%#x, +%#x): %w", s.ID, s.GPA, s.Size, err)
+		}
+	}
+	cpuid, err := supportedCPUID(m.kvmFd)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < cfg.VCPUs; i++ {
+		v, err := newVCPU(m, i, cpuid)
+		if err != nil {
+			return nil, err
+		}
+		m.vcpus = append(m.vcpus, v)
+	}
+	if m.savedMSRs, err = m.probeMSRs(); err != nil {
+		return nil, err
+	}
+	if err := m.addDevices(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// checkHost refuses hosts that lack what ftckpt relies on.
+func (m *Machine) checkHost() error {
+	need := []struct {
+		capability uintptr
+		what       string
+		min        int
+	}{
+		{kvmapi.KVM_CAP_IMMEDIATE_EXIT, "immediate_exit (the pause barrier)", 1},
+		{kvmapi.KVM_CAP_XSAVE, "XSAVE state", 1},
+		{kvmapi.KVM_CAP_XCRS, "XCRS state", 1},
+		{kvmapi.KVM_CAP_VCPU_EVENTS, "vCPU events", 1},
+		{kvmapi.KVM_CAP_DEBUGREGS, "debug registers", 1},
+		{kvmapi.KVM_CAP_ADJUST_CLOCK, "KVM clock get/set", 1},
+		{kvmapi.KVM_CAP_MAX_VCPUS, fmt.Sprintf("%d vCPUs", m.cfg.VCPUs), m.cfg.VCPUs},
+	}
+	if m.cfg.IRQChip {
+		need = append(need, struct {
+			capability uintptr
+			what       string
+			min        int
+		}{kvmapi.KVM_CAP_PIT2, "in-kernel PIT2", 1})
+	}
+	for _, n := range need {
+		r, err := kvm.CheckExtension(uintptr(m.vmFd), kvm.Capability(n.capability))
+		if err != nil {
+			return fmt.Errorf("KVM_CHECK_EXTENSION %d: %w", n.capability, err)
+		}
+		if int(r) < n.min {
+			return fmt.Errorf("this KVM does not support %s (capability %d = %d)", n.what, n.capability, r)
+		}
+	}
+	return nil
+}
+
+// addDevices creates the platform devices: the serial console, the power
+// port and the clock.
+func (m *Machine) addDevices() error {
+	var serialIRQ func(bool)
+	if m.cfg.IRQChip {
+		serialIRQ = func(level bool) { m.setIRQLine(4, level) }
+	}
+	m.serial = NewSerial("com1", PortCOM1, m.cfg.Console, serialIRQ)
+	m.power = &PowerDevice{onPowerOff: m.powerOff}
+	m.clock = NewClock(nil)
+	m.vm = &vmComponent{m: m}
+	for _, r := range []struct {
+		base, size uint16
+		dev        PIODevice
+	}{
+		{PortCOM1, 8, m.serial},
+		{PortPower, 1, m.power},
+		{PortClockLo, 8, m.clock},
+	} {
+		if err := m.bus.RegisterPIO(r.base, r.size, r.dev); err != nil {
+			return err
+		}
+	}
+	// Restore order: the VM's interrupt controllers and clock first, then
+	// each vCPU (whose LAPIC sits on them), then devices.
+	m.components = append(m.components, m.vm)
+	for _, v := range m.vcpus {
+		m.components = append(m.components, v)
+	}
+	m.components = append(m.components, m.serial, m.power, m.clock)
+	return nil
+}
+
+// setIRQLine drives an in-kernel irqchip input. Errors are logged into the
+// machine's stop reason: a VMM that cannot deliver interrupts cannot go on.
+func (m *Machine) setIRQLine(irq uint32, level bool) {
+	if err := kvmapi.IRQLine(m.vmFd, irq, level); err != nil {
+		m.fail(err)
+	}
+}
+
+// Memory returns the guest's RAM.
+func (m *Machine) Memory() *GuestMemory { return m.mem }
+
+// VCPUs returns the vCPUs, in index order.
+func (m *Machine) VCPUs() []*VCPU { return m.vcpus }
+
+// VMFd returns the KVM VM file descriptor, for the dirty log.
+func (m *Machine) VMFd() int { return m.vmFd }
+
+// Config returns the machine's configuration.
+func (m *Machine) Config() Config { return m.cfg }
+
+// Bus returns the I/O port bus, to attach devices before Start.
+func (m *Machine) Bus() *IOBus { return &m.bus }
+
+// Clock returns the guest's clock device.
+func (m *Machine) Clock() *Clock { return m.clock }
+
+// AddComponent adds a device's state to the machine's saved state. Call it
+// before Start, in the same order on the machine that saves and the one that
+// restores.
+func (m *Machine) AddComponent(c Component) { m.components = append(m.components, c) }
+
+// LoadBareMetal loads a bare-metal guest image (ELF) and sets every vCPU to
+// its 64-bit entry state (see guests/include/bootinfo.h).
+// Precondition: the machine is created and not started.
+func (m *Machine) LoadBareMetal(image []byte, devices []BootDevice) error {
+	if err := m.requireState(stateCreated); err != nil {
+		return err
+	}
+	entry, err := loadELF(m.mem, image)
+	if err != nil {
+		return err
+	}
+	if err := writeBareMetalTables(m.mem, &m.cfg, devices); err != nil {
+		return err
+	}
+	return m.onEveryVCPU(func(v *VCPU) error { return v.setBareMetalEntry(entry) })
+}
+
+func (m *Machine) requireState(want machineState) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != want {
+		return fmt.Errorf("machine is %v, need %v", m.state, want)
+	}
+	return nil
+}
+
+// onEveryVCPU runs fn on every vCPU's own thread, in parallel, and returns
+// the first error. Precondition: the vCPUs are not running.
+func (m *Machine) onEveryVCPU(fn func(*VCPU) error) error {
+	errs := make([]error, len(m.vcpus))
+	var wg sync.WaitGroup
+	for i, v := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = v.do(func() error { return fn(v) })
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Start lets the vCPUs run. Precondition: the machine is created.
+func (m *Machine) Start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != stateCreated {
+		return fmt.Errorf("cannot start a machine that is %v", m.state)
+	}
+	m.resumeLocked()
+	return nil
+}
+
+// Pause gets every vCPU out of KVM_RUN and returns when all are stopped.
+// Every pending I/O completion has been applied to the vCPUs when it
+// returns, so their state can be saved. Pausing a paused machine does nothing.
+func (m *Machine) Pause() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch m.state {
+	case statePaused:
+		return nil
+	case stateRunning:
+	default:
+		return fmt.Errorf("cannot pause a machine that is %v", m.state)
+	}
+	m.requestPauseLocked()
+	for m.parked < len(m.vcpus) {
+		m.cond.Wait()
+	}
+	if m.state == stateRunning {
+		m.state = statePaused
+	}
+	if m.state == stateStopped {
+		return m.stopReasonLocked()
+	}
+	return nil
+}
+
+// requestPauseLocked asks every vCPU to leave KVM_RUN: immediate_exit makes
+// the next KVM_RUN return at once (after completing pending I/O), and the
+// signal kicks a vCPU that is already inside it.
+// Precondition: mu is held.
+func (m *Machine) requestPauseLocked() {
+	if m.pauseReq.Swap(true) {
+		return
+	}
+	for _, v := range m.vcpus {
+		v.setImmediateExit(true)
+	}
+	for _, v := range m.vcpus {
+		v.kick()
+	}
+	m.cond.Broadcast() // wakes vCPUs halted in waitForInterrupt
+}
+
+// Resume lets a paused machine run again.
+func (m *Machine) Resume() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != statePaused {
+		return fmt.Errorf("cannot resume a machine that is %v", m.state)
+	}
+	m.resumeLocked()
+	return nil
+}
+
+// resumeLocked releases every vCPU into its run loop.
+// Precondition: mu is held; every vCPU is parked.
+func (m *Machine) resumeLocked() {
+	for _, v := range m.vcpus {
+		v.setImmediateExit(false)
+	}
+	m.pauseReq.Store(false)
+	m.parked = 0
+	m.state = stateRunning
+	for _, v := range m.vcpus {
+		v.resume()
+	}
+}
+
+// vcpuParked is called by a vCPU thread when it has left KVM_RUN for a pause
+// or a stop.
+func (m *Machine) vcpuParked() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.parked++
+	if m.parked < len(m.vcpus) {
+		return
+	}
+	m.cond.Broadcast()
+	if m.stopping && m.state != stateStopped {
+		m.state = stateStopped
+		close(m.stopped)
+	}
+}
+
+// powerOff stops the machine with the guest's status.
+func (m *Machine) powerOff(status uint8) { m.stop(status, nil) }
+
+// fail stops the machine because of a VMM or KVM error.
+func (m *Machine) fail(err error) { m.stop(0xff, err) }
+
+func (m *Machine) stop(status uint8, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopping {
+		return
+	}
+	m.stopping = true
+	m.stopStatus, m.stopErr = status, err
+	if m.state == statePaused || m.state == stateCreated {
+		m.state = stateStopped
+		close(m.stopped)
+		return
+	}
+	m.requestPauseLocked()
+}
+
+func (m *Machine) stopReasonLocked() error {
+	if m.stopErr != nil {
+		return fmt.Errorf("machine stopped: %w", m.stopErr)
+	}
+	return fmt.Errorf("machine stopped: guest powered off with status %d", m.stopStatus)
+}
+
+// Wait blocks until the machine stops and returns the guest's power-off
+// status, or the error that stopped it.
+func (m *Machine) Wait() (uint8, error) {
+	<-m.stopped
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stopStatus, m.stopErr
+}
+
+// Stopped is closed when the machine has stopped.
+func (m *Machine) Stopped() <-chan struct{} { return m.stopped }
+
+// Close stops the machine if it runs and releases everything it holds.
+func (m *Machine) Close() error {
+	m.stop(0, errors.New("closed"))
+	<-m.stopped
+	m.release()
+	return nil
+}
+
+// release frees the vCPU threads, the fds and the memory.
+func (m *Machine) release() {
+	for _, v := range m.vcpus {
+		v.close()
+	}
+	if m.vmFd >= 0 {
+		unix.Close(m.vmFd)
+		m.vmFd = -1
+	}
+	if m.kvmFd >= 0 {
+		unix.Close(m.kvmFd)
+		m.kvmFd = -1
+	}
+	if m.mem != nil {
+		m.mem.Close()
+	}
+}
+
+// kickSignal is sent to a vCPU thread to get it out of KVM_RUN.
+const kickSignal = unix.SIGUSR1
+
+var kickOnce sync.Once
+
+// installKickHandler makes sure kickSignal is delivered to vCPU threads (not
+// ignored or blocked as the process may have inherited) and does nothing else.
+func installKickHandler() {
+	kickOnce.Do(func() { signal.Notify(make(chan os.Signal, 1), kickSignal) })
+}
+
+// SetDirtyRingFullHandler sets what a vCPU does when KVM reports its dirty
+// ring full: the handler (run on that vCPU's thread) must collect and reset
+// the ring before the vCPU can go on. Call it before Start.
+func (m *Machine) SetDirtyRingFullHandler(h func(vcpu int) error) { m.onDirtyRingFull = h }
+
+func (m *Machine) dirtyRingFull(vcpu int) error {
+	if m.onDirtyRingFull == nil {
+		return fmt.Errorf("dirty ring of vCPU %d is full and nothing collects it", vcpu)
+	}
+	return m.onDirtyRingFull(vcpu)
+}

@@ -1,0 +1,212 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// PageSize is the granularity of guest memory tracking.
+const PageSize = 4096
+
+// Guest-physical layout of RAM. RAM below LowRAMTop is mapped from GPA 0; the
+// rest is mapped from 4 GiB, leaving [LowRAMTop, 4 GiB) for MMIO (the
+// IOAPIC at 0xFEC00000, the LAPIC at 0xFEE00000, PCI).
+const (
+	LowRAMTop  = 3 << 30
+	HighRAMGPA = 4 << 30
+
+	// MinMemory and MaxMemory bound Config.MemSize. The upper bound is what the
+	// bare-metal page tables cover (see boot.go); a 64 GiB guest costs nothing
+	// until touched.
+	MinMemory = 16 << 20
+	MaxMemory = 64 << 30
+)
+
+// ErrOutOfRange is returned for a guest-physical range that is not RAM.
+var ErrOutOfRange = errors.New("guest-physical range is not RAM")
+
+// Slot is one KVM memory slot: the RAM pages [HostOffset, HostOffset+Size) of
+// the host mapping, seen by the guest at GPA.
+type Slot struct {
+	ID         uint32
+	GPA        uint64
+	Size       uint64
+	HostOffset uint64
+}
+
+// FirstPage is the RAM page index of the slot's first page.
+func (s Slot) FirstPage() uint64 { return s.HostOffset / PageSize }
+
+// Pages is the number of pages in the slot.
+func (s Slot) Pages() uint64 { return s.Size / PageSize }
+
+// GuestMemory is the guest's RAM: one anonymous host mapping, presented to KVM
+// as one slot (below LowRAMTop) or two (the rest above 4 GiB).
+//
+// Pages are numbered by their offset in the host mapping ("RAM page index"),
+// which is what the dirty log, checkpoints and snapshots use.
+//
+// Every write the VMM makes into guest memory goes through WriteAt, which
+// marks the page in the VMM-side dirty bitmap: KVM's dirty log sees only
+// writes made by vCPUs. Reading through Bytes is allowed; writing through it is
+// not (it would escape the next checkpoint).
+//
+// WriteAt, ReadAt and the dirty bitmap are safe for concurrent use.
+type GuestMemory struct {
+	host  []byte
+	slots []Slot
+	// vmmDirty has one bit per RAM page, set atomically by WriteAt.
+	vmmDirty []uint64
+}
+
+// NewGuestMemory maps size bytes of anonymous, lazily allocated memory.
+func NewGuestMemory(size int64) (*GuestMemory, error) {
+	if err := ValidateMemSize(size); err != nil {
+		return nil, err
+	}
+	host, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes of guest memory: %w", size, err)
+	}
+	m := &GuestMemory{host: host, vmmDirty: make([]uint64, (size/PageSize+63)/64)}
+	low := uint64(size)
+	if low > LowRAMTop {
+		low = LowRAMTop
+	}
+	m.slots = append(m.slots, Slot{ID: 0, GPA: 0, Size: low, HostOffset: 0})
+	if uint64(size) > LowRAMTop {
+		m.slots = append(m.slots, Slot{ID: 1, GPA: HighRAMGPA, Size: uint64(size) - LowRAMTop, HostOffset: LowRAMTop})
+	}
+	return m, nil
+}
+
+// ValidateMemSize says why size cannot be a guest's memory size, or nil.
+func ValidateMemSize(size int64) error {
+	switch {
+	case size < MinMemory:
+		return fmt.Errorf("memory size %d bytes: below the minimum of %d MiB", size, MinMemory>>20)
+	case size > MaxMemory:
+		return fmt.Errorf("memory size %d bytes: above the maximum of %d GiB", size, MaxMemory>>30)
+	case size%(2<<20) != 0:
+		return fmt.Errorf("memory size %d bytes: not a multiple of 2 MiB", size)
+	}
+	return nil
+}
+
+// Close unmaps the memory. The memory must not be used afterwards.
+func (m *GuestMemory) Close() error {
+	if m.host == nil {
+		return nil
+	}
+	err := unix.Munmap(m.host)
+	m.host = nil
+	return err
+}
+
+// Size is the number of bytes of RAM.
+func (m *GuestMemory) Size() int64 { return int64(len(m.host)) }
+
+// Pages is the number of RAM pages.
+func (m *GuestMemory) Pages() uint64 { return uint64(len(m.host)) / PageSize }
+
+// Slots returns the KVM memory slots, in order of GPA.
+func (m *GuestMemory) Slots() []Slot { return append([]Slot(nil), m.slots...) }
+
+// Bytes returns the host mapping of all RAM, indexed by RAM offset (not GPA).
+// It is for reading (copying pages aside, hashing); writes must use WriteAt
+// or WritePage.
+func (m *GuestMemory) Bytes() []byte { return m.host }
+
+// Page returns RAM page i, for reading.
+func (m *GuestMemory) Page(i uint64) []byte { return m.host[i*PageSize : (i+1)*PageSize] }
+
+// offset translates the guest-physical range [gpa, gpa+n) to an offset in the
+// host mapping. The range must lie inside one slot.
+func (m *GuestMemory) offset(gpa uint64, n int) (uint64, error) {
+	for _, s := range m.slots {
+		if gpa >= s.GPA && gpa-s.GPA <= s.Size && uint64(n) <= s.Size-(gpa-s.GPA) {
+			return s.HostOffset + gpa - s.GPA, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: [%#x, +%d)", ErrOutOfRange, gpa, n)
+}
+
+// WriteAt copies p into guest memory at guest-physical address gpa and marks
+// the touched pages dirty for the next checkpoint. It is the only way the VMM
+// writes guest memory.
+func (m *GuestMemory) WriteAt(p []byte, gpa int64) (int, error) {
+	if gpa < 0 {
+		return 0, fmt.Errorf("%w: negative address %d", ErrOutOfRange, gpa)
+	}
+	off, err := m.offset(uint64(gpa), len(p))
+	if err != nil {
+		return 0, err
+	}
+	copy(m.host[off:], p)
+	m.markDirty(off, len(p))
+	return len(p), nil
+}
+
+// ReadAt copies guest memory at guest-physical address gpa into p.
+func (m *GuestMemory) ReadAt(p []byte, gpa int64) (int, error) {
+	if gpa < 0 {
+		return 0, fmt.Errorf("%w: negative address %d", ErrOutOfRange, gpa)
+	}
+	off, err := m.offset(uint64(gpa), len(p))
+	if err != nil {
+		return 0, err
+	}
+	return copy(p, m.host[off:]), nil
+}
+
+// WritePage replaces RAM page i (by RAM page index, not GPA) and marks it
+// dirty. Restore and checkpoint apply use it.
+func (m *GuestMemory) WritePage(i uint64, data []byte) error {
+	if i >= m.Pages() || len(data) != PageSize {
+		return fmt.Errorf("%w: page %d (of %d), %d bytes", ErrOutOfRange, i, m.Pages(), len(data))
+	}
+	copy(m.host[i*PageSize:], data)
+	m.markDirty(i*PageSize, PageSize)
+	return nil
+}
+
+func (m *GuestMemory) markDirty(off uint64, n int) {
+	if n == 0 {
+		return
+	}
+	first, last := off/PageSize, (off+uint64(n)-1)/PageSize
+	for p := first; p <= last; p++ {
+		atomic.OrUint64(&m.vmmDirty[p/64], 1<<(p%64))
+	}
+}
+
+// TakeVMMDirty moves the VMM-side dirty bits into dst (OR-ing them in) and
+// clears them. dst must have one bit per RAM page (len ≥ (Pages()+63)/64). It
+// returns how many pages were dirty.
+func (m *GuestMemory) TakeVMMDirty(dst []uint64) int {
+	n := 0
+	for i := range m.vmmDirty {
+		if atomic.LoadUint64(&m.vmmDirty[i]) == 0 {
+			continue
+		}
+		w := atomic.SwapUint64(&m.vmmDirty[i], 0)
+		dst[i] |= w
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
+// Resident reports, for each RAM page, whether it has ever been touched
+// (mincore): pages never touched are zero and need not be saved.
+func (m *GuestMemory) Resident() ([]byte, error) {
+	vec := make([]byte, m.Pages())
+	if err := mincore(m.host, vec); err != nil {
+		return nil, fmt.Errorf("mincore on guest memory: %w", err)
+	}
+	return vec, nil
+}

@@ -1,0 +1,430 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// The machine-state encoding (everything but memory) and the snapshot file
+// (machine state plus memory). Both are little-endian:
+//
+//	state:    "FTCKVMST" version:u32 flags:u32
+//	          vcpus:u32 irqchip:u32 memsize:u64
+//	          nsections:u32 { idlen:u16 id version:u32 len:u32 data }…
+//	          crc32c:u32 (of everything before it)
+//
+//	snapshot: "FTCKSNAP" version:u32 flags:u32 statelen:u64 state
+//	          { page:u64 data:[4096] }… endOfPages:u64
+//	          crc32c:u32 (of everything before it) "SNAPEND!"
+//
+// Pages appear in increasing order; pages not listed are zero.
+
+const (
+	stateMagic       = "FTCKVMST"
+	stateVersion     = 1
+	snapshotMagic    = "FTCKSNAP"
+	snapshotVersion  = 1
+	snapshotTrailer  = "SNAPEND!"
+	endOfPages       = ^uint64(0)
+	maxSections      = 4096
+	maxSectionLen    = 16 << 20
+	maxStateLen      = 256 << 20
+	maxComponentID   = 256
+	stateHeaderBytes = 8 + 4 + 4 + 4 + 4 + 8 + 4
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Section is one component's saved state.
+type Section struct {
+	ID      string
+	Version uint32
+	Data    []byte
+}
+
+// StateConfig is the part of a machine's configuration its state depends on:
+// a state restores only into a machine built the same way.
+type StateConfig struct {
+	VCPUs   int
+	IRQChip bool
+	MemSize int64
+}
+
+// MachineState is a decoded machine state.
+type MachineState struct {
+	Config   StateConfig
+	Sections []Section
+}
+
+// SaveState captures every component's state (not memory), encoded and
+// checksummed. vCPUs save in parallel, each on its own thread.
+// Precondition: the machine is paused or not yet started.
+func (m *Machine) SaveState() ([]byte, error) {
+	m.mu.Lock()
+	st := m.state
+	m.mu.Unlock()
+	if st != statePaused && st != stateCreated {
+		return nil, fmt.Errorf("saving state: machine is %v: %w", st, ErrNotPaused)
+	}
+	sections := make([]Section, len(m.components))
+	errs := make([]error, len(m.components))
+	var wg sync.WaitGroup
+	for i, c := range m.components {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, err := c.SaveState()
+			sections[i] = Section{ID: c.ID(), Version: c.StateVersion(), Data: data}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("saving state: %w", err)
+	}
+	return EncodeState(&MachineState{Config: m.stateConfig(), Sections: sections})
+}
+
+func (m *Machine) stateConfig() StateConfig {
+	return StateConfig{VCPUs: m.cfg.VCPUs, IRQChip: m.cfg.IRQChip, MemSize: m.cfg.MemSize}
+}
+
+// RestoreState loads a state from SaveState into this machine. The whole
+// state is decoded and matched against the machine's components before any
+// of them changes. Components restore in machine order (the VM's irqchips and
+// clock, then vCPUs, then devices); see VCPU.RestoreState for the order
+// within a vCPU.
+// Precondition: the machine is paused or not yet started.
+func (m *Machine) RestoreState(data []byte) error {
+	m.mu.Lock()
+	st := m.state
+	m.mu.Unlock()
+	if st != statePaused && st != stateCreated {
+		return fmt.Errorf("restoring state: machine is %v: %w", st, ErrNotPaused)
+	}
+	ms, err := DecodeState(data)
+	if err != nil {
+		return err
+	}
+	if ms.Config != m.stateConfig() {
+		return fmt.Errorf("restoring state: saved from %+v, this machine is %+v: %w", ms.Config, m.stateConfig(), ErrMismatch)
+	}
+	if len(ms.Sections) != len(m.components) {
+		return fmt.Errorf("restoring state: %d sections, this machine has %d components: %w", len(ms.Sections), len(m.components), ErrMismatch)
+	}
+	for i, c := range m.components {
+		if ms.Sections[i].ID != c.ID() {
+			return fmt.Errorf("restoring state: section %d is %q, component is %q: %w", i, ms.Sections[i].ID, c.ID(), ErrMismatch)
+		}
+	}
+	for i, c := range m.components {
+		if err := c.RestoreState(ms.Sections[i].Version, ms.Sections[i].Data); err != nil {
+			return fmt.Errorf("restoring %s: %w", c.ID(), err)
+		}
+	}
+	return nil
+}
+
+// EncodeState encodes a machine state.
+func EncodeState(ms *MachineState) ([]byte, error) {
+	if len(ms.Sections) > maxSections {
+		return nil, fmt.Errorf("encoding state: %d sections, at most %d", len(ms.Sections), maxSections)
+	}
+	var b bytes.Buffer
+	b.WriteString(stateMagic)
+	irqchip := uint32(0)
+	if ms.Config.IRQChip {
+		irqchip = 1
+	}
+	le := binary.LittleEndian
+	b.Write(le.AppendUint32(nil, stateVersion))
+	b.Write(le.AppendUint32(nil, 0))
+	b.Write(le.AppendUint32(nil, uint32(ms.Config.VCPUs)))
+	b.Write(le.AppendUint32(nil, irqchip))
+	b.Write(le.AppendUint64(nil, uint64(ms.Config.MemSize)))
+	b.Write(le.AppendUint32(nil, uint32(len(ms.Sections))))
+	for _, s := range ms.Sections {
+		if len(s.ID) == 0 || len(s.ID) > maxComponentID || len(s.Data) > maxSectionLen {
+			return nil, fmt.Errorf("encoding state: section %q of %d bytes: id or size out of bounds", s.ID, len(s.Data))
+		}
+		b.Write(le.AppendUint16(nil, uint16(len(s.ID))))
+		b.WriteString(s.ID)
+		b.Write(le.AppendUint32(nil, s.Version))
+		b.Write(le.AppendUint32(nil, uint32(len(s.Data))))
+		b.Write(s.Data)
+	}
+	b.Write(le.AppendUint32(nil, crc32.Checksum(b.Bytes(), castagnoli)))
+	return b.Bytes(), nil
+}
+
+// DecodeState decodes and verifies a machine state. It trusts no length.
+func DecodeState(data []byte) (*MachineState, error) {
+	if len(data) < 8 || string(data[:8]) != stateMagic {
+		if len(data) < 8 && bytes.HasPrefix([]byte(stateMagic), data) {
+			return nil, fmt.Errorf("machine state: %w", ErrTruncated)
+		}
+		return nil, fmt.Errorf("machine state: %w", ErrBadMagic)
+	}
+	if len(data) < stateHeaderBytes+4 {
+		return nil, fmt.Errorf("machine state: %w: %d bytes", ErrTruncated, len(data))
+	}
+	le := binary.LittleEndian
+	if v := le.Uint32(data[8:]); v != stateVersion {
+		return nil, fmt.Errorf("machine state: version %d: %w (this build reads %d)", v, ErrVersion, stateVersion)
+	}
+	body, sum := data[:len(data)-4], le.Uint32(data[len(data)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, fmt.Errorf("machine state: %w", ErrChecksum)
+	}
+	d := decoder{buf: body[16:]}
+	ms := &MachineState{}
+	ms.Config.VCPUs = int(d.u32())
+	ms.Config.IRQChip = d.u32() != 0
+	ms.Config.MemSize = int64(d.u64())
+	n := d.u32()
+	if n > maxSections {
+		return nil, fmt.Errorf("machine state: %d sections, at most %d: %w", n, maxSections, ErrMismatch)
+	}
+	for i := uint32(0); i < n && d.err == nil; i++ {
+		id := d.bytes(int(d.u16()))
+		version := d.u32()
+		data := d.bytes(int(d.u32()))
+		ms.Sections = append(ms.Sections, Section{ID: string(id), Version: version, Data: data})
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("machine state: %w", d.err)
+	}
+	if len(d.buf) != 0 {
+		return nil, fmt.Errorf("machine state: %d bytes after the last section: %w", len(d.buf), ErrMismatch)
+	}
+	return ms, nil
+}
+
+// decoder reads little-endian fields from a buffer, remembering the first
+// overrun as ErrTruncated.
+type decoder struct {
+	buf []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil || n < 0 || n > len(d.buf) {
+		if d.err == nil {
+			d.err = fmt.Errorf("%w: need %d bytes, %d left", ErrTruncated, n, len(d.buf))
+		}
+		return nil
+	}
+	b := d.buf[:n]
+	d.buf = d.buf[n:]
+	return b
+}
+
+func (d *decoder) u16() uint16 {
+	if b := d.take(2); b != nil {
+		return binary.LittleEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if b := d.take(4); b != nil {
+		return binary.LittleEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if b := d.take(8); b != nil {
+		return binary.LittleEndian.Uint64(b)
+	}
+	return 0
+}
+
+func (d *decoder) bytes(n int) []byte {
+	b := d.take(n)
+	return append([]byte(nil), b...)
+}
+
+// WriteSnapshot writes the whole machine (state and memory) to w.
+// Precondition: the machine is paused or not yet started.
+func (m *Machine) WriteSnapshot(w io.Writer) error {
+	state, err := m.SaveState()
+	if err != nil {
+		return err
+	}
+	return writeSnapshot(w, state, m.mem)
+}
+
+func writeSnapshot(w io.Writer, state []byte, mem *GuestMemory) error {
+	resident, err := mem.Resident()
+	if err != nil {
+		return err
+	}
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 1<<20)
+	le := binary.LittleEndian
+	hdr := []byte(snapshotMagic)
+	hdr = le.AppendUint32(hdr, snapshotVersion)
+	hdr = le.AppendUint32(hdr, 0)
+	hdr = le.AppendUint64(hdr, uint64(len(state)))
+	bw.Write(hdr)
+	bw.Write(state)
+	var idx [8]byte
+	for p := uint64(0); p < mem.Pages(); p++ {
+		if resident[p]&1 == 0 {
+			continue
+		}
+		page := mem.Page(p)
+		if isZero(page) {
+			continue
+		}
+		le.PutUint64(idx[:], p)
+		bw.Write(idx[:])
+		bw.Write(page)
+	}
+	le.PutUint64(idx[:], endOfPages)
+	bw.Write(idx[:])
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("writing snapshot: %w", err)
+	}
+	tail := le.AppendUint32(nil, crc.Sum32())
+	tail = append(tail, snapshotTrailer...)
+	if _, err := w.Write(tail); err != nil {
+		return fmt.Errorf("writing snapshot: %w", err)
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Restore builds a new machine from a snapshot. cfg supplies what a snapshot
+// does not hold (console, params are unused: the guest's memory has them);
+// the vCPU count, memory size and irqchip come from the snapshot. The machine
+// is returned only if everything (checksum included) verified and restored;
+// otherwise it is closed and nothing of it remains.
+func Restore(r io.Reader, cfg Config) (*Machine, error) {
+	var m *Machine
+	state, err := readSnapshot(r, func(sc StateConfig) (*GuestMemory, error) {
+		cfg.VCPUs, cfg.IRQChip, cfg.MemSize = sc.VCPUs, sc.IRQChip, sc.MemSize
+		var err error
+		if m, err = New(cfg); err != nil {
+			return nil, err
+		}
+		return m.mem, nil
+	})
+	if err == nil {
+		err = m.RestoreState(state)
+	}
+	if err != nil {
+		if m != nil {
+			m.Close()
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// readSnapshot reads a snapshot file: it decodes the machine state, asks
+// newMemory for memory of the configuration the state names, fills it, and
+// verifies the checksum over the whole file. On error the memory may hold
+// part of the snapshot and must be discarded.
+func readSnapshot(r io.Reader, newMemory func(StateConfig) (*GuestMemory, error)) ([]byte, error) {
+	crc := crc32.New(castagnoli)
+	br := &countingReader{r: io.TeeReader(bufio.NewReaderSize(r, 1<<20), crc)}
+	hdr := make([]byte, 24)
+	if err := br.full(hdr, "header"); err != nil {
+		return nil, err
+	}
+	if string(hdr[:8]) != snapshotMagic {
+		return nil, fmt.Errorf("snapshot: %w", ErrBadMagic)
+	}
+	le := binary.LittleEndian
+	if v := le.Uint32(hdr[8:]); v != snapshotVersion {
+		return nil, fmt.Errorf("snapshot: version %d: %w (this build reads %d)", v, ErrVersion, snapshotVersion)
+	}
+	n := le.Uint64(hdr[16:])
+	if n > maxStateLen {
+		return nil, fmt.Errorf("snapshot: machine state of %d bytes, at most %d: %w", n, maxStateLen, ErrMismatch)
+	}
+	state := make([]byte, n)
+	if err := br.full(state, "machine state"); err != nil {
+		return nil, err
+	}
+	ms, err := DecodeState(state)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := ValidateMemSize(ms.Config.MemSize); err != nil {
+		return nil, fmt.Errorf("snapshot: %w: %w", ErrMismatch, err)
+	}
+	mem, err := newMemory(ms.Config)
+	if err != nil {
+		return nil, err
+	}
+	var idx [8]byte
+	next := uint64(0)
+	for {
+		if err := br.full(idx[:], "page index"); err != nil {
+			return nil, err
+		}
+		p := le.Uint64(idx[:])
+		if p == endOfPages {
+			break
+		}
+		if p < next || p >= mem.Pages() {
+			return nil, fmt.Errorf("snapshot: page %d out of order or beyond %d pages: %w", p, mem.Pages(), ErrMismatch)
+		}
+		next = p + 1
+		if err := br.full(mem.host[p*PageSize:(p+1)*PageSize], "page data"); err != nil {
+			return nil, err
+		}
+	}
+	want := crc.Sum32()
+	tail := make([]byte, 12)
+	if _, err := io.ReadFull(br.r, tail); err != nil {
+		return nil, fmt.Errorf("snapshot: %w: trailer missing after %d bytes", ErrTruncated, br.n)
+	}
+	if le.Uint32(tail) != want {
+		return nil, fmt.Errorf("snapshot: %w", ErrChecksum)
+	}
+	if string(tail[4:]) != snapshotTrailer {
+		return nil, fmt.Errorf("snapshot: %w: bad trailer", ErrTruncated)
+	}
+	return state, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) full(p []byte, what string) error {
+	k, err := io.ReadFull(c.r, p)
+	c.n += int64(k)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w: %s cut short after %d bytes", ErrTruncated, what, c.n)
+	}
+	return nil
+}
+
+var _ hash.Hash32 = crc32.New(castagnoli)

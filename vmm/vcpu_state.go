@@ -1,0 +1,281 @@
+package vmm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+)
+
+// candidateMSRs are the MSRs a vCPU's state includes where the host can save
+// them (see probeMSRs), in restore order: the TSC first, so that KVM
+// synchronises the vCPUs' TSCs, and the TSC deadline last, after the LAPIC
+// (restored before MSRs) is in TSC-deadline mode.
+var candidateMSRs = []uint32{
+	0x00000010, // IA32_TSC
+	0x0000003b, // IA32_TSC_ADJUST
+	0x00000174, // IA32_SYSENTER_CS
+	0x00000175, // IA32_SYSENTER_ESP
+	0x00000176, // IA32_SYSENTER_EIP
+	0x000001a0, // IA32_MISC_ENABLE
+	0x00000277, // IA32_PAT
+	0x000002ff, // MTRRdefType
+	0xc0000081, // STAR
+	0xc0000082, // LSTAR
+	0xc0000083, // CSTAR
+	0xc0000084, // SFMASK
+	0xc0000102, // KERNEL_GS_BASE
+	0xc0000103, // TSC_AUX
+	0x4b564d00, // MSR_KVM_WALL_CLOCK_NEW
+	0x4b564d01, // MSR_KVM_SYSTEM_TIME_NEW
+	0x4b564d02, // MSR_KVM_ASYNC_PF_EN
+	0x4b564d03, // MSR_KVM_STEAL_TIME
+	0x4b564d04, // MSR_KVM_PV_EOI_EN
+	0x000006e0, // IA32_TSC_DEADLINE
+}
+
+const maxSavedMSRs = 64
+
+// probeMSRs returns the candidate MSRs that this host lists in
+// KVM_GET_MSR_INDEX_LIST and that vCPU 0 can actually read.
+func (m *Machine) probeMSRs() ([]uint32, error) {
+	listed, err := kvmapi.MSRIndexList(m.kvmFd)
+	if err != nil {
+		return nil, err
+	}
+	onList := map[uint32]bool{}
+	for _, i := range listed {
+		onList[i] = true
+	}
+	var out []uint32
+	err = m.vcpus[0].do(func() error {
+		for _, idx := range candidateMSRs {
+			if !onList[idx] {
+				continue
+			}
+			e := []kvmapi.MSREntry{{Index: idx}}
+			if kvmapi.GetMSRs(m.vcpus[0].fd, e) == nil {
+				out = append(out, idx)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// vcpuStateFixed is the fixed-size part of a vCPU's saved state. The MSRs,
+// the CPUID table and the XSAVE area follow it, NMSRs, NCPUID and XSaveLen
+// long.
+type vcpuStateFixed struct {
+	Flags     uint32
+	NMSRs     uint32
+	NCPUID    uint32
+	XSaveLen  uint32
+	MPState   kvm.MPState
+	Regs      kvm.Regs
+	Sregs     kvm.Sregs
+	XCRS      kvm.XCRS
+	DebugRegs kvm.DebugRegs
+	LAPIC     kvm.LAPICState
+	Events    kvm.VCPUEvents
+}
+
+const (
+	vcpuFlagLAPIC  = 1 << 0 // LAPIC is valid (in-kernel irqchip)
+	vcpuFlagHalted = 1 << 1 // waiting in HLT (userspace interrupt delivery)
+
+	maxXSaveLen = 1 << 16
+)
+
+// vcpuState is a vCPU's whole saved state.
+type vcpuState struct {
+	vcpuStateFixed
+	MSRs  []kvmapi.MSREntry
+	CPUID []kvm.CPUIDEntry2
+	XSave []byte
+}
+
+// ID implements Component.
+func (v *VCPU) ID() string { return fmt.Sprintf("vcpu/%d", v.index) }
+
+// StateVersion implements Component.
+func (v *VCPU) StateVersion() uint32 { return 1 }
+
+// SaveState implements Component. It runs on the vCPU's thread.
+//
+// Order matters (as Firecracker and QEMU found): KVM_GET_MP_STATE first, as it
+// may process pending LAPIC events and change other state; vCPU events last,
+// as other GETs may change what is pending.
+func (v *VCPU) SaveState() ([]byte, error) {
+	var st *vcpuState
+	err := v.do(func() (err error) {
+		st, err = v.saveOnThread()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", v.ID(), err)
+	}
+	return encodeVCPUState(st)
+}
+
+func (v *VCPU) saveOnThread() (*vcpuState, error) {
+	fd := uintptr(v.fd)
+	st := &vcpuState{}
+	if err := kvm.GetMPState(fd, &st.MPState); err != nil {
+		return nil, fmt.Errorf("KVM_GET_MP_STATE: %w", err)
+	}
+	regs, err := kvm.GetRegs(fd)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	st.Regs = *regs
+	sregs, err := kvm.GetSregs(fd)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	st.Sregs = *sregs
+	st.XSave = make([]byte, v.xsaveSize)
+	if err := kvmapi.GetXSave(v.fd, st.XSave); err != nil {
+		return nil, err
+	}
+	if err := kvm.GetXCRS(fd, &st.XCRS); err != nil {
+		return nil, fmt.Errorf("KVM_GET_XCRS: %w", err)
+	}
+	if err := kvm.GetDebugRegs(fd, &st.DebugRegs); err != nil {
+		return nil, fmt.Errorf("KVM_GET_DEBUGREGS: %w", err)
+	}
+	if v.m.cfg.IRQChip {
+		if err := kvm.GetLocalAPIC(fd, &st.LAPIC); err != nil {
+			return nil, fmt.Errorf("KVM_GET_LAPIC: %w", err)
+		}
+		st.Flags |= vcpuFlagLAPIC
+	}
+	st.MSRs = make([]kvmapi.MSREntry, len(v.m.savedMSRs))
+	for i, idx := range v.m.savedMSRs {
+		st.MSRs[i].Index = idx
+	}
+	if err := kvmapi.GetMSRs(v.fd, st.MSRs); err != nil {
+		return nil, err
+	}
+	st.CPUID = v.cpuid.Entries
+	if err := kvm.GetVCPUEvents(fd, &st.Events); err != nil {
+		return nil, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
+	}
+	if v.halted {
+		st.Flags |= vcpuFlagHalted
+	}
+	return st, nil
+}
+
+// RestoreState implements Component. It decodes and checks everything
+// before the first ioctl, then restores on the vCPU's thread in the order
+// KVM needs:
+//
+//  1. CPUID, before anything that depends on the features it announces;
+//  2. MP state first of the rest (it may reset other state);
+//  3. REGS, SREGS, XSAVE, XCRS, debug registers;
+//  4. LAPIC before MSRs (the TSC deadline MSR needs the LAPIC timer mode);
+//  5. MSRs, the TSC first;
+//  6. vCPU events last (pending exceptions and interrupts; SREGS would
+//     overwrite the pending interrupt otherwise).
+func (v *VCPU) RestoreState(version uint32, data []byte) error {
+	if err := checkVersion(v.ID(), version, v.StateVersion()); err != nil {
+		return err
+	}
+	st, err := decodeVCPUState(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", v.ID(), err)
+	}
+	if hasLAPIC := st.Flags&vcpuFlagLAPIC != 0; hasLAPIC != v.m.cfg.IRQChip {
+		return fmt.Errorf("%s: saved with in-kernel irqchip=%v, this machine has %v: %w", v.ID(), hasLAPIC, v.m.cfg.IRQChip, ErrMismatch)
+	}
+	if len(st.XSave) != v.xsaveSize {
+		return fmt.Errorf("%s: XSAVE area of %d bytes, this host uses %d: %w", v.ID(), len(st.XSave), v.xsaveSize, ErrMismatch)
+	}
+	err = v.do(func() error { return v.restoreOnThread(st) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", v.ID(), err)
+	}
+	return nil
+}
+
+func (v *VCPU) restoreOnThread(st *vcpuState) error {
+	fd := uintptr(v.fd)
+	cpuid := &kvm.CPUID{Nent: uint32(len(st.CPUID)), Entries: st.CPUID}
+	if err := kvm.SetCPUID2(fd, cpuid); err != nil {
+		return fmt.Errorf("KVM_SET_CPUID2: %w", err)
+	}
+	v.cpuid = cpuid
+	if err := kvm.SetMPState(fd, &st.MPState); err != nil {
+		return fmt.Errorf("KVM_SET_MP_STATE: %w", err)
+	}
+	if err := kvm.SetRegs(fd, &st.Regs); err != nil {
+		return fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	if err := kvm.SetSregs(fd, &st.Sregs); err != nil {
+		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	}
+	if err := kvmapi.SetXSave(v.fd, st.XSave); err != nil {
+		return err
+	}
+	if err := kvm.SetXCRS(fd, &st.XCRS); err != nil {
+		return fmt.Errorf("KVM_SET_XCRS: %w", err)
+	}
+	if err := kvm.SetDebugRegs(fd, &st.DebugRegs); err != nil {
+		return fmt.Errorf("KVM_SET_DEBUGREGS: %w", err)
+	}
+	if st.Flags&vcpuFlagLAPIC != 0 {
+		if err := kvm.SetLocalAPIC(fd, &st.LAPIC); err != nil {
+			return fmt.Errorf("KVM_SET_LAPIC: %w", err)
+		}
+	}
+	if err := kvmapi.SetMSRs(v.fd, st.MSRs); err != nil {
+		return err
+	}
+	if err := kvm.SetVCPUEvents(fd, &st.Events); err != nil {
+		return fmt.Errorf("KVM_SET_VCPU_EVENTS: %w", err)
+	}
+	v.halted = st.Flags&vcpuFlagHalted != 0
+	return nil
+}
+
+func encodeVCPUState(st *vcpuState) ([]byte, error) {
+	st.NMSRs, st.NCPUID, st.XSaveLen = uint32(len(st.MSRs)), uint32(len(st.CPUID)), uint32(len(st.XSave))
+	var buf bytes.Buffer
+	for _, part := range []any{&st.vcpuStateFixed, st.MSRs, st.CPUID, st.XSave} {
+		if err := binary.Write(&buf, binary.LittleEndian, part); err != nil {
+			return nil, fmt.Errorf("encoding vCPU state: %w", err)
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+func decodeVCPUState(data []byte) (*vcpuState, error) {
+	st := &vcpuState{}
+	fixed := binary.Size(&st.vcpuStateFixed)
+	if len(data) < fixed {
+		return nil, fmt.Errorf("%w: vCPU state of %d bytes, the fixed part alone is %d", ErrTruncated, len(data), fixed)
+	}
+	r := bytes.NewReader(data)
+	if err := binary.Read(r, binary.LittleEndian, &st.vcpuStateFixed); err != nil {
+		return nil, err
+	}
+	if st.NMSRs > maxSavedMSRs || st.NCPUID > maxCPUIDEntries || st.XSaveLen > maxXSaveLen || st.XSaveLen < kvmapi.XSaveSize {
+		return nil, fmt.Errorf("vCPU state: %d MSRs, %d CPUID entries, %d bytes of XSAVE: %w", st.NMSRs, st.NCPUID, st.XSaveLen, ErrMismatch)
+	}
+	st.MSRs = make([]kvmapi.MSREntry, st.NMSRs)
+	st.CPUID = make([]kvm.CPUIDEntry2, st.NCPUID)
+	st.XSave = make([]byte, st.XSaveLen)
+	want := fixed + binary.Size(st.MSRs) + binary.Size(st.CPUID) + len(st.XSave)
+	if len(data) != want {
+		return nil, fmt.Errorf("%w: vCPU state of %d bytes, its counts say %d", ErrTruncated, len(data), want)
+	}
+	for _, part := range []any{st.MSRs, st.CPUID, st.XSave} {
+		if err := binary.Read(r, binary.LittleEndian, part); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
