@@ -37,7 +37,7 @@
 // Placement rules. The kernel goes at pref_address (aligned up to kernel_alignment when
 // relocatable), needing max(init_size, image length) bytes of contiguous usable RAM;
 // a relocatable kernel that does not fit there goes at the lowest aligned address from
-// 1 MiB that fits; a non-relocatable one fails. The initrd goes as high as it fits,
+// 1 MiB that fits; a non-relocatable one fails. The kernel always ends by 4 GiB. The initrd goes as high as it fits,
 // page-aligned, from 1 MiB, clear of the kernel, ending by initrd_addr_max+1 and 4 GiB;
 // only if it fits nowhere there and the kernel sets XLF_CAN_BE_LOADED_ABOVE_4G does it go
 // above (QEMU and GRUB honour initrd_addr_max the same way). Errors for room wrap

@@ -10,7 +10,8 @@ import (
 const (
 	hdrOffset      = 0x1F1 // start of struct setup_header in the image and in boot_params
 	hdrJumpLenOff  = 0x201 // byte whose value + 0x202 is the end of the header
-	hdrMinEnd      = 0x26C // end of kernel_info_offset, the last field this package knows
+	hdrMinEnd      = 0x26C // end of kernel_info_offset (2.15+), the last field this package knows
+	hdrEnd212      = 0x268 // end of handover_offset, the last field of protocols 2.12–2.14
 	hdrMaxEnd      = 0x290 // end of the header's room in boot_params (edd_mbr_sig_buffer follows)
 	bootFlagMagic  = 0xAA55
 	hdrSMagic      = 0x53726448 // "HdrS"
@@ -124,9 +125,13 @@ func ParseHeader(image []byte) (Header, error) {
 		return h, fmt.Errorf("parse bzImage header: boot protocol %d.%02d is older than 2.12, the first with xloadflags/XLF_KERNEL_64 needed for the 64-bit entry",
 			h.Version>>8, h.Version&0xFF)
 	}
-	if h.End < hdrMinEnd || h.End > hdrMaxEnd {
+	need := hdrEnd212
+	if h.Version >= 0x020F {
+		need = hdrMinEnd
+	}
+	if h.End < need || h.End > hdrMaxEnd {
 		return h, fmt.Errorf("parse bzImage header: header ends at 0x%x, want within [0x%x, 0x%x] for protocol %d.%02d",
-			h.End, hdrMinEnd, hdrMaxEnd, h.Version>>8, h.Version&0xFF)
+			h.End, need, hdrMaxEnd, h.Version>>8, h.Version&0xFF)
 	}
 	if h.LoadFlags&LoadedHigh == 0 {
 		return h, fmt.Errorf("parse bzImage header: loadflags 0x%02x lacks LOADED_HIGH: a zImage, not a bzImage", h.LoadFlags)

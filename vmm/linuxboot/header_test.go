@@ -97,6 +97,31 @@ func TestParseHeaderSetupSectsZeroMeansFour(t *testing.T) {
 	}
 }
 
+// TestParseHeaderProtocol212: a 3.8-era kernel's header ends at 0x268, before
+// kernel_info_offset; it is accepted, and the missing field reads as zero, not as the
+// setup code that follows the header.
+func TestParseHeaderProtocol212(t *testing.T) {
+	s := defaultSpec()
+	s.version, s.hdrEnd = 0x020C, 0x268
+	img := s.build()
+	h, err := ParseHeader(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.KernelInfoOffset != 0 || len(h.Raw) != 0x268-0x1F1 {
+		t.Errorf("kernel_info_offset 0x%x, raw %d bytes; want 0 and %d", h.KernelInfoOffset, len(h.Raw), 0x268-0x1F1)
+	}
+	mem := make(sliceMem, 64*mib)
+	if _, err := Load(mem, Config{Kernel: img, MemSize: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	want := expectedZeroPage(img, 0x268, 0x1000000, 0, 0, []E820Entry{{0, 0x9FC00, E820RAM}, {0x9FC00, 0x60400, E820Reserved}, {0x100000, 63 * mib, E820RAM}})
+	if zp := mem[0x7000:0x8000]; !bytes.Equal(zp, want) {
+		i := firstDiff(zp, want)
+		t.Fatalf("boot_params differs at 0x%x: 0x%02x, want 0x%02x", i, zp[i], want[i])
+	}
+}
+
 // TestParseHeaderLongerHeader: a future kernel's header that is longer than this package
 // knows is kept whole, and the fields past 0x26C are not decoded from setup code.
 func TestParseHeaderLongerHeader(t *testing.T) {
@@ -136,7 +161,8 @@ func TestParseHeaderRejects(t *testing.T) {
 		{"wrong magic", mut(func(b []byte) { b[0x202] = 'X' }), "HdrS"},
 		{"protocol 2.06", spec(func(s *imageSpec) { s.version = 0x0206 }), "older than 2.12"},
 		{"protocol 2.11", spec(func(s *imageSpec) { s.version = 0x020B }), "older than 2.12"},
-		{"header too short for 2.12", spec(func(s *imageSpec) { s.hdrEnd = 0x268 }), "header ends at 0x268"},
+		{"header too short for 2.15", spec(func(s *imageSpec) { s.hdrEnd = 0x268 }), "header ends at 0x268"},
+		{"header too short for 2.12", spec(func(s *imageSpec) { s.hdrEnd = 0x264; s.version = 0x020C }), "header ends at 0x264"},
 		{"header too long", mut(func(b []byte) { b[0x201] = 0x90 }), "header ends at 0x292"},
 		{"zImage", spec(func(s *imageSpec) { s.loadFlags = 0 }), "LOADED_HIGH"},
 		{"32-bit only", spec(func(s *imageSpec) { s.xloadFlags = XLFCanBeLoadedAbove4G }), "XLF_KERNEL_64"},
@@ -182,7 +208,7 @@ func FuzzParseHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if h.End > len(img) || h.End < 0x26C || h.End > 0x290 || len(h.Raw) != h.End-0x1F1 {
+		if h.End > len(img) || h.End < 0x268 || (h.Version >= 0x020F && h.End < 0x26C) || h.End > 0x290 || len(h.Raw) != h.End-0x1F1 {
 			t.Fatalf("accepted header end 0x%x, raw %d bytes, image %d", h.End, len(h.Raw), len(img))
 		}
 		if h.SetupSize >= len(img) || h.SetupSize < 5*512 {

@@ -33,7 +33,7 @@ type Config struct {
 // Entry is how the vmm must start the vCPU for the 64-bit boot protocol. Precondition for
 // entering at RIP: long mode (CR0.PE|PG, CR4.PAE, EFER.LME|LMA) with page tables that
 // identity-map at least [0, IdentityMapEnd) — identity-mapping the first 4 GiB always
-// suffices, since the loader puts nothing it needs mapped above 4 GiB —, GDTR = {GDTBase,
+// suffices: the kernel, boot_params, command line and GDT all lie below 4 GiB —, GDTR = {GDTBase,
 // GDTLimit} (the loader has written GDT there), CS = CS, DS = ES = SS = DS, interrupts
 // disabled (RFLAGS = 0x2), RSI = boot_params.
 type Entry struct {
@@ -94,7 +94,7 @@ func Load(mem Memory, cfg Config) (Entry, error) {
 	}
 
 	above4G := h.XLoadFlags&XLFCanBeLoadedAbove4G != 0
-	kernel, err := placeKernel(h, uint64(len(cfg.Kernel)-h.SetupSize), ram, above4G)
+	kernel, err := placeKernel(h, uint64(len(cfg.Kernel)-h.SetupSize), ram)
 	if err != nil {
 		return Entry{}, fmt.Errorf("load linux: %w", err)
 	}
@@ -187,13 +187,11 @@ func checkCmdline(c string, cmdlineSize uint32) error {
 // length) bytes of contiguous usable RAM from its runtime start. A non-relocatable kernel
 // goes at pref_address (or 1 MiB if that is zero); a relocatable one at pref_address
 // aligned up to kernel_alignment if that fits, else at the lowest kernel_alignment-aligned
-// address from 1 MiB that fits. Without XLF_CAN_BE_LOADED_ABOVE_4G it must end by 4 GiB.
-func placeKernel(h Header, length uint64, ram []E820Entry, above4G bool) (span, error) {
+// address from 1 MiB that fits. It always ends by 4 GiB, even when the kernel could run
+// above (XLF_CAN_BE_LOADED_ABOVE_4G): so identity-mapping the first 4 GiB is always enough.
+func placeKernel(h Header, length uint64, ram []E820Entry) (span, error) {
 	need := max(uint64(h.InitSize), length)
-	limit := uint64(math.MaxUint64)
-	if !above4G {
-		limit = fourGiB
-	}
+	const limit = fourGiB
 	fits := func(start uint64) bool {
 		end := start + need
 		return start >= MinHighAddr && end > start && end <= limit && (span{start, end}).containedIn(ram)
