@@ -114,7 +114,7 @@ func Load(mem Memory, cfg Config) (Entry, error) {
 	// protocol: leave no heap.
 	bp.Hdr.LoadFlags &^= CanUseHeap
 	bp.Hdr.HeapEndPtr = 0
-	bp.Hdr.Code32Start = uint32(kernel.start) // low half; only the 32-bit entry reads it
+	bp.Hdr.Code32Start = uint32(kernel.start) // the kernel lies below 4 GiB, so this is exact
 	bp.Hdr.CmdLinePtr = CmdlineAddr
 	bp.Hdr.RamdiskImage = uint32(initrd.start)
 	bp.ExtRamdiskImage = uint32(initrd.start >> 32)
