@@ -1,0 +1,99 @@
+package vmm
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestGuestMemorySlotsAroundTheHole(t *testing.T) {
+	for _, tc := range []struct {
+		size  int64
+		slots []Slot
+	}{
+		{16 << 20, []Slot{{ID: 0, GPA: 0, Size: 16 << 20}}},
+		{LowRAMTop, []Slot{{ID: 0, GPA: 0, Size: LowRAMTop}}},
+		{64 << 30, []Slot{{ID: 0, GPA: 0, Size: LowRAMTop}, {ID: 1, GPA: HighRAMGPA, Size: 64<<30 - LowRAMTop, HostOffset: LowRAMTop}}},
+	} {
+		m, err := NewGuestMemory(tc.size)
+		if err != nil {
+			t.Fatalf("size %d: %v", tc.size, err)
+		}
+		got := m.Slots()
+		if len(got) != len(tc.slots) {
+			t.Fatalf("size %d: slots %+v, want %+v", tc.size, got, tc.slots)
+		}
+		for i := range got {
+			if got[i] != tc.slots[i] {
+				t.Errorf("size %d: slot %d = %+v, want %+v", tc.size, i, got[i], tc.slots[i])
+			}
+		}
+		m.Close()
+	}
+}
+
+func TestGuestMemoryRejectsBadSizes(t *testing.T) {
+	for _, size := range []int64{0, 1 << 20, MinMemory - 2<<20, MaxMemory + 2<<20, 17<<20 + 4096} {
+		if _, err := NewGuestMemory(size); err == nil {
+			t.Errorf("size %d accepted", size)
+		}
+	}
+}
+
+func TestWriteAtMarksDirtyAndTranslatesHighMemory(t *testing.T) {
+	m, err := NewGuestMemory(4 << 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// A write straddling two pages below the hole, one above it.
+	if _, err := m.WriteAt([]byte("hello"), 3*PageSize-2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.WriteAt([]byte{1}, HighRAMGPA+5*PageSize); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Bytes()[LowRAMTop+5*PageSize]; got != 1 {
+		t.Errorf("high write landed elsewhere: byte = %d", got)
+	}
+	bm := make([]uint64, (m.Pages()+63)/64)
+	if n := m.TakeVMMDirty(bm); n != 3 {
+		t.Errorf("dirty pages = %d, want 3", n)
+	}
+	for _, p := range []uint64{2, 3, LowRAMTop/PageSize + 5} {
+		if bm[p/64]&(1<<(p%64)) == 0 {
+			t.Errorf("page %d not marked dirty", p)
+		}
+	}
+	clear(bm)
+	if n := m.TakeVMMDirty(bm); n != 0 {
+		t.Errorf("dirty bits not cleared: %d left", n)
+	}
+	for _, gpa := range []int64{LowRAMTop, HighRAMGPA - 1, -1, HighRAMGPA + (4<<30 - LowRAMTop)} {
+		if _, err := m.WriteAt([]byte{1}, gpa); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("write at %#x: %v, want ErrOutOfRange", gpa, err)
+		}
+	}
+	if _, err := m.WriteAt(make([]byte, 2), LowRAMTop-1); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("write across the hole: %v, want ErrOutOfRange", err)
+	}
+}
+
+func TestResidentSeesOnlyTouchedPages(t *testing.T) {
+	m, err := NewGuestMemory(64 << 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.WritePage(1000, make([]byte, PageSize))
+	res, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range res {
+		n += int(r & 1)
+	}
+	if res[1000]&1 == 0 || n > 16 {
+		t.Errorf("resident: page 1000 = %d, %d pages in all (a 64 GiB guest must cost nothing untouched)", res[1000]&1, n)
+	}
+}

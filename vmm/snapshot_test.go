@@ -1,0 +1,306 @@
+package vmm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+)
+
+func testState(t testing.TB) []byte {
+	ms := &MachineState{
+		Config: StateConfig{VCPUs: 2, IRQChip: true, MemSize: 16 << 20},
+		Sections: []Section{
+			{ID: "vm", Version: 1, Data: bytes.Repeat([]byte{7}, 1000)},
+			{ID: "vcpu/0", Version: 1, Data: []byte("regs")},
+			{ID: "serial/com1", Version: 1, Data: []byte{}},
+		},
+	}
+	b, err := EncodeState(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// testSnapshot writes a snapshot of synthetic state and of memory with a few
+// pages touched, and returns it with the memory's hash.
+func testSnapshot(t *testing.T) ([]byte, [32]byte) {
+	mem, err := NewGuestMemory(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	rng := rand.New(rand.NewSource(1))
+	for i := 0; i < 20; i++ {
+		page := make([]byte, PageSize)
+		rng.Read(page[:64])
+		mem.WritePage(uint64(rng.Intn(int(mem.Pages()))), page)
+	}
+	mem.WritePage(5, make([]byte, PageSize)) // touched but zero: not stored
+	var buf bytes.Buffer
+	if err := writeSnapshot(&buf, testState(t), mem); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), sha256.Sum256(mem.Bytes())
+}
+
+func readInto(snap []byte) ([]byte, *GuestMemory, error) {
+	var mem *GuestMemory
+	state, err := readSnapshot(bytes.NewReader(snap), func(sc StateConfig) (*GuestMemory, error) {
+		var err error
+		mem, err = NewGuestMemory(sc.MemSize)
+		return mem, err
+	})
+	return state, mem, err
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	snap, want := testSnapshot(t)
+	state, mem, err := readInto(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	if got := sha256.Sum256(mem.Bytes()); got != want {
+		t.Error("memory differs after a snapshot round trip")
+	}
+	if !bytes.Equal(state, testState(t)) {
+		t.Error("state differs after a snapshot round trip")
+	}
+	if len(snap) > 24+len(state)+21*(8+PageSize)+8+12 {
+		t.Errorf("snapshot of %d bytes stores more than the 20 non-zero pages", len(snap))
+	}
+}
+
+func TestSnapshotRejectsDamage(t *testing.T) {
+	snap, _ := testSnapshot(t)
+	future := append([]byte(nil), snap...)
+	future[8] = 99
+	wrongMagic := append([]byte(nil), snap...)
+	copy(wrongMagic, "NOTASNAP")
+	cases := []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"wrong magic", wrongMagic, ErrBadMagic},
+		{"future version", future, ErrVersion},
+		{"empty", nil, ErrTruncated},
+	}
+	for _, cut := range []int{10, 30, 24 + 100, len(snap) / 2, len(snap) - 13, len(snap) - 1} {
+		cases = append(cases, struct {
+			name string
+			data []byte
+			want error
+		}{"truncated", snap[:cut], ErrTruncated})
+	}
+	for _, c := range cases {
+		_, mem, err := readInto(c.data)
+		if mem != nil {
+			mem.Close()
+		}
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s (%d bytes): %v, want %v", c.name, len(c.data), err, c.want)
+		}
+	}
+	// Every single-bit flip after the magic and version is caught by some
+	// check; none is accepted.
+	rng := rand.New(rand.NewSource(2))
+	for i := 0; i < 400; i++ {
+		pos := 12 + rng.Intn(len(snap)-12)
+		bad := append([]byte(nil), snap...)
+		bad[pos] ^= 1 << rng.Intn(8)
+		_, mem, err := readInto(bad)
+		if mem != nil {
+			mem.Close()
+		}
+		if err == nil {
+			t.Fatalf("bit flip at byte %d of %d accepted", pos, len(snap))
+		}
+	}
+}
+
+func TestDecodeStateRejectsDamage(t *testing.T) {
+	good := testState(t)
+	if _, err := DecodeState(good); err != nil {
+		t.Fatal(err)
+	}
+	for cut := 0; cut < len(good); cut += 7 {
+		if _, err := DecodeState(good[:cut]); err == nil {
+			t.Errorf("state cut to %d bytes accepted", cut)
+		}
+	}
+	for pos := 12; pos < len(good); pos++ {
+		bad := append([]byte(nil), good...)
+		bad[pos] ^= 0x10
+		if _, err := DecodeState(bad); !errors.Is(err, ErrChecksum) {
+			t.Errorf("flip at %d: %v, want ErrChecksum", pos, err)
+		}
+	}
+}
+
+func FuzzDecodeState(f *testing.F) {
+	f.Add(testState(f))
+	f.Add([]byte(stateMagic))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ms, err := DecodeState(data)
+		if err != nil {
+			return
+		}
+		again, err := EncodeState(ms)
+		if err != nil {
+			t.Fatalf("decoded state does not re-encode: %v", err)
+		}
+		if !bytes.Equal(again, data) {
+			t.Fatalf("decode/encode is not the identity")
+		}
+	})
+}
+
+func TestVCPUStateEncodingRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	st := &vcpuState{
+		vcpuStateFixed: vcpuStateFixed{Flags: vcpuFlagLAPIC, MPState: kvm.MPState{State: 3}},
+		MSRs:           []kvmapi.MSREntry{{Index: 0x10, Data: 12345}, {Index: 0xc0000082, Data: 0xffff800000001000}},
+		CPUID:          []kvm.CPUIDEntry2{{Function: 1, Ebx: 0x01000800}},
+		XSave:          make([]byte, kvmapi.XSaveSize),
+	}
+	st.Regs.RIP = 0x100123
+	st.Sregs.CR3 = PML4GPA
+	rng.Read(st.LAPIC.Regs[:])
+	rng.Read(st.XSave)
+	st.Events.ExceptionPayload = 77
+	b, err := encodeVCPUState(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeVCPUState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := encodeVCPUState(got)
+	if !bytes.Equal(b, b2) || got.Regs.RIP != st.Regs.RIP || got.LAPIC != st.LAPIC || got.Events.ExceptionPayload != 77 {
+		t.Error("vCPU state changed in a round trip")
+	}
+	for _, cut := range []int{0, 100, len(b) - 1} {
+		if _, err := decodeVCPUState(b[:cut]); !errors.Is(err, ErrTruncated) {
+			t.Errorf("cut to %d: %v, want ErrTruncated", cut, err)
+		}
+	}
+	huge := append([]byte(nil), b...)
+	huge[4] = 0xff // NMSRs
+	if _, err := decodeVCPUState(huge); err == nil {
+		t.Error("absurd MSR count accepted")
+	}
+}
+
+// roundTrip saves c, restores into fresh, saves fresh, and compares.
+func roundTrip(t *testing.T, c, fresh Component) {
+	t.Helper()
+	a, err := c.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.RestoreState(c.StateVersion(), a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := fresh.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Errorf("%s: state changed in a round trip:\n% x\n% x", c.ID(), a, b)
+	}
+	if err := fresh.RestoreState(c.StateVersion()+1, a); !errors.Is(err, ErrVersion) {
+		t.Errorf("%s: future version: %v, want ErrVersion", c.ID(), err)
+	}
+	if len(a) > 0 {
+		if err := fresh.RestoreState(c.StateVersion(), a[:len(a)-1]); !errors.Is(err, ErrTruncated) {
+			t.Errorf("%s: truncated state: %v, want ErrTruncated", c.ID(), err)
+		}
+	}
+}
+
+func TestSerialStateRoundTrip(t *testing.T) {
+	var out bytes.Buffer
+	s := NewSerial("com1", PortCOM1, &out, nil)
+	s.PIOWrite(PortCOM1+uartLCR, []byte{0x83})
+	s.PIOWrite(PortCOM1+uartRBR, []byte{1}) // divisor low
+	s.PIOWrite(PortCOM1+uartLCR, []byte{0x03})
+	s.PIOWrite(PortCOM1+uartIER, []byte{uartIERTHRI})
+	s.PIOWrite(PortCOM1+uartMCR, []byte{uartMCRLoop | 0x0b})
+	s.PIOWrite(PortCOM1+uartRBR, []byte{'x'}) // looped back, not printed
+	roundTrip(t, s, NewSerial("com1", PortCOM1, nil, nil))
+	if out.Len() != 0 {
+		t.Errorf("loopback byte reached the console: %q", out.String())
+	}
+	d := []byte{0}
+	s.PIORead(PortCOM1+uartLSR, d)
+	if d[0]&uartLSRDR == 0 {
+		t.Error("looped-back byte not reported as received")
+	}
+	s.PIORead(PortCOM1+uartRBR, d)
+	if d[0] != 'x' {
+		t.Errorf("received %q, want x", d[0])
+	}
+	s.PIORead(PortCOM1+uartMSR, d)
+	if d[0] != 0xb0 { // DTR→DSR, RTS→CTS, OUT2→DCD
+		t.Errorf("loopback MSR = %#x, want 0xb0", d[0])
+	}
+	s.PIOWrite(PortCOM1+uartMCR, []byte{0})
+	s.PIOWrite(PortCOM1+uartRBR, []byte{'y'})
+	if out.String() != "y" {
+		t.Errorf("console got %q, want y", out.String())
+	}
+}
+
+func TestClockContinuesAcrossRestore(t *testing.T) {
+	host := time.Duration(0)
+	c := NewClock(func() time.Duration { return host })
+	host = 5 * time.Second
+	read := func(c *Clock) uint64 {
+		lo, hi := make([]byte, 4), make([]byte, 4)
+		c.PIORead(PortClockLo, lo)
+		c.PIORead(PortClockHi, hi)
+		return uint64(lo[0]) | uint64(lo[1])<<8 | uint64(lo[2])<<16 | uint64(lo[3])<<24 | uint64(hi[0])<<32 | uint64(hi[1])<<40 | uint64(hi[2])<<48 | uint64(hi[3])<<56
+	}
+	if got := read(c); got != uint64(5*time.Second) {
+		t.Fatalf("clock reads %d", got)
+	}
+	saved, _ := c.SaveState()
+	// The new host's clock is far behind: guest time must still continue.
+	otherHost := time.Duration(1)
+	r := NewClock(func() time.Duration { return otherHost })
+	if err := r.RestoreState(1, saved); err != nil {
+		t.Fatal(err)
+	}
+	otherHost += time.Millisecond
+	if got := read(r); got != uint64(5*time.Second+time.Millisecond) {
+		t.Errorf("restored clock reads %d, want %d", got, 5*time.Second+time.Millisecond)
+	}
+	roundTrip(t, c, NewClock(func() time.Duration { return 42 }))
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []Config{
+		{VCPUs: 0, MemSize: 16 << 20, IRQChip: true},
+		{VCPUs: 1000, MemSize: 16 << 20, IRQChip: true},
+		{VCPUs: 2, MemSize: 16 << 20, IRQChip: false},
+		{VCPUs: 1, MemSize: 1 << 20, IRQChip: true},
+		{VCPUs: 1, MemSize: 16 << 20, IRQChip: true, DirtyRingEntries: 1000},
+	} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	ok := Config{VCPUs: 64, MemSize: 64 << 30, IRQChip: true, DirtyRingEntries: 4096}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("%+v refused: %v", ok, err)
+	}
+}
