@@ -75,12 +75,15 @@ type Fence struct {
 	held     uint64 // last generation won (valid, suspended)
 	suspends uint64 // number of Suspend calls that took effect
 	seen     Claim  // for revoked: the claim that revoked the fence
+	// inflight counts this fence's Acquire calls waiting on the arbiter, by
+	// generation: a claim of ours seen meanwhile is one of them, not a rival.
+	inflight map[uint64]int
 }
 
 // NewFence returns an idle fence that acquires generations from arb on
 // behalf of owner.
 func NewFence(arb Arbiter, owner string) *Fence {
-	return &Fence{arb: arb, owner: owner, state: fenceIdle}
+	return &Fence{arb: arb, owner: owner, state: fenceIdle, inflight: map[uint64]int{}}
 }
 
 // Owner returns the name the fence acquires under.
@@ -136,19 +139,23 @@ func (f *Fence) Acquire(ctx context.Context, g uint64) (Claim, error) {
 		defer f.mu.Unlock()
 		return f.seen, fmt.Errorf("acquiring generation %d: %w by %s", g, ErrRevoked, f.seen)
 	}
+	f.inflight[g]++
 	f.mu.Unlock()
 
 	c, err := f.arb.Acquire(ctx, g, f.owner)
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.inflight[g]--; f.inflight[g] == 0 {
+		delete(f.inflight, g)
+	}
 	if err != nil {
 		if errors.Is(err, ErrLost) {
 			f.observeLocked(c)
 		}
 		return c, err
 	}
-	if f.observeLocked(c); f.state == fenceRevoked {
+	if f.state == fenceRevoked {
 		return c, fmt.Errorf("won generation %d but %w by %s meanwhile", g, ErrRevoked, f.seen)
 	}
 	if f.state != fenceIdle && g <= f.held {
@@ -202,8 +209,8 @@ func (f *Fence) Confirm(ctx context.Context) error {
 	if f.observeLocked(cur); f.state == fenceRevoked {
 		return fmt.Errorf("confirming generation %d: %w by %s", held, ErrRevoked, f.seen)
 	}
-	if f.held != held {
-		return fmt.Errorf("confirming generation %d: fence won %d meanwhile, confirm again if still needed", held, f.held)
+	if f.held != held || (cur.Owner == f.owner && f.inflight[cur.Generation] > 0) {
+		return fmt.Errorf("confirming generation %d: an Acquire of this fence moved it to %s meanwhile; confirm again if still needed", held, cur)
 	}
 	if cur.Generation != f.held || cur.Owner != f.owner {
 		// The witness lost generations it had granted (a lease file
@@ -231,6 +238,9 @@ func (f *Fence) Observe(c Claim) {
 // Precondition: f.mu is held.
 func (f *Fence) observeLocked(c Claim) {
 	if f.state != fenceValid && f.state != fenceSuspended {
+		return
+	}
+	if c.Owner == f.owner && f.inflight[c.Generation] > 0 {
 		return
 	}
 	if c.Generation > f.held || (c.Generation == f.held && c.Owner != f.owner) {
