@@ -308,7 +308,7 @@ func (n *Node) notLeader() response {
 	if addr, ok := n.client[id]; ok && id != raft.ServerID(n.cfg.ID) {
 		return response{Status: statusRedirect, Leader: addr}
 	}
-	return response{Status: statusNoLeader, Error: fmt.Sprintf("node %s knows no leader", n.cfg.ID)}
+	return response{Status: statusNoLeader, Error: fmt.Sprintf("node %s knows no leader (can it reach a quorum?)", n.cfg.ID)}
 }
 
 func writeResponse(w http.ResponseWriter, code int, resp response) {

@@ -1,0 +1,170 @@
+package witness
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRaftContract(t *testing.T) {
+	c := startTCPCluster(t, 3)
+	checkArbiterContract(t, c.client())
+}
+
+// TestRaftRace races 2, then 5 candidates, each with its own client of a
+// real 3-node cluster on loopback TCP with raft-boltdb stores, 1,000 rounds
+// each.
+func TestRaftRace(t *testing.T) {
+	c := startTCPCluster(t, 3)
+	for _, n := range []int{2, 5} {
+		t.Run(fmt.Sprintf("candidates=%d", n), func(t *testing.T) {
+			arbs := make([]Arbiter, n)
+			for i := range arbs {
+				arbs[i] = c.client()
+			}
+			raceRounds(t, arbs, 1000)
+		})
+	}
+	// Every node applied the same history.
+	want := c.nodes[c.leader()].fsm.current()
+	if err := c.nodes[c.leader()].raft.Barrier(time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range c.nodes {
+		if err := waitApplied(n, want); err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+	}
+}
+
+// waitApplied waits until n's FSM reaches want (followers apply after the
+// leader). The deadline bounds a hang only.
+func waitApplied(n *Node, want Claim) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for n.fsm.current() != want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("holder %v, leader has %v", n.fsm.current(), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// TestRaftOneOfThreeKilled kills the leader: the two survivors elect a new
+// one and the next failover is still decided, through the client's retries.
+func TestRaftOneOfThreeKilled(t *testing.T) {
+	c := startTCPCluster(t, 3)
+	ctx := ctxTimeout(t, 20*time.Second)
+	a, b := c.client(), c.client()
+	if _, err := a.Acquire(ctx, 1, "primary"); err != nil {
+		t.Fatal(err)
+	}
+	dead := c.leader()
+	if err := c.nodes[dead].Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	arbs := []Arbiter{a, b}
+	raceRounds(t, arbs, 20)
+	if l := c.leader(dead); l == dead {
+		t.Fatal("dead node still leader")
+	}
+	if cur, err := b.Current(ctx); err != nil || cur.Generation != 21 {
+		t.Fatalf("Current after failover = %v, %v", cur, err)
+	}
+}
+
+// TestRaftTwoOfThreeKilled: with one witness of three left there is no
+// quorum, so no candidate wins and each says the quorum is unreachable.
+func TestRaftTwoOfThreeKilled(t *testing.T) {
+	c := startTCPCluster(t, 3)
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := c.client().Acquire(ctx, 1, "primary"); err != nil {
+		t.Fatal(err)
+	}
+	l := c.leader()
+	survivor := (l + 1) % 3
+	if err := waitApplied(c.nodes[survivor], Claim{1, "primary"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.nodes {
+		if i != survivor {
+			if err := c.nodes[i].Shutdown(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	errs := make([]error, 2)
+	done := make(chan int)
+	for i := range errs {
+		go func() {
+			_, errs[i] = c.client().Acquire(ctxTimeout(t, 1500*time.Millisecond), 2, fmt.Sprintf("cand-%d", i))
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	for i, err := range errs {
+		if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "quorum unreachable") {
+			t.Fatalf("candidate %d: %v; want an unreachable-quorum error", i, err)
+		}
+		t.Logf("candidate %d: %v", i, err)
+	}
+	if _, err := c.client(survivor).Current(ctxTimeout(t, 500*time.Millisecond)); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("Current without quorum = %v", err)
+	}
+	if h := c.nodes[survivor].fsm.current(); h != (Claim{1, "primary"}) {
+		t.Fatalf("survivor applied %v without a quorum", h)
+	}
+}
+
+// TestRaftPartition isolates the leader with raft's in-memory transport: a
+// candidate that can reach only the isolated leader never wins, while one on
+// the majority side does; after healing, the isolated side learns the winner.
+func TestRaftPartition(t *testing.T) {
+	c := startInmemCluster(t, 3)
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := c.client().Acquire(ctx, 1, "primary"); err != nil {
+		t.Fatal(err)
+	}
+	old := c.leader()
+	c.isolate(old)
+	var majority []int
+	for i := range c.nodes {
+		if i != old {
+			majority = append(majority, i)
+		}
+	}
+	isolated, other := c.client(old), c.client(majority...)
+
+	errIsolated := make(chan error, 1)
+	go func() {
+		_, err := isolated.Acquire(ctxTimeout(t, 1500*time.Millisecond), 2, "isolated")
+		errIsolated <- err
+	}()
+	won, err := other.Acquire(ctx, 2, "majority")
+	if err != nil {
+		t.Fatalf("majority side: %v", err)
+	}
+	if won != (Claim{2, "majority"}) {
+		t.Fatalf("majority side won %v", won)
+	}
+	if err := <-errIsolated; !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("isolated side: %v; want unreachable", err)
+	}
+	if h := c.nodes[old].fsm.current(); h != (Claim{1, "primary"}) {
+		t.Fatalf("isolated node applied %v", h)
+	}
+
+	c.heal(old)
+	var lost *LostError
+	if _, err := isolated.Acquire(ctx, 2, "isolated"); !errors.As(err, &lost) || lost.Holder != won {
+		t.Fatalf("isolated side after healing: %v; want a loss naming %v", err, won)
+	}
+	for i, n := range c.nodes {
+		if err := waitApplied(n, won); err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+	}
+}
