@@ -1,0 +1,159 @@
+package checkpoint
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+)
+
+func frame(n uint32, version uint16, t MsgType, payload []byte) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, n)
+	b = binary.LittleEndian.AppendUint16(b, version)
+	b = binary.LittleEndian.AppendUint16(b, uint16(t))
+	return append(b, payload...)
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	h := newHarness(t, 8, 41)
+	ck := h.encode(KindSyncCommit, FlagSyncStart, 1, allPages(8), true)
+	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, Generation: 4, Epoch: 9}
+	ack := Ack{4, 9}
+	hb := Heartbeat{77}
+	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
+
+	// Over a real connection, so WriteMessage's writev path is used.
+	a, b := net.Pipe()
+	go func() {
+		defer a.Close()
+		for _, m := range []struct {
+			t MsgType
+			p []byte
+		}{{MsgHello, hello.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}} {
+			if err := WriteMessage(a, m.t, m.p); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	r := NewReader(b, 0)
+	next := func(want MsgType) []byte {
+		t.Helper()
+		typ, p, err := r.Next()
+		if err != nil || typ != want {
+			t.Fatalf("Next: %v %v, want %v", typ, err, want)
+		}
+		return p
+	}
+	if got, err := DecodeHello(next(MsgHello)); err != nil || got != hello {
+		t.Fatalf("hello %+v %v", got, err)
+	}
+	if p := next(MsgCheckpoint); !bytes.Equal(p, ck) {
+		t.Fatal("checkpoint payload differs")
+	}
+	if got, err := DecodeAck(next(MsgAck)); err != nil || got != ack {
+		t.Fatalf("ack %+v %v", got, err)
+	}
+	if got, err := DecodeHeartbeat(next(MsgHeartbeat)); err != nil || got != hb {
+		t.Fatalf("heartbeat %+v %v", got, err)
+	}
+	if got, err := DecodeResync(next(MsgResync)); err != nil || got != rs {
+		t.Fatalf("resync %+v %v", got, err)
+	}
+	if _, _, err := r.Next(); err != io.EOF {
+		t.Fatalf("after the last message: %v, want io.EOF", err)
+	}
+}
+
+// failingReader fails the test if more than n bytes are read from it.
+type failingReader struct {
+	tb testing.TB
+	r  io.Reader
+	n  int
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	m, err := f.r.Read(p)
+	f.n -= m
+	if f.n < 0 {
+		f.tb.Fatal("reader read past the frame header of a refused message")
+	}
+	return m, err
+}
+
+func TestReaderRejects(t *testing.T) {
+	cases := []struct {
+		name   string
+		stream []byte
+		want   error
+	}{
+		{"future version", frame(16, 2, MsgAck, make([]byte, 16)), ErrProtocolVersion},
+		{"type zero", frame(16, ProtocolVersion, 0, make([]byte, 16)), ErrBadMessage},
+		{"type unknown", frame(16, ProtocolVersion, numMsgTypes, make([]byte, 16)), ErrBadMessage},
+		{"ack too long", frame(17, ProtocolVersion, MsgAck, make([]byte, 17)), ErrMessageTooLarge},
+		{"ack too short", frame(15, ProtocolVersion, MsgAck, make([]byte, 15)), ErrBadMessage},
+		{"hello too long", frame(helloSize+1, ProtocolVersion, MsgHello, nil), ErrMessageTooLarge},
+		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
+		{"checkpoint over limit", frame(1<<20+1, ProtocolVersion, MsgCheckpoint, nil), ErrMessageTooLarge},
+		{"checkpoint under header", frame(10, ProtocolVersion, MsgCheckpoint, nil), ErrBadMessage},
+		{"truncated header", frame(16, ProtocolVersion, MsgAck, nil)[:5], io.ErrUnexpectedEOF},
+		{"truncated payload", frame(16, ProtocolVersion, MsgAck, make([]byte, 9)), io.ErrUnexpectedEOF},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			limit := len(tc.stream)
+			if errors.Is(tc.want, ErrMessageTooLarge) || errors.Is(tc.want, ErrProtocolVersion) {
+				limit = frameHeaderSize
+			}
+			r := NewReader(&failingReader{tb: t, r: bytes.NewReader(tc.stream), n: limit}, 1<<20)
+			_, _, err := r.Next()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Next: %v, want %v", err, tc.want)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// A length that lies (large, but within the limit) on a stream that then
+// ends costs at most one read chunk of memory, not the claimed size.
+func TestReaderGrowsWithData(t *testing.T) {
+	r := NewReader(bytes.NewReader(frame(900<<20, ProtocolVersion, MsgCheckpoint, make([]byte, 100))), 1<<30)
+	if _, _, err := r.Next(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Next: %v", err)
+	}
+	if cap(r.buf) > 2*readChunk {
+		t.Fatalf("reader allocated %d bytes for a stream of 100", cap(r.buf))
+	}
+}
+
+func TestPayloadDecodersReject(t *testing.T) {
+	good := Hello{Role: RolePrimary, MemPages: 8}.Append(nil)
+	mod := func(b []byte, i int, v byte) []byte { c := bytes.Clone(b); c[i] = v; return c }
+	cases := []struct {
+		name string
+		err  error
+	}{
+		{"hello magic", func() error { _, err := DecodeHello(mod(good, 0, 'X')); return err }()},
+		{"hello role zero", func() error { _, err := DecodeHello(mod(good, 4, 0)); return err }()},
+		{"hello committed flag", func() error { _, err := DecodeHello(mod(good, 5, 2)); return err }()},
+		{"hello zero memory", func() error { _, err := DecodeHello(Hello{Role: RoleBackup}.Append(nil)); return err }()},
+		{"ack generation zero", func() error { _, err := DecodeAck(Ack{0, 5}.Append(nil)); return err }()},
+		{"heartbeat short", func() error { _, err := DecodeHeartbeat([]byte{1}); return err }()},
+		{"resync reason zero", func() error { _, err := DecodeResync(Resync{Reason: 0}.Append(nil)); return err }()},
+		{"resync detail length lies", func() error {
+			p := Resync{ResyncGap, 1, 1, "abc"}.Append(nil)
+			return func() error { _, err := DecodeResync(p[:len(p)-1]); return err }()
+		}()},
+	}
+	for _, c := range cases {
+		if c.err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+	if err := WriteMessage(io.Discard, 0, nil); !errors.Is(err, ErrBadMessage) {
+		t.Errorf("writing type 0: %v", err)
+	}
+}
