@@ -16,6 +16,10 @@ const chunkShift = 12
 // Protected by Buffer.mu.
 type overlay struct {
 	chunks map[int64][]*entry
+	// end is at least the end of every held write. It is reset only when
+	// the overlay empties, so it may overstate, but only by the end of a
+	// write already released, which the Disk (growing on WriteAt) reaches.
+	end int64
 }
 
 func newOverlay() overlay { return overlay{chunks: make(map[int64][]*entry)} }
@@ -30,6 +34,7 @@ func (o *overlay) add(e *entry) {
 	for c := first; c <= last; c++ {
 		o.chunks[c] = append(o.chunks[c], e)
 	}
+	o.end = max(o.end, e.out.Off+int64(len(e.out.Data)))
 }
 
 // remove takes out e, the oldest held write; it panics if e is not the oldest
@@ -48,18 +53,22 @@ func (o *overlay) remove(e *entry) {
 		l[0] = nil
 		o.chunks[c] = l[1:]
 	}
+	if len(o.chunks) == 0 {
+		o.end = 0
+	}
 }
 
-func (o *overlay) clear() { clear(o.chunks) }
+func (o *overlay) clear() {
+	clear(o.chunks)
+	o.end = 0
+}
 
 // apply copies onto p, which holds the disk's bytes at off, every held write
-// overlapping it, oldest first. It returns the end (an index into p) of the
-// furthest byte it wrote, 0 if none.
-func (o *overlay) apply(p []byte, off int64) int {
+// overlapping it, oldest first.
+func (o *overlay) apply(p []byte, off int64) {
 	if len(o.chunks) == 0 || len(p) == 0 {
-		return 0
+		return
 	}
-	end := 0
 	first, last := span(off, len(p))
 	for c := first; c <= last; c++ {
 		l := o.chunks[c]
@@ -76,17 +85,17 @@ func (o *overlay) apply(p []byte, off int64) int {
 				continue
 			}
 			copy(p[wlo-off:whi-off], e.out.Data[wlo-e.out.Off:])
-			end = max(end, int(whi-off))
 		}
 	}
-	return end
 }
 
 // ReadAt reads the guest's view of the disk: the Disk's bytes with the held
 // (unreleased) writes laid over them, so the guest reads back what it wrote.
-// Bytes past the end of the Disk read as zero where a held write extends
-// beyond it, as they will once that write is released; io.EOF is returned
-// only if p reaches past both. Every guest disk read must come here.
+// A held write past the end of the Disk extends it, as it will once
+// released: bytes between the Disk's end and such a write read as zero, and
+// io.EOF (with a short count) is returned only where p reaches past the end
+// of both the Disk and every held write. The Disk must grow on a WriteAt past
+// its end, as a file does. Every guest disk read must come here.
 func (b *Buffer) ReadAt(p []byte, off int64) (int, error) {
 	if b.env.Disk == nil {
 		return 0, fmt.Errorf("outbuf: read %d bytes at offset %d: %w", len(p), off, ErrNoSink)
@@ -102,9 +111,12 @@ func (b *Buffer) ReadAt(p []byte, off int64) (int, error) {
 	}
 	clear(p[n:])
 	b.mu.Lock()
-	end := b.overlay.apply(p, off)
+	b.overlay.apply(p, off)
+	end := b.overlay.end
 	b.mu.Unlock()
-	n = max(n, end)
+	if n < len(p) && end-off > int64(n) {
+		n = int(min(end-off, int64(len(p))))
+	}
 	if n < len(p) {
 		return n, io.EOF
 	}

@@ -1,0 +1,232 @@
+package outbuf
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a Clock the test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// testFence accepts one generation until revoked, and counts its checks.
+type testFence struct {
+	mu      sync.Mutex
+	current uint64
+	revoked error
+	checks  int
+}
+
+var errLostLease = errors.New("lease lost")
+
+func (f *testFence) Check(gen uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks++
+	if f.revoked != nil {
+		return f.revoked
+	}
+	if gen != f.current {
+		return errors.New("generation is not current")
+	}
+	return nil
+}
+
+func (f *testFence) revoke(err error) {
+	f.mu.Lock()
+	f.revoked = err
+	f.mu.Unlock()
+}
+
+// released is one output as a sink saw it.
+type released struct {
+	kind Kind
+	data []byte
+	off  int64
+}
+
+// recorder is a NetSink that logs every frame into a shared log, with an
+// optional hook run first (which may refuse the frame).
+type recorder struct {
+	mu     sync.Mutex
+	log    []released
+	onSend func(frame []byte) error
+}
+
+func (r *recorder) SendFrame(frame []byte) error {
+	if r.onSend != nil {
+		if err := r.onSend(frame); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	r.log = append(r.log, released{kind: KindNetFrame, data: frame})
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) snapshot() []released {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]released(nil), r.log...)
+}
+
+// memDisk is an in-memory Disk that grows on writes past its end, like a
+// file. Its writes also go to a recorder's log (if set), so order across
+// kinds can be checked; hooks may fail or stall a call.
+type memDisk struct {
+	mu      sync.Mutex
+	data    []byte
+	rec     *recorder
+	onWrite func(p []byte, off int64) error
+	onRead  func()
+}
+
+func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
+	if d.onRead != nil {
+		d.onRead()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off >= int64(len(d.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, d.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
+	if d.onWrite != nil {
+		if err := d.onWrite(p, off); err != nil {
+			return 0, err
+		}
+	}
+	d.mu.Lock()
+	if end := off + int64(len(p)); end > int64(len(d.data)) {
+		d.data = append(d.data, make([]byte, end-int64(len(d.data)))...)
+	}
+	copy(d.data[off:], p)
+	d.mu.Unlock()
+	if d.rec != nil {
+		d.rec.mu.Lock()
+		d.rec.log = append(d.rec.log, released{kind: KindDiskWrite, data: append([]byte(nil), p...), off: off})
+		d.rec.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+func (d *memDisk) bytes() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]byte(nil), d.data...)
+}
+
+// rig is a Buffer wired to test fakes.
+type rig struct {
+	b     *Buffer
+	fence *testFence
+	rec   *recorder
+	disk  *memDisk
+	clock *fakeClock
+}
+
+const testGen = 7
+
+func newRig(t testing.TB, cfg Config) *rig {
+	t.Helper()
+	r := &rig{fence: &testFence{current: testGen}, rec: &recorder{}, clock: newFakeClock()}
+	r.disk = &memDisk{rec: r.rec}
+	b, err := New(cfg, Env{Generation: testGen, Fence: r.fence, Net: r.rec, Disk: r.disk, Clock: r.clock})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	r.b = b
+	return r
+}
+
+// tagged is a frame carrying a position, a holder id and a sequence number,
+// so a sink can check what it is given.
+func tagged(pos uint64, holder, seq uint32, size int) []byte {
+	f := make([]byte, max(size, 16))
+	binary.LittleEndian.PutUint64(f[0:], pos)
+	binary.LittleEndian.PutUint32(f[8:], holder)
+	binary.LittleEndian.PutUint32(f[12:], seq)
+	return f
+}
+
+func untag(f []byte) (pos uint64, holder, seq uint32) {
+	return binary.LittleEndian.Uint64(f[0:]), binary.LittleEndian.Uint32(f[8:]), binary.LittleEndian.Uint32(f[12:])
+}
+
+// mustHold holds out at pos and fails the test on error.
+func mustHold(t testing.TB, b *Buffer, pos uint64, out Output) {
+	t.Helper()
+	if err := b.Hold(context.Background(), pos, out); err != nil {
+		t.Fatalf("Hold(%d, %s): %v", pos, out.Kind, err)
+	}
+}
+
+// mustCommit commits pos and fails the test on error.
+func mustCommit(t testing.TB, b *Buffer, pos uint64) {
+	t.Helper()
+	if err := b.Commit(pos); err != nil {
+		t.Fatalf("Commit(%d): %v", pos, err)
+	}
+}
+
+// waitWaiting yields until n Holds are blocked for room. It decides nothing:
+// it only orders the test's steps after the goroutines it started.
+func waitWaiting(t testing.TB, b *Buffer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for b.Stats().Waiting != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("Waiting never reached %d (now %d)", n, b.Stats().Waiting)
+		}
+		runtime.Gosched()
+	}
+}
+
+// holdAsync starts Hold on a goroutine and returns its result channel.
+func holdAsync(ctx context.Context, b *Buffer, pos uint64, out Output) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- b.Hold(ctx, pos, out) }()
+	return done
+}
+
+// assertBlocked fails the test if the hold behind ch has returned. It is
+// called only once the hold is counted in Stats().Waiting and nothing can
+// have made room, so a return would be a bug, not a race.
+func assertBlocked(t testing.TB, ch <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s returned (%v) while the buffer had no room for it", what, err)
+	default:
+	}
+}
