@@ -28,13 +28,13 @@ func testRaftConfig() *raft.Config {
 // with raft-boltdb stores or raft's in-memory transport (for exact
 // partitions).
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	peers []Peer
 	nodes []*Node
 	inmem []*raft.InmemTransport // nil for TCP clusters
 }
 
-func startTCPCluster(t *testing.T, n int) *testCluster {
+func startTCPCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t}
 	trans := make([]raft.Transport, n)
@@ -63,7 +63,7 @@ func startTCPCluster(t *testing.T, n int) *testCluster {
 	return c
 }
 
-func startInmemCluster(t *testing.T, n int) *testCluster {
+func startInmemCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t}
 	lns := make([]net.Listener, n)
@@ -87,7 +87,7 @@ func startInmemCluster(t *testing.T, n int) *testCluster {
 	return c
 }
 
-func listenLoopback(t *testing.T) net.Listener {
+func listenLoopback(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -185,7 +185,7 @@ func contains(s []int, v int) bool {
 	return false
 }
 
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
