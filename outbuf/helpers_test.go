@@ -101,13 +101,19 @@ type memDisk struct {
 	data    []byte
 	rec     *recorder
 	onWrite func(p []byte, off int64) error
-	onRead  func()
+	// afterRead runs once a read has copied its bytes, before it returns.
+	afterRead func()
 }
 
 func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
-	if d.onRead != nil {
-		d.onRead()
+	n, err := d.read(p, off)
+	if d.afterRead != nil {
+		d.afterRead()
 	}
+	return n, err
+}
+
+func (d *memDisk) read(p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if off >= int64(len(d.data)) {
