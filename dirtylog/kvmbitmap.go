@@ -55,8 +55,8 @@ type bitmapTracker struct {
 	// logs holds each slot's bitmap as KVM_GET_DIRTY_LOG returns it. Only
 	// Harvest uses it; Harvest is not called concurrently.
 	logs [][]uint64
-	// got is this harvest's pages before they are ORed into dst, so the
-	// count is of this harvest; only Harvest uses it.
+	// got is this harvest's KVM pages before they are ORed into dst, so
+	// they can be counted; only Harvest uses it.
 	got *Bitmap
 }
 
@@ -95,9 +95,10 @@ func (t *bitmapTracker) Harvest(dst *Bitmap) (int, error) {
 		}
 		orShifted(got.Words(), log, s.first, s.pages)
 	}
-	t.mem.TakeVMMDirty(got.Words())
+	n := got.Count()
+	n += t.mem.TakeVMMDirty(dst.Words())
 	dst.Or(got)
-	return got.Count(), nil
+	return n, nil
 }
 
 // orShifted ORs src (bits for pages [0, pages)) into dst at page offset

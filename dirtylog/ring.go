@@ -62,10 +62,16 @@ type ringTracker struct {
 	// mu serialises ring collection (a full ring is collected on its vCPU's
 	// thread while others run) and protects pending, closed and each
 	// vcpuRing's fetch index.
-	mu      sync.Mutex
-	rings   []*vcpuRing
-	pending *Bitmap // pages collected from full rings since the last Harvest
-	closed  bool
+	mu    sync.Mutex
+	rings []*vcpuRing
+	// pending holds the pages collected from full rings since the last
+	// Harvest, pendingN how many entries that was (0: pending is empty, and
+	// Harvest need not scan it).
+	pending  *Bitmap
+	pendingN int
+	// fulls counts ring-full exits collected, for tests.
+	fulls  int
+	closed bool
 }
 
 func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
@@ -104,7 +110,9 @@ func (t *ringTracker) ringFull(i int) error {
 		return fmt.Errorf("dirty ring full on vCPU %d of %d", i, len(t.rings))
 	}
 	r := t.rings[i]
-	_, cerr := collectRing(r.ring, &r.fetch, t.slots, t.pending)
+	n, cerr := collectRing(r.ring, &r.fetch, t.slots, t.pending)
+	t.pendingN += n
+	t.fulls++
 	if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil {
 		return fmt.Errorf("resetting the full dirty ring of vCPU %d: %w", i, err)
 	}
@@ -114,8 +122,10 @@ func (t *ringTracker) ringFull(i int) error {
 	return nil
 }
 
-// Harvest implements Tracker. Precondition: the machine is paused (or not
-// yet started).
+// Harvest implements Tracker. Its cost follows the number of ring entries,
+// not the memory size, except for the VMM bitmap's scan (owned by vmm) and,
+// after a ring-full exit, one pass over the pending bitmap. Precondition: the
+// machine is paused (or not yet started).
 func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -126,8 +136,11 @@ func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 		return 0, fmt.Errorf("dirty ring harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.pending.Len())
 	}
 	var firstErr error
+	n := 0
 	for i, r := range t.rings {
-		if _, err := collectRing(r.ring, &r.fetch, t.slots, t.pending); err != nil && firstErr == nil {
+		k, err := collectRing(r.ring, &r.fetch, t.slots, dst)
+		n += k
+		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("collecting the dirty ring of vCPU %d: %w", i, err)
 		}
 	}
@@ -137,10 +150,13 @@ func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 	if firstErr != nil {
 		return 0, firstErr
 	}
-	t.m.Memory().TakeVMMDirty(t.pending.Words())
-	n := t.pending.Count()
-	dst.Or(t.pending)
-	t.pending.Clear()
+	if t.pendingN > 0 {
+		dst.Or(t.pending)
+		t.pending.Clear()
+		n += t.pendingN
+		t.pendingN = 0
+	}
+	n += t.m.Memory().TakeVMMDirty(dst.Words())
 	return n, nil
 }
 

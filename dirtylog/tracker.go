@@ -22,8 +22,10 @@ import (
 // concurrently with itself: it ORs into dst (which has one bit per RAM page)
 // every page written since the previous Harvest — by a vCPU, as KVM logged
 // it, or by the VMM — re-protects exactly those pages in KVM so the next
-// epoch's writes are logged again, and returns how many pages it harvested.
-// A page written in one epoch and not the next is not reported in the next.
+// epoch's writes are logged again, and returns how many reports it took: a
+// page both a vCPU and the VMM wrote counts twice (dst.Count is the set's
+// size). A page written in one epoch and not the next is not reported in the
+// next.
 //
 // The first Harvest reports everything written since the tracker was made,
 // including what the loader wrote.
