@@ -124,7 +124,7 @@ func (b *Buffer) Hold(ctx context.Context, pos uint64, out Output) error {
 	if err := b.check(pos, out); err != nil {
 		return err
 	}
-	e := &entry{pos: pos, out: Output{Kind: out.Kind, Data: append([]byte(nil), out.Data...), Off: out.Off}}
+	e := &entry{pos: pos, out: Output{Kind: out.Kind, Data: append([]byte(nil), out.Data...), Off: out.Off}, heldAt: b.env.Clock.Now()}
 	size := int64(len(e.out.Data))
 
 	b.mu.Lock()
@@ -139,7 +139,6 @@ func (b *Buffer) Hold(ctx context.Context, pos uint64, out Output) error {
 		return fmt.Errorf("outbuf: hold %s at position %d after position %d: %w", out.Kind, pos, last, ErrPositionRegressed)
 	}
 	b.lastPos, b.anyHold = pos, true
-	e.heldAt = b.env.Clock.Now()
 	if len(b.waiters) == 0 && b.fitsLocked(size) {
 		b.enqueueLocked(e)
 		release := b.committedLocked(pos)

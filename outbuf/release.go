@@ -1,6 +1,9 @@
 package outbuf
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // releaseCommitted is one release pass: while the oldest held outputs are
 // committed, check the fence, then hand them to their sinks in order. It
@@ -59,8 +62,9 @@ func (b *Buffer) deliver(e *entry) error {
 		if err := b.env.Net.SendFrame(e.out.Data); err != nil {
 			return fmt.Errorf("send frame of %d bytes: %w", len(e.out.Data), err)
 		}
+		now := b.env.Clock.Now()
 		b.mu.Lock()
-		b.popLocked(e)
+		b.popLocked(e, now)
 		b.mu.Unlock()
 	case KindDiskWrite:
 		// diskMu keeps ReadAt from reading the disk before this write and
@@ -70,9 +74,10 @@ func (b *Buffer) deliver(e *entry) error {
 		if _, err := b.env.Disk.WriteAt(e.out.Data, e.out.Off); err != nil {
 			return fmt.Errorf("write %d bytes at offset %d: %w", len(e.out.Data), e.out.Off, err)
 		}
+		now := b.env.Clock.Now()
 		b.mu.Lock()
 		b.overlay.remove(e)
-		b.popLocked(e)
+		b.popLocked(e, now)
 		b.mu.Unlock()
 	default:
 		panic(fmt.Sprintf("outbuf: held output of %s", e.out.Kind))
@@ -80,8 +85,9 @@ func (b *Buffer) deliver(e *entry) error {
 	return nil
 }
 
-// popLocked removes the released head e, counts it and lets waiters in.
-func (b *Buffer) popLocked(e *entry) {
+// popLocked removes the head e, released at now, counts it and lets
+// waiters in.
+func (b *Buffer) popLocked(e *entry, now time.Time) {
 	if len(b.queue) == 0 || b.queue[0] != e {
 		panic(fmt.Sprintf("outbuf: released output at position %d is not the queue's head", e.pos))
 	}
@@ -91,7 +97,7 @@ func (b *Buffer) popLocked(e *entry) {
 	b.heldBytes -= size
 	b.released++
 	b.releasedBytes += uint64(size)
-	b.delay.add(b.env.Clock.Now().Sub(e.heldAt))
+	b.delay.add(now.Sub(e.heldAt))
 	b.grantLocked()
 }
 

@@ -25,7 +25,8 @@ type Stats struct {
 	Released      uint64
 	ReleasedBytes uint64
 	Dropped       uint64
-	// Delay is the time from Hold to release of every released output.
+	// Delay is, for every released output, the time from its Hold call
+	// (including any wait for room) to the return of its sink.
 	Delay Histogram
 	// Failed is the error that failed the buffer, or nil.
 	Failed error
