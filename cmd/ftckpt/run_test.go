@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"16M": 16 << 20, "16MiB": 16 << 20, "16mb": 16 << 20, "64G": 64 << 30, "4096": 4096, "1T": 1 << 40, " 2K ": 2048,
+	} {
+		got, err := parseSize(in)
+		if err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1M", "0", "12X", "1.5G", "99999999999T", "16MiBs"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
+
+// runCLI runs ftckpt with args and returns its error.
+func runCLI(args ...string) (string, error) {
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// TestRunRejectsBadFlags checks each bad input is refused, with a message
+// that names it, before any KVM work.
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--guest", "nosuch"}, `unknown guest "nosuch"`},
+		{[]string{"run", "--vcpus", "0"}, "0 vCPUs"},
+		{[]string{"run", "--vcpus", "1000"}, "1000 vCPUs"},
+		{[]string{"run", "--memory", "lots"}, `size "lots"`},
+		{[]string{"run", "--memory", "1T"}, "above the maximum"},
+		{[]string{"run", "--memory", "8M"}, "below the minimum"},
+		{[]string{"run", "--memory", "17M"}, "multiple of 2 MiB"},
+		{[]string{"run", "--vcpus", "2", "--irqchip=false"}, "userspace interrupt delivery supports 1 vCPU"},
+		{[]string{"run", "--param", "novalue"}, "want key=value"},
+		{[]string{"run", "--snapshot", "x"}, "go together"},
+		{[]string{"restore"}, "accepts 1 arg"},
+	} {
+		_, err := runCLI(tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ftckpt %s: error %v, want it to say %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+}
+
+func TestEnvironmentSetsFlags(t *testing.T) {
+	t.Setenv("FTCKPT_VCPUS", "0")
+	if _, err := runCLI("run"); err == nil || !strings.Contains(err.Error(), "0 vCPUs") {
+		t.Errorf("FTCKPT_VCPUS=0 not applied: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := runCLI("version")
+	if err != nil || !strings.HasPrefix(out, "ftckpt ") {
+		t.Errorf("version: %q, %v", out, err)
+	}
+}

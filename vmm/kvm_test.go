@@ -1,0 +1,341 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/guests"
+)
+
+// requireKVM skips the test where /dev/kvm cannot be opened.
+func requireKVM(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("needs /dev/kvm, which cannot be opened here: %v", err)
+	}
+	f.Close()
+}
+
+// console is a concurrency-safe serial console for tests.
+type console struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// waitFor polls the console until it matches re or the machine stops; the
+// deadline only bounds a broken guest, it decides nothing.
+func (c *console) waitFor(t testing.TB, m *Machine, re *regexp.Regexp) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !re.MatchString(c.String()) {
+		select {
+		case <-m.Stopped():
+			_, err := m.Wait()
+			t.Fatalf("machine stopped (%v) before the console matched %v:\n%s", err, re, c.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console never matched %v:\n%s", re, c.String())
+		}
+	}
+}
+
+// newGuestMachine is the harness tests and benchmarks share: a machine
+// running a bundled guest, closed at the end of the test.
+func newGuestMachine(t testing.TB, guest string, vcpus int, params map[string]string) (*Machine, *console) {
+	t.Helper()
+	requireKVM(t)
+	img, err := guests.Image(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	con := &console{}
+	m, err := New(Config{VCPUs: vcpus, MemSize: 32 << 20, IRQChip: true, Params: params, Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.LoadBareMetal(img, nil); err != nil {
+		t.Fatal(err)
+	}
+	return m, con
+}
+
+var countLine = regexp.MustCompile(`count (\d+)\n`)
+
+// checkCounts checks that text holds "count N" lines for consecutive N,
+// allowing a line cut in two at the save point, and returns the last N.
+func checkCounts(t *testing.T, text string) int {
+	t.Helper()
+	last := -1
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, "count ") {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(line, "count "))
+		if err != nil {
+			t.Fatalf("garbled line %q in:\n%s", line, text)
+		}
+		if last >= 0 && n != last+1 {
+			t.Fatalf("count %d follows count %d: a number was repeated or skipped", n, last)
+		}
+		last = n
+	}
+	return last
+}
+
+func memoryHash(m *Machine) string {
+	sum := sha256.Sum256(m.Memory().Bytes())
+	return hex.EncodeToString(sum[:])
+}
+
+// TestCounterSurvivesSaveRestoreInAnotherProcess saves a running counter
+// guest at a random point and restores it in a new process: the memory hash
+// matches at the save point and the output continues with no number
+// repeated or skipped.
+func TestCounterSurvivesSaveRestoreInAnotherProcess(t *testing.T) {
+	m, con := newGuestMachine(t, "counter", 1, map[string]string{"every": "2000"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`count 3\n`))
+	time.Sleep(time.Duration(rand.Intn(300)) * time.Millisecond) // an arbitrary save point
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	before := con.String()
+	hash := memoryHash(m)
+	snap := filepath.Join(t.TempDir(), "counter.snap")
+	f, err := os.Create(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteSnapshot(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	m.Close()
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperRestoreCounter$", "-test.v")
+	cmd.Env = append(os.Environ(), "FTCKPT_TEST_SNAPSHOT="+snap)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("restoring process: %v\n%s", err, out)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	var restoredHash, after string
+	for sc.Scan() {
+		line := sc.Text()
+		if h, ok := strings.CutPrefix(line, "restored-hash "); ok {
+			restoredHash = h
+		}
+		if c, ok := strings.CutPrefix(line, "console "); ok {
+			after, _ = strconv.Unquote(c)
+		}
+	}
+	if restoredHash != hash {
+		t.Errorf("memory hash at restore %s, at save %s", restoredHash, hash)
+	}
+	lastBefore := checkCounts(t, before)
+	lastAll := checkCounts(t, before+after)
+	if lastAll <= lastBefore {
+		t.Errorf("the restored guest printed no new count (last %d):\n%s", lastBefore, after)
+	}
+}
+
+// TestHelperRestoreCounter is the restoring process of the test above.
+func TestHelperRestoreCounter(t *testing.T) {
+	snap := os.Getenv("FTCKPT_TEST_SNAPSHOT")
+	if snap == "" {
+		t.Skip("helper process for TestCounterSurvivesSaveRestoreInAnotherProcess (needs /dev/kvm)")
+	}
+	f, err := os.Open(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	con := &console{}
+	m, err := Restore(f, Config{Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	fmt.Printf("restored-hash %s\n", memoryHash(m))
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`(?s)count \d+\n.*count \d+\n.*count \d+\n`))
+	m.Pause()
+	fmt.Printf("console %q\n", con.String())
+}
+
+// TestSMPInvariantAcrossSaveRestore saves a 4-vCPU guest whose vCPUs share
+// counters under a spinlock and restores it into a new machine: the guest's
+// own check (sum of private counters == shared counter) keeps passing.
+func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
+	m, con := newGuestMachine(t, "smp", 4, map[string]string{"iters": "200"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`round 2 OK`))
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	if err := m.WriteSnapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	con2 := &console{}
+	r, err := Restore(&snap, Config{Console: con2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con2.waitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
+	if strings.Contains(con.String()+con2.String(), "VIOLATION") {
+		t.Fatalf("invariant broken:\n%s\n--- restored ---\n%s", con.String(), con2.String())
+	}
+}
+
+// TestMachineStateRoundTripOnKVM saves a paused machine, restores the state
+// into the same machine, and saves again: equal, but for what moves with
+// host time while paused (the TSC, the KVM clock, the PIT's load time).
+func TestMachineStateRoundTripOnKVM(t *testing.T) {
+	m, con := newGuestMachine(t, "counter", 2, map[string]string{"every": "1000"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`count 2\n`))
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := m.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RestoreState(a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := DecodeState(a)
+	sb, _ := DecodeState(b)
+	for i := range sa.Sections {
+		x, y := sa.Sections[i], sb.Sections[i]
+		if x.ID == "vm" || x.ID == "clock" {
+			continue // time-based; covered by their own tests
+		}
+		if strings.HasPrefix(x.ID, "vcpu/") {
+			vx, _ := decodeVCPUState(x.Data)
+			vy, _ := decodeVCPUState(y.Data)
+			for _, v := range []*vcpuState{vx, vy} {
+				for j := range v.MSRs {
+					if v.MSRs[j].Index == 0x10 {
+						v.MSRs[j].Data = 0
+					}
+				}
+			}
+			x.Data, _ = encodeVCPUState(vx)
+			y.Data, _ = encodeVCPUState(vy)
+		}
+		if !bytes.Equal(x.Data, y.Data) {
+			t.Errorf("%s changed in a save/restore/save round trip", x.ID)
+		}
+	}
+	if err := m.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`count 4\n`))
+}
+
+// TestPauseIsRaceFree pauses and resumes a 4-vCPU guest many times and checks
+// every pause leaves every vCPU parked and the guest consistent.
+func TestPauseIsRaceFree(t *testing.T) {
+	m, con := newGuestMachine(t, "smp", 4, map[string]string{"iters": "100"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		if err := m.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.SaveState(); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	con.waitFor(t, m, regexp.MustCompile(`round 1 OK`))
+	if strings.Contains(con.String(), "VIOLATION") {
+		t.Fatal(con.String())
+	}
+}
+
+// BenchmarkPauseResume measures a pause+resume of all vCPUs.
+func BenchmarkPauseResume(b *testing.B) {
+	for _, n := range []int{1, 4, 16, 64} {
+		b.Run(fmt.Sprintf("vcpus=%d", n), func(b *testing.B) {
+			m, _ := newGuestMachine(b, "smp", n, map[string]string{"iters": "1000"})
+			if err := m.Start(); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := m.Pause(); err != nil {
+					b.Fatal(err)
+				}
+				if err := m.Resume(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSaveState measures capturing every component's state of a paused
+// machine (vCPUs in parallel on their threads).
+func BenchmarkSaveState(b *testing.B) {
+	for _, n := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("vcpus=%d", n), func(b *testing.B) {
+			m, _ := newGuestMachine(b, "smp", n, nil)
+			for i := 0; i < b.N; i++ {
+				if _, err := m.SaveState(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
