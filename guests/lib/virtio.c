@@ -54,12 +54,10 @@ void virtio_notify(struct virtio_dev *d, unsigned idx)
 	outw(d->io + VIRTIO_PCI_QUEUE_NOTIFY, (uint16_t)idx);
 }
 
-uint8_t virtio_config8(struct virtio_dev *d, unsigned off)
+void virtio_config_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n)
 {
-	return inb((uint16_t)(d->io + VIRTIO_PCI_CONFIG + off));
-}
+	uint8_t *b = buf;
 
-uint32_t virtio_config32(struct virtio_dev *d, unsigned off)
-{
-	return inl((uint16_t)(d->io + VIRTIO_PCI_CONFIG + off));
+	for (unsigned i = 0; i < n; i++)
+		b[i] = inb((uint16_t)(d->io + VIRTIO_PCI_CONFIG + off + i));
 }

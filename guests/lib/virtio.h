@@ -51,7 +51,9 @@ void virtio_fail(struct virtio_dev *d);
 /* virtio_notify tells the device queue idx has new available buffers. */
 void virtio_notify(struct virtio_dev *d, unsigned idx);
 
-uint8_t virtio_config8(struct virtio_dev *d, unsigned off);
-uint32_t virtio_config32(struct virtio_dev *d, unsigned off);
+/* virtio_config_read copies n bytes of device configuration from offset
+ * off, one byte-wide read each (as Linux's legacy driver does, so any
+ * access width the device implements is enough). */
+void virtio_config_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n);
 
 #endif

@@ -94,6 +94,15 @@ int fmt_vsnprintf(char *buf, size_t cap, const char *fmt, va_list ap)
 			else
 				break;
 		}
+		if (*fmt == '*') {
+			int w = va_arg(ap, int);
+			if (w < 0) {
+				left = 1;
+				w = w == INT32_MIN ? INT32_MAX : -w;
+			}
+			width = w > FMT_WIDTH_MAX ? FMT_WIDTH_MAX : (unsigned)w;
+			fmt++;
+		}
 		while (*fmt >= '0' && *fmt <= '9') {
 			width = width * 10 + (unsigned)(*fmt++ - '0');
 			if (width > FMT_WIDTH_MAX)

@@ -23,7 +23,8 @@ size_t fmt_u64(char *buf, uint64_t v);
 size_t fmt_hex(char *buf, uint64_t v, unsigned min_digits);
 
 /*
- * fmt_vsnprintf is a subset of vsnprintf: flags '-' and '0', a width,
+ * fmt_vsnprintf is a subset of vsnprintf: flags '-' and '0', a width
+ * (digits or '*', at most 255),
  * a precision for %s ('.N' or '.*'), length modifiers l, ll, z, and the
  * conversions d i u x X p s c %. Like C's, it returns the length the
  * whole output would have had and, when cap > 0, always NUL-terminates

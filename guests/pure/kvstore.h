@@ -46,8 +46,8 @@ struct kv_store {
 /* kv_init empties the store and restarts the reply sequence at 1. */
 void kv_init(struct kv_store *s);
 
-/* kv_execute runs the request req[0, n) (any bytes) and writes the reply,
- * without NUL, to out; it returns the reply length. Every request gets
+/* kv_execute runs the request req[0, n) (any bytes) and writes the reply
+ * to out, NUL-terminated; it returns the reply length (without the NUL). Every request gets
  * exactly one reply and consumes one sequence number, unless cap is
  * below KV_REPLY_MAX, in which case nothing happens and 0 is returned. */
 size_t kv_execute(struct kv_store *s, const uint8_t *req, size_t n, char *out, size_t cap);

@@ -9,6 +9,15 @@ size_t bounded_strlen(const char *s, size_t max)
 	return n;
 }
 
+bool str_eq(const char *a, const char *b)
+{
+	while (*a != '\0' && *a == *b) {
+		a++;
+		b++;
+	}
+	return *a == *b;
+}
+
 static int digit_value(char c)
 {
 	if (c >= '0' && c <= '9')

@@ -17,6 +17,9 @@
 /* bounded_strlen returns the index of the first NUL in s[0..max), or max. */
 size_t bounded_strlen(const char *s, size_t max);
 
+/* str_eq says whether NUL-terminated strings a and b are equal. */
+bool str_eq(const char *a, const char *b);
+
 /* parse_u64 parses all n bytes of s as decimal, or as hex after "0x"/"0X".
  * It fails on an empty string, a stray byte, or overflow. */
 bool parse_u64(const char *s, size_t n, uint64_t *out);
