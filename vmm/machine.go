@@ -113,6 +113,8 @@ type Machine struct {
 	savedMSRs []uint32
 	// onDirtyRingFull collects a full dirty ring; set before Start.
 	onDirtyRingFull func(vcpu int) error
+	// quiescers are devices to quiesce on pause; set before Start.
+	quiescers []Quiescer
 
 	// pauseReq is set while vCPUs are asked to stop entering the guest. It is
 	// read by vCPU threads without mu.
@@ -248,7 +250,7 @@ func (m *Machine) checkHost() error {
 func (m *Machine) addDevices() error {
 	var serialIRQ func(bool)
 	if m.cfg.IRQChip {
-		serialIRQ = func(level bool) { m.setIRQLine(4, level) }
+		serialIRQ = func(level bool) { m.SetIRQLine(4, level) }
 	}
 	m.serial = NewSerial("com1", PortCOM1, m.cfg.Console, serialIRQ)
 	m.power = &PowerDevice{onPowerOff: m.powerOff}
@@ -276,11 +278,14 @@ func (m *Machine) addDevices() error {
 	return nil
 }
 
-// setIRQLine drives an in-kernel irqchip input. Errors are logged into the
-// machine's stop reason: a VMM that cannot deliver interrupts cannot go on.
-func (m *Machine) setIRQLine(irq uint32, level bool) {
+// SetIRQLine drives an in-kernel irqchip input (a GSI: a PIC/IOAPIC pin).
+// An error stops the machine: a VMM that cannot deliver interrupts cannot go
+// on. Precondition: the machine has the in-kernel irqchip.
+func (m *Machine) SetIRQLine(irq uint32, level bool) {
 	if err := kvmapi.IRQLine(m.vmFd, irq, level); err != nil {
-		m.fail(err)
+		// Asynchronously: the caller may hold a device lock that Pause
+		// (holding mu) waits for in Quiesce.
+		go m.fail(err)
 	}
 }
 
@@ -306,6 +311,22 @@ func (m *Machine) Clock() *Clock { return m.clock }
 // before Start, in the same order on the machine that saves and the one that
 // restores.
 func (m *Machine) AddComponent(c Component) { m.components = append(m.components, c) }
+
+// Quiescer is a device that can touch guest memory from outside a vCPU
+// thread (a backend's receive goroutine). The machine quiesces every one
+// before its vCPUs stop and wakes them after the vCPUs run again, so a paused
+// machine's memory does not change.
+type Quiescer interface {
+	// Quiesce returns once the device will not touch guest memory or raise
+	// interrupts until Wake.
+	Quiesce()
+	// Wake lets the device work again (and deliver what arrived meanwhile).
+	Wake()
+}
+
+// AddQuiescer registers a device to quiesce on every pause. Call it before
+// Start.
+func (m *Machine) AddQuiescer(q Quiescer) { m.quiescers = append(m.quiescers, q) }
 
 // LoadBareMetal loads a bare-metal guest image (ELF) and sets every vCPU to
 // its 64-bit entry state (see guests/include/bootinfo.h).
@@ -373,6 +394,9 @@ func (m *Machine) Pause() error {
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
+	for _, q := range m.quiescers {
+		q.Quiesce()
+	}
 	m.requestPauseLocked()
 	for m.parked < len(m.vcpus) {
 		m.cond.Wait()
@@ -425,6 +449,9 @@ func (m *Machine) resumeLocked() {
 	m.state = stateRunning
 	for _, v := range m.vcpus {
 		v.resume()
+	}
+	for _, q := range m.quiescers {
+		q.Wake()
 	}
 }
 
@@ -489,6 +516,9 @@ func (m *Machine) Stopped() <-chan struct{} { return m.stopped }
 func (m *Machine) Close() error {
 	m.stop(0, errors.New("closed"))
 	<-m.stopped
+	for _, q := range m.quiescers {
+		q.Quiesce() // no device may touch memory once it is unmapped
+	}
 	m.release()
 	return nil
 }
