@@ -124,7 +124,7 @@ func (b *Buffer) Hold(ctx context.Context, pos uint64, out Output) error {
 	if err := b.check(pos, out); err != nil {
 		return err
 	}
-	e := &entry{pos: pos, out: Output{Kind: out.Kind, Data: append([]byte(nil), out.Data...), Off: out.Off}, heldAt: b.env.Clock.Now()}
+	e := &entry{pos: pos, out: Output{Kind: out.Kind, Data: getData(out.Data), Off: out.Off}, heldAt: b.env.Clock.Now()}
 	size := int64(len(e.out.Data))
 
 	b.mu.Lock()
@@ -221,12 +221,15 @@ func (b *Buffer) Drop() {
 	for i, e := range b.queue {
 		b.dropped++
 		b.heldBytes -= int64(len(e.out.Data))
+		putData(e.out.Data)
 		b.queue[i] = nil
 	}
 	b.queue = b.queue[:0]
 	b.overlay.clear()
 	for _, w := range b.waiters {
 		b.dropped++
+		// w.e.out.Data stays with the waiter's entry, which nothing
+		// else refers to; leave it to the collector.
 		w.done, w.err = true, ErrDropped
 		close(w.ready)
 	}

@@ -7,18 +7,21 @@ import (
 )
 
 // NetSink receives released network frames, one call per frame, in emission
-// order, from one release pass at a time. It may keep frame: the buffer never
-// touches it again. A SendFrame error fails the buffer; a sink that prefers to
-// lose a frame (as a NIC may) should return nil and count the loss itself.
+// order, from one release pass at a time. Like io.Writer, it must not retain
+// frame after returning: the buffer recycles it. A SendFrame error fails the
+// buffer; a sink that prefers to lose a frame (as a NIC may) should return
+// nil and count the loss itself.
 type NetSink interface {
 	SendFrame(frame []byte) error
 }
 
 // Disk is the guest's disk: released writes go to WriteAt, and
 // [Buffer.ReadAt] reads through ReadAt before laying held writes over the
-// result. All of the guest's disk reads must go through the Buffer, never to
-// the Disk directly, or they miss the guest's own held writes. A WriteAt error
-// fails the buffer; the write stays held (and visible to reads).
+// result. As io.WriterAt requires, WriteAt must not retain p: the buffer
+// recycles it. All of the guest's disk reads must go through the Buffer,
+// never to the Disk directly, or they miss the guest's own held writes. A
+// WriteAt error fails the buffer; the write stays held (and visible to
+// reads).
 type Disk interface {
 	io.ReaderAt
 	io.WriterAt

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"runtime"
 	"sync"
 	"testing"
@@ -82,7 +83,7 @@ func (r *recorder) SendFrame(frame []byte) error {
 		}
 	}
 	r.mu.Lock()
-	r.log = append(r.log, released{kind: KindNetFrame, data: frame})
+	r.log = append(r.log, released{kind: KindNetFrame, data: append([]byte(nil), frame...)})
 	r.mu.Unlock()
 	return nil
 }
@@ -167,7 +168,7 @@ func newRig(t testing.TB, cfg Config) *rig {
 	t.Helper()
 	r := &rig{fence: &testFence{current: testGen}, rec: &recorder{}, clock: newFakeClock()}
 	r.disk = &memDisk{rec: r.rec}
-	b, err := New(cfg, Env{Generation: testGen, Fence: r.fence, Net: r.rec, Disk: r.disk, Clock: r.clock})
+	b, err := New(cfg, Env{Generation: testGen, Fence: r.fence, Net: r.rec, Disk: r.disk, Clock: r.clock, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

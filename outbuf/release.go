@@ -98,6 +98,8 @@ func (b *Buffer) popLocked(e *entry, now time.Time) {
 	b.released++
 	b.releasedBytes += uint64(size)
 	b.delay.add(now.Sub(e.heldAt))
+	putData(e.out.Data)
+	e.out.Data = nil
 	b.grantLocked()
 }
 
