@@ -111,10 +111,11 @@ func New(cfg Config, env Env) (*Buffer, error) {
 // Positions given to Hold must never decrease; a lower one than before
 // returns ErrPositionRegressed. If out does not fit within the Config bounds,
 // Hold blocks until releases or Drop make room, or ctx ends (then it returns
-// ctx's error and out is not held). A caller that blocks here at the current
-// epoch's position stops that epoch's checkpoint from being taken; the pause
-// barrier must be able to cancel ctx, and the device should retry the output
-// after resuming.
+// ctx's error and out is not held); a blocked Hold's copy is outside the
+// bounds, so memory beyond them is at most one output per blocked caller.
+// A caller that blocks here at the current epoch's position stops that
+// epoch's checkpoint from being taken; the pause barrier must be able to
+// cancel ctx, and the device should retry the output after resuming.
 //
 // If pos is already committed (replay mode: the ack overtook the device),
 // Hold runs a release pass itself, on the calling goroutine, so the output
@@ -131,11 +132,13 @@ func (b *Buffer) Hold(ctx context.Context, pos uint64, out Output) error {
 	if b.failed != nil {
 		err := b.failed
 		b.mu.Unlock()
+		putData(e.out.Data)
 		return fmt.Errorf("outbuf: hold %s at position %d: %w", out.Kind, pos, err)
 	}
 	if b.anyHold && pos < b.lastPos {
 		last := b.lastPos
 		b.mu.Unlock()
+		putData(e.out.Data)
 		return fmt.Errorf("outbuf: hold %s at position %d after position %d: %w", out.Kind, pos, last, ErrPositionRegressed)
 	}
 	b.lastPos, b.anyHold = pos, true
@@ -159,11 +162,13 @@ func (b *Buffer) Hold(ctx context.Context, pos uint64, out Output) error {
 		if !w.done {
 			b.removeWaiterLocked(w)
 			b.mu.Unlock()
+			putData(e.out.Data)
 			return fmt.Errorf("outbuf: hold %s of %d bytes at position %d, waiting for room: %w", out.Kind, size, pos, ctx.Err())
 		}
 		b.mu.Unlock() // queued or refused just as ctx ended: report that
 	}
 	if w.err != nil {
+		putData(e.out.Data) // refused: never queued, ours alone
 		return fmt.Errorf("outbuf: hold %s at position %d: %w", out.Kind, pos, w.err)
 	}
 	b.mu.Lock()
@@ -228,8 +233,6 @@ func (b *Buffer) Drop() {
 	b.overlay.clear()
 	for _, w := range b.waiters {
 		b.dropped++
-		// w.e.out.Data stays with the waiter's entry, which nothing
-		// else refers to; leave it to the collector.
 		w.done, w.err = true, ErrDropped
 		close(w.ready)
 	}
