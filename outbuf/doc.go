@@ -36,7 +36,9 @@
 // Held outputs are bounded by [Config.MaxBytes] and [Config.MaxOutputs]. When
 // an output does not fit, Hold blocks (first come, first served) until
 // releases free room or its context ends; nothing is dropped silently. An
-// output larger than MaxBytes can never fit and is refused at once.
+// output larger than MaxBytes can never fit and is refused at once. Held
+// bytes are copies taken from size-class pools and recycled on release, so
+// sinks must not keep the slices they are given (io.WriterAt's rule).
 //
 // # Locking
 //
