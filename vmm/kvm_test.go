@@ -70,13 +70,18 @@ func (c *console) waitFor(t testing.TB, m *Machine, re *regexp.Regexp) {
 // running a bundled guest, closed at the end of the test.
 func newGuestMachine(t testing.TB, guest string, vcpus int, params map[string]string) (*Machine, *console) {
 	t.Helper()
+	return newGuestMachineIRQ(t, guest, vcpus, true, params)
+}
+
+func newGuestMachineIRQ(t testing.TB, guest string, vcpus int, irqchip bool, params map[string]string) (*Machine, *console) {
+	t.Helper()
 	requireKVM(t)
 	img, err := guests.Image(guest)
 	if err != nil {
 		t.Fatal(err)
 	}
 	con := &console{}
-	m, err := New(Config{VCPUs: vcpus, MemSize: 32 << 20, IRQChip: true, Params: params, Console: con})
+	m, err := New(Config{VCPUs: vcpus, MemSize: 32 << 20, IRQChip: irqchip, Params: params, Console: con})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +340,45 @@ func BenchmarkSaveState(b *testing.B) {
 				if _, err := m.SaveState(); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// TestTickGuestTakesTimerInterrupts runs the tick guest (PIT + PIC, sti;hlt)
+// with KVM's in-kernel irqchip and with the userspace PIC and PIT, and
+// saves and restores the userspace one mid-run.
+func TestTickGuestTakesTimerInterrupts(t *testing.T) {
+	for _, irqchip := range []bool{true, false} {
+		t.Run(fmt.Sprintf("irqchip=%v", irqchip), func(t *testing.T) {
+			m, con := newGuestMachineIRQ(t, "tick", 1, irqchip, map[string]string{"hz": "200", "every": "20", "ticks": "100"})
+			if err := m.Start(); err != nil {
+				t.Fatal(err)
+			}
+			con.waitFor(t, m, regexp.MustCompile(`tick 40\n`))
+			if err := m.Pause(); err != nil {
+				t.Fatal(err)
+			}
+			var snap bytes.Buffer
+			if err := m.WriteSnapshot(&snap); err != nil {
+				t.Fatal(err)
+			}
+			m.Close()
+			con2 := &console{}
+			r, err := Restore(&snap, Config{Console: con2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if err := r.Start(); err != nil {
+				t.Fatal(err)
+			}
+			status, err := r.Wait()
+			if err != nil || status != 0 {
+				t.Fatalf("restored tick guest stopped with %d, %v:\n%s", status, err, con2.String())
+			}
+			if !strings.Contains(con2.String(), "tick 100\n") || strings.Contains(con2.String(), "unexpected=0") == false {
+				t.Errorf("restored guest did not finish cleanly:\n%s", con2.String())
 			}
 		})
 	}

@@ -106,6 +106,9 @@ type Machine struct {
 	serial *Serial
 	power  *PowerDevice
 	clock  *Clock
+	// pic and pit exist only without the in-kernel irqchip.
+	pic *PIC
+	pit *PIT
 	vm     *vmComponent
 	// components are saved and restored in this order; see RestoreState.
 	components []Component
@@ -248,22 +251,32 @@ func (m *Machine) checkHost() error {
 // addDevices creates the platform devices: the serial console, the power
 // port and the clock.
 func (m *Machine) addDevices() error {
-	var serialIRQ func(bool)
-	if m.cfg.IRQChip {
-		serialIRQ = func(level bool) { m.SetIRQLine(4, level) }
+	m.clock = NewClock(nil)
+	serialIRQ := func(level bool) { m.SetIRQLine(4, level) }
+	if !m.cfg.IRQChip {
+		m.pic = NewPIC(m.wakeHalted)
+		m.pit = NewPIT(func(level bool) { m.pic.SetIRQ(0, level) })
+		serialIRQ = func(level bool) { m.pic.SetIRQ(4, level) }
 	}
 	m.serial = NewSerial("com1", PortCOM1, m.cfg.Console, serialIRQ)
 	m.power = &PowerDevice{onPowerOff: m.powerOff}
-	m.clock = NewClock(nil)
 	m.vm = &vmComponent{m: m}
-	for _, r := range []struct {
+	ports := []struct {
 		base, size uint16
 		dev        PIODevice
 	}{
 		{PortCOM1, 8, m.serial},
 		{PortPower, 1, m.power},
 		{PortClockLo, 8, m.clock},
-	} {
+	}
+	if m.pic != nil {
+		pit := &pitPorts{pit: m.pit, now: m.clock.Now}
+		ports = append(ports, []struct {
+			base, size uint16
+			dev        PIODevice
+		}{{0x20, 2, m.pic}, {0xa0, 2, m.pic}, {0x40, 1, pit}, {0x43, 1, pit}}...)
+	}
+	for _, r := range ports {
 		if err := m.bus.RegisterPIO(r.base, r.size, r.dev); err != nil {
 			return err
 		}
@@ -273,6 +286,9 @@ func (m *Machine) addDevices() error {
 	m.components = append(m.components, m.vm)
 	for _, v := range m.vcpus {
 		m.components = append(m.components, v)
+	}
+	if m.pic != nil {
+		m.components = append(m.components, m.pic, m.pit)
 	}
 	m.components = append(m.components, m.serial, m.power, m.clock)
 	return nil
@@ -469,6 +485,14 @@ func (m *Machine) vcpuParked() {
 		m.state = stateStopped
 		close(m.stopped)
 	}
+}
+
+// wakeHalted wakes vCPUs waiting in HLT (userspace interrupt delivery) to
+// look again for a pending interrupt or a pause.
+func (m *Machine) wakeHalted() {
+	m.mu.Lock()
+	m.cond.Broadcast()
+	m.mu.Unlock()
 }
 
 // powerOff stops the machine with the guest's status.

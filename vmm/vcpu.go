@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -37,6 +38,9 @@ type VCPU struct {
 	halted bool
 	// xsaveSize is the XSAVE buffer size this host needs.
 	xsaveSize int
+	// kickTimer kicks the vCPU out of the guest when the userspace PIT's
+	// next interrupt is due; used only by the vCPU's thread.
+	kickTimer *time.Timer
 }
 
 // newVCPU creates vCPU index on its own thread and leaves it parked.
@@ -165,11 +169,10 @@ func (v *VCPU) kick() {
 // every I/O the guest started has completed and its state is consistent.
 func (v *VCPU) runUntilParked() {
 	defer v.m.vcpuParked()
+	defer v.stopKickTimer()
 	for {
-		if v.halted {
-			if !v.waitForInterrupt() {
-				return
-			}
+		if v.m.pic != nil && !v.prepareUserspaceInterrupts() {
+			return
 		}
 		kicked, err := kvmapi.Run(v.fd)
 		if err != nil {
@@ -197,22 +200,6 @@ func (v *VCPU) runUntilParked() {
 func (v *VCPU) drain() {
 	v.setImmediateExit(true)
 	kvmapi.Run(v.fd) //nolint:errcheck
-}
-
-// waitForInterrupt blocks a halted vCPU (userspace interrupt delivery only)
-// until an interrupt is pending or a pause is requested. It reports whether
-// to go on running.
-func (v *VCPU) waitForInterrupt() bool {
-	// Without a userspace interrupt source the guest can only be woken by
-	// a pause; the wait is for the pause request.
-	for !v.m.pauseReq.Load() {
-		v.m.mu.Lock()
-		for !v.m.pauseReq.Load() {
-			v.m.cond.Wait()
-		}
-		v.m.mu.Unlock()
-	}
-	return false
 }
 
 // handleExit dispatches one KVM exit.
