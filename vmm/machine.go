@@ -109,7 +109,7 @@ type Machine struct {
 	// pic and pit exist only without the in-kernel irqchip.
 	pic *PIC
 	pit *PIT
-	vm     *vmComponent
+	vm  *vmComponent
 	// components are saved and restored in this order; see RestoreState.
 	components []Component
 	// savedMSRs are the MSRs this host lets us save, in restore order.

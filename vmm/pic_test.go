@@ -96,7 +96,7 @@ func TestPITPeriodicInterrupts(t *testing.T) {
 	})
 	now := uint64(1000)
 	ports := &pitPorts{pit: p, now: func() uint64 { return now }}
-	reload := uint16(pitHz / 100) // 100 Hz
+	reload := uint16(pitHz / 100)      // 100 Hz
 	ports.PIOWrite(0x43, []byte{0x34}) // channel 0, lo/hi, mode 2
 	ports.PIOWrite(0x40, []byte{byte(reload)})
 	if _, ok := p.Deadline(); ok {
