@@ -377,7 +377,7 @@ func TestTickGuestTakesTimerInterrupts(t *testing.T) {
 			if err != nil || status != 0 {
 				t.Fatalf("restored tick guest stopped with %d, %v:\n%s", status, err, con2.String())
 			}
-			if !strings.Contains(con2.String(), "tick 100\n") || strings.Contains(con2.String(), "unexpected=0") == false {
+			if !strings.Contains(con2.String(), "tick 100\n") || !strings.Contains(con2.String(), "unexpected=0") {
 				t.Errorf("restored guest did not finish cleanly:\n%s", con2.String())
 			}
 		})
