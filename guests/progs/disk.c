@@ -50,7 +50,7 @@ static uint8_t blk_rw(uint32_t type, uint64_t sector)
 	};
 	uint16_t head, done;
 	uint32_t len;
-	uint64_t deadline = 0;
+	uint64_t started = 0;
 	int r;
 
 	hdr.type = type;
@@ -64,9 +64,9 @@ static uint8_t blk_rw(uint32_t type, uint64_t sector)
 		cpu_relax();
 		if (spins % 4096 != 4095)
 			continue;
-		if (deadline == 0)
-			deadline = clock_ns() + TIMEOUT_NS;
-		else if (clock_ns() > deadline)
+		if (spins == 4095)
+			started = clock_ns();
+		else if (clock_ns() - started > TIMEOUT_NS)
 			fail("request timed out", sector, type);
 	}
 	if (r < 0)

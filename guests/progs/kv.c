@@ -162,9 +162,11 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 		unsigned reposted = 0;
 		uint16_t head;
 		uint32_t len;
-		int r;
+		int r = 0;
 
-		while ((r = vq_used(&rxq, &head, &len)) == 1) {
+		/* At most one ring's worth per pass, so that under sustained
+		 * load the refill notify, completions and reports still run. */
+		while (reposted < nrx && (r = vq_used(&rxq, &head, &len)) == 1) {
 			int slot = rx_slot[head];
 			unsigned t;
 			size_t out;
