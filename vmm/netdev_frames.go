@@ -63,7 +63,8 @@ type udpEndpoint struct {
 // payload (len ≤ MaxUDPPayload), IPv4 id id, DF, TTL 64 and both checksums.
 func udpFrame(dst []byte, src, to udpEndpoint, id uint16, payload []byte) []byte {
 	n := ethHdrLen + ipv4HdrLen + udpHdrLen + len(payload)
-	f := append(dst, make([]byte, n)...)[len(dst):]
+	out := append(dst, make([]byte, n)...)
+	f := out[len(dst):]
 	copy(f[0:], to.mac[:])
 	copy(f[6:], src.mac[:])
 	binary.BigEndian.PutUint16(f[12:], etherTypeIPv4)
@@ -87,7 +88,7 @@ func udpFrame(dst []byte, src, to udpEndpoint, id uint16, payload []byte) []byte
 		sum = 0xffff
 	}
 	binary.BigEndian.PutUint16(u[6:], sum)
-	return dst[:len(dst)+n]
+	return out
 }
 
 // inetSum adds b as big-endian 16-bit words to sum (RFC 1071).
