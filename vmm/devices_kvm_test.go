@@ -1,0 +1,111 @@
+package vmm
+
+import (
+	"net"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/guests"
+)
+
+// newDeviceMachine builds a machine for guest with devices attached by
+// attach, which returns the boot devices.
+func newDeviceMachine(t *testing.T, guest string, params map[string]string, attach func(m *Machine) []BootDevice) (*Machine, *console) {
+	t.Helper()
+	requireKVM(t)
+	img, err := guests.Image(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	con := &console{}
+	m, err := New(Config{VCPUs: 1, MemSize: 32 << 20, IRQChip: true, Params: params, Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.LoadBareMetal(img, attach(m)); err != nil {
+		t.Fatal(err)
+	}
+	return m, con
+}
+
+// TestDiskGuestOnVirtioBlk runs the disk guest (the C driver) against the
+// device and a file image, then checks the image holds its records.
+func TestDiskGuestOnVirtioBlk(t *testing.T) {
+	disk, err := CreateFileDisk(filepath.Join(t.TempDir(), "disk.img"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	m, con := newDeviceMachine(t, "disk", map[string]string{"records": "32"}, func(m *Machine) []BootDevice {
+		bd, _, err := m.AttachVirtioBlk(BlkConfig{Disk: disk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bd.IOBase != VirtioIOBase || bd.IRQ != 10 || bd.PCIBDF != 1<<3 {
+			t.Fatalf("boot device %+v", bd)
+		}
+		return []BootDevice{bd}
+	})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`disk: wrote 32 verified 32`))
+	sector := make([]byte, sectorSize)
+	if _, err := disk.ReadAt(sector, 31*sectorSize); err != nil || allZero(sector) {
+		t.Fatalf("record 31 is not on the image: %v", err)
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, v := range b {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestKVGuestOverUDPFront runs the kv guest behind the UDP front and talks
+// to it with a UDP client.
+func TestKVGuestOverUDPFront(t *testing.T) {
+	front, err := NewUDPFront(UDPFrontConfig{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	var dev *VirtioNet
+	m, con := newDeviceMachine(t, "kv", nil, func(m *Machine) []BootDevice {
+		var bd BootDevice
+		var err error
+		if bd, dev, err = m.AttachVirtioNet(NetConfig{Sink: front}); err != nil {
+			t.Fatal(err)
+		}
+		return []BootDevice{bd}
+	})
+	if err := front.Start(dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, m, regexp.MustCompile(`kv: start`))
+	c, err := net.DialUDP("udp4", nil, front.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 256)
+	for _, rt := range []struct{ req, want string }{
+		{"SET a 1", "1 OK"}, {"INCR a", "2 VALUE 2"}, {"GET a", "3 VALUE 2"},
+	} {
+		c.Write([]byte(rt.req))
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != rt.want {
+			t.Fatalf("%s: got %q, %v (want %q)\n%s", rt.req, buf[:n], err, rt.want, con.String())
+		}
+	}
+}
