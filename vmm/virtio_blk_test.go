@@ -276,7 +276,7 @@ func TestVirtioBlkDirtyExact(t *testing.T) {
 	dirtyPages(f.mem) // the driver's own writes
 	f.drv.notify(0)
 	got := dirtyPages(f.mem)
-	want := []uint64{tUsedPg, tData/PageSize, tData/PageSize + 1, tStatus / PageSize}
+	want := []uint64{tUsedPg, tData / PageSize, tData/PageSize + 1, tStatus / PageSize}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("dirty pages %v, want %v", got, want)
