@@ -14,6 +14,10 @@ import (
 	"time"
 )
 
+// errProtocol marks an answer that is not this protocol version: retrying
+// will not help.
+var errProtocol = errors.New("client protocol mismatch")
+
 // ClientOptions tune a RaftClient. The zero value is usable.
 type ClientOptions struct {
 	// RequestTimeout bounds one request to one node. Zero means 2 s.
@@ -113,6 +117,8 @@ func (c *RaftClient) call(ctx context.Context, path string, req request) (respon
 				resp, err := c.post(ctx, addr, path, body)
 				next := ""
 				switch {
+				case errors.Is(err, errProtocol):
+					return response{}, fmt.Errorf("node %s: %w", addr, err)
 				case err != nil:
 					last[addr] = err.Error()
 				case resp.Status == statusWon || resp.Status == statusLost || resp.Status == statusHolder:
@@ -188,7 +194,7 @@ func (c *RaftClient) post(ctx context.Context, addr, path string, body []byte) (
 		return response{}, fmt.Errorf("HTTP %d, decoding answer: %w", hresp.StatusCode, err)
 	}
 	if resp.Version != ProtocolVersion {
-		return response{}, fmt.Errorf("answer in protocol version %d, this client speaks %d", resp.Version, ProtocolVersion)
+		return response{}, fmt.Errorf("%w: answer in protocol version %d, this client speaks %d", errProtocol, resp.Version, ProtocolVersion)
 	}
 	return resp, nil
 }

@@ -64,8 +64,9 @@ type Node struct {
 	obs      *raft.Observer
 	stopObs  chan struct{}
 	obsDone  chan struct{}
-	mu       sync.Mutex // protects servers
+	mu       sync.Mutex // protects servers and stopped
 	servers  []*http.Server
+	stopped  bool // Shutdown has begun: Serve refuses
 	shutdown sync.Once
 	shutErr  error
 }
@@ -91,11 +92,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		rc = &c
 	}
 	rc.LocalID = raft.ServerID(cfg.ID)
-	rc.Logger = hclog.New(&hclog.LoggerOptions{
-		Name:   "raft " + cfg.ID,
-		Level:  hclog.Warn,
-		Output: slogWriter{logger},
-	})
+	rc.Logger = raftLogger(logger, "raft")
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("witness node %s: raft config: %w", cfg.ID, err)
 	}
@@ -184,10 +181,16 @@ func (n *Node) logLeaders() {
 	}
 }
 
-// Serve answers the client protocol on l until Shutdown.
+// Serve answers the client protocol on l until Shutdown. After Shutdown it
+// closes l and returns at once.
 func (n *Node) Serve(l net.Listener) error {
 	srv := &http.Server{Handler: n, ReadHeaderTimeout: 5 * time.Second}
 	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		l.Close()
+		return nil
+	}
 	n.servers = append(n.servers, srv)
 	n.mu.Unlock()
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
@@ -201,6 +204,7 @@ func (n *Node) Serve(l net.Listener) error {
 func (n *Node) Shutdown() error {
 	n.shutdown.Do(func() {
 		n.mu.Lock()
+		n.stopped = true
 		for _, s := range n.servers {
 			_ = s.Close()
 		}
@@ -316,6 +320,12 @@ func writeResponse(w http.ResponseWriter, code int, resp response) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// raftLogger returns an hclog logger for raft's components that passes
+// warnings and errors to log (raft is chatty at Info).
+func raftLogger(log *slog.Logger, name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: slogWriter{log}})
 }
 
 // slogWriter sends raft's hclog lines to slog at Warn (hclog filters first).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -52,7 +53,7 @@ func TestNodeProtocolErrors(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	cl, _ := NewRaftClient([]string{ln.Addr().String()}, ClientOptions{Backoff: fastBackoff})
-	if _, err := cl.Acquire(ctxTimeout(t, 100*time.Millisecond), 1, "a"); err == nil || !strings.Contains(err.Error(), "protocol version 9") {
+	if _, err := cl.Acquire(ctxTimeout(t, 10*time.Second), 1, "a"); !errors.Is(err, errProtocol) || !strings.Contains(err.Error(), "protocol version 9") {
 		t.Fatalf("answer in version 9: %v", err)
 	}
 }

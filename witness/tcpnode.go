@@ -106,12 +106,12 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("witness %s: opening raft.db: %w", cfg.ID, err)
 	}
-	snaps, err := raft.NewFileSnapshotStore(cfg.DataDir, 2, slogWriter{cfg.Logger})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, raftLogger(cfg.Logger.With("witness", cfg.ID), "snapshots"))
 	if err != nil {
 		store.Close()
 		return fmt.Errorf("witness %s: snapshot store: %w", cfg.ID, err)
 	}
-	trans, err := raft.NewTCPTransport(raftBind, advertise, 4, 5*time.Second, slogWriter{cfg.Logger})
+	trans, err := raft.NewTCPTransportWithLogger(raftBind, advertise, 4, 5*time.Second, raftLogger(cfg.Logger.With("witness", cfg.ID), "raft-net"))
 	if err != nil {
 		store.Close()
 		return fmt.Errorf("witness %s: raft transport on %s: %w", cfg.ID, raftBind, err)
