@@ -1,0 +1,152 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// Backup keeps the last committed epoch of a primary's guest, ready to run.
+type Backup struct {
+	cfg   Config
+	guest Guest
+	fence *witness.Fence
+	recv  *format.Backup
+	log   *slog.Logger
+	now   func() time.Time
+	// status mirrors recv.Status() for other goroutines: recv belongs to
+	// the receiver.
+	status atomic.Pointer[format.Status]
+}
+
+// NewBackup prepares a backup whose guest (not started) receives the
+// primary's checkpoints.
+func NewBackup(cfg Config, g Guest, fence *witness.Fence, log *slog.Logger) (*Backup, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	recv, err := format.NewBackup(g.Memory(), format.BackupConfig{})
+	if err != nil {
+		return nil, err
+	}
+	b := &Backup{cfg: cfg, guest: g, fence: fence, recv: recv, log: log, now: time.Now}
+	b.publish()
+	return b, nil
+}
+
+// Status is the backup's position. Safe to call from any goroutine.
+func (b *Backup) Status() format.Status { return *b.status.Load() }
+
+func (b *Backup) publish() {
+	st := b.recv.Status()
+	b.status.Store(&st)
+}
+
+// Receive serves one connection from a primary: it applies checkpoints,
+// acknowledges committed ones and asks for a full sync after rejecting one.
+// It returns when the link fails or the primary falls silent for
+// FailureTimeout; what was committed stays committed.
+func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
+	defer conn.Close()
+	l := newLink(conn, b.cfg.MaxCheckpoint, b.now)
+	st := b.recv.Status()
+	hello := format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.guest.Memory())) / format.PageSize}
+	if st.State == format.StateCommitted {
+		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
+	}
+	if _, err := l.hello(hello, b.cfg.FailureTimeout); err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	hbErr := make(chan error, 1)
+	go l.heartbeats(b.cfg.Heartbeat, stop, hbErr)
+	go func() {
+		select {
+		case <-ctx.Done():
+			conn.Close()
+		case <-stop:
+		}
+	}()
+	for {
+		select {
+		case err := <-hbErr:
+			return err
+		default:
+		}
+		conn.SetReadDeadline(b.now().Add(b.cfg.FailureTimeout))
+		t, payload, err := l.next()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("primary silent for %v", b.cfg.FailureTimeout)
+			}
+			return fmt.Errorf("reading from the primary: %w", err)
+		}
+		switch t {
+		case format.MsgCheckpoint:
+			res, err := b.recv.Receive(payload)
+			b.publish()
+			if err != nil {
+				st := b.recv.Status()
+				b.log.Warn("checkpoint rejected; asking for a full sync", "err", err, "committed", st.Epoch)
+				r := format.Resync{Reason: format.ResyncRejected, Detail: truncate(err.Error(), format.MaxResyncDetail)}
+				if st.State == format.StateCommitted {
+					r.Generation, r.Epoch = st.Generation, st.Epoch
+				}
+				if err := l.send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout); err != nil {
+					return err
+				}
+				continue
+			}
+			if res.Committed {
+				a := format.Ack{Generation: res.Header.Generation, Epoch: res.Header.Epoch}
+				if err := l.send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout); err != nil {
+					return err
+				}
+			}
+		case format.MsgHeartbeat:
+		default:
+			return fmt.Errorf("unexpected %v from the primary", t)
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// GoLive is the backup's failover: it asks the witness for the generation
+// after the primary's (waiting while the witness is unreachable, until ctx
+// ends), and only if it wins restores the last committed epoch and starts
+// the guest. It returns the generation won.
+func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
+	st := b.recv.Status()
+	if st.State != format.StateCommitted {
+		return 0, fmt.Errorf("cannot go live: no committed epoch (backup is %v)", st.State)
+	}
+	if err := witness.BackupLostPrimary(ctx, b.fence, st.Generation, witness.DefaultBackoff); err != nil {
+		return 0, fmt.Errorf("not going live: %w", err)
+	}
+	if err := b.guest.RestoreState(b.recv.Machine()); err != nil {
+		return 0, fmt.Errorf("restoring epoch %d: %w", st.Epoch, err)
+	}
+	if err := b.guest.Start(); err != nil {
+		return 0, err
+	}
+	b.log.Warn("live: restored the last committed epoch", "epoch", st.Epoch, "generation", st.Generation+1)
+	return st.Generation + 1, nil
+}

@@ -1,0 +1,94 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config tunes a checkpoint-mode primary or backup. It is plain data.
+type Config struct {
+	// Epoch is the interval between checkpoints. With EpochAuto it is the
+	// starting interval.
+	Epoch time.Duration
+	// EpochAuto adapts the interval to the dirty rate between MinEpoch and
+	// MaxEpoch; see nextEpoch.
+	EpochAuto          bool
+	MinEpoch, MaxEpoch time.Duration
+	// MaxInFlight bounds the checkpoints captured but not yet acknowledged;
+	// the epoch loop waits (the guest runs on) before pausing for another.
+	MaxInFlight int
+	// PrecopyRounds bounds the rounds of the initial sync made while the
+	// guest runs; PrecopyDone ends them early once a round has at most that
+	// many dirty pages.
+	PrecopyRounds int
+	PrecopyDone   int
+	// Heartbeat is how often each side sends a heartbeat; FailureTimeout
+	// how long silence from the peer means it is gone.
+	Heartbeat      time.Duration
+	FailureTimeout time.Duration
+	// DecideTimeout bounds how long a primary that lost its backup may ask
+	// the witness before it must halt.
+	DecideTimeout time.Duration
+	// Verify sends a hash of guest memory with every checkpoint, checked by
+	// the backup after applying.
+	Verify bool
+	// MaxCheckpoint bounds a checkpoint message the backup accepts.
+	MaxCheckpoint int
+}
+
+// DefaultConfig is a 25 ms epoch with failure detection in 500 ms.
+func DefaultConfig() Config {
+	return Config{
+		Epoch: 25 * time.Millisecond, MinEpoch: 5 * time.Millisecond, MaxEpoch: 500 * time.Millisecond,
+		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256,
+		Heartbeat: 50 * time.Millisecond, FailureTimeout: 500 * time.Millisecond,
+		DecideTimeout: 2 * time.Second, MaxCheckpoint: 1 << 30,
+	}
+}
+
+// Validate says what is wrong with c, or nil.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Epoch <= 0 {
+		errs = append(errs, fmt.Errorf("epoch %v: must be positive", c.Epoch))
+	}
+	if c.EpochAuto && (c.MinEpoch <= 0 || c.MaxEpoch < c.MinEpoch || c.Epoch < c.MinEpoch || c.Epoch > c.MaxEpoch) {
+		errs = append(errs, fmt.Errorf("auto epoch bounds %v..%v with start %v: need 0 < min ≤ start ≤ max", c.MinEpoch, c.MaxEpoch, c.Epoch))
+	}
+	if c.MaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("max in flight %d: must be at least 1", c.MaxInFlight))
+	}
+	if c.PrecopyRounds < 0 || c.PrecopyDone < 0 {
+		errs = append(errs, fmt.Errorf("pre-copy rounds %d, done threshold %d: must not be negative", c.PrecopyRounds, c.PrecopyDone))
+	}
+	if c.Heartbeat <= 0 || c.FailureTimeout <= c.Heartbeat {
+		errs = append(errs, fmt.Errorf("heartbeat %v, failure timeout %v: need 0 < heartbeat < timeout", c.Heartbeat, c.FailureTimeout))
+	}
+	if c.DecideTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("decide timeout %v: must be positive", c.DecideTimeout))
+	}
+	if c.MaxCheckpoint < 1<<20 {
+		errs = append(errs, fmt.Errorf("max checkpoint %d bytes: at least 1 MiB", c.MaxCheckpoint))
+	}
+	return errors.Join(errs...)
+}
+
+// nextEpoch is the --epoch auto policy: after a checkpoint of dirty pages
+// out of total, halve the interval when more than 1/64 of memory (or 16,384
+// pages) was dirtied — a long epoch would mean a long pause — and grow it by
+// half when fewer than 64 pages were: an idle guest needs few checkpoints,
+// and its outputs wait at most an epoch. Within [MinEpoch, MaxEpoch].
+func (c Config) nextEpoch(cur time.Duration, dirty, total uint64) time.Duration {
+	if !c.EpochAuto {
+		return c.Epoch
+	}
+	high := min(total/64, 16384)
+	switch {
+	case dirty > high:
+		cur /= 2
+	case dirty < 64:
+		cur += cur / 2
+	}
+	return max(c.MinEpoch, min(c.MaxEpoch, cur))
+}

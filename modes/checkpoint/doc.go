@@ -1,0 +1,23 @@
+// Package checkpoint is ftckpt's checkpoint mode: epoch-based state
+// replication for multi-vCPU guests (the Remus design).
+//
+// The primary runs the guest. Every epoch it pauses it, harvests the pages
+// dirtied since the last pause (dirtylog), copies them aside with the
+// machine's state, resumes the guest, and — while the guest runs on —
+// encodes the copies as a checkpoint (XOR against the backup's copy, lz4)
+// and streams it to the backup. The backup stages each checkpoint whole,
+// applies it atomically and acknowledges it. The guest's outputs of epoch e
+// are held in an outbuf.Buffer until the ack of e (invariant 1).
+//
+// Failure handling follows the paper's rule through a witness.Fence: a
+// primary whose backup stops answering suspends its fence and must win the
+// next generation to go on alone, or halt; a backup whose primary stops
+// answering asks for the next generation and goes live only if it wins,
+// restoring the last committed epoch.
+//
+// The wire protocol is checkpoint/PROTOCOL.md. Goroutines of a primary:
+// the epoch loop (pauses, harvests, copies, hands epochs on), the sender
+// (encodes and writes checkpoints and heartbeats), and the receiver (reads
+// acks, heartbeats and resync requests). A backup runs one receiver and a
+// heartbeat sender.
+package checkpoint

@@ -1,0 +1,422 @@
+package checkpoint
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"math/rand"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// clientView records the outputs a client receives, in order. A crashed
+// host's releases no longer reach it.
+type clientView struct {
+	mu   sync.Mutex
+	got  []uint64
+	from []string
+	// check, if set, runs at every release (before it is recorded).
+	check func(n uint64) error
+	err   error
+}
+
+// sink returns the NetSink of one host; cut() makes it drop everything
+// from then on, as a dead host's NIC does.
+func (c *clientView) sink(host string) (outbuf.NetSink, func()) {
+	var dead atomic.Bool
+	return sinkFunc(func(f []byte) error {
+		if dead.Load() {
+			return nil
+		}
+		n, err := strconv.ParseUint(strings.TrimPrefix(string(f), "count "), 10, 64)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.check != nil && c.err == nil {
+			c.err = c.check(n)
+		}
+		c.got = append(c.got, n)
+		c.from = append(c.from, host)
+		return nil
+	}), func() { dead.Store(true) }
+}
+
+func (c *clientView) snapshot() ([]uint64, []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]uint64(nil), c.got...), append([]string(nil), c.from...)
+}
+
+// waitCount waits until the client has seen n outputs; the deadline bounds
+// a broken engine only.
+func (c *clientView) waitCount(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ := c.snapshot()
+		if len(got) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client saw %d outputs, waiting for %d", len(got), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type sinkFunc func([]byte) error
+
+func (f sinkFunc) SendFrame(b []byte) error { return f(b) }
+
+func testConfig() Config {
+	c := DefaultConfig()
+	c.Epoch = 2 * time.Millisecond
+	c.MinEpoch = time.Millisecond
+	c.Heartbeat = 20 * time.Millisecond
+	c.FailureTimeout = 300 * time.Millisecond
+	c.Verify = true
+	return c
+}
+
+// pair is a primary and a backup, each with a sim guest, on loopback TCP,
+// with a disk-lease witness, writing to one client.
+type pair struct {
+	t        *testing.T
+	cfg      Config
+	client   *clientView
+	arb      witness.Arbiter
+	pg, bg   *simGuest
+	primary  *Primary
+	backup   *Backup
+	cutP     func()
+	pDone    chan error
+	bDone    chan error
+	cancelP  context.CancelFunc
+	bOut     *outbuf.Buffer
+	emitted  sync.Map // count → epoch it was emitted in
+	proxy    func(from, to net.Conn) // primary→backup byte path; nil copies
+	ackProxy func(from, to net.Conn) // backup→primary byte path
+}
+
+func newPair(t *testing.T, cfg Config) *pair {
+	p := &pair{t: t, cfg: cfg, client: &clientView{}, pDone: make(chan error, 1), bDone: make(chan error, 1)}
+	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { arb.Close() })
+	p.arb = arb
+	return p
+}
+
+func (p *pair) start(pages uint64) {
+	t := p.t
+	ctx := context.Background()
+	pf := witness.NewFence(p.arb, "primary")
+	if _, err := pf.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
+	sink, cut := p.client.sink("primary")
+	p.cutP = cut
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
+	bf := witness.NewFence(p.arb, "backup")
+	p.backup, err = NewBackup(p.cfg, p.bg, bf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bsink, _ := p.client.sink("backup")
+	p.bOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 2, Fence: bf, Net: bsink, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holdCounts(p.bg, p.bOut, func() uint64 { return 1 }, nil)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			p.bDone <- err
+			return
+		}
+		p.bDone <- p.backup.Receive(ctx, conn)
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.proxy != nil || p.ackProxy != nil {
+		conn = proxied(t, conn, p.proxy, p.ackProxy)
+	}
+	if err := p.pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p.cancelP = cancel
+	go func() { p.pDone <- p.primary.Run(pctx, conn) }()
+	t.Cleanup(func() {
+		cancel()
+		p.pg.Pause()
+		p.bg.Pause()
+	})
+}
+
+// crashPrimary stops the primary as a crash would: its guest stops, its
+// NIC goes dark, its connection drops.
+func (p *pair) crashPrimary() {
+	p.pg.Pause()
+	p.cutP()
+	p.cancelP()
+	<-p.pDone
+}
+
+// failover waits for the backup to notice and goes live.
+func (p *pair) failover() uint64 {
+	t := p.t
+	select {
+	case err := <-p.bDone:
+		t.Logf("backup's receiver ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("backup never noticed the primary was gone")
+	}
+	gen, err := p.backup.GoLive(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.bOut.Commit(math.MaxUint64); err != nil {
+		t.Fatal(err)
+	}
+	return gen
+}
+
+// checkView checks what the client saw: the primary's outputs then the
+// backup's, each strictly consecutive, and no number repeated across the
+// failover (a gap is the outputs of the last epochs, never released).
+func checkView(t *testing.T, got []uint64, from []string) {
+	t.Helper()
+	for i := 1; i < len(got); i++ {
+		switch {
+		case from[i] != from[i-1]:
+			if from[i-1] != "primary" || from[i] != "backup" {
+				t.Fatalf("output %d from %s after %s", i, from[i], from[i-1])
+			}
+			if got[i] <= got[i-1] {
+				t.Fatalf("after failover the backup said %d, the primary had said %d: repeated", got[i], got[i-1])
+			}
+		case got[i] != got[i-1]+1:
+			t.Fatalf("%s said %d after %d", from[i], got[i], got[i-1])
+		}
+	}
+}
+
+func TestEpochsReplicateAndOutputsFollowAcks(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.client.check = func(n uint64) error {
+		pos, ok := p.emitted.Load(n)
+		if !ok {
+			return fmt.Errorf("count %d released but never emitted", n)
+		}
+		if st := p.backup.Status(); st.State != format.StateCommitted || st.Epoch < pos.(uint64) {
+			return fmt.Errorf("count %d of epoch %d released while the backup has committed %d", n, pos, st.Epoch)
+		}
+		return nil
+	}
+	p.start(64)
+	waitUntil(t, "50 epochs acknowledged", func() bool {
+		p.primary.Stats.mu.Lock()
+		defer p.primary.Stats.mu.Unlock()
+		return p.primary.Stats.Acked >= 50
+	})
+	got, from := p.client.snapshot()
+	checkView(t, got, from)
+	if len(got) == 0 || got[0] != 1 {
+		t.Fatalf("outputs start %v, want 1", got[:min(len(got), 1)])
+	}
+	p.client.mu.Lock()
+	defer p.client.mu.Unlock()
+	if p.client.err != nil {
+		t.Fatal(p.client.err)
+	}
+}
+
+// waitUntil polls cond; the deadline bounds a broken engine only.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestSlowBackupHoldsOutputs delays every ack by 100 ms: no output may reach
+// the client before the backup committed its epoch, however long that takes.
+func TestSlowBackupHoldsOutputs(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.ackProxy = delayCopy(100 * time.Millisecond)
+	p.client.check = func(n uint64) error {
+		pos, _ := p.emitted.Load(n)
+		if st := p.backup.Status(); st.Epoch < pos.(uint64) {
+			return fmt.Errorf("count %d of epoch %d released while the backup has committed %d", n, pos, st.Epoch)
+		}
+		return nil
+	}
+	p.start(64)
+	p.client.waitCount(t, 500)
+	p.client.mu.Lock()
+	err := p.client.err
+	p.client.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFailoverAtRandomMoments crashes the primary at 20 random moments; each
+// time the backup goes live from its last committed epoch and the client's
+// view stays that of one machine.
+func TestFailoverAtRandomMoments(t *testing.T) {
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := 0; i < 20; i++ {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			p := newPair(t, testConfig())
+			p.start(64)
+			p.client.waitCount(t, 1+rng.Intn(300))
+			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond)
+			p.crashPrimary()
+			before, _ := p.client.snapshot()
+			if gen := p.failover(); gen != 2 {
+				t.Fatalf("backup went live with generation %d", gen)
+			}
+			p.client.waitCount(t, len(before)+50)
+			got, from := p.client.snapshot()
+			checkView(t, got, from)
+		})
+	}
+}
+
+// TestCorruptCheckpointIsRejectedAndResynced flips one byte of one
+// checkpoint in flight: the backup rejects it, keeps its epoch, asks for a
+// full sync, and still fails over correctly afterwards.
+func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.proxy = corruptNth(20)
+	p.start(64)
+	stat := func() (resyncs, acked uint64) {
+		p.primary.Stats.mu.Lock()
+		defer p.primary.Stats.mu.Unlock()
+		return p.primary.Stats.Resyncs, p.primary.Stats.Acked
+	}
+	waitUntil(t, "a resync after the corrupt checkpoint", func() bool { r, _ := stat(); return r > 0 })
+	_, ackedThen := stat()
+	waitUntil(t, "20 more epochs acknowledged", func() bool { _, a := stat(); return a >= ackedThen+20 })
+	if r, _ := stat(); r != 1 {
+		t.Errorf("%d resyncs for one corrupt checkpoint", r)
+	}
+	p.crashPrimary()
+	p.failover()
+	before, _ := p.client.snapshot()
+	p.client.waitCount(t, len(before)+50)
+	got, from := p.client.snapshot()
+	checkView(t, got, from)
+}
+
+// proxied inserts a TCP proxy in conn's path, with a byte filter per
+// direction.
+func proxied(t *testing.T, conn net.Conn, up, down func(from, to net.Conn)) net.Conn {
+	a, b := net.Pipe()
+	if up == nil {
+		up = plainCopy
+	}
+	if down == nil {
+		down = plainCopy
+	}
+	go func() { up(b, conn); conn.Close() }()
+	go func() { down(conn, b); b.Close() }()
+	return a
+}
+
+func plainCopy(from, to net.Conn) { io.Copy(to, from) }
+
+// delayCopy forwards each read after d.
+func delayCopy(d time.Duration) func(from, to net.Conn) {
+	return func(from, to net.Conn) {
+		type chunk struct {
+			at time.Time
+			b  []byte
+		}
+		ch := make(chan chunk, 1024)
+		go func() {
+			defer close(ch)
+			for {
+				buf := make([]byte, 64<<10)
+				n, err := from.Read(buf)
+				if n > 0 {
+					ch <- chunk{time.Now().Add(d), buf[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for c := range ch {
+			time.Sleep(time.Until(c.at))
+			if _, err := to.Write(c.b); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// corruptNth flips a byte in the middle of the first message from the nth
+// on that is big enough to be a checkpoint.
+func corruptNth(nth int) func(from, to net.Conn) {
+	return func(from, to net.Conn) {
+		hdr := make([]byte, 8)
+		done := false
+		for i := 0; ; i++ {
+			if _, err := io.ReadFull(from, hdr); err != nil {
+				return
+			}
+			n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16 | int(hdr[3])<<24
+			body := make([]byte, n)
+			if _, err := io.ReadFull(from, body); err != nil {
+				return
+			}
+			if i >= nth && n > 100 && !done {
+				body[n/2] ^= 0x40
+				done = true
+			}
+			if _, err := to.Write(append(hdr, body...)); err != nil {
+				return
+			}
+		}
+	}
+}
+

@@ -1,0 +1,440 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// ErrBackupLost is returned (wrapped) by Primary.Run when the backup stopped
+// answering and the primary won the next generation: the guest runs on,
+// unprotected, and its outputs are released at once.
+var ErrBackupLost = errors.New("backup lost; continuing alone")
+
+// Primary replicates a running guest to a backup.
+type Primary struct {
+	cfg   Config
+	guest Guest
+	out   *outbuf.Buffer
+	fence *witness.Fence
+	gen   uint64
+	log   *slog.Logger
+	now   func() time.Time
+	// Stats is updated as epochs pass; read it for the status line.
+	Stats *Stats
+
+	// pos is the epoch whose outputs the guest produces now; devices read
+	// it when they hold an output.
+	pos atomic.Uint64
+	// resync is set by the receiver when the backup asks for a full sync.
+	resync atomic.Bool
+	// syncEpoch is the epoch the latest full sync commits, syncAcked
+	// whether the backup has acknowledged it, and syncSent when its commit
+	// was queued (UnixNano). A resync request is honoured only after the
+	// latest sync was acknowledged: requests about checkpoints sent before
+	// it (which the backup rejects while it waits for the sync) arrive
+	// before its ack and are moot. If the sync itself is lost, no ack comes,
+	// and the epoch loop starts another after FailureTimeout.
+	syncEpoch atomic.Uint64
+	syncAcked atomic.Bool
+	syncSent  atomic.Int64
+	// inflight counts captured epochs not yet acknowledged; acked wakes the
+	// epoch loop when it drops.
+	mu       sync.Mutex
+	inflight map[uint64]bool
+	acked    chan struct{}
+}
+
+// NewPrimary prepares a primary for generation gen (already won through
+// fence). out holds the guest's outputs; its devices must hold them at
+// Position().
+func NewPrimary(cfg Config, g Guest, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
+		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1)}
+	p.Stats = newStats(p.now())
+	p.pos.Store(1)
+	return p, nil
+}
+
+// Position is the epoch the guest's current outputs belong to: they are
+// released when the backup acknowledges that epoch.
+func (p *Primary) Position() uint64 { return p.pos.Load() }
+
+// capture is one epoch's copy, taken while the guest was paused, on its way
+// to the sender.
+type capture struct {
+	hdr     format.Header
+	pfns    []uint64
+	pages   []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
+	machine []byte
+}
+
+// Run replicates the guest over conn until ctx ends, the guest stops (nil),
+// or the backup is lost. On losing the backup it applies the paper's rule:
+// with the next generation won it returns an error wrapping ErrBackupLost
+// and the guest runs on; otherwise it pauses the guest and returns an error
+// wrapping witness.ErrHalt.
+// Precondition: the guest is running.
+func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
+	l := newLink(conn, p.cfg.MaxCheckpoint, p.now)
+	defer conn.Close()
+	pages := uint64(len(p.guest.Memory())) / format.PageSize
+	cache, err := format.NewPageCache(len(p.guest.Memory()))
+	if err != nil {
+		return err
+	}
+	if _, err := l.hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+		return p.backupLost(ctx, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	failed := make(chan error, 4)
+	captures := make(chan *capture, p.cfg.MaxInFlight)
+	stopHB := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); p.send(ctx, l, format.NewEncoder(cache), captures, failed) }()
+	go func() { defer wg.Done(); p.receive(l, failed) }()
+	go func() { defer wg.Done(); l.heartbeats(p.cfg.Heartbeat, stopHB, failed) }()
+	defer func() {
+		close(stopHB)
+		cancel()
+		conn.Close()
+		wg.Wait()
+	}()
+	watchdog := time.NewTicker(p.cfg.Heartbeat)
+	defer watchdog.Stop()
+
+	err = p.loop(ctx, l, pages, captures, failed, watchdog.C)
+	close(captures)
+	if errors.Is(err, errPeerFailed) {
+		return p.backupLost(ctx, err)
+	}
+	return err
+}
+
+// errPeerFailed marks a loop exit caused by the link.
+var errPeerFailed = errors.New("backup link failed")
+
+// loop is the epoch loop: the initial sync, then one checkpoint per epoch.
+func (p *Primary) loop(ctx context.Context, l *link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time) error {
+	dirty := dirtylog.NewBitmap(pages)
+	epochLen := p.cfg.Epoch
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	needSync := true
+	for {
+		if needSync || p.resync.Swap(false) {
+			needSync = false
+			if err := p.sync(ctx, dirty, captures, failed); err != nil {
+				return err
+			}
+			timer.Reset(epochLen)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.guest.Stopped():
+			return nil
+		case err := <-failed:
+			return fmt.Errorf("%w: %w", errPeerFailed, err)
+		case <-tick:
+			if s := l.silentFor(); s > p.cfg.FailureTimeout {
+				return fmt.Errorf("%w: nothing from the backup for %v", errPeerFailed, s.Round(time.Millisecond))
+			}
+			if !p.syncAcked.Load() && p.now().Sub(time.Unix(0, p.syncSent.Load())) > p.cfg.FailureTimeout {
+				p.log.Warn("full sync not acknowledged; starting another", "epoch", p.syncEpoch.Load())
+				p.resync.Store(true)
+			}
+			continue
+		case <-timer.C:
+		}
+		if err := p.waitInflight(ctx, failed); err != nil {
+			return err
+		}
+		c, pause, err := p.captureEpoch(dirty, format.KindEpoch, true)
+		if err != nil {
+			return err
+		}
+		n := uint64(len(c.pfns))
+		epochLen = p.cfg.nextEpoch(epochLen, n, pages)
+		p.Stats.epoch(pause, n, epochLen)
+		captures <- c
+		timer.Reset(epochLen)
+	}
+}
+
+// sync brings the backup to the guest's current state: pre-copy rounds
+// while the guest runs (the first sends every page), then a final round with
+// the guest paused that commits epoch Position().
+func (p *Primary) sync(ctx context.Context, dirty *dirtylog.Bitmap, captures chan<- *capture, failed <-chan error) error {
+	epoch := p.pos.Load()
+	p.log.Info("full sync", "generation", p.gen, "epoch", epoch)
+	p.syncEpoch.Store(epoch)
+	p.syncAcked.Store(false)
+	p.mu.Lock()
+	clear(p.inflight) // epochs before the sync will never be acknowledged
+	p.mu.Unlock()
+	// Round 1 reads every page live; the harvest before it clears the log,
+	// so any page written while it is read is sent again.
+	if err := p.guest.Pause(); err != nil {
+		return err
+	}
+	dirty.Clear()
+	err := p.guest.Harvest(dirty)
+	p.guest.Resume()
+	if err != nil {
+		return err
+	}
+	all := make([]uint64, dirty.Len())
+	for i := range all {
+		all[i] = uint64(i)
+	}
+	first := &capture{hdr: format.Header{Kind: format.KindSyncRound, Flags: format.FlagSyncStart, Generation: p.gen, Epoch: epoch}, pfns: all}
+	if err := p.enqueue(ctx, captures, first, failed); err != nil {
+		return err
+	}
+	for round := 1; round < p.cfg.PrecopyRounds; round++ {
+		if err := p.guest.Pause(); err != nil {
+			return err
+		}
+		dirty.Clear()
+		err := p.guest.Harvest(dirty)
+		p.guest.Resume()
+		if err != nil {
+			return err
+		}
+		n := dirty.Count()
+		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch}}
+		for r := range dirty.Runs() {
+			for q := r.First; q < r.First+r.Count; q++ {
+				c.pfns = append(c.pfns, q)
+			}
+		}
+		if err := p.enqueue(ctx, captures, c, failed); err != nil {
+			return err
+		}
+		if n <= p.cfg.PrecopyDone {
+			break
+		}
+	}
+	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
+	if err != nil {
+		return err
+	}
+	p.Stats.epoch(pause, uint64(len(c.pfns)), p.cfg.Epoch)
+	p.syncSent.Store(p.now().UnixNano())
+	return p.enqueue(ctx, captures, c, failed)
+}
+
+func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
+	select {
+	case captures <- c:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-failed:
+		return fmt.Errorf("%w: %w", errPeerFailed, err)
+	}
+}
+
+// captureEpoch pauses the guest, harvests and copies the dirty pages and the
+// machine state, moves outputs on to the next epoch and resumes the guest.
+// The pause lasts from Pause to Resume; it is returned for the statistics.
+func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track bool) (*capture, time.Duration, error) {
+	start := p.now()
+	if err := p.guest.Pause(); err != nil {
+		return nil, 0, fmt.Errorf("pausing the guest: %w", err)
+	}
+	epoch := p.pos.Load()
+	dirty.Clear()
+	if err := p.guest.Harvest(dirty); err != nil {
+		p.guest.Resume()
+		return nil, 0, fmt.Errorf("harvesting dirty pages: %w", err)
+	}
+	mem := p.guest.Memory()
+	c := &capture{hdr: format.Header{Kind: kind, Generation: p.gen, Epoch: epoch}}
+	c.pfns = make([]uint64, 0, dirty.Count())
+	c.pages = make([]byte, 0, dirty.Count()*format.PageSize)
+	for r := range dirty.Runs() {
+		for q := r.First; q < r.First+r.Count; q++ {
+			c.pfns = append(c.pfns, q)
+		}
+		c.pages = append(c.pages, mem[r.First*format.PageSize:(r.First+r.Count)*format.PageSize]...)
+	}
+	state, err := p.guest.SaveState()
+	if err != nil {
+		p.guest.Resume()
+		return nil, 0, fmt.Errorf("saving machine state: %w", err)
+	}
+	c.machine = state
+	p.pos.Store(epoch + 1)
+	if track {
+		p.mu.Lock()
+		p.inflight[epoch] = true
+		p.mu.Unlock()
+	}
+	if err := p.guest.Resume(); err != nil {
+		return nil, 0, fmt.Errorf("resuming the guest: %w", err)
+	}
+	return c, p.now().Sub(start), nil
+}
+
+// waitInflight waits until fewer than MaxInFlight epochs await their ack.
+// The guest runs on meanwhile; its outputs wait in the buffer.
+func (p *Primary) waitInflight(ctx context.Context, failed <-chan error) error {
+	for {
+		p.mu.Lock()
+		n := len(p.inflight)
+		p.mu.Unlock()
+		if n < p.cfg.MaxInFlight {
+			return nil
+		}
+		select {
+		case <-p.acked:
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-failed:
+			return fmt.Errorf("%w: %w", errPeerFailed, err)
+		}
+	}
+}
+
+// send encodes captures in order and writes them to the backup.
+func (p *Primary) send(ctx context.Context, l *link, enc *format.Encoder, captures <-chan *capture, failed chan<- error) {
+	var buf []byte
+	scratch := make([]byte, format.PageSize)
+	for c := range captures {
+		if err := enc.Begin(buf[:0], c.hdr); err != nil {
+			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
+			return
+		}
+		for i, pfn := range c.pfns {
+			var page []byte
+			if c.pages != nil {
+				page = c.pages[i*format.PageSize : (i+1)*format.PageSize]
+			} else {
+				// A live read while the guest runs: the encoder needs a
+				// page that holds still, and a torn copy is sent again
+				// because the write that tore it is in the dirty log.
+				p.guest.CopyLive(scratch, pfn)
+				page = scratch
+			}
+			if err := enc.AddPage(pfn, page); err != nil {
+				enc.Abort()
+				failed <- fmt.Errorf("encoding page %d of %v: %w", pfn, c.hdr, err)
+				return
+			}
+		}
+		data, err := enc.Finish(c.machine, p.cfg.Verify && c.machine != nil)
+		if err != nil {
+			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
+			return
+		}
+		buf = data
+		if err := l.send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
+			failed <- err
+			return
+		}
+		p.Stats.shipped(uint64(len(data)), uint64(len(c.pfns))*format.PageSize)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// receive reads acks, heartbeats and resync requests from the backup.
+func (p *Primary) receive(l *link, failed chan<- error) {
+	for {
+		t, payload, err := l.next()
+		if err != nil {
+			failed <- fmt.Errorf("reading from the backup: %w", err)
+			return
+		}
+		switch t {
+		case format.MsgAck:
+			a, err := format.DecodeAck(payload)
+			if err != nil {
+				failed <- err
+				return
+			}
+			if a.Generation != p.gen {
+				continue // an ack of another generation's state releases nothing
+			}
+			if a.Epoch >= p.syncEpoch.Load() {
+				p.syncAcked.Store(true)
+			}
+			p.mu.Lock()
+			for e := range p.inflight {
+				if e <= a.Epoch {
+					delete(p.inflight, e)
+				}
+			}
+			p.mu.Unlock()
+			select {
+			case p.acked <- struct{}{}:
+			default:
+			}
+			p.Stats.acked(a.Epoch)
+			if err := p.out.Commit(a.Epoch); err != nil {
+				failed <- fmt.Errorf("releasing outputs of epoch %d: %w", a.Epoch, err)
+				return
+			}
+		case format.MsgResync:
+			r, err := format.DecodeResync(payload)
+			if err != nil {
+				failed <- err
+				return
+			}
+			if !p.syncAcked.Load() {
+				continue
+			}
+			p.log.Warn("backup asks for a full sync", "reason", r.Reason, "detail", r.Detail, "committed", r.Epoch)
+			p.Stats.resynced()
+			p.syncAcked.Store(false) // one request is enough
+			p.resync.Store(true)
+			select {
+			case p.acked <- struct{}{}: // wake a loop waiting for acks that will not come
+			default:
+			}
+		case format.MsgHeartbeat:
+		default:
+			failed <- fmt.Errorf("unexpected %v from the backup", t)
+			return
+		}
+	}
+}
+
+// backupLost applies the paper's rule for a primary without its backup.
+func (p *Primary) backupLost(ctx context.Context, cause error) error {
+	p.log.Warn("backup lost", "cause", cause)
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DecideTimeout)
+	defer cancel()
+	if err := witness.PrimaryLostBackup(dctx, p.fence); err != nil {
+		p.guest.Pause()
+		return fmt.Errorf("backup lost (%v), and %w", cause, err)
+	}
+	gen, _ := p.fence.Held()
+	p.log.Warn("won the next generation: continuing alone, unprotected", "generation", gen)
+	if err := p.out.Commit(math.MaxUint64); err != nil {
+		return fmt.Errorf("releasing held outputs: %w", err)
+	}
+	return fmt.Errorf("%w (generation %d): %w", ErrBackupLost, gen, cause)
+}
