@@ -106,7 +106,7 @@ type pair struct {
 	bDone    chan error
 	cancelP  context.CancelFunc
 	bOut     *outbuf.Buffer
-	emitted  sync.Map // count → epoch it was emitted in
+	emitted  sync.Map                // count → epoch it was emitted in
 	proxy    func(from, to net.Conn) // primary→backup byte path; nil copies
 	ackProxy func(from, to net.Conn) // backup→primary byte path
 }
@@ -419,4 +419,3 @@ func corruptNth(nth int) func(from, to net.Conn) {
 		}
 	}
 }
-
