@@ -115,9 +115,9 @@ func (m *Machine) attachVirtio(kind uint32, subsystem uint16, class uint32, mk f
 	}
 	irq := virtioIRQs[slot-1]
 	base := uint16(VirtioIOBase + VirtioIOSize*(slot-1))
-	var irqFn func(bool)
-	if m.cfg.IRQChip {
-		irqFn = func(level bool) { m.SetIRQLine(uint32(irq), level) }
+	irqFn := func(level bool) { m.SetIRQLine(uint32(irq), level) }
+	if !m.cfg.IRQChip {
+		irqFn = func(level bool) { m.pic.SetIRQ(int(irq), level) }
 	}
 	// Instance numbers count devices of the same kind: virtio-net/0, /1, …
 	n := 0
