@@ -140,20 +140,22 @@ type Machine struct {
 
 // New creates a machine: the VM, its memory, its vCPU threads and its
 // devices. The vCPUs do not run until Start.
-func New(cfg Config) (m *Machine, err error) {
+func New(cfg Config) (*Machine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	installKickHandler()
-	m = &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
+	m := &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
 	m.cond = sync.NewCond(&m.mu)
+	built := false
 	defer func() {
-		if err != nil {
+		if !built {
 			m.release()
 		}
 	}()
+	var err error
 	if m.kvmFd, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
-		return nil, fmt.Errorf("opening /dev/kvm: %w", err)
+		return nil, fmt.Errorf("opening /dev/kvm (is KVM available on this host?): %w", err)
 	}
 	vmFd, err := kvm.CreateVM(uintptr(m.kvmFd))
 	if err != nil {
@@ -211,6 +213,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if err := m.addDevices(); err != nil {
 		return nil, err
 	}
+	built = true
 	return m, nil
 }
 

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -95,5 +96,18 @@ func TestResidentSeesOnlyTouchedPages(t *testing.T) {
 	}
 	if res[1000]&1 == 0 || n > 16 {
 		t.Errorf("resident: page 1000 = %d, %d pages in all (a 64 GiB guest must cost nothing untouched)", res[1000]&1, n)
+	}
+}
+
+// TestNewFailsCleanly builds a machine: where /dev/kvm is absent it must
+// fail with an error naming it, releasing what it had made, not panic.
+func TestNewFailsCleanly(t *testing.T) {
+	m, err := New(Config{VCPUs: 1, MemSize: 16 << 20, IRQChip: true})
+	if err == nil {
+		m.Close()
+		return
+	}
+	if !strings.Contains(err.Error(), "/dev/kvm") {
+		t.Errorf("New without KVM: %v", err)
 	}
 }
