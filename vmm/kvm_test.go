@@ -186,7 +186,7 @@ func TestHelperRestoreCounter(t *testing.T) {
 	}
 	defer f.Close()
 	con := &console{}
-	m, err := Restore(f, Config{Console: con})
+	m, err := Restore(f, Config{Console: con}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
 	}
 	m.Close()
 	con2 := &console{}
-	r, err := Restore(&snap, Config{Console: con2})
+	r, err := Restore(&snap, Config{Console: con2}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +365,7 @@ func TestTickGuestTakesTimerInterrupts(t *testing.T) {
 			}
 			m.Close()
 			con2 := &console{}
-			r, err := Restore(&snap, Config{Console: con2})
+			r, err := Restore(&snap, Config{Console: con2}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

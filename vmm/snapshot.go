@@ -318,17 +318,24 @@ func isZero(b []byte) bool {
 }
 
 // Restore builds a new machine from a snapshot. cfg supplies what a snapshot
-// does not hold (console, params are unused: the guest's memory has them);
-// the vCPU count, memory size and irqchip come from the snapshot. The machine
-// is returned only if everything (checksum included) verified and restored;
-// otherwise it is closed and nothing of it remains.
-func Restore(r io.Reader, cfg Config) (*Machine, error) {
+// does not hold (console; params are unused: the guest's memory has them);
+// the vCPU count, memory size and irqchip come from the snapshot. attach, if
+// not nil, adds the devices the saved machine had (in the same order) before
+// their state is restored. The machine is returned only if everything
+// (checksum included) verified and restored; otherwise it is closed and
+// nothing of it remains.
+func Restore(r io.Reader, cfg Config, attach func(*Machine) error) (*Machine, error) {
 	var m *Machine
 	state, err := readSnapshot(r, func(sc StateConfig) (*GuestMemory, error) {
 		cfg.VCPUs, cfg.IRQChip, cfg.MemSize = sc.VCPUs, sc.IRQChip, sc.MemSize
 		var err error
 		if m, err = New(cfg); err != nil {
 			return nil, err
+		}
+		if attach != nil {
+			if err := attach(m); err != nil {
+				return nil, err
+			}
 		}
 		return m.mem, nil
 	})

@@ -62,6 +62,7 @@ func (f *machineFlags) config(console io.Writer) (vmm.Config, []byte, error) {
 
 func newRunCmd() *cobra.Command {
 	var mf machineFlags
+	var df deviceFlags
 	var snapshotAfter time.Duration
 	var snapshotFile string
 	cmd := &cobra.Command{
@@ -82,18 +83,33 @@ whole to FILE and stopped; "ftckpt restore FILE" continues it.`,
 			if (snapshotFile == "") != (snapshotAfter == 0) {
 				return errors.New("--snapshot and --snapshot-after go together")
 			}
+			if err := df.validate(); err != nil {
+				return err
+			}
 			m, err := vmm.New(cfg)
 			if err != nil {
 				return err
 			}
-			defer m.Close()
-			if err := m.LoadBareMetal(img, nil); err != nil {
+			devs, err := df.attach(m, mf.guest, nil, nil)
+			if err != nil {
+				m.Close()
+				return err
+			}
+			defer func() {
+				m.Close() // quiesces the devices before their backends go
+				devs.Close()
+			}()
+			if err := m.LoadBareMetal(img, devs.boot); err != nil {
+				return err
+			}
+			if err := devs.startNet(); err != nil {
 				return err
 			}
 			return runMachine(m, snapshotAfter, snapshotFile)
 		},
 	}
 	mf.add(cmd)
+	df.add(cmd)
 	cmd.Flags().DurationVar(&snapshotAfter, "snapshot-after", 0, "pause and save the machine after this long")
 	cmd.Flags().StringVar(&snapshotFile, "snapshot", "", "file to save the machine to (with --snapshot-after)")
 	return cmd

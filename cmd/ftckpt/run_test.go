@@ -51,6 +51,10 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"run", "--param", "novalue"}, "want key=value"},
 		{[]string{"run", "--snapshot", "x"}, "go together"},
 		{[]string{"restore"}, "accepts 1 arg"},
+		{[]string{"run", "--net", "carrier-pigeon"}, `--net "carrier-pigeon"`},
+		{[]string{"run", "--disk-size", "huge"}, "--disk-size"},
+		{[]string{"restore", "--net", "x", "f.snap"}, `--net "x"`},
+		{[]string{"restore", "/nonexistent/f.snap"}, "no such file"},
 	} {
 		_, err := runCLI(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

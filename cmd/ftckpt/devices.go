@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/spf13/cobra"
+)
+
+// deviceFlags choose the guest's network and disk backends.
+type deviceFlags struct {
+	net      string
+	disk     string
+	diskSize string
+}
+
+func (d *deviceFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&d.net, "net", "auto", `network: udp:ADDR (a UDP front, no root needed), tap:NAME, none; auto: udp:127.0.0.1:7777 for the kv guest, else none`)
+	cmd.Flags().StringVar(&d.disk, "disk", "auto", `disk image (the shared disk), created if missing; none; auto: ftckpt-disk.img for the disk guest, else none`)
+	cmd.Flags().StringVar(&d.diskSize, "disk-size", "64M", "size of a disk image that --disk creates")
+}
+
+// validate checks the flags' syntax before anything is built.
+func (d *deviceFlags) validate() error {
+	if kind, _, _ := strings.Cut(d.net, ":"); d.net != "auto" && d.net != "none" && kind != "udp" && kind != "tap" {
+		return fmt.Errorf("--net %q: want udp:ADDR, tap:NAME, none or auto", d.net)
+	}
+	if _, err := parseSize(d.diskSize); err != nil {
+		return fmt.Errorf("--disk-size: %w", err)
+	}
+	return nil
+}
+
+// attached is what attach made: the guest's boot devices and how to
+// release the host side.
+type attached struct {
+	boot    []vmm.BootDevice
+	net     vmm.NetBackend
+	disk    *vmm.FileDisk
+	netDev  *vmm.VirtioNet
+	closers []func() error
+}
+
+func (a *attached) Close() error {
+	var errs []error
+	for _, c := range a.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}
+
+// attach opens the backends the flags name for guest and attaches their
+// devices to m. wrapNet and wrapDisk, if not nil, put the output buffer
+// between device and backend. The network backend is not started: call
+// startNet once the machine is ready to receive.
+func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.FrameSink) vmm.FrameSink, wrapDisk func(vmm.Disk) vmm.Disk) (*attached, error) {
+	a := &attached{}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Close()
+		}
+	}()
+	netSpec, diskSpec := d.net, d.disk
+	if netSpec == "auto" {
+		netSpec = "none"
+		if guest == "kv" {
+			netSpec = "udp:127.0.0.1:7777"
+		}
+	}
+	if diskSpec == "auto" {
+		diskSpec = "none"
+		if guest == "disk" {
+			diskSpec = "ftckpt-disk.img"
+		}
+	}
+	if netSpec != "none" {
+		kind, arg, _ := strings.Cut(netSpec, ":")
+		var err error
+		switch kind {
+		case "udp":
+			a.net, err = vmm.NewUDPFront(vmm.UDPFrontConfig{Listen: arg})
+		case "tap":
+			a.net, err = vmm.OpenTap(arg)
+		default:
+			return nil, fmt.Errorf("--net %q: want udp:ADDR, tap:NAME or none", d.net)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--net %s: %w", netSpec, err)
+		}
+		a.closers = append(a.closers, a.net.Close)
+		var sink vmm.FrameSink = a.net
+		if wrapNet != nil {
+			sink = wrapNet(sink)
+		}
+		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: sink})
+		if err != nil {
+			return nil, err
+		}
+		a.boot, a.netDev = append(a.boot, bd), dev
+	}
+	if diskSpec != "none" {
+		var err error
+		if _, statErr := os.Stat(diskSpec); statErr == nil {
+			a.disk, err = vmm.OpenFileDisk(diskSpec, false)
+		} else {
+			size, perr := parseSize(d.diskSize)
+			if perr != nil {
+				return nil, fmt.Errorf("--disk-size: %w", perr)
+			}
+			a.disk, err = vmm.CreateFileDisk(diskSpec, size)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--disk %s: %w", diskSpec, err)
+		}
+		a.closers = append(a.closers, a.disk.Close)
+		var disk vmm.Disk = a.disk
+		if wrapDisk != nil {
+			disk = wrapDisk(disk)
+		}
+		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
+		if err != nil {
+			return nil, err
+		}
+		a.boot = append(a.boot, bd)
+	}
+	ok = true
+	return a, nil
+}
+
+// startNet starts delivering received frames to the guest.
+func (a *attached) startNet() error {
+	if a.net == nil {
+		return nil
+	}
+	return a.net.Start(a.netDev)
+}
