@@ -210,14 +210,24 @@ func (n *Node) Shutdown() error {
 		}
 		n.mu.Unlock()
 		var errs []error
-		if err := n.raft.Shutdown().Error(); err != nil {
+		closed := map[io.Closer]bool{} // one store may be both Logs and Stable
+		// Close the transport before waiting for raft's goroutines: one
+		// blocked in an RPC to a dead peer then fails at once instead of
+		// holding Shutdown up until its network timeout.
+		fut := n.raft.Shutdown()
+		if c, ok := n.cfg.Transport.(io.Closer); ok {
+			closed[c] = true
+			if err := c.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := fut.Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 		n.raft.DeregisterObserver(n.obs)
 		close(n.stopObs)
 		<-n.obsDone
-		closed := map[io.Closer]bool{} // one store may be both Logs and Stable
-		for _, r := range []any{n.cfg.Transport, n.cfg.Logs, n.cfg.Stable, n.cfg.Snapshots} {
+		for _, r := range []any{n.cfg.Logs, n.cfg.Stable, n.cfg.Snapshots} {
 			if c, ok := r.(io.Closer); ok && !closed[c] {
 				closed[c] = true
 				if err := c.Close(); err != nil {
