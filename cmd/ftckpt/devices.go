@@ -52,19 +52,9 @@ func (a *attached) Close() error {
 	return errors.Join(errs...)
 }
 
-// attach opens the backends the flags name for guest and attaches their
-// devices to m. wrapNet and wrapDisk, if not nil, put the output buffer
-// between device and backend. The network backend is not started: call
-// startNet once the machine is ready to receive.
-func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.FrameSink) vmm.FrameSink, wrapDisk func(vmm.Disk) vmm.Disk) (*attached, error) {
-	a := &attached{}
-	ok := false
-	defer func() {
-		if !ok {
-			a.Close()
-		}
-	}()
-	netSpec, diskSpec := d.net, d.disk
+// resolve turns "auto" into what it means for guest.
+func (d *deviceFlags) resolve(guest string) (netSpec, diskSpec string) {
+	netSpec, diskSpec = d.net, d.disk
 	if netSpec == "auto" {
 		netSpec = "none"
 		if guest == "kv" {
@@ -77,19 +67,64 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.Fram
 			diskSpec = "ftckpt-disk.img"
 		}
 	}
-	if netSpec != "none" {
-		kind, arg, _ := strings.Cut(netSpec, ":")
-		var err error
-		switch kind {
-		case "udp":
-			a.net, err = vmm.NewUDPFront(vmm.UDPFrontConfig{Listen: arg})
-		case "tap":
-			a.net, err = vmm.OpenTap(arg)
-		default:
-			return nil, fmt.Errorf("--net %q: want udp:ADDR, tap:NAME or none", d.net)
+	return netSpec, diskSpec
+}
+
+// openNet opens the network backend spec names (not "none").
+func openNet(spec string) (vmm.NetBackend, error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	var b vmm.NetBackend
+	var err error
+	switch kind {
+	case "udp":
+		b, err = vmm.NewUDPFront(vmm.UDPFrontConfig{Listen: arg})
+	case "tap":
+		b, err = vmm.OpenTap(arg)
+	default:
+		return nil, fmt.Errorf("--net %q: want udp:ADDR, tap:NAME or none", spec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--net %s: %w", spec, err)
+	}
+	return b, nil
+}
+
+// openDisk opens the disk image, creating it at --disk-size if missing.
+func (d *deviceFlags) openDisk(path string) (*vmm.FileDisk, error) {
+	var disk *vmm.FileDisk
+	var err error
+	if _, statErr := os.Stat(path); statErr == nil {
+		disk, err = vmm.OpenFileDisk(path, false)
+	} else {
+		size, perr := parseSize(d.diskSize)
+		if perr != nil {
+			return nil, fmt.Errorf("--disk-size: %w", perr)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("--net %s: %w", netSpec, err)
+		disk, err = vmm.CreateFileDisk(path, size)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--disk %s: %w", path, err)
+	}
+	return disk, nil
+}
+
+// attach opens the backends the flags name for guest and attaches their
+// devices to m. wrapNet and wrapDisk, if not nil, put the output buffer
+// between device and backend. The network backend is not started: call
+// startNet once the machine is ready to receive.
+func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.FrameSink) vmm.FrameSink, wrapDisk func(vmm.Disk) vmm.Disk) (*attached, error) {
+	a := &attached{}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Close()
+		}
+	}()
+	netSpec, diskSpec := d.resolve(guest)
+	if netSpec != "none" {
+		var err error
+		if a.net, err = openNet(netSpec); err != nil {
+			return nil, err
 		}
 		a.closers = append(a.closers, a.net.Close)
 		var sink vmm.FrameSink = a.net
@@ -104,17 +139,8 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.Fram
 	}
 	if diskSpec != "none" {
 		var err error
-		if _, statErr := os.Stat(diskSpec); statErr == nil {
-			a.disk, err = vmm.OpenFileDisk(diskSpec, false)
-		} else {
-			size, perr := parseSize(d.diskSize)
-			if perr != nil {
-				return nil, fmt.Errorf("--disk-size: %w", perr)
-			}
-			a.disk, err = vmm.CreateFileDisk(diskSpec, size)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("--disk %s: %w", diskSpec, err)
+		if a.disk, err = d.openDisk(diskSpec); err != nil {
+			return nil, err
 		}
 		a.closers = append(a.closers, a.disk.Close)
 		var disk vmm.Disk = a.disk
@@ -130,6 +156,69 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.Fram
 	ok = true
 	return a, nil
 }
+
+// attachDeferred attaches the same devices as attach for a backup, whose
+// network backend opens only when it goes live (the primary holds it until
+// then): the device sends to netOut, which drops until goLive points it at
+// the backend. The shared disk is opened now; its device is not used until
+// the guest runs.
+func (d *deviceFlags) attachDeferred(m *vmm.Machine, guest string, netOut *netTarget) (*attached, error) {
+	a := &attached{}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Close()
+		}
+	}()
+	netSpec, diskSpec := d.resolve(guest)
+	if netSpec != "none" {
+		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: netOut})
+		if err != nil {
+			return nil, err
+		}
+		a.boot, a.netDev = append(a.boot, bd), dev
+	}
+	if diskSpec != "none" {
+		var err error
+		if a.disk, err = d.openDisk(diskSpec); err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, a.disk.Close)
+		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: a.disk})
+		if err != nil {
+			return nil, err
+		}
+		a.boot = append(a.boot, bd)
+	}
+	ok = true
+	return a, nil
+}
+
+// goLive opens a backup's network backend and starts it. On a tap it first
+// announces the guest's MAC (a gratuitous ARP, as QEMU does after a
+// migration) so the network finds the guest on this host.
+func (a *attached) goLive(d deviceFlags, guest string, netOut *netTarget) error {
+	netSpec, _ := d.resolve(guest)
+	if netSpec == "none" {
+		return nil
+	}
+	b, err := openNet(netSpec)
+	if err != nil {
+		return err
+	}
+	a.net = b
+	a.closers = append(a.closers, b.Close)
+	netOut.set(b)
+	if strings.HasPrefix(netSpec, "tap:") {
+		if err := b.SendFrame(vmm.GratuitousARP(vmm.DefaultGuestMAC, guestIP)); err != nil {
+			return fmt.Errorf("announcing the guest after failover: %w", err)
+		}
+	}
+	return a.startNet()
+}
+
+// guestIP is the bundled guests' address (the kv guest's default).
+var guestIP = [4]byte{10, 0, 2, 15}
 
 // startNet starts delivering received frames to the guest.
 func (a *attached) startNet() error {

@@ -25,7 +25,11 @@ func newRootCmd() *cobra.Command {
 		Short: "ftckpt is a fault-tolerant hypervisor (record/replay or checkpointing on KVM)",
 		Long: `ftckpt runs a virtual machine on a primary host and keeps an exact copy on a
 backup host; if the primary dies, the backup goes live and the guest's clients
-never notice. See README.md for the modes and their trade-offs.`,
+never notice. See README.md for the modes and their trade-offs.
+
+  ftckpt --mode checkpoint --vcpus 4          primary here, backup as a local child
+  ftckpt --mode checkpoint --role backup --listen :7100
+  ftckpt --mode checkpoint --role primary --peer backuphost:7100`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -33,6 +37,7 @@ never notice. See README.md for the modes and their trade-offs.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&configFile, "config", "", "read flag values from this file (YAML, TOML or JSON)")
+	addModeFlags(root)
 	for _, newCmd := range subcommands {
 		root.AddCommand(newCmd())
 	}

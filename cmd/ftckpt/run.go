@@ -26,8 +26,8 @@ type machineFlags struct {
 	irqchip bool
 }
 
-func (f *machineFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.guest, "guest", "counter", "bundled guest to run: "+strings.Join(guests.Names(), ", "))
+func (f *machineFlags) add(cmd *cobra.Command, defaultGuest string) {
+	cmd.Flags().StringVar(&f.guest, "guest", defaultGuest, "bundled guest to run: "+strings.Join(guests.Names(), ", "))
 	cmd.Flags().IntVar(&f.vcpus, "vcpus", 1, fmt.Sprintf("number of vCPUs (1 to %d)", vmm.MaxVCPUs))
 	cmd.Flags().StringVar(&f.memory, "memory", "64M", "guest memory size (16M to 64G, a multiple of 2M)")
 	cmd.Flags().StringArrayVar(&f.params, "param", nil, "guest parameter key=value (repeatable)")
@@ -108,7 +108,7 @@ whole to FILE and stopped; "ftckpt restore FILE" continues it.`,
 			return runMachine(m, snapshotAfter, snapshotFile)
 		},
 	}
-	mf.add(cmd)
+	mf.add(cmd, "counter")
 	df.add(cmd)
 	cmd.Flags().DurationVar(&snapshotAfter, "snapshot-after", 0, "pause and save the machine after this long")
 	cmd.Flags().StringVar(&snapshotFile, "snapshot", "", "file to save the machine to (with --snapshot-after)")

@@ -55,6 +55,16 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"run", "--disk-size", "huge"}, "--disk-size"},
 		{[]string{"restore", "--net", "x", "f.snap"}, `--net "x"`},
 		{[]string{"restore", "/nonexistent/f.snap"}, "no such file"},
+		{[]string{"--mode", "bogus"}, `--mode "bogus"`},
+		{[]string{"--mode", "replay"}, "not implemented yet (issue 7)"},
+		{[]string{"--mode", "checkpoint", "--epoch", "fast"}, `--epoch "fast"`},
+		{[]string{"--mode", "checkpoint", "--epoch", "auto", "--min-epoch", "1s", "--max-epoch", "10ms"}, "auto epoch bounds"},
+		{[]string{"--mode", "checkpoint", "--role", "observer"}, `--role "observer"`},
+		{[]string{"--mode", "checkpoint", "--role", "primary"}, "needs --peer"},
+		{[]string{"--mode", "checkpoint", "--role", "backup"}, "needs --listen"},
+		{[]string{"--mode", "checkpoint", "--dirty-tracking", "psychic"}, "--dirty-tracking"},
+		{[]string{"--mode", "checkpoint", "--heartbeat", "1s", "--failure-timeout", "500ms"}, "heartbeat"},
+		{[]string{"--mode", "checkpoint", "--vcpus", "65"}, "65 vCPUs"},
 	} {
 		_, err := runCLI(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

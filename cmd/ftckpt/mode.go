@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/witness"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// modeFlags are the root command's flags: ftckpt --mode checkpoint ...
+type modeFlags struct {
+	mode           string
+	role           string
+	peer           string
+	listen         string
+	epoch          string
+	minEpoch       time.Duration
+	maxEpoch       time.Duration
+	arbiter        string
+	verify         bool
+	heartbeat      time.Duration
+	failureTimeout time.Duration
+	dirtyTracking  string
+	status         time.Duration
+	readyFD        int
+	machine        machineFlags
+	devices        deviceFlags
+}
+
+// backupReadyPrefix starts the line a backup prints once it listens.
+const backupReadyPrefix = "ftckpt-backup-listening "
+
+func addModeFlags(root *cobra.Command) {
+	f := &modeFlags{}
+	fl := root.Flags()
+	fl.StringVar(&f.mode, "mode", "", "replication mode: checkpoint (replay is issue 7)")
+	fl.StringVar(&f.role, "role", "", "primary or backup; empty runs both locally (the backup as a child process on loopback)")
+	fl.StringVar(&f.peer, "peer", "", "the backup's HOST:PORT (primary)")
+	fl.StringVar(&f.listen, "listen", "", "address to accept the primary on (backup)")
+	fl.StringVar(&f.epoch, "epoch", "25ms", "checkpoint interval, or auto (adapts between --min-epoch and --max-epoch)")
+	fl.DurationVar(&f.minEpoch, "min-epoch", 5*time.Millisecond, "shortest epoch for --epoch auto")
+	fl.DurationVar(&f.maxEpoch, "max-epoch", 500*time.Millisecond, "longest epoch for --epoch auto")
+	fl.StringVar(&f.arbiter, "arbiter", witness.DefaultSpec, "who decides failover: raft://H:P,H:P,H:P or disk:PATH[#OFFSET]")
+	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint; the backup checks it")
+	fl.DurationVar(&f.heartbeat, "heartbeat", 50*time.Millisecond, "heartbeat interval")
+	fl.DurationVar(&f.failureTimeout, "failure-timeout", 500*time.Millisecond, "silence that means the peer is gone")
+	fl.StringVar(&f.dirtyTracking, "dirty-tracking", "auto", "bitmap, ring or auto")
+	fl.DurationVar(&f.status, "status-every", time.Second, "how often the primary prints its status line (0: never)")
+	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
+	fl.MarkHidden("ready-fd")
+	f.machine.add(root, "kv")
+	f.devices.add(root)
+	root.RunE = func(cmd *cobra.Command, _ []string) error {
+		if f.mode == "" {
+			return cmd.Help()
+		}
+		cfg, err := f.config()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
+		defer stop()
+		switch f.role {
+		case "primary":
+			return runPrimary(ctx, f, cfg, cmd.OutOrStdout())
+		case "backup":
+			return runBackup(ctx, f, cfg, cmd.OutOrStdout())
+		default:
+			return runLocal(ctx, f, cmd.OutOrStdout())
+		}
+	}
+}
+
+// config validates the flags and returns the mode's configuration.
+func (f *modeFlags) config() (ckmode.Config, error) {
+	switch f.mode {
+	case "checkpoint":
+	case "replay":
+		return ckmode.Config{}, errors.New("--mode replay is not implemented yet (issue 7); use --mode checkpoint")
+	default:
+		return ckmode.Config{}, fmt.Errorf("--mode %q: want checkpoint or replay", f.mode)
+	}
+	switch {
+	case f.role != "" && f.role != "primary" && f.role != "backup":
+		return ckmode.Config{}, fmt.Errorf("--role %q: want primary, backup, or nothing to run both here", f.role)
+	case f.role == "primary" && f.peer == "":
+		return ckmode.Config{}, errors.New("--role primary needs --peer HOST:PORT (the backup)")
+	case f.role == "backup" && f.listen == "":
+		return ckmode.Config{}, errors.New("--role backup needs --listen ADDR")
+	}
+	if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
+		return ckmode.Config{}, fmt.Errorf("--dirty-tracking: %w", err)
+	}
+	if err := f.devices.validate(); err != nil {
+		return ckmode.Config{}, err
+	}
+	cfg := ckmode.DefaultConfig()
+	if f.epoch == "auto" {
+		cfg.EpochAuto, cfg.Epoch = true, max(f.minEpoch, min(f.maxEpoch, cfg.Epoch))
+	} else {
+		d, err := time.ParseDuration(f.epoch)
+		if err != nil {
+			return ckmode.Config{}, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
+		}
+		cfg.Epoch = d
+	}
+	cfg.MinEpoch, cfg.MaxEpoch = f.minEpoch, f.maxEpoch
+	cfg.Verify, cfg.Heartbeat, cfg.FailureTimeout = f.verify, f.heartbeat, f.failureTimeout
+	if err := cfg.Validate(); err != nil {
+		return ckmode.Config{}, err
+	}
+	if _, _, err := f.machine.config(io.Discard); err != nil {
+		return ckmode.Config{}, err
+	}
+	return cfg, nil
+}
+
+// runLocal runs the backup as a child process on loopback and the primary
+// here: the whole thing on one host, for trying it out. The child shares
+// this terminal, so it keeps printing after the primary dies (kill -9 this
+// process to watch it go live); it reports its address on a pipe.
+func runLocal(ctx context.Context, f *modeFlags, stdout io.Writer) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	args := append([]string{"--role", "backup", "--listen", "127.0.0.1:0", "--ready-fd", "3"}, os.Args[1:]...)
+	child := exec.Command(self, args...)
+	child.Stdout, child.Stderr, child.ExtraFiles = os.Stdout, os.Stderr, []*os.File{w}
+	if err := child.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("starting the backup process: %w", err)
+	}
+	w.Close()
+	defer child.Wait()
+	defer child.Process.Signal(unix.SIGTERM)
+	line, err := bufio.NewReader(r).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), backupReadyPrefix)
+	if !ok {
+		return fmt.Errorf("the backup process ended before listening (%v)", err)
+	}
+	slog.Info("backup process is listening", "pid", child.Process.Pid, "addr", addr)
+	f.peer = addr
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	return runPrimary(ctx, f, cfg, stdout)
+}
+
+// newMachine builds the machine both roles run, with the dirty tracking
+// the flags ask for.
+func (f *modeFlags) newMachine(console io.Writer, tracking bool) (*vmm.Machine, []byte, dirtylog.Mode, error) {
+	mcfg, img, err := f.machine.config(console)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	mode, err := dirtylog.ParseMode(f.dirtyTracking)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if tracking {
+		host, err := dirtylog.ProbeHost()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if mcfg.DirtyRingEntries, err = dirtylog.RingEntriesFor(mode, mcfg.MemSize, host); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	m, err := vmm.New(mcfg)
+	return m, img, mode, err
+}
+
+// runPrimary runs the guest and replicates it to the backup at f.peer.
+func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
+	m, img, mode, err := f.newMachine(stdout, true)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	arb, err := witness.Open(f.arbiter)
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	fence := witness.NewFence(arb, ownerName("primary"))
+	cur, err := arb.Current(ctx)
+	if err != nil {
+		return fmt.Errorf("asking the witness who is primary: %w", err)
+	}
+	gen := cur.Generation + 1
+	if _, err := fence.Acquire(ctx, gen); err != nil {
+		return fmt.Errorf("becoming primary (generation %d): %w", gen, err)
+	}
+
+	var primary *ckmode.Primary
+	pos := func() uint64 { return primary.Position() }
+	netOut := &netTarget{}
+	var diskOut outbuf.Disk
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: fence, Net: netOut, Disk: diskFwd{&diskOut}, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		return err
+	}
+	devs, err := f.devices.attach(m, f.machine.guest,
+		func(real vmm.FrameSink) vmm.FrameSink { netOut.set(real.(vmm.NetBackend)); return heldNet{out, pos} },
+		func(real vmm.Disk) vmm.Disk { diskOut = real; return heldDisk{out, pos, real} })
+	if err != nil {
+		return err
+	}
+	defer devs.Close()
+	if err := m.LoadBareMetal(img, devs.boot); err != nil {
+		return err
+	}
+	tracker, err := dirtylog.New(m, mode)
+	if err != nil {
+		return err
+	}
+	defer tracker.Close()
+	primary, err = ckmode.NewPrimary(cfg, &ckmode.KVMGuest{M: m, Tracker: tracker}, out, fence, gen, slog.Default())
+	if err != nil {
+		return err
+	}
+	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(); err != nil {
+		return err
+	}
+	if err := devs.startNet(); err != nil {
+		return err
+	}
+	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch)
+	stopStatus := printStatus(primary, out, f.status)
+	defer stopStatus()
+	err = primary.Run(ctx, conn)
+	if errors.Is(err, ckmode.ErrBackupLost) {
+		slog.Warn("running alone", "err", err)
+		<-m.Stopped()
+		_, err = m.Wait()
+	}
+	return err
+}
+
+// diskFwd is the output buffer's disk: the real one, known once attached.
+type diskFwd struct{ d *outbuf.Disk }
+
+func (f diskFwd) ReadAt(p []byte, off int64) (int, error)  { return (*f.d).ReadAt(p, off) }
+func (f diskFwd) WriteAt(p []byte, off int64) (int, error) { return (*f.d).WriteAt(p, off) }
+
+func dialBackup(ctx context.Context, addr string, within time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connecting to the backup at %s: %w", addr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// printStatus prints the primary's status line every interval on stderr.
+func printStatus(p *ckmode.Primary, out *outbuf.Buffer, every time.Duration) (stop func()) {
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				st := out.Stats()
+				delay := fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99))
+				fmt.Fprintln(os.Stderr, p.Stats.Line(now, delay))
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// runBackup keeps the primary's guest ready and goes live if the primary
+// is lost and the witness agrees.
+func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
+	m, _, _, err := f.newMachine(stdout, false)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	arb, err := witness.Open(f.arbiter)
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	fence := witness.NewFence(arb, ownerName("backup"))
+	// The devices exist (their state is replicated) but their backends
+	// open only when this side goes live: the primary holds them now.
+	netOut := &netTarget{}
+	devs, err := f.devices.attachDeferred(m, f.machine.guest, netOut)
+	if err != nil {
+		return err
+	}
+	defer devs.Close()
+	backup, err := ckmode.NewBackup(cfg, &ckmode.KVMGuest{M: m}, fence, slog.Default())
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	ready := stdout
+	if f.readyFD > 0 {
+		rf := os.NewFile(uintptr(f.readyFD), "ready")
+		defer rf.Close()
+		ready = rf
+	}
+	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		err = backup.Receive(ctx, conn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		st := backup.Status()
+		slog.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
+		if st.State != format.StateCommitted {
+			continue // nothing to go live with: wait for a primary
+		}
+		gen, err := backup.GoLive(ctx)
+		if err != nil {
+			if errors.Is(err, witness.ErrLost) {
+				slog.Warn("another candidate won; staying backup", "err", err)
+				continue
+			}
+			return err
+		}
+		if err := devs.goLive(f.devices, f.machine.guest, netOut); err != nil {
+			return err
+		}
+		slog.Warn("live as primary, unprotected", "generation", gen)
+		<-m.Stopped()
+		_, err = m.Wait()
+		return err
+	}
+}
+
+func ownerName(role string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())
+}
