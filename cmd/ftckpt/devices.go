@@ -113,6 +113,19 @@ func (d *deviceFlags) openDisk(path string) (*vmm.FileDisk, error) {
 // between device and backend. The network backend is not started: call
 // startNet once the machine is ready to receive.
 func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.FrameSink) vmm.FrameSink, wrapDisk func(vmm.Disk) vmm.Disk) (*attached, error) {
+	return d.attachDevices(m, guest, nil, wrapNet, wrapDisk)
+}
+
+// attachDeferred attaches the same devices as attach for a backup, whose
+// network backend opens only when it goes live (the primary holds it until
+// then): the device sends to netOut, which drops until goLive points it at
+// the backend. The shared disk is opened now; its device is not used until
+// the guest runs.
+func (d *deviceFlags) attachDeferred(m *vmm.Machine, guest string, netOut *netTarget) (*attached, error) {
+	return d.attachDevices(m, guest, netOut, nil, nil)
+}
+
+func (d *deviceFlags) attachDevices(m *vmm.Machine, guest string, deferredNet *netTarget, wrapNet func(vmm.FrameSink) vmm.FrameSink, wrapDisk func(vmm.Disk) vmm.Disk) (*attached, error) {
 	a := &attached{}
 	ok := false
 	defer func() {
@@ -122,14 +135,17 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.Fram
 	}()
 	netSpec, diskSpec := d.resolve(guest)
 	if netSpec != "none" {
-		var err error
-		if a.net, err = openNet(netSpec); err != nil {
-			return nil, err
-		}
-		a.closers = append(a.closers, a.net.Close)
-		var sink vmm.FrameSink = a.net
-		if wrapNet != nil {
-			sink = wrapNet(sink)
+		var sink vmm.FrameSink = deferredNet
+		if deferredNet == nil {
+			var err error
+			if a.net, err = openNet(netSpec); err != nil {
+				return nil, err
+			}
+			a.closers = append(a.closers, a.net.Close)
+			sink = a.net
+			if wrapNet != nil {
+				sink = wrapNet(sink)
+			}
 		}
 		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: sink})
 		if err != nil {
@@ -148,43 +164,6 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string, wrapNet func(vmm.Fram
 			disk = wrapDisk(disk)
 		}
 		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
-		if err != nil {
-			return nil, err
-		}
-		a.boot = append(a.boot, bd)
-	}
-	ok = true
-	return a, nil
-}
-
-// attachDeferred attaches the same devices as attach for a backup, whose
-// network backend opens only when it goes live (the primary holds it until
-// then): the device sends to netOut, which drops until goLive points it at
-// the backend. The shared disk is opened now; its device is not used until
-// the guest runs.
-func (d *deviceFlags) attachDeferred(m *vmm.Machine, guest string, netOut *netTarget) (*attached, error) {
-	a := &attached{}
-	ok := false
-	defer func() {
-		if !ok {
-			a.Close()
-		}
-	}()
-	netSpec, diskSpec := d.resolve(guest)
-	if netSpec != "none" {
-		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: netOut})
-		if err != nil {
-			return nil, err
-		}
-		a.boot, a.netDev = append(a.boot, bd), dev
-	}
-	if diskSpec != "none" {
-		var err error
-		if a.disk, err = d.openDisk(diskSpec); err != nil {
-			return nil, err
-		}
-		a.closers = append(a.closers, a.disk.Close)
-		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: a.disk})
 		if err != nil {
 			return nil, err
 		}
