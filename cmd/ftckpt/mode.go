@@ -201,12 +201,11 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 		return err
 	}
 	defer m.Close()
-	arb, err := witness.Open(f.arbiter)
+	arb, fence, err := openFence(f.arbiter, "primary")
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	fence := witness.NewFence(arb, ownerName("primary"))
 	cur, err := arb.Current(ctx)
 	if err != nil {
 		return fmt.Errorf("asking the witness who is primary: %w", err)
@@ -319,12 +318,11 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 		return err
 	}
 	defer m.Close()
-	arb, err := witness.Open(f.arbiter)
+	arb, fence, err := openFence(f.arbiter, "backup")
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	fence := witness.NewFence(arb, ownerName("backup"))
 	// The devices exist (their state is replicated) but their backends
 	// open only when this side goes live: the primary holds them now.
 	netOut := &netTarget{}
@@ -381,7 +379,13 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 	}
 }
 
-func ownerName(role string) string {
+// openFence opens the arbiter spec names and a fence on it owned by this
+// process in role.
+func openFence(spec, role string) (witness.Arbiter, *witness.Fence, error) {
+	arb, err := witness.Open(spec)
+	if err != nil {
+		return nil, nil, err
+	}
 	host, _ := os.Hostname()
-	return fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())
+	return arb, witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())), nil
 }
