@@ -92,7 +92,30 @@ func newGuestMachineIRQ(t testing.TB, guest string, vcpus int, irqchip bool, par
 	return m, con
 }
 
-var countLine = regexp.MustCompile(`count (\d+)\n`)
+// moveToNewMachine pauses m, snapshots it, closes it, and restores and
+// starts the snapshot in a new machine (closed at the end of the test).
+func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *console) {
+	t.Helper()
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	if err := m.WriteSnapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	con := &console{}
+	r, err := Restore(&snap, Config{Console: con}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return r, con
+}
+
 
 // checkCounts checks that text holds "count N" lines for consecutive N,
 // allowing a line cut in two at the save point, and returns the last N.
@@ -209,23 +232,7 @@ func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	con.waitFor(t, m, regexp.MustCompile(`round 2 OK`))
-	if err := m.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	var snap bytes.Buffer
-	if err := m.WriteSnapshot(&snap); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	con2 := &console{}
-	r, err := Restore(&snap, Config{Console: con2}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r, con2 := moveToNewMachine(t, m)
 	con2.waitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
 	if strings.Contains(con.String()+con2.String(), "VIOLATION") {
 		t.Fatalf("invariant broken:\n%s\n--- restored ---\n%s", con.String(), con2.String())
@@ -356,23 +363,7 @@ func TestTickGuestTakesTimerInterrupts(t *testing.T) {
 				t.Fatal(err)
 			}
 			con.waitFor(t, m, regexp.MustCompile(`tick 40\n`))
-			if err := m.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			var snap bytes.Buffer
-			if err := m.WriteSnapshot(&snap); err != nil {
-				t.Fatal(err)
-			}
-			m.Close()
-			con2 := &console{}
-			r, err := Restore(&snap, Config{Console: con2}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			if err := r.Start(); err != nil {
-				t.Fatal(err)
-			}
+			r, con2 := moveToNewMachine(t, m)
 			status, err := r.Wait()
 			if err != nil || status != 0 {
 				t.Fatalf("restored tick guest stopped with %d, %v:\n%s", status, err, con2.String())
