@@ -123,6 +123,13 @@ type Machine struct {
 	// read by vCPU threads without mu.
 	pauseReq atomic.Bool
 
+	// haltMu and haltCond wake vCPUs halted in HLT (userspace interrupts
+	// only). haltMu is a leaf: interrupt sources take it with device locks
+	// held, so it must never be held while taking another lock but the
+	// PIC's and the clock's.
+	haltMu   sync.Mutex
+	haltCond *sync.Cond
+
 	mu   sync.Mutex
 	cond *sync.Cond // signalled when parked changes
 	// state is the lifecycle state; mu protects it.
@@ -147,6 +154,7 @@ func New(cfg Config) (*Machine, error) {
 	installKickHandler()
 	m := &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
 	m.cond = sync.NewCond(&m.mu)
+	m.haltCond = sync.NewCond(&m.haltMu)
 	built := false
 	defer func() {
 		if !built {
@@ -443,7 +451,7 @@ func (m *Machine) requestPauseLocked() {
 	for _, v := range m.vcpus {
 		v.kick()
 	}
-	m.cond.Broadcast() // wakes vCPUs halted in waitForInterrupt
+	m.wakeHalted()
 }
 
 // Resume lets a paused machine run again.
@@ -493,9 +501,9 @@ func (m *Machine) vcpuParked() {
 // wakeHalted wakes vCPUs waiting in HLT (userspace interrupt delivery) to
 // look again for a pending interrupt or a pause.
 func (m *Machine) wakeHalted() {
-	m.mu.Lock()
-	m.cond.Broadcast()
-	m.mu.Unlock()
+	m.haltMu.Lock()
+	m.haltCond.Broadcast()
+	m.haltMu.Unlock()
 }
 
 // powerOff stops the machine with the guest's status.

@@ -52,10 +52,10 @@ func (v *VCPU) waitWhileHalted() {
 		t = time.AfterFunc(time.Duration(deadline-min(deadline, m.clock.Now())), m.wakeHalted)
 		defer t.Stop()
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.haltMu.Lock()
+	defer m.haltMu.Unlock()
 	for !m.pauseReq.Load() && !m.pic.Pending() && !(timed && m.clock.Now() >= deadline) {
-		m.cond.Wait()
+		m.haltCond.Wait()
 	}
 }
 
