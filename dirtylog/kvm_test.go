@@ -1,76 +1,26 @@
 package dirtylog
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
-// requireKVM skips the test where /dev/kvm cannot be opened.
-func requireKVM(t testing.TB) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("needs /dev/kvm, which cannot be opened here: %v", err)
-	}
-	f.Close()
-}
-
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
-// waitFor polls the console until re matches and returns the submatches; the
-// deadline only bounds a broken guest, it decides nothing.
-func (c *console) waitFor(t testing.TB, m *vmm.Machine, re *regexp.Regexp) []string {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if s := re.FindStringSubmatch(c.String()); s != nil {
-			return s
-		}
-		select {
-		case <-m.Stopped():
-			_, err := m.Wait()
-			t.Fatalf("machine stopped (%v) before the console matched %v:\n%s", err, re, c.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("console never matched %v:\n%s", re, c.String())
-		}
-	}
-}
-
 // newMemtouch is the harness tests and benchmarks share: a machine loaded
-// with the memtouch guest and a tracker for mode, closed at the end. The
-// image is read from guests/build (the guests package has no Go loader yet).
-func newMemtouch(t testing.TB, mode Mode, vcpus int, memSize int64, params map[string]string) (*vmm.Machine, Tracker, *console) {
+// with the memtouch guest and a tracker for mode, closed at the end.
+func newMemtouch(t testing.TB, mode Mode, vcpus int, memSize int64, params map[string]string) (*vmm.Machine, Tracker, *vmmtest.Console) {
 	t.Helper()
-	requireKVM(t)
-	img, err := os.ReadFile("../guests/build/memtouch.elf")
+	vmmtest.RequireKVM(t)
+	img, err := guests.Image("memtouch")
 	if err != nil {
-		t.Fatalf("memtouch guest (make -C guests): %v", err)
+		t.Fatal(err)
 	}
 	host, err := ProbeHost()
 	if err != nil {
@@ -85,7 +35,7 @@ func newMemtouch(t testing.TB, mode Mode, vcpus int, memSize int64, params map[s
 		// runs. 1024 entries exceed KVM's reserve (64 + the PML buffer).
 		entries = 1024
 	}
-	con := &console{}
+	con := &vmmtest.Console{}
 	m, err := vmm.New(vmm.Config{VCPUs: vcpus, MemSize: memSize, IRQChip: true, DirtyRingEntries: entries, Params: params, Console: con})
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +89,7 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := con.waitFor(t, m, startLine)
+	s := con.WaitFor(t, m, startLine)
 	gotWS, _ := strconv.ParseUint(s[1], 10, 64)
 	base, _ := strconv.ParseUint(s[2], 16, 64)
 	if gotWS != ws || base%vmm.PageSize != 0 || base+ws*vmm.PageSize > 3<<30 {
@@ -221,7 +171,7 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 // TestTrackerRefusesTheWrongMachine: a ring tracker needs a machine built
 // with rings, a bitmap tracker one without.
 func TestTrackerRefusesTheWrongMachine(t *testing.T) {
-	requireKVM(t)
+	vmmtest.RequireKVM(t)
 	m, err := vmm.New(vmm.Config{VCPUs: 1, MemSize: 32 << 20, IRQChip: true})
 	if err != nil {
 		t.Fatal(err)
@@ -257,7 +207,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	if err := m.Start(); err != nil {
 		b.Fatal(err)
 	}
-	con.waitFor(b, m, startLine)
+	con.WaitFor(b, m, startLine)
 	total := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

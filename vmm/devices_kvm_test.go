@@ -8,18 +8,19 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // newDeviceMachine builds a machine for guest with devices attached by
 // attach, which returns the boot devices.
-func newDeviceMachine(t *testing.T, guest string, params map[string]string, attach func(m *Machine) []BootDevice) (*Machine, *console) {
+func newDeviceMachine(t *testing.T, guest string, params map[string]string, attach func(m *Machine) []BootDevice) (*Machine, *vmmtest.Console) {
 	t.Helper()
-	requireKVM(t)
+	vmmtest.RequireKVM(t)
 	img, err := guests.Image(guest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	con := &console{}
+	con := &vmmtest.Console{}
 	m, err := New(Config{VCPUs: 1, MemSize: 32 << 20, IRQChip: true, Params: params, Console: con})
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +53,7 @@ func TestDiskGuestOnVirtioBlk(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`disk: wrote 32 verified 32`))
+	con.WaitFor(t, m, regexp.MustCompile(`disk: wrote 32 verified 32`))
 	sector := make([]byte, sectorSize)
 	if _, err := disk.ReadAt(sector, 31*sectorSize); err != nil || allZero(sector) {
 		t.Fatalf("record 31 is not on the image: %v", err)
@@ -91,7 +92,7 @@ func TestKVGuestOverUDPFront(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`kv: start`))
+	con.WaitFor(t, m, regexp.MustCompile(`kv: start`))
 	c, err := net.DialUDP("udp4", nil, front.Addr())
 	if err != nil {
 		t.Fatal(err)

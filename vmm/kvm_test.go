@@ -13,74 +13,28 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
-
-// requireKVM skips the test where /dev/kvm cannot be opened.
-func requireKVM(t testing.TB) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("needs /dev/kvm, which cannot be opened here: %v", err)
-	}
-	f.Close()
-}
-
-// console is a concurrency-safe serial console for tests.
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
-// waitFor polls the console until it matches re or the machine stops; the
-// deadline only bounds a broken guest, it decides nothing.
-func (c *console) waitFor(t testing.TB, m *Machine, re *regexp.Regexp) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !re.MatchString(c.String()) {
-		select {
-		case <-m.Stopped():
-			_, err := m.Wait()
-			t.Fatalf("machine stopped (%v) before the console matched %v:\n%s", err, re, c.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("console never matched %v:\n%s", re, c.String())
-		}
-	}
-}
 
 // newGuestMachine is the harness tests and benchmarks share: a machine
 // running a bundled guest, closed at the end of the test.
-func newGuestMachine(t testing.TB, guest string, vcpus int, params map[string]string) (*Machine, *console) {
+func newGuestMachine(t testing.TB, guest string, vcpus int, params map[string]string) (*Machine, *vmmtest.Console) {
 	t.Helper()
 	return newGuestMachineIRQ(t, guest, vcpus, true, params)
 }
 
-func newGuestMachineIRQ(t testing.TB, guest string, vcpus int, irqchip bool, params map[string]string) (*Machine, *console) {
+func newGuestMachineIRQ(t testing.TB, guest string, vcpus int, irqchip bool, params map[string]string) (*Machine, *vmmtest.Console) {
 	t.Helper()
-	requireKVM(t)
+	vmmtest.RequireKVM(t)
 	img, err := guests.Image(guest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	con := &console{}
+	con := &vmmtest.Console{}
 	m, err := New(Config{VCPUs: vcpus, MemSize: 32 << 20, IRQChip: irqchip, Params: params, Console: con})
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +48,7 @@ func newGuestMachineIRQ(t testing.TB, guest string, vcpus int, irqchip bool, par
 
 // moveToNewMachine pauses m, snapshots it, closes it, and restores and
 // starts the snapshot in a new machine (closed at the end of the test).
-func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *console) {
+func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *vmmtest.Console) {
 	t.Helper()
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
@@ -104,7 +58,7 @@ func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *console) {
 		t.Fatal(err)
 	}
 	m.Close()
-	con := &console{}
+	con := &vmmtest.Console{}
 	r, err := Restore(&snap, Config{Console: con}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +69,6 @@ func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *console) {
 	}
 	return r, con
 }
-
 
 // checkCounts checks that text holds "count N" lines for consecutive N,
 // allowing a line cut in two at the save point, and returns the last N.
@@ -152,7 +105,7 @@ func TestCounterSurvivesSaveRestoreInAnotherProcess(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`count 3\n`))
+	con.WaitFor(t, m, regexp.MustCompile(`count 3\n`))
 	time.Sleep(time.Duration(rand.Intn(300)) * time.Millisecond) // an arbitrary save point
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
@@ -208,7 +161,7 @@ func TestHelperRestoreCounter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	con := &console{}
+	con := &vmmtest.Console{}
 	m, err := Restore(f, Config{Console: con}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +171,7 @@ func TestHelperRestoreCounter(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`(?s)count \d+\n.*count \d+\n.*count \d+\n`))
+	con.WaitFor(t, m, regexp.MustCompile(`(?s)count \d+\n.*count \d+\n.*count \d+\n`))
 	m.Pause()
 	fmt.Printf("console %q\n", con.String())
 }
@@ -231,9 +184,9 @@ func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`round 2 OK`))
+	con.WaitFor(t, m, regexp.MustCompile(`round 2 OK`))
 	r, con2 := moveToNewMachine(t, m)
-	con2.waitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
+	con2.WaitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
 	if strings.Contains(con.String()+con2.String(), "VIOLATION") {
 		t.Fatalf("invariant broken:\n%s\n--- restored ---\n%s", con.String(), con2.String())
 	}
@@ -247,7 +200,7 @@ func TestMachineStateRoundTripOnKVM(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`count 2\n`))
+	con.WaitFor(t, m, regexp.MustCompile(`count 2\n`))
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +242,7 @@ func TestMachineStateRoundTripOnKVM(t *testing.T) {
 	if err := m.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	con.waitFor(t, m, regexp.MustCompile(`count 4\n`))
+	con.WaitFor(t, m, regexp.MustCompile(`count 4\n`))
 }
 
 // TestPauseIsRaceFree pauses and resumes a 4-vCPU guest many times and checks
@@ -310,7 +263,7 @@ func TestPauseIsRaceFree(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	con.waitFor(t, m, regexp.MustCompile(`round 1 OK`))
+	con.WaitFor(t, m, regexp.MustCompile(`round 1 OK`))
 	if strings.Contains(con.String(), "VIOLATION") {
 		t.Fatal(con.String())
 	}
@@ -362,7 +315,7 @@ func TestTickGuestTakesTimerInterrupts(t *testing.T) {
 			if err := m.Start(); err != nil {
 				t.Fatal(err)
 			}
-			con.waitFor(t, m, regexp.MustCompile(`tick 40\n`))
+			con.WaitFor(t, m, regexp.MustCompile(`tick 40\n`))
 			r, con2 := moveToNewMachine(t, m)
 			status, err := r.Wait()
 			if err != nil || status != 0 {

@@ -1,0 +1,72 @@
+// Package vmmtest is the harness the KVM tests of several packages share:
+// the skip where /dev/kvm cannot be opened and a serial console to wait on.
+// It does not import vmm, so vmm's own tests can use it.
+package vmmtest
+
+import (
+	"bytes"
+	"os"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+)
+
+// RequireKVM skips the test where /dev/kvm cannot be opened.
+func RequireKVM(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("needs /dev/kvm, which cannot be opened here: %v", err)
+	}
+	f.Close()
+}
+
+// Machine is what WaitFor watches: a *vmm.Machine.
+type Machine interface {
+	Stopped() <-chan struct{}
+	Wait() (uint8, error)
+}
+
+// Console is a serial console safe for the vCPU thread to write while a
+// test reads it.
+type Console struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (c *Console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (c *Console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// WaitFor polls the console until re matches and returns the submatches; it
+// fails the test if m stops first. The deadline only bounds a broken guest:
+// it decides nothing.
+func (c *Console) WaitFor(t testing.TB, m Machine, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if s := re.FindStringSubmatch(c.String()); s != nil {
+			return s
+		}
+		select {
+		case <-m.Stopped():
+			_, err := m.Wait()
+			t.Fatalf("machine stopped (%v) before the console matched %v:\n%s", err, re, c.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console never matched %v:\n%s", re, c.String())
+		}
+	}
+}
