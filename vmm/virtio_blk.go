@@ -125,12 +125,9 @@ func (b *VirtioBlk) processLocked() {
 	}
 	done := false
 	for ; pending > 0; pending-- {
-		head, err := r.head()
+		head, segs, err := r.next(b.segs[:0], 2*maxBlkData)
+		b.segs = segs
 		if err != nil {
-			b.brokenLocked(err)
-			break
-		}
-		if b.segs, err = r.walk(head, b.segs[:0], 2*maxBlkData); err != nil {
 			b.brokenLocked(err)
 			break
 		}

@@ -143,12 +143,8 @@ func (n *VirtioNet) transmitLocked() {
 	done := false
 requests:
 	for ; pending > 0; pending-- {
-		head, err := r.head()
-		if err != nil {
-			n.brokenLocked(err)
-			break
-		}
-		n.segs, err = r.walk(head, n.segs[:0], 1<<20)
+		head, segs, err := r.next(n.segs[:0], 1<<20)
+		n.segs = segs
 		if err != nil {
 			n.brokenLocked(err)
 			break
@@ -208,12 +204,8 @@ func (n *VirtioNet) deliverLocked() {
 		if frame == nil {
 			break
 		}
-		head, err := r.head()
-		if err != nil {
-			n.brokenLocked(err)
-			break
-		}
-		n.segs, err = r.walk(head, n.segs[:0], 1<<20)
+		head, segs, err := r.next(n.segs[:0], 1<<20)
+		n.segs = segs
 		if err != nil {
 			n.brokenLocked(err)
 			break

@@ -103,6 +103,17 @@ func (r vring) head() (uint16, error) {
 	return h, nil
 }
 
+// next reads the chain at available-ring entry LastAvail into segs (see
+// walk for what it refuses) and returns its head descriptor.
+func (r vring) next(segs []vseg, maxBytes uint64) (uint16, []vseg, error) {
+	head, err := r.head()
+	if err != nil {
+		return 0, segs, err
+	}
+	segs, err = r.walk(head, segs, maxBytes)
+	return head, segs, err
+}
+
 // walk appends the chain starting at head to segs. It refuses a chain that
 // is longer than the queue (a loop), names a descriptor out of range, uses
 // indirect descriptors (not offered), puts a readable buffer after a
