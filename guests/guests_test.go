@@ -191,7 +191,7 @@ func objdump(t *testing.T, path string) string {
 
 func TestNoRDTSCOrRDRAND(t *testing.T) {
 	if _, err := exec.LookPath("objdump"); err != nil {
-		t.Skip("objdump (binutils) not found: cannot scan the guests for RDTSC/RDRAND")
+		t.Fatal("objdump (binutils, which .ci/run installs) not found: cannot scan the guests for RDTSC/RDRAND")
 	}
 	dir := t.TempDir()
 	for _, name := range Names() {
@@ -217,7 +217,7 @@ func TestNoRDTSCOrRDRAND(t *testing.T) {
 // forbidden instructions (and look-alike immediates) is flagged exactly.
 func TestScannerFindsForbidden(t *testing.T) {
 	if _, err := exec.LookPath("objdump"); err != nil {
-		t.Skip("objdump (binutils) not found")
+		t.Fatal("objdump (binutils, which .ci/run installs) not found")
 	}
 	if _, err := exec.LookPath("gcc"); err != nil {
 		t.Skip("gcc not found: cannot assemble the scanner's test object")
