@@ -323,28 +323,36 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 
 // TestCorruptCheckpointIsRejectedAndResynced flips one byte of one
 // checkpoint in flight: the backup rejects it, keeps its epoch, asks for a
-// full sync, and still fails over correctly afterwards.
+// full sync, and still fails over correctly afterwards. With one epoch in
+// flight the primary is certain to be waiting for the ack of the rejected
+// epoch when the request arrives.
 func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
-	p := newPair(t, testConfig())
-	p.proxy = corruptNth(20)
-	p.start(64)
-	stat := func() (resyncs, acked uint64) {
-		p.primary.Stats.mu.Lock()
-		defer p.primary.Stats.mu.Unlock()
-		return p.primary.Stats.Resyncs, p.primary.Stats.Acked
+	for _, inflight := range []int{1, 4} {
+		t.Run(fmt.Sprintf("inflight=%d", inflight), func(t *testing.T) {
+			cfg := testConfig()
+			cfg.MaxInFlight = inflight
+			p := newPair(t, cfg)
+			p.proxy = corruptNth(20)
+			p.start(64)
+			stat := func() (resyncs, acked uint64) {
+				p.primary.Stats.mu.Lock()
+				defer p.primary.Stats.mu.Unlock()
+				return p.primary.Stats.Resyncs, p.primary.Stats.Acked
+			}
+			waitUntil(t, "a resync after the corrupt checkpoint", func() bool { r, _ := stat(); return r > 0 })
+			_, ackedThen := stat()
+			waitUntil(t, "20 more epochs acknowledged", func() bool { _, a := stat(); return a >= ackedThen+20 })
+			if r, _ := stat(); r != 1 {
+				t.Errorf("%d resyncs for one corrupt checkpoint", r)
+			}
+			p.crashPrimary()
+			p.failover()
+			before, _ := p.client.snapshot()
+			p.client.waitCount(t, len(before)+50)
+			got, from := p.client.snapshot()
+			checkView(t, got, from)
+		})
 	}
-	waitUntil(t, "a resync after the corrupt checkpoint", func() bool { r, _ := stat(); return r > 0 })
-	_, ackedThen := stat()
-	waitUntil(t, "20 more epochs acknowledged", func() bool { _, a := stat(); return a >= ackedThen+20 })
-	if r, _ := stat(); r != 1 {
-		t.Errorf("%d resyncs for one corrupt checkpoint", r)
-	}
-	p.crashPrimary()
-	p.failover()
-	before, _ := p.client.snapshot()
-	p.client.waitCount(t, len(before)+50)
-	got, from := p.client.snapshot()
-	checkView(t, got, from)
 }
 
 // proxied inserts a TCP proxy in conn's path, with a byte filter per

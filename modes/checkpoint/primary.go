@@ -169,6 +169,9 @@ func (p *Primary) loop(ctx context.Context, l *link, pages uint64, captures chan
 		if err := p.waitInflight(ctx, failed); err != nil {
 			return err
 		}
+		if p.resync.Load() {
+			continue // the epochs in flight are moot; sync instead
+		}
 		c, pause, err := p.captureEpoch(dirty, format.KindEpoch, true)
 		if err != nil {
 			return err
@@ -297,14 +300,15 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 	return c, p.now().Sub(start), nil
 }
 
-// waitInflight waits until fewer than MaxInFlight epochs await their ack.
-// The guest runs on meanwhile; its outputs wait in the buffer.
+// waitInflight waits until fewer than MaxInFlight epochs await their ack,
+// or the backup asked for a full sync (the acks awaited will then never
+// come). The guest runs on meanwhile; its outputs wait in the buffer.
 func (p *Primary) waitInflight(ctx context.Context, failed <-chan error) error {
 	for {
 		p.mu.Lock()
 		n := len(p.inflight)
 		p.mu.Unlock()
-		if n < p.cfg.MaxInFlight {
+		if n < p.cfg.MaxInFlight || p.resync.Load() {
 			return nil
 		}
 		select {
