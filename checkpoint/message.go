@@ -30,8 +30,9 @@ const (
 	MsgAck        MsgType = 3 // Ack: backup committed (generation, epoch)
 	MsgHeartbeat  MsgType = 4 // Heartbeat: liveness, either way
 	MsgResync     MsgType = 5 // Resync: backup asks for a full sync
+	MsgLog        MsgType = 6 // a batch of replay-log entries (modes/replay/LOG.md)
 
-	numMsgTypes = 6
+	numMsgTypes = 7
 )
 
 func (t MsgType) String() string {
@@ -46,6 +47,8 @@ func (t MsgType) String() string {
 		return "heartbeat"
 	case MsgResync:
 		return "resync"
+	case MsgLog:
+		return "log"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint16(t))
 }
@@ -66,6 +69,10 @@ const (
 	MaxResyncDetail = 512
 	resyncFixed     = 1 + 16 + 2
 )
+
+// MaxLogMessage bounds a replay-log batch; its encoding is the replay
+// mode's (modes/replay/LOG.md), framed like every other message.
+const MaxLogMessage = 16 << 20
 
 // DefaultMaxCheckpoint is the default bound on a checkpoint message.
 const DefaultMaxCheckpoint = 1 << 30
@@ -284,6 +291,8 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 		lo, hi = heartbeatSize, heartbeatSize
 	case MsgResync:
 		lo, hi = resyncFixed, resyncFixed+MaxResyncDetail
+	case MsgLog:
+		lo, hi = 1, MaxLogMessage
 	default:
 		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
 	}

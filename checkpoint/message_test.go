@@ -96,6 +96,8 @@ func TestReaderRejects(t *testing.T) {
 		{"ack too short", frame(15, ProtocolVersion, MsgAck, make([]byte, 15)), ErrBadMessage},
 		{"hello too long", frame(helloSize+1, ProtocolVersion, MsgHello, nil), ErrMessageTooLarge},
 		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
+		{"log too long", frame(MaxLogMessage+1, ProtocolVersion, MsgLog, nil), ErrMessageTooLarge},
+		{"log empty", frame(0, ProtocolVersion, MsgLog, nil), ErrBadMessage},
 		{"checkpoint over limit", frame(1<<20+1, ProtocolVersion, MsgCheckpoint, nil), ErrMessageTooLarge},
 		{"checkpoint under header", frame(10, ProtocolVersion, MsgCheckpoint, nil), ErrBadMessage},
 		{"truncated header", frame(16, ProtocolVersion, MsgAck, nil)[:5], io.ErrUnexpectedEOF},
