@@ -83,6 +83,9 @@ type Backup struct {
 	machine       []byte   // last committed machine state (own copy)
 	spare         []byte   // the other machine-state buffer, swapped on commit
 	covered       []uint64 // StateSyncing: pages written since the sync started
+	// disk is the disk writes of committed epochs not known to be durable,
+	// in emission order (own copies); see DiskLog.
+	disk []DiskWrite
 
 	// Staging, reused by every Receive.
 	ck    Checkpoint
@@ -122,6 +125,21 @@ func (b *Backup) Machine() []byte {
 		return nil
 	}
 	return b.machine
+}
+
+// DiskWrites returns the disk writes of committed epochs that the primary
+// has not said are durable, in the order the guest issued them (nil unless
+// StateCommitted). The guest of the committed state has seen each complete,
+// but the disk may lack any of them: a backup going live writes them all
+// again, in order, before the guest runs (writes are idempotent, and none
+// of a later epoch can be on the disk, since its outputs were never
+// released). The slice and its data are the Backup's, valid until the next
+// Receive; do not modify them.
+func (b *Backup) DiskWrites() []DiskWrite {
+	if b.status.State != StateCommitted {
+		return nil
+	}
+	return b.disk
 }
 
 // Receive verifies one whole checkpoint and, only if every check passes,
@@ -291,6 +309,7 @@ func (b *Backup) apply() {
 	}
 	b.maxGeneration = h.Generation
 	if h.Kind.commits() {
+		b.keepDisk()
 		b.spare = append(b.spare[:0], b.ck.Machine...)
 		b.machine, b.spare = b.spare, b.machine
 		b.status = Status{State: StateCommitted, Generation: h.Generation, Epoch: h.Epoch}
@@ -301,6 +320,7 @@ func (b *Backup) apply() {
 func (b *Backup) release() {
 	clear(b.ck.Pages)
 	clear(b.src)
+	clear(b.ck.Disk.Writes)
 	b.ck.Machine, b.ck.MemHash = nil, nil
 }
 

@@ -24,6 +24,9 @@ type Checkpoint struct {
 	Machine []byte // machine-state blob; nil on a sync round
 	MemHash []byte // SHA-256 of memory after applying; nil if absent
 	Pages   []PageRecord
+	// HasDisk says the checkpoint carries a disk section, Disk.
+	HasDisk bool
+	Disk    DiskLog
 }
 
 // Decode parses and verifies buf into ck, reusing ck.Pages' storage.
@@ -83,14 +86,14 @@ func decode(buf []byte, ck *Checkpoint) error {
 	if err := h.validate(); err != nil {
 		return err
 	}
-	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0]}
+	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0], Disk: DiskLog{Writes: ck.Disk.Writes[:0]}}
 	return decodeSections(body, binary.LittleEndian.Uint16(buf[12:]), ck)
 }
 
 // decodeSections parses count sections from body[headerSize:], which must
 // end exactly at the trailer.
 func decodeSections(body []byte, count uint16, ck *Checkpoint) error {
-	var seen [4]bool // indexed by known SectionID
+	var seen [numSections]bool // indexed by known SectionID
 	off := headerSize
 	for i := range int(count) {
 		if len(body)-off < sectionSize {
@@ -130,6 +133,8 @@ func decodeSections(body []byte, count uint16, ck *Checkpoint) error {
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionMachine, kind)
 	case !kind.commits() && seen[SectionMemHash]:
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionMemHash, kind)
+	case !kind.commits() && seen[SectionDisk]:
+		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDisk, kind)
 	}
 	return nil
 }
@@ -148,6 +153,8 @@ func decodeSection(id SectionID, p []byte, ck *Checkpoint) error {
 		ck.MemHash = p[1:]
 	case SectionPages:
 		return decodePages(p, ck)
+	case SectionDisk:
+		return decodeDiskLog(p, ck)
 	}
 	return nil
 }

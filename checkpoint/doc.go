@@ -32,6 +32,14 @@
 //     applies: use it to resynchronise a backup whose committed state is
 //     still worth keeping, when staging all of memory once is affordable.
 //
+// # Disk writes
+//
+// A committing checkpoint may carry a DiskLog: the guest's disk writes that
+// the backup keeps until the primary says they are durable, and writes
+// again at go-live (see DiskLog and Backup.DiskWrites). Network frames are
+// never carried: checkpoint mode must not repeat a released frame, and an
+// unreleased one lost with the primary is a network loss.
+//
 // # The primary's page cache and when it is right
 //
 // XOR deltas are only correct against the exact bytes the backup holds.

@@ -32,8 +32,8 @@ type Stats struct {
 // (with one bounded shortcut, see deltaGoodEnough), and keeping its
 // PageCache in step.
 //
-// Use: Begin, AddPage for each dirty page in increasing pfn order, then
-// Finish (or Abort). One goroutine at a time; it may run while the guest
+// Use: Begin, AddPage for each dirty page in increasing pfn order,
+// optionally SetDiskLog, then Finish (or Abort). One goroutine at a time; it may run while the guest
 // runs, because it reads only the page slices handed to AddPage (copies
 // taken while the guest was paused) and its own cache. After the first
 // few checkpoints have grown the output buffer, encoding allocates nothing.
@@ -51,6 +51,7 @@ type Encoder struct {
 
 	active   bool // between Begin and Finish/Abort
 	h        Header
+	disk     *DiskLog // set by SetDiskLog for this checkpoint
 	buf      []byte
 	count    uint32 // pages in the pages section so far
 	lastPFN  uint64
@@ -104,7 +105,7 @@ func (e *Encoder) Begin(dst []byte, h Header) error {
 			return fmt.Errorf("begin %v: %w: no sync in progress for it", h, ErrEncoderState)
 		}
 	}
-	e.active, e.h = true, h
+	e.active, e.h, e.disk = true, h, nil
 	e.count, e.lastPFN, e.anyPages = 0, 0, false
 	e.buf = append(dst[:0], make([]byte, headerSize+sectionSize+4)...)
 	return nil
@@ -160,6 +161,18 @@ func (e *Encoder) AddPage(pfn uint64, page []byte) error {
 	return nil
 }
 
+// SetDiskLog makes the checkpoint begun carry d as its disk section (see
+// DiskLog for what it means on each kind). d's slices are read by Finish and
+// not retained after it. d is checked by Finish: a log that breaks the
+// section's rules, or any log on a sync round, fails it.
+func (e *Encoder) SetDiskLog(d DiskLog) error {
+	if !e.active {
+		return fmt.Errorf("set disk log: %w: no checkpoint begun", ErrEncoderState)
+	}
+	e.disk = &d
+	return nil
+}
+
 // deltaGoodEnough is the XOR+lz4 payload size at or below which the
 // encoder does not also try plain lz4. Compressing the page itself costs a
 // full lz4 pass that, on memtouch-like pages (a few bytes changed in
@@ -194,7 +207,8 @@ func (e *Encoder) choose(page, cached []byte) (Encoding, []byte) {
 
 // Finish completes the checkpoint and returns it. machine is the opaque
 // machine state: required for committing kinds, must be nil for a sync
-// round. withHash adds a SHA-256 of all guest memory as the backup will
+// round. The disk log given to SetDiskLog, if any, is checked and
+// carried. withHash adds a SHA-256 of all guest memory as the backup will
 // hold it (for --verify); it costs a pass over the cache.
 //
 // On success a committing checkpoint moves the cache's Base to its
@@ -230,6 +244,13 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 		return nil, fmt.Errorf("%w: machine state %d bytes (limit %d)", ErrTooLarge, len(machine), MaxMachineState)
 	case e.h.Kind == KindSyncCommit && !e.cache.AllValid():
 		return nil, fmt.Errorf("%w: some pages were never sent during this sync", ErrIncompleteSync)
+	case !commits && e.disk != nil:
+		return nil, fmt.Errorf("%w: disk log on a %v", ErrForbiddenSection, e.h.Kind)
+	}
+	if e.disk != nil {
+		if err := e.disk.check(e.h); err != nil {
+			return nil, err
+		}
 	}
 	pagesLen := len(e.buf) - headerSize - sectionSize
 	if pagesLen > math.MaxUint32 {
@@ -240,6 +261,13 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 	sections := uint16(1)
 	if machine != nil {
 		e.buf = appendSection(e.buf, SectionMachine, machine)
+		sections++
+	}
+	if e.disk != nil {
+		var sh [sectionSize]byte
+		putSection(sh[:], SectionDisk, uint32(e.disk.size()))
+		e.buf = appendDiskLog(append(e.buf, sh[:]...), *e.disk)
+		e.disk = nil
 		sections++
 	}
 	if withHash {
@@ -263,7 +291,7 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 // hold some of its pages, so it is invalidated: the next checkpoint must
 // be a full sync.
 func (e *Encoder) Abort() {
-	e.active, e.syncing = false, false
+	e.active, e.syncing, e.disk = false, false, nil
 	e.cache.Invalidate()
 }
 

@@ -35,6 +35,9 @@ var (
 	ErrDuplicatePage = errors.New("duplicate page")
 	ErrPageRange     = errors.New("page number out of range")
 
+	// Disk writes.
+	ErrBadDiskWrite = errors.New("malformed disk write")
+
 	// Against the backup's state.
 	ErrMemSizeMismatch = errors.New("checkpoint is for a different guest memory size")
 	ErrEpochOrder      = errors.New("checkpoint out of order")

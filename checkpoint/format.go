@@ -139,6 +139,11 @@ const (
 	// SectionMemHash is a hash of all guest memory after applying; optional,
 	// only on committing kinds (used by --verify).
 	SectionMemHash SectionID = 3
+	// SectionDisk is the DiskLog: disk writes the backup keeps until it
+	// learns they are durable. Optional, only on committing kinds.
+	SectionDisk SectionID = 4
+
+	numSections = 5
 )
 
 // sectionVersions is the version of each section this package reads and writes.
@@ -146,6 +151,7 @@ var sectionVersions = map[SectionID]uint16{
 	SectionMachine: 1,
 	SectionPages:   1,
 	SectionMemHash: 1,
+	SectionDisk:    1,
 }
 
 func (s SectionID) String() string {
@@ -156,6 +162,8 @@ func (s SectionID) String() string {
 		return "pages"
 	case SectionMemHash:
 		return "memhash"
+	case SectionDisk:
+		return "disk"
 	}
 	return fmt.Sprintf("section(%d)", uint16(s))
 }

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 )
 
@@ -11,23 +12,26 @@ func fuzzBackup(tb testing.TB) (*harness, [][]byte) {
 	h := newHarness(tb, 8, 31)
 	h.gen = 3
 	h.epoch = 4
+	h.disk = &DiskLog{Durable: 3, Writes: []DiskWrite{{4, 0, []byte("base")}, {5, 512, []byte("base2")}}}
 	h.fullSync()
 	// Seeds are valid messages for the backup as it is now (the backup is
 	// not advanced): an epoch with every page encoding, a pre-copy round
 	// and a one-message sync. The encoder's own state moves on, which does
 	// not matter for seeds.
-	seeds := [][]byte{
-		h.encode(KindEpoch, 0, 6, h.dirty(6, -1), true),
-		h.encode(KindSyncRound, FlagSyncStart, 9, []uint64{0, 3, 5}, false),
-		h.encode(KindSyncCommit, FlagSyncStart, 9, allPages(8), false),
-	}
+	seeds := [][]byte{}
+	h.disk = &DiskLog{Durable: 4, Writes: []DiskWrite{{6, 1024, []byte("six")}, {6, 0, []byte("six again")}}}
+	seeds = append(seeds, h.encode(KindEpoch, 0, 6, h.dirty(6, -1), true))
+	seeds = append(seeds, h.encode(KindSyncRound, FlagSyncStart, 9, []uint64{0, 3, 5}, false))
+	h.disk = &DiskLog{Durable: 2, Writes: []DiskWrite{{3, 0, []byte("three")}, {9, 4096, []byte("nine")}}}
+	seeds = append(seeds, h.encode(KindSyncCommit, FlagSyncStart, 9, allPages(8), false))
 	return h, seeds
 }
 
 // FuzzDecodeCheckpoint feeds arbitrary bytes to a committed Backup, both as
 // they are and resealed (so mutations reach the checks behind the
 // checksum). It must never panic; a rejection must leave the backup as it
-// was; an acceptance must move it exactly to the checkpoint's header.
+// was; an acceptance must move it exactly to the checkpoint's header and
+// keep exactly the disk writes its disk log says.
 func FuzzDecodeCheckpoint(f *testing.F) {
 	h, seeds := fuzzBackup(f)
 	for _, s := range seeds {
@@ -36,6 +40,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 	base := snap(h.bk)
 	baseMem := bytes.Clone(h.bk.Memory())
 	baseMachine := bytes.Clone(h.bk.Machine())
+	baseDisk := slices.Clone(h.bk.DiskWrites())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, in := range [][]byte{data, reseal(bytes.Clone(data))} {
 			// Restore the committed state (a previous input may have been accepted).
@@ -44,6 +49,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 			h.bk.maxGeneration = 3
 			h.bk.machine = append(h.bk.machine[:0], baseMachine...)
 			clear(h.bk.covered)
+			h.bk.disk = slices.Clone(baseDisk)
 
 			before := snap(h.bk)
 			res, err := h.bk.Receive(in)
@@ -65,8 +71,30 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 			if res.Committed && (st.State != StateCommitted || !bytes.Equal(h.bk.Machine(), ck.Machine)) {
 				t.Fatalf("committed %v but state %v, machine %q", res.Header, st.State, h.bk.Machine())
 			}
+			if res.Committed {
+				if want := keptAfter(baseDisk, &ck); diskHash(h.bk.DiskWrites()) != diskHash(want) {
+					t.Fatalf("committed %v: keeps %s, want %s", res.Header, describe(h.bk.DiskWrites()), describe(want))
+				}
+			}
 		}
 	})
+}
+
+// keptAfter is what a backup keeping base keeps after committing ck (the
+// rule of DiskLog, written out independently of Backup.keepDisk).
+func keptAfter(base []DiskWrite, ck *Checkpoint) []DiskWrite {
+	var out []DiskWrite
+	if ck.Header.Kind == KindEpoch {
+		for _, w := range base {
+			if !ck.HasDisk || w.Epoch > ck.Disk.Durable {
+				out = append(out, w)
+			}
+		}
+	}
+	if ck.HasDisk {
+		out = append(out, ck.Disk.Writes...)
+	}
+	return out
 }
 
 // FuzzDecodeMessage reads arbitrary bytes as a message stream and decodes

@@ -39,6 +39,8 @@ type harness struct {
 	gen   uint64
 	epoch uint64 // last epoch encoded
 	out   []byte // reused output buffer
+	// disk, if set, is the disk log the next encode carries.
+	disk *DiskLog
 }
 
 func newHarness(tb testing.TB, pages uint64, seed uint64) *harness {
@@ -120,6 +122,12 @@ func (h *harness) encode(k Kind, f Flags, epoch uint64, pfns []uint64, withHash 
 			h.tb.Fatal(err)
 		}
 	}
+	if h.disk != nil {
+		if err := h.enc.SetDiskLog(*h.disk); err != nil {
+			h.tb.Fatal(err)
+		}
+		h.disk = nil
+	}
 	var m []byte
 	if k.commits() {
 		m = machineBlob(h.gen, epoch)
@@ -193,10 +201,27 @@ type backupSnap struct {
 	status  Status
 	machine string
 	covered []uint64
+	disk    [32]byte
 }
 
 func snap(b *Backup) backupSnap {
-	return backupSnap{sha256.Sum256(b.Memory()), b.Status(), string(b.Machine()), slices.Clone(b.covered)}
+	return backupSnap{sha256.Sum256(b.Memory()), b.Status(), string(b.Machine()), slices.Clone(b.covered), diskHash(b.disk)}
+}
+
+// diskHash digests a list of disk writes, epochs and offsets included.
+func diskHash(ws []DiskWrite) [32]byte {
+	d := sha256.New()
+	for _, w := range ws {
+		var hdr [20]byte
+		binary.LittleEndian.PutUint64(hdr[0:], w.Epoch)
+		binary.LittleEndian.PutUint64(hdr[8:], uint64(w.Off))
+		binary.LittleEndian.PutUint32(hdr[16:], uint32(len(w.Data)))
+		d.Write(hdr[:])
+		d.Write(w.Data)
+	}
+	var s [32]byte
+	d.Sum(s[:0])
+	return s
 }
 
 // mustReject receives ck, expects an error matching want (if non-nil),
@@ -278,5 +303,33 @@ func pagesSec(count uint32, recs ...rec) section {
 }
 
 func machineSec(blob string) section { return section{SectionMachine, 1, []byte(blob)} }
+
+// diskRec is a disk write record for diskPayload, written as given.
+type diskRec struct {
+	epoch, off uint64
+	n          uint32 // length field; data follows as given
+	data       []byte
+}
+
+func diskPayload(durable uint64, count uint32, recs ...diskRec) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, durable)
+	b = binary.LittleEndian.AppendUint32(b, count)
+	for _, r := range recs {
+		b = binary.LittleEndian.AppendUint64(b, r.epoch)
+		b = binary.LittleEndian.AppendUint64(b, r.off)
+		b = binary.LittleEndian.AppendUint32(b, r.n)
+		b = append(b, r.data...)
+	}
+	return b
+}
+
+func diskSec(durable uint64, count uint32, recs ...diskRec) section {
+	return section{SectionDisk, 1, diskPayload(durable, count, recs...)}
+}
+
+// dw is a well-formed diskRec of epoch e.
+func dw(e uint64, off uint64, data string) diskRec {
+	return diskRec{e, off, uint32(len(data)), []byte(data)}
+}
 
 func sortU64(s []uint64) { slices.Sort(s) }

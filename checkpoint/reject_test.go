@@ -16,6 +16,7 @@ func TestRejections(t *testing.T) {
 	h := newHarness(t, 32, 11)
 	h.gen = 2
 	h.fullSync()
+	h.disk = &DiskLog{Durable: h.epoch, Writes: []DiskWrite{{h.epoch + 1, 1024, []byte("kept")}}}
 	h.mustCommit(h.nextEpoch(8, false))
 
 	g, e, np := h.gen, h.epoch, h.pages
@@ -31,7 +32,9 @@ func TestRejections(t *testing.T) {
 	short := []byte{0xA0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10} // valid lz4, decodes to 10 bytes
 	m := machineSec("m")
 
+	h.disk = &DiskLog{Durable: e - 1, Writes: []DiskWrite{{e + 1, 0, []byte("genuine")}}}
 	genuine := h.encode(KindEpoch, 0, e+1, h.dirty(6, -1), true)
+	syncStart := Header{Kind: KindSyncCommit, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}
 	flip := func(i int, x byte) []byte { c := bytes.Clone(genuine); c[i] ^= x; return c }
 	resealed := func(mod func([]byte) []byte) []byte { return reseal(mod(bytes.Clone(genuine))) }
 
@@ -102,6 +105,22 @@ func TestRejections(t *testing.T) {
 		{"sync round with machine", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), m), ErrForbiddenSection},
 		{"sync round with memhash", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), section{SectionMemHash, 1, append([]byte{byte(HashSHA256)}, make([]byte, 32)...)}), ErrForbiddenSection},
 		{"xor without base", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(1, rec{1, EncXORLZ4, lzData})), ErrNoBase},
+		{"disk on a sync round", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), diskSec(e, 0)), ErrForbiddenSection},
+		{"disk section version", build(next, pagesSec(0), m, section{SectionDisk, 2, diskPayload(e, 0)}), ErrSectionVersion},
+		{"duplicate disk section", build(next, pagesSec(0), m, diskSec(e, 0), diskSec(e, 0)), ErrDuplicateSection},
+		{"disk section without header", build(next, pagesSec(0), m, section{SectionDisk, 1, []byte{1, 2, 3}}), ErrBadSection},
+		{"disk durable ahead", build(next, pagesSec(0), m, diskSec(e+2, 0)), ErrBadSection},
+		{"disk count beyond bytes", build(next, pagesSec(0), m, diskSec(e, 1000, dw(e+1, 0, "x"))), ErrBadSection},
+		{"disk count above writes", build(next, pagesSec(0), m, diskSec(e, 2, dw(e+1, 0, "x"), diskRec{e + 1, 0, 0, nil})), ErrBadSection},
+		{"disk bytes after writes", build(next, pagesSec(0), m, section{SectionDisk, 1, append(diskPayload(e, 1, dw(e+1, 0, "x")), 0)}), ErrBadSection},
+		{"disk write longer than rest", build(next, pagesSec(0), m, diskSec(e, 1, diskRec{e + 1, 0, 5, []byte("x")})), ErrBadDiskWrite},
+		{"disk write length huge", build(next, pagesSec(0), m, diskSec(e, 1, diskRec{e + 1, 0, 0xFFFFFFFF, []byte("x")})), ErrBadDiskWrite},
+		{"disk offset negative", build(next, pagesSec(0), m, diskSec(e, 1, dw(e+1, 1<<63, "x"))), ErrBadDiskWrite},
+		{"disk offset overflows", build(next, pagesSec(0), m, diskSec(e, 1, dw(e+1, 1<<63-1, "xy"))), ErrBadDiskWrite},
+		{"disk write already durable", build(next, pagesSec(0), m, diskSec(e+1, 1, dw(e+1, 0, "x"))), ErrBadDiskWrite},
+		{"disk write of another epoch", build(next, pagesSec(0), m, diskSec(e-1, 1, dw(e, 0, "x"))), ErrBadDiskWrite},
+		{"disk write of a future epoch", build(next, pagesSec(0), m, diskSec(e, 1, dw(e+2, 0, "x"))), ErrBadDiskWrite},
+		{"disk writes out of order", build(syncStart, pagesSec(0), m, diskSec(e-1, 2, dw(e+1, 0, "x"), dw(e, 0, "y"))), ErrBadDiskWrite},
 		{"incomplete one-message sync", build(Header{Kind: KindSyncCommit, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(1, rec{1, EncLZ4, lzData}), m), ErrIncompleteSync},
 	}
 	for _, tc := range cases {
@@ -123,6 +142,9 @@ func TestRejections(t *testing.T) {
 	}
 
 	h.mustCommit(genuine)
+	if ws := h.bk.DiskWrites(); len(ws) != 2 || string(ws[0].Data) != "kept" || string(ws[1].Data) != "genuine" {
+		t.Fatalf("disk writes kept after the rejections: %s", describe(ws))
+	}
 	h.mustCommit(h.nextEpoch(8, true))
 }
 
