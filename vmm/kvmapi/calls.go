@@ -185,6 +185,18 @@ func SetGuestDebug(vcpuFd int, control uint32, debugRegs [8]uint64) error {
 	return nil
 }
 
+// InjectInterrupt queues external interrupt vector for injection at the
+// vCPU's next entry (KVM_INTERRUPT, machines without the in-kernel
+// irqchip). gokvm's kvm.InjectInterrupt passes the vector where the kernel
+// reads a pointer to struct kvm_interrupt, so it fails with EFAULT.
+func InjectInterrupt(vcpuFd int, vector uint8) error {
+	req := InterruptRequest{IRQ: uint32(vector)}
+	if _, err := ioctl(vcpuFd, _KVM_INTERRUPT, uintptr(unsafe.Pointer(&req))); err != nil {
+		return fmt.Errorf("KVM_INTERRUPT vector %d: %w", vector, err)
+	}
+	return nil
+}
+
 // IRQLine sets an in-kernel irqchip input line (a GSI) to level.
 func IRQLine(vmFd int, irq uint32, level bool) error {
 	l := IRQLevel{IRQ: irq}

@@ -8,11 +8,14 @@
 //   - SetIdentityMapAddr: gokvm passes a pointer to a uint32 where the kernel
 //     reads a __u64.
 //   - GetDirtyLog: gokvm turns ENOENT (no such slot) into success.
+//   - InjectInterrupt: gokvm's passes the vector where the kernel reads a
+//     pointer to struct kvm_interrupt.
 //   - XSAVE/XSAVE2, MSRs with a fixed buffer, ENABLE_CAP, CLEAR_DIRTY_LOG,
-//     RESET_DIRTY_RINGS, SET_GUEST_DEBUG, IRQ_LINE: absent from gokvm.
+//     RESET_DIRTY_RINGS, SET_GUEST_DEBUG (and the debug-register bits of
+//     <asm/debugreg.h>), IRQ_LINE: absent from gokvm.
 //
 // Constants keep their C names; structs say which kernel struct they mirror.
 // abi_test.go compiles a C program against the system's <linux/kvm.h> and
-// checks every ioctl number and struct size here (and of the gokvm structs
-// ftckpt uses) against it.
+// checks every ioctl number, constant, struct size and field offset here
+// (and of the gokvm structs ftckpt uses) against it.
 package kvmapi

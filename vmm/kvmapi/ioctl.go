@@ -45,6 +45,7 @@ var (
 	_KVM_GET_MSR_INDEX_LIST    = iowr(0x02, unsafe.Sizeof(msrListHeader{}))
 	_KVM_SET_GUEST_DEBUG       = iow(0x9b, unsafe.Sizeof(GuestDebug{}))
 	_KVM_IRQ_LINE              = iow(0x61, unsafe.Sizeof(IRQLevel{}))
+	_KVM_INTERRUPT             = iow(0x86, unsafe.Sizeof(InterruptRequest{}))
 )
 
 // Capabilities, for CheckExtension and EnableCap.

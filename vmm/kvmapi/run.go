@@ -1,5 +1,16 @@
 package kvmapi
 
+// Offsets of kvm_run's fixed fields from the start of the vCPU's mmapped
+// kvm_run (gokvm's kvm.RunData lays out the same; abi_test.go checks both).
+const (
+	RunRequestInterruptWindowOffset = 0  // u8, set by userspace
+	RunImmediateExitOffset          = 1  // u8, set by userspace
+	RunExitReasonOffset             = 8  // u32
+	RunReadyForInjectionOffset      = 12 // u8: ready_for_interrupt_injection
+	RunIfFlagOffset                 = 13 // u8
+	RunExitUnionOffset              = 32 // the exit union (kvm.RunData.Data)
+)
+
 // Offsets inside kvm_run's exit union (kvm.RunData.Data), as the kernel lays
 // them out; abi_test.go checks them against <linux/kvm.h>.
 const (

@@ -53,6 +53,22 @@ type GuestDebug struct {
 	DebugReg [8]uint64
 }
 
+// DebugExitArch mirrors struct kvm_debug_exit_arch (x86): what kvm_run's
+// exit union holds after KVM_EXIT_DEBUG. DR6 says why (DR_TRAP0-3: a
+// hardware breakpoint; DR_STEP: a single step); PC is the linear RIP.
+type DebugExitArch struct {
+	Exception uint32
+	_         uint32
+	PC        uint64
+	DR6       uint64
+	DR7       uint64
+}
+
+// InterruptRequest mirrors struct kvm_interrupt, KVM_INTERRUPT's argument.
+type InterruptRequest struct {
+	IRQ uint32
+}
+
 // IRQLevel mirrors struct kvm_irq_level.
 type IRQLevel struct {
 	IRQ   uint32
