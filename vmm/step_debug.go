@@ -1,0 +1,201 @@
+package vmm
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+)
+
+// Debug says how Enter runs the guest. The zero value runs it freely.
+//
+// As measured on this platform, a hardware breakpoint stops the guest at
+// the right RIP but setting RFLAGS.RF to resume past it is ignored (it fires
+// again at once), so to execute the instruction at a breakpoint its owner
+// enters once with SingleStep and the breakpoint off, then re-arms it. The
+// two cannot be combined.
+type Debug struct {
+	// Break stops the guest (StepDebug with AtBreak) whenever it is about
+	// to execute the instruction at BreakRIP, at once if it is there.
+	Break    bool
+	BreakRIP uint64
+	// SingleStep stops it (StepDebug with Stepped) after one instruction,
+	// or earlier at an exit the instruction causes. A stepped HLT is
+	// reported as StepHalt. The first step after Inject delivers the
+	// interrupt, stopping at the handler's first instruction: the trap flag
+	// a single step sets would otherwise be pushed with RFLAGS into the
+	// guest's interrupt frame (and the handler run unstepped). Other
+	// instructions that save RFLAGS (PUSHF, INT n, an exception) leak it
+	// the same way if stepped; the bundled guests execute none, and such a
+	// leak shows as a divergence, never silently.
+	SingleStep bool
+}
+
+// dr7Fixed1 is DR7's bit 10, reserved and always 1 (Intel SDM 17.2.4).
+const dr7Fixed1 = 1 << 10
+
+// dr7ExecBreakpoint is DR7 enabling breakpoint slot (0-3) on instruction
+// execution at the linear address in DR<slot>: global enable, condition
+// "execute", length 1 (the only length allowed for execution), exact
+// breakpoints (GE), as QEMU's gdbstub sets them.
+func dr7ExecBreakpoint(slot int) uint64 {
+	if slot < 0 || slot > 3 {
+		panic(fmt.Sprintf("debug register slot %d", slot))
+	}
+	return dr7Fixed1 | kvmapi.DR_GLOBAL_SLOWDOWN |
+		kvmapi.DR_GLOBAL_ENABLE<<(slot*kvmapi.DR_ENABLE_SIZE) |
+		(kvmapi.DR_RW_EXECUTE|kvmapi.DR_LEN_1)<<(kvmapi.DR_CONTROL_SHIFT+slot*kvmapi.DR_CONTROL_SIZE)
+}
+
+// guestDebug is KVM_SET_GUEST_DEBUG's control word and debug registers for
+// d, whose breakpoint is at linear address lin.
+func guestDebug(d Debug, lin uint64) (uint32, [8]uint64) {
+	var regs [8]uint64
+	switch {
+	case d.Break:
+		regs[0], regs[7] = lin, dr7ExecBreakpoint(0)
+		return kvmapi.KVM_GUESTDBG_ENABLE | kvmapi.KVM_GUESTDBG_USE_HW_BP, regs
+	case d.SingleStep:
+		return kvmapi.KVM_GUESTDBG_ENABLE | kvmapi.KVM_GUESTDBG_SINGLESTEP, regs
+	}
+	return 0, regs
+}
+
+// applyDebug puts d in effect. A single step is set again every time: KVM
+// sets the trap flag only at the RIP current when it is set, and an IRET or
+// POPF in the guest clears it. Precondition: on the vCPU's thread.
+func (s *Stepper) applyDebug(d Debug) error {
+	if d == s.debug && !d.SingleStep {
+		return nil
+	}
+	var lin uint64
+	if d.Break {
+		var err error
+		if lin, err = s.linear(d.BreakRIP); err != nil {
+			return err
+		}
+	}
+	ctl, regs := guestDebug(d, lin)
+	if err := kvmapi.SetGuestDebug(s.v.fd, ctl, regs); err != nil {
+		s.debug = Debug{SingleStep: true} // unknown: set it again next time
+		return err
+	}
+	s.debug = d
+	return nil
+}
+
+// linear converts an address in the code segment to a linear address: the
+// same in 64-bit mode, CS.base plus it (32 bits) otherwise.
+// Precondition: on the vCPU's thread.
+func (s *Stepper) linear(addr uint64) (uint64, error) {
+	sregs, err := kvm.GetSregs(uintptr(s.v.fd))
+	if err != nil {
+		return 0, fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	if sregs.EFER&eferLMA != 0 && sregs.CS.L != 0 {
+		return addr, nil
+	}
+	return uint64(uint32(sregs.CS.Base + addr)), nil
+}
+
+// readLinear reads len(p) bytes of guest memory at linear address lin,
+// through the guest's page tables (KVM_TRANSLATE, page by page).
+// Precondition: on the vCPU's thread.
+func (s *Stepper) readLinear(lin uint64, p []byte) error {
+	for len(p) > 0 {
+		t := kvm.Translation{LinearAddress: lin}
+		if err := kvm.Translate(uintptr(s.v.fd), &t); err != nil {
+			return fmt.Errorf("KVM_TRANSLATE %#x: %w", lin, err)
+		}
+		if t.Valid == 0 {
+			return fmt.Errorf("linear address %#x is not mapped", lin)
+		}
+		n := min(len(p), int(PageSize-lin%PageSize))
+		if _, err := s.m.mem.ReadAt(p[:n], int64(t.PhysicalAddress)); err != nil {
+			return err
+		}
+		p, lin = p[n:], lin+uint64(n)
+	}
+	return nil
+}
+
+// codeAt returns the first two bytes of the instruction at rip.
+// Precondition: on the vCPU's thread.
+func (s *Stepper) codeAt(rip uint64) ([2]byte, error) {
+	var code [2]byte
+	lin, err := s.linear(rip)
+	if err != nil {
+		return code, err
+	}
+	err = s.readLinear(lin, code[:])
+	return code, err
+}
+
+// Opcodes steppedHLT looks for.
+const (
+	opHLT = 0xf4
+	opSTI = 0xfb
+)
+
+// steppedHLT reports whether a single step from before (where code starts)
+// to after executed a HLT: the HLT itself, or STI then HLT, which one step
+// may take together (the STI's interrupt shadow).
+func steppedHLT(code [2]byte, before, after uint64) bool {
+	return code[0] == opHLT && after == before+1 ||
+		code[0] == opSTI && code[1] == opHLT && after == before+2
+}
+
+// deliverInjected is the first single step after Inject: it runs the guest
+// with a hardware breakpoint on the interrupt handler's first instruction
+// instead of the trap flag, which the delivery would push into the guest's
+// interrupt frame. Precondition: on the vCPU's thread; s.injected.
+func (s *Stepper) deliverInjected() (StepExit, error) {
+	handler, err := s.handler(s.injectedVec)
+	if err != nil {
+		return StepExit{}, fmt.Errorf("stepping into vector %d: %w", s.injectedVec, err)
+	}
+	if err := s.applyDebug(Debug{Break: true, BreakRIP: handler}); err != nil {
+		return StepExit{}, err
+	}
+	ex, err := s.runOnce()
+	if err != nil || ex.Reason != StepDebug {
+		return ex, err
+	}
+	if !ex.AtBreak || ex.RIP != handler || s.injected {
+		return StepExit{}, fmt.Errorf("delivering vector %d: stopped at %#x (DR6 %#x), not at its handler %#x", s.injectedVec, ex.RIP, ex.DR6, handler)
+	}
+	ex.AtBreak, ex.Stepped = false, true
+	return ex, nil
+}
+
+// handler returns the entry point of vector vec's handler from the guest's
+// 64-bit IDT. Precondition: on the vCPU's thread.
+func (s *Stepper) handler(vec uint8) (uint64, error) {
+	sregs, err := kvm.GetSregs(uintptr(s.v.fd))
+	if err != nil {
+		return 0, fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	if sregs.EFER&eferLMA == 0 {
+		return 0, fmt.Errorf("the guest is not in long mode (EFER %#x): only a 64-bit IDT is read", sregs.EFER)
+	}
+	if uint64(vec)*16+15 > uint64(sregs.IDT.Limit) {
+		return 0, fmt.Errorf("vector %d is beyond the IDT's limit %#x", vec, sregs.IDT.Limit)
+	}
+	var gate [16]byte
+	if err := s.readLinear(sregs.IDT.Base+uint64(vec)*16, gate[:]); err != nil {
+		return 0, err
+	}
+	return idtGateOffset(gate)
+}
+
+// idtGateOffset decodes a 64-bit IDT gate descriptor's handler offset; the
+// gate must be a present interrupt or trap gate.
+func idtGateOffset(g [16]byte) (uint64, error) {
+	typ := g[5] & 0x0f
+	if g[5]&0x80 == 0 || typ != 0xe && typ != 0xf {
+		return 0, fmt.Errorf("IDT gate %x is not a present interrupt or trap gate", g)
+	}
+	le := binary.LittleEndian
+	return uint64(le.Uint16(g[0:])) | uint64(le.Uint16(g[6:]))<<16 | uint64(le.Uint32(g[8:]))<<32, nil
+}

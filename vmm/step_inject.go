@@ -1,0 +1,63 @@
+package vmm
+
+import (
+	"errors"
+
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+)
+
+// Inject hands the PIC's highest-priority pending interrupt to the vCPU
+// (KVM_INTERRUPT, delivered at its next entry) if the guest can take one
+// now, and otherwise, if one is pending, asks KVM for a StepWindow exit
+// when it can. It reports whether it injected one; that ends a HLT.
+//
+// Whether the guest can take one is what KVM said at the end of the last
+// KVM_RUN (kvm_run.ready_for_interrupt_injection and if_flag), a function
+// of the vCPU's state, so the answer is deterministic. Until an injected
+// interrupt is delivered no other is injected.
+func (s *Stepper) Inject() (bool, error) {
+	if err := s.usable(); err != nil {
+		return false, err
+	}
+	pic := s.m.pic
+	if !pic.Pending() {
+		s.kick.setWindow(false)
+		return false, nil
+	}
+	if !s.fresh {
+		if err := s.v.do(s.settle); err != nil {
+			return false, err
+		}
+	}
+	r := s.v.runData
+	injected := false
+	if !s.injected && r.ReadyForInterruptInjection != 0 && r.IfFlag != 0 {
+		if vec, ok := pic.Acknowledge(); ok {
+			err := s.v.do(func() error { return kvmapi.InjectInterrupt(s.v.fd, vec) })
+			if err != nil {
+				return false, err
+			}
+			s.injected, s.injectedVec, s.v.halted = true, vec, false
+			injected = true
+		}
+	}
+	s.kick.setWindow(pic.Pending())
+	return injected, nil
+}
+
+// settle enters KVM_RUN with immediate_exit set: KVM applies an access
+// Complete performed and refreshes kvm_run's interrupt fields, and the
+// guest executes nothing. Precondition: on the vCPU's thread; no exit
+// awaits Complete (KVM would complete it with whatever is in kvm_run).
+func (s *Stepper) settle() error {
+	s.kick.forceImmediateExit()
+	kicked, err := kvmapi.Run(s.v.fd)
+	if err != nil {
+		return err
+	}
+	if !kicked {
+		return errors.New("KVM_RUN with immediate_exit returned an exit instead of EINTR")
+	}
+	s.completing, s.fresh, s.regsOK = false, true, false
+	return nil
+}

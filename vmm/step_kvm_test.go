@@ -1,0 +1,151 @@
+package vmm
+
+import (
+	"errors"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// stepHarness drives a Stepper as the replay engine would: accesses are
+// completed, and at every synchronous stop the PIT is polled and the PIC's
+// interrupt injected. Guest time is virtual: each clock read advances it
+// by a microsecond, and a halted guest skips to the timer's deadline, so two
+// harnesses on the same guest get the same answers at the same points.
+type stepHarness struct {
+	s   *Stepper
+	con *vmmtest.Console
+	now uint64
+	off bool
+}
+
+func newStepHarness(t *testing.T, guest string, params map[string]string) *stepHarness {
+	t.Helper()
+	vmmtest.RequireKVM(t)
+	img, err := guests.Image(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &stepHarness{con: &vmmtest.Console{}}
+	if h.s, err = NewStepper(Config{VCPUs: 1, MemSize: 32 << 20, Params: params, Console: h.con}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.s.Close() })
+	if err := h.s.Machine().LoadBareMetal(img, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.s.SetTimeSource(func() uint64 { h.now += 1000; return h.now })
+	return h
+}
+
+// next returns the next synchronous exit (or kick); under a single step the
+// debug stops in between are passed over, with no engine action.
+func (h *stepHarness) next(t *testing.T, d Debug) StepExit {
+	t.Helper()
+	for {
+		ex, err := h.s.Enter(d)
+		if err != nil {
+			t.Fatalf("after %q: %v", h.con.String(), err)
+		}
+		if ex.Reason == StepDebug && d.SingleStep {
+			continue
+		}
+		if ex.IsIO() {
+			err := h.s.Complete(&ex)
+			if errors.Is(err, ErrPoweredOff) {
+				h.off = true
+				return ex
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if h.s.Halted() {
+			deadline, ok := h.s.TimerDeadline()
+			if !ok {
+				t.Fatalf("halted with no timer armed, after %q", h.con.String())
+			}
+			h.now = max(h.now, deadline)
+		}
+		h.s.PollTimers(h.now)
+		if _, err := h.s.Inject(); err != nil {
+			t.Fatal(err)
+		}
+		if h.s.Halted() {
+			t.Fatalf("the timer's interrupt did not end the HLT at %#x", ex.RIP)
+		}
+		return ex
+	}
+}
+
+func TestStepperRunsTickGuest(t *testing.T) {
+	h := newStepHarness(t, "tick", map[string]string{"hz": "1000", "every": "1", "ticks": "5"})
+	halts := 0
+	for i := 0; !h.off; i++ {
+		if i > 100000 {
+			t.Fatalf("no power-off after %d exits: %q", i, h.con.String())
+		}
+		if ex := h.next(t, Debug{}); ex.Reason == StepHalt {
+			halts++
+		}
+	}
+	if !regexp.MustCompile(`tick 5\ntick: done ticks=5 unexpected=0\n`).MatchString(h.con.String()) || halts < 5 {
+		t.Fatalf("%d halts, console:\n%s", halts, h.con.String())
+	}
+}
+
+// TestStepperSingleStepsLikeItRuns steps one tick guest instruction by
+// instruction and runs another freely: the same synchronous exits, at the
+// same RIPs, with the same data, HLTs included (a stepped HLT is a debug
+// exit to KVM) and interrupts delivered under the single step.
+func TestStepperSingleStepsLikeItRuns(t *testing.T) {
+	params := map[string]string{"hz": "1000", "every": "1", "ticks": "2"}
+	free, stepped := newStepHarness(t, "tick", params), newStepHarness(t, "tick", params)
+	for i := 0; !free.off; i++ {
+		a, b := free.next(t, Debug{}), stepped.next(t, Debug{SingleStep: true})
+		if a != b {
+			t.Fatalf("exit %d: run %v data % x, stepped %v data % x", i, a, a.Data, b, b.Data)
+		}
+	}
+	if !stepped.off || free.con.String() != stepped.con.String() {
+		t.Fatalf("consoles differ:\n%s\n---\n%s", free.con.String(), stepped.con.String())
+	}
+}
+
+func TestStepperKick(t *testing.T) {
+	h := newStepHarness(t, "counter", map[string]string{"every": "100000000"})
+	h.s.Kick()
+	rip, err := h.s.RIP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := h.next(t, Debug{})
+	if ex.Reason != StepKicked || ex.RIP != rip {
+		t.Fatalf("kicked before entry: %v, want a kick at %#x", ex, rip)
+	}
+	// Into the busy loop (past the first line), then kick it there.
+	for !regexp.MustCompile(`count 0\n`).MatchString(h.con.String()) {
+		h.next(t, Debug{})
+	}
+	timer := time.AfterFunc(50*time.Millisecond, h.s.Kick)
+	defer timer.Stop()
+	ex = h.next(t, Debug{})
+	if ex.Reason != StepKicked {
+		t.Fatalf("%v, want the kick in the busy loop", ex)
+	}
+	// A breakpoint at the kicked RIP stops there again, at once.
+	hash, err := h.s.RegsHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := h.s.Enter(Debug{Break: true, BreakRIP: ex.RIP})
+	if err != nil || again.Reason != StepDebug || !again.AtBreak || again.RIP != ex.RIP {
+		t.Fatalf("breakpoint at the kicked RIP: %v, %v", again, err)
+	}
+	if h2, _ := h.s.RegsHash(); h2 != hash {
+		t.Fatal("the breakpoint changed the registers' hash (RF must not count)")
+	}
+}
