@@ -1,7 +1,6 @@
 package simvm
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,6 +54,11 @@ const (
 
 // SaveState implements replay.Machine.
 func (m *Machine) SaveState() ([]byte, error) {
+	s := m.saved()
+	return s.encode(), nil
+}
+
+func (m *Machine) saved() savedState {
 	c := &m.cpu
 	s := savedState{
 		MemPages: uint64(len(m.mem) / PageSize), PC: c.PC, Flags: c.Flags, OffStatus: c.OffStatus,
@@ -71,14 +75,19 @@ func (m *Machine) SaveState() ([]byte, error) {
 			s.CPUBits |= f.bit
 		}
 	}
-	var b bytes.Buffer
-	b.Grow(stateSize)
-	b.WriteString(stateMagic)
-	_ = binary.Write(&b, binary.LittleEndian, uint16(stateVersion))
-	if err := binary.Write(&b, binary.LittleEndian, &s); err != nil {
-		return nil, fmt.Errorf("encoding the machine state: %w", err)
+	return s
+}
+
+// encode frames s: magic, version, body, checksum.
+func (s *savedState) encode() []byte {
+	b := make([]byte, 0, stateSize)
+	b = append(b, stateMagic...)
+	b = binary.LittleEndian.AppendUint16(b, stateVersion)
+	b, err := binary.Append(b, binary.LittleEndian, s)
+	if err != nil {
+		panic(fmt.Sprintf("encoding a fixed-size state: %v", err)) // savedState has only fixed-size fields
 	}
-	return binary.LittleEndian.AppendUint32(b.Bytes(), crc32.Checksum(b.Bytes(), castagnoli)), nil
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 // RestoreState implements replay.Machine. It verifies the whole encoding
@@ -126,7 +135,7 @@ func decodeState(state []byte) (savedState, error) {
 	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(state[len(body):]); got != want {
 		return s, fmt.Errorf("checksum %#08x, expected %#08x: corrupt", got, want)
 	}
-	err := binary.Read(bytes.NewReader(body[len(stateMagic)+2:]), binary.LittleEndian, &s)
+	_, err := binary.Decode(body[len(stateMagic)+2:], binary.LittleEndian, &s)
 	return s, err
 }
 
@@ -137,7 +146,7 @@ func (s *savedState) check(memSize uint64) error {
 	pending := kind != 0
 	off := s.CPUBits&cpuOff != 0
 	switch {
-	case s.MemPages*PageSize != memSize:
+	case s.MemPages != memSize/PageSize:
 		return fmt.Errorf("state of a machine with %d pages of RAM, this one has %d", s.MemPages, memSize/PageSize)
 	case s.Flags&^flagsKnown != 0:
 		return fmt.Errorf("flags %#x: unknown bits", s.Flags)
