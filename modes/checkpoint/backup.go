@@ -10,6 +10,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -19,6 +20,7 @@ type Backup struct {
 	guest Guest
 	fence *witness.Fence
 	recv  *format.Backup
+	disk  vmm.Disk // set by SetDisk before GoLive
 	log   *slog.Logger
 	now   func() time.Time
 	// status mirrors recv.Status() for other goroutines: recv belongs to
@@ -43,6 +45,11 @@ func NewBackup(cfg Config, g Guest, fence *witness.Fence, log *slog.Logger) (*Ba
 	b.publish()
 	return b, nil
 }
+
+// SetDisk gives the backup the shared disk, where GoLive writes again the
+// disk writes of committed epochs the primary had not yet made durable.
+// A guest with a disk needs it; call before GoLive.
+func (b *Backup) SetDisk(d vmm.Disk) { b.disk = d }
 
 // Status is the backup's position. Safe to call from any goroutine.
 func (b *Backup) Status() format.Status { return *b.status.Load() }
@@ -122,6 +129,30 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	}
 }
 
+// reissueDisk writes the committed epochs' writes that may not be on the
+// disk again, in the order the guest issued them, and flushes.
+func (b *Backup) reissueDisk(epoch uint64) error {
+	ws := b.recv.DiskWrites()
+	if len(ws) == 0 {
+		return nil
+	}
+	if b.disk == nil {
+		return fmt.Errorf("epoch %d has %d disk writes to write again, and this backup has no disk", epoch, len(ws))
+	}
+	bytes := 0
+	for i, w := range ws {
+		if _, err := b.disk.WriteAt(w.Data, w.Off); err != nil {
+			return fmt.Errorf("writing again disk write %d of %d (epoch %d, %d bytes at %d): %w", i+1, len(ws), w.Epoch, len(w.Data), w.Off, err)
+		}
+		bytes += len(w.Data)
+	}
+	if err := b.disk.Flush(); err != nil {
+		return fmt.Errorf("flushing the %d disk writes written again: %w", len(ws), err)
+	}
+	b.log.Warn("wrote again the disk writes the primary may not have made durable", "writes", len(ws), "bytes", bytes, "from epoch", ws[0].Epoch)
+	return nil
+}
+
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
@@ -131,8 +162,12 @@ func truncate(s string, n int) string {
 
 // GoLive is the backup's failover: it asks the witness for the generation
 // after the primary's (waiting while the witness is unreachable, until ctx
-// ends), and only if it wins restores the last committed epoch and starts
-// the guest. It returns the generation won.
+// ends), and only if it wins restores the last committed epoch, writes
+// again, in order, every disk write of a committed epoch not known to be
+// durable and flushes the disk (format.Backup.DiskWrites), and starts the
+// guest. Network frames are not sent again: a released one must not
+// repeat, and an unreleased one is a packet lost on the network. It returns
+// the generation won. Precondition: the receiver has returned.
 func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 	st := b.recv.Status()
 	if st.State != format.StateCommitted {
@@ -143,6 +178,9 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 	}
 	if err := b.guest.RestoreState(b.recv.Machine()); err != nil {
 		return 0, fmt.Errorf("restoring epoch %d: %w", st.Epoch, err)
+	}
+	if err := b.reissueDisk(st.Epoch); err != nil {
+		return 0, err
 	}
 	if err := b.guest.Start(); err != nil {
 		return 0, err

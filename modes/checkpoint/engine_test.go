@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
@@ -9,7 +10,6 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -39,7 +39,7 @@ func (c *clientView) sink(host string) (outbuf.NetSink, func()) {
 		if dead.Load() {
 			return nil
 		}
-		n, err := strconv.ParseUint(strings.TrimPrefix(string(f), "count "), 10, 64)
+		n, _, err := parseFrame(f)
 		if err != nil {
 			return err
 		}
@@ -106,9 +106,12 @@ type pair struct {
 	bDone    chan error
 	cancelP  context.CancelFunc
 	bOut     *outbuf.Buffer
+	disk     *memDisk                // the shared disk
 	emitted  sync.Map                // count → epoch it was emitted in
 	proxy    func(from, to net.Conn) // primary→backup byte path; nil copies
 	ackProxy func(from, to net.Conn) // backup→primary byte path
+	// flushEvery, if set, is how often the guests FLUSH (in steps).
+	flushEvery uint64
 }
 
 func newPair(t *testing.T, cfg Config) *pair {
@@ -130,22 +133,34 @@ func (p *pair) start(pages uint64) {
 		t.Fatal(err)
 	}
 	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
+	if p.flushEvery != 0 {
+		p.pg.flushEvery, p.bg.flushEvery = p.flushEvery, p.flushEvery
+	}
+	p.disk = newMemDisk(int(p.pg.slots * recordSize))
 	sink, cut := p.client.sink("primary")
 	p.cutP = cut
-	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Clock: outbuf.SystemClock{}})
+	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	held.Attach(out)
+	held.SetPoll(p.pg.poke)
 	p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.primary.SetDisk(held)
 	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
+	p.pg.disk, p.bg.disk = held, p.disk
+	p.pg.onFlushed = p.flushedDurably
+	p.bg.onFlushed = p.flushedDurably
 	bf := witness.NewFence(p.arb, "backup")
 	p.backup, err = NewBackup(p.cfg, p.bg, bf, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.backup.SetDisk(p.disk)
 	bsink, _ := p.client.sink("backup")
 	p.bOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 2, Fence: bf, Net: bsink, Clock: outbuf.SystemClock{}})
 	if err != nil {
@@ -186,13 +201,66 @@ func (p *pair) start(pages uint64) {
 	})
 }
 
+// flushedDurably is the guests' check after the FLUSH of step n completed:
+// the durable disk holds every record written before it that no later
+// write has replaced.
+func (p *pair) flushedDurably(n uint64) error {
+	img := p.disk.image(true)
+	s := p.pg.slots
+	for k := n - min(n, s) + 1; k <= n; k++ {
+		if m, _, ok := parseRecord(img[k%s*recordSize:]); !ok || m != k {
+			return fmt.Errorf("FLUSH after step %d completed, but the durable disk's slot of step %d holds %d (valid %v)", n, k, m, ok)
+		}
+	}
+	return nil
+}
+
 // crashPrimary stops the primary as a crash would: its guest stops, its
-// NIC goes dark, its connection drops.
-func (p *pair) crashPrimary() {
+// NIC goes dark, its connection drops. With host, the host dies too: the
+// disk's write cache loses what was not flushed.
+func (p *pair) crashPrimary(host bool) {
 	p.pg.Pause()
 	p.cutP()
 	p.cancelP()
 	<-p.pDone
+	if host {
+		p.disk.crash()
+	}
+}
+
+// checkOutcome runs the backup a while after failover (until the client saw
+// more outputs), then checks the client's view and the disk: the guest
+// never read back less than it had written; every step the client heard of
+// has its record on the disk, or a later one in its slot.
+func (p *pair) checkOutcome(more int) {
+	t := p.t
+	t.Helper()
+	before, _ := p.client.snapshot()
+	waitUntil(t, fmt.Sprintf("%d more outputs from the backup", more), func() bool {
+		got, _ := p.client.snapshot()
+		return len(got) >= len(before)+more || p.bg.Err() != nil
+	})
+	p.bg.Pause()
+	got, from := p.client.snapshot()
+	checkView(t, got, from)
+	for _, g := range []*simGuest{p.pg, p.bg} {
+		if err := g.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkDisk(t, p.disk.image(false), p.pg.slots, got)
+}
+
+// checkDisk checks that every step in told has its record, or a later one
+// of the same slot, on disk.
+func checkDisk(t *testing.T, img []byte, slots uint64, told []uint64) {
+	t.Helper()
+	for _, n := range told {
+		m, _, ok := parseRecord(img[n%slots*recordSize:])
+		if !ok || m < n || m%slots != n%slots {
+			t.Fatalf("the client was told of step %d, but its slot holds record %d (valid %v)", n, m, ok)
+		}
+	}
 }
 
 // failover waits for the backup to notice and goes live.
@@ -250,12 +318,15 @@ func TestEpochsReplicateAndOutputsFollowAcks(t *testing.T) {
 	waitUntil(t, "50 epochs acknowledged", func() bool {
 		p.primary.Stats.mu.Lock()
 		defer p.primary.Stats.mu.Unlock()
-		return p.primary.Stats.Acked >= 50
+		return p.primary.Stats.Acked >= 50 || p.pg.Err() != nil
 	})
 	got, from := p.client.snapshot()
 	checkView(t, got, from)
 	if len(got) == 0 || got[0] != 1 {
 		t.Fatalf("outputs start %v, want 1", got[:min(len(got), 1)])
+	}
+	if err := p.pg.Err(); err != nil {
+		t.Fatal(err)
 	}
 	p.client.mu.Lock()
 	defer p.client.mu.Unlock()
@@ -281,6 +352,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 func TestSlowBackupHoldsOutputs(t *testing.T) {
 	p := newPair(t, testConfig())
 	p.ackProxy = delayCopy(100 * time.Millisecond)
+	p.flushEvery = 50 // a FLUSH waits for an ack: 100 ms here
 	p.client.check = func(n uint64) error {
 		pos, _ := p.emitted.Load(n)
 		if st := p.backup.Status(); st.Epoch < pos.(uint64) {
@@ -298,9 +370,11 @@ func TestSlowBackupHoldsOutputs(t *testing.T) {
 	}
 }
 
-// TestFailoverAtRandomMoments crashes the primary at 20 random moments; each
-// time the backup goes live from its last committed epoch and the client's
-// view stays that of one machine.
+// TestFailoverAtRandomMoments crashes the primary (its process, or in half
+// the runs its whole host, losing the disk's write cache) at 20 random
+// moments; each time the backup goes live from its last committed epoch,
+// the client's view stays that of one machine, and the disk holds every
+// write the guest saw complete.
 func TestFailoverAtRandomMoments(t *testing.T) {
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for i := 0; i < 20; i++ {
@@ -309,14 +383,42 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 			p.start(64)
 			p.client.waitCount(t, 1+rng.Intn(300))
 			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond)
-			p.crashPrimary()
-			before, _ := p.client.snapshot()
+			p.crashPrimary(rng.Intn(2) == 0)
 			if gen := p.failover(); gen != 2 {
 				t.Fatalf("backup went live with generation %d", gen)
 			}
-			p.client.waitCount(t, len(before)+50)
-			got, from := p.client.snapshot()
-			checkView(t, got, from)
+			p.checkOutcome(50)
+		})
+	}
+}
+
+// TestCommittedDiskWritesSurviveFailover opens the window of issue 5 wide:
+// acks stop reaching the primary while the backup goes on committing, so
+// several committed epochs' disk writes are never released; then the
+// primary dies (as a process, or with its host and the disk's write
+// cache). The backup must write them again before its guest runs: the
+// guest reads back its last record at once and stops if it is missing.
+func TestCommittedDiskWritesSurviveFailover(t *testing.T) {
+	for _, host := range []bool{false, true} {
+		t.Run(fmt.Sprintf("host=%v", host), func(t *testing.T) {
+			p := newPair(t, testConfig())
+			var drop atomic.Bool
+			p.ackProxy = dropAcks(&drop)
+			p.start(64)
+			p.client.waitCount(t, 100)
+			drop.Store(true)
+			from := p.backup.Status().Epoch
+			waitUntil(t, "the backup to commit 3 epochs the primary never hears of", func() bool {
+				return p.backup.Status().Epoch >= from+3
+			})
+			p.crashPrimary(host)
+			p.failover()
+			if n := len(p.backup.recv.DiskWrites()); n == 0 { // the receiver has ended
+				t.Fatal("test setup: the backup kept no unreleased disk writes")
+			} else {
+				t.Logf("backup kept %d disk writes of epochs the primary never released", n)
+			}
+			p.checkOutcome(50)
 		})
 	}
 }
@@ -345,12 +447,9 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 			if r, _ := stat(); r != 1 {
 				t.Errorf("%d resyncs for one corrupt checkpoint", r)
 			}
-			p.crashPrimary()
+			p.crashPrimary(false)
 			p.failover()
-			before, _ := p.client.snapshot()
-			p.client.waitCount(t, len(before)+50)
-			got, from := p.client.snapshot()
-			checkView(t, got, from)
+			p.checkOutcome(50)
 		})
 	}
 }
@@ -396,6 +495,29 @@ func delayCopy(d time.Duration) func(from, to net.Conn) {
 		for c := range ch {
 			time.Sleep(time.Until(c.at))
 			if _, err := to.Write(c.b); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// dropAcks forwards the backup's messages, except acks once drop is set.
+func dropAcks(drop *atomic.Bool) func(from, to net.Conn) {
+	return func(from, to net.Conn) {
+		hdr := make([]byte, 8)
+		for {
+			if _, err := io.ReadFull(from, hdr); err != nil {
+				return
+			}
+			n := binary.LittleEndian.Uint32(hdr)
+			body := make([]byte, n)
+			if _, err := io.ReadFull(from, body); err != nil {
+				return
+			}
+			if drop.Load() && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgAck {
+				continue
+			}
+			if _, err := to.Write(append(hdr, body...)); err != nil {
 				return
 			}
 		}

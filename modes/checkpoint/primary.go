@@ -33,6 +33,9 @@ type Primary struct {
 	now   func() time.Time
 	// Stats is updated as epochs pass; read it for the status line.
 	Stats *Stats
+	// disk, if set, is the guest's held disk; its writes ride in the
+	// checkpoints. Set before Run.
+	disk *HeldDisk
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -73,6 +76,12 @@ func NewPrimary(cfg Config, g Guest, out *outbuf.Buffer, fence *witness.Fence, g
 	return p, nil
 }
 
+// SetDisk makes every committing checkpoint carry the disk log of d, the
+// guest's disk, so that a backup going live can write again what the disk
+// may lack (see HeldDisk). d must hold its writes in this primary's output
+// buffer at Position. Call before Run.
+func (p *Primary) SetDisk(d *HeldDisk) { p.disk = d }
+
 // Position is the epoch the guest's current outputs belong to: they are
 // released when the backup acknowledges that epoch.
 func (p *Primary) Position() uint64 { return p.pos.Load() }
@@ -84,6 +93,7 @@ type capture struct {
 	pfns    []uint64
 	pages   []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
 	machine []byte
+	disk    *format.DiskLog // committing kinds with a held disk
 }
 
 // Run replicates the guest over conn until ctx ends, the guest stops (nil),
@@ -288,6 +298,10 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 		return nil, 0, fmt.Errorf("saving machine state: %w", err)
 	}
 	c.machine = state
+	if p.disk != nil {
+		d := p.disk.Capture(epoch, kind == format.KindSyncCommit)
+		c.disk = &d
+	}
 	p.pos.Store(epoch + 1)
 	if track {
 		p.mu.Lock()
@@ -344,6 +358,13 @@ func (p *Primary) send(ctx context.Context, l *link, enc *format.Encoder, captur
 			if err := enc.AddPage(pfn, page); err != nil {
 				enc.Abort()
 				failed <- fmt.Errorf("encoding page %d of %v: %w", pfn, c.hdr, err)
+				return
+			}
+		}
+		if c.disk != nil {
+			if err := enc.SetDiskLog(*c.disk); err != nil {
+				enc.Abort()
+				failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 				return
 			}
 		}

@@ -1,0 +1,325 @@
+package checkpoint
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
+)
+
+// memDisk is a shared disk with a volatile write cache, as a disk image
+// behind a host's page cache is: writes land in data, Flush copies data to
+// durable, and crash loses what was not flushed (the host died).
+type memDisk struct {
+	mu        sync.Mutex
+	data      []byte
+	durable   []byte
+	flushes   int
+	failFlush error // returned (once) by the next Flush
+}
+
+func newMemDisk(size int) *memDisk {
+	return &memDisk{data: make([]byte, size), durable: make([]byte, size)}
+}
+
+func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off < 0 || off >= int64(len(d.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, d.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
+		return 0, fmt.Errorf("write of %d bytes at %d past the disk's %d", len(p), off, len(d.data))
+	}
+	return copy(d.data[off:], p), nil
+}
+
+func (d *memDisk) Flush() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.failFlush; err != nil {
+		d.failFlush = nil
+		return err
+	}
+	copy(d.durable, d.data)
+	d.flushes++
+	return nil
+}
+
+func (d *memDisk) Size() int64 { return int64(len(d.data)) }
+
+// crash loses the write cache: the disk holds only what was flushed.
+func (d *memDisk) crash() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	copy(d.data, d.durable)
+}
+
+func (d *memDisk) image(durable bool) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if durable {
+		return bytes.Clone(d.durable)
+	}
+	return bytes.Clone(d.data)
+}
+
+// okFence lets every release through.
+type okFence struct{}
+
+func (okFence) Check(uint64) error { return nil }
+
+// heldRig is a HeldDisk over a memDisk with its output buffer; pos is the
+// primary's position, polls counts calls of the poll function.
+type heldRig struct {
+	disk  *memDisk
+	held  *HeldDisk
+	out   *outbuf.Buffer
+	pos   atomic.Uint64
+	polls chan struct{}
+}
+
+func newHeldRig(t *testing.T, size int) *heldRig {
+	r := &heldRig{disk: newMemDisk(size), polls: make(chan struct{}, 1<<16)}
+	r.pos.Store(1)
+	r.held = NewHeldDisk(r.disk, r.pos.Load)
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: okFence{}, Disk: r.held.Sink(), Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.out = out
+	r.held.Attach(out)
+	r.held.SetPoll(func() { r.polls <- struct{}{} })
+	return r
+}
+
+func (r *heldRig) write(t *testing.T, off int64, s string) {
+	t.Helper()
+	if n, err := r.held.WriteAt([]byte(s), off); err != nil || n != len(s) {
+		t.Fatalf("write %q at %d: %d, %v", s, off, n, err)
+	}
+}
+
+func (r *heldRig) waitPoll(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.polls:
+	case <-time.After(10 * time.Second): // bounds a broken flusher only
+		t.Fatal("the device was never polled")
+	}
+}
+
+func (r *heldRig) noPoll(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.polls:
+		t.Fatal("the device was polled while the flush could not complete")
+	default:
+	}
+}
+
+// A guest's FLUSH completes only once every write before it has been
+// released (its epoch acknowledged) and flushed to the disk; until then it
+// is refused, and the device is polled when it can complete.
+func TestHeldDiskFlushWaitsForReleaseAndDurability(t *testing.T) {
+	r := newHeldRig(t, 4096)
+	if err := r.held.Flush(); err != nil {
+		t.Fatalf("flush with nothing written: %v", err)
+	}
+	r.write(t, 0, "AAAA")
+	r.pos.Store(2)
+	r.write(t, 512, "BBBB")
+	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
+		t.Fatalf("flush with writes held: %v, want ErrOutputFull", err)
+	}
+	got := make([]byte, 1024)
+	if _, err := r.held.ReadAt(got, 0); err != nil || string(got[:4]) != "AAAA" || string(got[512:516]) != "BBBB" {
+		t.Fatalf("guest reads %q %q (%v) before release", got[:4], got[512:516], err)
+	}
+	if img := r.disk.image(false); img[0] != 0 {
+		t.Fatal("a held write reached the disk before its epoch was acknowledged")
+	}
+
+	if err := r.out.Commit(1); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "epoch 1's write durable", func() bool { return r.disk.image(true)[0] == 'A' })
+	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
+		t.Fatalf("flush with epoch 2 held: %v, want ErrOutputFull", err)
+	}
+	r.noPoll(t)
+
+	if err := r.out.Commit(2); err != nil {
+		t.Fatal(err)
+	}
+	r.waitPoll(t)
+	if img := r.disk.image(true); string(img[:4]) != "AAAA" || string(img[512:516]) != "BBBB" {
+		t.Fatalf("polled, but the durable disk holds %q %q", img[:4], img[512:516])
+	}
+	if err := r.held.Flush(); err != nil {
+		t.Fatalf("flush after every write is durable: %v", err)
+	}
+}
+
+// A failed fdatasync fails the waiting FLUSH (once); the writes stay in
+// the failover log, and a later flush that works makes them durable.
+func TestHeldDiskFlushError(t *testing.T) {
+	r := newHeldRig(t, 4096)
+	boom := errors.New("EIO")
+	r.disk.mu.Lock()
+	r.disk.failFlush = boom
+	r.disk.mu.Unlock()
+	r.write(t, 0, "AAAA")
+	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := r.out.Commit(1); err != nil {
+		t.Fatal(err)
+	}
+	r.waitPoll(t)
+	if err := r.held.Flush(); !errors.Is(err, boom) {
+		t.Fatalf("flush after a failed fdatasync: %v, want %v", err, boom)
+	}
+	if d := r.held.Capture(2, true); len(d.Writes) != 1 || d.Durable != 0 {
+		t.Fatalf("after a failed flush the log is %+v, want the write kept", d)
+	}
+	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
+		t.Fatalf("flush retried: %v, want ErrOutputFull while it runs", err)
+	}
+	r.waitPoll(t)
+	if err := r.held.Flush(); err != nil {
+		t.Fatalf("flush after a working fdatasync: %v", err)
+	}
+	if d := r.held.Capture(2, true); len(d.Writes) != 0 || d.Durable != 2 {
+		t.Fatalf("after the flush the log is %+v, want empty and durable through 2", d)
+	}
+}
+
+// Capture gives each epoch's writes once, a sync everything not yet
+// durable, and the epoch through which every write is durable.
+func TestHeldDiskCapture(t *testing.T) {
+	r := newHeldRig(t, 1<<16)
+	r.write(t, 0, "e1a")
+	r.write(t, 512, "e1b")
+	d := r.held.Capture(1, false)
+	r.pos.Store(2)
+	if d.Durable != 0 || len(d.Writes) != 2 || d.Writes[0].Epoch != 1 || string(d.Writes[1].Data) != "e1b" {
+		t.Fatalf("epoch 1: %+v", d)
+	}
+	r.write(t, 1024, "e2")
+	d = r.held.Capture(2, false)
+	r.pos.Store(3)
+	if d.Durable != 0 || len(d.Writes) != 1 || d.Writes[0].Epoch != 2 {
+		t.Fatalf("epoch 2: %+v", d)
+	}
+	if d = r.held.Capture(3, false); d.Durable != 0 || len(d.Writes) != 0 {
+		t.Fatalf("epoch 3 without writes: %+v", d)
+	}
+	r.pos.Store(4)
+	if err := r.out.Commit(1); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "epoch 1 durable", func() bool { return r.held.Capture(4, true).Durable == 1 })
+	d = r.held.Capture(4, true)
+	if len(d.Writes) != 1 || string(d.Writes[0].Data) != "e2" {
+		t.Fatalf("whole log after epoch 1 is durable: %+v", d)
+	}
+	r.pos.Store(5)
+	if err := r.out.Commit(4); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "every write durable", func() bool { return r.held.Capture(5, false).Durable == 5 })
+}
+
+// A device issuing random writes and flushes while acks arrive at random
+// moments: every FLUSH that completes finds the durable disk equal to every
+// write issued before it; failed fdatasyncs surface as errors, never as a
+// completed FLUSH.
+func TestHeldDiskFlushUnderConcurrentAcks(t *testing.T) {
+	const size = 64 << 10
+	r := newHeldRig(t, size)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano())) // the acker's
+	wrng := rand.New(rand.NewSource(rng.Int63()))          // the device's
+	model := make([]byte, size)
+	stop := make(chan struct{})
+	var acker sync.WaitGroup
+	acker.Add(1)
+	go func() { // the epoch loop and the ack reader
+		defer acker.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Duration(rng.Intn(300)) * time.Microsecond):
+			}
+			e := r.pos.Add(1) - 1
+			if err := r.out.Commit(e); err != nil {
+				t.Error(err)
+				return
+			}
+			r.polls <- struct{}{} // the device's Wake at resume
+		}
+	}()
+	flushes, failures := 0, 0
+	for flushes < 300 {
+		if wrng.Intn(4) > 0 {
+			n := 1 + wrng.Intn(2048)
+			off := int64(wrng.Intn(size - n))
+			p := make([]byte, n)
+			wrng.Read(p)
+			for {
+				_, err := r.held.WriteAt(p, off)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, vmm.ErrOutputFull) {
+					t.Fatal(err)
+				}
+				<-r.polls
+			}
+			copy(model[off:], p)
+			continue
+		}
+		if wrng.Intn(10) == 0 {
+			r.disk.mu.Lock()
+			r.disk.failFlush = errors.New("EIO")
+			r.disk.mu.Unlock()
+		}
+		for {
+			err := r.held.Flush()
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, vmm.ErrOutputFull) {
+				failures++
+				continue // the guest issues its FLUSH again
+			}
+			<-r.polls
+		}
+		flushes++
+		if !bytes.Equal(r.disk.image(true), model) {
+			t.Fatalf("FLUSH %d completed but the durable disk lacks writes issued before it", flushes)
+		}
+	}
+	close(stop)
+	acker.Wait()
+	t.Logf("%d flushes, %d failed fdatasyncs reported", flushes, failures)
+}
