@@ -41,6 +41,7 @@ type attached struct {
 	net     vmm.NetBackend
 	disk    *vmm.FileDisk
 	netDev  *vmm.VirtioNet
+	blkDev  *vmm.VirtioBlk
 	closers []func() error
 }
 
@@ -163,11 +164,11 @@ func (d *deviceFlags) attachDevices(m *vmm.Machine, guest string, deferredNet *n
 		if wrapDisk != nil {
 			disk = wrapDisk(disk)
 		}
-		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
+		bd, dev, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
 		if err != nil {
 			return nil, err
 		}
-		a.boot = append(a.boot, bd)
+		a.boot, a.blkDev = append(a.boot, bd), dev
 	}
 	ok = true
 	return a, nil

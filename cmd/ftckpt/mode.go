@@ -218,6 +218,7 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
 	netOut := &netTarget{}
+	var held *ckmode.HeldDisk
 	var diskOut outbuf.Disk
 	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: fence, Net: netOut, Disk: diskFwd{&diskOut}, Clock: outbuf.SystemClock{}})
 	if err != nil {
@@ -225,11 +226,19 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	}
 	devs, err := f.devices.attach(m, f.machine.guest,
 		func(real vmm.FrameSink) vmm.FrameSink { netOut.set(real.(vmm.NetBackend)); return heldNet{out, pos} },
-		func(real vmm.Disk) vmm.Disk { diskOut = real; return heldDisk{out, pos, real} })
+		func(real vmm.Disk) vmm.Disk {
+			held = ckmode.NewHeldDisk(real, pos)
+			held.Attach(out)
+			diskOut = held.Sink()
+			return held
+		})
 	if err != nil {
 		return err
 	}
 	defer devs.Close()
+	if held != nil {
+		held.SetPoll(devs.blkDev.Poll) // a held-back FLUSH completes
+	}
 	if err := m.LoadBareMetal(img, devs.boot); err != nil {
 		return err
 	}
@@ -241,6 +250,9 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	primary, err = ckmode.NewPrimary(cfg, &ckmode.KVMGuest{M: m, Tracker: tracker}, out, fence, gen, slog.Default())
 	if err != nil {
 		return err
+	}
+	if held != nil {
+		primary.SetDisk(held)
 	}
 	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
 	if err != nil {
@@ -264,7 +276,8 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	return err
 }
 
-// diskFwd is the output buffer's disk: the real one, known once attached.
+// diskFwd is the output buffer's disk: the held disk's sink, known once
+// attached.
 type diskFwd struct{ d *outbuf.Disk }
 
 func (f diskFwd) ReadAt(p []byte, off int64) (int, error)  { return (*f.d).ReadAt(p, off) }
@@ -334,6 +347,9 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 	backup, err := ckmode.NewBackup(cfg, &ckmode.KVMGuest{M: m}, fence, slog.Default())
 	if err != nil {
 		return err
+	}
+	if devs.disk != nil {
+		backup.SetDisk(devs.disk) // where going live writes again what the primary may not have
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 // These adapters put the output buffer between the guest's devices and
 // their backends (DESIGN.md invariant 1): a device's output is held at the
 // primary's current epoch and released when the backup acknowledges it.
+// The disk's is ckmode.HeldDisk, which also keeps the writes for failover
+// and holds FLUSH back until they are durable.
 
 // refuseWait is a done context: a Hold with it queues when there is room
 // and is refused otherwise, so a device never blocks a vCPU (which would
@@ -38,30 +40,6 @@ type heldNet struct {
 func (h heldNet) SendFrame(f []byte) error {
 	return holdErr(h.out.Hold(refuseWait, h.pos(), outbuf.NetFrame(f)))
 }
-
-// heldDisk is a virtio-blk device's Disk on a primary: writes are held,
-// reads see the held writes over the disk.
-type heldDisk struct {
-	out  *outbuf.Buffer
-	pos  func() uint64
-	disk vmm.Disk
-}
-
-func (h heldDisk) ReadAt(p []byte, off int64) (int, error) { return h.out.ReadAt(p, off) }
-
-func (h heldDisk) WriteAt(p []byte, off int64) (int, error) {
-	if err := holdErr(h.out.Hold(refuseWait, h.pos(), outbuf.DiskWrite(p, off))); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-// Flush returns at once: the writes it covers are held, and become durable
-// when their epoch is acknowledged and released. (A flush that waits for
-// that is still to do; see issue 5's note.)
-func (h heldDisk) Flush() error { return nil }
-
-func (h heldDisk) Size() int64 { return h.disk.Size() }
 
 // netTarget forwards frames to a backend chosen later: the output buffer's
 // sink on a primary, or a backup's device until it goes live.
