@@ -427,11 +427,11 @@ func (a *assembler) memory(arg string) (uint8, int32, error) {
 		disp, err := a.imm32(in[end:]) // the sign is the expression's
 		return r, disp, err
 	}
-	disp, err := a.target(in)
-	if err == nil && disp < 0 {
-		err = fmt.Errorf("absolute address %s: above 2 GiB (load it into a register)", in)
+	v, err := eval(in, a.syms)
+	if err == nil && (int64(v) < -1<<31 || int64(v) >= 1<<31) {
+		err = fmt.Errorf("absolute address %s = %#x: not a sign-extended 32-bit one (load it into a register)", in, v)
 	}
-	return regNone, disp, err
+	return regNone, int32(v), err
 }
 
 // parseReg parses r0..r15 or sp.

@@ -263,7 +263,7 @@ func Disassemble(code []byte) (string, int, error) {
 func memOperand(b uint8, imm int32) string {
 	switch {
 	case b == regNone:
-		return fmt.Sprintf("[%#x]", uint32(imm))
+		return fmt.Sprintf("[%#x]", uint64(int64(imm)))
 	case imm == 0:
 		return fmt.Sprintf("[r%d]", b)
 	case imm < 0:

@@ -82,33 +82,35 @@ type snapshot struct {
 	sent  int // frames sent before it
 }
 
-// record runs m (on env) to power-off or idleness, kicked every few
-// microseconds, delivering requests at random boundaries, and returns its
-// log and a snapshot taken after snapAt entries.
+// record runs m (on env) to power-off or idleness, delivering requests at
+// random boundaries, and returns its log and a snapshot taken after snapAt
+// entries. Before some runs it asks a kicker goroutine to kick the guest a
+// few microseconds later, wherever it then is. A kick still outstanding
+// when the guest halts, or 8 boundaries later, is waited for (it then
+// lands at the next run), so that kicks land however the host schedules
+// the kicker.
 func record(t *testing.T, m *Machine, env *recEnv, requests [][]byte, seed uint64, snapAt int) ([]logEntry, *snapshot) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var log []logEntry
 	var snap *snapshot
-	stop := make(chan struct{})
+	ask, kicked := make(chan struct{}, 1), make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		krng := rand.New(rand.NewPCG(seed, 2))
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+		for range ask {
 			spin := time.Duration(krng.IntN(30)) * time.Microsecond
 			for start := time.Now(); time.Since(start) < spin; {
 			}
 			m.Kick()
+			kicked <- struct{}{}
 		}
 	}()
-	defer func() { close(stop); wg.Wait() }()
+	defer func() { close(ask); wg.Wait() }()
+	outstanding, waited := false, false // a kick asked for and not landed; its kicked signal taken
+	age := 0                            // boundaries since the outstanding kick was asked for
 
 	for steps := 0; ; steps++ {
 		if steps > 200000 {
@@ -140,11 +142,19 @@ func record(t *testing.T, m *Machine, env *recEnv, requests [][]byte, seed uint6
 			t.Fatal(err)
 		}
 		log = append(log, b)
+		if age++; outstanding && !waited && (m.Halted() || age >= 8) {
+			<-kicked
+			waited = true
+		}
 		if m.Halted() {
 			if _, ok := m.TimerDeadline(); !ok && len(requests) == 0 {
 				return log, snap // idle for good
 			}
 			continue
+		}
+		if !outstanding && rng.IntN(2) == 0 {
+			ask <- struct{}{}
+			outstanding, waited, age = true, false, 0
 		}
 		m.Mark()
 		e, err := m.Run()
@@ -152,6 +162,10 @@ func record(t *testing.T, m *Machine, env *recEnv, requests [][]byte, seed uint6
 			t.Fatal(err)
 		}
 		if e.Kind == replay.ExitKicked {
+			if !waited {
+				<-kicked
+			}
+			outstanding = false
 			sig, _ := m.Signature()
 			log = append(log, logEntry{kind: entryLanding, sig: sig})
 			env.clock += uint64(rng.IntN(40_000))
@@ -274,38 +288,27 @@ func TestRecordReplay(t *testing.T) {
 	} {
 		for seed := range uint64(3) {
 			t.Run(fmt.Sprintf("%s/seed=%d", c.guest, seed), func(t *testing.T) {
-				// Kicks come from another goroutine: a recording that got
-				// too few (a starved kicker) is made again, with new seeds.
-				var (
-					a                  *Machine
-					renv               *recEnv
-					log                []logEntry
-					snap               *snapshot
-					landings, injected int
-				)
-				for try := uint64(0); landings < 5; try++ {
-					if try == 20 {
-						t.Fatalf("20 recordings with fewer than 5 landings: are kicks landing?")
-					}
-					renv = &recEnv{}
-					var err error
-					if a, err = New(c.guest, 64, renv, c.params...); err != nil {
-						t.Fatal(err)
-					}
-					reqs := kvRequests(rand.New(rand.NewPCG(seed, 3+try)), c.reqs)
-					log, snap = record(t, a, renv, reqs, seed+100*try, 40+int(seed)*97)
-					landings, injected = 0, 0
-					for _, le := range log {
-						if le.kind == entryLanding {
-							landings++
+				renv := &recEnv{}
+				a, err := New(c.guest, 64, renv, c.params...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				reqs := kvRequests(rand.New(rand.NewPCG(seed, 3)), c.reqs)
+				log, snap := record(t, a, renv, reqs, seed, 40+int(seed)*97)
+				landings, injected, midRun := 0, 0, 0
+				for _, le := range log {
+					if le.kind == entryLanding {
+						landings++
+						if le.sig.Dirty != hashOffset {
+							midRun++ // the guest wrote memory before the kick
 						}
-						if le.injected {
-							injected++
-						}
+					}
+					if le.injected {
+						injected++
 					}
 				}
-				if injected < 10 || len(renv.frames) < 10 {
-					t.Fatalf("a weak recording: %d entries, %d interrupts, %d frames", len(log), injected, len(renv.frames))
+				if landings < 10 || injected < 10 || len(renv.frames) < 10 {
+					t.Fatalf("a weak recording: %d entries, %d landings, %d interrupts, %d frames", len(log), landings, injected, len(renv.frames))
 				}
 
 				// Replay from the start.
@@ -338,7 +341,8 @@ func TestRecordReplay(t *testing.T) {
 				}
 				play(t, cm, log[snap.at:])
 				sameMachines(t, "restored from a snapshot and replayed", a, cm)
-				t.Logf("%d entries, %d landings, %d interrupts, %d frames, %d instructions", len(log), landings, injected, len(renv.frames), a.Instructions())
+				t.Logf("%d entries, %d landings (%d after guest writes), %d interrupts, %d frames, %d instructions",
+					len(log), landings, midRun, injected, len(renv.frames), a.Instructions())
 			})
 		}
 	}
