@@ -15,9 +15,18 @@
 // answering asks for the next generation and goes live only if it wins,
 // restoring the last committed epoch.
 //
+// Disk writes get more than holding (HeldDisk): each is also kept until it
+// is durable and carried in the checkpoints, so that a backup going live
+// writes again, before its guest runs, the writes of committed epochs that
+// the dead primary may never have released; and a guest's FLUSH completes
+// only once every earlier write is released and flushed. Network frames are
+// never sent again: a released one must not repeat, and an unreleased one
+// lost with the primary is, to the client, a packet lost on the network.
+//
 // The wire protocol is checkpoint/PROTOCOL.md. Goroutines of a primary:
 // the epoch loop (pauses, harvests, copies, hands epochs on), the sender
 // (encodes and writes checkpoints and heartbeats), and the receiver (reads
-// acks, heartbeats and resync requests). A backup runs one receiver and a
+// acks, heartbeats and resync requests), and while released disk writes
+// are not yet flushed, HeldDisk's flusher. A backup runs one receiver and a
 // heartbeat sender.
 package checkpoint
