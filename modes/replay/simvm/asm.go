@@ -249,7 +249,7 @@ const (
 
 type mnemonic struct {
 	form form
-	op   Op
+	op   opcode
 	arg  uint8 // condition (jcc) or access size (in, out)
 }
 
@@ -264,14 +264,14 @@ var mnemonics = func() map[string]mnemonic {
 		"outb": {formOut, opOut, 1}, "outw": {formOut, opOut, 2}, "outl": {formOut, opOut, 4},
 	}
 	for i, name := range aluNames {
-		m[name] = mnemonic{formALU, opAdd + Op(i), 0}
+		m[name] = mnemonic{formALU, opAdd + opcode(i), 0}
 	}
 	for c, name := range condNames {
 		m[name] = mnemonic{formJcc, opJcc, uint8(c)}
 	}
 	for i := range 4 {
-		m[fmt.Sprintf("ld%d", 8<<i)] = mnemonic{formLoad, opLd8 + Op(i), 0}
-		m[fmt.Sprintf("st%d", 8<<i)] = mnemonic{formStore, opSt8 + Op(i), 0}
+		m[fmt.Sprintf("ld%d", 8<<i)] = mnemonic{formLoad, opLd8 + opcode(i), 0}
+		m[fmt.Sprintf("st%d", 8<<i)] = mnemonic{formStore, opSt8 + opcode(i), 0}
 	}
 	return m
 }()

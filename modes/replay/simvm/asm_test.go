@@ -44,7 +44,7 @@ func TestDisassembleRoundTrip(t *testing.T) {
 		if again := assembleOne(t, text); string(again) != string(code) {
 			t.Errorf("%s: disassembled to %q, which assembles to % x, not % x", line, text, again, code)
 		}
-		if w := binary.LittleEndian.Uint64(code); w&zeroMask[Op(w)] != 0 || zeroMask[Op(w)] == 0 {
+		if w := binary.LittleEndian.Uint64(code); w&zeroMask[opcode(w)] != 0 || zeroMask[opcode(w)] == 0 {
 			t.Errorf("%s: the interpreter's mask refuses % x", line, code)
 		}
 	}
@@ -61,7 +61,7 @@ func FuzzDisassemble(f *testing.F) {
 			// The interpreter's fast check and validate agree on what
 			// is valid (the checks left to the ops aside).
 			w := binary.LittleEndian.Uint64(code)
-			op := Op(w)
+			op := opcode(w)
 			why := validate(op, uint8(w>>8), uint8(w>>16), uint8(w>>24), int32(w>>32))
 			fast := opUse[op] != 0 && w&zeroMask[op] == 0
 			if why == "" && !fast {

@@ -50,11 +50,9 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 		if m.kick.Load() && m.kick.Swap(false) {
 			return m.stop(pc, n, replay.Exit{Kind: replay.ExitKicked, RIP: pc})
 		}
-		if pc == bp {
-			if !skip {
-				m.resume, m.resumeSet = pc, true
-				return m.stop(pc, n, replay.Exit{Kind: replay.ExitBreakpoint, RIP: pc})
-			}
+		if pc == bp && !skip {
+			m.resume, m.resumeSet = pc, true
+			return m.stop(pc, n, replay.Exit{Kind: replay.ExitBreakpoint, RIP: pc})
 		}
 		skip = false
 		c.Shadow = false
@@ -63,7 +61,7 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 			return m.fault(pc, n, "fetch outside RAM")
 		}
 		w := binary.LittleEndian.Uint64(mem[pc:])
-		op := Op(w)
+		op := opcode(w)
 		if w&zeroMask[op] != 0 {
 			return m.fault(pc, n, "%#016x: %s", w, validate(op, uint8(w>>8), uint8(w>>16), uint8(w>>24), int32(w>>32)))
 		}

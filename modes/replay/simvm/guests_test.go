@@ -343,3 +343,18 @@ func TestParseKVReply(t *testing.T) {
 		t.Error("a short tick frame parsed")
 	}
 }
+
+func TestDescribeGuest(t *testing.T) {
+	for _, g := range Guests() {
+		about, params, err := DescribeGuest(g)
+		if err != nil || about == "" || len(params) == 0 {
+			t.Errorf("%s: %q %v %v", g, about, params, err)
+		}
+		if _, err := New(g, MaxPages+1, &testEnv{}); err == nil {
+			t.Errorf("%s: %d pages accepted", g, MaxPages+1)
+		}
+	}
+	if _, _, err := DescribeGuest("nosuch"); err == nil || !strings.Contains(err.Error(), "kv, tick") {
+		t.Errorf("unknown guest: %v", err)
+	}
+}

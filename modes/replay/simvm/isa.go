@@ -19,59 +19,59 @@ import (
 // operations leave them alone. Immediates are sign-extended, except jump
 // and call targets and port numbers, which are unsigned.
 const (
-	opInvalid Op = 0x00 // zeroed memory faults when executed
-	opNop     Op = 0x01
-	opHlt     Op = 0x02 // pc += 8, wait for an interrupt (ExitHalt)
-	opSti     Op = 0x03 // IF = 1; interrupts stay blocked for one more instruction
-	opCli     Op = 0x04 // IF = 0
-	opIret    Op = 0x05 // pop pc, pop flags
-	opRet     Op = 0x06 // pop pc
-	opLi      Op = 0x07 // r[a] = imm64 (the next 8 bytes)
-	opMov     Op = 0x08 // r[a] = r[b]
-	opCall    Op = 0x09 // push pc+8; pc = uint32(imm)
-	opCallR   Op = 0x0a // push pc+8; pc = r[b]
-	opJmp     Op = 0x0b // pc = uint32(imm)
-	opJmpR    Op = 0x0c // pc = r[b]
-	opJcc     Op = 0x0d // if condition a holds: pc = uint32(imm)
-	opPush    Op = 0x0e // sp -= 8; [sp] = r[b]
-	opPop     Op = 0x0f // r[a] = [sp]; sp += 8
-	opCmp     Op = 0x10 // flags from r[b] - r[c]
-	opCmpI    Op = 0x11 // flags from r[b] - imm
-	opIn      Op = 0x12 // r[a] = port uint16(imm), c bytes (1, 2, 4): ExitPIORead
-	opOut     Op = 0x13 // port uint16(imm) = low c bytes of r[b]: ExitPIOWrite
+	opInvalid opcode = 0x00 // zeroed memory faults when executed
+	opNop     opcode = 0x01
+	opHlt     opcode = 0x02 // pc += 8, wait for an interrupt (ExitHalt)
+	opSti     opcode = 0x03 // IF = 1; interrupts stay blocked for one more instruction
+	opCli     opcode = 0x04 // IF = 0
+	opIret    opcode = 0x05 // pop pc, pop flags
+	opRet     opcode = 0x06 // pop pc
+	opLi      opcode = 0x07 // r[a] = imm64 (the next 8 bytes)
+	opMov     opcode = 0x08 // r[a] = r[b]
+	opCall    opcode = 0x09 // push pc+8; pc = uint32(imm)
+	opCallR   opcode = 0x0a // push pc+8; pc = r[b]
+	opJmp     opcode = 0x0b // pc = uint32(imm)
+	opJmpR    opcode = 0x0c // pc = r[b]
+	opJcc     opcode = 0x0d // if condition a holds: pc = uint32(imm)
+	opPush    opcode = 0x0e // sp -= 8; [sp] = r[b]
+	opPop     opcode = 0x0f // r[a] = [sp]; sp += 8
+	opCmp     opcode = 0x10 // flags from r[b] - r[c]
+	opCmpI    opcode = 0x11 // flags from r[b] - imm
+	opIn      opcode = 0x12 // r[a] = port uint16(imm), c bytes (1, 2, 4): ExitPIORead
+	opOut     opcode = 0x13 // port uint16(imm) = low c bytes of r[b]: ExitPIOWrite
 
 	// ALU, register form: r[a] = r[b] op r[c]. The immediate form is the
 	// same op plus opALUImm: r[a] = r[b] op imm.
-	opAdd  Op = 0x20
-	opSub  Op = 0x21
-	opAnd  Op = 0x22
-	opOr   Op = 0x23
-	opXor  Op = 0x24
-	opShl  Op = 0x25 // shift counts are taken mod 64
-	opShr  Op = 0x26
-	opSar  Op = 0x27
-	opMul  Op = 0x28 // low 64 bits
-	opDivu Op = 0x29 // division by zero faults
-	opRemu Op = 0x2a
+	opAdd  opcode = 0x20
+	opSub  opcode = 0x21
+	opAnd  opcode = 0x22
+	opOr   opcode = 0x23
+	opXor  opcode = 0x24
+	opShl  opcode = 0x25 // shift counts are taken mod 64
+	opShr  opcode = 0x26
+	opSar  opcode = 0x27
+	opMul  opcode = 0x28 // low 64 bits
+	opDivu opcode = 0x29 // division by zero faults
+	opRemu opcode = 0x2a
 
-	opALUImm Op = 0x10 // added to an ALU op: the immediate form
+	opALUImm opcode = 0x10 // added to an ALU op: the immediate form
 
 	// Loads r[a] = zero-extended [r[b]+imm] and stores [r[b]+imm] = r[a] of
 	// 1, 2, 4 or 8 bytes (the op's low two bits are log2 of the size). An
 	// access entirely at or above the end of RAM is MMIO; one straddling
 	// the end faults.
-	opLd8  Op = 0x40
-	opLd16 Op = 0x41
-	opLd32 Op = 0x42
-	opLd64 Op = 0x43
-	opSt8  Op = 0x48
-	opSt16 Op = 0x49
-	opSt32 Op = 0x4a
-	opSt64 Op = 0x4b
+	opLd8  opcode = 0x40
+	opLd16 opcode = 0x41
+	opLd32 opcode = 0x42
+	opLd64 opcode = 0x43
+	opSt8  opcode = 0x48
+	opSt16 opcode = 0x49
+	opSt32 opcode = 0x4a
+	opSt64 opcode = 0x4b
 )
 
-// Op is an instruction's operation code, its first byte.
-type Op uint8
+// opcode is an instruction's operation code, its first byte.
+type opcode uint8
 
 // InsnSize is the size of every instruction but li; LiSize is li's.
 const (
@@ -161,7 +161,7 @@ func condHolds(c uint8, flags uint64) bool {
 
 // alu computes the ALU op (register form) on x and y; ok is false for a
 // division by zero.
-func alu(op Op, x, y uint64) (v uint64, ok bool) {
+func alu(op opcode, x, y uint64) (v uint64, ok bool) {
 	switch op {
 	case opAdd:
 		return x + y, true
@@ -197,7 +197,7 @@ func alu(op Op, x, y uint64) (v uint64, ok bool) {
 var aluNames = [...]string{"add", "sub", "and", "or", "xor", "shl", "shr", "sar", "mul", "divu", "remu"}
 
 // word packs one 8-byte instruction.
-func word(op Op, a, b, c uint8, imm int32) uint64 {
+func word(op opcode, a, b, c uint8, imm int32) uint64 {
 	return uint64(op) | uint64(a)<<8 | uint64(b)<<16 | uint64(c)<<24 | uint64(uint32(imm))<<32
 }
 
@@ -208,7 +208,7 @@ func Disassemble(code []byte) (string, int, error) {
 		return "", 0, fmt.Errorf("%d bytes: an instruction is %d", len(code), InsnSize)
 	}
 	w := binary.LittleEndian.Uint64(code)
-	op, a, b, c, imm := Op(w), uint8(w>>8), uint8(w>>16), uint8(w>>24), int32(w>>32)
+	op, a, b, c, imm := opcode(w), uint8(w>>8), uint8(w>>16), uint8(w>>24), int32(w>>32)
 	if why := validate(op, a, b, c, imm); why != "" {
 		return "", 0, fmt.Errorf("%#016x: %s", w, why)
 	}
@@ -294,7 +294,7 @@ const (
 // opUse is the field usage of every valid op; zero marks an invalid op.
 var opUse = func() (t [256]uint8) {
 	const none = 0x80 // valid, no fields
-	for _, op := range []Op{opNop, opHlt, opSti, opCli, opIret, opRet} {
+	for _, op := range []opcode{opNop, opHlt, opSti, opCli, opIret, opRet} {
 		t[op] = none
 	}
 	t[opLi] = useA
@@ -311,7 +311,7 @@ var opUse = func() (t [256]uint8) {
 		t[op] = useA | useB | useC
 		t[op+opALUImm] = useA | useB | useImm
 	}
-	for i := Op(0); i < 4; i++ {
+	for i := opcode(0); i < 4; i++ {
 		t[opLd8+i] = useA | useBase | useImm
 		t[opSt8+i] = useA | useBase | useImm
 	}
@@ -354,7 +354,7 @@ var zeroMask = func() (t [256]uint64) {
 		switch {
 		case use&useImm == 0:
 			m |= 0xffffffff << 32
-		case Op(op) == opIn || Op(op) == opOut:
+		case opcode(op) == opIn || opcode(op) == opOut:
 			m |= 0xffff0000 << 32
 		}
 		t[op] = m
@@ -364,7 +364,7 @@ var zeroMask = func() (t [256]uint64) {
 
 // validate returns why the fields are not a valid instruction, or "". The
 // interpreter calls it only to explain a fault (see zeroMask).
-func validate(op Op, a, b, c uint8, imm int32) string {
+func validate(op opcode, a, b, c uint8, imm int32) string {
 	use := opUse[op]
 	switch {
 	case use == 0:
