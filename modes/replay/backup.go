@@ -1,0 +1,581 @@
+package replay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// Backup re-executes a primary's guest from the replay log, with its
+// outputs suppressed, and takes over when the primary is lost.
+//
+// Follow's caller is the replayer: it drives the Machine and owns every
+// field marked "replayer". A receiver goroutine reads the stream into the
+// queue and acknowledges; a heartbeat goroutine keeps the primary informed.
+type Backup struct {
+	cfg     Config
+	m       Machine
+	plug    *Plug
+	fence   *witness.Fence
+	makeOut func(gen uint64) (*outbuf.Buffer, error)
+	log     *slog.Logger
+	recv    *format.Backup
+	// Stats counts what the backup did; safe to read at any time.
+	Stats *Stats
+	// Console receives the guest's serial output once live (nil:
+	// discarded). Set before Follow.
+	Console io.Writer
+
+	q    *logQueue
+	gate ackGate
+	link *link
+
+	// Replayer.
+	ctx      context.Context
+	gen      uint64 // the generation of the primary followed
+	lsn      uint64 // the last entry applied
+	synced   bool   // the machine is the primary's guest as of lsn
+	injected bool   // InjectPending delivered at this boundary
+	lastTime uint64 // the latest guest time the log showed
+	window   []suppressed
+	// envErr is a divergence (or a failed failover) found inside an Env
+	// call, which cannot return it; the replayer checks it after each
+	// Machine call that may use Env.
+	envErr error
+	live   *Primary // set by failover
+}
+
+// suppressed is an output the backup's guest produced at pos and that the
+// primary may not have released yet.
+type suppressed struct {
+	pos uint64
+	out outbuf.Output
+}
+
+// divergence is a disagreement between the backup's execution and the log.
+type divergence struct {
+	lsn uint64
+	why string
+}
+
+func (d *divergence) Error() string { return fmt.Sprintf("divergence at LSN %d: %s", d.lsn, d.why) }
+
+// NewBackup prepares a backup of a guest: m, built on plug, has the
+// primary's memory size and has not run (its state comes from the
+// primary's first full checkpoint). makeOut builds the output buffer of
+// generation gen when the backup goes live.
+func NewBackup(cfg Config, m Machine, plug *Plug, fence *witness.Fence, makeOut func(gen uint64) (*outbuf.Buffer, error), log *slog.Logger) (*Backup, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	recv, err := format.NewBackup(m.Memory(), format.BackupConfig{})
+	if err != nil {
+		return nil, err
+	}
+	b := &Backup{cfg: cfg, m: m, plug: plug, fence: fence, makeOut: makeOut, log: log, recv: recv,
+		Stats: &Stats{}, q: newLogQueue(cfg.BackupQueueBytes)}
+	b.gate.hold(1) // nothing is reproducible before the first checkpoint
+	plug.Set(backupEnv{b})
+	return b, nil
+}
+
+// Follow replays the log of the primary at the other end of conn. When the
+// primary is lost it replays what it received, wins the next generation at
+// the witness and returns the Primary it became: the caller runs it (with a
+// nil conn) to go on. It returns an error if ctx ends, if the backup cannot
+// go live (it was not in sync, or the witness chose the primary), or on a
+// fault of its own.
+func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
+	b.ctx = ctx
+	defer conn.Close()
+	l := newLink(conn, b.cfg.MaxCheckpoint)
+	if err := l.hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize}, b.cfg.FailureTimeout); err != nil {
+		return nil, err
+	}
+	b.link = l
+	stop := make(chan struct{})
+	defer close(stop)
+	go b.receive(ctx, l)
+	go l.heartbeats(b.cfg.Heartbeat, stop, func(err error) { conn.Close() })
+	stopKick := context.AfterFunc(ctx, b.m.Kick)
+	defer stopKick()
+	return b.replay()
+}
+
+// receive reads the stream into the queue and acknowledges what may be,
+// until the link fails or the primary falls silent; then it closes the
+// queue.
+func (b *Backup) receive(ctx context.Context, l *link) {
+	var batch Batch
+	next := uint64(0) // the LSN expected next; 0 before the first batch
+	gapped := false   // entries were lost: wait for a sync
+	for {
+		l.conn.SetReadDeadline(time.Now().Add(b.cfg.FailureTimeout))
+		t, payload, err := l.next()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				err = fmt.Errorf("primary silent for %v", b.cfg.FailureTimeout)
+			}
+			b.q.close(err)
+			return
+		}
+		switch t {
+		case format.MsgLog:
+			err := DecodeBatch(payload, &batch)
+			if g := b.gate.generation(); err == nil && g != 0 && batch.Generation != g {
+				b.q.close(fmt.Errorf("the primary's log changed from generation %d to %d", g, batch.Generation))
+				return
+			}
+			if err == nil && next != 0 && batch.First != next && !gapped {
+				err = fmt.Errorf("batch starts at LSN %d, expected %d", batch.First, next)
+			}
+			if err != nil {
+				if !gapped {
+					gapped = true
+					b.gate.hold(max(next, 1))
+					b.askResync(format.ResyncGap, max(next, 1)-1, err.Error())
+				}
+				continue
+			}
+			entries := batch.Entries
+			if gapped {
+				i := firstSync(entries)
+				if i < 0 {
+					continue
+				}
+				entries, batch.First, gapped = entries[i:], batch.First+uint64(i), false
+			}
+			b.gate.setGeneration(batch.Generation)
+			for i := range entries {
+				e := entries[i]
+				e.Bytes = append([]byte(nil), e.Bytes...) // the batch buffer is reused
+				lsn := batch.First + uint64(i)
+				if e.Type == EntrySync {
+					b.gate.hold(lsn)
+				}
+				if !b.q.push(ctx, item{lsn: lsn, e: e}) {
+					return
+				}
+			}
+			next = batch.First + uint64(len(entries))
+			b.gate.receive(next - 1)
+			b.Stats.Received.Store(next - 1)
+			b.ack()
+		case format.MsgCheckpoint:
+			if gapped {
+				continue // its sync entry was lost; another sync will come
+			}
+			if !b.q.push(ctx, item{ckpt: append([]byte(nil), payload...)}) {
+				return
+			}
+		case format.MsgHeartbeat:
+		default:
+			b.q.close(fmt.Errorf("unexpected %v from the primary", t))
+			return
+		}
+	}
+}
+
+func firstSync(entries []Entry) int {
+	for i := range entries {
+		if entries[i].Type == EntrySync {
+			return i
+		}
+	}
+	return -1
+}
+
+// ack sends the primary the highest LSN the gate allows, if it rose.
+// Called by the receiver and the replayer.
+func (b *Backup) ack() {
+	if a, ok := b.gate.next(); ok {
+		msg := format.Ack{Generation: b.gate.generation(), Epoch: a}
+		b.link.send(format.MsgAck, msg.Append(nil), b.cfg.FailureTimeout) // a failure shows as silence
+	}
+}
+
+// askResync asks the primary for a full checkpoint; lsn is the last entry
+// the backup vouches for.
+func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string) {
+	r := format.Resync{Reason: reason, Generation: b.gate.generation(), Epoch: lsn, Detail: truncate(detail, format.MaxResyncDetail)}
+	b.link.send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// replay is the replayer's loop: apply entries in order; on a divergence,
+// ask for a full checkpoint and skip to it; at the end of the log, fail
+// over.
+func (b *Backup) replay() (*Primary, error) {
+	for {
+		next, err := b.q.peek(b.ctx)
+		if errors.Is(err, errLogEnded) {
+			b.failover()
+			if b.live != nil {
+				return b.live, nil
+			}
+			return nil, b.envErr
+		}
+		if err != nil {
+			return nil, err
+		}
+		it := *next
+		b.q.take()
+		if it.ckpt != nil {
+			continue // a checkpoint without its sync entry: a sync is coming
+		}
+		if it.e.Type == EntrySync {
+			err = b.applySync(it.lsn)
+		} else if !b.synced {
+			continue
+		} else {
+			b.lsn = it.lsn
+			err = b.apply(&it.e)
+			b.Stats.Replayed.Add(1)
+		}
+		if b.live != nil {
+			return b.live, nil
+		}
+		var d *divergence
+		switch {
+		case errors.As(err, &d):
+			b.diverged(d)
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
+// diverged stops replay until the next full checkpoint and asks for one.
+func (b *Backup) diverged(d *divergence) {
+	b.Stats.Divergences.Add(1)
+	b.log.Error("replay diverged from the primary; asking for a full checkpoint", "lsn", d.lsn, "why", d.why)
+	b.synced = false
+	b.window = nil // produced by an execution that was not the primary's
+	b.envErr = nil
+	b.gate.hold(d.lsn)
+	b.askResync(format.ResyncDivergence, d.lsn-1, d.why)
+}
+
+// applySync applies the full checkpoint that follows the sync entry at s.
+func (b *Backup) applySync(s uint64) error {
+	it, err := b.q.peek(b.ctx)
+	if err != nil {
+		return err // the log ended without it: not in sync
+	}
+	if it.ckpt == nil {
+		return &divergence{s, "sync entry not followed by its checkpoint"}
+	}
+	ckpt := it.ckpt
+	b.q.take()
+	res, err := b.recv.Receive(ckpt)
+	if err != nil {
+		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}
+	}
+	if !res.Committed || res.Header.Epoch != s {
+		return &divergence{s, fmt.Sprintf("checkpoint %v does not commit the sync at LSN %d", res.Header, s)}
+	}
+	if err := b.m.RestoreState(b.recv.Machine()); err != nil {
+		return &divergence{s, fmt.Sprintf("restoring the machine state: %v", err)}
+	}
+	b.gen = res.Header.Generation
+	b.lsn, b.synced, b.injected = s, true, false
+	b.Stats.Applied.Add(1)
+	b.gate.applied(s)
+	b.ack()
+	b.log.Info("full checkpoint applied", "lsn", s, "generation", b.gen)
+	return nil
+}
+
+// apply replays one entry.
+func (b *Backup) apply(e *Entry) error {
+	switch e.Type {
+	case EntryFrame:
+		b.m.DeliverFrame(e.Bytes)
+	case EntryPoll:
+		b.lastTime = max(b.lastTime, e.Time)
+		b.m.PollTimers(e.Time)
+	case EntryInject:
+		if b.injected {
+			return &divergence{b.lsn, "a second injection at one boundary"}
+		}
+		ok, err := b.m.InjectPending()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return &divergence{b.lsn, "the primary delivered an interrupt the backup's guest cannot take"}
+		}
+		b.injected = true
+	case EntryReleased:
+		b.release(e.LSN)
+	case EntryExit:
+		return b.runToExit(e.Exit)
+	case EntryLanding:
+		return b.land(e.Sig)
+	default:
+		return &divergence{b.lsn, fmt.Sprintf("%v outside an exit", e)}
+	}
+	return nil
+}
+
+// release forgets the suppressed outputs the primary released.
+func (b *Backup) release(lsn uint64) {
+	i := 0
+	for i < len(b.window) && b.window[i].pos <= lsn {
+		i++
+	}
+	b.window = append(b.window[:0], b.window[i:]...)
+}
+
+// enterGuest does what the primary did before entering its guest: try to
+// inject (unless the log said it delivered here), then start a new
+// signature interval.
+func (b *Backup) enterGuest() error {
+	if !b.injected {
+		ok, err := b.m.InjectPending()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return &divergence{b.lsn, "the backup's guest took an interrupt the primary's did not"}
+		}
+	}
+	b.injected = false
+	if b.m.Halted() {
+		return &divergence{b.lsn, "the backup's guest is halted where the primary's ran"}
+	}
+	return b.m.Mark()
+}
+
+// runToExit runs the guest to the synchronous exit the log names and
+// completes it, checking every detail against the log.
+func (b *Backup) runToExit(want Exit) error {
+	if err := b.enterGuest(); err != nil {
+		return err
+	}
+	e, err := b.m.Run()
+	if err != nil {
+		return fmt.Errorf("running the guest: %w", err)
+	}
+	if e.Kind == ExitKicked {
+		return b.ctx.Err() // only a stop kicks the backup's guest
+	}
+	if !sameExit(e, want) {
+		return &divergence{b.lsn, fmt.Sprintf("guest stopped at %v, the log says %v", e, want)}
+	}
+	if !e.Kind.IsIO() {
+		return nil
+	}
+	exitLSN := b.lsn
+	if err := b.m.Complete(&e); err != nil && !errors.Is(err, ErrPowerOff) {
+		return fmt.Errorf("completing %v: %w", e, err)
+	}
+	if b.envErr != nil || b.live != nil {
+		return b.envErr
+	}
+	if !e.Kind.IsRead() {
+		return nil
+	}
+	v, ok := b.expect(EntryValue)
+	if b.live != nil || b.envErr != nil {
+		return b.envErr
+	}
+	if !ok || v.Exit.Size != e.Size || v.Exit.Data != e.Data {
+		return &divergence{exitLSN, fmt.Sprintf("%v read %x, the primary's read %x", e, e.Data[:e.Size], v.Exit.Data[:v.Exit.Size])}
+	}
+	return nil
+}
+
+// sameExit compares what both sides see of an exit.
+func sameExit(got, want Exit) bool {
+	if got.Kind != want.Kind || got.RIP != want.RIP || got.Addr != want.Addr || got.Size != want.Size {
+		return false
+	}
+	return !(got.Kind == ExitPIOWrite || got.Kind == ExitMMIOWrite) || got.Data == want.Data
+}
+
+// land runs the guest to the asynchronous point sig names: it stops at
+// sig.RIP each time the guest gets there until registers and the pages
+// dirtied since the last stop match.
+func (b *Backup) land(sig Signature) error {
+	if err := b.enterGuest(); err != nil {
+		return err
+	}
+	// A kick can stop the guest before it executes anything, so a landing
+	// may be where the guest already is (RunTo would first step past it).
+	if got, err := b.m.Signature(); err != nil || got == sig {
+		return err
+	}
+	for hits := 1; ; hits++ {
+		e, err := b.m.RunTo(sig.RIP)
+		if err != nil {
+			return fmt.Errorf("running the guest to a landing: %w", err)
+		}
+		switch e.Kind {
+		case ExitBreakpoint:
+		case ExitKicked:
+			return b.ctx.Err()
+		default:
+			return &divergence{b.lsn, fmt.Sprintf("guest stopped at %v before the landing at %#x", e, sig.RIP)}
+		}
+		b.Stats.BreakpointHits.Add(1)
+		got, err := b.m.Signature()
+		if err != nil {
+			return err
+		}
+		if got == sig {
+			return nil
+		}
+		if hits >= b.cfg.MaxLandingHits {
+			return &divergence{b.lsn, fmt.Sprintf("no match for the landing at %#x in %d visits", sig.RIP, hits)}
+		}
+	}
+}
+
+// expect takes the next entry if it has type t, for an Env answer. It
+// reports false, leaving the entry, if the next entry is another (a
+// divergence, noted in envErr) or if the log ended (then the backup fails
+// over, and answers come from the live side).
+func (b *Backup) expect(t EntryType) (Entry, bool) {
+	if b.live != nil || b.envErr != nil {
+		return Entry{}, false
+	}
+	it, err := b.q.peek(b.ctx)
+	if errors.Is(err, errLogEnded) {
+		b.failover()
+		return Entry{}, false
+	}
+	if err != nil {
+		b.envErr = err
+		return Entry{}, false
+	}
+	if it.ckpt != nil || it.e.Type != t {
+		b.envErr = &divergence{b.lsn + 1, fmt.Sprintf("the guest needed %v, the log has %v", t, it.e)}
+		return Entry{}, false
+	}
+	e := *it
+	b.q.take()
+	b.lsn = e.lsn
+	b.Stats.Replayed.Add(1)
+	return e.e, true
+}
+
+// failover is the backup's side of the paper's rule, at the end of the
+// log: win the next generation, then become a primary alone, re-issuing
+// the outputs the old primary may not have released. On failure envErr
+// says why.
+func (b *Backup) failover() {
+	_, cause := b.q.ended()
+	if !b.synced {
+		b.envErr = fmt.Errorf("primary lost (%v) while this backup is not in sync: cannot go live", cause)
+		return
+	}
+	b.log.Warn("primary lost; log replayed", "cause", cause, "lsn", b.lsn)
+	if err := witness.BackupLostPrimary(b.ctx, b.fence, b.gen, witness.DefaultBackoff); err != nil {
+		b.envErr = fmt.Errorf("not going live: %w", err)
+		return
+	}
+	gen := b.gen + 1
+	out, err := b.makeOut(gen)
+	if err != nil {
+		b.envErr = err
+		return
+	}
+	p, err := newPrimary(b.cfg, b.m, b.plug, out, b.fence, gen, b.lastTime, b.log)
+	if err != nil {
+		b.envErr = err
+		return
+	}
+	p.Console, p.ctx = b.Console, b.ctx
+	if err := p.goAlone(); err != nil {
+		b.envErr = err
+		return
+	}
+	for _, s := range b.window {
+		if err := out.Hold(b.ctx, 0, s.out); err != nil {
+			b.envErr = fmt.Errorf("re-issuing an output of LSN %d: %w", s.pos, err)
+			return
+		}
+	}
+	b.log.Warn("live", "generation", gen, "reissued", len(b.window))
+	b.window = nil
+	b.live = p
+}
+
+// backupEnv is the replaying Env: it answers from the log and suppresses
+// outputs, until the backup goes live; then the live primary answers.
+type backupEnv struct{ b *Backup }
+
+func (e backupEnv) Now() uint64 {
+	b := e.b
+	if t, ok := b.expect(EntryTime); ok {
+		b.lastTime = max(b.lastTime, t.Time)
+		return t.Time
+	}
+	if b.live != nil {
+		return primaryEnv{b.live}.Now()
+	}
+	return b.lastTime // divergence noted; the value does not matter
+}
+
+func (e backupEnv) ReadDisk(p []byte, off int64) error {
+	b := e.b
+	for len(p) > 0 {
+		r, ok := b.expect(EntryDiskRead)
+		switch {
+		case b.live != nil:
+			return primaryEnv{b.live}.ReadDisk(p, off)
+		case !ok:
+			return nil // divergence noted
+		case r.Off != off || len(r.Bytes) > len(p) || len(r.Bytes) < min(len(p), MaxDiskRead):
+			b.envErr = &divergence{b.lsn, fmt.Sprintf("disk read of %d bytes at %d, the log has %d at %d", len(p), off, len(r.Bytes), r.Off)}
+			return nil
+		}
+		n := copy(p, r.Bytes)
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (e backupEnv) WriteDisk(p []byte, off int64) error {
+	return e.suppress(outbuf.DiskWrite(append([]byte(nil), p...), off))
+}
+
+func (e backupEnv) SendFrame(frame []byte) error {
+	return e.suppress(outbuf.NetFrame(append([]byte(nil), frame...)))
+}
+
+// suppress keeps an output instead of emitting it, until the primary says
+// it released it; a live backup emits it.
+func (e backupEnv) suppress(o outbuf.Output) error {
+	b := e.b
+	if b.live != nil {
+		return b.live.hold(o)
+	}
+	b.window = append(b.window, suppressed{pos: b.lsn, out: o})
+	return nil
+}
+
+func (e backupEnv) Console(p []byte) {
+	if b := e.b; b.live != nil {
+		primaryEnv{b.live}.Console(p)
+	}
+}

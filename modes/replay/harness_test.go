@@ -1,0 +1,365 @@
+package replay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// The engine's tests run the software machine (simvm) where /dev/kvm
+// cannot be opened: a primary and a backup in one process, on loopback
+// TCP through a proxy the test can cut or tamper with, a disk-lease
+// witness and a disk file shared by both hosts, and a client that sees
+// what each host's NIC emits.
+
+const testPages = 64
+
+func testConfig() replay.Config {
+	c := replay.DefaultConfig()
+	c.Heartbeat = 20 * time.Millisecond
+	c.FailureTimeout = 300 * time.Millisecond
+	c.BackupQueueBytes = replay.MaxBatch
+	return c
+}
+
+// frame is one output the client saw, and from which host.
+type frame struct {
+	data []byte
+	host string
+}
+
+// client collects the frames the hosts' NICs emit; a crashed host's NIC
+// is cut and emits nothing more.
+type client struct {
+	mu     sync.Mutex
+	frames []frame
+	cond   *sync.Cond
+}
+
+func newClient() *client {
+	c := &client{}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+// nic returns the NetSink of host and a func that cuts it.
+func (c *client) nic(host string) (outbuf.NetSink, func()) {
+	var dead atomic.Bool
+	return sinkFunc(func(f []byte) error {
+		if dead.Load() {
+			return nil
+		}
+		c.mu.Lock()
+		c.frames = append(c.frames, frame{append([]byte(nil), f...), host})
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		return nil
+	}), func() { dead.Store(true) }
+}
+
+func (c *client) seen() []frame {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]frame(nil), c.frames...)
+}
+
+// waitFrames waits until the client has n frames; the deadline only
+// bounds a broken engine.
+func (c *client) waitFrames(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(c.seen()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("client saw %d frames, waiting for %d", len(c.seen()), n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+type sinkFunc func([]byte) error
+
+func (f sinkFunc) SendFrame(b []byte) error { return f(b) }
+
+// filter sits in one direction of the primary↔backup connection.
+type filter func(from io.Reader, to io.Writer)
+
+// cluster is a primary and a backup of one simvm guest.
+type cluster struct {
+	t      *testing.T
+	cfg    replay.Config
+	guest  string
+	params []simvm.Param
+	client *client
+	arb    witness.Arbiter
+	disk   *os.File
+
+	pm, bm         *simvm.Machine
+	primary        *replay.Primary
+	backup         *replay.Backup
+	pOut           *outbuf.Buffer
+	cutNIC         func()
+	cancelP        context.CancelFunc
+	pDone          chan struct{} // closed when the primary's Run returned pErr
+	pErr           error
+	bDone          chan followResult
+	up, down       filter // primary→backup and backup→primary byte paths; nil copies
+	proxyConns     []net.Conn
+	proxyMu        sync.Mutex
+	live           *replay.Primary
+	liveDone       chan error
+	cancelB        context.CancelFunc
+	primaryConsole bytes.Buffer
+}
+
+type followResult struct {
+	live *replay.Primary
+	err  error
+}
+
+func newCluster(t *testing.T, guest string, params ...simvm.Param) *cluster {
+	c := &cluster{t: t, cfg: testConfig(), guest: guest, params: params, client: newClient(),
+		pDone: make(chan struct{}), bDone: make(chan followResult, 1)}
+	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { arb.Close() })
+	c.arb = arb
+	c.disk, err = os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.disk.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.disk.Close() })
+	return c
+}
+
+func (c *cluster) start() {
+	t := c.t
+	ctx := context.Background()
+	pf := witness.NewFence(c.arb, "primary")
+	if _, err := pf.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	pplug := &replay.Plug{}
+	if c.pm, err = simvm.New(c.guest, testPages, pplug, c.params...); err != nil {
+		t.Fatal(err)
+	}
+	nic, cut := c.client.nic("primary")
+	c.cutNIC = cut
+	c.pOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.primary, err = replay.NewPrimary(c.cfg, c.pm, pplug, c.pOut, pf, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.primary.Console = &c.primaryConsole
+
+	bf := witness.NewFence(c.arb, "backup")
+	bplug := &replay.Plug{}
+	if c.bm, err = simvm.New(c.guest, testPages, bplug, c.params...); err != nil {
+		t.Fatal(err)
+	}
+	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
+		nic, _ := c.client.nic("backup")
+		return outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: bf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	}
+	if c.backup, err = replay.NewBackup(c.cfg, c.bm, bplug, bf, makeOut, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	bctx, cancelB := context.WithCancel(ctx)
+	c.cancelB = cancelB
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			c.bDone <- followResult{nil, err}
+			return
+		}
+		live, err := c.backup.Follow(bctx, conn)
+		c.bDone <- followResult{live, err}
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pconn := c.proxy(conn)
+	pctx, cancelP := context.WithCancel(ctx)
+	c.cancelP = cancelP
+	go func() { c.pErr = c.primary.Run(pctx, pconn); close(c.pDone) }()
+	t.Cleanup(func() {
+		cancelP()
+		cancelB()
+		c.killLink()
+		<-c.pDone
+		if c.liveDone != nil {
+			<-c.liveDone
+		}
+	})
+}
+
+// proxy puts the test's filters in conn's path: the primary talks to one
+// end of a TCP pair, the filters copy between it and conn.
+func (c *cluster) proxy(conn net.Conn) net.Conn {
+	t := c.t
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		a, _ := ln.Accept()
+		accepted <- a
+	}()
+	primarySide, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := <-accepted
+	c.proxyMu.Lock()
+	c.proxyConns = append(c.proxyConns, mid, conn)
+	c.proxyMu.Unlock()
+	up, down := c.up, c.down
+	if up == nil {
+		up = copyAll
+	}
+	if down == nil {
+		down = copyAll
+	}
+	go func() { up(mid, conn); halfClose(conn) }()
+	go func() { down(conn, mid); halfClose(mid) }()
+	return primarySide
+}
+
+func copyAll(from io.Reader, to io.Writer) { io.Copy(to, from) }
+
+func halfClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+}
+
+// killLink drops the connection between the hosts at once, both ways.
+func (c *cluster) killLink() {
+	c.proxyMu.Lock()
+	defer c.proxyMu.Unlock()
+	for _, conn := range c.proxyConns {
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tc.SetLinger(0) // reset: nothing in flight is delivered
+		}
+		conn.Close()
+	}
+}
+
+// crashPrimary stops the primary as a crash would: its NIC goes dark, its
+// link drops with whatever was in flight, its engine stops.
+func (c *cluster) crashPrimary() {
+	c.cancelP() // first, so that the dying primary does not contest the witness
+	c.cutNIC()
+	c.killLink()
+	<-c.pDone
+	if err := c.pErr; err != nil && !errors.Is(err, context.Canceled) {
+		c.t.Logf("crashed primary's Run: %v", err)
+	}
+}
+
+// stopPrimary ends the primary gracefully: the log it wrote reaches the
+// backup, which then replays it all and takes over.
+func (c *cluster) stopPrimary() {
+	c.cancelP()
+	<-c.pDone
+	if err := c.pErr; err != nil && !errors.Is(err, context.Canceled) {
+		c.t.Fatalf("primary's Run: %v", err)
+	}
+}
+
+// failover waits for the backup to take over and runs the live primary it
+// became.
+func (c *cluster) failover() *replay.Primary {
+	t := c.t
+	var r followResult
+	select {
+	case r = <-c.bDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the backup never took over")
+	}
+	if r.err != nil {
+		t.Fatalf("backup did not go live: %v", r.err)
+	}
+	c.live = r.live
+	return r.live
+}
+
+// runLive lets the live backup run its guest on.
+func (c *cluster) runLive() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.liveDone = make(chan error, 1)
+	go func() { c.liveDone <- c.live.Run(ctx, nil) }()
+	c.t.Cleanup(cancel)
+}
+
+// target is where the client's requests go: the primary, or the backup
+// once it is live.
+func (c *cluster) target() *replay.Primary {
+	if c.live != nil {
+		return c.live
+	}
+	return c.primary
+}
+
+// sameMachine fails the test unless the two machines are in the same
+// state: memory, machine state and signature.
+func sameMachine(t *testing.T, a, b *simvm.Machine) {
+	t.Helper()
+	if !bytes.Equal(a.Memory(), b.Memory()) {
+		n := 0
+		for i := range a.Memory() {
+			if a.Memory()[i] != b.Memory()[i] {
+				n++
+			}
+		}
+		t.Errorf("memory differs in %d bytes", n)
+	}
+	as, err := a.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := b.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(as, bs) {
+		t.Errorf("machine state differs")
+	}
+	asig, _ := a.Signature()
+	bsig, _ := b.Signature()
+	if asig != bsig {
+		t.Errorf("signatures differ: %+v and %+v", asig, bsig)
+	}
+	if a.Instructions() != b.Instructions() {
+		t.Errorf("instructions executed: %d and %d", a.Instructions(), b.Instructions())
+	}
+}

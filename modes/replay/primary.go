@@ -1,0 +1,639 @@
+package replay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// ErrBackupLost is logged (and wrapped in Stats) when the primary's backup
+// stopped answering and the primary won the next generation: the guest runs
+// on, unprotected, and its outputs are released at once.
+var ErrBackupLost = errors.New("backup lost; continuing alone")
+
+// Primary runs a guest and records its execution into the replay log
+// shipped to a backup (or, without one, just runs it).
+//
+// One goroutine — the caller of Run, the engine — drives the Machine and
+// owns the log writer and every field marked "engine". The sender writes
+// batches and checkpoints in order, the receiver reads acks and resync
+// requests, and a heartbeat goroutine and a watchdog watch the link.
+type Primary struct {
+	cfg   Config
+	m     Machine
+	out   *outbuf.Buffer
+	fence *witness.Fence
+	gen   uint64
+	log   *slog.Logger
+	// Stats counts what the primary did; safe to read at any time.
+	Stats *Stats
+	// Console receives the guest's serial output (nil: discarded). Set
+	// before Run.
+	Console io.Writer
+
+	rx   rxQueue
+	wake chan struct{} // buffered(1): frames arrived, resync asked, link lost
+
+	// Engine.
+	ctx       context.Context
+	clock     guestClock
+	w         BatchWriter
+	lsn       uint64    // LSN of the last entry appended
+	batchAt   time.Time // when the open batch got its first entry
+	released  uint64    // the last EntryReleased appended
+	recording bool      // false when alone: nothing is logged
+	enc       *format.Encoder
+	kickTimer *time.Timer
+	dirtyAt   time.Time // when an entry was last left unflushed
+
+	// The link, while recording. linkCtx ends, with the failure as its
+	// cause, when the link fails (or Run's ctx ends).
+	sendq      chan message
+	linkCtx    context.Context
+	cancelLink context.CancelCauseFunc
+	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
+
+	committed atomic.Uint64 // highest LSN the backup acknowledged
+	resync    atomic.Bool   // the backup asked for a full sync
+	lastSync  atomic.Uint64 // LSN of the latest EntrySync
+}
+
+// message is one framed message on its way to the sender.
+type message struct {
+	t       format.MsgType
+	payload []byte
+}
+
+// NewPrimary prepares a primary for generation gen, already won through
+// fence. m is the guest, built on plug (NewPrimary plugs the recording Env
+// in); out holds the guest's outputs until the backup has the log that
+// produced them (its Env must carry gen and fence).
+func NewPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
+	return newPrimary(cfg, m, plug, out, fence, gen, 0, log)
+}
+
+// newPrimary is NewPrimary with the guest clock starting at clockFrom (a
+// backup going live continues its guest's time).
+func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen, clockFrom uint64, log *slog.Logger) (*Primary, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	cache, err := format.NewPageCache(len(m.Memory()))
+	if err != nil {
+		return nil, err
+	}
+	p := &Primary{
+		cfg: cfg, m: m, out: out, fence: fence, gen: gen, log: log, Stats: &Stats{},
+		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1),
+		clock: newGuestClock(clockFrom), enc: format.NewEncoder(cache),
+	}
+	p.kickTimer = time.AfterFunc(time.Hour, m.Kick)
+	p.kickTimer.Stop()
+	plug.Set(primaryEnv{p})
+	return p, nil
+}
+
+// Receive hands the guest a frame from the network. It is queued until the
+// engine's next boundary, where it is logged and delivered; a full queue
+// drops it, as a NIC does. Safe from any goroutine.
+func (p *Primary) Receive(frame []byte) {
+	if p.rx.push(frame) {
+		p.poke()
+	}
+}
+
+// poke gets the engine's attention: out of a halt wait, or out of the guest.
+func (p *Primary) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	p.m.Kick()
+}
+
+// Run drives the guest until ctx ends or the guest powers off (nil). With a
+// conn to a backup it first brings the backup to the guest's state with a
+// full checkpoint, then records. If the backup is lost it applies the
+// paper's rule: with the next generation won it logs ErrBackupLost and runs
+// on alone; otherwise it stops the guest and returns an error wrapping
+// witness.ErrHalt. conn nil runs alone from the start.
+func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
+	p.ctx = ctx
+	if conn == nil {
+		if err := p.goAlone(); err != nil {
+			return err
+		}
+		return p.drive(ctx)
+	}
+	stop, err := p.connect(conn)
+	if err != nil {
+		p.linkFailed(err)
+	}
+	defer stop()
+	err = p.drive(ctx)
+	p.flush() // what the guest did last goes to the backup too
+	return err
+}
+
+// connect greets the backup and starts the link's goroutines; the returned
+// func stops them.
+func (p *Primary) connect(conn net.Conn) (func(), error) {
+	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
+	p.sendq = make(chan message, p.cfg.MaxInFlight)
+	p.recording = true
+	p.resync.Store(true) // the backup starts from a full checkpoint
+	l := newLink(conn, p.cfg.MaxCheckpoint)
+	pages := uint64(len(p.m.Memory())) / format.PageSize
+	if err := l.hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+		conn.Close()
+		return func() {}, err
+	}
+	stopc := make(chan struct{})
+	sent, received := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer close(sent); p.send(l, stopc) }()
+	go func() { defer close(received); p.receive(l) }()
+	go func() { defer wg.Done(); l.heartbeats(p.cfg.Heartbeat, stopc, p.linkFailed) }()
+	go func() { defer wg.Done(); p.watch(l, stopc) }()
+	// Stopping is graceful: the sender ships what is queued, then the
+	// write side closes, so the backup reads the whole log before the end
+	// of the stream (a plain close with acks unread could reset it).
+	return func() {
+		close(stopc)
+		wg.Wait()
+		<-sent
+		if hc, ok := conn.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+			select {
+			case <-received:
+			case <-time.After(p.cfg.FailureTimeout):
+			}
+		}
+		conn.Close()
+		<-received
+	}, nil
+}
+
+// linkFailed records the first failure of the link and wakes the engine,
+// which applies the backup-lost rule at its next boundary.
+func (p *Primary) linkFailed(err error) {
+	p.broken.Store(true)
+	p.cancelLink(err)
+	p.poke()
+}
+
+// linkIsDown says whether the link failed.
+func (p *Primary) linkIsDown() bool { return p.broken.Load() }
+
+// watch declares the link failed when the backup falls silent.
+func (p *Primary) watch(l *link, stop <-chan struct{}) {
+	t := time.NewTicker(p.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if s := l.silentFor(); s > p.cfg.FailureTimeout {
+				p.linkFailed(fmt.Errorf("nothing from the backup for %v", s.Round(time.Millisecond)))
+				return
+			}
+		}
+	}
+}
+
+// send writes queued messages in order until stop, then what is still
+// queued, unless the link failed.
+func (p *Primary) send(l *link, stop <-chan struct{}) {
+	for {
+		var msg message
+		select {
+		case <-stop:
+			for {
+				select {
+				case msg := <-p.sendq:
+					if p.linkIsDown() || l.send(msg.t, msg.payload, p.cfg.FailureTimeout) != nil {
+						return
+					}
+				default:
+					return
+				}
+			}
+		case msg = <-p.sendq:
+		}
+		if err := l.send(msg.t, msg.payload, p.cfg.FailureTimeout); err != nil {
+			p.linkFailed(err)
+			return
+		}
+		p.Stats.SentBytes.Add(uint64(len(msg.payload)))
+	}
+}
+
+// receive reads acks, resync requests and heartbeats from the backup.
+func (p *Primary) receive(l *link) {
+	for {
+		t, payload, err := l.next()
+		if err != nil {
+			p.linkFailed(fmt.Errorf("reading from the backup: %w", err))
+			return
+		}
+		switch t {
+		case format.MsgAck:
+			a, err := format.DecodeAck(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			if a.Generation != p.gen {
+				continue // another generation's log releases nothing
+			}
+			if err := p.out.Commit(a.Epoch); err != nil {
+				p.linkFailed(fmt.Errorf("releasing outputs through LSN %d: %w", a.Epoch, err))
+				return
+			}
+			if a.Epoch > p.committed.Load() {
+				p.committed.Store(a.Epoch) // only this goroutine stores it
+				p.Stats.Acked.Store(a.Epoch)
+			}
+		case format.MsgResync:
+			r, err := format.DecodeResync(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			if r.Epoch < p.lastSync.Load() {
+				continue // about the log before the latest sync: moot
+			}
+			p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
+			p.Stats.Resyncs.Add(1)
+			p.resync.Store(true)
+			p.poke()
+		case format.MsgHeartbeat:
+		default:
+			p.linkFailed(fmt.Errorf("unexpected %v from the backup", t))
+			return
+		}
+	}
+}
+
+// goAlone makes every output leave at once: there is no backup to wait for.
+func (p *Primary) goAlone() error {
+	p.recording = false
+	p.w.Reset(p.gen, 1)
+	if err := p.out.Commit(math.MaxUint64); err != nil {
+		return fmt.Errorf("releasing held outputs: %w", err)
+	}
+	return nil
+}
+
+// backupLost applies the paper's rule for a primary without its backup:
+// win the next generation and go on alone, or halt.
+func (p *Primary) backupLost() error {
+	if !p.recording {
+		return nil
+	}
+	if err := p.ctx.Err(); err != nil {
+		return err // stopping: not a contest for the next generation
+	}
+	p.recording = false
+	cause := context.Cause(p.linkCtx)
+	p.log.Warn("backup lost", "cause", cause)
+	dctx, cancel := context.WithTimeout(p.ctx, p.cfg.DecideTimeout)
+	defer cancel()
+	if err := witness.PrimaryLostBackup(dctx, p.fence); err != nil {
+		return fmt.Errorf("backup lost (%v), and %w", cause, err)
+	}
+	gen, _ := p.fence.Held()
+	p.log.Warn(ErrBackupLost.Error(), "generation", gen)
+	p.Stats.BackupsLost.Add(1)
+	return p.goAlone()
+}
+
+// drive is the engine loop: boundary work, then run the guest to its next
+// stop and record it.
+func (p *Primary) drive(ctx context.Context) error {
+	defer p.kickTimer.Stop()
+	needMark := true
+	for {
+		if err := p.boundary(); err != nil {
+			return err
+		}
+		if p.m.Halted() {
+			if err := p.waitHalted(); err != nil {
+				return err
+			}
+			continue
+		}
+		if needMark {
+			if err := p.m.Mark(); err != nil {
+				return err
+			}
+			needMark = false
+		}
+		p.armKick()
+		e, err := p.m.Run()
+		p.kickTimer.Stop()
+		if err != nil {
+			return fmt.Errorf("running the guest: %w", err)
+		}
+		if e.Kind == ExitKicked {
+			p.flushIfStale()
+			if !p.workPending() {
+				continue // nothing happened to the guest: nothing to log
+			}
+			sig, err := p.m.Signature()
+			if err != nil {
+				return err
+			}
+			p.append(Entry{Type: EntryLanding, Sig: sig})
+			p.Stats.Landings.Add(1)
+			needMark = true
+			continue
+		}
+		needMark = true
+		p.Stats.Exits.Add(1)
+		p.append(Entry{Type: EntryExit, Exit: e})
+		if !e.Kind.IsIO() {
+			continue
+		}
+		if err := p.m.Complete(&e); err != nil {
+			if errors.Is(err, ErrPowerOff) {
+				return p.finish()
+			}
+			return fmt.Errorf("completing %v: %w", e, err)
+		}
+		if e.Kind.IsRead() {
+			p.append(Entry{Type: EntryValue, Exit: Exit{Size: e.Size, Data: e.Data}})
+		}
+	}
+}
+
+// boundary is the work done between two runs of the guest, each step
+// logged so the backup does the same at the same point: the backup-lost
+// rule and full syncs first, then received frames, due timers, and the
+// interrupt the guest can take.
+func (p *Primary) boundary() error {
+	if err := p.ctx.Err(); err != nil {
+		return err
+	}
+	if p.recording && p.linkIsDown() {
+		if err := p.backupLost(); err != nil {
+			return err
+		}
+	}
+	if p.recording && p.resync.Swap(false) {
+		if err := p.sync(); err != nil {
+			return err
+		}
+	}
+	if c := p.committed.Load(); p.recording && c > p.released {
+		p.append(Entry{Type: EntryReleased, LSN: c})
+		p.released = c
+	}
+	for _, f := range p.rx.take() {
+		if len(f) > MaxFrame {
+			continue // no device takes it; dropped as a NIC drops
+		}
+		p.append(Entry{Type: EntryFrame, Bytes: f})
+		p.m.DeliverFrame(f)
+	}
+	if dl, ok := p.m.TimerDeadline(); ok {
+		if now := p.clock.now(); now >= dl {
+			p.append(Entry{Type: EntryPoll, Time: now})
+			p.m.PollTimers(now)
+		}
+	}
+	delivered, err := p.m.InjectPending()
+	if err != nil {
+		return fmt.Errorf("injecting an interrupt: %w", err)
+	}
+	if delivered {
+		p.append(Entry{Type: EntryInject})
+	}
+	return nil
+}
+
+// workPending says whether an asynchronous stop has something to do at a
+// boundary (and so must be logged as a landing).
+func (p *Primary) workPending() bool {
+	if !p.rx.empty() || p.resync.Load() || p.ctx.Err() != nil || (p.recording && p.linkIsDown()) {
+		return true
+	}
+	dl, ok := p.m.TimerDeadline()
+	return ok && p.clock.now() >= dl
+}
+
+// armKick sets the kick timer for the first of: the guest's timer deadline
+// and the open batch's flush deadline.
+func (p *Primary) armKick() {
+	wait := time.Duration(-1)
+	if dl, ok := p.m.TimerDeadline(); ok {
+		wait = max(p.clock.until(dl), 0)
+	}
+	if p.recording && p.w.Len() > 0 {
+		f := max(p.cfg.FlushInterval-time.Since(p.batchAt), 0)
+		if wait < 0 || f < wait {
+			wait = f
+		}
+	}
+	if wait >= 0 {
+		p.kickTimer.Reset(wait)
+	}
+}
+
+// waitHalted waits while the guest is halted until something may wake it:
+// a frame, a timer deadline, a resync, a link failure or the end of ctx.
+func (p *Primary) waitHalted() error {
+	p.flush()
+	var timer <-chan time.Time
+	if dl, ok := p.m.TimerDeadline(); ok {
+		t := time.NewTimer(max(p.clock.until(dl), 0))
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	case <-p.wake:
+	case <-timer:
+	}
+	return nil
+}
+
+// append logs e (when recording) and ships the batch when it is full.
+func (p *Primary) append(e Entry) {
+	if !p.recording {
+		return
+	}
+	if p.w.Len() == 0 {
+		p.w.Reset(p.gen, p.lsn+1)
+		p.batchAt = time.Now()
+	}
+	p.w.Add(&e)
+	p.lsn++
+	p.Stats.Entries.Add(1)
+	if p.w.Size() >= p.cfg.BatchBytes {
+		p.flush()
+	}
+}
+
+// flushIfStale ships the open batch if its first entry has waited
+// FlushInterval.
+func (p *Primary) flushIfStale() {
+	if p.w.Len() > 0 && time.Since(p.batchAt) >= p.cfg.FlushInterval {
+		p.flush()
+	}
+}
+
+// flush ships the open batch. If the link is down the batch is dropped: the
+// backup-lost rule runs at the next boundary.
+func (p *Primary) flush() {
+	if !p.recording || p.w.Len() == 0 {
+		return
+	}
+	data := append([]byte(nil), p.w.Finish()...)
+	p.w.Reset(p.gen, p.lsn+1)
+	p.Stats.LogBytes.Add(uint64(len(data)))
+	p.Stats.Batches.Add(1)
+	p.enqueue(message{format.MsgLog, data})
+}
+
+// enqueue hands msg to the sender, waiting while MaxInFlight messages are
+// queued; if the link fails (or Run's ctx ends) first, msg is dropped.
+func (p *Primary) enqueue(msg message) {
+	select {
+	case p.sendq <- msg:
+		return
+	default:
+	}
+	select {
+	case p.sendq <- msg:
+	case <-p.linkCtx.Done():
+	}
+}
+
+// hold keeps an output until the backup has the log through the current
+// LSN. The log is shipped first: the ack that releases the output (and
+// makes room, if the buffer is full) needs it. If the backup is lost while
+// the buffer is full, the backup-lost rule runs here.
+func (p *Primary) hold(o outbuf.Output) error {
+	p.flush()
+	for {
+		ctx := p.ctx
+		if p.recording {
+			ctx = p.linkCtx
+		}
+		err := p.out.Hold(ctx, p.lsn, o)
+		if err == nil || !p.recording || p.ctx.Err() != nil {
+			return err
+		}
+		if err := p.backupLost(); err != nil {
+			return err
+		}
+	}
+}
+
+// sync sends the backup a full checkpoint of the guest at a new EntrySync.
+// The guest does not run meanwhile (the engine is here); on fast hosts this
+// is stop-and-copy of all memory, which a pre-copy like checkpoint mode's
+// would shorten.
+func (p *Primary) sync() error {
+	p.append(Entry{Type: EntrySync})
+	s := p.lsn
+	p.lastSync.Store(s)
+	p.flush()
+	start := time.Now()
+	mem := p.m.Memory()
+	if err := p.enc.Begin(nil, format.Header{Kind: format.KindSyncCommit, Flags: format.FlagSyncStart, Generation: p.gen, Epoch: s}); err != nil {
+		return err
+	}
+	for pfn := uint64(0); pfn < uint64(len(mem))/format.PageSize; pfn++ {
+		if err := p.enc.AddPage(pfn, mem[pfn*format.PageSize:(pfn+1)*format.PageSize]); err != nil {
+			p.enc.Abort()
+			return fmt.Errorf("encoding page %d for the sync at LSN %d: %w", pfn, s, err)
+		}
+	}
+	state, err := p.m.SaveState()
+	if err != nil {
+		p.enc.Abort()
+		return fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
+	}
+	data, err := p.enc.Finish(state, true)
+	if err != nil {
+		return err
+	}
+	p.enqueue(message{format.MsgCheckpoint, data})
+	p.Stats.Syncs.Add(1)
+	p.log.Info("full checkpoint sent", "lsn", s, "bytes", len(data), "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// finish is the end of a guest that powered off: its last outputs leave
+// once the backup has the log that produced them (or the primary is alone).
+func (p *Primary) finish() error {
+	p.flush()
+	for p.recording && p.committed.Load() < p.lsn {
+		select {
+		case <-p.linkCtx.Done():
+			if err := p.ctx.Err(); err != nil {
+				return err
+			}
+			if err := p.backupLost(); err != nil {
+				return err
+			}
+		case <-time.After(p.cfg.Heartbeat):
+		}
+	}
+	return nil
+}
+
+// primaryEnv is the recording Env: it answers from this host and logs what
+// it answered.
+type primaryEnv struct{ p *Primary }
+
+func (e primaryEnv) Now() uint64 {
+	t := e.p.clock.now()
+	e.p.append(Entry{Type: EntryTime, Time: t})
+	return t
+}
+
+func (e primaryEnv) ReadDisk(b []byte, off int64) error {
+	// Through the buffer: the guest reads its own held writes.
+	if _, err := e.p.out.ReadAt(b, off); err != nil {
+		return err
+	}
+	for len(b) > 0 {
+		n := min(len(b), MaxDiskRead)
+		e.p.append(Entry{Type: EntryDiskRead, Off: off, Bytes: b[:n]})
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (e primaryEnv) WriteDisk(b []byte, off int64) error {
+	return e.p.hold(outbuf.DiskWrite(b, off))
+}
+
+func (e primaryEnv) SendFrame(frame []byte) error {
+	return e.p.hold(outbuf.NetFrame(frame))
+}
+
+func (e primaryEnv) Console(b []byte) {
+	if e.p.Console != nil {
+		e.p.Console.Write(b)
+	}
+}

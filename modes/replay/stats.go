@@ -1,0 +1,43 @@
+package replay
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Stats counts what an engine did. Every field is safe to read at any time.
+type Stats struct {
+	// Primary.
+	Exits       atomic.Uint64 // synchronous exits recorded
+	Landings    atomic.Uint64 // asynchronous stops recorded by signature
+	Entries     atomic.Uint64 // log entries appended
+	Batches     atomic.Uint64 // batches shipped
+	LogBytes    atomic.Uint64 // encoded log shipped
+	SentBytes   atomic.Uint64 // everything written to the backup
+	Acked       atomic.Uint64 // highest LSN the backup acknowledged
+	Syncs       atomic.Uint64 // full checkpoints sent
+	Resyncs     atomic.Uint64 // full checkpoints the backup asked for
+	BackupsLost atomic.Uint64 // times the primary went on alone
+
+	// Backup.
+	Replayed       atomic.Uint64 // entries applied
+	Received       atomic.Uint64 // highest LSN received
+	Divergences    atomic.Uint64 // divergences detected
+	BreakpointHits atomic.Uint64 // stops at a landing's RIP, matching or not
+	Applied        atomic.Uint64 // full checkpoints applied
+}
+
+// PrimaryLine renders a primary's status line; since is when it started.
+func (s *Stats) PrimaryLine(since time.Time) string {
+	secs := max(time.Since(since).Seconds(), 1e-9)
+	return fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)",
+		s.Acked.Load(), s.Exits.Load(), s.Landings.Load(), float64(s.LogBytes.Load())/1e3/secs,
+		s.Entries.Load(), s.Batches.Load(), s.Syncs.Load(), s.Resyncs.Load())
+}
+
+// BackupLine renders a backup's status line.
+func (s *Stats) BackupLine() string {
+	return fmt.Sprintf("lsn received %d replayed %d  breakpoint hits %d  divergences %d  checkpoints applied %d",
+		s.Received.Load(), s.Replayed.Load(), s.BreakpointHits.Load(), s.Divergences.Load(), s.Applied.Load())
+}
