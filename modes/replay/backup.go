@@ -567,8 +567,15 @@ func (e backupEnv) SendFrame(frame []byte) error {
 // it released it; a live backup emits it.
 func (e backupEnv) suppress(o outbuf.Output) error {
 	b := e.b
-	if b.live != nil {
+	sum, ok := b.expect(EntryOutput)
+	switch {
+	case b.live != nil:
 		return b.live.hold(o)
+	case !ok:
+		return nil // divergence noted
+	case sum.Out != SumOutput(o):
+		b.envErr = &divergence{b.lsn, fmt.Sprintf("the guest emitted %v, the primary's %v", Entry{Type: EntryOutput, Out: SumOutput(o)}, sum)}
+		return nil
 	}
 	b.window = append(b.window, suppressed{pos: b.lsn, out: o})
 	return nil

@@ -331,7 +331,9 @@ func (c *cluster) target() *replay.Primary {
 }
 
 // sameMachine fails the test unless the two machines are in the same
-// state: memory, machine state and signature.
+// state: memory, machine state and signature. (Not the instruction count:
+// it is not machine state, and a backup restored from a checkpoint counts
+// from there.)
 func sameMachine(t *testing.T, a, b *simvm.Machine) {
 	t.Helper()
 	if !bytes.Equal(a.Memory(), b.Memory()) {
@@ -358,8 +360,5 @@ func sameMachine(t *testing.T, a, b *simvm.Machine) {
 	bsig, _ := b.Signature()
 	if asig != bsig {
 		t.Errorf("signatures differ: %+v and %+v", asig, bsig)
-	}
-	if a.Instructions() != b.Instructions() {
-		t.Errorf("instructions executed: %d and %d", a.Instructions(), b.Instructions())
 	}
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/fnv"
+
+	"github.com/ftckpt/ftckpt/outbuf"
 )
 
 // The replay log is a sequence of entries numbered from 1 by their log
@@ -43,11 +46,31 @@ const (
 	// EntrySync: a full checkpoint of the guest at this point follows on the
 	// stream, with its epoch equal to this entry's LSN.
 	EntrySync EntryType = 10
+	// EntryOutput: the guest emitted an output (Out: kind, disk offset,
+	// length and a hash of its bytes). Not input: the backup checks that
+	// its suppressed output is the same, so a divergence that changes only
+	// what the guest says is caught at once.
+	EntryOutput EntryType = 11
 
-	numEntryTypes = 11
+	numEntryTypes = 12
 )
 
-var entryTypeNames = [numEntryTypes]string{"invalid", "exit", "value", "time", "poll", "frame", "disk-read", "landing", "inject", "released", "sync"}
+var entryTypeNames = [numEntryTypes]string{"invalid", "exit", "value", "time", "poll", "frame", "disk-read", "landing", "inject", "released", "sync", "output"}
+
+// OutputSum describes an output without its bytes.
+type OutputSum struct {
+	Kind outbuf.Kind
+	Off  int64  // disk writes
+	Len  uint64 // bytes
+	Hash uint64 // FNV-1a of the bytes
+}
+
+// SumOutput describes o.
+func SumOutput(o outbuf.Output) OutputSum {
+	h := fnv.New64a()
+	h.Write(o.Data)
+	return OutputSum{Kind: o.Kind, Off: o.Off, Len: uint64(len(o.Data)), Hash: h.Sum64()}
+}
 
 func (t EntryType) String() string {
 	if t < numEntryTypes {
@@ -66,6 +89,7 @@ type Entry struct {
 	Bytes []byte    // EntryFrame, EntryDiskRead
 	Sig   Signature // EntryLanding
 	LSN   uint64    // EntryReleased
+	Out   OutputSum // EntryOutput
 }
 
 func (e Entry) String() string {
@@ -84,6 +108,8 @@ func (e Entry) String() string {
 		return fmt.Sprintf("landing rip=%#x regs=%016x dirty=%016x", e.Sig.RIP, e.Sig.Regs, e.Sig.Dirty)
 	case EntryReleased:
 		return fmt.Sprintf("released through %d", e.LSN)
+	case EntryOutput:
+		return fmt.Sprintf("output %v of %d bytes at %d, hash %016x", e.Out.Kind, e.Out.Len, e.Out.Off, e.Out.Hash)
 	}
 	return e.Type.String()
 }
@@ -190,6 +216,14 @@ func (w *BatchWriter) Add(e *Entry) {
 		b = binary.LittleEndian.AppendUint64(b, e.Sig.Dirty)
 	case EntryReleased:
 		b = binary.AppendUvarint(b, e.LSN)
+	case EntryOutput:
+		if e.Out.Off < 0 || (e.Out.Kind != outbuf.KindNetFrame && e.Out.Kind != outbuf.KindDiskWrite) || (e.Out.Kind == outbuf.KindNetFrame && e.Out.Off != 0) {
+			panic(fmt.Sprintf("replay log: %v", e))
+		}
+		b = append(b, byte(e.Out.Kind))
+		b = binary.AppendUvarint(b, uint64(e.Out.Off))
+		b = binary.AppendUvarint(b, e.Out.Len)
+		b = binary.LittleEndian.AppendUint64(b, e.Out.Hash)
 	case EntryInject, EntrySync:
 	default:
 		panic(fmt.Sprintf("replay log: adding %v", e.Type))
@@ -303,6 +337,14 @@ func decodeEntry(p []byte, e *Entry) (int, error) {
 		e.Sig.RIP, e.Sig.Regs, e.Sig.Dirty = d.u64(), d.u64(), d.u64()
 	case EntryReleased:
 		e.LSN = d.uvarint()
+	case EntryOutput:
+		e.Out.Kind = outbuf.Kind(d.byte())
+		off := d.uvarint()
+		e.Out.Len, e.Out.Hash = d.uvarint(), d.u64()
+		if off > 1<<62 || e.Out.Kind != outbuf.KindNetFrame && e.Out.Kind != outbuf.KindDiskWrite || e.Out.Kind == outbuf.KindNetFrame && off != 0 {
+			d.fail("output of kind %d at %d", uint8(e.Out.Kind), off)
+		}
+		e.Out.Off = int64(min(off, 1<<62))
 	case EntryInject, EntrySync:
 	default:
 		d.fail("entry type %d", uint8(e.Type))

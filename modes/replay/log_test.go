@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"reflect"
 	"testing"
+
+	"github.com/ftckpt/ftckpt/outbuf"
 )
 
 // sampleEntries has one entry of every type, with values at the edges of
@@ -31,6 +33,8 @@ func sampleEntries() []Entry {
 		{Type: EntryInject},
 		{Type: EntryReleased, LSN: 41},
 		{Type: EntrySync},
+		{Type: EntryOutput, Out: OutputSum{Kind: outbuf.KindNetFrame, Len: 60, Hash: 1<<64 - 1}},
+		{Type: EntryOutput, Out: OutputSum{Kind: outbuf.KindDiskWrite, Off: 512 * 7, Len: 4096, Hash: 3}},
 	}
 }
 
@@ -140,6 +144,9 @@ func TestEntryRejects(t *testing.T) {
 		"varint not minimal":    one(byte(EntryTime), 0x80, 0x00),
 		"trailing after entry":  one(byte(EntryInject), 0),
 		"released varint empty": one(byte(EntryReleased)),
+		"output kind zero":      one(byte(EntryOutput), 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+		"frame output offset":   one(byte(EntryOutput), byte(outbuf.KindNetFrame), 5, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+		"output hash truncated": one(byte(EntryOutput), byte(outbuf.KindDiskWrite), 0, 1, 0, 0),
 	}
 	for name, buf := range cases {
 		t.Run(name, func(t *testing.T) {

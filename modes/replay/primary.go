@@ -531,6 +531,7 @@ func (p *Primary) enqueue(msg message) {
 // makes room, if the buffer is full) needs it. If the backup is lost while
 // the buffer is full, the backup-lost rule runs here.
 func (p *Primary) hold(o outbuf.Output) error {
+	p.append(Entry{Type: EntryOutput, Out: SumOutput(o)})
 	p.flush()
 	for {
 		ctx := p.ctx

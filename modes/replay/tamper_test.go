@@ -1,0 +1,194 @@
+package replay_test
+
+import (
+	"io"
+	"sync/atomic"
+	"testing"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+)
+
+// tamper returns a primary→backup filter that re-frames every message and
+// lets edit change one log batch (re-encoded, with a valid checksum, so
+// only the backup's checks against its own execution can notice). edit
+// reports whether it changed the batch; it is asked until it does.
+func tamper(edited *atomic.Bool, edit func(b *replay.Batch) bool) filter {
+	return func(from io.Reader, to io.Writer) {
+		r := format.NewReader(from, 0)
+		var b replay.Batch
+		for {
+			t, payload, err := r.Next()
+			if err != nil {
+				return
+			}
+			if t == format.MsgLog && !edited.Load() && replay.DecodeBatch(payload, &b) == nil && edit(&b) {
+				edited.Store(true)
+				var w replay.BatchWriter
+				w.Reset(b.Generation, b.First)
+				for i := range b.Entries {
+					w.Add(&b.Entries[i])
+				}
+				payload = w.Finish()
+			}
+			if format.WriteMessage(to, t, payload) != nil {
+				return
+			}
+		}
+	}
+}
+
+// corrupt returns a filter that flips a bit in the n-th log batch.
+func corrupt(n int) filter {
+	return func(from io.Reader, to io.Writer) {
+		r := format.NewReader(from, 0)
+		for seen := 0; ; {
+			t, payload, err := r.Next()
+			if err != nil {
+				return
+			}
+			if t == format.MsgLog {
+				if seen++; seen == n {
+					payload[len(payload)/2] ^= 0x10
+				}
+			}
+			if format.WriteMessage(to, t, payload) != nil {
+				return
+			}
+		}
+	}
+}
+
+// TestTamperedLogIsDetectedAndResynchronised changes one entry of each
+// kind that feeds the guest, in flight and with a valid checksum: the
+// backup must notice the divergence, ask for a full checkpoint, and end
+// in the primary's state; the client sees only the primary's outputs.
+func TestTamperedLogIsDetectedAndResynchronised(t *testing.T) {
+	cases := []struct {
+		name  string
+		guest string
+		edit  func(e *replay.Entry) bool
+	}{
+		{"clock reading", "tick", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryTime {
+				return false
+			}
+			e.Time += 1000
+			return true
+		}},
+		{"read value", "kv", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryValue {
+				return false
+			}
+			e.Exit.Data[0] ^= 1
+			return true
+		}},
+		{"received frame", "kv", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryFrame || len(e.Bytes) == 0 {
+				return false
+			}
+			e.Bytes = append([]byte(nil), e.Bytes...)
+			e.Bytes[len(e.Bytes)-1] = 'x' // INCR k → INCR x
+			return true
+		}},
+		{"landing", "tick", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryLanding {
+				return false
+			}
+			e.Sig.Regs ^= 1
+			return true
+		}},
+		{"timer poll", "tick", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryPoll {
+				return false
+			}
+			e.Time += 1 << 30
+			return true
+		}},
+		{"exit address", "kv", func(e *replay.Entry) bool {
+			if e.Type != replay.EntryExit || !e.Exit.Kind.IsIO() {
+				return false
+			}
+			e.Exit.Addr++
+			return true
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, tc.guest, paramsFor(tc.guest)...)
+			c.cfg.MaxLandingHits = 1 << 18
+			var edited atomic.Bool
+			seen := 0
+			c.up = tamper(&edited, func(b *replay.Batch) bool {
+				for i := range b.Entries {
+					// The fourth candidate: the backup is running by then.
+					if probe := b.Entries[i]; tc.edit(&probe) {
+						if seen++; seen == 4 {
+							b.Entries[i] = probe
+							return true
+						}
+					}
+				}
+				return false
+			})
+			c.start()
+			drive(t, c, tc.guest, func() bool { return edited.Load() && c.backup.Stats.Applied.Load() >= 2 })
+			c.stopPrimary()
+			c.failover()
+			sameMachine(t, c.pm, c.bm)
+			if c.backup.Stats.Divergences.Load() == 0 {
+				t.Fatal("the tampered entry went unnoticed")
+			}
+			checkOutputs(t, tc.guest, c.client.seen())
+		})
+	}
+}
+
+// TestCorruptBatchIsRejectedAndResynchronised flips a bit in one batch:
+// the backup rejects it, asks for a full checkpoint, skips to it, and ends
+// in the primary's state.
+func TestCorruptBatchIsRejectedAndResynchronised(t *testing.T) {
+	c := newCluster(t, "kv")
+	c.up = corrupt(5)
+	c.start()
+	drive(t, c, "kv", func() bool { return c.backup.Stats.Applied.Load() >= 2 })
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	if r := c.primary.Stats.Resyncs.Load(); r != 1 {
+		t.Errorf("%d full checkpoints asked for one corrupt batch", r)
+	}
+	checkOutputs(t, "kv", c.client.seen())
+}
+
+func paramsFor(guest string) []simvm.Param {
+	if guest == "tick" {
+		return tickParams
+	}
+	return nil
+}
+
+// drive gives the guest work until done says enough.
+func drive(t *testing.T, c *cluster, guest string, done func() bool) {
+	t.Helper()
+	for i := 0; !done(); i++ {
+		if i > 2000 {
+			t.Fatal("the backup never resynchronised")
+		}
+		if guest == "kv" {
+			c.incr(t, 5)
+		} else {
+			c.client.waitFrames(t, len(c.client.seen())+2)
+		}
+	}
+}
+
+func checkOutputs(t *testing.T, guest string, frames []frame) {
+	t.Helper()
+	if guest == "kv" {
+		checkKV(t, frames)
+	} else {
+		checkTicks(t, frames)
+	}
+}
