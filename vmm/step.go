@@ -289,12 +289,22 @@ func (s *Stepper) Complete(e *StepExit) error {
 // Halted reports whether the guest waits in HLT for an interrupt.
 func (s *Stepper) Halted() bool { return s.v.halted }
 
-// Settled reports whether no access is awaiting Complete or the vCPU's
-// next entry: the guest's RIP is then where it resumes.
-func (s *Stepper) Settled() bool { return !s.hasPending && !s.completing }
+// Settle applies the access Complete performed to the vCPU (KVM does it at
+// the next KVM_RUN; this one returns at once), so that the registers are
+// where the guest resumes, before an injected interrupt is delivered. The
+// guest executes nothing. It does nothing if there is no such access.
+func (s *Stepper) Settle() error {
+	if !s.completing {
+		return nil
+	}
+	if err := s.usable(); err != nil {
+		return err
+	}
+	return s.v.do(s.settle)
+}
 
-// RIP returns the guest's RIP (before a pending access is applied: see
-// Settled).
+// RIP returns the guest's RIP (before an access Complete performed is
+// applied: see Settle).
 func (s *Stepper) RIP() (uint64, error) {
 	var rip uint64
 	err := s.onThreadIfStale(func() (err error) { rip, err = s.rip(); return err })

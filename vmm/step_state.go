@@ -43,10 +43,8 @@ func (s *Stepper) SaveState() ([]byte, error) {
 	if s.hasPending {
 		return nil, fmt.Errorf("saving state: the %v exit was not completed", s.pending)
 	}
-	if s.completing {
-		if err := s.v.do(s.settle); err != nil {
-			return nil, fmt.Errorf("saving state: %w", err)
-		}
+	if err := s.Settle(); err != nil {
+		return nil, fmt.Errorf("saving state: %w", err)
 	}
 	return s.m.SaveState()
 }

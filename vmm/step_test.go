@@ -64,8 +64,8 @@ func TestStepperCompletePIO(t *testing.T) {
 	if err := s.Complete(&e); err != nil {
 		t.Fatal(err)
 	}
-	if con.String() != "h" || s.Settled() {
-		t.Fatalf("console %q, settled %v: the OUT did not reach the UART or the vCPU is not waiting to apply it", con.String(), s.Settled())
+	if con.String() != "h" || !s.completing {
+		t.Fatalf("console %q, completing %v: the OUT did not reach the UART or the vCPU is not waiting to apply it", con.String(), s.completing)
 	}
 	if calls != 0 {
 		t.Fatalf("an OUT to the UART read the time %d times", calls)

@@ -1,0 +1,310 @@
+package replay
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/vmm"
+)
+
+// KVMConfig describes the machine NewKVMMachine builds: one vCPU, no
+// in-kernel irqchip (the userspace PIC and PIT), a bundled guest and the
+// virtio devices it uses, attached in `ftckpt run`'s order (network, then
+// disk). Two KVMMachines built from the same KVMConfig are the same machine:
+// one's state restores into the other.
+type KVMConfig struct {
+	// Guest is the bundled guest program (guests.Names).
+	Guest string
+	// MemSize is the guest RAM in bytes; 0 means 64 MiB. At most
+	// vmm.LowRAMTop, so that RAM is guest-physical from 0 (Memory).
+	MemSize int64
+	// Params are the guest's parameters.
+	Params map[string]string
+	// Net attaches virtio-net (MAC, zero: vmm.DefaultGuestMAC): transmitted
+	// frames go to Env.SendFrame, received ones come from DeliverFrame.
+	Net bool
+	MAC [6]byte
+	// DiskSize, if not zero, attaches virtio-blk over a disk of that many
+	// bytes (a multiple of 512) read and written through the Env.
+	DiskSize int64
+	// SingleStep makes RunTo single-step the guest instead of arming a
+	// hardware breakpoint: slower, and independent of the debug registers.
+	SingleStep bool
+}
+
+// KVMConfigFor is `ftckpt run`'s machine for guest with its defaults: 64
+// MiB, virtio-net for the kv guest and a 64 MiB disk for the disk guest
+// (--net auto, --disk auto, --disk-size 64M).
+func KVMConfigFor(guest string) KVMConfig {
+	c := KVMConfig{Guest: guest, MemSize: 64 << 20}
+	switch guest {
+	case "kv":
+		c.Net = true
+	case "disk":
+		c.DiskSize = 64 << 20
+	}
+	return c
+}
+
+func (c *KVMConfig) validate() error {
+	if c.MemSize == 0 {
+		c.MemSize = 64 << 20
+	}
+	if err := vmm.ValidateMemSize(c.MemSize); err != nil {
+		return err
+	}
+	if c.MemSize > vmm.LowRAMTop {
+		return fmt.Errorf("memory size %d bytes: a replayed machine has at most %d MiB, all below the MMIO hole", c.MemSize, vmm.LowRAMTop>>20)
+	}
+	if c.DiskSize < 0 || c.DiskSize%512 != 0 {
+		return fmt.Errorf("disk of %d bytes: not a multiple of 512", c.DiskSize)
+	}
+	return nil
+}
+
+// KVMMachine is a Machine on KVM (vmm.Stepper): the replay engine's guest
+// on real hardware. Every device's non-determinism goes through the Env
+// given to NewKVMMachine (see kvm_devices.go): the guest clock and the PIT
+// read Env.Now, the serial port writes Env.Console, virtio-blk reads and
+// writes the disk with Env.ReadDisk and Env.WriteDisk, virtio-net transmits
+// with Env.SendFrame and receives only in DeliverFrame. No backend
+// goroutine touches a device.
+//
+// An exit's RIP is the accessing instruction's for an access, the next
+// instruction's after HLT.
+//
+// As Machine says, the engine calls every method from one goroutine except
+// Kick, which any goroutine may call.
+type KVMMachine struct {
+	cfg     KVMConfig
+	st      *vmm.Stepper
+	mem     *vmm.GuestMemory
+	net     *vmm.VirtioNet // nil without Net
+	tracker dirtylog.Tracker
+	// dirty accumulates the pages written since Mark; scratch takes what
+	// Mark discards.
+	dirty, scratch *dirtylog.Bitmap
+	// fault is the first error an Env call returned inside a device.
+	fault kvmFault
+	land  kvmLanding
+}
+
+var _ Machine = (*KVMMachine)(nil)
+
+// NewKVMMachine builds the machine cfg describes, loads its guest and wires
+// its devices to env. Close it when done.
+func NewKVMMachine(cfg KVMConfig, env Env) (*KVMMachine, error) {
+	if env == nil {
+		return nil, errors.New("a KVMMachine needs an Env")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	img, err := guests.Image(cfg.Guest)
+	if err != nil {
+		return nil, err
+	}
+	st, err := vmm.NewStepper(vmm.Config{VCPUs: 1, MemSize: cfg.MemSize, Params: cfg.Params, Console: kvmConsole{env}})
+	if err != nil {
+		return nil, err
+	}
+	k := &KVMMachine{cfg: cfg, st: st, land: kvmLanding{singleStep: cfg.SingleStep}}
+	built := false
+	defer func() {
+		if !built {
+			k.Close()
+		}
+	}()
+	m := st.Machine()
+	k.mem = m.Memory()
+	var boot []vmm.BootDevice
+	if cfg.Net {
+		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{MAC: cfg.MAC, Sink: kvmSink{env, &k.fault}, RxBacklog: 1})
+		if err != nil {
+			return nil, err
+		}
+		boot, k.net = append(boot, bd), dev
+	}
+	if cfg.DiskSize > 0 {
+		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: &kvmDisk{env, cfg.DiskSize, &k.fault}})
+		if err != nil {
+			return nil, err
+		}
+		boot = append(boot, bd)
+	}
+	if k.tracker, err = dirtylog.New(m, dirtylog.ModeBitmap); err != nil {
+		return nil, err
+	}
+	if err := m.LoadBareMetal(img, boot); err != nil {
+		return nil, err
+	}
+	st.SetTimeSource(env.Now)
+	k.dirty, k.scratch = dirtylog.NewBitmap(k.mem.Pages()), dirtylog.NewBitmap(k.mem.Pages())
+	if err := k.Mark(); err != nil {
+		return nil, err
+	}
+	built = true
+	return k, nil
+}
+
+// Close releases the machine.
+func (k *KVMMachine) Close() error {
+	var errs []error
+	if k.tracker != nil {
+		errs = append(errs, k.tracker.Close())
+	}
+	return errors.Join(append(errs, k.st.Close())...)
+}
+
+// Run implements Machine.
+func (k *KVMMachine) Run() (Exit, error) {
+	if k.fault.err != nil {
+		return Exit{}, k.fault.err
+	}
+	s, err := k.land.run(k.st)
+	if err != nil {
+		return Exit{}, err
+	}
+	return kvmExit(s)
+}
+
+// RunTo implements Machine, with a hardware breakpoint or by single steps
+// (KVMConfig.SingleStep); see kvmLanding.
+func (k *KVMMachine) RunTo(rip uint64) (Exit, error) {
+	if k.fault.err != nil {
+		return Exit{}, k.fault.err
+	}
+	s, err := k.land.runTo(k.st, rip)
+	if err != nil {
+		return Exit{}, err
+	}
+	return kvmExit(s)
+}
+
+// Kick implements Machine: immediate_exit and a signal to the vCPU thread.
+func (k *KVMMachine) Kick() { k.st.Kick() }
+
+// Complete implements Machine. A device that calls the Env does so here; an
+// Env error is returned (and fails every later call).
+func (k *KVMMachine) Complete(e *Exit) error {
+	if k.fault.err != nil {
+		return k.fault.err
+	}
+	s, err := kvmStepExit(e)
+	if err != nil {
+		return err
+	}
+	err = k.st.Complete(&s)
+	if k.fault.err != nil {
+		return k.fault.err
+	}
+	if errors.Is(err, vmm.ErrPoweredOff) {
+		status, _ := k.st.Machine().Wait() // stopped: returns at once
+		return fmt.Errorf("%w with status %d", ErrPowerOff, status)
+	}
+	if err != nil {
+		return err
+	}
+	e.Data = s.Data
+	return nil
+}
+
+// InjectPending implements Machine with the userspace PIC.
+func (k *KVMMachine) InjectPending() (bool, error) {
+	if k.fault.err != nil {
+		return false, k.fault.err
+	}
+	delivered, err := k.st.Inject()
+	if delivered {
+		k.land.delivered()
+	}
+	return delivered, err
+}
+
+// Halted implements Machine.
+func (k *KVMMachine) Halted() bool { return k.st.Halted() }
+
+// TimerDeadline implements Machine: the PIT's next interrupt.
+func (k *KVMMachine) TimerDeadline() (uint64, bool) { return k.st.TimerDeadline() }
+
+// PollTimers implements Machine.
+func (k *KVMMachine) PollTimers(now uint64) { k.st.PollTimers(now) }
+
+// DeliverFrame implements Machine: the frame goes into the buffer the guest
+// posted, or is dropped (no network device, no buffer, bad size).
+func (k *KVMMachine) DeliverFrame(frame []byte) {
+	if k.net != nil {
+		k.net.ReceiveNow(frame)
+	}
+}
+
+// Mark implements Machine: it harvests and drops the pages written so far.
+//
+// Cost, at every stop the engine records: KVM_GET_DIRTY_LOG, in which the
+// kernel copies one bit per page of RAM (2 KiB for 64 MiB, 96 KiB for
+// 3 GiB), KVM_CLEAR_DIRTY_LOG for the runs of dirty pages (re-protecting
+// them, so the guest's next write to each faults once into KVM), and a scan
+// of the VMM's bitmap (one word per 64 pages). So O(RAM/64) words plus
+// O(pages written), whatever the guest did.
+func (k *KVMMachine) Mark() error {
+	if k.fault.err != nil {
+		return k.fault.err
+	}
+	k.scratch.Clear()
+	if _, err := k.tracker.Harvest(k.scratch); err != nil {
+		return err
+	}
+	k.dirty.Clear()
+	return nil
+}
+
+// Signature implements Machine: Regs hashes RAX..R15, RIP and RFLAGS
+// (without the debug flags TF and RF: vmm.HashRegs); Dirty hashes (page
+// number, contents) of each page written since Mark, by the vCPU (KVM's
+// dirty log) or by a device (the VMM's bitmap), in page order. Costs a
+// harvest (see Mark) and reading every dirty page.
+func (k *KVMMachine) Signature() (Signature, error) {
+	if k.fault.err != nil {
+		return Signature{}, k.fault.err
+	}
+	rip, err := k.st.RIP()
+	if err != nil {
+		return Signature{}, err
+	}
+	regs, err := k.st.RegsHash()
+	if err != nil {
+		return Signature{}, err
+	}
+	if _, err := k.tracker.Harvest(k.dirty); err != nil {
+		return Signature{}, err
+	}
+	return Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty)}, nil
+}
+
+// Memory implements Machine: RAM is one mapping, guest-physical from 0 (at
+// most vmm.LowRAMTop). Writes through it are not dirty-tracked:
+// RestoreState starts a new Mark interval.
+func (k *KVMMachine) Memory() []byte { return k.mem.Bytes() }
+
+// SaveState implements Machine: the vCPU, the PIC, PIT, clock, serial port,
+// PCI and virtio devices, in vmm's checksummed encoding.
+func (k *KVMMachine) SaveState() ([]byte, error) {
+	if k.fault.err != nil {
+		return nil, k.fault.err
+	}
+	return k.st.SaveState()
+}
+
+// RestoreState implements Machine.
+func (k *KVMMachine) RestoreState(state []byte) error {
+	if k.fault.err != nil {
+		return k.fault.err
+	}
+	if err := k.st.RestoreState(state); err != nil {
+		return err
+	}
+	k.land.delivered() // forget the last stop: the state was replaced
+	return k.Mark()
+}

@@ -1,0 +1,329 @@
+package replay
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"regexp"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// kvmTestEnv is the Env of the KVM tests. Recording, Now is a virtual clock
+// that each read advances by a microsecond and the test moves to the timer's
+// deadline while the guest halts; its answers are kept. Replaying, Now
+// answers those, in order. The disk is a byte slice; outputs are kept.
+type kvmTestEnv struct {
+	t         *testing.T
+	now       uint64
+	nows      []uint64
+	replaying bool
+	disk      []byte
+	frames    [][]byte
+	console   bytes.Buffer
+}
+
+func (e *kvmTestEnv) Now() uint64 {
+	if !e.replaying {
+		e.now += 1000
+		e.nows = append(e.nows, e.now)
+		return e.now
+	}
+	if len(e.nows) == 0 {
+		e.t.Error("the replayed guest read the time more often than the recorded one")
+		return e.now
+	}
+	e.now, e.nows = e.nows[0], e.nows[1:]
+	return e.now
+}
+
+func (e *kvmTestEnv) ReadDisk(p []byte, off int64) error {
+	copy(p, e.disk[off:])
+	return nil
+}
+
+func (e *kvmTestEnv) WriteDisk(p []byte, off int64) error {
+	copy(e.disk[off:], p)
+	return nil
+}
+
+func (e *kvmTestEnv) SendFrame(frame []byte) error {
+	e.frames = append(e.frames, slices.Clone(frame))
+	return nil
+}
+
+func (e *kvmTestEnv) Console(p []byte) { e.console.Write(p) }
+
+// kvmAction is one thing the test engine did at a boundary: PollTimers(poll)
+// if poll != 0, else InjectPending, which returned delivered.
+type kvmAction struct {
+	poll      uint64
+	delivered bool
+}
+
+// kvmStop is one recorded stop: the boundary actions before the run, the
+// exit (with its data after Complete), and the signature of a kick.
+type kvmStop struct {
+	actions []kvmAction
+	exit    Exit
+	sig     Signature
+}
+
+// kvmRecorder is a miniature primary: it runs a KVMMachine, kicking it at
+// random moments, and records every stop.
+type kvmRecorder struct {
+	t     *testing.T
+	m     *KVMMachine
+	env   *kvmTestEnv
+	rnd   *rand.Rand
+	stops []kvmStop
+	off   bool
+}
+
+func newKVMMachine(t *testing.T, cfg KVMConfig, env *kvmTestEnv) *KVMMachine {
+	t.Helper()
+	vmmtest.RequireKVM(t)
+	m, err := NewKVMMachine(cfg, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// boundary polls the timer when due (moving time to the deadline while the
+// guest halts) and injects what the guest can take, until it can run.
+func (r *kvmRecorder) boundary() []kvmAction {
+	var acts []kvmAction
+	for {
+		if dl, ok := r.m.TimerDeadline(); ok {
+			if r.m.Halted() {
+				r.env.now = max(r.env.now, dl)
+			}
+			if r.env.now >= dl {
+				r.m.PollTimers(r.env.now)
+				acts = append(acts, kvmAction{poll: r.env.now})
+			}
+		}
+		delivered, err := r.m.InjectPending()
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		acts = append(acts, kvmAction{delivered: delivered})
+		if !r.m.Halted() {
+			return acts
+		}
+		if _, ok := r.m.TimerDeadline(); !ok {
+			r.t.Fatalf("the guest halts with no timer armed:\n%s", r.env.console.String())
+		}
+	}
+}
+
+// record runs n stops (or to power-off), kicking the guest with chance
+// kickPct in 100 per run after a random delay of up to maxDelay.
+func (r *kvmRecorder) record(n, kickPct int, maxDelay time.Duration) {
+	for i := 0; i < n && !r.off; i++ {
+		s := kvmStop{actions: r.boundary()}
+		if err := r.m.Mark(); err != nil {
+			r.t.Fatal(err)
+		}
+		var kick *time.Timer
+		switch x := r.rnd.Intn(100); {
+		case x < kickPct/4:
+			r.m.Kick() // before the run: it stops at once
+		case x < kickPct:
+			kick = time.AfterFunc(time.Duration(r.rnd.Int63n(int64(maxDelay))), r.m.Kick)
+		}
+		e, err := r.m.Run()
+		if kick != nil {
+			// One that fired after Run returned stops the next run at once.
+			kick.Stop()
+		}
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if e.Kind == ExitKicked {
+			if s.sig, err = r.m.Signature(); err != nil {
+				r.t.Fatal(err)
+			}
+		}
+		if e.Kind.IsIO() {
+			err := r.m.Complete(&e)
+			if errors.Is(err, ErrPowerOff) {
+				r.off = true
+			} else if err != nil {
+				r.t.Fatal(err)
+			}
+		}
+		s.exit = e
+		r.stops = append(r.stops, s)
+	}
+}
+
+// replay runs m through the recorded stops as a backup does: the same
+// boundary actions, every synchronous exit checked, every kick landed with
+// RunTo until the signature matches.
+func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits int) {
+	t.Helper()
+	for i, s := range stops {
+		for _, a := range s.actions {
+			if a.poll != 0 {
+				m.PollTimers(a.poll)
+				continue
+			}
+			delivered, err := m.InjectPending()
+			if err != nil || delivered != a.delivered {
+				t.Fatalf("stop %d: InjectPending %v, %v; recorded %v", i, delivered, err, a.delivered)
+			}
+		}
+		if m.Halted() {
+			t.Fatalf("stop %d: halted where the recorded guest ran", i)
+		}
+		if err := m.Mark(); err != nil {
+			t.Fatal(err)
+		}
+		want := s.exit
+		if want.Kind == ExitKicked {
+			landings++
+			for n := 1; ; n++ {
+				e, err := m.RunTo(s.sig.RIP)
+				if err != nil || e.Kind != ExitBreakpoint {
+					t.Fatalf("stop %d: landing at %#x: %v, %v", i, s.sig.RIP, e, err)
+				}
+				hits++
+				sig, err := m.Signature()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sig == s.sig {
+					break
+				}
+				if n == 1_000_000 {
+					t.Fatalf("stop %d: no match for %+v in %d stops at its RIP", i, s.sig, n)
+				}
+			}
+			continue
+		}
+		e, err := m.Run()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind != want.Kind || e.RIP != want.RIP || e.Addr != want.Addr || e.Size != want.Size ||
+			(e.Kind == ExitPIOWrite || e.Kind == ExitMMIOWrite) && e.Data != want.Data {
+			t.Fatalf("stop %d: %v (data % x), recorded %v (data % x)", i, e, e.Data, want, want.Data)
+		}
+		if e.Kind.IsIO() {
+			if err := m.Complete(&e); err != nil && !errors.Is(err, ErrPowerOff) {
+				t.Fatal(err)
+			}
+			if e.Data != want.Data {
+				t.Fatalf("stop %d: %v read % x, recorded % x", i, e, e.Data, want.Data)
+			}
+		}
+	}
+	return landings, hits
+}
+
+// TestKVMTickGuestStepped steps the tick guest through 300 stops with no
+// kicks: accesses completed through the Env's devices, HLTs ended by the
+// PIT's interrupt injected from the userspace PIC.
+func TestKVMTickGuestStepped(t *testing.T) {
+	env := &kvmTestEnv{t: t}
+	m := newKVMMachine(t, KVMConfig{Guest: "tick", Params: map[string]string{"hz": "1000", "every": "1"}}, env)
+	r := &kvmRecorder{t: t, m: m, env: env, rnd: rand.New(rand.NewSource(1))}
+	r.record(300, 0, 1)
+	kinds, delivered := map[ExitKind]int{}, 0
+	for _, s := range r.stops {
+		kinds[s.exit.Kind]++
+		for _, a := range s.actions {
+			if a.delivered {
+				delivered++
+			}
+		}
+	}
+	if len(r.stops) != 300 || kinds[ExitPIOWrite] == 0 || kinds[ExitPIORead] == 0 || kinds[ExitHalt] == 0 || delivered < kinds[ExitHalt] {
+		t.Fatalf("%d stops: %v, %d interrupts delivered", len(r.stops), kinds, delivered)
+	}
+	if !regexp.MustCompile(`^tick: start hz=1000 every=1 ticks=0 irqchip=user\ntick 1\n`).MatchString(env.console.String()) {
+		t.Fatalf("console %q, exits %v", env.console.String(), kinds)
+	}
+	if len(env.nows) == 0 {
+		t.Fatal("programming the PIT read no time from the Env")
+	}
+}
+
+// TestKVMRecordReplay records a guest kicked at random moments and replays
+// it on a second machine, landing every kick with RunTo, with the hardware
+// breakpoint and by single steps: same exits, same data, same console.
+func TestKVMRecordReplay(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		cfg    KVMConfig
+		stops  int
+		kick   int
+		delays time.Duration
+	}{
+		{"counter", KVMConfig{Guest: "counter", Params: map[string]string{"every": "500"}}, 200, 20, 5 * time.Millisecond},
+		{"tick", KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "40"}}, 3000, 20, 2 * time.Millisecond},
+	} {
+		for _, single := range []bool{false, true} {
+			name := c.name + "/breakpoint"
+			if single {
+				name = c.name + "/single-step"
+			}
+			t.Run(name, func(t *testing.T) {
+				penv := &kvmTestEnv{t: t}
+				r := &kvmRecorder{t: t, m: newKVMMachine(t, c.cfg, penv), env: penv, rnd: rand.New(rand.NewSource(7))}
+				r.record(c.stops, c.kick, c.delays)
+				benv := &kvmTestEnv{t: t, replaying: true, nows: slices.Clone(penv.nows)}
+				bcfg := c.cfg
+				bcfg.SingleStep = single
+				landings, hits := replayStops(t, newKVMMachine(t, bcfg, benv), r.stops)
+				if landings == 0 {
+					t.Fatal("no kick landed between exits: nothing was tested")
+				}
+				if benv.console.String() != penv.console.String() || len(benv.nows) != 0 {
+					t.Fatalf("consoles differ or time reads left (%d):\n%s\n---\n%s", len(benv.nows), penv.console.String(), benv.console.String())
+				}
+				t.Logf("%d stops, %d landings in %d breakpoint stops", len(r.stops), landings, hits)
+			})
+		}
+	}
+}
+
+// TestKVMSaveRestore saves a running guest between two stops, restores it
+// with its memory into a fresh machine, and replays there what the first
+// one does next, kicks included.
+func TestKVMSaveRestore(t *testing.T) {
+	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
+	penv := &kvmTestEnv{t: t}
+	a := newKVMMachine(t, cfg, penv)
+	r := &kvmRecorder{t: t, m: a, env: penv, rnd: rand.New(rand.NewSource(3))}
+	r.record(700, 10, 2*time.Millisecond)
+	state, err := a.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := slices.Clone(a.Memory())
+	penv.nows, r.stops = nil, nil
+	r.record(500, 20, 2*time.Millisecond)
+
+	benv := &kvmTestEnv{t: t, replaying: true, nows: slices.Clone(penv.nows)}
+	b := newKVMMachine(t, cfg, benv)
+	corrupt := slices.Clone(state)
+	corrupt[len(corrupt)/2] ^= 1
+	if err := b.RestoreState(corrupt); err == nil {
+		t.Fatal("a corrupt state was restored")
+	}
+	copy(b.Memory(), mem)
+	if err := b.RestoreState(state); err != nil {
+		t.Fatal(err)
+	}
+	replayStops(t, b, r.stops)
+	if len(benv.nows) != 0 {
+		t.Fatalf("%d time reads left", len(benv.nows))
+	}
+}
