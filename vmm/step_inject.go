@@ -1,7 +1,7 @@
 package vmm
 
 import (
-	"errors"
+	"fmt"
 
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
@@ -47,8 +47,10 @@ func (s *Stepper) Inject() (bool, error) {
 
 // settle enters KVM_RUN with immediate_exit set: KVM applies an access
 // Complete performed and refreshes kvm_run's interrupt fields, and the
-// guest executes nothing. Precondition: on the vCPU's thread; no exit
-// awaits Complete (KVM would complete it with whatever is in kvm_run).
+// guest executes nothing. Under a single step, applying the access ends
+// the step: KVM reports that (KVM_EXIT_DEBUG) instead of EINTR.
+// Precondition: on the vCPU's thread; no exit awaits Complete (KVM would
+// complete it with whatever is in kvm_run).
 func (s *Stepper) settle() error {
 	s.kick.forceImmediateExit()
 	kicked, err := kvmapi.Run(s.v.fd)
@@ -56,7 +58,10 @@ func (s *Stepper) settle() error {
 		return err
 	}
 	if !kicked {
-		return errors.New("KVM_RUN with immediate_exit returned an exit instead of EINTR")
+		ex, err := decodeStepExit(s.v.run)
+		if err != nil || ex.Reason != StepDebug || !ex.Stepped {
+			return fmt.Errorf("KVM_RUN with immediate_exit returned an exit (%v, %v) instead of EINTR", ex, err)
+		}
 	}
 	s.completing, s.fresh, s.regsOK = false, true, false
 	return nil

@@ -21,6 +21,8 @@ import (
 // kvmFault and hands the device errEnvFailed, which the device treats as a
 // failed request (a dropped frame, IOERR); the KVMMachine method that ran
 // the device returns the Env's error, and every later call fails with it.
+// A blocked output call holds its device's lock (vmm's hooks are called
+// under it): harmless here, as only the engine's goroutine uses the devices.
 
 // errEnvFailed is what a device hook answers when the Env failed.
 var errEnvFailed = errors.New("the replay Env failed; the machine stops")
