@@ -25,6 +25,13 @@ type Config struct {
 	// MaxLandingHits bounds how often the backup may reach a landing's RIP
 	// without its signature matching before it declares divergence.
 	MaxLandingHits int
+	// LandingDelay is how long a due interrupt (timer, received frame) may
+	// wait for the guest's next synchronous exit before the primary kicks
+	// the guest out to deliver it. An interrupt delivered at a kick is a
+	// landing, which the backup reaches by stopping at its RIP until the
+	// signature matches — costly in a loop; one delivered at an exit costs
+	// nothing extra. Zero kicks at once.
+	LandingDelay time.Duration
 	// RxQueue bounds the received frames waiting for the primary's next
 	// boundary; more are dropped, as a NIC drops.
 	RxQueue int
@@ -40,7 +47,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		BatchBytes: 64 << 10, FlushInterval: time.Millisecond, MaxInFlight: 64,
-		BackupQueueBytes: 64 << 20, MaxLandingHits: 1 << 20, RxQueue: 256,
+		BackupQueueBytes: 16 << 20, MaxLandingHits: 1 << 20, RxQueue: 256, LandingDelay: time.Millisecond,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: time.Second, DecideTimeout: 5 * time.Second,
 		MaxCheckpoint: format.DefaultMaxCheckpoint,
 	}
@@ -58,6 +65,7 @@ func (c Config) Validate() error {
 	check(c.FlushInterval <= 0, "flush interval %v: must be positive", c.FlushInterval)
 	check(c.MaxInFlight < 1, "max in flight %d: must be at least 1", c.MaxInFlight)
 	check(c.BackupQueueBytes < MaxBatch, "backup queue of %d bytes: must hold at least one batch (%d)", c.BackupQueueBytes, MaxBatch)
+	check(c.LandingDelay < 0 || c.LandingDelay > time.Second, "landing delay %v: must be 0 to 1s", c.LandingDelay)
 	check(c.MaxLandingHits < 1, "max landing hits %d: must be at least 1", c.MaxLandingHits)
 	check(c.RxQueue < 1, "rx queue %d: must be at least 1", c.RxQueue)
 	check(c.Heartbeat <= 0, "heartbeat %v: must be positive", c.Heartbeat)

@@ -12,7 +12,7 @@ import (
 
 // tickParams make the tick guest busy enough that its timer often fires
 // while it computes, so interrupts land by signature, not only at HLT.
-var tickParams = []simvm.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 20_000}, {Name: "every", Value: 5}}
+var tickParams = []simvm.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5_000}, {Name: "every", Value: 5}}
 
 // incr drives the kv guest like a UDP client: it sends INCR and waits for
 // a new reply, resending after a timeout. It returns when n replies came.
@@ -75,7 +75,7 @@ func TestBackupReplaysToTheSameState(t *testing.T) {
 	t.Run("tick", func(t *testing.T) {
 		c := newCluster(t, "tick", tickParams...)
 		c.start()
-		c.client.waitFrames(t, 40)
+		c.client.waitFrames(t, 30)
 		c.stopPrimary()
 		c.failover()
 		sameMachine(t, c.pm, c.bm)

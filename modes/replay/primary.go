@@ -44,6 +44,10 @@ type Primary struct {
 
 	rx   rxQueue
 	wake chan struct{} // buffered(1): frames arrived, resync asked, link lost
+	// rxKick kicks the guest LandingDelay after a frame arrived, if no
+	// synchronous exit delivered it first; rxKickArmed says it is set.
+	rxKick      *time.Timer
+	rxKickArmed atomic.Bool
 
 	// Engine.
 	ctx       context.Context
@@ -103,6 +107,8 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 	}
 	p.kickTimer = time.AfterFunc(time.Hour, m.Kick)
 	p.kickTimer.Stop()
+	p.rxKick = time.AfterFunc(time.Hour, func() { p.rxKickArmed.Store(false); m.Kick() })
+	p.rxKick.Stop()
 	plug.Set(primaryEnv{p})
 	return p, nil
 }
@@ -112,16 +118,24 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 // drops it, as a NIC does. Safe from any goroutine.
 func (p *Primary) Receive(frame []byte) {
 	if p.rx.push(frame) {
-		p.poke()
+		p.wakeHalted()
+		if p.rxKickArmed.CompareAndSwap(false, true) {
+			p.rxKick.Reset(p.cfg.LandingDelay)
+		}
+	}
+}
+
+// wakeHalted gets a halt wait's attention.
+func (p *Primary) wakeHalted() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
 	}
 }
 
 // poke gets the engine's attention: out of a halt wait, or out of the guest.
 func (p *Primary) poke() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.wakeHalted()
 	p.m.Kick()
 }
 
@@ -327,6 +341,7 @@ func (p *Primary) backupLost() error {
 // stop and record it.
 func (p *Primary) drive(ctx context.Context) error {
 	defer p.kickTimer.Stop()
+	defer p.rxKick.Stop()
 	needMark := true
 	for {
 		if err := p.boundary(); err != nil {
@@ -438,11 +453,13 @@ func (p *Primary) workPending() bool {
 }
 
 // armKick sets the kick timer for the first of: the guest's timer deadline
-// and the open batch's flush deadline.
+// plus LandingDelay (a synchronous exit before then delivers the interrupt
+// without a landing, which the backup reaches far more cheaply), and the
+// open batch's flush deadline.
 func (p *Primary) armKick() {
 	wait := time.Duration(-1)
 	if dl, ok := p.m.TimerDeadline(); ok {
-		wait = max(p.clock.until(dl), 0)
+		wait = max(p.clock.until(dl)+p.cfg.LandingDelay, 0)
 	}
 	if p.recording && p.w.Len() > 0 {
 		f := max(p.cfg.FlushInterval-time.Since(p.batchAt), 0)
