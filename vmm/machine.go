@@ -118,6 +118,10 @@ type Machine struct {
 	onDirtyRingFull func(vcpu int) error
 	// quiescers are devices to quiesce on pause; set before Start.
 	quiescers []Quiescer
+	// stepped is set by NewStepper: the Stepper drives the vCPU, so Start
+	// is refused (and with it Pause and Resume, which need a started
+	// machine).
+	stepped bool
 
 	// pauseReq is set while vCPUs are asked to stop entering the guest. It is
 	// read by vCPU threads without mu.
@@ -401,6 +405,9 @@ func (m *Machine) onEveryVCPU(fn func(*VCPU) error) error {
 func (m *Machine) Start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stepped {
+		return errors.New("cannot start a machine driven by a Stepper")
+	}
 	if m.state != stateCreated {
 		return fmt.Errorf("cannot start a machine that is %v", m.state)
 	}

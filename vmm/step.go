@@ -81,6 +81,7 @@ func NewStepper(cfg Config) (*Stepper, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.stepped = true
 	s := &Stepper{m: m, v: m.vcpus[0]}
 	s.kick.word = runWord(s.v.run)
 	m.AddComponent(stepComponent{s})

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
 
 // prepareUserspaceInterrupts runs before each KVM_RUN of a machine without
@@ -28,7 +28,7 @@ func (v *VCPU) prepareUserspaceInterrupts() bool {
 	if m.pic.Pending() {
 		if r.ReadyForInterruptInjection != 0 && r.IfFlag != 0 {
 			if vec, ok := m.pic.Acknowledge(); ok {
-				if err := kvm.InjectInterrupt(uintptr(v.fd), uint32(vec)); err != nil {
+				if err := kvmapi.InjectInterrupt(v.fd, vec); err != nil {
 					m.fail(fmt.Errorf("vCPU %d: KVM_INTERRUPT vector %d: %w", v.index, vec, err))
 					return false
 				}
