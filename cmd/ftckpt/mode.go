@@ -17,6 +17,7 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/dirtylog"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
@@ -40,6 +41,8 @@ type modeFlags struct {
 	dirtyTracking  string
 	status         time.Duration
 	readyFD        int
+	replayMachine  string
+	landingDelay   time.Duration
 	machine        machineFlags
 	devices        deviceFlags
 }
@@ -50,7 +53,7 @@ const backupReadyPrefix = "ftckpt-backup-listening "
 func addModeFlags(root *cobra.Command) {
 	f := &modeFlags{}
 	fl := root.Flags()
-	fl.StringVar(&f.mode, "mode", "", "replication mode: checkpoint (replay is issue 7)")
+	fl.StringVar(&f.mode, "mode", "", "replication mode: replay (1 vCPU, record/replay) or checkpoint (multi-vCPU, epochs)")
 	fl.StringVar(&f.role, "role", "", "primary or backup; empty runs both locally (the backup as a child process on loopback)")
 	fl.StringVar(&f.peer, "peer", "", "the backup's HOST:PORT (primary)")
 	fl.StringVar(&f.listen, "listen", "", "address to accept the primary on (backup)")
@@ -65,35 +68,53 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.status, "status-every", time.Second, "how often the primary prints its status line (0: never)")
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
+	fl.StringVar(&f.replayMachine, "machine", "auto", "replay: the guest's machine: kvm, sim (the software machine) or auto (kvm if /dev/kvm opens)")
+	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
 		if f.mode == "" {
 			return cmd.Help()
 		}
-		cfg, err := f.config()
+		cfg, err := f.config(cmd.Flags().Changed)
 		if err != nil {
 			return err
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 		defer stop()
-		switch f.role {
-		case "primary":
-			return runPrimary(ctx, f, cfg, cmd.OutOrStdout())
-		case "backup":
-			return runBackup(ctx, f, cfg, cmd.OutOrStdout())
-		default:
-			return runLocal(ctx, f, cmd.OutOrStdout())
+		err = runMode(ctx, f, cfg, cmd)
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			slog.Info("stopped by a signal")
+			return nil
 		}
+		return err
 	}
 }
 
-// config validates the flags and returns the mode's configuration.
-func (f *modeFlags) config() (ckmode.Config, error) {
+// runMode runs the mode and role the flags name.
+func runMode(ctx context.Context, f *modeFlags, cfg ckmode.Config, cmd *cobra.Command) error {
+	if f.mode == "replay" {
+		rcfg, err := f.replayConfig(cmd.Flags().Changed)
+		if err != nil {
+			return err
+		}
+		return runReplay(ctx, f, rcfg, cmd.OutOrStdout())
+	}
+	switch f.role {
+	case "primary":
+		return runPrimary(ctx, f, cfg, cmd.OutOrStdout())
+	case "backup":
+		return runBackup(ctx, f, cfg, cmd.OutOrStdout())
+	}
+	return runLocal(ctx, f, func() error { return runPrimary(ctx, f, cfg, cmd.OutOrStdout()) })
+}
+
+// config validates the flags and returns checkpoint mode's configuration
+// (replay's is replayConfig, after the checks both share). changed says
+// whether a flag was set.
+func (f *modeFlags) config(changed func(string) bool) (ckmode.Config, error) {
 	switch f.mode {
-	case "checkpoint":
-	case "replay":
-		return ckmode.Config{}, errors.New("--mode replay is not implemented yet (issue 7); use --mode checkpoint")
+	case "checkpoint", "replay":
 	default:
 		return ckmode.Config{}, fmt.Errorf("--mode %q: want checkpoint or replay", f.mode)
 	}
@@ -105,11 +126,19 @@ func (f *modeFlags) config() (ckmode.Config, error) {
 	case f.role == "backup" && f.listen == "":
 		return ckmode.Config{}, errors.New("--role backup needs --listen ADDR")
 	}
-	if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
-		return ckmode.Config{}, fmt.Errorf("--dirty-tracking: %w", err)
-	}
 	if err := f.devices.validate(); err != nil {
 		return ckmode.Config{}, err
+	}
+	if f.mode == "replay" {
+		return ckmode.Config{}, nil
+	}
+	for _, name := range []string{"machine", "landing-delay"} {
+		if changed(name) {
+			return ckmode.Config{}, fmt.Errorf("--%s applies to --mode replay", name)
+		}
+	}
+	if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
+		return ckmode.Config{}, fmt.Errorf("--dirty-tracking: %w", err)
 	}
 	cfg := ckmode.DefaultConfig()
 	if f.epoch == "auto" {
@@ -133,10 +162,12 @@ func (f *modeFlags) config() (ckmode.Config, error) {
 }
 
 // runLocal runs the backup as a child process on loopback and the primary
-// here: the whole thing on one host, for trying it out. The child shares
-// this terminal, so it keeps printing after the primary dies (kill -9 this
-// process to watch it go live); it reports its address on a pipe.
-func runLocal(ctx context.Context, f *modeFlags, stdout io.Writer) error {
+// here (primary, once f.peer is the child's address): the whole thing on
+// one host, for trying it out. The child shares this terminal, so it keeps
+// printing after the primary dies (kill -9 this process to watch it go
+// live); it reports its address on a pipe. When the primary ends cleanly
+// (the guest powered off) the child is given a moment to finish too.
+func runLocal(ctx context.Context, f *modeFlags, primary func() error) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -154,20 +185,28 @@ func runLocal(ctx context.Context, f *modeFlags, stdout io.Writer) error {
 		return fmt.Errorf("starting the backup process: %w", err)
 	}
 	w.Close()
-	defer child.Wait()
-	defer child.Process.Signal(unix.SIGTERM)
+	exited := make(chan struct{})
+	go func() { child.Wait(); close(exited) }()
 	line, err := bufio.NewReader(r).ReadString('\n')
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), backupReadyPrefix)
 	if !ok {
+		<-exited
 		return fmt.Errorf("the backup process ended before listening (%v)", err)
 	}
 	slog.Info("backup process is listening", "pid", child.Process.Pid, "addr", addr)
 	f.peer = addr
-	cfg, err := f.config()
-	if err != nil {
-		return err
+	err = primary()
+	wait := time.Duration(0)
+	if err == nil {
+		wait = 10 * time.Second
 	}
-	return runPrimary(ctx, f, cfg, stdout)
+	select {
+	case <-exited:
+	case <-time.After(wait):
+		child.Process.Signal(unix.SIGTERM)
+		<-exited
+	}
+	return err
 }
 
 // newMachine builds the machine both roles run, with the dirty tracking

@@ -93,9 +93,10 @@ func NewBackup(cfg Config, m Machine, plug *Plug, fence *witness.Fence, makeOut 
 // Follow replays the log of the primary at the other end of conn. When the
 // primary is lost it replays what it received, wins the next generation at
 // the witness and returns the Primary it became: the caller runs it (with a
-// nil conn) to go on. It returns an error if ctx ends, if the backup cannot
-// go live (it was not in sync, or the witness chose the primary), or on a
-// fault of its own.
+// nil conn) to go on. It returns an error wrapping ErrPowerOff if the
+// replayed guest powered off (as the primary's did), and another error if
+// ctx ends, if the backup cannot go live (it was not in sync, or the
+// witness chose the primary), or on a fault of its own.
 func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.ctx = ctx
 	defer conn.Close()
@@ -385,7 +386,10 @@ func (b *Backup) runToExit(want Exit) error {
 		return nil
 	}
 	exitLSN := b.lsn
-	if err := b.m.Complete(&e); err != nil && !errors.Is(err, ErrPowerOff) {
+	if err := b.m.Complete(&e); err != nil {
+		if errors.Is(err, ErrPowerOff) {
+			return err // as on the primary: the end
+		}
 		return fmt.Errorf("completing %v: %w", e, err)
 	}
 	if b.envErr != nil || b.live != nil {

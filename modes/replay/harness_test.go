@@ -122,6 +122,7 @@ type cluster struct {
 	liveDone       chan error
 	cancelB        context.CancelFunc
 	primaryConsole bytes.Buffer
+	kv             kvState
 }
 
 type followResult struct {
@@ -274,12 +275,15 @@ func (c *cluster) killLink() {
 	}
 }
 
-// crashPrimary stops the primary as a crash would: its NIC goes dark, its
-// link drops with whatever was in flight, its engine stops.
+// crashPrimary stops the primary as a crash would: its engine stops, its
+// link drops with whatever was in flight, its NIC goes dark. The order
+// matters in one process: the engine is told first so that it does not
+// contest the witness, and the NIC goes dark after the link, so that no
+// release the NIC swallowed is reported to the backup as made.
 func (c *cluster) crashPrimary() {
-	c.cancelP() // first, so that the dying primary does not contest the witness
-	c.cutNIC()
+	c.cancelP()
 	c.killLink()
+	c.cutNIC()
 	<-c.pDone
 	if err := c.pErr; err != nil && !errors.Is(err, context.Canceled) {
 		c.t.Logf("crashed primary's Run: %v", err)

@@ -2,6 +2,7 @@ package replay
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -26,13 +27,26 @@ type Stats struct {
 	Divergences    atomic.Uint64 // divergences detected
 	BreakpointHits atomic.Uint64 // stops at a landing's RIP, matching or not
 	Applied        atomic.Uint64 // full checkpoints applied
+
+	// The status line's previous sample.
+	lineMu    sync.Mutex
+	lineAt    time.Time
+	lineBytes uint64
 }
 
-// PrimaryLine renders a primary's status line; since is when it started.
-func (s *Stats) PrimaryLine(since time.Time) string {
-	secs := max(time.Since(since).Seconds(), 1e-9)
+// PrimaryLine renders a primary's status line; its log rate is over the
+// time since the previous call.
+func (s *Stats) PrimaryLine() string {
+	s.lineMu.Lock()
+	now, bytes := time.Now(), s.LogBytes.Load()
+	rate := 0.0
+	if secs := now.Sub(s.lineAt).Seconds(); !s.lineAt.IsZero() && secs > 0 {
+		rate = float64(bytes-s.lineBytes) / 1e3 / secs
+	}
+	s.lineAt, s.lineBytes = now, bytes
+	s.lineMu.Unlock()
 	return fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)",
-		s.Acked.Load(), s.Exits.Load(), s.Landings.Load(), float64(s.LogBytes.Load())/1e3/secs,
+		s.Acked.Load(), s.Exits.Load(), s.Landings.Load(), rate,
 		s.Entries.Load(), s.Batches.Load(), s.Syncs.Load(), s.Resyncs.Load())
 }
 

@@ -1,0 +1,381 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
+	"golang.org/x/sys/unix"
+)
+
+// ftckpt --mode replay: the primary records its guest's execution and
+// ships the log; the backup replays it and takes over. The guest runs on
+// KVM (1 vCPU, userspace interrupts), or, with --machine sim or where
+// /dev/kvm cannot be opened, on replay's software machine (simvm), whose
+// tick and kv guests mirror the bundled ones.
+
+// replayConfig checks the replay flags and returns the engine's
+// configuration.
+func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, error) {
+	for _, name := range []string{"epoch", "min-epoch", "max-epoch", "verify", "dirty-tracking", "vcpus", "irqchip"} {
+		if changed(name) {
+			return replay.Config{}, fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
+		}
+	}
+	switch f.replayMachine {
+	case "auto", "kvm", "sim":
+	default:
+		return replay.Config{}, fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
+	}
+	if f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable() {
+		if !contains(simvm.Guests(), f.machine.guest) {
+			return replay.Config{}, fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(simvm.Guests(), ", "))
+		}
+	} else if _, err := guests.Image(f.machine.guest); err != nil {
+		return replay.Config{}, err
+	}
+	cfg := replay.DefaultConfig()
+	cfg.Heartbeat, cfg.FailureTimeout, cfg.LandingDelay = f.heartbeat, f.failureTimeout, f.landingDelay
+	if err := cfg.Validate(); err != nil {
+		return replay.Config{}, err
+	}
+	return cfg, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// kvmAvailable says whether /dev/kvm can be opened here.
+func kvmAvailable() bool {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// replayHost is one role's machine and its host side.
+type replayHost struct {
+	plug    *replay.Plug
+	m       replay.Machine
+	sim     bool
+	netSpec string
+	disk    *vmm.FileDisk // nil: no disk
+	closers []func() error
+}
+
+func (h *replayHost) Close() {
+	for i := len(h.closers) - 1; i >= 0; i-- {
+		h.closers[i]()
+	}
+}
+
+// newReplayHost builds the machine the flags describe, on a plug the
+// engine fills in, with its disk image open.
+func (f *modeFlags) newReplayHost() (*replayHost, error) {
+	h := &replayHost{plug: &replay.Plug{}}
+	ok := false
+	defer func() {
+		if !ok {
+			h.Close()
+		}
+	}()
+	guest := f.machine.guest
+	h.sim = f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable()
+	if f.replayMachine == "auto" {
+		which := "KVM"
+		if h.sim {
+			which = "the software machine (simvm): /dev/kvm cannot be opened here"
+		}
+		slog.Info("replay machine", "machine", which)
+	}
+	netSpec, diskSpec := f.devices.resolve(guest)
+	if h.sim && guest == "kv" && f.devices.disk == "auto" {
+		diskSpec = "ftckpt-disk.img" // the software kv guest keeps its table on disk
+	}
+	h.netSpec = netSpec
+	if diskSpec != "none" {
+		d, err := f.devices.openDisk(diskSpec)
+		if err != nil {
+			return nil, err
+		}
+		h.disk = d
+		h.closers = append(h.closers, d.Close)
+	}
+	mem, err := parseSize(f.machine.memory)
+	if err != nil {
+		return nil, fmt.Errorf("--memory: %w", err)
+	}
+	if h.sim {
+		var params []simvm.Param
+		for _, p := range f.machine.params {
+			k, v, _ := strings.Cut(p, "=")
+			n, err := strconv.ParseUint(v, 0, 64)
+			if err != nil {
+				return nil, fmt.Errorf("--param %q: the software machine's parameters are numbers", p)
+			}
+			params = append(params, simvm.Param{Name: k, Value: n})
+		}
+		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, params...)
+		if err != nil {
+			return nil, err
+		}
+		h.m = m
+	} else {
+		cfg := replay.KVMConfigFor(guest)
+		cfg.MemSize, cfg.Net, cfg.DiskSize = mem, netSpec != "none", 0
+		if h.disk != nil {
+			cfg.DiskSize = h.disk.Size()
+		}
+		cfg.Params = map[string]string{}
+		for _, p := range f.machine.params {
+			k, v, _ := strings.Cut(p, "=")
+			cfg.Params[k] = v
+		}
+		m, err := replay.NewKVMMachine(cfg, h.plug)
+		if err != nil {
+			return nil, err
+		}
+		h.m = m
+		h.closers = append(h.closers, m.Close)
+	}
+	ok = true
+	return h, nil
+}
+
+// openNet opens the network backend: the flags' backend for a KVM guest
+// (Ethernet frames); for the software machine, whose frames are bare
+// payloads, a plain UDP socket.
+func (h *replayHost) openNet() (vmm.NetBackend, error) {
+	if h.netSpec == "none" {
+		return nil, nil
+	}
+	if !h.sim {
+		return openNet(h.netSpec)
+	}
+	kind, addr, _ := strings.Cut(h.netSpec, ":")
+	if kind != "udp" {
+		return nil, fmt.Errorf("--net %s: the software machine's network is udp:ADDR", h.netSpec)
+	}
+	return newBareUDP(addr)
+}
+
+// outputs builds a role's output buffer for generation gen.
+func (h *replayHost) outputs(gen uint64, f outbuf.Fence, net outbuf.NetSink) (*outbuf.Buffer, error) {
+	env := outbuf.Env{Generation: gen, Fence: f, Net: net, Clock: outbuf.SystemClock{}}
+	if h.disk != nil {
+		env.Disk = h.disk
+	}
+	return outbuf.New(outbuf.DefaultConfig(), env)
+}
+
+// toPrimary delivers received frames to the primary the engine is (a
+// backup's, once it is live; dropped before).
+type toPrimary struct {
+	p atomic.Pointer[replay.Primary]
+}
+
+func (t *toPrimary) Receive(frame []byte) bool {
+	if p := t.p.Load(); p != nil {
+		p.Receive(frame)
+		return true
+	}
+	return false
+}
+
+func (t *toPrimary) Poll() {}
+
+// runReplay runs the role the flags ask for.
+func runReplay(ctx context.Context, f *modeFlags, cfg replay.Config, stdout io.Writer) error {
+	switch f.role {
+	case "primary":
+		return replayPrimary(ctx, f, cfg, stdout)
+	case "backup":
+		return replayBackup(ctx, f, cfg, stdout)
+	}
+	return runLocal(ctx, f, func() error { return replayPrimary(ctx, f, cfg, stdout) })
+}
+
+// replayPrimary records the guest and ships the log to the backup at
+// f.peer.
+func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout io.Writer) error {
+	h, err := f.newReplayHost()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	arb, fence, err := openFence(f.arbiter, "primary")
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	cur, err := arb.Current(ctx)
+	if err != nil {
+		return fmt.Errorf("asking the witness who is primary: %w", err)
+	}
+	gen := cur.Generation + 1
+	if _, err := fence.Acquire(ctx, gen); err != nil {
+		return fmt.Errorf("becoming primary (generation %d): %w", gen, err)
+	}
+	backend, err := h.openNet()
+	if err != nil {
+		return err
+	}
+	netOut := &netTarget{}
+	var sink outbuf.NetSink
+	if backend != nil {
+		defer backend.Close()
+		netOut.set(backend)
+		sink = netOut
+	}
+	out, err := h.outputs(gen, fence, sink)
+	if err != nil {
+		return err
+	}
+	p, err := replay.NewPrimary(cfg, h.m, h.plug, out, fence, gen, slog.Default())
+	if err != nil {
+		return err
+	}
+	p.Console = stdout
+	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if backend != nil {
+		rx := &toPrimary{}
+		rx.p.Store(p)
+		if err := backend.Start(rx); err != nil {
+			return err
+		}
+	}
+	slog.Info("primary recording", "generation", gen, "backup", f.peer, "guest", f.machine.guest)
+	stop := replayStatus(f.status, p.Stats.PrimaryLine)
+	defer stop()
+	err = p.Run(ctx, conn)
+	if err == nil {
+		slog.Info("the guest powered off")
+	}
+	return err
+}
+
+// replayBackup replays the primary's log and goes live if the primary is
+// lost and the witness agrees.
+func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout io.Writer) error {
+	h, err := f.newReplayHost()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	arb, fence, err := openFence(f.arbiter, "backup")
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	// The network backend opens only when this side goes live: the
+	// primary holds it until then.
+	netOut := &netTarget{}
+	rx := &toPrimary{}
+	var backend vmm.NetBackend
+	defer func() {
+		if backend != nil {
+			backend.Close()
+		}
+	}()
+	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
+		var sink outbuf.NetSink
+		if h.netSpec != "none" {
+			if backend, err = h.openNet(); err != nil {
+				return nil, err
+			}
+			netOut.set(backend)
+			sink = netOut
+		}
+		return h.outputs(gen, fence, sink)
+	}
+	b, err := replay.NewBackup(cfg, h.m, h.plug, fence, makeOut, slog.Default())
+	if err != nil {
+		return err
+	}
+	b.Console = stdout
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	ready := stdout
+	if f.readyFD > 0 {
+		rf := os.NewFile(uintptr(f.readyFD), "ready")
+		defer rf.Close()
+		ready = rf
+	}
+	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
+	conn, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	ln.Close()
+	stop := replayStatus(f.status, b.Stats.BackupLine)
+	live, err := b.Follow(ctx, conn)
+	stop()
+	if errors.Is(err, replay.ErrPowerOff) {
+		slog.Info("the guest powered off; the backup replayed it to the end")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rx.p.Store(live)
+	if backend != nil {
+		if strings.HasPrefix(h.netSpec, "tap:") {
+			if err := backend.SendFrame(vmm.GratuitousARP(vmm.DefaultGuestMAC, guestIP)); err != nil {
+				return fmt.Errorf("announcing the guest after failover: %w", err)
+			}
+		}
+		if err := backend.Start(rx); err != nil {
+			return err
+		}
+	}
+	slog.Warn("live as primary, unprotected")
+	return live.Run(ctx, nil)
+}
+
+// replayStatus prints line() on stderr every interval until stopped.
+func replayStatus(every time.Duration, line func() string) (stop func()) {
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintln(os.Stderr, line())
+			}
+		}
+	}()
+	return func() { close(done) }
+}

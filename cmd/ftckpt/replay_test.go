@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+)
+
+// TestMain lets the test binary be ftckpt itself: the multi-process tests
+// run it as the primary and the backup.
+func TestMain(m *testing.M) {
+	if os.Getenv("FTCKPT_TEST_AS_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// syncBuffer is a bytes.Buffer a child process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// ftckptProcess starts this binary as `ftckpt args...`, its output in a
+// buffer.
+func ftckptProcess(t *testing.T, out *syncBuffer, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+func freePort(t *testing.T, network string) string {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().String()
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// kvClient is a UDP client of the kv guest. It increments three keys in
+// turn (distinct requests: a reply the backup could not reproduce would
+// show as one reply number with two contents, or a key's count off), sends
+// each request until a new reply comes (UDP: at least once), and checks
+// every reply against what one machine would say.
+type kvClient struct {
+	conn     *net.UDPConn
+	sent     int
+	attempts int
+	maxSeq   uint64
+	bySeq    map[uint64]string
+	values   map[string]uint64
+	prevKey  string
+	// prevRetried: the previous request was sent more than once, so it
+	// may have run twice.
+	prevRetried bool
+}
+
+var kvKeys = []string{"a", "b", "c"}
+
+func (c *kvClient) key() string { return kvKeys[c.sent%len(kvKeys)] }
+
+func (c *kvClient) send() {
+	c.attempts++
+	c.conn.Write(simvm.KVRequest("INCR", c.key()))
+}
+
+// incr makes one request.
+func (c *kvClient) incr(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	buf := make([]byte, 2048)
+	key := c.key()
+	for answered := false; !answered; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reply to INCR %s within %v", key, within)
+		}
+		c.send()
+		c.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		for !answered {
+			n, err := c.conn.Read(buf)
+			if err != nil {
+				break // timed out: send again
+			}
+			r := string(buf[:n])
+			kr, err := simvm.ParseKVReply(buf[:n])
+			if err != nil || kr.Status != "VALUE" {
+				t.Fatalf("reply %q: %v", r, err)
+			}
+			if prev, ok := c.bySeq[kr.Seq]; ok {
+				if prev != r {
+					t.Fatalf("reply %d was %q and then %q: two machines", kr.Seq, prev, r)
+				}
+				continue // the failover boundary's repeat
+			}
+			c.bySeq[kr.Seq] = r
+			if kr.Seq != c.maxSeq+1 && c.maxSeq != 0 {
+				t.Fatalf("reply %d after reply %d: a reply was lost", kr.Seq, c.maxSeq)
+			}
+			c.maxSeq = kr.Seq
+			v, _ := strconv.ParseUint(kr.Value, 10, 64)
+			switch {
+			case v == c.values[key]+1:
+				c.values[key], answered = v, true
+			case c.prevRetried && v == c.values[c.prevKey]+1:
+				c.values[c.prevKey] = v // the resent request ran twice
+			default:
+				t.Fatalf("INCR %s answered %q after value %d: not one machine", key, r, c.values[key])
+			}
+		}
+	}
+	c.prevKey, c.prevRetried = key, c.attempts > 1
+	c.sent, c.attempts = c.sent+1, 0
+}
+
+// TestReplayKill9AtRandomMoments runs `ftckpt --mode replay` as two real
+// processes (the software machine's kv guest, a disk-lease witness and a
+// shared disk image), kills the primary with SIGKILL at a random moment
+// under client traffic, 20 times, and checks the backup takes over and the
+// client's replies stay one machine's.
+func TestReplayKill9AtRandomMoments(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	for i := 0; i < 20; i++ {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			dir := t.TempDir()
+			udp, peer := freePort(t, "udp"), freePort(t, "tcp")
+			common := []string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+				"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+				"--heartbeat", "20ms", "--failure-timeout", "300ms"}
+			var bout, pout syncBuffer
+			ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer}, common...)...)
+			primary := ftckptProcess(t, &pout, append([]string{"--role", "primary", "--peer", peer}, common...)...)
+
+			ua, _ := net.ResolveUDPAddr("udp", udp)
+			conn, err := net.DialUDP("udp", nil, ua)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			c := &kvClient{conn: conn, bySeq: map[uint64]string{}, values: map[string]uint64{}}
+			for n := 1 + rng.Intn(20); n > 0; n-- {
+				c.incr(t, 20*time.Second)
+			}
+			// A request in flight (incr sends it again), then SIGKILL at a
+			// random moment.
+			c.send()
+			time.Sleep(time.Duration(rng.Intn(5000)) * time.Microsecond)
+			primary.Process.Signal(syscall.SIGKILL)
+			primary.Wait()
+			for n := 0; n < 5; n++ {
+				c.incr(t, 20*time.Second)
+			}
+			if !strings.Contains(bout.String(), "live as primary") {
+				t.Fatalf("the backup did not say it went live:\n%s", bout.String())
+			}
+			if t.Failed() {
+				t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
+			}
+		})
+	}
+}
