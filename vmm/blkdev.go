@@ -1,8 +1,11 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // Disk is the single hook every guest disk access goes through. The
@@ -67,6 +70,35 @@ func CreateFileDisk(path string, size int64) (*FileDisk, error) {
 		return nil, fmt.Errorf("sizing disk image %s: %w", path, err)
 	}
 	return &FileDisk{f: f, size: size}, nil
+}
+
+// OpenOrCreateFileDisk opens the disk image at path, or creates it with
+// size bytes if it does not exist. Creation is atomic (a sized temporary
+// file linked into place), so hosts that start at once on a shared
+// directory agree on one image and none sees it half made.
+func OpenOrCreateFileDisk(path string, size int64) (*FileDisk, error) {
+	if _, err := os.Stat(path); err == nil {
+		return OpenFileDisk(path, false)
+	}
+	if size <= 0 || size%sectorSize != 0 {
+		return nil, fmt.Errorf("disk image of %d bytes: not a positive multiple of %d", size, sectorSize)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".new-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating disk image: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	err = tmp.Truncate(size)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sizing disk image %s: %w", path, err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("creating disk image: %w", err)
+	}
+	return OpenFileDisk(path, false) // ours, or the one another host made first
 }
 
 // ReadAt implements Disk.

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"testing"
 )
@@ -34,5 +35,33 @@ func TestFileDisk(t *testing.T) {
 	}
 	if _, err := ro.WriteAt(data, 0); err == nil {
 		t.Fatal("wrote to a read-only disk")
+	}
+}
+
+// TestOpenOrCreateFileDiskRace starts many openers of one new image at once:
+// all get the same, fully sized image, none a half-made one.
+func TestOpenOrCreateFileDiskRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shared.img")
+	const n = 16
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			d, err := OpenOrCreateFileDisk(path, 1<<20)
+			if err == nil {
+				if d.Size() != 1<<20 {
+					err = fmt.Errorf("size %d", d.Size())
+				}
+				d.Close()
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := OpenOrCreateFileDisk(filepath.Join(t.TempDir(), "bad.img"), 1000); err == nil {
+		t.Fatal("a size that is not a multiple of 512 was accepted")
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/ftckpt/ftckpt/vmm"
@@ -90,19 +89,14 @@ func openNet(spec string) (vmm.NetBackend, error) {
 	return b, nil
 }
 
-// openDisk opens the disk image, creating it at --disk-size if missing.
+// openDisk opens the disk image, creating it at --disk-size if missing
+// (atomically: both hosts may start at once).
 func (d *deviceFlags) openDisk(path string) (*vmm.FileDisk, error) {
-	var disk *vmm.FileDisk
-	var err error
-	if _, statErr := os.Stat(path); statErr == nil {
-		disk, err = vmm.OpenFileDisk(path, false)
-	} else {
-		size, perr := parseSize(d.diskSize)
-		if perr != nil {
-			return nil, fmt.Errorf("--disk-size: %w", perr)
-		}
-		disk, err = vmm.CreateFileDisk(path, size)
+	size, err := parseSize(d.diskSize)
+	if err != nil {
+		return nil, fmt.Errorf("--disk-size: %w", err)
 	}
+	disk, err := vmm.OpenOrCreateFileDisk(path, size)
 	if err != nil {
 		return nil, fmt.Errorf("--disk %s: %w", path, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"sync/atomic"
 
 	"github.com/ftckpt/ftckpt/vmm"
 )
@@ -12,11 +11,19 @@ import (
 // bareUDP is the software machine's network backend: each datagram's
 // payload is one frame, as the simvm guests speak (no Ethernet, IP or UDP
 // headers); a frame the guest sends goes to the client that sent last.
+// Frames sent before any client is known (a backup gone live re-issues the
+// last replies before its clients resend) wait for the first one, up to
+// maxPending.
 type bareUDP struct {
-	conn   *net.UDPConn
-	client atomic.Pointer[net.UDPAddr]
-	once   sync.Once
+	conn *net.UDPConn
+	once sync.Once
+
+	mu      sync.Mutex
+	client  *net.UDPAddr
+	pending [][]byte
 }
+
+const maxPending = 256
 
 func newBareUDP(addr string) (*bareUDP, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
@@ -33,12 +40,30 @@ func newBareUDP(addr string) (*bareUDP, error) {
 // SendFrame implements vmm.FrameSink. Without a client yet the frame is
 // dropped, as a network with no listener drops it.
 func (b *bareUDP) SendFrame(frame []byte) error {
-	to := b.client.Load()
-	if to == nil {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.client == nil {
+		if len(b.pending) < maxPending {
+			b.pending = append(b.pending, append([]byte(nil), frame...))
+		}
 		return nil
 	}
-	b.conn.WriteToUDP(frame, to) // a lost datagram is not a device failure
+	b.conn.WriteToUDP(frame, b.client) // a lost datagram is not a device failure
 	return nil
+}
+
+// heard notes the client a datagram came from, and sends it what waited.
+func (b *bareUDP) heard(from *net.UDPAddr) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	first := b.client == nil
+	b.client = from
+	if first {
+		for _, f := range b.pending {
+			b.conn.WriteToUDP(f, from)
+		}
+		b.pending = nil
+	}
 }
 
 // Start implements vmm.NetBackend.
@@ -50,7 +75,7 @@ func (b *bareUDP) Start(port vmm.RxPort) error {
 			if err != nil {
 				return
 			}
-			b.client.Store(from)
+			b.heard(from)
 			if port.Receive(buf[:n]) {
 				port.Poll()
 			}

@@ -176,6 +176,11 @@ func TestReplayKill9AtRandomMoments(t *testing.T) {
 				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 				"--heartbeat", "20ms", "--failure-timeout", "300ms"}
 			var bout, pout syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
+				}
+			})
 			ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer}, common...)...)
 			primary := ftckptProcess(t, &pout, append([]string{"--role", "primary", "--peer", peer}, common...)...)
 
@@ -200,9 +205,6 @@ func TestReplayKill9AtRandomMoments(t *testing.T) {
 			}
 			if !strings.Contains(bout.String(), "live as primary") {
 				t.Fatalf("the backup did not say it went live:\n%s", bout.String())
-			}
-			if t.Failed() {
-				t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
 			}
 		})
 	}
