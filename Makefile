@@ -1,6 +1,7 @@
 # ftckpt — build, test, run and benchmark.
 #
-#   make run    build everything and run the default demo on the embedded guest
+#   make run    build, then run the kv guest replicated in replay mode (primary here, backup as a
+#               child process; KVM where /dev/kvm opens, else the software machine)
 #   make test   vet, then every test (KVM tests skip with a message where /dev/kvm cannot be opened)
 #   make bench  Go benchmarks (numbers, never pass/fail)
 
@@ -26,7 +27,7 @@ test-short: guests
 	$(GO) test -count=1 -short ./...
 
 run: build
-	./$(BIN) run --guest counter --vcpus 1 --memory 16M
+	./$(BIN) --mode replay --guest kv
 
 bench: guests
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...

@@ -177,7 +177,28 @@ func (h *replayHost) openNet() (vmm.NetBackend, error) {
 	if kind != "udp" {
 		return nil, fmt.Errorf("--net %s: the software machine's network is udp:ADDR", h.netSpec)
 	}
-	return newBareUDP(addr)
+	b, err := newBareUDP(addr)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// openNetLive opens the network backend for a backup going live. The
+// address may still be held for a moment (a primary on this host dying),
+// so a busy address is retried for a few seconds.
+func (h *replayHost) openNetLive(ctx context.Context) (vmm.NetBackend, error) {
+	for tries := 0; ; tries++ {
+		b, err := h.openNet()
+		if err == nil || !errors.Is(err, unix.EADDRINUSE) || tries == 50 {
+			return b, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // outputs builds a role's output buffer for generation gen.
@@ -304,10 +325,12 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
 		var sink outbuf.NetSink
 		if h.netSpec != "none" {
-			if backend, err = h.openNet(); err != nil {
+			b, err := h.openNetLive(ctx)
+			if err != nil {
 				return nil, err
 			}
-			netOut.set(backend)
+			backend = b
+			netOut.set(b)
 			sink = netOut
 		}
 		return h.outputs(gen, fence, sink)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand"
 	"net"
 	"os"
@@ -62,22 +63,31 @@ func ftckptProcess(t *testing.T, out *syncBuffer, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// freePort returns a loopback address whose port is free now, taken
+// below the kernel's ephemeral range (32768 and up) so that other tests'
+// client sockets do not take it before the process that binds it does.
 func freePort(t *testing.T, network string) string {
 	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for i := 0; i < 1000; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.Intn(12000))
+		var err error
+		if network == "udp" {
+			var c net.PacketConn
+			if c, err = net.ListenPacket("udp", addr); err == nil {
+				c.Close()
+			}
+		} else {
+			var l net.Listener
+			if l, err = net.Listen("tcp", addr); err == nil {
+				l.Close()
+			}
 		}
-		defer c.Close()
-		return c.LocalAddr().String()
+		if err == nil {
+			return addr
+		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port")
+	return ""
 }
 
 // kvClient is a UDP client of the kv guest. It increments three keys in
