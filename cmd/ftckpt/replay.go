@@ -382,7 +382,8 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 	return live.Run(ctx, nil)
 }
 
-// replayStatus prints line() on stderr every interval until stopped.
+// replayStatus prints line() on stderr every interval until stopped,
+// unless it says the same as last time (an idle guest).
 func replayStatus(every time.Duration, line func() string) (stop func()) {
 	if every <= 0 {
 		return func() {}
@@ -391,12 +392,16 @@ func replayStatus(every time.Duration, line func() string) (stop func()) {
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
+		last := ""
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				fmt.Fprintln(os.Stderr, line())
+				if l := line(); l != last {
+					fmt.Fprintln(os.Stderr, l)
+					last = l
+				}
 			}
 		}
 	}()
