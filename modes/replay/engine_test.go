@@ -1,13 +1,19 @@
 package replay_test
 
 import (
+	"context"
+	"errors"
 	"io"
 	"math/rand"
+	"net"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
 )
 
 // tickParams make the tick guest busy enough that its timer often fires
@@ -269,4 +275,125 @@ func TestOutputsWaitForTheBackup(t *testing.T) {
 	close(release)
 	c.client.waitFrames(t, 1)
 	checkKV(t, c.client.seen())
+}
+
+// attachBackup starts a new backup host and attaches it to p, a primary
+// running alone; it returns the backup, what its Follow returns, and a
+// func that kills p's link to it.
+func (c *cluster) attachBackup(p *replay.Primary, name string) (*simvm.Machine, *replay.Backup, chan followResult, func()) {
+	t := c.t
+	fence := witness.NewFence(c.arb, name)
+	plug := &replay.Plug{}
+	m, err := simvm.New(c.guest, testPages, plug, c.params...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
+		nic, _ := c.client.nic(name)
+		return outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: fence, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	}
+	b, err := replay.NewBackup(c.cfg, m, plug, fence, makeOut, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, bconn := tcpPair(t)
+	done := make(chan followResult, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		live, err := b.Follow(ctx, bconn)
+		done <- followResult{live, err}
+	}()
+	if err := p.Attach(a); err != nil {
+		t.Fatal(err)
+	}
+	return m, b, done, func() { a.Close(); bconn.Close() }
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestBackupAttachesToARunningGuest is the paper's FT VMotion and
+// re-protection: a primary that started alone gets a backup from a full
+// checkpoint of its running guest; after that primary dies and the backup
+// takes over, the backup in turn gets a new backup, and takes that over
+// too. The client's view stays one machine's throughout, and the
+// generation rises by one at each failover.
+func TestBackupAttachesToARunningGuest(t *testing.T) {
+	c := newCluster(t, "kv")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pf := witness.NewFence(c.arb, "first")
+	if _, err := pf.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	plug := &replay.Plug{}
+	m, err := simvm.New("kv", testPages, plug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic, _ := c.client.nic("first")
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := replay.NewPrimary(c.cfg, m, plug, out, pf, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, stopFirst := context.WithCancel(ctx)
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- first.Run(pctx, nil) }()
+	c.live = first // the client talks to whoever is primary
+	c.incr(t, 10)  // alone: replies leave at once
+
+	_, _, done2, kill2 := c.attachBackup(first, "second")
+	c.incr(t, 20)
+	// The first primary dies: its engine stops, its link drops.
+	stopFirst()
+	kill2()
+	<-firstDone
+	r := <-done2
+	if r.err != nil {
+		t.Fatalf("second host did not go live: %v", r.err)
+	}
+	second := r.live
+	go func() { second.Run(ctx, nil) }()
+	c.live = second
+	c.incr(t, 10)
+
+	_, _, done3, kill3 := c.attachBackup(second, "third")
+	c.incr(t, 20)
+	cancel()
+	kill3()
+	r = <-done3
+	if r.err != nil && !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("third host: %v", r.err)
+	}
+	checkKV(t, c.client.seen())
+	if cur, err := c.arb.Current(context.Background()); err != nil || cur.Generation != 3 {
+		t.Fatalf("witness holds %+v (%v), want generation 3 after two failovers", cur, err)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -34,16 +33,19 @@ type Primary struct {
 	m     Machine
 	out   *outbuf.Buffer
 	fence *witness.Fence
-	gen   uint64
-	log   *slog.Logger
+	// gen is the generation this primary holds: it rises when the primary
+	// wins the next one after losing its backup. Written by the engine.
+	gen atomic.Uint64
+	log *slog.Logger
 	// Stats counts what the primary did; safe to read at any time.
 	Stats *Stats
 	// Console receives the guest's serial output (nil: discarded). Set
 	// before Run.
 	Console io.Writer
 
-	rx   rxQueue
-	wake chan struct{} // buffered(1): frames arrived, resync asked, link lost
+	rx     rxQueue
+	wake   chan struct{} // buffered(1): frames arrived, resync asked, link lost, a backup attaching
+	attach chan net.Conn // buffered(1): a backup to protect the guest from now on
 	// rxKick kicks the guest LandingDelay after a frame arrived, if no
 	// synchronous exit delivered it first; rxKickArmed says it is set.
 	rxKick      *time.Timer
@@ -64,6 +66,7 @@ type Primary struct {
 	// The link, while recording. linkCtx ends, with the failure as its
 	// cause, when the link fails (or Run's ctx ends).
 	sendq      chan message
+	stopLink   func() // stops the link's goroutines; nil without a link
 	linkCtx    context.Context
 	cancelLink context.CancelCauseFunc
 	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
@@ -101,10 +104,11 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 		return nil, err
 	}
 	p := &Primary{
-		cfg: cfg, m: m, out: out, fence: fence, gen: gen, log: log, Stats: &Stats{},
-		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1),
+		cfg: cfg, m: m, out: out, fence: fence, log: log, Stats: &Stats{},
+		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1),
 		clock: newGuestClock(clockFrom), enc: format.NewEncoder(cache),
 	}
+	p.gen.Store(gen)
 	p.kickTimer = time.AfterFunc(time.Hour, m.Kick)
 	p.kickTimer.Stop()
 	p.rxKick = time.AfterFunc(time.Hour, func() { p.rxKickArmed.Store(false); m.Kick() })
@@ -143,29 +147,49 @@ func (p *Primary) poke() {
 // conn to a backup it first brings the backup to the guest's state with a
 // full checkpoint, then records. If the backup is lost it applies the
 // paper's rule: with the next generation won it logs ErrBackupLost and runs
-// on alone; otherwise it stops the guest and returns an error wrapping
-// witness.ErrHalt. conn nil runs alone from the start.
+// on alone (until Attach gives it a new backup); otherwise it stops the
+// guest and returns an error wrapping witness.ErrHalt. conn nil runs alone
+// from the start.
 func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	p.ctx = ctx
+	defer p.disconnect()
 	if conn == nil {
 		if err := p.goAlone(); err != nil {
 			return err
 		}
-		return p.drive(ctx)
-	}
-	stop, err := p.connect(conn)
-	if err != nil {
+	} else if err := p.connect(conn); err != nil {
 		p.linkFailed(err)
 	}
-	defer stop()
-	err = p.drive(ctx)
+	err := p.drive(ctx)
 	p.flush() // what the guest did last goes to the backup too
 	return err
 }
 
-// connect greets the backup and starts the link's goroutines; the returned
-// func stops them.
-func (p *Primary) connect(conn net.Conn) (func(), error) {
+// Attach gives a primary running alone a new backup at the other end of
+// conn (the paper's FT VMotion: the backup starts from a full checkpoint
+// of the running guest, then follows the log). The engine takes it at its
+// next boundary. Safe from any goroutine.
+func (p *Primary) Attach(conn net.Conn) error {
+	select {
+	case p.attach <- conn:
+		p.poke()
+		return nil
+	default:
+		return errors.New("a backup is already waiting to attach")
+	}
+}
+
+// disconnect stops the link's goroutines, if any.
+func (p *Primary) disconnect() {
+	if p.stopLink != nil {
+		p.stopLink()
+		p.stopLink = nil
+	}
+}
+
+// connect greets the backup and starts the link's goroutines (stopLink
+// stops them) and recording, from a full checkpoint.
+func (p *Primary) connect(conn net.Conn) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
 	p.recording = true
@@ -174,7 +198,7 @@ func (p *Primary) connect(conn net.Conn) (func(), error) {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
 	if err := l.hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
 		conn.Close()
-		return func() {}, err
+		return err
 	}
 	stopc := make(chan struct{})
 	sent, received := make(chan struct{}), make(chan struct{})
@@ -187,7 +211,7 @@ func (p *Primary) connect(conn net.Conn) (func(), error) {
 	// Stopping is graceful: the sender ships what is queued, then the
 	// write side closes, so the backup reads the whole log before the end
 	// of the stream (a plain close with acks unread could reset it).
-	return func() {
+	p.stopLink = func() {
 		close(stopc)
 		wg.Wait()
 		<-sent
@@ -199,7 +223,8 @@ func (p *Primary) connect(conn net.Conn) (func(), error) {
 		}
 		conn.Close()
 		<-received
-	}, nil
+	}
+	return nil
 }
 
 // linkFailed records the first failure of the link and wakes the engine,
@@ -272,7 +297,7 @@ func (p *Primary) receive(l *link) {
 				p.linkFailed(err)
 				return
 			}
-			if a.Generation != p.gen {
+			if a.Generation != p.gen.Load() {
 				continue // another generation's log releases nothing
 			}
 			if err := p.out.Commit(a.Epoch); err != nil {
@@ -304,11 +329,11 @@ func (p *Primary) receive(l *link) {
 	}
 }
 
-// goAlone makes every output leave at once: there is no backup to wait for.
+// goAlone releases every output held: there is no backup to wait for.
+// From now on hold releases each output at once, until a backup attaches.
 func (p *Primary) goAlone() error {
 	p.recording = false
-	p.w.Reset(p.gen, 1)
-	if err := p.out.Commit(math.MaxUint64); err != nil {
+	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)
 	}
 	return nil
@@ -332,8 +357,10 @@ func (p *Primary) backupLost() error {
 		return fmt.Errorf("backup lost (%v), and %w", cause, err)
 	}
 	gen, _ := p.fence.Held()
+	p.gen.Store(gen)
 	p.log.Warn(ErrBackupLost.Error(), "generation", gen)
 	p.Stats.BackupsLost.Add(1)
+	p.disconnect()
 	return p.goAlone()
 }
 
@@ -408,6 +435,19 @@ func (p *Primary) boundary() error {
 	if p.recording && p.linkIsDown() {
 		if err := p.backupLost(); err != nil {
 			return err
+		}
+	}
+	if !p.recording {
+		select {
+		case conn := <-p.attach:
+			if err := p.connect(conn); err != nil {
+				p.log.Warn("a backup could not attach", "err", err)
+				p.disconnect()
+				p.recording = false
+			} else {
+				p.log.Info("a backup attached; protecting the guest from a full checkpoint on", "lsn", p.lsn+1)
+			}
+		default:
 		}
 	}
 	if p.recording && p.resync.Swap(false) {
@@ -497,7 +537,7 @@ func (p *Primary) append(e Entry) {
 		return
 	}
 	if p.w.Len() == 0 {
-		p.w.Reset(p.gen, p.lsn+1)
+		p.w.Reset(p.gen.Load(), p.lsn+1)
 		p.batchAt = time.Now()
 	}
 	p.w.Add(&e)
@@ -523,7 +563,7 @@ func (p *Primary) flush() {
 		return
 	}
 	data := append([]byte(nil), p.w.Finish()...)
-	p.w.Reset(p.gen, p.lsn+1)
+	p.w.Reset(p.gen.Load(), p.lsn+1)
 	p.Stats.LogBytes.Add(uint64(len(data)))
 	p.Stats.Batches.Add(1)
 	p.enqueue(message{format.MsgLog, data})
@@ -548,6 +588,12 @@ func (p *Primary) enqueue(msg message) {
 // makes room, if the buffer is full) needs it. If the backup is lost while
 // the buffer is full, the backup-lost rule runs here.
 func (p *Primary) hold(o outbuf.Output) error {
+	if !p.recording {
+		if err := p.out.Hold(p.ctx, p.lsn, o); err != nil {
+			return err
+		}
+		return p.out.Commit(p.lsn)
+	}
 	p.append(Entry{Type: EntryOutput, Out: SumOutput(o)})
 	p.flush()
 	for {
@@ -576,7 +622,7 @@ func (p *Primary) sync() error {
 	p.flush()
 	start := time.Now()
 	mem := p.m.Memory()
-	if err := p.enc.Begin(nil, format.Header{Kind: format.KindSyncCommit, Flags: format.FlagSyncStart, Generation: p.gen, Epoch: s}); err != nil {
+	if err := p.enc.Begin(nil, format.Header{Kind: format.KindSyncCommit, Flags: format.FlagSyncStart, Generation: p.gen.Load(), Epoch: s}); err != nil {
 		return err
 	}
 	for pfn := uint64(0); pfn < uint64(len(mem))/format.PageSize; pfn++ {
