@@ -240,19 +240,11 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 		return err
 	}
 	defer m.Close()
-	arb, fence, err := openFence(f.arbiter, "primary")
+	arb, fence, gen, err := becomePrimary(ctx, f.arbiter)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	cur, err := arb.Current(ctx)
-	if err != nil {
-		return fmt.Errorf("asking the witness who is primary: %w", err)
-	}
-	gen := cur.Generation + 1
-	if _, err := fence.Acquire(ctx, gen); err != nil {
-		return fmt.Errorf("becoming primary (generation %d): %w", gen, err)
-	}
 
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
@@ -341,6 +333,16 @@ func dialBackup(ctx context.Context, addr string, within time.Duration) (net.Con
 
 // printStatus prints the primary's status line every interval on stderr.
 func printStatus(p *ckmode.Primary, out *outbuf.Buffer, every time.Duration) (stop func()) {
+	return statusLines(every, func() string {
+		st := out.Stats()
+		delay := fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99))
+		return p.Stats.Line(time.Now(), delay)
+	})
+}
+
+// statusLines prints line() on stderr every interval until stopped,
+// unless it says the same as last time (an idle guest).
+func statusLines(every time.Duration, line func() string) (stop func()) {
 	if every <= 0 {
 		return func() {}
 	}
@@ -348,18 +350,57 @@ func printStatus(p *ckmode.Primary, out *outbuf.Buffer, every time.Duration) (st
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
+		last := ""
 		for {
 			select {
 			case <-done:
 				return
-			case now := <-t.C:
-				st := out.Stats()
-				delay := fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99))
-				fmt.Fprintln(os.Stderr, p.Stats.Line(now, delay))
+			case <-t.C:
+				if l := line(); l != last {
+					fmt.Fprintln(os.Stderr, l)
+					last = l
+				}
 			}
 		}
 	}()
 	return func() { close(done) }
+}
+
+// becomePrimary opens the arbiter and wins the generation after the
+// current one for this process.
+func becomePrimary(ctx context.Context, spec string) (witness.Arbiter, *witness.Fence, uint64, error) {
+	arb, fence, err := openFence(spec, "primary")
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	cur, err := arb.Current(ctx)
+	if err != nil {
+		arb.Close()
+		return nil, nil, 0, fmt.Errorf("asking the witness who is primary: %w", err)
+	}
+	gen := cur.Generation + 1
+	if _, err := fence.Acquire(ctx, gen); err != nil {
+		arb.Close()
+		return nil, nil, 0, fmt.Errorf("becoming primary (generation %d): %w", gen, err)
+	}
+	return arb, fence, gen, nil
+}
+
+// listenForPrimary opens a backup's listener and says where it listens:
+// on stdout, or on the inherited --ready-fd of a local run.
+func listenForPrimary(f *modeFlags, stdout io.Writer) (net.Listener, error) {
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return nil, err
+	}
+	ready := stdout
+	if f.readyFD > 0 {
+		rf := os.NewFile(uintptr(f.readyFD), "ready")
+		defer rf.Close()
+		ready = rf
+	}
+	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
+	return ln, nil
 }
 
 // runBackup keeps the primary's guest ready and goes live if the primary
@@ -390,18 +431,11 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 	if devs.disk != nil {
 		backup.SetDisk(devs.disk) // where going live writes again what the primary may not have
 	}
-	ln, err := net.Listen("tcp", f.listen)
+	ln, err := listenForPrimary(f, stdout)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	ready := stdout
-	if f.readyFD > 0 {
-		rf := os.NewFile(uintptr(f.readyFD), "ready")
-		defer rf.Close()
-		ready = rf
-	}
-	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
 	for {
 		conn, err := ln.Accept()
 		if err != nil {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -245,19 +243,11 @@ func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout 
 		return err
 	}
 	defer h.Close()
-	arb, fence, err := openFence(f.arbiter, "primary")
+	arb, fence, gen, err := becomePrimary(ctx, f.arbiter)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	cur, err := arb.Current(ctx)
-	if err != nil {
-		return fmt.Errorf("asking the witness who is primary: %w", err)
-	}
-	gen := cur.Generation + 1
-	if _, err := fence.Acquire(ctx, gen); err != nil {
-		return fmt.Errorf("becoming primary (generation %d): %w", gen, err)
-	}
 	backend, err := h.openNet()
 	if err != nil {
 		return err
@@ -290,7 +280,7 @@ func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout 
 		}
 	}
 	slog.Info("primary recording", "generation", gen, "backup", f.peer, "guest", f.machine.guest)
-	stop := replayStatus(f.status, p.Stats.PrimaryLine)
+	stop := statusLines(f.status, p.Stats.PrimaryLine)
 	defer stop()
 	err = p.Run(ctx, conn)
 	if err == nil {
@@ -340,24 +330,17 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 		return err
 	}
 	b.Console = stdout
-	ln, err := net.Listen("tcp", f.listen)
+	ln, err := listenForPrimary(f, stdout)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	ready := stdout
-	if f.readyFD > 0 {
-		rf := os.NewFile(uintptr(f.readyFD), "ready")
-		defer rf.Close()
-		ready = rf
-	}
-	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
 	conn, err := ln.Accept()
 	if err != nil {
 		return err
 	}
 	ln.Close()
-	stop := replayStatus(f.status, b.Stats.BackupLine)
+	stop := statusLines(f.status, b.Stats.BackupLine)
 	live, err := b.Follow(ctx, conn)
 	stop()
 	if errors.Is(err, replay.ErrPowerOff) {
@@ -380,30 +363,4 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 	}
 	slog.Warn("live as primary, unprotected")
 	return live.Run(ctx, nil)
-}
-
-// replayStatus prints line() on stderr every interval until stopped,
-// unless it says the same as last time (an idle guest).
-func replayStatus(every time.Duration, line func() string) (stop func()) {
-	if every <= 0 {
-		return func() {}
-	}
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		last := ""
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if l := line(); l != last {
-					fmt.Fprintln(os.Stderr, l)
-					last = l
-				}
-			}
-		}
-	}()
-	return func() { close(done) }
 }
