@@ -86,6 +86,16 @@ const (
 	RoleBackup  Role = 2
 )
 
+func (r Role) String() string {
+	switch r {
+	case RolePrimary:
+		return "primary"
+	case RoleBackup:
+		return "backup"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
 var helloMagic = [4]byte{'F', 'T', 'C', 'H'}
 
 // Hello opens a connection in each direction. The backup reports the

@@ -65,19 +65,19 @@ func (b *Backup) publish() {
 // FailureTimeout; what was committed stays committed.
 func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	defer conn.Close()
-	l := newLink(conn, b.cfg.MaxCheckpoint, b.now)
+	l := format.NewLink(conn, b.cfg.MaxCheckpoint, b.now)
 	st := b.recv.Status()
 	hello := format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.guest.Memory())) / format.PageSize}
 	if st.State == format.StateCommitted {
 		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
 	}
-	if _, err := l.hello(hello, b.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(hello, b.cfg.FailureTimeout); err != nil {
 		return err
 	}
 	stop := make(chan struct{})
 	defer close(stop)
 	hbErr := make(chan error, 1)
-	go l.heartbeats(b.cfg.Heartbeat, stop, hbErr)
+	go l.Heartbeats(b.cfg.Heartbeat, stop, func(err error) { hbErr <- err })
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -92,7 +92,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		default:
 		}
 		conn.SetReadDeadline(b.now().Add(b.cfg.FailureTimeout))
-		t, payload, err := l.next()
+		t, payload, err := l.Next()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -111,14 +111,14 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 				if st.State == format.StateCommitted {
 					r.Generation, r.Epoch = st.Generation, st.Epoch
 				}
-				if err := l.send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout); err != nil {
+				if err := l.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout); err != nil {
 					return err
 				}
 				continue
 			}
 			if res.Committed {
 				a := format.Ack{Generation: res.Header.Generation, Epoch: res.Header.Epoch}
-				if err := l.send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout); err != nil {
+				if err := l.Send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout); err != nil {
 					return err
 				}
 			}

@@ -103,14 +103,14 @@ type capture struct {
 // wrapping witness.ErrHalt.
 // Precondition: the guest is running.
 func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
-	l := newLink(conn, p.cfg.MaxCheckpoint, p.now)
+	l := format.NewLink(conn, p.cfg.MaxCheckpoint, p.now)
 	defer conn.Close()
 	pages := uint64(len(p.guest.Memory())) / format.PageSize
 	cache, err := format.NewPageCache(len(p.guest.Memory()))
 	if err != nil {
 		return err
 	}
-	if _, err := l.hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
 		return p.backupLost(ctx, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -122,7 +122,7 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); p.send(ctx, l, format.NewEncoder(cache), captures, failed) }()
 	go func() { defer wg.Done(); p.receive(l, failed) }()
-	go func() { defer wg.Done(); l.heartbeats(p.cfg.Heartbeat, stopHB, failed) }()
+	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, stopHB, func(err error) { failed <- err }) }()
 	defer func() {
 		close(stopHB)
 		cancel()
@@ -144,7 +144,7 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 var errPeerFailed = errors.New("backup link failed")
 
 // loop is the epoch loop: the initial sync, then one checkpoint per epoch.
-func (p *Primary) loop(ctx context.Context, l *link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time) error {
+func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time) error {
 	dirty := dirtylog.NewBitmap(pages)
 	epochLen := p.cfg.Epoch
 	timer := time.NewTimer(0)
@@ -166,7 +166,7 @@ func (p *Primary) loop(ctx context.Context, l *link, pages uint64, captures chan
 		case err := <-failed:
 			return fmt.Errorf("%w: %w", errPeerFailed, err)
 		case <-tick:
-			if s := l.silentFor(); s > p.cfg.FailureTimeout {
+			if s := l.SilentFor(); s > p.cfg.FailureTimeout {
 				return fmt.Errorf("%w: nothing from the backup for %v", errPeerFailed, s.Round(time.Millisecond))
 			}
 			if !p.syncAcked.Load() && p.now().Sub(time.Unix(0, p.syncSent.Load())) > p.cfg.FailureTimeout {
@@ -336,7 +336,7 @@ func (p *Primary) waitInflight(ctx context.Context, failed <-chan error) error {
 }
 
 // send encodes captures in order and writes them to the backup.
-func (p *Primary) send(ctx context.Context, l *link, enc *format.Encoder, captures <-chan *capture, failed chan<- error) {
+func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder, captures <-chan *capture, failed chan<- error) {
 	var buf []byte
 	scratch := make([]byte, format.PageSize)
 	for c := range captures {
@@ -374,7 +374,7 @@ func (p *Primary) send(ctx context.Context, l *link, enc *format.Encoder, captur
 			return
 		}
 		buf = data
-		if err := l.send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
+		if err := l.Send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
 			failed <- err
 			return
 		}
@@ -386,9 +386,9 @@ func (p *Primary) send(ctx context.Context, l *link, enc *format.Encoder, captur
 }
 
 // receive reads acks, heartbeats and resync requests from the backup.
-func (p *Primary) receive(l *link, failed chan<- error) {
+func (p *Primary) receive(l *format.Link, failed chan<- error) {
 	for {
-		t, payload, err := l.next()
+		t, payload, err := l.Next()
 		if err != nil {
 			failed <- fmt.Errorf("reading from the backup: %w", err)
 			return

@@ -36,7 +36,7 @@ type Backup struct {
 
 	q    *logQueue
 	gate ackGate
-	link *link
+	link *format.Link
 
 	// Replayer.
 	ctx      context.Context
@@ -100,15 +100,15 @@ func NewBackup(cfg Config, m Machine, plug *Plug, fence *witness.Fence, makeOut 
 func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.ctx = ctx
 	defer conn.Close()
-	l := newLink(conn, b.cfg.MaxCheckpoint)
-	if err := l.hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize}, b.cfg.FailureTimeout); err != nil {
+	l := format.NewLink(conn, b.cfg.MaxCheckpoint, nil)
+	if _, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize}, b.cfg.FailureTimeout); err != nil {
 		return nil, err
 	}
 	b.link = l
 	stop := make(chan struct{})
 	defer close(stop)
 	go b.receive(ctx, l)
-	go l.heartbeats(b.cfg.Heartbeat, stop, func(err error) { conn.Close() })
+	go l.Heartbeats(b.cfg.Heartbeat, stop, func(err error) { conn.Close() })
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()
@@ -117,13 +117,13 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 // receive reads the stream into the queue and acknowledges what may be,
 // until the link fails or the primary falls silent; then it closes the
 // queue.
-func (b *Backup) receive(ctx context.Context, l *link) {
+func (b *Backup) receive(ctx context.Context, l *format.Link) {
 	var batch Batch
 	next := uint64(0) // the LSN expected next; 0 before the first batch
 	gapped := false   // entries were lost: wait for a sync
 	for {
-		l.conn.SetReadDeadline(time.Now().Add(b.cfg.FailureTimeout))
-		t, payload, err := l.next()
+		l.Conn().SetReadDeadline(time.Now().Add(b.cfg.FailureTimeout))
+		t, payload, err := l.Next()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -203,7 +203,7 @@ func firstSync(entries []Entry) int {
 func (b *Backup) ack() {
 	if a, ok := b.gate.next(); ok {
 		msg := format.Ack{Generation: b.gate.generation(), Epoch: a}
-		b.link.send(format.MsgAck, msg.Append(nil), b.cfg.FailureTimeout) // a failure shows as silence
+		b.link.Send(format.MsgAck, msg.Append(nil), b.cfg.FailureTimeout) // a failure shows as silence
 	}
 }
 
@@ -211,7 +211,7 @@ func (b *Backup) ack() {
 // the backup vouches for.
 func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string) {
 	r := format.Resync{Reason: reason, Generation: b.gate.generation(), Epoch: lsn, Detail: truncate(detail, format.MaxResyncDetail)}
-	b.link.send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
+	b.link.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
 }
 
 func truncate(s string, n int) string {

@@ -194,9 +194,9 @@ func (p *Primary) connect(conn net.Conn) error {
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
 	p.recording = true
 	p.resync.Store(true) // the backup starts from a full checkpoint
-	l := newLink(conn, p.cfg.MaxCheckpoint)
+	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	if err := l.hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
 		conn.Close()
 		return err
 	}
@@ -206,7 +206,7 @@ func (p *Primary) connect(conn net.Conn) error {
 	wg.Add(2)
 	go func() { defer close(sent); p.send(l, stopc) }()
 	go func() { defer close(received); p.receive(l) }()
-	go func() { defer wg.Done(); l.heartbeats(p.cfg.Heartbeat, stopc, p.linkFailed) }()
+	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, stopc, p.linkFailed) }()
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
 	// write side closes, so the backup reads the whole log before the end
@@ -239,7 +239,7 @@ func (p *Primary) linkFailed(err error) {
 func (p *Primary) linkIsDown() bool { return p.broken.Load() }
 
 // watch declares the link failed when the backup falls silent.
-func (p *Primary) watch(l *link, stop <-chan struct{}) {
+func (p *Primary) watch(l *format.Link, stop <-chan struct{}) {
 	t := time.NewTicker(p.cfg.Heartbeat)
 	defer t.Stop()
 	for {
@@ -247,7 +247,7 @@ func (p *Primary) watch(l *link, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			if s := l.silentFor(); s > p.cfg.FailureTimeout {
+			if s := l.SilentFor(); s > p.cfg.FailureTimeout {
 				p.linkFailed(fmt.Errorf("nothing from the backup for %v", s.Round(time.Millisecond)))
 				return
 			}
@@ -257,7 +257,7 @@ func (p *Primary) watch(l *link, stop <-chan struct{}) {
 
 // send writes queued messages in order until stop, then what is still
 // queued, unless the link failed.
-func (p *Primary) send(l *link, stop <-chan struct{}) {
+func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 	for {
 		var msg message
 		select {
@@ -265,7 +265,7 @@ func (p *Primary) send(l *link, stop <-chan struct{}) {
 			for {
 				select {
 				case msg := <-p.sendq:
-					if p.linkIsDown() || l.send(msg.t, msg.payload, p.cfg.FailureTimeout) != nil {
+					if p.linkIsDown() || l.Send(msg.t, msg.payload, p.cfg.FailureTimeout) != nil {
 						return
 					}
 				default:
@@ -274,7 +274,7 @@ func (p *Primary) send(l *link, stop <-chan struct{}) {
 			}
 		case msg = <-p.sendq:
 		}
-		if err := l.send(msg.t, msg.payload, p.cfg.FailureTimeout); err != nil {
+		if err := l.Send(msg.t, msg.payload, p.cfg.FailureTimeout); err != nil {
 			p.linkFailed(err)
 			return
 		}
@@ -283,9 +283,9 @@ func (p *Primary) send(l *link, stop <-chan struct{}) {
 }
 
 // receive reads acks, resync requests and heartbeats from the backup.
-func (p *Primary) receive(l *link) {
+func (p *Primary) receive(l *format.Link) {
 	for {
-		t, payload, err := l.next()
+		t, payload, err := l.Next()
 		if err != nil {
 			p.linkFailed(fmt.Errorf("reading from the backup: %w", err))
 			return
