@@ -43,6 +43,8 @@ type modeFlags struct {
 	readyFD        int
 	replayMachine  string
 	landingDelay   time.Duration
+	join           string
+	acceptBackups  string
 	machine        machineFlags
 	devices        deviceFlags
 }
@@ -69,6 +71,8 @@ func addModeFlags(root *cobra.Command) {
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
 	fl.StringVar(&f.replayMachine, "machine", "auto", "replay: the guest's machine: kvm, sim (the software machine) or auto (kvm if /dev/kvm opens)")
+	fl.StringVar(&f.join, "join", "", "replay backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening")
+	fl.StringVar(&f.acceptBackups, "accept-backups", "", "replay primary (and a backup once live): accept backups that --join at ADDR, one at a time")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
@@ -121,10 +125,14 @@ func (f *modeFlags) config(changed func(string) bool) (ckmode.Config, error) {
 	switch {
 	case f.role != "" && f.role != "primary" && f.role != "backup":
 		return ckmode.Config{}, fmt.Errorf("--role %q: want primary, backup, or nothing to run both here", f.role)
-	case f.role == "primary" && f.peer == "":
-		return ckmode.Config{}, errors.New("--role primary needs --peer HOST:PORT (the backup)")
-	case f.role == "backup" && f.listen == "":
-		return ckmode.Config{}, errors.New("--role backup needs --listen ADDR")
+	case f.mode == "checkpoint" && (f.join != "" || f.acceptBackups != ""):
+		return ckmode.Config{}, errors.New("--join and --accept-backups apply to --mode replay")
+	case f.role == "primary" && f.peer == "" && f.acceptBackups == "":
+		return ckmode.Config{}, errors.New("--role primary needs --peer HOST:PORT (the backup), or, in replay mode, --accept-backups ADDR")
+	case f.role == "backup" && (f.listen == "") == (f.join == ""):
+		return ckmode.Config{}, errors.New("--role backup needs --listen ADDR, or, in replay mode, --join HOST:PORT (one of them)")
+	case f.role == "" && (f.join != "" || f.acceptBackups != ""):
+		return ckmode.Config{}, errors.New("--join and --accept-backups need --role (a local run makes its own backup)")
 	}
 	if err := f.devices.validate(); err != nil {
 		return ckmode.Config{}, err
@@ -325,7 +333,7 @@ func dialBackup(ctx context.Context, addr string, within time.Duration) (net.Con
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connecting to the backup at %s: %w", addr, err)
+			return nil, fmt.Errorf("connecting to the peer at %s: %w", addr, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -268,8 +269,13 @@ func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout 
 		return err
 	}
 	p.Console = stdout
-	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
-	if err != nil {
+	var conn net.Conn // nil: alone until a backup joins
+	if f.peer != "" {
+		if conn, err = dialBackup(ctx, f.peer, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := acceptBackups(ctx, f.acceptBackups, p); err != nil {
 		return err
 	}
 	if backend != nil {
@@ -330,16 +336,10 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 		return err
 	}
 	b.Console = stdout
-	ln, err := listenForPrimary(f, stdout)
+	conn, err := connectToPrimary(ctx, f, stdout)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	conn, err := ln.Accept()
-	if err != nil {
-		return err
-	}
-	ln.Close()
 	stop := statusLines(f.status, b.Stats.BackupLine)
 	live, err := b.Follow(ctx, conn)
 	stop()
@@ -362,5 +362,51 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 		}
 	}
 	slog.Warn("live as primary, unprotected")
+	if err := acceptBackups(ctx, f.acceptBackups, live); err != nil {
+		return err
+	}
 	return live.Run(ctx, nil)
+}
+
+// connectToPrimary is a backup's connection to its primary: accepted on
+// --listen, or dialled to a running primary's --accept-backups (--join).
+func connectToPrimary(ctx context.Context, f *modeFlags, stdout io.Writer) (net.Conn, error) {
+	if f.join != "" {
+		return dialBackup(ctx, f.join, 10*time.Second)
+	}
+	ln, err := listenForPrimary(f, stdout)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	return ln.Accept()
+}
+
+// acceptBackups lets backups join p at addr (none if addr is empty) for as
+// long as ctx lasts: each one that connects while p runs alone starts from
+// a full checkpoint of the running guest; one that comes while p has a
+// backup is turned away.
+func acceptBackups(ctx context.Context, addr string, p *replay.Primary) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--accept-backups: %w", err)
+	}
+	context.AfterFunc(ctx, func() { ln.Close() })
+	slog.Info("accepting backups", "addr", ln.Addr().String())
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if err := p.Attach(conn); err != nil {
+				slog.Warn("a backup tried to join", "from", conn.RemoteAddr(), "err", err)
+				conn.Close()
+			}
+		}
+	}()
+	return nil
 }

@@ -219,3 +219,75 @@ func TestReplayKill9AtRandomMoments(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayBackupsJoinARunningGuest is FT VMotion through the CLI, as
+// real processes: a primary starts alone and accepts backups; a backup
+// joins it; the primary is killed and the backup goes live, accepting
+// backups in turn; a third process joins it; the second is killed and the
+// third goes live. The client's replies stay one machine's throughout.
+func TestReplayBackupsJoinARunningGuest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	dir := t.TempDir()
+	udp := freePort(t, "udp")
+	accept1, accept2 := freePort(t, "tcp"), freePort(t, "tcp")
+	common := []string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+		"--heartbeat", "20ms", "--failure-timeout", "300ms"}
+	var out1, out2, out3 syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("first:\n%s\nsecond:\n%s\nthird:\n%s", out1.String(), out2.String(), out3.String())
+		}
+	})
+	first := ftckptProcess(t, &out1, append([]string{"--role", "primary", "--accept-backups", accept1}, common...)...)
+	ua, _ := net.ResolveUDPAddr("udp", udp)
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := &kvClient{conn: conn, bySeq: map[uint64]string{}, values: map[string]uint64{}}
+	for i := 0; i < 5; i++ {
+		c.incr(t, 20*time.Second) // alone
+	}
+	second := ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, common...)...)
+	waitFor(t, &out1, "a backup attached")
+	waitFor(t, &out2, "full checkpoint applied")
+	for i := 0; i < 5; i++ {
+		c.incr(t, 20*time.Second)
+	}
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	for i := 0; i < 5; i++ {
+		c.incr(t, 20*time.Second)
+	}
+	waitFor(t, &out2, "accepting backups")
+	ftckptProcess(t, &out3, append([]string{"--role", "backup", "--join", accept2}, common...)...)
+	waitFor(t, &out3, "full checkpoint applied")
+	for i := 0; i < 5; i++ {
+		c.incr(t, 20*time.Second)
+	}
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+	for i := 0; i < 5; i++ {
+		c.incr(t, 20*time.Second)
+	}
+	if !strings.Contains(out3.String(), "live as primary") {
+		t.Fatal("the third process did not go live")
+	}
+}
+
+// waitFor waits until out contains s.
+func waitFor(t *testing.T, out *syncBuffer, s string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in:\n%s", s, out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -59,6 +59,8 @@ type Primary struct {
 	batchAt   time.Time // when the open batch got its first entry
 	released  uint64    // the last EntryReleased appended
 	recording bool      // false when alone: nothing is logged
+	// protected mirrors recording for Attach, on other goroutines.
+	protected atomic.Bool
 	enc       *format.Encoder
 	kickTimer *time.Timer
 	dirtyAt   time.Time // when an entry was last left unflushed
@@ -170,6 +172,9 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 // of the running guest, then follows the log). The engine takes it at its
 // next boundary. Safe from any goroutine.
 func (p *Primary) Attach(conn net.Conn) error {
+	if p.protected.Load() {
+		return errors.New("the guest already has a backup")
+	}
 	select {
 	case p.attach <- conn:
 		p.poke()
@@ -193,6 +198,7 @@ func (p *Primary) connect(conn net.Conn) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
 	p.recording = true
+	p.protected.Store(true)
 	p.resync.Store(true) // the backup starts from a full checkpoint
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
@@ -333,6 +339,7 @@ func (p *Primary) receive(l *format.Link) {
 // From now on hold releases each output at once, until a backup attaches.
 func (p *Primary) goAlone() error {
 	p.recording = false
+	p.protected.Store(false)
 	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)
 	}
@@ -349,6 +356,7 @@ func (p *Primary) backupLost() error {
 		return err // stopping: not a contest for the next generation
 	}
 	p.recording = false
+	p.protected.Store(false)
 	cause := context.Cause(p.linkCtx)
 	p.log.Warn("backup lost", "cause", cause)
 	dctx, cancel := context.WithTimeout(p.ctx, p.cfg.DecideTimeout)
@@ -444,6 +452,7 @@ func (p *Primary) boundary() error {
 				p.log.Warn("a backup could not attach", "err", err)
 				p.disconnect()
 				p.recording = false
+				p.protected.Store(false)
 			} else {
 				p.log.Info("a backup attached; protecting the guest from a full checkpoint on", "lsn", p.lsn+1)
 			}
