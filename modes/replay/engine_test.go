@@ -397,3 +397,40 @@ func TestBackupAttachesToARunningGuest(t *testing.T) {
 		t.Fatalf("witness holds %+v (%v), want generation 3 after two failovers", cur, err)
 	}
 }
+
+// TestPrimaryLosesItsBackupThenTakesANewOne: the backup dies (not the
+// primary); the primary wins the next generation and runs alone; a new
+// backup attaches and the guest is protected again (the old link's
+// failure must not count against the new one); then the primary dies
+// and the new backup takes over.
+func TestPrimaryLosesItsBackupThenTakesANewOne(t *testing.T) {
+	c := newCluster(t, "kv")
+	c.start()
+	c.incr(t, 10)
+	c.cancelB() // the backup host dies
+	c.killLink()
+	r := <-c.bDone
+	if r.err == nil {
+		t.Fatal("a dead backup went live")
+	}
+	c.incr(t, 10) // answered by the primary alone, after it won generation 2
+	_, _, done, kill := c.attachBackup(c.primary, "second-backup")
+	c.incr(t, 20)
+	if n := c.primary.Stats.BackupsLost.Load(); n != 1 {
+		t.Fatalf("the primary lost %d backups, want 1", n)
+	}
+	c.cancelP()
+	kill()
+	<-c.pDone
+	r = <-done
+	if r.err != nil {
+		t.Fatalf("the new backup did not go live: %v", r.err)
+	}
+	c.live = r.live
+	c.runLive()
+	c.incr(t, 10)
+	checkKV(t, c.client.seen())
+	if cur, err := c.arb.Current(context.Background()); err != nil || cur.Generation != 3 {
+		t.Fatalf("witness holds %+v (%v), want generation 3", cur, err)
+	}
+}

@@ -196,6 +196,7 @@ func (p *Primary) disconnect() {
 // stops them) and recording, from a full checkpoint.
 func (p *Primary) connect(conn net.Conn) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
+	p.broken.Store(false)
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
 	p.recording = true
 	p.protected.Store(true)
