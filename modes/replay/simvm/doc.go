@@ -11,7 +11,9 @@
 // replay.Machine methods), devices.go (ports, interrupt controller, timer,
 // clock, disk, network), signature.go (dirty tracking, Mark, Signature),
 // state.go (SaveState, RestoreState), guests.go and guests/*.asm (the tick
-// and kv guests), client.go (their frame formats).
+// and kv guests), client.go (their frame formats), ckguest.go (a machine
+// run freely on its own goroutine as a modes/checkpoint.Guest: the
+// unprotected baseline and checkpoint mode's guest in `ftckpt bench`).
 //
 // Guest-physical layout: RAM from 0 (at most MaxPages pages); the
 // interrupt vector table at IVTBase (vector v's handler address is the
