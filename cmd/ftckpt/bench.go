@@ -844,8 +844,13 @@ func (c *benchClient) repliesSoFar() uint64 {
 func (c *benchClient) latencies(from, to time.Time) []time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return durationsBetween(c.lat, from, to)
+}
+
+// durationsBetween returns the durations of the samples taken in [from, to].
+func durationsBetween(samples []benchLatency, from, to time.Time) []time.Duration {
 	var ds []time.Duration
-	for _, l := range c.lat {
+	for _, l := range samples {
 		if !l.at.Before(from) && !l.at.After(to) {
 			ds = append(ds, l.d)
 		}
@@ -921,13 +926,7 @@ func (p *benchPauses) add(at time.Time, d time.Duration) {
 func (p *benchPauses) between(from, to time.Time) []time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var ds []time.Duration
-	for _, l := range p.l {
-		if !l.at.Before(from) && !l.at.After(to) {
-			ds = append(ds, l.d)
-		}
-	}
-	return ds
+	return durationsBetween(p.l, from, to)
 }
 
 // benchDevices connect a guest straight to the client and the disk: an

@@ -228,22 +228,7 @@ func (c *cluster) start() {
 // proxy puts the test's filters in conn's path: the primary talks to one
 // end of a TCP pair, the filters copy between it and conn.
 func (c *cluster) proxy(conn net.Conn) net.Conn {
-	t := c.t
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		a, _ := ln.Accept()
-		accepted <- a
-	}()
-	primarySide, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mid := <-accepted
+	primarySide, mid := tcpPair(c.t)
 	c.proxyMu.Lock()
 	c.proxyConns = append(c.proxyConns, mid, conn)
 	c.proxyMu.Unlock()
