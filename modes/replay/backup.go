@@ -425,7 +425,7 @@ func (b *Backup) land(sig Signature) error {
 	}
 	// A kick can stop the guest before it executes anything, so a landing
 	// may be where the guest already is (RunTo would first step past it).
-	if got, err := b.m.Signature(); err != nil || got == sig {
+	if ok, err := b.m.Matches(sig); err != nil || ok {
 		return err
 	}
 	for hits := 1; ; hits++ {
@@ -441,12 +441,8 @@ func (b *Backup) land(sig Signature) error {
 			return &divergence{b.lsn, fmt.Sprintf("guest stopped at %v before the landing at %#x", e, sig.RIP)}
 		}
 		b.Stats.BreakpointHits.Add(1)
-		got, err := b.m.Signature()
-		if err != nil {
+		if ok, err := b.m.Matches(sig); err != nil || ok {
 			return err
-		}
-		if got == sig {
-			return nil
 		}
 		if hits >= b.cfg.MaxLandingHits {
 			return &divergence{b.lsn, fmt.Sprintf("no match for the landing at %#x in %d visits", sig.RIP, hits)}

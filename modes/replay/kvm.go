@@ -283,6 +283,25 @@ func (k *KVMMachine) Signature() (Signature, error) {
 	return Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty)}, nil
 }
 
+// Matches implements Machine: GET_REGS first; the dirty log is harvested
+// and hashed only when RIP and registers match (what a skipped harvest
+// leaves in KVM's log, the next one collects).
+func (k *KVMMachine) Matches(sig Signature) (bool, error) {
+	if k.fault.err != nil {
+		return false, k.fault.err
+	}
+	rip, err := k.st.RIP()
+	if err != nil || rip != sig.RIP {
+		return false, err
+	}
+	regs, err := k.st.RegsHash()
+	if err != nil || regs != sig.Regs {
+		return false, err
+	}
+	got, err := k.Signature()
+	return got == sig, err
+}
+
 // Memory implements Machine: RAM is one mapping, guest-physical from 0 (at
 // most vmm.LowRAMTop). Writes through it are not dirty-tracked:
 // RestoreState starts a new Mark interval.

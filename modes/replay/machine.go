@@ -136,6 +136,11 @@ type Machine interface {
 	Mark() error
 	// Signature describes the guest's current point.
 	Signature() (Signature, error)
+	// Matches reports whether Signature() would equal sig. It hashes the
+	// dirty pages (the costly part) only when RIP and registers match, so
+	// the backup's stops at a landing's RIP that are not the landing cost
+	// little.
+	Matches(sig Signature) (bool, error)
 	// Memory is guest RAM, guest-physical from 0; the engine reads it for a
 	// full checkpoint and the checkpoint receiver writes it. Stable between
 	// calls.

@@ -357,3 +357,43 @@ buf:	.quad 0
 	}
 	t.Logf("landings by pc offset: %v", seen)
 }
+
+// TestMatchesAgreesWithSignature: at every stop of a loop that writes
+// memory, Matches(sig) holds exactly when Signature() equals sig — for
+// the signature of this stop, of earlier stops (same RIP, other registers
+// or memory), and for one that differs only in its dirty hash.
+func TestMatchesAgreesWithSignature(t *testing.T) {
+	const src = `
+	.org ENTRY
+start:
+	li r1, 0
+	li r2, 0x8000
+loop:
+	st64 [r2], r1
+	add r1, r1, 1
+	and r1, r1, 3
+	jmp loop
+`
+	p, _ := Assemble(Prelude + src)
+	loop := p.Symbols["loop"]
+	r := newProgramRig(t, src, 16)
+	m := r.m
+	if err := m.Mark(); err != nil {
+		t.Fatal(err)
+	}
+	var seen []replay.Signature
+	for i := 0; i < 12; i++ {
+		e, err := m.RunTo(loop)
+		mustExit(t, replay.ExitBreakpoint, e, err)
+		now, _ := m.Signature()
+		other := now
+		other.Dirty ^= 1
+		for _, sig := range append(seen, now, other) {
+			ok, err := m.Matches(sig)
+			if err != nil || ok != (sig == now) {
+				t.Fatalf("stop %d: Matches(%+v) = %v, %v; Signature() = %+v", i, sig, ok, err, now)
+			}
+		}
+		seen = append(seen, now)
+	}
+}

@@ -42,6 +42,18 @@ func (m *Machine) Mark() error {
 // (page number, hash of its contents); a page's contents hash is cached
 // until the page is written again.
 func (m *Machine) Signature() (replay.Signature, error) {
+	return replay.Signature{RIP: m.cpu.PC, Regs: m.regsHash(), Dirty: m.dirtyHash()}, nil
+}
+
+// Matches implements replay.Machine.
+func (m *Machine) Matches(sig replay.Signature) (bool, error) {
+	if m.cpu.PC != sig.RIP || m.regsHash() != sig.Regs {
+		return false, nil
+	}
+	return m.dirtyHash() == sig.Dirty, nil
+}
+
+func (m *Machine) regsHash() uint64 {
 	c := &m.cpu
 	h := uint64(hashOffset)
 	for _, r := range c.R[:16] {
@@ -54,7 +66,7 @@ func (m *Machine) Signature() (replay.Signature, error) {
 	} else {
 		h = mix(h, 0)
 	}
-	return replay.Signature{RIP: c.PC, Regs: h, Dirty: m.dirtyHash()}, nil
+	return h
 }
 
 func (m *Machine) dirtyHash() uint64 {
