@@ -63,7 +63,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.minEpoch, "min-epoch", 5*time.Millisecond, "shortest epoch for --epoch auto")
 	fl.DurationVar(&f.maxEpoch, "max-epoch", 500*time.Millisecond, "longest epoch for --epoch auto")
 	fl.StringVar(&f.arbiter, "arbiter", witness.DefaultSpec, "who decides failover: raft://H:P,H:P,H:P or disk:PATH[#OFFSET]")
-	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint; the backup checks it")
+	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint (replay: every full checkpoint); the backup checks it")
 	fl.DurationVar(&f.heartbeat, "heartbeat", 50*time.Millisecond, "heartbeat interval")
 	fl.DurationVar(&f.failureTimeout, "failure-timeout", 500*time.Millisecond, "silence that means the peer is gone")
 	fl.StringVar(&f.dirtyTracking, "dirty-tracking", "auto", "bitmap, ring or auto")

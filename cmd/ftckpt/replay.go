@@ -29,7 +29,7 @@ import (
 // replayConfig checks the replay flags and returns the engine's
 // configuration.
 func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, error) {
-	for _, name := range []string{"epoch", "min-epoch", "max-epoch", "verify", "dirty-tracking", "vcpus", "irqchip"} {
+	for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip"} {
 		if changed(name) {
 			return replay.Config{}, fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
 		}
@@ -48,6 +48,7 @@ func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, erro
 	}
 	cfg := replay.DefaultConfig()
 	cfg.Heartbeat, cfg.FailureTimeout, cfg.LandingDelay = f.heartbeat, f.failureTimeout, f.landingDelay
+	cfg.Verify = f.verify
 	if err := cfg.Validate(); err != nil {
 		return replay.Config{}, err
 	}

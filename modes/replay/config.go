@@ -41,6 +41,10 @@ type Config struct {
 	Heartbeat, FailureTimeout, DecideTimeout time.Duration
 	// MaxCheckpoint bounds a full-sync checkpoint message.
 	MaxCheckpoint int
+	// Verify adds a SHA-256 of all guest memory to every full checkpoint;
+	// the backup checks it after applying. It costs a pass over memory on
+	// both sides.
+	Verify bool
 }
 
 // DefaultConfig returns the defaults.

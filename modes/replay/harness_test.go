@@ -36,6 +36,7 @@ func testConfig() replay.Config {
 	// host the tick guest's work may otherwise always end in an exit
 	// within the default delay).
 	c.LandingDelay = 0
+	c.Verify = true
 	return c
 }
 

@@ -646,7 +646,7 @@ func (p *Primary) sync() error {
 		p.enc.Abort()
 		return fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
 	}
-	data, err := p.enc.Finish(state, true)
+	data, err := p.enc.Finish(state, p.cfg.Verify)
 	if err != nil {
 		return err
 	}
