@@ -7,7 +7,7 @@
 
 GO ?= go
 BIN := bin/ftckpt
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 
 .PHONY: all build guests test test-short run bench fuzz lint clean
 

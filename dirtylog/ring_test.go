@@ -97,7 +97,7 @@ func TestCollectRingRejectsPagesOutsideRAM(t *testing.T) {
 	}{
 		{kvmapi.DirtyGFN{Flags: dirty, Slot: 7, Offset: 1}, "unknown slot 7"},
 		{kvmapi.DirtyGFN{Flags: dirty, Slot: 1, Offset: 262144}, "slot 1, which has 262144 pages"},
-		{kvmapi.DirtyGFN{Flags: dirty, Slot: 1<<16 | 0, Offset: 1}, "address space 1"},
+		{kvmapi.DirtyGFN{Flags: dirty, Slot: 1 << 16, Offset: 1}, "address space 1"},
 	}
 	for _, c := range cases {
 		ring := []kvmapi.DirtyGFN{c.e, {Flags: dirty, Offset: 5}}

@@ -13,7 +13,7 @@ import (
 type op int
 
 const (
-	opInvalid op = iota
+	_ op = iota // the zero op is invalid
 	// opAcquire is the compare-and-set of decide.
 	opAcquire
 	// opRead returns the holder. Reads go through the log so that they are

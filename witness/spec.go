@@ -1,6 +1,7 @@
 package witness
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -84,7 +85,7 @@ func checkHostPort(a string) error {
 func parseDiskSpec(s string) (path string, offset int64, image bool, err error) {
 	path, off, image := strings.Cut(s, "#")
 	if path == "" {
-		return "", 0, false, fmt.Errorf("empty path after disk:")
+		return "", 0, false, errors.New("empty path; want disk:PATH or disk:IMAGE#OFFSET")
 	}
 	if !image {
 		return path, 0, false, nil

@@ -32,7 +32,7 @@ type ServeConfig struct {
 // HOST:PORT+1.
 func ParsePeers(s string) ([]Peer, error) {
 	if s == "" {
-		return nil, errors.New("peers: empty list, want ID=HOST:PORT,...")
+		return nil, errors.New("peers: empty list; want ID=HOST:PORT, comma-separated")
 	}
 	var peers []Peer
 	for _, item := range strings.Split(s, ",") {

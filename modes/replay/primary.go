@@ -63,7 +63,6 @@ type Primary struct {
 	protected atomic.Bool
 	enc       *format.Encoder
 	kickTimer *time.Timer
-	dirtyAt   time.Time // when an entry was last left unflushed
 
 	// The link, while recording. linkCtx ends, with the failure as its
 	// cause, when the link fails (or Run's ctx ends).
