@@ -96,3 +96,17 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: %q, %v", out, err)
 	}
 }
+
+// TestGuestsListsBoth: every guest of both machines is listed, with the
+// software machine's parameters.
+func TestGuestsListsBoth(t *testing.T) {
+	out, err := runCLI("guests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"counter", "smp", "memtouch", "tick", "disk", "kv", "persist_every=4", "period_ns="} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ftckpt guests does not mention %q:\n%s", want, out)
+		}
+	}
+}
