@@ -27,9 +27,15 @@ func newRootCmd() *cobra.Command {
 backup host; if the primary dies, the backup goes live and the guest's clients
 never notice. See README.md for the modes and their trade-offs.
 
+  ftckpt --mode replay --guest kv             primary here, backup as a local child
+  ftckpt --mode replay --role backup --listen :7100
+  ftckpt --mode replay --role primary --peer backuphost:7100
   ftckpt --mode checkpoint --vcpus 4          primary here, backup as a local child
   ftckpt --mode checkpoint --role backup --listen :7100
-  ftckpt --mode checkpoint --role primary --peer backuphost:7100`,
+  ftckpt --mode checkpoint --role primary --peer backuphost:7100
+
+Replay runs one vCPU on KVM, or on a software machine where /dev/kvm cannot
+be opened (--machine); checkpoint mode needs KVM.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
