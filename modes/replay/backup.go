@@ -146,7 +146,7 @@ func (b *Backup) receive(ctx context.Context, l *format.Link) {
 				if !gapped {
 					gapped = true
 					b.gate.hold(max(next, 1))
-					b.askResync(format.ResyncGap, max(next, 1)-1, err.Error())
+					b.askResync(format.ResyncGap, max(next, 1), err.Error())
 				}
 				continue
 			}
@@ -154,6 +154,11 @@ func (b *Backup) receive(ctx context.Context, l *format.Link) {
 			if gapped {
 				i := firstSync(entries)
 				if i < 0 {
+					// Still lost at batch.First: ask again. The primary
+					// ignores this if it sent a sync since (which will
+					// come); the first request may have been ignored for
+					// a sync that was in the lost part.
+					b.askResync(format.ResyncGap, batch.First, "still waiting for a full checkpoint after a gap")
 					continue
 				}
 				entries, batch.First, gapped = entries[i:], batch.First+uint64(i), false
@@ -207,8 +212,9 @@ func (b *Backup) ack() {
 	}
 }
 
-// askResync asks the primary for a full checkpoint; lsn is the last entry
-// the backup vouches for.
+// askResync asks the primary for a full checkpoint: the backup cannot
+// reproduce the guest from lsn on. The primary ignores the request if it
+// began a sync after lsn (the backup will get that one).
 func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string) {
 	r := format.Resync{Reason: reason, Generation: b.gate.generation(), Epoch: lsn, Detail: truncate(detail, format.MaxResyncDetail)}
 	b.link.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
@@ -272,7 +278,7 @@ func (b *Backup) diverged(d *divergence) {
 	b.window = nil // produced by an execution that was not the primary's
 	b.envErr = nil
 	b.gate.hold(d.lsn)
-	b.askResync(format.ResyncDivergence, d.lsn-1, d.why)
+	b.askResync(format.ResyncDivergence, d.lsn, d.why)
 }
 
 // applySync applies the full checkpoint that follows the sync entry at s.

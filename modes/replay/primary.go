@@ -321,7 +321,7 @@ func (p *Primary) receive(l *format.Link) {
 				return
 			}
 			if r.Epoch < p.lastSync.Load() {
-				continue // about the log before the latest sync: moot
+				continue // the backup has a sync after that point coming: moot
 			}
 			p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
 			p.Stats.Resyncs.Add(1)

@@ -39,8 +39,9 @@ func tamper(edited *atomic.Bool, edit func(b *replay.Batch) bool) filter {
 	}
 }
 
-// corrupt returns a filter that flips a bit in the n-th log batch.
-func corrupt(n int) filter {
+// corrupt returns a filter that flips a bit in the n-th message of type
+// kind.
+func corrupt(kind format.MsgType, n int) filter {
 	return func(from io.Reader, to io.Writer) {
 		r := format.NewReader(from, 0)
 		for seen := 0; ; {
@@ -48,7 +49,7 @@ func corrupt(n int) filter {
 			if err != nil {
 				return
 			}
-			if t == format.MsgLog {
+			if t == kind {
 				if seen++; seen == n {
 					payload[len(payload)/2] ^= 0x10
 				}
@@ -145,21 +146,56 @@ func TestTamperedLogIsDetectedAndResynchronised(t *testing.T) {
 	}
 }
 
-// TestCorruptBatchIsRejectedAndResynchronised flips a bit in one batch:
-// the backup rejects it, asks for a full checkpoint, skips to it, and ends
-// in the primary's state.
-func TestCorruptBatchIsRejectedAndResynchronised(t *testing.T) {
-	c := newCluster(t, "kv")
-	c.up = corrupt(5)
-	c.start()
-	drive(t, c, "kv", func() bool { return c.backup.Stats.Applied.Load() >= 2 })
-	c.stopPrimary()
-	c.failover()
-	sameMachine(t, c.pm, c.bm)
-	if r := c.primary.Stats.Resyncs.Load(); r != 1 {
-		t.Errorf("%d full checkpoints asked for one corrupt batch", r)
+// TestCorruptMessagesAreRejectedAndResynchronised flips a bit in one
+// message: a log batch (a gap), the batch that carries the first sync
+// entry (the gap swallows the sync the backup was waiting for), or a full
+// checkpoint. Each time the backup rejects it, gets a new full checkpoint,
+// and ends in the primary's state.
+func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		kind format.MsgType
+		n    int
+	}{
+		{"a batch", format.MsgLog, 5},
+		{"the batch of the first sync", format.MsgLog, 1},
+		{"the first checkpoint", format.MsgCheckpoint, 1},
+		{"a later checkpoint", format.MsgCheckpoint, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, "kv")
+			c.up = corrupt(tc.kind, tc.n)
+			if tc.n == 2 { // a second checkpoint needs a reason: a divergence
+				var edited atomic.Bool
+				up := tamper(&edited, func(b *replay.Batch) bool {
+					for i := range b.Entries {
+						if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
+							e.Exit.Data[0] ^= 1
+							return true
+						}
+					}
+					return false
+				})
+				c.up = chain(up, corrupt(tc.kind, tc.n))
+			}
+			c.start()
+			drive(t, c, "kv", func() bool { return c.backup.Stats.Applied.Load() >= 1 && c.primary.Stats.Syncs.Load() >= 2 })
+			c.incr(t, 10)
+			c.stopPrimary()
+			c.failover()
+			sameMachine(t, c.pm, c.bm)
+			checkOutputs(t, "kv", c.client.seen())
+		})
 	}
-	checkOutputs(t, "kv", c.client.seen())
+}
+
+// chain runs filters one after the other on a byte path.
+func chain(a, b filter) filter {
+	return func(from io.Reader, to io.Writer) {
+		pr, pw := io.Pipe()
+		go func() { a(from, pw); pw.Close() }()
+		b(pr, to)
+	}
 }
 
 func paramsFor(guest string) []simvm.Param {
