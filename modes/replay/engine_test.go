@@ -434,3 +434,63 @@ func TestPrimaryLosesItsBackupThenTakesANewOne(t *testing.T) {
 		t.Fatalf("witness holds %+v (%v), want generation 3", cur, err)
 	}
 }
+
+// TestPartitionOneSideGoesOn cuts the link between a live primary and a
+// live backup, 10 times at random moments under client traffic: both ask
+// the witness for the next generation; exactly one goes on (the primary
+// alone, or the backup live) and the other stops; the client's view is
+// one machine's.
+func TestPartitionOneSideGoesOn(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	winners := map[string]int{}
+	for i := 0; i < 10; i++ {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			c := newCluster(t, "kv")
+			c.start()
+			c.incr(t, 1+rng.Intn(30))
+			c.send() // a request in flight
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+			c.killLink()
+			var r followResult
+			select {
+			case r = <-c.bDone:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the backup never decided")
+			}
+			primaryOn := !waitClosed(c.pDone, time.Second)
+			switch {
+			case r.err == nil && primaryOn:
+				t.Fatal("both sides went on")
+			case r.err == nil:
+				if !errors.Is(c.pErr, witness.ErrHalt) {
+					t.Fatalf("the primary stopped with %v, want a halt", c.pErr)
+				}
+				winners["backup"]++
+				c.live = r.live
+				c.runLive()
+			case primaryOn:
+				if !errors.Is(r.err, witness.ErrLost) {
+					t.Fatalf("the backup stayed back with %v, want a lost contest", r.err)
+				}
+				winners["primary"]++
+			default:
+				t.Fatalf("neither side went on: primary %v, backup %v", c.pErr, r.err)
+			}
+			c.incr(t, 10)
+			checkKV(t, c.client.seen())
+		})
+	}
+	t.Logf("winners: %v", winners)
+}
+
+// waitClosed reports whether ch closed within d.
+func waitClosed(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
