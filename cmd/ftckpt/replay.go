@@ -270,6 +270,9 @@ func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout 
 		return err
 	}
 	p.Console = stdout
+	if h.disk != nil {
+		p.SyncDisk = h.disk.Flush
+	}
 	var conn net.Conn // nil: alone until a backup joins
 	if f.peer != "" {
 		if conn, err = dialBackup(ctx, f.peer, 10*time.Second); err != nil {
@@ -337,6 +340,9 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 		return err
 	}
 	b.Console = stdout
+	if h.disk != nil {
+		b.SyncDisk = h.disk.Flush
+	}
 	conn, err := connectToPrimary(ctx, f, stdout)
 	if err != nil {
 		return err

@@ -31,8 +31,10 @@ type Backup struct {
 	// Stats counts what the backup did; safe to read at any time.
 	Stats *Stats
 	// Console receives the guest's serial output once live (nil:
-	// discarded). Set before Follow.
-	Console io.Writer
+	// discarded), and SyncDisk becomes the live primary's (see
+	// Primary.SyncDisk). Set before Follow.
+	Console  io.Writer
+	SyncDisk func() error
 
 	q    *logQueue
 	gate ackGate
@@ -510,7 +512,7 @@ func (b *Backup) failover() {
 		b.envErr = err
 		return
 	}
-	p.Console, p.ctx = b.Console, b.ctx
+	p.Console, p.SyncDisk, p.ctx = b.Console, b.SyncDisk, b.ctx
 	if err := p.goAlone(); err != nil {
 		b.envErr = err
 		return

@@ -128,6 +128,11 @@ type cluster struct {
 	cancelB        context.CancelFunc
 	primaryConsole bytes.Buffer
 	kv             kvState
+	// Optional, set before start: the primary's disk (instead of the
+	// shared file) and its SyncDisk; a wrapper of each machine's Env.
+	pDisk   outbuf.Disk
+	pSync   func() error
+	envWrap func(host string, env replay.Env) replay.Env
 }
 
 type followResult struct {
@@ -164,12 +169,16 @@ func (c *cluster) start() {
 	}
 	var err error
 	pplug := &replay.Plug{}
-	if c.pm, err = simvm.New(c.guest, testPages, pplug, c.params...); err != nil {
+	if c.pm, err = simvm.New(c.guest, testPages, c.wrap("primary", pplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	nic, cut := c.client.nic("primary")
 	c.cutNIC = cut
-	c.pOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	var pdisk outbuf.Disk = c.disk
+	if c.pDisk != nil {
+		pdisk = c.pDisk
+	}
+	c.pOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: pdisk, Clock: outbuf.SystemClock{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,10 +186,11 @@ func (c *cluster) start() {
 		t.Fatal(err)
 	}
 	c.primary.Console = &c.primaryConsole
+	c.primary.SyncDisk = c.pSync
 
 	bf := witness.NewFence(c.arb, "backup")
 	bplug := &replay.Plug{}
-	if c.bm, err = simvm.New(c.guest, testPages, bplug, c.params...); err != nil {
+	if c.bm, err = simvm.New(c.guest, testPages, c.wrap("backup", bplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
@@ -224,6 +234,14 @@ func (c *cluster) start() {
 			<-c.liveDone
 		}
 	})
+}
+
+// wrap applies envWrap, if set, to a machine's Env.
+func (c *cluster) wrap(host string, env replay.Env) replay.Env {
+	if c.envWrap == nil {
+		return env
+	}
+	return c.envWrap(host, env)
 }
 
 // proxy puts the test's filters in conn's path: the primary talks to one

@@ -42,6 +42,12 @@ type Primary struct {
 	// Console receives the guest's serial output (nil: discarded). Set
 	// before Run.
 	Console io.Writer
+	// SyncDisk, if set, makes the disk's released writes durable
+	// (fdatasync). The engine calls it before it tells the backup that
+	// outputs including disk writes were released, so that a backup taking
+	// over re-issues every write a dying host may not have made durable.
+	// Set before Run.
+	SyncDisk func() error
 
 	rx     rxQueue
 	wake   chan struct{} // buffered(1): frames arrived, resync asked, link lost, a backup attaching
@@ -52,13 +58,16 @@ type Primary struct {
 	rxKickArmed atomic.Bool
 
 	// Engine.
-	ctx       context.Context
-	clock     guestClock
-	w         BatchWriter
-	lsn       uint64    // LSN of the last entry appended
-	batchAt   time.Time // when the open batch got its first entry
-	released  uint64    // the last EntryReleased appended
-	recording bool      // false when alone: nothing is logged
+	ctx      context.Context
+	clock    guestClock
+	w        BatchWriter
+	lsn      uint64    // LSN of the last entry appended
+	batchAt  time.Time // when the open batch got its first entry
+	released uint64    // the last EntryReleased appended
+	// lastWrite is the LSN of the latest disk write held, and durable the
+	// LSN through which released writes were made durable (SyncDisk).
+	lastWrite, durable uint64
+	recording          bool // false when alone: nothing is logged
 	// protected mirrors recording for Attach, on other goroutines.
 	protected atomic.Bool
 	enc       *format.Encoder
@@ -465,6 +474,15 @@ func (p *Primary) boundary() error {
 		}
 	}
 	if c := p.committed.Load(); p.recording && c > p.released {
+		// Every output at or below c is released by now (by the ack's
+		// Commit, or by a Hold that found c committed): make the disk
+		// writes among them durable before saying so.
+		if p.SyncDisk != nil && p.lastWrite > p.durable {
+			if err := p.SyncDisk(); err != nil {
+				return fmt.Errorf("making released disk writes durable: %w", err)
+			}
+			p.durable = c
+		}
 		p.append(Entry{Type: EntryReleased, LSN: c})
 		p.released = c
 	}
@@ -625,6 +643,13 @@ func (p *Primary) hold(o outbuf.Output) error {
 // is stop-and-copy of all memory, which a pre-copy like checkpoint mode's
 // would shorten.
 func (p *Primary) sync() error {
+	// The disk the backup will share must hold what the guest's state
+	// says it wrote: writes released while alone included.
+	if p.SyncDisk != nil {
+		if err := p.SyncDisk(); err != nil {
+			return fmt.Errorf("making released disk writes durable: %w", err)
+		}
+	}
 	p.append(Entry{Type: EntrySync})
 	s := p.lsn
 	p.lastSync.Store(s)
@@ -698,7 +723,9 @@ func (e primaryEnv) ReadDisk(b []byte, off int64) error {
 }
 
 func (e primaryEnv) WriteDisk(b []byte, off int64) error {
-	return e.p.hold(outbuf.DiskWrite(b, off))
+	err := e.p.hold(outbuf.DiskWrite(b, off))
+	e.p.lastWrite = e.p.lsn // the position it was held at
+	return err
 }
 
 func (e primaryEnv) SendFrame(frame []byte) error {

@@ -3,6 +3,9 @@
 ; (the protocol is in client.go). The table is persisted to the disk
 ; (sectors 0 to DB_SECTORS-1) after every param_persist_every updates and
 ; loaded from it at boot; a disk without the table's magic starts empty.
+; With param_journal > 0 every update also writes the table's first sector
+; (magic, count, update count, the first entries) to sector DB_SECTORS +
+; updates%journal: distinct writes, for tests that lose some.
 ; It sleeps in "sti; hlt" until the network interrupt.
 
 	.equ KV_MAX_KEYS, 63
@@ -25,6 +28,7 @@
 
 	.org PARAMS
 param_persist_every:	.quad 4
+param_journal:		.quad 0			; >0: also write the table's first sector after every update, to sector DB_SECTORS + updates%journal
 
 	.org ENTRY
 start:
@@ -408,6 +412,19 @@ updated:
 	ld64 r1, [db_updates]
 	add r1, r1, 1
 	st64 [db_updates], r1
+	ld64 r2, [param_journal]
+	cmp r2, 0
+	je updated_table
+	remu r1, r1, r2				; the journal: one sector per update,
+	add r1, r1, DB_SECTORS			; each holding the update count
+	li r2, db
+	outl PORT_DISK_ADDR, r2
+	outl PORT_DISK_SECTOR, r1
+	li r2, 1
+	outl PORT_DISK_COUNT, r2
+	li r1, DISK_WRITE
+	outb PORT_DISK_CMD, r1
+updated_table:
 	ld64 r1, [unsaved]
 	add r1, r1, 1
 	st64 [unsaved], r1
