@@ -567,6 +567,13 @@ func (e backupEnv) WriteDisk(p []byte, off int64) error {
 	return e.suppress(outbuf.DiskWrite(append([]byte(nil), p...), off))
 }
 
+func (e backupEnv) FlushDisk() error {
+	if b := e.b; b.live != nil {
+		return b.live.flushDisk()
+	}
+	return nil
+}
+
 func (e backupEnv) SendFrame(frame []byte) error {
 	return e.suppress(outbuf.NetFrame(append([]byte(nil), frame...)))
 }

@@ -2,6 +2,8 @@ package replay_test
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"math/rand"
 	"os"
 	"strconv"
@@ -137,5 +139,38 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 				t.Fatalf("after failover the shared disk differs from the %d writes of the guest's history", n)
 			}
 		})
+	}
+}
+
+// TestGuestFlushMeansDurable: the kv guest journals every update and
+// flushes the disk before replying. Whenever a reply reaches the client,
+// the update it reports must already be on the shared disk itself, not
+// in the primary's page cache (nor held for the backup).
+func TestGuestFlushMeansDurable(t *testing.T) {
+	c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000}, simvm.Param{Name: "flush", Value: 1})
+	cache := &cachedDisk{f: c.disk}
+	c.pDisk, c.pSync = cache, cache.Sync
+	var bad error
+	c.client.onFrame = func(host string, f []byte) {
+		r, err := simvm.ParseKVReply(f)
+		if err != nil || bad != nil {
+			return
+		}
+		// Every request is an INCR, so the reply's number is the update's.
+		sector := make([]byte, simvm.DiskSectorSize)
+		if _, err := c.disk.ReadAt(sector, int64(16+r.Seq%1000)*simvm.DiskSectorSize); err != nil {
+			bad = err
+			return
+		}
+		if got := binary.LittleEndian.Uint64(sector[16:]); got != r.Seq {
+			bad = fmt.Errorf("reply %d reached the client while the disk's journal says update %d", r.Seq, got)
+		}
+	}
+	c.start()
+	c.incr(t, 40)
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	if bad != nil {
+		t.Fatal(bad)
 	}
 }

@@ -29,6 +29,9 @@ func (p *Plug) ReadDisk(b []byte, off int64) error { return p.env.ReadDisk(b, of
 // WriteDisk implements Env.
 func (p *Plug) WriteDisk(b []byte, off int64) error { return p.env.WriteDisk(b, off) }
 
+// FlushDisk implements Env.
+func (p *Plug) FlushDisk() error { return p.env.FlushDisk() }
+
 // SendFrame implements Env.
 func (p *Plug) SendFrame(frame []byte) error { return p.env.SendFrame(frame) }
 

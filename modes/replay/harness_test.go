@@ -52,6 +52,9 @@ type client struct {
 	mu     sync.Mutex
 	frames []frame
 	cond   *sync.Cond
+	// onFrame, if set before start, sees each frame as it arrives (with
+	// mu held).
+	onFrame func(host string, data []byte)
 }
 
 func newClient() *client {
@@ -68,6 +71,9 @@ func (c *client) nic(host string) (outbuf.NetSink, func()) {
 			return nil
 		}
 		c.mu.Lock()
+		if c.onFrame != nil {
+			c.onFrame(host, f)
+		}
 		c.frames = append(c.frames, frame{append([]byte(nil), f...), host})
 		c.cond.Broadcast()
 		c.mu.Unlock()

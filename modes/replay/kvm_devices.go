@@ -64,7 +64,7 @@ func (d *kvmDisk) WriteAt(p []byte, off int64) (int, error) {
 
 // Flush does nothing: the Env has no flush. Writes are outputs the engine
 // holds and releases in order, and makes durable itself.
-func (d *kvmDisk) Flush() error { return nil }
+func (d *kvmDisk) Flush() error { return d.env.FlushDisk() }
 
 func (d *kvmDisk) Size() int64 { return d.size }
 

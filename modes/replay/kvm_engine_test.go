@@ -50,6 +50,8 @@ func (e *kvmTestEnv) WriteDisk(p []byte, off int64) error {
 	return nil
 }
 
+func (e *kvmTestEnv) FlushDisk() error { return nil }
+
 func (e *kvmTestEnv) SendFrame(frame []byte) error {
 	e.frames = append(e.frames, slices.Clone(frame))
 	return nil

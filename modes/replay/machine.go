@@ -167,6 +167,11 @@ type Env interface {
 	ReadDisk(p []byte, off int64) error
 	// WriteDisk writes p to the disk at off. It must not retain p.
 	WriteDisk(p []byte, off int64) error
+	// FlushDisk returns once every disk write made before it is durable:
+	// on the primary, once the backup has the log through them and they
+	// are released and synced (the guest waits meanwhile); on a backup,
+	// at once (its writes are the primary's).
+	FlushDisk() error
 	// SendFrame transmits a network frame. It must not retain frame.
 	SendFrame(frame []byte) error
 	// Console receives the guest's serial output: a debugging aid, printed

@@ -82,6 +82,7 @@ type Primary struct {
 	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
 
 	committed atomic.Uint64 // highest LSN the backup acknowledged
+	ackedCh   chan struct{} // buffered(1): committed rose
 	resync    atomic.Bool   // the backup asked for a full sync
 	lastSync  atomic.Uint64 // LSN of the latest EntrySync
 }
@@ -115,7 +116,7 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 	}
 	p := &Primary{
 		cfg: cfg, m: m, out: out, fence: fence, log: log, Stats: &Stats{},
-		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1),
+		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1), ackedCh: make(chan struct{}, 1),
 		clock: newGuestClock(clockFrom), enc: format.NewEncoder(cache),
 	}
 	p.gen.Store(gen)
@@ -322,6 +323,10 @@ func (p *Primary) receive(l *format.Link) {
 			if a.Epoch > p.committed.Load() {
 				p.committed.Store(a.Epoch) // only this goroutine stores it
 				p.Stats.Acked.Store(a.Epoch)
+				select {
+				case p.ackedCh <- struct{}{}:
+				default:
+				}
 			}
 		case format.MsgResync:
 			r, err := format.DecodeResync(payload)
@@ -699,6 +704,31 @@ func (p *Primary) finish() error {
 	return nil
 }
 
+// flushDisk waits until every disk write held so far is released (the
+// backup has the log through it), then makes them durable. If the backup
+// is lost meanwhile, the backup-lost rule runs here (alone, writes are
+// released at once).
+func (p *Primary) flushDisk() error {
+	target := p.lastWrite
+	p.flush()
+	for p.recording && p.committed.Load() < target {
+		select {
+		case <-p.ackedCh:
+		case <-p.linkCtx.Done():
+			if err := p.ctx.Err(); err != nil {
+				return err
+			}
+			if err := p.backupLost(); err != nil {
+				return err
+			}
+		}
+	}
+	if p.SyncDisk != nil {
+		return p.SyncDisk()
+	}
+	return nil
+}
+
 // primaryEnv is the recording Env: it answers from this host and logs what
 // it answered.
 type primaryEnv struct{ p *Primary }
@@ -727,6 +757,8 @@ func (e primaryEnv) WriteDisk(b []byte, off int64) error {
 	e.p.lastWrite = e.p.lsn // the position it was held at
 	return err
 }
+
+func (e primaryEnv) FlushDisk() error { return e.p.flushDisk() }
 
 func (e primaryEnv) SendFrame(frame []byte) error {
 	return e.p.hold(outbuf.NetFrame(frame))

@@ -21,7 +21,7 @@ const (
 	PortDiskAddr   = 0x560 // outl: guest-physical address of the transfer buffer
 	PortDiskSector = 0x564 // outl: first sector (DiskSectorSize bytes each)
 	PortDiskCount  = 0x568 // outl: sectors, 1 to DiskMaxSectors
-	PortDiskCmd    = 0x56c // outb: DiskRead or DiskWrite, performed at once; inb: DiskStatus of the last one
+	PortDiskCmd    = 0x56c // outb: DiskRead, DiskWrite or DiskFlush, performed at once; inb: DiskStatus of the last one
 )
 
 // Interrupt lines; line n is vector n.
@@ -42,6 +42,7 @@ const (
 	DiskMaxSectors = 256
 	DiskRead       = 1
 	DiskWrite      = 2
+	DiskFlush      = 3 // every earlier write durable (Env.FlushDisk) before the OUT completes
 	// DiskStatus values.
 	DiskOK         = 0
 	DiskBadRequest = 1 // unknown command, count out of range, buffer outside RAM
@@ -186,6 +187,13 @@ func (m *Machine) pioWrite(port uint16, size uint8, v uint64) error {
 // a bad request only sets the status.
 func (m *Machine) diskCommand(cmd uint8) error {
 	d := &m.dev.Disk
+	if cmd == DiskFlush {
+		d.Status = DiskOK
+		if err := m.env.FlushDisk(); err != nil {
+			return fmt.Errorf("disk flush: %w", err)
+		}
+		return nil
+	}
 	addr, n := uint64(d.Addr), uint64(d.Count)*DiskSectorSize
 	off := int64(d.Sector) * DiskSectorSize
 	if cmd != DiskRead && cmd != DiskWrite || d.Count == 0 || d.Count > DiskMaxSectors || !m.inRAM(addr, n) {

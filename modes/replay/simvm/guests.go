@@ -188,7 +188,7 @@ var Prelude = func() string {
 		{"PORT_POWER", PortPower}, {"PORT_CLOCK_LO", PortClockLo}, {"PORT_CLOCK_HI", PortClockHi},
 		{"PORT_TIMER", PortTimer}, {"PORT_DISK_ADDR", PortDiskAddr}, {"PORT_DISK_SECTOR", PortDiskSector},
 		{"PORT_DISK_COUNT", PortDiskCount}, {"PORT_DISK_CMD", PortDiskCmd},
-		{"DISK_SECTOR_SIZE", DiskSectorSize}, {"DISK_READ", DiskRead}, {"DISK_WRITE", DiskWrite},
+		{"DISK_SECTOR_SIZE", DiskSectorSize}, {"DISK_READ", DiskRead}, {"DISK_WRITE", DiskWrite}, {"DISK_FLUSH", DiskFlush},
 		{"DISK_OK", DiskOK}, {"DISK_BAD_REQUEST", DiskBadRequest},
 		{"NET_RX_BASE", NetRxBase}, {"NET_RX_SLOTS", NetRxSlots}, {"NET_RX_HEAD", NetRxHead},
 		{"NET_RX_TAIL", NetRxTail}, {"NET_RX_DROPS", NetRxDrops}, {"NET_TX_ADDR", NetTxAddr},

@@ -49,6 +49,8 @@ func (e *testEnv) WriteDisk(p []byte, off int64) error {
 	return nil
 }
 
+func (e *testEnv) FlushDisk() error { return e.fail }
+
 func (e *testEnv) SendFrame(f []byte) error {
 	if e.fail != nil {
 		return e.fail

@@ -5,7 +5,8 @@
 ; loaded from it at boot; a disk without the table's magic starts empty.
 ; With param_journal > 0 every update also writes the table's first sector
 ; (magic, count, update count, the first entries) to sector DB_SECTORS +
-; updates%journal: distinct writes, for tests that lose some.
+; updates%journal: distinct writes, for tests that lose some. With
+; param_flush = 1 it flushes the disk after every update, before replying.
 ; It sleeps in "sti; hlt" until the network interrupt.
 
 	.equ KV_MAX_KEYS, 63
@@ -29,6 +30,7 @@
 	.org PARAMS
 param_persist_every:	.quad 4
 param_journal:		.quad 0			; >0: also write the table's first sector after every update, to sector DB_SECTORS + updates%journal
+param_flush:		.quad 0			; 1: flush the disk after every update, before replying
 
 	.org ENTRY
 start:
@@ -436,6 +438,12 @@ updated_table:
 	li r1, DISK_WRITE
 	call db_transfer
 updated_done:
+	ld64 r1, [param_flush]
+	cmp r1, 0
+	je updated_ret
+	li r1, DISK_FLUSH
+	outb PORT_DISK_CMD, r1
+updated_ret:
 	ret
 
 ; append_str appends the NUL-terminated string at r1 to the reply.
