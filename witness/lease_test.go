@@ -152,7 +152,7 @@ func TestLeaseRaceGoroutines(t *testing.T) {
 					t.Fatal(err)
 				}
 				if !posix && l.posix {
-					t.Skip("kernel has no OFD locks")
+					t.Skip("this kernel has no OFD locks (Linux < 3.15): only the POSIX-lock fallback can be tested")
 				}
 				l.posix = posix
 				arbs[i] = l
@@ -302,7 +302,7 @@ func TestLeaseLockHeldElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	if l.posix {
-		t.Skip("kernel has no OFD locks")
+		t.Skip("this kernel has no OFD locks (Linux < 3.15): only the POSIX-lock fallback can be tested")
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {

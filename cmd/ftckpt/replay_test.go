@@ -172,7 +172,7 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 // client's replies stay one machine's.
 func TestReplayKill9AtRandomMoments(t *testing.T) {
 	if testing.Short() {
-		t.Skip("multi-process test")
+		t.Skip("-short: a multi-process test")
 	}
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
@@ -227,7 +227,7 @@ func TestReplayKill9AtRandomMoments(t *testing.T) {
 // third goes live. The client's replies stay one machine's throughout.
 func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	if testing.Short() {
-		t.Skip("multi-process test")
+		t.Skip("-short: a multi-process test")
 	}
 	dir := t.TempDir()
 	udp := freePort(t, "udp")

@@ -361,7 +361,7 @@ func (c *udpClient) waitReplies(t *testing.T, addr string, n int, children ...*c
 // the client was told of.
 func TestProcessesKilledAtRandomMoments(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs 40 processes")
+		t.Skip("-short: runs 40 processes")
 	}
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
