@@ -66,10 +66,9 @@ func (c *guestClock) until(t uint64) time.Duration {
 // rxQueue holds frames received from the network until the primary's next
 // boundary delivers them. Safe for concurrent use.
 type rxQueue struct {
-	mu      sync.Mutex
-	frames  [][]byte
-	max     int
-	dropped uint64
+	mu     sync.Mutex
+	frames [][]byte
+	max    int
 }
 
 // push queues a copy of frame, or drops it when the queue is full.
@@ -77,7 +76,6 @@ func (q *rxQueue) push(frame []byte) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.frames) >= q.max {
-		q.dropped++
 		return false
 	}
 	q.frames = append(q.frames, append([]byte(nil), frame...))

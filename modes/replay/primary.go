@@ -16,9 +16,9 @@ import (
 	"github.com/ftckpt/ftckpt/witness"
 )
 
-// ErrBackupLost is logged (and wrapped in Stats) when the primary's backup
-// stopped answering and the primary won the next generation: the guest runs
-// on, unprotected, and its outputs are released at once.
+// ErrBackupLost is what the primary logs (and Stats.BackupsLost counts)
+// when its backup stopped answering and it won the next generation: the
+// guest runs on, unprotected, and its outputs are released at once.
 var ErrBackupLost = errors.New("backup lost; continuing alone")
 
 // Primary runs a guest and records its execution into the replay log
@@ -70,7 +70,7 @@ type Primary struct {
 	recording          bool // false when alone: nothing is logged
 	// protected mirrors recording for Attach, on other goroutines.
 	protected atomic.Bool
-	enc       *format.Encoder
+	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	kickTimer *time.Timer
 
 	// The link, while recording. linkCtx ends, with the failure as its
@@ -110,14 +110,10 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 	if log == nil {
 		log = slog.Default()
 	}
-	cache, err := format.NewPageCache(len(m.Memory()))
-	if err != nil {
-		return nil, err
-	}
 	p := &Primary{
 		cfg: cfg, m: m, out: out, fence: fence, log: log, Stats: &Stats{},
 		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1), ackedCh: make(chan struct{}, 1),
-		clock: newGuestClock(clockFrom), enc: format.NewEncoder(cache),
+		clock: newGuestClock(clockFrom),
 	}
 	p.gen.Store(gen)
 	p.kickTimer = time.AfterFunc(time.Hour, m.Kick)
@@ -132,11 +128,13 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 // engine's next boundary, where it is logged and delivered; a full queue
 // drops it, as a NIC does. Safe from any goroutine.
 func (p *Primary) Receive(frame []byte) {
-	if p.rx.push(frame) {
-		p.wakeHalted()
-		if p.rxKickArmed.CompareAndSwap(false, true) {
-			p.rxKick.Reset(p.cfg.LandingDelay)
-		}
+	if !p.rx.push(frame) {
+		p.Stats.RxDropped.Add(1)
+		return
+	}
+	p.wakeHalted()
+	if p.rxKickArmed.CompareAndSwap(false, true) {
+		p.rxKick.Reset(p.cfg.LandingDelay)
 	}
 }
 
@@ -294,7 +292,6 @@ func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 			p.linkFailed(err)
 			return
 		}
-		p.Stats.SentBytes.Add(uint64(len(msg.payload)))
 	}
 }
 
@@ -661,6 +658,13 @@ func (p *Primary) sync() error {
 	p.flush()
 	start := time.Now()
 	mem := p.m.Memory()
+	if p.enc == nil {
+		cache, err := format.NewPageCache(len(mem))
+		if err != nil {
+			return err
+		}
+		p.enc = format.NewEncoder(cache)
+	}
 	if err := p.enc.Begin(nil, format.Header{Kind: format.KindSyncCommit, Flags: format.FlagSyncStart, Generation: p.gen.Load(), Epoch: s}); err != nil {
 		return err
 	}

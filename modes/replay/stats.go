@@ -15,11 +15,11 @@ type Stats struct {
 	Entries     atomic.Uint64 // log entries appended
 	Batches     atomic.Uint64 // batches shipped
 	LogBytes    atomic.Uint64 // encoded log shipped
-	SentBytes   atomic.Uint64 // everything written to the backup
 	Acked       atomic.Uint64 // highest LSN the backup acknowledged
 	Syncs       atomic.Uint64 // full checkpoints sent
 	Resyncs     atomic.Uint64 // full checkpoints the backup asked for
 	BackupsLost atomic.Uint64 // times the primary went on alone
+	RxDropped   atomic.Uint64 // received frames dropped: the queue was full
 
 	// Backup.
 	Replayed       atomic.Uint64 // entries applied
@@ -45,9 +45,9 @@ func (s *Stats) PrimaryLine() string {
 	}
 	s.lineAt, s.lineBytes = now, bytes
 	s.lineMu.Unlock()
-	return fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)",
+	return fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)  rx dropped %d",
 		s.Acked.Load(), s.Exits.Load(), s.Landings.Load(), rate,
-		s.Entries.Load(), s.Batches.Load(), s.Syncs.Load(), s.Resyncs.Load())
+		s.Entries.Load(), s.Batches.Load(), s.Syncs.Load(), s.Resyncs.Load(), s.RxDropped.Load())
 }
 
 // BackupLine renders a backup's status line.
