@@ -107,7 +107,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 			if err != nil {
 				st := b.recv.Status()
 				b.log.Warn("checkpoint rejected; asking for a full sync", "err", err, "committed", st.Epoch)
-				r := format.Resync{Reason: format.ResyncRejected, Detail: truncate(err.Error(), format.MaxResyncDetail)}
+				r := format.Resync{Reason: format.ResyncRejected, Detail: err.Error()} // Append cuts it to MaxResyncDetail
 				if st.State == format.StateCommitted {
 					r.Generation, r.Epoch = st.Generation, st.Epoch
 				}
@@ -151,13 +151,6 @@ func (b *Backup) reissueDisk(epoch uint64) error {
 	}
 	b.log.Warn("wrote again the disk writes the primary may not have made durable", "writes", len(ws), "bytes", bytes, "from epoch", ws[0].Epoch)
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // GoLive is the backup's failover: it asks the witness for the generation

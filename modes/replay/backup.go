@@ -218,15 +218,8 @@ func (b *Backup) ack() {
 // reproduce the guest from lsn on. The primary ignores the request if it
 // began a sync after lsn (the backup will get that one).
 func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string) {
-	r := format.Resync{Reason: reason, Generation: b.gate.generation(), Epoch: lsn, Detail: truncate(detail, format.MaxResyncDetail)}
+	r := format.Resync{Reason: reason, Generation: b.gate.generation(), Epoch: lsn, Detail: detail} // Append cuts Detail
 	b.link.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // replay is the replayer's loop: apply entries in order; on a divergence,
