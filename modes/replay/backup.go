@@ -279,8 +279,11 @@ func (b *Backup) diverged(d *divergence) {
 // applySync applies the full checkpoint that follows the sync entry at s.
 func (b *Backup) applySync(s uint64) error {
 	it, err := b.q.peek(b.ctx)
+	if errors.Is(err, errLogEnded) {
+		return nil // the primary died before sending it: fail over from here, before s
+	}
 	if err != nil {
-		return err // the log ended without it: not in sync
+		return err
 	}
 	if it.ckpt == nil {
 		return &divergence{s, "sync entry not followed by its checkpoint"}
