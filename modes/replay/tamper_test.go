@@ -4,6 +4,7 @@ import (
 	"io"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
@@ -227,4 +228,58 @@ func checkOutputs(t *testing.T, guest string, frames []frame) {
 	} else {
 		checkTicks(t, frames)
 	}
+}
+
+// stallAt returns a filter that, at the n-th message of type kind, stops
+// forwarding anything and closes reached.
+func stallAt(kind format.MsgType, n int, reached chan<- struct{}) filter {
+	return func(from io.Reader, to io.Writer) {
+		r := format.NewReader(from, 0)
+		for seen := 0; ; {
+			t, payload, err := r.Next()
+			if err != nil {
+				return
+			}
+			if t == kind {
+				if seen++; seen == n {
+					close(reached)
+					io.Copy(io.Discard, from)
+					return
+				}
+			}
+			if format.WriteMessage(to, t, payload) != nil {
+				return
+			}
+		}
+	}
+}
+
+// TestPrimaryDiesBeforeTheResyncCheckpoint: a batch is lost (a gap), the
+// backup asks for a full checkpoint, and the primary dies after sending
+// the sync entry but before its checkpoint arrives. The backup still has
+// the guest as of just before the gap, and the primary released nothing
+// after it: the backup takes over from there.
+func TestPrimaryDiesBeforeTheResyncCheckpoint(t *testing.T) {
+	c := newCluster(t, "kv")
+	reached := make(chan struct{})
+	c.up = chain(corrupt(format.MsgLog, 5), stallAt(format.MsgCheckpoint, 2, reached))
+	c.start()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-reached
+		c.crashPrimary()
+	}()
+	for traffic := time.NewTicker(time.Millisecond); ; {
+		select {
+		case <-traffic.C:
+			c.primary.Receive(simvm.KVRequest("INCR", "a"))
+			continue
+		case <-done:
+			traffic.Stop()
+		}
+		break
+	}
+	c.failover()
+	checkKV(t, c.client.seen())
 }
