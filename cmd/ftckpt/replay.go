@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -40,7 +41,7 @@ func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, erro
 		return replay.Config{}, fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
 	}
 	if f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable() {
-		if !contains(simvm.Guests(), f.machine.guest) {
+		if !slices.Contains(simvm.Guests(), f.machine.guest) {
 			return replay.Config{}, fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(simvm.Guests(), ", "))
 		}
 	} else if _, err := guests.Image(f.machine.guest); err != nil {
@@ -53,15 +54,6 @@ func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, erro
 		return replay.Config{}, err
 	}
 	return cfg, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // kvmAvailable says whether /dev/kvm can be opened here.
@@ -126,17 +118,20 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--memory: %w", err)
 	}
+	params, err := parseParams(f.machine.params)
+	if err != nil {
+		return nil, err
+	}
 	if h.sim {
-		var params []simvm.Param
-		for _, p := range f.machine.params {
-			k, v, _ := strings.Cut(p, "=")
+		var simParams []simvm.Param
+		for k, v := range params {
 			n, err := strconv.ParseUint(v, 0, 64)
 			if err != nil {
-				return nil, fmt.Errorf("--param %q: the software machine's parameters are numbers", p)
+				return nil, fmt.Errorf("--param %s=%s: the software machine's parameters are numbers", k, v)
 			}
-			params = append(params, simvm.Param{Name: k, Value: n})
+			simParams = append(simParams, simvm.Param{Name: k, Value: n})
 		}
-		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, params...)
+		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, simParams...)
 		if err != nil {
 			return nil, err
 		}
@@ -147,11 +142,7 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 		if h.disk != nil {
 			cfg.DiskSize = h.disk.Size()
 		}
-		cfg.Params = map[string]string{}
-		for _, p := range f.machine.params {
-			k, v, _ := strings.Cut(p, "=")
-			cfg.Params[k] = v
-		}
+		cfg.Params = params
 		m, err := replay.NewKVMMachine(cfg, h.plug)
 		if err != nil {
 			return nil, err

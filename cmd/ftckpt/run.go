@@ -34,6 +34,19 @@ func (f *machineFlags) add(cmd *cobra.Command, defaultGuest string) {
 	cmd.Flags().BoolVar(&f.irqchip, "irqchip", true, "use KVM's in-kernel interrupt controllers (false: userspace interrupts, 1 vCPU)")
 }
 
+// parseParams parses --param key=value flags.
+func parseParams(flags []string) (map[string]string, error) {
+	params := map[string]string{}
+	for _, p := range flags {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--param %q: want key=value", p)
+		}
+		params[k] = v
+	}
+	return params, nil
+}
+
 // config validates the flags and returns the machine configuration and the
 // guest image, before anything touches KVM.
 func (f *machineFlags) config(console io.Writer) (vmm.Config, []byte, error) {
@@ -41,13 +54,9 @@ func (f *machineFlags) config(console io.Writer) (vmm.Config, []byte, error) {
 	if err != nil {
 		return vmm.Config{}, nil, fmt.Errorf("--memory: %w", err)
 	}
-	params := map[string]string{}
-	for _, p := range f.params {
-		k, v, ok := strings.Cut(p, "=")
-		if !ok || k == "" {
-			return vmm.Config{}, nil, fmt.Errorf("--param %q: want key=value", p)
-		}
-		params[k] = v
+	params, err := parseParams(f.params)
+	if err != nil {
+		return vmm.Config{}, nil, err
 	}
 	cfg := vmm.Config{VCPUs: f.vcpus, MemSize: mem, IRQChip: f.irqchip, Params: params, Console: console}
 	if err := cfg.Validate(); err != nil {

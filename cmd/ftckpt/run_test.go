@@ -62,6 +62,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--mode", "replay", "--machine", "sim", "--guest", "counter"}, "the software machine runs kv, tick"},
 		{[]string{"--mode", "replay", "--machine", "kvm", "--guest", "nosuch"}, `unknown guest "nosuch"`},
 		{[]string{"--mode", "replay", "--landing-delay", "5s"}, "landing delay"},
+		{[]string{"--mode", "replay", "--machine", "sim", "--role", "backup", "--listen", "127.0.0.1:0", "--param", "novalue", "--disk", "none", "--net", "none"}, "want key=value"},
+		{[]string{"--mode", "replay", "--machine", "sim", "--role", "backup", "--listen", "127.0.0.1:0", "--param", "journal=lots", "--disk", "none", "--net", "none"}, "parameters are numbers"},
 		{[]string{"--mode", "replay", "--role", "primary"}, "needs --peer"},
 		{[]string{"--mode", "checkpoint", "--machine", "sim"}, "--machine applies to --mode replay"},
 		{[]string{"--mode", "checkpoint", "--role", "backup", "--join", "h:1"}, "--join and --accept-backups apply to --mode replay"},
