@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -78,18 +79,24 @@ func TestNodeConfigErrors(t *testing.T) {
 }
 
 // freeClientPort returns a loopback port p with p+1 free too (the raft
-// port). Another process may take them before RunNode does; then RunNode's
-// error says so.
+// port), both below the ephemeral range, where the outgoing connections of
+// tests running beside this one cannot land. Another process may still take
+// them before RunNode does; then RunNode's error says so.
 func freeClientPort(t *testing.T) string {
 	t.Helper()
-	for range 50 {
-		ln := listenLoopback(t)
-		addr := ln.Addr().(*net.TCPAddr)
-		ln.Close()
-		next, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", addr.Port+1))
-		if err == nil {
-			next.Close()
-			return addr.String()
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		free := true
+		for _, port := range []int{p, p + 1} {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			return fmt.Sprintf("127.0.0.1:%d", p)
 		}
 	}
 	t.Fatal("no pair of free loopback ports")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,12 +70,7 @@ func TestWitnessStatusLeaseFile(t *testing.T) {
 // through `ftckpt witness status`, and stops it by cancelling its context
 // (what SIGINT does).
 func TestWitnessSingleNode(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeWitnessPort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var out bytes.Buffer
@@ -91,8 +87,23 @@ func TestWitnessSingleNode(t *testing.T) {
 	}
 	actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer acancel()
+	go func() {
+		// A node that cannot start (a port taken after freeWitnessPort
+		// looked) ends the wait at once, with its own error.
+		select {
+		case err := <-done:
+			done <- err
+			acancel()
+		case <-actx.Done():
+		}
+	}()
 	if _, err := arb.Acquire(actx, 1, "host-a"); err != nil {
-		t.Fatal(err)
+		select {
+		case werr := <-done:
+			t.Fatalf("the witness stopped: %v; output:\n%s", werr, out.String())
+		default:
+			t.Fatal(err)
+		}
 	}
 	status, err := witnessCLI(context.Background(), "witness", "status", "--arbiter", "raft://"+addr)
 	if err != nil || status != "generation 1 held by host-a\n" {
@@ -107,4 +118,22 @@ func TestWitnessSingleNode(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, out.String())
 		}
 	}
+}
+
+// freeWitnessPort returns a loopback port p, below the ephemeral range, with
+// p+1 (the raft port) free too: outgoing connections of tests running
+// beside this one take ephemeral ports and could land on p+1.
+func freeWitnessPort(t *testing.T) string {
+	t.Helper()
+	for range 1000 {
+		addr := freePort(t, "tcp")
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		if ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p+1))); err == nil {
+			ln.Close()
+			return addr
+		}
+	}
+	t.Fatal("no pair of free loopback ports")
+	return ""
 }
