@@ -1,6 +1,7 @@
 package outbuf
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -237,6 +238,33 @@ func (b *Buffer) Drop() {
 		close(w.ready)
 	}
 	b.waiters = nil
+}
+
+// HeldWrite is a disk write held and not yet released, at position Pos.
+type HeldWrite struct {
+	Pos  uint64
+	Off  int64
+	Data []byte
+}
+
+// HeldDiskWrites returns copies of the disk writes held and not yet
+// released, in emission order. A release pass in flight finishes first, so
+// every write held before the call is either returned or already handed
+// to the disk's WriteAt (replay mode's full checkpoint carries these: the
+// guest state it ships has seen them complete). Holds blocked for room are
+// not held yet and not returned.
+func (b *Buffer) HeldDiskWrites() []HeldWrite {
+	b.relMu.Lock()
+	defer b.relMu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ws []HeldWrite
+	for _, e := range b.queue {
+		if e.out.Kind == KindDiskWrite {
+			ws = append(ws, HeldWrite{Pos: e.pos, Off: e.out.Off, Data: bytes.Clone(e.out.Data)})
+		}
+	}
+	return ws
 }
 
 // Err returns the error that failed the buffer, or nil.

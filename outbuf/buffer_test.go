@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestNewValidates(t *testing.T) {
@@ -221,6 +224,62 @@ func TestDropDiscardsUnreleased(t *testing.T) {
 	mustCommit(t, r.b, 4)
 	if got := r.rec.snapshot(); len(got) != 3 || string(got[2].data) != "d" {
 		t.Fatalf("after Drop and a new commit released %v", got)
+	}
+}
+
+// HeldDiskWrites lists the unreleased writes, with positions, as copies.
+func TestHeldDiskWrites(t *testing.T) {
+	r := newRig(t, DefaultConfig())
+	mustHold(t, r.b, 1, DiskWrite([]byte("AAAA"), 0))
+	mustHold(t, r.b, 2, NetFrame([]byte("frame")))
+	mustHold(t, r.b, 2, DiskWrite([]byte("BB"), 2))
+	mustHold(t, r.b, 3, DiskWrite([]byte("C"), 10))
+	mustCommit(t, r.b, 1)
+	got := r.b.HeldDiskWrites()
+	want := []HeldWrite{{2, 2, []byte("BB")}, {3, 10, []byte("C")}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("HeldDiskWrites = %v, want %v", got, want)
+	}
+	got[0].Data[0] = 'X'
+	mustCommit(t, r.b, 3)
+	if d := r.disk.bytes(); string(d[:4]) != "AABB" {
+		t.Fatalf("disk %q after release: HeldDiskWrites shared the buffer's data", d[:4])
+	}
+	if got := r.b.HeldDiskWrites(); len(got) != 0 {
+		t.Fatalf("after every release HeldDiskWrites = %v", got)
+	}
+}
+
+// A release pass in flight finishes before HeldDiskWrites looks: every
+// write is either on the disk or returned, never neither, never both.
+func TestHeldDiskWritesDuringARelease(t *testing.T) {
+	r := newRig(t, DefaultConfig())
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.disk.onWrite = func([]byte, int64) error {
+		once.Do(func() { close(entered); <-proceed })
+		return nil
+	}
+	for pos := uint64(1); pos <= 6; pos++ {
+		mustHold(t, r.b, pos, DiskWrite([]byte{byte(pos)}, int64(pos)))
+	}
+	committed := make(chan error)
+	go func() { committed <- r.b.Commit(3) }()
+	<-entered
+	listed := make(chan []HeldWrite)
+	go func() { listed <- r.b.HeldDiskWrites() }()
+	select {
+	case got := <-listed:
+		t.Fatalf("HeldDiskWrites returned %v with a release pass half-way", got)
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(proceed)
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	got := <-listed
+	if len(got) != 3 || got[0].Pos != 4 || got[2].Pos != 6 {
+		t.Fatalf("HeldDiskWrites = %v, want positions 4, 5, 6", got)
 	}
 }
 

@@ -1,12 +1,15 @@
 package replay
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
@@ -269,8 +272,10 @@ func (b *Backup) replay() (*Primary, error) {
 func (b *Backup) diverged(d *divergence) {
 	b.Stats.Divergences.Add(1)
 	b.log.Error("replay diverged from the primary; asking for a full checkpoint", "lsn", d.lsn, "why", d.why)
+	// Out of sync, the backup cannot go live before the full checkpoint,
+	// which brings the writes it must keep.
 	b.synced = false
-	b.window = nil // produced by an execution that was not the primary's
+	b.window = nil
 	b.envErr = nil
 	b.gate.hold(d.lsn)
 	b.askResync(format.ResyncDivergence, d.lsn, d.why)
@@ -302,6 +307,18 @@ func (b *Backup) applySync(s uint64) error {
 	}
 	b.gen = res.Header.Generation
 	b.lsn, b.synced, b.injected = s, true, false
+	// The disk writes that may still have to reach the disk are those the
+	// primary held at s, which the checkpoint carries; the window's other
+	// writes are released and durable, and writing them again after a
+	// later one would undo it. The window's frames stay (sending one again
+	// is allowed); frames the primary held after a divergence, which the
+	// backup never produced, are lost with it, as on a network.
+	window := slices.DeleteFunc(b.window, func(s suppressed) bool { return s.out.Kind == outbuf.KindDiskWrite })
+	for _, w := range b.recv.DiskWrites() {
+		window = append(window, suppressed{pos: w.Epoch, out: outbuf.DiskWrite(bytes.Clone(w.Data), w.Off)})
+	}
+	slices.SortStableFunc(window, func(a, b suppressed) int { return cmp.Compare(a.pos, b.pos) })
+	b.window = window
 	b.Stats.Applied.Add(1)
 	b.gate.applied(s)
 	b.ack()

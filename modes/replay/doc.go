@@ -28,7 +28,9 @@
 // Failover: a backup whose primary is lost replays the rest of the log it
 // received, wins the next generation at the witness, re-issues the outputs
 // it suppressed that the primary had not reported released (so a few may
-// be repeated at the boundary, as the paper allows, and none is lost), and
+// be repeated at the boundary, as the paper allows; the disk writes the
+// primary held at a full checkpoint come with it; only frames the primary
+// held while the backup was out of sync can be lost, as on a network), and
 // becomes a Primary with no backup. A primary that loses its backup must
 // win the next generation to go on alone, or halt.
 package replay

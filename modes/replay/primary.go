@@ -644,18 +644,32 @@ func (p *Primary) hold(o outbuf.Output) error {
 // The guest does not run meanwhile (the engine is here); on fast hosts this
 // is stop-and-copy of all memory, which a pre-copy like checkpoint mode's
 // would shorten.
+//
+// The guest state it ships has seen every disk write so far complete. The
+// checkpoint carries those still held (a divergence stops the backup's
+// acks while the guest runs on), so that a backup going live writes them
+// again; every other write is released, and made durable here before the
+// checkpoint leaves. Held frames are not carried: one lost with the
+// primary is a network loss, as in checkpoint mode.
 func (p *Primary) sync() error {
-	// The disk the backup will share must hold what the guest's state
-	// says it wrote: writes released while alone included.
+	p.append(Entry{Type: EntrySync})
+	s := p.lsn
+	p.lastSync.Store(s)
+	p.flush()
+	disk := format.DiskLog{Durable: s}
+	for i, w := range p.out.HeldDiskWrites() {
+		if i == 0 {
+			disk.Durable = w.Pos - 1
+		}
+		disk.Writes = append(disk.Writes, format.DiskWrite{Epoch: w.Pos, Off: w.Off, Data: w.Data})
+	}
+	// After the look at what is held, so that a write released in between
+	// is carried, durable, or both (writing it again is harmless).
 	if p.SyncDisk != nil {
 		if err := p.SyncDisk(); err != nil {
 			return fmt.Errorf("making released disk writes durable: %w", err)
 		}
 	}
-	p.append(Entry{Type: EntrySync})
-	s := p.lsn
-	p.lastSync.Store(s)
-	p.flush()
 	start := time.Now()
 	mem := p.m.Memory()
 	if p.enc == nil {
@@ -678,6 +692,10 @@ func (p *Primary) sync() error {
 	if err != nil {
 		p.enc.Abort()
 		return fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
+	}
+	if err := p.enc.SetDiskLog(disk); err != nil {
+		p.enc.Abort()
+		return err
 	}
 	data, err := p.enc.Finish(state, p.cfg.Verify)
 	if err != nil {
