@@ -12,15 +12,12 @@ import (
 
 // The UDP front's side of the guest's virtual link.
 var (
-	// FrontGatewayIP is the address the front answers ARP for and sends
-	// from; the guest replies to it.
+	// FrontGatewayIP is the address the front answers ARP for: the guest's
+	// router to its clients.
 	FrontGatewayIP = [4]byte{10, 0, 2, 2}
 	// FrontGatewayMAC is the front's MAC on the guest's link.
 	FrontGatewayMAC = [6]byte{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02}
 )
-
-// frontFirstPort is the gateway-side UDP port of client slot 0.
-const frontFirstPort = 32768
 
 // UDPFrontConfig configures a UDPFront.
 type UDPFrontConfig struct {
@@ -32,9 +29,6 @@ type UDPFrontConfig struct {
 	GuestMAC  [6]byte
 	GuestIP   [4]byte
 	GuestPort uint16
-	// MaxClients bounds the clients remembered; 0 means 1024. When full,
-	// a new client takes the slot of the one that arrived longest ago.
-	MaxClients int
 }
 
 // UDPFrontStats counts what a UDPFront did.
@@ -43,32 +37,35 @@ type UDPFrontStats struct {
 	// frame; RxDropped frames found the device's queue full.
 	ToGuest, Oversize, RxDropped uint64
 	// ToClients replies went back out; ARPReplies were answered; GuestDropped
-	// guest frames were not for the front (malformed, not IPv4/UDP, to an
-	// unknown client port, …).
+	// guest frames were not for the front (malformed, not IPv4/UDP, not
+	// through the gateway, …).
 	ToClients, ARPReplies, GuestDropped uint64
 }
 
 // UDPFront is a userspace network backend on a host UDP socket, so that
-// running a guest needs no root: each datagram a client sends to Listen
-// reaches the guest as an Ethernet/IPv4/UDP frame from FrontGatewayIP, from
-// a port the front assigned to that client, and the guest's UDP replies to
-// that port go back to the client as datagrams. The front answers the
-// guest's ARP requests for FrontGatewayIP. It is a FrameSink for the
-// guest's output.
+// running a guest needs no root. It routes between the guest's virtual
+// link and the host's network, for UDP only: each datagram a client sends
+// to Listen reaches the guest as an Ethernet/IPv4/UDP frame from the
+// client's own address and port, through the gateway (FrontGatewayMAC);
+// each UDP frame the guest sends through the gateway leaves as a datagram
+// to the address and port it names. The front answers the guest's ARP
+// requests for FrontGatewayIP. It is a FrameSink for the guest's output.
+//
+// The front keeps no state about clients: a reply depends only on the
+// guest's frame. That is what failover needs. The backup's front never
+// heard from the primary's clients, yet the replies the guest owes them
+// (re-issued at go-live, or produced later) reach them. The price is that
+// the guest can send UDP to any IPv4 address the host reaches, as through
+// a tap device. Clients on the host's loopback appear to the guest as
+// 127.0.0.0/8 sources, which the bare-metal guests accept and a Linux
+// guest would drop as martians (use a tap backend for such guests).
 type UDPFront struct {
 	cfg   UDPFrontConfig
 	conn  *net.UDPConn
 	port  atomic.Pointer[rxPortBox]
 	guest udpEndpoint
-	gw    udpEndpoint
 	wg    sync.WaitGroup
-
-	// mu protects the client table and ipID.
-	mu      sync.Mutex
-	clients []netip.AddrPort // by slot; zero: free
-	slots   map[netip.AddrPort]int
-	next    int
-	ipID    uint16
+	ipID  atomic.Uint32 // IPv4 identification of the next frame (low 16 bits)
 
 	toGuest, oversize, rxDropped, toClients, arpReplies, guestDropped atomic.Uint64
 }
@@ -89,12 +86,6 @@ func NewUDPFront(cfg UDPFrontConfig) (*UDPFront, error) {
 	if cfg.GuestPort == 0 {
 		cfg.GuestPort = 7777
 	}
-	if cfg.MaxClients <= 0 {
-		cfg.MaxClients = 1024
-	}
-	if cfg.MaxClients > 65536-frontFirstPort {
-		return nil, fmt.Errorf("UDP front: %d clients, at most %d", cfg.MaxClients, 65536-frontFirstPort)
-	}
 	addr, err := net.ResolveUDPAddr("udp4", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("UDP front: address %q: %w", cfg.Listen, err)
@@ -105,10 +96,7 @@ func NewUDPFront(cfg UDPFrontConfig) (*UDPFront, error) {
 	}
 	return &UDPFront{
 		cfg: cfg, conn: conn,
-		guest:   udpEndpoint{mac: cfg.GuestMAC, ip: cfg.GuestIP, port: cfg.GuestPort},
-		gw:      udpEndpoint{mac: FrontGatewayMAC, ip: FrontGatewayIP},
-		clients: make([]netip.AddrPort, cfg.MaxClients),
-		slots:   map[netip.AddrPort]int{},
+		guest: udpEndpoint{mac: cfg.GuestMAC, ip: cfg.GuestIP, port: cfg.GuestPort},
 	}, nil
 }
 
@@ -157,8 +145,8 @@ func (u *UDPFront) readLoop(port RxPort) {
 			u.oversize.Add(1)
 			continue
 		}
-		src, id := u.client(from)
-		frame = udpFrame(frame[:0], src, u.guest, id, buf[:n])
+		src := udpEndpoint{mac: FrontGatewayMAC, ip: from.Addr().Unmap().As4(), port: from.Port()}
+		frame = udpFrame(frame[:0], src, u.guest, uint16(u.ipID.Add(1)), buf[:n])
 		if !port.Receive(frame) {
 			u.rxDropped.Add(1)
 			continue
@@ -166,28 +154,6 @@ func (u *UDPFront) readLoop(port RxPort) {
 		u.toGuest.Add(1)
 		port.Poll()
 	}
-}
-
-// client returns the gateway-side endpoint assigned to a client and the
-// next IPv4 id.
-func (u *UDPFront) client(from netip.AddrPort) (udpEndpoint, uint16) {
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	slot, ok := u.slots[from]
-	if !ok {
-		slot = u.next
-		u.next = (u.next + 1) % len(u.clients)
-		if old := u.clients[slot]; old.IsValid() {
-			delete(u.slots, old)
-		}
-		u.clients[slot] = from
-		u.slots[from] = slot
-	}
-	u.ipID++
-	src := u.gw
-	src.port = uint16(frontFirstPort + slot)
-	return src, u.ipID
 }
 
 // SendFrame implements FrameSink: it answers ARP for the gateway and sends
@@ -223,18 +189,12 @@ func (u *UDPFront) SendFrame(frame []byte) error {
 		if err != nil {
 			return u.drop(err)
 		}
-		if d.dst.ip != FrontGatewayIP || d.dst.mac != FrontGatewayMAC {
-			return u.drop(errors.New("not addressed to the gateway"))
+		if d.dst.mac != FrontGatewayMAC {
+			return u.drop(errors.New("not through the gateway"))
 		}
-		slot := int(d.dst.port) - frontFirstPort
-		u.mu.Lock()
-		var to netip.AddrPort
-		if slot >= 0 && slot < len(u.clients) {
-			to = u.clients[slot]
-		}
-		u.mu.Unlock()
-		if !to.IsValid() {
-			return u.drop(fmt.Errorf("no client at port %d", d.dst.port))
+		to := netip.AddrPortFrom(netip.AddrFrom4(d.dst.ip), d.dst.port)
+		if a := to.Addr(); (!a.IsGlobalUnicast() && !a.IsLoopback()) || to.Port() == 0 {
+			return u.drop(fmt.Errorf("no host at %v", to))
 		}
 		if _, err := u.conn.WriteToUDPAddrPort(d.payload, to); err != nil {
 			return fmt.Errorf("UDP front: sending to %v: %w", to, err)

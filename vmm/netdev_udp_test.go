@@ -97,26 +97,30 @@ func TestUDPFrontRoundTrip(t *testing.T) {
 	c2.Write([]byte("SET b 2"))
 	f2 := p.next(t)
 
-	// The frames: to the guest's MAC/IP/port, from the gateway, valid
-	// IPv4 header checksum, one gateway port per client.
-	for i, f := range [][]byte{f1, f2} {
-		ip := f[ethHdrLen : ethHdrLen+ipv4HdrLen]
+	// The frames: to the guest's MAC/IP/port, from each client's own
+	// address through the gateway's MAC, valid IPv4 header checksum.
+	for i, tc := range []struct {
+		f []byte
+		c *net.UDPConn
+	}{{f1, c1}, {f2, c2}} {
+		ip := tc.f[ethHdrLen : ethHdrLen+ipv4HdrLen]
 		if inetChecksum(ip, 0) != 0 {
 			t.Fatalf("frame %d: bad IPv4 header checksum", i)
 		}
-		d, err := parseUDP(f)
+		d, err := parseUDP(tc.f)
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
+		client := tc.c.LocalAddr().(*net.UDPAddr)
 		if d.dst != (udpEndpoint{DefaultGuestMAC, [4]byte{10, 0, 2, 15}, 7777}) ||
-			d.src.mac != FrontGatewayMAC || d.src.ip != FrontGatewayIP {
+			d.src != (udpEndpoint{FrontGatewayMAC, [4]byte(client.IP.To4()), uint16(client.Port)}) {
 			t.Fatalf("frame %d: %+v → %+v", i, d.src, d.dst)
 		}
 	}
 	d1, _ := parseUDP(f1)
 	d2, _ := parseUDP(f2)
-	if string(d1.payload) != "GET a" || string(d2.payload) != "SET b 2" || d1.src.port == d2.src.port {
-		t.Fatalf("payloads %q %q, ports %d %d", d1.payload, d2.payload, d1.src.port, d2.src.port)
+	if string(d1.payload) != "GET a" || string(d2.payload) != "SET b 2" {
+		t.Fatalf("payloads %q %q", d1.payload, d2.payload)
 	}
 	// Replies go to the right client, in either order.
 	if err := u.SendFrame(guestReply(t, f2, "2 OK")); err != nil {
@@ -131,13 +135,40 @@ func TestUDPFrontRoundTrip(t *testing.T) {
 	if got := readReply(t, c1); got != "1 NOTFOUND" {
 		t.Fatalf("client 1 got %q", got)
 	}
-	// The same client keeps its port.
-	c1.Write([]byte("again"))
-	if d, _ := parseUDP(p.next(t)); d.src.port != d1.src.port {
-		t.Fatal("a known client got a new port")
-	}
-	if s := u.Stats(); s.ToGuest != 3 || s.ToClients != 2 || s.GuestDropped != 0 {
+	if s := u.Stats(); s.ToGuest != 2 || s.ToClients != 2 || s.GuestDropped != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestUDPFrontReplyAfterFailover: the front that takes over the address
+// (on the backup's host) never heard from the client, yet the reply the
+// guest owes it (re-issued at go-live) reaches it, and a second client
+// that has not sent to the new front yet gets nothing meant for the first.
+func TestUDPFrontReplyAfterFailover(t *testing.T) {
+	old, p := newTestFront(t)
+	c1, c2 := dialFront(t, old), dialFront(t, old)
+	c1.Write([]byte("INCR a"))
+	f := p.next(t)
+	addr := old.Addr().String()
+	old.Close() // the primary's host dies
+
+	taken, err := NewUDPFront(UDPFrontConfig{Listen: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { taken.Close() })
+	if err := taken.Start(newPortRecorder()); err != nil {
+		t.Fatal(err)
+	}
+	if err := taken.SendFrame(guestReply(t, f, "1 VALUE 1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readReply(t, c1); got != "1 VALUE 1" {
+		t.Fatalf("the client got %q", got)
+	}
+	c2.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := c2.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("the other client got %d bytes", n)
 	}
 }
 
@@ -171,13 +202,16 @@ func TestUDPFrontARPAndDrops(t *testing.T) {
 		"TCP":          spoil(func(b []byte) { b[ethHdrLen+9] = 6 }),
 		"UDP checksum": spoil(func(b []byte) { b[len(b)-1]++ }),
 		"UDP length":   spoil(func(b []byte) { b[ethHdrLen+ipv4HdrLen+4] = 0xff }),
-		"unknown client": spoil(func(b []byte) {
-			b[ethHdrLen+ipv4HdrLen+2] = 0x10                            // port 0x10xx: no slot
+		"to port 0": spoil(func(b []byte) {
+			b[ethHdrLen+ipv4HdrLen+2], b[ethHdrLen+ipv4HdrLen+3] = 0, 0
 			b[ethHdrLen+ipv4HdrLen+6], b[ethHdrLen+ipv4HdrLen+7] = 0, 0 // no UDP checksum
 		}),
-		"not to gateway IP": udpFrame(nil, udpEndpoint{DefaultGuestMAC, guestIP, 7777}, udpEndpoint{FrontGatewayMAC, [4]byte{8, 8, 8, 8}, 32768}, 1, []byte("x")),
-		"ARP for another":   arpFrame(arpOpRequest, DefaultGuestMAC, guestIP, broadcastMAC, [6]byte{}, [4]byte{10, 0, 2, 3}),
-		"ARP reply":         arpFrame(arpOpReply, DefaultGuestMAC, guestIP, broadcastMAC, [6]byte{}, FrontGatewayIP),
+		"not through the gateway": udpFrame(nil, udpEndpoint{DefaultGuestMAC, guestIP, 7777}, udpEndpoint{[6]byte{2, 0, 0, 0, 0, 1}, [4]byte{127, 0, 0, 1}, 4000}, 1, []byte("x")),
+		"to multicast":            udpFrame(nil, udpEndpoint{DefaultGuestMAC, guestIP, 7777}, udpEndpoint{FrontGatewayMAC, [4]byte{224, 0, 0, 1}, 4000}, 1, []byte("x")),
+		"to broadcast":            udpFrame(nil, udpEndpoint{DefaultGuestMAC, guestIP, 7777}, udpEndpoint{FrontGatewayMAC, [4]byte{255, 255, 255, 255}, 4000}, 1, []byte("x")),
+		"to 0.0.0.0":              udpFrame(nil, udpEndpoint{DefaultGuestMAC, guestIP, 7777}, udpEndpoint{FrontGatewayMAC, [4]byte{}, 4000}, 1, []byte("x")),
+		"ARP for another":         arpFrame(arpOpRequest, DefaultGuestMAC, guestIP, broadcastMAC, [6]byte{}, [4]byte{10, 0, 2, 3}),
+		"ARP reply":               arpFrame(arpOpReply, DefaultGuestMAC, guestIP, broadcastMAC, [6]byte{}, FrontGatewayIP),
 	}
 	// Spoilt IPv4 headers get a correct checksum, so the later check is
 	// what drops them.
