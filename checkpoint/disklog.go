@@ -50,6 +50,9 @@ const (
 	MaxDiskLog = 256 << 20
 )
 
+// DiskRecordSize is the size a write of n bytes takes in a disk section.
+func DiskRecordSize(n int) uint64 { return diskRecHeader + uint64(n) }
+
 // size is the section payload size of d.
 func (d DiskLog) size() uint64 {
 	n := uint64(diskLogHeader)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 
@@ -32,28 +33,47 @@ import (
 // durable, and leaves the failover log, once an fdatasync after its release
 // returned. A failed flush is reported to the guest's next FLUSH (I/O
 // error); the writes stay in the failover log and the flush is tried again
-// on the next release or FLUSH.
+// on the next release, write or FLUSH. After a failed fdatasync the kernel
+// may have dropped the dirty pages it could not write, and a later
+// fdatasync succeed without them, so before the next one every released
+// write not yet durable is written to the disk again, in order.
+//
+// The failover log is bounded (maxPendingLog, inside what a sync
+// commit's disk section may carry): while it is full, WriteAt refuses with
+// vmm.ErrOutputFull, as when the output buffer is full, and the guest's
+// writes wait for the disk to come back.
 //
 // Locking: wmu serialises WriteAt against Capture, so a capture never
-// sees half a write; mu protects the fields below it and is never held
-// while the output buffer, the disk or the poll function runs. Order:
-// wmu, then mu.
+// sees half a write; dmu serialises the disk's writes (releases, and the
+// re-writes after a failed flush), so that an older write is never
+// written after a newer one; mu protects the fields below it and is never
+// held while the output buffer, the disk or the poll function runs. Order:
+// wmu, then dmu, then mu.
 type HeldDisk struct {
 	out  *outbuf.Buffer // set by Attach
 	disk vmm.Disk
 	pos  func() uint64
 
 	wmu sync.Mutex
+	dmu sync.Mutex
 
 	mu sync.Mutex
 	// pending holds every write not yet durable, in emission order: writes
 	// numbered durable+1 .. held. Its entries are never modified, so a
 	// capture may share their data.
 	pending []format.DiskWrite
+	// pendingLog is the size pending takes in a disk section, at most
+	// maxLog.
+	pendingLog, maxLog uint64
 	// held counts writes held so far; released those the output buffer
 	// handed to the disk; durable those an fdatasync covered since;
 	// captured those already carried by an epoch capture.
 	held, released, durable, captured uint64
+	// rewrite is set when an fdatasync failed: the released writes not
+	// yet durable must reach the disk again before the next one counts.
+	rewrite bool
+	// roomWait is set while a write was refused for a full failover log.
+	roomWait bool
 	// flushing is set while the flusher goroutine runs.
 	flushing bool
 	// flushWait, if non-zero, is a FLUSH waiting for writes 1..flushWait
@@ -67,7 +87,7 @@ type HeldDisk struct {
 // pos. Build the output buffer with Sink() as its Env.Disk (that is how
 // released writes reach disk), then Attach it, before the guest runs.
 func NewHeldDisk(disk vmm.Disk, pos func() uint64) *HeldDisk {
-	return &HeldDisk{disk: disk, pos: pos}
+	return &HeldDisk{disk: disk, pos: pos, maxLog: maxPendingLog}
 }
 
 // Attach sets the output buffer that holds the writes; its Env.Disk must
@@ -108,13 +128,21 @@ func (h *HeldDisk) WriteAt(p []byte, off int64) (int, error) {
 	// Recorded before it is held: once held, a release (immediate when the
 	// primary runs alone) may count it.
 	h.mu.Lock()
+	if h.pendingLog+logSize(p) > h.maxLog {
+		h.roomWait = true
+		h.startFlusherLocked() // the disk may be back
+		h.mu.Unlock()
+		return 0, vmm.ErrOutputFull
+	}
 	h.pending = append(h.pending, format.DiskWrite{Epoch: pos, Off: off, Data: bytes.Clone(p)})
+	h.pendingLog += logSize(p)
 	h.held++
 	h.mu.Unlock()
 	if err := h.out.Hold(refuseWait, pos, outbuf.DiskWrite(p, off)); err != nil {
 		h.mu.Lock()
 		h.pending[len(h.pending)-1] = format.DiskWrite{}
 		h.pending = h.pending[:len(h.pending)-1]
+		h.pendingLog -= logSize(p)
 		h.held--
 		h.mu.Unlock()
 		if errors.Is(err, context.Canceled) {
@@ -175,11 +203,13 @@ func (s diskSink) ReadAt(p []byte, off int64) (int, error) { return s.h.disk.Rea
 
 // WriteAt writes a released write to the disk and has it flushed.
 func (s diskSink) WriteAt(p []byte, off int64) (int, error) {
-	n, err := s.h.disk.WriteAt(p, off)
+	h := s.h
+	h.dmu.Lock()
+	defer h.dmu.Unlock()
+	n, err := h.disk.WriteAt(p, off)
 	if err != nil {
 		return n, err
 	}
-	h := s.h
 	h.mu.Lock()
 	h.released++
 	h.startFlusherLocked()
@@ -197,34 +227,39 @@ func (h *HeldDisk) startFlusherLocked() {
 }
 
 // flushLoop flushes the disk until every released write is durable, then
-// ends. It pops durable writes from pending and wakes a waiting FLUSH.
+// ends. It pops durable writes from pending and wakes a waiting FLUSH, or
+// a write refused while the failover log was full.
 func (h *HeldDisk) flushLoop() {
 	for {
-		h.mu.Lock()
-		target := h.released
-		if h.durable >= target {
-			h.flushing = false
-			h.mu.Unlock()
+		target, err := h.prepareFlush()
+		if target == 0 {
 			return
 		}
-		h.mu.Unlock()
-
-		err := h.disk.Flush()
+		if err == nil {
+			err = h.disk.Flush()
+		}
 
 		h.mu.Lock()
 		wake := false
 		if err != nil {
 			h.flushErr = err
+			h.rewrite = true
 			wake = h.flushWait != 0
 			h.flushWait = 0
 			h.flushing = false
 		} else {
 			n := int(target - h.durable)
+			for _, w := range h.pending[:n] {
+				h.pendingLog -= logSize(w.Data)
+			}
 			clear(h.pending[:n])
 			h.pending = h.pending[n:]
 			h.durable = target
 			if h.flushWait != 0 && h.durable >= h.flushWait {
 				h.flushWait, wake = 0, true
+			}
+			if h.roomWait {
+				h.roomWait, wake = false, true
 			}
 		}
 		poll, stop := h.poll, err != nil
@@ -237,3 +272,38 @@ func (h *HeldDisk) flushLoop() {
 		}
 	}
 }
+
+// prepareFlush returns the count of released writes the next fdatasync
+// will cover, or 0 (and the flusher ends) if every one is durable. After
+// a failed fdatasync it first writes those not yet durable again; an error
+// doing so is returned as the flush's.
+func (h *HeldDisk) prepareFlush() (uint64, error) {
+	h.dmu.Lock() // no release between the count and the re-writes
+	defer h.dmu.Unlock()
+	h.mu.Lock()
+	target := h.released
+	if h.durable >= target {
+		h.flushing = false
+		h.mu.Unlock()
+		return 0, nil
+	}
+	var again []format.DiskWrite
+	if h.rewrite {
+		again = h.pending[:target-h.durable] // never modified; only this goroutine pops
+		h.rewrite = false
+	}
+	h.mu.Unlock()
+	for _, w := range again {
+		if _, err := h.disk.WriteAt(w.Data, w.Off); err != nil {
+			return target, fmt.Errorf("writing again a write of epoch %d after a failed flush: %w", w.Epoch, err)
+		}
+	}
+	return target, nil
+}
+
+// maxPendingLog bounds the failover log, as the size of the disk section
+// that would carry it whole: half of what a checkpoint may carry.
+const maxPendingLog = format.MaxDiskLog / 2
+
+// logSize is the size a write of p takes in a disk section.
+func logSize(p []byte) uint64 { return format.DiskRecordSize(len(p)) }

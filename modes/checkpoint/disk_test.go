@@ -18,16 +18,22 @@ import (
 // memDisk is a shared disk with a volatile write cache, as a disk image
 // behind a host's page cache is: writes land in data, Flush copies data to
 // durable, and crash loses what was not flushed (the host died).
+//
+// A failed Flush behaves as Linux's fdatasync after a writeback error: the
+// dirty pages it could not write are dropped as if clean, so a later
+// successful Flush does not write them.
 type memDisk struct {
 	mu        sync.Mutex
 	data      []byte
 	durable   []byte
+	dirty     []bool // bytes written since the last Flush
 	flushes   int
-	failFlush error // returned (once) by the next Flush
+	failFlush error // returned by the next Flush (every one, if failAll)
+	failAll   bool
 }
 
 func newMemDisk(size int) *memDisk {
-	return &memDisk{data: make([]byte, size), durable: make([]byte, size)}
+	return &memDisk{data: make([]byte, size), durable: make([]byte, size), dirty: make([]bool, size)}
 }
 
 func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
@@ -49,6 +55,9 @@ func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
 		return 0, fmt.Errorf("write of %d bytes at %d past the disk's %d", len(p), off, len(d.data))
 	}
+	for i := range p {
+		d.dirty[off+int64(i)] = true
+	}
 	return copy(d.data[off:], p), nil
 }
 
@@ -56,10 +65,18 @@ func (d *memDisk) Flush() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.failFlush; err != nil {
-		d.failFlush = nil
+		if !d.failAll {
+			d.failFlush = nil
+		}
+		clear(d.dirty)
 		return err
 	}
-	copy(d.durable, d.data)
+	for i, dirty := range d.dirty {
+		if dirty {
+			d.durable[i] = d.data[i]
+		}
+	}
+	clear(d.dirty)
 	d.flushes++
 	return nil
 }
@@ -210,6 +227,60 @@ func TestHeldDiskFlushError(t *testing.T) {
 	}
 	if d := r.held.Capture(2, true); len(d.Writes) != 0 || d.Durable != 2 {
 		t.Fatalf("after the flush the log is %+v, want empty and durable through 2", d)
+	}
+	// The failed fdatasync dropped the write's dirty pages: durable only
+	// if it was written again before the flush that succeeded.
+	if got := string(r.disk.image(true)[:4]); got != "AAAA" {
+		t.Fatalf("the disk holds %q durably, want the write a failed flush dropped", got)
+	}
+}
+
+// While the disk keeps failing its flushes, released writes pile up in
+// the failover log; once it is full, writes are refused (the guest waits)
+// and accepted again after the disk comes back.
+func TestHeldDiskFailoverLogIsBounded(t *testing.T) {
+	r := newHeldRig(t, 1<<16)
+	r.held.maxLog = 32 << 10
+	boom := errors.New("EIO")
+	r.disk.mu.Lock()
+	r.disk.failFlush, r.disk.failAll = boom, true
+	r.disk.mu.Unlock()
+	block := bytes.Repeat([]byte{'x'}, 4096)
+	refused := false
+	for i := 0; i < 20 && !refused; i++ {
+		r.pos.Store(uint64(i + 1))
+		_, err := r.held.WriteAt(block, int64(i%16)*4096)
+		switch {
+		case errors.Is(err, vmm.ErrOutputFull):
+			refused = true
+		case err != nil:
+			t.Fatal(err)
+		default:
+			if err := r.out.Commit(uint64(i + 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !refused {
+		t.Fatal("20 writes of 4 KiB with failing flushes all taken by a 32 KiB failover log")
+	}
+	r.disk.mu.Lock()
+	r.disk.failFlush, r.disk.failAll = nil, false
+	r.disk.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second) // bounds a broken flusher only
+	for {
+		if _, err := r.held.WriteAt(block, 0); err == nil {
+			break
+		} else if !errors.Is(err, vmm.ErrOutputFull) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes still refused after the disk came back")
+		}
+		select {
+		case <-r.polls: // the flusher made room
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
