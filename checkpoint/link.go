@@ -63,7 +63,7 @@ func (l *Link) SilentFor() time.Duration {
 }
 
 // Hello exchanges Hello messages, mine first, and checks the peer's: the
-// other role, the same guest memory size.
+// other role, the same guest memory size, the same machine description.
 func (l *Link) Hello(mine Hello, timeout time.Duration) (Hello, error) {
 	if err := l.Send(MsgHello, mine.Append(nil), timeout); err != nil {
 		return Hello{}, err
@@ -85,6 +85,8 @@ func (l *Link) Hello(mine Hello, timeout time.Duration) (Hello, error) {
 		return Hello{}, fmt.Errorf("peer is also a %v", h.Role)
 	case h.MemPages != mine.MemPages:
 		return Hello{}, fmt.Errorf("peer's guest has %d pages of memory, ours %d", h.MemPages, mine.MemPages)
+	case h.Machine != mine.Machine:
+		return Hello{}, fmt.Errorf("peer's machine is %q, ours %q: start both sides with the same mode, machine and devices", h.Machine, mine.Machine)
 	}
 	return h, nil
 }

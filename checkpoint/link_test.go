@@ -17,6 +17,7 @@ func TestLinkHelloRefusesAMismatchedPeer(t *testing.T) {
 	}{
 		{"same role", Hello{Role: RolePrimary, MemPages: 16}, "peer is also a primary"},
 		{"other memory", Hello{Role: RoleBackup, MemPages: 32}, "32 pages of memory, ours 16"},
+		{"other machine", Hello{Role: RoleBackup, MemPages: 16, Machine: "disk=64M"}, `peer's machine is "disk=64M", ours ""`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := tcpPair(t)

@@ -16,7 +16,7 @@ import (
 // little-endian. The zero MsgType is invalid.
 
 // ProtocolVersion is the wire protocol this package speaks.
-const ProtocolVersion uint16 = 1
+const ProtocolVersion uint16 = 2
 
 const frameHeaderSize = 8
 
@@ -62,9 +62,11 @@ var (
 
 // Fixed payload sizes and bounds.
 const (
-	helloSize     = 4 + 1 + 1 + 8 + 8 + 8
-	ackSize       = 16
-	heartbeatSize = 8
+	helloFixed = 4 + 1 + 1 + 8 + 8 + 8 + 2
+	// MaxHelloMachine bounds Hello.Machine.
+	MaxHelloMachine = 256
+	ackSize         = 16
+	heartbeatSize   = 8
 	// MaxResyncDetail bounds the human-readable text in a Resync.
 	MaxResyncDetail = 512
 	resyncFixed     = 1 + 16 + 2
@@ -102,11 +104,16 @@ var helloMagic = [4]byte{'F', 'T', 'C', 'H'}
 // state it holds committed; the primary reports its cache Base. The
 // primary continues with epoch checkpoints only if the backup's committed
 // (Generation, Epoch) equals its Base; otherwise it starts a full sync.
+//
+// Machine describes what both sides' machines must agree on besides
+// memory (the mode, the kind of machine, vCPUs, devices), in words a user
+// can read in the error a mismatch gives; its format is the caller's.
 type Hello struct {
 	Role              Role
 	MemPages          uint64
 	Committed         bool // Generation and Epoch are meaningful
 	Generation, Epoch uint64
+	Machine           string // at most MaxHelloMachine bytes
 }
 
 // Append appends h's payload to b.
@@ -119,13 +126,19 @@ func (h Hello) Append(b []byte) []byte {
 	b = append(b, byte(h.Role), c)
 	b = binary.LittleEndian.AppendUint64(b, h.MemPages)
 	b = binary.LittleEndian.AppendUint64(b, h.Generation)
-	return binary.LittleEndian.AppendUint64(b, h.Epoch)
+	b = binary.LittleEndian.AppendUint64(b, h.Epoch)
+	m := h.Machine[:min(len(h.Machine), MaxHelloMachine)]
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(m)))
+	return append(b, m...)
 }
 
 // DecodeHello parses a Hello payload.
 func DecodeHello(p []byte) (Hello, error) {
-	if len(p) != helloSize || [4]byte(p[:4]) != helloMagic {
+	if len(p) < helloFixed || [4]byte(p[:4]) != helloMagic {
 		return Hello{}, fmt.Errorf("decode hello: %w: %d bytes", ErrBadMessage, len(p))
+	}
+	if n := int(binary.LittleEndian.Uint16(p[30:])); n > MaxHelloMachine || len(p) != helloFixed+n {
+		return Hello{}, fmt.Errorf("decode hello: %w: %d bytes with a %d-byte machine description", ErrBadMessage, len(p), n)
 	}
 	h := Hello{
 		Role:       Role(p[4]),
@@ -133,6 +146,7 @@ func DecodeHello(p []byte) (Hello, error) {
 		MemPages:   binary.LittleEndian.Uint64(p[6:]),
 		Generation: binary.LittleEndian.Uint64(p[14:]),
 		Epoch:      binary.LittleEndian.Uint64(p[22:]),
+		Machine:    string(p[helloFixed:]),
 	}
 	switch {
 	case h.Role != RolePrimary && h.Role != RoleBackup:
@@ -292,7 +306,7 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 	var lo, hi uint64
 	switch t {
 	case MsgHello:
-		lo, hi = helloSize, helloSize
+		lo, hi = helloFixed, helloFixed+MaxHelloMachine
 	case MsgCheckpoint:
 		lo, hi = headerSize+trailerSize, uint64(r.maxCheckpoint)
 	case MsgAck:

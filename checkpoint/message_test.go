@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -19,7 +20,7 @@ func frame(n uint32, version uint16, t MsgType, payload []byte) []byte {
 func TestMessageRoundTrip(t *testing.T) {
 	h := newHarness(t, 8, 41)
 	ck := h.encode(KindSyncCommit, FlagSyncStart, 1, allPages(8), true)
-	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, Generation: 4, Epoch: 9}
+	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, Generation: 4, Epoch: 9, Machine: "checkpoint kvm vcpus=4"}
 	ack := Ack{4, 9}
 	hb := Heartbeat{77}
 	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
@@ -89,12 +90,13 @@ func TestReaderRejects(t *testing.T) {
 		stream []byte
 		want   error
 	}{
-		{"future version", frame(16, 2, MsgAck, make([]byte, 16)), ErrProtocolVersion},
+		{"future version", frame(16, ProtocolVersion+1, MsgAck, make([]byte, 16)), ErrProtocolVersion},
+		{"past version", frame(16, ProtocolVersion-1, MsgAck, make([]byte, 16)), ErrProtocolVersion},
 		{"type zero", frame(16, ProtocolVersion, 0, make([]byte, 16)), ErrBadMessage},
 		{"type unknown", frame(16, ProtocolVersion, numMsgTypes, make([]byte, 16)), ErrBadMessage},
 		{"ack too long", frame(17, ProtocolVersion, MsgAck, make([]byte, 17)), ErrMessageTooLarge},
 		{"ack too short", frame(15, ProtocolVersion, MsgAck, make([]byte, 15)), ErrBadMessage},
-		{"hello too long", frame(helloSize+1, ProtocolVersion, MsgHello, nil), ErrMessageTooLarge},
+		{"hello too long", frame(helloFixed+MaxHelloMachine+1, ProtocolVersion, MsgHello, nil), ErrMessageTooLarge},
 		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
 		{"log too long", frame(MaxLogMessage+1, ProtocolVersion, MsgLog, nil), ErrMessageTooLarge},
 		{"log empty", frame(0, ProtocolVersion, MsgLog, nil), ErrBadMessage},
@@ -142,6 +144,13 @@ func TestPayloadDecodersReject(t *testing.T) {
 		{"hello role zero", func() error { _, err := DecodeHello(mod(good, 4, 0)); return err }()},
 		{"hello committed flag", func() error { _, err := DecodeHello(mod(good, 5, 2)); return err }()},
 		{"hello zero memory", func() error { _, err := DecodeHello(Hello{Role: RoleBackup}.Append(nil)); return err }()},
+		{"hello machine length", func() error { _, err := DecodeHello(mod(good, 30, 1)); return err }()},
+		{"hello machine too long", func() error {
+			long := Hello{Role: RolePrimary, MemPages: 8, Machine: strings.Repeat("x", MaxHelloMachine)}.Append(nil)
+			long[30]++ // n = MaxHelloMachine+1, and as many bytes follow
+			_, err := DecodeHello(append(long, 'x'))
+			return err
+		}()},
 		{"ack generation zero", func() error { _, err := DecodeAck(Ack{0, 5}.Append(nil)); return err }()},
 		{"heartbeat short", func() error { _, err := DecodeHeartbeat([]byte{1}); return err }()},
 		{"resync reason zero", func() error { _, err := DecodeResync(Resync{Reason: 0}.Append(nil)); return err }()},

@@ -278,6 +278,8 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	if held != nil {
 		held.SetPoll(devs.blkDev.Poll) // a held-back FLUSH completes
 	}
+	netSpec, _ := f.devices.resolve(f.machine.guest)
+	cfg.Machine = describeMachine("checkpoint", kvmKind(f.machine.irqchip), f.machine.vcpus, netSpec, devs.disk)
 	if err := m.LoadBareMetal(img, devs.boot); err != nil {
 		return err
 	}
@@ -313,6 +315,29 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 		_, err = m.Wait()
 	}
 	return err
+}
+
+// kvmKind names a KVM machine by how its interrupts are delivered (the
+// machine state differs).
+func kvmKind(irqchip bool) string {
+	if irqchip {
+		return "KVM with the in-kernel irqchip"
+	}
+	return "KVM"
+}
+
+// describeMachine is what the two sides of a pair must agree on besides
+// memory, sent in their Hello: the mode, the kind of machine, the vCPUs
+// and the devices (disk nil: none).
+func describeMachine(mode, kind string, vcpus int, netSpec string, disk *vmm.FileDisk) string {
+	d := fmt.Sprintf("%s mode on %s, %d vCPU", mode, kind, vcpus)
+	if netSpec != "none" {
+		d += ", network"
+	}
+	if disk != nil {
+		d += fmt.Sprintf(", %d-byte disk", disk.Size())
+	}
+	return d
 }
 
 // diskFwd is the output buffer's disk: the held disk's sink, known once
@@ -432,6 +457,8 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 		return err
 	}
 	defer devs.Close()
+	netSpec, _ := f.devices.resolve(f.machine.guest)
+	cfg.Machine = describeMachine("checkpoint", kvmKind(f.machine.irqchip), f.machine.vcpus, netSpec, devs.disk)
 	backup, err := ckmode.NewBackup(cfg, &ckmode.KVMGuest{M: m}, fence, slog.Default())
 	if err != nil {
 		return err

@@ -73,6 +73,7 @@ type replayHost struct {
 	sim     bool
 	netSpec string
 	disk    *vmm.FileDisk // nil: no disk
+	machine string        // its description for the Hello
 	closers []func() error
 }
 
@@ -150,6 +151,11 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 		h.m = m
 		h.closers = append(h.closers, m.Close)
 	}
+	kind := "KVM"
+	if h.sim {
+		kind = "the software machine"
+	}
+	h.machine = describeMachine("replay", kind, 1, netSpec, h.disk)
 	ok = true
 	return h, nil
 }
@@ -236,6 +242,7 @@ func replayPrimary(ctx context.Context, f *modeFlags, cfg replay.Config, stdout 
 		return err
 	}
 	defer h.Close()
+	cfg.Machine = h.machine
 	arb, fence, gen, err := becomePrimary(ctx, f.arbiter)
 	if err != nil {
 		return err
@@ -298,6 +305,7 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 		return err
 	}
 	defer h.Close()
+	cfg.Machine = h.machine
 	arb, fence, err := openFence(f.arbiter, "backup")
 	if err != nil {
 		return err

@@ -291,3 +291,28 @@ func waitFor(t *testing.T, out *syncBuffer, s string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestReplayRefusesAMismatchedBackup: a backup started without the
+// primary's disk is refused when it connects, with both machines named,
+// not when it would go live.
+func TestReplayRefusesAMismatchedBackup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	dir := t.TempDir()
+	peer := freePort(t, "tcp")
+	common := []string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:" + freePort(t, "udp"), "--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0"}
+	var bout, pout syncBuffer
+	backup := ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer, "--disk", "none"}, common...)...)
+	waitFor(t, &bout, backupReadyPrefix)
+	ftckptProcess(t, &pout, append([]string{"--role", "primary", "--peer", peer,
+		"--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M"}, common...)...)
+	if err := backup.Wait(); err == nil {
+		t.Fatalf("the backup accepted a primary with a disk it lacks:\n%s", bout.String())
+	}
+	want := `peer's machine is "replay mode on the software machine, 1 vCPU, network, 1048576-byte disk", ours "replay mode on the software machine, 1 vCPU, network"`
+	if !strings.Contains(bout.String(), want) {
+		t.Fatalf("the backup's error does not name both machines:\n%s", bout.String())
+	}
+}

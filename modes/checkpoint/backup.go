@@ -67,7 +67,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	defer conn.Close()
 	l := format.NewLink(conn, b.cfg.MaxCheckpoint, b.now)
 	st := b.recv.Status()
-	hello := format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.guest.Memory())) / format.PageSize}
+	hello := format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.guest.Memory())) / format.PageSize, Machine: b.cfg.Machine}
 	if st.State == format.StateCommitted {
 		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
 	}

@@ -35,6 +35,10 @@ type Config struct {
 	Verify bool
 	// MaxCheckpoint bounds a checkpoint message the backup accepts.
 	MaxCheckpoint int
+	// Machine describes this side's machine (vCPUs, devices) to the peer,
+	// which refuses the connection unless its own is the same (see
+	// format.Hello).
+	Machine string
 }
 
 // DefaultConfig is a 25 ms epoch with failure detection in 500 ms.

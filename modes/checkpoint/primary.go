@@ -110,7 +110,7 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	if err != nil {
 		return err
 	}
-	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
 		return p.backupLost(ctx, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -106,7 +106,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.ctx = ctx
 	defer conn.Close()
 	l := format.NewLink(conn, b.cfg.MaxCheckpoint, nil)
-	if _, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize}, b.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize, Machine: b.cfg.Machine}, b.cfg.FailureTimeout); err != nil {
 		return nil, err
 	}
 	b.link = l

@@ -45,6 +45,10 @@ type Config struct {
 	// the backup checks it after applying. It costs a pass over memory on
 	// both sides.
 	Verify bool
+	// Machine describes this side's machine (kind, devices) to the peer,
+	// which refuses the connection unless its own is the same (see
+	// format.Hello).
+	Machine string
 }
 
 // DefaultConfig returns the defaults.

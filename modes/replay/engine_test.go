@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
@@ -248,9 +249,10 @@ func TestOutputsWaitForTheBackup(t *testing.T) {
 	c := newCluster(t, "kv")
 	release := make(chan struct{})
 	c.down = func(from io.Reader, to io.Writer) {
-		// The backup's hello (an 8-byte frame header and 30 bytes) passes;
-		// everything after it, acks and heartbeats, waits.
-		if _, err := io.CopyN(to, from, 8+30); err != nil {
+		// The backup's hello (an 8-byte frame header and its payload)
+		// passes; everything after it, acks and heartbeats, waits.
+		hello := format.Hello{Role: format.RoleBackup, MemPages: testPages}.Append(nil)
+		if _, err := io.CopyN(to, from, int64(8+len(hello))); err != nil {
 			return
 		}
 		<-release

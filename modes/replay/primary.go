@@ -210,7 +210,7 @@ func (p *Primary) connect(conn net.Conn) error {
 	p.resync.Store(true) // the backup starts from a full checkpoint
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages}, p.cfg.FailureTimeout); err != nil {
+	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
 		conn.Close()
 		return err
 	}
