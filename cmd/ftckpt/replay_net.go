@@ -2,68 +2,59 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/vmm"
 )
 
-// bareUDP is the software machine's network backend: each datagram's
-// payload is one frame, as the simvm guests speak (no Ethernet, IP or UDP
-// headers); a frame the guest sends goes to the client that sent last.
-// Frames sent before any client is known (a backup gone live re-issues the
-// last replies before its clients resend) wait for the first one, up to
-// maxPending.
+// bareUDP is the software machine's network backend, on a host UDP socket.
+// A datagram from a client reaches the guest as a frame from the client's
+// address (simvm.Addressed: the simvm guests speak no Ethernet, IP or UDP);
+// a frame the guest sends leaves as a datagram to the address it names,
+// or, for the zero address (the tick guest's reports), to the client heard
+// from last, if any. Nothing else is remembered, so a backup gone live
+// delivers the replies its guest re-issues to clients it never heard from.
 type bareUDP struct {
 	conn *net.UDPConn
 	once sync.Once
-
-	mu      sync.Mutex
-	client  *net.UDPAddr
-	pending [][]byte
+	last atomic.Pointer[netip.AddrPort] // the client heard from last
 }
 
-const maxPending = 256
-
 func newBareUDP(addr string) (*bareUDP, error) {
-	ua, err := net.ResolveUDPAddr("udp", addr)
+	ua, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--net udp:%s: %w", addr, err)
 	}
-	conn, err := net.ListenUDP("udp", ua)
+	conn, err := net.ListenUDP("udp4", ua)
 	if err != nil {
 		return nil, fmt.Errorf("--net udp:%s: %w", addr, err)
 	}
 	return &bareUDP{conn: conn}, nil
 }
 
-// SendFrame implements vmm.FrameSink. Without a client yet the frame is
-// dropped, as a network with no listener drops it.
+// SendFrame implements vmm.FrameSink. A frame without an address, or to
+// the zero address before any client was heard from, is dropped, as a
+// network drops what it cannot deliver; so is one the socket refuses.
 func (b *bareUDP) SendFrame(frame []byte) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.client == nil {
-		if len(b.pending) < maxPending {
-			b.pending = append(b.pending, append([]byte(nil), frame...))
-		}
+	to, payload, err := simvm.FrameAddress(frame)
+	if err != nil {
+		slog.Debug("software machine's network: dropped a guest frame", "err", err)
 		return nil
 	}
-	b.conn.WriteToUDP(frame, b.client) // a lost datagram is not a device failure
-	return nil
-}
-
-// heard notes the client a datagram came from, and sends it what waited.
-func (b *bareUDP) heard(from *net.UDPAddr) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	first := b.client == nil
-	b.client = from
-	if first {
-		for _, f := range b.pending {
-			b.conn.WriteToUDP(f, from)
+	if !to.IsValid() {
+		last := b.last.Load()
+		if last == nil {
+			return nil
 		}
-		b.pending = nil
+		to = *last
 	}
+	b.conn.WriteToUDPAddrPort(payload, to) // a lost datagram is not a device failure
+	return nil
 }
 
 // Start implements vmm.NetBackend.
@@ -71,12 +62,13 @@ func (b *bareUDP) Start(port vmm.RxPort) error {
 	go func() {
 		buf := make([]byte, 64<<10)
 		for {
-			n, from, err := b.conn.ReadFromUDP(buf)
+			n, from, err := b.conn.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
 			}
-			b.heard(from)
-			if port.Receive(buf[:n]) {
+			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			b.last.Store(&from)
+			if port.Receive(simvm.Addressed(from, buf[:n])) {
 				port.Poll()
 			}
 		}

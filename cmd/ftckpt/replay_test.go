@@ -114,7 +114,7 @@ func (c *kvClient) key() string { return kvKeys[c.sent%len(kvKeys)] }
 
 func (c *kvClient) send() {
 	c.attempts++
-	c.conn.Write(simvm.KVRequest("INCR", c.key()))
+	c.conn.Write([]byte("INCR " + c.key()))
 }
 
 // incr makes one request.
@@ -135,7 +135,7 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 				break // timed out: send again
 			}
 			r := string(buf[:n])
-			kr, err := simvm.ParseKVReply(buf[:n])
+			kr, err := simvm.ParseKVPayload(buf[:n])
 			if err != nil || kr.Status != "VALUE" {
 				t.Fatalf("reply %q: %v", r, err)
 			}

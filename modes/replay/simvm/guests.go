@@ -193,7 +193,7 @@ var Prelude = func() string {
 		{"NET_RX_BASE", NetRxBase}, {"NET_RX_SLOTS", NetRxSlots}, {"NET_RX_HEAD", NetRxHead},
 		{"NET_RX_TAIL", NetRxTail}, {"NET_RX_DROPS", NetRxDrops}, {"NET_TX_ADDR", NetTxAddr},
 		{"NET_TX_LEN", NetTxLen}, {"NET_TX_SEND", NetTxSend}, {"NET_TX_ERRORS", NetTxErrors},
-		{"NET_SLOT_SIZE", NetSlotSize}, {"NET_SLOT_DATA", NetSlotData},
+		{"NET_SLOT_SIZE", NetSlotSize}, {"NET_SLOT_DATA", NetSlotData}, {"NET_ADDR_SIZE", NetAddrSize},
 	} {
 		fmt.Fprintf(&b, "\t.equ %s, %#x\n", c.name, c.v)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,13 +202,18 @@ func (k *kvModel) set(key, val string) {
 func kvExchange(t *testing.T, r *rig, reqs []string) []string {
 	t.Helper()
 	var replies []string
-	for _, req := range reqs {
+	for i, req := range reqs {
 		n := len(r.env.frames)
-		r.rx = append(r.rx, []byte(req))
+		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), uint16(1000+i))
+		r.rx = append(r.rx, Addressed(client, []byte(req)))
 		if err := r.runUntil(100000, func() bool { return len(r.env.frames) > n && r.m.Halted() }); err != nil {
 			t.Fatalf("request %q: %v\nconsole:\n%s", req, err, r.env.console.String())
 		}
-		replies = append(replies, string(r.env.frames[n]))
+		to, reply, err := FrameAddress(r.env.frames[n])
+		if err != nil || to != client {
+			t.Fatalf("request %q from %v: reply to %v (%v)", req, client, to, err)
+		}
+		replies = append(replies, string(reply))
 	}
 	return replies
 }
@@ -242,7 +248,7 @@ func TestKVGuest(t *testing.T) {
 		if replies[i] != want {
 			t.Errorf("%q: got %q, want %q", req, replies[i], want)
 		}
-		if rep, err := ParseKVReply([]byte(replies[i])); err != nil || rep.Seq != uint64(i+1) {
+		if rep, err := ParseKVReply(Addressed(netip.AddrPort{}, []byte(replies[i]))); err != nil || rep.Seq != uint64(i+1) {
 			t.Errorf("%q: parsed %+v, %v", replies[i], rep, err)
 		} else if rep.Status == "ERR" && rep.Value == "full" {
 			full++
@@ -295,6 +301,28 @@ func TestKVPersistsAndReloads(t *testing.T) {
 	}
 }
 
+// A frame too short to name its sender gets no reply (there is nobody to
+// send one to); the guest goes on with the next.
+func TestKVIgnoresAFrameWithoutAnAddress(t *testing.T) {
+	r := newRig(t, "kv", 64)
+	kvExchange(t, r, []string{"GET a"}) // booted, slots posted
+	n := len(r.env.frames)
+	r.m.DeliverFrame([]byte("GET"))
+	r.m.DeliverFrame(KVRequest("INCR", "a"))
+	if _, err := r.m.InjectPending(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.runUntil(100000, func() bool { return r.m.Halted() && r.m.dev.Net.RxHead == r.m.dev.Net.RxTail-8 }); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(r.env.frames) - n; got != 1 {
+		t.Fatalf("%d replies to a short frame and a request, want 1", got)
+	}
+	if rep, err := ParseKVReply(r.env.frames[n]); err != nil || rep.Value != "1" {
+		t.Fatalf("the reply %+v (%v): want INCR's", rep, err)
+	}
+}
+
 func TestKVDropsWhenTheRingIsFull(t *testing.T) {
 	r := newRig(t, "kv", 64)
 	kvExchange(t, r, []string{"GET a"}) // booted, slots posted
@@ -334,12 +362,15 @@ func TestParseKVReply(t *testing.T) {
 		{"1 OK x", KVReply{}, false},
 		{"1 MAYBE", KVReply{}, false},
 	} {
-		got, err := ParseKVReply([]byte(c.in))
+		got, err := ParseKVReply(Addressed(netip.AddrPort{}, []byte(c.in)))
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("%q: %+v %v", c.in, got, err)
 		}
 	}
-	if _, err := ParseTickFrame([]byte("TICK")); err == nil {
+	if _, err := ParseKVReply([]byte("1 OK")); err == nil {
+		t.Error("a reply without an address parsed")
+	}
+	if _, err := ParseTickFrame(Addressed(netip.AddrPort{}, []byte("TICK"))); err == nil {
 		t.Error("a short tick frame parsed")
 	}
 }

@@ -1,8 +1,9 @@
 ; kv: a key-value server on the network device, the simvm twin of
-; guests/progs/kv.c. One request per frame, one reply frame per request
-; (the protocol is in client.go). The table is persisted to the disk
-; (sectors 0 to DB_SECTORS-1) after every param_persist_every updates and
-; loaded from it at boot; a disk without the table's magic starts empty.
+; guests/progs/kv.c. One request per frame, one reply frame per request,
+; to the request's sender (the protocol is in client.go). The table is
+; persisted to the disk (sectors 0 to DB_SECTORS-1) after every
+; param_persist_every updates and loaded from it at boot; a disk without
+; the table's magic starts empty.
 ; With param_journal > 0 every update also writes the table's first sector
 ; (magic, count, update count, the first entries) to sector DB_SECTORS +
 ; updates%journal: distinct writes, for tests that lose some. With
@@ -93,11 +94,23 @@ receive:
 	add r2, r2, r3
 	ld32 r3, [r2]
 	add r1, r2, NET_SLOT_DATA
-	mov r2, r3
-	call handle
+	cmp r3, NET_ADDR_SIZE
+	jb consumed				; no sender's address: nobody to answer
+	push r1
+	push r3
 	mov r2, r1
-	li r1, txbuf
+	li r1, txaddr				; the reply goes to the request's sender
+	li r3, NET_ADDR_SIZE
+	call memcpy
+	pop r2
+	pop r1
+	add r1, r1, NET_ADDR_SIZE
+	sub r2, r2, NET_ADDR_SIZE
+	call handle
+	add r2, r1, NET_ADDR_SIZE
+	li r1, txaddr
 	call net_send
+consumed:
 	add r8, r8, 1
 	add r1, r8, RX_SLOTS
 	li r9, MMIO_BASE
@@ -493,6 +506,7 @@ full_msg:	.asciz "full"
 not_number_msg:	.asciz "not a number"
 overflow_msg:	.asciz "overflow"
 	.align 8
+txaddr:		.space NET_ADDR_SIZE		; the reply frame: address, then txbuf
 txbuf:		.space 256
 
 	.align PAGE_SIZE

@@ -127,7 +127,8 @@ tick_isr:
 	.align 8
 ticks:		.quad 0
 last_clock:	.quad 0
-frame:		.ascii "TICK"
+frame:		.space NET_ADDR_SIZE		; to the zero address: the host picks
+		.ascii "TICK"
 		.u32 0
 frame_ticks:	.quad 0
 frame_clock:	.quad 0
