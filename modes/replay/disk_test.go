@@ -220,24 +220,9 @@ func TestHeldDiskWritesSurviveAResync(t *testing.T) {
 	if c.backup.Stats.Divergences.Load() == 0 {
 		t.Fatal("the tampered entry went unnoticed")
 	}
-	// Every update up to the last the client saw has its journal sector.
 	// (Not checkKV: the replies the primary held after the divergence were
 	// lost with it, as a network may lose them.)
-	var last uint64
-	for _, f := range c.client.seen() {
-		if r, err := simvm.ParseKVReply(f.data); err == nil {
-			last = max(last, r.Seq)
-		}
-	}
-	sector := make([]byte, simvm.DiskSectorSize)
-	for seq := uint64(1); seq <= last; seq++ {
-		if _, err := c.disk.ReadAt(sector, int64(16+seq%1000)*simvm.DiskSectorSize); err != nil {
-			t.Fatal(err)
-		}
-		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
-			t.Errorf("the journal sector of update %d holds update %d (the live guest is at update %d)", seq, got, last)
-		}
-	}
+	checkJournal(t, c)
 }
 
 // lateResyncThenNothing is a backup→primary path on which the backup's
@@ -259,6 +244,75 @@ func lateResyncThenNothing(from io.Reader, to io.Writer) {
 		}
 		if format.WriteMessage(to, typ, payload) != nil {
 			return
+		}
+	}
+}
+
+// TestSlowDiskSyncDoesNotStallTheGuest: while the primary's fdatasync
+// hangs, its guest runs on and answers (a reply leaves on the backup's
+// ack), but the releases it marks for the backup wait for the sync: when
+// the host then dies, its page cache lost, the backup still has every
+// write the hung sync did not cover, and writes it when it goes live.
+func TestSlowDiskSyncDoesNotStallTheGuest(t *testing.T) {
+	c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000})
+	cache := &cachedDisk{f: c.disk}
+	var slow atomic.Bool
+	var hung atomic.Int32
+	gate := make(chan struct{})
+	var open sync.Once
+	c.pDisk = cache
+	c.pSync = func() error {
+		if slow.Load() {
+			hung.Add(1)
+			<-gate
+		}
+		return cache.Sync()
+	}
+	c.start()
+	// Before the cluster's cleanup, which waits for the primary.
+	t.Cleanup(func() { open.Do(func() { close(gate) }) })
+	c.incr(t, 3)
+	slow.Store(true)
+	c.incr(t, 20)
+	if hung.Load() == 0 {
+		t.Fatal("no fdatasync was asked for while the guest wrote: the test does not test")
+	}
+
+	cache.crash()
+	go func() {
+		// The host is dead: the hung sync returns, having made nothing
+		// durable, after its link is gone.
+		time.Sleep(100 * time.Millisecond)
+		open.Do(func() { close(gate) })
+	}()
+	c.crashPrimary()
+	c.failover()
+	c.runLive()
+	n := len(c.client.seen()) + 3
+	for len(c.client.seen()) < n {
+		c.live.Receive(simvm.KVRequest("INCR", "a"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	checkJournal(t, c)
+}
+
+// checkJournal checks that the shared disk has the journal sector of every
+// update up to the last one a reply the client saw reports.
+func checkJournal(t *testing.T, c *cluster) {
+	t.Helper()
+	var last uint64
+	for _, f := range c.client.seen() {
+		if r, err := simvm.ParseKVReply(f.data); err == nil {
+			last = max(last, r.Seq)
+		}
+	}
+	sector := make([]byte, simvm.DiskSectorSize)
+	for seq := uint64(1); seq <= last; seq++ {
+		if _, err := c.disk.ReadAt(sector, int64(16+seq%1000)*simvm.DiskSectorSize); err != nil {
+			t.Fatal(err)
+		}
+		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
+			t.Errorf("the journal sector of update %d holds update %d (the live guest is at update %d)", seq, got, last)
 		}
 	}
 }

@@ -43,9 +43,11 @@ type Primary struct {
 	// before Run.
 	Console io.Writer
 	// SyncDisk, if set, makes the disk's released writes durable
-	// (fdatasync). The engine calls it before it tells the backup that
-	// outputs including disk writes were released, so that a backup taking
-	// over re-issues every write a dying host may not have made durable.
+	// (fdatasync). The primary tells the backup that outputs including
+	// disk writes were released only once SyncDisk covered them, so that a
+	// backup taking over re-issues every write a dying host may not have
+	// made durable. It is called off the engine (see syncer), so the guest
+	// runs on meanwhile, and may be called from two goroutines at once.
 	// Set before Run.
 	SyncDisk func() error
 
@@ -64,10 +66,9 @@ type Primary struct {
 	lsn      uint64    // LSN of the last entry appended
 	batchAt  time.Time // when the open batch got its first entry
 	released uint64    // the last EntryReleased appended
-	// lastWrite is the LSN of the latest disk write held, and durable the
-	// LSN through which released writes were made durable (SyncDisk).
-	lastWrite, durable uint64
-	recording          bool // false when alone: nothing is logged
+	// lastWrite is the LSN of the latest disk write held.
+	lastWrite uint64
+	recording bool // false when alone: nothing is logged
 	// protected mirrors recording for Attach, on other goroutines.
 	protected atomic.Bool
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
@@ -82,9 +83,17 @@ type Primary struct {
 	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
 
 	committed atomic.Uint64 // highest LSN the backup acknowledged
-	ackedCh   chan struct{} // buffered(1): committed rose
-	resync    atomic.Bool   // the backup asked for a full sync
-	lastSync  atomic.Uint64 // LSN of the latest EntrySync
+	// durable is the LSN through which released disk writes are known
+	// durable (a SyncDisk returned after they were released). The engine
+	// asks the syncer to advance it to syncWant through syncKick (buffered
+	// 1); syncErr is the SyncDisk failure that stops the primary.
+	durable, syncWant atomic.Uint64
+	syncKick          chan struct{}
+	syncErr           atomic.Pointer[error]
+
+	ackedCh  chan struct{} // buffered(1): committed rose
+	resync   atomic.Bool   // the backup asked for a full sync
+	lastSync atomic.Uint64 // LSN of the latest EntrySync
 }
 
 // message is one framed message on its way to the sender.
@@ -113,7 +122,8 @@ func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *wi
 	p := &Primary{
 		cfg: cfg, m: m, out: out, fence: fence, log: log, Stats: &Stats{},
 		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1), ackedCh: make(chan struct{}, 1),
-		clock: newGuestClock(clockFrom),
+		syncKick: make(chan struct{}, 1),
+		clock:    newGuestClock(clockFrom),
 	}
 	p.gen.Store(gen)
 	p.kickTimer = time.AfterFunc(time.Hour, m.Kick)
@@ -162,6 +172,12 @@ func (p *Primary) poke() {
 func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	p.ctx = ctx
 	defer p.disconnect()
+	if p.SyncDisk != nil {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); p.syncer(ctx) }()
+		defer wg.Wait()
+	}
 	if conn == nil {
 		if err := p.goAlone(); err != nil {
 			return err
@@ -475,18 +491,27 @@ func (p *Primary) boundary() error {
 			return err
 		}
 	}
+	if err := p.syncErr.Load(); err != nil {
+		return fmt.Errorf("making released disk writes durable: %w", *err)
+	}
 	if c := p.committed.Load(); p.recording && c > p.released {
 		// Every output at or below c is released by now (by the ack's
-		// Commit, or by a Hold that found c committed): make the disk
-		// writes among them durable before saying so.
-		if p.SyncDisk != nil && p.lastWrite > p.durable {
-			if err := p.SyncDisk(); err != nil {
-				return fmt.Errorf("making released disk writes durable: %w", err)
+		// Commit, or by a Hold that found c committed). Disk writes among
+		// them must be durable before the backup hears so: until the
+		// syncer says they are, mark only what it has covered.
+		mark := c
+		if d := p.durable.Load(); p.SyncDisk != nil && p.lastWrite > d && d < c {
+			mark = d
+			p.syncWant.Store(c)
+			select {
+			case p.syncKick <- struct{}{}:
+			default:
 			}
-			p.durable = c
 		}
-		p.append(Entry{Type: EntryReleased, LSN: c})
-		p.released = c
+		if mark > p.released {
+			p.append(Entry{Type: EntryReleased, LSN: mark})
+			p.released = mark
+		}
 	}
 	for _, f := range p.rx.take() {
 		if len(f) > MaxFrame {
@@ -640,6 +665,46 @@ func (p *Primary) hold(o outbuf.Output) error {
 	}
 }
 
+// syncer makes released disk writes durable off the engine, each time the
+// engine asks, until ctx ends: it calls SyncDisk and advances durable to
+// syncWant, an LSN through which the engine saw every output released; the
+// engine's next boundary marks the release. (Committed alone would not
+// do: an ack may overtake the engine's Hold of the output it commits, and
+// the engine releases that output itself, later.) A SyncDisk failure is
+// kept for the engine, which stops: after a failed fdatasync the kernel
+// may have dropped the writes, and the backup, which still has them, must
+// take over.
+func (p *Primary) syncer(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.syncKick:
+		}
+		if err := p.syncDisk(p.syncWant.Load()); err != nil {
+			p.syncErr.Store(&err)
+			p.poke()
+			return
+		}
+		p.poke()
+	}
+}
+
+// syncDisk calls SyncDisk and advances durable to through, an LSN at or
+// below which every output was released before the call. Safe from any
+// goroutine.
+func (p *Primary) syncDisk(through uint64) error {
+	if err := p.SyncDisk(); err != nil {
+		return err
+	}
+	for {
+		d := p.durable.Load()
+		if d >= through || p.durable.CompareAndSwap(d, through) {
+			return nil
+		}
+	}
+}
+
 // sync sends the backup a full checkpoint of the guest at a new EntrySync.
 // The guest does not run meanwhile (the engine is here); on fast hosts this
 // is stop-and-copy of all memory, which a pre-copy like checkpoint mode's
@@ -666,7 +731,7 @@ func (p *Primary) sync() error {
 	// After the look at what is held, so that a write released in between
 	// is carried, durable, or both (writing it again is harmless).
 	if p.SyncDisk != nil {
-		if err := p.SyncDisk(); err != nil {
+		if err := p.syncDisk(p.committed.Load()); err != nil { // the engine: outside any Hold
 			return fmt.Errorf("making released disk writes durable: %w", err)
 		}
 	}
@@ -746,7 +811,7 @@ func (p *Primary) flushDisk() error {
 		}
 	}
 	if p.SyncDisk != nil {
-		return p.SyncDisk()
+		return p.syncDisk(p.committed.Load()) // the engine: outside any Hold
 	}
 	return nil
 }
