@@ -18,6 +18,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
@@ -298,6 +299,10 @@ type benchResult struct {
 	replies uint64          // kv replies in the window
 	latency []time.Duration // outputs released in the window
 	pauses  []time.Duration // checkpoint: pauses begun in the window
+	// pauseWork is the part of each pause after the guest stood still;
+	// dirtyPerPause the mean count of dirty pages the pauses took.
+	pauseWork     []time.Duration
+	dirtyPerPause float64
 
 	// Replay. backupInstr is the instructions the backup replayed in the
 	// window: where it is below instr the backup falls behind, which the
@@ -446,7 +451,7 @@ func (s *benchSetup) measure(ctx context.Context, w benchWorkload, client *bench
 		replies: b.rep - a.rep, landingsWindow: b.landed - a.landed, backupInstr: b.binstr - a.binstr,
 		latency: client.latencies(a.at, b.at)}
 	if s.pauses != nil {
-		r.pauses = s.pauses.between(a.at, b.at)
+		r.pauses, r.pauseWork, r.dirtyPerPause = s.pauses.between(a.at, b.at)
 	}
 	return r, nil
 }
@@ -893,40 +898,67 @@ func (m *benchCountingMachine) RunTo(rip uint64) (replay.Exit, error) {
 }
 
 // benchTimedGuest times the primary's pauses, Pause to Resume (both are
-// called by the primary's epoch loop).
+// called by the primary's epoch loop), and within them the work done once
+// the guest stood still (from Pause's return); it counts the pages each
+// harvest found dirty.
 type benchTimedGuest struct {
 	*simvm.CheckpointGuest
-	pausedAt time.Time
-	pauses   *benchPauses
+	pausedAt, stoodAt time.Time
+	dirty             int
+	pauses            *benchPauses
 }
 
 func (g *benchTimedGuest) Pause() error {
-	g.pausedAt = time.Now()
-	return g.CheckpointGuest.Pause()
-}
-
-func (g *benchTimedGuest) Resume() error {
-	err := g.CheckpointGuest.Resume()
-	g.pauses.add(g.pausedAt, time.Since(g.pausedAt))
+	g.pausedAt, g.dirty = time.Now(), 0
+	err := g.CheckpointGuest.Pause()
+	g.stoodAt = time.Now()
 	return err
 }
 
-// benchPauses are pause durations by start. Safe for concurrent use.
-type benchPauses struct {
-	mu sync.Mutex
-	l  []benchLatency
+func (g *benchTimedGuest) Harvest(dst *dirtylog.Bitmap) error {
+	err := g.CheckpointGuest.Harvest(dst)
+	g.dirty = dst.Count()
+	return err
 }
 
-func (p *benchPauses) add(at time.Time, d time.Duration) {
+func (g *benchTimedGuest) Resume() error {
+	work := time.Since(g.stoodAt)
+	err := g.CheckpointGuest.Resume()
+	g.pauses.add(g.pausedAt, time.Since(g.pausedAt), work, g.dirty)
+	return err
+}
+
+// benchPauses are pause durations by start, with the work done in each
+// once the guest stood still and the pages each found dirty. Safe for
+// concurrent use.
+type benchPauses struct {
+	mu    sync.Mutex
+	l     []benchLatency
+	work  []benchLatency // by pause, as l
+	dirty []int          // by pause, as l
+}
+
+func (p *benchPauses) add(at time.Time, d, work time.Duration, dirty int) {
 	p.mu.Lock()
 	p.l = append(p.l, benchLatency{at, d})
+	p.work = append(p.work, benchLatency{at, work})
+	p.dirty = append(p.dirty, dirty)
 	p.mu.Unlock()
 }
 
-func (p *benchPauses) between(from, to time.Time) []time.Duration {
+// between returns the durations of the pauses begun in [from, to], the
+// work in each, and the mean count of pages they found dirty.
+func (p *benchPauses) between(from, to time.Time) (pauses, work []time.Duration, dirty float64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return durationsBetween(p.l, from, to)
+	total, n := 0, 0
+	for i, x := range p.l {
+		if !x.at.Before(from) && !x.at.After(to) {
+			total += p.dirty[i]
+			n++
+		}
+	}
+	return durationsBetween(p.l, from, to), durationsBetween(p.work, from, to), float64(total) / float64(max(n, 1))
 }
 
 // benchDevices connect a guest straight to the client and the disk: an

@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 )
 
 // benchCLI runs ftckpt with args and returns its stdout, stderr and error.
@@ -213,4 +218,55 @@ func BenchmarkModes(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkEpochPause is checkpoint mode's pause against the pages it
+// finds dirty: the tick guest walks over 4 to 128 pages while 10 ms epochs
+// are taken, for b.N seconds each (make bench: one). The pause splits in
+// two: stopping the vCPU (here a goroutine of the software machine; on KVM
+// a kick and an exit per vCPU), and the work once it stands still
+// (harvest, copy the dirty pages aside, save the state), which the floor
+// measured in the same run, one memcpy of that many pages, is beside.
+func BenchmarkEpochPause(b *testing.B) {
+	ctx := context.Background()
+	for _, pages := range []uint64{4, 16, 64, 128} {
+		b.Run(fmt.Sprintf("work-pages=%d", pages), func(b *testing.B) {
+			w := benchWorkload{guest: "tick", params: []simvm.Param{
+				{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5000},
+				{Name: "every", Value: 5}, {Name: "work_pages", Value: pages}}}
+			r, err := benchRun(ctx, w, benchConfig{mode: "checkpoint", epoch: 10 * time.Millisecond}, time.Duration(b.N)*time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(r.pauses) == 0 {
+				b.Fatal("no pause in the window")
+			}
+			floor := memcpyPages(int(r.dirtyPerPause + 0.5))
+			work := benchP50(r.pauseWork)
+			b.ReportMetric(r.dirtyPerPause, "dirty-pages")
+			b.ReportMetric(micros(benchP50(r.pauses)), "pause-p50-µs")
+			b.ReportMetric(micros(work), "work-p50-µs")
+			b.ReportMetric(micros(floor), "memcpy-µs")
+			b.ReportMetric(float64(work)/float64(max(floor, 1)), "work-x-memcpy")
+		})
+	}
+}
+
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// memcpyPages is the floor of a pause: the best of 200 copies of n pages
+// between two buffers already faulted in.
+func memcpyPages(n int) time.Duration {
+	src, dst := make([]byte, n*format.PageSize), make([]byte, n*format.PageSize)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	copy(dst, src)
+	best := time.Duration(math.MaxInt64)
+	for range 200 {
+		start := time.Now()
+		copy(dst, src)
+		best = min(best, time.Since(start))
+	}
+	return best
 }
