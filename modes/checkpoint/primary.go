@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,10 @@ type Primary struct {
 	mu       sync.Mutex
 	inflight map[uint64]bool
 	acked    chan struct{}
+	// spare holds page buffers the sender is done with, for the next
+	// captures: a pause then copies into memory already faulted in instead
+	// of allocating (and zeroing) a fresh buffer.
+	spare chan []byte
 }
 
 // NewPrimary prepares a primary for generation gen (already won through
@@ -70,7 +75,7 @@ func NewPrimary(cfg Config, g Guest, out *outbuf.Buffer, fence *witness.Fence, g
 		log = slog.Default()
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
-		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1)}
+		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), spare: make(chan []byte, cfg.MaxInFlight+1)}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
 	return p, nil
@@ -285,7 +290,7 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 	mem := p.guest.Memory()
 	c := &capture{hdr: format.Header{Kind: kind, Generation: p.gen, Epoch: epoch}}
 	c.pfns = make([]uint64, 0, dirty.Count())
-	c.pages = make([]byte, 0, dirty.Count()*format.PageSize)
+	c.pages = p.pageBuffer(dirty.Count() * format.PageSize)
 	for r := range dirty.Runs() {
 		for q := r.First; q < r.First+r.Count; q++ {
 			c.pfns = append(c.pfns, q)
@@ -312,6 +317,28 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 		return nil, 0, fmt.Errorf("resuming the guest: %w", err)
 	}
 	return c, p.now().Sub(start), nil
+}
+
+// pageBuffer returns an empty buffer with room for n bytes, a spare one if
+// there is one.
+func (p *Primary) pageBuffer(n int) []byte {
+	select {
+	case b := <-p.spare:
+		return slices.Grow(b[:0], n)
+	default:
+		return make([]byte, 0, n)
+	}
+}
+
+// recycle gives a capture's page buffer back for a later capture.
+func (p *Primary) recycle(b []byte) {
+	if b == nil {
+		return
+	}
+	select {
+	case p.spare <- b:
+	default:
+	}
 }
 
 // waitInflight waits until fewer than MaxInFlight epochs await their ack,
@@ -373,6 +400,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 			return
 		}
+		p.recycle(c.pages) // encoded: the pages are in data and the encoder's cache
 		buf = data
 		if err := l.Send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
 			failed <- err
