@@ -86,6 +86,8 @@ type KVMMachine struct {
 	// dirty accumulates the pages written since Mark; scratch takes what
 	// Mark discards.
 	dirty, scratch *dirtylog.Bitmap
+	// written accumulates what Mark harvested, for Written.
+	written *dirtylog.Bitmap
 	// fault is the first error an Env call returned inside a device.
 	fault kvmFault
 	land  kvmLanding
@@ -142,6 +144,7 @@ func NewKVMMachine(cfg KVMConfig, env Env) (*KVMMachine, error) {
 	}
 	st.SetTimeSource(env.Now)
 	k.dirty, k.scratch = dirtylog.NewBitmap(k.mem.Pages()), dirtylog.NewBitmap(k.mem.Pages())
+	k.written = dirtylog.NewBitmap(k.mem.Pages())
 	if err := k.Mark(); err != nil {
 		return nil, err
 	}
@@ -256,7 +259,25 @@ func (k *KVMMachine) Mark() error {
 	if _, err := k.tracker.Harvest(k.scratch); err != nil {
 		return err
 	}
+	k.written.Or(k.scratch)
+	k.written.Or(k.dirty)
 	k.dirty.Clear()
+	return nil
+}
+
+// Written implements Machine: the pages harvested since the previous
+// Written (by Mark and Signature, and now), so a page Signature harvested
+// since the last Mark may be reported twice.
+func (k *KVMMachine) Written(dst *dirtylog.Bitmap) error {
+	if k.fault.err != nil {
+		return k.fault.err
+	}
+	if _, err := k.tracker.Harvest(k.dirty); err != nil { // Signature's interval goes on
+		return err
+	}
+	dst.Or(k.written)
+	dst.Or(k.dirty)
+	k.written.Clear()
 	return nil
 }
 

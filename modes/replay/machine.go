@@ -3,6 +3,8 @@ package replay
 import (
 	"errors"
 	"fmt"
+
+	"github.com/ftckpt/ftckpt/dirtylog"
 )
 
 // ExitKind says why a Machine stopped running its guest. The zero value is
@@ -145,6 +147,11 @@ type Machine interface {
 	// full checkpoint and the checkpoint receiver writes it. Stable between
 	// calls.
 	Memory() []byte
+	// Written ORs into dst (a bitmap of every page of Memory) at least
+	// every page written, by the guest or a device, since the previous
+	// Written, and starts a new interval; Mark's interval is another. The
+	// primary pre-copies a full checkpoint with it while the guest runs.
+	Written(dst *dirtylog.Bitmap) error
 	// SaveState and RestoreState carry all machine state but memory (vCPU,
 	// devices, timers). RestoreState also starts a new Mark interval.
 	SaveState() ([]byte, error)

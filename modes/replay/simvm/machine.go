@@ -44,9 +44,11 @@ type Machine struct {
 	// dirty has a bit per page written since the last Mark; stale a bit
 	// per page written since its hash in pageHash was computed (see
 	// signature.go). Every write to RAM, the guest's and the devices',
-	// goes through markWrite.
+	// goes through markWrite. written has a bit per page written since
+	// the last Written.
 	dirty    []uint64
 	stale    []uint64
+	written  []uint64
 	pageHash []uint64
 
 	// kick is set by Kick and consumed by the run that returns
@@ -125,6 +127,7 @@ func NewProgram(p *Program, memPages int, env replay.Env) (*Machine, error) {
 		mem:      make([]byte, size),
 		dirty:    make([]uint64, words),
 		stale:    make([]uint64, words),
+		written:  make([]uint64, words),
 		pageHash: make([]uint64, memPages),
 	}
 	copy(m.mem, p.Image)

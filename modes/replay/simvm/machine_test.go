@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/modes/replay"
 )
 
@@ -395,5 +397,53 @@ loop:
 			}
 		}
 		seen = append(seen, now)
+	}
+}
+
+// TestWritten: Written reports the pages the guest wrote since the
+// previous Written, whatever Mark did in between (devices' writes take the
+// same path, markWrite).
+func TestWritten(t *testing.T) {
+	const src = `
+	.org ENTRY
+start:
+	li r2, 0x8000
+	st64 [r2], r1
+	li r2, 0x9ff8
+	st64 [r2], r1
+	hlt
+`
+	r := newProgramRig(t, src, 16)
+	m := r.m
+	written := func() []uint64 {
+		b := dirtylog.NewBitmap(16)
+		if err := m.Written(b); err != nil {
+			t.Fatal(err)
+		}
+		var pages []uint64
+		for p := range uint64(16) {
+			if b.Has(p) {
+				pages = append(pages, p)
+			}
+		}
+		return pages
+	}
+	written() // whatever building the machine did
+	if err := m.Mark(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := m.Run()
+	mustExit(t, replay.ExitHalt, e, err)
+	if err := m.Mark(); err != nil { // the Signature interval is another
+		t.Fatal(err)
+	}
+	if got := written(); !slices.Equal(got, []uint64{8, 9}) {
+		t.Fatalf("Written after two stores = pages %v, want [8 9]", got)
+	}
+	if got := written(); len(got) != 0 {
+		t.Fatalf("Written again = pages %v, want none", got)
+	}
+	if err := m.Written(dirtylog.NewBitmap(8)); err == nil {
+		t.Fatal("Written took a bitmap of the wrong size")
 	}
 }

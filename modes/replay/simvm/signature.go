@@ -2,8 +2,10 @@ package simvm
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/bits"
 
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/modes/replay"
 )
 
@@ -27,7 +29,22 @@ func (m *Machine) markWrite(addr, n uint64) {
 		bit := uint64(1) << (p % 64)
 		m.dirty[p/64] |= bit
 		m.stale[p/64] |= bit
+		m.written[p/64] |= bit
 	}
+}
+
+// Written implements replay.Machine: exactly the pages written since the
+// previous Written (every write goes through markWrite).
+func (m *Machine) Written(dst *dirtylog.Bitmap) error {
+	w := dst.Words()
+	if dst.Len() != uint64(len(m.mem)/PageSize) || len(w) != len(m.written) {
+		return fmt.Errorf("written pages: a bitmap of %d pages for a guest of %d", dst.Len(), len(m.mem)/PageSize)
+	}
+	for i, x := range m.written {
+		w[i] |= x
+	}
+	clear(m.written)
+	return nil
 }
 
 // Mark implements replay.Machine.
