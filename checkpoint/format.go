@@ -63,6 +63,16 @@ func (k Kind) String() string {
 
 func (k Kind) valid() bool { return k >= KindEpoch && k <= KindSyncCommit }
 
+// KindOf is the kind buf's header claims, verified no further (0 unless
+// buf starts with the magic and a header). For routing only: Decode and
+// Backup.Receive verify.
+func KindOf(buf []byte) Kind {
+	if len(buf) < headerSize || [8]byte(buf[:8]) != magic {
+		return 0
+	}
+	return Kind(buf[10])
+}
+
 // commits reports whether a checkpoint of this kind commits a state.
 func (k Kind) commits() bool { return k == KindEpoch || k == KindSyncCommit }
 

@@ -247,3 +247,20 @@ func TestEncoderRejectsMisuse(t *testing.T) {
 		t.Errorf("sync commit covering nothing: %v", err)
 	}
 }
+
+func TestKindOf(t *testing.T) {
+	h := newHarness(t, 4, 1)
+	round := h.encode(KindSyncRound, FlagSyncStart, 1, allPages(4), false)
+	commit := h.encode(KindSyncCommit, 0, 1, nil, false)
+	for _, tc := range []struct {
+		buf  []byte
+		want Kind
+	}{
+		{round, KindSyncRound}, {commit, KindSyncCommit},
+		{round[:headerSize-1], 0}, {append([]byte("XTCKPT\x00C"), round[8:]...), 0}, {nil, 0},
+	} {
+		if got := KindOf(tc.buf); got != tc.want {
+			t.Errorf("KindOf(% x...) = %v, want %v", tc.buf[:min(len(tc.buf), 12)], got, tc.want)
+		}
+	}
+}

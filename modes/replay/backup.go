@@ -244,7 +244,8 @@ func (b *Backup) replay() (*Primary, error) {
 		it := *next
 		b.q.take()
 		if it.ckpt != nil {
-			continue // a checkpoint without its sync entry: a sync is coming
+			b.stageRound(it.ckpt)
+			continue
 		}
 		if it.e.Type == EntrySync {
 			err = b.applySync(it.lsn)
@@ -279,6 +280,22 @@ func (b *Backup) diverged(d *divergence) {
 	b.envErr = nil
 	b.gate.hold(d.lsn)
 	b.askResync(format.ResyncDivergence, d.lsn, d.why)
+}
+
+// stageRound applies a pre-copy round of the full checkpoint whose sync
+// entry is to come (see precopy) to a backup not in sync. Any other
+// checkpoint without its sync entry is skipped: a sync is coming. A
+// rejected round is only noted: the sync's commit then fails its check
+// that every page came, and the backup asks for a full checkpoint.
+func (b *Backup) stageRound(ckpt []byte) {
+	if b.synced || format.KindOf(ckpt) != format.KindSyncRound {
+		return
+	}
+	if _, err := b.recv.Receive(ckpt); err != nil {
+		b.log.Warn("pre-copy round rejected", "err", err)
+		return
+	}
+	b.Stats.Rounds.Add(1)
 }
 
 // applySync applies the full checkpoint that follows the sync entry at s.

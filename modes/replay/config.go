@@ -41,6 +41,12 @@ type Config struct {
 	Heartbeat, FailureTimeout, DecideTimeout time.Duration
 	// MaxCheckpoint bounds a full-sync checkpoint message.
 	MaxCheckpoint int
+	// A backup attaching to a running primary gets its full checkpoint by
+	// pre-copy while the guest runs: a pass over all memory, then passes
+	// over what was written meanwhile, PrecopyChunk pages at each of the
+	// engine's boundaries, until a pass finds at most PrecopyDone pages or
+	// PrecopyRounds passes were made; the rest goes in a final stop.
+	PrecopyRounds, PrecopyDone, PrecopyChunk int
 	// Verify adds a SHA-256 of all guest memory to every full checkpoint;
 	// the backup checks it after applying. It costs a pass over memory on
 	// both sides.
@@ -58,6 +64,7 @@ func DefaultConfig() Config {
 		BackupQueueBytes: 16 << 20, MaxLandingHits: 1 << 20, RxQueue: 256, LandingDelay: time.Millisecond,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: time.Second, DecideTimeout: 5 * time.Second,
 		MaxCheckpoint: format.DefaultMaxCheckpoint,
+		PrecopyRounds: 5, PrecopyDone: 256, PrecopyChunk: 256,
 	}
 }
 
@@ -76,6 +83,8 @@ func (c Config) Validate() error {
 	check(c.LandingDelay < 0 || c.LandingDelay > time.Second, "landing delay %v: must be 0 to 1s", c.LandingDelay)
 	check(c.MaxLandingHits < 1, "max landing hits %d: must be at least 1", c.MaxLandingHits)
 	check(c.RxQueue < 1, "rx queue %d: must be at least 1", c.RxQueue)
+	check(c.PrecopyRounds < 1 || c.PrecopyDone < 0, "pre-copy rounds %d, done threshold %d: want at least 1 round and a threshold of 0 or more", c.PrecopyRounds, c.PrecopyDone)
+	check(c.PrecopyChunk < 1, "pre-copy chunk of %d pages: must be at least 1", c.PrecopyChunk)
 	check(c.Heartbeat <= 0, "heartbeat %v: must be positive", c.Heartbeat)
 	check(c.FailureTimeout < 2*c.Heartbeat, "failure timeout %v: must be at least two heartbeats (%v)", c.FailureTimeout, 2*c.Heartbeat)
 	check(c.DecideTimeout <= 0, "decide timeout %v: must be positive", c.DecideTimeout)

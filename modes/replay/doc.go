@@ -14,7 +14,8 @@
 // signature matches (DESIGN.md, "Replay without performance counters").
 //
 // The backup re-executes the guest from a full checkpoint (sent with the
-// checkpoint package's format, the paper's FT VMotion) and the log, with
+// checkpoint package's format; to a backup attaching to a running primary,
+// the paper's FT VMotion, by pre-copy while the guest runs) and the log, with
 // its outputs suppressed, checking every synchronous exit, written value and
 // read value against the log. A mismatch is a divergence: it asks for a
 // full checkpoint and skips to it instead of running a different machine.

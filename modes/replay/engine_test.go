@@ -306,10 +306,14 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*simvm.Machine, 
 		live, err := b.Follow(ctx, bconn)
 		done <- followResult{live, err}
 	}()
-	if err := p.Attach(a); err != nil {
+	pa := a
+	if c.up != nil || c.down != nil {
+		pa = c.proxy(a) // the test's filters on this link too
+	}
+	if err := p.Attach(pa); err != nil {
 		t.Fatal(err)
 	}
-	return m, b, done, func() { a.Close(); bconn.Close() }
+	return m, b, done, func() { pa.Close(); a.Close(); bconn.Close() }
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.

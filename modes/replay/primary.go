@@ -72,6 +72,7 @@ type Primary struct {
 	// protected mirrors recording for Attach, on other goroutines.
 	protected atomic.Bool
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
+	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
 	kickTimer *time.Timer
 
 	// The link, while recording. linkCtx ends, with the failure as its
@@ -215,15 +216,21 @@ func (p *Primary) disconnect() {
 	}
 }
 
-// connect greets the backup and starts the link's goroutines (stopLink
-// stops them) and recording, from a full checkpoint.
+// connect greets the backup and starts the link's goroutines and
+// recording, from a full checkpoint taken at once (the guest has not run).
 func (p *Primary) connect(conn net.Conn) error {
+	p.recording = true
+	p.resync.Store(true) // the backup starts from a full checkpoint
+	return p.connectLink(conn)
+}
+
+// connectLink greets the backup and starts the link's goroutines (stopLink
+// stops them).
+func (p *Primary) connectLink(conn net.Conn) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
-	p.recording = true
 	p.protected.Store(true)
-	p.resync.Store(true) // the backup starts from a full checkpoint
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
 	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
@@ -429,8 +436,8 @@ func (p *Primary) drive(ctx context.Context) error {
 		}
 		if e.Kind == ExitKicked {
 			p.flushIfStale()
-			if !p.workPending() {
-				continue // nothing happened to the guest: nothing to log
+			if !p.recording || !p.workPending() {
+				continue // nothing to log: alone, or nothing happened to the guest
 			}
 			sig, err := p.m.Signature()
 			if err != nil {
@@ -472,18 +479,22 @@ func (p *Primary) boundary() error {
 			return err
 		}
 	}
-	if !p.recording {
+	if p.precopy != nil && p.linkIsDown() {
+		p.log.Warn("the backup attaching was lost before its full checkpoint; going on alone", "cause", context.Cause(p.linkCtx))
+		p.precopy = nil
+		p.disconnect()
+		p.protected.Store(false)
+	}
+	if !p.recording && p.precopy == nil {
 		select {
 		case conn := <-p.attach:
-			if err := p.connect(conn); err != nil {
-				p.log.Warn("a backup could not attach", "err", err)
-				p.disconnect()
-				p.recording = false
-				p.protected.Store(false)
-			} else {
-				p.log.Info("a backup attached; protecting the guest from a full checkpoint on", "lsn", p.lsn+1)
-			}
+			p.attachBackup(conn)
 		default:
+		}
+	}
+	if p.precopy != nil {
+		if err := p.precopyStep(); err != nil {
+			return err
 		}
 	}
 	if p.recording && p.resync.Swap(false) {
@@ -548,8 +559,8 @@ func (p *Primary) workPending() bool {
 
 // armKick sets the kick timer for the first of: the guest's timer deadline
 // plus LandingDelay (a synchronous exit before then delivers the interrupt
-// without a landing, which the backup reaches far more cheaply), and the
-// open batch's flush deadline.
+// without a landing, which the backup reaches far more cheaply), the open
+// batch's flush deadline, and, while pre-copying, precopyEvery.
 func (p *Primary) armKick() {
 	wait := time.Duration(-1)
 	if dl, ok := p.m.TimerDeadline(); ok {
@@ -561,6 +572,9 @@ func (p *Primary) armKick() {
 			wait = f
 		}
 	}
+	if p.precopy != nil && (wait < 0 || precopyEvery < wait) {
+		wait = precopyEvery // the next round message goes at a boundary
+	}
 	if wait >= 0 {
 		p.kickTimer.Reset(wait)
 	}
@@ -570,6 +584,9 @@ func (p *Primary) armKick() {
 // a frame, a timer deadline, a resync, a link failure or the end of ctx.
 func (p *Primary) waitHalted() error {
 	p.flush()
+	if p.precopy != nil {
+		return nil // the idle guest's time goes to the pre-copy
+	}
 	var timer <-chan time.Time
 	if dl, ok := p.m.TimerDeadline(); ok {
 		t := time.NewTimer(max(p.clock.until(dl), 0))
@@ -705,10 +722,25 @@ func (p *Primary) syncDisk(through uint64) error {
 	}
 }
 
-// sync sends the backup a full checkpoint of the guest at a new EntrySync.
-// The guest does not run meanwhile (the engine is here); on fast hosts this
-// is stop-and-copy of all memory, which a pre-copy like checkpoint mode's
-// would shorten.
+// sync sends the backup a full checkpoint of the guest at a new EntrySync,
+// stop-and-copy: the guest does not run meanwhile (the engine is here).
+// It starts a backup that connected with Run and resynchronises one that
+// diverged or lost part of the log; an attaching backup gets its full
+// checkpoint by pre-copy instead (precopy.go).
+func (p *Primary) sync() error {
+	start := time.Now()
+	s, n, err := p.commitSync(nil, true)
+	if err != nil {
+		return err
+	}
+	p.log.Info("full checkpoint sent", "lsn", s, "bytes", n, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// commitSync appends an EntrySync and sends the sync commit after it: the
+// pages pfns (nil: all of memory, with FlagSyncStart if start), the
+// machine state and the disk writes held. It returns the sync's LSN and
+// the commit's size.
 //
 // The guest state it ships has seen every disk write so far complete. The
 // checkpoint carries those still held (a divergence stops the backup's
@@ -716,7 +748,7 @@ func (p *Primary) syncDisk(through uint64) error {
 // again; every other write is released, and made durable here before the
 // checkpoint leaves. Held frames are not carried: one lost with the
 // primary is a network loss, as in checkpoint mode.
-func (p *Primary) sync() error {
+func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	p.append(Entry{Type: EntrySync})
 	s := p.lsn
 	p.lastSync.Store(s)
@@ -732,10 +764,38 @@ func (p *Primary) sync() error {
 	// is carried, durable, or both (writing it again is harmless).
 	if p.SyncDisk != nil {
 		if err := p.syncDisk(p.committed.Load()); err != nil { // the engine: outside any Hold
-			return fmt.Errorf("making released disk writes durable: %w", err)
+			return 0, 0, fmt.Errorf("making released disk writes durable: %w", err)
 		}
 	}
-	start := time.Now()
+	h := format.Header{Kind: format.KindSyncCommit, Generation: p.gen.Load(), Epoch: s}
+	if start {
+		h.Flags = format.FlagSyncStart
+	}
+	if err := p.beginCheckpoint(h, pfns); err != nil {
+		return 0, 0, err
+	}
+	state, err := p.m.SaveState()
+	if err != nil {
+		p.enc.Abort()
+		return 0, 0, fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
+	}
+	if err := p.enc.SetDiskLog(disk); err != nil {
+		p.enc.Abort()
+		return 0, 0, err
+	}
+	data, err := p.enc.Finish(state, p.cfg.Verify)
+	if err != nil {
+		return 0, 0, err
+	}
+	p.enqueue(message{format.MsgCheckpoint, data})
+	p.Stats.Syncs.Add(1)
+	return s, len(data), nil
+}
+
+// beginCheckpoint begins a checkpoint of header h and adds the pages pfns
+// (nil: all of memory) from the guest's memory as it is now. On error the
+// checkpoint is abandoned.
+func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
 	mem := p.m.Memory()
 	if p.enc == nil {
 		cache, err := format.NewPageCache(len(mem))
@@ -744,31 +804,29 @@ func (p *Primary) sync() error {
 		}
 		p.enc = format.NewEncoder(cache)
 	}
-	if err := p.enc.Begin(nil, format.Header{Kind: format.KindSyncCommit, Flags: format.FlagSyncStart, Generation: p.gen.Load(), Epoch: s}); err != nil {
+	if err := p.enc.Begin(nil, h); err != nil {
 		return err
 	}
-	for pfn := uint64(0); pfn < uint64(len(mem))/format.PageSize; pfn++ {
+	add := func(pfn uint64) error {
 		if err := p.enc.AddPage(pfn, mem[pfn*format.PageSize:(pfn+1)*format.PageSize]); err != nil {
 			p.enc.Abort()
-			return fmt.Errorf("encoding page %d for the sync at LSN %d: %w", pfn, s, err)
+			return fmt.Errorf("encoding page %d for %v: %w", pfn, h, err)
+		}
+		return nil
+	}
+	if pfns == nil {
+		for pfn := range uint64(len(mem)) / format.PageSize {
+			if err := add(pfn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, pfn := range pfns {
+		if err := add(pfn); err != nil {
+			return err
 		}
 	}
-	state, err := p.m.SaveState()
-	if err != nil {
-		p.enc.Abort()
-		return fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
-	}
-	if err := p.enc.SetDiskLog(disk); err != nil {
-		p.enc.Abort()
-		return err
-	}
-	data, err := p.enc.Finish(state, p.cfg.Verify)
-	if err != nil {
-		return err
-	}
-	p.enqueue(message{format.MsgCheckpoint, data})
-	p.Stats.Syncs.Add(1)
-	p.log.Info("full checkpoint sent", "lsn", s, "bytes", len(data), "took", time.Since(start).Round(time.Microsecond))
 	return nil
 }
 

@@ -17,6 +17,7 @@ type Stats struct {
 	LogBytes    atomic.Uint64 // encoded log shipped
 	Acked       atomic.Uint64 // highest LSN the backup acknowledged
 	Syncs       atomic.Uint64 // full checkpoints sent
+	Precopied   atomic.Uint64 // pages sent by pre-copy rounds
 	Resyncs     atomic.Uint64 // full checkpoints the backup asked for
 	BackupsLost atomic.Uint64 // times the primary went on alone
 	RxDropped   atomic.Uint64 // received frames dropped: the queue was full
@@ -27,6 +28,7 @@ type Stats struct {
 	Divergences    atomic.Uint64 // divergences detected
 	BreakpointHits atomic.Uint64 // stops at a landing's RIP, matching or not
 	Applied        atomic.Uint64 // full checkpoints applied
+	Rounds         atomic.Uint64 // pre-copy round messages applied
 
 	// The status line's previous sample.
 	lineMu    sync.Mutex

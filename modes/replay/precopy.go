@@ -1,0 +1,128 @@
+package replay
+
+import (
+	"net"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
+)
+
+// precopy is a full checkpoint being pre-copied to a backup that attached
+// to the running primary (the paper's FT VMotion, with checkpoint mode's
+// sync rounds). At each of the engine's boundaries the primary sends one
+// round message of at most PrecopyChunk pages: first a pass over all of
+// memory, then passes over the pages written meanwhile (Machine.Written).
+// When a pass finds at most PrecopyDone pages, or PrecopyRounds passes
+// were made, it appends the sync entry and sends the commit, with the
+// pages written since the last pass and the machine state, in one stop.
+//
+// Until then the primary is alone: it logs nothing (so the sync entry's
+// LSN, which the rounds carry as their epoch, is known from the start) and
+// its outputs leave at once. A backup lost meanwhile is dropped; it never
+// protected the guest, so no generation is contested. The backup applies
+// the rounds to its memory as they come and commits at the sync entry.
+type precopy struct {
+	epoch   uint64           // the LSN of the sync entry to come
+	pass    int              // 1: the pass over all of memory
+	todo    []uint64         // pages of this pass not sent yet
+	written *dirtylog.Bitmap // scratch for Machine.Written
+	first   bool             // the next round message starts the sync
+	began   time.Time
+	bytes   int // sent so far
+}
+
+// precopyEvery is the longest the guest runs between two round messages
+// when it does not stop by itself.
+const precopyEvery = time.Millisecond
+
+// attachBackup greets a backup that attached while the primary ran alone
+// and starts pre-copying its full checkpoint.
+func (p *Primary) attachBackup(conn net.Conn) {
+	err := p.connectLink(conn)
+	if err == nil {
+		err = p.startPrecopy()
+	}
+	if err != nil {
+		p.log.Warn("a backup could not attach", "err", err)
+		p.disconnect()
+		p.protected.Store(false)
+		return
+	}
+	p.log.Info("a backup attached; pre-copying its full checkpoint while the guest runs", "lsn", p.precopy.epoch)
+}
+
+// startPrecopy starts the pass over all of memory.
+func (p *Primary) startPrecopy() error {
+	pages := uint64(len(p.m.Memory())) / format.PageSize
+	pc := &precopy{epoch: p.lsn + 1, pass: 1, written: dirtylog.NewBitmap(pages), first: true, began: time.Now()}
+	if err := p.m.Written(pc.written); err != nil { // what is written from now on
+		return err
+	}
+	pc.todo = make([]uint64, pages)
+	for i := range pc.todo {
+		pc.todo[i] = uint64(i)
+	}
+	p.precopy = pc
+	return nil
+}
+
+// precopyStep sends the next round message. At the end of a pass the
+// pages written meanwhile make the next one, unless it is time for the
+// final stop.
+func (p *Primary) precopyStep() error {
+	pc := p.precopy
+	if len(pc.todo) == 0 {
+		pc.written.Clear()
+		if err := p.m.Written(pc.written); err != nil {
+			return err
+		}
+		for r := range pc.written.Runs() {
+			for q := r.First; q < r.First+r.Count; q++ {
+				pc.todo = append(pc.todo, q)
+			}
+		}
+		if pc.pass >= p.cfg.PrecopyRounds || len(pc.todo) <= p.cfg.PrecopyDone {
+			return p.endPrecopy()
+		}
+		pc.pass++
+	}
+	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk)]
+	h := format.Header{Kind: format.KindSyncRound, Generation: p.gen.Load(), Epoch: pc.epoch}
+	if pc.first {
+		h.Flags = format.FlagSyncStart
+	}
+	if err := p.beginCheckpoint(h, chunk); err != nil {
+		return err
+	}
+	data, err := p.enc.Finish(nil, false)
+	if err != nil {
+		return err
+	}
+	p.enqueue(message{format.MsgCheckpoint, data})
+	pc.first = false
+	p.Stats.Precopied.Add(uint64(len(chunk)))
+	pc.todo = pc.todo[len(chunk):]
+	pc.bytes += len(data)
+	return nil
+}
+
+// endPrecopy is the final stop: recording starts at the sync entry, whose
+// commit carries the pages left.
+func (p *Primary) endPrecopy() error {
+	pc := p.precopy
+	p.precopy = nil
+	p.recording = true
+	if p.lsn+1 != pc.epoch { // cannot happen: nothing is logged while alone
+		p.log.Error("the pre-copied sync would land at another LSN; stopping to copy it all", "lsn", p.lsn+1, "rounds for", pc.epoch)
+		return p.sync()
+	}
+	stop := time.Now()
+	s, n, err := p.commitSync(pc.todo, false)
+	if err != nil {
+		return err
+	}
+	p.log.Info("full checkpoint sent by pre-copy", "lsn", s, "passes", pc.pass, "bytes", pc.bytes+n,
+		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo))
+	return nil
+}
