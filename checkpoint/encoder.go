@@ -157,7 +157,7 @@ func (e *Encoder) AddPage(pfn uint64, page []byte) error {
 	e.stats.PageBytes += uint64(len(e.buf) - start)
 	e.count++
 	e.lastPFN, e.anyPages = pfn, true
-	e.cache.store(pfn, page)
+	e.cache.store(pfn, page, enc == EncZero)
 	return nil
 }
 

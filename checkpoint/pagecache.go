@@ -13,10 +13,16 @@ import (
 // The cache is owned by one Encoder and used from that Encoder's goroutine.
 // See the package comment for the rule that keeps it right: any checkpoint
 // the backup does not commit forces a full sync.
+//
+// A page never written since the cache was made holds zeros without its
+// bytes being touched: a guest's memory is mostly zero at first, and a
+// cache as large as the guest should not cost its size in resident memory
+// (nor, on hosts where faults are dear, in page faults) before it must.
 type PageCache struct {
-	mem   []byte   // len = pages*PageSize
-	valid []uint64 // bit per page
-	pages uint64
+	mem     []byte   // len = pages*PageSize
+	valid   []uint64 // bit per page
+	written []uint64 // bit per page whose bytes in mem were ever written
+	pages   uint64
 
 	// base is the state the cache describes, set when a committing
 	// checkpoint finishes encoding; baseValid is false until then and after
@@ -34,9 +40,10 @@ func NewPageCache(memSize int) (*PageCache, error) {
 	}
 	n := uint64(memSize / PageSize)
 	return &PageCache{
-		mem:   make([]byte, memSize),
-		valid: make([]uint64, (n+63)/64),
-		pages: n,
+		mem:     make([]byte, memSize),
+		valid:   make([]uint64, (n+63)/64),
+		written: make([]uint64, (n+63)/64),
+		pages:   n,
 	}, nil
 }
 
@@ -76,16 +83,26 @@ func (c *PageCache) AllValid() bool {
 	return true
 }
 
-// page returns the cached bytes of pfn. Precondition: pfn < c.pages.
+// page returns the cached bytes of pfn, read-only. Precondition:
+// pfn < c.pages.
 func (c *PageCache) page(pfn uint64) []byte {
+	if c.written[pfn/64]&(1<<(pfn%64)) == 0 {
+		return zeroPage[:]
+	}
 	off := pfn * PageSize
 	return c.mem[off : off+PageSize : off+PageSize]
 }
 
-// store records that the backup will hold p as page pfn.
-func (c *PageCache) store(pfn uint64, p []byte) {
-	copy(c.page(pfn), p)
-	c.valid[pfn/64] |= 1 << (pfn % 64)
+// store records that the backup will hold p as page pfn; zero says p is
+// all zeros.
+func (c *PageCache) store(pfn uint64, p []byte, zero bool) {
+	bit := uint64(1) << (pfn % 64)
+	if !zero || c.written[pfn/64]&bit != 0 {
+		off := pfn * PageSize
+		copy(c.mem[off:off+PageSize], p)
+		c.written[pfn/64] |= bit
+	}
+	c.valid[pfn/64] |= bit
 }
 
 func (c *PageCache) setBase(generation, epoch uint64) {
