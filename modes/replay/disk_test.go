@@ -3,6 +3,7 @@ package replay_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -42,12 +43,18 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// errHostDead is what a crashed host's disk says: the primary may run on
+// a moment in the test (it is stopped just after), but must not believe
+// anything it writes from then on durable.
+var errHostDead = errors.New("the host crashed")
+
 func (d *cachedDisk) WriteAt(p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.dead {
-		d.pending = append(d.pending, write{off, bytes.Clone(p)})
+	if d.dead {
+		return 0, errHostDead
 	}
+	d.pending = append(d.pending, write{off, bytes.Clone(p)})
 	return len(p), nil
 }
 
@@ -55,6 +62,9 @@ func (d *cachedDisk) WriteAt(p []byte, off int64) (int, error) {
 func (d *cachedDisk) Sync() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.dead {
+		return errHostDead
+	}
 	for _, w := range d.pending {
 		if _, err := d.f.WriteAt(w.data, w.off); err != nil {
 			return err
