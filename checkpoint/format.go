@@ -63,14 +63,18 @@ func (k Kind) String() string {
 
 func (k Kind) valid() bool { return k >= KindEpoch && k <= KindSyncCommit }
 
-// KindOf is the kind buf's header claims, verified no further (0 unless
-// buf starts with the magic and a header). For routing only: Decode and
-// Backup.Receive verify.
-func KindOf(buf []byte) Kind {
+// PeekHeader is the header buf claims, verified no further (ok is false
+// unless buf starts with the magic and a header). For routing only:
+// Decode and Backup.Receive verify.
+func PeekHeader(buf []byte) (h Header, ok bool) {
 	if len(buf) < headerSize || [8]byte(buf[:8]) != magic {
-		return 0
+		return Header{}, false
 	}
-	return Kind(buf[10])
+	return Header{
+		Kind: Kind(buf[10]), Flags: Flags(buf[11]),
+		Generation: binary.LittleEndian.Uint64(buf[24:]), Epoch: binary.LittleEndian.Uint64(buf[32:]),
+		MemPages: binary.LittleEndian.Uint64(buf[40:]),
+	}, true
 }
 
 // commits reports whether a checkpoint of this kind commits a state.

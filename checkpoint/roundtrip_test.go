@@ -250,19 +250,23 @@ func TestEncoderRejectsMisuse(t *testing.T) {
 	}
 }
 
-func TestKindOf(t *testing.T) {
+func TestPeekHeader(t *testing.T) {
 	h := newHarness(t, 4, 1)
-	round := h.encode(KindSyncRound, FlagSyncStart, 1, allPages(4), false)
-	commit := h.encode(KindSyncCommit, 0, 1, nil, false)
+	round := h.encode(KindSyncRound, FlagSyncStart, 9, allPages(4), false)
+	commit := h.encode(KindSyncCommit, 0, 9, nil, false)
 	for _, tc := range []struct {
 		buf  []byte
-		want Kind
+		want Header
+		ok   bool
 	}{
-		{round, KindSyncRound}, {commit, KindSyncCommit},
-		{round[:headerSize-1], 0}, {append([]byte("XTCKPT\x00C"), round[8:]...), 0}, {nil, 0},
+		{round, Header{KindSyncRound, FlagSyncStart, h.gen, 9, 4}, true},
+		{commit, Header{KindSyncCommit, 0, h.gen, 9, 4}, true},
+		{round[:headerSize-1], Header{}, false},
+		{append([]byte("XTCKPT\x00C"), round[8:]...), Header{}, false},
+		{nil, Header{}, false},
 	} {
-		if got := KindOf(tc.buf); got != tc.want {
-			t.Errorf("KindOf(% x...) = %v, want %v", tc.buf[:min(len(tc.buf), 12)], got, tc.want)
+		if got, ok := PeekHeader(tc.buf); got != tc.want || ok != tc.ok {
+			t.Errorf("PeekHeader(% x...) = %v, %v; want %v, %v", tc.buf[:min(len(tc.buf), 12)], got, ok, tc.want, tc.ok)
 		}
 	}
 }

@@ -51,6 +51,9 @@ type Backup struct {
 	injected bool   // InjectPending delivered at this boundary
 	lastTime uint64 // the latest guest time the log showed
 	window   []suppressed
+	// roundRejected is why a pre-copy round of the sync in progress was
+	// rejected; the sync's commit is refused (see stageRound).
+	roundRejected error
 	// envErr is a divergence (or a failed failover) found inside an Env
 	// call, which cannot return it; the replayer checks it after each
 	// Machine call that may use Env.
@@ -284,15 +287,27 @@ func (b *Backup) diverged(d *divergence) {
 
 // stageRound applies a pre-copy round of the full checkpoint whose sync
 // entry is to come (see precopy) to a backup not in sync. Any other
-// checkpoint without its sync entry is skipped: a sync is coming. A
-// rejected round is only noted: the sync's commit then fails its check
-// that every page came, and the backup asks for a full checkpoint.
+// checkpoint without its sync entry is skipped: a sync is coming.
+//
+// A rejected round spoils the whole sync: the primary's page cache now
+// describes pages this backup does not have, and a later round's XOR delta
+// against one would be applied to another page. The rest of the sync's
+// rounds are skipped and its commit refused, which asks for a full
+// checkpoint by stop-and-copy.
 func (b *Backup) stageRound(ckpt []byte) {
-	if b.synced || format.KindOf(ckpt) != format.KindSyncRound {
+	h, ok := format.PeekHeader(ckpt)
+	if b.synced || !ok || h.Kind != format.KindSyncRound {
+		return
+	}
+	if h.Flags&format.FlagSyncStart != 0 {
+		b.roundRejected = nil // a new sync
+	}
+	if b.roundRejected != nil {
 		return
 	}
 	if _, err := b.recv.Receive(ckpt); err != nil {
-		b.log.Warn("pre-copy round rejected", "err", err)
+		b.log.Warn("pre-copy round rejected; the sync will be refused", "err", err)
+		b.roundRejected = err
 		return
 	}
 	b.Stats.Rounds.Add(1)
@@ -312,6 +327,12 @@ func (b *Backup) applySync(s uint64) error {
 	}
 	ckpt := it.ckpt
 	b.q.take()
+	if err := b.roundRejected; err != nil {
+		if h, _ := format.PeekHeader(ckpt); h.Flags&format.FlagSyncStart == 0 {
+			return &divergence{s, fmt.Sprintf("a pre-copy round of this sync was rejected: %v", err)}
+		}
+	}
+	b.roundRejected = nil
 	res, err := b.recv.Receive(ckpt)
 	if err != nil {
 		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}

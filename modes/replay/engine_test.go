@@ -286,7 +286,7 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*simvm.Machine, 
 	t := c.t
 	fence := witness.NewFence(c.arb, name)
 	plug := &replay.Plug{}
-	m, err := simvm.New(c.guest, testPages, plug, c.params...)
+	m, err := simvm.New(c.guest, c.pages, plug, c.params...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +317,7 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*simvm.Machine, 
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -89,7 +89,7 @@ func (c *client) seen() []frame {
 
 // waitFrames waits until the client has n frames; the deadline only
 // bounds a broken engine.
-func (c *client) waitFrames(t *testing.T, n int) {
+func (c *client) waitFrames(t testing.TB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for len(c.seen()) < n {
@@ -109,9 +109,10 @@ type filter func(from io.Reader, to io.Writer)
 
 // cluster is a primary and a backup of one simvm guest.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    replay.Config
 	guest  string
+	pages  int // the guests' memory; testPages unless a test sets it before start
 	params []simvm.Param
 	client *client
 	arb    witness.Arbiter
@@ -146,8 +147,8 @@ type followResult struct {
 	err  error
 }
 
-func newCluster(t *testing.T, guest string, params ...simvm.Param) *cluster {
-	c := &cluster{t: t, cfg: testConfig(), guest: guest, params: params, client: newClient(),
+func newCluster(t testing.TB, guest string, params ...simvm.Param) *cluster {
+	c := &cluster{t: t, cfg: testConfig(), guest: guest, pages: testPages, params: params, client: newClient(),
 		pDone: make(chan struct{}), bDone: make(chan followResult, 1)}
 	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
 	if err != nil {
@@ -175,7 +176,7 @@ func (c *cluster) start() {
 	}
 	var err error
 	pplug := &replay.Plug{}
-	if c.pm, err = simvm.New(c.guest, testPages, c.wrap("primary", pplug), c.params...); err != nil {
+	if c.pm, err = simvm.New(c.guest, c.pages, c.wrap("primary", pplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	nic, cut := c.client.nic("primary")
@@ -196,7 +197,7 @@ func (c *cluster) start() {
 
 	bf := witness.NewFence(c.arb, "backup")
 	bplug := &replay.Plug{}
-	if c.bm, err = simvm.New(c.guest, testPages, c.wrap("backup", bplug), c.params...); err != nil {
+	if c.bm, err = simvm.New(c.guest, c.pages, c.wrap("backup", bplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {

@@ -29,12 +29,27 @@ type precopy struct {
 	written *dirtylog.Bitmap // scratch for Machine.Written
 	first   bool             // the next round message starts the sync
 	began   time.Time
-	bytes   int // sent so far
+	next    time.Time // not before: the guest's share of the time
+	bytes   int       // sent so far
 }
 
-// precopyEvery is the longest the guest runs between two round messages
-// when it does not stop by itself.
+// precopyEvery is the least time between two round messages: the guest
+// runs at least that long, and at least as long as the last round took,
+// so pre-copy takes at most half of its time. (A guest that stops often
+// would otherwise see a round at every stop.)
 const precopyEvery = time.Millisecond
+
+// precopyDue says whether a round message is due at this boundary, and if
+// not, how long until it is. None is due while the sender's queue is full
+// (the link or the backup is slower than the pre-copy): the guest runs on
+// instead of waiting for room.
+func (p *Primary) precopyDue() (bool, time.Duration) {
+	wait := time.Until(p.precopy.next)
+	if wait <= 0 && len(p.sendq) == cap(p.sendq) {
+		return false, precopyEvery
+	}
+	return wait <= 0, wait
+}
 
 // attachBackup greets a backup that attached while the primary ran alone
 // and starts pre-copying its full checkpoint.
@@ -72,6 +87,8 @@ func (p *Primary) startPrecopy() error {
 // final stop.
 func (p *Primary) precopyStep() error {
 	pc := p.precopy
+	began := time.Now()
+	defer func() { pc.next = time.Now().Add(max(precopyEvery, time.Since(began))) }()
 	if len(pc.todo) == 0 {
 		pc.written.Clear()
 		if err := p.m.Written(pc.written); err != nil {

@@ -2,6 +2,7 @@ package replay_test
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Mac
 		t.Fatal(err)
 	}
 	plug := &replay.Plug{}
-	m, err := simvm.New(c.guest, testPages, plug, c.params...)
+	m, err := simvm.New(c.guest, c.pages, plug, c.params...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func precopyConfig() replay.Config {
 }
 
 // waitUntil polls cond; the deadline only bounds a broken engine.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -146,4 +147,69 @@ func TestPrecopyRoundCorrupted(t *testing.T) {
 		t.Fatalf("the backup did not take over: %v", r.err)
 	}
 	sameMachine(t, c.pm, bm)
+}
+
+// BenchmarkAttach attaches a backup to a busy tick guest of 64 MiB and
+// measures what its client sees: the longest gap between two of the
+// guest's frames (one per millisecond of guest time) until the full
+// checkpoint is committed, and how long that takes. By pre-copy the guest
+// stops for one round of 256 pages at a time; the floor to compare with is
+// the same machinery in one stop (all of memory in one round), which is
+// what attaching cost before pre-copy.
+func BenchmarkAttach(b *testing.B) {
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.DiscardHandler)) // the engines' logs would split the results' lines
+	for _, tc := range []struct {
+		name  string
+		chunk int
+	}{{"pre-copy", 256}, {"one-stop", 1 << 14}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var gap, took time.Duration
+			for range b.N {
+				g, d := attachOnce(b, tc.chunk)
+				gap, took = max(gap, g), max(took, d)
+			}
+			b.ReportMetric(float64(gap.Microseconds())/1e3, "max-gap-ms")
+			b.ReportMetric(float64(took.Microseconds())/1e3, "sync-ms")
+		})
+	}
+}
+
+// attachOnce runs one BenchmarkAttach case: the longest gap between the
+// guest's frames from the attach to the sync's commit, and the time to it.
+func attachOnce(b *testing.B, chunk int) (gap, took time.Duration) {
+	c := newCluster(b, "tick", simvm.Param{Name: "period_ns", Value: 200_000}, simvm.Param{Name: "work", Value: 2_000}, simvm.Param{Name: "every", Value: 5})
+	c.pages = 1 << 14
+	c.cfg.PrecopyChunk = chunk
+	c.cfg.Verify = false // a hash of all memory in the final stop: the default is off
+	var arrivals []time.Time
+	c.client.onFrame = func(string, []byte) { arrivals = append(arrivals, time.Now()) }
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(b, 20)
+	c.client.mu.Lock()
+	from := len(arrivals)
+	c.client.mu.Unlock()
+	start := time.Now()
+	_, _, _, kill := c.attachBackup(p, "backup")
+	waitUntil(b, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
+	committed := time.Now()
+	took = committed.Sub(start)
+	// Stopped now, not at the benchmark's end: the next iteration's
+	// guests must not share the CPU with this one's.
+	c.cancelP()
+	<-c.pDone
+	kill()
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	// The gaps until the commit (after it, outputs wait for the backup's
+	// acks: output commit, not the attach).
+	prev := start
+	for _, at := range arrivals[from:] {
+		if at.After(committed) {
+			break
+		}
+		gap = max(gap, at.Sub(prev))
+		prev = at
+	}
+	return max(gap, committed.Sub(prev)), took
 }

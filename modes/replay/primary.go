@@ -493,8 +493,10 @@ func (p *Primary) boundary() error {
 		}
 	}
 	if p.precopy != nil {
-		if err := p.precopyStep(); err != nil {
-			return err
+		if due, _ := p.precopyDue(); due {
+			if err := p.precopyStep(); err != nil {
+				return err
+			}
 		}
 	}
 	if p.recording && p.resync.Swap(false) {
@@ -572,24 +574,35 @@ func (p *Primary) armKick() {
 			wait = f
 		}
 	}
-	if p.precopy != nil && (wait < 0 || precopyEvery < wait) {
-		wait = precopyEvery // the next round message goes at a boundary
+	if p.precopy != nil {
+		_, next := p.precopyDue()
+		if next = max(next, 0); wait < 0 || next < wait {
+			wait = next // the next round message goes at a boundary
+		}
 	}
 	if wait >= 0 {
 		p.kickTimer.Reset(wait)
 	}
 }
 
-// waitHalted waits while the guest is halted until something may wake it:
-// a frame, a timer deadline, a resync, a link failure or the end of ctx.
+// waitHalted waits while the guest is halted until something may wake it
+// (a frame, a timer deadline, a resync, a link failure or the end of ctx),
+// or a pre-copy round is due.
 func (p *Primary) waitHalted() error {
 	p.flush()
+	wait := time.Duration(-1)
+	if dl, ok := p.m.TimerDeadline(); ok {
+		wait = max(p.clock.until(dl), 0)
+	}
 	if p.precopy != nil {
-		return nil // the idle guest's time goes to the pre-copy
+		_, next := p.precopyDue() // an idle guest's time goes to the pre-copy
+		if next = max(next, 0); wait < 0 || next < wait {
+			wait = next
+		}
 	}
 	var timer <-chan time.Time
-	if dl, ok := p.m.TimerDeadline(); ok {
-		t := time.NewTimer(max(p.clock.until(dl), 0))
+	if wait >= 0 {
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		timer = t.C
 	}
