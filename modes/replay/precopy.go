@@ -10,9 +10,10 @@ import (
 
 // precopy is a full checkpoint being pre-copied to a backup that attached
 // to the running primary (the paper's FT VMotion, with checkpoint mode's
-// sync rounds). At each of the engine's boundaries the primary sends one
-// round message of at most PrecopyChunk pages: first a pass over all of
-// memory, then passes over the pages written meanwhile (Machine.Written).
+// sync rounds). At an engine boundary where one is due (precopyDue) the
+// primary sends a round message of at most PrecopyChunk pages: first a
+// pass over all of memory, then passes over the pages written meanwhile
+// (Machine.Written).
 // When a pass finds at most PrecopyDone pages, or PrecopyRounds passes
 // were made, it appends the sync entry and sends the commit, with the
 // pages written since the last pass and the machine state, in one stop.
