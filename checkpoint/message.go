@@ -31,8 +31,9 @@ const (
 	MsgHeartbeat  MsgType = 4 // Heartbeat: liveness, either way
 	MsgResync     MsgType = 5 // Resync: backup asks for a full sync
 	MsgLog        MsgType = 6 // a batch of replay-log entries (modes/replay/LOG.md)
+	MsgRounds     MsgType = 7 // Rounds: backup applied sync rounds, for pacing a pre-copy
 
-	numMsgTypes = 7
+	numMsgTypes = 8
 )
 
 func (t MsgType) String() string {
@@ -49,6 +50,8 @@ func (t MsgType) String() string {
 		return "resync"
 	case MsgLog:
 		return "log"
+	case MsgRounds:
+		return "rounds"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint16(t))
 }
@@ -67,6 +70,7 @@ const (
 	MaxHelloMachine = 256
 	ackSize         = 16
 	heartbeatSize   = 8
+	roundsSize      = 24
 	// MaxResyncDetail bounds the human-readable text in a Resync.
 	MaxResyncDetail = 512
 	resyncFixed     = 1 + 16 + 2
@@ -195,6 +199,32 @@ func DecodeHeartbeat(p []byte) (Heartbeat, error) {
 	return Heartbeat{binary.LittleEndian.Uint64(p)}, nil
 }
 
+// Rounds tells the primary that the backup has applied Count sync rounds
+// of the full sync (Generation, Epoch) in progress. A primary pre-copying
+// while its guest runs sends rounds only a few ahead of it, so that when
+// it commits the sync the backup is not far behind (outputs then wait for
+// it).
+type Rounds struct{ Generation, Epoch, Count uint64 }
+
+// Append appends r's payload to b.
+func (r Rounds) Append(b []byte) []byte {
+	b = binary.LittleEndian.AppendUint64(b, r.Generation)
+	b = binary.LittleEndian.AppendUint64(b, r.Epoch)
+	return binary.LittleEndian.AppendUint64(b, r.Count)
+}
+
+// DecodeRounds parses a Rounds payload.
+func DecodeRounds(p []byte) (Rounds, error) {
+	if len(p) != roundsSize {
+		return Rounds{}, fmt.Errorf("decode rounds: %w: %d bytes, want %d", ErrBadMessage, len(p), roundsSize)
+	}
+	r := Rounds{binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])}
+	if r.Generation == 0 || r.Count == 0 {
+		return Rounds{}, fmt.Errorf("decode rounds: %w: generation %d, count %d", ErrBadMessage, r.Generation, r.Count)
+	}
+	return r, nil
+}
+
 // ResyncReason says why a backup asks for a full sync. Zero is invalid.
 type ResyncReason uint8
 
@@ -317,6 +347,8 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 		lo, hi = resyncFixed, resyncFixed+MaxResyncDetail
 	case MsgLog:
 		lo, hi = 1, MaxLogMessage
+	case MsgRounds:
+		lo, hi = roundsSize, roundsSize
 	default:
 		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
 	}

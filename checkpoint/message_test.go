@@ -24,6 +24,7 @@ func TestMessageRoundTrip(t *testing.T) {
 	ack := Ack{4, 9}
 	hb := Heartbeat{77}
 	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
+	rounds := Rounds{4, 10, 33}
 
 	// Over a real connection, so WriteMessage's writev path is used.
 	a, b := net.Pipe()
@@ -32,7 +33,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		for _, m := range []struct {
 			t MsgType
 			p []byte
-		}{{MsgHello, hello.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}} {
+		}{{MsgHello, hello.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
 			if err := WriteMessage(a, m.t, m.p); err != nil {
 				t.Error(err)
 				return
@@ -62,6 +63,9 @@ func TestMessageRoundTrip(t *testing.T) {
 	}
 	if got, err := DecodeResync(next(MsgResync)); err != nil || got != rs {
 		t.Fatalf("resync %+v %v", got, err)
+	}
+	if got, err := DecodeRounds(next(MsgRounds)); err != nil || got != rounds {
+		t.Fatalf("rounds %+v %v", got, err)
 	}
 	if _, _, err := r.Next(); err != io.EOF {
 		t.Fatalf("after the last message: %v, want io.EOF", err)
@@ -153,6 +157,9 @@ func TestPayloadDecodersReject(t *testing.T) {
 		}()},
 		{"ack generation zero", func() error { _, err := DecodeAck(Ack{0, 5}.Append(nil)); return err }()},
 		{"heartbeat short", func() error { _, err := DecodeHeartbeat([]byte{1}); return err }()},
+		{"rounds generation zero", func() error { _, err := DecodeRounds(Rounds{0, 1, 1}.Append(nil)); return err }()},
+		{"rounds count zero", func() error { _, err := DecodeRounds(Rounds{1, 1, 0}.Append(nil)); return err }()},
+		{"rounds short", func() error { _, err := DecodeRounds(make([]byte, 23)); return err }()},
 		{"resync reason zero", func() error { _, err := DecodeResync(Resync{Reason: 0}.Append(nil)); return err }()},
 		{"resync detail length lies", func() error {
 			p := Resync{ResyncGap, 1, 1, "abc"}.Append(nil)

@@ -53,7 +53,9 @@ type Backup struct {
 	window   []suppressed
 	// roundRejected is why a pre-copy round of the sync in progress was
 	// rejected; the sync's commit is refused (see stageRound).
+	// roundsApplied counts its rounds applied, for the primary's pacing.
 	roundRejected error
+	roundsApplied uint64
 	// envErr is a divergence (or a failed failover) found inside an Env
 	// call, which cannot return it; the replayer checks it after each
 	// Machine call that may use Env.
@@ -291,26 +293,30 @@ func (b *Backup) diverged(d *divergence) {
 //
 // A rejected round spoils the whole sync: the primary's page cache now
 // describes pages this backup does not have, and a later round's XOR delta
-// against one would be applied to another page. The rest of the sync's
-// rounds are skipped and its commit refused, which asks for a full
-// checkpoint by stop-and-copy.
+// against one would be applied to another page. The backup asks for a full
+// checkpoint at once (the primary then stops to copy it all), and skips
+// the sync's other rounds and refuses its commit should they come.
 func (b *Backup) stageRound(ckpt []byte) {
 	h, ok := format.PeekHeader(ckpt)
 	if b.synced || !ok || h.Kind != format.KindSyncRound {
 		return
 	}
 	if h.Flags&format.FlagSyncStart != 0 {
-		b.roundRejected = nil // a new sync
+		b.roundRejected, b.roundsApplied = nil, 0 // a new sync
 	}
 	if b.roundRejected != nil {
 		return
 	}
 	if _, err := b.recv.Receive(ckpt); err != nil {
-		b.log.Warn("pre-copy round rejected; the sync will be refused", "err", err)
+		b.log.Warn("pre-copy round rejected; asking for a full checkpoint instead", "err", err)
 		b.roundRejected = err
+		b.askResync(format.ResyncRejected, h.Epoch, fmt.Sprintf("pre-copy round rejected: %v", err))
 		return
 	}
 	b.Stats.Rounds.Add(1)
+	b.roundsApplied++
+	r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: b.roundsApplied}
+	b.link.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout) // a failure shows as silence
 }
 
 // applySync applies the full checkpoint that follows the sync entry at s.

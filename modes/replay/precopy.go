@@ -31,6 +31,7 @@ type precopy struct {
 	first   bool             // the next round message starts the sync
 	began   time.Time
 	next    time.Time // not before: the guest's share of the time
+	sent    uint64    // round messages sent
 	bytes   int       // sent so far
 }
 
@@ -40,13 +41,19 @@ type precopy struct {
 // would otherwise see a round at every stop.)
 const precopyEvery = time.Millisecond
 
+// precopyAhead bounds the round messages sent that the backup has not
+// said it applied (MsgRounds): when the sync commits, the backup is at most
+// that far behind, and outputs, which then wait for its acks, not long.
+const precopyAhead = 4
+
 // precopyDue says whether a round message is due at this boundary, and if
-// not, how long until it is. None is due while the sender's queue is full
-// (the link or the backup is slower than the pre-copy): the guest runs on
-// instead of waiting for room.
+// not, how long until it is. None is due while precopyAhead rounds await
+// the backup (the link or the backup is slower than the pre-copy): the
+// guest runs on instead of waiting; the backup's report wakes the engine.
 func (p *Primary) precopyDue() (bool, time.Duration) {
-	wait := time.Until(p.precopy.next)
-	if wait <= 0 && len(p.sendq) == cap(p.sendq) {
+	pc := p.precopy
+	wait := time.Until(pc.next)
+	if wait <= 0 && pc.sent >= p.roundsApplied.Load()+precopyAhead {
 		return false, precopyEvery
 	}
 	return wait <= 0, wait
@@ -79,6 +86,8 @@ func (p *Primary) startPrecopy() error {
 	for i := range pc.todo {
 		pc.todo[i] = uint64(i)
 	}
+	p.roundsApplied.Store(0)
+	p.resync.Store(false) // an old backup's request: this one starts afresh
 	p.precopy = pc
 	return nil
 }
@@ -118,6 +127,7 @@ func (p *Primary) precopyStep() error {
 		return err
 	}
 	p.enqueue(message{format.MsgCheckpoint, data})
+	pc.sent++
 	pc.first = false
 	p.Stats.Precopied.Add(uint64(len(chunk)))
 	pc.todo = pc.todo[len(chunk):]

@@ -3,6 +3,7 @@ package replay_test
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -127,8 +128,8 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 }
 
 // TestPrecopyRoundCorrupted: a round message is damaged in flight. The
-// backup rejects it, so the commit finds a page never came; the backup
-// asks for a full checkpoint, gets one by stop-and-copy, and ends with the
+// backup rejects it and asks for a full checkpoint; the primary drops the
+// rest of the pre-copy, stops to copy it all, and the backup ends with the
 // primary's machine.
 func TestPrecopyRoundCorrupted(t *testing.T) {
 	c := newCluster(t, "tick", tickParams...)
@@ -138,8 +139,8 @@ func TestPrecopyRoundCorrupted(t *testing.T) {
 	c.client.waitFrames(t, 3)
 	bm, b, done, _ := c.attachBackup(p, "backup")
 	waitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
-	if p.Stats.Syncs.Load() < 2 || b.Stats.Divergences.Load() == 0 {
-		t.Fatalf("%d syncs sent, %d divergences: the damaged round went unnoticed", p.Stats.Syncs.Load(), b.Stats.Divergences.Load())
+	if p.Stats.Resyncs.Load() == 0 {
+		t.Fatal("the backup applied a sync one of whose rounds it rejected, without asking for another")
 	}
 	c.client.waitFrames(t, len(c.client.seen())+5)
 	c.stopPrimary()
@@ -152,7 +153,9 @@ func TestPrecopyRoundCorrupted(t *testing.T) {
 // BenchmarkAttach attaches a backup to a busy tick guest of 64 MiB and
 // measures what its client sees: the longest gap between two of the
 // guest's frames (one per millisecond of guest time) until the full
-// checkpoint is committed, and how long that takes. By pre-copy the guest
+// checkpoint is committed, how long that takes, and how long the first
+// output after it waits (for the backup's ack: it must have caught up);
+// medians over b.N attaches. By pre-copy the guest
 // stops for one round of 256 pages at a time; the floor to compare with is
 // the same machinery in one stop (all of memory in one round), which is
 // what attaching cost before pre-copy.
@@ -164,20 +167,27 @@ func BenchmarkAttach(b *testing.B) {
 		chunk int
 	}{{"pre-copy", 256}, {"one-stop", 1 << 14}} {
 		b.Run(tc.name, func(b *testing.B) {
-			var gap, took time.Duration
+			var gaps, tooks, afters []time.Duration
 			for range b.N {
-				g, d := attachOnce(b, tc.chunk)
-				gap, took = max(gap, g), max(took, d)
+				g, d, a := attachOnce(b, tc.chunk)
+				gaps, tooks, afters = append(gaps, g), append(tooks, d), append(afters, a)
 			}
-			b.ReportMetric(float64(gap.Microseconds())/1e3, "max-gap-ms")
-			b.ReportMetric(float64(took.Microseconds())/1e3, "sync-ms")
+			// Medians over the attaches: this shared host stalls now and then.
+			median := func(ds []time.Duration) float64 {
+				slices.Sort(ds)
+				return float64(ds[len(ds)/2].Microseconds()) / 1e3
+			}
+			b.ReportMetric(median(gaps), "max-gap-ms")
+			b.ReportMetric(median(tooks), "sync-ms")
+			b.ReportMetric(median(afters), "first-out-after-ms")
 		})
 	}
 }
 
 // attachOnce runs one BenchmarkAttach case: the longest gap between the
-// guest's frames from the attach to the sync's commit, and the time to it.
-func attachOnce(b *testing.B, chunk int) (gap, took time.Duration) {
+// guest's frames from the attach to the sync's commit, the time to it, and
+// the time from it to the next frame (which waits for the backup's ack).
+func attachOnce(b *testing.B, chunk int) (gap, took, after time.Duration) {
 	c := newCluster(b, "tick", simvm.Param{Name: "period_ns", Value: 200_000}, simvm.Param{Name: "work", Value: 2_000}, simvm.Param{Name: "every", Value: 5})
 	c.pages = 1 << 14
 	c.cfg.PrecopyChunk = chunk
@@ -194,6 +204,8 @@ func attachOnce(b *testing.B, chunk int) (gap, took time.Duration) {
 	waitUntil(b, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
 	committed := time.Now()
 	took = committed.Sub(start)
+	c.client.waitFrames(b, len(c.client.seen())+1)
+	after = time.Since(committed)
 	// Stopped now, not at the benchmark's end: the next iteration's
 	// guests must not share the CPU with this one's.
 	c.cancelP()
@@ -211,5 +223,5 @@ func attachOnce(b *testing.B, chunk int) (gap, took time.Duration) {
 		gap = max(gap, at.Sub(prev))
 		prev = at
 	}
-	return max(gap, committed.Sub(prev)), took
+	return max(gap, committed.Sub(prev)), took, after
 }

@@ -92,6 +92,10 @@ type Primary struct {
 	syncKick          chan struct{}
 	syncErr           atomic.Pointer[error]
 
+	// roundsApplied is what the backup says it applied of the pre-copy in
+	// progress (MsgRounds).
+	roundsApplied atomic.Uint64
+
 	ackedCh  chan struct{} // buffered(1): committed rose
 	resync   atomic.Bool   // the backup asked for a full sync
 	lastSync atomic.Uint64 // LSN of the latest EntrySync
@@ -361,6 +365,14 @@ func (p *Primary) receive(l *format.Link) {
 			p.Stats.Resyncs.Add(1)
 			p.resync.Store(true)
 			p.poke()
+		case format.MsgRounds:
+			r, err := format.DecodeRounds(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			p.roundsApplied.Store(r.Count) // one link, one pre-copy: see precopyDue
+			p.poke()
 		case format.MsgHeartbeat:
 		default:
 			p.linkFailed(fmt.Errorf("unexpected %v from the backup", t))
@@ -491,6 +503,12 @@ func (p *Primary) boundary() error {
 			p.attachBackup(conn)
 		default:
 		}
+	}
+	if p.precopy != nil && p.resync.Load() {
+		// The backup refused a round: the rest of this sync is worthless.
+		p.log.Warn("the backup refused a pre-copy round; stopping to copy it all")
+		p.precopy = nil
+		p.recording = true // the resync below sends the sync entry first
 	}
 	if p.precopy != nil {
 		if due, _ := p.precopyDue(); due {
