@@ -102,6 +102,8 @@ func TestReaderRejects(t *testing.T) {
 		{"ack too short", frame(15, ProtocolVersion, MsgAck, make([]byte, 15)), ErrBadMessage},
 		{"hello too long", frame(helloFixed+MaxHelloMachine+1, ProtocolVersion, MsgHello, nil), ErrMessageTooLarge},
 		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
+		{"rounds too long", frame(roundsSize+1, ProtocolVersion, MsgRounds, nil), ErrMessageTooLarge},
+		{"rounds too short", frame(roundsSize-1, ProtocolVersion, MsgRounds, make([]byte, roundsSize-1)), ErrBadMessage},
 		{"log too long", frame(MaxLogMessage+1, ProtocolVersion, MsgLog, nil), ErrMessageTooLarge},
 		{"log empty", frame(0, ProtocolVersion, MsgLog, nil), ErrBadMessage},
 		{"checkpoint over limit", frame(1<<20+1, ProtocolVersion, MsgCheckpoint, nil), ErrMessageTooLarge},
