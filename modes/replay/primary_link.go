@@ -1,0 +1,235 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// The primary's link to its backup: greeting it, the goroutines that send,
+// receive and watch it, and the paper's rule when it is lost.
+
+// disconnect stops the link's goroutines, if any.
+func (p *Primary) disconnect() {
+	if p.stopLink != nil {
+		p.stopLink()
+		p.stopLink = nil
+	}
+}
+
+// connect greets the backup and starts the link's goroutines and
+// recording, from a full checkpoint taken at once (the guest has not run).
+func (p *Primary) connect(conn net.Conn) error {
+	p.recording = true
+	p.resync.Store(true) // the backup starts from a full checkpoint
+	return p.connectLink(conn)
+}
+
+// connectLink greets the backup and starts the link's goroutines (stopLink
+// stops them).
+func (p *Primary) connectLink(conn net.Conn) error {
+	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
+	p.broken.Store(false)
+	p.sendq = make(chan message, p.cfg.MaxInFlight)
+	p.protected.Store(true)
+	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
+	pages := uint64(len(p.m.Memory())) / format.PageSize
+	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
+		conn.Close()
+		return err
+	}
+	stopc := make(chan struct{})
+	sent, received := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer close(sent); p.send(l, stopc) }()
+	go func() { defer close(received); p.receive(l) }()
+	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, stopc, p.linkFailed) }()
+	go func() { defer wg.Done(); p.watch(l, stopc) }()
+	// Stopping is graceful: the sender ships what is queued, then the
+	// write side closes, so the backup reads the whole log before the end
+	// of the stream (a plain close with acks unread could reset it).
+	p.stopLink = func() {
+		close(stopc)
+		wg.Wait()
+		<-sent
+		if hc, ok := conn.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+			select {
+			case <-received:
+			case <-time.After(p.cfg.FailureTimeout):
+			}
+		}
+		conn.Close()
+		<-received
+	}
+	return nil
+}
+
+// linkFailed records the first failure of the link and wakes the engine,
+// which applies the backup-lost rule at its next boundary.
+func (p *Primary) linkFailed(err error) {
+	p.broken.Store(true)
+	p.cancelLink(err)
+	p.poke()
+}
+
+// linkIsDown says whether the link failed.
+func (p *Primary) linkIsDown() bool { return p.broken.Load() }
+
+// watch declares the link failed when the backup falls silent.
+func (p *Primary) watch(l *format.Link, stop <-chan struct{}) {
+	t := time.NewTicker(p.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if s := l.SilentFor(); s > p.cfg.FailureTimeout {
+				p.linkFailed(fmt.Errorf("nothing from the backup for %v", s.Round(time.Millisecond)))
+				return
+			}
+		}
+	}
+}
+
+// send writes queued messages in order until stop, then what is still
+// queued, unless the link failed.
+func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
+	for {
+		var msg message
+		select {
+		case <-stop:
+			for {
+				select {
+				case msg := <-p.sendq:
+					if p.linkIsDown() || l.Send(msg.t, msg.payload, p.cfg.FailureTimeout) != nil {
+						return
+					}
+				default:
+					return
+				}
+			}
+		case msg = <-p.sendq:
+		}
+		if err := l.Send(msg.t, msg.payload, p.cfg.FailureTimeout); err != nil {
+			p.linkFailed(err)
+			return
+		}
+	}
+}
+
+// receive reads acks, resync requests and heartbeats from the backup.
+func (p *Primary) receive(l *format.Link) {
+	for {
+		t, payload, err := l.Next()
+		if err != nil {
+			p.linkFailed(fmt.Errorf("reading from the backup: %w", err))
+			return
+		}
+		switch t {
+		case format.MsgAck:
+			a, err := format.DecodeAck(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			if a.Generation != p.gen.Load() {
+				continue // another generation's log releases nothing
+			}
+			if err := p.out.Commit(a.Epoch); err != nil {
+				p.linkFailed(fmt.Errorf("releasing outputs through LSN %d: %w", a.Epoch, err))
+				return
+			}
+			if a.Epoch > p.committed.Load() {
+				p.committed.Store(a.Epoch) // only this goroutine stores it
+				p.Stats.Acked.Store(a.Epoch)
+				select {
+				case p.ackedCh <- struct{}{}:
+				default:
+				}
+			}
+		case format.MsgResync:
+			r, err := format.DecodeResync(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			if r.Epoch < p.lastSync.Load() {
+				continue // the backup has a sync after that point coming: moot
+			}
+			p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
+			p.Stats.Resyncs.Add(1)
+			p.resync.Store(true)
+			p.poke()
+		case format.MsgRounds:
+			r, err := format.DecodeRounds(payload)
+			if err != nil {
+				p.linkFailed(err)
+				return
+			}
+			p.roundsApplied.Store(r.Count) // one link, one pre-copy: see precopyDue
+			p.poke()
+		case format.MsgHeartbeat:
+		default:
+			p.linkFailed(fmt.Errorf("unexpected %v from the backup", t))
+			return
+		}
+	}
+}
+
+// enqueue hands msg to the sender, waiting while MaxInFlight messages are
+// queued; if the link fails (or Run's ctx ends) first, msg is dropped.
+func (p *Primary) enqueue(msg message) {
+	select {
+	case p.sendq <- msg:
+		return
+	default:
+	}
+	select {
+	case p.sendq <- msg:
+	case <-p.linkCtx.Done():
+	}
+}
+
+// goAlone releases every output held: there is no backup to wait for.
+// From now on hold releases each output at once, until a backup attaches.
+func (p *Primary) goAlone() error {
+	p.recording = false
+	p.protected.Store(false)
+	if err := p.out.Commit(p.lsn); err != nil {
+		return fmt.Errorf("releasing held outputs: %w", err)
+	}
+	return nil
+}
+
+// backupLost applies the paper's rule for a primary without its backup:
+// win the next generation and go on alone, or halt.
+func (p *Primary) backupLost() error {
+	if !p.recording {
+		return nil
+	}
+	if err := p.ctx.Err(); err != nil {
+		return err // stopping: not a contest for the next generation
+	}
+	p.recording = false
+	p.protected.Store(false)
+	cause := context.Cause(p.linkCtx)
+	p.log.Warn("backup lost", "cause", cause)
+	dctx, cancel := context.WithTimeout(p.ctx, p.cfg.DecideTimeout)
+	defer cancel()
+	if err := witness.PrimaryLostBackup(dctx, p.fence); err != nil {
+		return fmt.Errorf("backup lost (%v), and %w", cause, err)
+	}
+	gen, _ := p.fence.Held()
+	p.gen.Store(gen)
+	p.log.Warn(ErrBackupLost.Error(), "generation", gen)
+	p.Stats.BackupsLost.Add(1)
+	p.disconnect()
+	return p.goAlone()
+}

@@ -1,0 +1,185 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+)
+
+// The primary's full checkpoints, and the durability of released disk
+// writes that they and the release marks depend on.
+
+// syncer makes released disk writes durable off the engine, each time the
+// engine asks, until ctx ends: it calls SyncDisk and advances durable to
+// syncWant, an LSN through which the engine saw every output released; the
+// engine's next boundary marks the release. (Committed alone would not
+// do: an ack may overtake the engine's Hold of the output it commits, and
+// the engine releases that output itself, later.) A SyncDisk failure is
+// kept for the engine, which stops: after a failed fdatasync the kernel
+// may have dropped the writes, and the backup, which still has them, must
+// take over.
+func (p *Primary) syncer(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.syncKick:
+		}
+		if err := p.syncDisk(p.syncWant.Load()); err != nil {
+			p.syncErr.Store(&err)
+			p.poke()
+			return
+		}
+		p.poke()
+	}
+}
+
+// syncDisk calls SyncDisk and advances durable to through, an LSN at or
+// below which every output was released before the call. Safe from any
+// goroutine.
+func (p *Primary) syncDisk(through uint64) error {
+	if err := p.SyncDisk(); err != nil {
+		return err
+	}
+	for {
+		d := p.durable.Load()
+		if d >= through || p.durable.CompareAndSwap(d, through) {
+			return nil
+		}
+	}
+}
+
+// sync sends the backup a full checkpoint of the guest at a new EntrySync,
+// stop-and-copy: the guest does not run meanwhile (the engine is here).
+// It starts a backup that connected with Run and resynchronises one that
+// diverged or lost part of the log; an attaching backup gets its full
+// checkpoint by pre-copy instead (precopy.go).
+func (p *Primary) sync() error {
+	start := time.Now()
+	s, n, err := p.commitSync(nil, true)
+	if err != nil {
+		return err
+	}
+	p.log.Info("full checkpoint sent", "lsn", s, "bytes", n, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// commitSync appends an EntrySync and sends the sync commit after it: the
+// pages pfns (nil: all of memory, with FlagSyncStart if start), the
+// machine state and the disk writes held. It returns the sync's LSN and
+// the commit's size.
+//
+// The guest state it ships has seen every disk write so far complete. The
+// checkpoint carries those still held (a divergence stops the backup's
+// acks while the guest runs on), so that a backup going live writes them
+// again; every other write is released, and made durable here before the
+// checkpoint leaves. Held frames are not carried: one lost with the
+// primary is a network loss, as in checkpoint mode.
+func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
+	p.append(Entry{Type: EntrySync})
+	s := p.lsn
+	p.lastSync.Store(s)
+	p.flush()
+	disk := format.DiskLog{Durable: s}
+	for i, w := range p.out.HeldDiskWrites() {
+		if i == 0 {
+			disk.Durable = w.Pos - 1
+		}
+		disk.Writes = append(disk.Writes, format.DiskWrite{Epoch: w.Pos, Off: w.Off, Data: w.Data})
+	}
+	// After the look at what is held, so that a write released in between
+	// is carried, durable, or both (writing it again is harmless).
+	if p.SyncDisk != nil {
+		if err := p.syncDisk(p.committed.Load()); err != nil { // the engine: outside any Hold
+			return 0, 0, fmt.Errorf("making released disk writes durable: %w", err)
+		}
+	}
+	h := format.Header{Kind: format.KindSyncCommit, Generation: p.gen.Load(), Epoch: s}
+	if start {
+		h.Flags = format.FlagSyncStart
+	}
+	if err := p.beginCheckpoint(h, pfns); err != nil {
+		return 0, 0, err
+	}
+	state, err := p.m.SaveState()
+	if err != nil {
+		p.enc.Abort()
+		return 0, 0, fmt.Errorf("saving machine state for the sync at LSN %d: %w", s, err)
+	}
+	if err := p.enc.SetDiskLog(disk); err != nil {
+		p.enc.Abort()
+		return 0, 0, err
+	}
+	data, err := p.enc.Finish(state, p.cfg.Verify)
+	if err != nil {
+		return 0, 0, err
+	}
+	p.enqueue(message{format.MsgCheckpoint, data})
+	p.Stats.Syncs.Add(1)
+	return s, len(data), nil
+}
+
+// beginCheckpoint begins a checkpoint of header h and adds the pages pfns
+// (nil: all of memory) from the guest's memory as it is now. On error the
+// checkpoint is abandoned.
+func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
+	mem := p.m.Memory()
+	if p.enc == nil {
+		cache, err := format.NewPageCache(len(mem))
+		if err != nil {
+			return err
+		}
+		p.enc = format.NewEncoder(cache)
+	}
+	if err := p.enc.Begin(nil, h); err != nil {
+		return err
+	}
+	add := func(pfn uint64) error {
+		if err := p.enc.AddPage(pfn, mem[pfn*format.PageSize:(pfn+1)*format.PageSize]); err != nil {
+			p.enc.Abort()
+			return fmt.Errorf("encoding page %d for %v: %w", pfn, h, err)
+		}
+		return nil
+	}
+	if pfns == nil {
+		for pfn := range uint64(len(mem)) / format.PageSize {
+			if err := add(pfn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, pfn := range pfns {
+		if err := add(pfn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flushDisk waits until every disk write held so far is released (the
+// backup has the log through it), then makes them durable. If the backup
+// is lost meanwhile, the backup-lost rule runs here (alone, writes are
+// released at once).
+func (p *Primary) flushDisk() error {
+	target := p.lastWrite
+	p.flush()
+	for p.recording && p.committed.Load() < target {
+		select {
+		case <-p.ackedCh:
+		case <-p.linkCtx.Done():
+			if err := p.ctx.Err(); err != nil {
+				return err
+			}
+			if err := p.backupLost(); err != nil {
+				return err
+			}
+		}
+	}
+	if p.SyncDisk != nil {
+		return p.syncDisk(p.committed.Load()) // the engine: outside any Hold
+	}
+	return nil
+}
