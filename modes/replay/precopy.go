@@ -114,6 +114,8 @@ func (p *Primary) precopyStep() error {
 		}
 		pc.pass++
 	}
+	p.Stats.PrecopyPass.Store(uint64(pc.pass))
+	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk)]
 	h := format.Header{Kind: format.KindSyncRound, Generation: p.gen.Load(), Epoch: pc.epoch}
 	if pc.first {
@@ -135,11 +137,17 @@ func (p *Primary) precopyStep() error {
 	return nil
 }
 
+// stopPrecopy forgets the pre-copy in progress.
+func (p *Primary) stopPrecopy() {
+	p.precopy = nil
+	p.Stats.PrecopyPass.Store(0)
+}
+
 // endPrecopy is the final stop: recording starts at the sync entry, whose
 // commit carries the pages left.
 func (p *Primary) endPrecopy() error {
 	pc := p.precopy
-	p.precopy = nil
+	p.stopPrecopy()
 	p.recording = true
 	if p.lsn+1 != pc.epoch { // cannot happen: nothing is logged while alone
 		p.log.Error("the pre-copied sync would land at another LSN; stopping to copy it all", "lsn", p.lsn+1, "rounds for", pc.epoch)

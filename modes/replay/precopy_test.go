@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,6 +110,9 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 	c.up = stallAt(format.MsgCheckpoint, 4, reached)
 	_, b, done, kill := c.attachBackup(p, "second")
 	<-reached
+	if line := p.Stats.PrimaryLine(); !strings.Contains(line, "pre-copy pass") {
+		t.Errorf("the status line during a pre-copy does not show it: %s", line)
+	}
 	kill()
 	if r := <-done; r.err == nil {
 		t.Fatal("a backup cut off before its sync went live")
@@ -118,6 +122,9 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 	}
 	c.up = nil
 	c.client.waitFrames(t, len(c.client.seen())+5) // the guest runs on, alone
+	if line := p.Stats.PrimaryLine(); strings.Contains(line, "pre-copy") {
+		t.Errorf("the status line shows a pre-copy that was dropped: %s", line)
+	}
 	if g, _ := fence.Held(); g != 1 || p.Stats.BackupsLost.Load() != 0 || p.Stats.Syncs.Load() != 0 {
 		t.Fatalf("the primary holds generation %d, lost %d backups, sent %d syncs: a backup that never protected it counted",
 			g, p.Stats.BackupsLost.Load(), p.Stats.Syncs.Load())

@@ -287,7 +287,7 @@ func (p *Primary) boundary() error {
 	}
 	if p.precopy != nil && p.linkIsDown() {
 		p.log.Warn("the backup attaching was lost before its full checkpoint; going on alone", "cause", context.Cause(p.linkCtx))
-		p.precopy = nil
+		p.stopPrecopy()
 		p.disconnect()
 		p.protected.Store(false)
 	}
@@ -301,7 +301,7 @@ func (p *Primary) boundary() error {
 	if p.precopy != nil && p.resync.Load() {
 		// The backup refused a round: the rest of this sync is worthless.
 		p.log.Warn("the backup refused a pre-copy round; stopping to copy it all")
-		p.precopy = nil
+		p.stopPrecopy()
 		p.recording = true // the resync below sends the sync entry first
 	}
 	if p.precopy != nil {

@@ -10,17 +10,20 @@ import (
 // Stats counts what an engine did. Every field is safe to read at any time.
 type Stats struct {
 	// Primary.
-	Exits       atomic.Uint64 // synchronous exits recorded
-	Landings    atomic.Uint64 // asynchronous stops recorded by signature
-	Entries     atomic.Uint64 // log entries appended
-	Batches     atomic.Uint64 // batches shipped
-	LogBytes    atomic.Uint64 // encoded log shipped
-	Acked       atomic.Uint64 // highest LSN the backup acknowledged
-	Syncs       atomic.Uint64 // full checkpoints sent
-	Precopied   atomic.Uint64 // pages sent by pre-copy rounds
-	Resyncs     atomic.Uint64 // full checkpoints the backup asked for
-	BackupsLost atomic.Uint64 // times the primary went on alone
-	RxDropped   atomic.Uint64 // received frames dropped: the queue was full
+	Exits     atomic.Uint64 // synchronous exits recorded
+	Landings  atomic.Uint64 // asynchronous stops recorded by signature
+	Entries   atomic.Uint64 // log entries appended
+	Batches   atomic.Uint64 // batches shipped
+	LogBytes  atomic.Uint64 // encoded log shipped
+	Acked     atomic.Uint64 // highest LSN the backup acknowledged
+	Syncs     atomic.Uint64 // full checkpoints sent
+	Precopied atomic.Uint64 // pages sent by pre-copy rounds
+	// PrecopyPass and PrecopyLeft say how far the pre-copy in progress is:
+	// its pass (0: none in progress) and the pages left in that pass.
+	PrecopyPass, PrecopyLeft atomic.Uint64
+	Resyncs                  atomic.Uint64 // full checkpoints the backup asked for
+	BackupsLost              atomic.Uint64 // times the primary went on alone
+	RxDropped                atomic.Uint64 // received frames dropped: the queue was full
 
 	// Backup.
 	Replayed       atomic.Uint64 // entries applied
@@ -47,9 +50,13 @@ func (s *Stats) PrimaryLine() string {
 	}
 	s.lineAt, s.lineBytes = now, bytes
 	s.lineMu.Unlock()
-	return fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)  rx dropped %d",
+	line := fmt.Sprintf("lsn acked %d  exits %d  landings %d  log %.1f KB/s (%d entries, %d batches)  syncs %d (asked %d)  rx dropped %d",
 		s.Acked.Load(), s.Exits.Load(), s.Landings.Load(), rate,
 		s.Entries.Load(), s.Batches.Load(), s.Syncs.Load(), s.Resyncs.Load(), s.RxDropped.Load())
+	if pass := s.PrecopyPass.Load(); pass > 0 {
+		line += fmt.Sprintf("  pre-copy pass %d, %d pages to go", pass, s.PrecopyLeft.Load())
+	}
+	return line
 }
 
 // BackupLine renders a backup's status line.
