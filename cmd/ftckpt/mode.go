@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/ftckpt/ftckpt/dirtylog"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
@@ -70,7 +72,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.status, "status-every", time.Second, "how often the primary prints its status line (0: never)")
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
-	fl.StringVar(&f.replayMachine, "machine", "auto", "replay: the guest's machine: kvm, sim (the software machine) or auto (kvm if /dev/kvm opens)")
+	fl.StringVar(&f.replayMachine, "machine", "auto", "the guest's machine: kvm, sim (the software machine: one vCPU, its own guests) or auto (kvm if /dev/kvm opens)")
 	fl.StringVar(&f.join, "join", "", "replay backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening")
 	fl.StringVar(&f.acceptBackups, "accept-backups", "", "replay primary (and a backup once live): accept backups that --join at ADDR, one at a time")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
@@ -104,13 +106,24 @@ func runMode(ctx context.Context, f *modeFlags, cfg ckmode.Config, cmd *cobra.Co
 		}
 		return runReplay(ctx, f, rcfg, cmd.OutOrStdout())
 	}
+	primary, backup := runPrimary, runBackup
+	if f.useSim() {
+		primary, backup = runPrimarySim, runBackupSim
+	}
+	if f.replayMachine == "auto" {
+		which := "KVM"
+		if f.useSim() {
+			which = "the software machine (simvm): /dev/kvm cannot be opened here"
+		}
+		slog.Info("checkpoint machine", "machine", which)
+	}
 	switch f.role {
 	case "primary":
-		return runPrimary(ctx, f, cfg, cmd.OutOrStdout())
+		return primary(ctx, f, cfg, cmd.OutOrStdout())
 	case "backup":
-		return runBackup(ctx, f, cfg, cmd.OutOrStdout())
+		return backup(ctx, f, cfg, cmd.OutOrStdout())
 	}
-	return runLocal(ctx, f, func() error { return runPrimary(ctx, f, cfg, cmd.OutOrStdout()) })
+	return runLocal(ctx, f, func() error { return primary(ctx, f, cfg, cmd.OutOrStdout()) })
 }
 
 // config validates the flags and returns checkpoint mode's configuration
@@ -140,12 +153,24 @@ func (f *modeFlags) config(changed func(string) bool) (ckmode.Config, error) {
 	if f.mode == "replay" {
 		return ckmode.Config{}, nil
 	}
-	for _, name := range []string{"machine", "landing-delay"} {
-		if changed(name) {
-			return ckmode.Config{}, fmt.Errorf("--%s applies to --mode replay", name)
-		}
+	if changed("landing-delay") {
+		return ckmode.Config{}, errors.New("--landing-delay applies to --mode replay")
 	}
-	if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
+	if err := f.checkMachine(); err != nil {
+		return ckmode.Config{}, err
+	}
+	sim := f.useSim()
+	if sim {
+		why := ""
+		if f.replayMachine == "auto" {
+			why = ", chosen because /dev/kvm cannot be opened here"
+		}
+		for _, name := range []string{"vcpus", "irqchip", "dirty-tracking"} {
+			if changed(name) {
+				return ckmode.Config{}, fmt.Errorf("--%s does not apply to the software machine (one vCPU, its own interrupts and dirty tracking%s)", name, why)
+			}
+		}
+	} else if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
 		return ckmode.Config{}, fmt.Errorf("--dirty-tracking: %w", err)
 	}
 	cfg := ckmode.DefaultConfig()
@@ -163,10 +188,26 @@ func (f *modeFlags) config(changed func(string) bool) (ckmode.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return ckmode.Config{}, err
 	}
-	if _, _, err := f.machine.config(io.Discard); err != nil {
-		return ckmode.Config{}, err
+	if !sim {
+		if _, _, err := f.machine.config(io.Discard); err != nil {
+			return ckmode.Config{}, err
+		}
 	}
 	return cfg, nil
+}
+
+// checkMachine checks --machine, and that the software machine, if it is
+// the one, runs the guest asked for.
+func (f *modeFlags) checkMachine() error {
+	switch f.replayMachine {
+	case "auto", "kvm", "sim":
+	default:
+		return fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
+	}
+	if f.useSim() && !slices.Contains(simvm.Guests(), f.machine.guest) {
+		return fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(simvm.Guests(), ", "))
+	}
+	return nil
 }
 
 // runLocal runs the backup as a child process on loopback and the primary

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -35,17 +33,13 @@ func (f *modeFlags) replayConfig(changed func(string) bool) (replay.Config, erro
 			return replay.Config{}, fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
 		}
 	}
-	switch f.replayMachine {
-	case "auto", "kvm", "sim":
-	default:
-		return replay.Config{}, fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
-	}
-	if f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable() {
-		if !slices.Contains(simvm.Guests(), f.machine.guest) {
-			return replay.Config{}, fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(simvm.Guests(), ", "))
-		}
-	} else if _, err := guests.Image(f.machine.guest); err != nil {
+	if err := f.checkMachine(); err != nil {
 		return replay.Config{}, err
+	}
+	if !f.useSim() {
+		if _, err := guests.Image(f.machine.guest); err != nil {
+			return replay.Config{}, err
+		}
 	}
 	cfg := replay.DefaultConfig()
 	cfg.Heartbeat, cfg.FailureTimeout, cfg.LandingDelay = f.heartbeat, f.failureTimeout, f.landingDelay
@@ -94,7 +88,7 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 		}
 	}()
 	guest := f.machine.guest
-	h.sim = f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable()
+	h.sim = f.useSim()
 	if f.replayMachine == "auto" {
 		which := "KVM"
 		if h.sim {
@@ -124,15 +118,11 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 		return nil, err
 	}
 	if h.sim {
-		var simParams []simvm.Param
-		for k, v := range params {
-			n, err := strconv.ParseUint(v, 0, 64)
-			if err != nil {
-				return nil, fmt.Errorf("--param %s=%s: the software machine's parameters are numbers", k, v)
-			}
-			simParams = append(simParams, simvm.Param{Name: k, Value: n})
+		sp, err := simParams(f.machine.params)
+		if err != nil {
+			return nil, err
 		}
-		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, simParams...)
+		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, sp...)
 		if err != nil {
 			return nil, err
 		}
@@ -185,17 +175,7 @@ func (h *replayHost) openNet() (vmm.NetBackend, error) {
 // address may still be held for a moment (a primary on this host dying),
 // so a busy address is retried for a few seconds.
 func (h *replayHost) openNetLive(ctx context.Context) (vmm.NetBackend, error) {
-	for tries := 0; ; tries++ {
-		b, err := h.openNet()
-		if err == nil || !errors.Is(err, unix.EADDRINUSE) || tries == 50 {
-			return b, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return whileBusy(ctx, h.openNet)
 }
 
 // outputs builds a role's output buffer for generation gen.

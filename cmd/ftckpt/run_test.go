@@ -65,7 +65,10 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--mode", "replay", "--machine", "sim", "--role", "backup", "--listen", "127.0.0.1:0", "--param", "novalue", "--disk", "none", "--net", "none"}, "want key=value"},
 		{[]string{"--mode", "replay", "--machine", "sim", "--role", "backup", "--listen", "127.0.0.1:0", "--param", "journal=lots", "--disk", "none", "--net", "none"}, "parameters are numbers"},
 		{[]string{"--mode", "replay", "--role", "primary"}, "needs --peer"},
-		{[]string{"--mode", "checkpoint", "--machine", "sim"}, "--machine applies to --mode replay"},
+		{[]string{"--mode", "checkpoint", "--machine", "sim", "--vcpus", "4"}, "--vcpus does not apply to the software machine"},
+		{[]string{"--mode", "checkpoint", "--machine", "sim", "--guest", "counter"}, "the software machine runs kv, tick"},
+		{[]string{"--mode", "checkpoint", "--machine", "qemu"}, `--machine "qemu"`},
+		{[]string{"--mode", "checkpoint", "--landing-delay", "1ms"}, "--landing-delay applies to --mode replay"},
 		{[]string{"--mode", "checkpoint", "--role", "backup", "--join", "h:1"}, "--join and --accept-backups apply to --mode replay"},
 		{[]string{"--mode", "replay", "--role", "backup", "--listen", ":1", "--join", "h:1"}, "one of them"},
 		{[]string{"--mode", "replay", "--accept-backups", ":1"}, "need --role"},
@@ -74,9 +77,9 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--mode", "checkpoint", "--role", "observer"}, `--role "observer"`},
 		{[]string{"--mode", "checkpoint", "--role", "primary"}, "needs --peer"},
 		{[]string{"--mode", "checkpoint", "--role", "backup"}, "needs --listen"},
-		{[]string{"--mode", "checkpoint", "--dirty-tracking", "psychic"}, "--dirty-tracking"},
+		{[]string{"--mode", "checkpoint", "--machine", "kvm", "--dirty-tracking", "psychic"}, "--dirty-tracking"},
 		{[]string{"--mode", "checkpoint", "--heartbeat", "1s", "--failure-timeout", "500ms"}, "heartbeat"},
-		{[]string{"--mode", "checkpoint", "--vcpus", "65"}, "65 vCPUs"},
+		{[]string{"--mode", "checkpoint", "--machine", "kvm", "--vcpus", "65"}, "65 vCPUs"},
 	} {
 		_, err := runCLI(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

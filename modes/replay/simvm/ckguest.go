@@ -27,6 +27,12 @@ type Devices interface {
 	Console(p []byte)
 }
 
+// DiskFlusher is Devices whose disk has a flush: the guest's FLUSH
+// completes when FlushDisk returns nil (every earlier write durable).
+type DiskFlusher interface {
+	FlushDisk() error
+}
+
 // CheckpointGuest runs a Machine free, on a goroutine of its own (its
 // "vCPU"), as a KVM vCPU thread runs a guest, and so makes it a
 // modes/checkpoint Guest: the stand-in for KVMGuest where /dev/kvm cannot be
@@ -495,8 +501,14 @@ func (e ckEnv) Now() uint64                         { return e.g.guestNow() }
 func (e ckEnv) ReadDisk(p []byte, off int64) error  { return e.g.devs.ReadDisk(p, off) }
 func (e ckEnv) WriteDisk(p []byte, off int64) error { return e.g.devs.WriteDisk(p, off) }
 
-// FlushDisk completes at once: a CheckpointGuest's devices have no flush
-// (the bench's workloads do not ask for one).
-func (e ckEnv) FlushDisk() error             { return nil }
+// FlushDisk is the Devices' if they are a DiskFlusher (vmm.ErrOutputFull
+// leaves the guest's FLUSH pending, to be tried again), and otherwise
+// completes at once.
+func (e ckEnv) FlushDisk() error {
+	if f, ok := e.g.devs.(DiskFlusher); ok {
+		return f.FlushDisk()
+	}
+	return nil
+}
 func (e ckEnv) SendFrame(frame []byte) error { return e.g.devs.SendFrame(frame) }
 func (e ckEnv) Console(p []byte)             { e.g.devs.Console(p) }

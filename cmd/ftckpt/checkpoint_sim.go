@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/witness"
+	"golang.org/x/sys/unix"
+)
+
+// Checkpoint mode on the software machine: where /dev/kvm cannot be
+// opened, `--mode checkpoint --machine sim` (or auto) runs the simvm guest
+// as a checkpoint-mode Guest (simvm.CheckpointGuest: one vCPU goroutine,
+// its dirty pages tracked by the interpreter) through the same engine,
+// output buffer, held disk, witness and failover as a KVM guest.
+
+// useSim says whether the flags ask for the software machine.
+func (f *modeFlags) useSim() bool {
+	return f.replayMachine == "sim" || f.replayMachine == "auto" && !kvmAvailable()
+}
+
+// simGuest is the software machine's guest, its disk, network spec and
+// Hello description, as the flags give them.
+type simGuest struct {
+	guest   string
+	pages   int
+	params  []simvm.Param
+	netSpec string
+	disk    *vmm.FileDisk // nil: no disk
+	machine string
+}
+
+// newSimGuest resolves the flags for the software machine and opens the
+// disk image (the caller closes it).
+func (f *modeFlags) newSimGuest(mode string) (*simGuest, error) {
+	g := &simGuest{guest: f.machine.guest}
+	mem, err := parseSize(f.machine.memory)
+	if err != nil {
+		return nil, fmt.Errorf("--memory: %w", err)
+	}
+	g.pages = int(mem / simvm.PageSize)
+	if g.params, err = simParams(f.machine.params); err != nil {
+		return nil, err
+	}
+	netSpec, diskSpec := f.devices.resolve(g.guest)
+	if g.guest == "kv" && f.devices.disk == "auto" {
+		diskSpec = "ftckpt-disk.img" // the software kv guest keeps its table on disk
+	}
+	if kind, _, _ := strings.Cut(netSpec, ":"); netSpec != "none" && kind != "udp" {
+		return nil, fmt.Errorf("--net %s: the software machine's network is udp:ADDR", netSpec)
+	}
+	g.netSpec = netSpec
+	if diskSpec != "none" {
+		if g.disk, err = f.devices.openDisk(diskSpec); err != nil {
+			return nil, err
+		}
+	}
+	g.machine = describeMachine(mode, "the software machine", 1, netSpec, g.disk)
+	return g, nil
+}
+
+// simParams turns --param key=value into the software machine's numeric
+// parameters.
+func simParams(flags []string) ([]simvm.Param, error) {
+	params, err := parseParams(flags)
+	if err != nil {
+		return nil, err
+	}
+	var out []simvm.Param
+	for k, v := range params {
+		n, err := strconv.ParseUint(v, 0, 64)
+		if err != nil {
+			return nil, fmt.Errorf("--param %s=%s: the software machine's parameters are numbers", k, v)
+		}
+		out = append(out, simvm.Param{Name: k, Value: n})
+	}
+	return out, nil
+}
+
+// openFront opens the software machine's UDP front, or nil without a
+// network.
+func (g *simGuest) openFront() (*bareUDP, error) {
+	if g.netSpec == "none" {
+		return nil, nil
+	}
+	_, addr, _ := strings.Cut(g.netSpec, ":")
+	return newBareUDP(addr)
+}
+
+// whileBusy calls open until it fails with something other than
+// EADDRINUSE, for a few seconds: a backup going live opens the address a
+// primary on this host may still hold as it dies.
+func whileBusy[T any](ctx context.Context, open func() (T, error)) (T, error) {
+	for tries := 0; ; tries++ {
+		v, err := open()
+		if err == nil || !errors.Is(err, unix.EADDRINUSE) || tries == 50 {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// guestPort is a CheckpointGuest as the front's receiver.
+type guestPort struct{ g *simvm.CheckpointGuest }
+
+func (p guestPort) Receive(f []byte) bool { return p.g.Receive(f) }
+func (p guestPort) Poll()                 {} // Receive brings the vCPU round itself
+
+// heldDevices are a checkpoint-mode primary's software devices: frames
+// held at the primary's position, refused (vmm.ErrOutputFull) rather than
+// waited for when the buffer is full, as a device's hooks do; the disk
+// through its HeldDisk (nil: none), whose FLUSH waits for durability.
+type heldDevices struct {
+	out     *outbuf.Buffer
+	disk    *ckmode.HeldDisk
+	pos     func() uint64
+	console io.Writer
+}
+
+func (h heldDevices) SendFrame(f []byte) error {
+	return holdErr(h.out.Hold(refuseWait, h.pos(), outbuf.NetFrame(f)))
+}
+
+func (h heldDevices) ReadDisk(p []byte, off int64) error {
+	if h.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := h.disk.ReadAt(p, off)
+	return err
+}
+
+func (h heldDevices) WriteDisk(p []byte, off int64) error {
+	if h.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := h.disk.WriteAt(p, off)
+	return err
+}
+
+func (h heldDevices) FlushDisk() error {
+	if h.disk == nil {
+		return nil
+	}
+	return h.disk.Flush()
+}
+
+func (h heldDevices) Console(p []byte) {
+	if h.console != nil {
+		h.console.Write(p)
+	}
+}
+
+// liveDevices are a backup's: they reach the world only once it is live
+// (its guest does not run before): frames to whatever net is set to, the
+// disk directly (nil: none).
+type liveDevices struct {
+	net     *netTarget
+	disk    vmm.Disk
+	console io.Writer
+}
+
+func (d liveDevices) SendFrame(f []byte) error { return d.net.SendFrame(f) }
+
+func (d liveDevices) ReadDisk(p []byte, off int64) error {
+	if d.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := d.disk.ReadAt(p, off)
+	return err
+}
+
+func (d liveDevices) WriteDisk(p []byte, off int64) error {
+	if d.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := d.disk.WriteAt(p, off)
+	return err
+}
+
+func (d liveDevices) FlushDisk() error {
+	if d.disk == nil {
+		return nil
+	}
+	return d.disk.Flush()
+}
+
+func (d liveDevices) Console(p []byte) {
+	if d.console != nil {
+		d.console.Write(p)
+	}
+}
+
+// runPrimarySim is runPrimary on the software machine.
+func runPrimarySim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
+	sg, err := f.newSimGuest("checkpoint")
+	if err != nil {
+		return err
+	}
+	if sg.disk != nil {
+		defer sg.disk.Close()
+	}
+	cfg.Machine = sg.machine
+	arb, fence, gen, err := becomePrimary(ctx, f.arbiter)
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	front, err := sg.openFront()
+	if err != nil {
+		return err
+	}
+	env := outbuf.Env{Generation: gen, Fence: fence, Clock: outbuf.SystemClock{}}
+	if front != nil {
+		defer front.Close()
+		env.Net = front
+	}
+	var primary *ckmode.Primary
+	pos := func() uint64 { return primary.Position() }
+	var held *ckmode.HeldDisk
+	if sg.disk != nil {
+		held = ckmode.NewHeldDisk(sg.disk, pos)
+		env.Disk = held.Sink()
+	}
+	out, err := outbuf.New(outbuf.DefaultConfig(), env)
+	if err != nil {
+		return err
+	}
+	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, heldDevices{out: out, disk: held, pos: pos, console: stdout}, sg.params...)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	if held != nil {
+		held.Attach(out)
+		held.SetPoll(g.Poke) // a held-back FLUSH completes
+	}
+	if primary, err = ckmode.NewPrimary(cfg, g, out, fence, gen, slog.Default()); err != nil {
+		return err
+	}
+	if held != nil {
+		primary.SetDisk(held)
+	}
+	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := g.Start(); err != nil {
+		return err
+	}
+	if front != nil {
+		if err := front.Start(guestPort{g}); err != nil {
+			return err
+		}
+	}
+	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch, "machine", "the software machine")
+	stopStatus := printStatus(primary, out, f.status)
+	defer stopStatus()
+	err = primary.Run(ctx, conn)
+	if errors.Is(err, ckmode.ErrBackupLost) {
+		slog.Warn("running alone", "err", err)
+		err = waitGuest(ctx, g)
+	}
+	return err
+}
+
+// waitGuest waits until the guest stops (nil if it powered off) or ctx
+// ends.
+func waitGuest(ctx context.Context, g *simvm.CheckpointGuest) error {
+	select {
+	case <-g.Stopped():
+		return g.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// runBackupSim is runBackup on the software machine.
+func runBackupSim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
+	sg, err := f.newSimGuest("checkpoint")
+	if err != nil {
+		return err
+	}
+	if sg.disk != nil {
+		defer sg.disk.Close()
+	}
+	cfg.Machine = sg.machine
+	arb, fence, err := openFence(f.arbiter, "backup")
+	if err != nil {
+		return err
+	}
+	defer arb.Close()
+	netOut := &netTarget{}
+	devs := liveDevices{net: netOut, console: stdout}
+	if sg.disk != nil {
+		devs.disk = sg.disk
+	}
+	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	backup, err := ckmode.NewBackup(cfg, g, fence, slog.Default())
+	if err != nil {
+		return err
+	}
+	if sg.disk != nil {
+		backup.SetDisk(sg.disk) // where going live writes again what the primary may not have
+	}
+	ln, err := listenForPrimary(f, stdout)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		err = backup.Receive(ctx, conn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		st := backup.Status()
+		slog.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
+		if st.State != format.StateCommitted {
+			continue // nothing to go live with: wait for a primary
+		}
+		gen, err := backup.GoLive(ctx)
+		if err != nil {
+			if errors.Is(err, witness.ErrLost) {
+				slog.Warn("another candidate won; staying backup", "err", err)
+				continue
+			}
+			return err
+		}
+		front, err := whileBusy(ctx, sg.openFront)
+		if err != nil {
+			return err
+		}
+		if front != nil {
+			defer front.Close()
+			netOut.set(front)
+			if err := front.Start(guestPort{g}); err != nil {
+				return err
+			}
+		}
+		slog.Warn("live as primary, unprotected", "generation", gen)
+		return waitGuest(ctx, g)
+	}
+}
