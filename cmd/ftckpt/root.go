@@ -34,8 +34,8 @@ never notice. See README.md for the modes and their trade-offs.
   ftckpt --mode checkpoint --role backup --listen :7100
   ftckpt --mode checkpoint --role primary --peer backuphost:7100
 
-Replay runs one vCPU on KVM, or on a software machine where /dev/kvm cannot
-be opened (--machine); checkpoint mode needs KVM.`,
+Both modes run on KVM, or on a software machine of one vCPU where /dev/kvm
+cannot be opened (--machine auto, the default; or kvm, sim).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
