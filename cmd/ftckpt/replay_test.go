@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand"
 	"net"
@@ -183,22 +184,23 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 // under client traffic, 20 times, and checks the backup takes over and the
 // client's replies stay one machine's.
 func TestReplayKill9AtRandomMoments(t *testing.T) {
-	kill9AtRandomMoments(t, false, "--mode", "replay")
+	kill9AtRandomMoments(t, false, "--mode", "replay", "--param", "journal=1000", "--param", "flush=1")
 }
 
 // TestCheckpointKill9AtRandomMoments is the same for `ftckpt --mode
-// checkpoint` on the software machine (epochs of 5 ms, the kv guest
-// journaling and flushing each update before it replies), where replies
+// checkpoint` on the software machine (epochs of 5 ms), where replies
 // of the last epoch may die with the primary: the counter the client reads
 // never goes backwards and never skips a value it saw acknowledged.
 func TestCheckpointKill9AtRandomMoments(t *testing.T) {
 	kill9AtRandomMoments(t, true, "--mode", "checkpoint", "--epoch", "5ms", "--param", "journal=1000", "--param", "flush=1")
 }
 
-// kill9AtRandomMoments runs ftckpt with mode (its flags) as a primary and
-// a backup process, kills the primary at a random moment under a UDP
-// client's traffic, 20 times, and checks the backup takes over and the
-// client's replies stay one machine's (lossy: but for replies lost).
+// kill9AtRandomMoments runs ftckpt with mode (its flags; the kv guest
+// journaling and flushing every update before it replies) as a primary
+// and a backup process, kills the primary at a random moment under a UDP
+// client's traffic, 20 times, and checks the backup takes over, the
+// client's replies stay one machine's (lossy: but for replies lost), and
+// the shared disk holds the journal of every update a reply reported.
 func kill9AtRandomMoments(t *testing.T, lossy bool, mode ...string) {
 	if testing.Short() {
 		t.Skip("-short: a multi-process test")
@@ -245,7 +247,30 @@ func kill9AtRandomMoments(t *testing.T, lossy bool, mode ...string) {
 			// The backup's stderr reaches bout through a pipe: its
 			// replies can arrive before its log line does.
 			waitFor(t, &bout, "live as primary")
+			checkJournal(t, filepath.Join(dir, "disk.img"), c.maxSeq)
 		})
+	}
+}
+
+// checkJournal checks that the kv guest's journal on the disk image holds
+// every update up to last (param journal=1000: update n writes a sector at
+// 16+n%1000 holding n at byte 16). A FLUSH precedes each reply, so every
+// update a reply reported must be on the disk.
+func checkJournal(t *testing.T, image string, last uint64) {
+	t.Helper()
+	f, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sector := make([]byte, simvm.DiskSectorSize)
+	for seq := uint64(1); seq <= last; seq++ {
+		if _, err := f.ReadAt(sector, int64(16+seq%1000)*simvm.DiskSectorSize); err != nil {
+			t.Fatal(err)
+		}
+		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
+			t.Errorf("the journal sector of update %d holds update %d: a reported update is not on the disk", seq, got)
+		}
 	}
 }
 
