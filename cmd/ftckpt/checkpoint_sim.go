@@ -10,12 +10,10 @@ import (
 	"strings"
 	"time"
 
-	format "github.com/ftckpt/ftckpt/checkpoint"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
-	"github.com/ftckpt/ftckpt/witness"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,62 +119,20 @@ type guestPort struct{ g *simvm.CheckpointGuest }
 func (p guestPort) Receive(f []byte) bool { return p.g.Receive(f) }
 func (p guestPort) Poll()                 {} // Receive brings the vCPU round itself
 
-// heldDevices are a checkpoint-mode primary's software devices: frames
-// held at the primary's position, refused (vmm.ErrOutputFull) rather than
-// waited for when the buffer is full, as a device's hooks do; the disk
-// through its HeldDisk (nil: none), whose FLUSH waits for durability.
-type heldDevices struct {
-	out     *outbuf.Buffer
-	disk    *ckmode.HeldDisk
-	pos     func() uint64
-	console io.Writer
-}
-
-func (h heldDevices) SendFrame(f []byte) error {
-	return holdErr(h.out.Hold(refuseWait, h.pos(), outbuf.NetFrame(f)))
-}
-
-func (h heldDevices) ReadDisk(p []byte, off int64) error {
-	if h.disk == nil {
-		return errors.New("no disk")
-	}
-	_, err := h.disk.ReadAt(p, off)
-	return err
-}
-
-func (h heldDevices) WriteDisk(p []byte, off int64) error {
-	if h.disk == nil {
-		return errors.New("no disk")
-	}
-	_, err := h.disk.WriteAt(p, off)
-	return err
-}
-
-func (h heldDevices) FlushDisk() error {
-	if h.disk == nil {
-		return nil
-	}
-	return h.disk.Flush()
-}
-
-func (h heldDevices) Console(p []byte) {
-	if h.console != nil {
-		h.console.Write(p)
-	}
-}
-
-// liveDevices are a backup's: they reach the world only once it is live
-// (its guest does not run before): frames to whatever net is set to, the
-// disk directly (nil: none).
-type liveDevices struct {
-	net     *netTarget
+// simDevices are the software machine's devices in checkpoint mode:
+// frames to net, the disk (nil: none) and the console. A primary's net
+// holds frames in its output buffer (heldNet) and its disk is its HeldDisk,
+// whose FLUSH waits for durability; a backup's reach the world only once
+// it is live (its guest does not run before).
+type simDevices struct {
+	net     vmm.FrameSink
 	disk    vmm.Disk
 	console io.Writer
 }
 
-func (d liveDevices) SendFrame(f []byte) error { return d.net.SendFrame(f) }
+func (d simDevices) SendFrame(f []byte) error { return d.net.SendFrame(f) }
 
-func (d liveDevices) ReadDisk(p []byte, off int64) error {
+func (d simDevices) ReadDisk(p []byte, off int64) error {
 	if d.disk == nil {
 		return errors.New("no disk")
 	}
@@ -184,7 +140,7 @@ func (d liveDevices) ReadDisk(p []byte, off int64) error {
 	return err
 }
 
-func (d liveDevices) WriteDisk(p []byte, off int64) error {
+func (d simDevices) WriteDisk(p []byte, off int64) error {
 	if d.disk == nil {
 		return errors.New("no disk")
 	}
@@ -192,14 +148,14 @@ func (d liveDevices) WriteDisk(p []byte, off int64) error {
 	return err
 }
 
-func (d liveDevices) FlushDisk() error {
+func (d simDevices) FlushDisk() error {
 	if d.disk == nil {
 		return nil
 	}
 	return d.disk.Flush()
 }
 
-func (d liveDevices) Console(p []byte) {
+func (d simDevices) Console(p []byte) {
 	if d.console != nil {
 		d.console.Write(p)
 	}
@@ -240,7 +196,11 @@ func runPrimarySim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout 
 	if err != nil {
 		return err
 	}
-	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, heldDevices{out: out, disk: held, pos: pos, console: stdout}, sg.params...)
+	devs := simDevices{net: heldNet{out, pos}, console: stdout}
+	if held != nil {
+		devs.disk = held
+	}
+	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
 	if err != nil {
 		return err
 	}
@@ -305,7 +265,7 @@ func runBackupSim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout i
 	}
 	defer arb.Close()
 	netOut := &netTarget{}
-	devs := liveDevices{net: netOut, console: stdout}
+	devs := simDevices{net: netOut, console: stdout}
 	if sg.disk != nil {
 		devs.disk = sg.disk
 	}
@@ -321,45 +281,21 @@ func runBackupSim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout i
 	if sg.disk != nil {
 		backup.SetDisk(sg.disk) // where going live writes again what the primary may not have
 	}
-	ln, err := listenForPrimary(f, stdout)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		err = backup.Receive(ctx, conn)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		st := backup.Status()
-		slog.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
-		if st.State != format.StateCommitted {
-			continue // nothing to go live with: wait for a primary
-		}
-		gen, err := backup.GoLive(ctx)
-		if err != nil {
-			if errors.Is(err, witness.ErrLost) {
-				slog.Warn("another candidate won; staying backup", "err", err)
-				continue
-			}
-			return err
-		}
-		front, err := whileBusy(ctx, sg.openFront)
-		if err != nil {
-			return err
-		}
+	var front *bareUDP
+	defer func() {
 		if front != nil {
-			defer front.Close()
-			netOut.set(front)
-			if err := front.Start(guestPort{g}); err != nil {
+			front.Close()
+		}
+	}()
+	return followPrimaries(ctx, f, stdout, backup,
+		func() error {
+			opened, err := whileBusy(ctx, sg.openFront)
+			if err != nil || opened == nil {
 				return err
 			}
-		}
-		slog.Warn("live as primary, unprotected", "generation", gen)
-		return waitGuest(ctx, g)
-	}
+			front = opened
+			netOut.set(front)
+			return front.Start(guestPort{g})
+		},
+		func() error { return waitGuest(ctx, g) })
 }

@@ -507,6 +507,21 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 	if devs.disk != nil {
 		backup.SetDisk(devs.disk) // where going live writes again what the primary may not have
 	}
+	return followPrimaries(ctx, f, stdout, backup,
+		func() error { return devs.goLive(f.devices, f.machine.guest, netOut) },
+		func() error {
+			<-m.Stopped()
+			_, err := m.Wait()
+			return err
+		})
+}
+
+// followPrimaries is a checkpoint-mode backup's life: it accepts a primary,
+// follows it until it is lost, and then, holding a committed epoch, goes
+// live (the witness permitting): live opens the guest's backends, and wait
+// returns when the guest stops. Without a committed epoch, or having lost
+// the witness's contest, it waits for the next primary.
+func followPrimaries(ctx context.Context, f *modeFlags, stdout io.Writer, backup *ckmode.Backup, live, wait func() error) error {
 	ln, err := listenForPrimary(f, stdout)
 	if err != nil {
 		return err
@@ -534,13 +549,11 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 			}
 			return err
 		}
-		if err := devs.goLive(f.devices, f.machine.guest, netOut); err != nil {
+		if err := live(); err != nil {
 			return err
 		}
 		slog.Warn("live as primary, unprotected", "generation", gen)
-		<-m.Stopped()
-		_, err = m.Wait()
-		return err
+		return wait()
 	}
 }
 

@@ -351,36 +351,15 @@ func TestBackupAttachesToARunningGuest(t *testing.T) {
 	c := newCluster(t, "kv")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	pf := witness.NewFence(c.arb, "first")
-	if _, err := pf.Acquire(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
-	plug := &replay.Plug{}
-	m, err := simvm.New("kv", testPages, plug)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nic, _ := c.client.nic("first")
-	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := replay.NewPrimary(c.cfg, m, plug, out, pf, 1, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, stopFirst := context.WithCancel(ctx)
-	firstDone := make(chan error, 1)
-	go func() { firstDone <- first.Run(pctx, nil) }()
-	c.live = first // the client talks to whoever is primary
-	c.incr(t, 10)  // alone: replies leave at once
+	first, _, _ := c.alonePrimary(ctx) // the client talks to whoever is primary
+	c.incr(t, 10)                      // alone: replies leave at once
 
 	_, _, done2, kill2 := c.attachBackup(first, "second")
 	c.incr(t, 20)
 	// The first primary dies: its engine stops, its link drops.
-	stopFirst()
+	c.cancelP()
 	kill2()
-	<-firstDone
+	<-c.pDone
 	r := <-done2
 	if r.err != nil {
 		t.Fatalf("second host did not go live: %v", r.err)

@@ -243,6 +243,37 @@ func (c *cluster) start() {
 	})
 }
 
+// alonePrimary starts a primary of the cluster's guest with no backup,
+// as the client's target, and returns it, its machine and its fence.
+func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Machine, *witness.Fence) {
+	t := c.t
+	fence := witness.NewFence(c.arb, "first")
+	if _, err := fence.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	plug := &replay.Plug{}
+	m, err := simvm.New(c.guest, c.pages, plug, c.params...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic, cut := c.client.nic("first")
+	c.cutNIC = cut
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: fence, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := replay.NewPrimary(c.cfg, m, plug, out, fence, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, stop := context.WithCancel(ctx)
+	c.cancelP = stop
+	go func() { c.pErr = p.Run(pctx, nil); close(c.pDone) }()
+	t.Cleanup(func() { stop(); <-c.pDone })
+	c.primary, c.pm, c.live = p, m, p
+	return p, m, fence
+}
+
 // wrap applies envWrap, if set, to a machine's Env.
 func (c *cluster) wrap(host string, env replay.Env) replay.Env {
 	if c.envWrap == nil {
