@@ -67,6 +67,7 @@ type replayHost struct {
 	sim     bool
 	netSpec string
 	disk    *vmm.FileDisk // nil: no disk
+	sg      *simGuest     // the software machine's guest (nil on KVM)
 	machine string        // its description for the Hello
 	closers []func() error
 }
@@ -80,15 +81,13 @@ func (h *replayHost) Close() {
 // newReplayHost builds the machine the flags describe, on a plug the
 // engine fills in, with its disk image open.
 func (f *modeFlags) newReplayHost() (*replayHost, error) {
-	h := &replayHost{plug: &replay.Plug{}}
+	h := &replayHost{plug: &replay.Plug{}, sim: f.useSim()}
 	ok := false
 	defer func() {
 		if !ok {
 			h.Close()
 		}
 	}()
-	guest := f.machine.guest
-	h.sim = f.useSim()
 	if f.replayMachine == "auto" {
 		which := "KVM"
 		if h.sim {
@@ -96,10 +95,24 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 		}
 		slog.Info("replay machine", "machine", which)
 	}
-	netSpec, diskSpec := f.devices.resolve(guest)
-	if h.sim && guest == "kv" && f.devices.disk == "auto" {
-		diskSpec = "ftckpt-disk.img" // the software kv guest keeps its table on disk
+	if h.sim {
+		sg, err := f.newSimGuest("replay")
+		if err != nil {
+			return nil, err
+		}
+		h.sg = sg
+		if h.disk = sg.disk; h.disk != nil {
+			h.closers = append(h.closers, h.disk.Close)
+		}
+		h.netSpec, h.machine = sg.netSpec, sg.machine
+		if h.m, err = simvm.New(sg.guest, sg.pages, h.plug, sg.params...); err != nil {
+			return nil, err
+		}
+		ok = true
+		return h, nil
 	}
+	guest := f.machine.guest
+	netSpec, diskSpec := f.devices.resolve(guest)
 	h.netSpec = netSpec
 	if diskSpec != "none" {
 		d, err := f.devices.openDisk(diskSpec)
@@ -117,35 +130,19 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.sim {
-		sp, err := simParams(f.machine.params)
-		if err != nil {
-			return nil, err
-		}
-		m, err := simvm.New(guest, int(mem/simvm.PageSize), h.plug, sp...)
-		if err != nil {
-			return nil, err
-		}
-		h.m = m
-	} else {
-		cfg := replay.KVMConfigFor(guest)
-		cfg.MemSize, cfg.Net, cfg.DiskSize = mem, netSpec != "none", 0
-		if h.disk != nil {
-			cfg.DiskSize = h.disk.Size()
-		}
-		cfg.Params = params
-		m, err := replay.NewKVMMachine(cfg, h.plug)
-		if err != nil {
-			return nil, err
-		}
-		h.m = m
-		h.closers = append(h.closers, m.Close)
+	cfg := replay.KVMConfigFor(guest)
+	cfg.MemSize, cfg.Net, cfg.DiskSize = mem, netSpec != "none", 0
+	if h.disk != nil {
+		cfg.DiskSize = h.disk.Size()
 	}
-	kind := "KVM"
-	if h.sim {
-		kind = "the software machine"
+	cfg.Params = params
+	m, err := replay.NewKVMMachine(cfg, h.plug)
+	if err != nil {
+		return nil, err
 	}
-	h.machine = describeMachine("replay", kind, 1, netSpec, h.disk)
+	h.m = m
+	h.closers = append(h.closers, m.Close)
+	h.machine = describeMachine("replay", "KVM", 1, netSpec, h.disk)
 	ok = true
 	return h, nil
 }
@@ -160,15 +157,11 @@ func (h *replayHost) openNet() (vmm.NetBackend, error) {
 	if !h.sim {
 		return openNet(h.netSpec)
 	}
-	kind, addr, _ := strings.Cut(h.netSpec, ":")
-	if kind != "udp" {
-		return nil, fmt.Errorf("--net %s: the software machine's network is udp:ADDR", h.netSpec)
-	}
-	b, err := newBareUDP(addr)
+	front, err := h.sg.openFront()
 	if err != nil {
 		return nil, err
 	}
-	return b, nil
+	return front, nil
 }
 
 // openNetLive opens the network backend for a backup going live. The
