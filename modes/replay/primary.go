@@ -75,8 +75,9 @@ type Primary struct {
 	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
 	kickTimer *time.Timer
 
-	// The link, while recording. linkCtx ends, with the failure as its
-	// cause, when the link fails (or Run's ctx ends).
+	// The link, while recording or pre-copying to a backup attaching.
+	// linkCtx ends, with the failure as its cause, when the link fails (or
+	// Run's ctx ends).
 	sendq      chan message
 	stopLink   func() // stops the link's goroutines; nil without a link
 	linkCtx    context.Context
