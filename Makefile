@@ -2,6 +2,7 @@
 #
 #   make run    build, then run the kv guest replicated in replay mode (primary here, backup as a
 #               child process; KVM where /dev/kvm opens, else the software machine)
+#   make run-checkpoint  the same in checkpoint mode (25 ms epochs)
 #   make test   vet, then every test (KVM tests skip with a message where /dev/kvm cannot be opened)
 #   make bench  Go benchmarks (numbers, never pass/fail)
 
@@ -9,7 +10,7 @@ GO ?= go
 BIN := bin/ftckpt
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build guests test test-short run bench fuzz lint clean
+.PHONY: all build guests test test-short run run-checkpoint bench fuzz lint clean
 
 all: build
 
@@ -28,6 +29,9 @@ test-short: guests
 
 run: build
 	./$(BIN) --mode replay --guest kv
+
+run-checkpoint: build
+	./$(BIN) --mode checkpoint --guest kv
 
 bench: guests
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
