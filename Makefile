@@ -5,10 +5,17 @@
 #   make run-checkpoint  the same in checkpoint mode (25 ms epochs)
 #   make test   vet, then every test (KVM tests skip with a message where /dev/kvm cannot be opened)
 #   make bench  Go benchmarks (numbers, never pass/fail)
+#   make fuzz   every decoder's fuzzer, FUZZTIME (default 20s) each
 
 GO ?= go
 BIN := bin/ftckpt
 STATICCHECK_VERSION := v0.8.2
+FUZZTIME ?= 20s
+# package:fuzzer, for make fuzz
+FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
+	./modes/replay:FuzzDecodeBatch ./modes/replay/simvm:FuzzRestoreState \
+	./modes/replay/simvm:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
+	./vmm/linuxboot:FuzzLoad ./vmm/linuxboot:FuzzParseHeader
 
 .PHONY: all build guests test test-short run run-checkpoint bench fuzz lint clean
 
@@ -35,6 +42,12 @@ run-checkpoint: build
 
 bench: guests
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+fuzz: guests
+	@for f in $(FUZZERS); do \
+		echo "fuzz $${f#*:} in $${f%%:*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) "$${f%%:*}" || exit 1; \
+	done
 
 lint:
 	$(GO) vet ./...
