@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -547,5 +548,40 @@ func corruptNth(nth int) func(from, to net.Conn) {
 				return
 			}
 		}
+	}
+}
+
+// TestSilentBackupIsLost: the backup→primary path goes dark (no reset, no
+// error: every byte is swallowed), so no ack and no heartbeat arrives and
+// the epochs in flight pile up. The primary must find the backup silent
+// and apply the backup-lost rule, not wait for acks forever (a link gone
+// dark fails no write for long: the kernel's buffers take them).
+func TestSilentBackupIsLost(t *testing.T) {
+	p := newPair(t, testConfig())
+	var dark atomic.Bool
+	p.ackProxy = func(from, to net.Conn) {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := from.Read(buf)
+			if err != nil {
+				return
+			}
+			if !dark.Load() {
+				if _, err := to.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}
+	}
+	p.start(64)
+	p.client.waitCount(t, 20)
+	dark.Store(true)
+	select {
+	case err := <-p.pDone:
+		if !errors.Is(err, ErrBackupLost) {
+			t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the primary waited 20 s on a silent backup")
 	}
 }

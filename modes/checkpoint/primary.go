@@ -171,8 +171,8 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 		case err := <-failed:
 			return fmt.Errorf("%w: %w", errPeerFailed, err)
 		case <-tick:
-			if s := l.SilentFor(); s > p.cfg.FailureTimeout {
-				return fmt.Errorf("%w: nothing from the backup for %v", errPeerFailed, s.Round(time.Millisecond))
+			if err := p.checkSilence(l); err != nil {
+				return err
 			}
 			if !p.syncAcked.Load() && p.now().Sub(time.Unix(0, p.syncSent.Load())) > p.cfg.FailureTimeout {
 				p.log.Warn("full sync not acknowledged; starting another", "epoch", p.syncEpoch.Load())
@@ -181,7 +181,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 			continue
 		case <-timer.C:
 		}
-		if err := p.waitInflight(ctx, failed); err != nil {
+		if err := p.waitInflight(ctx, l, failed, tick); err != nil {
 			return err
 		}
 		if p.resync.Load() {
@@ -343,8 +343,11 @@ func (p *Primary) recycle(b []byte) {
 
 // waitInflight waits until fewer than MaxInFlight epochs await their ack,
 // or the backup asked for a full sync (the acks awaited will then never
-// come). The guest runs on meanwhile; its outputs wait in the buffer.
-func (p *Primary) waitInflight(ctx context.Context, failed <-chan error) error {
+// come). The guest runs on meanwhile; its outputs wait in the buffer. A
+// backup silent for FailureTimeout is lost here too: a link that goes dark
+// fails no read or write for a long while (the kernel's buffers take the
+// writes), and the acks awaited never come.
+func (p *Primary) waitInflight(ctx context.Context, l *format.Link, failed <-chan error, tick <-chan time.Time) error {
 	for {
 		p.mu.Lock()
 		n := len(p.inflight)
@@ -358,8 +361,21 @@ func (p *Primary) waitInflight(ctx context.Context, failed <-chan error) error {
 			return ctx.Err()
 		case err := <-failed:
 			return fmt.Errorf("%w: %w", errPeerFailed, err)
+		case <-tick:
+			if err := p.checkSilence(l); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// checkSilence says the backup is lost if it has been silent (no ack, no
+// heartbeat) for FailureTimeout.
+func (p *Primary) checkSilence(l *format.Link) error {
+	if s := l.SilentFor(); s > p.cfg.FailureTimeout {
+		return fmt.Errorf("%w: nothing from the backup for %v", errPeerFailed, s.Round(time.Millisecond))
+	}
+	return nil
 }
 
 // send encodes captures in order and writes them to the backup.
