@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -324,5 +325,22 @@ func checkJournal(t *testing.T, c *cluster) {
 		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
 			t.Errorf("the journal sector of update %d holds update %d (the live guest is at update %d)", seq, got, last)
 		}
+	}
+}
+
+// TestRunEndsWithItsGuest: a primary with a disk to sync (so a syncer runs
+// beside its engine) returns from Run when its guest powers off, not only
+// when its context ends.
+func TestRunEndsWithItsGuest(t *testing.T) {
+	c := newCluster(t, "tick", append(slices.Clone(tickParams), simvm.Param{Name: "ticks", Value: 30})...)
+	c.pSync = func() error { return nil }
+	c.start()
+	select {
+	case <-c.pDone:
+		if c.pErr != nil {
+			t.Fatalf("the primary's Run: %v", c.pErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the guest powered off 20 s ago and the primary's Run has not returned")
 	}
 }

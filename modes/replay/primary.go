@@ -179,10 +179,13 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	p.ctx = ctx
 	defer p.disconnect()
 	if p.SyncDisk != nil {
+		// The syncer ends with Run, whatever ends Run (a halt, the guest's
+		// power-off, an error), not only with ctx.
+		sctx, stop := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		wg.Add(1)
-		go func() { defer wg.Done(); p.syncer(ctx) }()
-		defer wg.Wait()
+		go func() { defer wg.Done(); p.syncer(sctx) }()
+		defer func() { stop(); wg.Wait() }()
 	}
 	if conn == nil {
 		if err := p.goAlone(); err != nil {
