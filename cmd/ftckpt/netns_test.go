@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -151,6 +152,121 @@ func TestPartitionBetweenHosts(t *testing.T) {
 			defer arb.Close()
 			if cur, err := arb.Current(context.Background()); err != nil || cur.Generation != 2 {
 				t.Fatalf("the lease holds %+v (%v), want generation 2: one contest, one winner", cur, err)
+			}
+		})
+	}
+}
+
+// lan makes a namespace per host, each with eth0 at 10.78.0.(i+1)/24 on
+// one bridge (in a namespace of its own): hosts on a LAN, any of which
+// the test can cut off (cut(i) brings its eth0 down). They are removed
+// when the test ends; the test skips where namespaces cannot be made.
+func lan(t *testing.T, hosts int) (names []string, cut func(i int)) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip (iproute2) for network namespaces")
+	}
+	ip := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	switchNS := fmt.Sprintf("ftck%d-lan", os.Getpid())
+	if err := ip("netns", "add", switchNS); err != nil {
+		t.Skipf("needs root and network namespaces: %v", err)
+	}
+	t.Cleanup(func() { ip("netns", "del", switchNS) })
+	must := func(args ...string) {
+		t.Helper()
+		if err := ip(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must("-n", switchNS, "link", "add", "br0", "type", "bridge")
+	must("-n", switchNS, "link", "set", "br0", "up")
+	for i := range hosts {
+		ns := fmt.Sprintf("ftck%d-h%d", os.Getpid(), i)
+		must("netns", "add", ns)
+		t.Cleanup(func() { ip("netns", "del", ns) })
+		port := fmt.Sprintf("p%d", i)
+		must("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", switchNS)
+		must("-n", switchNS, "link", "set", port, "master", "br0")
+		must("-n", switchNS, "link", "set", port, "up")
+		must("-n", ns, "addr", "add", fmt.Sprintf("10.78.0.%d/24", i+1), "dev", "eth0")
+		must("-n", ns, "link", "set", "eth0", "up")
+		must("-n", ns, "link", "set", "lo", "up")
+		names = append(names, ns)
+	}
+	return names, func(i int) { must("-n", names[i], "link", "set", "eth0", "down") }
+}
+
+// TestIsolatedPrimaryHaltsRaftWitness: a primary, its backup and a
+// three-node raft witness on three hosts of a LAN. The primary's host is
+// cut off from both. The backup, which still reaches a majority of the
+// witness, wins the next generation and goes live; the primary, which
+// reaches neither its backup nor the witness, must halt (the paper's rule)
+// rather than go on. In both modes.
+func TestIsolatedPrimaryHaltsRaftWitness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	for _, tc := range []struct {
+		mode  []string
+		ready *regexp.Regexp
+	}{
+		{[]string{"--mode", "replay"}, regexp.MustCompile("full checkpoint applied")},
+		{[]string{"--mode", "checkpoint", "--epoch", "5ms"}, regexp.MustCompile(`\(acked [1-9]`)},
+	} {
+		t.Run(tc.mode[1], func(t *testing.T) {
+			hosts, cut := lan(t, 3)
+			primaryHost, backupHost, witnessHost := hosts[0], hosts[1], hosts[2]
+			dir := t.TempDir()
+			peers := "w1=10.78.0.3:7000,w2=10.78.0.3:7002,w3=10.78.0.3:7004"
+			arbiter := "raft://10.78.0.3:7000,10.78.0.3:7002,10.78.0.3:7004"
+			var wout syncBuffer
+			for i := 1; i <= 3; i++ {
+				ftckptIn(t, witnessHost, &wout, "witness", "--id", fmt.Sprintf("w%d", i),
+					"--peers", peers, "--data-dir", filepath.Join(dir, fmt.Sprintf("w%d", i)))
+			}
+			common := append(slices.Clone(tc.mode), "--machine", "sim", "--guest", "kv", "--memory", "1M",
+				"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+				"--arbiter", arbiter, "--status-every", "20ms", "--heartbeat", "20ms", "--failure-timeout", "300ms")
+			var bout, pout syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("primary:\n%s\nbackup:\n%s\nwitness:\n%s", pout.String(), bout.String(), wout.String())
+				}
+			})
+			ftckptIn(t, backupHost, &bout, append([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common...)...)
+			waitFor(t, &bout, backupReadyPrefix)
+			primary := ftckptIn(t, primaryHost, &pout, append([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common...)...)
+			deadline := time.Now().Add(30 * time.Second)
+			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the backup never held the guest's state (%v)", tc.ready)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+
+			cut(0) // the primary's host
+			waitFor(t, &bout, "live as primary")
+			exited := make(chan error, 1)
+			go func() { exited <- primary.Wait() }()
+			select {
+			case err := <-exited:
+				if err == nil || !strings.Contains(pout.String(), "primary must halt") {
+					t.Fatalf("the isolated primary exited with %v and did not say it must halt", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the isolated primary is still running 30 s after its host was cut off")
+			}
+			status := exec.Command("ip", "netns", "exec", backupHost, os.Args[0], "witness", "status", "--arbiter", arbiter)
+			status.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
+			out, err := status.CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), "generation 2 held by backup-") {
+				t.Fatalf("witness status: %q, %v; want generation 2 held by the backup", out, err)
 			}
 		})
 	}
