@@ -15,148 +15,6 @@ import (
 	"github.com/ftckpt/ftckpt/witness"
 )
 
-// twoHosts makes two network namespaces joined by a veth pair, 10.77.0.1
-// and 10.77.0.2: two hosts for a primary and a backup, whose link the test
-// can cut. They are removed when the test ends. The test skips where
-// namespaces cannot be made (not root, no ip).
-func twoHosts(t *testing.T) (a, b string, cut func()) {
-	t.Helper()
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2) for network namespaces")
-	}
-	a, b = fmt.Sprintf("ftck%d-a", os.Getpid()), fmt.Sprintf("ftck%d-b", os.Getpid())
-	ip := func(args ...string) error {
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := ip("netns", "add", a); err != nil {
-		t.Skipf("needs root and network namespaces: %v", err)
-	}
-	t.Cleanup(func() { ip("netns", "del", a) })
-	if err := ip("netns", "add", b); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ip("netns", "del", b) })
-	for _, args := range [][]string{
-		{"link", "add", "vA", "netns", a, "type", "veth", "peer", "name", "vB", "netns", b},
-		{"-n", a, "addr", "add", "10.77.0.1/24", "dev", "vA"},
-		{"-n", b, "addr", "add", "10.77.0.2/24", "dev", "vB"},
-		{"-n", a, "link", "set", "vA", "up"},
-		{"-n", b, "link", "set", "vB", "up"},
-		{"-n", a, "link", "set", "lo", "up"},
-		{"-n", b, "link", "set", "lo", "up"},
-	} {
-		if err := ip(args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return a, b, func() {
-		if err := ip("-n", a, "link", "set", "vA", "down"); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// ftckptIn starts the test binary as ftckpt inside network namespace ns.
-func ftckptIn(t *testing.T, ns string, out *syncBuffer, args ...string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...)
-	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd
-}
-
-// TestPartitionBetweenHosts runs a primary and a backup on two hosts
-// (network namespaces joined by a veth pair; the witness a lease file on
-// the disk they share) and cuts the link between them: each side finds the
-// other silent and asks the witness for the next generation. Exactly one
-// goes on (the primary alone, or the backup live); the other stops asking
-// to run; the lease holds generation 2. In both modes.
-func TestPartitionBetweenHosts(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: a multi-process test")
-	}
-	for _, tc := range []struct {
-		mode             []string
-		ready            *regexp.Regexp // the backup holds the guest's state
-		alone            string         // the primary went on without its backup
-		primaryLostLease string         // the primary lost the contest: it halts
-		backupLostLease  string         // the backup lost the contest
-	}{
-		{[]string{"--mode", "replay"}, regexp.MustCompile("full checkpoint applied"), "backup lost; continuing alone", "primary must halt", "not going live"},
-		{[]string{"--mode", "checkpoint", "--epoch", "5ms"}, regexp.MustCompile(`\(acked [1-9]`), "running alone", "primary must halt", "another candidate won"},
-	} {
-		t.Run(tc.mode[1], func(t *testing.T) {
-			hostA, hostB, cut := twoHosts(t)
-			dir := t.TempDir()
-			lease := filepath.Join(dir, "lease")
-			common := append(tc.mode, "--machine", "sim", "--guest", "kv", "--memory", "1M",
-				"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
-				"--arbiter", "disk:"+lease, "--status-every", "20ms",
-				"--heartbeat", "20ms", "--failure-timeout", "300ms")
-			var bout, pout syncBuffer
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
-				}
-			})
-			ftckptIn(t, hostB, &bout, append([]string{"--role", "backup", "--listen", "10.77.0.2:7100"}, common...)...)
-			waitFor(t, &bout, backupReadyPrefix)
-			primary := ftckptIn(t, hostA, &pout, append([]string{"--role", "primary", "--peer", "10.77.0.2:7100"}, common...)...)
-			deadline := time.Now().Add(20 * time.Second)
-			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the backup never held the guest's state (%v)", tc.ready)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-
-			cut()
-			// Each side decides within the failure timeout and a contest.
-			deadline = time.Now().Add(20 * time.Second)
-			for {
-				aloneP := strings.Contains(pout.String(), tc.alone)
-				liveB := strings.Contains(bout.String(), "live as primary")
-				lostP := strings.Contains(pout.String(), tc.primaryLostLease)
-				lostB := strings.Contains(bout.String(), tc.backupLostLease)
-				if (aloneP || lostP) && (liveB || lostB) {
-					if aloneP == liveB || aloneP != lostB || liveB != lostP {
-						t.Fatalf("after the cut: primary alone %v, lost %v; backup live %v, lost %v: want exactly one to go on", aloneP, lostP, liveB, lostB)
-					}
-					if lostP {
-						if err := primary.Wait(); err == nil {
-							t.Fatal("the primary that lost the contest exited cleanly")
-						}
-					}
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("no decision 20 s after the cut: primary alone %v, lost %v; backup live %v, lost %v", aloneP, lostP, liveB, lostB)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			arb, err := witness.Open("disk:" + lease)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer arb.Close()
-			if cur, err := arb.Current(context.Background()); err != nil || cur.Generation != 2 {
-				t.Fatalf("the lease holds %+v (%v), want generation 2: one contest, one winner", cur, err)
-			}
-		})
-	}
-}
-
 // lan makes a namespace per host, each with eth0 at 10.78.0.(i+1)/24 on
 // one bridge (in a namespace of its own): hosts on a LAN, any of which
 // the test can cut off (cut(i) brings its eth0 down). They are removed
@@ -200,6 +58,104 @@ func lan(t *testing.T, hosts int) (names []string, cut func(i int)) {
 		names = append(names, ns)
 	}
 	return names, func(i int) { must("-n", names[i], "link", "set", "eth0", "down") }
+}
+
+// ftckptIn starts the test binary as ftckpt inside network namespace ns.
+func ftckptIn(t *testing.T, ns string, out *syncBuffer, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...)
+	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// TestPartitionBetweenHosts runs a primary and a backup on two hosts
+// (network namespaces on a bridge; the witness a lease file on the disk
+// they share) and cuts the link between them: each side finds the
+// other silent and asks the witness for the next generation. Exactly one
+// goes on (the primary alone, or the backup live); the other stops asking
+// to run; the lease holds generation 2. In both modes.
+func TestPartitionBetweenHosts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	for _, tc := range []struct {
+		mode             []string
+		ready            *regexp.Regexp // the backup holds the guest's state
+		alone            string         // the primary went on without its backup
+		primaryLostLease string         // the primary lost the contest: it halts
+		backupLostLease  string         // the backup lost the contest
+	}{
+		{[]string{"--mode", "replay"}, regexp.MustCompile("full checkpoint applied"), "backup lost; continuing alone", "primary must halt", "not going live"},
+		{[]string{"--mode", "checkpoint", "--epoch", "5ms"}, regexp.MustCompile(`\(acked [1-9]`), "running alone", "primary must halt", "another candidate won"},
+	} {
+		t.Run(tc.mode[1], func(t *testing.T) {
+			hosts, cut := lan(t, 2)
+			hostA, hostB := hosts[0], hosts[1]
+			dir := t.TempDir()
+			lease := filepath.Join(dir, "lease")
+			common := append(tc.mode, "--machine", "sim", "--guest", "kv", "--memory", "1M",
+				"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+				"--arbiter", "disk:"+lease, "--status-every", "20ms",
+				"--heartbeat", "20ms", "--failure-timeout", "300ms")
+			var bout, pout syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
+				}
+			})
+			ftckptIn(t, hostB, &bout, append([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common...)...)
+			waitFor(t, &bout, backupReadyPrefix)
+			primary := ftckptIn(t, hostA, &pout, append([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common...)...)
+			deadline := time.Now().Add(20 * time.Second)
+			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the backup never held the guest's state (%v)", tc.ready)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+
+			cut(0) // the link between them: the primary's host's
+			// Each side decides within the failure timeout and a contest.
+			deadline = time.Now().Add(20 * time.Second)
+			for {
+				aloneP := strings.Contains(pout.String(), tc.alone)
+				liveB := strings.Contains(bout.String(), "live as primary")
+				lostP := strings.Contains(pout.String(), tc.primaryLostLease)
+				lostB := strings.Contains(bout.String(), tc.backupLostLease)
+				if (aloneP || lostP) && (liveB || lostB) {
+					if aloneP == liveB || aloneP != lostB || liveB != lostP {
+						t.Fatalf("after the cut: primary alone %v, lost %v; backup live %v, lost %v: want exactly one to go on", aloneP, lostP, liveB, lostB)
+					}
+					if lostP {
+						if err := primary.Wait(); err == nil {
+							t.Fatal("the primary that lost the contest exited cleanly")
+						}
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no decision 20 s after the cut: primary alone %v, lost %v; backup live %v, lost %v", aloneP, lostP, liveB, lostB)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			arb, err := witness.Open("disk:" + lease)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer arb.Close()
+			if cur, err := arb.Current(context.Background()); err != nil || cur.Generation != 2 {
+				t.Fatalf("the lease holds %+v (%v), want generation 2: one contest, one winner", cur, err)
+			}
+		})
+	}
 }
 
 // TestIsolatedPrimaryHaltsRaftWitness: a primary, its backup and a
