@@ -215,27 +215,17 @@ func runPrimarySim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout 
 	if held != nil {
 		primary.SetDisk(held)
 	}
-	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	if err := g.Start(); err != nil {
-		return err
-	}
-	if front != nil {
-		if err := front.Start(guestPort{g}); err != nil {
-			return err
-		}
-	}
-	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch, "machine", "the software machine")
-	stopStatus := printStatus(primary, out, f.status)
-	defer stopStatus()
-	err = primary.Run(ctx, conn)
-	if errors.Is(err, ckmode.ErrBackupLost) {
-		slog.Warn("running alone", "err", err)
-		err = waitGuest(ctx, g)
-	}
-	return err
+	return runReplicated(ctx, f, primary, out, gen, "the software machine",
+		func() error {
+			if err := g.Start(); err != nil {
+				return err
+			}
+			if front != nil {
+				return front.Start(guestPort{g})
+			}
+			return nil
+		},
+		func() error { return waitGuest(ctx, g) })
 }
 
 // waitGuest waits until the guest stops (nil if it powered off) or ctx

@@ -336,24 +336,39 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 	if held != nil {
 		primary.SetDisk(held)
 	}
+	return runReplicated(ctx, f, primary, out, gen, kvmKind(f.machine.irqchip),
+		func() error {
+			if err := m.Start(); err != nil {
+				return err
+			}
+			return devs.startNet()
+		},
+		func() error {
+			<-m.Stopped()
+			_, err := m.Wait()
+			return err
+		})
+}
+
+// runReplicated is a checkpoint-mode primary's life once its guest and
+// devices are built: it connects to the backup, starts the guest and its
+// network (start), and replicates it until the end; having lost its backup
+// and won the next generation, it runs on alone until wait returns.
+func runReplicated(ctx context.Context, f *modeFlags, primary *ckmode.Primary, out *outbuf.Buffer, gen uint64, machine string, start, wait func() error) error {
 	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
 	if err != nil {
 		return err
 	}
-	if err := m.Start(); err != nil {
+	if err := start(); err != nil {
 		return err
 	}
-	if err := devs.startNet(); err != nil {
-		return err
-	}
-	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch)
+	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch, "machine", machine)
 	stopStatus := printStatus(primary, out, f.status)
 	defer stopStatus()
 	err = primary.Run(ctx, conn)
 	if errors.Is(err, ckmode.ErrBackupLost) {
 		slog.Warn("running alone", "err", err)
-		<-m.Stopped()
-		_, err = m.Wait()
+		err = wait()
 	}
 	return err
 }
