@@ -63,17 +63,7 @@ func lan(t *testing.T, hosts int) (names []string, cut func(i int)) {
 // ftckptIn starts the test binary as ftckpt inside network namespace ns.
 func ftckptIn(t *testing.T, ns string, out *syncBuffer, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...)
-	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd
+	return startAsMain(t, out, exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...))
 }
 
 // TestPartitionBetweenHosts runs a primary and a backup on two hosts

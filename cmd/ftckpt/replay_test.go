@@ -52,7 +52,14 @@ func (s *syncBuffer) String() string {
 // buffer.
 func ftckptProcess(t *testing.T, out *syncBuffer, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	return startAsMain(t, out, exec.Command(os.Args[0], args...))
+}
+
+// startAsMain starts cmd, a command line that runs this binary, as
+// ftckpt (FTCKPT_TEST_AS_MAIN), its output in out; the test's end kills
+// it.
+func startAsMain(t *testing.T, out *syncBuffer, cmd *exec.Cmd) *exec.Cmd {
+	t.Helper()
 	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
