@@ -100,8 +100,12 @@ func loadELF(mem *GuestMemory, image []byte) (uint64, error) {
 			return 0, fmt.Errorf("guest image: segment [%#x, +%#x) outside [%#x, %#x)", p.Paddr, p.Memsz, ImageGPA, ImageGPA+ImageMax)
 		}
 		seg := make([]byte, p.Memsz)
-		if _, err := p.ReadAt(seg[:p.Filesz], 0); err != nil {
-			return 0, fmt.Errorf("guest image: reading segment at %#x: %w", p.Paddr, err)
+		// A segment with no file bytes (.bss) is all zeros: reading zero
+		// bytes from it reports io.EOF, which is not an error here.
+		if p.Filesz > 0 {
+			if _, err := p.ReadAt(seg[:p.Filesz], 0); err != nil {
+				return 0, fmt.Errorf("guest image: reading segment at %#x: %w", p.Paddr, err)
+			}
 		}
 		if _, err := mem.WriteAt(seg, int64(p.Paddr)); err != nil {
 			return 0, fmt.Errorf("guest image: %w", err)
