@@ -67,7 +67,8 @@ func (c *vmComponent) RestoreState(version uint32, data []byte) error {
 	if has := st.Flags&vcpuFlagLAPIC != 0; has != c.m.cfg.IRQChip {
 		return fmt.Errorf("vm: saved with in-kernel irqchip=%v, this machine has %v: %w", has, c.m.cfg.IRQChip, ErrMismatch)
 	}
-	if st.PICMaster.ChipID != irqchipPICMaster || st.PICSlave.ChipID != irqchipPICSlave || (c.m.cfg.IRQChip && st.IOAPIC.ChipID != irqchipIOAPIC) {
+	// Without the in-kernel irqchip the chips are not saved (all zero).
+	if c.m.cfg.IRQChip && (st.PICMaster.ChipID != irqchipPICMaster || st.PICSlave.ChipID != irqchipPICSlave || st.IOAPIC.ChipID != irqchipIOAPIC) {
 		return fmt.Errorf("vm: irqchip ids %d/%d/%d: %w", st.PICMaster.ChipID, st.PICSlave.ChipID, st.IOAPIC.ChipID, ErrMismatch)
 	}
 	vm := uintptr(c.m.vmFd)
