@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
@@ -203,11 +204,9 @@ func (v *VCPU) RestoreState(version uint32, data []byte) error {
 
 func (v *VCPU) restoreOnThread(st *vcpuState) error {
 	fd := uintptr(v.fd)
-	cpuid := &kvm.CPUID{Nent: uint32(len(st.CPUID)), Entries: st.CPUID}
-	if err := kvm.SetCPUID2(fd, cpuid); err != nil {
-		return fmt.Errorf("KVM_SET_CPUID2: %w", err)
+	if err := v.restoreCPUID(st.CPUID); err != nil {
+		return err
 	}
-	v.cpuid = cpuid
 	if err := kvm.SetMPState(fd, &st.MPState); err != nil {
 		return fmt.Errorf("KVM_SET_MP_STATE: %w", err)
 	}
@@ -238,6 +237,22 @@ func (v *VCPU) restoreOnThread(st *vcpuState) error {
 		return fmt.Errorf("KVM_SET_VCPU_EVENTS: %w", err)
 	}
 	v.halted = st.Flags&vcpuFlagHalted != 0
+	return nil
+}
+
+// restoreCPUID gives the vCPU the saved CPUID table. The table is fixed
+// when the vCPU is made and KVM (Linux >= 5.16) refuses a different one once
+// the vCPU has run, so an equal table (the common case: a machine built
+// from the same configuration on the same kind of host) is not set again.
+func (v *VCPU) restoreCPUID(entries []kvm.CPUIDEntry2) error {
+	if slices.Equal(entries, v.cpuid.Entries) {
+		return nil
+	}
+	cpuid := &kvm.CPUID{Nent: uint32(len(entries)), Entries: entries}
+	if err := kvm.SetCPUID2(uintptr(v.fd), cpuid); err != nil {
+		return fmt.Errorf("KVM_SET_CPUID2 (the saved CPUID differs from this vCPU's, and KVM cannot change it once the vCPU has run): %w", err)
+	}
+	v.cpuid = cpuid
 	return nil
 }
 
