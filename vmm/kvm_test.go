@@ -70,12 +70,15 @@ func moveToNewMachine(t *testing.T, m *Machine) (*Machine, *vmmtest.Console) {
 	return r, con
 }
 
-// checkCounts checks that text holds "count N" lines for consecutive N,
-// allowing a line cut in two at the save point, and returns the last N.
-func checkCounts(t *testing.T, text string) int {
+// checkCounts checks that text holds "count N" lines for consecutive N and
+// returns the last N. Only whole lines count: a line cut in two at the save
+// point ("count 5" of "count 53") is complete only once the restored
+// guest's output follows it.
+func checkCounts(t testing.TB, text string) int {
 	t.Helper()
 	last := -1
-	for _, line := range strings.Split(text, "\n") {
+	whole, _ := cutPartialLine(text)
+	for _, line := range strings.Split(whole, "\n") {
 		if !strings.HasPrefix(line, "count ") {
 			continue
 		}
@@ -89,6 +92,22 @@ func checkCounts(t *testing.T, text string) int {
 		last = n
 	}
 	return last
+}
+
+// cutPartialLine splits text after its last newline.
+func cutPartialLine(text string) (whole, partial string) {
+	i := strings.LastIndexByte(text, '\n')
+	return text[:i+1], text[i+1:]
+}
+
+func TestCheckCountsWaitsForAHalfPrintedLine(t *testing.T) {
+	before := "count 52\ncount 53\ncount 5"
+	if got := checkCounts(t, before); got != 53 {
+		t.Errorf("last whole count %d, want 53", got)
+	}
+	if got := checkCounts(t, before+"4\ncount 55\n"); got != 55 {
+		t.Errorf("last count %d, want 55", got)
+	}
 }
 
 func memoryHash(m *Machine) string {
