@@ -1,6 +1,10 @@
 package vmm
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+)
 
 // initPIC programs the pair as guests do: vectors 32 and 40, ICW4, all
 // unmasked.
@@ -130,4 +134,16 @@ func TestPITPeriodicInterrupts(t *testing.T) {
 		t.Errorf("latched count %d, reload %d", c, reload)
 	}
 	roundTrip(t, p, NewPIT(nil))
+}
+
+// TestInterruptWindowExitIsHandled: without the in-kernel irqchip a vCPU
+// asks KVM for an exit when the guest can take a pending interrupt
+// (request_interrupt_window); that exit resumes the run loop, which injects
+// it. On a slow host (KVM under emulation) it happened on every run of the
+// tick guest and stopped the machine as an unhandled exit.
+func TestInterruptWindowExitIsHandled(t *testing.T) {
+	v := &VCPU{m: &Machine{}, runData: &kvm.RunData{ExitReason: uint32(kvm.EXITIRQWINDOWOPEN)}}
+	if err := v.handleExit(); err != nil {
+		t.Fatalf("KVM_EXIT_IRQ_WINDOW_OPEN: %v", err)
+	}
 }

@@ -234,6 +234,11 @@ func (v *VCPU) handleExit() error {
 		// Only without the in-kernel irqchip: wait for an interrupt.
 		v.halted = true
 		return nil
+	case kvm.EXITIRQWINDOWOPEN:
+		// Only without the in-kernel irqchip: the guest can take the
+		// interrupt prepareUserspaceInterrupts asked the window for; it
+		// injects it before the next entry.
+		return nil
 	case kvm.EXITSHUTDOWN:
 		regs, _ := kvm.GetRegs(uintptr(v.fd))
 		return fmt.Errorf("guest shut down (triple fault) at RIP %#x", regs.RIP)
