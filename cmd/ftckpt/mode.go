@@ -252,10 +252,26 @@ func runLocal(ctx context.Context, f *modeFlags, primary func() error) error {
 	select {
 	case <-exited:
 	case <-time.After(wait):
-		child.Process.Signal(unix.SIGTERM)
-		<-exited
+		stopChild(child.Process, exited, localStopGrace)
 	}
 	return err
+}
+
+// localStopGrace is how long a local run's backup has to end after SIGTERM
+// before it is killed.
+const localStopGrace = 5 * time.Second
+
+// stopChild asks a child process to end (SIGTERM) and kills it if it has not
+// within grace; it returns once exited is closed.
+func stopChild(p *os.Process, exited <-chan struct{}, grace time.Duration) {
+	p.Signal(unix.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(grace):
+		slog.Warn("the backup process did not end; killing it", "pid", p.Pid, "after", grace)
+		p.Kill()
+		<-exited
+	}
 }
 
 // newMachine builds the machine both roles run, with the dirty tracking
@@ -343,11 +359,19 @@ func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.
 			}
 			return devs.startNet()
 		},
-		func() error {
-			<-m.Stopped()
-			_, err := m.Wait()
-			return err
-		})
+		func() error { return waitMachine(ctx, m) })
+}
+
+// waitMachine waits until the machine stops (nil if its guest powered off)
+// or ctx ends; the caller's deferred Close then stops the guest.
+func waitMachine(ctx context.Context, m *vmm.Machine) error {
+	select {
+	case <-m.Stopped():
+		_, err := m.Wait()
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // runReplicated is a checkpoint-mode primary's life once its guest and
@@ -524,11 +548,7 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 	}
 	return followPrimaries(ctx, f, stdout, backup,
 		func() error { return devs.goLive(f.devices, f.machine.guest, netOut) },
-		func() error {
-			<-m.Stopped()
-			_, err := m.Wait()
-			return err
-		})
+		func() error { return waitMachine(ctx, m) })
 }
 
 // followPrimaries is a checkpoint-mode backup's life: it accepts a primary,
@@ -542,8 +562,12 @@ func followPrimaries(ctx context.Context, f *modeFlags, stdout io.Writer, backup
 		return err
 	}
 	defer ln.Close()
+	context.AfterFunc(ctx, func() { ln.Close() })
 	for {
 		conn, err := ln.Accept()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
 			return err
 		}

@@ -358,7 +358,13 @@ func connectToPrimary(ctx context.Context, f *modeFlags, stdout io.Writer) (net.
 		return nil, err
 	}
 	defer ln.Close()
-	return ln.Accept()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	conn, err := ln.Accept()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return conn, err
 }
 
 // acceptBackups lets backups join p at addr (none if addr is empty) for as

@@ -62,6 +62,9 @@ func startAsMain(t *testing.T, out *syncBuffer, cmd *exec.Cmd) *exec.Cmd {
 	t.Helper()
 	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
 	cmd.Stdout, cmd.Stderr = out, out
+	// A process it starts (a local run's backup) may keep the output pipe
+	// open after it ended: Wait does not wait for that longer than this.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
