@@ -57,6 +57,16 @@ func (b *Bitmap) Count() int {
 	return n
 }
 
+// SetAll marks every page.
+func (b *Bitmap) SetAll() {
+	for i := range b.words {
+		b.words[i] = ^uint64(0)
+	}
+	if r := b.pages % 64; r != 0 {
+		b.words[len(b.words)-1] = 1<<r - 1
+	}
+}
+
 // Clear unmarks every page.
 func (b *Bitmap) Clear() { clear(b.words) }
 

@@ -139,3 +139,13 @@ func mustPanic(t *testing.T, what string, f func()) {
 	}()
 	f()
 }
+
+func TestSetAll(t *testing.T) {
+	for _, pages := range []uint64{1, 63, 64, 130} {
+		b := NewBitmap(pages)
+		b.SetAll()
+		if got, want := slices.Collect(b.Runs()), []Run{{0, pages}}; b.Count() != int(pages) || !slices.Equal(got, want) {
+			t.Errorf("SetAll on %d pages: %d marked, runs %v", pages, b.Count(), got)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package dirtylog
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -18,7 +19,11 @@ const ringEntrySize = 16
 type vcpuRing struct {
 	ring  []kvmapi.DirtyGFN
 	fetch uint32
-	unmap func() error
+	// outOfStep is set when KVM wrote the whole ring between two resets
+	// (see collectStopped): KVM's write index may then be ahead of fetch,
+	// by entries it wrote over, until resync finds where it writes.
+	outOfStep bool
+	unmap     func() error
 }
 
 // collectRing collects the entries of ring from *fetch on: while an entry's
@@ -53,6 +58,94 @@ func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *
 	return n, firstErr
 }
 
+// collectStopped collects r into dst. Precondition: r's vCPU is not in
+// KVM_RUN, so KVM does not write to r.
+//
+// KVM promises that a ring never fills: it stops the vCPU with
+// KVM_EXIT_DIRTY_RING_FULL before its next entry once the ring holds its
+// soft limit (the size less a reserve of 64 entries and the PML buffer), and
+// the reserve absorbs what the vCPU logs before that entry. A KVM that logs
+// more between two entries breaks the promise: kvm-pvm emulates up to
+// pvm_emul_batch (1024) instructions per exit and logs every store it
+// emulates, so it writes over entries not yet collected (the kernel warns in
+// kvm_dirty_ring_push). Collecting in step with KVM takes the entries KVM
+// wrote since the last reset, so taking the whole ring is the sign: then lost
+// is true (pages may be missing, which is why Harvest then reports all of
+// memory) and r is out of step until resync finds where KVM writes.
+func collectStopped(r *vcpuRing, slots []slotPages, dst *Bitmap) (n int, lost bool, err error) {
+	if r.outOfStep {
+		if n, err = resync(r, slots, dst); err != nil {
+			return n, false, err
+		}
+	}
+	k, err := collectRing(r.ring, &r.fetch, slots, dst)
+	if k == len(r.ring) {
+		r.outOfStep = true
+		lost = true
+	}
+	return n + k, lost, err
+}
+
+// resync finds where KVM writes in a ring that is out of step. Precondition:
+// the ring's vCPU is not in KVM_RUN.
+//
+// When KVM wrote V entries over uncollected ones, collectStopped took the
+// ring's size in entries and KVM reset as many, so KVM still counts V
+// entries from fetch on as not yet harvested, though their flags are clear,
+// and writes the next ones after them. Until it writes one there is nothing
+// to do. Then the ring's published entries are one run starting V entries
+// after fetch, and marking the V entries before it RESET lets KVM's reset
+// walk over them and on over the run: resync moves fetch to the run, which
+// the caller collects, and the ring is in step. If KVM wrote past the ring's
+// size again, only over the V cleared entries (the run starts V after fetch
+// and runs over it), then no entry is lost but KVM's reset cannot walk over
+// V plus the run at once, since it would meet the entries it cleared on the
+// way: resync collects the run, marks every entry RESET, so KVM's reset walks
+// the ring once, and the ring stays out of step, now by V plus the run less
+// the ring's size.
+func resync(r *vcpuRing, slots []slotPages, dst *Bitmap) (int, error) {
+	size := uint32(len(r.ring))
+	mask := size - 1
+	published := func(i uint32) bool {
+		return atomic.LoadUint32(&r.ring[i&mask].Flags)&kvmapi.KVM_DIRTY_GFN_F_DIRTY != 0
+	}
+	var runs, count, start uint32
+	for i := uint32(0); i < size; i++ {
+		if !published(i) {
+			continue
+		}
+		count++
+		if !published(i - 1) {
+			runs++
+			start = i
+		}
+	}
+	switch {
+	case count == 0:
+		return 0, nil
+	case count == size:
+		return 0, nil // written over again: collectStopped takes it all
+	case runs != 1:
+		return 0, fmt.Errorf("dirty ring out of step with KVM after an overflow: %d runs of published entries, not one", runs)
+	}
+	v := (start - r.fetch) & mask
+	if v+count <= size {
+		for k := uint32(0); k < v; k++ {
+			atomic.StoreUint32(&r.ring[(r.fetch+k)&mask].Flags, kvmapi.KVM_DIRTY_GFN_F_RESET)
+		}
+		r.fetch += v
+		r.outOfStep = false
+		return 0, nil
+	}
+	from := start
+	n, err := collectRing(r.ring, &from, slots, dst)
+	for i := range r.ring {
+		atomic.StoreUint32(&r.ring[i].Flags, kvmapi.KVM_DIRTY_GFN_F_RESET)
+	}
+	r.fetch += size
+	return n, err
+}
+
 // ringTracker reports vCPU writes from KVM's per-vCPU dirty rings.
 type ringTracker struct {
 	m     *vmm.Machine
@@ -70,8 +163,13 @@ type ringTracker struct {
 	pending  *Bitmap
 	pendingN int
 	// fulls counts ring-full exits collected, for tests.
-	fulls  int
-	closed bool
+	fulls int
+	// lostAll is set when a ring overflowed since the last Harvest, which
+	// then reports every page and write-protects every page again in KVM;
+	// overflows counts the overflows, for tests.
+	lostAll   bool
+	overflows int
+	closed    bool
 }
 
 func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
@@ -110,22 +208,38 @@ func (t *ringTracker) ringFull(i int) error {
 		return fmt.Errorf("dirty ring full on vCPU %d of %d", i, len(t.rings))
 	}
 	r := t.rings[i]
-	n, cerr := collectRing(r.ring, &r.fetch, t.slots, t.pending)
+	n, lost, cerr := collectStopped(r, t.slots, t.pending)
 	t.pendingN += n
 	t.fulls++
+	if lost {
+		t.overflowed(i)
+	}
 	if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil {
 		return fmt.Errorf("resetting the full dirty ring of vCPU %d: %w", i, err)
 	}
 	if cerr != nil {
 		return fmt.Errorf("collecting the full dirty ring of vCPU %d: %w", i, cerr)
 	}
+	if n == 0 {
+		// KVM would stop the vCPU with this exit again at once.
+		return fmt.Errorf("KVM reports the dirty ring of vCPU %d full and it holds no entry to collect (out of step with KVM after an overflow)", i)
+	}
 	return nil
 }
 
+// overflowed records that vCPU i's ring overflowed. Precondition: mu is held.
+func (t *ringTracker) overflowed(i int) {
+	t.lostAll = true
+	t.overflows++
+	slog.Warn("dirty ring overflowed: KVM logged more than the ring holds without a ring-full exit; this harvest reports all of memory",
+		"vcpu", i, "entries", len(t.rings[i].ring))
+}
+
 // Harvest implements Tracker. Its cost follows the number of ring entries,
-// not the memory size, except for the VMM bitmap's scan (owned by vmm) and,
-// after a ring-full exit, one pass over the pending bitmap. Precondition: the
-// machine is paused (or not yet started).
+// not the memory size, except for the VMM bitmap's scan (owned by vmm),
+// after a ring-full exit one pass over the pending bitmap, and after a ring
+// overflowed the whole memory. Precondition: the machine is paused (or not
+// yet started).
 func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -138,8 +252,11 @@ func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 	var firstErr error
 	n := 0
 	for i, r := range t.rings {
-		k, err := collectRing(r.ring, &r.fetch, t.slots, dst)
+		k, lost, err := collectStopped(r, t.slots, dst)
 		n += k
+		if lost {
+			t.overflowed(i)
+		}
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("collecting the dirty ring of vCPU %d: %w", i, err)
 		}
@@ -149,6 +266,18 @@ func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
 	}
 	if firstErr != nil {
 		return 0, firstErr
+	}
+	if t.lostAll {
+		// The pages whose entries KVM wrote over are unknown, were written
+		// since the last reset, and KVM never re-protected them: report
+		// every page, and have KVM write-protect every page again, so the
+		// next epoch logs its first write to each.
+		if err := rearmDirtyLog(t.vmFd, t.m.Memory()); err != nil {
+			return 0, fmt.Errorf("dirty ring harvest after an overflow: %w", err)
+		}
+		dst.SetAll()
+		n += int(dst.Len())
+		t.lostAll = false
 	}
 	if t.pendingN > 0 {
 		dst.Or(t.pending)

@@ -139,3 +139,140 @@ func TestSlotsOfTwoSlotMemory(t *testing.T) {
 		t.Fatalf("VMM write at GPA 4 GiB+5 pages marked %v, want %v", slices.Collect(b.Runs()), want)
 	}
 }
+
+// kvmRing plays KVM's side of one vCPU's dirty ring (virt/kvm/dirty_ring.c):
+// push publishes an entry at the write index whether or not the one there was
+// collected (as KVM does once it logs past the ring's size), and reset walks
+// from the reset index over entries marked RESET, clearing them.
+type kvmRing struct {
+	r           *vcpuRing
+	write, done uint32 // dirty_index and reset_index
+	next        uint64 // the page the next push names
+}
+
+func newKVMRing(size int) *kvmRing {
+	return &kvmRing{r: &vcpuRing{ring: make([]kvmapi.DirtyGFN, size)}}
+}
+
+// push logs n pages and returns the first.
+func (k *kvmRing) push(n int) uint64 {
+	first := k.next
+	for ; n > 0; n-- {
+		e := &k.r.ring[k.write%uint32(len(k.r.ring))]
+		*e = kvmapi.DirtyGFN{Flags: dirty, Offset: k.next}
+		k.write++
+		k.next++
+	}
+	return first
+}
+
+func (k *kvmRing) reset() {
+	for {
+		e := &k.r.ring[k.done%uint32(len(k.r.ring))]
+		if e.Flags&reset == 0 {
+			return
+		}
+		e.Flags = 0
+		k.done++
+	}
+}
+
+// collect is a harvest: collectStopped, then KVM's reset.
+func (k *kvmRing) collect(t *testing.T) (pages []Run, lost bool) {
+	t.Helper()
+	dst := NewBitmap(1 << 20)
+	n, lost, err := collectStopped(k.r, twoSlots, dst)
+	if err != nil {
+		t.Fatalf("collectStopped: %v", err)
+	}
+	if n != dst.Count() && !lost {
+		t.Fatalf("collectStopped took %d entries for %d pages", n, dst.Count())
+	}
+	k.reset()
+	return slices.Collect(dst.Runs()), lost
+}
+
+func TestCollectStoppedInStep(t *testing.T) {
+	k := newKVMRing(16)
+	for _, n := range []int{5, 15, 0, 16 - 1} {
+		first := k.push(n)
+		got, lost := k.collect(t)
+		var want []Run
+		if n > 0 {
+			want = []Run{{first, uint64(n)}}
+		}
+		if lost || !slices.Equal(got, want) {
+			t.Fatalf("%d entries pushed: collected %v (lost %v), want %v", n, got, lost, want)
+		}
+		if k.write != k.done || k.r.outOfStep {
+			t.Fatalf("%d entries pushed: KVM counts %d not harvested, out of step %v", n, k.write-k.done, k.r.outOfStep)
+		}
+	}
+}
+
+// TestRingOverflowIsLostAndResyncs: KVM logs V entries past the ring's
+// size, over entries not collected. The harvest says pages were lost; KVM
+// then counts V cleared entries as not harvested and logs after them, and
+// the next harvests find the new entries and bring KVM's reset index level
+// with its write index.
+func TestRingOverflowIsLostAndResyncs(t *testing.T) {
+	for _, over := range []int{0, 1, 5, 15} {
+		// KVM stops the vCPU before the over cleared entries and the new
+		// ones fill the ring (unless it overflows again, below).
+		for _, after := range []int{1, max(1, 16-1-over)} {
+			k := newKVMRing(16)
+			k.push(3)
+			k.collect(t)
+			k.push(16 + over)
+			if _, lost := k.collect(t); !lost {
+				t.Fatalf("overflow by %d: the harvest of a ring written whole is not lost", over)
+			}
+			if got := k.write - k.done; got != uint32(over) {
+				t.Fatalf("overflow by %d: KVM counts %d entries not harvested", over, got)
+			}
+			// Nothing logged yet: nothing to take, nothing lost.
+			if got, lost := k.collect(t); got != nil || lost {
+				t.Fatalf("overflow by %d, nothing new: collected %v (lost %v)", over, got, lost)
+			}
+			for _, n := range []int{after, 16 - 1} {
+				first := k.push(n)
+				got, lost := k.collect(t)
+				if want := []Run{{first, uint64(n)}}; lost || !slices.Equal(got, want) {
+					t.Fatalf("overflow by %d, then %d entries: collected %v (lost %v), want %v", over, n, got, lost, want)
+				}
+				if k.write != k.done || k.r.outOfStep {
+					t.Fatalf("overflow by %d, then %d entries: KVM counts %d not harvested, out of step %v", over, n, k.write-k.done, k.r.outOfStep)
+				}
+			}
+		}
+	}
+}
+
+func TestRingOverflowAgainWhileOutOfStep(t *testing.T) {
+	k := newKVMRing(16)
+	k.push(16 + 4)
+	k.collect(t)
+	// Four cleared entries count as not harvested; KVM writes 16 more,
+	// the last four over them: every entry is published again.
+	k.push(16)
+	if _, lost := k.collect(t); !lost {
+		t.Fatal("a second overflow is not lost")
+	}
+	// KVM writes 13 entries after 4 cleared ones: the last over the first
+	// cleared one. Nothing is lost; KVM resets the ring's 16 and still counts
+	// one entry, the next harvest finds it, and then the ring is in step.
+	k = newKVMRing(16)
+	k.push(16 + 4)
+	k.collect(t)
+	first := k.push(13)
+	if got, lost := k.collect(t); lost || !slices.Equal(got, []Run{{first, 13}}) {
+		t.Fatalf("13 entries over the cleared ones: collected %v (lost %v)", got, lost)
+	}
+	if got := k.write - k.done; got != 1 || !k.r.outOfStep {
+		t.Fatalf("13 entries over the cleared ones: KVM counts %d not harvested (out of step %v), want 1", got, k.r.outOfStep)
+	}
+	first = k.push(15)
+	if got, lost := k.collect(t); lost || !slices.Equal(got, []Run{{first, 15}}) || k.write != k.done || k.r.outOfStep {
+		t.Fatalf("then 15 entries: collected %v (lost %v), KVM counts %d, out of step %v", got, lost, k.write-k.done, k.r.outOfStep)
+	}
+}

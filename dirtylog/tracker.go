@@ -25,7 +25,11 @@ import (
 // epoch's writes are logged again, and returns how many reports it took: a
 // page both a vCPU and the VMM wrote counts twice (dst.Count is the set's
 // size). A page written in one epoch and not the next is not reported in the
-// next.
+// next, with two exceptions, both over-reports: KVM logs a page when it
+// handles the write fault, so a pause that comes before the store retires
+// reports the page in the epoch before its write (and again in its own); and
+// after a dirty ring overflowed (see collectStopped) the harvest reports
+// every page.
 //
 // The first Harvest reports everything written since the tracker was made,
 // including what the loader wrote.
