@@ -32,9 +32,9 @@ func newDeviceMachine(t *testing.T, guest string, params map[string]string, atta
 	return m, con
 }
 
-// TestDiskGuestOnVirtioBlk runs the disk guest (the C driver) against the
+// TestKVMDiskGuestOnVirtioBlk runs the disk guest (the C driver) against the
 // device and a file image, then checks the image holds its records.
-func TestDiskGuestOnVirtioBlk(t *testing.T) {
+func TestKVMDiskGuestOnVirtioBlk(t *testing.T) {
 	disk, err := CreateFileDisk(filepath.Join(t.TempDir(), "disk.img"), 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -69,9 +69,9 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// TestKVGuestOverUDPFront runs the kv guest behind the UDP front and talks
+// TestKVMKvGuestOverUDPFront runs the kv guest behind the UDP front and talks
 // to it with a UDP client.
-func TestKVGuestOverUDPFront(t *testing.T) {
+func TestKVMKvGuestOverUDPFront(t *testing.T) {
 	front, err := NewUDPFront(UDPFrontConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

@@ -115,11 +115,11 @@ func memoryHash(m *Machine) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// TestCounterSurvivesSaveRestoreInAnotherProcess saves a running counter
+// TestKVMCounterSurvivesSaveRestoreInAnotherProcess saves a running counter
 // guest at a random point and restores it in a new process: the memory hash
 // matches at the save point and the output continues with no number
 // repeated or skipped.
-func TestCounterSurvivesSaveRestoreInAnotherProcess(t *testing.T) {
+func TestKVMCounterSurvivesSaveRestoreInAnotherProcess(t *testing.T) {
 	m, con := newGuestMachine(t, "counter", 1, map[string]string{"every": "2000"})
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestCounterSurvivesSaveRestoreInAnotherProcess(t *testing.T) {
 func TestHelperRestoreCounter(t *testing.T) {
 	snap := os.Getenv("FTCKPT_TEST_SNAPSHOT")
 	if snap == "" {
-		t.Skip("helper process for TestCounterSurvivesSaveRestoreInAnotherProcess (needs /dev/kvm)")
+		t.Skip("helper process for TestKVMCounterSurvivesSaveRestoreInAnotherProcess (needs /dev/kvm)")
 	}
 	f, err := os.Open(snap)
 	if err != nil {
@@ -195,10 +195,10 @@ func TestHelperRestoreCounter(t *testing.T) {
 	fmt.Printf("console %q\n", con.String())
 }
 
-// TestSMPInvariantAcrossSaveRestore saves a 4-vCPU guest whose vCPUs share
+// TestKVMSMPInvariantAcrossSaveRestore saves a 4-vCPU guest whose vCPUs share
 // counters under a spinlock and restores it into a new machine: the guest's
 // own check (sum of private counters == shared counter) keeps passing.
-func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
+func TestKVMSMPInvariantAcrossSaveRestore(t *testing.T) {
 	m, con := newGuestMachine(t, "smp", 4, map[string]string{"iters": "200"})
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -211,10 +211,10 @@ func TestSMPInvariantAcrossSaveRestore(t *testing.T) {
 	}
 }
 
-// TestMachineStateRoundTripOnKVM saves a paused machine, restores the state
+// TestKVMMachineStateRoundTrip saves a paused machine, restores the state
 // into the same machine, and saves again: equal, but for what moves with
 // host time while paused (the TSC, the KVM clock, the PIT's load time).
-func TestMachineStateRoundTripOnKVM(t *testing.T) {
+func TestKVMMachineStateRoundTrip(t *testing.T) {
 	m, con := newGuestMachine(t, "counter", 2, map[string]string{"every": "1000"})
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -264,9 +264,9 @@ func TestMachineStateRoundTripOnKVM(t *testing.T) {
 	con.WaitFor(t, m, regexp.MustCompile(`count 4\n`))
 }
 
-// TestPauseIsRaceFree pauses and resumes a 4-vCPU guest many times and checks
+// TestKVMPauseIsRaceFree pauses and resumes a 4-vCPU guest many times and checks
 // every pause leaves every vCPU parked and the guest consistent.
-func TestPauseIsRaceFree(t *testing.T) {
+func TestKVMPauseIsRaceFree(t *testing.T) {
 	m, con := newGuestMachine(t, "smp", 4, map[string]string{"iters": "100"})
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -324,10 +324,10 @@ func BenchmarkSaveState(b *testing.B) {
 	}
 }
 
-// TestTickGuestTakesTimerInterrupts runs the tick guest (PIT + PIC, sti;hlt)
+// TestKVMTickGuestTakesTimerInterrupts runs the tick guest (PIT + PIC, sti;hlt)
 // with KVM's in-kernel irqchip and with the userspace PIC and PIT, and
 // saves and restores the userspace one mid-run.
-func TestTickGuestTakesTimerInterrupts(t *testing.T) {
+func TestKVMTickGuestTakesTimerInterrupts(t *testing.T) {
 	for _, irqchip := range []bool{true, false} {
 		t.Run(fmt.Sprintf("irqchip=%v", irqchip), func(t *testing.T) {
 			m, con := newGuestMachineIRQ(t, "tick", 1, irqchip, map[string]string{"hz": "200", "every": "20", "ticks": "100"})
