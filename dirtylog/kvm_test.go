@@ -139,7 +139,7 @@ func TestMemtouchWritesModel(t *testing.T) {
 	}
 }
 
-func TestHarvestIsExact(t *testing.T) {
+func TestHarvestIsExactOnKVM(t *testing.T) {
 	for _, mode := range []Mode{ModeBitmap, ModeRing} {
 		for _, vcpus := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%v/vcpus=%d", mode, vcpus), func(t *testing.T) { testHarvestIsExact(t, mode, vcpus) })
@@ -304,9 +304,9 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	}
 }
 
-// TestTrackerRefusesTheWrongMachine: a ring tracker needs a machine built
+// TestTrackerRefusesTheWrongMachineOnKVM: a ring tracker needs a machine built
 // with rings, a bitmap tracker one without.
-func TestTrackerRefusesTheWrongMachine(t *testing.T) {
+func TestTrackerRefusesTheWrongMachineOnKVM(t *testing.T) {
 	vmmtest.RequireKVM(t)
 	m, err := vmm.New(vmm.Config{VCPUs: 1, MemSize: 32 << 20, IRQChip: true})
 	if err != nil {
