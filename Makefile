@@ -3,7 +3,9 @@
 #   make run    build, then run the kv guest replicated in replay mode (primary here, backup as a
 #               child process; KVM where /dev/kvm opens, else the software machine)
 #   make run-checkpoint  the same in checkpoint mode (25 ms epochs)
-#   make test   vet, then every test (KVM tests skip with a message where /dev/kvm cannot be opened)
+#   make test   vet, then every test: on this host's KVM where /dev/kvm opens, else the KVM tests
+#               run inside an emulated machine (KVMTCG); a KVM test never skips
+#   make test-kvm  only the KVM tests, inside the emulated machine (a second, different KVM)
 #   make bench  Go benchmarks (numbers, never pass/fail)
 #   make fuzz   every decoder's fuzzer, FUZZTIME (default 20s) each
 
@@ -11,13 +13,16 @@ GO ?= go
 BIN := bin/ftckpt
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 20s
+# KVMTCG runs a command where /dev/kvm works, on a host without one.
+export KVMTCG ?= $(abspath ../shared/kvm-tcg/run.sh)
+KVM_NATIVE := $(shell (exec 3<>/dev/kvm) 2>/dev/null && echo yes)
 # package:fuzzer, for make fuzz
 FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
 	./modes/replay:FuzzDecodeBatch ./modes/replay/simvm:FuzzRestoreState \
 	./modes/replay/simvm:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
 	./vmm/linuxboot:FuzzLoad ./vmm/linuxboot:FuzzParseHeader
 
-.PHONY: all build guests test test-short run run-checkpoint bench fuzz lint clean
+.PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz lint clean
 
 all: build
 
@@ -29,7 +34,16 @@ build: guests
 
 test: guests
 	$(GO) vet ./...
+ifeq ($(KVM_NATIVE),yes)
+	FTCKPT_REQUIRE_KVM=1 $(GO) test -count=1 -timeout 40m ./...
+else
+	@echo "make test: /dev/kvm cannot be opened here; the KVM tests run in the emulated machine ($(KVMTCG))"
 	$(GO) test -count=1 -timeout 40m ./...
+	scripts/test-kvm.sh emulated
+endif
+
+test-kvm: guests
+	scripts/test-kvm.sh emulated
 
 test-short: guests
 	$(GO) test -count=1 -short ./...
