@@ -31,6 +31,11 @@ type Disk interface {
 // implements it. Check is called before every release pass, from the
 // goroutine doing the release, and must return a non-nil error unless
 // generation is the current one and this process still holds it.
+//
+// A refusal fails the buffer for good, unless the error has a Temporary
+// method that reports true (found with errors.As; witness.Fence's while it
+// is suspended, deciding whether this primary goes on): then only this pass
+// is refused, the outputs stay held, and the next pass asks again.
 type Fence interface {
 	Check(generation uint64) error
 }

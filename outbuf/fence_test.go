@@ -91,3 +91,32 @@ func TestEveryReleasePassChecksFence(t *testing.T) {
 		t.Fatalf("Err = %v, want ErrFenced", r.b.Err())
 	}
 }
+
+// A suspended fence (a primary deciding, at the witness, whether it goes on
+// alone) refuses a release for now only: the outputs stay held, the buffer
+// does not fail, and they leave at the first pass after the fence is valid
+// again. A late ack during the contest once failed the buffer for good, so
+// the primary that won the next generation could release nothing.
+func TestFenceSuspendedDefersRelease(t *testing.T) {
+	r := newRig(t, DefaultConfig())
+	mustHold(t, r.b, 1, NetFrame([]byte("a")))
+	mustHold(t, r.b, 2, DiskWrite([]byte("b"), 0))
+	r.fence.suspend(true)
+	if err := r.b.Commit(2); err != nil {
+		t.Fatalf("Commit while the fence is suspended = %v, want nil (deferred)", err)
+	}
+	if got := r.rec.snapshot(); len(got) != 0 {
+		t.Fatalf("released %d outputs through a suspended fence", len(got))
+	}
+	if got := r.disk.bytes(); len(got) != 0 {
+		t.Fatalf("disk written through a suspended fence: %q", got)
+	}
+	if err := r.b.Err(); err != nil {
+		t.Fatalf("Err = %v after a temporary refusal", err)
+	}
+	r.fence.suspend(false)
+	mustCommit(t, r.b, 2)
+	if got := r.rec.snapshot(); len(got) != 2 {
+		t.Fatalf("released %d outputs once the fence was valid, want 2", len(got))
+	}
+}

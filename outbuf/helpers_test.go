@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
@@ -34,11 +35,18 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 // testFence accepts one generation until revoked, and counts its checks.
 type testFence struct {
-	mu      sync.Mutex
-	current uint64
-	revoked error
-	checks  int
+	mu        sync.Mutex
+	current   uint64
+	revoked   error
+	suspended bool
+	checks    int
 }
+
+// errSuspended is a temporary refusal, as witness.Fence's while suspended.
+type errSuspended struct{}
+
+func (errSuspended) Error() string   { return "fence suspended" }
+func (errSuspended) Temporary() bool { return true }
 
 var errLostLease = errors.New("lease lost")
 
@@ -49,10 +57,19 @@ func (f *testFence) Check(gen uint64) error {
 	if f.revoked != nil {
 		return f.revoked
 	}
+	if f.suspended {
+		return fmt.Errorf("generation %d: %w", gen, errSuspended{})
+	}
 	if gen != f.current {
 		return errors.New("generation is not current")
 	}
 	return nil
+}
+
+func (f *testFence) suspend(on bool) {
+	f.mu.Lock()
+	f.suspended = on
+	f.mu.Unlock()
 }
 
 func (f *testFence) revoke(err error) {

@@ -1,6 +1,7 @@
 package outbuf
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -40,6 +41,11 @@ func (b *Buffer) releaseCommitted() error {
 
 		last := b.batch[len(b.batch)-1].pos
 		if err := b.env.Fence.Check(b.env.Generation); err != nil {
+			clear(b.batch)
+			if isTemporary(err) {
+				b.log.Info("release deferred: the fence may pass later", "outputs", len(b.batch), "through", last, "err", err)
+				return nil
+			}
 			err = fmt.Errorf("outbuf: release of %d outputs up to position %d at generation %d: %w: %w",
 				len(b.batch), last, b.env.Generation, ErrFenced, err)
 			return b.fail(err)
@@ -52,6 +58,12 @@ func (b *Buffer) releaseCommitted() error {
 		}
 		clear(b.batch)
 	}
+}
+
+// isTemporary says whether a fence's refusal may pass later (see Fence).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
 }
 
 // deliver hands one output to its sink and, on success, removes it from the

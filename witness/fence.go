@@ -20,6 +20,15 @@ var (
 	ErrRevoked = errors.New("fence revoked")
 )
 
+// temporaryError is a refusal that may turn into a pass: a suspended fence
+// becomes valid again if its holder re-confirms or wins the next
+// generation. Its Temporary method tells an output buffer to keep the
+// outputs held rather than fail (see outbuf.Fence).
+type temporaryError struct{ error }
+
+func (e temporaryError) Temporary() bool { return true }
+func (e temporaryError) Unwrap() error   { return e.error }
+
 // fenceState is where a Fence is in its life. The zero value is invalid.
 //
 //	idle ──Acquire won──▶ valid ◀──Confirm / Acquire won── suspended
@@ -109,7 +118,7 @@ func (f *Fence) Check(g uint64) error {
 		}
 		return nil
 	case fenceSuspended:
-		return fmt.Errorf("output of generation %d: %w: peer lost, generation %d not re-confirmed", g, ErrSuspended, f.held)
+		return temporaryError{fmt.Errorf("output of generation %d: %w: peer lost, generation %d not re-confirmed", g, ErrSuspended, f.held)}
 	case fenceRevoked:
 		return fmt.Errorf("output of generation %d: %w by %s", g, ErrRevoked, f.seen)
 	case fenceIdle:

@@ -216,3 +216,31 @@ func TestFenceConcurrent(t *testing.T) {
 	mustCheck(t, f, cur.Generation, nil)
 	mustCheck(t, f, 1, nil)
 }
+
+// A suspended fence's refusal says it may pass later (an output buffer keeps
+// its outputs held); a revoked fence's never will.
+func TestFenceRefusalIsTemporaryOnlyWhileSuspended(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	f := NewFence(m, "primary")
+	if _, err := f.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	temporary := func(err error) bool {
+		var tmp interface{ Temporary() bool }
+		return errors.As(err, &tmp) && tmp.Temporary()
+	}
+	f.Suspend()
+	if err := f.Check(1); !errors.Is(err, ErrSuspended) || !temporary(err) {
+		t.Fatalf("suspended Check = %v (temporary %v), want a temporary ErrSuspended", err, temporary(err))
+	}
+	if _, err := NewFence(m, "rival").Acquire(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Acquire(ctx, 2); err == nil {
+		t.Fatal("the fence won a generation its rival holds")
+	}
+	if err := f.Check(1); !errors.Is(err, ErrRevoked) || temporary(err) {
+		t.Fatalf("revoked Check = %v (temporary %v), want a final ErrRevoked", err, temporary(err))
+	}
+}
