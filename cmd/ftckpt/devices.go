@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -171,12 +172,15 @@ func (d *deviceFlags) attachDevices(m *vmm.Machine, guest string, deferredNet *n
 // goLive opens a backup's network backend and starts it. On a tap it first
 // announces the guest's MAC (a gratuitous ARP, as QEMU does after a
 // migration) so the network finds the guest on this host.
-func (a *attached) goLive(d deviceFlags, guest string, netOut *netTarget) error {
+// The dead primary's host may still hold the address a moment (a process
+// killed with -9 closes its sockets as it is torn down), so a busy address
+// is tried again for a while.
+func (a *attached) goLive(ctx context.Context, d deviceFlags, guest string, netOut *netTarget) error {
 	netSpec, _ := d.resolve(guest)
 	if netSpec == "none" {
 		return nil
 	}
-	b, err := openNet(netSpec)
+	b, err := whileBusy(ctx, func() (vmm.NetBackend, error) { return openNet(netSpec) })
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func TestLocalRunEndsOnSIGTERM(t *testing.T) {
 			go func() { exited <- local.Wait() }()
 			t.Cleanup(func() { local.Process.Kill(); <-exited })
 			waitFor(t, &out, "backup process is listening")
-			m := regexp.MustCompile(`backup process is listening pid=(\d+)`).FindStringSubmatch(out.String())
+			m := regexp.MustCompile(`backup process is listening pid=(\d+) `).FindStringSubmatch(out.String())
 			if m == nil {
 				t.Fatalf("no backup pid in:\n%s", out.String())
 			}

@@ -547,7 +547,7 @@ func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.W
 		backup.SetDisk(devs.disk) // where going live writes again what the primary may not have
 	}
 	return followPrimaries(ctx, f, stdout, backup,
-		func() error { return devs.goLive(f.devices, f.machine.guest, netOut) },
+		func() error { return devs.goLive(ctx, f.devices, f.machine.guest, netOut) },
 		func() error { return waitMachine(ctx, m) })
 }
 
