@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -459,5 +460,57 @@ func TestReplayRefusesAMismatchedBackup(t *testing.T) {
 	want := `peer's machine is "replay mode on the software machine, 1 vCPU, network, 1048576-byte disk", ours "replay mode on the software machine, 1 vCPU, network"`
 	if !strings.Contains(bout.String(), want) {
 		t.Fatalf("the backup's error does not name both machines:\n%s", bout.String())
+	}
+}
+
+// TestKVMSMPInvariantAcrossFailover kills the primary of a 4-vCPU smp guest
+// in checkpoint mode at random moments: each vCPU adds to its own counter
+// and to a shared one under a spinlock, and vCPU 0 checks after every round
+// that they agree. The backup, going live from the last committed epoch
+// (every vCPU's state and memory of one instant), must go on with rounds
+// that hold, 5 times.
+func TestKVMSMPInvariantAcrossFailover(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	rounds := regexp.MustCompile(`smp: round (\d+) OK`)
+	for i := 0; i < 5; i++ {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			dir := t.TempDir()
+			peer := freePort(t, "tcp")
+			common := []string{"--mode", "checkpoint", "--machine", "kvm", "--guest", "smp", "--vcpus", "4",
+				"--memory", "16M", "--param", "iters=2000", "--epoch", "10ms", "--net", "none", "--disk", "none",
+				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+				"--heartbeat", "20ms", "--failure-timeout", "1s"}
+			var bout, pout syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
+				}
+			})
+			ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer}, common...)...)
+			primary := ftckptProcess(t, &pout, append([]string{"--role", "primary", "--peer", peer}, common...)...)
+			waitFor(t, &pout, "smp: round 2 OK")
+			time.Sleep(time.Duration(rng.Intn(300)) * time.Millisecond)
+			primary.Process.Signal(syscall.SIGKILL)
+			primary.Wait()
+			if strings.Contains(pout.String(), "continuing alone") {
+				t.Fatalf("the primary lost its backup before the kill")
+			}
+			waitFor(t, &bout, "live as primary")
+			// Two rounds completed on the backup after going live.
+			for deadline := time.Now().Add(60 * time.Second); len(rounds.FindAllString(bout.String(), -1)) < 2; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the backup completed fewer than 2 rounds in a minute after going live")
+				}
+			}
+			if strings.Contains(bout.String(), "VIOLATION") {
+				t.Fatal("the invariant broke on the backup")
+			}
+		})
 	}
 }
