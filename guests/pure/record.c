@@ -1,26 +1,11 @@
 #include "record.h"
 
 #include "crc32.h"
+#include "le.h"
 #include "xorshift.h"
 
 #define RECORD_PAYLOAD_OFF 16
 #define RECORD_CRC_OFF 508
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-	return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
 
 /* payload_byte returns byte i of seq's payload, advancing the stream. */
 static uint8_t payload_byte(uint64_t *state, uint64_t *word, unsigned i)
@@ -36,8 +21,7 @@ void record_fill(uint8_t *buf, uint64_t seq)
 
 	put_le32(buf, RECORD_MAGIC);
 	put_le32(buf + 4, RECORD_VERSION);
-	put_le32(buf + 8, (uint32_t)seq);
-	put_le32(buf + 12, (uint32_t)(seq >> 32));
+	put_le64(buf + 8, seq);
 	for (unsigned i = 0; i < RECORD_CRC_OFF - RECORD_PAYLOAD_OFF; i++)
 		buf[RECORD_PAYLOAD_OFF + i] = payload_byte(&state, &word, i);
 	put_le32(buf + RECORD_CRC_OFF, crc32_update(0, buf, RECORD_CRC_OFF));
