@@ -35,6 +35,53 @@ static struct kv_entry *lookup(struct kv_store *s, const uint8_t *key, size_t kl
 	}
 }
 
+const struct kv_entry *kv_get(const struct kv_store *s, const char *key, size_t klen)
+{
+	const struct kv_entry *e;
+
+	if (klen == 0 || klen > KV_KEY_MAX)
+		return NULL;
+	e = lookup((struct kv_store *)s, (const uint8_t *)key, klen);
+	return e->klen != 0 ? e : NULL;
+}
+
+/* insert adds key at the empty slot e that lookup returned; it returns e
+ * as it is if the key is already there, NULL if the store is full. */
+static struct kv_entry *insert(struct kv_store *s, struct kv_entry *e, const uint8_t *key,
+			       size_t klen)
+{
+	if (e->klen != 0)
+		return e;
+	if (s->count >= KV_MAX_KEYS)
+		return NULL;
+	s->count++;
+	e->klen = (uint8_t)klen;
+	__builtin_memcpy(e->key, key, klen);
+	e->vlen = 0;
+	return e;
+}
+
+int kv_put(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen)
+{
+	struct kv_entry *e;
+
+	if (klen == 0 || klen > KV_KEY_MAX || vlen == 0 || vlen > KV_VAL_MAX)
+		return -1;
+	e = insert(s, lookup(s, (const uint8_t *)key, klen), (const uint8_t *)key, klen);
+	if (e == NULL)
+		return -1;
+	e->vlen = (uint8_t)vlen;
+	__builtin_memcpy(e->val, val, vlen);
+	return 0;
+}
+
+/* updated counts an update of entry e. */
+static void updated(struct kv_store *s, const struct kv_entry *e)
+{
+	s->updates++;
+	s->last = (uint16_t)(e - s->slot);
+}
+
 static size_t reply(struct kv_store *s, char *out, size_t cap, const char *what,
 		    const char *val, size_t vlen)
 {
@@ -73,20 +120,6 @@ static size_t next_field(const uint8_t *req, size_t n, size_t *pos, size_t *star
 static int has_more(size_t pos, size_t n, const uint8_t *req)
 {
 	return pos < n || (n > 0 && req[n - 1] == ' ');
-}
-
-static struct kv_entry *insert(struct kv_store *s, struct kv_entry *e, const uint8_t *key,
-			       size_t klen)
-{
-	if (e->klen != 0)
-		return e;
-	if (s->count >= KV_MAX_KEYS)
-		return NULL;
-	s->count++;
-	e->klen = (uint8_t)klen;
-	__builtin_memcpy(e->key, key, klen);
-	e->vlen = 0;
-	return e;
 }
 
 size_t kv_execute(struct kv_store *s, const uint8_t *req, size_t n, char *out, size_t cap)
@@ -138,6 +171,7 @@ size_t kv_execute(struct kv_store *s, const uint8_t *req, size_t n, char *out, s
 			return err(s, out, cap, "full");
 		e->vlen = (uint8_t)vlen;
 		__builtin_memcpy(e->val, req + pos, vlen);
+		updated(s, e);
 		return reply(s, out, cap, "OK", NULL, 0);
 	}
 	case CMD_GET:
@@ -161,6 +195,7 @@ size_t kv_execute(struct kv_store *s, const uint8_t *req, size_t n, char *out, s
 		v++;
 		e->vlen = (uint8_t)fmt_snprintf(num, sizeof(num), "%ld", (long)v);
 		__builtin_memcpy(e->val, num, e->vlen);
+		updated(s, e);
 		return reply(s, out, cap, "VALUE", e->val, e->vlen);
 	}
 	}

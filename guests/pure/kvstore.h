@@ -15,6 +15,10 @@
  * int64 ("-12", "007"); beyond INT64_MAX it is "ERR overflow". At most
  * KV_MAX_KEYS keys; there is no delete. Why-strings never echo input.
  *
+ * An update is a SET or INCR that changed the store (replied OK or VALUE);
+ * the store counts them, so the guest can persist after each one (see
+ * kvtable.h). Refused requests ("ERR ...") and GETs are not updates.
+ *
  * Pure code: compiles freestanding and on the host.
  */
 #ifndef GUESTS_KVSTORE_H
@@ -39,12 +43,25 @@ struct kv_entry {
 
 struct kv_store {
 	uint32_t count;
-	uint64_t seq; /* last reply's sequence number */
+	uint16_t last; /* slot of the last update's entry (valid once updates > 0) */
+	uint64_t seq;     /* last reply's sequence number */
+	uint64_t updates; /* updates so far: 1 for the first; kept on disk with the table */
 	struct kv_entry slot[KV_SLOTS];
 };
 
-/* kv_init empties the store and restarts the reply sequence at 1. */
+/* kv_init empties the store, restarts the reply sequence at 1 and the
+ * update count at 0. */
 void kv_init(struct kv_store *s);
+
+/* kv_get returns the entry of key[0, klen), or NULL if there is none. */
+const struct kv_entry *kv_get(const struct kv_store *s, const char *key, size_t klen);
+
+/* kv_put sets key[0, klen) to val[0, vlen), adding the key if it is new,
+ * without a reply or an update being counted (the table loader's way in).
+ * It returns 0, or -1 (and changes nothing) if klen is not 1..KV_KEY_MAX,
+ * vlen is not 1..KV_VAL_MAX, or the key is new and the store full. It does
+ * not check the bytes: the caller does (kvtable.c does). */
+int kv_put(struct kv_store *s, const char *key, size_t klen, const char *val, size_t vlen);
 
 /* kv_execute runs the request req[0, n) (any bytes) and writes the reply
  * to out, NUL-terminated; it returns the reply length (without the NUL). Every request gets

@@ -205,6 +205,7 @@ static void random_key(char *k)
 static void test_model(void)
 {
 	char key[40], val[80], req[160], want[160];
+	uint64_t updates = 0;
 
 	kv_init(store);
 	model_n = 0;
@@ -275,6 +276,16 @@ static void test_model(void)
 			}
 		}
 		run(req, want);
+		/* An update is a SET or INCR that succeeded; it names its entry. */
+		if (op != 1 && strncmp(want, "ERR", 3) != 0) {
+			const struct kv_entry *last = &store->slot[store->last];
+			updates++;
+			CHECK(last->klen == strlen(key) && memcmp(last->key, key, last->klen) == 0 &&
+				      last->vlen == strlen(e->val) && memcmp(last->val, e->val, last->vlen) == 0,
+			      "request \"%s\": the last update's entry is not its key's", req);
+		}
+		CHECK(store->updates == updates, "request \"%s\": updates %lu, model %lu", req,
+		      (unsigned long)store->updates, (unsigned long)updates);
 		if (failures > 50)
 			return;
 	}
