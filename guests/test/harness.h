@@ -33,5 +33,6 @@ void test_crc_record(void);
 void test_vring(void);
 void test_net(void);
 void test_kv(void);
+void test_kvtable(void);
 
 #endif

@@ -24,6 +24,7 @@ int main(int argc, char **argv)
 		{ "vring", test_vring },
 		{ "net", test_net },
 		{ "kv", test_kv },
+		{ "kvtable", test_kvtable },
 	};
 	const char *only = argc > 1 ? argv[1] : NULL;
 
