@@ -29,7 +29,7 @@ var catalog = map[string]string{
 	"memtouch": "dirties pages of a working set at a set rate (params: ws, dirty, mode=small|full, rate, passes, every, seed)",
 	"tick":     "PIT timer interrupts through the 8259 PIC, printing \"tick N\" (params: hz, every, ticks)",
 	"disk":     "virtio-blk: writes checksummed records and verifies them (params: records, start, verify_only)",
-	"kv":       "virtio-net: UDP key-value server with SET/GET/INCR, answers ARP (params: ip, port, report)",
+	"kv":       "virtio-net: UDP key-value server with SET/GET/INCR, answers ARP; with a virtio-blk disk, persists before replying (params: ip, port, report, journal, persist_every, flush)",
 }
 
 // Names returns the guest programs' names, sorted.

@@ -8,8 +8,20 @@
  * the text protocol of pure/kvstore.h; all frame handling is
  * pure/kvsrv.c. Prints a statistics line every `report` replies (default
  * 1000, 0 = never). Runs forever; no interrupts are used.
+ *
+ * With a virtio-blk device (lib/blk.c) the table lives on the disk, in
+ * the layout of pure/kvtable.h: loaded at boot from the newer valid of
+ * its two copies ("kv: loaded N keys ..." or "kv: new table"), and after
+ * every update, before the reply is sent: if `journal` > 0 (default 0)
+ * the update's journal sector goes to sector 128 + updates % journal;
+ * every `persist_every` updates (default 4, 0 = never) the whole table
+ * goes to the copy the last table write did not use; if `flush` is 1
+ * (default 0) a VIRTIO_BLK_T_FLUSH follows. Without a disk nothing of
+ * this happens.
  */
+#include "blk.h"
 #include "kvsrv.h"
+#include "kvtable.h"
 #include "rt.h"
 #include "virtio.h"
 
@@ -19,6 +31,8 @@
 #define NET_HDR_LEN 10 /* struct virtio_net_hdr, legacy, no MRG_RXBUF */
 #define MAX_RX 32
 #define MAX_TX 16
+#define DISK_WAIT_NS (10 * 1000000000ull) /* a console line per 10 s a disk request waits */
+#define TABLE_BUF (KVT_MAX_SECTORS * KVD_SECTOR)
 
 /* One buffer pair: header and frame, both owned by the device while its
  * chain is in flight. */
@@ -36,11 +50,140 @@ static int16_t rx_slot[VQ_MAX]; /* by chain head: index into rx_bufs */
 static int16_t tx_slot[VQ_MAX]; /* by chain head: index into tx_bufs */
 static bool tx_busy[MAX_TX];
 
+/* The disk, when the boot info has one. */
+static struct blk blk;
+static bool have_disk;
+static uint64_t journal, persist_every, unsaved;
+static bool flush;
+static unsigned next_copy; /* the table copy the next table write goes to */
+static uint8_t *table_buf; /* TABLE_BUF bytes */
+static uint8_t journal_buf[KVD_SECTOR] __attribute__((aligned(KVD_SECTOR)));
+
 static __attribute__((noreturn)) void fail(const char *what)
 {
 	printk("kv: FAILED: %s\n", what);
 	virtio_fail(&dev);
 	power_off(1);
+}
+
+/* disk_io runs one disk request and waits for it, however long the
+ * device takes (it may hold writes back under back-pressure); a failed
+ * request stops the guest, since it cannot persist what it acknowledges. */
+static void disk_io(uint32_t type, uint64_t sector, void *data, uint32_t len)
+{
+	int r = blk_submit(&blk, type, sector, data, len);
+
+	if (r == 0)
+		while ((r = blk_wait(&blk, DISK_WAIT_NS)) == BLK_ERR_TIMEOUT)
+			printk("kv: disk request type %u sector %lu still waiting\n", type,
+			       (unsigned long)sector);
+	if (r == VIRTIO_BLK_S_OK)
+		return;
+	if (r < 0)
+		printk("kv: FAILED: disk request type %u sector %lu: %s (%lu)\n", type,
+		       (unsigned long)sector, blk_strerror(r), (unsigned long)blk.detail);
+	else
+		printk("kv: FAILED: disk request type %u sector %lu: status %d\n", type,
+		       (unsigned long)sector, r);
+	virtio_fail(&blk.dev);
+	virtio_fail(&dev);
+	power_off(1);
+}
+
+/* load_table reads both table copies' headers and loads the newer valid
+ * copy into srv.kv, falling back to the other; with neither it keeps the
+ * empty table. A copy that is not there at all (bad magic: a fresh disk)
+ * is not worth a line; one that is there and broken is. */
+static void load_table(void)
+{
+	struct kvt_header h[KVT_COPIES];
+	enum kvt_status st[KVT_COPIES];
+	unsigned first;
+
+	for (unsigned c = 0; c < KVT_COPIES; c++) {
+		disk_io(VIRTIO_BLK_T_IN, c * KVT_COPY_SECTORS, table_buf, KVD_SECTOR);
+		st[c] = kvt_header(table_buf, KVD_SECTOR, &h[c]);
+		if (st[c] != KVT_OK && st[c] != KVT_BAD_MAGIC)
+			printk("kv: table copy %u: %s\n", c, kvt_status_str(st[c]));
+	}
+	first = st[1] == KVT_OK && (st[0] != KVT_OK || h[1].updates > h[0].updates);
+	for (unsigned i = 0; i < KVT_COPIES; i++) {
+		unsigned c = i == 0 ? first : 1 - first;
+		enum kvt_status r;
+		if (st[c] != KVT_OK)
+			continue;
+		disk_io(VIRTIO_BLK_T_IN, c * KVT_COPY_SECTORS, table_buf, h[c].sectors * KVD_SECTOR);
+		r = kvt_decode(&srv.kv, table_buf, h[c].sectors * KVD_SECTOR);
+		if (r == KVT_OK) {
+			printk("kv: loaded %u keys (copy %u, update %lu)\n", srv.kv.count, c,
+			       (unsigned long)srv.kv.updates);
+			next_copy = 1 - c;
+			return;
+		}
+		printk("kv: table copy %u: %s\n", c, kvt_status_str(r));
+	}
+	kv_init(&srv.kv);
+	next_copy = 0;
+	printk("kv: new table\n");
+}
+
+/* disk_setup brings up the virtio-blk device d, checks it can hold the
+ * table and the journal, and loads the table. */
+static void disk_setup(const struct boot_info *bi, const struct bootinfo_device *d)
+{
+	const char *err;
+
+	journal = param_u64(bi, "journal", 0);
+	persist_every = param_u64(bi, "persist_every", 4);
+	flush = param_u64(bi, "flush", 0) != 0;
+	if ((err = blk_open(&blk, d->io_base, VIRTIO_BLK_F_FLUSH)) != NULL) {
+		printk("kv: virtio-blk at io %lx: %s\n", (unsigned long)d->io_base, err);
+		virtio_fail(&blk.dev);
+		fail("disk setup");
+	}
+	if (blk.dev.host_features & VIRTIO_BLK_F_RO) {
+		virtio_fail(&blk.dev);
+		fail("the disk is read-only");
+	}
+	if (blk.capacity < KVD_JOURNAL_BASE || journal > blk.capacity - KVD_JOURNAL_BASE) {
+		printk("kv: a disk of %lu sectors cannot hold the table copies and the journal "
+		       "(%u + journal=%lu sectors)\n",
+		       (unsigned long)blk.capacity, KVD_JOURNAL_BASE, (unsigned long)journal);
+		virtio_fail(&blk.dev);
+		fail("disk too small");
+	}
+	if (flush && !(blk.dev.features & VIRTIO_BLK_F_FLUSH)) {
+		/* As Linux does: a disk without a flush command is taken to
+		 * be write-through. */
+		printk("kv: the disk offers no flush; replies wait for the writes only\n");
+		flush = false;
+	}
+	if ((table_buf = palloc(TABLE_BUF, KVD_SECTOR)) == NULL)
+		fail("no free memory for the table buffer");
+	virtio_ready(&blk.dev);
+	have_disk = true;
+	load_table();
+}
+
+/* persist puts the update just made on the disk: its journal sector, the
+ * table when due, then a flush; the caller sends the reply afterwards. */
+static void persist(void)
+{
+	if (journal != 0) {
+		kvj_encode(&srv.kv, journal_buf);
+		disk_io(VIRTIO_BLK_T_OUT, kvd_journal_sector(srv.kv.updates, journal), journal_buf,
+			KVD_SECTOR);
+	}
+	if (persist_every != 0 && ++unsaved >= persist_every) {
+		size_t len = kvt_encode(&srv.kv, table_buf, TABLE_BUF);
+		if (len == 0)
+			fail("the table does not fit its buffer");
+		unsaved = 0;
+		disk_io(VIRTIO_BLK_T_OUT, next_copy * KVT_COPY_SECTORS, table_buf, (uint32_t)len);
+		next_copy = 1 - next_copy;
+	}
+	if (flush)
+		disk_io(VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
 }
 
 static void post_rx(unsigned slot)
@@ -108,6 +251,7 @@ static unsigned min_u(unsigned a, unsigned b)
 void guest_main(unsigned cpu, struct boot_info *bi)
 {
 	const struct bootinfo_device *d = bootinfo_device(bi, FTCKPT_DEV_VIRTIO_NET);
+	const struct bootinfo_device *disk = bootinfo_device(bi, FTCKPT_DEV_VIRTIO_BLK);
 	const char *ip_str = param_str(bi, "ip", "10.0.2.15");
 	uint64_t port = param_u64(bi, "port", 7777);
 	uint64_t report = param_u64(bi, "report", 1000);
@@ -150,13 +294,19 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 	for (unsigned i = 0; i < VQ_MAX; i++)
 		rx_slot[i] = tx_slot[i] = -1;
 	kvsrv_init(&srv, &nif);
+	if (disk != NULL)
+		disk_setup(bi, disk);
 	for (unsigned i = 0; i < nrx; i++)
 		post_rx(i);
 	virtio_ready(&dev);
 	virtio_notify(&dev, RXQ);
-	printk("kv: start ip=%s port=%u mac=%02x:%02x:%02x:%02x:%02x:%02x rx=%u tx=%u\n", ip_str,
+	printk("kv: start ip=%s port=%u mac=%02x:%02x:%02x:%02x:%02x:%02x rx=%u tx=%u", ip_str,
 	       nif.port, nif.mac[0], nif.mac[1], nif.mac[2], nif.mac[3], nif.mac[4], nif.mac[5],
 	       nrx, ntx);
+	if (have_disk)
+		printk(" disk=%lu journal=%lu persist_every=%lu flush=%u", (unsigned long)blk.capacity,
+		       (unsigned long)journal, (unsigned long)persist_every, (unsigned)flush);
+	print("\n");
 
 	for (;;) {
 		unsigned reposted = 0;
@@ -169,6 +319,7 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 		while (reposted < nrx && (r = vq_used(&rxq, &head, &len)) == 1) {
 			int slot = rx_slot[head];
 			unsigned t;
+			uint64_t updates = srv.kv.updates;
 			size_t out;
 
 			if (slot < 0)
@@ -180,6 +331,10 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 			out = kvsrv_frame(&srv, rx_bufs[slot].frame,
 					  len < NET_HDR_LEN ? 0 : len - NET_HDR_LEN,
 					  tx_bufs[t].frame, ETH_MAX_FRAME);
+			/* Output commit for the disk: the update is on it (and
+			 * flushed) before anyone hears of it. */
+			if (have_disk && srv.kv.updates != updates)
+				persist();
 			if (out != 0)
 				tx_send(t, out);
 			post_rx((unsigned)slot);
