@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -147,5 +148,19 @@ func TestStepperKick(t *testing.T) {
 	}
 	if h2, _ := h.s.RegsHash(); h2 != hash {
 		t.Fatal("the breakpoint changed the registers' hash (RF must not count)")
+	}
+}
+
+// TestStepperPagingPages: the bare-metal tables are a PML4, a PDPT and one
+// PD per GiB of the identity map (4 GiB: RAM and the MMIO hole).
+func TestStepperPagingPages(t *testing.T) {
+	h := newStepHarness(t, "tick", nil)
+	got, err := h.s.PagingPages()
+	want := []uint64{PML4GPA / PageSize}
+	for i := uint64(1); i < 2+4; i++ {
+		want = append(want, PML4GPA/PageSize+i)
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("%#x, %v; want %#x", got, err, want)
 	}
 }
