@@ -168,18 +168,23 @@ func (s *Stepper) enterOnThread(d Debug) (StepExit, error) {
 	if d.SingleStep && s.injected {
 		return s.deliverInjected()
 	}
-	// Under a single step KVM reports HLT as the end of the step, not as
-	// KVM_EXIT_HLT: look at what is about to be executed to tell.
-	var code [2]byte
-	var before uint64
-	look := d.SingleStep && !s.completing
-	if look {
-		var err error
-		if before, err = s.rip(); err != nil {
+	if d.SingleStep && s.completing {
+		// The step is the access. KVMs differ on where it ends otherwise:
+		// kvm-pvm advances RIP past an OUT before exiting, so the next
+		// trap comes after the instruction that follows it.
+		return s.completeStep()
+	}
+	if d.SingleStep {
+		rip, err := s.rip()
+		if err != nil {
 			return StepExit{}, err
 		}
-		if code, err = s.codeAt(before); err != nil {
+		code, err := s.codeAt(rip)
+		if err != nil {
 			return StepExit{}, err
+		}
+		if haltsNext(code) {
+			d = Debug{} // run it: see Debug.SingleStep
 		}
 	}
 	if err := s.applyDebug(d); err != nil {
@@ -189,13 +194,27 @@ func (s *Stepper) enterOnThread(d Debug) (StepExit, error) {
 	if err != nil {
 		return StepExit{}, err
 	}
-	if look && ex.Reason == StepDebug && ex.Stepped && steppedHLT(code, before, ex.RIP) {
-		ex = StepExit{Reason: StepHalt, RIP: ex.RIP}
-	}
 	if ex.Reason == StepHalt {
 		s.v.halted = true
 	}
 	return ex, nil
+}
+
+// completeStep is a single step right after Complete: KVM applies the
+// access (settle) and the guest stops after it, or at a kick that was
+// pending. Precondition: on the vCPU's thread; s.completing.
+func (s *Stepper) completeStep() (StepExit, error) {
+	if err := s.settle(); err != nil {
+		return StepExit{}, err
+	}
+	rip, err := s.rip()
+	if err != nil {
+		return StepExit{}, err
+	}
+	if s.kick.req.Swap(false) {
+		return StepExit{Reason: StepKicked, RIP: rip}, nil
+	}
+	return StepExit{Reason: StepDebug, Stepped: true, RIP: rip}, nil
 }
 
 // runOnce enters the guest until an exit or a kick and records the

@@ -10,8 +10,8 @@ import (
 
 // Debug says how Enter runs the guest. The zero value runs it freely.
 //
-// As measured on this platform, a hardware breakpoint stops the guest at
-// the right RIP but setting RFLAGS.RF to resume past it is ignored (it fires
+// As measured on kvm-pvm, a hardware breakpoint stops the guest at the
+// right RIP but setting RFLAGS.RF to resume past it is ignored (it fires
 // again at once), so to execute the instruction at a breakpoint its owner
 // enters once with SingleStep and the breakpoint off, then re-arms it. The
 // two cannot be combined.
@@ -21,14 +21,18 @@ type Debug struct {
 	Break    bool
 	BreakRIP uint64
 	// SingleStep stops it (StepDebug with Stepped) after one instruction,
-	// or earlier at an exit the instruction causes. A stepped HLT is
-	// reported as StepHalt. The first step after Inject delivers the
-	// interrupt, stopping at the handler's first instruction: the trap flag
-	// a single step sets would otherwise be pushed with RFLAGS into the
-	// guest's interrupt frame (and the handler run unstepped). Other
-	// instructions that save RFLAGS (PUSHF, INT n, an exception) leak it
-	// the same way if stepped; the bundled guests execute none, and such a
-	// leak shows as a divergence, never silently.
+	// or earlier at an exit the instruction causes. The first step after
+	// Complete is the access itself: it applies it and stops. A HLT, or
+	// STI then HLT, is run rather than stepped, and ends as StepHalt, as it
+	// does running: under the trap flag KVMs differ (kvm-pvm reports a debug
+	// exit and keeps the halt pending, to report KVM_EXIT_HLT after some
+	// later instruction; upstream KVM reports KVM_EXIT_HLT). The first step
+	// after Inject delivers the interrupt, stopping at the handler's first
+	// instruction: the trap flag a single step sets would otherwise be
+	// pushed with RFLAGS into the guest's interrupt frame (and the handler
+	// run unstepped). Other instructions that save RFLAGS (PUSHF, INT n, an
+	// exception) leak it the same way if stepped; the bundled guests execute
+	// none, and such a leak shows as a divergence, never silently.
 	SingleStep bool
 }
 
@@ -104,15 +108,12 @@ func (s *Stepper) linear(addr uint64) (uint64, error) {
 // Precondition: on the vCPU's thread.
 func (s *Stepper) readLinear(lin uint64, p []byte) error {
 	for len(p) > 0 {
-		t := kvm.Translation{LinearAddress: lin}
-		if err := kvm.Translate(uintptr(s.v.fd), &t); err != nil {
-			return fmt.Errorf("KVM_TRANSLATE %#x: %w", lin, err)
-		}
-		if t.Valid == 0 {
-			return fmt.Errorf("linear address %#x is not mapped", lin)
+		gpa, err := s.physical(lin)
+		if err != nil {
+			return err
 		}
 		n := min(len(p), int(PageSize-lin%PageSize))
-		if _, err := s.m.mem.ReadAt(p[:n], int64(t.PhysicalAddress)); err != nil {
+		if _, err := s.m.mem.ReadAt(p[:n], int64(gpa)); err != nil {
 			return err
 		}
 		p, lin = p[n:], lin+uint64(n)
@@ -132,18 +133,17 @@ func (s *Stepper) codeAt(rip uint64) ([2]byte, error) {
 	return code, err
 }
 
-// Opcodes steppedHLT looks for.
+// Opcodes haltsNext looks for.
 const (
 	opHLT = 0xf4
 	opSTI = 0xfb
 )
 
-// steppedHLT reports whether a single step from before (where code starts)
-// to after executed a HLT: the HLT itself, or STI then HLT, which one step
-// may take together (the STI's interrupt shadow).
-func steppedHLT(code [2]byte, before, after uint64) bool {
-	return code[0] == opHLT && after == before+1 ||
-		code[0] == opSTI && code[1] == opHLT && after == before+2
+// haltsNext reports whether the instruction that code starts is a HLT, or
+// an STI followed by a HLT (which the STI's interrupt shadow makes one
+// step on some KVMs and two on others): what a single step runs instead.
+func haltsNext(code [2]byte) bool {
+	return code[0] == opHLT || code[0] == opSTI && code[1] == opHLT
 }
 
 // deliverInjected is the first single step after Inject: it runs the guest
@@ -167,6 +167,19 @@ func (s *Stepper) deliverInjected() (StepExit, error) {
 	}
 	ex.AtBreak, ex.Stepped = false, true
 	return ex, nil
+}
+
+// physical translates a linear address through the guest's page tables
+// (KVM_TRANSLATE). Precondition: on the vCPU's thread.
+func (s *Stepper) physical(lin uint64) (uint64, error) {
+	t := kvm.Translation{LinearAddress: lin}
+	if err := kvm.Translate(uintptr(s.v.fd), &t); err != nil {
+		return 0, fmt.Errorf("KVM_TRANSLATE %#x: %w", lin, err)
+	}
+	if t.Valid == 0 {
+		return 0, fmt.Errorf("linear address %#x is not mapped", lin)
+	}
+	return t.PhysicalAddress, nil
 }
 
 // handler returns the entry point of vector vec's handler from the guest's
