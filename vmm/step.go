@@ -59,6 +59,9 @@ type Stepper struct {
 	injectedVec uint8
 	// debug is the guest-debug setting in effect (zero: none).
 	debug Debug
+	// hwbp says whether this KVM honours hardware breakpoints, once known
+	// (HardwareBreakpoints).
+	hwbp hwbpState
 	// now is the time source (SetTimeSource); inIO is set while Complete
 	// runs a device, the only time it is read; lastNow is its last answer.
 	now     func() uint64
@@ -152,6 +155,15 @@ func (s *Stepper) Enter(d Debug) (StepExit, error) {
 	}
 	if d.Break && d.SingleStep {
 		return StepExit{}, errors.New("a hardware breakpoint and a single step at once: this KVM ignores RFLAGS.RF, so step past a breakpoint with it disarmed")
+	}
+	if d.Break || d.SingleStep && s.injected {
+		hw, err := s.HardwareBreakpoints()
+		if err != nil {
+			return StepExit{}, err
+		}
+		if d.Break && !hw {
+			return StepExit{}, errors.New("this KVM ignores hardware breakpoints (KVM_GUESTDBG_USE_HW_BP, probed): land by single steps")
+		}
 	}
 	var ex StepExit
 	if err := s.v.do(func() (err error) { ex, err = s.enterOnThread(d); return err }); err != nil {

@@ -14,7 +14,9 @@ import (
 // right RIP but setting RFLAGS.RF to resume past it is ignored (it fires
 // again at once), so to execute the instruction at a breakpoint its owner
 // enters once with SingleStep and the breakpoint off, then re-arms it. The
-// two cannot be combined.
+// two cannot be combined. Some KVMs ignore hardware breakpoints altogether
+// (QEMU's TCG emulating AMD-V): Enter refuses Break there (see
+// HardwareBreakpoints) and its owner lands by single steps.
 type Debug struct {
 	// Break stops the guest (StepDebug with AtBreak) whenever it is about
 	// to execute the instruction at BreakRIP, at once if it is there.
@@ -147,13 +149,20 @@ func haltsNext(code [2]byte) bool {
 }
 
 // deliverInjected is the first single step after Inject: it runs the guest
-// with a hardware breakpoint on the interrupt handler's first instruction
-// instead of the trap flag, which the delivery would push into the guest's
-// interrupt frame. Precondition: on the vCPU's thread; s.injected.
+// until the interrupt is delivered and stops at the handler's first
+// instruction without the trap flag, which the delivery would push into the
+// guest's interrupt frame. Where hardware breakpoints work it arms one
+// there; elsewhere it puts a HLT there for that one entry (deliverToHLT).
+// A stop before the delivery (a kick, an exit of a completed access) is
+// returned as it is. Precondition: on the vCPU's thread; s.injected;
+// s.hwbp is known.
 func (s *Stepper) deliverInjected() (StepExit, error) {
 	handler, err := s.handler(s.injectedVec)
 	if err != nil {
 		return StepExit{}, fmt.Errorf("stepping into vector %d: %w", s.injectedVec, err)
+	}
+	if s.hwbp != hwbpWork {
+		return s.deliverToHLT(handler)
 	}
 	if err := s.applyDebug(Debug{Break: true, BreakRIP: handler}); err != nil {
 		return StepExit{}, err
@@ -167,6 +176,52 @@ func (s *Stepper) deliverInjected() (StepExit, error) {
 	}
 	ex.AtBreak, ex.Stepped = false, true
 	return ex, nil
+}
+
+// deliverToHLT is deliverInjected without a hardware breakpoint: the
+// handler's first byte becomes a HLT for one entry, so the guest exits as
+// soon as the interrupt is delivered; the byte is put back and RIP set
+// back to the handler, where the guest then is as if a breakpoint had
+// stopped it. The byte is written to RAM directly, not with WriteAt: it is
+// restored before Enter returns, so no page changes, and marking the page
+// dirty would put it in this machine's landing signatures and not in the
+// primary's (modes/replay). With the userspace irqchip a HLT always exits
+// to userspace and leaves the vCPU runnable. Precondition: on the vCPU's
+// thread; s.injected.
+func (s *Stepper) deliverToHLT(handler uint64) (StepExit, error) {
+	lin, err := s.linear(handler)
+	if err != nil {
+		return StepExit{}, err
+	}
+	gpa, err := s.physical(lin)
+	if err != nil {
+		return StepExit{}, fmt.Errorf("stepping into vector %d: %w", s.injectedVec, err)
+	}
+	off, err := s.m.mem.offset(gpa, 1)
+	if err != nil {
+		return StepExit{}, fmt.Errorf("stepping into vector %d at %#x: %w", s.injectedVec, handler, err)
+	}
+	ram := s.m.mem.host
+	saved := ram[off]
+	ram[off] = opHLT
+	err = s.applyDebug(Debug{})
+	var ex StepExit
+	if err == nil {
+		ex, err = s.runOnce()
+	}
+	ram[off] = saved
+	if err != nil || ex.Reason != StepHalt {
+		return ex, err
+	}
+	if s.injected || ex.RIP != handler+1 && ex.RIP != handler {
+		return StepExit{}, fmt.Errorf("delivering vector %d: halted at %#x, not at its handler %#x", s.injectedVec, ex.RIP, handler)
+	}
+	s.regs.RIP = handler
+	if err := kvm.SetRegs(uintptr(s.v.fd), &s.regs); err != nil {
+		s.regsOK = false
+		return StepExit{}, fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	return StepExit{Reason: StepDebug, Stepped: true, RIP: handler}, nil
 }
 
 // physical translates a linear address through the guest's page tables

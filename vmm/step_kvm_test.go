@@ -104,23 +104,39 @@ func TestStepperRunsTickGuest(t *testing.T) {
 // other on: the same synchronous exits, at the same RIPs, with the same
 // data, HLTs included (under the trap flag kvm-pvm reports a HLT as a debug
 // exit and a spurious KVM_EXIT_HLT later) and interrupts delivered under
-// the single step.
+// the single step, by a hardware breakpoint on the handler where this KVM
+// honours them, else by a HLT put there (and by that too where it does).
 func TestStepperSingleStepsLikeItRuns(t *testing.T) {
 	params := map[string]string{"hz": "1000", "every": "1", "ticks": "1"}
-	free, stepped := newStepHarness(t, "tick", params), newStepHarness(t, "tick", params)
-	for !strings.Contains(free.con.String(), "\n") {
-		if a, b := free.next(t, Debug{}), stepped.next(t, Debug{}); a != b {
-			t.Fatalf("running both: %v, %v", a, b)
-		}
+	hw, err := ProbeHardwareBreakpoints()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i := 0; !free.off; i++ {
-		a, b := free.next(t, Debug{}), stepped.next(t, Debug{SingleStep: true})
-		if a != b {
-			t.Fatalf("exit %d: run %v data % x, stepped %v data % x", i, a, a.Data, b, b.Data)
-		}
+	deliveries := []string{"probed"}
+	if hw {
+		deliveries = append(deliveries, "hlt")
 	}
-	if !stepped.off || free.con.String() != stepped.con.String() || !strings.Contains(free.con.String(), "tick: done") {
-		t.Fatalf("consoles differ:\n%s\n---\n%s", free.con.String(), stepped.con.String())
+	for _, delivery := range deliveries {
+		t.Run(delivery, func(t *testing.T) {
+			free, stepped := newStepHarness(t, "tick", params), newStepHarness(t, "tick", params)
+			if delivery == "hlt" {
+				stepped.s.hwbp = hwbpIgnored
+			}
+			for !strings.Contains(free.con.String(), "\n") {
+				if a, b := free.next(t, Debug{}), stepped.next(t, Debug{}); a != b {
+					t.Fatalf("running both: %v, %v", a, b)
+				}
+			}
+			for i := 0; !free.off; i++ {
+				a, b := free.next(t, Debug{}), stepped.next(t, Debug{SingleStep: true})
+				if a != b {
+					t.Fatalf("exit %d: run %v data % x, stepped %v data % x", i, a, a.Data, b, b.Data)
+				}
+			}
+			if !stepped.off || free.con.String() != stepped.con.String() || !strings.Contains(free.con.String(), "tick: done") {
+				t.Fatalf("consoles differ:\n%s\n---\n%s", free.con.String(), stepped.con.String())
+			}
+		})
 	}
 }
 
@@ -168,6 +184,10 @@ func TestStepperStepAfterAccess(t *testing.T) {
 	}
 }
 
+// TestStepperKick kicks the counter guest before it runs and in its busy
+// loop, then arms a hardware breakpoint on the kicked RIP as the probe says:
+// where breakpoints work it stops there at once; where the probe says they
+// are ignored Enter refuses it, and armed anyway it does not stop there.
 func TestStepperKick(t *testing.T) {
 	h := newStepHarness(t, "counter", map[string]string{"every": "100000000"})
 	h.s.Kick()
@@ -189,17 +209,36 @@ func TestStepperKick(t *testing.T) {
 	if ex.Reason != StepKicked {
 		t.Fatalf("%v, want the kick in the busy loop", ex)
 	}
-	// A breakpoint at the kicked RIP stops there again, at once.
 	hash, err := h.s.RegsHash()
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := h.s.Enter(Debug{Break: true, BreakRIP: ex.RIP})
-	if err != nil || again.Reason != StepDebug || !again.AtBreak || again.RIP != ex.RIP {
-		t.Fatalf("breakpoint at the kicked RIP: %v, %v", again, err)
+	hw, err := h.s.HardwareBreakpoints()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if h2, _ := h.s.RegsHash(); h2 != hash {
-		t.Fatal("the breakpoint changed the registers' hash (RF must not count)")
+	at := Debug{Break: true, BreakRIP: ex.RIP}
+	if hw {
+		// A breakpoint at the kicked RIP stops there again, at once.
+		again, err := h.s.Enter(at)
+		if err != nil || again.Reason != StepDebug || !again.AtBreak || again.RIP != ex.RIP {
+			t.Fatalf("breakpoint at the kicked RIP: %v, %v", again, err)
+		}
+		if h2, _ := h.s.RegsHash(); h2 != hash {
+			t.Fatal("the breakpoint changed the registers' hash (RF must not count)")
+		}
+		return
+	}
+	if again, err := h.s.Enter(at); err == nil || !strings.Contains(err.Error(), "ignores hardware breakpoints") {
+		t.Fatalf("a breakpoint where the probe says they are ignored: %v, %v; want a refusal", again, err)
+	}
+	// The probe is right: armed anyway, the breakpoint does not stop the
+	// guest where it is; a kick (or the loop's end) does.
+	h.s.hwbp = hwbpWork
+	timer = time.AfterFunc(50*time.Millisecond, h.s.Kick)
+	defer timer.Stop()
+	if again, err := h.s.Enter(at); err != nil || again.Reason == StepDebug {
+		t.Fatalf("a breakpoint this KVM ignores, at the guest's RIP %#x: %v, %v", ex.RIP, again, err)
 	}
 }
 
