@@ -124,50 +124,74 @@ func (r *kvmRecorder) boundary() []kvmAction {
 	}
 }
 
+// kvmKick is how the recorder kicks one run.
+type kvmKick uint8
+
+const (
+	kickNone   kvmKick = iota
+	kickBefore         // Kick, then Run: it stops before the guest executes anything
+	kickTimer          // Kick from a timer, after a delay
+)
+
 // record runs n stops (or to power-off), kicking the guest with chance
-// kickPct in 100 per run after a random delay of up to maxDelay.
+// kickPct in 100 per run: a quarter of those before the run, the rest after
+// a random delay of up to maxDelay.
 func (r *kvmRecorder) record(n, kickPct int, maxDelay time.Duration) {
 	for i := 0; i < n && !r.off; i++ {
-		s := kvmStop{actions: r.boundary()}
-		if err := r.m.Mark(); err != nil {
-			r.t.Fatal(err)
-		}
-		var kick *time.Timer
 		switch x := r.rnd.Intn(100); {
 		case x < kickPct/4:
-			r.m.Kick() // before the run: it stops at once
+			r.stop(kickBefore, 0)
 		case x < kickPct:
-			kick = time.AfterFunc(time.Duration(r.rnd.Int63n(int64(maxDelay))), r.m.Kick)
+			r.stop(kickTimer, time.Duration(r.rnd.Int63n(int64(maxDelay))))
+		default:
+			r.stop(kickNone, 0)
 		}
-		e, err := r.m.Run()
-		if kick != nil {
-			// One that fired after Run returned stops the next run at once.
-			kick.Stop()
-		}
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		if e.Kind == ExitKicked {
-			if s.sig, err = r.m.Signature(); err != nil {
-				r.t.Fatal(err)
-			}
-		}
-		if e.Kind.IsIO() {
-			err := r.m.Complete(&e)
-			if errors.Is(err, ErrPowerOff) {
-				r.off = true
-			} else if err != nil {
-				r.t.Fatal(err)
-			}
-		}
-		s.exit = e
-		r.stops = append(r.stops, s)
 	}
 }
 
+// stop records one stop: the boundary, then a run kicked as kick says.
+func (r *kvmRecorder) stop(kick kvmKick, delay time.Duration) {
+	s := kvmStop{actions: r.boundary()}
+	if err := r.m.Mark(); err != nil {
+		r.t.Fatal(err)
+	}
+	var timer *time.Timer
+	switch kick {
+	case kickBefore:
+		r.m.Kick() // it stops at once
+	case kickTimer:
+		timer = time.AfterFunc(delay, r.m.Kick)
+	}
+	e, err := r.m.Run()
+	if timer != nil {
+		// One that fired after Run returned stops the next run at once.
+		timer.Stop()
+	}
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if e.Kind == ExitKicked {
+		if s.sig, err = r.m.Signature(); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	if e.Kind.IsIO() {
+		err := r.m.Complete(&e)
+		if errors.Is(err, ErrPowerOff) {
+			r.off = true
+		} else if err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	s.exit = e
+	r.stops = append(r.stops, s)
+}
+
 // replay runs m through the recorded stops as a backup does: the same
-// boundary actions, every synchronous exit checked, every kick landed with
-// RunTo until the signature matches.
+// boundary actions, every synchronous exit checked, every kick landed where
+// the guest is if the signature matches there (the kick may have stopped
+// the primary before it executed anything, even right after another kick),
+// else with RunTo until it matches (Backup.land).
 func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits int) {
 	t.Helper()
 	for i, s := range stops {
@@ -190,22 +214,23 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 		want := s.exit
 		if want.Kind == ExitKicked {
 			landings++
-			for n := 1; ; n++ {
+			ok, err := m.Matches(s.sig)
+			for n := 1; !ok; n++ {
+				if err != nil {
+					t.Fatal(err)
+				}
 				e, err := m.RunTo(s.sig.RIP)
 				if err != nil || e.Kind != ExitBreakpoint {
 					t.Fatalf("stop %d: landing at %#x: %v, %v", i, s.sig.RIP, e, err)
 				}
 				hits++
-				sig, err := m.Signature()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if sig == s.sig {
-					break
-				}
 				if n == 1_000_000 {
 					t.Fatalf("stop %d: no match for %+v in %d stops at its RIP", i, s.sig, n)
 				}
+				ok, err = m.Matches(s.sig)
+			}
+			if err != nil {
+				t.Fatal(err)
 			}
 			continue
 		}
@@ -327,5 +352,42 @@ func TestKVMSaveRestore(t *testing.T) {
 	replayStops(t, b, r.stops)
 	if len(benv.nows) != 0 {
 		t.Fatalf("%d time reads left", len(benv.nows))
+	}
+}
+
+// landingMode says how m's RunTo lands.
+func landingMode(m *KVMMachine) string {
+	if m.land.singleStep {
+		return "landing by single steps"
+	}
+	return "landing with hardware breakpoints"
+}
+
+// TestKVMLandsTwiceAtOnePoint: two kicks in a row with nothing executed in
+// between (a kick before the run, or a timer's that fires after the run
+// returned) are two landings at one point. The backup lands the second
+// where the guest already is, without RunTo, which would first execute the
+// instruction there and never come back to the same state.
+func TestKVMLandsTwiceAtOnePoint(t *testing.T) {
+	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "2"}}
+	penv := &kvmTestEnv{t: t}
+	r := &kvmRecorder{t: t, m: newKVMMachine(t, cfg, penv), env: penv, rnd: rand.New(rand.NewSource(1))}
+	r.record(20, 0, 1)
+	first := len(r.stops)
+	r.stop(kickBefore, 0)
+	r.stop(kickBefore, 0)
+	r.record(20, 0, 1)
+	a, b := r.stops[first], r.stops[first+1]
+	if a.exit.Kind != ExitKicked || b.exit.Kind != ExitKicked || a.sig != b.sig {
+		t.Fatalf("two kicks before the run: %v %+v, %v %+v; want two landings at one point", a.exit, a.sig, b.exit, b.sig)
+	}
+	for _, single := range []bool{false, true} {
+		benv := &kvmTestEnv{t: t, replaying: true, nows: slices.Clone(penv.nows)}
+		bcfg := cfg
+		bcfg.SingleStep = single
+		m := newKVMMachine(t, bcfg, benv)
+		if landings, _ := replayStops(t, m, r.stops); landings != 2 || benv.console.String() != penv.console.String() {
+			t.Fatalf("%s: %d landings, console %q, recorded %q", landingMode(m), landings, benv.console.String(), penv.console.String())
+		}
 	}
 }
