@@ -31,6 +31,8 @@ type KVMConfig struct {
 	DiskSize int64
 	// SingleStep makes RunTo single-step the guest instead of arming a
 	// hardware breakpoint: slower, and independent of the debug registers.
+	// A KVM that ignores hardware breakpoints (vmm.ProbeHardwareBreakpoints)
+	// gets single steps whatever this says.
 	SingleStep bool
 }
 
@@ -72,8 +74,10 @@ func (c *KVMConfig) validate() error {
 // with Env.SendFrame and receives only in DeliverFrame. No backend
 // goroutine touches a device.
 //
-// An exit's RIP is the accessing instruction's for an access, the next
-// instruction's after HLT.
+// An exit's RIP is KVM's: after HLT the next instruction's; for an access
+// the accessing instruction's or, on a KVM that advances RIP before exiting
+// (kvm-pvm does for OUT), the next one's. It is the same on every execution
+// on one KVM, not across KVMs.
 //
 // As Machine says, the engine calls every method from one goroutine except
 // Kick, which any goroutine may call.
@@ -112,13 +116,20 @@ func NewKVMMachine(cfg KVMConfig, env Env) (*KVMMachine, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &KVMMachine{cfg: cfg, st: st, land: kvmLanding{singleStep: cfg.SingleStep}}
+	k := &KVMMachine{cfg: cfg, st: st}
 	built := false
 	defer func() {
 		if !built {
 			k.Close()
 		}
 	}()
+	// Whether RunTo may use hardware breakpoints: probed once per process,
+	// here at start-up rather than at the first landing.
+	hw, err := st.HardwareBreakpoints()
+	if err != nil {
+		return nil, err
+	}
+	k.land.singleStep = cfg.SingleStep || !hw
 	m := st.Machine()
 	k.mem = m.Memory()
 	var boot []vmm.BootDevice
@@ -174,7 +185,8 @@ func (k *KVMMachine) Run() (Exit, error) {
 }
 
 // RunTo implements Machine, with a hardware breakpoint or by single steps
-// (KVMConfig.SingleStep); see kvmLanding.
+// (KVMConfig.SingleStep, or a KVM that ignores breakpoints); see
+// kvmLanding.
 func (k *KVMMachine) RunTo(rip uint64) (Exit, error) {
 	if k.fault.err != nil {
 		return Exit{}, k.fault.err
@@ -284,8 +296,13 @@ func (k *KVMMachine) Written(dst *dirtylog.Bitmap) error {
 // Signature implements Machine: Regs hashes RAX..R15, RIP and RFLAGS
 // (without the debug flags TF and RF: vmm.HashRegs); Dirty hashes (page
 // number, contents) of each page written since Mark, by the vCPU (KVM's
-// dirty log) or by a device (the VMM's bitmap), in page order. Costs a
-// harvest (see Mark) and reading every dirty page.
+// dirty log) or by a device (the VMM's bitmap), in page order, except the
+// guest's paging structures (vmm.Stepper.PagingPages): the hardware writes
+// those on its own, and some KVMs report them dirty after every VM entry
+// (QEMU's TCG emulating AMD-V), so whether they are in the set depends on
+// how the guest was driven (run, breakpoints, single steps), not on what it
+// executed. Costs a harvest (see Mark), a walk of the page tables and
+// reading every dirty page.
 func (k *KVMMachine) Signature() (Signature, error) {
 	if k.fault.err != nil {
 		return Signature{}, k.fault.err
@@ -301,7 +318,11 @@ func (k *KVMMachine) Signature() (Signature, error) {
 	if _, err := k.tracker.Harvest(k.dirty); err != nil {
 		return Signature{}, err
 	}
-	return Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty)}, nil
+	tables, err := k.st.PagingPages()
+	if err != nil {
+		return Signature{}, err
+	}
+	return Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty, tables)}, nil
 }
 
 // Matches implements Machine: GET_REGS first; the dirty log is harvested

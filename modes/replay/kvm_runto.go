@@ -23,12 +23,14 @@ type kvmStepper interface {
 // address: before it executes the instruction there, and also before an
 // interrupt injected there is delivered (a kick can stop the primary's
 // guest at that point too). At entry it looks at RIP itself. Then, with
-// the hardware breakpoint (the default), it arms DR0 on the address and
-// runs; to execute the instruction it stopped at (this KVM ignores
-// RFLAGS.RF) it disarms it, single-steps once and re-arms it. With
-// singleStep it single-steps until RIP is the address. Both modes stop at
-// exactly the same points.
+// the hardware breakpoint (the default where the KVM honours them), it arms
+// DR0 on the address and runs; to execute the instruction it stopped at
+// (kvm-pvm ignores RFLAGS.RF) it disarms it, single-steps once and re-arms
+// it. With singleStep it single-steps until RIP is the address. Both modes
+// stop at exactly the same points.
 type kvmLanding struct {
+	// singleStep is set by KVMConfig.SingleStep, or where the KVM ignores
+	// hardware breakpoints (vmm.ProbeHardwareBreakpoints).
 	singleStep bool
 	// atBreak is set when the last stop was ExitBreakpoint at breakRIP and
 	// the guest has not run since.

@@ -105,33 +105,47 @@ func TestKVMDirtyHash(t *testing.T) {
 	for _, p := range []uint64{0, 3, 64, 65, 130, 199} {
 		dirty.Set(p)
 	}
-	h := kvmDirtyHash(ram, dirty)
-	if h != kvmDirtyHash(bytes.Clone(ram), dirty) {
+	h := kvmDirtyHash(ram, dirty, nil)
+	if h != kvmDirtyHash(bytes.Clone(ram), dirty, nil) {
 		t.Fatal("equal memory hashed differently")
 	}
 	// A byte of a clean page does not count; a byte of a dirty one does.
 	ram[2*vmm.PageSize+7]++
-	if kvmDirtyHash(ram, dirty) != h {
+	if kvmDirtyHash(ram, dirty, nil) != h {
 		t.Fatal("a clean page changed the hash")
 	}
 	for _, p := range []uint64{0, 65, 199} {
 		ram[p*vmm.PageSize+uint64(r.Intn(vmm.PageSize))] ^= 1 << r.Intn(8)
-		if kvmDirtyHash(ram, dirty) == h {
+		if kvmDirtyHash(ram, dirty, nil) == h {
 			t.Fatalf("a bit of dirty page %d did not change the hash", p)
 		}
-		h = kvmDirtyHash(ram, dirty)
+		h = kvmDirtyHash(ram, dirty, nil)
 	}
 	// The page numbers count: the same contents elsewhere differ.
 	same := make([]byte, 4*vmm.PageSize)
 	a, b := dirtylog.NewBitmap(4), dirtylog.NewBitmap(4)
 	a.Set(1)
 	b.Set(2)
-	if kvmDirtyHash(same, a) == kvmDirtyHash(same, b) {
+	if kvmDirtyHash(same, a, nil) == kvmDirtyHash(same, b, nil) {
 		t.Fatal("a zero page at 1 and at 2 hashed alike")
 	}
 	// One more dirty page, even a zero one, changes it.
 	b.Set(1)
-	if kvmDirtyHash(same, a) == kvmDirtyHash(same, b) {
+	if kvmDirtyHash(same, a, nil) == kvmDirtyHash(same, b, nil) {
 		t.Fatal("adding a dirty page did not change the hash")
+	}
+	// A skipped page does not count, dirty or not, whatever it holds.
+	if kvmDirtyHash(same, b, []uint64{0, 2, 3}) != kvmDirtyHash(same, a, nil) {
+		t.Fatal("skipping page 2 of {1, 2} did not hash like {1}")
+	}
+	same[2*vmm.PageSize] = 9
+	if kvmDirtyHash(same, b, []uint64{2}) != kvmDirtyHash(same, a, []uint64{2}) {
+		t.Fatal("a skipped page's contents changed the hash")
+	}
+	if kvmDirtyHash(ram, dirty, []uint64{1, 2, 4, 66, 198}) != h {
+		t.Fatal("skipping clean pages changed the hash")
+	}
+	if kvmDirtyHash(ram, dirty, []uint64{64}) == h || kvmDirtyHash(ram, dirty, []uint64{199}) == h {
+		t.Fatal("skipping a dirty page did not change the hash")
 	}
 }
