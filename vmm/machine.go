@@ -169,7 +169,12 @@ func New(cfg Config) (*Machine, error) {
 	if m.kvmFd, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		return nil, fmt.Errorf("opening /dev/kvm (is KVM available on this host?): %w", err)
 	}
+	// KVM_CREATE_VM fails with EINTR when a signal arrives (Go's runtime
+	// sends some); QEMU and Firecracker try again, and so do we.
 	vmFd, err := kvm.CreateVM(uintptr(m.kvmFd))
+	for errors.Is(err, unix.EINTR) {
+		vmFd, err = kvm.CreateVM(uintptr(m.kvmFd))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
