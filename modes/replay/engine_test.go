@@ -3,9 +3,11 @@ package replay_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -28,30 +30,90 @@ var tickParams = []simvm.Param{{Name: "period_ns", Value: 200_000}, {Name: "work
 var kvKeys = []string{"a", "b", "c"}
 
 // kvState is what the kv client of a cluster knows.
+//
+// Each request is sent from an address of its own (kvClientAddr), and
+// the guest answers to the address it came from, so every reply says
+// which request (and so which key) it answers. A reply carries no key,
+// and with three keys counting up in turn, a value alone is ambiguous: a
+// retried request executed twice answers with the value the next key's
+// request would have, and a client that guessed from values would take
+// one for the other and, after another retry, report a skip that never
+// happened.
 type kvState struct {
-	sent     int               // requests answered so far
-	attempts int               // sends of the request being made
-	maxSeq   uint64            // highest reply number seen
-	scanned  int               // frames examined
-	values   map[string]uint64 // the last value of each key
-	// prevKey is the last answered request's key; prevRetried says it was
-	// sent more than once, so it may have been executed twice (UDP
-	// clients retry: at least once).
-	prevKey     string
-	prevRetried bool
+	sent    int               // requests answered so far; the next one's number
+	maxSeq  uint64            // highest reply number seen
+	scanned int               // frames examined
+	values  map[string]uint64 // the last value of each key
+	// twice sends every request twice at once: the client whose first
+	// reply was late and who retried, without the wait (the guest
+	// executes both sends, UDP's at-least-once).
+	twice bool
+}
+
+// kvClientAddr is the address the client sends request n (0 to 2³²-1)
+// from: 10.x.y.1, with n's high half in x.y and its low half the port.
+func kvClientAddr(n int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(n >> 24), byte(n >> 16), 1}), uint16(n))
+}
+
+// kvRequestOf is the request a reply to addr answers.
+func kvRequestOf(addr netip.AddrPort) (int, bool) {
+	if !addr.IsValid() || !addr.Addr().Is4() {
+		return 0, false
+	}
+	a := addr.Addr().As4()
+	n := int(a[1])<<24 | int(a[2])<<16 | int(addr.Port())
+	return n, kvClientAddr(n) == addr
+}
+
+// kvRequest is the frame of request n: INCR of its key, from its address.
+func kvRequest(n int) []byte {
+	return simvm.Addressed(kvClientAddr(n), []byte("INCR "+kvKeys[n%len(kvKeys)]))
+}
+
+// take judges the next frame the client saw. A reply numbered above every
+// one seen (others are repeats, which checkKV judges) is an execution of
+// the request it is addressed to: its key's value must be exactly one
+// more than the last one seen, whichever send of which request it
+// answers, since no reply the guest produced may be lost (replay mode
+// repeats, never loses: DESIGN.md invariant 4). It returns the request
+// answered, or -1 for a repeat.
+func (kv *kvState) take(data []byte) (int, error) {
+	r, err := simvm.ParseKVReply(data)
+	if err != nil || r.Seq <= kv.maxSeq {
+		return -1, nil // checkKV judges it
+	}
+	kv.maxSeq = r.Seq
+	addr, _, _ := simvm.FrameAddress(data)
+	n, ok := kvRequestOf(addr)
+	if !ok || n > kv.sent {
+		return -1, fmt.Errorf("reply %q to %v: this client sent no such request (the next is %d)", data, addr, kv.sent)
+	}
+	key := kvKeys[n%len(kvKeys)]
+	v, err := strconv.ParseUint(r.Value, 10, 64)
+	if r.Status != "VALUE" || err != nil {
+		return -1, fmt.Errorf("INCR %s (request %d) answered %q", key, n, data)
+	}
+	if v != kv.values[key]+1 {
+		return -1, fmt.Errorf("INCR %s (request %d) answered %q after value %d: an update whose reply never came, or one lost", key, n, data, kv.values[key])
+	}
+	kv.values[key] = v
+	return n, nil
 }
 
 // send sends the request being made (again).
 func (c *cluster) send() {
-	c.kv.attempts++
-	c.target().Receive(simvm.KVRequest("INCR", kvKeys[c.kv.sent%len(kvKeys)]))
+	c.target().Receive(kvRequest(c.kv.sent))
+	if c.kv.twice {
+		c.target().Receive(kvRequest(c.kv.sent))
+	}
 }
 
 // incr drives the kv guest like a UDP client: n times, it sends INCR of
-// the next key and resends after a timeout until a new reply (a reply
-// number not seen before) comes, checking each key counts up by one (or,
-// for a request it had to resend, by one more: its first send may have
-// been executed too).
+// the next key and resends after a timeout until a reply to that request
+// comes, checking every reply (take). The timeout only paces the resends:
+// a request executed more than once is counted right however late its
+// replies come.
 func (c *cluster) incr(t *testing.T, n int) {
 	t.Helper()
 	kv := &c.kv
@@ -66,22 +128,12 @@ func (c *cluster) incr(t *testing.T, n int) {
 			wait := time.Now().Add(50 * time.Millisecond)
 			for !answered && time.Now().Before(wait) {
 				frames := c.client.seen()
-				for ; kv.scanned < len(frames) && !answered; kv.scanned++ {
-					r, err := simvm.ParseKVReply(frames[kv.scanned].data)
-					if err != nil || r.Seq <= kv.maxSeq {
-						continue // checkKV judges it
+				for ; kv.scanned < len(frames); kv.scanned++ {
+					got, err := kv.take(frames[kv.scanned].data)
+					if err != nil {
+						t.Fatalf("from %s: %v", frames[kv.scanned].host, err)
 					}
-					kv.maxSeq = r.Seq
-					v, _ := strconv.ParseUint(r.Value, 10, 64)
-					switch {
-					case v == kv.values[key]+1:
-						answered = true
-						kv.values[key] = v
-					case kv.prevRetried && v == kv.values[kv.prevKey]+1:
-						kv.values[kv.prevKey] = v // the retried request, executed twice
-					default:
-						t.Fatalf("INCR %s answered %q after value %d", key, frames[kv.scanned].data, kv.values[key])
-					}
+					answered = answered || got == kv.sent
 				}
 				time.Sleep(200 * time.Microsecond)
 			}
@@ -89,8 +141,85 @@ func (c *cluster) incr(t *testing.T, n int) {
 				t.Fatalf("no reply to INCR %s after %d requests", key, kv.sent)
 			}
 		}
-		kv.prevKey, kv.prevRetried = key, kv.attempts > 1
-		kv.sent, kv.attempts = kv.sent+1, 0
+		kv.sent++
+	}
+}
+
+// TestKVClientModel checks the kv client's judge (kvState.take) on replies
+// made up as the kv guest makes them: requests 0 to n-1 in turn, some
+// executed twice (the client resent them after a late reply), some
+// replies lost. A model that guessed the key from the value took, for
+// requests 2 and 45 executed twice, reply 48 ("VALUE 17", request 45's
+// second execution being counted as request 47's answer after request
+// 2's had shifted every guess by one) for a skip: the failure reported on
+// a slow machine by TestBackupAttachesToARunningGuest, with no replica
+// involved.
+func TestKVClientModel(t *testing.T) {
+	// replies is what the guest sends back, in order: every reply but the
+	// lost-th (-1: none).
+	replies := func(n int, twice func(int) bool, lost int) [][]byte {
+		values := map[string]uint64{}
+		var frames [][]byte
+		for i := range n {
+			execs := 1
+			if twice(i) {
+				execs = 2
+			}
+			for range execs {
+				key := kvKeys[i%len(kvKeys)]
+				values[key]++
+				frames = append(frames, simvm.Addressed(kvClientAddr(i), fmt.Appendf(nil, "%d VALUE %d", len(frames)+1, values[key])))
+			}
+		}
+		if lost >= 0 {
+			frames = append(frames[:lost], frames[lost+1:]...)
+		}
+		return frames
+	}
+	// judge feeds frames to a client that moves to the next request once
+	// the one it makes is answered.
+	judge := func(frames [][]byte) (int, error) {
+		kv := kvState{values: map[string]uint64{}}
+		for _, f := range frames {
+			n, err := kv.take(f)
+			if err != nil {
+				return kv.sent, err
+			}
+			if n == kv.sent {
+				kv.sent++
+			}
+		}
+		return kv.sent, nil
+	}
+	never := func(int) bool { return false }
+	for _, tc := range []struct {
+		name     string
+		frames   [][]byte
+		answered int // -1: an error
+	}{
+		{"each once", replies(60, never, -1), 60},
+		{"requests 2 and 45 twice", replies(60, func(i int) bool { return i == 2 || i == 45 }, -1), 60},
+		{"every request twice", replies(60, func(int) bool { return true }, -1), 60},
+		{"a repeat", append(replies(10, never, -1), replies(10, never, -1)[9]), 10},
+		// Its reply lost, request 40 is sent again and executed again.
+		{"a reply lost", replies(60, func(i int) bool { return i == 40 }, 40), -1},
+		{"a second execution's reply lost", replies(60, func(i int) bool { return i == 2 || i == 45 }, 47), -1},
+		{"a reply to no request", [][]byte{simvm.Addressed(kvClientAddr(5), []byte("1 VALUE 1"))}, -1},
+		{"a reply from the zero address", [][]byte{simvm.Addressed(netip.AddrPort{}, []byte("1 VALUE 1"))}, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := judge(tc.frames)
+			switch {
+			case tc.answered < 0 && err == nil:
+				t.Fatalf("accepted (%d requests answered)", n)
+			case tc.answered < 0:
+				t.Logf("rejected: %v", err)
+			case err != nil:
+				t.Fatalf("request %d: %v", n, err)
+			case n != tc.answered:
+				t.Fatalf("%d requests answered, want %d", n, tc.answered)
+			}
+		})
 	}
 }
 
@@ -349,6 +478,10 @@ func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 // generation rises by one at each failover.
 func TestBackupAttachesToARunningGuest(t *testing.T) {
 	c := newCluster(t, "kv")
+	// Every request twice, as a client sends it whose first reply was
+	// late (on a slow host, around the attach's final stop): the guest
+	// executes each twice, before and after the attach and the failovers.
+	c.kv.twice = true
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	first, _, _ := c.alonePrimary(ctx) // the client talks to whoever is primary
