@@ -29,8 +29,15 @@ const testPages = 64
 
 func testConfig() replay.Config {
 	c := replay.DefaultConfig()
-	c.Heartbeat = 20 * time.Millisecond
-	c.FailureTimeout = 300 * time.Millisecond
+	// The tests end links by closing or resetting them (killLink,
+	// crashPrimary, stopPrimary), never by silence unless they say so: a
+	// peer found silent here, or a heartbeat not written in time (four
+	// intervals), is a loaded host's stall (two CPU-bound engines on a
+	// busy machine starved both ends for over 300 ms), which made the
+	// backup take over from a running primary, or the primary drop a
+	// running backup, and the test fail.
+	c.Heartbeat = 500 * time.Millisecond
+	c.FailureTimeout = 10 * time.Second
 	c.BackupQueueBytes = replay.MaxBatch
 	// Kick for every due interrupt: the tests want landings (on a fast
 	// host the tick guest's work may otherwise always end in an exit
