@@ -40,20 +40,32 @@ func (p *Plug) Console(b []byte) { p.env.Console(b) }
 
 // guestClock is guest time on a live machine: host monotonic time from a
 // base, never below a floor (the last time the guest saw before it moved
-// here, at failover). Used by one goroutine.
+// here, at failover). Used by one goroutine (the engine's), which also
+// paces its own host-side work (pre-copy rounds) by host.
 type guestClock struct {
 	start time.Time
 	base  uint64
 	last  uint64
+	// elapsed, if set, replaces the host's monotonic time since start
+	// (tests script the host: export_test.go).
+	elapsed func() time.Duration
 }
 
 func newGuestClock(from uint64) guestClock {
 	return guestClock{start: time.Now(), base: from, last: from}
 }
 
+// host is the host's monotonic time since the clock was made.
+func (c *guestClock) host() time.Duration {
+	if c.elapsed != nil {
+		return c.elapsed()
+	}
+	return time.Since(c.start)
+}
+
 // now returns the current guest time, never decreasing.
 func (c *guestClock) now() uint64 {
-	t := c.base + uint64(time.Since(c.start))
+	t := c.base + uint64(c.host())
 	c.last = max(c.last, t)
 	return c.last
 }

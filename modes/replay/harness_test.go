@@ -147,6 +147,11 @@ type cluster struct {
 	pDisk   outbuf.Disk
 	pSync   func() error
 	envWrap func(host string, env replay.Env) replay.Env
+	// Optional, set before start or alonePrimary: what the primary's
+	// engine drives instead of its simvm machine (which pm stays), and a
+	// func that sees the primary before it runs.
+	pMachine  func(m *simvm.Machine) replay.Machine
+	onPrimary func(p *replay.Primary)
 }
 
 type followResult struct {
@@ -196,11 +201,14 @@ func (c *cluster) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.primary, err = replay.NewPrimary(c.cfg, c.pm, pplug, c.pOut, pf, 1, nil); err != nil {
+	if c.primary, err = replay.NewPrimary(c.cfg, c.driven(c.pm), pplug, c.pOut, pf, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	c.primary.Console = &c.primaryConsole
 	c.primary.SyncDisk = c.pSync
+	if c.onPrimary != nil {
+		c.onPrimary(c.primary)
+	}
 
 	bf := witness.NewFence(c.arb, "backup")
 	bplug := &replay.Plug{}
@@ -269,9 +277,12 @@ func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Mac
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := replay.NewPrimary(c.cfg, m, plug, out, fence, 1, nil)
+	p, err := replay.NewPrimary(c.cfg, c.driven(m), plug, out, fence, 1, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.onPrimary != nil {
+		c.onPrimary(p)
 	}
 	pctx, stop := context.WithCancel(ctx)
 	c.cancelP = stop
@@ -279,6 +290,14 @@ func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Mac
 	t.Cleanup(func() { stop(); <-c.pDone })
 	c.primary, c.pm, c.live = p, m, p
 	return p, m, fence
+}
+
+// driven is what the primary's engine drives: m, or pMachine's wrapper.
+func (c *cluster) driven(m *simvm.Machine) replay.Machine {
+	if c.pMachine == nil {
+		return m
+	}
+	return c.pMachine(m)
 }
 
 // wrap applies envWrap, if set, to a machine's Env.

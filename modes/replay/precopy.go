@@ -30,9 +30,9 @@ type precopy struct {
 	written *dirtylog.Bitmap // scratch for Machine.Written
 	first   bool             // the next round message starts the sync
 	began   time.Time
-	next    time.Time // not before: the guest's share of the time
-	sent    uint64    // round messages sent
-	bytes   int       // sent so far
+	next    time.Duration // not before (guestClock.host): the guest's share of the time
+	sent    uint64        // round messages sent
+	bytes   int           // sent so far
 }
 
 // precopyEvery is the least time between two round messages: the guest
@@ -52,7 +52,7 @@ const precopyAhead = 4
 // guest runs on instead of waiting; the backup's report wakes the engine.
 func (p *Primary) precopyDue() (bool, time.Duration) {
 	pc := p.precopy
-	wait := time.Until(pc.next)
+	wait := pc.next - p.clock.host()
 	if wait <= 0 && pc.sent >= p.roundsApplied.Load()+precopyAhead {
 		return false, precopyEvery
 	}
@@ -98,7 +98,7 @@ func (p *Primary) startPrecopy() error {
 func (p *Primary) precopyStep() error {
 	pc := p.precopy
 	began := time.Now()
-	defer func() { pc.next = time.Now().Add(max(precopyEvery, time.Since(began))) }()
+	defer func() { pc.next = p.clock.host() + max(precopyEvery, time.Since(began)) }()
 	if len(pc.todo) == 0 {
 		pc.written.Clear()
 		if err := p.m.Written(pc.written); err != nil {

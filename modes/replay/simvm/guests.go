@@ -122,6 +122,23 @@ func New(guest string, memPages int, env replay.Env, params ...Param) (*Machine,
 	return m, nil
 }
 
+// GuestSymbol returns the address of a label of a built-in guest's
+// program, for tests that stop the guest at a given instruction (RunTo).
+func GuestSymbol(guest, label string) (uint64, error) {
+	if _, ok := guestTable[guest]; !ok {
+		return 0, unknownGuest(guest)
+	}
+	p, err := guestProgram(guest)
+	if err != nil {
+		return 0, err
+	}
+	a, ok := p.Symbols[label]
+	if !ok {
+		return 0, fmt.Errorf("guest %s has no label %q", guest, label)
+	}
+	return a, nil
+}
+
 func unknownGuest(name string) error {
 	return fmt.Errorf("unknown guest %q (have: %s)", name, strings.Join(Guests(), ", "))
 }

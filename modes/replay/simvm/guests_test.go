@@ -389,3 +389,16 @@ func TestDescribeGuest(t *testing.T) {
 		t.Errorf("unknown guest: %v", err)
 	}
 }
+
+func TestGuestSymbol(t *testing.T) {
+	p, _ := guestProgram("tick")
+	if a, err := GuestSymbol("tick", "work_loop"); err != nil || a != p.Symbols["work_loop"] || a < EntryBase {
+		t.Errorf("tick's work_loop: %#x, %v", a, err)
+	}
+	if _, err := GuestSymbol("tick", "nosuch"); err == nil {
+		t.Error("a label the guest lacks was found")
+	}
+	if _, err := GuestSymbol("nosuch", "start"); err == nil {
+		t.Error("a guest that does not exist has a label")
+	}
+}

@@ -1,0 +1,79 @@
+package replay_test
+
+import (
+	"time"
+
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+)
+
+// scriptedHost is a primary's host whose timing the test decides, so that
+// an interleaving a loaded host produces once in a while happens every
+// time. The guest is stopped, as a kick stops it, at every every-th visit
+// of the instruction at rip, and only then: the host's own kicks (its
+// timers, a received frame) are ignored. The host's clock (SetHostClock)
+// is virtual: it stands still, except that the stallAt-th reading after
+// each such stop is stall later than the reading before it (the engine's
+// thread was descheduled between two looks at the clock), and that while
+// the guest is halted it is at least the guest's timer deadline (an idle
+// host sleeps until then).
+//
+// The engine calls everything on its goroutine but Kick, which does
+// nothing here, so no field needs a lock.
+type scriptedHost struct {
+	*simvm.Machine
+	rip     uint64
+	every   int
+	stallAt int
+	stall   time.Duration
+
+	visits int           // of rip
+	reads  int           // of the clock since the last stop at rip
+	now    time.Duration // the clock
+	kicks  int           // stops at rip reported as kicks
+}
+
+// scriptHost makes the cluster's next primary (start or alonePrimary) run
+// on a scriptedHost stopping at label of the cluster's guest.
+func (c *cluster) scriptHost(label string, every, stallAt int, stall time.Duration) *scriptedHost {
+	rip, err := simvm.GuestSymbol(c.guest, label)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	h := &scriptedHost{rip: rip, every: every, stallAt: stallAt, stall: stall}
+	c.pMachine = func(m *simvm.Machine) replay.Machine {
+		h.Machine = m
+		return h
+	}
+	c.onPrimary = func(p *replay.Primary) { replay.SetHostClock(p, h.elapsed) }
+	return h
+}
+
+// Kick implements replay.Machine: the script decides where the guest stops.
+func (h *scriptedHost) Kick() {}
+
+// Run implements replay.Machine.
+func (h *scriptedHost) Run() (replay.Exit, error) {
+	for {
+		e, err := h.Machine.RunTo(h.rip)
+		if err != nil || e.Kind != replay.ExitBreakpoint {
+			return e, err
+		}
+		if h.visits++; h.visits%h.every == 0 {
+			h.reads = 0
+			h.kicks++
+			return replay.Exit{Kind: replay.ExitKicked, RIP: e.RIP}, nil
+		}
+	}
+}
+
+// elapsed is the host's clock (see scriptedHost).
+func (h *scriptedHost) elapsed() time.Duration {
+	if h.reads++; h.reads == h.stallAt {
+		h.now += h.stall
+	}
+	if dl, ok := h.TimerDeadline(); ok && h.Halted() {
+		h.now = max(h.now, time.Duration(dl))
+	}
+	return h.now
+}
