@@ -74,6 +74,10 @@ type Primary struct {
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
 	kickTimer *time.Timer
+	// needMark says the guest's point is one the backup starts from (a
+	// logged stop, or a sync's checkpoint): the next run starts a new
+	// signature interval (Mark), as the backup's does.
+	needMark bool
 
 	// The link, while recording or pre-copying to a backup attaching.
 	// linkCtx ends, with the failure as its cause, when the link fails (or
@@ -221,7 +225,7 @@ func (p *Primary) Attach(conn net.Conn) error {
 func (p *Primary) drive(ctx context.Context) error {
 	defer p.kickTimer.Stop()
 	defer p.rxKick.Stop()
-	needMark := true
+	p.needMark = true
 	for {
 		if err := p.boundary(); err != nil {
 			return err
@@ -232,11 +236,11 @@ func (p *Primary) drive(ctx context.Context) error {
 			}
 			continue
 		}
-		if needMark {
+		if p.needMark {
 			if err := p.m.Mark(); err != nil {
 				return err
 			}
-			needMark = false
+			p.needMark = false
 		}
 		p.armKick()
 		e, err := p.m.Run()
@@ -255,10 +259,10 @@ func (p *Primary) drive(ctx context.Context) error {
 			}
 			p.append(Entry{Type: EntryLanding, Sig: sig})
 			p.Stats.Landings.Add(1)
-			needMark = true
+			p.needMark = true
 			continue
 		}
-		needMark = true
+		p.needMark = true
 		p.Stats.Exits.Add(1)
 		p.append(Entry{Type: EntryExit, Exit: e})
 		if !e.Kind.IsIO() {

@@ -80,6 +80,9 @@ func (p *Primary) sync() error {
 func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	p.append(Entry{Type: EntrySync})
 	s := p.lsn
+	// The backup's guest starts here, from the checkpoint, with a new
+	// signature interval: so does the primary's.
+	p.needMark = true
 	p.lastSync.Store(s)
 	p.flush()
 	disk := format.DiskLog{Durable: s}

@@ -1,6 +1,8 @@
 package replay_test
 
 import (
+	"context"
+	"testing"
 	"time"
 
 	"github.com/ftckpt/ftckpt/modes/replay"
@@ -76,4 +78,42 @@ func (h *scriptedHost) elapsed() time.Duration {
 		h.now = max(h.now, time.Duration(dl))
 	}
 	return h.now
+}
+
+// TestPrecopyEndsAtAKick: a backup attaches to a busy tick guest, and the
+// pre-copy's final stop comes at a kicked stop (the host's clock moves on
+// only at kicks, and far enough for a round each time), after interrupts
+// the primary delivered alone at earlier kicks. The backup's guest starts
+// at the sync with a new signature interval; the primary's must too, or
+// the first landing after the sync hashes pages written before it and the
+// backup finds no match (a divergence, then a resync: what an attach to a
+// busy guest cost now and then).
+func TestPrecopyEndsAtAKick(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	c.cfg.PrecopyChunk, c.cfg.PrecopyRounds = testPages, 1 // one round, then the final stop
+	// Kicks every few instructions: the first landing after the sync
+	// comes before the guest has written most of the pages it wrote
+	// since its last exit before it.
+	h := c.scriptHost("work_loop", 3, 1, 5*time.Millisecond)
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	bm, b, done, _ := c.attachBackup(p, "backup")
+	waitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
+	c.client.waitFrames(t, len(c.client.seen())+5)
+	c.stopPrimary()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	sameMachine(t, c.pm, bm)
+	if d := b.Stats.Divergences.Load(); d != 0 {
+		t.Errorf("%d divergences", d)
+	}
+	if s := p.Stats.Syncs.Load(); s != 1 {
+		t.Errorf("%d syncs: the attach's and %d to resynchronise", s, s-1)
+	}
+	if l := p.Stats.Landings.Load(); l == 0 || h.kicks == 0 {
+		t.Errorf("%d kicks, %d landings: the test does not test", h.kicks, l)
+	}
+	checkTicks(t, c.client.seen())
 }
