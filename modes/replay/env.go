@@ -102,9 +102,3 @@ func (q *rxQueue) take() [][]byte {
 	q.frames = nil
 	return f
 }
-
-func (q *rxQueue) empty() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.frames) == 0
-}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,10 +75,13 @@ type Primary struct {
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
 	kickTimer *time.Timer
+	// unlogged says the guest stopped at a kick that the log does not
+	// name: the backup's guest will never stop there, so nothing may reach
+	// the guest there (boundary) until logStop names it as a landing.
 	// needMark says the guest's point is one the backup starts from (a
 	// logged stop, or a sync's checkpoint): the next run starts a new
 	// signature interval (Mark), as the backup's does.
-	needMark bool
+	unlogged, needMark bool
 
 	// The link, while recording or pre-copying to a backup attaching.
 	// linkCtx ends, with the failure as its cause, when the link fails (or
@@ -249,20 +253,13 @@ func (p *Primary) drive(ctx context.Context) error {
 			return fmt.Errorf("running the guest: %w", err)
 		}
 		if e.Kind == ExitKicked {
+			// Logged only if the boundary delivers something here (alone,
+			// nothing is logged).
+			p.unlogged = p.recording
 			p.flushIfStale()
-			if !p.recording || !p.workPending() {
-				continue // nothing to log: alone, or nothing happened to the guest
-			}
-			sig, err := p.m.Signature()
-			if err != nil {
-				return err
-			}
-			p.append(Entry{Type: EntryLanding, Sig: sig})
-			p.Stats.Landings.Add(1)
-			p.needMark = true
 			continue
 		}
-		p.needMark = true
+		p.unlogged, p.needMark = false, true
 		p.Stats.Exits.Add(1)
 		p.append(Entry{Type: EntryExit, Exit: e})
 		if !e.Kind.IsIO() {
@@ -284,8 +281,22 @@ func (p *Primary) drive(ctx context.Context) error {
 // logged so the backup does the same at the same point: the backup-lost
 // rule and full syncs first, then received frames, due timers, and the
 // interrupt the guest can take.
+//
+// At a kick the log does not name yet (unlogged), whether anything
+// reaches the guest is decided once, from one look at the received frames
+// and one reading of the clock: if so, the stop is logged as a landing
+// first (logStop); if not, nothing reaches the guest here, not even a
+// pending interrupt (the backup's guest never stops here to take it).
+// Deciding twice, as a separate look before the boundary did, let a timer
+// fall due or a frame arrive in between and be delivered at a stop the
+// backup could not reach.
 func (p *Primary) boundary() error {
 	if err := p.ctx.Err(); err != nil {
+		// The log ends where the guest stopped: a backup that replays it
+		// all holds the primary's machine.
+		if lerr := p.logStop(); lerr != nil {
+			return lerr
+		}
 		return err
 	}
 	if p.recording && p.linkIsDown() {
@@ -327,6 +338,20 @@ func (p *Primary) boundary() error {
 	if err := p.syncErr.Load(); err != nil {
 		return fmt.Errorf("making released disk writes durable: %w", *err)
 	}
+	frames := slices.DeleteFunc(p.rx.take(), func(f []byte) bool {
+		return len(f) > MaxFrame // no device takes it; dropped as a NIC drops
+	})
+	var now uint64
+	poll := false
+	if dl, ok := p.m.TimerDeadline(); ok {
+		now = p.clock.now()
+		poll = now >= dl
+	}
+	if len(frames) > 0 || poll {
+		if err := p.logStop(); err != nil {
+			return err
+		}
+	}
 	if c := p.committed.Load(); p.recording && c > p.released {
 		// Every output at or below c is released by now (by the ack's
 		// Commit, or by a Hold that found c committed). Disk writes among
@@ -346,18 +371,16 @@ func (p *Primary) boundary() error {
 			p.released = mark
 		}
 	}
-	for _, f := range p.rx.take() {
-		if len(f) > MaxFrame {
-			continue // no device takes it; dropped as a NIC drops
-		}
+	for _, f := range frames {
 		p.append(Entry{Type: EntryFrame, Bytes: f})
 		p.m.DeliverFrame(f)
 	}
-	if dl, ok := p.m.TimerDeadline(); ok {
-		if now := p.clock.now(); now >= dl {
-			p.append(Entry{Type: EntryPoll, Time: now})
-			p.m.PollTimers(now)
-		}
+	if poll {
+		p.append(Entry{Type: EntryPoll, Time: now})
+		p.m.PollTimers(now)
+	}
+	if p.unlogged {
+		return nil
 	}
 	delivered, err := p.m.InjectPending()
 	if err != nil {
@@ -369,14 +392,20 @@ func (p *Primary) boundary() error {
 	return nil
 }
 
-// workPending says whether an asynchronous stop has something to do at a
-// boundary (and so must be logged as a landing).
-func (p *Primary) workPending() bool {
-	if !p.rx.empty() || p.resync.Load() || p.ctx.Err() != nil || (p.recording && p.linkIsDown()) {
-		return true
+// logStop names the kicked stop the guest is at in the log, as a landing,
+// if the log does not name it yet (see boundary).
+func (p *Primary) logStop() error {
+	if !p.unlogged {
+		return nil
 	}
-	dl, ok := p.m.TimerDeadline()
-	return ok && p.clock.now() >= dl
+	sig, err := p.m.Signature()
+	if err != nil {
+		return err
+	}
+	p.append(Entry{Type: EntryLanding, Sig: sig})
+	p.Stats.Landings.Add(1)
+	p.unlogged, p.needMark = false, true
+	return nil
 }
 
 // armKick sets the kick timer for the first of: the guest's timer deadline

@@ -200,7 +200,7 @@ func (p *Primary) enqueue(msg message) {
 // goAlone releases every output held: there is no backup to wait for.
 // From now on hold releases each output at once, until a backup attaches.
 func (p *Primary) goAlone() error {
-	p.recording = false
+	p.recording, p.unlogged = false, false
 	p.protected.Store(false)
 	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)

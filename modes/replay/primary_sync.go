@@ -82,7 +82,7 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	s := p.lsn
 	// The backup's guest starts here, from the checkpoint, with a new
 	// signature interval: so does the primary's.
-	p.needMark = true
+	p.unlogged, p.needMark = false, true
 	p.lastSync.Store(s)
 	p.flush()
 	disk := format.DiskLog{Durable: s}

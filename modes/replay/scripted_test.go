@@ -80,6 +80,32 @@ func (h *scriptedHost) elapsed() time.Duration {
 	return h.now
 }
 
+// TestKickedStopsAreLoggedBeforeInput: the engine's thread is descheduled
+// right after its first look at the clock at every kicked stop, for a
+// timer period. The timer falls due meanwhile, at a stop the log does not
+// name yet. Whatever the engine then delivers there (a poll, an
+// interrupt) must come after a landing that names the stop, or the backup
+// delivers it elsewhere: the primary used to decide whether to log the
+// stop from one reading of the clock and deliver from the next, so the
+// tick guest's backup diverged on a loaded host (its tick frame's hash
+// differed from the primary's).
+func TestKickedStopsAreLoggedBeforeInput(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	h := c.scriptHost("work_loop", 101, 2, 200*time.Microsecond)
+	c.start()
+	c.client.waitFrames(t, 20)
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	if d := c.backup.Stats.Divergences.Load(); d != 0 {
+		t.Errorf("%d divergences", d)
+	}
+	if l := c.primary.Stats.Landings.Load(); l == 0 || h.kicks == 0 {
+		t.Errorf("%d kicks, %d landings: the test does not test", h.kicks, l)
+	}
+	checkTicks(t, c.client.seen())
+}
+
 // TestPrecopyEndsAtAKick: a backup attaches to a busy tick guest, and the
 // pre-copy's final stop comes at a kicked stop (the host's clock moves on
 // only at kicks, and far enough for a round each time), after interrupts
