@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -551,6 +552,113 @@ func TestPrimaryLosesItsBackupThenTakesANewOne(t *testing.T) {
 	if cur, err := c.arb.Current(context.Background()); err != nil || cur.Generation != 3 {
 		t.Fatalf("witness holds %+v (%v), want generation 3", cur, err)
 	}
+}
+
+// TestALateAckDuringTheContest: the backup falls silent (everything it
+// sends is held on the way), so the primary contests the next generation,
+// its fence suspended; while it waits for the witness, what the backup
+// sent arrives, among it the ack of a reply the primary holds. Applying
+// that ack would release the reply under the suspended fence, which
+// refuses it and fails the output buffer for good: the primary, winning,
+// would go on alone unable to emit anything. (On a loaded host, whose
+// backup only seemed silent, the primary stopped answering so.)
+func TestALateAckDuringTheContest(t *testing.T) {
+	c := newCluster(t, "kv")
+	// The silence is the test's doing; the backup's ack is among what is
+	// held well before the primary gives up on it.
+	c.cfg.FailureTimeout = time.Second
+	var hold atomic.Bool
+	release := make(chan struct{})
+	c.down = holding(&hold, release)
+	linkClosed := make(chan struct{}) // the primary closed its end
+	c.up = func(from io.Reader, to io.Writer) { copyAll(from, to); close(linkClosed) }
+	primaryDecided := make(chan struct{})
+	c.arb = gateArbiter{Arbiter: c.arb,
+		before: func(ctx context.Context, g uint64, owner string) {
+			switch {
+			case g != 2:
+			case owner == "primary":
+				// The backup's messages arrive now; the contest goes on
+				// once the primary applied them (its output buffer
+				// failed) or cannot (it closed the link first).
+				close(release)
+				for c.pOut.Err() == nil {
+					select {
+					case <-linkClosed:
+						return
+					case <-ctx.Done():
+						return
+					case <-time.After(time.Millisecond):
+					}
+				}
+			case owner == "backup": // it contests once the link closes: after the primary
+				select {
+				case <-primaryDecided:
+				case <-ctx.Done():
+				}
+			}
+		},
+		after: func(g uint64, owner string, err error) {
+			if g == 2 && owner == "primary" {
+				close(primaryDecided)
+			}
+		},
+	}
+	c.start()
+	c.incr(t, 5)
+	hold.Store(true)
+	c.send() // its reply waits for an ack that is held
+	waitUntil(t, "the primary's contest", func() bool {
+		select {
+		case <-c.pDone:
+			return true
+		default:
+			return c.primary.Stats.BackupsLost.Load() == 1
+		}
+	})
+	if err := c.pOut.Err(); err != nil {
+		t.Fatalf("the primary's output buffer failed: %v", err)
+	}
+	c.incr(t, 5) // answered by the primary alone, in generation 2
+	if r := <-c.bDone; !errors.Is(r.err, witness.ErrLost) {
+		t.Fatalf("the backup ended with %v, want a lost contest", r.err)
+	}
+	checkKV(t, c.client.seen())
+}
+
+// holding is a filter that passes messages until hold is set, then holds
+// them (and what follows) until release closes.
+func holding(hold *atomic.Bool, release <-chan struct{}) filter {
+	return func(from io.Reader, to io.Writer) {
+		r := format.NewReader(from, 0)
+		for {
+			typ, payload, err := r.Next()
+			if err != nil {
+				return
+			}
+			if hold.Load() {
+				<-release
+			}
+			if format.WriteMessage(to, typ, payload) != nil {
+				return
+			}
+		}
+	}
+}
+
+// gateArbiter is an Arbiter whose Acquire calls before first and after
+// when the arbiter answered.
+type gateArbiter struct {
+	witness.Arbiter
+	before func(ctx context.Context, g uint64, owner string)
+	after  func(g uint64, owner string, err error)
+}
+
+func (a gateArbiter) Acquire(ctx context.Context, g uint64, owner string) (witness.Claim, error) {
+	a.before(ctx, g, owner)
+	c, err := a.Arbiter.Acquire(ctx, g, owner)
+	a.after(g, owner, err)
+	return c, err
 }
 
 // TestPartitionOneSideGoesOn cuts the link between a live primary and a

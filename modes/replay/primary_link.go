@@ -53,12 +53,17 @@ func (p *Primary) connectLink(conn net.Conn) error {
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
 	// write side closes, so the backup reads the whole log before the end
-	// of the stream (a plain close with acks unread could reset it).
+	// of the stream (a plain close with acks unread could reset it). A
+	// link that failed has nothing more to carry: it closes at once, which
+	// also ends a send or a read blocked on it.
 	p.stopLink = func() {
 		close(stopc)
+		if p.linkIsDown() {
+			conn.Close()
+		}
 		wg.Wait()
 		<-sent
-		if hc, ok := conn.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		if hc, ok := conn.(interface{ CloseWrite() error }); ok && !p.linkIsDown() && hc.CloseWrite() == nil {
 			select {
 			case <-received:
 			case <-time.After(p.cfg.FailureTimeout):
@@ -221,6 +226,11 @@ func (p *Primary) backupLost() error {
 	p.protected.Store(false)
 	cause := context.Cause(p.linkCtx)
 	p.log.Warn("backup lost", "cause", cause)
+	// The link goes first: an ack the receiver read late would release
+	// outputs while the contest has the fence suspended, and a release the
+	// fence refuses fails the output buffer for good, leaving a primary
+	// that won the next generation unable to emit anything.
+	p.disconnect()
 	dctx, cancel := context.WithTimeout(p.ctx, p.cfg.DecideTimeout)
 	defer cancel()
 	if err := witness.PrimaryLostBackup(dctx, p.fence); err != nil {
@@ -230,6 +240,5 @@ func (p *Primary) backupLost() error {
 	p.gen.Store(gen)
 	p.log.Warn(ErrBackupLost.Error(), "generation", gen)
 	p.Stats.BackupsLost.Add(1)
-	p.disconnect()
 	return p.goAlone()
 }
