@@ -646,6 +646,42 @@ func holding(hold *atomic.Bool, release <-chan struct{}) filter {
 	}
 }
 
+// TestAStoppingPrimaryReleasesNothingLate: the primary stops while it
+// holds a frame, and the backup's ack of it is held on the way until the
+// backup, having read the whole log, went live and sent the frame again
+// itself. The ack then reaches the primary, which reads on to the end of
+// the stream: it must release nothing more (two hosts would emit, the old
+// one after the new; on a host running one goroutine at a time the tick
+// guest's client saw so a frame from the primary after the backup's).
+func TestAStoppingPrimaryReleasesNothingLate(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	var hold atomic.Bool
+	release := make(chan struct{})
+	c.down = holding(&hold, release)
+	c.start()
+	c.client.waitFrames(t, 5)
+	emitted := func() uint64 { s := c.pOut.Stats(); return s.Released + uint64(s.HeldOutputs) }
+	hold.Store(true)
+	n := emitted()
+	waitUntil(t, "a frame whose ack is held", func() bool { return emitted() > n })
+	go func() {
+		r := <-c.bDone // the backup went live: the held ack may go
+		c.bDone <- r
+		close(release)
+	}()
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	frames := c.client.seen()
+	live := false
+	for i, f := range frames {
+		if live = live || f.host == "backup"; live && f.host == "primary" {
+			t.Fatalf("frame %d of %d is the stopped primary's, after the live backup's", i, len(frames))
+		}
+	}
+	checkTicks(t, frames)
+}
+
 // gateArbiter is an Arbiter whose Acquire calls before first and after
 // when the arbiter answered.
 type gateArbiter struct {

@@ -93,6 +93,11 @@ type Primary struct {
 	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
 
 	committed atomic.Uint64 // highest LSN the backup acknowledged
+	// ackMu serialises the receiver's applying of an ack (applyAck) with
+	// the link's closing, which sets acksOff: from then on acks release
+	// nothing (see stopLink).
+	ackMu   sync.Mutex
+	acksOff bool
 	// durable is the LSN through which released disk writes are known
 	// durable (a SyncDisk returned after they were released). The engine
 	// asks the syncer to advance it to syncWant through syncKick (buffered

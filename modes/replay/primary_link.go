@@ -35,6 +35,9 @@ func (p *Primary) connect(conn net.Conn) error {
 func (p *Primary) connectLink(conn net.Conn) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
+	p.ackMu.Lock()
+	p.acksOff = false
+	p.ackMu.Unlock()
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
 	p.protected.Store(true)
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
@@ -56,6 +59,11 @@ func (p *Primary) connectLink(conn net.Conn) error {
 	// of the stream (a plain close with acks unread could reset it). A
 	// link that failed has nothing more to carry: it closes at once, which
 	// also ends a send or a read blocked on it.
+	//
+	// Acks stop releasing before the backup can see the end of the stream:
+	// it then takes over and emits again every output the log does not
+	// mark released, so a late ack applied here would have both hosts
+	// emit, the old one after the new.
 	p.stopLink = func() {
 		close(stopc)
 		if p.linkIsDown() {
@@ -63,6 +71,9 @@ func (p *Primary) connectLink(conn net.Conn) error {
 		}
 		wg.Wait()
 		<-sent
+		p.ackMu.Lock()
+		p.acksOff = true
+		p.ackMu.Unlock()
 		if hc, ok := conn.(interface{ CloseWrite() error }); ok && !p.linkIsDown() && hc.CloseWrite() == nil {
 			select {
 			case <-received:
@@ -147,17 +158,9 @@ func (p *Primary) receive(l *format.Link) {
 			if a.Generation != p.gen.Load() {
 				continue // another generation's log releases nothing
 			}
-			if err := p.out.Commit(a.Epoch); err != nil {
-				p.linkFailed(fmt.Errorf("releasing outputs through LSN %d: %w", a.Epoch, err))
+			if err := p.applyAck(a.Epoch); err != nil {
+				p.linkFailed(err)
 				return
-			}
-			if a.Epoch > p.committed.Load() {
-				p.committed.Store(a.Epoch) // only this goroutine stores it
-				p.Stats.Acked.Store(a.Epoch)
-				select {
-				case p.ackedCh <- struct{}{}:
-				default:
-				}
 			}
 		case format.MsgResync:
 			r, err := format.DecodeResync(payload)
@@ -186,6 +189,29 @@ func (p *Primary) receive(l *format.Link) {
 			return
 		}
 	}
+}
+
+// applyAck releases the outputs held through lsn, which the backup has
+// acknowledged, unless the link is closing (acksOff). Called by the
+// receiver.
+func (p *Primary) applyAck(lsn uint64) error {
+	p.ackMu.Lock()
+	defer p.ackMu.Unlock()
+	if p.acksOff {
+		return nil
+	}
+	if err := p.out.Commit(lsn); err != nil {
+		return fmt.Errorf("releasing outputs through LSN %d: %w", lsn, err)
+	}
+	if lsn > p.committed.Load() {
+		p.committed.Store(lsn) // only the receiver stores it
+		p.Stats.Acked.Store(lsn)
+		select {
+		case p.ackedCh <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // enqueue hands msg to the sender, waiting while MaxInFlight messages are
