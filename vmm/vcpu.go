@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"runtime"
 	"time"
-	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
@@ -104,7 +103,7 @@ func (v *VCPU) create(cpuid *kvm.CPUID) error {
 	if err != nil {
 		return fmt.Errorf("mmap kvm_run: %w", err)
 	}
-	v.runData = (*kvm.RunData)(unsafe.Pointer(&v.run[0]))
+	v.runData = runDataOf(v.run)
 	v.cpuid = vcpuCPUID(cpuid, v.index)
 	if err := kvm.SetCPUID2(uintptr(v.fd), v.cpuid); err != nil {
 		return fmt.Errorf("KVM_SET_CPUID2: %w", err)
@@ -205,7 +204,7 @@ func (v *VCPU) drain() {
 // handleExit dispatches one KVM exit.
 func (v *VCPU) handleExit() error {
 	r := v.runData
-	data := unsafe.Slice((*byte)(unsafe.Pointer(&r.Data[0])), len(r.Data)*8)
+	data := exitData(r)
 	switch kvm.ExitType(r.ExitReason) {
 	case kvm.EXITIO:
 		dir := data[kvmapi.RunIODirectionOffset]
