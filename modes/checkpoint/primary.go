@@ -212,13 +212,7 @@ func (p *Primary) sync(ctx context.Context, dirty *dirtylog.Bitmap, captures cha
 	p.mu.Unlock()
 	// Round 1 reads every page live; the harvest before it clears the log,
 	// so any page written while it is read is sent again.
-	if err := p.guest.Pause(); err != nil {
-		return err
-	}
-	dirty.Clear()
-	err := p.guest.Harvest(dirty)
-	p.guest.Resume()
-	if err != nil {
+	if err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
 	all := make([]uint64, dirty.Len())
@@ -230,13 +224,7 @@ func (p *Primary) sync(ctx context.Context, dirty *dirtylog.Bitmap, captures cha
 		return err
 	}
 	for round := 1; round < p.cfg.PrecopyRounds; round++ {
-		if err := p.guest.Pause(); err != nil {
-			return err
-		}
-		dirty.Clear()
-		err := p.guest.Harvest(dirty)
-		p.guest.Resume()
-		if err != nil {
+		if err := p.harvestWhilePaused(dirty); err != nil {
 			return err
 		}
 		n := dirty.Count()
@@ -284,8 +272,7 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 	epoch := p.pos.Load()
 	dirty.Clear()
 	if err := p.guest.Harvest(dirty); err != nil {
-		p.guest.Resume()
-		return nil, 0, fmt.Errorf("harvesting dirty pages: %w", err)
+		return nil, 0, p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
 	}
 	mem := p.guest.Memory()
 	c := &capture{hdr: format.Header{Kind: kind, Generation: p.gen, Epoch: epoch}}
@@ -299,8 +286,7 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 	}
 	state, err := p.guest.SaveState()
 	if err != nil {
-		p.guest.Resume()
-		return nil, 0, fmt.Errorf("saving machine state: %w", err)
+		return nil, 0, p.resumeAfter(fmt.Errorf("saving machine state: %w", err))
 	}
 	c.machine = state
 	if p.disk != nil {
@@ -317,6 +303,32 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 		return nil, 0, fmt.Errorf("resuming the guest: %w", err)
 	}
 	return c, p.now().Sub(start), nil
+}
+
+// harvestWhilePaused pauses the guest just long enough to harvest its dirty
+// pages into dirty (cleared first), for a pre-copy round.
+func (p *Primary) harvestWhilePaused(dirty *dirtylog.Bitmap) error {
+	if err := p.guest.Pause(); err != nil {
+		return fmt.Errorf("pausing the guest: %w", err)
+	}
+	dirty.Clear()
+	if err := p.guest.Harvest(dirty); err != nil {
+		return p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
+	}
+	if err := p.guest.Resume(); err != nil {
+		return fmt.Errorf("resuming the guest: %w", err)
+	}
+	return nil
+}
+
+// resumeAfter resumes the paused guest after a failed step and returns the
+// step's error, with the resume's if that failed too (the guest then stays
+// paused: the caller's error ends the primary).
+func (p *Primary) resumeAfter(err error) error {
+	if rerr := p.guest.Resume(); rerr != nil {
+		return errors.Join(err, fmt.Errorf("resuming the guest: %w", rerr))
+	}
+	return err
 }
 
 // pageBuffer returns an empty buffer with room for n bytes, a spare one if
@@ -497,8 +509,11 @@ func (p *Primary) backupLost(ctx context.Context, cause error) error {
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DecideTimeout)
 	defer cancel()
 	if err := witness.PrimaryLostBackup(dctx, p.fence); err != nil {
-		p.guest.Pause()
-		return fmt.Errorf("backup lost (%v), and %w", cause, err)
+		err = fmt.Errorf("backup lost (%v), and %w", cause, err)
+		if perr := p.guest.Pause(); perr != nil {
+			err = errors.Join(err, fmt.Errorf("stopping the guest: %w", perr))
+		}
+		return err
 	}
 	gen, _ := p.fence.Held()
 	p.log.Warn("won the next generation: continuing alone, unprotected", "generation", gen)
