@@ -89,17 +89,14 @@ func (c kvmConsole) Write(p []byte) (int, error) {
 var kvmCRC = crc64.MakeTable(crc64.ECMA)
 
 // kvmDirtyHash hashes (page number, contents) of every page of ram set in
-// dirty and not in skip (sorted), in page order (CRC-64/ECMA over
-// little-endian page numbers and the pages).
-func kvmDirtyHash(ram []byte, dirty *dirtylog.Bitmap, skip []uint64) uint64 {
+// dirty for which skip is false, in page order (CRC-64/ECMA over
+// little-endian page numbers and the pages). A nil skip skips none.
+func kvmDirtyHash(ram []byte, dirty *dirtylog.Bitmap, skip func(page uint64) bool) uint64 {
 	var h uint64
 	var pfn [8]byte
 	for r := range dirty.Runs() {
 		for p := r.First; p < r.First+r.Count; p++ {
-			for len(skip) > 0 && skip[0] < p {
-				skip = skip[1:]
-			}
-			if len(skip) > 0 && skip[0] == p {
+			if skip != nil && skip(p) {
 				continue
 			}
 			binary.LittleEndian.PutUint64(pfn[:], p)

@@ -366,27 +366,23 @@ func landingMode(m *KVMMachine) string {
 	return "landing with hardware breakpoints"
 }
 
-// TestKVMKickBeforeRun: two kicks in a row, each before the run. Each run
-// ends with one single step after the kick (a kicked guest may stand
-// between a write's fault, which made its page dirty, and the write), so
-// the two landings are one instruction apart, not at one point; the backup
-// lands both.
-func TestKVMKickBeforeRun(t *testing.T) {
+// TestKVMLandsTwiceAtOnePoint: two kicks in a row with nothing executed in
+// between (a kick before the run, or a timer's that fires after the run
+// returned) are two landings at one point. The backup lands the second
+// where the guest already is, without RunTo, which would first execute the
+// instruction there and never come back to the same state.
+func TestKVMLandsTwiceAtOnePoint(t *testing.T) {
 	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "2"}}
 	penv := &kvmTestEnv{t: t}
 	r := &kvmRecorder{t: t, m: newKVMMachine(t, cfg, penv), env: penv, rnd: rand.New(rand.NewSource(1))}
 	r.record(20, 0, 1)
 	first := len(r.stops)
-	before, err := r.m.st.RIP()
-	if err != nil {
-		t.Fatal(err)
-	}
 	r.stop(kickBefore, 0)
 	r.stop(kickBefore, 0)
 	r.record(20, 0, 1)
 	a, b := r.stops[first], r.stops[first+1]
-	if a.exit.Kind != ExitKicked || b.exit.Kind != ExitKicked || a.sig.RIP == before || b.sig.RIP == a.sig.RIP {
-		t.Fatalf("two kicks before the run from %#x: %v %+v, %v %+v; want two landings one instruction apart", before, a.exit, a.sig, b.exit, b.sig)
+	if a.exit.Kind != ExitKicked || b.exit.Kind != ExitKicked || a.sig != b.sig {
+		t.Fatalf("two kicks before the run: %v %+v, %v %+v; want two landings at one point", a.exit, a.sig, b.exit, b.sig)
 	}
 	for _, single := range []bool{false, true} {
 		benv := &kvmTestEnv{t: t, replaying: true, nows: slices.Clone(penv.nows)}
@@ -399,11 +395,11 @@ func TestKVMKickBeforeRun(t *testing.T) {
 	}
 }
 
-// TestKVMSignatureSkipsPageTables: writing the guest's paging structures
-// with what they hold, as QEMU's TCG emulating AMD-V does at every page walk
-// (KVM's dirty log then reports them after every VM entry), leaves a landing
-// signature as it is; the same write to another page changes it.
-func TestKVMSignatureSkipsPageTables(t *testing.T) {
+// TestKVMSignatureSkipsUnchangedPages: a page written with what it holds
+// (as KVM reports pages that were not written: see KVMMachine.Signature)
+// leaves a signature as it is, and so does a change to the guest's paging
+// structures; a change to another page does not.
+func TestKVMSignatureSkipsUnchangedPages(t *testing.T) {
 	env := &kvmTestEnv{t: t}
 	m := newKVMMachine(t, KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}, env)
 	r := &kvmRecorder{t: t, m: m, env: env, rnd: rand.New(rand.NewSource(1))}
@@ -419,25 +415,96 @@ func TestKVMSignatureSkipsPageTables(t *testing.T) {
 	if err != nil || len(tables) == 0 {
 		t.Fatalf("paging structures %v, %v", tables, err)
 	}
-	rewrite := func(page uint64) {
+	// write sets byte 0 of page to b (keeps it if b < 0) through the
+	// VMM's tracked path.
+	write := func(page uint64, b int) {
 		gpa := int64(page * vmm.PageSize)
 		p := make([]byte, vmm.PageSize)
 		copy(p, m.Memory()[gpa:])
+		if b >= 0 {
+			p[0] = byte(b)
+		}
 		if _, err := m.st.Machine().Memory().WriteAt(p, gpa); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range tables {
-		rewrite(p)
+	same := func(what string) {
+		t.Helper()
+		if got, err := m.Signature(); err != nil || got != sig {
+			t.Fatalf("after %s: %+v, %v; before %+v", what, got, err, sig)
+		}
+		if ok, err := m.Matches(sig); !ok || err != nil {
+			t.Fatalf("after %s: Matches %v, %v", what, ok, err)
+		}
 	}
-	if got, err := m.Signature(); err != nil || got != sig {
-		t.Fatalf("after rewriting the page tables %#x: %+v, %v; before %+v", tables, got, err, sig)
+	info := uint64(vmm.BootInfoGPA / vmm.PageSize)
+	for _, p := range append(slices.Clone(tables), info) {
+		write(p, -1)
 	}
-	if ok, err := m.Matches(sig); !ok || err != nil {
-		t.Fatalf("Matches: %v, %v", ok, err)
-	}
-	rewrite(vmm.BootInfoGPA / vmm.PageSize)
+	same("rewriting the page tables and the boot-info page as they are")
+	pml4 := m.Memory()[vmm.PML4GPA]
+	write(vmm.PML4GPA/vmm.PageSize, int(pml4^1<<5)) // the accessed bit of PML4 entry 0
+	same("flipping an accessed bit in the PML4")
+	old := m.Memory()[vmm.BootInfoGPA]
+	write(info, int(old^0xff))
 	if got, err := m.Signature(); err != nil || got.Dirty == sig.Dirty {
-		t.Fatalf("rewriting the boot-info page did not change the dirty hash: %+v, %v", got, err)
+		t.Fatalf("changing the boot-info page did not change the dirty hash: %+v, %v", got, err)
+	}
+	write(info, int(old))
+	same("changing the boot-info page back")
+}
+
+// TestKVMSignatureOfARestoredMachine: a machine restored into a fresh VM and
+// the one it was saved from give the same signature at every stop after.
+// The fresh one's KVM reports pages the guest only reads as dirty the first
+// time it maps them (upstream KVM maps them writable), the other's does not.
+func TestKVMSignatureOfARestoredMachine(t *testing.T) {
+	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
+	penv := &kvmTestEnv{t: t}
+	a := newKVMMachine(t, cfg, penv)
+	r := &kvmRecorder{t: t, m: a, env: penv, rnd: rand.New(rand.NewSource(1))}
+	r.record(200, 0, 1)
+	state, err := a.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	benv := &kvmTestEnv{t: t, replaying: true}
+	b := newKVMMachine(t, cfg, benv)
+	copy(b.Memory(), a.Memory())
+	if err := b.RestoreState(state); err != nil {
+		t.Fatal(err)
+	}
+	penv.nows = nil
+	for i := 0; i < 300; i++ {
+		r.stop(kickNone, 0)
+		benv.nows = append(benv.nows, penv.nows...)
+		penv.nows = nil
+		s := r.stops[len(r.stops)-1]
+		for _, act := range s.actions {
+			if act.poll != 0 {
+				b.PollTimers(act.poll)
+			} else if _, err := b.InjectPending(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Mark(); err != nil {
+			t.Fatal(err)
+		}
+		e, err := b.Run()
+		if err != nil || e.Kind != s.exit.Kind || e.RIP != s.exit.RIP {
+			t.Fatalf("stop %d: %v, %v; recorded %v", i, e, err, s.exit)
+		}
+		want, err := a.Signature()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := b.Signature(); err != nil || got != want {
+			t.Fatalf("stop %d (%v): restored machine %+v, %v; its source %+v", i, e, got, err, want)
+		}
+		if e.Kind.IsIO() {
+			if err := b.Complete(&e); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

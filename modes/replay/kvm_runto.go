@@ -38,23 +38,10 @@ type kvmLanding struct {
 	breakRIP uint64
 }
 
-// run is Run: the guest runs freely. A kicked run ends with a single step
-// (again if that is kicked too), and the stop is the kick at the RIP after
-// it, or the synchronous exit the step met. KVM marks a page dirty when the
-// guest's first write to it faults, before the write is done, and a kick can
-// stop the guest in between (seen under QEMU's TCG: a kick at a store left
-// its page dirty and unchanged); the backup reaches the same architectural
-// point by breakpoint or single step with that page clean, and the landing
-// signatures would differ. The step retires that instruction.
+// run is Run: the guest runs freely.
 func (l *kvmLanding) run(s kvmStepper) (vmm.StepExit, error) {
 	l.atBreak = false
-	ex, err := s.Enter(vmm.Debug{})
-	for err == nil && ex.Reason == vmm.StepKicked {
-		if ex, err = s.Enter(vmm.Debug{SingleStep: true}); err == nil && ex.Reason == vmm.StepDebug {
-			return vmm.StepExit{Reason: vmm.StepKicked, RIP: ex.RIP}, nil
-		}
-	}
-	return ex, err
+	return s.Enter(vmm.Debug{})
 }
 
 // delivered notes that an interrupt was injected: the guest has moved on

@@ -296,46 +296,6 @@ func TestLandingPastAnAccess(t *testing.T) {
 	}
 }
 
-// TestRunStepsAfterAKick: a kicked run ends with one single step, and again
-// while the step is kicked; a step that meets an access returns the access.
-func TestRunStepsAfterAKick(t *testing.T) {
-	// 0: nop, 1: nop, 2: out, 3: jmp 0
-	prog := []modelInsn{{op: opNop}, {op: opNop}, {op: opOut}, {op: opJmp, target: 0}}
-	c, l := &modelCPU{prog: prog}, &kvmLanding{}
-	for _, want := range []vmm.StepExit{
-		{Reason: vmm.StepKicked, RIP: 1},
-		{Reason: vmm.StepKicked, RIP: 2},
-		{Reason: vmm.StepPIO, Write: true, Addr: 0x80, Size: 1, RIP: 2},
-	} {
-		c.kickDue = true
-		e, err := l.run(c)
-		if err != nil || e != want {
-			t.Fatalf("kicked run: %v, %v; want %v", e, err, want)
-		}
-	}
-	c.complete()
-	c.kickDue = true
-	k := &kickingStepper{modelCPU: c, kicks: 2}
-	if e, err := l.run(k); err != nil || e.Reason != vmm.StepKicked || e.RIP != 0 || c.executed != 4 {
-		t.Fatalf("a run whose steps are kicked twice: %v, %v after %d instructions; want a kick at 0 after 4", e, err, c.executed)
-	}
-}
-
-// kickingStepper is a modelCPU whose next kicks single steps are kicked
-// before they execute anything.
-type kickingStepper struct {
-	*modelCPU
-	kicks int
-}
-
-func (k *kickingStepper) Enter(d vmm.Debug) (vmm.StepExit, error) {
-	if d.SingleStep && k.kicks > 0 {
-		k.kicks--
-		return vmm.StepExit{Reason: vmm.StepKicked, RIP: k.rip}, nil
-	}
-	return k.modelCPU.Enter(d)
-}
-
 func TestKVMExitConversion(t *testing.T) {
 	data := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
 	for _, c := range []struct {
