@@ -83,7 +83,7 @@ func (h *stepHarness) next(t *testing.T, d Debug) StepExit {
 	}
 }
 
-func TestStepperRunsTickGuest(t *testing.T) {
+func TestKVMStepperRunsTickGuest(t *testing.T) {
 	h := newStepHarness(t, "tick", map[string]string{"hz": "1000", "every": "1", "ticks": "5"})
 	halts := 0
 	for i := 0; !h.off; i++ {
@@ -99,14 +99,14 @@ func TestStepperRunsTickGuest(t *testing.T) {
 	}
 }
 
-// TestStepperSingleStepsLikeItRuns runs two tick guests freely through
+// TestKVMStepperSingleStepsLikeItRuns runs two tick guests freely through
 // their start line, then steps one instruction by instruction and runs the
 // other on: the same synchronous exits, at the same RIPs, with the same
 // data, HLTs included (under the trap flag kvm-pvm reports a HLT as a debug
 // exit and a spurious KVM_EXIT_HLT later) and interrupts delivered under
 // the single step, by a hardware breakpoint on the handler where this KVM
 // honours them, else by a HLT put there (and by that too where it does).
-func TestStepperSingleStepsLikeItRuns(t *testing.T) {
+func TestKVMStepperSingleStepsLikeItRuns(t *testing.T) {
 	params := map[string]string{"hz": "1000", "every": "1", "ticks": "1"}
 	hw, err := ProbeHardwareBreakpoints()
 	if err != nil {
@@ -140,10 +140,10 @@ func TestStepperSingleStepsLikeItRuns(t *testing.T) {
 	}
 }
 
-// TestStepperStepAfterAccess: the first single step after Complete is the
+// TestKVMStepperStepAfterAccess: the first single step after Complete is the
 // access itself and stops right after its instruction, on every KVM (kvm-pvm
 // reports an OUT with RIP already past it, upstream KVM at it).
-func TestStepperStepAfterAccess(t *testing.T) {
+func TestKVMStepperStepAfterAccess(t *testing.T) {
 	h := newStepHarness(t, "tick", map[string]string{"hz": "1000", "every": "1", "ticks": "1"})
 	done := map[bool]bool{}
 	for n := 0; len(done) < 2; n++ {
@@ -184,11 +184,11 @@ func TestStepperStepAfterAccess(t *testing.T) {
 	}
 }
 
-// TestStepperKick kicks the counter guest before it runs and in its busy
+// TestKVMStepperKick kicks the counter guest before it runs and in its busy
 // loop, then arms a hardware breakpoint on the kicked RIP as the probe says:
 // where breakpoints work it stops there at once; where the probe says they
 // are ignored Enter refuses it, and armed anyway it does not stop there.
-func TestStepperKick(t *testing.T) {
+func TestKVMStepperKick(t *testing.T) {
 	h := newStepHarness(t, "counter", map[string]string{"every": "100000000"})
 	h.s.Kick()
 	rip, err := h.s.RIP()
@@ -242,9 +242,9 @@ func TestStepperKick(t *testing.T) {
 	}
 }
 
-// TestStepperPagingPages: the bare-metal tables are a PML4, a PDPT and one
+// TestKVMStepperPagingPages: the bare-metal tables are a PML4, a PDPT and one
 // PD per GiB of the identity map (4 GiB: RAM and the MMIO hole).
-func TestStepperPagingPages(t *testing.T) {
+func TestKVMStepperPagingPages(t *testing.T) {
 	h := newStepHarness(t, "tick", nil)
 	got, err := h.s.PagingPages()
 	want := []uint64{PML4GPA / PageSize}

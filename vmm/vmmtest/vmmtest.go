@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"os"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,9 +19,14 @@ import (
 const RequireKVMEnv = "FTCKPT_REQUIRE_KVM"
 
 // RequireKVM skips the test where /dev/kvm cannot be opened, or fails it if
-// FTCKPT_REQUIRE_KVM=1.
+// FTCKPT_REQUIRE_KVM=1. A test (not a benchmark) that needs KVM has KVM in
+// its name: make test-kvm selects the tests it runs in the emulated machine
+// with -run KVM, so a test named otherwise would never run there.
 func RequireKVM(t testing.TB) {
 	t.Helper()
+	if _, isTest := t.(*testing.T); isTest && !strings.Contains(t.Name(), "KVM") {
+		t.Fatalf("%s needs KVM but has no KVM in its name: make test-kvm would never run it", t.Name())
+	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		if os.Getenv(RequireKVMEnv) == "1" {
