@@ -191,6 +191,9 @@ func (p *Primary) poke() {
 func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	p.ctx = ctx
 	defer p.disconnect()
+	// A guest that runs without exits (one polling memory) returns from
+	// Run only when kicked: the end of ctx kicks it.
+	defer context.AfterFunc(ctx, p.poke)()
 	if p.SyncDisk != nil {
 		// The syncer ends with Run, whatever ends Run (a halt, the guest's
 		// power-off, an error), not only with ctx.

@@ -1,0 +1,74 @@
+package replay_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// spinning is a machine whose guest never exits (the C kv guest polls
+// memory): Run returns only when kicked.
+type spinning struct {
+	*simvm.Machine
+	kicks chan struct{}
+}
+
+func (s *spinning) Kick() {
+	select {
+	case s.kicks <- struct{}{}:
+	default:
+	}
+}
+
+func (s *spinning) Run() (replay.Exit, error) {
+	<-s.kicks
+	return replay.Exit{Kind: replay.ExitKicked}, nil
+}
+
+// TestPrimaryStopsWhileTheGuestSpins: the end of Run's context stops a
+// primary whose guest runs without exits. It once waited in Run for an exit
+// that never came, so a local run ignored SIGTERM.
+func TestPrimaryStopsWhileTheGuestSpins(t *testing.T) {
+	plug := &replay.Plug{}
+	m, err := simvm.New("kv", testPages, plug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	if err := disk.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	fence := witness.NewFence(witness.NewMemory(), "primary")
+	if _, err := fence.Acquire(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: fence, Net: sinkFunc(func([]byte) error { return nil }), Disk: disk, Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := replay.NewPrimary(testConfig(), &spinning{Machine: m, kicks: make(chan struct{}, 1)}, plug, out, fence, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, nil) }()
+	time.Sleep(50 * time.Millisecond) // running, or about to
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30 s of its context's end")
+	}
+}
