@@ -5,6 +5,8 @@ import (
 	"math/rand"
 	"testing"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
 
@@ -14,7 +16,7 @@ var benchDirty = []int{10, 1000, 100000}
 // sparse returns a slot log of pages pages with dirty random pages set.
 func sparse(pages uint64, dirty int) []uint64 {
 	r := rand.New(rand.NewSource(4))
-	b := NewBitmap(pages)
+	b := machine.NewBitmap(pages)
 	for n := 0; n < dirty; {
 		p := uint64(r.Int63n(int64(pages)))
 		if !b.Has(p) {
@@ -37,7 +39,7 @@ func BenchmarkBitmapScan(b *testing.B) {
 				continue // 100,000 pages do not fit in 256 MiB
 			}
 			log := sparse(pages, dirty)
-			got := NewBitmap(pages)
+			got := machine.NewBitmap(pages)
 			b.Run(fmt.Sprintf("mem=%dMiB/dirty=%d", mem>>20, dirty), func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					got.Clear()
@@ -80,7 +82,7 @@ func BenchmarkRingCollect(b *testing.B) {
 	for _, mem := range []int64{4 << 30, 64 << 30} {
 		for _, dirty := range benchDirty {
 			ring, slots := fakeRing(dirty, mem)
-			dst := NewBitmap(uint64(mem) / 4096)
+			dst := machine.NewBitmap(uint64(mem) / 4096)
 			b.Run(fmt.Sprintf("mem=%dMiB/dirty=%d", mem>>20, dirty), func(b *testing.B) {
 				fetch := uint32(0)
 				for i := 0; i < b.N; i++ {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
@@ -175,7 +177,7 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	m, tr, con := newMemtouch(t, mode, vcpus, 32<<20, map[string]string{
 		"ws": strconv.Itoa(ws), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1000000"})
 	pages := m.Memory().Pages()
-	dst := NewBitmap(pages)
+	dst := machine.NewBitmap(pages)
 	// The loader's writes are the first harvest.
 	if _, err := tr.Harvest(dst); err != nil {
 		t.Fatal(err)
@@ -339,7 +341,7 @@ func BenchmarkKVMHarvest(b *testing.B) {
 func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	m, tr, con := newMemtouch(b, mode, 1, mem, map[string]string{
 		"ws": strconv.Itoa(dirty), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1000000"})
-	dst := NewBitmap(m.Memory().Pages())
+	dst := machine.NewBitmap(m.Memory().Pages())
 	if err := m.Start(); err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package dirtylog
 import (
 	"fmt"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
@@ -57,7 +59,7 @@ type bitmapTracker struct {
 	logs [][]uint64
 	// got is this harvest's KVM pages before they are ORed into dst, so
 	// they can be counted; only Harvest uses it.
-	got *Bitmap
+	got *machine.Bitmap
 }
 
 func newBitmapTracker(m *vmm.Machine) (*bitmapTracker, error) {
@@ -67,7 +69,7 @@ func newBitmapTracker(m *vmm.Machine) (*bitmapTracker, error) {
 	if err := kvmapi.EnableCapability(m.VMFd(), kvmapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, kvmapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE); err != nil {
 		return nil, fmt.Errorf("enabling manual dirty-log protection: %w", err)
 	}
-	t := &bitmapTracker{mem: m.Memory(), vmFd: m.VMFd(), slots: slotsOf(m.Memory()), got: NewBitmap(m.Memory().Pages())}
+	t := &bitmapTracker{mem: m.Memory(), vmFd: m.VMFd(), slots: slotsOf(m.Memory()), got: machine.NewBitmap(m.Memory().Pages())}
 	for _, s := range t.slots {
 		t.logs = append(t.logs, make([]uint64, (s.pages+63)/64))
 	}
@@ -76,7 +78,7 @@ func newBitmapTracker(m *vmm.Machine) (*bitmapTracker, error) {
 
 // Harvest implements Tracker. Precondition: the machine is paused (or not
 // yet started).
-func (t *bitmapTracker) Harvest(dst *Bitmap) (int, error) {
+func (t *bitmapTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	if dst.Len() != t.mem.Pages() {
 		return 0, fmt.Errorf("dirty bitmap harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.mem.Pages())
 	}

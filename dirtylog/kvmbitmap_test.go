@@ -4,6 +4,10 @@ import (
 	"math/rand"
 	"slices"
 	"testing"
+
+	"github.com/ftckpt/ftckpt/vmm/machine/machinetest"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 func TestClearChunksExamples(t *testing.T) {
@@ -41,7 +45,7 @@ func TestClearChunksProperties(t *testing.T) {
 	r := rand.New(rand.NewSource(2))
 	for i := 0; i < 2000; i++ {
 		pages := uint64(1 + r.Intn(3000))
-		log := randomBitmap(r, pages).Words()
+		log := machinetest.RandomBitmap(r, pages).Words()
 		if r.Intn(4) == 0 { // sparse: few set words
 			for w := range log {
 				if r.Intn(8) != 0 {
@@ -50,7 +54,7 @@ func TestClearChunksProperties(t *testing.T) {
 			}
 		}
 		chunks := clearChunks(log, pages)
-		covered := NewBitmap(pages)
+		covered := machine.NewBitmap(pages)
 		next := uint64(0)
 		for _, c := range chunks {
 			end := c.first + c.count
@@ -91,13 +95,13 @@ func TestOrShiftedPlacesSlotPages(t *testing.T) {
 	for i := 0; i < 500; i++ {
 		pages := uint64(1 + r.Intn(500))
 		first := uint64(r.Intn(300))
-		src := randomBitmap(r, pages)
+		src := machinetest.RandomBitmap(r, pages)
 		// Garbage beyond the slot's last page must be ignored, as KVM's
 		// bitmap rounds up to 64 pages.
 		if pages%64 != 0 {
 			src.Words()[len(src.Words())-1] |= ^uint64(0) << (pages % 64)
 		}
-		dst := NewBitmap(first + pages + 64)
+		dst := machine.NewBitmap(first + pages + 64)
 		orShifted(dst.Words(), src.Words(), first, pages)
 		for p := uint64(0); p < dst.Len(); p++ {
 			want := p >= first && p < first+pages && src.Words()[(p-first)/64]&(1<<((p-first)%64)) != 0

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
@@ -33,7 +35,7 @@ type vcpuRing struct {
 // ring's length, a power of two). It stops at the first entry KVM has not
 // published. It returns how many entries it collected and the first page it
 // could not place; an entry it cannot place is still handed back to KVM.
-func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *Bitmap) (int, error) {
+func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *machine.Bitmap) (int, error) {
 	var firstErr error
 	mask := uint32(len(ring) - 1)
 	n := 0
@@ -72,7 +74,7 @@ func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *
 // wrote since the last reset, so taking the whole ring is the sign: then lost
 // is true (pages may be missing, which is why Harvest then reports all of
 // memory) and r is out of step until resync finds where KVM writes.
-func collectStopped(r *vcpuRing, slots []slotPages, dst *Bitmap) (n int, lost bool, err error) {
+func collectStopped(r *vcpuRing, slots []slotPages, dst *machine.Bitmap) (n int, lost bool, err error) {
 	if r.outOfStep {
 		if n, err = resync(r, slots, dst); err != nil {
 			return n, false, err
@@ -103,7 +105,7 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst *Bitmap) (n int, lost bo
 // way: resync collects the run, marks every entry RESET, so KVM's reset walks
 // the ring once, and the ring stays out of step, now by V plus the run less
 // the ring's size.
-func resync(r *vcpuRing, slots []slotPages, dst *Bitmap) (int, error) {
+func resync(r *vcpuRing, slots []slotPages, dst *machine.Bitmap) (int, error) {
 	size := uint32(len(r.ring))
 	mask := size - 1
 	published := func(i uint32) bool {
@@ -160,7 +162,7 @@ type ringTracker struct {
 	// pending holds the pages collected from full rings since the last
 	// Harvest, pendingN how many entries that was (0: pending is empty, and
 	// Harvest need not scan it).
-	pending  *Bitmap
+	pending  *machine.Bitmap
 	pendingN int
 	// fulls counts ring-full exits collected, for tests.
 	fulls int
@@ -178,7 +180,7 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		return nil, errors.New("dirty ring tracking: the machine was built without dirty rings (vmm.Config.DirtyRingEntries is 0)")
 	}
 	mem := m.Memory()
-	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: NewBitmap(mem.Pages())}
+	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: machine.NewBitmap(mem.Pages())}
 	defer func() {
 		if err != nil {
 			t.unmapAll()
@@ -240,7 +242,7 @@ func (t *ringTracker) overflowed(i int) {
 // after a ring-full exit one pass over the pending bitmap, and after a ring
 // overflowed the whole memory. Precondition: the machine is paused (or not
 // yet started).
-func (t *ringTracker) Harvest(dst *Bitmap) (int, error) {
+func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {

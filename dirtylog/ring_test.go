@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
@@ -28,7 +30,7 @@ func TestCollectRingInOrderAndWraps(t *testing.T) {
 	// Index 2 was reset by KVM earlier and is not published again.
 	ring[2] = kvmapi.DirtyGFN{Flags: reset, Slot: 0, Offset: 99}
 	fetch := uint32(6)
-	dst := NewBitmap(1 << 20)
+	dst := machine.NewBitmap(1 << 20)
 	n, err := collectRing(ring, &fetch, twoSlots, dst)
 	if err != nil || n != 4 {
 		t.Fatalf("collectRing = %d, %v; want 4 entries", n, err)
@@ -36,7 +38,7 @@ func TestCollectRingInOrderAndWraps(t *testing.T) {
 	if fetch != 10 {
 		t.Fatalf("fetch index %d after collecting 4 from 6; want 10 (it is taken modulo 8)", fetch)
 	}
-	want := []Run{{10, 1}, {786432, 1}, {786432 + 262143, 1}}
+	want := []machine.Run{{First: 10, Count: 1}, {First: 786432, Count: 1}, {First: 786432 + 262143, Count: 1}}
 	if got := slices.Collect(dst.Runs()); !slices.Equal(got, want) {
 		t.Fatalf("collected %v, want %v", got, want)
 	}
@@ -59,7 +61,7 @@ func TestCollectRingStopsAtUnpublishedEntry(t *testing.T) {
 	ring[1] = kvmapi.DirtyGFN{Flags: 0, Offset: 2}
 	ring[2] = kvmapi.DirtyGFN{Flags: dirty, Offset: 3}
 	fetch := uint32(0)
-	dst := NewBitmap(1 << 20)
+	dst := machine.NewBitmap(1 << 20)
 	n, err := collectRing(ring, &fetch, twoSlots, dst)
 	if err != nil || n != 1 || fetch != 1 {
 		t.Fatalf("collectRing = %d, %v, fetch %d; want 1 entry, fetch 1", n, err, fetch)
@@ -83,7 +85,7 @@ func TestCollectFullRingTerminates(t *testing.T) {
 		ring[i] = kvmapi.DirtyGFN{Flags: dirty, Offset: uint64(100 + i)}
 	}
 	fetch := uint32(5)
-	dst := NewBitmap(1 << 20)
+	dst := machine.NewBitmap(1 << 20)
 	n, err := collectRing(ring, &fetch, twoSlots, dst)
 	if err != nil || n != 16 || dst.Count() != 16 || fetch != 21 {
 		t.Fatalf("full ring: collected %d (%d pages), fetch %d, %v; want 16, 16, 21", n, dst.Count(), fetch, err)
@@ -102,7 +104,7 @@ func TestCollectRingRejectsPagesOutsideRAM(t *testing.T) {
 	for _, c := range cases {
 		ring := []kvmapi.DirtyGFN{c.e, {Flags: dirty, Offset: 5}}
 		fetch := uint32(0)
-		dst := NewBitmap(1 << 20)
+		dst := machine.NewBitmap(1 << 20)
 		n, err := collectRing(ring, &fetch, twoSlots, dst)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("entry %+v: err %v, want one saying %q", c.e, err, c.want)
@@ -133,9 +135,9 @@ func TestSlotsOfTwoSlotMemory(t *testing.T) {
 	if _, err := mem.WriteAt([]byte{1}, 4<<30+5*4096+100); err != nil {
 		t.Fatal(err)
 	}
-	b := NewBitmap(mem.Pages())
+	b := machine.NewBitmap(mem.Pages())
 	mem.TakeVMMDirty(b.Words())
-	if want := [](Run){{p, 1}}; !slices.Equal(slices.Collect(b.Runs()), want) {
+	if want := []machine.Run{{First: p, Count: 1}}; !slices.Equal(slices.Collect(b.Runs()), want) {
 		t.Fatalf("VMM write at GPA 4 GiB+5 pages marked %v, want %v", slices.Collect(b.Runs()), want)
 	}
 }
@@ -178,9 +180,9 @@ func (k *kvmRing) reset() {
 }
 
 // collect is a harvest: collectStopped, then KVM's reset.
-func (k *kvmRing) collect(t *testing.T) (pages []Run, lost bool) {
+func (k *kvmRing) collect(t *testing.T) (pages []machine.Run, lost bool) {
 	t.Helper()
-	dst := NewBitmap(1 << 20)
+	dst := machine.NewBitmap(1 << 20)
 	n, lost, err := collectStopped(k.r, twoSlots, dst)
 	if err != nil {
 		t.Fatalf("collectStopped: %v", err)
@@ -197,9 +199,9 @@ func TestCollectStoppedInStep(t *testing.T) {
 	for _, n := range []int{5, 15, 0, 16 - 1} {
 		first := k.push(n)
 		got, lost := k.collect(t)
-		var want []Run
+		var want []machine.Run
 		if n > 0 {
-			want = []Run{{first, uint64(n)}}
+			want = []machine.Run{{First: first, Count: uint64(n)}}
 		}
 		if lost || !slices.Equal(got, want) {
 			t.Fatalf("%d entries pushed: collected %v (lost %v), want %v", n, got, lost, want)
@@ -237,7 +239,7 @@ func TestRingOverflowIsLostAndResyncs(t *testing.T) {
 			for _, n := range []int{after, 16 - 1} {
 				first := k.push(n)
 				got, lost := k.collect(t)
-				if want := []Run{{first, uint64(n)}}; lost || !slices.Equal(got, want) {
+				if want := []machine.Run{{First: first, Count: uint64(n)}}; lost || !slices.Equal(got, want) {
 					t.Fatalf("overflow by %d, then %d entries: collected %v (lost %v), want %v", over, n, got, lost, want)
 				}
 				if k.write != k.done || k.r.outOfStep {
@@ -265,14 +267,14 @@ func TestRingOverflowAgainWhileOutOfStep(t *testing.T) {
 	k.push(16 + 4)
 	k.collect(t)
 	first := k.push(13)
-	if got, lost := k.collect(t); lost || !slices.Equal(got, []Run{{first, 13}}) {
+	if got, lost := k.collect(t); lost || !slices.Equal(got, []machine.Run{{First: first, Count: 13}}) {
 		t.Fatalf("13 entries over the cleared ones: collected %v (lost %v)", got, lost)
 	}
 	if got := k.write - k.done; got != 1 || !k.r.outOfStep {
 		t.Fatalf("13 entries over the cleared ones: KVM counts %d not harvested (out of step %v), want 1", got, k.r.outOfStep)
 	}
 	first = k.push(15)
-	if got, lost := k.collect(t); lost || !slices.Equal(got, []Run{{first, 15}}) || k.write != k.done || k.r.outOfStep {
+	if got, lost := k.collect(t); lost || !slices.Equal(got, []machine.Run{{First: first, Count: 15}}) || k.write != k.done || k.r.outOfStep {
 		t.Fatalf("then 15 entries: collected %v (lost %v), KVM counts %d, out of step %v", got, lost, k.write-k.done, k.r.outOfStep)
 	}
 }

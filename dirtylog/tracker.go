@@ -3,13 +3,15 @@
 // One Tracker interface covers two KVM mechanisms for the pages vCPUs write
 // (the per-slot dirty bitmap with manual re-protection, and the per-vCPU
 // dirty rings) and unions them with the VMM-side bitmap of pages the VMM
-// wrote itself (vmm.GuestMemory.WriteAt). The result is a Bitmap of RAM page
+// wrote itself (vmm.GuestMemory.WriteAt). The result is a machine.Bitmap of RAM page
 // indexes whose Runs are ready to copy.
 package dirtylog
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftckpt/ftckpt/vmm"
@@ -34,7 +36,7 @@ import (
 // The first Harvest reports everything written since the tracker was made,
 // including what the loader wrote.
 type Tracker interface {
-	Harvest(dst *Bitmap) (int, error)
+	Harvest(dst *machine.Bitmap) (int, error)
 	// Close releases the tracker's resources. Precondition: the machine is
 	// paused or stopped.
 	Close() error

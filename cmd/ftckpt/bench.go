@@ -17,8 +17,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/dirtylog"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
@@ -867,7 +868,8 @@ func durationsBetween(samples []benchLatency, from, to time.Time) []time.Duratio
 // notes where guest time 0 lies in host time (the primary's clock is host
 // time from a base).
 type benchClockEnv struct {
-	replay.Env
+	machine.Env
+
 	zeroNs atomic.Int64
 }
 
@@ -885,13 +887,13 @@ type benchCountingMachine struct {
 	instructions atomic.Uint64
 }
 
-func (m *benchCountingMachine) Run() (replay.Exit, error) {
+func (m *benchCountingMachine) Run() (machine.Exit, error) {
 	e, err := m.Machine.Run()
 	m.instructions.Store(m.Machine.Instructions())
 	return e, err
 }
 
-func (m *benchCountingMachine) RunTo(rip uint64) (replay.Exit, error) {
+func (m *benchCountingMachine) RunTo(rip uint64) (machine.Exit, error) {
 	e, err := m.Machine.RunTo(rip)
 	m.instructions.Store(m.Machine.Instructions())
 	return e, err
@@ -915,7 +917,7 @@ func (g *benchTimedGuest) Pause() error {
 	return err
 }
 
-func (g *benchTimedGuest) Harvest(dst *dirtylog.Bitmap) error {
+func (g *benchTimedGuest) Harvest(dst *machine.Bitmap) error {
 	err := g.CheckpointGuest.Harvest(dst)
 	g.dirty = dst.Count()
 	return err

@@ -16,6 +16,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ func kvmAvailable() bool {
 // replayHost is one role's machine and its host side.
 type replayHost struct {
 	plug    *replay.Plug
-	m       replay.Machine
+	m       machine.Stepper
 	sim     bool
 	netSpec string
 	disk    *vmm.FileDisk // nil: no disk
@@ -322,7 +323,7 @@ func replayBackup(ctx context.Context, f *modeFlags, cfg replay.Config, stdout i
 	stop := statusLines(f.status, b.Stats.BackupLine)
 	live, err := b.Follow(ctx, conn)
 	stop()
-	if errors.Is(err, replay.ErrPowerOff) {
+	if errors.Is(err, machine.ErrPowerOff) {
 		slog.Info("the guest powered off; the backup replayed it to the end")
 		return nil
 	}

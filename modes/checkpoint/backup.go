@@ -11,13 +11,14 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
 // Backup keeps the last committed epoch of a primary's guest, ready to run.
 type Backup struct {
 	cfg   Config
-	guest Guest
+	guest machine.Runner
 	fence *witness.Fence
 	recv  *format.Backup
 	disk  vmm.Disk // set by SetDisk before GoLive
@@ -30,7 +31,7 @@ type Backup struct {
 
 // NewBackup prepares a backup whose guest (not started) receives the
 // primary's checkpoints.
-func NewBackup(cfg Config, g Guest, fence *witness.Fence, log *slog.Logger) (*Backup, error) {
+func NewBackup(cfg Config, g machine.Runner, fence *witness.Fence, log *slog.Logger) (*Backup, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -12,8 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/witness"
 )
@@ -26,7 +27,7 @@ var ErrBackupLost = errors.New("backup lost; continuing alone")
 // Primary replicates a running guest to a backup.
 type Primary struct {
 	cfg   Config
-	guest Guest
+	guest machine.Runner
 	out   *outbuf.Buffer
 	fence *witness.Fence
 	gen   uint64
@@ -67,7 +68,7 @@ type Primary struct {
 // NewPrimary prepares a primary for generation gen (already won through
 // fence). out holds the guest's outputs; its devices must hold them at
 // Position().
-func NewPrimary(cfg Config, g Guest, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
+func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -150,7 +151,7 @@ var errPeerFailed = errors.New("backup link failed")
 
 // loop is the epoch loop: the initial sync, then one checkpoint per epoch.
 func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time) error {
-	dirty := dirtylog.NewBitmap(pages)
+	dirty := machine.NewBitmap(pages)
 	epochLen := p.cfg.Epoch
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -202,7 +203,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 // sync brings the backup to the guest's current state: pre-copy rounds
 // while the guest runs (the first sends every page), then a final round with
 // the guest paused that commits epoch Position().
-func (p *Primary) sync(ctx context.Context, dirty *dirtylog.Bitmap, captures chan<- *capture, failed <-chan error) error {
+func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan<- *capture, failed <-chan error) error {
 	epoch := p.pos.Load()
 	p.log.Info("full sync", "generation", p.gen, "epoch", epoch)
 	p.syncEpoch.Store(epoch)
@@ -264,7 +265,7 @@ func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capt
 // captureEpoch pauses the guest, harvests and copies the dirty pages and the
 // machine state, moves outputs on to the next epoch and resumes the guest.
 // The pause lasts from Pause to Resume; it is returned for the statistics.
-func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track bool) (*capture, time.Duration, error) {
+func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bool) (*capture, time.Duration, error) {
 	start := p.now()
 	if err := p.guest.Pause(); err != nil {
 		return nil, 0, fmt.Errorf("pausing the guest: %w", err)
@@ -307,7 +308,7 @@ func (p *Primary) captureEpoch(dirty *dirtylog.Bitmap, kind format.Kind, track b
 
 // harvestWhilePaused pauses the guest just long enough to harvest its dirty
 // pages into dirty (cleared first), for a pre-copy round.
-func (p *Primary) harvestWhilePaused(dirty *dirtylog.Bitmap) error {
+func (p *Primary) harvestWhilePaused(dirty *machine.Bitmap) error {
 	if err := p.guest.Pause(); err != nil {
 		return fmt.Errorf("pausing the guest: %w", err)
 	}

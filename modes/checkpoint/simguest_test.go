@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 )
@@ -41,7 +42,7 @@ type simGuest struct {
 	cond    *sync.Cond
 	paused  bool // requested
 	inStep  bool
-	dirty   *dirtylog.Bitmap
+	dirty   *machine.Bitmap
 	started bool
 	stopped chan struct{}
 	// Registers: steps executed; the step whose outputs are in progress (0:
@@ -78,7 +79,7 @@ const (
 )
 
 func newSimGuest(pages uint64) *simGuest {
-	g := &simGuest{mem: make([]byte, pages*format.PageSize), pages: pages, dirty: dirtylog.NewBitmap(pages),
+	g := &simGuest{mem: make([]byte, pages*format.PageSize), pages: pages, dirty: machine.NewBitmap(pages),
 		stopped: make(chan struct{}), wake: make(chan struct{}, 1), slots: 64, flushEvery: 4}
 	g.cond = sync.NewCond(&g.mu)
 	return g
@@ -317,7 +318,7 @@ func (g *simGuest) Resume() error {
 	return nil
 }
 
-func (g *simGuest) Harvest(dst *dirtylog.Bitmap) error {
+func (g *simGuest) Harvest(dst *machine.Bitmap) error {
 	dst.Or(g.dirty)
 	g.dirty.Clear()
 	return nil

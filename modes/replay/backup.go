@@ -14,6 +14,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -25,7 +26,7 @@ import (
 // queue and acknowledges; a heartbeat goroutine keeps the primary informed.
 type Backup struct {
 	cfg     Config
-	m       Machine
+	m       machine.Stepper
 	plug    *Plug
 	fence   *witness.Fence
 	makeOut func(gen uint64) (*outbuf.Buffer, error)
@@ -82,7 +83,7 @@ func (d *divergence) Error() string { return fmt.Sprintf("divergence at LSN %d: 
 // primary's memory size and has not run (its state comes from the
 // primary's first full checkpoint). makeOut builds the output buffer of
 // generation gen when the backup goes live.
-func NewBackup(cfg Config, m Machine, plug *Plug, fence *witness.Fence, makeOut func(gen uint64) (*outbuf.Buffer, error), log *slog.Logger) (*Backup, error) {
+func NewBackup(cfg Config, m machine.Stepper, plug *Plug, fence *witness.Fence, makeOut func(gen uint64) (*outbuf.Buffer, error), log *slog.Logger) (*Backup, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -433,7 +434,7 @@ func (b *Backup) enterGuest() error {
 
 // runToExit runs the guest to the synchronous exit the log names and
 // completes it, checking every detail against the log.
-func (b *Backup) runToExit(want Exit) error {
+func (b *Backup) runToExit(want machine.Exit) error {
 	if err := b.enterGuest(); err != nil {
 		return err
 	}
@@ -441,7 +442,7 @@ func (b *Backup) runToExit(want Exit) error {
 	if err != nil {
 		return fmt.Errorf("running the guest: %w", err)
 	}
-	if e.Kind == ExitKicked {
+	if e.Kind == machine.ExitKicked {
 		return b.ctx.Err() // only a stop kicks the backup's guest
 	}
 	if !sameExit(e, want) {
@@ -452,7 +453,7 @@ func (b *Backup) runToExit(want Exit) error {
 	}
 	exitLSN := b.lsn
 	if err := b.m.Complete(&e); err != nil {
-		if errors.Is(err, ErrPowerOff) {
+		if errors.Is(err, machine.ErrPowerOff) {
 			return err // as on the primary: the end
 		}
 		return fmt.Errorf("completing %v: %w", e, err)
@@ -474,17 +475,17 @@ func (b *Backup) runToExit(want Exit) error {
 }
 
 // sameExit compares what both sides see of an exit.
-func sameExit(got, want Exit) bool {
+func sameExit(got, want machine.Exit) bool {
 	if got.Kind != want.Kind || got.RIP != want.RIP || got.Addr != want.Addr || got.Size != want.Size {
 		return false
 	}
-	return !(got.Kind == ExitPIOWrite || got.Kind == ExitMMIOWrite) || got.Data == want.Data
+	return !(got.Kind == machine.ExitPIOWrite || got.Kind == machine.ExitMMIOWrite) || got.Data == want.Data
 }
 
 // land runs the guest to the asynchronous point sig names: it stops at
 // sig.RIP each time the guest gets there until registers and the pages
 // dirtied since the last stop match.
-func (b *Backup) land(sig Signature) error {
+func (b *Backup) land(sig machine.Signature) error {
 	if err := b.enterGuest(); err != nil {
 		return err
 	}
@@ -499,8 +500,8 @@ func (b *Backup) land(sig Signature) error {
 			return fmt.Errorf("running the guest to a landing: %w", err)
 		}
 		switch e.Kind {
-		case ExitBreakpoint:
-		case ExitKicked:
+		case machine.ExitBreakpoint:
+		case machine.ExitKicked:
 			return b.ctx.Err()
 		default:
 			return &divergence{b.lsn, fmt.Sprintf("guest stopped at %v before the landing at %#x", e, sig.RIP)}

@@ -18,6 +18,7 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // cachedDisk is a host's page cache over the shared disk file: writes
@@ -92,7 +93,8 @@ func overlay(p []byte, off int64, w write) {
 
 // writeLog records the disk writes a machine made.
 type writeLog struct {
-	replay.Env
+	machine.Env
+
 	mu     sync.Mutex
 	writes []write
 }
@@ -119,7 +121,7 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 			cache := &cachedDisk{f: c.disk}
 			c.pDisk, c.pSync = cache, cache.Sync
 			var backupWrites *writeLog
-			c.envWrap = func(host string, env replay.Env) replay.Env {
+			c.envWrap = func(host string, env machine.Env) machine.Env {
 				if host != "backup" {
 					return env
 				}

@@ -3,6 +3,8 @@ package replay
 import (
 	"sync"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // Plug is the Env a Machine is built with. The engine plugs its side into
@@ -14,11 +16,11 @@ import (
 // Set is called only while no Machine method runs; the Env methods are
 // called from Machine methods on the engine's goroutine.
 type Plug struct {
-	env Env
+	env machine.Env
 }
 
 // Set plugs env in.
-func (p *Plug) Set(env Env) { p.env = env }
+func (p *Plug) Set(env machine.Env) { p.env = env }
 
 // Now implements Env.
 func (p *Plug) Now() uint64 { return p.env.Now() }

@@ -16,6 +16,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -146,11 +147,11 @@ type cluster struct {
 	// shared file) and its SyncDisk; a wrapper of each machine's Env.
 	pDisk   outbuf.Disk
 	pSync   func() error
-	envWrap func(host string, env replay.Env) replay.Env
+	envWrap func(host string, env machine.Env) machine.Env
 	// Optional, set before start or alonePrimary: what the primary's
 	// engine drives instead of its simvm machine (which pm stays), and a
 	// func that sees the primary before it runs.
-	pMachine  func(m *simvm.Machine) replay.Machine
+	pMachine  func(m *simvm.Machine) machine.Stepper
 	onPrimary func(p *replay.Primary)
 }
 
@@ -293,7 +294,7 @@ func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Mac
 }
 
 // driven is what the primary's engine drives: m, or pMachine's wrapper.
-func (c *cluster) driven(m *simvm.Machine) replay.Machine {
+func (c *cluster) driven(m *simvm.Machine) machine.Stepper {
 	if c.pMachine == nil {
 		return m
 	}
@@ -301,7 +302,7 @@ func (c *cluster) driven(m *simvm.Machine) replay.Machine {
 }
 
 // wrap applies envWrap, if set, to a machine's Env.
-func (c *cluster) wrap(host string, env replay.Env) replay.Env {
+func (c *cluster) wrap(host string, env machine.Env) machine.Env {
 	if c.envWrap == nil {
 		return env
 	}

@@ -6,6 +6,8 @@ import (
 	"hash/maphash"
 	"slices"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/vmm"
@@ -91,9 +93,9 @@ type KVMMachine struct {
 	tracker dirtylog.Tracker
 	// dirty accumulates the pages written since Mark; scratch takes what
 	// Mark discards.
-	dirty, scratch *dirtylog.Bitmap
+	dirty, scratch *machine.Bitmap
 	// written accumulates what Mark harvested, for Written.
-	written *dirtylog.Bitmap
+	written *machine.Bitmap
 	// base holds, for every page of RAM, a hash of its contents when Mark
 	// last harvested it (or at creation or RestoreState, for pages not
 	// harvested since): Signature leaves out a dirty page whose contents
@@ -106,11 +108,11 @@ type KVMMachine struct {
 	land  kvmLanding
 }
 
-var _ Machine = (*KVMMachine)(nil)
+var _ machine.Stepper = (*KVMMachine)(nil)
 
 // NewKVMMachine builds the machine cfg describes, loads its guest and wires
 // its devices to env. Close it when done.
-func NewKVMMachine(cfg KVMConfig, env Env) (*KVMMachine, error) {
+func NewKVMMachine(cfg KVMConfig, env machine.Env) (*KVMMachine, error) {
 	if env == nil {
 		return nil, errors.New("a KVMMachine needs an Env")
 	}
@@ -163,8 +165,8 @@ func NewKVMMachine(cfg KVMConfig, env Env) (*KVMMachine, error) {
 		return nil, err
 	}
 	st.SetTimeSource(env.Now)
-	k.dirty, k.scratch = dirtylog.NewBitmap(k.mem.Pages()), dirtylog.NewBitmap(k.mem.Pages())
-	k.written = dirtylog.NewBitmap(k.mem.Pages())
+	k.dirty, k.scratch = machine.NewBitmap(k.mem.Pages()), machine.NewBitmap(k.mem.Pages())
+	k.written = machine.NewBitmap(k.mem.Pages())
 	k.base, k.baseSeed = make([]uint64, k.mem.Pages()), maphash.MakeSeed()
 	k.rebaseAll()
 	if err := k.Mark(); err != nil {
@@ -184,13 +186,13 @@ func (k *KVMMachine) Close() error {
 }
 
 // Run implements Machine.
-func (k *KVMMachine) Run() (Exit, error) {
+func (k *KVMMachine) Run() (machine.Exit, error) {
 	if k.fault.err != nil {
-		return Exit{}, k.fault.err
+		return machine.Exit{}, k.fault.err
 	}
 	s, err := k.land.run(k.st)
 	if err != nil {
-		return Exit{}, err
+		return machine.Exit{}, err
 	}
 	return kvmExit(s)
 }
@@ -198,13 +200,13 @@ func (k *KVMMachine) Run() (Exit, error) {
 // RunTo implements Machine, with a hardware breakpoint or by single steps
 // (KVMConfig.SingleStep, or a KVM that ignores breakpoints); see
 // kvmLanding.
-func (k *KVMMachine) RunTo(rip uint64) (Exit, error) {
+func (k *KVMMachine) RunTo(rip uint64) (machine.Exit, error) {
 	if k.fault.err != nil {
-		return Exit{}, k.fault.err
+		return machine.Exit{}, k.fault.err
 	}
 	s, err := k.land.runTo(k.st, rip)
 	if err != nil {
-		return Exit{}, err
+		return machine.Exit{}, err
 	}
 	return kvmExit(s)
 }
@@ -214,7 +216,7 @@ func (k *KVMMachine) Kick() { k.st.Kick() }
 
 // Complete implements Machine. A device that calls the Env does so here; an
 // Env error is returned (and fails every later call).
-func (k *KVMMachine) Complete(e *Exit) error {
+func (k *KVMMachine) Complete(e *machine.Exit) error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}
@@ -228,7 +230,7 @@ func (k *KVMMachine) Complete(e *Exit) error {
 	}
 	if errors.Is(err, vmm.ErrPoweredOff) {
 		status, _ := k.st.Machine().Wait() // stopped: returns at once
-		return fmt.Errorf("%w with status %d", ErrPowerOff, status)
+		return fmt.Errorf("%w with status %d", machine.ErrPowerOff, status)
 	}
 	if err != nil {
 		return err
@@ -298,7 +300,7 @@ func (k *KVMMachine) pageHash(p uint64) uint64 {
 }
 
 // rebase takes the contents of the pages set in b as their base.
-func (k *KVMMachine) rebase(b *dirtylog.Bitmap) {
+func (k *KVMMachine) rebase(b *machine.Bitmap) {
 	for r := range b.Runs() {
 		for p := r.First; p < r.First+r.Count; p++ {
 			k.base[p] = k.pageHash(p)
@@ -318,7 +320,7 @@ func (k *KVMMachine) rebaseAll() {
 // Written implements Machine: the pages harvested since the previous
 // Written (by Mark and Signature, and now), so a page Signature harvested
 // since the last Mark may be reported twice.
-func (k *KVMMachine) Written(dst *dirtylog.Bitmap) error {
+func (k *KVMMachine) Harvest(dst *machine.Bitmap) error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}
@@ -349,36 +351,36 @@ func (k *KVMMachine) Written(dst *dirtylog.Bitmap) error {
 //
 // Costs a harvest (see Mark), a walk of the page tables and reading and
 // hashing every dirty page.
-func (k *KVMMachine) Signature() (Signature, error) {
+func (k *KVMMachine) Signature() (machine.Signature, error) {
 	if k.fault.err != nil {
-		return Signature{}, k.fault.err
+		return machine.Signature{}, k.fault.err
 	}
 	rip, err := k.st.RIP()
 	if err != nil {
-		return Signature{}, err
+		return machine.Signature{}, err
 	}
 	regs, err := k.st.RegsHash()
 	if err != nil {
-		return Signature{}, err
+		return machine.Signature{}, err
 	}
 	if _, err := k.tracker.Harvest(k.dirty); err != nil {
-		return Signature{}, err
+		return machine.Signature{}, err
 	}
 	tables, err := k.st.PagingPages()
 	if err != nil {
-		return Signature{}, err
+		return machine.Signature{}, err
 	}
 	skip := func(p uint64) bool {
 		_, table := slices.BinarySearch(tables, p)
 		return table || k.pageHash(p) == k.base[p]
 	}
-	return Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty, skip)}, nil
+	return machine.Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty, skip)}, nil
 }
 
 // Matches implements Machine: GET_REGS first; the dirty log is harvested
 // and hashed only when RIP and registers match (what a skipped harvest
 // leaves in KVM's log, the next one collects).
-func (k *KVMMachine) Matches(sig Signature) (bool, error) {
+func (k *KVMMachine) Matches(sig machine.Signature) (bool, error) {
 	if k.fault.err != nil {
 		return false, k.fault.err
 	}

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"hash/crc64"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 )
 
@@ -43,7 +44,7 @@ func (f *kvmFault) note(what string, err error) error {
 
 // kvmDisk is virtio-blk's disk: the Env's.
 type kvmDisk struct {
-	env   Env
+	env   machine.Env
 	size  int64
 	fault *kvmFault
 }
@@ -70,7 +71,7 @@ func (d *kvmDisk) Size() int64 { return d.size }
 
 // kvmSink is virtio-net's frame sink: the Env's.
 type kvmSink struct {
-	env   Env
+	env   machine.Env
 	fault *kvmFault
 }
 
@@ -79,7 +80,7 @@ func (s kvmSink) SendFrame(frame []byte) error {
 }
 
 // kvmConsole is the serial port's console: the Env's.
-type kvmConsole struct{ env Env }
+type kvmConsole struct{ env machine.Env }
 
 func (c kvmConsole) Write(p []byte) (int, error) {
 	c.env.Console(p)
@@ -91,7 +92,7 @@ var kvmCRC = crc64.MakeTable(crc64.ECMA)
 // kvmDirtyHash hashes (page number, contents) of every page of ram set in
 // dirty for which skip is false, in page order (CRC-64/ECMA over
 // little-endian page numbers and the pages). A nil skip skips none.
-func kvmDirtyHash(ram []byte, dirty *dirtylog.Bitmap, skip func(page uint64) bool) uint64 {
+func kvmDirtyHash(ram []byte, dirty *machine.Bitmap, skip func(page uint64) bool) uint64 {
 	var h uint64
 	var pfn [8]byte
 	for r := range dirty.Runs() {

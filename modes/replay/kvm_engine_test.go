@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
@@ -71,8 +72,8 @@ type kvmAction struct {
 // exit (with its data after Complete), and the signature of a kick.
 type kvmStop struct {
 	actions []kvmAction
-	exit    Exit
-	sig     Signature
+	exit    machine.Exit
+	sig     machine.Signature
 }
 
 // kvmRecorder is a miniature primary: it runs a KVMMachine, kicking it at
@@ -171,14 +172,14 @@ func (r *kvmRecorder) stop(kick kvmKick, delay time.Duration) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if e.Kind == ExitKicked {
+	if e.Kind == machine.ExitKicked {
 		if s.sig, err = r.m.Signature(); err != nil {
 			r.t.Fatal(err)
 		}
 	}
 	if e.Kind.IsIO() {
 		err := r.m.Complete(&e)
-		if errors.Is(err, ErrPowerOff) {
+		if errors.Is(err, machine.ErrPowerOff) {
 			r.off = true
 		} else if err != nil {
 			r.t.Fatal(err)
@@ -213,7 +214,7 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 			t.Fatal(err)
 		}
 		want := s.exit
-		if want.Kind == ExitKicked {
+		if want.Kind == machine.ExitKicked {
 			landings++
 			ok, err := m.Matches(s.sig)
 			for n := 1; !ok; n++ {
@@ -221,7 +222,7 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 					t.Fatal(err)
 				}
 				e, err := m.RunTo(s.sig.RIP)
-				if err != nil || e.Kind != ExitBreakpoint {
+				if err != nil || e.Kind != machine.ExitBreakpoint {
 					t.Fatalf("stop %d: landing at %#x: %v, %v", i, s.sig.RIP, e, err)
 				}
 				hits++
@@ -240,11 +241,11 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 			t.Fatal(err)
 		}
 		if e.Kind != want.Kind || e.RIP != want.RIP || e.Addr != want.Addr || e.Size != want.Size ||
-			(e.Kind == ExitPIOWrite || e.Kind == ExitMMIOWrite) && e.Data != want.Data {
+			(e.Kind == machine.ExitPIOWrite || e.Kind == machine.ExitMMIOWrite) && e.Data != want.Data {
 			t.Fatalf("stop %d: %v (data % x), recorded %v (data % x)", i, e, e.Data, want, want.Data)
 		}
 		if e.Kind.IsIO() {
-			if err := m.Complete(&e); err != nil && !errors.Is(err, ErrPowerOff) {
+			if err := m.Complete(&e); err != nil && !errors.Is(err, machine.ErrPowerOff) {
 				t.Fatal(err)
 			}
 			if e.Data != want.Data {
@@ -263,7 +264,7 @@ func TestKVMTickGuestStepped(t *testing.T) {
 	m := newKVMMachine(t, KVMConfig{Guest: "tick", Params: map[string]string{"hz": "1000", "every": "1"}}, env)
 	r := &kvmRecorder{t: t, m: m, env: env, rnd: rand.New(rand.NewSource(1))}
 	r.record(300, 0, 1)
-	kinds, delivered := map[ExitKind]int{}, 0
+	kinds, delivered := map[machine.ExitKind]int{}, 0
 	for _, s := range r.stops {
 		kinds[s.exit.Kind]++
 		for _, a := range s.actions {
@@ -272,7 +273,7 @@ func TestKVMTickGuestStepped(t *testing.T) {
 			}
 		}
 	}
-	if len(r.stops) != 300 || kinds[ExitPIOWrite] == 0 || kinds[ExitPIORead] == 0 || kinds[ExitHalt] == 0 || delivered < kinds[ExitHalt] {
+	if len(r.stops) != 300 || kinds[machine.ExitPIOWrite] == 0 || kinds[machine.ExitPIORead] == 0 || kinds[machine.ExitHalt] == 0 || delivered < kinds[machine.ExitHalt] {
 		t.Fatalf("%d stops: %v, %d interrupts delivered", len(r.stops), kinds, delivered)
 	}
 	if !regexp.MustCompile(`^tick: start hz=1000 every=1 ticks=0 irqchip=user\ntick 1\n`).MatchString(env.console.String()) {
@@ -381,7 +382,7 @@ func TestKVMLandsTwiceAtOnePoint(t *testing.T) {
 	r.stop(kickBefore, 0)
 	r.record(20, 0, 1)
 	a, b := r.stops[first], r.stops[first+1]
-	if a.exit.Kind != ExitKicked || b.exit.Kind != ExitKicked || a.sig != b.sig {
+	if a.exit.Kind != machine.ExitKicked || b.exit.Kind != machine.ExitKicked || a.sig != b.sig {
 		t.Fatalf("two kicks before the run: %v %+v, %v %+v; want two landings at one point", a.exit, a.sig, b.exit, b.sig)
 	}
 	for _, single := range []bool{false, true} {

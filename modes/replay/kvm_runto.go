@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // kvmStepper is what running and landing need of vmm.Stepper (tests use a
@@ -90,27 +91,27 @@ func (l *kvmLanding) runTo(s kvmStepper, rip uint64) (vmm.StepExit, error) {
 }
 
 // kvmExit converts a stop of the Stepper to the engine's Exit.
-func kvmExit(s vmm.StepExit) (Exit, error) {
-	e := Exit{RIP: s.RIP, Addr: s.Addr, Size: s.Size, Data: s.Data}
+func kvmExit(s vmm.StepExit) (machine.Exit, error) {
+	e := machine.Exit{RIP: s.RIP, Addr: s.Addr, Size: s.Size, Data: s.Data}
 	switch {
 	case s.Reason == vmm.StepPIO && s.Write:
-		e.Kind = ExitPIOWrite
+		e.Kind = machine.ExitPIOWrite
 	case s.Reason == vmm.StepPIO:
-		e.Kind = ExitPIORead
+		e.Kind = machine.ExitPIORead
 	case s.Reason == vmm.StepMMIO && s.Write:
-		e.Kind = ExitMMIOWrite
+		e.Kind = machine.ExitMMIOWrite
 	case s.Reason == vmm.StepMMIO:
-		e.Kind = ExitMMIORead
+		e.Kind = machine.ExitMMIORead
 	case s.Reason == vmm.StepHalt:
-		e.Kind = ExitHalt
+		e.Kind = machine.ExitHalt
 	case s.Reason == vmm.StepWindow:
-		e.Kind = ExitWindow
+		e.Kind = machine.ExitWindow
 	case s.Reason == vmm.StepKicked:
-		e.Kind = ExitKicked
+		e.Kind = machine.ExitKicked
 	case s.Reason == vmm.StepDebug && s.AtBreak:
-		e.Kind = ExitBreakpoint
+		e.Kind = machine.ExitBreakpoint
 	default:
-		return Exit{}, fmt.Errorf("unexpected stop of the guest: %v", s)
+		return machine.Exit{}, fmt.Errorf("unexpected stop of the guest: %v", s)
 	}
 	if !e.Kind.IsIO() {
 		e.Addr, e.Size, e.Data = 0, 0, [8]byte{}
@@ -119,16 +120,16 @@ func kvmExit(s vmm.StepExit) (Exit, error) {
 }
 
 // kvmStepExit is the Stepper's view of an I/O exit, for Complete.
-func kvmStepExit(e *Exit) (vmm.StepExit, error) {
+func kvmStepExit(e *machine.Exit) (vmm.StepExit, error) {
 	s := vmm.StepExit{Addr: e.Addr, Size: e.Size, Data: e.Data}
 	switch e.Kind {
-	case ExitPIORead:
+	case machine.ExitPIORead:
 		s.Reason = vmm.StepPIO
-	case ExitPIOWrite:
+	case machine.ExitPIOWrite:
 		s.Reason, s.Write = vmm.StepPIO, true
-	case ExitMMIORead:
+	case machine.ExitMMIORead:
 		s.Reason = vmm.StepMMIO
-	case ExitMMIOWrite:
+	case machine.ExitMMIOWrite:
 		s.Reason, s.Write = vmm.StepMMIO, true
 	default:
 		return vmm.StepExit{}, fmt.Errorf("completing %v: not an access", *e)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // modelCPU is a tiny machine that honours vmm.Stepper's contract as this
@@ -300,16 +301,16 @@ func TestKVMExitConversion(t *testing.T) {
 	data := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
 	for _, c := range []struct {
 		s    vmm.StepExit
-		kind ExitKind
+		kind machine.ExitKind
 	}{
-		{vmm.StepExit{Reason: vmm.StepPIO, Write: true, Addr: 0x3f8, Size: 1, Data: data, RIP: 9}, ExitPIOWrite},
-		{vmm.StepExit{Reason: vmm.StepPIO, Addr: 0x520, Size: 4, RIP: 9}, ExitPIORead},
-		{vmm.StepExit{Reason: vmm.StepMMIO, Write: true, Addr: 0xfee00000, Size: 8, Data: data, RIP: 9}, ExitMMIOWrite},
-		{vmm.StepExit{Reason: vmm.StepMMIO, Addr: 0xfee00000, Size: 2, RIP: 9}, ExitMMIORead},
-		{vmm.StepExit{Reason: vmm.StepHalt, RIP: 9}, ExitHalt},
-		{vmm.StepExit{Reason: vmm.StepWindow, RIP: 9}, ExitWindow},
-		{vmm.StepExit{Reason: vmm.StepKicked, RIP: 9}, ExitKicked},
-		{vmm.StepExit{Reason: vmm.StepDebug, AtBreak: true, DR6: 1, RIP: 9}, ExitBreakpoint},
+		{vmm.StepExit{Reason: vmm.StepPIO, Write: true, Addr: 0x3f8, Size: 1, Data: data, RIP: 9}, machine.ExitPIOWrite},
+		{vmm.StepExit{Reason: vmm.StepPIO, Addr: 0x520, Size: 4, RIP: 9}, machine.ExitPIORead},
+		{vmm.StepExit{Reason: vmm.StepMMIO, Write: true, Addr: 0xfee00000, Size: 8, Data: data, RIP: 9}, machine.ExitMMIOWrite},
+		{vmm.StepExit{Reason: vmm.StepMMIO, Addr: 0xfee00000, Size: 2, RIP: 9}, machine.ExitMMIORead},
+		{vmm.StepExit{Reason: vmm.StepHalt, RIP: 9}, machine.ExitHalt},
+		{vmm.StepExit{Reason: vmm.StepWindow, RIP: 9}, machine.ExitWindow},
+		{vmm.StepExit{Reason: vmm.StepKicked, RIP: 9}, machine.ExitKicked},
+		{vmm.StepExit{Reason: vmm.StepDebug, AtBreak: true, DR6: 1, RIP: 9}, machine.ExitBreakpoint},
 	} {
 		e, err := kvmExit(c.s)
 		if err != nil || e.Kind != c.kind || e.RIP != 9 {

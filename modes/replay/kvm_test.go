@@ -8,7 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 )
 
@@ -25,7 +26,7 @@ func TestKVMConfig(t *testing.T) {
 	env := &kvmTestEnv{t: t}
 	for _, c := range []struct {
 		cfg  KVMConfig
-		env  Env
+		env  machine.Env
 		want string
 	}{
 		{KVMConfig{Guest: "tick"}, nil, "needs an Env"},
@@ -102,7 +103,7 @@ func TestKVMDirtyHash(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	ram := make([]byte, pages*vmm.PageSize)
 	r.Read(ram)
-	dirty := dirtylog.NewBitmap(pages)
+	dirty := machine.NewBitmap(pages)
 	for _, p := range []uint64{0, 3, 64, 65, 130, 199} {
 		dirty.Set(p)
 	}
@@ -124,7 +125,7 @@ func TestKVMDirtyHash(t *testing.T) {
 	}
 	// The page numbers count: the same contents elsewhere differ.
 	same := make([]byte, 4*vmm.PageSize)
-	a, b := dirtylog.NewBitmap(4), dirtylog.NewBitmap(4)
+	a, b := machine.NewBitmap(4), machine.NewBitmap(4)
 	a.Set(1)
 	b.Set(2)
 	if kvmDirtyHash(same, a, nil) == kvmDirtyHash(same, b, nil) {

@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // The replay log is a sequence of entries numbered from 1 by their log
@@ -83,13 +84,13 @@ func (t EntryType) String() string {
 // the constants); the others are zero.
 type Entry struct {
 	Type  EntryType
-	Exit  Exit      // EntryExit; EntryValue uses Size and Data
-	Time  uint64    // EntryTime, EntryPoll
-	Off   int64     // EntryDiskRead
-	Bytes []byte    // EntryFrame, EntryDiskRead
-	Sig   Signature // EntryLanding
-	LSN   uint64    // EntryReleased
-	Out   OutputSum // EntryOutput
+	Exit  machine.Exit      // EntryExit; EntryValue uses Size and Data
+	Time  uint64            // EntryTime, EntryPoll
+	Off   int64             // EntryDiskRead
+	Bytes []byte            // EntryFrame, EntryDiskRead
+	Sig   machine.Signature // EntryLanding
+	LSN   uint64            // EntryReleased
+	Out   OutputSum         // EntryOutput
 }
 
 func (e Entry) String() string {
@@ -189,7 +190,7 @@ func (w *BatchWriter) Add(e *Entry) {
 		b = append(b, byte(x.Kind), x.Size)
 		b = binary.AppendUvarint(b, x.Addr)
 		b = binary.AppendUvarint(b, x.RIP)
-		if x.Kind == ExitPIOWrite || x.Kind == ExitMMIOWrite {
+		if x.Kind == machine.ExitPIOWrite || x.Kind == machine.ExitMMIOWrite {
 			b = append(b, x.Data[:x.Size]...)
 		}
 	case EntryValue:
@@ -299,7 +300,7 @@ func decodeEntry(p []byte, e *Entry) (int, error) {
 	e.Type = EntryType(d.byte())
 	switch e.Type {
 	case EntryExit:
-		e.Exit.Kind = ExitKind(d.byte())
+		e.Exit.Kind = machine.ExitKind(d.byte())
 		e.Exit.Size = d.byte()
 		e.Exit.Addr = d.uvarint()
 		e.Exit.RIP = d.uvarint()
@@ -309,7 +310,7 @@ func decodeEntry(p []byte, e *Entry) (int, error) {
 		if e.Exit.Kind.IsIO() != (e.Exit.Size >= 1 && e.Exit.Size <= 8) || !e.Exit.Kind.IsIO() && (e.Exit.Size != 0 || e.Exit.Addr != 0) {
 			d.fail("%v of size %d at %#x", e.Exit.Kind, e.Exit.Size, e.Exit.Addr)
 		}
-		if e.Exit.Kind == ExitPIOWrite || e.Exit.Kind == ExitMMIOWrite {
+		if e.Exit.Kind == machine.ExitPIOWrite || e.Exit.Kind == machine.ExitMMIOWrite {
 			copy(e.Exit.Data[:], d.bytes(int(min(e.Exit.Size, 8))))
 		}
 	case EntryValue:

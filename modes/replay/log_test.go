@@ -9,27 +9,28 @@ import (
 	"testing"
 
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // sampleEntries has one entry of every type, with values at the edges of
 // their encodings.
 func sampleEntries() []Entry {
 	return []Entry{
-		{Type: EntryExit, Exit: Exit{Kind: ExitPIORead, Addr: 0x3f8, Size: 1, RIP: 0x100004}},
-		{Type: EntryValue, Exit: Exit{Size: 1, Data: [8]byte{0x60}}},
-		{Type: EntryExit, Exit: Exit{Kind: ExitPIOWrite, Addr: 0x501, Size: 4, RIP: 1<<64 - 1, Data: [8]byte{1, 2, 3, 4}}},
-		{Type: EntryExit, Exit: Exit{Kind: ExitMMIOWrite, Addr: 0xfee00000, Size: 8, RIP: 7, Data: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}}},
-		{Type: EntryExit, Exit: Exit{Kind: ExitMMIORead, Addr: 1 << 40, Size: 2, RIP: 9}},
-		{Type: EntryValue, Exit: Exit{Size: 8, Data: [8]byte{9, 9, 9, 9, 9, 9, 9, 9}}},
-		{Type: EntryExit, Exit: Exit{Kind: ExitHalt, RIP: 0x100010}},
-		{Type: EntryExit, Exit: Exit{Kind: ExitWindow, RIP: 0x100020}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitPIORead, Addr: 0x3f8, Size: 1, RIP: 0x100004}},
+		{Type: EntryValue, Exit: machine.Exit{Size: 1, Data: [8]byte{0x60}}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitPIOWrite, Addr: 0x501, Size: 4, RIP: 1<<64 - 1, Data: [8]byte{1, 2, 3, 4}}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitMMIOWrite, Addr: 0xfee00000, Size: 8, RIP: 7, Data: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitMMIORead, Addr: 1 << 40, Size: 2, RIP: 9}},
+		{Type: EntryValue, Exit: machine.Exit{Size: 8, Data: [8]byte{9, 9, 9, 9, 9, 9, 9, 9}}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitHalt, RIP: 0x100010}},
+		{Type: EntryExit, Exit: machine.Exit{Kind: machine.ExitWindow, RIP: 0x100020}},
 		{Type: EntryTime, Time: 0},
 		{Type: EntryTime, Time: 1<<64 - 1},
 		{Type: EntryPoll, Time: 123456789},
 		{Type: EntryFrame, Bytes: bytes.Repeat([]byte{0xab}, 1514)},
 		{Type: EntryFrame, Bytes: []byte{}},
 		{Type: EntryDiskRead, Off: 512 * 9, Bytes: bytes.Repeat([]byte{1}, 4096)},
-		{Type: EntryLanding, Sig: Signature{RIP: 0x100030, Regs: 0xdeadbeefcafef00d, Dirty: 1}},
+		{Type: EntryLanding, Sig: machine.Signature{RIP: 0x100030, Regs: 0xdeadbeefcafef00d, Dirty: 1}},
 		{Type: EntryInject},
 		{Type: EntryReleased, LSN: 41},
 		{Type: EntrySync},
@@ -126,13 +127,13 @@ func TestEntryRejects(t *testing.T) {
 		return append([]byte(nil), w.Finish()...)
 	}
 	cases := map[string][]byte{
-		"exit kind kicked":      one(byte(EntryExit), byte(ExitKicked), 0, 0, 0),
+		"exit kind kicked":      one(byte(EntryExit), byte(machine.ExitKicked), 0, 0, 0),
 		"exit kind zero":        one(byte(EntryExit), 0, 0, 0, 0),
-		"pio of size 0":         one(byte(EntryExit), byte(ExitPIORead), 0, 1, 1),
-		"pio of size 9":         one(byte(EntryExit), byte(ExitPIOWrite), 9, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-		"halt with a size":      one(byte(EntryExit), byte(ExitHalt), 1, 0, 0),
-		"halt with an address":  one(byte(EntryExit), byte(ExitHalt), 0, 5, 0),
-		"write data truncated":  one(byte(EntryExit), byte(ExitPIOWrite), 4, 1, 1, 1),
+		"pio of size 0":         one(byte(EntryExit), byte(machine.ExitPIORead), 0, 1, 1),
+		"pio of size 9":         one(byte(EntryExit), byte(machine.ExitPIOWrite), 9, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+		"halt with a size":      one(byte(EntryExit), byte(machine.ExitHalt), 1, 0, 0),
+		"halt with an address":  one(byte(EntryExit), byte(machine.ExitHalt), 0, 5, 0),
+		"write data truncated":  one(byte(EntryExit), byte(machine.ExitPIOWrite), 4, 1, 1, 1),
 		"value of size 0":       one(byte(EntryValue), 0),
 		"frame too long":        one(append([]byte{byte(EntryFrame)}, binary.AppendUvarint(nil, MaxFrame+1)...)...),
 		"frame truncated":       one(byte(EntryFrame), 10, 1, 2),

@@ -4,8 +4,9 @@ import (
 	"net"
 	"time"
 
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/dirtylog"
 )
 
 // precopy is a full checkpoint being pre-copied to a backup that attached
@@ -24,11 +25,11 @@ import (
 // protected the guest, so no generation is contested. The backup applies
 // the rounds to its memory as they come and commits at the sync entry.
 type precopy struct {
-	epoch   uint64           // the LSN of the sync entry to come
-	pass    int              // 1: the pass over all of memory
-	todo    []uint64         // pages of this pass not sent yet
-	written *dirtylog.Bitmap // scratch for Machine.Written
-	first   bool             // the next round message starts the sync
+	epoch   uint64          // the LSN of the sync entry to come
+	pass    int             // 1: the pass over all of memory
+	todo    []uint64        // pages of this pass not sent yet
+	written *machine.Bitmap // scratch for Machine.Written
+	first   bool            // the next round message starts the sync
 	began   time.Time
 	next    time.Duration // not before (guestClock.host): the guest's share of the time
 	sent    uint64        // round messages sent
@@ -78,8 +79,8 @@ func (p *Primary) attachBackup(conn net.Conn) {
 // startPrecopy starts the pass over all of memory.
 func (p *Primary) startPrecopy() error {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	pc := &precopy{epoch: p.lsn + 1, pass: 1, written: dirtylog.NewBitmap(pages), first: true, began: time.Now()}
-	if err := p.m.Written(pc.written); err != nil { // what is written from now on
+	pc := &precopy{epoch: p.lsn + 1, pass: 1, written: machine.NewBitmap(pages), first: true, began: time.Now()}
+	if err := p.m.Harvest(pc.written); err != nil { // what is written from now on
 		return err
 	}
 	pc.todo = make([]uint64, pages)
@@ -101,7 +102,7 @@ func (p *Primary) precopyStep() error {
 	defer func() { pc.next = p.clock.host() + max(precopyEvery, time.Since(began)) }()
 	if len(pc.todo) == 0 {
 		pc.written.Clear()
-		if err := p.m.Written(pc.written); err != nil {
+		if err := p.m.Harvest(pc.written); err != nil {
 			return err
 		}
 		for r := range pc.written.Runs() {

@@ -14,6 +14,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -31,7 +32,7 @@ var ErrBackupLost = errors.New("backup lost; continuing alone")
 // requests, and a heartbeat goroutine and a watchdog watch the link.
 type Primary struct {
 	cfg   Config
-	m     Machine
+	m     machine.Stepper
 	out   *outbuf.Buffer
 	fence *witness.Fence
 	// gen is the generation this primary holds: it rises when the primary
@@ -125,13 +126,13 @@ type message struct {
 // fence. m is the guest, built on plug (NewPrimary plugs the recording Env
 // in); out holds the guest's outputs until the backup has the log that
 // produced them (its Env must carry gen and fence).
-func NewPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
+func NewPrimary(cfg Config, m machine.Stepper, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen uint64, log *slog.Logger) (*Primary, error) {
 	return newPrimary(cfg, m, plug, out, fence, gen, 0, log)
 }
 
 // newPrimary is NewPrimary with the guest clock starting at clockFrom (a
 // backup going live continues its guest's time).
-func newPrimary(cfg Config, m Machine, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen, clockFrom uint64, log *slog.Logger) (*Primary, error) {
+func newPrimary(cfg Config, m machine.Stepper, plug *Plug, out *outbuf.Buffer, fence *witness.Fence, gen, clockFrom uint64, log *slog.Logger) (*Primary, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -260,7 +261,7 @@ func (p *Primary) drive(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("running the guest: %w", err)
 		}
-		if e.Kind == ExitKicked {
+		if e.Kind == machine.ExitKicked {
 			// Logged only if the boundary delivers something here (alone,
 			// nothing is logged).
 			p.unlogged = p.recording
@@ -274,13 +275,13 @@ func (p *Primary) drive(ctx context.Context) error {
 			continue
 		}
 		if err := p.m.Complete(&e); err != nil {
-			if errors.Is(err, ErrPowerOff) {
+			if errors.Is(err, machine.ErrPowerOff) {
 				return p.finish()
 			}
 			return fmt.Errorf("completing %v: %w", e, err)
 		}
 		if e.Kind.IsRead() {
-			p.append(Entry{Type: EntryValue, Exit: Exit{Size: e.Size, Data: e.Data}})
+			p.append(Entry{Type: EntryValue, Exit: machine.Exit{Size: e.Size, Data: e.Data}})
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // scriptedHost is a primary's host whose timing the test decides, so that
@@ -43,7 +44,7 @@ func (c *cluster) scriptHost(label string, every, stallAt int, stall time.Durati
 		c.t.Fatal(err)
 	}
 	h := &scriptedHost{rip: rip, every: every, stallAt: stallAt, stall: stall}
-	c.pMachine = func(m *simvm.Machine) replay.Machine {
+	c.pMachine = func(m *simvm.Machine) machine.Stepper {
 		h.Machine = m
 		return h
 	}
@@ -55,16 +56,16 @@ func (c *cluster) scriptHost(label string, every, stallAt int, stall time.Durati
 func (h *scriptedHost) Kick() {}
 
 // Run implements replay.Machine.
-func (h *scriptedHost) Run() (replay.Exit, error) {
+func (h *scriptedHost) Run() (machine.Exit, error) {
 	for {
 		e, err := h.Machine.RunTo(h.rip)
-		if err != nil || e.Kind != replay.ExitBreakpoint {
+		if err != nil || e.Kind != machine.ExitBreakpoint {
 			return e, err
 		}
 		if h.visits++; h.visits%h.every == 0 {
 			h.reads = 0
 			h.kicks++
-			return replay.Exit{Kind: replay.ExitKicked, RIP: e.RIP}, nil
+			return machine.Exit{Kind: machine.ExitKicked, RIP: e.RIP}, nil
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -27,9 +28,9 @@ func (s *spinning) Kick() {
 	}
 }
 
-func (s *spinning) Run() (replay.Exit, error) {
+func (s *spinning) Run() (machine.Exit, error) {
 	<-s.kicks
-	return replay.Exit{Kind: replay.ExitKicked}, nil
+	return machine.Exit{Kind: machine.ExitKicked}, nil
 }
 
 // TestPrimaryStopsWhileTheGuestSpins: the end of Run's context stops a

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // walkProgram is the tick guest's work loop alone: r3 steps of an
@@ -67,7 +67,7 @@ func BenchmarkInterpreter(b *testing.B) {
 	e, err := m.Run()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	if err != nil || e.Kind != replay.ExitHalt {
+	if err != nil || e.Kind != machine.ExitHalt {
 		b.Fatalf("%v %v", e, err)
 	}
 	area := make([]uint64, 16*512)

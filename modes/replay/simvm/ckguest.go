@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	"github.com/ftckpt/ftckpt/vmm"
 )
 
@@ -129,12 +129,12 @@ func newCheckpointGuest(devs Devices) *CheckpointGuest {
 	return g
 }
 
-// Memory implements checkpoint.Guest: guest RAM, stable for the guest's
+// Memory implements machine.Runner: guest RAM, stable for the guest's
 // life. The primary reads it while the guest is paused; the backup's
 // receiver writes it before the guest starts.
 func (g *CheckpointGuest) Memory() []byte { return g.m.Memory() }
 
-// Start implements checkpoint.Guest: the vCPU goroutine starts, and guest
+// Start implements machine.Runner: the vCPU goroutine starts, and guest
 // time with it. A paused guest starts parked.
 func (g *CheckpointGuest) Start() error {
 	g.mu.Lock()
@@ -155,7 +155,7 @@ func (g *CheckpointGuest) Start() error {
 	return nil
 }
 
-// Stopped implements checkpoint.Guest: closed when the vCPU goroutine ends
+// Stopped implements machine.Runner: closed when the vCPU goroutine ends
 // (the guest powered off or faulted, a device failed, or Close).
 func (g *CheckpointGuest) Stopped() <-chan struct{} { return g.stopped }
 
@@ -181,7 +181,7 @@ func (g *CheckpointGuest) Close() {
 	}
 }
 
-// Pause implements checkpoint.Guest: it returns once the vCPU goroutine is
+// Pause implements machine.Runner: it returns once the vCPU goroutine is
 // parked at an instruction boundary (or has ended). Outputs it started have
 // completed or been refused. Any goroutine may call it.
 func (g *CheckpointGuest) Pause() error {
@@ -192,7 +192,7 @@ func (g *CheckpointGuest) Pause() error {
 	return nil
 }
 
-// Resume implements checkpoint.Guest: the guest runs again (unless a
+// Resume implements machine.Runner: the guest runs again (unless a
 // CopyLive holds it a moment longer) and retries a refused output.
 func (g *CheckpointGuest) Resume() error {
 	g.mu.Lock()
@@ -224,7 +224,7 @@ func (g *CheckpointGuest) atRestLocked() bool {
 	return !g.started || g.done || (g.parked && g.paused)
 }
 
-// CopyLive implements checkpoint.Guest. The machine is software, so a copy
+// CopyLive implements machine.Runner. The machine is software, so a copy
 // concurrent with its writes would be a data race: CopyLive parks the vCPU
 // for the copy, which is then never torn.
 func (g *CheckpointGuest) CopyLive(dst []byte, pfn uint64) {
@@ -237,10 +237,10 @@ func (g *CheckpointGuest) CopyLive(dst []byte, pfn uint64) {
 	g.cond.Broadcast()
 }
 
-// Harvest implements checkpoint.Guest: it ORs into dst every page written
+// Harvest implements machine.Runner: it ORs into dst every page written
 // since the previous Harvest (by the guest or by its devices: every write
 // goes through markWrite) and starts a new interval. Precondition: paused.
-func (g *CheckpointGuest) Harvest(dst *dirtylog.Bitmap) error {
+func (g *CheckpointGuest) Harvest(dst *machine.Bitmap) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.atRestLocked() {
@@ -270,7 +270,7 @@ const (
 
 var ckStateSize = len(ckStateMagic) + 2 + 8 + stateSize + 4
 
-// SaveState implements checkpoint.Guest: the machine state and the guest
+// SaveState implements machine.Runner: the machine state and the guest
 // time. Precondition: paused or not started.
 func (g *CheckpointGuest) SaveState() ([]byte, error) {
 	g.mu.Lock()
@@ -290,7 +290,7 @@ func (g *CheckpointGuest) SaveState() ([]byte, error) {
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
 
-// RestoreState implements checkpoint.Guest: the machine continues from the
+// RestoreState implements machine.Runner: the machine continues from the
 // saved state, and guest time from the saved time. It verifies everything
 // before changing anything. Precondition: paused or not started.
 func (g *CheckpointGuest) RestoreState(state []byte) error {
@@ -444,12 +444,12 @@ func (g *CheckpointGuest) step() error {
 }
 
 // complete performs an access; a refused output stays pending and waits.
-func (g *CheckpointGuest) complete(e *replay.Exit) error {
+func (g *CheckpointGuest) complete(e *machine.Exit) error {
 	err := g.m.Complete(e)
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, replay.ErrPowerOff):
+	case errors.Is(err, machine.ErrPowerOff):
 		return errStop
 	case errors.Is(err, vmm.ErrOutputFull):
 		g.wait(false)

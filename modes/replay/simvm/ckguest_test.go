@@ -15,14 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
-var _ ckmode.Guest = (*CheckpointGuest)(nil)
+var _ machine.Runner = (*CheckpointGuest)(nil)
 
 // ckDevices are a CheckpointGuest's devices in the tests: frames go to a
 // list (or to send, if set), the disk is a byte slice, and the first
@@ -169,7 +170,7 @@ func TestHarvestSeesEveryWrite(t *testing.T) {
 			if err := g.Start(); err != nil {
 				t.Fatal(err)
 			}
-			dirty := dirtylog.NewBitmap(pages)
+			dirty := machine.NewBitmap(pages)
 			changedPages := 0
 			for round := 0; round < 200; round++ {
 				if guest == "kv" {
@@ -242,7 +243,7 @@ func TestPauseStopsTheGuest(t *testing.T) {
 	if _, err := g.SaveState(); err == nil {
 		t.Error("SaveState of a running guest accepted")
 	}
-	if err := g.Harvest(dirtylog.NewBitmap(64)); err == nil {
+	if err := g.Harvest(machine.NewBitmap(64)); err == nil {
 		t.Error("Harvest of a running guest accepted")
 	}
 	if err := g.Start(); err == nil {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // noBreakpoint is a pc no instruction can have (it cannot be fetched).
@@ -24,15 +24,15 @@ const noBreakpoint = math.MaxUint64
 // Exits name the pc of the boundary, except ExitHalt (the pc after hlt)
 // and accesses (the pc of the accessing instruction, which Complete
 // finishes).
-func (m *Machine) run(bp uint64) (replay.Exit, error) {
+func (m *Machine) run(bp uint64) (machine.Exit, error) {
 	c := &m.cpu
 	switch {
 	case c.Off:
-		return replay.Exit{}, fmt.Errorf("run: %w (status %d)", replay.ErrPowerOff, c.OffStatus)
+		return machine.Exit{}, fmt.Errorf("run: %w (status %d)", machine.ErrPowerOff, c.OffStatus)
 	case c.Halted:
-		return replay.Exit{}, errors.New("run: the guest is halted: inject an interrupt first")
+		return machine.Exit{}, errors.New("run: the guest is halted: inject an interrupt first")
 	case c.Pend.Kind != 0:
-		return replay.Exit{}, fmt.Errorf("run: the access of %v is not completed", c.Pend.exit(c.PC))
+		return machine.Exit{}, fmt.Errorf("run: the access of %v is not completed", c.Pend.exit(c.PC))
 	}
 	skip := m.resumeSet && m.resume == c.PC
 	m.resumeSet = false
@@ -45,14 +45,14 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 	for {
 		if c.WindowReq && c.Flags&FlagIF != 0 && !c.Shadow {
 			c.WindowReq = false
-			return m.stop(pc, n, replay.Exit{Kind: replay.ExitWindow, RIP: pc})
+			return m.stop(pc, n, machine.Exit{Kind: machine.ExitWindow, RIP: pc})
 		}
 		if m.kick.Load() && m.kick.Swap(false) {
-			return m.stop(pc, n, replay.Exit{Kind: replay.ExitKicked, RIP: pc})
+			return m.stop(pc, n, machine.Exit{Kind: machine.ExitKicked, RIP: pc})
 		}
 		if pc == bp && !skip {
 			m.resume, m.resumeSet = pc, true
-			return m.stop(pc, n, replay.Exit{Kind: replay.ExitBreakpoint, RIP: pc})
+			return m.stop(pc, n, machine.Exit{Kind: machine.ExitBreakpoint, RIP: pc})
 		}
 		skip = false
 		c.Shadow = false
@@ -162,9 +162,9 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 					return m.fault(pc, n, "%d-byte access at %#x straddles the end of RAM", sz, addr)
 				}
 				if store {
-					c.Pend = access{Kind: replay.ExitMMIOWrite, Addr: addr, Size: uint8(sz), Data: r[a] & sizeMask(uint8(sz))}
+					c.Pend = access{Kind: machine.ExitMMIOWrite, Addr: addr, Size: uint8(sz), Data: r[a] & sizeMask(uint8(sz))}
 				} else {
-					c.Pend = access{Kind: replay.ExitMMIORead, Addr: addr, Size: uint8(sz), Reg: uint8(a)}
+					c.Pend = access{Kind: machine.ExitMMIORead, Addr: addr, Size: uint8(sz), Reg: uint8(a)}
 				}
 				return m.stop(pc, n+1, c.Pend.exit(pc))
 			}
@@ -199,15 +199,15 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 			}
 			port := imm & 0xffff
 			if op == opIn {
-				c.Pend = access{Kind: replay.ExitPIORead, Addr: port, Size: uint8(cc), Reg: uint8(a)}
+				c.Pend = access{Kind: machine.ExitPIORead, Addr: port, Size: uint8(cc), Reg: uint8(a)}
 			} else {
-				c.Pend = access{Kind: replay.ExitPIOWrite, Addr: port, Size: uint8(cc), Data: r[b] & sizeMask(uint8(cc))}
+				c.Pend = access{Kind: machine.ExitPIOWrite, Addr: port, Size: uint8(cc), Data: r[b] & sizeMask(uint8(cc))}
 			}
 			return m.stop(pc, n+1, c.Pend.exit(pc))
 		case opHlt:
 			pc = next
 			c.Halted = true
-			return m.stop(pc, n+1, replay.Exit{Kind: replay.ExitHalt, RIP: pc})
+			return m.stop(pc, n+1, machine.Exit{Kind: machine.ExitHalt, RIP: pc})
 		case opSti:
 			if c.Flags&FlagIF == 0 {
 				c.Shadow = true
@@ -232,15 +232,15 @@ func (m *Machine) run(bp uint64) (replay.Exit, error) {
 }
 
 // stop ends a run at pc after n instructions with e.
-func (m *Machine) stop(pc, n uint64, e replay.Exit) (replay.Exit, error) {
+func (m *Machine) stop(pc, n uint64, e machine.Exit) (machine.Exit, error) {
 	m.cpu.PC = pc
 	m.instructions += n
 	return e, nil
 }
 
 // fault ends a run at the faulting instruction at pc after n instructions.
-func (m *Machine) fault(pc, n uint64, format string, args ...any) (replay.Exit, error) {
+func (m *Machine) fault(pc, n uint64, format string, args ...any) (machine.Exit, error) {
 	m.cpu.PC = pc
 	m.instructions += n
-	return replay.Exit{}, &Fault{RIP: pc, Reason: fmt.Sprintf(format, args...)}
+	return machine.Exit{}, &Fault{RIP: pc, Reason: fmt.Sprintf(format, args...)}
 }

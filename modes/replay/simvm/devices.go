@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // Ports. Each register answers at its own port to any access size; a write
@@ -164,7 +164,7 @@ func (m *Machine) pioWrite(port uint16, size uint8, v uint64) error {
 		m.env.Console([]byte{byte(v)})
 	case PortPower:
 		m.cpu.Off, m.cpu.OffStatus = true, uint8(v)
-		return fmt.Errorf("%w (status %d)", replay.ErrPowerOff, uint8(v))
+		return fmt.Errorf("%w (status %d)", machine.ErrPowerOff, uint8(v))
 	case PortTimer:
 		d.Timer = timer{}
 		if v != 0 {

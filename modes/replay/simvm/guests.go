@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // The guests' layout: the vector table at IVTBase, the parameters (8-byte
@@ -87,7 +87,7 @@ type Param struct {
 // New builds a machine with memPages pages of RAM running the built-in
 // guest (see Guests), with params overriding its defaults. Like
 // NewProgram, it does not call env.
-func New(guest string, memPages int, env replay.Env, params ...Param) (*Machine, error) {
+func New(guest string, memPages int, env machine.Env, params ...Param) (*Machine, error) {
 	info, ok := guestTable[guest]
 	if !ok {
 		return nil, unknownGuest(guest)

@@ -11,13 +11,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 func TestTickGuest(t *testing.T) {
 	r := newRig(t, "tick", 64, Param{"ticks", 25}, Param{"every", 5}, Param{"period_ns", 100_000}, Param{"work", 500})
 	err := r.runUntil(100000, nil)
-	if !errors.Is(err, replay.ErrPowerOff) || !strings.Contains(err.Error(), "status 0") {
+	if !errors.Is(err, machine.ErrPowerOff) || !strings.Contains(err.Error(), "status 0") {
 		t.Fatalf("run: %v\nconsole:\n%s", err, r.env.console.String())
 	}
 	if want := "tick: start\ntick 5\ntick 10\ntick 15\ntick 20\ntick 25\ntick: done 25\n"; r.env.console.String() != want {
@@ -54,7 +54,7 @@ func TestTickGuest(t *testing.T) {
 	if written < 1000 {
 		t.Errorf("the work wrote only %d words", written)
 	}
-	if _, err := m.Run(); !errors.Is(err, replay.ErrPowerOff) {
+	if _, err := m.Run(); !errors.Is(err, machine.ErrPowerOff) {
 		t.Errorf("Run after power-off: %v", err)
 	}
 	if _, err := New("tick", 64, r.env, Param{"work_pages", 3}); err == nil {
@@ -282,7 +282,7 @@ func TestKVPersistsAndReloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2 := &rig{t: t, m: m2, env: env2, exits: map[replay.ExitKind]int{}}
+	r2 := &rig{t: t, m: m2, env: env2, exits: map[machine.ExitKind]int{}}
 	replies := kvExchange(t, r2, []string{"GET x", "GET y", "GET z", "INCR x"})
 	want := []string{"1 VALUE 4", "2 VALUE 1", "3 VALUE zz", "4 VALUE 5"}
 	if !slices.Equal(replies, want) {
@@ -294,7 +294,7 @@ func TestKVPersistsAndReloads(t *testing.T) {
 	// A disk that fails is fatal, and said so.
 	env3 := &testEnv{fail: errors.New("disk on fire")}
 	m3, _ := New("kv", 64, env3)
-	r3 := &rig{t: t, m: m3, env: env3, exits: map[replay.ExitKind]int{}}
+	r3 := &rig{t: t, m: m3, env: env3, exits: map[machine.ExitKind]int{}}
 	err = r3.runUntil(1000, nil)
 	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
 		t.Errorf("a failing disk: %v", err)

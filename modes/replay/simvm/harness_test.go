@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // testEnv is an Env with a scripted clock (step ns per Now call), an
@@ -70,7 +70,7 @@ type rig struct {
 	m     *Machine
 	env   *testEnv
 	rx    [][]byte // frames to deliver, one per halt
-	exits map[replay.ExitKind]int
+	exits map[machine.ExitKind]int
 	off   bool
 }
 
@@ -81,7 +81,7 @@ func newRig(t testing.TB, guest string, pages int, params ...Param) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{t: t, m: m, env: env, exits: map[replay.ExitKind]int{}}
+	return &rig{t: t, m: m, env: env, exits: map[machine.ExitKind]int{}}
 }
 
 func newProgramRig(t testing.TB, src string, pages int) *rig {
@@ -95,7 +95,7 @@ func newProgramRig(t testing.TB, src string, pages int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{t: t, m: m, env: env, exits: map[replay.ExitKind]int{}}
+	return &rig{t: t, m: m, env: env, exits: map[machine.ExitKind]int{}}
 }
 
 // errIdle is returned by step when the guest is halted with nothing to
@@ -103,7 +103,7 @@ func newProgramRig(t testing.TB, src string, pages int) *rig {
 var errIdle = errors.New("halted with nothing to wake it")
 
 // step runs the guest to its next stop and handles it.
-func (r *rig) step() (replay.Exit, error) {
+func (r *rig) step() (machine.Exit, error) {
 	m := r.m
 	if m.Halted() {
 		switch dl, ok := m.TimerDeadline(); {
@@ -114,13 +114,13 @@ func (r *rig) step() (replay.Exit, error) {
 			r.env.now = max(r.env.now, dl)
 			m.PollTimers(r.env.now)
 		default:
-			return replay.Exit{}, errIdle
+			return machine.Exit{}, errIdle
 		}
 		if _, err := m.InjectPending(); err != nil {
-			return replay.Exit{}, err
+			return machine.Exit{}, err
 		}
 		if m.Halted() {
-			return replay.Exit{}, errIdle
+			return machine.Exit{}, errIdle
 		}
 	}
 	e, err := m.Run()
@@ -130,7 +130,7 @@ func (r *rig) step() (replay.Exit, error) {
 	r.exits[e.Kind]++
 	if e.Kind.IsIO() {
 		if err := m.Complete(&e); err != nil {
-			if errors.Is(err, replay.ErrPowerOff) {
+			if errors.Is(err, machine.ErrPowerOff) {
 				r.off = true
 			}
 			return e, err

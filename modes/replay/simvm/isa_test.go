@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // exec assembles body at ENTRY, runs it to its hlt and returns the
@@ -29,7 +29,7 @@ func execProgram(t *testing.T, body string) (*Machine, *Program) {
 		t.Fatal(err)
 	}
 	e, err := m.Run()
-	if err != nil || e.Kind != replay.ExitHalt {
+	if err != nil || e.Kind != machine.ExitHalt {
 		t.Fatalf("%s\nran to %v, %v", body, e, err)
 	}
 	return m, p
@@ -220,7 +220,7 @@ start:
 	.equ ram_end, 16*PAGE_SIZE
 `, 16)
 	m := r.m
-	step := func(want replay.Exit, data uint64) replay.Exit {
+	step := func(want machine.Exit, data uint64) machine.Exit {
 		t.Helper()
 		e, err := m.Run()
 		if err != nil {
@@ -230,8 +230,7 @@ start:
 		if e.Kind != want.Kind || e.Addr != want.Addr || e.Size != want.Size {
 			t.Fatalf("exit %v, want %v", e, want)
 		}
-		mnemonic := map[replay.ExitKind]string{replay.ExitPIORead: "in", replay.ExitPIOWrite: "out",
-			replay.ExitMMIORead: "ld", replay.ExitMMIOWrite: "st"}[e.Kind]
+		mnemonic := map[machine.ExitKind]string{machine.ExitPIORead: "in", machine.ExitPIOWrite: "out", machine.ExitMMIORead: "ld", machine.ExitMMIOWrite: "st"}[e.Kind]
 		if w, _, _ := Disassemble(m.mem[e.RIP:]); !strings.HasPrefix(w, mnemonic) {
 			t.Errorf("exit %v names rip %#x: %s", e, e.RIP, w)
 		}
@@ -254,25 +253,25 @@ start:
 		}
 		return e
 	}
-	step(replay.Exit{Kind: replay.ExitPIOWrite, Addr: 0x77, Size: 2}, 0x7890)
-	e := step(replay.Exit{Kind: replay.ExitPIORead, Addr: 0x78, Size: 1}, 0)
+	step(machine.Exit{Kind: machine.ExitPIOWrite, Addr: 0x77, Size: 2}, 0x7890)
+	e := step(machine.Exit{Kind: machine.ExitPIORead, Addr: 0x78, Size: 1}, 0)
 	if m.cpu.R[2] != 0xff || e.Data != [8]byte{0xff} {
 		t.Errorf("unmapped port read %#x (data % x), want 0xff", m.cpu.R[2], e.Data)
 	}
-	step(replay.Exit{Kind: replay.ExitMMIOWrite, Addr: 16*PageSize + 8, Size: 4}, 0x34567890)
-	step(replay.Exit{Kind: replay.ExitMMIORead, Addr: 16*PageSize + 0x10, Size: 2}, 0)
+	step(machine.Exit{Kind: machine.ExitMMIOWrite, Addr: 16*PageSize + 8, Size: 4}, 0x34567890)
+	step(machine.Exit{Kind: machine.ExitMMIORead, Addr: 16*PageSize + 0x10, Size: 2}, 0)
 	if m.cpu.R[4] != 0xffff {
 		t.Errorf("unmapped MMIO read %#x, want 0xffff", m.cpu.R[4])
 	}
-	step(replay.Exit{Kind: replay.ExitMMIORead, Addr: MMIOBase + 0x1000, Size: 8}, 0)
+	step(machine.Exit{Kind: machine.ExitMMIORead, Addr: MMIOBase + 0x1000, Size: 8}, 0)
 	if m.cpu.R[6] != ^uint64(0) {
 		t.Errorf("MMIO read beyond the device: %#x", m.cpu.R[6])
 	}
-	step(replay.Exit{Kind: replay.ExitPIORead, Addr: 0x79, Size: 4}, 0)
+	step(machine.Exit{Kind: machine.ExitPIORead, Addr: 0x79, Size: 4}, 0)
 	if m.cpu.R[7] != 0xffffffff {
 		t.Errorf("inl of nothing: %#x", m.cpu.R[7])
 	}
-	if e, err := m.Run(); err != nil || e.Kind != replay.ExitHalt {
+	if e, err := m.Run(); err != nil || e.Kind != machine.ExitHalt {
 		t.Fatalf("%v %v", e, err)
 	}
 	if got := m.Instructions(); got != 10 {
@@ -296,7 +295,7 @@ start:
 	hlt
 `, 16)
 	m := r.m
-	sig := func() replay.Signature {
+	sig := func() machine.Signature {
 		s, err := m.Signature()
 		if err != nil {
 			t.Fatal(err)
@@ -306,7 +305,7 @@ start:
 	runHalt := func() {
 		t.Helper()
 		e, err := m.Run()
-		if err != nil || e.Kind != replay.ExitHalt {
+		if err != nil || e.Kind != machine.ExitHalt {
 			t.Fatalf("%v %v", e, err)
 		}
 		m.cpu.Halted = false // no interrupt to wake it: resume by hand

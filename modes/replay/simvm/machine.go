@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // Guest-physical layout.
@@ -35,7 +35,7 @@ const (
 // Locking: as replay.Machine says, one goroutine (the engine) calls every
 // method but Kick, which any goroutine may call.
 type Machine struct {
-	env replay.Env
+	env machine.Env
 	mem []byte
 
 	cpu cpu     // architectural state: saved by SaveState
@@ -87,7 +87,7 @@ type cpu struct {
 
 // access is a pending PIO or MMIO access.
 type access struct {
-	Kind replay.ExitKind // 0: none
+	Kind machine.ExitKind // 0: none
 	Addr uint64
 	Size uint8
 	Reg  uint8  // reads: the destination register
@@ -105,12 +105,12 @@ type Fault struct {
 
 func (f *Fault) Error() string { return fmt.Sprintf("guest fault at rip %#x: %s", f.RIP, f.Reason) }
 
-var _ replay.Machine = (*Machine)(nil)
+var _ machine.Stepper = (*Machine)(nil)
 
 // NewProgram builds a machine with memPages pages of RAM holding p's image
 // at guest-physical 0, reset to p's entry. It does not call env (which may
 // be a replay.Plug not yet plugged in).
-func NewProgram(p *Program, memPages int, env replay.Env) (*Machine, error) {
+func NewProgram(p *Program, memPages int, env machine.Env) (*Machine, error) {
 	if memPages < 1 || memPages > MaxPages {
 		return nil, fmt.Errorf("%d pages of RAM: must be 1 to %d", memPages, MaxPages)
 	}
@@ -146,11 +146,11 @@ func (m *Machine) Instructions() uint64 { return m.instructions }
 func (m *Machine) Memory() []byte { return m.mem }
 
 // Run implements replay.Machine.
-func (m *Machine) Run() (replay.Exit, error) { return m.run(noBreakpoint) }
+func (m *Machine) Run() (machine.Exit, error) { return m.run(noBreakpoint) }
 
 // RunTo implements replay.Machine. If rip is where the last ExitBreakpoint
 // stopped and the guest is still there, the instruction at rip runs first.
-func (m *Machine) RunTo(rip uint64) (replay.Exit, error) { return m.run(rip) }
+func (m *Machine) RunTo(rip uint64) (machine.Exit, error) { return m.run(rip) }
 
 // Kick implements replay.Machine. Safe from any goroutine.
 func (m *Machine) Kick() { m.kick.Store(true) }
@@ -160,7 +160,7 @@ func (m *Machine) Halted() bool { return m.cpu.Halted }
 
 // Complete implements replay.Machine: it performs the access of the exit
 // Run returned last, which e must be, and moves the guest past it.
-func (m *Machine) Complete(e *replay.Exit) error {
+func (m *Machine) Complete(e *machine.Exit) error {
 	p := &m.cpu.Pend
 	if p.Kind == 0 {
 		return fmt.Errorf("complete %v: no access is pending", e)
@@ -172,16 +172,16 @@ func (m *Machine) Complete(e *replay.Exit) error {
 	var v uint64
 	var err error
 	switch p.Kind {
-	case replay.ExitPIORead:
+	case machine.ExitPIORead:
 		v, err = m.pioRead(uint16(p.Addr), p.Size)
-	case replay.ExitPIOWrite:
+	case machine.ExitPIOWrite:
 		err = m.pioWrite(uint16(p.Addr), p.Size, p.Data)
-	case replay.ExitMMIORead:
+	case machine.ExitMMIORead:
 		v, err = m.mmioRead(p.Addr, p.Size)
-	case replay.ExitMMIOWrite:
+	case machine.ExitMMIOWrite:
 		err = m.mmioWrite(p.Addr, p.Size, p.Data)
 	}
-	if err != nil && !errors.Is(err, replay.ErrPowerOff) {
+	if err != nil && !errors.Is(err, machine.ErrPowerOff) {
 		return fmt.Errorf("complete %v: %w", e, err) // fatal; the access stays pending
 	}
 	if p.Kind.IsRead() {
@@ -198,8 +198,8 @@ func (m *Machine) Complete(e *replay.Exit) error {
 func sizeMask(size uint8) uint64 { return 1<<(8*uint64(size)-1)<<1 - 1 }
 
 // exit is the Exit of a pending access at pc.
-func (p *access) exit(pc uint64) replay.Exit {
-	e := replay.Exit{Kind: p.Kind, Addr: p.Addr, Size: p.Size, RIP: pc}
+func (p *access) exit(pc uint64) machine.Exit {
+	e := machine.Exit{Kind: p.Kind, Addr: p.Addr, Size: p.Size, RIP: pc}
 	if !p.Kind.IsRead() {
 		binary.LittleEndian.PutUint64(e.Data[:], p.Data)
 	}

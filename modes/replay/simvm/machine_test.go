@@ -8,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // irqProgram counts in r1 forever with interrupts on; isr0 and isr1 count
@@ -33,7 +32,7 @@ isr1:
 	iret
 `
 
-func mustExit(t *testing.T, kind replay.ExitKind, e replay.Exit, err error) replay.Exit {
+func mustExit(t *testing.T, kind machine.ExitKind, e machine.Exit, err error) machine.Exit {
 	t.Helper()
 	if err != nil || e.Kind != kind {
 		t.Fatalf("got %v, %v; want %v", e, err, kind)
@@ -49,7 +48,7 @@ func TestInterruptsAndIRET(t *testing.T) {
 
 	// IF is off at reset: the interrupt waits, and a window is arranged.
 	e, err := m.RunTo(p.Symbols["start"])
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	if m.Instructions() != 0 {
 		t.Fatalf("a breakpoint at the current pc executed %d instructions", m.Instructions())
 	}
@@ -59,7 +58,7 @@ func TestInterruptsAndIRET(t *testing.T) {
 	}
 	// sti opens the window one instruction late: after the add.
 	e, err = m.Run()
-	mustExit(t, replay.ExitWindow, e, err)
+	mustExit(t, machine.ExitWindow, e, err)
 	if e.RIP != loop+InsnSize || m.cpu.R[1] != 1 {
 		t.Fatalf("window at %#x with r1=%d, want %#x (after the instruction in sti's shadow) with r1=1", e.RIP, m.cpu.R[1], loop+InsnSize)
 	}
@@ -78,7 +77,7 @@ func TestInterruptsAndIRET(t *testing.T) {
 		t.Fatal("one raise delivered twice")
 	}
 	e, err = m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	if m.cpu.R[5] != 1 || m.cpu.R[15] != sp || m.cpu.Flags != FlagIF|FlagCF {
 		t.Fatalf("after iret: r5=%d sp=%#x flags=%#x", m.cpu.R[5], m.cpu.R[15], m.cpu.Flags)
 	}
@@ -91,13 +90,13 @@ func TestInterruptsAndIRET(t *testing.T) {
 		t.Fatalf("line 0 and 1 pending: went to %#x", m.cpu.PC)
 	}
 	e, err = m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	m.InjectPending()
 	if m.cpu.PC != p.Symbols["isr1"] {
 		t.Fatalf("line 1 left: went to %#x", m.cpu.PC)
 	}
 	e, err = m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	m.dev.PIC.Mask = 1 << IRQTimer
 	m.dev.PIC.raise(IRQTimer)
 	if ok, _ := m.InjectPending(); ok || m.cpu.WindowReq {
@@ -111,7 +110,7 @@ func TestInterruptsAndIRET(t *testing.T) {
 	// A stack outside RAM: a fault, and nothing changes.
 	m.dev.PIC.raise(IRQNet)
 	e, err = m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	m.cpu.R[15] = 8
 	before, _ := m.SaveState()
 	var f *Fault
@@ -140,7 +139,7 @@ isr0:
 `, 16)
 	m := r.m
 	e, err := m.Run()
-	mustExit(t, replay.ExitHalt, e, err)
+	mustExit(t, machine.ExitHalt, e, err)
 	if e.RIP != EntryBase+2*InsnSize || !m.Halted() {
 		t.Fatalf("halt at %#x, halted %v", e.RIP, m.Halted())
 	}
@@ -155,7 +154,7 @@ isr0:
 		t.Fatal("an interrupt did not wake the halted guest")
 	}
 	e, err = m.Run()
-	mustExit(t, replay.ExitHalt, e, err)
+	mustExit(t, machine.ExitHalt, e, err)
 	if m.cpu.R[5] != 1 || m.cpu.R[2] != 1 {
 		t.Fatalf("r5=%d r2=%d: the handler or the code after hlt did not run once", m.cpu.R[5], m.cpu.R[2])
 	}
@@ -172,14 +171,14 @@ func TestWindowComesBeforeKick(t *testing.T) {
 	m.dev.PIC.raise(IRQTimer)
 	m.InjectPending() // IF=0: window
 	e, err := m.Run()
-	mustExit(t, replay.ExitWindow, e, err)
+	mustExit(t, machine.ExitWindow, e, err)
 	m.cpu.WindowReq = true
 	m.Kick()
 	n := m.Instructions()
 	e2, err := m.Run()
-	mustExit(t, replay.ExitWindow, e2, err)
+	mustExit(t, machine.ExitWindow, e2, err)
 	e3, err := m.Run()
-	mustExit(t, replay.ExitKicked, e3, err)
+	mustExit(t, machine.ExitKicked, e3, err)
 	if m.Instructions() != n || e2.RIP != e.RIP || e3.RIP != e.RIP {
 		t.Fatalf("window then kick at %#x, %#x (first window %#x) after %d instructions", e2.RIP, e3.RIP, e.RIP, m.Instructions()-n)
 	}
@@ -189,7 +188,7 @@ func TestWindowComesBeforeKick(t *testing.T) {
 	m.InjectPending()
 	m.Kick()
 	e, err = m.RunTo(noBreakpoint - 1)
-	mustExit(t, replay.ExitKicked, e, err)
+	mustExit(t, machine.ExitKicked, e, err)
 }
 
 func TestRunTo(t *testing.T) {
@@ -213,10 +212,10 @@ loop:
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e.Kind == replay.ExitHalt {
+		if e.Kind == machine.ExitHalt {
 			break
 		}
-		mustExit(t, replay.ExitBreakpoint, e, err)
+		mustExit(t, machine.ExitBreakpoint, e, err)
 		if e.RIP != loop || m.cpu.PC != loop {
 			t.Fatalf("breakpoint at %#x (pc %#x), want %#x", e.RIP, m.cpu.PC, loop)
 		}
@@ -235,19 +234,19 @@ loop:
 	// resumed from.
 	r = newProgramRig(t, src, 16)
 	e, err := r.m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	e, err = r.m.Run()
-	mustExit(t, replay.ExitHalt, e, err)
+	mustExit(t, machine.ExitHalt, e, err)
 	if r.m.cpu.R[1] != 10 {
 		t.Fatalf("r1=%d", r.m.cpu.R[1])
 	}
 	r = newProgramRig(t, src, 16)
 	e, err = r.m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	e, err = r.m.RunTo(loop + InsnSize)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	e, err = r.m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	if r.m.cpu.R[1] != 1 {
 		t.Fatalf("r1=%d after two breakpoints: a resumed instruction was skipped or repeated", r.m.cpu.R[1])
 	}
@@ -264,13 +263,13 @@ func TestRunToAfterInterrupt(t *testing.T) {
 	m.cpu.Flags |= FlagIF
 	m.cpu.PC = loop
 	e, err := m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	m.dev.PIC.raise(IRQTimer)
 	if ok, _ := m.InjectPending(); !ok {
 		t.Fatal("not delivered")
 	}
 	e, err = m.RunTo(loop)
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 	if m.cpu.R[5] != 1 || m.cpu.R[1] != 0 {
 		t.Fatalf("r5=%d r1=%d: want the handler run and the loop not", m.cpu.R[5], m.cpu.R[1])
 	}
@@ -281,17 +280,17 @@ func TestKickBeforeRun(t *testing.T) {
 	m := r.m
 	m.Kick()
 	e, err := m.Run()
-	mustExit(t, replay.ExitKicked, e, err)
+	mustExit(t, machine.ExitKicked, e, err)
 	if m.Instructions() != 0 || e.RIP != m.cpu.PC || e.RIP != EntryBase {
 		t.Fatalf("a kick before Run executed %d instructions, stopped at %#x", m.Instructions(), e.RIP)
 	}
 	m.Kick()
 	m.Kick() // kicks do not queue
 	e, err = m.Run()
-	mustExit(t, replay.ExitKicked, e, err)
+	mustExit(t, machine.ExitKicked, e, err)
 	p, _ := Assemble(Prelude + irqProgram)
 	e, err = m.RunTo(p.Symbols["loop"])
-	mustExit(t, replay.ExitBreakpoint, e, err)
+	mustExit(t, machine.ExitBreakpoint, e, err)
 }
 
 // TestKickLandsAnywhere kicks a running loop from another goroutine: each
@@ -334,7 +333,7 @@ buf:	.quad 0
 	for i := 0; i < 5000 && (i < 200 || len(seen) < 2); i++ {
 		go1 <- struct{}{}
 		e, err := m.Run()
-		mustExit(t, replay.ExitKicked, e, err)
+		mustExit(t, machine.ExitKicked, e, err)
 		off := e.RIP - loop
 		if e.RIP < loop || off >= 5*InsnSize || off%InsnSize != 0 {
 			t.Fatalf("kicked at %#x: not a boundary of the loop", e.RIP)
@@ -383,10 +382,10 @@ loop:
 	if err := m.Mark(); err != nil {
 		t.Fatal(err)
 	}
-	var seen []replay.Signature
+	var seen []machine.Signature
 	for i := 0; i < 12; i++ {
 		e, err := m.RunTo(loop)
-		mustExit(t, replay.ExitBreakpoint, e, err)
+		mustExit(t, machine.ExitBreakpoint, e, err)
 		now, _ := m.Signature()
 		other := now
 		other.Dirty ^= 1
@@ -416,8 +415,8 @@ start:
 	r := newProgramRig(t, src, 16)
 	m := r.m
 	written := func() []uint64 {
-		b := dirtylog.NewBitmap(16)
-		if err := m.Written(b); err != nil {
+		b := machine.NewBitmap(16)
+		if err := m.Harvest(b); err != nil {
 			t.Fatal(err)
 		}
 		var pages []uint64
@@ -433,7 +432,7 @@ start:
 		t.Fatal(err)
 	}
 	e, err := m.Run()
-	mustExit(t, replay.ExitHalt, e, err)
+	mustExit(t, machine.ExitHalt, e, err)
 	if err := m.Mark(); err != nil { // the Signature interval is another
 		t.Fatal(err)
 	}
@@ -443,7 +442,7 @@ start:
 	if got := written(); len(got) != 0 {
 		t.Fatalf("Written again = pages %v, want none", got)
 	}
-	if err := m.Written(dirtylog.NewBitmap(8)); err == nil {
+	if err := m.Harvest(machine.NewBitmap(8)); err == nil {
 		t.Fatal("Written took a bitmap of the wrong size")
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // A miniature of the replay engine: record an execution on one machine,
@@ -32,8 +32,8 @@ type logEntry struct {
 	poll     uint64
 	polled   bool
 	injected bool
-	exit     replay.Exit
-	sig      replay.Signature
+	exit     machine.Exit
+	sig      machine.Signature
 }
 
 // recEnv is the recording Env: a virtual clock whose answers are logged.
@@ -161,7 +161,7 @@ func record(t *testing.T, m *Machine, env *recEnv, requests [][]byte, seed uint6
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e.Kind == replay.ExitKicked {
+		if e.Kind == machine.ExitKicked {
 			if !waited {
 				<-kicked
 			}
@@ -175,7 +175,7 @@ func record(t *testing.T, m *Machine, env *recEnv, requests [][]byte, seed uint6
 		if e.Kind.IsIO() {
 			err := m.Complete(&e)
 			log[len(log)-1].exit = e
-			if errors.Is(err, replay.ErrPowerOff) {
+			if errors.Is(err, machine.ErrPowerOff) {
 				return log, snap
 			}
 			if err != nil {
@@ -210,7 +210,7 @@ func play(t *testing.T, m *Machine, log []logEntry) {
 			}
 			for hits := 0; ; hits++ {
 				e, err := m.RunTo(le.sig.RIP)
-				if err != nil || e.Kind != replay.ExitBreakpoint {
+				if err != nil || e.Kind != machine.ExitBreakpoint {
 					t.Fatalf("entry %d: running to the landing %+v: %v %v after %d hits", i, le.sig, e, err, hits)
 				}
 				if sig, _ := m.Signature(); sig == le.sig {
@@ -227,7 +227,7 @@ func play(t *testing.T, m *Machine, log []logEntry) {
 			got := e
 			if e.Kind.IsIO() {
 				err = m.Complete(&got)
-				if err != nil && !errors.Is(err, replay.ErrPowerOff) {
+				if err != nil && !errors.Is(err, machine.ErrPowerOff) {
 					t.Fatalf("entry %d: %v", i, err)
 				}
 			}
@@ -386,7 +386,7 @@ func TestScriptedDeterminism(t *testing.T) {
 						trace("wake %v %v", ok, err)
 						continue
 					}
-					var e replay.Exit
+					var e machine.Exit
 					var err error
 					switch rng.IntN(8) {
 					case 0:

@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 
-	"github.com/ftckpt/ftckpt/dirtylog"
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // The signature hash: 64-bit FNV-1a taken a 64-bit little-endian word at a
@@ -35,7 +34,7 @@ func (m *Machine) markWrite(addr, n uint64) {
 
 // Written implements replay.Machine: exactly the pages written since the
 // previous Written (every write goes through markWrite).
-func (m *Machine) Written(dst *dirtylog.Bitmap) error {
+func (m *Machine) Harvest(dst *machine.Bitmap) error {
 	w := dst.Words()
 	if dst.Len() != uint64(len(m.mem)/PageSize) || len(w) != len(m.written) {
 		return fmt.Errorf("written pages: a bitmap of %d pages for a guest of %d", dst.Len(), len(m.mem)/PageSize)
@@ -58,12 +57,12 @@ func (m *Machine) Mark() error {
 // Dirty hashes, in page order, each page written since the last Mark as
 // (page number, hash of its contents); a page's contents hash is cached
 // until the page is written again.
-func (m *Machine) Signature() (replay.Signature, error) {
-	return replay.Signature{RIP: m.cpu.PC, Regs: m.regsHash(), Dirty: m.dirtyHash()}, nil
+func (m *Machine) Signature() (machine.Signature, error) {
+	return machine.Signature{RIP: m.cpu.PC, Regs: m.regsHash(), Dirty: m.dirtyHash()}, nil
 }
 
 // Matches implements replay.Machine.
-func (m *Machine) Matches(sig replay.Signature) (bool, error) {
+func (m *Machine) Matches(sig machine.Signature) (bool, error) {
 	if m.cpu.PC != sig.RIP || m.regsHash() != sig.Regs {
 		return false, nil
 	}

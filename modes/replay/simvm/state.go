@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // The state encoding: stateMagic, a little-endian uint16 version, the
@@ -106,7 +106,7 @@ func (m *Machine) RestoreState(state []byte) error {
 	m.cpu = cpu{
 		PC: s.PC, Flags: s.Flags, OffStatus: s.OffStatus,
 		Shadow: bits&cpuShadow != 0, Halted: bits&cpuHalted != 0, WindowReq: bits&cpuWindowReq != 0, Off: bits&cpuOff != 0,
-		Pend: access{Kind: replay.ExitKind(s.PendKind), Addr: s.PendAddr, Size: s.PendSize, Reg: s.PendReg, Data: s.PendData},
+		Pend: access{Kind: machine.ExitKind(s.PendKind), Addr: s.PendAddr, Size: s.PendSize, Reg: s.PendReg, Data: s.PendData},
 	}
 	copy(m.cpu.R[:], s.R[:])
 	m.dev = devices{PIC: s.PIC, Timer: s.Timer, Disk: s.Disk, Net: s.Net}
@@ -142,7 +142,7 @@ func decodeState(state []byte) (savedState, error) {
 // check verifies that s is a state SaveState produces on a machine with
 // memSize bytes of RAM.
 func (s *savedState) check(memSize uint64) error {
-	kind := replay.ExitKind(s.PendKind)
+	kind := machine.ExitKind(s.PendKind)
 	pending := kind != 0
 	off := s.CPUBits&cpuOff != 0
 	switch {
@@ -175,11 +175,11 @@ func (s *savedState) check(memSize uint64) error {
 	switch {
 	case !kind.IsIO():
 		return fmt.Errorf("pending access of kind %v", kind)
-	case size != 1 && size != 2 && size != 4 && (size != 8 || kind == replay.ExitPIORead || kind == replay.ExitPIOWrite):
+	case size != 1 && size != 2 && size != 4 && (size != 8 || kind == machine.ExitPIORead || kind == machine.ExitPIOWrite):
 		return fmt.Errorf("pending %v of %d bytes", kind, size)
-	case (kind == replay.ExitPIORead || kind == replay.ExitPIOWrite) && s.PendAddr > 0xffff:
+	case (kind == machine.ExitPIORead || kind == machine.ExitPIOWrite) && s.PendAddr > 0xffff:
 		return fmt.Errorf("pending %v at port %#x", kind, s.PendAddr)
-	case (kind == replay.ExitMMIORead || kind == replay.ExitMMIOWrite) && s.PendAddr < memSize:
+	case (kind == machine.ExitMMIORead || kind == machine.ExitMMIOWrite) && s.PendAddr < memSize:
 		return fmt.Errorf("pending %v at %#x, inside RAM", kind, s.PendAddr)
 	case kind.IsRead() && (s.PendReg > 15 || s.PendData != 0):
 		return fmt.Errorf("pending %v into r%d with data", kind, s.PendReg)

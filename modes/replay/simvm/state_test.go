@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // busyMachine returns a kv machine stopped in the middle of things: the
@@ -133,16 +133,16 @@ func TestRestoreRejects(t *testing.T) {
 		"timer period too short":    func(s *savedState) { s.Timer.Period = 1 },
 		"disk status 7":             func(s *savedState) { s.Disk.Status = 7 },
 		"too many slots":            func(s *savedState) { s.Net.RxSlots = NetMaxSlots + 1 },
-		"access kind halt":          func(s *savedState) { s.PendKind = uint8(replay.ExitHalt) },
+		"access kind halt":          func(s *savedState) { s.PendKind = uint8(machine.ExitHalt) },
 		"access kind 200":           func(s *savedState) { s.PendKind = 200 },
-		"PIO of 8 bytes":            func(s *savedState) { *s = withPend(s, replay.ExitPIORead, 0x20, 8, 1, 0) },
-		"access of 3 bytes":         func(s *savedState) { *s = withPend(s, replay.ExitMMIORead, MMIOBase, 3, 1, 0) },
-		"port above 0xffff":         func(s *savedState) { *s = withPend(s, replay.ExitPIOWrite, 0x10000, 1, 0, 0) },
-		"MMIO inside RAM":           func(s *savedState) { *s = withPend(s, replay.ExitMMIOWrite, 0x1000, 4, 0, 0) },
-		"read into r16":             func(s *savedState) { *s = withPend(s, replay.ExitPIORead, 0x20, 1, 16, 0) },
-		"read with data":            func(s *savedState) { *s = withPend(s, replay.ExitPIORead, 0x20, 1, 1, 9) },
-		"write wider than its size": func(s *savedState) { *s = withPend(s, replay.ExitPIOWrite, 0x20, 1, 0, 0x100) },
-		"write with a register":     func(s *savedState) { *s = withPend(s, replay.ExitPIOWrite, 0x20, 1, 2, 0) },
+		"PIO of 8 bytes":            func(s *savedState) { *s = withPend(s, machine.ExitPIORead, 0x20, 8, 1, 0) },
+		"access of 3 bytes":         func(s *savedState) { *s = withPend(s, machine.ExitMMIORead, MMIOBase, 3, 1, 0) },
+		"port above 0xffff":         func(s *savedState) { *s = withPend(s, machine.ExitPIOWrite, 0x10000, 1, 0, 0) },
+		"MMIO inside RAM":           func(s *savedState) { *s = withPend(s, machine.ExitMMIOWrite, 0x1000, 4, 0, 0) },
+		"read into r16":             func(s *savedState) { *s = withPend(s, machine.ExitPIORead, 0x20, 1, 16, 0) },
+		"read with data":            func(s *savedState) { *s = withPend(s, machine.ExitPIORead, 0x20, 1, 1, 9) },
+		"write wider than its size": func(s *savedState) { *s = withPend(s, machine.ExitPIOWrite, 0x20, 1, 0, 0x100) },
+		"write with a register":     func(s *savedState) { *s = withPend(s, machine.ExitPIOWrite, 0x20, 1, 2, 0) },
 		"no access, but its size":   func(s *savedState) { *s = withPend(s, 0, 0, 4, 0, 0) },
 	} {
 		s := m.saved()
@@ -157,7 +157,7 @@ func TestRestoreRejects(t *testing.T) {
 	}
 }
 
-func withPend(s *savedState, kind replay.ExitKind, addr uint64, size, reg uint8, data uint64) savedState {
+func withPend(s *savedState, kind machine.ExitKind, addr uint64, size, reg uint8, data uint64) savedState {
 	c := *s
 	c.PendKind, c.PendAddr, c.PendSize, c.PendReg, c.PendData = uint8(kind), addr, size, reg, data
 	return c

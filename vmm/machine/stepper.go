@@ -1,13 +1,11 @@
-package replay
+package machine
 
 import (
 	"errors"
 	"fmt"
-
-	"github.com/ftckpt/ftckpt/dirtylog"
 )
 
-// ExitKind says why a Machine stopped running its guest. The zero value is
+// ExitKind says why a Stepper stopped running its guest. The zero value is
 // invalid.
 type ExitKind uint8
 
@@ -55,7 +53,7 @@ type Exit struct {
 	Size uint8
 	// RIP is the guest's instruction pointer at the exit. For an access it
 	// is the same on every execution (it names the instruction); its exact
-	// meaning (at or after the instruction) is the Machine's, consistently.
+	// meaning (at or after the instruction) is the Stepper's, consistently.
 	RIP uint64
 	// Data is the value written (writes) or, after Complete, read (reads),
 	// little-endian in Data[:Size].
@@ -78,8 +76,10 @@ type Signature struct {
 	RIP uint64
 	// Regs hashes the general-purpose registers and RFLAGS.
 	Regs uint64
-	// Dirty hashes the pages written since the last Mark: their numbers and
-	// contents, in page order.
+	// Dirty hashes the pages whose contents changed since the last Mark,
+	// their numbers and contents in page order. A machine leaves out pages
+	// that only it writes (KVM's page-table walker marks the guest's page
+	// tables dirty on some hosts), the same on every execution.
 	Dirty uint64
 }
 
@@ -87,16 +87,17 @@ type Signature struct {
 // machine off: nothing more will run.
 var ErrPowerOff = errors.New("guest powered off")
 
-// Machine is a single-vCPU guest driven one stop at a time by the replay
-// engine: the primary's records and the backup's replays. The engine calls
-// every method from one goroutine, except Kick. Between calls the guest does
-// not run, so state may be read and written.
+// Stepper is a single-vCPU machine driven one stop at a time by an engine
+// (replay mode: the primary records its stops, the backup replays them).
+// The engine calls every method from one goroutine, except Kick. Between
+// calls the guest does not run, so state may be read and written.
 //
-// A Machine has no source of non-determinism of its own: it reads time,
+// A Stepper has no source of non-determinism of its own: it reads time,
 // disk data and received frames only through its Env, and emits outputs
 // only through it. Given the same start state, the same Env answers and the
 // same engine calls, it executes the same way.
-type Machine interface {
+type Stepper interface {
+	Machine
 	// Run enters the guest and returns at its next stop: a synchronous exit
 	// or ExitKicked. Host-side interruptions other than Kick (signals) are
 	// absorbed and never returned.
@@ -133,8 +134,9 @@ type Machine interface {
 	// which writes it into guest memory (or drops it, as a NIC does) and
 	// raises its interrupt.
 	DeliverFrame(frame []byte)
-	// Mark starts a new interval for Signature's dirty-page hash. The engine
-	// calls it after every stop it records.
+	// Mark starts a new interval for Signature's dirty-page hash (not
+	// Harvest's: that is another). The engine calls it after every stop it
+	// records. RestoreState also starts one.
 	Mark() error
 	// Signature describes the guest's current point.
 	Signature() (Signature, error)
@@ -143,24 +145,11 @@ type Machine interface {
 	// the backup's stops at a landing's RIP that are not the landing cost
 	// little.
 	Matches(sig Signature) (bool, error)
-	// Memory is guest RAM, guest-physical from 0; the engine reads it for a
-	// full checkpoint and the checkpoint receiver writes it. Stable between
-	// calls.
-	Memory() []byte
-	// Written ORs into dst (a bitmap of every page of Memory) at least
-	// every page written, by the guest or a device, since the previous
-	// Written, and starts a new interval; Mark's interval is another. The
-	// primary pre-copies a full checkpoint with it while the guest runs.
-	Written(dst *dirtylog.Bitmap) error
-	// SaveState and RestoreState carry all machine state but memory (vCPU,
-	// devices, timers). RestoreState also starts a new Mark interval.
-	SaveState() ([]byte, error)
-	RestoreState(state []byte) error
 }
 
-// Env is everything a Machine reads from or writes to outside itself. The
+// Env is everything a Stepper reads from or writes to outside itself. The
 // engine provides it: the primary's records what it answers, the backup's
-// answers from the log until it goes live. Called only from within Machine
+// answers from the log until it goes live. Called only from within Stepper
 // methods, on the engine's goroutine.
 //
 // An error from Env is fatal to the machine. Outputs are never refused for

@@ -1,4 +1,4 @@
-package dirtylog
+package machine
 
 import (
 	"fmt"
@@ -38,7 +38,7 @@ func (b *Bitmap) Words() []uint64 { return b.words }
 // bug in the caller, never something to ignore.
 func (b *Bitmap) Set(p uint64) {
 	if p >= b.pages {
-		panic(fmt.Sprintf("dirtylog: page %d outside a bitmap of %d pages", p, b.pages))
+		panic(fmt.Sprintf("machine: page %d outside a bitmap of %d pages", p, b.pages))
 	}
 	b.words[p/64] |= 1 << (p % 64)
 }
@@ -73,7 +73,7 @@ func (b *Bitmap) Clear() { clear(b.words) }
 // Or marks every page marked in o, which must have the same length.
 func (b *Bitmap) Or(o *Bitmap) {
 	if o.pages != b.pages {
-		panic(fmt.Sprintf("dirtylog: OR of bitmaps of %d and %d pages", b.pages, o.pages))
+		panic(fmt.Sprintf("machine: OR of bitmaps of %d and %d pages", b.pages, o.pages))
 	}
 	for i, w := range o.words {
 		b.words[i] |= w

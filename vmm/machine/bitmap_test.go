@@ -1,14 +1,17 @@
-package dirtylog
+package machine_test
 
 import (
 	"math/rand"
 	"slices"
 	"testing"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/machine/machinetest"
 )
 
 // refRuns is the reference model: walk every page.
-func refRuns(b *Bitmap) []Run {
-	var out []Run
+func refRuns(b *machine.Bitmap) []machine.Run {
+	var out []machine.Run
 	for p := uint64(0); p < b.Len(); p++ {
 		if !b.Has(p) {
 			continue
@@ -16,35 +19,17 @@ func refRuns(b *Bitmap) []Run {
 		if n := len(out); n > 0 && out[n-1].First+out[n-1].Count == p {
 			out[n-1].Count++
 		} else {
-			out = append(out, Run{First: p, Count: 1})
+			out = append(out, machine.Run{First: p, Count: 1})
 		}
 	}
 	return out
-}
-
-// randomBitmap fills a bitmap of pages pages with runs whose lengths and
-// gaps are drawn around a density, so runs cross word boundaries, fill whole
-// words and end at bit 63 or the last page.
-func randomBitmap(r *rand.Rand, pages uint64) *Bitmap {
-	b := NewBitmap(pages)
-	maxRun := uint64(1 + r.Intn(200))
-	maxGap := uint64(1 + r.Intn(200))
-	for p := uint64(r.Intn(3)); p < pages; {
-		n := 1 + uint64(r.Int63n(int64(maxRun)))
-		for i := uint64(0); i < n && p < pages; i++ {
-			b.Set(p)
-			p++
-		}
-		p += 1 + uint64(r.Int63n(int64(maxGap)))
-	}
-	return b
 }
 
 func TestRunsMatchReference(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	for i := 0; i < 2000; i++ {
 		pages := uint64(1 + r.Intn(1000))
-		b := randomBitmap(r, pages)
+		b := machinetest.RandomBitmap(r, pages)
 		want := refRuns(b)
 		got := slices.Collect(b.Runs())
 		if !slices.Equal(got, want) {
@@ -65,18 +50,18 @@ func TestRunsEdgeWords(t *testing.T) {
 		name  string
 		pages uint64
 		set   []uint64
-		want  []Run
+		want  []machine.Run
 	}{
 		{"empty", 200, nil, nil},
-		{"bit 63 then bit 64", 200, []uint64{63, 64}, []Run{{63, 2}}},
-		{"full word then partial", 200, span(0, 70), []Run{{0, 70}}},
-		{"two full words", 128, span(0, 128), []Run{{0, 128}}},
-		{"full word, gap, full word", 192, append(span(0, 64), span(128, 64)...), []Run{{0, 64}, {128, 64}}},
-		{"alternating", 70, []uint64{0, 2, 4, 69}, []Run{{0, 1}, {2, 1}, {4, 1}, {69, 1}}},
-		{"last page", 65, []uint64{64}, []Run{{64, 1}}},
+		{"bit 63 then bit 64", 200, []uint64{63, 64}, []machine.Run{{63, 2}}},
+		{"full word then partial", 200, span(0, 70), []machine.Run{{0, 70}}},
+		{"two full words", 128, span(0, 128), []machine.Run{{0, 128}}},
+		{"full word, gap, full word", 192, append(span(0, 64), span(128, 64)...), []machine.Run{{0, 64}, {128, 64}}},
+		{"alternating", 70, []uint64{0, 2, 4, 69}, []machine.Run{{0, 1}, {2, 1}, {4, 1}, {69, 1}}},
+		{"last page", 65, []uint64{64}, []machine.Run{{64, 1}}},
 	}
 	for _, c := range cases {
-		b := NewBitmap(c.pages)
+		b := machine.NewBitmap(c.pages)
 		for _, p := range c.set {
 			b.Set(p)
 		}
@@ -95,7 +80,7 @@ func span(first, n uint64) []uint64 {
 }
 
 func TestRunsStopsWhenAsked(t *testing.T) {
-	b := NewBitmap(1000)
+	b := machine.NewBitmap(1000)
 	for p := uint64(0); p < 1000; p += 3 {
 		b.Set(p)
 	}
@@ -112,7 +97,7 @@ func TestRunsStopsWhenAsked(t *testing.T) {
 }
 
 func TestClearOrAndBounds(t *testing.T) {
-	a, b := NewBitmap(130), NewBitmap(130)
+	a, b := machine.NewBitmap(130), machine.NewBitmap(130)
 	a.Set(1)
 	b.Set(129)
 	a.Or(b)
@@ -127,7 +112,7 @@ func TestClearOrAndBounds(t *testing.T) {
 		t.Fatalf("Clear left %d pages", a.Count())
 	}
 	mustPanic(t, "Set beyond the end", func() { a.Set(130) })
-	mustPanic(t, "Or of different lengths", func() { a.Or(NewBitmap(131)) })
+	mustPanic(t, "Or of different lengths", func() { a.Or(machine.NewBitmap(131)) })
 }
 
 func mustPanic(t *testing.T, what string, f func()) {
@@ -142,9 +127,9 @@ func mustPanic(t *testing.T, what string, f func()) {
 
 func TestSetAll(t *testing.T) {
 	for _, pages := range []uint64{1, 63, 64, 130} {
-		b := NewBitmap(pages)
+		b := machine.NewBitmap(pages)
 		b.SetAll()
-		if got, want := slices.Collect(b.Runs()), []Run{{0, pages}}; b.Count() != int(pages) || !slices.Equal(got, want) {
+		if got, want := slices.Collect(b.Runs()), []machine.Run{{0, pages}}; b.Count() != int(pages) || !slices.Equal(got, want) {
 			t.Errorf("SetAll on %d pages: %d marked, runs %v", pages, b.Count(), got)
 		}
 	}

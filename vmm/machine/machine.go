@@ -1,0 +1,57 @@
+// Package machine is the contract between a machine and the modes that
+// replicate it: what any machine offers (Machine: its memory, the pages
+// written since the last look, its state), and the two ways a mode drives
+// one — freely, paused at epochs (Runner, checkpoint mode), or stop by stop
+// (Stepper, replay mode). KVM's machines (package vmm) and the software
+// machine (package vmm/sim) implement it; machinetest holds the contract
+// tests every implementation passes.
+//
+// Pages are numbered by their offset in guest RAM (Memory), and sets of
+// them are Bitmaps.
+package machine
+
+// Machine is what every machine offers a mode, whichever way it is driven.
+//
+// Precondition of every method: the guest does not run (a Runner is paused
+// or not started; a Stepper is between calls), except where a method says
+// otherwise.
+type Machine interface {
+	// Memory is guest RAM by page index, guest-physical from 0 for the
+	// software machine and below the MMIO hole for KVM. The primary reads it
+	// for a checkpoint; a backup's is written only by its checkpoint
+	// receiver, while the guest does not run. The slice is stable for the
+	// machine's life.
+	Memory() []byte
+	// Harvest ORs into dst (a bitmap of every page of Memory) at least every
+	// page written since the previous Harvest, by the guest or by a device
+	// (the VMM's own writes: received frames, disk reads), and starts a new
+	// interval. A page written and not reported is a backup silently
+	// corrupted; a page reported and not written only costs bandwidth.
+	Harvest(dst *Bitmap) error
+	// SaveState returns the machine's whole state but memory: vCPUs,
+	// interrupt controllers, timers, devices.
+	SaveState() ([]byte, error)
+	// RestoreState loads a state SaveState produced on a machine built the
+	// same way (here or on another host); it checks everything before it
+	// changes anything, and refuses what does not match with a clear error.
+	RestoreState(state []byte) error
+}
+
+// Runner is a machine that runs freely on its own vCPU threads and is
+// paused to be checkpointed (checkpoint mode).
+type Runner interface {
+	Machine
+	// Start runs a guest that has not run yet (a backup's, at failover).
+	Start() error
+	// Pause stops every vCPU and device (after Pause returns, neither the
+	// guest nor a device changes memory or state); Resume lets them go.
+	Pause() error
+	Resume() error
+	// CopyLive copies page pfn into dst while the guest may be running
+	// (pre-copy): the copy may be torn, and the write that tore it is in the
+	// next Harvest.
+	CopyLive(dst []byte, pfn uint64)
+	// Stopped is closed when the guest stops for good (it powered off, or
+	// the machine failed).
+	Stopped() <-chan struct{}
+}
