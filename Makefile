@@ -18,8 +18,8 @@ export KVMTCG ?= $(abspath ../shared/kvm-tcg/run.sh)
 KVM_NATIVE := $(shell (exec 3<>/dev/kvm) 2>/dev/null && echo yes)
 # package:fuzzer, for make fuzz
 FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
-	./modes/replay:FuzzDecodeBatch ./modes/replay/simvm:FuzzRestoreState \
-	./modes/replay/simvm:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
+	./modes/replay:FuzzDecodeBatch ./vmm/sim:FuzzRestoreState \
+	./vmm/sim:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
 	./vmm/linuxboot:FuzzLoad ./vmm/linuxboot:FuzzParseHeader
 
 .PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz lint clean

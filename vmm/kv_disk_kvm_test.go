@@ -125,7 +125,7 @@ func kvAsk(t *testing.T, c *net.UDPConn, con *vmmtest.Console, req string) strin
 // TestKVMKvGuestJournalsToDisk runs the kv guest with a file disk,
 // journal=1000 and flush=1: every INCR's reply comes only after its
 // journal sector was written and flushed, the image holds the journal
-// sector of every update (the update count at byte 16, as the simvm
+// sector of every update (the update count at byte 16, as the vmm/sim
 // tests read it), and a second machine on the same image loads the table
 // and counts on from the last table write.
 func TestKVMKvGuestJournalsToDisk(t *testing.T) {

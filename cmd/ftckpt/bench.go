@@ -22,9 +22,9 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 	"github.com/spf13/cobra"
 )
@@ -33,8 +33,8 @@ import (
 // and under checkpoint mode at each epoch, one configuration after the
 // other, in this process: primary and backup on loopback TCP, a disk-lease
 // witness in a temporary directory, the guest's disk in memory. The guest
-// is simvm's (a software machine with an instruction counter); the
-// unprotected run is the same machine driven alone (simvm.CheckpointGuest
+// is the software machine's (a software machine with an instruction counter); the
+// unprotected run is the same machine driven alone (sim.CheckpointGuest
 // never paused), the floor every ratio is taken against.
 
 func init() { register(newBenchCmd) }
@@ -42,14 +42,14 @@ func init() { register(newBenchCmd) }
 // benchWorkloads are the guests and what each runs, in table order.
 var benchWorkloads = []benchWorkload{
 	{guest: "tick", about: "timer every 200µs, 5,000 walk steps per tick over 16 pages: never idle",
-		params: []simvm.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5000}, {Name: "every", Value: 5}}},
+		params: []sim.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5000}, {Name: "every", Value: 5}}},
 	{guest: "kv", about: fmt.Sprintf("a client keeps %d INCR requests outstanding", benchWindow)},
 }
 
 type benchWorkload struct {
 	guest  string
 	about  string
-	params []simvm.Param
+	params []sim.Param
 }
 
 const (
@@ -61,8 +61,8 @@ const (
 )
 
 var (
-	benchIncr  = simvm.KVRequest("INCR", "k")
-	benchProbe = simvm.KVRequest("GET", "probe") // answered NOTFOUND: not a load reply
+	benchIncr  = sim.KVRequest("INCR", "k")
+	benchProbe = sim.KVRequest("GET", "probe") // answered NOTFOUND: not a load reply
 	benchQuiet = slog.New(slog.DiscardHandler)
 )
 
@@ -165,7 +165,7 @@ measured for --duration once its backup is in sync. The table compares:
   visits/landing    the backup's stops at a landing's RIP before it matched
   pause p50         checkpoint: the guest's pause per epoch
 
-The machine is simvm, the software machine replay mode is tested on. All
+The machine is vmm/sim, the software machine replay mode is tested on. All
 configurations share this host's cores, the backup's included. Progress goes
 to stderr, the table to stdout.`,
 		Args: cobra.NoArgs,
@@ -180,7 +180,7 @@ to stderr, the table to stdout.`,
 	cmd.Flags().StringVar(&f.guest, "guest", "all", "tick, kv or all")
 	cmd.Flags().DurationVar(&f.duration, "duration", 2*time.Second, "measured time of each configuration")
 	cmd.Flags().StringVar(&f.epochs, "epochs", "5ms,25ms,100ms", "checkpoint epochs to run, comma-separated")
-	cmd.Flags().StringVar(&f.machine, "machine", "sim", "sim (simvm) or kvm")
+	cmd.Flags().StringVar(&f.machine, "machine", "sim", "sim (vmm/sim) or kvm")
 	return cmd
 }
 
@@ -473,7 +473,7 @@ func (s *benchSetup) sleep(ctx context.Context, d time.Duration) error {
 
 // benchUnprotected is the guest alone, its outputs straight to the client.
 func benchUnprotected(w benchWorkload, client *benchClient) (*benchSetup, error) {
-	g, err := simvm.NewCheckpointGuest(w.guest, benchPages, benchDevices{net: client, disk: newBenchDisk()}, w.params...)
+	g, err := sim.NewCheckpointGuest(w.guest, benchPages, benchDevices{net: client, disk: newBenchDisk()}, w.params...)
 	if err != nil {
 		return nil, err
 	}
@@ -494,7 +494,7 @@ func benchUnprotected(w benchWorkload, client *benchClient) (*benchSetup, error)
 }
 
 // benchStopped says why a guest stopped.
-func benchStopped(g *simvm.CheckpointGuest) error {
+func benchStopped(g *sim.CheckpointGuest) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
@@ -576,7 +576,7 @@ func benchReplay(ctx context.Context, w benchWorkload, client *benchClient) (*be
 	cfg := replay.DefaultConfig()
 	pplug := &replay.Plug{}
 	clock := &benchClockEnv{Env: pplug}
-	pm, err := simvm.New(w.guest, benchPages, clock, w.params...)
+	pm, err := sim.New(w.guest, benchPages, clock, w.params...)
 	if err != nil {
 		return nil, err
 	}
@@ -590,7 +590,7 @@ func benchReplay(ctx context.Context, w benchWorkload, client *benchClient) (*be
 		return nil, err
 	}
 	bplug := &replay.Plug{}
-	bsim, err := simvm.New(w.guest, benchPages, bplug, w.params...)
+	bsim, err := sim.New(w.guest, benchPages, bplug, w.params...)
 	if err != nil {
 		return nil, err
 	}
@@ -673,7 +673,7 @@ func benchCheckpoint(ctx context.Context, w benchWorkload, epoch time.Duration, 
 		return nil, err
 	}
 	held.Attach(out)
-	g, err := simvm.NewCheckpointGuest(w.guest, benchPages, benchHeldDevices{out: out, disk: held, pos: pos}, w.params...)
+	g, err := sim.NewCheckpointGuest(w.guest, benchPages, benchHeldDevices{out: out, disk: held, pos: pos}, w.params...)
 	if err != nil {
 		return nil, err
 	}
@@ -683,7 +683,7 @@ func benchCheckpoint(ctx context.Context, w benchWorkload, epoch time.Duration, 
 		return nil, err
 	}
 	primary.SetDisk(held)
-	bg, err := simvm.NewCheckpointGuest(w.guest, benchPages, benchDevices{net: benchNowhere{}, disk: pair.disk}, w.params...)
+	bg, err := sim.NewCheckpointGuest(w.guest, benchPages, benchDevices{net: benchNowhere{}, disk: pair.disk}, w.params...)
 	if err != nil {
 		return nil, err
 	}
@@ -769,14 +769,14 @@ func (c *benchClient) SendFrame(f []byte) error {
 	c.mu.Lock()
 	switch c.guest {
 	case "tick":
-		tf, err := simvm.ParseTickFrame(f)
+		tf, err := sim.ParseTickFrame(f)
 		if err != nil {
 			c.failLocked(err)
 		} else if c.zero != nil {
 			c.lat = append(c.lat, benchLatency{now, now.Sub(c.zero()) - time.Duration(tf.Clock)})
 		}
 	case "kv":
-		r, err := simvm.ParseKVReply(f)
+		r, err := sim.ParseKVReply(f)
 		switch {
 		case err != nil:
 			c.failLocked(err)
@@ -883,7 +883,7 @@ func (e *benchClockEnv) zero() time.Time { return time.Unix(0, e.zeroNs.Load()) 
 
 // benchCountingMachine publishes its instruction count at every stop.
 type benchCountingMachine struct {
-	*simvm.Machine
+	*sim.Machine
 	instructions atomic.Uint64
 }
 
@@ -904,7 +904,7 @@ func (m *benchCountingMachine) RunTo(rip uint64) (machine.Exit, error) {
 // the guest stood still (from Pause's return); it counts the pages each
 // harvest found dirty.
 type benchTimedGuest struct {
-	*simvm.CheckpointGuest
+	*sim.CheckpointGuest
 	pausedAt, stoodAt time.Time
 	dirty             int
 	pauses            *benchPauses

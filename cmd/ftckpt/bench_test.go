@@ -12,7 +12,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // benchCLI runs ftckpt with args and returns its stdout, stderr and error.
@@ -231,7 +231,7 @@ func BenchmarkEpochPause(b *testing.B) {
 	ctx := context.Background()
 	for _, pages := range []uint64{4, 16, 64, 128} {
 		b.Run(fmt.Sprintf("work-pages=%d", pages), func(b *testing.B) {
-			w := benchWorkload{guest: "tick", params: []simvm.Param{
+			w := benchWorkload{guest: "tick", params: []sim.Param{
 				{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5000},
 				{Name: "every", Value: 5}, {Name: "work_pages", Value: pages}}}
 			r, err := benchRun(ctx, w, benchConfig{mode: "checkpoint", epoch: 10 * time.Millisecond}, time.Duration(b.N)*time.Second)

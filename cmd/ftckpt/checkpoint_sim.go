@@ -11,15 +11,15 @@ import (
 	"time"
 
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"golang.org/x/sys/unix"
 )
 
 // Checkpoint mode on the software machine: where /dev/kvm cannot be
-// opened, `--mode checkpoint --machine sim` (or auto) runs the simvm guest
-// as a checkpoint-mode Guest (simvm.CheckpointGuest: one vCPU goroutine,
+// opened, `--mode checkpoint --machine sim` (or auto) runs the software machine's guest
+// as a checkpoint-mode Guest (sim.CheckpointGuest: one vCPU goroutine,
 // its dirty pages tracked by the interpreter) through the same engine,
 // output buffer, held disk, witness and failover as a KVM guest.
 
@@ -33,7 +33,7 @@ func (f *modeFlags) useSim() bool {
 type simGuest struct {
 	guest   string
 	pages   int
-	params  []simvm.Param
+	params  []sim.Param
 	netSpec string
 	disk    *vmm.FileDisk // nil: no disk
 	machine string
@@ -47,7 +47,7 @@ func (f *modeFlags) newSimGuest(mode string) (*simGuest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--memory: %w", err)
 	}
-	g.pages = int(mem / simvm.PageSize)
+	g.pages = int(mem / sim.PageSize)
 	if g.params, err = simParams(f.machine.params); err != nil {
 		return nil, err
 	}
@@ -70,18 +70,18 @@ func (f *modeFlags) newSimGuest(mode string) (*simGuest, error) {
 
 // simParams turns --param key=value into the software machine's numeric
 // parameters.
-func simParams(flags []string) ([]simvm.Param, error) {
+func simParams(flags []string) ([]sim.Param, error) {
 	params, err := parseParams(flags)
 	if err != nil {
 		return nil, err
 	}
-	var out []simvm.Param
+	var out []sim.Param
 	for k, v := range params {
 		n, err := strconv.ParseUint(v, 0, 64)
 		if err != nil {
 			return nil, fmt.Errorf("--param %s=%s: the software machine's parameters are numbers", k, v)
 		}
-		out = append(out, simvm.Param{Name: k, Value: n})
+		out = append(out, sim.Param{Name: k, Value: n})
 	}
 	return out, nil
 }
@@ -114,7 +114,7 @@ func whileBusy[T any](ctx context.Context, open func() (T, error)) (T, error) {
 }
 
 // guestPort is a CheckpointGuest as the front's receiver.
-type guestPort struct{ g *simvm.CheckpointGuest }
+type guestPort struct{ g *sim.CheckpointGuest }
 
 func (p guestPort) Receive(f []byte) bool { return p.g.Receive(f) }
 func (p guestPort) Poll()                 {} // Receive brings the vCPU round itself
@@ -200,7 +200,7 @@ func runPrimarySim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout 
 	if held != nil {
 		devs.disk = held
 	}
-	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
+	g, err := sim.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
 	if err != nil {
 		return err
 	}
@@ -230,7 +230,7 @@ func runPrimarySim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout 
 
 // waitGuest waits until the guest stops (nil if it powered off) or ctx
 // ends.
-func waitGuest(ctx context.Context, g *simvm.CheckpointGuest) error {
+func waitGuest(ctx context.Context, g *sim.CheckpointGuest) error {
 	select {
 	case <-g.Stopped():
 		return g.Err()
@@ -259,7 +259,7 @@ func runBackupSim(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout i
 	if sg.disk != nil {
 		devs.disk = sg.disk
 	}
-	g, err := simvm.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
+	g, err := sim.NewCheckpointGuest(sg.guest, sg.pages, devs, sg.params...)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/ftckpt/ftckpt/guests"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/spf13/cobra"
 )
 
@@ -25,8 +25,8 @@ func newGuestsCmd() *cobra.Command {
 				fmt.Fprintf(out, "  %-9s %s\n", name, guests.Describe(name))
 			}
 			fmt.Fprintln(out, "On the software machine (--mode replay --machine sim; --param NAME=NUMBER):")
-			for _, name := range simvm.Guests() {
-				about, params, err := simvm.DescribeGuest(name)
+			for _, name := range sim.Guests() {
+				about, params, err := sim.DescribeGuest(name)
 				if err != nil {
 					return err
 				}

@@ -19,9 +19,9 @@ import (
 	"github.com/ftckpt/ftckpt/dirtylog"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -113,7 +113,7 @@ func runMode(ctx context.Context, f *modeFlags, cfg ckmode.Config, cmd *cobra.Co
 	if f.replayMachine == "auto" {
 		which := "KVM"
 		if f.useSim() {
-			which = "the software machine (simvm): /dev/kvm cannot be opened here"
+			which = "the software machine (vmm/sim): /dev/kvm cannot be opened here"
 		}
 		slog.Info("checkpoint machine", "machine", which)
 	}
@@ -204,8 +204,8 @@ func (f *modeFlags) checkMachine() error {
 	default:
 		return fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
 	}
-	if f.useSim() && !slices.Contains(simvm.Guests(), f.machine.guest) {
-		return fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(simvm.Guests(), ", "))
+	if f.useSim() && !slices.Contains(sim.Guests(), f.machine.guest) {
+		return fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(sim.Guests(), ", "))
 	}
 	return nil
 }

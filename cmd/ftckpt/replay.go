@@ -13,17 +13,17 @@ import (
 
 	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"golang.org/x/sys/unix"
 )
 
 // ftckpt --mode replay: the primary records its guest's execution and
 // ships the log; the backup replays it and takes over. The guest runs on
 // KVM (1 vCPU, userspace interrupts), or, with --machine sim or where
-// /dev/kvm cannot be opened, on replay's software machine (simvm), whose
+// /dev/kvm cannot be opened, on replay's software machine (vmm/sim), whose
 // tick and kv guests mirror the bundled ones.
 
 // replayConfig checks the replay flags and returns the engine's
@@ -92,7 +92,7 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 	if f.replayMachine == "auto" {
 		which := "KVM"
 		if h.sim {
-			which = "the software machine (simvm): /dev/kvm cannot be opened here"
+			which = "the software machine (vmm/sim): /dev/kvm cannot be opened here"
 		}
 		slog.Info("replay machine", "machine", which)
 	}
@@ -106,7 +106,7 @@ func (f *modeFlags) newReplayHost() (*replayHost, error) {
 			h.closers = append(h.closers, h.disk.Close)
 		}
 		h.netSpec, h.machine = sg.netSpec, sg.machine
-		if h.m, err = simvm.New(sg.guest, sg.pages, h.plug, sg.params...); err != nil {
+		if h.m, err = sim.New(sg.guest, sg.pages, h.plug, sg.params...); err != nil {
 			return nil, err
 		}
 		ok = true

@@ -8,13 +8,13 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // bareUDP is the software machine's network backend, on a host UDP socket.
 // A datagram from a client reaches the guest as a frame from the client's
-// address (simvm.Addressed: the simvm guests speak no Ethernet, IP or UDP);
+// address (sim.Addressed: the software machine's guests speak no Ethernet, IP or UDP);
 // a frame the guest sends leaves as a datagram to the address it names,
 // or, for the zero address (the tick guest's reports), to the client heard
 // from last, if any. Nothing else is remembered, so a backup gone live
@@ -41,7 +41,7 @@ func newBareUDP(addr string) (*bareUDP, error) {
 // the zero address before any client was heard from, is dropped, as a
 // network drops what it cannot deliver; so is one the socket refuses.
 func (b *bareUDP) SendFrame(frame []byte) error {
-	to, payload, err := simvm.FrameAddress(frame)
+	to, payload, err := sim.FrameAddress(frame)
 	if err != nil {
 		slog.Debug("software machine's network: dropped a guest frame", "err", err)
 		return nil
@@ -68,7 +68,7 @@ func (b *bareUDP) Start(port vmm.RxPort) error {
 			}
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			b.last.Store(&from)
-			if port.Receive(simvm.Addressed(from, buf[:n])) {
+			if port.Receive(sim.Addressed(from, buf[:n])) {
 				port.Poll()
 			}
 		}

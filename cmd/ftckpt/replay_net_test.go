@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // rxFrames is the guest's side of a bareUDP: the frames it received.
@@ -84,18 +84,18 @@ func TestBareUDPAddressesEachClient(t *testing.T) {
 		c    *net.UDPConn
 		want string
 	}{{f1, c1, "GET a"}, {f2, c2, "GET b"}} {
-		from, payload, err := simvm.FrameAddress(tc.f)
+		from, payload, err := sim.FrameAddress(tc.f)
 		if err != nil || from != tc.c.LocalAddr().(*net.UDPAddr).AddrPort() || string(payload) != tc.want {
 			t.Fatalf("the guest got %q from %v (%v), want %q from %v", payload, from, err, tc.want, tc.c.LocalAddr())
 		}
 	}
-	from2, _, _ := simvm.FrameAddress(f2)
-	from1, _, _ := simvm.FrameAddress(f1)
-	b.SendFrame(simvm.Addressed(from2, []byte("2 NOTFOUND")))
-	b.SendFrame(simvm.Addressed(from1, []byte("1 NOTFOUND")))
+	from2, _, _ := sim.FrameAddress(f2)
+	from1, _, _ := sim.FrameAddress(f1)
+	b.SendFrame(sim.Addressed(from2, []byte("2 NOTFOUND")))
+	b.SendFrame(sim.Addressed(from1, []byte("1 NOTFOUND")))
 	expect(t, c1, "1 NOTFOUND")
 	expect(t, c2, "2 NOTFOUND")
-	b.SendFrame(simvm.Addressed(netip.AddrPort{}, []byte("TICK")))
+	b.SendFrame(sim.Addressed(netip.AddrPort{}, []byte("TICK")))
 	expect(t, c2, "TICK")
 	expect(t, c1, "")
 	b.SendFrame([]byte("ab")) // too short to name anyone: dropped
@@ -111,10 +111,10 @@ func TestBareUDPReplyAfterFailover(t *testing.T) {
 	addr := old.conn.LocalAddr()
 	c1, c2 := udpClient(t, addr), udpClient(t, addr)
 	c1.Write([]byte("INCR a"))
-	from, _, _ := simvm.FrameAddress(rx.next(t))
+	from, _, _ := sim.FrameAddress(rx.next(t))
 	old.Close()
 	taken, _ := startBareUDP(t, addr.String())
-	taken.SendFrame(simvm.Addressed(from, []byte("1 VALUE 1")))
+	taken.SendFrame(sim.Addressed(from, []byte("1 VALUE 1")))
 	expect(t, c1, "1 VALUE 1")
 	expect(t, c2, "")
 }

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
@@ -168,7 +168,7 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 				break // timed out: send again
 			}
 			r := string(buf[:n])
-			kr, err := simvm.ParseKVPayload(buf[:n])
+			kr, err := sim.ParseKVPayload(buf[:n])
 			if err != nil || kr.Status != "VALUE" {
 				t.Fatalf("reply %q: %v", r, err)
 			}
@@ -351,9 +351,9 @@ func checkJournal(t *testing.T, image string, base int64, last uint64) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	sector := make([]byte, simvm.DiskSectorSize)
+	sector := make([]byte, sim.DiskSectorSize)
 	for seq := uint64(1); seq <= last; seq++ {
-		if _, err := f.ReadAt(sector, (base+int64(seq%1000))*simvm.DiskSectorSize); err != nil {
+		if _, err := f.ReadAt(sector, (base+int64(seq%1000))*sim.DiskSectorSize); err != nil {
 			t.Fatal(err)
 		}
 		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {

@@ -17,8 +17,8 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // cachedDisk is a host's page cache over the shared disk file: writes
@@ -117,7 +117,7 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 	rng := rand.New(rand.NewSource(seed))
 	for i := 0; i < 10; i++ {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
-			c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000})
+			c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
 			cache := &cachedDisk{f: c.disk}
 			c.pDisk, c.pSync = cache, cache.Sync
 			var backupWrites *writeLog
@@ -163,18 +163,18 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 // the update it reports must already be on the shared disk itself, not
 // in the primary's page cache (nor held for the backup).
 func TestGuestFlushMeansDurable(t *testing.T) {
-	c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000}, simvm.Param{Name: "flush", Value: 1})
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000}, sim.Param{Name: "flush", Value: 1})
 	cache := &cachedDisk{f: c.disk}
 	c.pDisk, c.pSync = cache, cache.Sync
 	var bad error
 	c.client.onFrame = func(host string, f []byte) {
-		r, err := simvm.ParseKVReply(f)
+		r, err := sim.ParseKVReply(f)
 		if err != nil || bad != nil {
 			return
 		}
 		// Every request is an INCR, so the reply's number is the update's.
-		sector := make([]byte, simvm.DiskSectorSize)
-		if _, err := c.disk.ReadAt(sector, int64(16+r.Seq%1000)*simvm.DiskSectorSize); err != nil {
+		sector := make([]byte, sim.DiskSectorSize)
+		if _, err := c.disk.ReadAt(sector, int64(16+r.Seq%1000)*sim.DiskSectorSize); err != nil {
 			bad = err
 			return
 		}
@@ -198,7 +198,7 @@ func TestGuestFlushMeansDurable(t *testing.T) {
 // reaches it. The backup must write them when it goes live: the journal on
 // the shared disk ends with every update the live guest counts.
 func TestHeldDiskWritesSurviveAResync(t *testing.T) {
-	c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000})
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
 	cache := &cachedDisk{f: c.disk}
 	c.pDisk, c.pSync = cache, cache.Sync
 	var armed, edited atomic.Bool
@@ -220,14 +220,14 @@ func TestHeldDiskWritesSurviveAResync(t *testing.T) {
 		if time.Since(start) > 20*time.Second {
 			t.Fatal("the backup never applied the resync's checkpoint")
 		}
-		c.primary.Receive(simvm.KVRequest("INCR", "a"))
+		c.primary.Receive(sim.KVRequest("INCR", "a"))
 	}
 	cache.crash()
 	c.crashPrimary()
 	c.failover()
 	c.runLive()
 	for n := len(c.client.seen()) + 5; len(c.client.seen()) < n; {
-		c.live.Receive(simvm.KVRequest("INCR", "a"))
+		c.live.Receive(sim.KVRequest("INCR", "a"))
 		time.Sleep(5 * time.Millisecond)
 	}
 	if c.backup.Stats.Divergences.Load() == 0 {
@@ -267,7 +267,7 @@ func lateResyncThenNothing(from io.Reader, to io.Writer) {
 // the host then dies, its page cache lost, the backup still has every
 // write the hung sync did not cover, and writes it when it goes live.
 func TestSlowDiskSyncDoesNotStallTheGuest(t *testing.T) {
-	c := newCluster(t, "kv", simvm.Param{Name: "journal", Value: 1000})
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
 	cache := &cachedDisk{f: c.disk}
 	var slow atomic.Bool
 	var hung atomic.Int32
@@ -303,7 +303,7 @@ func TestSlowDiskSyncDoesNotStallTheGuest(t *testing.T) {
 	c.runLive()
 	n := len(c.client.seen()) + 3
 	for len(c.client.seen()) < n {
-		c.live.Receive(simvm.KVRequest("INCR", "a"))
+		c.live.Receive(sim.KVRequest("INCR", "a"))
 		time.Sleep(5 * time.Millisecond)
 	}
 	checkJournal(t, c)
@@ -315,13 +315,13 @@ func checkJournal(t *testing.T, c *cluster) {
 	t.Helper()
 	var last uint64
 	for _, f := range c.client.seen() {
-		if r, err := simvm.ParseKVReply(f.data); err == nil {
+		if r, err := sim.ParseKVReply(f.data); err == nil {
 			last = max(last, r.Seq)
 		}
 	}
-	sector := make([]byte, simvm.DiskSectorSize)
+	sector := make([]byte, sim.DiskSectorSize)
 	for seq := uint64(1); seq <= last; seq++ {
-		if _, err := c.disk.ReadAt(sector, int64(16+seq%1000)*simvm.DiskSectorSize); err != nil {
+		if _, err := c.disk.ReadAt(sector, int64(16+seq%1000)*sim.DiskSectorSize); err != nil {
 			t.Fatal(err)
 		}
 		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
@@ -334,7 +334,7 @@ func checkJournal(t *testing.T, c *cluster) {
 // beside its engine) returns from Run when its guest powers off, not only
 // when its context ends.
 func TestRunEndsWithItsGuest(t *testing.T) {
-	c := newCluster(t, "tick", append(slices.Clone(tickParams), simvm.Param{Name: "ticks", Value: 30})...)
+	c := newCluster(t, "tick", append(slices.Clone(tickParams), sim.Param{Name: "ticks", Value: 30})...)
 	c.pSync = func() error { return nil }
 	c.start()
 	select {

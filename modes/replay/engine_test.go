@@ -15,14 +15,14 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
 // tickParams make the tick guest busy enough that its timer often fires
 // while it computes, so interrupts land by signature, not only at HLT.
-var tickParams = []simvm.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5_000}, {Name: "every", Value: 5}}
+var tickParams = []sim.Param{{Name: "period_ns", Value: 200_000}, {Name: "work", Value: 5_000}, {Name: "every", Value: 5}}
 
 // kvKeys are the keys the client increments in turn. Distinct requests
 // matter: if an output left before the backup had the log, the backup's
@@ -69,7 +69,7 @@ func kvRequestOf(addr netip.AddrPort) (int, bool) {
 
 // kvRequest is the frame of request n: INCR of its key, from its address.
 func kvRequest(n int) []byte {
-	return simvm.Addressed(kvClientAddr(n), []byte("INCR "+kvKeys[n%len(kvKeys)]))
+	return sim.Addressed(kvClientAddr(n), []byte("INCR "+kvKeys[n%len(kvKeys)]))
 }
 
 // take judges the next frame the client saw. A reply numbered above every
@@ -80,12 +80,12 @@ func kvRequest(n int) []byte {
 // repeats, never loses: DESIGN.md invariant 4). It returns the request
 // answered, or -1 for a repeat.
 func (kv *kvState) take(data []byte) (int, error) {
-	r, err := simvm.ParseKVReply(data)
+	r, err := sim.ParseKVReply(data)
 	if err != nil || r.Seq <= kv.maxSeq {
 		return -1, nil // checkKV judges it
 	}
 	kv.maxSeq = r.Seq
-	addr, _, _ := simvm.FrameAddress(data)
+	addr, _, _ := sim.FrameAddress(data)
 	n, ok := kvRequestOf(addr)
 	if !ok || n > kv.sent {
 		return -1, fmt.Errorf("reply %q to %v: this client sent no such request (the next is %d)", data, addr, kv.sent)
@@ -169,7 +169,7 @@ func TestKVClientModel(t *testing.T) {
 			for range execs {
 				key := kvKeys[i%len(kvKeys)]
 				values[key]++
-				frames = append(frames, simvm.Addressed(kvClientAddr(i), fmt.Appendf(nil, "%d VALUE %d", len(frames)+1, values[key])))
+				frames = append(frames, sim.Addressed(kvClientAddr(i), fmt.Appendf(nil, "%d VALUE %d", len(frames)+1, values[key])))
 			}
 		}
 		if lost >= 0 {
@@ -205,8 +205,8 @@ func TestKVClientModel(t *testing.T) {
 		// Its reply lost, request 40 is sent again and executed again.
 		{"a reply lost", replies(60, func(i int) bool { return i == 40 }, 40), -1},
 		{"a second execution's reply lost", replies(60, func(i int) bool { return i == 2 || i == 45 }, 47), -1},
-		{"a reply to no request", [][]byte{simvm.Addressed(kvClientAddr(5), []byte("1 VALUE 1"))}, -1},
-		{"a reply from the zero address", [][]byte{simvm.Addressed(netip.AddrPort{}, []byte("1 VALUE 1"))}, -1},
+		{"a reply to no request", [][]byte{sim.Addressed(kvClientAddr(5), []byte("1 VALUE 1"))}, -1},
+		{"a reply from the zero address", [][]byte{sim.Addressed(netip.AddrPort{}, []byte("1 VALUE 1"))}, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n, err := judge(tc.frames)
@@ -233,7 +233,7 @@ func checkKV(t *testing.T, frames []frame) {
 	bySeq := map[uint64]string{}
 	var last uint64
 	for i, f := range frames {
-		r, err := simvm.ParseKVReply(f.data)
+		r, err := sim.ParseKVReply(f.data)
 		if err != nil {
 			t.Fatalf("frame %d from %s: %v", i, f.host, err)
 		}
@@ -297,10 +297,10 @@ func TestBackupReplaysToTheSameState(t *testing.T) {
 // primary sent (replay mode's boundary repeat).
 func checkTicks(t *testing.T, frames []frame) {
 	t.Helper()
-	var last simvm.TickFrame
+	var last sim.TickFrame
 	sent := map[string]bool{}
 	for i, f := range frames {
-		tf, err := simvm.ParseTickFrame(f.data)
+		tf, err := sim.ParseTickFrame(f.data)
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
@@ -391,7 +391,7 @@ func TestOutputsWaitForTheBackup(t *testing.T) {
 	c.cfg.FailureTimeout = 5 * time.Second // the blocked acks must not look like a dead backup
 	c.start()
 	for i := 0; i < 20; i++ {
-		c.primary.Receive(simvm.KVRequest("INCR", "k"))
+		c.primary.Receive(sim.KVRequest("INCR", "k"))
 		time.Sleep(time.Millisecond)
 	}
 	deadline := time.Now().Add(time.Second)
@@ -412,11 +412,11 @@ func TestOutputsWaitForTheBackup(t *testing.T) {
 // attachBackup starts a new backup host and attaches it to p, a primary
 // running alone; it returns the backup, what its Follow returns, and a
 // func that kills p's link to it.
-func (c *cluster) attachBackup(p *replay.Primary, name string) (*simvm.Machine, *replay.Backup, chan followResult, func()) {
+func (c *cluster) attachBackup(p *replay.Primary, name string) (*sim.Machine, *replay.Backup, chan followResult, func()) {
 	t := c.t
 	fence := witness.NewFence(c.arb, name)
 	plug := &replay.Plug{}
-	m, err := simvm.New(c.guest, c.pages, plug, c.params...)
+	m, err := sim.New(c.guest, c.pages, plug, c.params...)
 	if err != nil {
 		t.Fatal(err)
 	}

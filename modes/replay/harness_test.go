@@ -14,13 +14,13 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
-// The engine's tests run the software machine (simvm) where /dev/kvm
+// The engine's tests run the software machine (vmm/sim) where /dev/kvm
 // cannot be opened: a primary and a backup in one process, on loopback
 // TCP through a proxy the test can cut or tamper with, a disk-lease
 // witness and a disk file shared by both hosts, and a client that sees
@@ -115,18 +115,18 @@ func (f sinkFunc) SendFrame(b []byte) error { return f(b) }
 // filter sits in one direction of the primary↔backup connection.
 type filter func(from io.Reader, to io.Writer)
 
-// cluster is a primary and a backup of one simvm guest.
+// cluster is a primary and a backup of one software machine's guest.
 type cluster struct {
 	t      testing.TB
 	cfg    replay.Config
 	guest  string
 	pages  int // the guests' memory; testPages unless a test sets it before start
-	params []simvm.Param
+	params []sim.Param
 	client *client
 	arb    witness.Arbiter
 	disk   *os.File
 
-	pm, bm         *simvm.Machine
+	pm, bm         *sim.Machine
 	primary        *replay.Primary
 	backup         *replay.Backup
 	pOut           *outbuf.Buffer
@@ -149,9 +149,9 @@ type cluster struct {
 	pSync   func() error
 	envWrap func(host string, env machine.Env) machine.Env
 	// Optional, set before start or alonePrimary: what the primary's
-	// engine drives instead of its simvm machine (which pm stays), and a
+	// engine drives instead of its software machine (which pm stays), and a
 	// func that sees the primary before it runs.
-	pMachine  func(m *simvm.Machine) machine.Stepper
+	pMachine  func(m *sim.Machine) machine.Stepper
 	onPrimary func(p *replay.Primary)
 }
 
@@ -160,7 +160,7 @@ type followResult struct {
 	err  error
 }
 
-func newCluster(t testing.TB, guest string, params ...simvm.Param) *cluster {
+func newCluster(t testing.TB, guest string, params ...sim.Param) *cluster {
 	c := &cluster{t: t, cfg: testConfig(), guest: guest, pages: testPages, params: params, client: newClient(),
 		pDone: make(chan struct{}), bDone: make(chan followResult, 1)}
 	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
@@ -189,7 +189,7 @@ func (c *cluster) start() {
 	}
 	var err error
 	pplug := &replay.Plug{}
-	if c.pm, err = simvm.New(c.guest, c.pages, c.wrap("primary", pplug), c.params...); err != nil {
+	if c.pm, err = sim.New(c.guest, c.pages, c.wrap("primary", pplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	nic, cut := c.client.nic("primary")
@@ -213,7 +213,7 @@ func (c *cluster) start() {
 
 	bf := witness.NewFence(c.arb, "backup")
 	bplug := &replay.Plug{}
-	if c.bm, err = simvm.New(c.guest, c.pages, c.wrap("backup", bplug), c.params...); err != nil {
+	if c.bm, err = sim.New(c.guest, c.pages, c.wrap("backup", bplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
@@ -261,14 +261,14 @@ func (c *cluster) start() {
 
 // alonePrimary starts a primary of the cluster's guest with no backup,
 // as the client's target, and returns it, its machine and its fence.
-func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Machine, *witness.Fence) {
+func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *sim.Machine, *witness.Fence) {
 	t := c.t
 	fence := witness.NewFence(c.arb, "first")
 	if _, err := fence.Acquire(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	plug := &replay.Plug{}
-	m, err := simvm.New(c.guest, c.pages, plug, c.params...)
+	m, err := sim.New(c.guest, c.pages, plug, c.params...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func (c *cluster) alonePrimary(ctx context.Context) (*replay.Primary, *simvm.Mac
 }
 
 // driven is what the primary's engine drives: m, or pMachine's wrapper.
-func (c *cluster) driven(m *simvm.Machine) machine.Stepper {
+func (c *cluster) driven(m *sim.Machine) machine.Stepper {
 	if c.pMachine == nil {
 		return m
 	}
@@ -411,7 +411,7 @@ func (c *cluster) target() *replay.Primary {
 // state: memory, machine state and signature. (Not the instruction count:
 // it is not machine state, and a backup restored from a checkpoint counts
 // from there.)
-func sameMachine(t *testing.T, a, b *simvm.Machine) {
+func sameMachine(t *testing.T, a, b *sim.Machine) {
 	t.Helper()
 	if !bytes.Equal(a.Memory(), b.Memory()) {
 		n := 0

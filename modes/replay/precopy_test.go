@@ -10,7 +10,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // precopyConfig pre-copies a few pages at a time, so that a pass over the
@@ -162,7 +162,7 @@ func BenchmarkAttach(b *testing.B) {
 // guest's frames from the attach to the sync's commit, the time to it, and
 // the time from it to the next frame (which waits for the backup's ack).
 func attachOnce(b *testing.B, chunk int) (gap, took, after time.Duration) {
-	c := newCluster(b, "tick", simvm.Param{Name: "period_ns", Value: 200_000}, simvm.Param{Name: "work", Value: 2_000}, simvm.Param{Name: "every", Value: 5})
+	c := newCluster(b, "tick", sim.Param{Name: "period_ns", Value: 200_000}, sim.Param{Name: "work", Value: 2_000}, sim.Param{Name: "every", Value: 5})
 	c.pages = 1 << 14
 	c.cfg.PrecopyChunk = chunk
 	c.cfg.Verify = false // a hash of all memory in the final stop: the default is off

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // scriptedHost is a primary's host whose timing the test decides, so that
@@ -24,7 +24,7 @@ import (
 // The engine calls everything on its goroutine but Kick, which does
 // nothing here, so no field needs a lock.
 type scriptedHost struct {
-	*simvm.Machine
+	*sim.Machine
 	rip     uint64
 	every   int
 	stallAt int
@@ -39,12 +39,12 @@ type scriptedHost struct {
 // scriptHost makes the cluster's next primary (start or alonePrimary) run
 // on a scriptedHost stopping at label of the cluster's guest.
 func (c *cluster) scriptHost(label string, every, stallAt int, stall time.Duration) *scriptedHost {
-	rip, err := simvm.GuestSymbol(c.guest, label)
+	rip, err := sim.GuestSymbol(c.guest, label)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	h := &scriptedHost{rip: rip, every: every, stallAt: stallAt, stall: stall}
-	c.pMachine = func(m *simvm.Machine) machine.Stepper {
+	c.pMachine = func(m *sim.Machine) machine.Stepper {
 		h.Machine = m
 		return h
 	}

@@ -8,16 +8,16 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
 // spinning is a machine whose guest never exits (the C kv guest polls
 // memory): Run returns only when kicked.
 type spinning struct {
-	*simvm.Machine
+	*sim.Machine
 	kicks chan struct{}
 }
 
@@ -38,7 +38,7 @@ func (s *spinning) Run() (machine.Exit, error) {
 // that never came, so a local run ignored SIGTERM.
 func TestPrimaryStopsWhileTheGuestSpins(t *testing.T) {
 	plug := &replay.Plug{}
-	m, err := simvm.New("kv", testPages, plug)
+	m, err := sim.New("kv", testPages, plug)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/modes/replay/simvm"
+	"github.com/ftckpt/ftckpt/vmm/sim"
 )
 
 // tamper returns a primary→backup filter that re-frames every message and
@@ -199,7 +199,7 @@ func chain(a, b filter) filter {
 	}
 }
 
-func paramsFor(guest string) []simvm.Param {
+func paramsFor(guest string) []sim.Param {
 	if guest == "tick" {
 		return tickParams
 	}
@@ -273,7 +273,7 @@ func TestPrimaryDiesBeforeTheResyncCheckpoint(t *testing.T) {
 	for traffic := time.NewTicker(time.Millisecond); ; {
 		select {
 		case <-traffic.C:
-			c.primary.Receive(simvm.KVRequest("INCR", "a"))
+			c.primary.Receive(sim.KVRequest("INCR", "a"))
 			continue
 		case <-done:
 			traffic.Stop()

@@ -1,4 +1,4 @@
-package simvm
+package sim
 
 import (
 	"encoding/binary"

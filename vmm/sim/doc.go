@@ -1,4 +1,4 @@
-// Package simvm is a deterministic software computer with one vCPU that
+// Package sim is a deterministic software computer with one vCPU that
 // implements replay.Machine: the stand-in for KVM in the replay engine's
 // tests and in benchmarks on hosts without /dev/kvm. It is a small real
 // machine, not a script: programs in its own instruction set live in guest
@@ -42,4 +42,4 @@
 // Determinism: the machine's only inputs are its state, its RAM, the
 // engine's calls and the Env's answers. Instructions() counts executed
 // instructions for benchmarks and is not part of the state.
-package simvm
+package sim
