@@ -54,11 +54,33 @@ type pciFuncState struct {
 	BARSizing uint8
 }
 
-// pciState is the PCI bus's plain-data state.
+// pciSlot is what sits at one device number, as the guest found it when it
+// enumerated the bus: a state restores only onto a bus with the same
+// functions in the same places. Restore finds devices by their IDs, so
+// without this two devices attached in the other order would restore their
+// states behind each other's ports.
+type pciSlot struct {
+	Vendor, Device       uint16
+	SubVendor, SubDevice uint16
+	Class                uint32
+	IOBase, IOSize       uint16
+	IRQ, Pin             uint8
+}
+
+func (id *pciIdentity) slot() pciSlot {
+	return pciSlot{
+		Vendor: id.vendor, Device: id.device, SubVendor: id.subVendor, SubDevice: id.subDevice,
+		Class: id.class, IOBase: id.ioBase, IOSize: id.ioSize, IRQ: id.irq, Pin: id.pin,
+	}
+}
+
+// pciState is the PCI bus's plain-data state. Slots is set by add and is
+// not the guest's to change: it is saved to be checked.
 type pciState struct {
 	Addr    uint32
 	NrFuncs uint32
 	Funcs   [pciMaxDevices]pciFuncState
+	Slots   [pciMaxDevices]pciSlot
 }
 
 // PCIBus is PCI bus 0 behind configuration mechanism #1. mu protects st;
@@ -89,6 +111,7 @@ func (b *PCIBus) add(id pciIdentity) (int, error) {
 	b.funcs = append(b.funcs, id)
 	b.st.NrFuncs = uint32(len(b.funcs))
 	b.st.Funcs[dev] = pciFuncState{IntLine: id.irq}
+	b.st.Slots[dev] = id.slot()
 	if id.ioSize != 0 {
 		b.st.Funcs[dev].Command = pciCommandIO // as firmware leaves it
 	}
@@ -200,8 +223,8 @@ func (b *PCIBus) PIOWrite(port uint16, data []byte) {
 // ID implements Component.
 func (b *PCIBus) ID() string { return "pci/0" }
 
-// StateVersion implements Component.
-func (b *PCIBus) StateVersion() uint32 { return 1 }
+// StateVersion implements Component. Version 2 added Slots.
+func (b *PCIBus) StateVersion() uint32 { return 2 }
 
 // SaveState implements Component.
 func (b *PCIBus) SaveState() ([]byte, error) {
@@ -210,7 +233,8 @@ func (b *PCIBus) SaveState() ([]byte, error) {
 	return encodePlain(&b.st)
 }
 
-// RestoreState implements Component. The bus must hold the same devices.
+// RestoreState implements Component. The bus must hold the same devices in
+// the same slots.
 func (b *PCIBus) RestoreState(version uint32, data []byte) error {
 	if err := checkVersion(b.ID(), version, b.StateVersion()); err != nil {
 		return err
@@ -223,6 +247,13 @@ func (b *PCIBus) RestoreState(version uint32, data []byte) error {
 	defer b.mu.Unlock()
 	if st.NrFuncs != uint32(len(b.funcs)) {
 		return fmt.Errorf("%s: saved with %d devices, this bus has %d: %w", b.ID(), st.NrFuncs, len(b.funcs), ErrMismatch)
+	}
+	for i := range st.Slots {
+		if saved, here := st.Slots[i], b.st.Slots[i]; saved != here {
+			return fmt.Errorf("%s: device %d was %04x:%04x (subsystem %d) at I/O %#x, IRQ %d; this bus has %04x:%04x (subsystem %d) at I/O %#x, IRQ %d: %w",
+				b.ID(), i, saved.Vendor, saved.Device, saved.SubDevice, saved.IOBase, saved.IRQ,
+				here.Vendor, here.Device, here.SubDevice, here.IOBase, here.IRQ, ErrMismatch)
+		}
 	}
 	for i := range st.Funcs {
 		f := &st.Funcs[i]

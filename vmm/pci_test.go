@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -113,19 +114,57 @@ func TestPCIStateRoundTrip(t *testing.T) {
 	pciWrite(b, 1, 0x10, 0xffffffff)
 	saved := mustSave(t, b)
 	b2 := newTestPCI(t)
-	if err := b2.RestoreState(1, saved); err != nil {
+	v := b.StateVersion()
+	if err := b2.RestoreState(v, saved); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(saved, mustSave(t, b2)) || pciRead(b2, 1, 0x10, 4) != 0xffffff01 {
 		t.Fatal("restored bus differs")
 	}
-	if err := NewPCIBus().RestoreState(1, saved); !errors.Is(err, ErrMismatch) {
+	if err := NewPCIBus().RestoreState(v, saved); !errors.Is(err, ErrMismatch) {
 		t.Fatalf("bus with another device count: %v", err)
 	}
-	if err := b2.RestoreState(2, saved); !errors.Is(err, ErrVersion) {
-		t.Fatalf("version 2: %v", err)
+	if err := b2.RestoreState(v+1, saved); !errors.Is(err, ErrVersion) {
+		t.Fatalf("version %d: %v", v+1, err)
 	}
-	if err := b2.RestoreState(1, saved[1:]); !errors.Is(err, ErrTruncated) {
+	if err := b2.RestoreState(1, saved); !errors.Is(err, ErrVersion) {
+		t.Fatalf("version 1 (before slots were saved): %v", err)
+	}
+	if err := b2.RestoreState(v, saved[1:]); !errors.Is(err, ErrTruncated) {
 		t.Fatalf("truncated: %v", err)
+	}
+}
+
+// TestPCIStateNamesItsSlots: a bus whose devices sit in other slots (attached
+// in another order) refuses the state, and stays as it was.
+func TestPCIStateNamesItsSlots(t *testing.T) {
+	net := pciIdentity{vendor: pciVendorVirtio, device: 0x1000, subVendor: pciVendorVirtio, subDevice: 1,
+		class: pciClassEthernet, ioBase: 0xc000, ioSize: VirtioIOSize, irq: 10, pin: 1}
+	blk := pciIdentity{vendor: pciVendorVirtio, device: 0x1001, subVendor: pciVendorVirtio, subDevice: 2,
+		class: pciClassStorage, ioBase: 0xc100, ioSize: VirtioIOSize, irq: 11, pin: 1}
+	bus := func(ids ...pciIdentity) *PCIBus {
+		b := NewPCIBus()
+		for _, id := range ids {
+			if _, err := b.add(id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b
+	}
+	saved := mustSave(t, bus(net, blk))
+	// The same devices the other way round: each at the other's port and IRQ.
+	netAt, blkAt := net, blk
+	netAt.ioBase, netAt.irq, blkAt.ioBase, blkAt.irq = blk.ioBase, blk.irq, net.ioBase, net.irq
+	swapped := bus(blkAt, netAt)
+	before := mustSave(t, swapped)
+	err := swapped.RestoreState(swapped.StateVersion(), saved)
+	if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "device 1 was 1af4:1000") {
+		t.Fatalf("devices in other slots: %v, want ErrMismatch naming device 1", err)
+	}
+	if !bytes.Equal(before, mustSave(t, swapped)) {
+		t.Error("a refused state changed the bus")
+	}
+	if err := bus(net, blk).RestoreState(swapped.StateVersion(), saved); err != nil {
+		t.Fatalf("the same slots: %v", err)
 	}
 }
