@@ -23,7 +23,6 @@ import (
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
-	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 	"github.com/spf13/cobra"
@@ -991,11 +990,7 @@ type benchHeldDevices struct {
 }
 
 func (h benchHeldDevices) SendFrame(f []byte) error {
-	err := h.out.Hold(refuseWait, h.pos(), outbuf.NetFrame(f))
-	if errors.Is(err, context.Canceled) {
-		return vmm.ErrOutputFull
-	}
-	return err
+	return ckmode.HeldNet{Out: h.out, Pos: h.pos}.SendFrame(f)
 }
 
 func (h benchHeldDevices) ReadDisk(p []byte, off int64) error {

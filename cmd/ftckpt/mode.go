@@ -7,27 +7,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
-	"slices"
 	"strings"
 	"time"
 
-	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/dirtylog"
-	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/replay"
-	"github.com/ftckpt/ftckpt/outbuf"
-	"github.com/ftckpt/ftckpt/vmm"
-	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
 
 // modeFlags are the root command's flags: ftckpt --mode checkpoint ...
+// They become node.Options; node builds and runs the node.
 type modeFlags struct {
 	mode           string
 	role           string
@@ -43,7 +38,7 @@ type modeFlags struct {
 	dirtyTracking  string
 	status         time.Duration
 	readyFD        int
-	replayMachine  string
+	machineKind    string
 	landingDelay   time.Duration
 	join           string
 	acceptBackups  string
@@ -72,7 +67,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.status, "status-every", time.Second, "how often the primary prints its status line (0: never)")
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
-	fl.StringVar(&f.replayMachine, "machine", "auto", "the guest's machine: kvm, sim (the software machine: one vCPU, its own guests) or auto (kvm if /dev/kvm opens)")
+	fl.StringVar(&f.machineKind, "machine", "auto", "the guest's machine: kvm, sim (the software machine: one vCPU, its own guests) or auto (kvm if /dev/kvm opens)")
 	fl.StringVar(&f.join, "join", "", "replay backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening")
 	fl.StringVar(&f.acceptBackups, "accept-backups", "", "replay primary (and a backup once live): accept backups that --join at ADDR, one at a time")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
@@ -82,13 +77,20 @@ func addModeFlags(root *cobra.Command) {
 		if f.mode == "" {
 			return cmd.Help()
 		}
-		cfg, err := f.config(cmd.Flags().Changed)
+		o, err := f.options(cmd.Flags().Changed, cmd.OutOrStdout())
 		if err != nil {
 			return err
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 		defer stop()
-		err = runMode(ctx, f, cfg, cmd)
+		if f.machineKind == "auto" {
+			slog.Info(o.Mode.String()+" machine", "machine", describeMachineChoice(o.Machine))
+		}
+		if f.role == "" {
+			err = node.RunLocal(ctx, o, startLocalBackup)
+		} else {
+			err = node.Run(ctx, o)
+		}
 		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			slog.Info("stopped by a signal")
 			return nil
@@ -97,133 +99,115 @@ func addModeFlags(root *cobra.Command) {
 	}
 }
 
-// runMode runs the mode and role the flags name.
-func runMode(ctx context.Context, f *modeFlags, cfg ckmode.Config, cmd *cobra.Command) error {
-	if f.mode == "replay" {
-		rcfg, err := f.replayConfig(cmd.Flags().Changed)
-		if err != nil {
-			return err
-		}
-		return runReplay(ctx, f, rcfg, cmd.OutOrStdout())
+// describeMachineChoice says which machine --machine auto chose, and why.
+func describeMachineChoice(m node.Machine) string {
+	if m == node.MachineSim {
+		return "the software machine (vmm/sim): /dev/kvm cannot be opened here"
 	}
-	primary, backup := runPrimary, runBackup
-	if f.useSim() {
-		primary, backup = runPrimarySim, runBackupSim
-	}
-	if f.replayMachine == "auto" {
-		which := "KVM"
-		if f.useSim() {
-			which = "the software machine (vmm/sim): /dev/kvm cannot be opened here"
-		}
-		slog.Info("checkpoint machine", "machine", which)
-	}
-	switch f.role {
-	case "primary":
-		return primary(ctx, f, cfg, cmd.OutOrStdout())
-	case "backup":
-		return backup(ctx, f, cfg, cmd.OutOrStdout())
-	}
-	return runLocal(ctx, f, func() error { return primary(ctx, f, cfg, cmd.OutOrStdout()) })
+	return m.String()
 }
 
-// config validates the flags and returns checkpoint mode's configuration
-// (replay's is replayConfig, after the checks both share). changed says
-// whether a flag was set.
-func (f *modeFlags) config(changed func(string) bool) (ckmode.Config, error) {
-	switch f.mode {
-	case "checkpoint", "replay":
-	default:
-		return ckmode.Config{}, fmt.Errorf("--mode %q: want checkpoint or replay", f.mode)
+// options checks the flags and turns them into the node's options.
+// changed says whether a flag was set on the command line.
+func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.Options, error) {
+	o := node.DefaultOptions()
+	var err error
+	if o.Mode, err = node.ParseMode(f.mode); err != nil {
+		return o, err
 	}
-	switch {
-	case f.role != "" && f.role != "primary" && f.role != "backup":
-		return ckmode.Config{}, fmt.Errorf("--role %q: want primary, backup, or nothing to run both here", f.role)
-	case f.mode == "checkpoint" && (f.join != "" || f.acceptBackups != ""):
-		return ckmode.Config{}, errors.New("--join and --accept-backups apply to --mode replay")
-	case f.role == "primary" && f.peer == "" && f.acceptBackups == "":
-		return ckmode.Config{}, errors.New("--role primary needs --peer HOST:PORT (the backup), or, in replay mode, --accept-backups ADDR")
-	case f.role == "backup" && (f.listen == "") == (f.join == ""):
-		return ckmode.Config{}, errors.New("--role backup needs --listen ADDR, or, in replay mode, --join HOST:PORT (one of them)")
-	case f.role == "" && (f.join != "" || f.acceptBackups != ""):
-		return ckmode.Config{}, errors.New("--join and --accept-backups need --role (a local run makes its own backup)")
+	if f.role != "" {
+		if o.Role, err = node.ParseRole(f.role); err != nil {
+			return o, err
+		}
+	} else if f.join != "" || f.acceptBackups != "" {
+		return o, errors.New("--join and --accept-backups need --role (a local run makes its own backup)")
 	}
 	if err := f.devices.validate(); err != nil {
-		return ckmode.Config{}, err
+		return o, err
 	}
-	if f.mode == "replay" {
-		return ckmode.Config{}, nil
+	if o.Machine, err = node.ParseMachine(f.machineKind); err != nil {
+		return o, err
+	}
+	if err := f.checkFlagsApply(o, changed); err != nil {
+		return o, err
+	}
+	o.Guest, o.VCPUs, o.IRQChip = f.machine.guest, f.machine.vcpus, f.machine.irqchip
+	if o.Memory, err = parseSize(f.machine.memory); err != nil {
+		return o, fmt.Errorf("--memory: %w", err)
+	}
+	if o.Params, err = parseParams(f.machine.params); err != nil {
+		return o, err
+	}
+	if o.Tracking, err = dirtylog.ParseMode(f.dirtyTracking); err != nil {
+		return o, fmt.Errorf("--dirty-tracking: %w", err)
+	}
+	if o.Net, o.Disk, o.DiskSize, err = f.devices.resolve(o.Machine, o.Guest); err != nil {
+		return o, err
+	}
+	o.Peer, o.Listen, o.Join, o.AcceptBackups, o.Arbiter = f.peer, f.listen, f.join, f.acceptBackups, f.arbiter
+	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
+	c := &o.Checkpoint
+	c.Heartbeat, c.FailureTimeout, c.Verify, c.MinEpoch, c.MaxEpoch = f.heartbeat, f.failureTimeout, f.verify, f.minEpoch, f.maxEpoch
+	if f.epoch == "auto" {
+		c.EpochAuto, c.Epoch = true, max(f.minEpoch, min(f.maxEpoch, c.Epoch))
+	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {
+		return o, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
+	}
+	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status
+	if f.readyFD > 0 {
+		o.Ready = func(addr string) {
+			rf := os.NewFile(uintptr(f.readyFD), "ready")
+			fmt.Fprintln(rf, backupReadyPrefix+addr)
+			rf.Close()
+		}
+	} else {
+		o.Ready = func(addr string) { fmt.Fprintln(stdout, backupReadyPrefix+addr) }
+	}
+	if f.role == "" {
+		return o, nil // RunLocal validates, as the primary
+	}
+	return o, o.Validate()
+}
+
+// checkFlagsApply refuses flags that do not apply to the mode or machine
+// chosen, naming them.
+func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) error {
+	if o.Mode == node.ModeReplay {
+		for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip"} {
+			if changed(name) {
+				return fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
+			}
+		}
+		return nil
 	}
 	if changed("landing-delay") {
-		return ckmode.Config{}, errors.New("--landing-delay applies to --mode replay")
+		return errors.New("--landing-delay applies to --mode replay")
 	}
-	if err := f.checkMachine(); err != nil {
-		return ckmode.Config{}, err
-	}
-	sim := f.useSim()
-	if sim {
+	if o.Machine == node.MachineSim {
 		why := ""
-		if f.replayMachine == "auto" {
+		if f.machineKind == "auto" {
 			why = ", chosen because /dev/kvm cannot be opened here"
 		}
 		for _, name := range []string{"vcpus", "irqchip", "dirty-tracking"} {
 			if changed(name) {
-				return ckmode.Config{}, fmt.Errorf("--%s does not apply to the software machine (one vCPU, its own interrupts and dirty tracking%s)", name, why)
+				return fmt.Errorf("--%s does not apply to the software machine (one vCPU, its own interrupts and dirty tracking%s)", name, why)
 			}
 		}
-	} else if _, err := dirtylog.ParseMode(f.dirtyTracking); err != nil {
-		return ckmode.Config{}, fmt.Errorf("--dirty-tracking: %w", err)
-	}
-	cfg := ckmode.DefaultConfig()
-	if f.epoch == "auto" {
-		cfg.EpochAuto, cfg.Epoch = true, max(f.minEpoch, min(f.maxEpoch, cfg.Epoch))
-	} else {
-		d, err := time.ParseDuration(f.epoch)
-		if err != nil {
-			return ckmode.Config{}, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
-		}
-		cfg.Epoch = d
-	}
-	cfg.MinEpoch, cfg.MaxEpoch = f.minEpoch, f.maxEpoch
-	cfg.Verify, cfg.Heartbeat, cfg.FailureTimeout = f.verify, f.heartbeat, f.failureTimeout
-	if err := cfg.Validate(); err != nil {
-		return ckmode.Config{}, err
-	}
-	if !sim {
-		if _, _, err := f.machine.config(io.Discard); err != nil {
-			return ckmode.Config{}, err
-		}
-	}
-	return cfg, nil
-}
-
-// checkMachine checks --machine, and that the software machine, if it is
-// the one, runs the guest asked for.
-func (f *modeFlags) checkMachine() error {
-	switch f.replayMachine {
-	case "auto", "kvm", "sim":
-	default:
-		return fmt.Errorf("--machine %q: want kvm, sim or auto", f.replayMachine)
-	}
-	if f.useSim() && !slices.Contains(sim.Guests(), f.machine.guest) {
-		return fmt.Errorf("--guest %q: the software machine runs %s", f.machine.guest, strings.Join(sim.Guests(), ", "))
 	}
 	return nil
 }
 
-// runLocal runs the backup as a child process on loopback and the primary
-// here (primary, once f.peer is the child's address): the whole thing on
-// one host, for trying it out. The child shares this terminal, so it keeps
-// printing after the primary dies (kill -9 this process to watch it go
-// live); it reports its address on a pipe. When the primary ends cleanly
-// (the guest powered off) the child is given a moment to finish too.
-func runLocal(ctx context.Context, f *modeFlags, primary func() error) error {
+// startLocalBackup starts this program again as the backup of a local run:
+// a child process on loopback, sharing the terminal, with the same flags;
+// it reports where it listens on an inherited pipe (--ready-fd).
+func startLocalBackup() (node.Backup, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return node.Backup{}, err
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return err
+		return node.Backup{}, err
 	}
 	defer r.Close()
 	args := append([]string{"--role", "backup", "--listen", "127.0.0.1:0", "--ready-fd", "3"}, os.Args[1:]...)
@@ -231,7 +215,7 @@ func runLocal(ctx context.Context, f *modeFlags, primary func() error) error {
 	child.Stdout, child.Stderr, child.ExtraFiles = os.Stdout, os.Stderr, []*os.File{w}
 	if err := child.Start(); err != nil {
 		w.Close()
-		return fmt.Errorf("starting the backup process: %w", err)
+		return node.Backup{}, fmt.Errorf("starting the backup process: %w", err)
 	}
 	w.Close()
 	exited := make(chan struct{})
@@ -240,369 +224,18 @@ func runLocal(ctx context.Context, f *modeFlags, primary func() error) error {
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), backupReadyPrefix)
 	if !ok {
 		<-exited
-		return fmt.Errorf("the backup process ended before listening (%v)", err)
+		return node.Backup{}, fmt.Errorf("the backup process ended before listening (%v)", err)
 	}
 	slog.Info("backup process is listening", "pid", child.Process.Pid, "addr", addr)
-	f.peer = addr
-	err = primary()
-	wait := time.Duration(0)
-	if err == nil {
-		wait = 10 * time.Second
-	}
-	select {
-	case <-exited:
-	case <-time.After(wait):
-		stopChild(child.Process, exited, localStopGrace)
-	}
-	return err
-}
-
-// localStopGrace is how long a local run's backup has to end after SIGTERM
-// before it is killed.
-const localStopGrace = 5 * time.Second
-
-// stopChild asks a child process to end (SIGTERM) and kills it if it has not
-// within grace; it returns once exited is closed.
-func stopChild(p *os.Process, exited <-chan struct{}, grace time.Duration) {
-	p.Signal(unix.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(grace):
-		slog.Warn("the backup process did not end; killing it", "pid", p.Pid, "after", grace)
-		p.Kill()
-		<-exited
-	}
-}
-
-// newMachine builds the machine both roles run, with the dirty tracking
-// the flags ask for.
-func (f *modeFlags) newMachine(console io.Writer, tracking bool) (*vmm.Machine, []byte, dirtylog.Mode, error) {
-	mcfg, img, err := f.machine.config(console)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	mode, err := dirtylog.ParseMode(f.dirtyTracking)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	if tracking {
-		host, err := dirtylog.ProbeHost()
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		if mcfg.DirtyRingEntries, err = dirtylog.RingEntriesFor(mode, mcfg.MemSize, host); err != nil {
-			return nil, nil, 0, err
-		}
-	}
-	m, err := vmm.New(mcfg)
-	return m, img, mode, err
-}
-
-// runPrimary runs the guest and replicates it to the backup at f.peer.
-func runPrimary(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
-	m, img, mode, err := f.newMachine(stdout, true)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	arb, fence, gen, err := becomePrimary(ctx, f.arbiter)
-	if err != nil {
-		return err
-	}
-	defer arb.Close()
-
-	var primary *ckmode.Primary
-	pos := func() uint64 { return primary.Position() }
-	netOut := &netTarget{}
-	var held *ckmode.HeldDisk
-	var diskOut outbuf.Disk
-	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: fence, Net: netOut, Disk: diskFwd{&diskOut}, Clock: outbuf.SystemClock{}})
-	if err != nil {
-		return err
-	}
-	devs, err := f.devices.attach(m, f.machine.guest,
-		func(real vmm.FrameSink) vmm.FrameSink { netOut.set(real.(vmm.NetBackend)); return heldNet{out, pos} },
-		func(real vmm.Disk) vmm.Disk {
-			held = ckmode.NewHeldDisk(real, pos)
-			held.Attach(out)
-			diskOut = held.Sink()
-			return held
-		})
-	if err != nil {
-		return err
-	}
-	defer devs.Close()
-	if held != nil {
-		held.SetPoll(devs.blkDev.Poll) // a held-back FLUSH completes
-	}
-	netSpec, _ := f.devices.resolve(f.machine.guest)
-	cfg.Machine = describeMachine("checkpoint", kvmKind(f.machine.irqchip), f.machine.vcpus, netSpec, devs.disk)
-	if err := m.LoadBareMetal(img, devs.boot); err != nil {
-		return err
-	}
-	tracker, err := dirtylog.New(m, mode)
-	if err != nil {
-		return err
-	}
-	defer tracker.Close()
-	primary, err = ckmode.NewPrimary(cfg, &ckmode.KVMGuest{M: m, Tracker: tracker}, out, fence, gen, slog.Default())
-	if err != nil {
-		return err
-	}
-	if held != nil {
-		primary.SetDisk(held)
-	}
-	return runReplicated(ctx, f, primary, out, gen, kvmKind(f.machine.irqchip),
-		func() error {
-			if err := m.Start(); err != nil {
-				return err
-			}
-			return devs.startNet()
-		},
-		func() error { return waitMachine(ctx, m) })
-}
-
-// waitMachine waits until the machine stops (nil if its guest powered off)
-// or ctx ends; the caller's deferred Close then stops the guest.
-func waitMachine(ctx context.Context, m *vmm.Machine) error {
-	select {
-	case <-m.Stopped():
-		_, err := m.Wait()
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// runReplicated is a checkpoint-mode primary's life once its guest and
-// devices are built: it connects to the backup, starts the guest and its
-// network (start), and replicates it until the end; having lost its backup
-// and won the next generation, it runs on alone until wait returns.
-func runReplicated(ctx context.Context, f *modeFlags, primary *ckmode.Primary, out *outbuf.Buffer, gen uint64, machine string, start, wait func() error) error {
-	conn, err := dialBackup(ctx, f.peer, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	if err := start(); err != nil {
-		return err
-	}
-	slog.Info("primary running", "generation", gen, "backup", f.peer, "epoch", f.epoch, "machine", machine)
-	stopStatus := printStatus(primary, out, f.status)
-	defer stopStatus()
-	err = primary.Run(ctx, conn)
-	if errors.Is(err, ckmode.ErrBackupLost) {
-		slog.Warn("running alone", "err", err)
-		err = wait()
-	}
-	return err
-}
-
-// kvmKind names a KVM machine by how its interrupts are delivered (the
-// machine state differs).
-func kvmKind(irqchip bool) string {
-	if irqchip {
-		return "KVM with the in-kernel irqchip"
-	}
-	return "KVM"
-}
-
-// describeMachine is what the two sides of a pair must agree on besides
-// memory, sent in their Hello: the mode, the kind of machine, the vCPUs
-// and the devices (disk nil: none).
-func describeMachine(mode, kind string, vcpus int, netSpec string, disk *vmm.FileDisk) string {
-	d := fmt.Sprintf("%s mode on %s, %d vCPU", mode, kind, vcpus)
-	if netSpec != "none" {
-		d += ", network"
-	}
-	if disk != nil {
-		d += fmt.Sprintf(", %d-byte disk", disk.Size())
-	}
-	return d
-}
-
-// diskFwd is the output buffer's disk: the held disk's sink, known once
-// attached.
-type diskFwd struct{ d *outbuf.Disk }
-
-func (f diskFwd) ReadAt(p []byte, off int64) (int, error)  { return (*f.d).ReadAt(p, off) }
-func (f diskFwd) WriteAt(p []byte, off int64) (int, error) { return (*f.d).WriteAt(p, off) }
-
-func dialBackup(ctx context.Context, addr string, within time.Duration) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	var d net.Dialer
-	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			return conn, nil
-		}
+	stop := func(grace time.Duration) {
+		child.Process.Signal(unix.SIGTERM)
 		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("connecting to the peer at %s: %w", addr, err)
-		case <-time.After(100 * time.Millisecond):
+		case <-exited:
+		case <-time.After(grace):
+			slog.Warn("the backup process did not end; killing it", "pid", child.Process.Pid, "after", grace)
+			child.Process.Kill()
+			<-exited
 		}
 	}
-}
-
-// printStatus prints the primary's status line every interval on stderr.
-func printStatus(p *ckmode.Primary, out *outbuf.Buffer, every time.Duration) (stop func()) {
-	return statusLines(every, func() string {
-		st := out.Stats()
-		delay := fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99))
-		return p.Stats.Line(time.Now(), delay)
-	})
-}
-
-// statusLines prints line() on stderr every interval until stopped,
-// unless it says the same as last time (an idle guest).
-func statusLines(every time.Duration, line func() string) (stop func()) {
-	if every <= 0 {
-		return func() {}
-	}
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		last := ""
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if l := line(); l != last {
-					fmt.Fprintln(os.Stderr, l)
-					last = l
-				}
-			}
-		}
-	}()
-	return func() { close(done) }
-}
-
-// becomePrimary opens the arbiter and wins the generation after the
-// current one for this process.
-func becomePrimary(ctx context.Context, spec string) (witness.Arbiter, *witness.Fence, uint64, error) {
-	arb, fence, err := openFence(spec, "primary")
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	cur, err := arb.Current(ctx)
-	if err != nil {
-		arb.Close()
-		return nil, nil, 0, fmt.Errorf("asking the witness who is primary: %w", err)
-	}
-	gen := cur.Generation + 1
-	if _, err := fence.Acquire(ctx, gen); err != nil {
-		arb.Close()
-		return nil, nil, 0, fmt.Errorf("becoming primary (generation %d): %w", gen, err)
-	}
-	return arb, fence, gen, nil
-}
-
-// listenForPrimary opens a backup's listener and says where it listens:
-// on stdout, or on the inherited --ready-fd of a local run.
-func listenForPrimary(f *modeFlags, stdout io.Writer) (net.Listener, error) {
-	ln, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return nil, err
-	}
-	ready := stdout
-	if f.readyFD > 0 {
-		rf := os.NewFile(uintptr(f.readyFD), "ready")
-		defer rf.Close()
-		ready = rf
-	}
-	fmt.Fprintln(ready, backupReadyPrefix+ln.Addr().String())
-	return ln, nil
-}
-
-// runBackup keeps the primary's guest ready and goes live if the primary
-// is lost and the witness agrees.
-func runBackup(ctx context.Context, f *modeFlags, cfg ckmode.Config, stdout io.Writer) error {
-	m, _, _, err := f.newMachine(stdout, false)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	arb, fence, err := openFence(f.arbiter, "backup")
-	if err != nil {
-		return err
-	}
-	defer arb.Close()
-	// The devices exist (their state is replicated) but their backends
-	// open only when this side goes live: the primary holds them now.
-	netOut := &netTarget{}
-	devs, err := f.devices.attachDeferred(m, f.machine.guest, netOut)
-	if err != nil {
-		return err
-	}
-	defer devs.Close()
-	netSpec, _ := f.devices.resolve(f.machine.guest)
-	cfg.Machine = describeMachine("checkpoint", kvmKind(f.machine.irqchip), f.machine.vcpus, netSpec, devs.disk)
-	backup, err := ckmode.NewBackup(cfg, &ckmode.KVMGuest{M: m}, fence, slog.Default())
-	if err != nil {
-		return err
-	}
-	if devs.disk != nil {
-		backup.SetDisk(devs.disk) // where going live writes again what the primary may not have
-	}
-	return followPrimaries(ctx, f, stdout, backup,
-		func() error { return devs.goLive(ctx, f.devices, f.machine.guest, netOut) },
-		func() error { return waitMachine(ctx, m) })
-}
-
-// followPrimaries is a checkpoint-mode backup's life: it accepts a primary,
-// follows it until it is lost, and then, holding a committed epoch, goes
-// live (the witness permitting): live opens the guest's backends, and wait
-// returns when the guest stops. Without a committed epoch, or having lost
-// the witness's contest, it waits for the next primary.
-func followPrimaries(ctx context.Context, f *modeFlags, stdout io.Writer, backup *ckmode.Backup, live, wait func() error) error {
-	ln, err := listenForPrimary(f, stdout)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	context.AfterFunc(ctx, func() { ln.Close() })
-	for {
-		conn, err := ln.Accept()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil {
-			return err
-		}
-		err = backup.Receive(ctx, conn)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		st := backup.Status()
-		slog.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
-		if st.State != format.StateCommitted {
-			continue // nothing to go live with: wait for a primary
-		}
-		gen, err := backup.GoLive(ctx)
-		if err != nil {
-			if errors.Is(err, witness.ErrLost) {
-				slog.Warn("another candidate won; staying backup", "err", err)
-				continue
-			}
-			return err
-		}
-		if err := live(); err != nil {
-			return err
-		}
-		slog.Warn("live as primary, unprotected", "generation", gen)
-		return wait()
-	}
-}
-
-// openFence opens the arbiter spec names and a fence on it owned by this
-// process in role.
-func openFence(spec, role string) (witness.Arbiter, *witness.Fence, error) {
-	arb, err := witness.Open(spec)
-	if err != nil {
-		return nil, nil, err
-	}
-	host, _ := os.Hostname()
-	return arb, witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())), nil
+	return node.Backup{Addr: addr, Exited: exited, Stop: stop}, nil
 }

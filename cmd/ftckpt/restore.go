@@ -39,7 +39,7 @@ machine's devices must match.`,
 			defer f.Close()
 			var devs *attached
 			m, err := vmm.Restore(f, vmm.Config{Console: cmd.OutOrStdout()}, func(m *vmm.Machine) (err error) {
-				devs, err = df.attach(m, guest, nil, nil)
+				devs, err = df.attach(m, guest)
 				return err
 			})
 			if err != nil {

@@ -99,7 +99,7 @@ whole to FILE and stopped; "ftckpt restore FILE" continues it.`,
 			if err != nil {
 				return err
 			}
-			devs, err := df.attach(m, mf.guest, nil, nil)
+			devs, err := df.attach(m, mf.guest)
 			if err != nil {
 				m.Close()
 				return err

@@ -182,3 +182,38 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 	b.log.Warn("live: restored the last committed epoch", "epoch", st.Epoch, "generation", st.Generation+1)
 	return st.Generation + 1, nil
 }
+
+// Serve follows one primary after another, accepted on ln, until one is
+// lost while this backup holds a committed epoch and GoLive wins the next
+// generation: it returns that generation, the guest restored and started
+// (the caller opens its backends). A primary lost before an epoch was
+// committed, or a contest another candidate won, and it waits for the next
+// primary. It returns ctx.Err() once ctx ends (closing ln stops it too).
+func (b *Backup) Serve(ctx context.Context, ln net.Listener) (uint64, error) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		if err != nil {
+			return 0, err
+		}
+		err = b.Receive(ctx, conn)
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		st := b.Status()
+		b.log.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
+		if st.State != format.StateCommitted {
+			continue // nothing to go live with: wait for a primary
+		}
+		gen, err := b.GoLive(ctx)
+		if errors.Is(err, witness.ErrLost) {
+			b.log.Warn("another candidate won; staying backup", "err", err)
+			continue
+		}
+		return gen, err
+	}
+}

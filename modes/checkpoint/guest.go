@@ -1,6 +1,8 @@
 package checkpoint
 
 import (
+	"errors"
+
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
@@ -27,8 +29,12 @@ func (g *KVMGuest) Pause() error { return g.M.Pause() }
 // Resume implements machine.Runner.
 func (g *KVMGuest) Resume() error { return g.M.Resume() }
 
-// Harvest implements machine.Runner.
+// Harvest implements machine.Runner. A machine built without a tracker
+// (a backup's: it only receives) refuses.
 func (g *KVMGuest) Harvest(dst *machine.Bitmap) error {
+	if g.Tracker == nil {
+		return errors.New("this machine does not track dirty pages")
+	}
 	_, err := g.Tracker.Harvest(dst)
 	return err
 }

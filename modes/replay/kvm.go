@@ -40,20 +40,6 @@ type KVMConfig struct {
 	SingleStep bool
 }
 
-// KVMConfigFor is `ftckpt run`'s machine for guest with its defaults: 64
-// MiB, virtio-net for the kv guest and a 64 MiB disk for the disk guest
-// (--net auto, --disk auto, --disk-size 64M).
-func KVMConfigFor(guest string) KVMConfig {
-	c := KVMConfig{Guest: guest, MemSize: 64 << 20}
-	switch guest {
-	case "kv":
-		c.Net = true
-	case "disk":
-		c.DiskSize = 64 << 20
-	}
-	return c
-}
-
 func (c *KVMConfig) validate() error {
 	if c.MemSize == 0 {
 		c.MemSize = 64 << 20

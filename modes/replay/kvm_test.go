@@ -14,15 +14,6 @@ import (
 )
 
 func TestKVMConfig(t *testing.T) {
-	if c := KVMConfigFor("kv"); !c.Net || c.DiskSize != 0 || c.MemSize != 64<<20 {
-		t.Errorf("kv: %+v", c)
-	}
-	if c := KVMConfigFor("disk"); c.Net || c.DiskSize != 64<<20 {
-		t.Errorf("disk: %+v", c)
-	}
-	if c := KVMConfigFor("tick"); c.Net || c.DiskSize != 0 {
-		t.Errorf("tick: %+v", c)
-	}
 	env := &kvmTestEnv{t: t}
 	for _, c := range []struct {
 		cfg  KVMConfig

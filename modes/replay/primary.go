@@ -233,6 +233,27 @@ func (p *Primary) Attach(conn net.Conn) error {
 	}
 }
 
+// AcceptBackups lets backups join p through ln for as long as ctx lasts
+// (it closes ln then): each one that connects while p runs alone starts
+// from a full checkpoint of the running guest (Attach); one that comes
+// while p has a backup is turned away.
+func (p *Primary) AcceptBackups(ctx context.Context, ln net.Listener) {
+	context.AfterFunc(ctx, func() { ln.Close() })
+	p.log.Info("accepting backups", "addr", ln.Addr().String())
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if err := p.Attach(conn); err != nil {
+				p.log.Warn("a backup tried to join", "from", conn.RemoteAddr(), "err", err)
+				conn.Close()
+			}
+		}
+	}()
+}
+
 // drive is the engine loop: boundary work, then run the guest to its next
 // stop and record it.
 func (p *Primary) drive(ctx context.Context) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -82,6 +83,20 @@ func DescribeGuest(name string) (string, map[string]uint64, error) {
 type Param struct {
 	Name  string
 	Value uint64
+}
+
+// ParseParams turns textual guest parameters (ftckpt's --param key=value)
+// into the software machine's numeric ones, sorted by name.
+func ParseParams(params map[string]string) ([]Param, error) {
+	var out []Param
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		n, err := strconv.ParseUint(params[k], 0, 64)
+		if err != nil {
+			return nil, fmt.Errorf("--param %s=%s: the software machine's parameters are numbers", k, params[k])
+		}
+		out = append(out, Param{Name: k, Value: n})
+	}
+	return out, nil
 }
 
 // New builds a machine with memPages pages of RAM running the built-in

@@ -1,7 +1,6 @@
-package main
+package node
 
 import (
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -28,11 +27,11 @@ type bareUDP struct {
 func newBareUDP(addr string) (*bareUDP, error) {
 	ua, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--net udp:%s: %w", addr, err)
+		return nil, err
 	}
 	conn, err := net.ListenUDP("udp4", ua)
 	if err != nil {
-		return nil, fmt.Errorf("--net udp:%s: %w", addr, err)
+		return nil, err
 	}
 	return &bareUDP{conn: conn}, nil
 }

@@ -1,0 +1,192 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/guests"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/sim"
+)
+
+// runner is a checkpoint-mode machine with its devices: the machine.Runner
+// the engine drives, and what the node needs of it besides.
+type runner struct {
+	machine.Runner
+	// rx is where the network backend delivers received frames (nil
+	// without a network device).
+	rx vmm.RxPort
+	// pollDisk tells the disk device that a held-back FLUSH may complete
+	// (nil without a disk).
+	pollDisk func()
+	// wait returns when the guest stops (nil if it powered off).
+	wait  func() error
+	close func()
+}
+
+// waitOrCancel waits until the guest stops or ctx ends (then ctx.Err();
+// close stops the guest).
+func (r *runner) waitOrCancel(ctx context.Context) error {
+	select {
+	case <-r.Stopped():
+		return r.wait()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// newRunner builds o's machine for checkpoint mode, its network device
+// sending to net (nil: no network) and its disk device on disk (nil: no
+// disk). A machine that tracks dirty pages (a primary's) can be
+// checkpointed; one that does not (a backup's) only receives.
+func newRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*runner, error) {
+	if o.Machine == MachineSim {
+		return newSimRunner(o, net, disk)
+	}
+	return newKVMRunner(o, net, disk, track)
+}
+
+func newKVMRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*runner, error) {
+	img, err := guests.Image(o.Guest)
+	if err != nil {
+		return nil, err
+	}
+	cfg := o.kvmConfig()
+	if track {
+		host, err := dirtylog.ProbeHost()
+		if err != nil {
+			return nil, err
+		}
+		if cfg.DirtyRingEntries, err = dirtylog.RingEntriesFor(o.Tracking, cfg.MemSize, host); err != nil {
+			return nil, err
+		}
+	}
+	m, err := vmm.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{close: func() { m.Close() }}
+	built := false
+	defer func() {
+		if !built {
+			r.close()
+		}
+	}()
+	var boot []vmm.BootDevice
+	if net != nil {
+		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: net})
+		if err != nil {
+			return nil, err
+		}
+		boot, r.rx = append(boot, bd), dev
+	}
+	if disk != nil {
+		bd, dev, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
+		if err != nil {
+			return nil, err
+		}
+		boot, r.pollDisk = append(boot, bd), dev.Poll
+	}
+	if err := m.LoadBareMetal(img, boot); err != nil {
+		return nil, err
+	}
+	g := &ckmode.KVMGuest{M: m}
+	if track {
+		if g.Tracker, err = dirtylog.New(m, o.Tracking); err != nil {
+			return nil, err
+		}
+		// The machine stops first: a ring-full exit reads the rings.
+		r.close = func() { m.Close(); g.Tracker.Close() }
+	}
+	r.Runner = g
+	r.wait = func() error { _, err := m.Wait(); return err }
+	built = true
+	return r, nil
+}
+
+func newSimRunner(o *Options, net vmm.FrameSink, disk vmm.Disk) (*runner, error) {
+	params, err := sim.ParseParams(o.Params)
+	if err != nil {
+		return nil, err
+	}
+	g, err := sim.NewCheckpointGuest(o.Guest, int(o.Memory/sim.PageSize), simDevices{net: net, disk: disk, console: o.Console}, params...)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{Runner: g, close: g.Close, wait: g.Err}
+	if net != nil {
+		r.rx = simPort{g}
+	}
+	if disk != nil {
+		r.pollDisk = g.Poke
+	}
+	return r, nil
+}
+
+// simPort is a software machine's network device, as a backend's receiver.
+type simPort struct{ g *sim.CheckpointGuest }
+
+func (p simPort) Receive(f []byte) bool { return p.g.Receive(f) }
+func (p simPort) Poll()                 {} // Receive brings the vCPU round itself
+
+// simDevices are the software machine's devices in checkpoint mode: frames
+// to net, the disk (nil: none) and the console.
+type simDevices struct {
+	net     vmm.FrameSink
+	disk    vmm.Disk
+	console io.Writer
+}
+
+func (d simDevices) SendFrame(f []byte) error {
+	if d.net == nil {
+		return nil // no network: nothing leaves
+	}
+	return d.net.SendFrame(f)
+}
+
+func (d simDevices) ReadDisk(p []byte, off int64) error {
+	if d.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := d.disk.ReadAt(p, off)
+	return err
+}
+
+func (d simDevices) WriteDisk(p []byte, off int64) error {
+	if d.disk == nil {
+		return errors.New("no disk")
+	}
+	_, err := d.disk.WriteAt(p, off)
+	return err
+}
+
+func (d simDevices) FlushDisk() error {
+	if d.disk == nil {
+		return nil
+	}
+	return d.disk.Flush()
+}
+
+func (d simDevices) Console(p []byte) {
+	if d.console != nil {
+		d.console.Write(p)
+	}
+}
+
+// openDisk opens o's disk image, creating it at DiskSize if missing
+// (atomically: both hosts may start at once); nil without a disk.
+func openDisk(o *Options) (*vmm.FileDisk, error) {
+	if o.Disk == "" {
+		return nil, nil
+	}
+	d, err := vmm.OpenOrCreateFileDisk(o.Disk, o.DiskSize)
+	if err != nil {
+		return nil, fmt.Errorf("--disk %s: %w", o.Disk, err)
+	}
+	return d, nil
+}

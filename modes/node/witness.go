@@ -1,0 +1,40 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// openFence opens the arbiter spec names and a fence on it owned by this
+// process in role: "ROLE-HOST-PID", what the witness reports as the holder.
+func openFence(spec string, role Role) (witness.Arbiter, *witness.Fence, error) {
+	arb, err := witness.Open(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _ := os.Hostname()
+	return arb, witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())), nil
+}
+
+// becomePrimary opens the arbiter and wins, for this process, the
+// generation after the current one.
+func becomePrimary(ctx context.Context, spec string) (witness.Arbiter, *witness.Fence, uint64, error) {
+	arb, fence, err := openFence(spec, RolePrimary)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	cur, err := arb.Current(ctx)
+	if err != nil {
+		arb.Close()
+		return nil, nil, 0, fmt.Errorf("asking the witness who is primary: %w", err)
+	}
+	gen := cur.Generation + 1
+	if _, err := fence.Acquire(ctx, gen); err != nil {
+		arb.Close()
+		return nil, nil, 0, fmt.Errorf("becoming primary (generation %d): %w", gen, err)
+	}
+	return arb, fence, gen, nil
+}
