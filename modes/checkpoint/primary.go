@@ -192,9 +192,8 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 		if err != nil {
 			return err
 		}
-		n := uint64(len(c.pfns))
-		epochLen = p.cfg.nextEpoch(epochLen, n, pages)
-		p.Stats.epoch(pause, n, epochLen)
+		epochLen = p.cfg.nextEpoch(epochLen, uint64(pause.Dirty), pages)
+		p.Stats.epoch(pause, epochLen)
 		captures <- c
 		timer.Reset(epochLen)
 	}
@@ -246,7 +245,7 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if err != nil {
 		return err
 	}
-	p.Stats.epoch(pause, uint64(len(c.pfns)), p.cfg.Epoch)
+	p.Stats.epoch(pause, p.cfg.Epoch)
 	p.syncSent.Store(p.now().UnixNano())
 	return p.enqueue(ctx, captures, c, failed)
 }
@@ -264,17 +263,25 @@ func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capt
 
 // captureEpoch pauses the guest, harvests and copies the dirty pages and the
 // machine state, moves outputs on to the next epoch and resumes the guest.
-// The pause lasts from Pause to Resume; it is returned for the statistics.
-func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bool) (*capture, time.Duration, error) {
-	start := p.now()
-	if err := p.guest.Pause(); err != nil {
-		return nil, 0, fmt.Errorf("pausing the guest: %w", err)
+// The pause lasts from Pause to Resume; it is returned, in its parts, for
+// the statistics.
+func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bool) (*capture, Pause, error) {
+	pause := Pause{At: p.now()}
+	lap := pause.At
+	split := func(d *time.Duration) {
+		now := p.now()
+		*d, lap = now.Sub(lap), now
 	}
+	if err := p.guest.Pause(); err != nil {
+		return nil, pause, fmt.Errorf("pausing the guest: %w", err)
+	}
+	split(&pause.Stop)
 	epoch := p.pos.Load()
 	dirty.Clear()
 	if err := p.guest.Harvest(dirty); err != nil {
-		return nil, 0, p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
+		return nil, pause, p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
 	}
+	split(&pause.Harvest)
 	mem := p.guest.Memory()
 	c := &capture{hdr: format.Header{Kind: kind, Generation: p.gen, Epoch: epoch}}
 	c.pfns = make([]uint64, 0, dirty.Count())
@@ -285,9 +292,11 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		}
 		c.pages = append(c.pages, mem[r.First*format.PageSize:(r.First+r.Count)*format.PageSize]...)
 	}
+	pause.Dirty = len(c.pfns)
+	split(&pause.Copy)
 	state, err := p.guest.SaveState()
 	if err != nil {
-		return nil, 0, p.resumeAfter(fmt.Errorf("saving machine state: %w", err))
+		return nil, pause, p.resumeAfter(fmt.Errorf("saving machine state: %w", err))
 	}
 	c.machine = state
 	if p.disk != nil {
@@ -300,10 +309,12 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		p.inflight[epoch] = true
 		p.mu.Unlock()
 	}
+	split(&pause.State)
 	if err := p.guest.Resume(); err != nil {
-		return nil, 0, fmt.Errorf("resuming the guest: %w", err)
+		return nil, pause, fmt.Errorf("resuming the guest: %w", err)
 	}
-	return c, p.now().Sub(start), nil
+	split(&pause.Resume)
+	return c, pause, nil
 }
 
 // harvestWhilePaused pauses the guest just long enough to harvest its dirty

@@ -7,11 +7,25 @@ import (
 	"time"
 )
 
+// Pause is one checkpoint's pause of the guest, in its parts: stopping
+// every vCPU and device, harvesting the dirty log, copying the dirty pages
+// aside, capturing the machine state (and the disk's log), and resuming.
+type Pause struct {
+	// At is when the pause began.
+	At time.Time
+	// Dirty is the number of pages captured.
+	Dirty                              int
+	Stop, Harvest, Copy, State, Resume time.Duration
+}
+
+// Total is the whole pause, from stopping the guest to its running again.
+func (p Pause) Total() time.Duration { return p.Stop + p.Harvest + p.Copy + p.State + p.Resume }
+
 // Stats is what the status line shows. Safe for concurrent use.
 type Stats struct {
 	mu sync.Mutex
-	// pauses holds the last pause durations, for percentiles.
-	pauses    []time.Duration
+	// pauses holds the last pauseWindow pauses, a ring from next.
+	pauses    []Pause
 	next      int
 	Epochs    uint64
 	Acked     uint64
@@ -28,20 +42,20 @@ type Stats struct {
 const pauseWindow = 1024
 
 func newStats(now time.Time) *Stats {
-	return &Stats{started: now, lastTime: now, pauses: make([]time.Duration, 0, pauseWindow)}
+	return &Stats{started: now, lastTime: now, pauses: make([]Pause, 0, pauseWindow)}
 }
 
-func (s *Stats) epoch(pause time.Duration, dirty uint64, epochLen time.Duration) {
+func (s *Stats) epoch(p Pause, epochLen time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.pauses) < pauseWindow {
-		s.pauses = append(s.pauses, pause)
+		s.pauses = append(s.pauses, p)
 	} else {
-		s.pauses[s.next] = pause
+		s.pauses[s.next] = p
 		s.next = (s.next + 1) % pauseWindow
 	}
 	s.Epochs++
-	s.Dirty += dirty
+	s.Dirty += uint64(p.Dirty)
 	s.EpochLen = epochLen
 }
 
@@ -64,19 +78,79 @@ func (s *Stats) acked(epoch uint64) {
 	s.mu.Unlock()
 }
 
-// Line renders the status line: epochs/s since the last call, pause
-// p50/p99, MB/s shipped, compression ratio, and outDelay as given.
+// Counters returns the counters at one instant: epochs taken and
+// acknowledged, checkpoint bytes shipped and the page bytes they carried,
+// pages captured.
+func (s *Stats) Counters() (epochs, acked, shipped, raw, dirty uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Epochs, s.Acked, s.Shipped, s.Raw, s.Dirty
+}
+
+// Pauses returns the pauses (of the last 1024) that began in [from, to),
+// oldest first.
+func (s *Stats) Pauses(from, to time.Time) []Pause {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Pause
+	for i := range s.pauses {
+		p := s.pauses[(s.next+i)%len(s.pauses)]
+		if !p.At.Before(from) && p.At.Before(to) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// PauseMedian is the median of each part of pauses, and of the whole (the
+// parts' medians need not add up to it).
+func PauseMedian(pauses []Pause) Pause {
+	var m Pause
+	if len(pauses) == 0 {
+		return m
+	}
+	med := func(part func(Pause) time.Duration) time.Duration {
+		ds := make([]time.Duration, len(pauses))
+		for i, p := range pauses {
+			ds[i] = part(p)
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	m.Stop = med(func(p Pause) time.Duration { return p.Stop })
+	m.Harvest = med(func(p Pause) time.Duration { return p.Harvest })
+	m.Copy = med(func(p Pause) time.Duration { return p.Copy })
+	m.State = med(func(p Pause) time.Duration { return p.State })
+	m.Resume = med(func(p Pause) time.Duration { return p.Resume })
+	dirty := make([]int, len(pauses))
+	for i, p := range pauses {
+		dirty[i] = p.Dirty
+	}
+	slices.Sort(dirty)
+	m.Dirty = dirty[len(dirty)/2]
+	return m
+}
+
+// PauseQuantile is the q-quantile (0 to 1) of the whole pauses.
+func PauseQuantile(pauses []Pause, q float64) time.Duration {
+	if len(pauses) == 0 {
+		return 0
+	}
+	ds := make([]time.Duration, len(pauses))
+	for i, p := range pauses {
+		ds[i] = p.Total()
+	}
+	slices.Sort(ds)
+	return ds[int(q*float64(len(ds)-1))]
+}
+
+// Line renders the status line: epochs/s since the last call, the pause's
+// p50 and p99 and the p50 of each of its parts and of the dirty pages per
+// epoch (over the last 1024 epochs), MB/s shipped, compression ratio, and
+// outDelay as given.
 func (s *Stats) Line(now time.Time, outDelay string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := slices.Clone(s.pauses)
-	slices.Sort(p)
-	pct := func(q float64) time.Duration {
-		if len(p) == 0 {
-			return 0
-		}
-		return p[int(q*float64(len(p)-1))]
-	}
 	elapsed := now.Sub(s.lastTime).Seconds()
 	rate := 0.0
 	if elapsed > 0 {
@@ -88,7 +162,11 @@ func (s *Stats) Line(now time.Time, outDelay string) string {
 		ratio = float64(s.Raw) / float64(s.Shipped)
 	}
 	mbps := float64(s.Shipped) / 1e6 / now.Sub(s.started).Seconds()
-	return fmt.Sprintf("epoch %d (acked %d, every %v) %.0f/s  pause p50 %v p99 %v  shipped %.1f MB/s  ratio %.1fx  output delay %s",
-		s.Epochs, s.Acked, s.EpochLen.Round(time.Millisecond), rate, pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond),
+	us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+	m := PauseMedian(s.pauses)
+	return fmt.Sprintf("epoch %d (acked %d, every %v) %.0f/s  pause p50 %v p99 %v (p50 stop %v harvest %v copy %v state %v resume %v)  dirty p50 %d pages  shipped %.1f MB/s  ratio %.1fx  output delay %s",
+		s.Epochs, s.Acked, s.EpochLen.Round(time.Millisecond), rate,
+		us(PauseQuantile(s.pauses, 0.5)), us(PauseQuantile(s.pauses, 0.99)),
+		us(m.Stop), us(m.Harvest), us(m.Copy), us(m.State), us(m.Resume), m.Dirty,
 		mbps, ratio, outDelay)
 }
