@@ -234,13 +234,13 @@ func (m *Machine) run(bp uint64) (machine.Exit, error) {
 // stop ends a run at pc after n instructions with e.
 func (m *Machine) stop(pc, n uint64, e machine.Exit) (machine.Exit, error) {
 	m.cpu.PC = pc
-	m.instructions += n
+	m.instructions.Add(n)
 	return e, nil
 }
 
 // fault ends a run at the faulting instruction at pc after n instructions.
 func (m *Machine) fault(pc, n uint64, format string, args ...any) (machine.Exit, error) {
 	m.cpu.PC = pc
-	m.instructions += n
+	m.instructions.Add(n)
 	return machine.Exit{}, &Fault{RIP: pc, Reason: fmt.Sprintf(format, args...)}
 }

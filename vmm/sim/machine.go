@@ -60,7 +60,7 @@ type Machine struct {
 	resumeSet bool
 	// instructions counts the instructions this Machine executed. Not
 	// machine state: two equivalent points may differ in it.
-	instructions uint64
+	instructions atomic.Uint64
 }
 
 // cpu is the vCPU's state, plain data.
@@ -138,8 +138,8 @@ func NewProgram(p *Program, memPages int, env machine.Env) (*Machine, error) {
 
 // Instructions returns how many instructions this Machine has executed
 // (an access counts when it exits). It is a statistic, not machine state:
-// RestoreState leaves it alone.
-func (m *Machine) Instructions() uint64 { return m.instructions }
+// RestoreState leaves it alone. Safe to call from any goroutine.
+func (m *Machine) Instructions() uint64 { return m.instructions.Load() }
 
 // Memory implements replay.Machine. Writes made through it are not seen
 // by the dirty tracking: make them only before RestoreState.
