@@ -236,12 +236,12 @@ func TestKVMMachineStateRoundTrip(t *testing.T) {
 	}
 	sa, _ := DecodeState(a)
 	sb, _ := DecodeState(b)
-	for i := range sa.Sections {
-		x, y := sa.Sections[i], sb.Sections[i]
-		if x.ID == "vm" || x.ID == "clock" {
+	for id, x := range sa.Sections {
+		y := sb.Sections[id]
+		if id == "vm" || id == "clock" {
 			continue // time-based; covered by their own tests
 		}
-		if strings.HasPrefix(x.ID, "vcpu/") {
+		if strings.HasPrefix(id, "vcpu/") {
 			vx, _ := decodeVCPUState(x.Data)
 			vy, _ := decodeVCPUState(y.Data)
 			for _, v := range []*vcpuState{vx, vy} {
@@ -255,7 +255,7 @@ func TestKVMMachineStateRoundTrip(t *testing.T) {
 			y.Data, _ = encodeVCPUState(vy)
 		}
 		if !bytes.Equal(x.Data, y.Data) {
-			t.Errorf("%s changed in a save/restore/save round trip", x.ID)
+			t.Errorf("%s changed in a save/restore/save round trip", id)
 		}
 	}
 	if err := m.Resume(); err != nil {

@@ -9,6 +9,10 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -24,11 +28,17 @@ import (
 //	          { page:u64 data:[4096] }… endOfPages:u64
 //	          crc32c:u32 (of everything before it) "SNAPEND!"
 //
+// A state's sections are keyed by component ID (1 to maxComponentID bytes),
+// each ID at most once: restore finds a component's section by its ID, not
+// by its place. EncodeState writes them in increasing byte order of ID;
+// DecodeState takes them in any order. Version 1 matched sections to
+// components by position and allowed an ID twice; it is refused.
+//
 // Pages appear in increasing order; pages not listed are zero.
 
 const (
 	stateMagic       = "FTCKVMST"
-	stateVersion     = 1
+	stateVersion     = 2
 	snapshotMagic    = "FTCKSNAP"
 	snapshotVersion  = 1
 	snapshotTrailer  = "SNAPEND!"
@@ -42,9 +52,9 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Section is one component's saved state.
+// Section is one component's saved state: what its SaveState returned, in
+// the encoding its StateVersion names.
 type Section struct {
-	ID      string
 	Version uint32
 	Data    []byte
 }
@@ -59,8 +69,9 @@ type StateConfig struct {
 
 // MachineState is a decoded machine state.
 type MachineState struct {
-	Config   StateConfig
-	Sections []Section
+	Config StateConfig
+	// Sections holds each component's state by the component's ID.
+	Sections map[string]Section
 }
 
 // SaveState captures every component's state (not memory), encoded and
@@ -73,15 +84,16 @@ func (m *Machine) SaveState() ([]byte, error) {
 	if st != statePaused && st != stateCreated {
 		return nil, fmt.Errorf("saving state: machine is %v: %w", st, ErrNotPaused)
 	}
-	sections := make([]Section, len(m.components))
-	errs := make([]error, len(m.components))
+	comps := m.components
+	sections := make([]Section, len(comps))
+	errs := make([]error, len(comps))
 	var wg sync.WaitGroup
-	for i, c := range m.components {
+	for i, c := range comps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			data, err := c.SaveState()
-			sections[i] = Section{ID: c.ID(), Version: c.StateVersion(), Data: data}
+			sections[i] = Section{Version: c.StateVersion(), Data: data}
 			errs[i] = err
 		}()
 	}
@@ -89,7 +101,14 @@ func (m *Machine) SaveState() ([]byte, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("saving state: %w", err)
 	}
-	return EncodeState(&MachineState{Config: m.stateConfig(), Sections: sections})
+	ms := &MachineState{Config: m.stateConfig(), Sections: make(map[string]Section, len(comps))}
+	for i, c := range comps {
+		if _, dup := ms.Sections[c.ID()]; dup {
+			return nil, fmt.Errorf("saving state: two components are %q: %w", c.ID(), ErrMismatch)
+		}
+		ms.Sections[c.ID()] = sections[i]
+	}
+	return EncodeState(ms)
 }
 
 func (m *Machine) stateConfig() StateConfig {
@@ -97,10 +116,13 @@ func (m *Machine) stateConfig() StateConfig {
 }
 
 // RestoreState loads a state from SaveState into this machine. The whole
-// state is decoded and matched against the machine's components before any
-// of them changes. Components restore in machine order (the VM's irqchips and
-// clock, then vCPUs, then devices); see VCPU.RestoreState for the order
-// within a vCPU.
+// state is decoded, and each of the machine's components finds its section
+// by its ID, before any of them changes: a state with a section no
+// component claims, or without a component's section, is refused with the
+// IDs named (ErrMismatch), and so is one that has an ID twice. Components
+// restore in machine order, whatever the order of the sections (the VM's
+// irqchips and clock, then vCPUs, then devices); see VCPU.RestoreState for
+// the order within a vCPU.
 // Precondition: the machine is paused or not yet started.
 func (m *Machine) RestoreState(data []byte) error {
 	m.mu.Lock()
@@ -116,24 +138,82 @@ func (m *Machine) RestoreState(data []byte) error {
 	if ms.Config != m.stateConfig() {
 		return fmt.Errorf("restoring state: saved from %+v, this machine is %+v: %w", ms.Config, m.stateConfig(), ErrMismatch)
 	}
-	if len(ms.Sections) != len(m.components) {
-		return fmt.Errorf("restoring state: %d sections, this machine has %d components: %w", len(ms.Sections), len(m.components), ErrMismatch)
+	comps := m.components
+	sections, err := matchSections(comps, ms.Sections)
+	if err != nil {
+		return fmt.Errorf("restoring state: %w", err)
 	}
-	for i, c := range m.components {
-		if ms.Sections[i].ID != c.ID() {
-			return fmt.Errorf("restoring state: section %d is %q, component is %q: %w", i, ms.Sections[i].ID, c.ID(), ErrMismatch)
-		}
-	}
-	for i, c := range m.components {
-		if err := c.RestoreState(ms.Sections[i].Version, ms.Sections[i].Data); err != nil {
+	for i, c := range comps {
+		if err := c.RestoreState(sections[i].Version, sections[i].Data); err != nil {
 			return fmt.Errorf("restoring %s: %w", c.ID(), err)
 		}
 	}
 	return nil
 }
 
-// EncodeState encodes a machine state.
+// matchSections finds each component's section by the component's ID and
+// returns them in the components' order. It changes nothing. It refuses,
+// naming every ID at fault, two components with one ID, a component with no
+// section and a section no component claims.
+func matchSections(comps []Component, sections map[string]Section) ([]Section, error) {
+	matched := make([]Section, len(comps))
+	claimed := make(map[string]bool, len(comps))
+	var shared, missing, unclaimed []string
+	for i, c := range comps {
+		id := c.ID()
+		if claimed[id] {
+			shared = append(shared, id)
+			continue
+		}
+		claimed[id] = true
+		s, ok := sections[id]
+		if !ok {
+			missing = append(missing, id)
+			continue
+		}
+		matched[i] = s
+	}
+	for id := range sections {
+		if !claimed[id] {
+			unclaimed = append(unclaimed, id)
+		}
+	}
+	slices.Sort(unclaimed)
+	var faults []string
+	if len(shared) > 0 {
+		faults = append(faults, "this machine has more than one component "+quoteIDs(shared))
+	}
+	if len(missing) > 0 {
+		faults = append(faults, "no section for "+quoteIDs(missing))
+	}
+	if len(unclaimed) > 0 {
+		faults = append(faults, "no component of this machine is "+quoteIDs(unclaimed))
+	}
+	if faults != nil {
+		return nil, fmt.Errorf("%s: %w", strings.Join(faults, "; "), ErrMismatch)
+	}
+	return matched, nil
+}
+
+// quoteIDs lists component IDs for an error: "a", "b".
+func quoteIDs(ids []string) string {
+	q := make([]string, len(ids))
+	for i, id := range ids {
+		q[i] = strconv.Quote(id)
+	}
+	return strings.Join(q, ", ")
+}
+
+// EncodeState encodes a machine state, its sections in increasing order of
+// ID (so a state has one encoding).
 func EncodeState(ms *MachineState) ([]byte, error) {
+	ids := slices.Sorted(maps.Keys(ms.Sections))
+	return encodeState(ms, ids)
+}
+
+// encodeState encodes ms with its sections in the order ids gives (every ID
+// of ms once; tests give other orders).
+func encodeState(ms *MachineState, ids []string) ([]byte, error) {
 	if len(ms.Sections) > maxSections {
 		return nil, fmt.Errorf("encoding state: %d sections, at most %d", len(ms.Sections), maxSections)
 	}
@@ -149,13 +229,14 @@ func EncodeState(ms *MachineState) ([]byte, error) {
 	b.Write(le.AppendUint32(nil, uint32(ms.Config.VCPUs)))
 	b.Write(le.AppendUint32(nil, irqchip))
 	b.Write(le.AppendUint64(nil, uint64(ms.Config.MemSize)))
-	b.Write(le.AppendUint32(nil, uint32(len(ms.Sections))))
-	for _, s := range ms.Sections {
-		if len(s.ID) == 0 || len(s.ID) > maxComponentID || len(s.Data) > maxSectionLen {
-			return nil, fmt.Errorf("encoding state: section %q of %d bytes: id or size out of bounds", s.ID, len(s.Data))
+	b.Write(le.AppendUint32(nil, uint32(len(ids))))
+	for _, id := range ids {
+		s := ms.Sections[id]
+		if len(id) == 0 || len(id) > maxComponentID || len(s.Data) > maxSectionLen {
+			return nil, fmt.Errorf("encoding state: section %q of %d bytes: id or size out of bounds", id, len(s.Data))
 		}
-		b.Write(le.AppendUint16(nil, uint16(len(s.ID))))
-		b.WriteString(s.ID)
+		b.Write(le.AppendUint16(nil, uint16(len(id))))
+		b.WriteString(id)
 		b.Write(le.AppendUint32(nil, s.Version))
 		b.Write(le.AppendUint32(nil, uint32(len(s.Data))))
 		b.Write(s.Data)
@@ -192,11 +273,22 @@ func DecodeState(data []byte) (*MachineState, error) {
 	if n > maxSections {
 		return nil, fmt.Errorf("machine state: %d sections, at most %d: %w", n, maxSections, ErrMismatch)
 	}
+	ms.Sections = make(map[string]Section, n)
 	for i := uint32(0); i < n && d.err == nil; i++ {
-		id := d.bytes(int(d.u16()))
+		id := string(d.bytes(int(d.u16())))
 		version := d.u32()
 		data := d.bytes(int(d.u32()))
-		ms.Sections = append(ms.Sections, Section{ID: string(id), Version: version, Data: data})
+		switch _, dup := ms.Sections[id]; {
+		case d.err != nil:
+		case len(id) == 0 || len(id) > maxComponentID:
+			return nil, fmt.Errorf("machine state: section %d has an ID of %d bytes (1 to %d): %w", i, len(id), maxComponentID, ErrMismatch)
+		case len(data) > maxSectionLen:
+			return nil, fmt.Errorf("machine state: section %q of %d bytes, at most %d: %w", id, len(data), maxSectionLen, ErrMismatch)
+		case dup:
+			return nil, fmt.Errorf("machine state: section %q appears twice: %w", id, ErrMismatch)
+		default:
+			ms.Sections[id] = Section{Version: version, Data: data}
+		}
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("machine state: %w", d.err)

@@ -3,8 +3,13 @@ package vmm
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math/rand"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,20 +17,57 @@ import (
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
 )
 
-func testState(t testing.TB) []byte {
-	ms := &MachineState{
+func testMachineState() *MachineState {
+	return &MachineState{
 		Config: StateConfig{VCPUs: 2, IRQChip: true, MemSize: 16 << 20},
-		Sections: []Section{
-			{ID: "vm", Version: 1, Data: bytes.Repeat([]byte{7}, 1000)},
-			{ID: "vcpu/0", Version: 1, Data: []byte("regs")},
-			{ID: "serial/com1", Version: 1, Data: []byte{}},
+		Sections: map[string]Section{
+			"vm":          {Version: 1, Data: bytes.Repeat([]byte{7}, 1000)},
+			"vcpu/0":      {Version: 1, Data: []byte("regs")},
+			"serial/com1": {Version: 1},
 		},
 	}
-	b, err := EncodeState(ms)
+}
+
+func testState(t testing.TB) []byte {
+	b, err := EncodeState(testMachineState())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// testStateIn encodes the test state with its sections in the order ids
+// gives, which may name one twice or leave one out.
+func testStateIn(t testing.TB, ids ...string) []byte {
+	b, err := encodeState(testMachineState(), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sealed returns data with its last 4 bytes replaced by the checksum of the
+// rest, as a state's encoder would write it.
+func sealed(data []byte) []byte {
+	if len(data) < 4 {
+		return data
+	}
+	b := append([]byte(nil), data...)
+	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], castagnoli))
+	return b
+}
+
+// sectionIDs lists the IDs of an encoded state's sections in their order.
+// Precondition: DecodeState accepts data.
+func sectionIDs(data []byte) []string {
+	var ids []string
+	d := decoder{buf: data[stateHeaderBytes : len(data)-4]}
+	for len(d.buf) > 0 {
+		ids = append(ids, string(d.bytes(int(d.u16()))))
+		d.u32()
+		d.bytes(int(d.u32()))
+	}
+	return ids
 }
 
 // testSnapshot writes a snapshot of synthetic state and of memory with a few
@@ -145,22 +187,156 @@ func TestDecodeStateRejectsDamage(t *testing.T) {
 	}
 }
 
+// TestStateSectionsByID: sections come in any order and decode to the same
+// state; the encoding writes them in ID order; an ID twice, an empty or
+// overlong ID and a version 1 state are refused, naming what is wrong.
+func TestStateSectionsByID(t *testing.T) {
+	want := testMachineState()
+	canonical := testState(t)
+	if got := sectionIDs(canonical); !slices.IsSorted(got) || len(got) != 3 {
+		t.Errorf("EncodeState wrote sections %q, want them in ID order", got)
+	}
+	for _, order := range [][]string{{"vm", "vcpu/0", "serial/com1"}, {"vcpu/0", "serial/com1", "vm"}} {
+		ms, err := DecodeState(testStateIn(t, order...))
+		if err != nil {
+			t.Fatalf("sections %q: %v", order, err)
+		}
+		if !reflect.DeepEqual(ms, decodeOrFail(t, canonical)) || len(ms.Sections) != len(want.Sections) {
+			t.Errorf("sections %q decode to %+v", order, ms)
+		}
+		if again, _ := EncodeState(ms); !bytes.Equal(again, canonical) {
+			t.Errorf("sections %q re-encode differently", order)
+		}
+	}
+	twice := testStateIn(t, "vm", "vcpu/0", "serial/com1", "vcpu/0")
+	if _, err := DecodeState(twice); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), `"vcpu/0" appears twice`) {
+		t.Errorf("a section twice: %v, want ErrMismatch naming vcpu/0", err)
+	}
+	for _, id := range []string{"", strings.Repeat("x", maxComponentID+1)} {
+		ms := testMachineState()
+		ms.Sections[id] = Section{Version: 1}
+		if _, err := EncodeState(ms); err == nil {
+			t.Errorf("EncodeState took an ID of %d bytes", len(id))
+		}
+		// Written by hand: idlen, id, version, len.
+		b := append([]byte(nil), canonical[:len(canonical)-4]...)
+		binary.LittleEndian.PutUint32(b[stateHeaderBytes-4:], 4)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(id)))
+		b = append(b, id...)
+		b = binary.LittleEndian.AppendUint32(b, 1)
+		b = binary.LittleEndian.AppendUint32(b, 0)
+		if _, err := DecodeState(sealed(append(b, 0, 0, 0, 0))); !errors.Is(err, ErrMismatch) {
+			t.Errorf("an ID of %d bytes: %v, want ErrMismatch", len(id), err)
+		}
+	}
+	v1 := append([]byte(nil), canonical...)
+	binary.LittleEndian.PutUint32(v1[8:], 1)
+	if _, err := DecodeState(sealed(v1)); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 1") {
+		t.Errorf("a version 1 state: %v, want ErrVersion naming version 1", err)
+	}
+}
+
+func decodeOrFail(t *testing.T, data []byte) *MachineState {
+	t.Helper()
+	ms, err := DecodeState(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+// FuzzDecodeState: whatever DecodeState accepts re-encodes to a state of the
+// same size that decodes to the same thing, byte for byte the same if its
+// sections were in ID order. Nearly every mutation breaks the checksum, so
+// each input is also tried sealed with a valid one: the fuzzer reaches the
+// sections behind it.
 func FuzzDecodeState(f *testing.F) {
 	f.Add(testState(f))
+	f.Add(testStateIn(f, "vm", "vcpu/0", "serial/com1"))
+	f.Add(testStateIn(f, "vm", "vcpu/0", "serial/com1", "vm"))
+	f.Add(testStateIn(f, "vm"))
 	f.Add([]byte(stateMagic))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ms, err := DecodeState(data)
-		if err != nil {
-			return
-		}
-		again, err := EncodeState(ms)
-		if err != nil {
-			t.Fatalf("decoded state does not re-encode: %v", err)
-		}
-		if !bytes.Equal(again, data) {
-			t.Fatalf("decode/encode is not the identity")
+		for _, in := range [][]byte{data, sealed(data)} {
+			ms, err := DecodeState(in)
+			if err != nil {
+				continue
+			}
+			again, err := EncodeState(ms)
+			if err != nil {
+				t.Fatalf("decoded state does not re-encode: %v", err)
+			}
+			if len(again) != len(in) {
+				t.Fatalf("re-encoded in %d bytes, decoded from %d: a section was lost or added", len(again), len(in))
+			}
+			ms2, err := DecodeState(again)
+			if err != nil || !reflect.DeepEqual(ms, ms2) {
+				t.Fatalf("re-encoded state decodes differently (%v)", err)
+			}
+			if slices.IsSorted(sectionIDs(in)) && !bytes.Equal(again, in) {
+				t.Fatalf("a state in ID order does not re-encode to itself")
+			}
 		}
 	})
+}
+
+// fakeComponent is a Component with only an ID.
+type fakeComponent struct{ id string }
+
+func (c *fakeComponent) ID() string                        { return c.id }
+func (c *fakeComponent) StateVersion() uint32              { return 1 }
+func (c *fakeComponent) SaveState() ([]byte, error)        { return []byte(c.id), nil }
+func (c *fakeComponent) RestoreState(uint32, []byte) error { return nil }
+
+// TestMatchSectionsByID: each component finds its own section wherever it
+// is; a missing section, an unclaimed one and an ID two components share
+// are refused with every ID at fault named.
+func TestMatchSectionsByID(t *testing.T) {
+	comps := func(ids ...string) []Component {
+		var cs []Component
+		for _, id := range ids {
+			cs = append(cs, &fakeComponent{id: id})
+		}
+		return cs
+	}
+	sections := func(ids ...string) map[string]Section {
+		m := map[string]Section{}
+		for _, id := range ids {
+			m[id] = Section{Version: 1, Data: []byte(id)}
+		}
+		return m
+	}
+	got, err := matchSections(comps("vm", "vcpu/0", "serial/com1"), sections("serial/com1", "vm", "vcpu/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"vm", "vcpu/0", "serial/com1"} {
+		if string(got[i].Data) != want {
+			t.Errorf("component %d (%s) got section %q", i, want, got[i].Data)
+		}
+	}
+	for _, c := range []struct {
+		name       string
+		comps      []Component
+		sections   map[string]Section
+		wantInText []string
+	}{
+		{"missing", comps("vm", "vcpu/0", "vcpu/1"), sections("vm", "vcpu/0"), []string{`no section for "vcpu/1"`}},
+		{"unclaimed", comps("vm"), sections("vm", "virtio-net/0", "pci/0"), []string{`no component of this machine is "pci/0", "virtio-net/0"`}},
+		{"shared", comps("vm", "serial/com1", "serial/com1"), sections("vm", "serial/com1"), []string{`more than one component "serial/com1"`}},
+		{"missing and unclaimed", comps("vm", "clock"), sections("vm", "clack"), []string{`no section for "clock"`, `no component of this machine is "clack"`}},
+	} {
+		_, err := matchSections(c.comps, c.sections)
+		if !errors.Is(err, ErrMismatch) {
+			t.Errorf("%s: %v, want ErrMismatch", c.name, err)
+			continue
+		}
+		for _, want := range c.wantInText {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: %q does not say %q", c.name, err, want)
+			}
+		}
+	}
 }
 
 func TestVCPUStateEncodingRoundTrip(t *testing.T) {
