@@ -23,7 +23,7 @@ type pioRange struct {
 }
 
 // IOBus routes port I/O to devices. Registration happens while the machine is
-// being built; lookups afterwards take no lock.
+// being built (attach); lookups afterwards take no lock.
 type IOBus struct {
 	ranges []pioRange // sorted by base, non-overlapping
 	// unhandled remembers which unclaimed ports were already logged.
@@ -31,17 +31,21 @@ type IOBus struct {
 	unhandled   map[uint16]bool
 }
 
-// RegisterPIO claims ports [base, base+size) for dev.
-func (b *IOBus) RegisterPIO(base, size uint16, dev PIODevice) error {
-	if size == 0 || int(base)+int(size) > 1<<16 {
-		return fmt.Errorf("I/O port range [%#x, +%d): invalid", base, size)
-	}
-	for _, r := range b.ranges {
-		if base < r.base+r.size && r.base < base+size {
-			return fmt.Errorf("I/O port range [%#x, +%d) overlaps [%#x, +%d)", base, size, r.base, r.size)
+// register claims every range in ranges, or, if one is invalid or overlaps
+// another, none. Machine.attach is its only caller: a device's ports come
+// with the device.
+func (b *IOBus) register(ranges ...pioRange) error {
+	for i, n := range ranges {
+		if n.size == 0 || int(n.base)+int(n.size) > 1<<16 {
+			return fmt.Errorf("I/O port range [%#x, +%d): invalid", n.base, n.size)
+		}
+		for _, r := range append(b.ranges[:len(b.ranges):len(b.ranges)], ranges[:i]...) {
+			if n.base < r.base+r.size && r.base < n.base+n.size {
+				return fmt.Errorf("I/O port range [%#x, +%d) overlaps [%#x, +%d)", n.base, n.size, r.base, r.size)
+			}
 		}
 	}
-	b.ranges = append(b.ranges, pioRange{base, size, dev})
+	b.ranges = append(b.ranges, ranges...)
 	sort.Slice(b.ranges, func(i, j int) bool { return b.ranges[i].base < b.ranges[j].base })
 	return nil
 }

@@ -5,6 +5,64 @@ import (
 	"fmt"
 )
 
+// Quiescer is the pausing half of a Device. The machine quiesces every
+// device before its vCPUs stop and wakes them after the vCPUs run again, so
+// a paused machine's memory and devices do not change. There is no default:
+// a device with nothing to quiesce says why in a method that does nothing.
+type Quiescer interface {
+	// Quiesce returns once the device will not touch guest memory, raise
+	// interrupts or change its state on its own (other than through the
+	// vCPUs' accesses, which stop next) until Wake.
+	Quiesce()
+	// Wake lets the device work again (and deliver what arrived meanwhile).
+	Wake()
+}
+
+// Device is anything attached to a machine besides its VM and vCPUs: it
+// can be paused (Quiescer) and saved (Component). A type that cannot do
+// both cannot be attached.
+type Device interface {
+	Component
+	Quiescer
+}
+
+// attach adds d to the machine's devices, after those already there, and
+// gives it the I/O port ranges in ports. It refuses, changing nothing, a
+// machine that has started, an ID another component of the machine has,
+// and ports another device has.
+func (m *Machine) attach(d Device, ports ...pioRange) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != stateCreated {
+		return fmt.Errorf("attaching %s: machine is %v, need %v", d.ID(), m.state, stateCreated)
+	}
+	for _, c := range m.components() {
+		if c.ID() == d.ID() {
+			return fmt.Errorf("attaching %s: the machine already has a component with this ID", d.ID())
+		}
+	}
+	if err := m.bus.register(ports...); err != nil {
+		return fmt.Errorf("attaching %s: %w", d.ID(), err)
+	}
+	m.devices = append(m.devices, d)
+	return nil
+}
+
+// components lists every part of the machine that has state, in restore
+// order: the VM's interrupt controllers and clock first, then each vCPU
+// (whose LAPIC sits on them), then the devices in attach order.
+func (m *Machine) components() []Component {
+	cs := make([]Component, 0, 1+len(m.vcpus)+len(m.devices))
+	cs = append(cs, m.vm)
+	for _, v := range m.vcpus {
+		cs = append(cs, v)
+	}
+	for _, d := range m.devices {
+		cs = append(cs, d)
+	}
+	return cs
+}
+
 // Where virtio devices go: PCI device d (1, 2, …) has its I/O BAR at
 // VirtioIOBase + VirtioIOSize*(d-1) and the d-th legacy IRQ of
 // virtioIRQs. Each device gets its own line (a level-triggered line shared
@@ -36,14 +94,15 @@ type BlkConfig struct {
 	Serial string
 }
 
-// AttachVirtioNet adds a virtio-net device on PCI bus 0 (creating the bus on
-// the first device) and registers its ports, its state ("virtio-net/N") and
-// its quiescer. It returns the device's boot-info entry for LoadBareMetal.
-// Start the backend with the returned device as its RxPort.
+// AttachVirtioNet adds a virtio-net device ("virtio-net/N") on PCI bus 0,
+// creating the bus ("pci/0") on the first device, and attaches it to the
+// machine with its ports. It returns the device's boot-info entry for
+// LoadBareMetal. Start the backend with the returned device as its RxPort.
 //
 // Precondition: the machine is created and not started. Devices must be
 // attached in the same order on the machine that saves and the one that
-// restores.
+// restores: they take PCI slots, ports and IRQs in that order, and the
+// bus's state refuses a restore onto other slots.
 func (m *Machine) AttachVirtioNet(cfg NetConfig) (BootDevice, *VirtioNet, error) {
 	if cfg.Sink == nil {
 		return BootDevice{}, nil, errors.New("virtio-net: no frame sink")
@@ -91,8 +150,7 @@ func (m *Machine) AttachVirtioBlk(cfg BlkConfig) (BootDevice, *VirtioBlk, error)
 // virtioDevice is what attachVirtio wires into the machine.
 type virtioDevice interface {
 	PIODevice
-	Component
-	Quiescer
+	Device
 }
 
 // attachVirtio places a virtio function on the PCI bus and wires it in.
@@ -101,14 +159,14 @@ func (m *Machine) attachVirtio(kind uint32, subsystem uint16, class uint32, mk f
 	if err := m.requireState(stateCreated); err != nil {
 		return BootDevice{}, fmt.Errorf("attaching a virtio device: %w", err)
 	}
-	bus := m.pciBus()
-	if bus == nil {
-		bus = NewPCIBus()
-		if err := m.bus.RegisterPIO(PortPCIConfigAddr, 8, bus); err != nil {
-			return BootDevice{}, fmt.Errorf("registering the PCI host bridge: %w", err)
+	if m.pci == nil {
+		bus := NewPCIBus()
+		if err := m.attach(bus, pioRange{PortPCIConfigAddr, 8, bus}); err != nil {
+			return BootDevice{}, err
 		}
-		m.AddComponent(bus)
+		m.pci = bus
 	}
+	bus := m.pci
 	slot := len(bus.funcs) // the device number add will assign
 	if slot-1 >= len(virtioIRQs) {
 		return BootDevice{}, fmt.Errorf("no free legacy IRQ for a %d-th virtio device (at most %d)", slot, len(virtioIRQs))
@@ -121,17 +179,23 @@ func (m *Machine) attachVirtio(kind uint32, subsystem uint16, class uint32, mk f
 	}
 	// Instance numbers count devices of the same kind: virtio-net/0, /1, …
 	n := 0
-	for _, c := range m.components {
-		if _, ok := c.(*VirtioNet); ok && kind == DeviceVirtioNet {
-			n++
-		} else if _, ok := c.(*VirtioBlk); ok && kind == DeviceVirtioBlk {
-			n++
+	for _, d := range m.devices {
+		switch d.(type) {
+		case *VirtioNet:
+			if kind == DeviceVirtioNet {
+				n++
+			}
+		case *VirtioBlk:
+			if kind == DeviceVirtioBlk {
+				n++
+			}
 		}
 	}
 	dev := mk(fmt.Sprint(n), irqFn)
-	if err := m.bus.RegisterPIO(base, VirtioIOSize, dev); err != nil {
-		return BootDevice{}, fmt.Errorf("registering %s: %w", dev.ID(), err)
+	if err := m.attach(dev, pioRange{base, VirtioIOSize, dev}); err != nil {
+		return BootDevice{}, err
 	}
+	// It cannot fail: a free IRQ means a free slot.
 	got, err := bus.add(pciIdentity{
 		vendor: pciVendorVirtio, device: 0x1000 + subsystem - 1,
 		subVendor: pciVendorVirtio, subDevice: subsystem,
@@ -140,17 +204,5 @@ func (m *Machine) attachVirtio(kind uint32, subsystem uint16, class uint32, mk f
 	if err != nil {
 		return BootDevice{}, err
 	}
-	m.AddComponent(dev)
-	m.AddQuiescer(dev)
 	return BootDevice{Kind: kind, IRQ: uint32(irq), IOBase: uint64(base), PCIBDF: uint32(got) << 3}, nil
-}
-
-// pciBus returns the machine's PCI bus, or nil before the first device.
-func (m *Machine) pciBus() *PCIBus {
-	for _, c := range m.components {
-		if b, ok := c.(*PCIBus); ok {
-			return b
-		}
-	}
-	return nil
 }

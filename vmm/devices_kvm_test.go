@@ -4,6 +4,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -58,6 +59,48 @@ func TestKVMDiskGuestOnVirtioBlk(t *testing.T) {
 	if _, err := disk.ReadAt(sector, 31*sectorSize); err != nil || allZero(sector) {
 		t.Fatalf("record 31 is not on the image: %v", err)
 	}
+}
+
+// TestKVMDevicesWalkedInAttachOrder: whatever the device, the machine
+// quiesces it on Pause and Close, wakes it on Resume, saves it and restores
+// it — every device once, in attach order (saves run in parallel).
+func TestKVMDevicesWalkedInAttachOrder(t *testing.T) {
+	log := &callLog{}
+	a := &logDevice{id: "test/a", log: log, state: []byte("A")}
+	b := &logDevice{id: "test/b", log: log, state: []byte("B")}
+	m, con := newDeviceMachine(t, "counter", map[string]string{"every": "1000"}, func(m *Machine) []BootDevice {
+		for _, d := range []Device{a, b} {
+			if err := m.attach(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil
+	})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.WaitFor(t, m, regexp.MustCompile(`count 1\n`))
+	log.take() // Start wakes them too
+	step := func(what string, do func() error, want ...string) {
+		t.Helper()
+		if err := do(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		got := log.take()
+		if what == "SaveState" {
+			slices.Sort(got)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s called %q, want %q", what, got, want)
+		}
+	}
+	var saved []byte
+	step("Pause", m.Pause, "quiesce test/a", "quiesce test/b")
+	step("SaveState", func() (err error) { saved, err = m.SaveState(); return err }, "save test/a", "save test/b")
+	a.state, b.state = []byte("a2"), []byte("b2")
+	step("RestoreState", func() error { return m.RestoreState(saved) }, "restore test/a A", "restore test/b B")
+	step("Resume", m.Resume, "wake test/a", "wake test/b")
+	step("Close", m.Close, "quiesce test/a", "quiesce test/b")
 }
 
 func allZero(b []byte) bool {

@@ -110,14 +110,18 @@ type Machine struct {
 	pic *PIC
 	pit *PIT
 	vm  *vmComponent
-	// components are saved and restored in this order; see RestoreState.
-	components []Component
+	// pci is the PCI bus, once the first virtio device is attached.
+	pci *PCIBus
+	// devices are the machine's devices in attach order (see Device):
+	// Pause quiesces them in this order and Resume wakes them; SaveState
+	// and RestoreState walk them after the VM and the vCPUs (components).
+	// attach appends under mu while the machine is created; from Start on
+	// the list does not change and is read without mu.
+	devices []Device
 	// savedMSRs are the MSRs this host lets us save, in restore order.
 	savedMSRs []uint32
 	// onDirtyRingFull collects a full dirty ring; set before Start.
 	onDirtyRingFull func(vcpu int) error
-	// quiescers are devices to quiesce on pause; set before Start.
-	quiescers []Quiescer
 	// stepped is set by NewStepper: the Stepper drives the vCPU, so Start
 	// is refused (and with it Pause and Resume, which need a started
 	// machine).
@@ -268,50 +272,35 @@ func (m *Machine) checkHost() error {
 	return nil
 }
 
-// addDevices creates the platform devices: the serial console, the power
-// port and the clock.
+// addDevices creates the VM's kernel state and attaches the platform
+// devices: without the in-kernel irqchip the userspace PIC and PIT (first:
+// the devices after them raise interrupts through them), then the serial
+// console, the power port and the clock.
 func (m *Machine) addDevices() error {
+	m.vm = &vmComponent{m: m}
 	m.clock = NewClock(nil)
 	serialIRQ := func(level bool) { m.SetIRQLine(4, level) }
 	if !m.cfg.IRQChip {
 		m.pic = NewPIC(m.wakeHalted)
 		m.pit = NewPIT(func(level bool) { m.pic.SetIRQ(0, level) })
 		serialIRQ = func(level bool) { m.pic.SetIRQ(4, level) }
-	}
-	m.serial = NewSerial("com1", PortCOM1, m.cfg.Console, serialIRQ)
-	m.power = &PowerDevice{onPowerOff: m.powerOff}
-	m.vm = &vmComponent{m: m}
-	ports := []struct {
-		base, size uint16
-		dev        PIODevice
-	}{
-		{PortCOM1, 8, m.serial},
-		{PortPower, 1, m.power},
-		{PortClockLo, 8, m.clock},
-	}
-	if m.pic != nil {
 		pit := &pitPorts{pit: m.pit, now: m.clock.Now}
-		ports = append(ports, []struct {
-			base, size uint16
-			dev        PIODevice
-		}{{0x20, 2, m.pic}, {0xa0, 2, m.pic}, {0x40, 1, pit}, {0x43, 1, pit}}...)
-	}
-	for _, r := range ports {
-		if err := m.bus.RegisterPIO(r.base, r.size, r.dev); err != nil {
+		if err := m.attach(m.pic, pioRange{0x20, 2, m.pic}, pioRange{0xa0, 2, m.pic}); err != nil {
+			return err
+		}
+		if err := m.attach(m.pit, pioRange{0x40, 1, pit}, pioRange{0x43, 1, pit}); err != nil {
 			return err
 		}
 	}
-	// Restore order: the VM's interrupt controllers and clock first, then
-	// each vCPU (whose LAPIC sits on them), then devices.
-	m.components = append(m.components, m.vm)
-	for _, v := range m.vcpus {
-		m.components = append(m.components, v)
+	m.serial = NewSerial("com1", PortCOM1, m.cfg.Console, serialIRQ)
+	if err := m.attach(m.serial, pioRange{PortCOM1, 8, m.serial}); err != nil {
+		return err
 	}
-	if m.pic != nil {
-		m.components = append(m.components, m.pic, m.pit)
+	m.power = &PowerDevice{onPowerOff: m.powerOff}
+	if err := m.attach(m.power, pioRange{PortPower, 1, m.power}); err != nil {
+		return err
 	}
-	m.components = append(m.components, m.serial, m.power, m.clock)
-	return nil
+	return m.attach(m.clock, pioRange{PortClockLo, 8, m.clock})
 }
 
 // SetIRQLine drives an in-kernel irqchip input (a GSI: a PIC/IOAPIC pin).
@@ -337,32 +326,8 @@ func (m *Machine) VMFd() int { return m.vmFd }
 // Config returns the machine's configuration.
 func (m *Machine) Config() Config { return m.cfg }
 
-// Bus returns the I/O port bus, to attach devices before Start.
-func (m *Machine) Bus() *IOBus { return &m.bus }
-
 // Clock returns the guest's clock device.
 func (m *Machine) Clock() *Clock { return m.clock }
-
-// AddComponent adds a device's state to the machine's saved state. Call it
-// before Start, in the same order on the machine that saves and the one that
-// restores.
-func (m *Machine) AddComponent(c Component) { m.components = append(m.components, c) }
-
-// Quiescer is a device that can touch guest memory from outside a vCPU
-// thread (a backend's receive goroutine). The machine quiesces every one
-// before its vCPUs stop and wakes them after the vCPUs run again, so a paused
-// machine's memory does not change.
-type Quiescer interface {
-	// Quiesce returns once the device will not touch guest memory or raise
-	// interrupts until Wake.
-	Quiesce()
-	// Wake lets the device work again (and deliver what arrived meanwhile).
-	Wake()
-}
-
-// AddQuiescer registers a device to quiesce on every pause. Call it before
-// Start.
-func (m *Machine) AddQuiescer(q Quiescer) { m.quiescers = append(m.quiescers, q) }
 
 // LoadBareMetal loads a bare-metal guest image (ELF) and sets every vCPU to
 // its 64-bit entry state (see guests/include/bootinfo.h).
@@ -420,9 +385,10 @@ func (m *Machine) Start() error {
 	return nil
 }
 
-// Pause gets every vCPU out of KVM_RUN and returns when all are stopped.
-// Every pending I/O completion has been applied to the vCPUs when it
-// returns, so their state can be saved. Pausing a paused machine does nothing.
+// Pause quiesces every device, in attach order, then gets every vCPU out of
+// KVM_RUN and returns when all are stopped. Every pending I/O completion has
+// been applied to the vCPUs when it returns, so their state can be saved.
+// Pausing a paused machine does nothing.
 func (m *Machine) Pause() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -433,8 +399,8 @@ func (m *Machine) Pause() error {
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
-	for _, q := range m.quiescers {
-		q.Quiesce()
+	for _, d := range m.devices {
+		d.Quiesce()
 	}
 	m.requestPauseLocked()
 	for m.parked < len(m.vcpus) {
@@ -477,7 +443,8 @@ func (m *Machine) Resume() error {
 	return nil
 }
 
-// resumeLocked releases every vCPU into its run loop.
+// resumeLocked releases every vCPU into its run loop, then wakes every
+// device.
 // Precondition: mu is held; every vCPU is parked.
 func (m *Machine) resumeLocked() {
 	for _, v := range m.vcpus {
@@ -489,8 +456,8 @@ func (m *Machine) resumeLocked() {
 	for _, v := range m.vcpus {
 		v.resume()
 	}
-	for _, q := range m.quiescers {
-		q.Wake()
+	for _, d := range m.devices {
+		d.Wake()
 	}
 }
 
@@ -563,8 +530,8 @@ func (m *Machine) Stopped() <-chan struct{} { return m.stopped }
 func (m *Machine) Close() error {
 	m.stop(0, errors.New("closed"))
 	<-m.stopped
-	for _, q := range m.quiescers {
-		q.Quiesce() // no device may touch memory once it is unmapped
+	for _, d := range m.devices {
+		d.Quiesce() // no device may touch memory once it is unmapped
 	}
 	m.release()
 	return nil

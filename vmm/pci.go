@@ -220,6 +220,15 @@ func (b *PCIBus) PIOWrite(port uint16, data []byte) {
 	}
 }
 
+var _ Device = (*PCIBus)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the bus changes only on a
+// vCPU's configuration access.
+func (b *PCIBus) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (b *PCIBus) Wake() {}
+
 // ID implements Component.
 func (b *PCIBus) ID() string { return "pci/0" }
 

@@ -196,6 +196,16 @@ func (p *PIC) chip(port uint16) *pic8259 {
 	return &p.st.Master
 }
 
+var _ Device = (*PIC)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the PIC touches no guest
+// memory, and its inputs change only on vCPU threads (port accesses, the
+// PIT they poll) and from devices that quiesce themselves.
+func (p *PIC) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (p *PIC) Wake() {}
+
 // ID implements Component.
 func (p *PIC) ID() string { return "pic" }
 

@@ -175,6 +175,15 @@ func (pp *pitPorts) PIOWrite(port uint16, data []byte) {
 	}
 }
 
+var _ Device = (*PIT)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the PIT raises an interrupt
+// only when polled, by a vCPU thread or a Stepper's owner, never on its own.
+func (p *PIT) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (p *PIT) Wake() {}
+
 // ID implements Component.
 func (p *PIT) ID() string { return "pit" }
 

@@ -183,6 +183,15 @@ func (s *Serial) updateIRQLocked() {
 	}
 }
 
+var _ Device = (*Serial)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the UART takes no input from
+// the host, so it changes only on a vCPU's port access.
+func (s *Serial) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (s *Serial) Wake() {}
+
 // ID implements Component.
 func (s *Serial) ID() string { return "serial/" + s.id }
 

@@ -84,7 +84,7 @@ func (m *Machine) SaveState() ([]byte, error) {
 	if st != statePaused && st != stateCreated {
 		return nil, fmt.Errorf("saving state: machine is %v: %w", st, ErrNotPaused)
 	}
-	comps := m.components
+	comps := m.components()
 	sections := make([]Section, len(comps))
 	errs := make([]error, len(comps))
 	var wg sync.WaitGroup
@@ -138,7 +138,7 @@ func (m *Machine) RestoreState(data []byte) error {
 	if ms.Config != m.stateConfig() {
 		return fmt.Errorf("restoring state: saved from %+v, this machine is %+v: %w", ms.Config, m.stateConfig(), ErrMismatch)
 	}
-	comps := m.components
+	comps := m.components()
 	sections, err := matchSections(comps, ms.Sections)
 	if err != nil {
 		return fmt.Errorf("restoring state: %w", err)

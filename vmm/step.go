@@ -87,7 +87,10 @@ func NewStepper(cfg Config) (*Stepper, error) {
 	m.stepped = true
 	s := &Stepper{m: m, v: m.vcpus[0]}
 	s.kick.word = runWord(s.v.run)
-	m.AddComponent(stepComponent{s})
+	if err := m.attach(stepComponent{s}); err != nil {
+		m.Close()
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -96,6 +96,15 @@ type stepState struct {
 	RequestWindow uint8
 }
 
+var _ Device = stepComponent{}
+
+// Quiesce implements Quiescer. Nothing to do: a stepped machine is never
+// paused (Pause refuses it), and only the Stepper's owner drives it.
+func (c stepComponent) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (c stepComponent) Wake() {}
+
 // ID implements Component.
 func (c stepComponent) ID() string { return "stepper" }
 

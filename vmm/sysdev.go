@@ -22,6 +22,15 @@ func (p *PowerDevice) PIORead(_ uint16, data []byte) {
 // PIOWrite implements PIODevice.
 func (p *PowerDevice) PIOWrite(_ uint16, data []byte) { p.onPowerOff(data[0]) }
 
+var _ Device = (*PowerDevice)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the power device acts only on
+// a vCPU's OUT.
+func (p *PowerDevice) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (p *PowerDevice) Wake() {}
+
 // ID implements Component.
 func (p *PowerDevice) ID() string { return "power" }
 
@@ -96,6 +105,16 @@ func (c *Clock) PIORead(port uint16, data []byte) {
 
 // PIOWrite implements PIODevice: the clock ignores writes.
 func (c *Clock) PIOWrite(uint16, []byte) {}
+
+var _ Device = (*Clock)(nil)
+
+// Quiesce implements Quiescer. Nothing to do: the clock touches no guest
+// memory, raises no interrupt and changes only on a vCPU's read (guest time
+// runs on while the machine is paused; SaveState records where it is).
+func (c *Clock) Quiesce() {}
+
+// Wake implements Quiescer: Quiesce stopped nothing.
+func (c *Clock) Wake() {}
 
 // ID implements Component.
 func (c *Clock) ID() string { return "clock" }

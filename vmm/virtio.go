@@ -216,8 +216,8 @@ func (c *virtioCore) setPFNLocked(pfn uint32) {
 	}
 }
 
-// Quiesce implements Quiescer: it waits out any delivery in progress and
-// stops asynchronous deliveries (Poll) until Wake.
+// quiesce is the devices' Quiesce: it waits out any delivery in progress
+// and stops asynchronous deliveries (Poll) until Wake.
 func (c *virtioCore) quiesce() {
 	c.mu.Lock()
 	c.quiesced = true

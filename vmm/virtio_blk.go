@@ -101,7 +101,10 @@ func (b *VirtioBlk) Poll() {
 	}
 }
 
-// Quiesce implements Quiescer.
+var _ Device = (*VirtioBlk)(nil)
+
+// Quiesce implements Quiescer: it waits out a request in progress and stops
+// Poll (retries of refused writes) until Wake.
 func (b *VirtioBlk) Quiesce() { b.quiesce() }
 
 // Wake implements Quiescer.

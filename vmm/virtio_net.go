@@ -117,7 +117,10 @@ func (n *VirtioNet) Poll() {
 	n.deliverLocked()
 }
 
-// Quiesce implements Quiescer.
+var _ Device = (*VirtioNet)(nil)
+
+// Quiesce implements Quiescer: it waits out a delivery in progress and
+// stops Poll (a backend's receive goroutine) until Wake.
 func (n *VirtioNet) Quiesce() { n.quiesce() }
 
 // Wake implements Quiescer.
