@@ -17,7 +17,8 @@ import (
 // its outputs held, connects to the backup, starts the guest and replicates
 // it; having lost its backup and won the generation after, it runs on alone
 // until the guest stops or ctx ends.
-func runCheckpointPrimary(ctx context.Context, o *Options) error {
+func (n *Node) runCheckpointPrimary(ctx context.Context) error {
+	o := &n.o
 	log := o.log()
 	arb, fence, gen, err := becomePrimary(ctx, o.Arbiter)
 	if err != nil {
@@ -41,7 +42,7 @@ func runCheckpointPrimary(ctx context.Context, o *Options) error {
 
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
-	env := outbuf.Env{Generation: gen, Fence: fence, Clock: outbuf.SystemClock{}}
+	env := outbuf.Env{Generation: gen, Fence: fence, Net: unplugged{}, Clock: outbuf.SystemClock{}}
 	var netDev vmm.FrameSink
 	if backend != nil {
 		env.Net = backend
@@ -57,7 +58,7 @@ func runCheckpointPrimary(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	if backend != nil {
+	if o.hasNetDevice() {
 		netDev = ckmode.HeldNet{Out: out, Pos: pos}
 	}
 	r, err := newRunner(o, netDev, diskDev, true)
@@ -74,6 +75,7 @@ func runCheckpointPrimary(ctx context.Context, o *Options) error {
 	if primary, err = ckmode.NewPrimary(cfg, r, out, fence, gen, log); err != nil {
 		return err
 	}
+	n.set(func(p *Parts) { p.Machine, p.Outputs, p.CheckpointPrimary = r.Runner, out, primary })
 	if held != nil {
 		primary.SetDisk(held)
 	}
@@ -114,7 +116,8 @@ func describeEpoch(c *ckmode.Config) string {
 // runCheckpointBackup builds the machine (not started; its network reaches
 // the world only once live), follows primaries (ckmode.Backup.Serve) and,
 // live, opens the backends and runs the guest until it stops or ctx ends.
-func runCheckpointBackup(ctx context.Context, o *Options) error {
+func (n *Node) runCheckpointBackup(ctx context.Context) error {
+	o := &n.o
 	log := o.log()
 	arb, fence, err := openFence(o.Arbiter, RoleBackup)
 	if err != nil {
@@ -130,7 +133,7 @@ func runCheckpointBackup(ctx context.Context, o *Options) error {
 	}
 	var netDev vmm.FrameSink
 	deferred := &deferredNet{}
-	if o.Net != "none" {
+	if o.hasNetDevice() {
 		netDev = deferred
 	}
 	var backend vmm.NetBackend // opened when live; closed after the machine
@@ -155,6 +158,7 @@ func runCheckpointBackup(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	n.set(func(p *Parts) { p.Machine, p.CheckpointBackup = r.Runner, backup })
 	if disk != nil {
 		backup.SetDisk(disk) // where going live writes again what the primary may not have
 	}

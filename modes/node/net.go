@@ -17,7 +17,10 @@ import (
 
 // openBackend opens the host side of o's network (nil for none).
 func openBackend(o *Options) (vmm.NetBackend, error) {
-	if o.Net == "none" {
+	switch {
+	case o.OpenNet != nil:
+		return o.OpenNet()
+	case o.Net == "none":
 		return nil, nil
 	}
 	return OpenBackend(o.Machine, o.Net)

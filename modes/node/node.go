@@ -2,26 +2,104 @@ package node
 
 import (
 	"context"
+	"sync"
 	"time"
+
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
-// Run builds the node o describes and runs it in its role until the guest
-// powers off (nil), ctx ends (ctx.Err()), or the role's rule stops it (a
-// primary that lost its backup and the witness's contest halts). It
-// validates o first.
-func Run(ctx context.Context, o Options) error {
+// Node is a node running in its role: Start returns it, Wait waits for its
+// end. Its parts appear as the node builds them (Parts).
+type Node struct {
+	o    Options
+	done chan struct{}
+	err  error // set before done closes
+
+	mu    sync.Mutex // protects parts
+	parts Parts
+}
+
+// Parts are a running node's machine and engine, for statistics
+// (ftckpt bench, the status line, tests): nil until built, and only those
+// of its mode and role (a backup gone live also has a primary's).
+type Parts struct {
+	// Machine is the guest's machine.
+	Machine machine.Machine
+	// Outputs is the primary's output buffer (a live backup's, in replay
+	// mode).
+	Outputs *outbuf.Buffer
+	// The engines.
+	CheckpointPrimary *ckmode.Primary
+	CheckpointBackup  *ckmode.Backup
+	ReplayPrimary     *replay.Primary
+	ReplayBackup      *replay.Backup
+}
+
+// Start validates o, then builds and runs the node in the background until
+// the guest powers off, ctx ends, or the role's rule stops it; Wait
+// returns why.
+func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{o: o, done: make(chan struct{})}
+	go func() {
+		defer close(n.done)
+		n.err = n.run(ctx)
+	}()
+	return n, nil
+}
+
+// Run is Start and Wait: it returns nil when the guest powered off,
+// ctx.Err() when ctx ended, or what stopped the node (a primary that lost
+// its backup and the witness's contest halts).
+func Run(ctx context.Context, o Options) error {
+	n, err := Start(ctx, o)
+	if err != nil {
 		return err
 	}
+	return n.Wait()
+}
+
+// Wait waits for the node's end and returns its cause (see Run).
+func (n *Node) Wait() error {
+	<-n.done
+	return n.err
+}
+
+// Done is closed when the node has ended.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Parts returns what the node has built so far.
+func (n *Node) Parts() Parts {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.parts
+}
+
+// set records a part the node built.
+func (n *Node) set(update func(*Parts)) {
+	n.mu.Lock()
+	update(&n.parts)
+	n.mu.Unlock()
+}
+
+func (n *Node) run(ctx context.Context) error {
+	o := &n.o
 	switch {
+	case o.Role == RoleAlone:
+		return n.runAlone(ctx)
 	case o.Mode == ModeReplay && o.Role == RolePrimary:
-		return runReplayPrimary(ctx, &o)
+		return n.runReplayPrimary(ctx)
 	case o.Mode == ModeReplay:
-		return runReplayBackup(ctx, &o)
+		return n.runReplayBackup(ctx)
 	case o.Role == RolePrimary:
-		return runCheckpointPrimary(ctx, &o)
+		return n.runCheckpointPrimary(ctx)
 	default:
-		return runCheckpointBackup(ctx, &o)
+		return n.runCheckpointBackup(ctx)
 	}
 }
 

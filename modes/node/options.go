@@ -59,6 +59,9 @@ const (
 	RolePrimary
 	// RoleBackup keeps the copy and goes live if the primary is lost.
 	RoleBackup
+	// RoleAlone runs the guest unprotected, with no backup and no witness:
+	// its outputs leave at once (the baseline every mode is compared with).
+	RoleAlone
 )
 
 func (r Role) String() string {
@@ -67,6 +70,8 @@ func (r Role) String() string {
 		return "primary"
 	case RoleBackup:
 		return "backup"
+	case RoleAlone:
+		return "alone"
 	}
 	return fmt.Sprintf("invalid role %d", int(r))
 }
@@ -141,9 +146,12 @@ type Options struct {
 	Memory int64
 
 	// Net is the network backend: "udp:ADDR" (a UDP front, no root
-	// needed), "tap:NAME", or "none". Disk is the disk image (created at
-	// DiskSize if missing; both hosts open the same one), "" for none.
+	// needed), "tap:NAME", or "none". OpenNet, if set, opens the backend
+	// instead (ftckpt bench's client, tests); the guest then has a network
+	// whatever Net says. Disk is the disk image (created at DiskSize if
+	// missing; both hosts open the same one), "" for none.
 	Net      string
+	OpenNet  func() (vmm.NetBackend, error)
 	Disk     string
 	DiskSize int64
 
@@ -209,8 +217,8 @@ func (o *Options) Validate() error {
 	if err := o.validateMachine(); err != nil {
 		return err
 	}
-	if kind, _, _ := strings.Cut(o.Net, ":"); o.Net != "none" && kind != "udp" && kind != "tap" ||
-		o.Machine == MachineSim && o.Net != "none" && kind != "udp" {
+	if kind, _, _ := strings.Cut(o.Net, ":"); o.OpenNet == nil && o.Net != "none" && (kind != "udp" && kind != "tap" ||
+		o.Machine == MachineSim && kind != "udp") {
 		want := "udp:ADDR, tap:NAME or none"
 		if o.Machine == MachineSim {
 			want = "udp:ADDR or none (the software machine's network)"
@@ -228,8 +236,10 @@ func (o *Options) Validate() error {
 
 func (o *Options) validateRole() error {
 	switch {
+	case o.Role == RoleAlone:
+		return nil
 	case o.Role != RolePrimary && o.Role != RoleBackup:
-		return errors.New("no role: want primary or backup")
+		return errors.New("no role: want primary, backup or alone")
 	case o.Mode == ModeCheckpoint && (o.Join != "" || o.AcceptBackups != ""):
 		return errors.New("--join and --accept-backups apply to --mode replay")
 	case o.Role == RolePrimary && o.Peer == "" && o.AcceptBackups == "":
@@ -270,6 +280,14 @@ func (o *Options) kvmConfig() vmm.Config {
 	return vmm.Config{VCPUs: o.VCPUs, MemSize: o.Memory, IRQChip: o.IRQChip, Params: o.Params, Console: o.Console}
 }
 
+// hasNet says whether the guest's network reaches the host.
+func (o *Options) hasNet() bool { return o.OpenNet != nil || o.Net != "none" }
+
+// hasNetDevice says whether the guest has a network device: wherever its
+// network reaches the host, and always on the software machine, whose
+// device is built in (with no network, what it sends is lost: unplugged).
+func (o *Options) hasNetDevice() bool { return o.hasNet() || o.Machine == MachineSim }
+
 func (o *Options) log() *slog.Logger {
 	if o.Log == nil {
 		return slog.Default()
@@ -286,7 +304,7 @@ func (o *Options) describe(diskSize int64) string {
 		kind = "KVM with the in-kernel irqchip"
 	}
 	d := fmt.Sprintf("%s mode on %s, %d vCPU", o.Mode, kind, o.VCPUs)
-	if o.Net != "none" {
+	if o.hasNet() {
 		d += ", network"
 	}
 	if diskSize > 0 {

@@ -35,7 +35,7 @@ func newStepper(o *Options, env machine.Env, diskSize int64) (m machine.Stepper,
 		return sm, func() {}, nil
 	}
 	km, err := replay.NewKVMMachine(replay.KVMConfig{
-		Guest: o.Guest, MemSize: o.Memory, Params: o.Params, Net: o.Net != "none", DiskSize: diskSize,
+		Guest: o.Guest, MemSize: o.Memory, Params: o.Params, Net: o.hasNet(), DiskSize: diskSize,
 	}, env)
 	if err != nil {
 		return nil, nil, err
@@ -75,7 +75,8 @@ func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) error {
 
 // runReplayPrimary records the guest's execution and ships the log to the
 // backup at o.Peer; without one it runs alone and lets backups join.
-func runReplayPrimary(ctx context.Context, o *Options) error {
+func (n *Node) runReplayPrimary(ctx context.Context) error {
+	o := &n.o
 	log := o.log()
 	arb, fence, gen, err := becomePrimary(ctx, o.Arbiter)
 	if err != nil {
@@ -112,6 +113,7 @@ func runReplayPrimary(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	n.set(func(parts *Parts) { parts.Machine, parts.Outputs, parts.ReplayPrimary = m, out, p })
 	p.Console = o.Console
 	if disk != nil {
 		p.SyncDisk = disk.Flush
@@ -145,7 +147,7 @@ func runReplayPrimary(ctx context.Context, o *Options) error {
 // replayOutputs is a role's output buffer for generation gen: frames to
 // backend and writes to disk (either may be nil).
 func replayOutputs(gen uint64, fence *witness.Fence, backend vmm.NetBackend, disk *vmm.FileDisk) (*outbuf.Buffer, error) {
-	env := outbuf.Env{Generation: gen, Fence: fence, Clock: outbuf.SystemClock{}}
+	env := outbuf.Env{Generation: gen, Fence: fence, Net: unplugged{}, Clock: outbuf.SystemClock{}}
 	if backend != nil {
 		env.Net = backend
 	}
@@ -154,6 +156,13 @@ func replayOutputs(gen uint64, fence *witness.Fence, backend vmm.NetBackend, dis
 	}
 	return outbuf.New(outbuf.DefaultConfig(), env)
 }
+
+// unplugged is the network of a guest given none: the software machine's
+// network device is always there, and what it sends is lost, as from a NIC
+// with no cable.
+type unplugged struct{}
+
+func (unplugged) SendFrame([]byte) error { return nil }
 
 func diskSizeOf(d *vmm.FileDisk) int64 {
 	if d == nil {
@@ -165,7 +174,8 @@ func diskSizeOf(d *vmm.FileDisk) int64 {
 // runReplayBackup replays the primary's log and, when the primary is lost
 // and the witness agrees, goes live: it opens the backends and runs on as
 // a primary alone (letting backups join at o.AcceptBackups).
-func runReplayBackup(ctx context.Context, o *Options) error {
+func (n *Node) runReplayBackup(ctx context.Context) error {
+	o := &n.o
 	log := o.log()
 	arb, fence, err := openFence(o.Arbiter, RoleBackup)
 	if err != nil {
@@ -207,6 +217,7 @@ func runReplayBackup(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = m, b })
 	b.Console = o.Console
 	if disk != nil {
 		b.SyncDisk = disk.Flush
@@ -225,6 +236,7 @@ func runReplayBackup(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	n.set(func(parts *Parts) { parts.ReplayPrimary = live })
 	if backend != nil {
 		rx := &toPrimary{}
 		rx.p.Store(live)

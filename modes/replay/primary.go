@@ -551,8 +551,8 @@ func (p *Primary) hold(o outbuf.Output) error {
 			ctx = p.linkCtx
 		}
 		err := p.out.Hold(ctx, p.lsn, o)
-		if err == nil || !p.recording || p.ctx.Err() != nil {
-			return err
+		if err == nil || !p.recording || p.ctx.Err() != nil || p.linkCtx.Err() == nil {
+			return err // held, or refused for another reason than the link
 		}
 		if err := p.backupLost(); err != nil {
 			return err

@@ -1,0 +1,318 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/node"
+)
+
+// readyWait bounds a configuration that never gets going.
+const readyWait = 30 * time.Second
+
+// Result is one configuration measured over its window.
+type Result struct {
+	Config Config
+	Secs   float64
+	// Progress is the guest's work in the window, in Unit: instructions on
+	// the software machine, else kv replies or pages memtouch dirtied.
+	Progress uint64
+	Unit     string
+	// BackupProgress is the instructions a replay backup replayed in the
+	// window (software machine only); below Progress, it falls behind.
+	BackupProgress uint64
+	// Wire is the bytes the primary shipped to its backup in the window.
+	Wire uint64
+	// Replies and RoundTrips are the kv load's.
+	Replies    uint64
+	RoundTrips []time.Duration
+	// OutputP50 is the median time an output was held, over the run.
+	OutputP50 time.Duration
+	// Landings (in the window) and Visits (over the run, the backup's
+	// stops at a landing's RIP) are replay mode's.
+	Landings, Visits, AllLandings uint64
+	// Pauses are checkpoint mode's pauses begun in the window.
+	Pauses []ckmode.Pause
+}
+
+// Rate is Progress per second.
+func (r *Result) Rate() float64 { return float64(r.Progress) / r.Secs }
+
+// Run measures every configuration of every workload of p, printing
+// progress lines on progress, and returns the results by workload.
+func Run(ctx context.Context, p Plan, progress io.Writer) ([][]*Result, error) {
+	// More Ps than cores: with as many as cores (two here), a busy primary
+	// and a busy backup would hold both, and the goroutines carrying the
+	// log, checkpoints and acks between them would run only when Go
+	// preempts one, every 10 ms or so: an ack path two hosts would not
+	// have. With more, the kernel shares the cores among the threads.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(4, runtime.GOMAXPROCS(0))))
+	var all [][]*Result
+	for _, w := range p.Workloads {
+		var results []*Result
+		for _, c := range p.Configs {
+			fmt.Fprintf(progress, "ftckpt bench: %s, %v for %v ...\n", w.Guest, c, p.Duration)
+			r, err := runConfig(ctx, p, w, c)
+			if err != nil {
+				return nil, fmt.Errorf("%s, %v: %w", w.Guest, c, err)
+			}
+			fmt.Fprintf(progress, "ftckpt bench: %s, %v: %s %s/s\n", w.Guest, c, fig(r.Rate()), r.Unit)
+			results = append(results, r)
+		}
+		all = append(all, results)
+	}
+	return all, nil
+}
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// runConfig runs w under c: a node alone, or a backup node and a primary
+// node connected on loopback; it measures the window once the backup is in
+// sync and the load runs, then stops both.
+func runConfig(ctx context.Context, p Plan, w Workload, c Config) (*Result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "ftckpt-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	o, con, err := options(p, w, c, dir)
+	if err != nil {
+		return nil, err
+	}
+	var primary, backup *node.Node
+	if c.Mode == "unprotected" {
+		o.Role = node.RoleAlone
+		if primary, err = node.Start(ctx, o); err != nil {
+			return nil, err
+		}
+	} else {
+		b := o
+		b.Role, b.Listen, b.Console = node.RoleBackup, "127.0.0.1:0", io.Discard
+		addr := make(chan string, 1)
+		b.Ready = func(a string) { addr <- a }
+		if backup, err = node.Start(ctx, b); err != nil {
+			return nil, err
+		}
+		select {
+		case o.Peer = <-addr:
+		case <-backup.Done():
+			return nil, fmt.Errorf("the backup ended: %v", backup.Wait())
+		}
+		o.Role = node.RolePrimary
+		if primary, err = node.Start(ctx, o); err != nil {
+			cancel()
+			backup.Wait()
+			return nil, err
+		}
+	}
+	r, err := measure(ctx, p, w, c, primary, backup, con, o.Net)
+	cancel()
+	for _, n := range []*node.Node{primary, backup} {
+		if n == nil {
+			continue
+		}
+		if werr := n.Wait(); err == nil && werr != nil && !errors.Is(werr, context.Canceled) {
+			err = fmt.Errorf("a node stopped: %w", werr)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.Config = c
+	return r, nil
+}
+
+// options are the nodes' options for w under c, their files in dir: the
+// primary's; the backup differs by role.
+func options(p Plan, w Workload, c Config, dir string) (node.Options, *console, error) {
+	o := node.DefaultOptions()
+	o.Machine, o.Guest, o.Params, o.VCPUs = p.Machine, w.Guest, w.Params, 1
+	o.Mode = node.ModeCheckpoint
+	if c.Mode == "replay" {
+		o.Mode = node.ModeReplay
+	} else if p.Machine == node.MachineKVM {
+		o.VCPUs = p.VCPUs
+	}
+	o.Memory = 16 << 20
+	if p.Machine == node.MachineSim {
+		o.Memory = 1 << 20
+	}
+	o.Net, o.Disk = node.DefaultDevices(p.Machine, w.Guest)
+	if o.Net != "none" {
+		port, err := freeUDPPort()
+		if err != nil {
+			return o, nil, err
+		}
+		o.Net = "udp:" + port
+	}
+	if o.Disk != "" {
+		o.Disk, o.DiskSize = filepath.Join(dir, "disk.img"), 1<<20
+	}
+	o.Arbiter = "disk:" + filepath.Join(dir, "lease")
+	o.Checkpoint.Epoch = max(c.Epoch, time.Millisecond)
+	con := &console{}
+	o.Console, o.Log, o.StatusEvery = con, quiet, 0
+	return o, con, nil
+}
+
+func freeUDPPort() (string, error) {
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.LocalAddr().String(), nil
+}
+
+// instructions is a machine that counts the instructions it executed (the
+// software machine).
+type instructions interface{ Instructions() uint64 }
+
+// measure waits for the configuration to be ready and the load to run,
+// then samples it over p.Duration.
+func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup *node.Node, con *console, netSpec string) (*Result, error) {
+	deadline := time.Now().Add(readyWait)
+	for !ready(primary, backup) {
+		if err := sleep(ctx, time.Millisecond, primary, backup); err != nil {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the backup was not in sync after %v", readyWait)
+		}
+	}
+	var client *kvClient
+	if w.Guest == "kv" {
+		var err error
+		if client, err = dialKV(netSpec[len("udp:"):]); err != nil {
+			return nil, err
+		}
+		defer client.stop()
+		if err := client.probe(readyWait); err != nil {
+			return nil, err
+		}
+		client.start()
+	}
+	r := &Result{Unit: unit(p.Machine, w)}
+	type at struct {
+		t                                time.Time
+		progress, backup, wire, landings uint64
+		replies                          uint64
+	}
+	take := func() at {
+		x := at{t: time.Now()}
+		pp := primary.Parts()
+		switch m := pp.Machine.(type) {
+		case instructions:
+			x.progress = m.Instructions()
+		default:
+			if client != nil {
+				x.progress = client.repliesSoFar()
+			} else {
+				x.progress = con.dirtied.Load()
+			}
+		}
+		if client != nil {
+			x.replies = client.repliesSoFar()
+		}
+		if backup != nil {
+			if m, ok := backup.Parts().Machine.(instructions); ok {
+				x.backup = m.Instructions()
+			}
+		}
+		switch {
+		case pp.CheckpointPrimary != nil:
+			_, _, x.wire, _, _ = pp.CheckpointPrimary.Stats.Counters()
+		case pp.ReplayPrimary != nil:
+			x.wire = pp.ReplayPrimary.Stats.LogBytes.Load()
+			x.landings = pp.ReplayPrimary.Stats.Landings.Load()
+		}
+		return x
+	}
+	a := take()
+	err := sleep(ctx, p.Duration, primary, backup)
+	b := take()
+	if err != nil {
+		return nil, err
+	}
+	r.Secs = b.t.Sub(a.t).Seconds()
+	r.Progress, r.BackupProgress, r.Wire = b.progress-a.progress, b.backup-a.backup, b.wire-a.wire
+	r.Replies, r.Landings, r.AllLandings = b.replies-a.replies, b.landings-a.landings, b.landings
+	if client != nil {
+		r.RoundTrips = client.roundTrips(a.t, b.t)
+		if err := client.stop(); err != nil {
+			return nil, fmt.Errorf("the kv client: %w", err)
+		}
+	}
+	pp := primary.Parts()
+	if pp.Outputs != nil {
+		r.OutputP50 = pp.Outputs.Stats().Delay.Quantile(0.5)
+	}
+	if pp.CheckpointPrimary != nil {
+		r.Pauses = pp.CheckpointPrimary.Stats.Pauses(a.t, b.t)
+	}
+	if backup != nil && backup.Parts().ReplayBackup != nil {
+		r.Visits = backup.Parts().ReplayBackup.Stats.BreakpointHits.Load()
+	}
+	return r, nil
+}
+
+// unit is what a workload's progress counts on a machine.
+func unit(m node.Machine, w Workload) string {
+	switch {
+	case m == node.MachineSim:
+		return "instr"
+	case w.Guest == "kv":
+		return "replies"
+	}
+	return "pages"
+}
+
+// ready says whether the configuration is running: its backup (if any)
+// holds the primary's state.
+func ready(primary, backup *node.Node) bool {
+	if backup == nil {
+		return primary.Parts().Machine != nil
+	}
+	bp := backup.Parts()
+	switch {
+	case bp.CheckpointBackup != nil:
+		return bp.CheckpointBackup.Status().State == format.StateCommitted
+	case bp.ReplayBackup != nil:
+		return bp.ReplayBackup.Stats.Applied.Load() > 0
+	}
+	return false
+}
+
+// sleep waits d, failing if ctx ends or a node stops first.
+func sleep(ctx context.Context, d time.Duration, nodes ...*node.Node) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	done := func(n *node.Node) <-chan struct{} {
+		if n == nil {
+			return nil
+		}
+		return n.Done()
+	}
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-done(nodes[0]):
+		return fmt.Errorf("the primary stopped: %v", nodes[0].Wait())
+	case <-done(nodes[1]):
+		return fmt.Errorf("the backup stopped: %v", nodes[1].Wait())
+	}
+}
