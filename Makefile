@@ -19,8 +19,7 @@ KVM_NATIVE := $(shell (exec 3<>/dev/kvm) 2>/dev/null && echo yes)
 # package:fuzzer, for make fuzz
 FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
 	./modes/replay:FuzzDecodeBatch ./vmm/sim:FuzzRestoreState \
-	./vmm/sim:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
-	./vmm/linuxboot:FuzzLoad ./vmm/linuxboot:FuzzParseHeader
+	./vmm/sim:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState
 
 .PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz lint clean
 
