@@ -2,8 +2,11 @@
  * The legacy virtio-PCI transport (virtio 0.9.5) over BAR0 I/O ports, as
  * the VMM describes it in boot_info.devices: reset, ACKNOWLEDGE, DRIVER,
  * feature negotiation, queue setup by page frame number, DRIVER_OK.
- * Rings are driven with pure/vring.h; completion is by polling (the
- * driver sets VRING_AVAIL_F_NO_INTERRUPT and takes no interrupts).
+ * Rings are driven with pure/vring.h. vq_init asks for no interrupts
+ * (VRING_AVAIL_F_NO_INTERRUPT): completion is polled. A driver that wants
+ * the device's INTx line (boot_info's irq) calls vq_interrupts and
+ * acknowledges each interrupt by reading VIRTIO_PCI_ISR, which lowers the
+ * line.
  */
 #ifndef GUESTS_VIRTIO_H
 #define GUESTS_VIRTIO_H
@@ -20,7 +23,7 @@
 #define VIRTIO_PCI_QUEUE_SEL 0x0E      /* 16, RW */
 #define VIRTIO_PCI_QUEUE_NOTIFY 0x10   /* 16, RW */
 #define VIRTIO_PCI_STATUS 0x12         /* 8, RW */
-#define VIRTIO_PCI_ISR 0x13            /* 8, R */
+#define VIRTIO_PCI_ISR 0x13            /* 8, R: reading clears it */
 #define VIRTIO_PCI_CONFIG 0x14         /* device-specific configuration */
 #define VIRTIO_PCI_IO_SIZE 0x40        /* ports the driver may touch */
 

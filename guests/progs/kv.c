@@ -1,13 +1,20 @@
 /*
- * kv: a UDP key-value server on a polling virtio-net driver (legacy
- * virtio-PCI: receive queue 0, transmit queue 1, the 10-byte
- * virtio_net_hdr without MRG_RXBUF in its own descriptor ahead of the
- * frame). Address `ip` (default 10.0.2.15), UDP port `port` (default
- * 7777), MAC from the device when it offers VIRTIO_NET_F_MAC, else
- * 52:54:00:12:34:56. It answers ARP requests for its address and serves
- * the text protocol of pure/kvstore.h; all frame handling is
- * pure/kvsrv.c. Prints a statistics line every `report` replies (default
- * 1000, 0 = never). Runs forever; no interrupts are used.
+ * kv: a UDP key-value server on a virtio-net driver (legacy virtio-PCI:
+ * receive queue 0, transmit queue 1, the 10-byte virtio_net_hdr without
+ * MRG_RXBUF in its own descriptor ahead of the frame). Address `ip`
+ * (default 10.0.2.15), UDP port `port` (default 7777), MAC from the device
+ * when it offers VIRTIO_NET_F_MAC, else 52:54:00:12:34:56. It answers ARP
+ * requests for its address and serves the text protocol of
+ * pure/kvstore.h; all frame handling is pure/kvsrv.c. Prints a statistics
+ * line every `report` replies (default 1000, 0 = never). Runs forever.
+ *
+ * Idle, it sleeps in "sti; hlt" until the device's receive interrupt
+ * (its legacy IRQ from the boot info, through the 8259 PIC remapped to
+ * vector 32; with the in-kernel irqchip the BSP's LAPIC passes it on
+ * LINT0 in ExtINT mode, as in tick.c). Interrupts are enabled only in
+ * that halt: the main loop runs with IF clear and does all the work; the
+ * handler only reads the virtio ISR register, which acknowledges the
+ * interrupt and lowers the line, and the dispatcher sends the EOI.
  *
  * With a virtio-blk device (lib/blk.c) the table lives on the disk, in
  * the layout of pure/kvtable.h: loaded at boot from the newer valid of
@@ -17,9 +24,10 @@
  * every `persist_every` updates (default 4, 0 = never) the whole table
  * goes to the copy the last table write did not use; if `flush` is 1
  * (default 0) a VIRTIO_BLK_T_FLUSH follows. Without a disk nothing of
- * this happens.
+ * this happens. Disk requests are polled (lib/blk.c), interrupts off.
  */
 #include "blk.h"
+#include "irq.h"
 #include "kvsrv.h"
 #include "kvtable.h"
 #include "rt.h"
@@ -248,6 +256,34 @@ static unsigned min_u(unsigned a, unsigned b)
 	return a < b ? a : b;
 }
 
+/* on_net_irq acknowledges the device's interrupt: reading ISR clears it
+ * and lowers the (level) line, so the device's next used buffer raises a
+ * new edge at the PIC. The main loop does the work. */
+static void on_net_irq(struct irq_frame *f)
+{
+	(void)f;
+	(void)inb(dev.io + VIRTIO_PCI_ISR);
+}
+
+/* irq_setup installs the IDT and the handler for the device's IRQ line,
+ * initialises the PIC (and, with the in-kernel irqchip, the BSP's LAPIC
+ * LINT0) and unmasks that line. It runs before the device is reset, so
+ * no edge of the line is lost to the PIC's initialisation; interrupts
+ * stay off (IF clear) until the main loop halts. */
+static void irq_setup(const struct boot_info *bi, const struct bootinfo_device *d)
+{
+	if (d->irq >= 16 || d->irq == 2) {
+		printk("kv: virtio-net IRQ %u is not a PIC line\n", d->irq);
+		power_off(1);
+	}
+	idt_init();
+	idt_set_handler(PIC_VECTOR_BASE + d->irq, on_net_irq);
+	pic_init();
+	if (bi->flags & FTCKPT_BOOT_IRQCHIP)
+		lapic_lint0_extint();
+	pic_unmask(d->irq);
+}
+
 void guest_main(unsigned cpu, struct boot_info *bi)
 {
 	const struct bootinfo_device *d = bootinfo_device(bi, FTCKPT_DEV_VIRTIO_NET);
@@ -274,6 +310,7 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 		printk("kv: no virtio-net device in boot info\n");
 		power_off(1);
 	}
+	irq_setup(bi, d);
 	if ((err = virtio_begin(&dev, d->io_base, VIRTIO_NET_F_MAC)) != NULL ||
 	    (err = virtio_setup_queue(&dev, RXQ, &rxq)) != NULL ||
 	    (err = virtio_setup_queue(&dev, TXQ, &txq)) != NULL) {
@@ -283,6 +320,9 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 	}
 	if (dev.features & VIRTIO_NET_F_MAC)
 		virtio_config_read(&dev, 0, nif.mac, ETH_ALEN);
+	/* Received frames interrupt; transmit completions do not (tx_get
+	 * polls for them, only when every buffer is in flight). */
+	vq_interrupts(&rxq, true);
 	nrx = min_u(rxq.num / 2, MAX_RX);
 	ntx = min_u(txq.num / 2, MAX_TX);
 	if (nrx == 0 || ntx == 0)
@@ -352,6 +392,13 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 			       (unsigned long)kvsrv_drops(&srv));
 			next_report = srv.replies + report;
 		}
-		cpu_relax();
+		/* Idle: no frame was waiting when vq_used last looked, and IF
+		 * has been clear since. A frame the device delivers after that
+		 * look raises an edge that waits in the PIC, and the STI
+		 * shadow delivers it to the HLT instead of before it. */
+		if (reposted == 0) {
+			sti_hlt();
+			cli();
+		}
 	}
 }

@@ -40,6 +40,11 @@ int vq_init(struct vq *q, void *mem, unsigned num)
 	return 0;
 }
 
+void vq_interrupts(struct vq *q, bool on)
+{
+	__atomic_store_n(&q->avail->flags, on ? 0 : VRING_AVAIL_F_NO_INTERRUPT, __ATOMIC_RELEASE);
+}
+
 int vq_add(struct vq *q, const struct vq_buf *bufs, unsigned n, uint16_t *head)
 {
 	bool seen_write = false;

@@ -82,6 +82,11 @@ size_t vring_bytes(unsigned num);
  * Returns 0, or -1 for a bad num or alignment. */
 int vq_init(struct vq *q, void *mem, unsigned num);
 
+/* vq_interrupts asks the device to interrupt when it uses buffers of q
+ * (on: VRING_AVAIL_F_NO_INTERRUPT clear), or not to (vq_init's choice). A
+ * hint: the device may interrupt anyway, and one already raised stays. */
+void vq_interrupts(struct vq *q, bool on);
+
 /* vq_add places one chain of n buffers and publishes it in the available
  * ring; the caller notifies the device. On success *head names the chain
  * (as vq_used will report it) and 0 is returned; -1 means too few free

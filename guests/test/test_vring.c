@@ -261,6 +261,10 @@ static void test_protocol_violations(void)
 		      (uint8_t *)qq.used == (uint8_t *)m + 8192 &&
 		      (uint8_t *)qq.avail == (uint8_t *)m + 4096,
 	      "legacy layout of a 256-entry queue");
+	vq_interrupts(&qq, true);
+	CHECK(qq.avail->flags == 0 && qq.avail->idx == 0, "interrupts on: only the flag clears");
+	vq_interrupts(&qq, false);
+	CHECK(qq.avail->flags == VRING_AVAIL_F_NO_INTERRUPT, "interrupts off again");
 	free(m);
 }
 
