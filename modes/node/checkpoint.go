@@ -20,39 +20,26 @@ import (
 func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	o := &n.o
 	log := o.log()
-	arb, fence, gen, err := becomePrimary(ctx, o.Arbiter)
+	arb, fence, gen, err := becomePrimary(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	backend, err := openBackend(o)
+	h, err := openHost(o, true)
 	if err != nil {
 		return err
 	}
-	if backend != nil {
-		defer backend.Close()
-	}
-	disk, err := openDisk(o)
-	if err != nil {
-		return err
-	}
-	if disk != nil {
-		defer disk.Close()
-	}
+	defer h.close()
 
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
-	env := outbuf.Env{Generation: gen, Fence: fence, Net: unplugged{}, Clock: outbuf.SystemClock{}}
+	env := outbuf.Env{Generation: gen, Fence: fence, Net: h.netSink(), Clock: outbuf.SystemClock{}}
 	var netDev vmm.FrameSink
-	if backend != nil {
-		env.Net = backend
-	}
 	var held *ckmode.HeldDisk
 	var diskDev vmm.Disk
-	diskSize := int64(0)
-	if disk != nil {
-		held = ckmode.NewHeldDisk(disk, pos)
-		env.Disk, diskDev, diskSize = held.Sink(), held, disk.Size()
+	if h.disk != nil {
+		held = ckmode.NewHeldDisk(h.disk, pos)
+		env.Disk, diskDev = held.Sink(), held
 	}
 	out, err := outbuf.New(outbuf.DefaultConfig(), env)
 	if err != nil {
@@ -71,7 +58,7 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 		held.SetPoll(r.pollDisk) // a held-back FLUSH completes
 	}
 	cfg := o.Checkpoint
-	cfg.Machine = o.describe(diskSize)
+	cfg.Machine = o.describe(h.diskSize())
 	if primary, err = ckmode.NewPrimary(cfg, r, out, fence, gen, log); err != nil {
 		return err
 	}
@@ -79,15 +66,15 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	if held != nil {
 		primary.SetDisk(held)
 	}
-	conn, err := dialPeer(ctx, o.Peer, 10*time.Second)
+	conn, err := dialPeer(ctx, o, o.Peer, 10*time.Second)
 	if err != nil {
 		return err
 	}
 	if err := r.Start(); err != nil {
 		return err
 	}
-	if backend != nil {
-		if err := backend.Start(r.rx); err != nil {
+	if h.backend != nil {
+		if err := h.backend.Start(r.rx); err != nil {
 			return err
 		}
 	}
@@ -119,48 +106,36 @@ func describeEpoch(c *ckmode.Config) string {
 func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	o := &n.o
 	log := o.log()
-	arb, fence, err := openFence(o.Arbiter, RoleBackup)
+	arb, fence, err := openFence(o, RoleBackup)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	disk, err := openDisk(o)
+	h, err := openHost(o, false)
 	if err != nil {
 		return err
 	}
-	if disk != nil {
-		defer disk.Close()
-	}
+	defer h.close()
 	var netDev vmm.FrameSink
 	deferred := &deferredNet{}
 	if o.hasNetDevice() {
 		netDev = deferred
 	}
-	var backend vmm.NetBackend // opened when live; closed after the machine
-	defer func() {
-		if backend != nil {
-			backend.Close()
-		}
-	}()
-	var diskDev vmm.Disk
-	diskSize := int64(0)
-	if disk != nil {
-		diskDev, diskSize = disk, disk.Size()
-	}
+	diskDev := h.diskDev()
 	r, err := newRunner(o, netDev, diskDev, false)
 	if err != nil {
 		return err
 	}
 	defer r.close()
 	cfg := o.Checkpoint
-	cfg.Machine = o.describe(diskSize)
+	cfg.Machine = o.describe(h.diskSize())
 	backup, err := ckmode.NewBackup(cfg, r, fence, log)
 	if err != nil {
 		return err
 	}
 	n.set(func(p *Parts) { p.Machine, p.CheckpointBackup = r.Runner, backup })
-	if disk != nil {
-		backup.SetDisk(disk) // where going live writes again what the primary may not have
+	if h.disk != nil {
+		backup.SetDisk(h.disk) // where going live writes again what the primary may not have
 	}
 	ln, err := listen(ctx, o)
 	if err != nil {
@@ -171,12 +146,12 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if backend, err = openBackendLive(ctx, o); err != nil {
+	if err := h.goLive(ctx); err != nil {
 		return err
 	}
-	if backend != nil {
-		deferred.set(backend)
-		if err := backend.Start(r.rx); err != nil {
+	if h.backend != nil {
+		deferred.set(h.backend)
+		if err := h.backend.Start(r.rx); err != nil {
 			return err
 		}
 	}

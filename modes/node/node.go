@@ -45,6 +45,9 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if o.TLS == nil && o.Role != RoleAlone {
+		o.log().Warn("plain TCP: the link to the peer and to a raft witness is neither authenticated nor encrypted (--insecure)")
+	}
 	n := &Node{o: o, done: make(chan struct{})}
 	go func() {
 		defer close(n.done)

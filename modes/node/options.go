@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
@@ -161,6 +162,11 @@ type Options struct {
 	Peer, Listen, Join, AcceptBackups string
 	// Arbiter names the witness (witness.Open): raft://..., disk:PATH.
 	Arbiter string
+	// TLS is this host's certificate, its cluster's CA and the peer names
+	// it accepts (--tls-cert, --tls-key, --tls-ca, --peer-name; mtls.Load):
+	// every connection to the peer, and to a raft witness, is mutual TLS
+	// 1.3. nil is plain TCP (--insecure), logged at WARN.
+	TLS *mtls.Identity
 
 	// Checkpoint and Replay tune each mode's engine.
 	Checkpoint ckmode.Config

@@ -10,7 +10,6 @@ import (
 
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
-	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
@@ -69,7 +68,7 @@ func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) error {
 	if err != nil {
 		return fmt.Errorf("--accept-backups: %w", err)
 	}
-	p.AcceptBackups(ctx, ln)
+	p.AcceptBackups(ctx, secure(o, ln, "--accept-backups"))
 	return nil
 }
 
@@ -78,61 +77,48 @@ func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) error {
 func (n *Node) runReplayPrimary(ctx context.Context) error {
 	o := &n.o
 	log := o.log()
-	arb, fence, gen, err := becomePrimary(ctx, o.Arbiter)
+	arb, fence, gen, err := becomePrimary(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	disk, err := openDisk(o)
+	h, err := openHost(o, true)
 	if err != nil {
 		return err
 	}
-	if disk != nil {
-		defer disk.Close()
-	}
-	backend, err := openBackend(o)
-	if err != nil {
-		return err
-	}
-	if backend != nil {
-		defer backend.Close()
-	}
+	defer h.close()
 	plug := &replay.Plug{}
-	m, closeM, err := newStepper(o, plug, diskSizeOf(disk))
+	m, closeM, err := newStepper(o, plug, h.diskSize())
 	if err != nil {
 		return err
 	}
 	defer closeM()
-	out, err := replayOutputs(gen, fence, backend, disk)
+	out, err := replayOutputs(gen, fence, h)
 	if err != nil {
 		return err
 	}
 	cfg := o.Replay
-	cfg.Machine = o.describe(diskSizeOf(disk))
+	cfg.Machine = o.describe(h.diskSize())
 	p, err := replay.NewPrimary(cfg, m, plug, out, fence, gen, log)
 	if err != nil {
 		return err
 	}
 	n.set(func(parts *Parts) { parts.Machine, parts.Outputs, parts.ReplayPrimary = m, out, p })
 	p.Console = o.Console
-	if disk != nil {
-		p.SyncDisk = disk.Flush
+	if h.disk != nil {
+		p.SyncDisk = h.disk.Flush
 	}
 	var conn net.Conn // nil: alone until a backup joins
 	if o.Peer != "" {
-		if conn, err = dialPeer(ctx, o.Peer, 10*time.Second); err != nil {
+		if conn, err = dialPeer(ctx, o, o.Peer, 10*time.Second); err != nil {
 			return err
 		}
 	}
 	if err := acceptBackups(ctx, o, p); err != nil {
 		return err
 	}
-	if backend != nil {
-		rx := &toPrimary{}
-		rx.p.Store(p)
-		if err := backend.Start(rx); err != nil {
-			return err
-		}
+	if err := startRx(h, p); err != nil {
+		return err
 	}
 	log.Info("primary recording", "generation", gen, "backup", o.Peer, "guest", o.Guest)
 	stop := statusLines(o.Status, o.StatusEvery, p.Stats.PrimaryLine)
@@ -145,30 +131,23 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 }
 
 // replayOutputs is a role's output buffer for generation gen: frames to
-// backend and writes to disk (either may be nil).
-func replayOutputs(gen uint64, fence *witness.Fence, backend vmm.NetBackend, disk *vmm.FileDisk) (*outbuf.Buffer, error) {
-	env := outbuf.Env{Generation: gen, Fence: fence, Net: unplugged{}, Clock: outbuf.SystemClock{}}
-	if backend != nil {
-		env.Net = backend
-	}
-	if disk != nil {
-		env.Disk = disk
+// h's backend (lost without one) and writes to its disk.
+func replayOutputs(gen uint64, fence *witness.Fence, h *host) (*outbuf.Buffer, error) {
+	env := outbuf.Env{Generation: gen, Fence: fence, Net: h.netSink(), Clock: outbuf.SystemClock{}}
+	if h.disk != nil {
+		env.Disk = h.disk
 	}
 	return outbuf.New(outbuf.DefaultConfig(), env)
 }
 
-// unplugged is the network of a guest given none: the software machine's
-// network device is always there, and what it sends is lost, as from a NIC
-// with no cable.
-type unplugged struct{}
-
-func (unplugged) SendFrame([]byte) error { return nil }
-
-func diskSizeOf(d *vmm.FileDisk) int64 {
-	if d == nil {
-		return 0
+// startRx delivers the frames h's backend receives to p.
+func startRx(h *host, p *replay.Primary) error {
+	if h.backend == nil {
+		return nil
 	}
-	return d.Size()
+	rx := &toPrimary{}
+	rx.p.Store(p)
+	return h.backend.Start(rx)
 }
 
 // runReplayBackup replays the primary's log and, when the primary is lost
@@ -177,50 +156,38 @@ func diskSizeOf(d *vmm.FileDisk) int64 {
 func (n *Node) runReplayBackup(ctx context.Context) error {
 	o := &n.o
 	log := o.log()
-	arb, fence, err := openFence(o.Arbiter, RoleBackup)
+	arb, fence, err := openFence(o, RoleBackup)
 	if err != nil {
 		return err
 	}
 	defer arb.Close()
-	disk, err := openDisk(o)
+	h, err := openHost(o, false) // the network opens when live: the primary holds it until then
 	if err != nil {
 		return err
 	}
-	if disk != nil {
-		defer disk.Close()
-	}
+	defer h.close()
 	plug := &replay.Plug{}
-	m, closeM, err := newStepper(o, plug, diskSizeOf(disk))
+	m, closeM, err := newStepper(o, plug, h.diskSize())
 	if err != nil {
 		return err
 	}
 	defer closeM()
-	// The network backend opens only when this side goes live: the
-	// primary holds it until then.
-	var backend vmm.NetBackend
-	defer func() {
-		if backend != nil {
-			backend.Close()
-		}
-	}()
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
-		b, err := openBackendLive(ctx, o)
-		if err != nil {
+		if err := h.goLive(ctx); err != nil {
 			return nil, err
 		}
-		backend = b
-		return replayOutputs(gen, fence, backend, disk)
+		return replayOutputs(gen, fence, h)
 	}
 	cfg := o.Replay
-	cfg.Machine = o.describe(diskSizeOf(disk))
+	cfg.Machine = o.describe(h.diskSize())
 	b, err := replay.NewBackup(cfg, m, plug, fence, makeOut, log)
 	if err != nil {
 		return err
 	}
 	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = m, b })
 	b.Console = o.Console
-	if disk != nil {
-		b.SyncDisk = disk.Flush
+	if h.disk != nil {
+		b.SyncDisk = h.disk.Flush
 	}
 	conn, err := connectToPrimary(ctx, o)
 	if err != nil {
@@ -237,12 +204,8 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 		return err
 	}
 	n.set(func(parts *Parts) { parts.ReplayPrimary = live })
-	if backend != nil {
-		rx := &toPrimary{}
-		rx.p.Store(live)
-		if err := backend.Start(rx); err != nil {
-			return err
-		}
+	if err := startRx(h, live); err != nil {
+		return err
 	}
 	log.Warn("live as primary, unprotected")
 	if err := acceptBackups(ctx, o, live); err != nil {
@@ -255,7 +218,7 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 // o.Listen, or dialled to a running primary's accept address (o.Join).
 func connectToPrimary(ctx context.Context, o *Options) (net.Conn, error) {
 	if o.Join != "" {
-		return dialPeer(ctx, o.Join, 10*time.Second)
+		return dialPeer(ctx, o, o.Join, 10*time.Second)
 	}
 	ln, err := listen(ctx, o)
 	if err != nil {
