@@ -242,7 +242,7 @@ func TestHeldDiskWrites(t *testing.T) {
 	}
 	got[0].Data[0] = 'X'
 	mustCommit(t, r.b, 3)
-	if d := r.disk.bytes(); string(d[:4]) != "AABB" {
+	if d := r.disk.Bytes(); string(d[:4]) != "AABB" {
 		t.Fatalf("disk %q after release: HeldDiskWrites shared the buffer's data", d[:4])
 	}
 	if got := r.b.HeldDiskWrites(); len(got) != 0 {
@@ -256,7 +256,7 @@ func TestHeldDiskWritesDuringARelease(t *testing.T) {
 	r := newRig(t, DefaultConfig())
 	entered, proceed := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	r.disk.onWrite = func([]byte, int64) error {
+	r.disk.OnWrite = func([]byte, int64) error {
 		once.Do(func() { close(entered); <-proceed })
 		return nil
 	}
@@ -287,7 +287,7 @@ func TestHeldDiskWritesDuringARelease(t *testing.T) {
 func TestSinkErrorFailsAndKeepsOutput(t *testing.T) {
 	r := newRig(t, DefaultConfig())
 	errDisk := errors.New("disk on fire")
-	r.disk.onWrite = func([]byte, int64) error { return errDisk }
+	r.disk.OnWrite = func([]byte, int64) error { return errDisk }
 	mustHold(t, r.b, 1, NetFrame([]byte("a")))
 	mustHold(t, r.b, 1, DiskWrite([]byte("data"), 0))
 	mustHold(t, r.b, 1, NetFrame([]byte("b")))
@@ -304,7 +304,7 @@ func TestSinkErrorFailsAndKeepsOutput(t *testing.T) {
 	if s := r.b.Stats(); s.HeldOutputs != 2 || !errors.Is(s.Failed, errDisk) {
 		t.Fatalf("stats held %d failed %v", s.HeldOutputs, s.Failed)
 	}
-	r.disk.onWrite = nil
+	r.disk.OnWrite = nil
 	if err := r.b.Commit(1); !errors.Is(err, errDisk) {
 		t.Fatalf("Commit after failure = %v, want the same failure", err)
 	}

@@ -60,7 +60,7 @@ func TestConcurrentReleaseNeverEarlyAndInOrder(t *testing.T) {
 			r := newRig(t, tc.cfg)
 			chk := &releaseChecker{nextSeq: map[uint32]uint32{}}
 			r.rec.onSend = func(f []byte) error { chk.see(f); return nil }
-			r.disk.onWrite = func(p []byte, _ int64) error { chk.see(p); return nil }
+			r.disk.OnWrite = func(p []byte, _ int64) error { chk.see(p); return nil }
 
 			var barrier sync.RWMutex // held for reading while holding, for writing to advance
 			var epoch atomic.Uint64

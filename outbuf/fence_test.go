@@ -21,7 +21,7 @@ func TestFenceWrongGenerationReleasesNothing(t *testing.T) {
 	if got := r.rec.snapshot(); len(got) != 0 {
 		t.Fatalf("stale generation released %d outputs", len(got))
 	}
-	if got := r.disk.bytes(); len(got) != 0 {
+	if got := r.disk.Bytes(); len(got) != 0 {
 		t.Fatalf("stale generation wrote the disk: %q", got)
 	}
 }
@@ -46,7 +46,7 @@ func TestFenceRevokedMidStream(t *testing.T) {
 	if got := r.rec.snapshot(); len(got) != 1 {
 		t.Fatalf("released %d outputs, want only the one committed before revocation", len(got))
 	}
-	if got := r.disk.bytes(); len(got) != 0 {
+	if got := r.disk.Bytes(); len(got) != 0 {
 		t.Fatalf("disk written after revocation: %q", got)
 	}
 	if s := r.b.Stats(); s.HeldOutputs != 3 || s.HeldBytes != 3 {
@@ -108,7 +108,7 @@ func TestFenceSuspendedDefersRelease(t *testing.T) {
 	if got := r.rec.snapshot(); len(got) != 0 {
 		t.Fatalf("released %d outputs through a suspended fence", len(got))
 	}
-	if got := r.disk.bytes(); len(got) != 0 {
+	if got := r.disk.Bytes(); len(got) != 0 {
 		t.Fatalf("disk written through a suspended fence: %q", got)
 	}
 	if err := r.b.Err(); err != nil {

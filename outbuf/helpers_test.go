@@ -5,12 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // fakeClock is a Clock the test moves by hand.
@@ -111,71 +111,22 @@ func (r *recorder) snapshot() []released {
 	return append([]released(nil), r.log...)
 }
 
-// memDisk is an in-memory Disk that grows on writes past its end, like a
-// file. Its writes also go to a recorder's log (if set), so order across
-// kinds can be checked; hooks may fail or stall a call.
-type memDisk struct {
-	mu      sync.Mutex
-	data    []byte
-	rec     *recorder
-	onWrite func(p []byte, off int64) error
-	// afterRead runs once a read has copied its bytes, before it returns.
-	afterRead func()
+// diskWrite logs a write the disk applied (the disk's AfterWrite), so
+// order across kinds can be checked.
+func (r *recorder) diskWrite(p []byte, off int64) {
+	r.mu.Lock()
+	r.log = append(r.log, released{kind: KindDiskWrite, data: append([]byte(nil), p...), off: off})
+	r.mu.Unlock()
 }
 
-func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
-	n, err := d.read(p, off)
-	if d.afterRead != nil {
-		d.afterRead()
-	}
-	return n, err
-}
-
-func (d *memDisk) read(p []byte, off int64) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off >= int64(len(d.data)) {
-		return 0, io.EOF
-	}
-	n := copy(p, d.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
-	if d.onWrite != nil {
-		if err := d.onWrite(p, off); err != nil {
-			return 0, err
-		}
-	}
-	d.mu.Lock()
-	if end := off + int64(len(p)); end > int64(len(d.data)) {
-		d.data = append(d.data, make([]byte, end-int64(len(d.data)))...)
-	}
-	copy(d.data[off:], p)
-	d.mu.Unlock()
-	if d.rec != nil {
-		d.rec.mu.Lock()
-		d.rec.log = append(d.rec.log, released{kind: KindDiskWrite, data: append([]byte(nil), p...), off: off})
-		d.rec.mu.Unlock()
-	}
-	return len(p), nil
-}
-
-func (d *memDisk) bytes() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.data...)
-}
-
-// rig is a Buffer wired to test fakes.
+// rig is a Buffer wired to test fakes. Its disk grows on writes past its
+// end, like a file, and logs what it applied to rec (unless a test unsets
+// its AfterWrite); hooks may fail or stall a call.
 type rig struct {
 	b     *Buffer
 	fence *testFence
 	rec   *recorder
-	disk  *memDisk
+	disk  *vmmtest.MemDisk
 	clock *fakeClock
 }
 
@@ -184,7 +135,8 @@ const testGen = 7
 func newRig(t testing.TB, cfg Config) *rig {
 	t.Helper()
 	r := &rig{fence: &testFence{current: testGen}, rec: &recorder{}, clock: newFakeClock()}
-	r.disk = &memDisk{rec: r.rec}
+	r.disk = vmmtest.NewGrowingMemDisk()
+	r.disk.AfterWrite = r.rec.diskWrite
 	b, err := New(cfg, Env{Generation: testGen, Fence: r.fence, Net: r.rec, Disk: r.disk, Clock: r.clock, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -223,17 +175,11 @@ func mustCommit(t testing.TB, b *Buffer, pos uint64) {
 	}
 }
 
-// waitWaiting yields until n Holds are blocked for room. It decides nothing:
-// it only orders the test's steps after the goroutines it started.
+// waitWaiting waits until n Holds are blocked for room. It decides
+// nothing: it only orders the test's steps after the goroutines it started.
 func waitWaiting(t testing.TB, b *Buffer, n int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for b.Stats().Waiting != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("Waiting never reached %d (now %d)", n, b.Stats().Waiting)
-		}
-		runtime.Gosched()
-	}
+	vmmtest.WaitUntil(t, fmt.Sprintf("%d Holds waiting for room", n), func() bool { return b.Stats().Waiting == n })
 }
 
 // holdAsync starts Hold on a goroutine and returns its result channel.

@@ -62,12 +62,12 @@ func TestReadAtMatchesModel(t *testing.T) {
 	for seed := range uint64(6) {
 		rng := rand.New(rand.NewPCG(seed, 42))
 		r := newRig(t, DefaultConfig())
-		r.disk.rec = nil
+		r.disk.AfterWrite = nil
 		m := &diskModel{base: make([]byte, 20000)}
 		for i := range m.base {
 			m.base[i] = byte(rng.Uint32())
 		}
-		r.disk.data = append([]byte(nil), m.base...)
+		r.disk.SetImage(m.base)
 		released := 0 // writes[:released] are on the disk
 		view := append([]byte(nil), m.base...)
 		pos := uint64(1)
@@ -105,7 +105,7 @@ func TestReadAtMatchesModel(t *testing.T) {
 			// after every step, not only after commits.
 			released = int(r.b.Stats().Released)
 			if op%500 == 0 {
-				if got, want := r.disk.bytes(), m.apply(released); !bytes.Equal(got, want) {
+				if got, want := r.disk.Bytes(), m.apply(released); !bytes.Equal(got, want) {
 					t.Fatalf("seed %d op %d: disk is not the base plus the %d released writes", seed, op, released)
 				}
 			}
@@ -117,10 +117,10 @@ func TestReadAtMatchesModel(t *testing.T) {
 // change while writes move from the overlay to the disk.
 func TestReadAtStableAcrossReleases(t *testing.T) {
 	r := newRig(t, DefaultConfig())
-	r.disk.rec = nil
+	r.disk.AfterWrite = nil
 	rng := rand.New(rand.NewPCG(7, 7))
 	m := &diskModel{base: make([]byte, 64<<10)}
-	r.disk.data = append([]byte(nil), m.base...)
+	r.disk.SetImage(m.base)
 	const writes = 1500
 	for i := range writes {
 		w := make([]byte, 1+rng.IntN(3000))
@@ -164,7 +164,7 @@ func TestReadAtStableAcrossReleases(t *testing.T) {
 	for e := range errs {
 		t.Fatal(e)
 	}
-	if !bytes.Equal(r.disk.bytes(), want) {
+	if !bytes.Equal(r.disk.Bytes(), want) {
 		t.Fatal("disk after all releases differs from the model")
 	}
 }
@@ -173,11 +173,11 @@ func TestReadAtStableAcrossReleases(t *testing.T) {
 // write: the release waits until the read has laid the overlay.
 func TestReadAtNotTornByRelease(t *testing.T) {
 	r := newRig(t, DefaultConfig())
-	r.disk.data = make([]byte, 8)
+	r.disk.SetImage(make([]byte, 8))
 	mustHold(t, r.b, 1, DiskWrite([]byte("held"), 2))
 	inRead, proceed := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	r.disk.afterRead = func() {
+	r.disk.AfterRead = func() {
 		once.Do(func() {
 			close(inRead)
 			<-proceed
@@ -212,7 +212,7 @@ func TestReadAtNotTornByRelease(t *testing.T) {
 	if err := <-commitc; err != nil {
 		t.Fatal(err)
 	}
-	if got := string(r.disk.bytes()); got != "\x00\x00held\x00\x00" {
+	if got := string(r.disk.Bytes()); got != "\x00\x00held\x00\x00" {
 		t.Fatalf("disk = %q", got)
 	}
 }
@@ -221,7 +221,7 @@ func TestReadAtNotTornByRelease(t *testing.T) {
 // chunk boundaries.
 func TestReadAtNewestWins(t *testing.T) {
 	r := newRig(t, DefaultConfig())
-	r.disk.data = bytes.Repeat([]byte{'.'}, 3*4096)
+	r.disk.SetImage(bytes.Repeat([]byte{'.'}, 3*4096))
 	mustHold(t, r.b, 1, DiskWrite(bytes.Repeat([]byte{'a'}, 4096), 2048))
 	mustHold(t, r.b, 1, DiskWrite(bytes.Repeat([]byte{'b'}, 10), 4090))
 	mustHold(t, r.b, 2, DiskWrite(bytes.Repeat([]byte{'c'}, 3), 4095))

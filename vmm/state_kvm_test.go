@@ -84,7 +84,7 @@ func sameState(a, b map[string][]byte) string {
 // after a second request (INCR a) changed the guest and its devices.
 func kvStates(t *testing.T) (first []byte, snap *bytes.Buffer, disk []byte, m *Machine, c *net.UDPConn, con *vmmtest.Console) {
 	t.Helper()
-	d := &memDisk{data: make([]byte, 1<<20)}
+	d := vmmtest.NewMemDisk(1 << 20)
 	m, con, c = runKvOnDisk(t, d, map[string]string{"journal": "1000", "flush": "1"})
 	if got := kvAsk(t, c, con, "SET a 1"); got != "1 OK" {
 		t.Fatalf("SET a 1: %q", got)
@@ -107,7 +107,7 @@ func kvStates(t *testing.T) (first []byte, snap *bytes.Buffer, disk []byte, m *M
 	if err := writeSnapshot(snap, reversed, m.mem); err != nil {
 		t.Fatal(err)
 	}
-	disk = slices.Clone(d.data)
+	disk = d.Bytes()
 	if err := m.Resume(); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,9 @@ func TestKVMStateSectionsInAnyOrder(t *testing.T) {
 		if _, dev, err = r.AttachVirtioNet(NetConfig{Sink: front}); err != nil {
 			return err
 		}
-		_, _, err = r.AttachVirtioBlk(BlkConfig{Disk: &memDisk{data: disk}})
+		restored := vmmtest.NewMemDisk(0)
+		restored.SetImage(disk)
+		_, _, err = r.AttachVirtioBlk(BlkConfig{Disk: restored})
 		return err
 	})
 	if err != nil {

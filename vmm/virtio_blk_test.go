@@ -6,30 +6,9 @@ import (
 	"errors"
 	"slices"
 	"testing"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
-
-// memDisk is an in-memory Disk that can refuse writes with ErrOutputFull.
-type memDisk struct {
-	data    []byte
-	flushes int
-	refuse  bool
-}
-
-func (d *memDisk) ReadAt(p []byte, off int64) (int, error) { return copy(p, d.data[off:]), nil }
-func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
-	if d.refuse {
-		return 0, ErrOutputFull
-	}
-	return copy(d.data[off:], p), nil
-}
-func (d *memDisk) Flush() error {
-	if d.refuse {
-		return ErrOutputFull
-	}
-	d.flushes++
-	return nil
-}
-func (d *memDisk) Size() int64 { return int64(len(d.data)) }
 
 // Guest-physical layout of the blk tests: the ring (desc page, avail page,
 // used page), then one page each for header, data and status.
@@ -44,7 +23,7 @@ const (
 type blkFixture struct {
 	t    *testing.T
 	mem  *GuestMemory
-	disk *memDisk
+	disk *vmmtest.MemDisk
 	dev  *VirtioBlk
 	drv  *testDriver
 	q    *testVQ
@@ -52,7 +31,7 @@ type blkFixture struct {
 }
 
 func newBlkFixture(t *testing.T, sectors int) *blkFixture {
-	f := &blkFixture{t: t, mem: newTestMemory(t), disk: &memDisk{data: make([]byte, sectors*sectorSize)}}
+	f := &blkFixture{t: t, mem: newTestMemory(t), disk: vmmtest.NewMemDisk(int64(sectors * sectorSize))}
 	f.dev = NewVirtioBlk("0", f.mem, f.disk, false, "ftckpt-disk-0", f.irq.set)
 	f.drv = &testDriver{t: t, mem: f.mem, dev: f.dev, base: testIOBase}
 	host := f.drv.begin(0)
@@ -133,7 +112,7 @@ func TestVirtioBlkWriteReadFlushID(t *testing.T) {
 	if st, n := f.request(virtioBlkTOut, 5, 512, false); st != virtioBlkSOK || n != 1 {
 		t.Fatalf("write: status %d, used len %d", st, n)
 	}
-	if !bytes.Equal(f.disk.data[5*512:6*512], sector) {
+	if !bytes.Equal(f.disk.Bytes()[5*512:6*512], sector) {
 		t.Fatal("the disk does not hold the written sector")
 	}
 	writeMem(t, f.mem, tData, make([]byte, 1024))
@@ -144,8 +123,8 @@ func TestVirtioBlkWriteReadFlushID(t *testing.T) {
 	if !bytes.Equal(got[512:], sector) || !bytes.Equal(got[:512], make([]byte, 512)) {
 		t.Fatal("read data differs from the disk")
 	}
-	if st, _ := f.request(virtioBlkTFlush, 0, 0, false); st != virtioBlkSOK || f.disk.flushes != 1 {
-		t.Fatalf("flush: status %d, %d flushes", st, f.disk.flushes)
+	if st, _ := f.request(virtioBlkTFlush, 0, 0, false); st != virtioBlkSOK || f.disk.Flushes() != 1 {
+		t.Fatalf("flush: status %d, %d flushes", st, f.disk.Flushes())
 	}
 	if st, n := f.request(virtioBlkTGetID, 0, 20, true); st != virtioBlkSOK || n != 21 {
 		t.Fatalf("get-id: status %d, len %d", st, n)
@@ -183,7 +162,7 @@ func TestVirtioBlkErrors(t *testing.T) {
 	if f.drv.status()&virtioStatusNeedsReset != 0 {
 		t.Fatal("a well-formed request with bad contents broke the device")
 	}
-	if !bytes.Equal(f.disk.data, make([]byte, 64*512)) {
+	if !bytes.Equal(f.disk.Bytes(), make([]byte, 64*512)) {
 		t.Fatal("a refused request changed the disk")
 	}
 	ro := NewVirtioBlk("1", f.mem, f.disk, true, "", nil)
@@ -268,7 +247,9 @@ func TestVirtioBlkBadChains(t *testing.T) {
 // ring's page, the data pages and the status page.
 func TestVirtioBlkDirtyExact(t *testing.T) {
 	f := newBlkFixture(t, 64)
-	f.disk.data[3*512] = 0xab
+	if _, err := f.disk.WriteAt([]byte{0xab}, 3*512); err != nil {
+		t.Fatal(err)
+	}
 	f.header(virtioBlkTIn, 3)
 	// Data spanning two pages, in two descriptors.
 	f.q.add(testBuf{tHdr, 16, false}, testBuf{tData + PageSize - 256, 256, true},
@@ -288,7 +269,7 @@ func TestVirtioBlkDirtyExact(t *testing.T) {
 
 func TestVirtioBlkOutputFullRetry(t *testing.T) {
 	f := newBlkFixture(t, 64)
-	f.disk.refuse = true
+	f.disk.Refuse(ErrOutputFull)
 	writeMem(t, f.mem, tData, bytes.Repeat([]byte{7}, 512))
 	f.header(virtioBlkTOut, 2)
 	f.q.add(testBuf{tHdr, 16, false}, testBuf{tData, 512, false}, testBuf{tStatus, 1, true})
@@ -301,18 +282,18 @@ func TestVirtioBlkOutputFullRetry(t *testing.T) {
 		t.Fatal("a second notify did not retry or completed a refused write")
 	}
 	// Quiesced: Poll does nothing, not even after the disk has room.
-	f.disk.refuse = false
+	f.disk.Refuse(nil)
 	f.dev.Quiesce()
 	dirtyPages(f.mem)
 	f.dev.Poll()
-	if f.q.usedIdx() != 0 || len(dirtyPages(f.mem)) != 0 || f.disk.data[2*512] != 0 {
+	if f.q.usedIdx() != 0 || len(dirtyPages(f.mem)) != 0 || f.disk.Bytes()[2*512] != 0 {
 		t.Fatal("a quiesced device worked")
 	}
 	f.dev.Wake()
 	if id, n := f.q.mustTake(); id != 0 || n != 1 {
 		t.Fatalf("used %d/%d", id, n)
 	}
-	if f.disk.data[2*512] != 7 || readMem(t, f.mem, tStatus, 1)[0] != virtioBlkSOK {
+	if f.disk.Bytes()[2*512] != 7 || readMem(t, f.mem, tStatus, 1)[0] != virtioBlkSOK {
 		t.Fatal("the retried write did not happen")
 	}
 }
@@ -366,7 +347,7 @@ func TestVirtioBlkStateRoundTrip(t *testing.T) {
 	if err := dev2.RestoreState(1, saved[:len(saved)-1]); !errors.Is(err, ErrTruncated) {
 		t.Fatalf("truncated: %v", err)
 	}
-	small := NewVirtioBlk("0", f.mem, &memDisk{data: make([]byte, 512)}, false, "", nil)
+	small := NewVirtioBlk("0", f.mem, vmmtest.NewMemDisk(512), false, "", nil)
 	if err := small.RestoreState(1, saved); !errors.Is(err, ErrMismatch) {
 		t.Fatalf("another disk size: %v", err)
 	}

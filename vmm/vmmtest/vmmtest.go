@@ -1,6 +1,7 @@
-// Package vmmtest is the harness the KVM tests of several packages share:
-// the skip where /dev/kvm cannot be opened and a serial console to wait on.
-// It does not import vmm, so vmm's own tests can use it.
+// Package vmmtest is the test support several packages share: the skip
+// where /dev/kvm cannot be opened, a serial console to wait on, the
+// in-memory disk (MemDisk), and waiting on a condition instead of sleeping
+// (WaitUntil). It does not import vmm, so vmm's own tests can use it.
 package vmmtest
 
 import (
@@ -44,7 +45,8 @@ type Machine interface {
 }
 
 // Console is a serial console safe for the vCPU thread to write while a
-// test reads it.
+// test reads it (or any output written while a test reads it: a child
+// process's).
 type Console struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
