@@ -1,10 +1,11 @@
 package checkpoint
 
 import (
-	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 )
 
 // TestLinkHelloRefusesAMismatchedPeer: two primaries, or guests of other
@@ -20,7 +21,9 @@ func TestLinkHelloRefusesAMismatchedPeer(t *testing.T) {
 		{"other machine", Hello{Role: RoleBackup, MemPages: 16, Machine: "disk=64M"}, `peer's machine is "disk=64M", ours ""`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := tcpPair(t)
+			a, b := linktest.New().Pipe() // buffered: each side sends its hello before reading
+			defer a.Close()
+			defer b.Close()
 			go func() {
 				lb := NewLink(b, 0, nil)
 				lb.Hello(tc.peer, time.Second) //nolint:errcheck // the other side judges
@@ -31,27 +34,4 @@ func TestLinkHelloRefusesAMismatchedPeer(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tcpPair returns both ends of a loopback TCP connection (buffered, unlike
-// net.Pipe: each side sends its hello before reading the other's).
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		done <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-done
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
 }
