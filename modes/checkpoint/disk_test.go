@@ -3,8 +3,6 @@ package checkpoint
 import (
 	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"math/rand"
 	"sync"
 	"sync/atomic"
@@ -13,101 +11,19 @@ import (
 
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
-
-// memDisk is a shared disk with a volatile write cache, as a disk image
-// behind a host's page cache is: writes land in data, Flush copies data to
-// durable, and crash loses what was not flushed (the host died).
-//
-// A failed Flush behaves as Linux's fdatasync after a writeback error: the
-// dirty pages it could not write are dropped as if clean, so a later
-// successful Flush does not write them.
-type memDisk struct {
-	mu        sync.Mutex
-	data      []byte
-	durable   []byte
-	dirty     []bool // bytes written since the last Flush
-	flushes   int
-	failFlush error // returned by the next Flush (every one, if failAll)
-	failAll   bool
-}
-
-func newMemDisk(size int) *memDisk {
-	return &memDisk{data: make([]byte, size), durable: make([]byte, size), dirty: make([]bool, size)}
-}
-
-func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off < 0 || off >= int64(len(d.data)) {
-		return 0, io.EOF
-	}
-	n := copy(p, d.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
-		return 0, fmt.Errorf("write of %d bytes at %d past the disk's %d", len(p), off, len(d.data))
-	}
-	for i := range p {
-		d.dirty[off+int64(i)] = true
-	}
-	return copy(d.data[off:], p), nil
-}
-
-func (d *memDisk) Flush() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.failFlush; err != nil {
-		if !d.failAll {
-			d.failFlush = nil
-		}
-		clear(d.dirty)
-		return err
-	}
-	for i, dirty := range d.dirty {
-		if dirty {
-			d.durable[i] = d.data[i]
-		}
-	}
-	clear(d.dirty)
-	d.flushes++
-	return nil
-}
-
-func (d *memDisk) Size() int64 { return int64(len(d.data)) }
-
-// crash loses the write cache: the disk holds only what was flushed.
-func (d *memDisk) crash() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	copy(d.data, d.durable)
-}
-
-func (d *memDisk) image(durable bool) []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if durable {
-		return bytes.Clone(d.durable)
-	}
-	return bytes.Clone(d.data)
-}
 
 // okFence lets every release through.
 type okFence struct{}
 
 func (okFence) Check(uint64) error { return nil }
 
-// heldRig is a HeldDisk over a memDisk with its output buffer; pos is the
-// primary's position, polls counts calls of the poll function.
+// heldRig is a HeldDisk over an in-memory disk with a volatile write cache
+// (as a disk image behind a host's page cache), with its output buffer;
+// pos is the primary's position, polls counts calls of the poll function.
 type heldRig struct {
-	disk  *memDisk
+	disk  *vmmtest.MemDisk
 	held  *HeldDisk
 	out   *outbuf.Buffer
 	pos   atomic.Uint64
@@ -115,7 +31,7 @@ type heldRig struct {
 }
 
 func newHeldRig(t *testing.T, size int) *heldRig {
-	r := &heldRig{disk: newMemDisk(size), polls: make(chan struct{}, 1<<16)}
+	r := &heldRig{disk: vmmtest.NewMemDisk(int64(size)), polls: make(chan struct{}, 1<<16)}
 	r.pos.Store(1)
 	r.held = NewHeldDisk(r.disk, r.pos.Load)
 	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: okFence{}, Disk: r.held.Sink(), Clock: outbuf.SystemClock{}})
@@ -137,11 +53,7 @@ func (r *heldRig) write(t *testing.T, off int64, s string) {
 
 func (r *heldRig) waitPoll(t *testing.T) {
 	t.Helper()
-	select {
-	case <-r.polls:
-	case <-time.After(10 * time.Second): // bounds a broken flusher only
-		t.Fatal("the device was never polled")
-	}
+	vmmtest.Receive(t, "the device to be polled", r.polls)
 }
 
 func (r *heldRig) noPoll(t *testing.T) {
@@ -171,14 +83,14 @@ func TestHeldDiskFlushWaitsForReleaseAndDurability(t *testing.T) {
 	if _, err := r.held.ReadAt(got, 0); err != nil || string(got[:4]) != "AAAA" || string(got[512:516]) != "BBBB" {
 		t.Fatalf("guest reads %q %q (%v) before release", got[:4], got[512:516], err)
 	}
-	if img := r.disk.image(false); img[0] != 0 {
+	if img := r.disk.Bytes(); img[0] != 0 {
 		t.Fatal("a held write reached the disk before its epoch was acknowledged")
 	}
 
 	if err := r.out.Commit(1); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "epoch 1's write durable", func() bool { return r.disk.image(true)[0] == 'A' })
+	vmmtest.WaitUntil(t, "epoch 1's write durable", func() bool { return r.disk.Durable()[0] == 'A' })
 	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
 		t.Fatalf("flush with epoch 2 held: %v, want ErrOutputFull", err)
 	}
@@ -188,7 +100,7 @@ func TestHeldDiskFlushWaitsForReleaseAndDurability(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitPoll(t)
-	if img := r.disk.image(true); string(img[:4]) != "AAAA" || string(img[512:516]) != "BBBB" {
+	if img := r.disk.Durable(); string(img[:4]) != "AAAA" || string(img[512:516]) != "BBBB" {
 		t.Fatalf("polled, but the durable disk holds %q %q", img[:4], img[512:516])
 	}
 	if err := r.held.Flush(); err != nil {
@@ -201,9 +113,7 @@ func TestHeldDiskFlushWaitsForReleaseAndDurability(t *testing.T) {
 func TestHeldDiskFlushError(t *testing.T) {
 	r := newHeldRig(t, 4096)
 	boom := errors.New("EIO")
-	r.disk.mu.Lock()
-	r.disk.failFlush = boom
-	r.disk.mu.Unlock()
+	r.disk.FailFlush(boom, false)
 	r.write(t, 0, "AAAA")
 	if err := r.held.Flush(); !errors.Is(err, vmm.ErrOutputFull) {
 		t.Fatalf("flush: %v", err)
@@ -230,7 +140,7 @@ func TestHeldDiskFlushError(t *testing.T) {
 	}
 	// The failed fdatasync dropped the write's dirty pages: durable only
 	// if it was written again before the flush that succeeded.
-	if got := string(r.disk.image(true)[:4]); got != "AAAA" {
+	if got := string(r.disk.Durable()[:4]); got != "AAAA" {
 		t.Fatalf("the disk holds %q durably, want the write a failed flush dropped", got)
 	}
 }
@@ -242,9 +152,7 @@ func TestHeldDiskFailoverLogIsBounded(t *testing.T) {
 	r := newHeldRig(t, 1<<16)
 	r.held.maxLog = 32 << 10
 	boom := errors.New("EIO")
-	r.disk.mu.Lock()
-	r.disk.failFlush, r.disk.failAll = boom, true
-	r.disk.mu.Unlock()
+	r.disk.FailFlush(boom, true)
 	block := bytes.Repeat([]byte{'x'}, 4096)
 	refused := false
 	for i := 0; i < 20 && !refused; i++ {
@@ -264,24 +172,14 @@ func TestHeldDiskFailoverLogIsBounded(t *testing.T) {
 	if !refused {
 		t.Fatal("20 writes of 4 KiB with failing flushes all taken by a 32 KiB failover log")
 	}
-	r.disk.mu.Lock()
-	r.disk.failFlush, r.disk.failAll = nil, false
-	r.disk.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second) // bounds a broken flusher only
-	for {
-		if _, err := r.held.WriteAt(block, 0); err == nil {
-			break
-		} else if !errors.Is(err, vmm.ErrOutputFull) {
+	r.disk.FailFlush(nil, false)
+	vmmtest.WaitUntil(t, "writes taken again after the disk came back", func() bool {
+		_, err := r.held.WriteAt(block, 0)
+		if err != nil && !errors.Is(err, vmm.ErrOutputFull) {
 			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("writes still refused after the disk came back")
-		}
-		select {
-		case <-r.polls: // the flusher made room
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+		return err == nil
+	})
 }
 
 // Capture gives each epoch's writes once, a sync everything not yet
@@ -308,7 +206,7 @@ func TestHeldDiskCapture(t *testing.T) {
 	if err := r.out.Commit(1); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "epoch 1 durable", func() bool { return r.held.Capture(4, true).Durable == 1 })
+	vmmtest.WaitUntil(t, "epoch 1 durable", func() bool { return r.held.Capture(4, true).Durable == 1 })
 	d = r.held.Capture(4, true)
 	if len(d.Writes) != 1 || string(d.Writes[0].Data) != "e2" {
 		t.Fatalf("whole log after epoch 1 is durable: %+v", d)
@@ -317,7 +215,7 @@ func TestHeldDiskCapture(t *testing.T) {
 	if err := r.out.Commit(4); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "every write durable", func() bool { return r.held.Capture(5, false).Durable == 5 })
+	vmmtest.WaitUntil(t, "every write durable", func() bool { return r.held.Capture(5, false).Durable == 5 })
 }
 
 // A device issuing random writes and flushes while acks arrive at random
@@ -370,9 +268,7 @@ func TestHeldDiskFlushUnderConcurrentAcks(t *testing.T) {
 			continue
 		}
 		if wrng.Intn(10) == 0 {
-			r.disk.mu.Lock()
-			r.disk.failFlush = errors.New("EIO")
-			r.disk.mu.Unlock()
+			r.disk.FailFlush(errors.New("EIO"), false)
 		}
 		for {
 			err := r.held.Flush()
@@ -386,7 +282,7 @@ func TestHeldDiskFlushUnderConcurrentAcks(t *testing.T) {
 			<-r.polls
 		}
 		flushes++
-		if !bytes.Equal(r.disk.image(true), model) {
+		if !bytes.Equal(r.disk.Durable(), model) {
 			t.Fatalf("FLUSH %d completed but the durable disk lacks writes issued before it", flushes)
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"math/rand"
-	"net"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -17,7 +16,9 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -61,21 +62,13 @@ func (c *clientView) snapshot() ([]uint64, []string) {
 	return append([]uint64(nil), c.got...), append([]string(nil), c.from...)
 }
 
-// waitCount waits until the client has seen n outputs; the deadline bounds
-// a broken engine only.
+// waitCount waits until the client has seen n outputs.
 func (c *clientView) waitCount(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	vmmtest.WaitUntil(t, fmt.Sprintf("the client to see %d outputs", n), func() bool {
 		got, _ := c.snapshot()
-		if len(got) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("client saw %d outputs, waiting for %d", len(got), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(got) >= n
+	})
 }
 
 type sinkFunc func([]byte) error
@@ -87,36 +80,45 @@ func testConfig() Config {
 	c.Epoch = 2 * time.Millisecond
 	c.MinEpoch = time.Millisecond
 	c.Heartbeat = 20 * time.Millisecond
-	c.FailureTimeout = 300 * time.Millisecond
+	// The tests end links by cutting them (crashPrimary) and silence them
+	// only when silence is what they test (TestSilentBackupIsLost sets its
+	// own timeout): a peer found silent here would be a loaded host's
+	// stall, and a backup taking over from a running primary, or a primary
+	// dropping a running backup, would fail a test that tests neither.
+	c.FailureTimeout = 10 * time.Second
 	c.Verify = true
 	return c
 }
 
-// pair is a primary and a backup, each with a sim guest, on loopback TCP,
-// with a disk-lease witness, writing to one client.
+// pair is a primary and a backup, each with a simGuest, on an in-memory
+// link (checkpoint/linktest) whose faults the test injects, with a
+// disk-lease witness, writing to one client. It stays an engine-level
+// harness beside modes/node/nodetest's pair of nodes: its guest is the
+// fake of simguest_test.go, whose outputs the test ties to the epoch that
+// emitted them, and it reaches into the engines (the backup's receiver,
+// the primary's statistics).
 type pair struct {
-	t        *testing.T
-	cfg      Config
-	client   *clientView
-	arb      witness.Arbiter
-	pg, bg   *simGuest
-	primary  *Primary
-	backup   *Backup
-	cutP     func()
-	pDone    chan error
-	bDone    chan error
-	cancelP  context.CancelFunc
-	bOut     *outbuf.Buffer
-	disk     *memDisk                // the shared disk
-	emitted  sync.Map                // count → epoch it was emitted in
-	proxy    func(from, to net.Conn) // primary→backup byte path; nil copies
-	ackProxy func(from, to net.Conn) // backup→primary byte path
+	t       *testing.T
+	cfg     Config
+	client  *clientView
+	arb     witness.Arbiter
+	pg, bg  *simGuest
+	primary *Primary
+	backup  *Backup
+	cutP    func()
+	pDone   chan error
+	bDone   chan error
+	cancelP context.CancelFunc
+	bOut    *outbuf.Buffer
+	disk    *vmmtest.MemDisk // the shared disk
+	emitted sync.Map         // count → epoch it was emitted in
+	link    *linktest.Link   // primary↔backup; a test may set its filters before start
 	// flushEvery, if set, is how often the guests FLUSH (in steps).
 	flushEvery uint64
 }
 
 func newPair(t *testing.T, cfg Config) *pair {
-	p := &pair{t: t, cfg: cfg, client: &clientView{}, pDone: make(chan error, 1), bDone: make(chan error, 1)}
+	p := &pair{t: t, cfg: cfg, client: &clientView{}, pDone: make(chan error, 1), bDone: make(chan error, 1), link: linktest.New()}
 	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +139,7 @@ func (p *pair) start(pages uint64) {
 	if p.flushEvery != 0 {
 		p.pg.flushEvery, p.bg.flushEvery = p.flushEvery, p.flushEvery
 	}
-	p.disk = newMemDisk(int(p.pg.slots * recordSize))
+	p.disk = vmmtest.NewMemDisk(int64(p.pg.slots * recordSize))
 	sink, cut := p.client.sink("primary")
 	p.cutP = cut
 	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
@@ -169,26 +171,8 @@ func (p *pair) start(pages uint64) {
 	}
 	holdCounts(p.bg, p.bOut, func() uint64 { return 1 }, nil)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			p.bDone <- err
-			return
-		}
-		p.bDone <- p.backup.Receive(ctx, conn)
-	}()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.proxy != nil || p.ackProxy != nil {
-		conn = proxied(t, conn, p.proxy, p.ackProxy)
-	}
+	conn, bconn := p.link.Pipe()
+	go func() { p.bDone <- p.backup.Receive(ctx, bconn) }()
 	if err := p.pg.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +181,7 @@ func (p *pair) start(pages uint64) {
 	go func() { p.pDone <- p.primary.Run(pctx, conn) }()
 	t.Cleanup(func() {
 		cancel()
+		p.link.Cut()
 		p.pg.Pause()
 		p.bg.Pause()
 	})
@@ -206,7 +191,7 @@ func (p *pair) start(pages uint64) {
 // the durable disk holds every record written before it that no later
 // write has replaced.
 func (p *pair) flushedDurably(n uint64) error {
-	img := p.disk.image(true)
+	img := p.disk.Durable()
 	s := p.pg.slots
 	for k := n - min(n, s) + 1; k <= n; k++ {
 		if m, _, ok := parseRecord(img[k%s*recordSize:]); !ok || m != k {
@@ -217,15 +202,17 @@ func (p *pair) flushedDurably(n uint64) error {
 }
 
 // crashPrimary stops the primary as a crash would: its guest stops, its
-// NIC goes dark, its connection drops. With host, the host dies too: the
-// disk's write cache loses what was not flushed.
+// NIC goes dark, its engine stops (first, so that it does not contest the
+// witness over the link's failure), its link is cut. With host, the host
+// dies too: the disk's write cache loses what was not flushed.
 func (p *pair) crashPrimary(host bool) {
 	p.pg.Pause()
 	p.cutP()
 	p.cancelP()
-	<-p.pDone
+	vmmtest.Receive(p.t, "the crashed primary's Run to return", p.pDone)
+	p.link.Cut()
 	if host {
-		p.disk.crash()
+		p.disk.Crash()
 	}
 }
 
@@ -237,7 +224,7 @@ func (p *pair) checkOutcome(more int) {
 	t := p.t
 	t.Helper()
 	before, _ := p.client.snapshot()
-	waitUntil(t, fmt.Sprintf("%d more outputs from the backup", more), func() bool {
+	vmmtest.WaitUntil(t, fmt.Sprintf("%d more outputs from the backup", more), func() bool {
 		got, _ := p.client.snapshot()
 		return len(got) >= len(before)+more || p.bg.Err() != nil
 	})
@@ -249,7 +236,7 @@ func (p *pair) checkOutcome(more int) {
 			t.Fatal(err)
 		}
 	}
-	checkDisk(t, p.disk.image(false), p.pg.slots, got)
+	checkDisk(t, p.disk.Bytes(), p.pg.slots, got)
 }
 
 // checkDisk checks that every step in told has its record, or a later one
@@ -267,12 +254,7 @@ func checkDisk(t *testing.T, img []byte, slots uint64, told []uint64) {
 // failover waits for the backup to notice and goes live.
 func (p *pair) failover() uint64 {
 	t := p.t
-	select {
-	case err := <-p.bDone:
-		t.Logf("backup's receiver ended: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("backup never noticed the primary was gone")
-	}
+	t.Logf("backup's receiver ended: %v", vmmtest.Receive(t, "the backup to notice the primary was gone", p.bDone))
 	gen, err := p.backup.GoLive(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -316,7 +298,7 @@ func TestEpochsReplicateAndOutputsFollowAcks(t *testing.T) {
 		return nil
 	}
 	p.start(64)
-	waitUntil(t, "50 epochs acknowledged", func() bool {
+	vmmtest.WaitUntil(t, "50 epochs acknowledged", func() bool {
 		p.primary.Stats.mu.Lock()
 		defer p.primary.Stats.mu.Unlock()
 		return p.primary.Stats.Acked >= 50 || p.pg.Err() != nil
@@ -336,23 +318,11 @@ func TestEpochsReplicateAndOutputsFollowAcks(t *testing.T) {
 	}
 }
 
-// waitUntil polls cond; the deadline bounds a broken engine only.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // TestSlowBackupHoldsOutputs delays every ack by 100 ms: no output may reach
 // the client before the backup committed its epoch, however long that takes.
 func TestSlowBackupHoldsOutputs(t *testing.T) {
 	p := newPair(t, testConfig())
-	p.ackProxy = delayCopy(100 * time.Millisecond)
+	p.link.SetFilter(linktest.Down, linktest.Delay(100*time.Millisecond))
 	p.flushEvery = 50 // a FLUSH waits for an ack: 100 ms here
 	p.client.check = func(n uint64) error {
 		pos, _ := p.emitted.Load(n)
@@ -383,7 +353,7 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 			p := newPair(t, testConfig())
 			p.start(64)
 			p.client.waitCount(t, 1+rng.Intn(300))
-			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond)
+			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond) // a random crash moment: the test's point
 			p.crashPrimary(rng.Intn(2) == 0)
 			if gen := p.failover(); gen != 2 {
 				t.Fatalf("backup went live with generation %d", gen)
@@ -404,12 +374,12 @@ func TestCommittedDiskWritesSurviveFailover(t *testing.T) {
 		t.Run(fmt.Sprintf("host=%v", host), func(t *testing.T) {
 			p := newPair(t, testConfig())
 			var drop atomic.Bool
-			p.ackProxy = dropAcks(&drop)
+			p.link.SetFilter(linktest.Down, dropAcks(&drop))
 			p.start(64)
 			p.client.waitCount(t, 100)
 			drop.Store(true)
 			from := p.backup.Status().Epoch
-			waitUntil(t, "the backup to commit 3 epochs the primary never hears of", func() bool {
+			vmmtest.WaitUntil(t, "the backup to commit 3 epochs the primary never hears of", func() bool {
 				return p.backup.Status().Epoch >= from+3
 			})
 			p.crashPrimary(host)
@@ -435,16 +405,16 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 			cfg := testConfig()
 			cfg.MaxInFlight = inflight
 			p := newPair(t, cfg)
-			p.proxy = corruptNth(20)
+			p.link.SetFilter(linktest.Up, corruptNth(20))
 			p.start(64)
 			stat := func() (resyncs, acked uint64) {
 				p.primary.Stats.mu.Lock()
 				defer p.primary.Stats.mu.Unlock()
 				return p.primary.Stats.Resyncs, p.primary.Stats.Acked
 			}
-			waitUntil(t, "a resync after the corrupt checkpoint", func() bool { r, _ := stat(); return r > 0 })
+			vmmtest.WaitUntil(t, "a resync after the corrupt checkpoint", func() bool { r, _ := stat(); return r > 0 })
 			_, ackedThen := stat()
-			waitUntil(t, "20 more epochs acknowledged", func() bool { _, a := stat(); return a >= ackedThen+20 })
+			vmmtest.WaitUntil(t, "20 more epochs acknowledged", func() bool { _, a := stat(); return a >= ackedThen+20 })
 			if r, _ := stat(); r != 1 {
 				t.Errorf("%d resyncs for one corrupt checkpoint", r)
 			}
@@ -455,56 +425,9 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 	}
 }
 
-// proxied inserts a TCP proxy in conn's path, with a byte filter per
-// direction.
-func proxied(t *testing.T, conn net.Conn, up, down func(from, to net.Conn)) net.Conn {
-	a, b := net.Pipe()
-	if up == nil {
-		up = plainCopy
-	}
-	if down == nil {
-		down = plainCopy
-	}
-	go func() { up(b, conn); conn.Close() }()
-	go func() { down(conn, b); b.Close() }()
-	return a
-}
-
-func plainCopy(from, to net.Conn) { io.Copy(to, from) }
-
-// delayCopy forwards each read after d.
-func delayCopy(d time.Duration) func(from, to net.Conn) {
-	return func(from, to net.Conn) {
-		type chunk struct {
-			at time.Time
-			b  []byte
-		}
-		ch := make(chan chunk, 1024)
-		go func() {
-			defer close(ch)
-			for {
-				buf := make([]byte, 64<<10)
-				n, err := from.Read(buf)
-				if n > 0 {
-					ch <- chunk{time.Now().Add(d), buf[:n]}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
-		for c := range ch {
-			time.Sleep(time.Until(c.at))
-			if _, err := to.Write(c.b); err != nil {
-				return
-			}
-		}
-	}
-}
-
 // dropAcks forwards the backup's messages, except acks once drop is set.
-func dropAcks(drop *atomic.Bool) func(from, to net.Conn) {
-	return func(from, to net.Conn) {
+func dropAcks(drop *atomic.Bool) linktest.Filter {
+	return func(from io.Reader, to io.Writer) {
 		hdr := make([]byte, 8)
 		for {
 			if _, err := io.ReadFull(from, hdr); err != nil {
@@ -527,8 +450,8 @@ func dropAcks(drop *atomic.Bool) func(from, to net.Conn) {
 
 // corruptNth flips a byte in the middle of the first message from the nth
 // on that is big enough to be a checkpoint.
-func corruptNth(nth int) func(from, to net.Conn) {
-	return func(from, to net.Conn) {
+func corruptNth(nth int) linktest.Filter {
+	return func(from io.Reader, to io.Writer) {
 		hdr := make([]byte, 8)
 		done := false
 		for i := 0; ; i++ {
@@ -552,36 +475,18 @@ func corruptNth(nth int) func(from, to net.Conn) {
 }
 
 // TestSilentBackupIsLost: the backup→primary path goes dark (no reset, no
-// error: every byte is swallowed), so no ack and no heartbeat arrives and
-// the epochs in flight pile up. The primary must find the backup silent
-// and apply the backup-lost rule, not wait for acks forever (a link gone
-// dark fails no write for long: the kernel's buffers take them).
+// error: nothing arrives), so no ack and no heartbeat arrives and the
+// epochs in flight pile up. The primary must find the backup silent and
+// apply the backup-lost rule, not wait for acks forever (a link gone dark
+// fails no write for long: the kernel's buffers take them).
 func TestSilentBackupIsLost(t *testing.T) {
-	p := newPair(t, testConfig())
-	var dark atomic.Bool
-	p.ackProxy = func(from, to net.Conn) {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := from.Read(buf)
-			if err != nil {
-				return
-			}
-			if !dark.Load() {
-				if _, err := to.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-		}
-	}
+	cfg := testConfig()
+	cfg.FailureTimeout = 300 * time.Millisecond // the silence this test makes
+	p := newPair(t, cfg)
 	p.start(64)
 	p.client.waitCount(t, 20)
-	dark.Store(true)
-	select {
-	case err := <-p.pDone:
-		if !errors.Is(err, ErrBackupLost) {
-			t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the primary waited 20 s on a silent backup")
+	p.link.Dark(linktest.Down)
+	if err := vmmtest.Receive(t, "the primary to give up on a silent backup", p.pDone); !errors.Is(err, ErrBackupLost) {
+		t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
 	}
 }

@@ -2,7 +2,6 @@ package checkpoint
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -181,31 +181,14 @@ func runBackupRole(g *simGuest, fence *witness.Fence, disk *vmm.FileDisk, udp *n
 type child struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr *vmmtest.Console
 }
 
 func startChild(t *testing.T, role string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append([]string{roleEnv + "=" + role}, env...)...)
-	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &syncBuffer{}}
+	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &vmmtest.Console{}}
 	cmd.Stderr = c.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -235,7 +218,7 @@ func (c *child) expect(t *testing.T, prefix string) string {
 			t.Fatalf("%s said %q, want %q (stderr:\n%s)", c.cmd.Args[0], l, prefix, c.stderr)
 		}
 		return strings.TrimPrefix(l, prefix+" ")
-	case <-time.After(30 * time.Second): // bounds a hung child only
+	case <-time.After(vmmtest.Bound): // bounds a hung child only
 		t.Fatalf("child never said %q (stderr:\n%s)", prefix, c.stderr)
 	}
 	return ""
@@ -322,21 +305,11 @@ func (c *udpClient) snapshot() []reply {
 	return append([]reply(nil), c.replies...)
 }
 
-// waitReplies waits for n replies from addr; a child that dies or a
-// deadline that passes (a hung engine only) fails the test.
+// waitReplies waits for n replies from addr; a child that says anything
+// meanwhile (its error, as it ends) fails the test.
 func (c *udpClient) waitReplies(t *testing.T, addr string, n int, children ...*child) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		count := 0
-		for _, r := range c.snapshot() {
-			if r.from == addr {
-				count++
-			}
-		}
-		if count >= n {
-			return
-		}
+	vmmtest.WaitUntil(t, fmt.Sprintf("%d replies from %s", n, addr), func() bool {
 		for _, ch := range children {
 			select {
 			case l, ok := <-ch.lines:
@@ -344,11 +317,14 @@ func (c *udpClient) waitReplies(t *testing.T, addr string, n int, children ...*c
 			default:
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d replies from %s, waiting for %d", count, addr, n)
+		count := 0
+		for _, r := range c.snapshot() {
+			if r.from == addr {
+				count++
+			}
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return count >= n
+	})
 }
 
 // TestProcessesKilledAtRandomMoments runs a primary and a backup as real
@@ -389,7 +365,7 @@ func killPrimaryOnce(t *testing.T, after int, pause time.Duration) {
 	client.target.Store(mustUDPAddr(t, pAddr))
 
 	client.waitReplies(t, pAddr, after, primary, backup)
-	time.Sleep(pause)
+	time.Sleep(pause) // a random moment to kill at: the test's point
 	primary.kill()
 	bAddr := backup.expect(t, "live")
 	client.target.Store(mustUDPAddr(t, bAddr))

@@ -17,6 +17,7 @@ import (
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -80,7 +81,7 @@ func replicatedRun(t *testing.T, rng *rand.Rand) {
 	})
 
 	var primary *Primary
-	disk := newMemDisk(1 << 20)
+	disk := vmmtest.NewMemDisk(1 << 20)
 	held := NewHeldDisk(disk, func() uint64 { return primary.Position() })
 	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: nic, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
 	if err != nil {
@@ -220,7 +221,7 @@ func (h heldDevices) Console([]byte) {}
 // liveDevices are a live backup's: frames to the client, the shared disk.
 type liveDevices struct {
 	send func([]byte)
-	disk *memDisk
+	disk *vmmtest.MemDisk
 }
 
 func (l liveDevices) SendFrame(f []byte) error { l.send(f); return nil }
