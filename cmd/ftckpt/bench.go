@@ -28,8 +28,8 @@ backup is in sync. The first table compares:
                   (--machine sim); on KVM, which has no instruction counter here,
                   kv replies or the pages memtouch dirtied
   slowdown        the unprotected rate (mean of both runs) over this one
-  backup UNIT/s   replay on the software machine: what the backup replayed;
-                  below the primary's, it falls behind
+  backup pace     replay: log entries the backup replayed per entry the
+                  primary logged; below 100%, it falls behind
   wire MB/s       bytes from primary to backup per second; bytes/UNIT per unit
                   of progress
   req/s           kv: replies per second; reply p50: request to reply

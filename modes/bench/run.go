@@ -28,9 +28,10 @@ type Result struct {
 	// the software machine, else kv replies or pages memtouch dirtied.
 	Progress uint64
 	Unit     string
-	// BackupProgress is the instructions a replay backup replayed in the
-	// window (software machine only); below Progress, it falls behind.
-	BackupProgress uint64
+	// Logged and Replayed are replay's log entries the primary appended and
+	// the backup replayed in the window: the backup's pace (below 100% it
+	// falls behind, which its log queue absorbs for a while).
+	Logged, Replayed uint64
 	// Wire is the bytes the primary shipped to its backup in the window.
 	Wire uint64
 	// Replies and RoundTrips are the kv load's.
@@ -206,9 +207,9 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	}
 	r := &Result{Unit: unit(p.Machine, w)}
 	type at struct {
-		t                                time.Time
-		progress, backup, wire, landings uint64
-		replies                          uint64
+		t                         time.Time
+		progress, wire, landings  uint64
+		replies, logged, replayed uint64
 	}
 	take := func() at {
 		x := at{t: time.Now()}
@@ -227,8 +228,8 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 			x.replies = client.repliesSoFar()
 		}
 		if backup != nil {
-			if m, ok := backup.Parts().Machine.(instructions); ok {
-				x.backup = m.Instructions()
+			if bp := backup.Parts(); bp.ReplayBackup != nil {
+				x.replayed = bp.ReplayBackup.Stats.Replayed.Load()
 			}
 		}
 		switch {
@@ -237,6 +238,7 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 		case pp.ReplayPrimary != nil:
 			x.wire = pp.ReplayPrimary.Stats.LogBytes.Load()
 			x.landings = pp.ReplayPrimary.Stats.Landings.Load()
+			x.logged = pp.ReplayPrimary.Stats.Entries.Load()
 		}
 		return x
 	}
@@ -247,8 +249,9 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 		return nil, err
 	}
 	r.Secs = b.t.Sub(a.t).Seconds()
-	r.Progress, r.BackupProgress, r.Wire = b.progress-a.progress, b.backup-a.backup, b.wire-a.wire
+	r.Progress, r.Wire = b.progress-a.progress, b.wire-a.wire
 	r.Replies, r.Landings, r.AllLandings = b.replies-a.replies, b.landings-a.landings, b.landings
+	r.Logged, r.Replayed = b.logged-a.logged, b.replayed-a.replayed
 	if client != nil {
 		r.RoundTrips = client.roundTrips(a.t, b.t)
 		if err := client.stop(); err != nil {

@@ -22,12 +22,12 @@ func Print(out io.Writer, w Workload, results []*Result) {
 	u := results[0].Unit
 	floor := floorRate(results)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "configuration\t%s/s\tslowdown\tbackup %s/s\twire MB/s\tbytes/%s\treq/s\treply p50\toutput p50\tlandings/s\tvisits/landing\t\n", u, u, singular(u))
+	fmt.Fprintf(tw, "configuration\t%s/s\tslowdown\tbackup pace\twire MB/s\tbytes/%s\treq/s\treply p50\toutput p50\tlandings/s\tvisits/landing\t\n", u, singular(u))
 	for _, r := range results {
 		rp, replicated := r.Config.Mode == "replay", r.Config.Mode != "unprotected"
 		fmt.Fprintf(tw, "%v\t%s\t%sx\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Config,
 			fig(r.Rate()), ratio(floor/max(r.Rate(), 1e-9)),
-			dash(rp && r.BackupProgress > 0, fig(float64(r.BackupProgress)/r.Secs)),
+			dash(rp && r.Logged > 0, fmt.Sprintf("%.0f%%", 100*float64(r.Replayed)/float64(r.Logged))),
 			dash(replicated, fig(float64(r.Wire)/1e6/r.Secs)),
 			dash(replicated, fig(float64(r.Wire)/max(float64(r.Progress), 1))),
 			dash(w.Guest == "kv", fig(float64(r.Replies)/r.Secs)),
