@@ -15,8 +15,14 @@ import (
 //
 // little-endian. The zero MsgType is invalid.
 
-// ProtocolVersion is the wire protocol this package speaks.
-const ProtocolVersion uint16 = 2
+// ProtocolVersion is the wire protocol this package speaks. Version 3
+// runs inside mutual TLS 1.3 (PROTOCOL.md), unless both sides chose plain
+// TCP (--insecure).
+const ProtocolVersion uint16 = 3
+
+// ALPN names the protocol and its version in the TLS handshake, so that a
+// peer of another version is refused there, before any frame.
+const ALPN = "ftckpt/3"
 
 const frameHeaderSize = 8
 
@@ -32,8 +38,12 @@ const (
 	MsgResync     MsgType = 5 // Resync: backup asks for a full sync
 	MsgLog        MsgType = 6 // a batch of replay-log entries (modes/replay/LOG.md)
 	MsgRounds     MsgType = 7 // Rounds: backup applied sync rounds, for pacing a pre-copy
+	// MsgRefused ends a connection with the reason, from a side that will
+	// not speak with this peer (a TLS host to one in plain TCP). Reader.Next
+	// never returns it: it returns an error wrapping ErrPeerRefused.
+	MsgRefused MsgType = 8
 
-	numMsgTypes = 8
+	numMsgTypes = 9
 )
 
 func (t MsgType) String() string {
@@ -52,6 +62,8 @@ func (t MsgType) String() string {
 		return "log"
 	case MsgRounds:
 		return "rounds"
+	case MsgRefused:
+		return "refused"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint16(t))
 }
@@ -61,6 +73,8 @@ var (
 	ErrProtocolVersion = errors.New("unsupported protocol version")
 	ErrBadMessage      = errors.New("malformed message")
 	ErrMessageTooLarge = errors.New("message too large")
+	// ErrPeerRefused is the peer's refusal (MsgRefused), with its reason.
+	ErrPeerRefused = errors.New("the peer refused the connection")
 )
 
 // Fixed payload sizes and bounds.
@@ -74,6 +88,8 @@ const (
 	// MaxResyncDetail bounds the human-readable text in a Resync.
 	MaxResyncDetail = 512
 	resyncFixed     = 1 + 16 + 2
+	// MaxRefusal bounds the text of a Refused message.
+	MaxRefusal = 512
 )
 
 // MaxLogMessage bounds a replay-log batch; its encoding is the replay
@@ -274,8 +290,10 @@ func DecodeResync(p []byte) (Resync, error) {
 	return r, nil
 }
 
-// WriteMessage writes one framed message. For a net.Conn the header and
-// payload go out in one writev. Use from one goroutine per writer.
+// WriteMessage writes one framed message. For a TCP connection the header
+// and payload go out in one writev; to any other writer (a TLS connection)
+// a small message goes out in one Write, so in one TLS record, and a large
+// one in two. Use from one goroutine per writer.
 func WriteMessage(w io.Writer, t MsgType, payload []byte) error {
 	if t == 0 || t >= numMsgTypes {
 		return fmt.Errorf("write message: %w: type %d", ErrBadMessage, t)
@@ -287,11 +305,50 @@ func WriteMessage(w io.Writer, t MsgType, payload []byte) error {
 	binary.LittleEndian.PutUint32(h[0:], uint32(len(payload)))
 	binary.LittleEndian.PutUint16(h[4:], ProtocolVersion)
 	binary.LittleEndian.PutUint16(h[6:], uint16(t))
-	bufs := net.Buffers{h[:], payload}
-	if _, err := bufs.WriteTo(w); err != nil {
+	var err error
+	if _, tcp := w.(*net.TCPConn); !tcp && len(payload) <= smallMessage {
+		buf := make([]byte, 0, frameHeaderSize+len(payload))
+		_, err = w.Write(append(append(buf, h[:]...), payload...))
+	} else {
+		bufs := net.Buffers{h[:], payload}
+		_, err = bufs.WriteTo(w)
+	}
+	if err != nil {
 		return fmt.Errorf("write %v (%d bytes): %w", t, len(payload), err)
 	}
 	return nil
+}
+
+// smallMessage is the largest payload WriteMessage copies to write with
+// its header in one Write (a TLS record holds 16 KiB).
+const smallMessage = 16<<10 - frameHeaderSize
+
+// WriteRefusal ends a connection's stream with a Refused message: the
+// peer's Reader returns an error wrapping ErrPeerRefused with reason (cut
+// to MaxRefusal bytes). A peer of another protocol version reads an error
+// naming both versions instead.
+func WriteRefusal(w io.Writer, reason string) error {
+	return WriteMessage(w, MsgRefused, []byte(reason[:min(len(reason), MaxRefusal)]))
+}
+
+// SniffFrame says whether a stream that begins with b (at least a frame
+// header's 8 bytes) is this protocol in the clear — a frame of some
+// version opening with a Hello or a Refused message — and which version.
+// A TLS host uses it to tell a peer in plain TCP (an older ftckpt, or one
+// run with --insecure) what it is.
+func SniffFrame(b []byte) (version uint16, ok bool) {
+	if len(b) < frameHeaderSize {
+		return 0, false
+	}
+	n := binary.LittleEndian.Uint32(b)
+	version = binary.LittleEndian.Uint16(b[4:])
+	switch MsgType(binary.LittleEndian.Uint16(b[6:])) {
+	case MsgHello:
+		return version, version > 0 && n >= helloFixed && n <= helloFixed+MaxHelloMachine
+	case MsgRefused:
+		return version, version >= 3 && n <= MaxRefusal
+	}
+	return 0, false
 }
 
 // Reader reads framed messages, refusing any whose length exceeds the
@@ -331,7 +388,7 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 	v := binary.LittleEndian.Uint16(r.hdr[4:])
 	t := MsgType(binary.LittleEndian.Uint16(r.hdr[6:]))
 	if v != ProtocolVersion {
-		return 0, nil, fmt.Errorf("read message: %w: version %d, this build speaks %d", ErrProtocolVersion, v, ProtocolVersion)
+		return 0, nil, fmt.Errorf("read message: %w: the peer speaks version %d, this build %d (run the same ftckpt release on both hosts)", ErrProtocolVersion, v, ProtocolVersion)
 	}
 	var lo, hi uint64
 	switch t {
@@ -349,6 +406,8 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 		lo, hi = 1, MaxLogMessage
 	case MsgRounds:
 		lo, hi = roundsSize, roundsSize
+	case MsgRefused:
+		lo, hi = 0, MaxRefusal
 	default:
 		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
 	}
@@ -370,6 +429,9 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 			}
 			return 0, nil, fmt.Errorf("read %v payload (%d of %d bytes): %w", t, len(r.buf), n, err)
 		}
+	}
+	if t == MsgRefused {
+		return 0, nil, fmt.Errorf("%w: %q", ErrPeerRefused, r.buf)
 	}
 	return t, r.buf, nil
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 )
 
 // errProtocol marks an answer that is not this protocol version: retrying
@@ -24,6 +26,10 @@ type ClientOptions struct {
 	RequestTimeout time.Duration
 	// Backoff is the wait between rounds over all nodes.
 	Backoff Backoff
+	// TLS, if set, is this host's identity: the client speaks mutual TLS
+	// 1.3 (ALPN ClientALPN) to nodes whose certificates its CA signed and
+	// are for the addresses dialled. nil is plain HTTP.
+	TLS *mtls.Identity
 }
 
 // RaftClient is the Arbiter of a raft witness cluster, speaking the client
@@ -35,6 +41,7 @@ type RaftClient struct {
 	nodes   []string
 	opts    ClientOptions
 	http    *http.Client
+	scheme  string     // http, or https with TLS
 	mu      sync.Mutex // protects leader
 	leader  string     // the node that last decided; tried first
 	maxRedo int        // redirects followed in one round
@@ -49,10 +56,16 @@ func NewRaftClient(addrs []string, opts ClientOptions) (*RaftClient, error) {
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 2 * time.Second
 	}
+	tr, scheme := &http.Transport{MaxIdleConnsPerHost: 4}, "http"
+	if opts.TLS != nil {
+		// ServerName is left to the transport: the host of each URL.
+		tr.TLSClientConfig, scheme = opts.TLS.ClientConfig("", ClientALPN), "https"
+	}
 	return &RaftClient{
 		nodes:   slices.Clone(addrs),
 		opts:    opts,
-		http:    &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+		http:    &http.Client{Transport: tr},
+		scheme:  scheme,
 		maxRedo: len(addrs) + 1,
 	}, nil
 }
@@ -102,7 +115,10 @@ func (c *RaftClient) Close() error {
 // call sends req to the leader and returns its decisive answer (won, lost
 // or holder). Until one comes, it goes round the nodes, following
 // redirects, waiting with backoff between rounds; when ctx ends the error
-// wraps ErrUnreachable and says what each node last answered.
+// wraps ErrUnreachable and says what each node last answered. A round in
+// which every node refused this host at the TLS handshake (or this host
+// every node) ends it at once with an error wrapping mtls.ErrRefused:
+// waiting will not change certificates.
 func (c *RaftClient) call(ctx context.Context, path string, req request) (response, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -112,6 +128,7 @@ func (c *RaftClient) call(ctx context.Context, path string, req request) (respon
 	var wait time.Duration
 	for round := 1; ; round++ {
 		redirects := 0
+		refused := map[string]bool{} // nodes that refused in this round
 		for _, addr := range c.order() {
 			for addr != "" {
 				resp, err := c.post(ctx, addr, path, body)
@@ -119,6 +136,9 @@ func (c *RaftClient) call(ctx context.Context, path string, req request) (respon
 				switch {
 				case errors.Is(err, errProtocol):
 					return response{}, fmt.Errorf("node %s: %w", addr, err)
+				case err != nil && ctx.Err() == nil && mtls.IsRefusal(err):
+					last[addr] = mtls.Refusal(err, addr).Error()
+					refused[addr] = true
 				case err != nil:
 					last[addr] = err.Error()
 				case resp.Status == statusWon || resp.Status == statusLost || resp.Status == statusHolder:
@@ -142,6 +162,10 @@ func (c *RaftClient) call(ctx context.Context, path string, req request) (respon
 			if ctx.Err() != nil {
 				break
 			}
+		}
+		if len(refused) == len(c.nodes) {
+			return response{}, fmt.Errorf("every witness node refused this host, or this host every node: %w (%s)",
+				mtls.ErrRefused, describe(last))
 		}
 		wait = c.opts.Backoff.next(wait)
 		if err := sleep(ctx, wait); err != nil {
@@ -179,7 +203,7 @@ func (c *RaftClient) setLeader(addr string) {
 func (c *RaftClient) post(ctx context.Context, addr, path string, body []byte) (response, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
 	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.scheme+"://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return response{}, err
 	}

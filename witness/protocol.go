@@ -29,6 +29,16 @@ package witness
 // request of another version, and a client refuses such an answer.
 const ProtocolVersion = 1
 
+// With TLS (mtls), the client protocol is HTTPS whose ALPN names it and
+// its version, and raft's connections between nodes name theirs: a client
+// or a node of another version, or a connection to the wrong port, is
+// refused in the handshake. Raft's connections end their handshake with
+// mtls.Admitted.
+const (
+	ClientALPN = "ftckpt-witness/1"
+	RaftALPN   = "ftckpt-raft/1"
+)
+
 const (
 	pathAcquire = "/v1/acquire"
 	pathCurrent = "/v1/current"

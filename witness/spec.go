@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 )
 
 // DefaultSpec is the arbiter used when none is named: a lease file in the
@@ -24,7 +26,20 @@ const DefaultSpec = "disk:ftckpt.lease"
 //	""                               DefaultSpec
 //
 // The first '#' ends PATH, so a path containing '#' cannot be named.
-func Open(spec string) (Arbiter, error) {
+//
+// Open talks to a raft witness in plain HTTP; OpenWith can give it TLS.
+func Open(spec string) (Arbiter, error) { return OpenWith(spec, OpenOptions{}) }
+
+// OpenOptions are what an arbiter needs besides its spec.
+type OpenOptions struct {
+	// TLS is this host's identity in its cluster: a raft witness client
+	// speaks mutual TLS 1.3 with it, to nodes whose certificates the same
+	// CA signed. nil is plain HTTP. A disk lease has no use for it.
+	TLS *mtls.Identity
+}
+
+// OpenWith is Open with opts.
+func OpenWith(spec string, opts OpenOptions) (Arbiter, error) {
 	if spec == "" {
 		spec = DefaultSpec
 	}
@@ -34,7 +49,7 @@ func Open(spec string) (Arbiter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("arbiter %q: %w", spec, err)
 		}
-		return NewRaftClient(addrs, ClientOptions{})
+		return NewRaftClient(addrs, ClientOptions{TLS: opts.TLS})
 	case strings.HasPrefix(spec, "disk:"):
 		path, offset, image, err := parseDiskSpec(strings.TrimPrefix(spec, "disk:"))
 		if err != nil {

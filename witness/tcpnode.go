@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -25,6 +26,10 @@ type ServeConfig struct {
 	DataDir string // raft.db (raft-boltdb log and stable store) and snapshots/
 	Raft    *raft.Config
 	Logger  *slog.Logger
+	// TLS is this node's identity in its cluster: clients and the other
+	// nodes are accepted, and the other nodes dialled, only with mutual
+	// TLS 1.3 and certificates of the same CA (mtls). nil is plain TCP.
+	TLS *mtls.Identity
 }
 
 // ParsePeers parses the --peers list "ID=HOST:PORT,ID=HOST:PORT,...". Each
@@ -97,9 +102,14 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 	}
 
 	// Listen for clients first: a busy port is reported before raft starts.
-	ln, err := net.Listen("tcp", cfg.Bind)
+	var ln net.Listener
+	ln, err = net.Listen("tcp", cfg.Bind)
 	if err != nil {
 		return fmt.Errorf("witness %s: client listener: %w", cfg.ID, err)
+	}
+	if cfg.TLS != nil {
+		ln = http1Listener{mtls.Listen(ln, mtls.ListenOptions{Identity: cfg.TLS, Proto: ClientALPN,
+			What: "witness " + cfg.ID + " client port " + ln.Addr().String(), Log: cfg.Logger})}
 	}
 	defer ln.Close()
 	store, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
@@ -111,7 +121,7 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 		store.Close()
 		return fmt.Errorf("witness %s: snapshot store: %w", cfg.ID, err)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(raftBind, advertise, 4, 5*time.Second, raftLogger(cfg.Logger.With("witness", cfg.ID), "raft-net"))
+	trans, err := raftTransport(cfg, raftBind, advertise)
 	if err != nil {
 		store.Close()
 		return fmt.Errorf("witness %s: raft transport on %s: %w", cfg.ID, raftBind, err)
@@ -126,7 +136,7 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 		store.Close()
 		return err
 	}
-	cfg.Logger.Info("witness node serving", "id", cfg.ID, "client", ln.Addr().String(), "raft", raftBind, "data", cfg.DataDir)
+	cfg.Logger.Info("witness node serving", "id", cfg.ID, "client", ln.Addr().String(), "raft", raftBind, "data", cfg.DataDir, "tls", cfg.TLS != nil)
 	served := make(chan error, 1)
 	go func() { served <- node.Serve(ln) }()
 	select {
@@ -137,6 +147,56 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 		err = errors.Join(err, serr)
 	}
 	return err
+}
+
+// raftTransport is raft's TCP transport between the nodes, through mutual
+// TLS with cfg.TLS (tlsStream), or plain.
+func raftTransport(cfg ServeConfig, bind string, advertise net.Addr) (*raft.NetworkTransport, error) {
+	logger := raftLogger(cfg.Logger.With("witness", cfg.ID), "raft-net")
+	if cfg.TLS == nil {
+		return raft.NewTCPTransportWithLogger(bind, advertise, 4, 5*time.Second, logger)
+	}
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, err
+	}
+	stream := &tlsStream{id: cfg.TLS, advertise: advertise, Listener: mtls.Listen(ln, mtls.ListenOptions{
+		Identity: cfg.TLS, Proto: RaftALPN, Confirm: true,
+		What: "witness " + cfg.ID + " raft port " + ln.Addr().String(), Log: cfg.Logger})}
+	return raft.NewNetworkTransportWithLogger(stream, 4, 5*time.Second, logger), nil
+}
+
+// http1Listener hands net/http the connections of an mtls.Listener, their
+// handshake done, as plain ones: net/http closes a TLS connection whose
+// ALPN protocol it does not know (ClientALPN), and has nothing left to do
+// with TLS.
+type http1Listener struct{ net.Listener }
+
+func (l http1Listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return struct{ net.Conn }{c}, nil
+}
+
+// tlsStream is raft's stream layer through mutual TLS: it accepts only
+// nodes of the cluster (mtls.Listener) and dials them with this node's
+// certificate, checking theirs.
+type tlsStream struct {
+	*mtls.Listener
+	id        *mtls.Identity
+	advertise net.Addr
+}
+
+// Addr is the address the other nodes know this one by.
+func (s *tlsStream) Addr() net.Addr { return s.advertise }
+
+// Dial implements raft.StreamLayer.
+func (s *tlsStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return mtls.Dial(ctx, string(addr), mtls.DialOptions{Identity: s.id, Proto: RaftALPN, Confirm: true, Timeout: timeout})
 }
 
 func peerIDs(peers []Peer) string {
