@@ -4,16 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/ftckpt/ftckpt/vmm"
 	"golang.org/x/sys/unix"
 )
 
-// The guest's network on the host, and the node's links to its peer.
+// The guest's network on the host, and the node's links to its peer: every
+// connection between primary and backup, in both modes (joins included), is
+// dialled by dialPeer and accepted through secure.
 
 // openBackend opens the host side of o's network (nil for none).
 func openBackend(o *Options) (vmm.NetBackend, error) {
@@ -106,15 +111,22 @@ func (n *deferredNet) SendFrame(f []byte) error {
 
 func (n *deferredNet) set(b vmm.NetBackend) { n.to.Store(&b) }
 
-// dialPeer connects to addr, retrying for up to within (the peer may be
-// starting too).
-func dialPeer(ctx context.Context, addr string, within time.Duration) (net.Conn, error) {
+// dialPeer connects to the peer at addr, retrying for up to within (the
+// peer may be starting too), and runs the handshake: mutual TLS with
+// o.TLS, then the peer's admission (checkpoint/PROTOCOL.md). A refusal, by
+// either side, is not retried: it returns at once, saying why.
+func dialPeer(ctx context.Context, o *Options, addr string, within time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	var d net.Dialer
 	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
+		raw, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
+			conn, err := mtls.Handshake(ctx, raw, addr, mtls.DialOptions{
+				Identity: o.TLS, Proto: format.ALPN, Confirm: true, NotTLS: describePlainPeer(nil)})
+			if err != nil {
+				return nil, fmt.Errorf("connecting to the peer at %s: %w", addr, err)
+			}
 			return conn, nil
 		}
 		select {
@@ -132,9 +144,49 @@ func listen(ctx context.Context, o *Options) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", o.Listen, err)
 	}
-	context.AfterFunc(ctx, func() { ln.Close() })
+	sln := secure(o, ln, "--listen")
+	context.AfterFunc(ctx, func() { sln.Close() })
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
 	}
-	return ln, nil
+	return sln, nil
+}
+
+// secure is ln accepting only peers that pass the handshake (mutual TLS
+// with o.TLS, or plain TCP without): the engine's Accept never sees
+// another. Refusals are logged at WARN with the reason.
+func secure(o *Options, ln net.Listener, flag string) net.Listener {
+	return mtls.Listen(ln, mtls.ListenOptions{
+		Identity: o.TLS, Proto: format.ALPN, Confirm: true, SniffPlain: true,
+		What: flag + " " + ln.Addr().String(), Log: o.log(),
+		NotTLS: func(first []byte, c net.Conn) string { return describePlainPeer(c)(first) },
+	})
+}
+
+// describePlainPeer says what a peer that spoke the protocol in plain TCP
+// to a TLS host is (an ftckpt before TLS, or one run with --insecure), or
+// "" if it is not that. With c, the accepting side's connection, it reads
+// the rest of the frame header if it must, and answers with a Refused
+// message the peer's reader understands.
+func describePlainPeer(c net.Conn) func(first []byte) string {
+	return func(first []byte) string {
+		if c != nil && len(first) < 8 {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			more := make([]byte, 8-len(first))
+			n, _ := io.ReadFull(c, more)
+			first = append(first[:len(first):len(first)], more[:n]...)
+		}
+		v, ok := format.SniffFrame(first)
+		if !ok {
+			return ""
+		}
+		if c != nil {
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			format.WriteRefusal(c, "this host requires mutual TLS (--tls-cert, --tls-key, --tls-ca), and this peer spoke in plain TCP")
+		}
+		if v < format.ProtocolVersion {
+			return fmt.Sprintf("the peer speaks ftckpt protocol version %d in plain TCP: an ftckpt older than TLS (version %d); run the same release on both hosts", v, format.ProtocolVersion)
+		}
+		return "the peer speaks in plain TCP: it runs with --insecure, and this host with TLS; give both sides the same choice"
+	}
 }

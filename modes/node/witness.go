@@ -8,10 +8,11 @@ import (
 	"github.com/ftckpt/ftckpt/witness"
 )
 
-// openFence opens the arbiter spec names and a fence on it owned by this
-// process in role: "ROLE-HOST-PID", what the witness reports as the holder.
-func openFence(spec string, role Role) (witness.Arbiter, *witness.Fence, error) {
-	arb, err := witness.Open(spec)
+// openFence opens the arbiter o names (a raft witness through o.TLS) and a
+// fence on it owned by this process in role: "ROLE-HOST-PID", what the
+// witness reports as the holder.
+func openFence(o *Options, role Role) (witness.Arbiter, *witness.Fence, error) {
+	arb, err := witness.OpenWith(o.Arbiter, witness.OpenOptions{TLS: o.TLS})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -19,10 +20,10 @@ func openFence(spec string, role Role) (witness.Arbiter, *witness.Fence, error) 
 	return arb, witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())), nil
 }
 
-// becomePrimary opens the arbiter and wins, for this process, the
+// becomePrimary opens o's arbiter and wins, for this process, the
 // generation after the current one.
-func becomePrimary(ctx context.Context, spec string) (witness.Arbiter, *witness.Fence, uint64, error) {
-	arb, fence, err := openFence(spec, RolePrimary)
+func becomePrimary(ctx context.Context, o *Options) (witness.Arbiter, *witness.Fence, uint64, error) {
+	arb, fence, err := openFence(o, RolePrimary)
 	if err != nil {
 		return nil, nil, 0, err
 	}
