@@ -12,7 +12,7 @@ import (
 func init() { register(newBenchCmd) }
 
 func newBenchCmd() *cobra.Command {
-	var guest, epochs, machine string
+	var guest, epochs, machine, plotDir, jsonFile string
 	var vcpus int
 	var duration time.Duration
 	cmd := &cobra.Command{
@@ -68,6 +68,15 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 				fmt.Fprintf(out, "guest %s on %s: %s; %v per configuration\n", w.Guest, m, w.About, duration)
 				bench.Print(out, w, results[i])
 			}
+			if plotDir != "" {
+				if err := bench.Plot(plotDir, p, results); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "ftckpt bench: charts in %s\n", plotDir)
+			}
+			if jsonFile != "" {
+				return bench.WriteJSON(jsonFile, p, results)
+			}
 			return nil
 		},
 	}
@@ -76,5 +85,7 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 	cmd.Flags().StringVar(&epochs, "epochs", "5ms,25ms,100ms", "checkpoint epochs to run, comma-separated")
 	cmd.Flags().StringVar(&machine, "machine", "sim", "sim (the software machine) or kvm")
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
+	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
+	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")
 	return cmd
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,4 +181,43 @@ func benchRow(t *testing.T, table, name string, n int) []string {
 		return f
 	}
 	return nil
+}
+
+// TestBenchPlotsAndJSON: --plot writes every chart as PNG and SVG, --json
+// the raw figures, both readable.
+func TestBenchPlotsAndJSON(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "bench.json")
+	if _, progress, err := benchCLI("bench", "--duration", "100ms", "--epochs", "5ms,25ms", "--plot", dir, "--json", raw); err != nil {
+		t.Fatalf("bench: %v\n%s", err, progress)
+	}
+	for _, name := range []string{"slowdown-tick", "delay-tick", "wire-tick", "slowdown-kv", "delay-kv", "wire-kv", "pause"} {
+		png, err := os.ReadFile(filepath.Join(dir, name+".png"))
+		if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+			t.Errorf("%s.png: %v (%d bytes)", name, err, len(png))
+		}
+		if svg, err := os.ReadFile(filepath.Join(dir, name+".svg")); err != nil || !bytes.Contains(svg, []byte("<svg")) {
+			t.Errorf("%s.svg: %v", name, err)
+		}
+	}
+	b, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var figures struct {
+		Machine   string
+		Workloads []struct {
+			Guest   string
+			Results []struct {
+				Config   string
+				Progress uint64
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &figures); err != nil {
+		t.Fatalf("bench.json: %v", err)
+	}
+	if len(figures.Workloads) != 2 || len(figures.Workloads[0].Results) != 5 || figures.Workloads[1].Results[0].Progress == 0 {
+		t.Errorf("bench.json holds %+v", figures)
+	}
 }
