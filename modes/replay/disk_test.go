@@ -19,6 +19,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // cachedDisk is a host's page cache over the shared disk file: writes
@@ -131,7 +132,7 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 			c.start()
 			c.incr(t, 5+rng.Intn(40))
 			c.send()
-			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // the random moment: the test's point
 			cache.crash()
 			c.crashPrimary()
 			c.failover()
@@ -215,21 +216,14 @@ func TestHeldDiskWritesSurviveAResync(t *testing.T) {
 	c.start()
 	c.incr(t, 30)
 	armed.Store(true)
-	start := time.Now()
-	for traffic := time.NewTicker(time.Millisecond); c.backup.Stats.Applied.Load() < 2; <-traffic.C {
-		if time.Since(start) > 20*time.Second {
-			t.Fatal("the backup never applied the resync's checkpoint")
-		}
-		c.primary.Receive(sim.KVRequest("INCR", "a"))
-	}
+	primary := func() *replay.Primary { return c.primary }
+	c.load("the backup to apply the resync's checkpoint", time.Millisecond, primary, func() bool { return c.backup.Stats.Applied.Load() >= 2 })
 	cache.crash()
 	c.crashPrimary()
 	c.failover()
 	c.runLive()
-	for n := len(c.client.seen()) + 5; len(c.client.seen()) < n; {
-		c.live.Receive(sim.KVRequest("INCR", "a"))
-		time.Sleep(5 * time.Millisecond)
-	}
+	n := len(c.client.seen()) + 5
+	c.load("5 replies from the live backup", 5*time.Millisecond, c.target, func() bool { return len(c.client.seen()) >= n })
 	if c.backup.Stats.Divergences.Load() == 0 {
 		t.Fatal("the tampered entry went unnoticed")
 	}
@@ -250,7 +244,7 @@ func lateResyncThenNothing(from io.Reader, to io.Writer) {
 			return
 		}
 		if typ == format.MsgResync {
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // late: the window this test opens
 			format.WriteMessage(to, typ, payload)
 			io.Copy(io.Discard, from)
 			return
@@ -292,20 +286,14 @@ func TestSlowDiskSyncDoesNotStallTheGuest(t *testing.T) {
 	}
 
 	cache.crash()
-	go func() {
-		// The host is dead: the hung sync returns, having made nothing
-		// durable, after its link is gone.
-		time.Sleep(100 * time.Millisecond)
-		open.Do(func() { close(gate) })
-	}()
+	// The host is dead: the hung sync returns, having made nothing
+	// durable, once its link is gone.
+	c.afterCrash = func() { open.Do(func() { close(gate) }) }
 	c.crashPrimary()
 	c.failover()
 	c.runLive()
 	n := len(c.client.seen()) + 3
-	for len(c.client.seen()) < n {
-		c.live.Receive(sim.KVRequest("INCR", "a"))
-		time.Sleep(5 * time.Millisecond)
-	}
+	c.load("3 replies from the live backup", 5*time.Millisecond, c.target, func() bool { return len(c.client.seen()) >= n })
 	checkJournal(t, c)
 }
 
@@ -337,12 +325,8 @@ func TestRunEndsWithItsGuest(t *testing.T) {
 	c := newCluster(t, "tick", append(slices.Clone(tickParams), sim.Param{Name: "ticks", Value: 30})...)
 	c.pSync = func() error { return nil }
 	c.start()
-	select {
-	case <-c.pDone:
-		if c.pErr != nil {
-			t.Fatalf("the primary's Run: %v", c.pErr)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the guest powered off 20 s ago and the primary's Run has not returned")
+	vmmtest.Closed(t, "the primary's Run to return after its guest powered off", c.pDone)
+	if c.pErr != nil {
+		t.Fatalf("the primary's Run: %v", c.pErr)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"net"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
@@ -14,9 +13,11 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -123,11 +124,11 @@ func (c *cluster) incr(t *testing.T, n int) {
 	}
 	for i := 0; i < n; i++ {
 		key := kvKeys[kv.sent%len(kvKeys)]
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(vmmtest.Bound)
 		for answered := false; !answered; {
 			c.send()
 			wait := time.Now().Add(50 * time.Millisecond)
-			for !answered && time.Now().Before(wait) {
+			for !answered {
 				frames := c.client.seen()
 				for ; kv.scanned < len(frames); kv.scanned++ {
 					got, err := kv.take(frames[kv.scanned].data)
@@ -136,9 +137,11 @@ func (c *cluster) incr(t *testing.T, n int) {
 					}
 					answered = answered || got == kv.sent
 				}
-				time.Sleep(200 * time.Microsecond)
+				if !answered && !c.client.waitMore(kv.scanned, wait) {
+					break // no reply in time: send again
+				}
 			}
-			if time.Now().After(deadline) {
+			if !answered && time.Now().After(deadline) {
 				t.Fatalf("no reply to INCR %s after %d requests", key, kv.sent)
 			}
 		}
@@ -325,50 +328,19 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			c := newCluster(t, "kv")
-			c.up = delayed(2 * time.Millisecond) // a log in flight for a while
+			c.up = linktest.Delay(2 * time.Millisecond) // a log in flight for a while
 			c.start()
 			c.incr(t, 1+rng.Intn(60))
 			// Crash while a request is in flight (incr sends it again),
 			// at a random moment.
 			c.send()
-			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // the random moment: the test's point
 			c.crashPrimary()
 			c.failover()
 			c.runLive()
 			c.incr(t, 20)
 			checkKV(t, c.client.seen())
 		})
-	}
-}
-
-// delayed is a filter that delivers each chunk d after it was read: a link
-// with latency, whose data in flight dies with the link.
-func delayed(d time.Duration) filter {
-	return func(from io.Reader, to io.Writer) {
-		type chunk struct {
-			at   time.Time
-			data []byte
-		}
-		q := make(chan chunk, 1024)
-		go func() {
-			defer close(q)
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := from.Read(buf)
-				if n > 0 {
-					q <- chunk{time.Now().Add(d), append([]byte(nil), buf[:n]...)}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
-		for c := range q {
-			time.Sleep(time.Until(c.at))
-			if _, err := to.Write(c.data); err != nil {
-				return
-			}
-		}
 	}
 }
 
@@ -390,19 +362,13 @@ func TestOutputsWaitForTheBackup(t *testing.T) {
 	}
 	c.cfg.FailureTimeout = 5 * time.Second // the blocked acks must not look like a dead backup
 	c.start()
-	for i := 0; i < 20; i++ {
-		c.primary.Receive(sim.KVRequest("INCR", "k"))
-		time.Sleep(time.Millisecond)
-	}
-	deadline := time.Now().Add(time.Second)
-	for c.primary.Stats.Exits.Load() < 100 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	// Requests until the guest has answered and run on well past its
+	// reply (its log shipped): every reply is held.
+	c.load("a reply held and the guest running on", time.Millisecond, c.target, func() bool {
+		return c.pOut.Stats().HeldOutputs > 0 && c.primary.Stats.Exits.Load() >= 100
+	})
 	if n := len(c.client.seen()); n != 0 {
 		t.Fatalf("%d replies left the primary with no ack from the backup", n)
-	}
-	if c.primary.Stats.Exits.Load() == 0 {
-		t.Fatal("the guest did not run")
 	}
 	close(release)
 	c.client.waitFrames(t, 1)
@@ -428,7 +394,9 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*sim.Machine, *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, bconn := tcpPair(t)
+	link := linktest.New() // this backup's own: kill cuts it
+	t.Cleanup(link.Cut)
+	pa, bconn := c.connect(link) // the test's filters on this link too
 	done := make(chan followResult, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -436,39 +404,10 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*sim.Machine, *r
 		live, err := b.Follow(ctx, bconn)
 		done <- followResult{live, err}
 	}()
-	pa := a
-	if c.up != nil || c.down != nil {
-		pa = c.proxy(a) // the test's filters on this link too
-	}
 	if err := p.Attach(pa); err != nil {
 		t.Fatal(err)
 	}
-	return m, b, done, func() { pa.Close(); a.Close(); bconn.Close() }
-}
-
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
+	return m, b, done, link.Cut
 }
 
 // TestBackupAttachesToARunningGuest is the paper's FT VMotion and
@@ -488,13 +427,14 @@ func TestBackupAttachesToARunningGuest(t *testing.T) {
 	first, _, _ := c.alonePrimary(ctx) // the client talks to whoever is primary
 	c.incr(t, 10)                      // alone: replies leave at once
 
-	_, _, done2, kill2 := c.attachBackup(first, "second")
+	_, b2, done2, kill2 := c.attachBackup(first, "second")
 	c.incr(t, 20)
+	vmmtest.WaitUntil(t, "the second host in sync", func() bool { return b2.Stats.Applied.Load() > 0 })
 	// The first primary dies: its engine stops, its link drops.
 	c.cancelP()
 	kill2()
-	<-c.pDone
-	r := <-done2
+	vmmtest.Closed(t, "the first primary's Run to return", c.pDone)
+	r := vmmtest.Receive(t, "the second host to take over", done2)
 	if r.err != nil {
 		t.Fatalf("second host did not go live: %v", r.err)
 	}
@@ -503,11 +443,12 @@ func TestBackupAttachesToARunningGuest(t *testing.T) {
 	c.live = second
 	c.incr(t, 10)
 
-	_, _, done3, kill3 := c.attachBackup(second, "third")
+	_, b3, done3, kill3 := c.attachBackup(second, "third")
 	c.incr(t, 20)
+	vmmtest.WaitUntil(t, "the third host in sync", func() bool { return b3.Stats.Applied.Load() > 0 })
 	cancel()
 	kill3()
-	r = <-done3
+	r = vmmtest.Receive(t, "the third host to end", done3)
 	if r.err != nil && !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("third host: %v", r.err)
 	}
@@ -528,20 +469,21 @@ func TestPrimaryLosesItsBackupThenTakesANewOne(t *testing.T) {
 	c.incr(t, 10)
 	c.cancelB() // the backup host dies
 	c.killLink()
-	r := <-c.bDone
+	r := vmmtest.Receive(t, "the dead backup's Follow to return", c.bDone)
 	if r.err == nil {
 		t.Fatal("a dead backup went live")
 	}
 	c.incr(t, 10) // answered by the primary alone, after it won generation 2
-	_, _, done, kill := c.attachBackup(c.primary, "second-backup")
+	_, b2, done, kill := c.attachBackup(c.primary, "second-backup")
 	c.incr(t, 20)
+	vmmtest.WaitUntil(t, "the new backup in sync", func() bool { return b2.Stats.Applied.Load() > 0 })
 	if n := c.primary.Stats.BackupsLost.Load(); n != 1 {
 		t.Fatalf("the primary lost %d backups, want 1", n)
 	}
 	c.cancelP()
 	kill()
-	<-c.pDone
-	r = <-done
+	vmmtest.Closed(t, "the primary's Run to return", c.pDone)
+	r = vmmtest.Receive(t, "the new backup to take over", done)
 	if r.err != nil {
 		t.Fatalf("the new backup did not go live: %v", r.err)
 	}
@@ -608,7 +550,7 @@ func TestALateAckDuringTheContest(t *testing.T) {
 	c.incr(t, 5)
 	hold.Store(true)
 	c.send() // its reply waits for an ack that is held
-	waitUntil(t, "the primary's contest", func() bool {
+	vmmtest.WaitUntil(t, "the primary's contest", func() bool {
 		select {
 		case <-c.pDone:
 			return true
@@ -620,7 +562,7 @@ func TestALateAckDuringTheContest(t *testing.T) {
 		t.Fatalf("the primary's output buffer failed: %v", err)
 	}
 	c.incr(t, 5) // answered by the primary alone, in generation 2
-	if r := <-c.bDone; !errors.Is(r.err, witness.ErrLost) {
+	if r := vmmtest.Receive(t, "the backup to decide", c.bDone); !errors.Is(r.err, witness.ErrLost) {
 		t.Fatalf("the backup ended with %v, want a lost contest", r.err)
 	}
 	checkKV(t, c.client.seen())
@@ -663,7 +605,7 @@ func TestAStoppingPrimaryReleasesNothingLate(t *testing.T) {
 	emitted := func() uint64 { s := c.pOut.Stats(); return s.Released + uint64(s.HeldOutputs) }
 	hold.Store(true)
 	n := emitted()
-	waitUntil(t, "a frame whose ack is held", func() bool { return emitted() > n })
+	vmmtest.WaitUntil(t, "a frame whose ack is held", func() bool { return emitted() > n })
 	go func() {
 		r := <-c.bDone // the backup went live: the held ack may go
 		c.bDone <- r
@@ -712,47 +654,44 @@ func TestPartitionOneSideGoesOn(t *testing.T) {
 			c := newCluster(t, "kv")
 			c.start()
 			c.incr(t, 1+rng.Intn(30))
-			c.send() // a request in flight
-			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+			c.send()                                                     // a request in flight
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // the random moment: the test's point
 			c.killLink()
-			var r followResult
-			select {
-			case r = <-c.bDone:
-			case <-time.After(30 * time.Second):
-				t.Fatal("the backup never decided")
+			r := vmmtest.Receive(t, "the backup to decide", c.bDone)
+			cur, err := c.arb.Current(context.Background())
+			if err != nil || cur.Generation != 2 {
+				t.Fatalf("the witness holds %v (%v), want generation 2", cur, err)
 			}
-			primaryOn := !waitClosed(c.pDone, time.Second)
-			switch {
-			case r.err == nil && primaryOn:
-				t.Fatal("both sides went on")
-			case r.err == nil:
+			if r.err == nil { // the backup went live: it won, and the primary halts
+				if cur.Owner != "backup" {
+					t.Fatalf("the backup went live, and generation 2 is %q's", cur.Owner)
+				}
+				vmmtest.Closed(t, "the primary that lost to stop", c.pDone)
 				if !errors.Is(c.pErr, witness.ErrHalt) {
 					t.Fatalf("the primary stopped with %v, want a halt", c.pErr)
 				}
 				winners["backup"]++
 				c.live = r.live
 				c.runLive()
-			case primaryOn:
+			} else { // the backup stayed back: the primary won and goes on
 				if !errors.Is(r.err, witness.ErrLost) {
 					t.Fatalf("the backup stayed back with %v, want a lost contest", r.err)
 				}
+				if cur.Owner != "primary" {
+					t.Fatalf("the backup stayed back, and generation 2 is %q's", cur.Owner)
+				}
 				winners["primary"]++
-			default:
-				t.Fatalf("neither side went on: primary %v, backup %v", c.pErr, r.err)
 			}
 			c.incr(t, 10)
 			checkKV(t, c.client.seen())
+			select {
+			case <-c.pDone:
+				if r.err != nil {
+					t.Fatalf("the primary that won stopped: %v", c.pErr)
+				}
+			default:
+			}
 		})
 	}
 	t.Logf("winners: %v", winners)
-}
-
-// waitClosed reports whether ch closed within d.
-func waitClosed(ch <-chan struct{}, d time.Duration) bool {
-	select {
-	case <-ch:
-		return true
-	case <-time.After(d):
-		return false
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,18 +14,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
 // The engine's tests run the software machine (vmm/sim) where /dev/kvm
-// cannot be opened: a primary and a backup in one process, on loopback
-// TCP through a proxy the test can cut or tamper with, a disk-lease
-// witness and a disk file shared by both hosts, and a client that sees
-// what each host's NIC emits.
+// cannot be opened: a primary and a backup in one process, on an
+// in-memory link (checkpoint/linktest) the test can cut, silence or tamper
+// with, a disk-lease witness and a disk file shared by both hosts, and a
+// client that sees what each host's NIC emits.
+//
+// This harness stays beside modes/node/nodetest's pair of nodes, which
+// runs the same engines as ftckpt does: these tests reach where a node
+// does not let them — a scripted machine in the primary's place
+// (scripted_test.go), a wrapper of each machine's Env, the primary's own
+// disk and sync, a gated arbiter, backups attached to a primary by hand,
+// and the engines' statistics.
 
 const testPages = 64
 
@@ -95,17 +105,27 @@ func (c *client) seen() []frame {
 	return append([]frame(nil), c.frames...)
 }
 
-// waitFrames waits until the client has n frames; the deadline only
-// bounds a broken engine.
+// waitFrames waits until the client has n frames.
 func (c *client) waitFrames(t testing.TB, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for len(c.seen()) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("client saw %d frames, waiting for %d", len(c.seen()), n)
-		}
-		time.Sleep(2 * time.Millisecond)
+	vmmtest.WaitUntil(t, fmt.Sprintf("the client to see %d frames", n), func() bool { return len(c.seen()) >= n })
+}
+
+// waitMore waits until the client has more than n frames or until passes,
+// and says whether it has.
+func (c *client) waitMore(n int, until time.Time) bool {
+	wake := time.AfterFunc(time.Until(until), func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer wake.Stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.frames) <= n && time.Now().Before(until) {
+		c.cond.Wait()
 	}
+	return len(c.frames) > n
 }
 
 type sinkFunc func([]byte) error
@@ -113,7 +133,7 @@ type sinkFunc func([]byte) error
 func (f sinkFunc) SendFrame(b []byte) error { return f(b) }
 
 // filter sits in one direction of the primary↔backup connection.
-type filter func(from io.Reader, to io.Writer)
+type filter = linktest.Filter
 
 // cluster is a primary and a backup of one software machine's guest.
 type cluster struct {
@@ -135,9 +155,8 @@ type cluster struct {
 	pDone          chan struct{} // closed when the primary's Run returned pErr
 	pErr           error
 	bDone          chan followResult
-	up, down       filter // primary→backup and backup→primary byte paths; nil copies
-	proxyConns     []net.Conn
-	proxyMu        sync.Mutex
+	link           *linktest.Link // primary↔backup
+	up, down       filter         // primary→backup and backup→primary byte paths of the links made from now on; nil copies
 	live           *replay.Primary
 	liveDone       chan error
 	cancelB        context.CancelFunc
@@ -153,6 +172,9 @@ type cluster struct {
 	// func that sees the primary before it runs.
 	pMachine  func(m *sim.Machine) machine.Stepper
 	onPrimary func(p *replay.Primary)
+	// Optional: what crashPrimary does once the primary's link is cut and
+	// its NIC dark, before it waits for its engine to stop.
+	afterCrash func()
 }
 
 type followResult struct {
@@ -162,7 +184,7 @@ type followResult struct {
 
 func newCluster(t testing.TB, guest string, params ...sim.Param) *cluster {
 	c := &cluster{t: t, cfg: testConfig(), guest: guest, pages: testPages, params: params, client: newClient(),
-		pDone: make(chan struct{}), bDone: make(chan followResult, 1)}
+		pDone: make(chan struct{}), bDone: make(chan followResult, 1), link: linktest.New()}
 	arb, err := witness.Open("disk:" + filepath.Join(t.TempDir(), "lease"))
 	if err != nil {
 		t.Fatal(err)
@@ -224,27 +246,13 @@ func (c *cluster) start() {
 		t.Fatal(err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	bctx, cancelB := context.WithCancel(ctx)
 	c.cancelB = cancelB
+	pconn, bconn := c.connect(c.link)
 	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			c.bDone <- followResult{nil, err}
-			return
-		}
-		live, err := c.backup.Follow(bctx, conn)
+		live, err := c.backup.Follow(bctx, bconn)
 		c.bDone <- followResult{live, err}
 	}()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pconn := c.proxy(conn)
 	pctx, cancelP := context.WithCancel(ctx)
 	c.cancelP = cancelP
 	go func() { c.pErr = c.primary.Run(pctx, pconn); close(c.pDone) }()
@@ -309,44 +317,19 @@ func (c *cluster) wrap(host string, env machine.Env) machine.Env {
 	return c.envWrap(host, env)
 }
 
-// proxy puts the test's filters in conn's path: the primary talks to one
-// end of a TCP pair, the filters copy between it and conn.
-func (c *cluster) proxy(conn net.Conn) net.Conn {
-	primarySide, mid := tcpPair(c.t)
-	c.proxyMu.Lock()
-	c.proxyConns = append(c.proxyConns, mid, conn)
-	c.proxyMu.Unlock()
-	up, down := c.up, c.down
-	if up == nil {
-		up = copyAll
-	}
-	if down == nil {
-		down = copyAll
-	}
-	go func() { up(mid, conn); halfClose(conn) }()
-	go func() { down(conn, mid); halfClose(mid) }()
-	return primarySide
+// connect returns a primary's and a backup's end of a new connection on
+// link, with the test's filters in its path.
+func (c *cluster) connect(link *linktest.Link) (primary, backup net.Conn) {
+	link.SetFilter(linktest.Up, c.up)
+	link.SetFilter(linktest.Down, c.down)
+	return link.Pipe()
 }
 
 func copyAll(from io.Reader, to io.Writer) { io.Copy(to, from) }
 
-func halfClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
-	}
-}
-
-// killLink drops the connection between the hosts at once, both ways.
-func (c *cluster) killLink() {
-	c.proxyMu.Lock()
-	defer c.proxyMu.Unlock()
-	for _, conn := range c.proxyConns {
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetLinger(0) // reset: nothing in flight is delivered
-		}
-		conn.Close()
-	}
-}
+// killLink drops the connection between the hosts at once, both ways,
+// with whatever was in flight.
+func (c *cluster) killLink() { c.link.Cut() }
 
 // crashPrimary stops the primary as a crash would: its engine stops, its
 // link drops with whatever was in flight, its NIC goes dark. The order
@@ -357,7 +340,10 @@ func (c *cluster) crashPrimary() {
 	c.cancelP()
 	c.killLink()
 	c.cutNIC()
-	<-c.pDone
+	if c.afterCrash != nil {
+		c.afterCrash()
+	}
+	vmmtest.Closed(c.t, "the crashed primary's Run to return", c.pDone)
 	if err := c.pErr; err != nil && !errors.Is(err, context.Canceled) {
 		c.t.Logf("crashed primary's Run: %v", err)
 	}
@@ -367,7 +353,7 @@ func (c *cluster) crashPrimary() {
 // backup, which then replays it all and takes over.
 func (c *cluster) stopPrimary() {
 	c.cancelP()
-	<-c.pDone
+	vmmtest.Closed(c.t, "the stopped primary's Run to return", c.pDone)
 	if err := c.pErr; err != nil && !errors.Is(err, context.Canceled) {
 		c.t.Fatalf("primary's Run: %v", err)
 	}
@@ -377,12 +363,7 @@ func (c *cluster) stopPrimary() {
 // became.
 func (c *cluster) failover() *replay.Primary {
 	t := c.t
-	var r followResult
-	select {
-	case r = <-c.bDone:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the backup never took over")
-	}
+	r := vmmtest.Receive(t, "the backup to take over", c.bDone)
 	if r.err != nil {
 		t.Fatalf("backup did not go live: %v", r.err)
 	}
@@ -396,6 +377,23 @@ func (c *cluster) runLive() {
 	c.liveDone = make(chan error, 1)
 	go func() { c.liveDone <- c.live.Run(ctx, nil) }()
 	c.t.Cleanup(cancel)
+}
+
+// load sends INCR a to the host to() names every interval (the pace of a
+// client's load) until done says enough. (No reply is judged: for tests
+// whose primary loses replies it held.)
+func (c *cluster) load(what string, every time.Duration, to func() *replay.Primary, done func() bool) {
+	c.t.Helper()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	deadline := time.Now().Add(vmmtest.Bound)
+	for !done() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("waited %v for %s", vmmtest.Bound, what)
+		}
+		to().Receive(sim.KVRequest("INCR", "a"))
+		<-tick.C
+	}
 }
 
 // target is where the client's requests go: the primary, or the backup

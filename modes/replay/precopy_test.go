@@ -11,6 +11,7 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // precopyConfig pre-copies a few pages at a time, so that a pass over the
@@ -19,16 +20,6 @@ func precopyConfig() replay.Config {
 	cfg := testConfig()
 	cfg.PrecopyChunk, cfg.PrecopyDone, cfg.PrecopyRounds = 2, 1, 4
 	return cfg
-}
-
-// waitUntil polls cond; the deadline only bounds a broken engine.
-func waitUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited 30s for %s", what)
-		}
-	}
 }
 
 // TestPrecopyWhileTheGuestRuns attaches a backup to a busy tick guest:
@@ -42,19 +33,19 @@ func TestPrecopyWhileTheGuestRuns(t *testing.T) {
 	p, _, _ := c.alonePrimary(context.Background())
 	c.client.waitFrames(t, 3)
 	bm, b, done, _ := c.attachBackup(p, "backup") // checkTicks allows its repeats at the boundary
-	waitUntil(t, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
+	vmmtest.WaitUntil(t, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
 	// More pages than the guest has: a later pass sent again pages the
 	// guest wrote while the first ran.
 	if n := p.Stats.Precopied.Load(); n <= testPages {
 		t.Errorf("%d pages went in rounds, for a guest of %d: it did not run during the pre-copy", n, testPages)
 	}
-	waitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
+	vmmtest.WaitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
 	if r := b.Stats.Rounds.Load(); r < testPages/2 {
 		t.Errorf("the backup applied %d rounds, want at least %d", r, testPages/2)
 	}
 	c.client.waitFrames(t, len(c.client.seen())+5) // recorded and replayed a while
 	c.stopPrimary()
-	r := <-done
+	r := vmmtest.Receive(t, "the backup to take over", done)
 	if r.err != nil {
 		t.Fatalf("the backup did not take over: %v", r.err)
 	}
@@ -81,7 +72,7 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 		t.Errorf("the status line during a pre-copy does not show it: %s", line)
 	}
 	kill()
-	if r := <-done; r.err == nil {
+	if r := vmmtest.Receive(t, "the cut-off backup's Follow to return", done); r.err == nil {
 		t.Fatal("a backup cut off before its sync went live")
 	}
 	if b.Stats.Applied.Load() != 0 {
@@ -97,7 +88,7 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 			g, p.Stats.BackupsLost.Load(), p.Stats.Syncs.Load())
 	}
 	_, b3, _, _ := c.attachBackup(p, "third")
-	waitUntil(t, "the third host's first rounds", func() bool { return b3.Stats.Rounds.Load() >= 3 })
+	vmmtest.WaitUntil(t, "the third host's first rounds", func() bool { return b3.Stats.Rounds.Load() >= 3 })
 	checkTicks(t, c.client.seen())
 }
 
@@ -112,13 +103,13 @@ func TestPrecopyRoundCorrupted(t *testing.T) {
 	p, _, _ := c.alonePrimary(context.Background())
 	c.client.waitFrames(t, 3)
 	bm, b, done, _ := c.attachBackup(p, "backup")
-	waitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
+	vmmtest.WaitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
 	if p.Stats.Resyncs.Load() == 0 {
 		t.Fatal("the backup applied a sync one of whose rounds it rejected, without asking for another")
 	}
 	c.client.waitFrames(t, len(c.client.seen())+5)
 	c.stopPrimary()
-	if r := <-done; r.err != nil {
+	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
 		t.Fatalf("the backup did not take over: %v", r.err)
 	}
 	sameMachine(t, c.pm, bm)
@@ -175,7 +166,7 @@ func attachOnce(b *testing.B, chunk int) (gap, took, after time.Duration) {
 	c.client.mu.Unlock()
 	start := time.Now()
 	_, _, _, kill := c.attachBackup(p, "backup")
-	waitUntil(b, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
+	vmmtest.WaitUntil(b, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
 	committed := time.Now()
 	took = committed.Sub(start)
 	c.client.waitFrames(b, len(c.client.seen())+1)

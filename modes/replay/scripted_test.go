@@ -8,6 +8,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // scriptedHost is a primary's host whose timing the test decides, so that
@@ -125,10 +126,10 @@ func TestPrecopyEndsAtAKick(t *testing.T) {
 	p, _, _ := c.alonePrimary(context.Background())
 	c.client.waitFrames(t, 3)
 	bm, b, done, _ := c.attachBackup(p, "backup")
-	waitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
+	vmmtest.WaitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
 	c.client.waitFrames(t, len(c.client.seen())+5)
 	c.stopPrimary()
-	r := <-done
+	r := vmmtest.Receive(t, "the backup to take over", done)
 	if r.err != nil {
 		t.Fatalf("the backup did not take over: %v", r.err)
 	}

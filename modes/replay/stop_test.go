@@ -4,21 +4,24 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
-	"time"
 
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
 // spinning is a machine whose guest never exits (the C kv guest polls
-// memory): Run returns only when kicked.
+// memory): Run returns only when kicked. running closes at the first Run.
 type spinning struct {
 	*sim.Machine
-	kicks chan struct{}
+	kicks   chan struct{}
+	running chan struct{}
+	once    sync.Once
 }
 
 func (s *spinning) Kick() {
@@ -29,6 +32,7 @@ func (s *spinning) Kick() {
 }
 
 func (s *spinning) Run() (machine.Exit, error) {
+	s.once.Do(func() { close(s.running) })
 	<-s.kicks
 	return machine.Exit{Kind: machine.ExitKicked}, nil
 }
@@ -58,18 +62,15 @@ func TestPrimaryStopsWhileTheGuestSpins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := replay.NewPrimary(testConfig(), &spinning{Machine: m, kicks: make(chan struct{}, 1)}, plug, out, fence, 1, nil)
+	s := &spinning{Machine: m, kicks: make(chan struct{}, 1), running: make(chan struct{})}
+	p, err := replay.NewPrimary(testConfig(), s, plug, out, fence, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx, nil) }()
-	time.Sleep(50 * time.Millisecond) // running, or about to
+	vmmtest.Closed(t, "the guest to run", s.running)
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return within 30 s of its context's end")
-	}
+	vmmtest.Receive(t, "Run to return after its context's end", done)
 }
