@@ -14,6 +14,7 @@ import (
 	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 var _ machine.Runner = (*CheckpointGuest)(nil)
@@ -78,21 +79,27 @@ func (d *ckDevices) seen() [][]byte {
 	return append([][]byte(nil), d.frames...)
 }
 
-// waitFrames waits until n frames were sent; the deadline bounds a broken
-// guest only.
+// waitFrames waits until n frames were sent.
 func (d *ckDevices) waitFrames(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	vmmtest.WaitUntil(t, fmt.Sprintf("%d frames sent", n), func() bool { return len(d.seen()) >= n })
+}
+
+// waitMore waits until more than n frames were sent or until passes, and
+// says whether they were.
+func (d *ckDevices) waitMore(n int, until time.Time) bool {
+	wake := time.AfterFunc(time.Until(until), func() {
+		d.mu.Lock()
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	})
+	defer wake.Stop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for len(d.frames) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d frames sent, waiting for %d", len(d.frames), n)
-		}
-		d.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		d.mu.Lock()
+	for len(d.frames) <= n && time.Now().Before(until) {
+		d.cond.Wait()
 	}
+	return len(d.frames) > n
 }
 
 func newCKGuest(t *testing.T, guest string, devs Devices, params ...Param) *CheckpointGuest {
@@ -105,22 +112,20 @@ func newCKGuest(t *testing.T, guest string, devs Devices, params ...Param) *Chec
 	return g
 }
 
-// incrAll sends n INCR requests, one at a time, each resent until the
-// device has one more frame.
+// incrAll sends n INCR requests, one at a time, each resent every 50 ms
+// (that paces the resends; it decides nothing) until the device has one
+// more frame.
 func incrAll(t *testing.T, g *CheckpointGuest, d *ckDevices, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		have := len(d.seen())
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(vmmtest.Bound)
 		for len(d.seen()) == have {
 			if time.Now().After(deadline) {
 				t.Fatalf("no reply after %d", have)
 			}
 			g.Receive(KVRequest("INCR", "k"))
-			wait := time.Now().Add(50 * time.Millisecond)
-			for len(d.seen()) == have && time.Now().Before(wait) {
-				time.Sleep(100 * time.Microsecond)
-			}
+			d.waitMore(have, time.Now().Add(50*time.Millisecond))
 		}
 	}
 }
@@ -169,7 +174,7 @@ func TestHarvestSeesEveryWrite(t *testing.T) {
 				if guest == "kv" {
 					g.Receive(KVRequest("INCR", fmt.Sprintf("k%d", rng.Intn(40))))
 				}
-				time.Sleep(time.Duration(rng.Intn(300)) * time.Microsecond)
+				time.Sleep(time.Duration(rng.Intn(300)) * time.Microsecond) // a random moment to pause at: the test's point
 				if err := g.Pause(); err != nil {
 					t.Fatal(err)
 				}
@@ -221,7 +226,7 @@ func TestPauseStopsTheGuest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Microsecond)
+		time.Sleep(200 * time.Microsecond) // time for a guest that ran on to show it: the test's point
 		st2, _ := g.SaveState()
 		if !bytes.Equal(mem, g.Memory()) || g.Instructions() != n || !bytes.Equal(st[14:len(st)-4], st2[14:len(st2)-4]) {
 			t.Fatalf("pause %d: the guest ran on", i)
@@ -296,13 +301,7 @@ func TestRefusedOutputsAreRetried(t *testing.T) {
 	d.refuse.Store(1 << 40)
 	before := d.refused.Load()
 	g.Receive(KVRequest("INCR", "k"))
-	deadline := time.Now().Add(20 * time.Second)
-	for d.refused.Load() < before+3 {
-		if time.Now().After(deadline) {
-			t.Fatal("the reply was never tried")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	vmmtest.WaitUntil(t, "the reply to be tried 3 times", func() bool { return d.refused.Load() >= before+3 })
 	if err := g.Pause(); err != nil {
 		t.Fatal(err)
 	}
