@@ -89,6 +89,13 @@ func (m *Machine) SaveState() ([]byte, error) {
 	errs := make([]error, len(comps))
 	var wg sync.WaitGroup
 	for i, c := range comps {
+		if _, ok := c.(*VCPU); !ok {
+			// On this goroutine: a device or the VM answers in microseconds,
+			// less than a goroutine's start.
+			data, err := c.SaveState()
+			sections[i], errs[i] = Section{Version: c.StateVersion(), Data: data}, err
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -101,14 +108,11 @@ func (m *Machine) SaveState() ([]byte, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("saving state: %w", err)
 	}
-	ms := &MachineState{Config: m.stateConfig(), Sections: make(map[string]Section, len(comps))}
+	ids := make([]string, len(comps))
 	for i, c := range comps {
-		if _, dup := ms.Sections[c.ID()]; dup {
-			return nil, fmt.Errorf("saving state: two components are %q: %w", c.ID(), ErrMismatch)
-		}
-		ms.Sections[c.ID()] = sections[i]
+		ids[i] = c.ID()
 	}
-	return EncodeState(ms)
+	return encodeSections(m.stateConfig(), ids, sections)
 }
 
 func (m *Machine) stateConfig() StateConfig {
@@ -217,32 +221,69 @@ func encodeState(ms *MachineState, ids []string) ([]byte, error) {
 	if len(ms.Sections) > maxSections {
 		return nil, fmt.Errorf("encoding state: %d sections, at most %d", len(ms.Sections), maxSections)
 	}
-	var b bytes.Buffer
-	b.WriteString(stateMagic)
-	irqchip := uint32(0)
-	if ms.Config.IRQChip {
-		irqchip = 1
+	sections := make([]Section, len(ids))
+	for i, id := range ids {
+		sections[i] = ms.Sections[id]
 	}
-	le := binary.LittleEndian
-	b.Write(le.AppendUint32(nil, stateVersion))
-	b.Write(le.AppendUint32(nil, 0))
-	b.Write(le.AppendUint32(nil, uint32(ms.Config.VCPUs)))
-	b.Write(le.AppendUint32(nil, irqchip))
-	b.Write(le.AppendUint64(nil, uint64(ms.Config.MemSize)))
-	b.Write(le.AppendUint32(nil, uint32(len(ids))))
-	for _, id := range ids {
-		s := ms.Sections[id]
+	return appendSections(nil, ms.Config, ids, sections)
+}
+
+// encodeSections encodes the state of a machine of configuration cfg whose
+// components are ids, with their sections, in increasing order of ID. It
+// refuses an ID given twice.
+func encodeSections(cfg StateConfig, ids []string, sections []Section) ([]byte, error) {
+	if len(ids) > maxSections {
+		return nil, fmt.Errorf("encoding state: %d sections, at most %d", len(ids), maxSections)
+	}
+	order := make([]int, len(ids))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
+	sortedIDs := make([]string, len(ids))
+	sorted := make([]Section, len(ids))
+	for k, i := range order {
+		if k > 0 && ids[i] == sortedIDs[k-1] {
+			return nil, fmt.Errorf("saving state: two components are %q: %w", ids[i], ErrMismatch)
+		}
+		sortedIDs[k], sorted[k] = ids[i], sections[i]
+	}
+	return appendSections(nil, cfg, sortedIDs, sorted)
+}
+
+// appendSections appends the encoded state: the header for cfg, section i
+// as ids[i] with sections[i], in that order, and the checksum.
+func appendSections(b []byte, cfg StateConfig, ids []string, sections []Section) ([]byte, error) {
+	size := stateHeaderBytes + 4
+	for i, id := range ids {
+		s := sections[i]
 		if len(id) == 0 || len(id) > maxComponentID || len(s.Data) > maxSectionLen {
 			return nil, fmt.Errorf("encoding state: section %q of %d bytes: id or size out of bounds", id, len(s.Data))
 		}
-		b.Write(le.AppendUint16(nil, uint16(len(id))))
-		b.WriteString(id)
-		b.Write(le.AppendUint32(nil, s.Version))
-		b.Write(le.AppendUint32(nil, uint32(len(s.Data))))
-		b.Write(s.Data)
+		size += 2 + len(id) + 4 + 4 + len(s.Data)
 	}
-	b.Write(le.AppendUint32(nil, crc32.Checksum(b.Bytes(), castagnoli)))
-	return b.Bytes(), nil
+	b = slices.Grow(b, size)
+	start := len(b)
+	irqchip := uint32(0)
+	if cfg.IRQChip {
+		irqchip = 1
+	}
+	le := binary.LittleEndian
+	b = append(b, stateMagic...)
+	b = le.AppendUint32(b, stateVersion)
+	b = le.AppendUint32(b, 0)
+	b = le.AppendUint32(b, uint32(cfg.VCPUs))
+	b = le.AppendUint32(b, irqchip)
+	b = le.AppendUint64(b, uint64(cfg.MemSize))
+	b = le.AppendUint32(b, uint32(len(ids)))
+	for i, id := range ids {
+		b = le.AppendUint16(b, uint16(len(id)))
+		b = append(b, id...)
+		b = le.AppendUint32(b, sections[i].Version)
+		b = le.AppendUint32(b, uint32(len(sections[i].Data)))
+		b = append(b, sections[i].Data...)
+	}
+	return le.AppendUint32(b, crc32.Checksum(b[start:], castagnoli)), nil
 }
 
 // DecodeState decodes and verifies a machine state. It trusts no length.

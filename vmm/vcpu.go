@@ -22,7 +22,10 @@ type VCPU struct {
 	// run is the mmapped kvm_run area; runData views its start.
 	run     []byte
 	runData *kvm.RunData
-	cpuid   *kvm.CPUID
+	// cpuid is the vCPU's CPUID table, cpuidEncoded its encoding in the
+	// saved state (see setCPUID).
+	cpuid        *kvm.CPUID
+	cpuidEncoded []byte
 	// tid is the thread's id, for kicks; written once before New returns.
 	tid int
 
@@ -37,6 +40,9 @@ type VCPU struct {
 	halted bool
 	// xsaveSize is the XSAVE buffer size this host needs.
 	xsaveSize int
+	// saved is the state capture last read from KVM, its buffers reused
+	// from one capture to the next. Only the vCPU's thread writes it.
+	saved vcpuState
 	// kickTimer kicks the vCPU out of the guest when the userspace PIT's
 	// next interrupt is due; used only by the vCPU's thread.
 	kickTimer *time.Timer
@@ -104,10 +110,11 @@ func (v *VCPU) create(cpuid *kvm.CPUID) error {
 		return fmt.Errorf("mmap kvm_run: %w", err)
 	}
 	v.runData = runDataOf(v.run)
-	v.cpuid = vcpuCPUID(cpuid, v.index)
-	if err := kvm.SetCPUID2(uintptr(v.fd), v.cpuid); err != nil {
+	c := vcpuCPUID(cpuid, v.index)
+	if err := kvm.SetCPUID2(uintptr(v.fd), c); err != nil {
 		return fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
+	v.setCPUID(c)
 	return nil
 }
 

@@ -83,6 +83,13 @@ type vcpuStateFixed struct {
 	Events    kvm.VCPUEvents
 }
 
+// Sizes of the encoded parts of a vCPU's state.
+var (
+	vcpuStateFixedSize = binary.Size(vcpuStateFixed{})
+	cpuidEntrySize     = binary.Size(kvm.CPUIDEntry2{})
+	msrEntrySize       = binary.Size(kvmapi.MSREntry{})
+)
+
 const (
 	vcpuFlagLAPIC  = 1 << 0 // LAPIC is valid (in-kernel irqchip)
 	vcpuFlagHalted = 1 << 1 // waiting in HLT (userspace interrupt delivery)
@@ -105,69 +112,93 @@ func (v *VCPU) ID() string { return fmt.Sprintf("vcpu/%d", v.index) }
 func (v *VCPU) StateVersion() uint32 { return 1 }
 
 // SaveState implements Component. It runs on the vCPU's thread.
-//
-// Order matters (as Firecracker and QEMU found): KVM_GET_MP_STATE first, as it
-// may process pending LAPIC events and change other state; vCPU events last,
-// as other GETs may change what is pending.
 func (v *VCPU) SaveState() ([]byte, error) {
-	var st *vcpuState
-	err := v.do(func() (err error) {
-		st, err = v.saveOnThread()
-		return err
+	var out []byte
+	err := v.do(func() error {
+		if err := v.capture(); err != nil {
+			return err
+		}
+		out = v.appendSaved(nil)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", v.ID(), err)
 	}
-	return encodeVCPUState(st)
+	return out, nil
 }
 
-func (v *VCPU) saveOnThread() (*vcpuState, error) {
+// capture reads the vCPU's state from KVM into v.saved, whose buffers it
+// reuses: a checkpoint pause allocates nothing here.
+// Precondition: on the vCPU's thread, which is parked.
+//
+// Order matters (as Firecracker and QEMU found): KVM_GET_MP_STATE first, as it
+// may process pending LAPIC events and change other state; vCPU events last,
+// as other GETs may change what is pending.
+func (v *VCPU) capture() error {
 	fd := uintptr(v.fd)
-	st := &vcpuState{}
+	st := &v.saved
+	st.Flags = 0
 	if err := kvm.GetMPState(fd, &st.MPState); err != nil {
-		return nil, fmt.Errorf("KVM_GET_MP_STATE: %w", err)
+		return fmt.Errorf("KVM_GET_MP_STATE: %w", err)
 	}
 	regs, err := kvm.GetRegs(fd)
 	if err != nil {
-		return nil, fmt.Errorf("KVM_GET_REGS: %w", err)
+		return fmt.Errorf("KVM_GET_REGS: %w", err)
 	}
 	st.Regs = *regs
 	sregs, err := kvm.GetSregs(fd)
 	if err != nil {
-		return nil, fmt.Errorf("KVM_GET_SREGS: %w", err)
+		return fmt.Errorf("KVM_GET_SREGS: %w", err)
 	}
 	st.Sregs = *sregs
-	st.XSave = make([]byte, v.xsaveSize)
+	if len(st.XSave) != v.xsaveSize {
+		st.XSave = make([]byte, v.xsaveSize)
+	}
 	if err := kvmapi.GetXSave(v.fd, st.XSave); err != nil {
-		return nil, err
+		return err
 	}
 	if err := kvm.GetXCRS(fd, &st.XCRS); err != nil {
-		return nil, fmt.Errorf("KVM_GET_XCRS: %w", err)
+		return fmt.Errorf("KVM_GET_XCRS: %w", err)
 	}
 	if err := kvm.GetDebugRegs(fd, &st.DebugRegs); err != nil {
-		return nil, fmt.Errorf("KVM_GET_DEBUGREGS: %w", err)
+		return fmt.Errorf("KVM_GET_DEBUGREGS: %w", err)
 	}
 	if v.m.cfg.IRQChip {
 		if err := kvm.GetLocalAPIC(fd, &st.LAPIC); err != nil {
-			return nil, fmt.Errorf("KVM_GET_LAPIC: %w", err)
+			return fmt.Errorf("KVM_GET_LAPIC: %w", err)
 		}
 		st.Flags |= vcpuFlagLAPIC
 	}
-	st.MSRs = make([]kvmapi.MSREntry, len(v.m.savedMSRs))
+	if len(st.MSRs) != len(v.m.savedMSRs) {
+		st.MSRs = make([]kvmapi.MSREntry, len(v.m.savedMSRs))
+	}
 	for i, idx := range v.m.savedMSRs {
-		st.MSRs[i].Index = idx
+		st.MSRs[i] = kvmapi.MSREntry{Index: idx}
 	}
 	if err := kvmapi.GetMSRs(v.fd, st.MSRs); err != nil {
-		return nil, err
+		return err
 	}
-	st.CPUID = v.cpuid.Entries
 	if err := kvm.GetVCPUEvents(fd, &st.Events); err != nil {
-		return nil, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
+		return fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
 	}
 	if v.halted {
 		st.Flags |= vcpuFlagHalted
 	}
-	return st, nil
+	return nil
+}
+
+// appendSaved appends the encoding of what capture read, with the vCPU's
+// CPUID table (fixed when the vCPU is made or restored, so encoded then).
+// Precondition: capture has run since the vCPU last ran, on its thread or
+// before a synchronisation with it.
+func (v *VCPU) appendSaved(b []byte) []byte {
+	return appendVCPUState(b, &v.saved, v.cpuidEncoded)
+}
+
+// setCPUID records the vCPU's CPUID table and its encoding.
+func (v *VCPU) setCPUID(c *kvm.CPUID) {
+	v.cpuid = c
+	v.cpuidEncoded = append([]byte(nil), rawSliceBytes(c.Entries)...)
 }
 
 // RestoreState implements Component. It decodes and checks everything
@@ -252,24 +283,42 @@ func (v *VCPU) restoreCPUID(entries []kvm.CPUIDEntry2) error {
 	if err := kvm.SetCPUID2(uintptr(v.fd), cpuid); err != nil {
 		return fmt.Errorf("KVM_SET_CPUID2 (the saved CPUID differs from this vCPU's, and KVM cannot change it once the vCPU has run): %w", err)
 	}
-	v.cpuid = cpuid
+	v.setCPUID(cpuid)
 	return nil
 }
 
+// encodeVCPUState encodes st, its CPUID table from st.CPUID.
 func encodeVCPUState(st *vcpuState) ([]byte, error) {
-	st.NMSRs, st.NCPUID, st.XSaveLen = uint32(len(st.MSRs)), uint32(len(st.CPUID)), uint32(len(st.XSave))
-	var buf bytes.Buffer
-	for _, part := range []any{&st.vcpuStateFixed, st.MSRs, st.CPUID, st.XSave} {
-		if err := binary.Write(&buf, binary.LittleEndian, part); err != nil {
-			return nil, fmt.Errorf("encoding vCPU state: %w", err)
-		}
-	}
-	return buf.Bytes(), nil
+	return appendVCPUState(nil, st, rawSliceBytes(st.CPUID)), nil
+}
+
+// appendVCPUState appends the encoding of st (state version 1) with cpuid,
+// the CPUID entries already encoded: the fixed part (vcpuStateFixed with the
+// counts of what follows), the MSRs, the CPUID entries and the XSAVE area,
+// little-endian and packed, as binary.Write lays them out (see rawBytes).
+func appendVCPUState(b []byte, st *vcpuState, cpuid []byte) []byte {
+	st.NMSRs, st.NCPUID, st.XSaveLen = uint32(len(st.MSRs)), uint32(len(cpuid)/cpuidEntrySize), uint32(len(st.XSave))
+	b = slices.Grow(b, vcpuStateFixedSize+len(st.MSRs)*msrEntrySize+len(cpuid)+len(st.XSave))
+	le := binary.LittleEndian
+	b = le.AppendUint32(b, st.Flags)
+	b = le.AppendUint32(b, st.NMSRs)
+	b = le.AppendUint32(b, st.NCPUID)
+	b = le.AppendUint32(b, st.XSaveLen)
+	b = le.AppendUint32(b, st.MPState.State)
+	b = append(b, rawBytes(&st.Regs)...)
+	b = append(b, rawBytes(&st.Sregs)...)
+	b = append(b, rawBytes(&st.XCRS)...)
+	b = append(b, rawBytes(&st.DebugRegs)...)
+	b = append(b, rawBytes(&st.LAPIC)...)
+	b = append(b, rawBytes(&st.Events)...)
+	b = append(b, rawSliceBytes(st.MSRs)...)
+	b = append(b, cpuid...)
+	return append(b, st.XSave...)
 }
 
 func decodeVCPUState(data []byte) (*vcpuState, error) {
 	st := &vcpuState{}
-	fixed := binary.Size(&st.vcpuStateFixed)
+	fixed := vcpuStateFixedSize
 	if len(data) < fixed {
 		return nil, fmt.Errorf("%w: vCPU state of %d bytes, the fixed part alone is %d", ErrTruncated, len(data), fixed)
 	}
