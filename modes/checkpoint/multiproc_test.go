@@ -25,7 +25,11 @@ import (
 // The multi-process test re-executes this test binary as a primary or a
 // backup process (TestMain dispatches on roleEnv). They share a directory
 // holding the witness's lease file and the disk image, talk over real TCP,
-// and serve a real UDP client: the test process.
+// and serve a real UDP client: the test process. It stays beside
+// modes/node/nodetest's pair of nodes in one process: a process killed
+// with SIGKILL is a crash no harness in one process makes (nothing of it
+// runs after, the kernel closes its sockets, its writes stay in the page
+// cache).
 const (
 	roleEnv   = "FTCKPT_CKPT_TEST_ROLE" // primary or backup
 	dirEnv    = "FTCKPT_CKPT_TEST_DIR"

@@ -34,6 +34,17 @@ import (
 //
 // With requests set, a step runs only for a request the network delivered
 // into a ring in page 1 (also guest memory, so replicated).
+//
+// It stays beside vmm/sim's CheckpointGuest, the real software machine
+// (which the node-level tests of modes/node run under both modes), for
+// what the engine tests need of a guest and a real one does not give:
+// outputs at a steady rate with no client, each tied to the epoch that
+// emitted it (emit); pages dirtied at random all over memory and tied to
+// the registers, so that a torn checkpoint (one epoch's memory, another's
+// registers) stops the guest at its next step; a disk it checks itself at
+// every step, so that a write lost at a failover stops the live backup at
+// once; and requests with ids (the multi-process test), answered exactly
+// once.
 type simGuest struct {
 	mem   []byte
 	pages uint64
