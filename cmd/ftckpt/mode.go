@@ -11,8 +11,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/replay"
@@ -44,6 +46,7 @@ type modeFlags struct {
 	acceptBackups  string
 	machine        machineFlags
 	devices        deviceFlags
+	tls            tlsFlags
 }
 
 // backupReadyPrefix starts the line a backup prints once it listens.
@@ -73,6 +76,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
+	f.tls.add(root)
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
 		if f.mode == "" {
 			return cmd.Help()
@@ -87,7 +91,17 @@ func addModeFlags(root *cobra.Command) {
 			slog.Info(o.Mode.String()+" machine", "machine", describeMachineChoice(o.Machine))
 		}
 		if f.role == "" {
-			err = node.RunLocal(ctx, o, startLocalBackup)
+			var backupArgs []string
+			var done func()
+			if o.TLS, backupArgs, done, err = f.localTLS(); err != nil {
+				return err
+			}
+			defer done()
+			err = node.RunLocal(ctx, o, func() (node.Backup, error) {
+				b, err := startLocalBackup(backupArgs)
+				done() // the backup has read its certificate, or failed
+				return b, err
+			})
 		} else {
 			err = node.Run(ctx, o)
 		}
@@ -164,9 +178,39 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 		o.Ready = func(addr string) { fmt.Fprintln(stdout, backupReadyPrefix+addr) }
 	}
 	if f.role == "" {
-		return o, nil // RunLocal validates, as the primary
+		return o, nil // RunLocal validates, as the primary; RunE gives it TLS
 	}
-	return o, o.Validate()
+	if err := o.Validate(); err != nil {
+		return o, err
+	}
+	o.TLS, err = f.tls.identity("the link between primary and backup, and the raft witness")
+	return o, err
+}
+
+// localTLS is the TLS of a local run: the flags' if given (or --insecure);
+// else throwaway certificates, made for this run in a private temporary
+// directory, so that a local run is secure too. It returns the primary's
+// identity, the flags that give the backup its own, and done, which
+// removes the directory (once the backup has read it; idempotent).
+func (f *modeFlags) localTLS() (*mtls.Identity, []string, func(), error) {
+	nothing := func() {}
+	if f.tls.given() || f.tls.insecure {
+		id, err := f.tls.identity("the local pair's link and the raft witness")
+		return id, nil, nothing, err // the backup inherits the flags
+	}
+	dir, err := os.MkdirTemp("", "ftckpt-local-tls-")
+	if err != nil {
+		return nil, nil, nothing, err
+	}
+	files, id, err := mtls.Throwaway(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nothing, fmt.Errorf("making the local run's certificates: %w", err)
+	}
+	slog.Info("local run: mutual TLS with certificates made for this run", "dir", dir)
+	var once sync.Once
+	done := func() { once.Do(func() { os.RemoveAll(dir) }) }
+	return id, []string{"--tls-cert", files.Cert, "--tls-key", files.Key, "--tls-ca", files.CA}, done, nil
 }
 
 // checkFlagsApply refuses flags that do not apply to the mode or machine
@@ -198,9 +242,9 @@ func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) e
 }
 
 // startLocalBackup starts this program again as the backup of a local run:
-// a child process on loopback, sharing the terminal, with the same flags;
-// it reports where it listens on an inherited pipe (--ready-fd).
-func startLocalBackup() (node.Backup, error) {
+// a child process on loopback, sharing the terminal, with the same flags
+// and extra; it reports where it listens on an inherited pipe (--ready-fd).
+func startLocalBackup(extra []string) (node.Backup, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return node.Backup{}, err
@@ -210,7 +254,7 @@ func startLocalBackup() (node.Backup, error) {
 		return node.Backup{}, err
 	}
 	defer r.Close()
-	args := append([]string{"--role", "backup", "--listen", "127.0.0.1:0", "--ready-fd", "3"}, os.Args[1:]...)
+	args := append(append([]string{"--role", "backup", "--listen", "127.0.0.1:0", "--ready-fd", "3"}, os.Args[1:]...), extra...)
 	child := exec.Command(self, args...)
 	child.Stdout, child.Stderr, child.ExtraFiles = os.Stdout, os.Stderr, []*os.File{w}
 	if err := child.Start(); err != nil {

@@ -101,9 +101,10 @@ func TestPartitionBetweenHosts(t *testing.T) {
 					t.Logf("primary:\n%s\nbackup:\n%s", pout.String(), bout.String())
 				}
 			})
-			ftckptIn(t, hostB, &bout, append([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common...)...)
+			certs := clusterCerts(t, "10.78.0.1", "10.78.0.2")
+			ftckptIn(t, hostB, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.2"))...)
 			waitFor(t, &bout, backupReadyPrefix)
-			primary := ftckptIn(t, hostA, &pout, append([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common...)...)
+			primary := ftckptIn(t, hostA, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.1"))...)
 			deadline := time.Now().Add(20 * time.Second)
 			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
 				if time.Now().After(deadline) {
@@ -175,9 +176,10 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 				peers := "w1=10.78.0.3:7000,w2=10.78.0.3:7002,w3=10.78.0.3:7004"
 				arbiter := "raft://10.78.0.3:7000,10.78.0.3:7002,10.78.0.3:7004"
 				var wout syncBuffer
+				certs := clusterCerts(t, "10.78.0.1", "10.78.0.2", "10.78.0.3")
 				for i := 1; i <= 3; i++ {
-					ftckptIn(t, witnessHost, &wout, "witness", "--id", fmt.Sprintf("w%d", i),
-						"--peers", peers, "--data-dir", filepath.Join(dir, fmt.Sprintf("w%d", i)))
+					ftckptIn(t, witnessHost, &wout, append([]string{"witness", "--id", fmt.Sprintf("w%d", i),
+						"--peers", peers, "--data-dir", filepath.Join(dir, fmt.Sprintf("w%d", i))}, hostTLS(certs, "10.78.0.3")...)...)
 				}
 				common := append(slices.Clone(mode.flags), "--machine", "sim", "--guest", "kv", "--memory", "1M",
 					"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
@@ -188,9 +190,9 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 						t.Logf("primary:\n%s\nbackup:\n%s\nwitness:\n%s", pout.String(), bout.String(), wout.String())
 					}
 				})
-				ftckptIn(t, backupHost, &bout, append([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common...)...)
+				ftckptIn(t, backupHost, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.2"))...)
 				waitFor(t, &bout, backupReadyPrefix)
-				primary := ftckptIn(t, primaryHost, &pout, append([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common...)...)
+				primary := ftckptIn(t, primaryHost, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.1"))...)
 				deadline := time.Now().Add(30 * time.Second)
 				for !mode.ready.MatchString(bout.String()) && !mode.ready.MatchString(pout.String()) {
 					if time.Now().After(deadline) {
@@ -222,7 +224,7 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 						t.Fatal("the isolated backup went live without the witness")
 					}
 				}
-				status := exec.Command("ip", "netns", "exec", hosts[2], os.Args[0], "witness", "status", "--arbiter", arbiter)
+				status := exec.Command("ip", append([]string{"netns", "exec", hosts[2], os.Args[0], "witness", "status", "--arbiter", arbiter}, hostTLS(certs, "10.78.0.3")...)...)
 				status.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
 				out, err := status.CombinedOutput()
 				if err != nil || !strings.HasPrefix(string(out), "generation 2 held by "+winner) {

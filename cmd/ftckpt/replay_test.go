@@ -304,7 +304,7 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	common := slices.Concat(mode, []string{
 		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
-		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, machine.flags)
+		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, machine.flags, loopbackTLS(t))
 	var bout, pout syncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -384,10 +384,10 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	dir := t.TempDir()
 	udp := freePort(t, "udp")
 	accept1, accept2 := freePort(t, "tcp"), freePort(t, "tcp")
-	common := []string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+	common := append([]string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
 		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
-		"--heartbeat", "20ms", "--failure-timeout", "300ms"}
+		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
 	var out1, out2, out3 syncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -456,8 +456,8 @@ func TestReplayRefusesAMismatchedBackup(t *testing.T) {
 	}
 	dir := t.TempDir()
 	peer := freePort(t, "tcp")
-	common := []string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
-		"--net", "udp:" + freePort(t, "udp"), "--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0"}
+	common := append([]string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:" + freePort(t, "udp"), "--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0"}, loopbackTLS(t)...)
 	var bout, pout syncBuffer
 	backup := ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer, "--disk", "none"}, common...)...)
 	waitFor(t, &bout, backupReadyPrefix)
@@ -491,10 +491,10 @@ func TestKVMSMPInvariantAcrossFailover(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			dir := t.TempDir()
 			peer := freePort(t, "tcp")
-			common := []string{"--mode", "checkpoint", "--machine", "kvm", "--guest", "smp", "--vcpus", "4",
+			common := append([]string{"--mode", "checkpoint", "--machine", "kvm", "--guest", "smp", "--vcpus", "4",
 				"--memory", "16M", "--param", "iters=2000", "--epoch", "10ms", "--net", "none", "--disk", "none",
 				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
-				"--heartbeat", "20ms", "--failure-timeout", "1s"}
+				"--heartbeat", "20ms", "--failure-timeout", "1s"}, loopbackTLS(t)...)
 			var bout, pout syncBuffer
 			t.Cleanup(func() {
 				if t.Failed() {

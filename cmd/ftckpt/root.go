@@ -28,11 +28,17 @@ backup host; if the primary dies, the backup goes live and the guest's clients
 never notice. See README.md for the modes and their trade-offs.
 
   ftckpt --mode replay --guest kv             primary here, backup as a local child
-  ftckpt --mode replay --role backup --listen :7100
-  ftckpt --mode replay --role primary --peer backuphost:7100
   ftckpt --mode checkpoint --vcpus 4          primary here, backup as a local child
-  ftckpt --mode checkpoint --role backup --listen :7100
-  ftckpt --mode checkpoint --role primary --peer backuphost:7100
+
+  ftckpt certs init ./certs --hosts primaryhost,backuphost
+  ftckpt --mode checkpoint --role backup --listen :7100 $TLS    (on backuphost)
+  ftckpt --mode checkpoint --role primary --peer backuphost:7100 $TLS
+    where TLS="--tls-cert ./certs/HOST.crt --tls-key ./certs/HOST.key --tls-ca ./certs/ca.crt"
+
+Every connection between hosts (primary and backup, the raft witness) is
+mutual TLS 1.3 with certificates of the cluster's CA; a primary or backup
+started without --tls-* is refused unless --insecure (plain TCP) says so. A
+local run makes certificates for itself.
 
 Both modes run on KVM, or on a software machine of one vCPU where /dev/kvm
 cannot be opened (--machine auto, the default; or kvm, sim).`,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ func init() { register(newWitnessCmd) }
 
 func newWitnessCmd() *cobra.Command {
 	var id, bind, peers, dataDir string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "witness",
 		Short: "Run one node of a raft witness cluster (decides which host may go live)",
@@ -30,9 +32,16 @@ included). HOST:PORT is a node's client address; its raft traffic uses
 HOST:PORT+1. On first start each node bootstraps that configuration; later
 starts read the membership from --data-dir (raft.db and snapshots/).
 
+Clients and the other nodes are accepted only with mutual TLS 1.3 and a
+certificate of the cluster's CA (--tls-cert, --tls-key, --tls-ca; ftckpt
+certs init makes them), or, with --insecure, in plain TCP.
+
 The node runs until SIGINT or SIGTERM, then shuts raft down cleanly.`,
-		Example: `  ftckpt witness --id w1 --data-dir /var/lib/ftckpt/w1 \
-      --peers w1=10.0.0.1:7000,w2=10.0.0.2:7000,w3=10.0.0.3:7000`,
+		Example: `  ftckpt certs init /etc/ftckpt/certs --hosts 10.0.0.1,10.0.0.2,10.0.0.3
+  ftckpt witness --id w1 --data-dir /var/lib/ftckpt/w1 \
+      --peers w1=10.0.0.1:7000,w2=10.0.0.2:7000,w3=10.0.0.3:7000 \
+      --tls-cert /etc/ftckpt/certs/10.0.0.1.crt --tls-key /etc/ftckpt/certs/10.0.0.1.key \
+      --tls-ca /etc/ftckpt/certs/ca.crt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {
@@ -52,10 +61,14 @@ The node runs until SIGINT or SIGTERM, then shuts raft down cleanly.`,
 					}
 				}
 			}
+			tlsID, err := tf.identity("the witness's clients and raft")
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return witness.RunNode(ctx, witness.ServeConfig{
-				ID: id, Bind: bind, Peers: ps, DataDir: dataDir,
+				ID: id, Bind: bind, Peers: ps, DataDir: dataDir, TLS: tlsID,
 				Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)),
 			})
 		},
@@ -64,6 +77,7 @@ The node runs until SIGINT or SIGTERM, then shuts raft down cleanly.`,
 	cmd.Flags().StringVar(&bind, "bind", "", "listen address for clients, HOST:PORT (raft listens on PORT+1); default: this node's address in --peers")
 	cmd.Flags().StringVar(&peers, "peers", "", "every node of the cluster as ID=HOST:PORT,... (the same list on every node)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory for raft.db and snapshots")
+	tf.add(cmd)
 	cmd.AddCommand(newWitnessStatusCmd())
 	return cmd
 }
@@ -71,15 +85,25 @@ The node runs until SIGINT or SIGTERM, then shuts raft down cleanly.`,
 func newWitnessStatusCmd() *cobra.Command {
 	var spec string
 	var timeout time.Duration
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Print the current generation and its holder",
 		Long: `Print the generation currently held at an arbiter and who holds it.
 --arbiter takes raft://HOST:PORT,... (a witness cluster), disk:PATH (a lease
-file) or disk:IMAGE#OFFSET (a lease block inside a disk image).`,
+file) or disk:IMAGE#OFFSET (a lease block inside a disk image). A witness
+cluster is asked with mutual TLS (--tls-cert, --tls-key, --tls-ca) or, with
+--insecure, in plain HTTP.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			arb, err := witness.Open(spec)
+			var opts witness.OpenOptions
+			if strings.HasPrefix(spec, "raft://") {
+				var err error
+				if opts.TLS, err = tf.load("the raft witness"); err != nil {
+					return err
+				}
+			}
+			arb, err := witness.OpenWith(spec, opts)
 			if err != nil {
 				return fmt.Errorf("--arbiter: %w", err)
 			}
@@ -100,5 +124,6 @@ file) or disk:IMAGE#OFFSET (a lease block inside a disk image).`,
 	}
 	cmd.Flags().StringVar(&spec, "arbiter", witness.DefaultSpec, "arbiter to ask: raft://HOST:PORT,..., disk:PATH or disk:IMAGE#OFFSET")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long (a cluster without quorum never answers)")
+	tf.add(cmd)
 	return cmd
 }

@@ -35,10 +35,14 @@ func TestWitnessRejectsBadFlags(t *testing.T) {
 		{[]string{"witness", "--id", "a", "--data-dir", dir}, "--peers: peers: empty list"},
 		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a:7000"}, "want ID=HOST:PORT"},
 		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=h:65535"}, "raft uses the next port"},
-		{[]string{"witness", "--id", "z", "--data-dir", dir, "--peers", "a=127.0.0.1:7000"}, `"z": not in --peers`},
-		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=127.0.0.1:7000", "--bind", "nonsense"}, "--bind"},
+		{[]string{"witness", "--id", "z", "--data-dir", dir, "--peers", "a=127.0.0.1:7000", "--insecure"}, `"z": not in --peers`},
+		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=127.0.0.1:7000", "--bind", "nonsense", "--insecure"}, "--bind"},
+		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=127.0.0.1:7000"}, "no TLS: give --tls-cert, --tls-key and --tls-ca"},
+		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=127.0.0.1:7000", "--tls-cert", "c.crt"}, "--tls-key, --tls-ca missing"},
+		{[]string{"witness", "--id", "a", "--data-dir", dir, "--peers", "a=127.0.0.1:7000", "--tls-cert", "c", "--insecure"}, "--insecure and --tls-*/--peer-name contradict"},
 		{[]string{"witness", "status", "--arbiter", "zk://x"}, "unknown kind"},
-		{[]string{"witness", "status", "--arbiter", "raft://x"}, "missing port"},
+		{[]string{"witness", "status", "--arbiter", "raft://x", "--insecure"}, "missing port"},
+		{[]string{"witness", "status", "--arbiter", "raft://127.0.0.1:7000"}, "or --insecure for plain TCP"},
 	} {
 		out, err := witnessCLI(context.Background(), tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -66,11 +70,12 @@ func TestWitnessStatusLeaseFile(t *testing.T) {
 	}
 }
 
-// TestWitnessSingleNode runs `ftckpt witness` as a one-node cluster, asks it
-// through `ftckpt witness status`, and stops it by cancelling its context
-// (what SIGINT does).
+// TestWitnessSingleNode runs `ftckpt witness` as a one-node cluster with
+// certificates of `ftckpt certs init`, asks it through `ftckpt witness
+// status`, and stops it by cancelling its context (what SIGINT does).
 func TestWitnessSingleNode(t *testing.T) {
 	addr := freeWitnessPort(t)
+	tlsArgs := loopbackTLS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var out bytes.Buffer
@@ -78,10 +83,10 @@ func TestWitnessSingleNode(t *testing.T) {
 		root := newRootCmd()
 		root.SetOut(&out)
 		root.SetErr(&out)
-		root.SetArgs([]string{"witness", "--id", "solo", "--peers", "solo=" + addr, "--data-dir", t.TempDir()})
+		root.SetArgs(append([]string{"witness", "--id", "solo", "--peers", "solo=" + addr, "--data-dir", t.TempDir()}, tlsArgs...))
 		done <- root.ExecuteContext(ctx)
 	}()
-	arb, err := witness.Open("raft://" + addr)
+	arb, err := witness.OpenWith("raft://"+addr, witness.OpenOptions{TLS: tlsIdentity(t, tlsArgs)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +110,7 @@ func TestWitnessSingleNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	status, err := witnessCLI(context.Background(), "witness", "status", "--arbiter", "raft://"+addr)
+	status, err := witnessCLI(context.Background(), append([]string{"witness", "status", "--arbiter", "raft://" + addr}, tlsArgs...)...)
 	if err != nil || status != "generation 1 held by host-a\n" {
 		t.Fatalf("status: %q, %v", status, err)
 	}
