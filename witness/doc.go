@@ -27,6 +27,20 @@
 // Open turns a spec into an Arbiter: raft://HOST:PORT,..., disk:PATH,
 // disk:IMAGE#OFFSET, or "" for DefaultSpec.
 //
+// # Who may talk to the raft witness
+//
+// With ServeConfig.TLS (ftckpt witness --tls-cert, --tls-key, --tls-ca) every
+// connection of a node is mutual TLS 1.3 with certificates of the cluster's
+// CA (package checkpoint/mtls): raft's connections between the nodes go
+// through a TLS stream layer (tlsStream, ALPN RaftALPN), and the client
+// protocol is HTTPS (ALPN ClientALPN). A stranger — a certificate of
+// another CA, a self-signed one, none, records replayed or cut short — is
+// refused at the handshake, logged with the reason, and never reaches raft
+// or the lease. A client opened with OpenWith and OpenOptions.TLS speaks
+// the same; one refused by every node stops at once (mtls.ErrRefused)
+// instead of waiting for a quorum. The disk lease has no network and no
+// use for TLS.
+//
 // # Bootstrap of the raft witness
 //
 // Every node is started with the same peer list ID=HOST:PORT,... (HOST:PORT
