@@ -144,6 +144,13 @@ type Machine struct {
 	state machineState
 	// parked counts vCPUs out of KVM_RUN and waiting; mu protects it.
 	parked int
+	// saving is set by PauseSaving for the pause it starts: once every vCPU
+	// has parked, each captures its state on its own thread (VCPU.park),
+	// and captured counts those done. SaveState takes those captures
+	// instead of asking each vCPU's thread again; Resume and RestoreState
+	// wait for them to end and clear saving. mu protects both.
+	saving   bool
+	captured int
 	// stopping is set once the machine has been told to stop for good; mu.
 	stopping bool
 	// stopStatus and stopErr say why it stopped; mu protects them.
@@ -389,7 +396,19 @@ func (m *Machine) Start() error {
 // KVM_RUN and returns when all are stopped. Every pending I/O completion has
 // been applied to the vCPUs when it returns, so their state can be saved.
 // Pausing a paused machine does nothing.
-func (m *Machine) Pause() error {
+func (m *Machine) Pause() error { return m.pause(false) }
+
+// PauseSaving is Pause, and has every vCPU capture its state on its own
+// thread as soon as all of them have stopped, while the caller goes on with
+// the pause (harvesting and copying dirty pages): the next SaveState returns
+// the machine's state with those captures, waiting for them if need be,
+// instead of handing each vCPU's thread the work afterwards. The vCPUs'
+// state cannot change in between: they do not run, and interrupts raised
+// by others (IPIs) cannot be sent, since the capture starts only once every
+// vCPU has stopped. A machine already paused is paused without a capture.
+func (m *Machine) PauseSaving() error { return m.pause(true) }
+
+func (m *Machine) pause(saving bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch m.state {
@@ -399,6 +418,7 @@ func (m *Machine) Pause() error {
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
+	m.saving, m.captured = saving && !m.stopping, 0
 	for _, d := range m.devices {
 		d.Quiesce()
 	}
@@ -413,6 +433,15 @@ func (m *Machine) Pause() error {
 		return m.stopReasonLocked()
 	}
 	return nil
+}
+
+// waitCapturedLocked waits until the vCPUs have captured the state
+// PauseSaving asked for, or the machine stops.
+// Precondition: mu is held.
+func (m *Machine) waitCapturedLocked() {
+	for m.saving && m.captured < len(m.vcpus) && !m.stopping {
+		m.cond.Wait()
+	}
 }
 
 // requestPauseLocked asks every vCPU to leave KVM_RUN: immediate_exit makes
@@ -436,6 +465,7 @@ func (m *Machine) requestPauseLocked() {
 func (m *Machine) Resume() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.waitCapturedLocked()
 	if m.state != statePaused {
 		return fmt.Errorf("cannot resume a machine that is %v", m.state)
 	}
@@ -445,8 +475,10 @@ func (m *Machine) Resume() error {
 
 // resumeLocked releases every vCPU into its run loop, then wakes every
 // device.
-// Precondition: mu is held; every vCPU is parked.
+// Precondition: mu is held; every vCPU is parked, and done with any
+// capture (waitCapturedLocked).
 func (m *Machine) resumeLocked() {
+	m.saving = false
 	for _, v := range m.vcpus {
 		v.setImmediateExit(false)
 	}
@@ -462,18 +494,37 @@ func (m *Machine) resumeLocked() {
 }
 
 // vcpuParked is called by a vCPU thread when it has left KVM_RUN for a pause
-// or a stop.
-func (m *Machine) vcpuParked() {
+// or a stop. It reports whether the vCPU is to capture its state for
+// PauseSaving; if so, it returns once every vCPU has parked (none can then
+// change another's state), and the vCPU calls vcpuCaptured when done.
+func (m *Machine) vcpuParked() (capture bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.parked++
-	if m.parked < len(m.vcpus) {
-		return
+	if m.parked == len(m.vcpus) {
+		m.cond.Broadcast()
+		if m.stopping && m.state != stateStopped {
+			m.state = stateStopped
+			close(m.stopped)
+		}
 	}
-	m.cond.Broadcast()
-	if m.stopping && m.state != stateStopped {
-		m.state = stateStopped
-		close(m.stopped)
+	if !m.saving {
+		return false
+	}
+	// Resume waits for the capture, so parked is not reset meanwhile.
+	for m.parked < len(m.vcpus) {
+		m.cond.Wait()
+	}
+	return !m.stopping
+}
+
+// vcpuCaptured is called by a vCPU thread when it has captured its state
+// for PauseSaving.
+func (m *Machine) vcpuCaptured() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.captured++; m.captured == len(m.vcpus) {
+		m.cond.Broadcast()
 	}
 }
 
@@ -499,6 +550,7 @@ func (m *Machine) stop(status uint8, err error) {
 	}
 	m.stopping = true
 	m.stopStatus, m.stopErr = status, err
+	m.cond.Broadcast() // waitCapturedLocked waits no more
 	if m.state == statePaused || m.state == stateCreated {
 		m.state = stateStopped
 		close(m.stopped)

@@ -75,11 +75,14 @@ type MachineState struct {
 }
 
 // SaveState captures every component's state (not memory), encoded and
-// checksummed. vCPUs save in parallel, each on its own thread.
+// checksummed. vCPUs save in parallel, each on its own thread; after
+// PauseSaving they have done so already (SaveState waits for them if they
+// have not finished), and only the VM and the devices are asked here.
 // Precondition: the machine is paused or not yet started.
 func (m *Machine) SaveState() ([]byte, error) {
 	m.mu.Lock()
-	st := m.state
+	m.waitCapturedLocked()
+	st, ahead := m.state, m.saving
 	m.mu.Unlock()
 	if st != statePaused && st != stateCreated {
 		return nil, fmt.Errorf("saving state: machine is %v: %w", st, ErrNotPaused)
@@ -89,6 +92,13 @@ func (m *Machine) SaveState() ([]byte, error) {
 	errs := make([]error, len(comps))
 	var wg sync.WaitGroup
 	for i, c := range comps {
+		if v, ok := c.(*VCPU); ok && ahead {
+			sections[i] = Section{Version: v.StateVersion(), Data: v.savedEncoded}
+			if v.savedErr != nil {
+				errs[i] = fmt.Errorf("%s: %w", v.ID(), v.savedErr)
+			}
+			continue
+		}
 		if _, ok := c.(*VCPU); !ok {
 			// On this goroutine: a device or the VM answers in microseconds,
 			// less than a goroutine's start.
@@ -130,6 +140,8 @@ func (m *Machine) stateConfig() StateConfig {
 // Precondition: the machine is paused or not yet started.
 func (m *Machine) RestoreState(data []byte) error {
 	m.mu.Lock()
+	m.waitCapturedLocked()
+	m.saving = false // what the vCPUs captured is not what they will hold
 	st := m.state
 	m.mu.Unlock()
 	if st != statePaused && st != stateCreated {

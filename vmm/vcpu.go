@@ -41,8 +41,14 @@ type VCPU struct {
 	// xsaveSize is the XSAVE buffer size this host needs.
 	xsaveSize int
 	// saved is the state capture last read from KVM, its buffers reused
-	// from one capture to the next. Only the vCPU's thread writes it.
+	// from one capture to the next. Only the vCPU's thread writes it;
+	// others read it after the capture, synchronised with the thread (do,
+	// or the machine's capture count under mu).
 	saved vcpuState
+	// savedEncoded is saved's encoding, made on the thread by a capture
+	// PauseSaving asked for, and savedErr that capture's error.
+	savedEncoded []byte
+	savedErr     error
 	// kickTimer kicks the vCPU out of the guest when the userspace PIT's
 	// next interrupt is due; used only by the vCPU's thread.
 	kickTimer *time.Timer
@@ -174,8 +180,7 @@ func (v *VCPU) kick() {
 // handling exits in between. It parks only after KVM_RUN returned EINTR, so
 // every I/O the guest started has completed and its state is consistent.
 func (v *VCPU) runUntilParked() {
-	defer v.m.vcpuParked()
-	defer v.stopKickTimer()
+	defer v.park()
 	for {
 		if v.m.pic != nil && !v.prepareUserspaceInterrupts() {
 			return
@@ -198,6 +203,21 @@ func (v *VCPU) runUntilParked() {
 			return
 		}
 	}
+}
+
+// park stops the kick timer and counts the vCPU parked; in a pause of
+// PauseSaving it then captures the vCPU's state here, on its own thread,
+// once every vCPU has parked.
+func (v *VCPU) park() {
+	v.stopKickTimer()
+	if !v.m.vcpuParked() {
+		return
+	}
+	v.savedErr = v.capture()
+	if v.savedErr == nil {
+		v.savedEncoded = v.appendSaved(v.savedEncoded[:0])
+	}
+	v.m.vcpuCaptured()
 }
 
 // drain completes a pending I/O after a failure, so the saved state (for a

@@ -26,6 +26,10 @@ func (g *KVMGuest) CopyLive(dst []byte, pfn uint64) {
 // Pause implements machine.Runner.
 func (g *KVMGuest) Pause() error { return g.M.Pause() }
 
+// PauseSaving implements machine.PauseSaver: the vCPUs capture their state
+// on their own threads as they stop, while the primary copies pages.
+func (g *KVMGuest) PauseSaving() error { return g.M.PauseSaving() }
+
 // Resume implements machine.Runner.
 func (g *KVMGuest) Resume() error { return g.M.Resume() }
 

@@ -272,7 +272,11 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		now := p.now()
 		*d, lap = now.Sub(lap), now
 	}
-	if err := p.guest.Pause(); err != nil {
+	pauseGuest := p.guest.Pause
+	if g, ok := p.guest.(machine.PauseSaver); ok {
+		pauseGuest = g.PauseSaving // the state is captured while pages are copied
+	}
+	if err := pauseGuest(); err != nil {
 		return nil, pause, fmt.Errorf("pausing the guest: %w", err)
 	}
 	split(&pause.Stop)

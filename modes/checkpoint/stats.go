@@ -10,6 +10,11 @@ import (
 // Pause is one checkpoint's pause of the guest, in its parts: stopping
 // every vCPU and device, harvesting the dirty log, copying the dirty pages
 // aside, capturing the machine state (and the disk's log), and resuming.
+// The parts follow one another on the epoch loop, and add up to the pause.
+// On a machine that captures its vCPUs' state on their own threads as they
+// stop (machine.PauseSaver, KVM), that capture runs alongside the harvest
+// and the copy, and State is only what the pause still waited for after
+// them.
 type Pause struct {
 	// At is when the pause began.
 	At time.Time

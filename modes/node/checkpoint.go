@@ -59,7 +59,9 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	}
 	cfg := o.Checkpoint
 	cfg.Machine = o.describe(h.diskSize())
-	if primary, err = ckmode.NewPrimary(cfg, r, out, fence, gen, log); err != nil {
+	// The machine itself, not the runner around it: the primary looks for
+	// what it can do besides machine.Runner (machine.PauseSaver).
+	if primary, err = ckmode.NewPrimary(cfg, r.Runner, out, fence, gen, log); err != nil {
 		return err
 	}
 	n.set(func(p *Parts) { p.Machine, p.Outputs, p.CheckpointPrimary = r.Runner, out, primary })

@@ -55,3 +55,14 @@ type Runner interface {
 	// the machine failed).
 	Stopped() <-chan struct{}
 }
+
+// PauseSaver is a Runner that starts capturing its state as it pauses, so
+// that the capture runs alongside the rest of the pause (the primary
+// harvests and copies dirty pages meanwhile) instead of after it.
+type PauseSaver interface {
+	Runner
+	// PauseSaving is Pause; the next SaveState before Resume returns the
+	// state captured as the guest stopped, waiting for the capture to end
+	// if need be.
+	PauseSaving() error
+}

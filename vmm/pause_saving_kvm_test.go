@@ -1,0 +1,129 @@
+package vmm
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// vcpuSections decodes the vCPU sections of a machine state, with the TSC
+// (which moves with host time while paused) zeroed.
+func vcpuSections(t *testing.T, state []byte) map[string]*vcpuState {
+	t.Helper()
+	ms, err := DecodeState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*vcpuState{}
+	for id, s := range ms.Sections {
+		if !strings.HasPrefix(id, "vcpu/") {
+			continue
+		}
+		v, err := decodeVCPUState(s.Data)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		for j := range v.MSRs {
+			if v.MSRs[j].Index == 0x10 {
+				v.MSRs[j].Data = 0
+			}
+		}
+		out[id] = v
+	}
+	return out
+}
+
+// TestKVMPauseSavingCapturesThePause: the state the vCPUs capture on their
+// threads as a PauseSaving pause begins is the state of that pause (what a
+// SaveState later in the pause reads from KVM, but for the TSC), a pause
+// saving state resumes and pauses again like any other, and the captured
+// state restores into a new machine that runs on correctly.
+func TestKVMPauseSavingCapturesThePause(t *testing.T) {
+	m, con := newGuestMachine(t, "smp", 4, map[string]string{"iters": "100"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con.WaitFor(t, m, regexp.MustCompile(`round 1 OK`))
+	for i := 0; i < 100; i++ {
+		saving := i%2 == 0
+		pause := m.Pause
+		if saving {
+			pause = m.PauseSaving
+		}
+		if err := pause(); err != nil {
+			t.Fatal(err)
+		}
+		m.mu.Lock()
+		capturing := m.saving
+		m.mu.Unlock()
+		if capturing != saving {
+			t.Fatalf("pause %d: PauseSaving %v, and the vCPUs capture their state: %v", i, saving, capturing)
+		}
+		if i%10 == 0 {
+			ahead, err := m.SaveState()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.mu.Lock()
+			m.saving = false // ask the vCPU threads again
+			m.mu.Unlock()
+			asked, err := m.SaveState()
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := vcpuSections(t, ahead), vcpuSections(t, asked)
+			if len(a) != 4 || len(b) != 4 {
+				t.Fatalf("pause %d: %d and %d vCPU sections", i, len(a), len(b))
+			}
+			for id, x := range a {
+				y := b[id]
+				x.LAPIC, y.LAPIC = y.LAPIC, x.LAPIC // its timer counts down while paused
+				xe, _ := encodeVCPUState(x)
+				ye, _ := encodeVCPUState(y)
+				if !bytes.Equal(xe, ye) {
+					t.Fatalf("pause %d (saving %v): %s captured at the pause differs from %s read later in it (RIP %#x, %#x)",
+						i, saving, id, id, x.Regs.RIP, y.Regs.RIP)
+				}
+			}
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A pause that saves and is resumed without a SaveState leaves nothing
+	// behind; the next restores.
+	if err := m.PauseSaving(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.PauseSaving(); err != nil {
+		t.Fatal(err)
+	}
+	state, err := m.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	if err := writeSnapshot(&snap, state, m.mem); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	con2 := &vmmtest.Console{}
+	r, err := Restore(&snap, Config{Console: con2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	con2.WaitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
+	if strings.Contains(con.String()+con2.String(), "VIOLATION") {
+		t.Fatalf("invariant broken:\n%s\n--- restored ---\n%s", con.String(), con2.String())
+	}
+}
