@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -140,20 +141,20 @@ func (c *testCluster) client(nodes ...int) *RaftClient {
 }
 
 // leader waits for a leader among the nodes not excluded and returns its
-// index. The deadline only bounds a hang; it decides nothing.
+// index.
 func (c *testCluster) leader(exclude ...int) int {
 	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	l := -1
+	vmmtest.WaitUntil(c.t, "a leader elected", func() bool {
 		for i, n := range c.nodes {
 			if !contains(exclude, i) && n.raft.State() == raft.Leader {
-				return i
+				l = i
+				return true
 			}
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	c.t.Fatal("no leader elected within 10 s")
-	return -1
+		return false
+	})
+	return l
 }
 
 // isolate cuts node i off from every other node, both directions.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 func TestNodeProtocolErrors(t *testing.T) {
@@ -160,14 +162,8 @@ func TestRunNodeRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Wait for a snapshot on disk (raft takes them in the background).
-	deadline := time.Now().Add(10 * time.Second)
-	for !hasSnapshot(dirs) {
-		if time.Now().After(deadline) {
-			t.Fatal("no snapshot written within 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Raft takes its snapshots in the background.
+	vmmtest.WaitUntil(t, "a snapshot on disk", func() bool { return hasSnapshot(dirs) })
 	cl.Close()
 	stop()
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 func TestRaftContract(t *testing.T) {
@@ -32,24 +34,16 @@ func TestRaftRace(t *testing.T) {
 	if err := c.nodes[c.leader()].raft.Barrier(time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	for i, n := range c.nodes {
-		if err := waitApplied(n, want); err != nil {
-			t.Fatalf("node %d: %v", i, err)
-		}
+	for _, n := range c.nodes {
+		waitApplied(t, n, want)
 	}
 }
 
 // waitApplied waits until n's FSM reaches want (followers apply after the
-// leader). The deadline bounds a hang only.
-func waitApplied(n *Node, want Claim) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for n.fsm.current() != want {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("holder %v, leader has %v", n.fsm.current(), want)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return nil
+// leader).
+func waitApplied(t *testing.T, n *Node, want Claim) {
+	t.Helper()
+	vmmtest.WaitUntil(t, fmt.Sprintf("a node to apply %v", want), func() bool { return n.fsm.current() == want })
 }
 
 // TestRaftOneOfThreeKilled kills the leader: the two survivors elect a new
@@ -85,9 +79,7 @@ func TestRaftTwoOfThreeKilled(t *testing.T) {
 	}
 	l := c.leader()
 	survivor := (l + 1) % 3
-	if err := waitApplied(c.nodes[survivor], Claim{1, "primary"}); err != nil {
-		t.Fatal(err)
-	}
+	waitApplied(t, c.nodes[survivor], Claim{1, "primary"})
 	for i := range c.nodes {
 		if i != survivor {
 			if err := c.nodes[i].Shutdown(); err != nil {
@@ -162,9 +154,7 @@ func TestRaftPartition(t *testing.T) {
 	if _, err := isolated.Acquire(ctx, 2, "isolated"); !errors.As(err, &lost) || lost.Holder != won {
 		t.Fatalf("isolated side after healing: %v; want a loss naming %v", err, won)
 	}
-	for i, n := range c.nodes {
-		if err := waitApplied(n, won); err != nil {
-			t.Fatalf("node %d: %v", i, err)
-		}
+	for _, n := range c.nodes {
+		waitApplied(t, n, won)
 	}
 }
