@@ -83,6 +83,10 @@ func (v *VCPU) thread(ready chan<- error, cpuid *kvm.CPUID) {
 	runtime.LockOSThread() // never unlocked: the thread ends with the vCPU
 	defer close(v.done)
 	v.tid = unix.Gettid()
+	if err := unblockKick(); err != nil {
+		ready <- err
+		return
+	}
 	if err := v.create(cpuid); err != nil {
 		ready <- err
 		return
