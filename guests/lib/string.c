@@ -3,6 +3,11 @@
  * calls to these for struct copies and large initialisers. Compiled with
  * -fno-tree-loop-distribute-patterns so the loops are not turned back
  * into calls to themselves.
+ *
+ * memset and memcpy move 8 bytes per iteration of their REP string
+ * instruction, then the odd bytes one at a time: a replay backup that
+ * single-steps to a landing takes one step per iteration, so zeroing
+ * 64 KiB costs it 8192 steps, not 65536.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -15,14 +20,21 @@ int memcmp(const void *a, const void *b, size_t n);
 void *memset(void *dst, int c, size_t n)
 {
 	void *d = dst;
-	__asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
+	uint64_t v = 0x0101010101010101ull * (uint8_t)c;
+	size_t words = n / 8, bytes = n % 8;
+
+	__asm__ volatile("rep stosq" : "+D"(d), "+c"(words) : "a"(v) : "memory");
+	__asm__ volatile("rep stosb" : "+D"(d), "+c"(bytes) : "a"(v) : "memory");
 	return dst;
 }
 
 void *memcpy(void *restrict dst, const void *restrict src, size_t n)
 {
 	void *d = dst;
-	__asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
+	size_t words = n / 8, bytes = n % 8;
+
+	__asm__ volatile("rep movsq" : "+D"(d), "+S"(src), "+c"(words) : : "memory");
+	__asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(bytes) : : "memory");
 	return dst;
 }
 
