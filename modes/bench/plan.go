@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -123,5 +122,3 @@ func ParseEpochs(s string) ([]time.Duration, error) {
 	}
 	return slices.Clip(epochs), nil
 }
-
-var errNotReady = errors.New("not ready")

@@ -221,9 +221,9 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 				if err != nil {
 					t.Fatal(err)
 				}
-				e, err := m.RunTo(s.sig.RIP)
-				if err != nil || e.Kind != machine.ExitBreakpoint {
-					t.Fatalf("stop %d: landing at %#x: %v, %v", i, s.sig.RIP, e, err)
+				e, rerr := m.RunTo(s.sig.RIP)
+				if rerr != nil || e.Kind != machine.ExitBreakpoint {
+					t.Fatalf("stop %d: landing at %#x: %v, %v", i, s.sig.RIP, e, rerr)
 				}
 				hits++
 				if n == 1_000_000 {
