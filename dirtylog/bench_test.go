@@ -1,13 +1,21 @@
 package dirtylog
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
-	"github.com/ftckpt/ftckpt/vmm/machine"
-
+	"github.com/ftckpt/ftckpt/guests"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 var benchMems = []int64{256 << 20, 4 << 30, 64 << 30}
@@ -127,5 +135,160 @@ func rearm(ring []kvmapi.DirtyGFN, n int, from uint32) {
 	mask := uint32(len(ring) - 1)
 	for i := 0; i < n; i++ {
 		ring[(from+uint32(i))&mask].Flags = kvmapi.KVM_DIRTY_GFN_F_DIRTY
+	}
+}
+
+// BenchmarkKVMHarvest times Harvest on KVM after the guest really dirtied
+// the pages the row names: memtouch rewrites a working set of `dirty`
+// pages, pass after pass, and each epoch lasts until it has made a whole
+// pass since the guest was resumed (so every page of the set was written in
+// the epoch), then the machine pauses and harvests. A row reports the
+// harvest's p50 and p99 (harvest-µs), the pages it reported (pages/harvest:
+// the working set, plus what the VMM wrote) and what collecting full rings
+// meanwhile cost the vCPUs (ring-fulls/epoch; the ring is the size ftckpt
+// uses, DefaultRingEntries). ns/op is a whole epoch, most of it the guest
+// writing: one VM exit per page, as each first write faults.
+func BenchmarkKVMHarvest(b *testing.B) {
+	for _, mode := range []Mode{ModeBitmap, ModeRing} {
+		for _, mem := range benchMems {
+			for _, dirty := range benchDirty {
+				if uint64(dirty) >= uint64(mem)/vmm.PageSize/2 {
+					continue
+				}
+				b.Run(fmt.Sprintf("%v/mem=%dMiB/dirty=%d", mode, mem>>20, dirty), func(b *testing.B) {
+					benchKVMHarvest(b, mode, mem, dirty)
+				})
+			}
+		}
+	}
+}
+
+func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
+	vmmtest.RequireKVM(b)
+	host, err := ProbeHost()
+	if err != nil {
+		b.Fatal(err)
+	}
+	entries, err := RingEntriesFor(mode, mem, host)
+	if err != nil {
+		b.Skipf("%v", err)
+	}
+	img, err := guests.Image("memtouch")
+	if err != nil {
+		b.Fatal(err)
+	}
+	con := &passConsole{}
+	m, err := vmm.New(vmm.Config{VCPUs: 1, MemSize: mem, IRQChip: true, DirtyRingEntries: entries, Console: con,
+		Params: map[string]string{"ws": strconv.Itoa(dirty), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.LoadBareMetal(img, nil); err != nil {
+		b.Fatal(err)
+	}
+	tr, err := New(m, mode)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	dst := machine.NewBitmap(m.Memory().Pages())
+	if _, err := tr.Harvest(dst); err != nil { // the loader's pages
+		b.Fatal(err)
+	}
+	if err := m.Start(); err != nil {
+		b.Fatal(err)
+	}
+	// waitPass waits until memtouch has printed pass p (it has written
+	// every page of its set in it) and returns the last pass printed.
+	waitPass := func(p uint64) uint64 {
+		for con.pass.Load() < p {
+			select {
+			case <-m.Stopped():
+				_, err := m.Wait()
+				b.Fatalf("the guest stopped: %v", err)
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+		return con.pass.Load()
+	}
+	waitPass(1)
+	var fullsBefore int
+	fulls := func() int { return 0 }
+	if rt, ok := tr.(*ringTracker); ok {
+		fulls = func() int {
+			rt.mu.Lock()
+			defer rt.mu.Unlock()
+			return rt.fulls
+		}
+	}
+	fullsBefore = fulls()
+	if err := m.Pause(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := tr.Harvest(dst); err != nil {
+		b.Fatal(err)
+	}
+	var harvests []time.Duration
+	total := 0
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// The pass under way when the guest stopped may have written
+		// pages before the last harvest: wait for the one after it.
+		last := con.pass.Load()
+		if err := m.Resume(); err != nil {
+			b.Fatal(err)
+		}
+		waitPass(last + 2)
+		if err := m.Pause(); err != nil {
+			b.Fatal(err)
+		}
+		dst.Clear()
+		start := time.Now()
+		if _, err := tr.Harvest(dst); err != nil {
+			b.Fatal(err)
+		}
+		harvests = append(harvests, time.Since(start))
+		got := dst.Count()
+		if got < dirty {
+			b.Fatalf("harvest %d reported %d pages; the guest wrote all %d of its working set in the epoch", i, got, dirty)
+		}
+		total += got
+	}
+	b.StopTimer()
+	slices.Sort(harvests)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	b.ReportMetric(us(harvests[len(harvests)/2]), "harvest-p50-µs")
+	b.ReportMetric(us(harvests[(len(harvests)-1)*99/100]), "harvest-p99-µs")
+	b.ReportMetric(float64(total)/float64(b.N), "pages/harvest")
+	b.ReportMetric(float64(fulls()-fullsBefore)/float64(b.N), "ring-fulls/epoch")
+}
+
+// passConsole is memtouch's console read for progress: the last pass of
+// its "memtouch: pass P dirtied D ..." lines. Safe for the vCPU thread to
+// write while the benchmark reads.
+type passConsole struct {
+	mu      sync.Mutex
+	partial []byte
+	pass    atomic.Uint64
+}
+
+func (c *passConsole) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := c.partial[:i]
+		c.partial = c.partial[i+1:]
+		if rest, ok := bytes.CutPrefix(line, []byte("memtouch: pass ")); ok {
+			num, _, _ := bytes.Cut(rest, []byte(" "))
+			if n, err := strconv.ParseUint(string(num), 10, 64); err == nil {
+				c.pass.Store(n)
+			}
+		}
 	}
 }

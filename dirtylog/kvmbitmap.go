@@ -2,6 +2,7 @@ package dirtylog
 
 import (
 	"fmt"
+	"math/bits"
 
 	"github.com/ftckpt/ftckpt/vmm/machine"
 
@@ -25,7 +26,11 @@ const clearGap = 8
 // page set in log (the slot's dirty bitmap, one bit per page of a slot of
 // pages pages) and skip runs of more than clearGap zero words.
 func clearChunks(log []uint64, pages uint64) []clearChunk {
-	var out []clearChunk
+	return appendClearChunks(nil, log, pages)
+}
+
+// appendClearChunks appends clearChunks(log, pages) to out.
+func appendClearChunks(out []clearChunk, log []uint64, pages uint64) []clearChunk {
 	words := (pages + 63) / 64
 	for i := uint64(0); i < words; {
 		if log[i] == 0 {
@@ -54,12 +59,11 @@ type bitmapTracker struct {
 	mem   *vmm.GuestMemory
 	vmFd  int
 	slots []slotPages
-	// logs holds each slot's bitmap as KVM_GET_DIRTY_LOG returns it. Only
-	// Harvest uses it; Harvest is not called concurrently.
-	logs [][]uint64
-	// got is this harvest's KVM pages before they are ORed into dst, so
-	// they can be counted; only Harvest uses it.
-	got *machine.Bitmap
+	// logs holds each slot's bitmap as KVM_GET_DIRTY_LOG returns it, and
+	// chunks the CLEAR_DIRTY_LOG calls of one slot's harvest. Only Harvest
+	// uses them; Harvest is not called concurrently.
+	logs   [][]uint64
+	chunks []clearChunk
 }
 
 func newBitmapTracker(m *vmm.Machine) (*bitmapTracker, error) {
@@ -69,45 +73,46 @@ func newBitmapTracker(m *vmm.Machine) (*bitmapTracker, error) {
 	if err := kvmapi.EnableCapability(m.VMFd(), kvmapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, kvmapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE); err != nil {
 		return nil, fmt.Errorf("enabling manual dirty-log protection: %w", err)
 	}
-	t := &bitmapTracker{mem: m.Memory(), vmFd: m.VMFd(), slots: slotsOf(m.Memory()), got: machine.NewBitmap(m.Memory().Pages())}
+	t := &bitmapTracker{mem: m.Memory(), vmFd: m.VMFd(), slots: slotsOf(m.Memory())}
 	for _, s := range t.slots {
 		t.logs = append(t.logs, make([]uint64, (s.pages+63)/64))
 	}
 	return t, nil
 }
 
-// Harvest implements Tracker. Precondition: the machine is paused (or not
-// yet started).
+// Harvest implements Tracker. KVM_GET_DIRTY_LOG copies each slot's whole
+// bitmap, so a harvest costs passes over one word per 64 pages of memory
+// (the copy, the scan for CLEAR_DIRTY_LOG's chunks, the OR into dst) and a
+// CLEAR_DIRTY_LOG per chunk of dirty pages: only what was harvested is
+// re-protected. Precondition: the machine is paused (or not yet started).
 func (t *bitmapTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	if dst.Len() != t.mem.Pages() {
 		return 0, fmt.Errorf("dirty bitmap harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.mem.Pages())
 	}
-	got := t.got
-	got.Clear()
+	n := 0
 	for i, s := range t.slots {
 		log := t.logs[i]
 		if err := kvmapi.GetDirtyLog(t.vmFd, s.id, log); err != nil {
 			return 0, fmt.Errorf("dirty bitmap harvest: %w", err)
 		}
-		for _, c := range clearChunks(log, s.pages) {
+		t.chunks = appendClearChunks(t.chunks[:0], log, s.pages)
+		for _, c := range t.chunks {
 			w := log[c.first/64 : (c.first+c.count+63)/64]
 			if err := kvmapi.ClearDirtyLogPages(t.vmFd, s.id, c.first, uint32(c.count), w); err != nil {
 				return 0, fmt.Errorf("dirty bitmap harvest: %w", err)
 			}
 		}
-		orShifted(got.Words(), log, s.first, s.pages)
+		n += orShifted(dst.Words(), log, s.first, s.pages)
 	}
-	n := got.Count()
-	n += t.mem.TakeVMMDirty(dst.Words())
-	dst.Or(got)
-	return n, nil
+	return n + t.mem.TakeVMMDirty(dst.Words()), nil
 }
 
 // orShifted ORs src (bits for pages [0, pages)) into dst at page offset
-// first.
-func orShifted(dst, src []uint64, first, pages uint64) {
+// first, and returns how many bits of src it took.
+func orShifted(dst, src []uint64, first, pages uint64) int {
 	sh := first % 64
 	base := first / 64
+	n := 0
 	for i := uint64(0); i < (pages+63)/64; i++ {
 		w := src[i]
 		if rem := pages - i*64; rem < 64 {
@@ -116,11 +121,13 @@ func orShifted(dst, src []uint64, first, pages uint64) {
 		if w == 0 {
 			continue
 		}
+		n += bits.OnesCount64(w)
 		dst[base+i] |= w << sh
 		if sh != 0 {
 			dst[base+i+1] |= w >> (64 - sh)
 		}
 	}
+	return n
 }
 
 // Close implements Tracker. Manual protection stays enabled on the VM.

@@ -28,6 +28,30 @@ type vcpuRing struct {
 	unmap     func() error
 }
 
+// pageSet is where collection marks the pages it takes: the harvest's
+// bitmap, or the pending pages of full rings (pageList).
+type pageSet interface {
+	Set(p uint64)
+	// Len is the number of pages there are: a page at or beyond it is an
+	// error.
+	Len() uint64
+}
+
+// pageList is pages in the order collected, a page perhaps more than once:
+// what full rings held between two harvests. Merging it into the harvest
+// costs the entries, where a bitmap of all pages would cost a pass over
+// memory (2 MiB of words at 64 GiB) to merge and another to clear.
+type pageList struct {
+	pages []uint64
+	limit uint64
+}
+
+// Set implements pageSet.
+func (l *pageList) Set(p uint64) { l.pages = append(l.pages, p) }
+
+// Len implements pageSet.
+func (l *pageList) Len() uint64 { return l.limit }
+
 // collectRing collects the entries of ring from *fetch on: while an entry's
 // flags (loaded atomically, so its slot and offset are read after KVM
 // published them) have KVM_DIRTY_GFN_F_DIRTY, it marks the page, stores
@@ -35,7 +59,7 @@ type vcpuRing struct {
 // ring's length, a power of two). It stops at the first entry KVM has not
 // published. It returns how many entries it collected and the first page it
 // could not place; an entry it cannot place is still handed back to KVM.
-func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *machine.Bitmap) (int, error) {
+func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst pageSet) (int, error) {
 	var firstErr error
 	mask := uint32(len(ring) - 1)
 	n := 0
@@ -74,7 +98,7 @@ func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst *
 // wrote since the last reset, so taking the whole ring is the sign: then lost
 // is true (pages may be missing, which is why Harvest then reports all of
 // memory) and r is out of step until resync finds where KVM writes.
-func collectStopped(r *vcpuRing, slots []slotPages, dst *machine.Bitmap) (n int, lost bool, err error) {
+func collectStopped(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost bool, err error) {
 	if r.outOfStep {
 		if n, err = resync(r, slots, dst); err != nil {
 			return n, false, err
@@ -105,7 +129,7 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst *machine.Bitmap) (n int,
 // way: resync collects the run, marks every entry RESET, so KVM's reset walks
 // the ring once, and the ring stays out of step, now by V plus the run less
 // the ring's size.
-func resync(r *vcpuRing, slots []slotPages, dst *machine.Bitmap) (int, error) {
+func resync(r *vcpuRing, slots []slotPages, dst pageSet) (int, error) {
 	size := uint32(len(r.ring))
 	mask := size - 1
 	published := func(i uint32) bool {
@@ -160,10 +184,8 @@ type ringTracker struct {
 	mu    sync.Mutex
 	rings []*vcpuRing
 	// pending holds the pages collected from full rings since the last
-	// Harvest, pendingN how many entries that was (0: pending is empty, and
-	// Harvest need not scan it).
-	pending  *machine.Bitmap
-	pendingN int
+	// Harvest, one per entry.
+	pending pageList
 	// fulls counts ring-full exits collected, for tests.
 	fulls int
 	// lostAll is set when a ring overflowed since the last Harvest, which
@@ -180,7 +202,7 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		return nil, errors.New("dirty ring tracking: the machine was built without dirty rings (vmm.Config.DirtyRingEntries is 0)")
 	}
 	mem := m.Memory()
-	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: machine.NewBitmap(mem.Pages())}
+	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: pageList{limit: mem.Pages()}}
 	defer func() {
 		if err != nil {
 			t.unmapAll()
@@ -210,8 +232,7 @@ func (t *ringTracker) ringFull(i int) error {
 		return fmt.Errorf("dirty ring full on vCPU %d of %d", i, len(t.rings))
 	}
 	r := t.rings[i]
-	n, lost, cerr := collectStopped(r, t.slots, t.pending)
-	t.pendingN += n
+	n, lost, cerr := collectStopped(r, t.slots, &t.pending)
 	t.fulls++
 	if lost {
 		t.overflowed(i)
@@ -237,10 +258,10 @@ func (t *ringTracker) overflowed(i int) {
 		"vcpu", i, "entries", len(t.rings[i].ring))
 }
 
-// Harvest implements Tracker. Its cost follows the number of ring entries,
-// not the memory size, except for the VMM bitmap's scan (owned by vmm),
-// after a ring-full exit one pass over the pending bitmap, and after a ring
-// overflowed the whole memory. Precondition: the machine is paused (or not
+// Harvest implements Tracker. Its cost follows the number of ring entries
+// (those collected now and those full rings left pending) and the pages the
+// VMM wrote, not the memory size, except after a ring overflowed: then it
+// reports the whole memory. Precondition: the machine is paused (or not
 // yet started).
 func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	t.mu.Lock()
@@ -248,8 +269,8 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	if t.closed {
 		return 0, errors.New("dirty ring harvest: tracker closed")
 	}
-	if dst.Len() != t.pending.Len() {
-		return 0, fmt.Errorf("dirty ring harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.pending.Len())
+	if dst.Len() != t.pending.limit {
+		return 0, fmt.Errorf("dirty ring harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.pending.limit)
 	}
 	var firstErr error
 	n := 0
@@ -281,12 +302,11 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 		n += int(dst.Len())
 		t.lostAll = false
 	}
-	if t.pendingN > 0 {
-		dst.Or(t.pending)
-		t.pending.Clear()
-		n += t.pendingN
-		t.pendingN = 0
+	for _, p := range t.pending.pages {
+		dst.Set(p) // below limit, which is dst's length: collectRing checked
 	}
+	n += len(t.pending.pages)
+	t.pending.pages = t.pending.pages[:0]
 	n += t.m.Memory().TakeVMMDirty(dst.Words())
 	return n, nil
 }

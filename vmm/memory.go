@@ -59,8 +59,13 @@ func (s Slot) Pages() uint64 { return s.Size / PageSize }
 type GuestMemory struct {
 	host  []byte
 	slots []Slot
-	// vmmDirty has one bit per RAM page, set atomically by WriteAt.
-	vmmDirty []uint64
+	// vmmDirty has one bit per RAM page, set atomically by WriteAt, and
+	// vmmSummary one bit per word of vmmDirty, set (after the word's bit)
+	// when that word may be non-zero: TakeVMMDirty reads only the words it
+	// flags, so a harvest costs the pages written, not the memory size
+	// (64 GiB of RAM is 256 Ki words, a 4 Ki-word summary).
+	vmmDirty   []uint64
+	vmmSummary []uint64
 }
 
 // NewGuestMemory maps size bytes of anonymous, lazily allocated memory.
@@ -73,7 +78,8 @@ func NewGuestMemory(size int64) (*GuestMemory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mmap %d bytes of guest memory: %w", size, err)
 	}
-	m := &GuestMemory{host: host, vmmDirty: make([]uint64, (size/PageSize+63)/64)}
+	words := (size/PageSize + 63) / 64
+	m := &GuestMemory{host: host, vmmDirty: make([]uint64, words), vmmSummary: make([]uint64, (words+63)/64)}
 	low := uint64(size)
 	if low > LowRAMTop {
 		low = LowRAMTop
@@ -181,22 +187,34 @@ func (m *GuestMemory) markDirty(off uint64, n int) {
 	}
 	first, last := off/PageSize, (off+uint64(n)-1)/PageSize
 	for p := first; p <= last; p++ {
-		atomic.OrUint64(&m.vmmDirty[p/64], 1<<(p%64))
+		w := p / 64
+		atomic.OrUint64(&m.vmmDirty[w], 1<<(p%64))
+		// After the page's bit: a TakeVMMDirty that clears this summary
+		// bit reads the word after it, and so sees the page.
+		atomic.OrUint64(&m.vmmSummary[w/64], 1<<(w%64))
 	}
 }
 
 // TakeVMMDirty moves the VMM-side dirty bits into dst (OR-ing them in) and
 // clears them. dst must have one bit per RAM page (len ≥ (Pages()+63)/64). It
-// returns how many pages were dirty.
+// returns how many pages were dirty. Its cost is one load per 4096 pages
+// plus the words written since the last call.
 func (m *GuestMemory) TakeVMMDirty(dst []uint64) int {
 	n := 0
-	for i := range m.vmmDirty {
-		if atomic.LoadUint64(&m.vmmDirty[i]) == 0 {
+	for j := range m.vmmSummary {
+		if atomic.LoadUint64(&m.vmmSummary[j]) == 0 {
 			continue
 		}
-		w := atomic.SwapUint64(&m.vmmDirty[i], 0)
-		dst[i] |= w
-		n += bits.OnesCount64(w)
+		// Clear the summary word before reading the words it flags: a
+		// page marked meanwhile sets its summary bit again.
+		s := atomic.SwapUint64(&m.vmmSummary[j], 0)
+		for s != 0 {
+			i := j*64 + bits.TrailingZeros64(s)
+			s &= s - 1
+			w := atomic.SwapUint64(&m.vmmDirty[i], 0)
+			dst[i] |= w
+			n += bits.OnesCount64(w)
+		}
 	}
 	return n
 }
