@@ -265,16 +265,6 @@ func (p *Pair) Holder() (string, uint64) {
 	return "", c.Generation
 }
 
-// Ended says whether n has ended, and with what.
-func Ended(n *node.Node) (bool, error) {
-	select {
-	case <-n.Done():
-		return true, n.Wait()
-	default:
-		return false, nil
-	}
-}
-
 // IsHalt says whether err is a node's halt: a primary that lost its backup
 // and the witness's contest.
 func IsHalt(err error) bool { return errors.Is(err, witness.ErrHalt) }
