@@ -127,6 +127,10 @@ type kvClient struct {
 	// resend is how long a request waits for its reply before it is sent
 	// again (0: 100 ms until the first reply, then a second).
 	resend time.Duration
+	// unseen counts, per key, the runs of its INCR whose replies may have
+	// been lost: a reply lost is a run of the request being answered, or
+	// of the previous one if that was sent more than once.
+	unseen map[string]uint64
 }
 
 var kvKeys = []string{"a", "b", "c"}
@@ -144,6 +148,9 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 	deadline := time.Now().Add(within)
 	buf := make([]byte, 2048)
 	key := c.key()
+	if c.unseen == nil {
+		c.unseen = map[string]uint64{}
+	}
 	for answered := false; !answered; {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reply to INCR %s within %v", key, within)
@@ -188,14 +195,19 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 				t.Fatalf("reply %d after reply %d: a reply was lost", kr.Seq, c.maxSeq)
 			}
 			c.maxSeq = kr.Seq
+			if lost > 0 {
+				c.unseen[key] += lost
+				if c.prevRetried {
+					c.unseen[c.prevKey] += lost
+				}
+			}
 			v, _ := strconv.ParseUint(kr.Value, 10, 64)
 			switch {
-			case v == c.values[key]+1:
-				c.values[key], answered = v, true
-			case lost > 0 && v > c.values[key]+1 && v <= c.values[key]+1+lost:
-				c.values[key], answered = v, true // it ran again after replies lost
-			case c.prevRetried && v == c.values[c.prevKey]+1:
-				c.values[c.prevKey] = v // the resent request ran twice
+			case v > c.values[key] && v <= c.values[key]+1+c.unseen[key]:
+				// It ran once more than seen, or again after replies lost.
+				c.values[key], c.unseen[key], answered = v, 0, true
+			case c.prevRetried && v > c.values[c.prevKey] && v <= c.values[c.prevKey]+1+c.unseen[c.prevKey]:
+				c.values[c.prevKey], c.unseen[c.prevKey] = v, 0 // the resent request ran twice
 			default:
 				t.Fatalf("INCR %s answered %q after value %d: not one machine (replies so far: %v; values %v)", key, r, c.values[key], c.bySeq, c.values)
 			}
