@@ -172,6 +172,41 @@ func resync(r *vcpuRing, slots []slotPages, dst pageSet) (int, error) {
 	return n, err
 }
 
+// ringReserve is the most entries KVM keeps in reserve below a ring's size:
+// its soft limit, the count at which it stops the vCPU with
+// KVM_EXIT_DIRTY_RING_FULL, is the size less KVM_DIRTY_RING_RSVD_ENTRIES
+// (64) and the CPU's dirty-log buffer (Intel's PML, 512 entries; none on
+// AMD).
+const ringReserve = 64 + 512
+
+// collectFull collects r at its vCPU's KVM_EXIT_DIRTY_RING_FULL, as
+// collectStopped does, and returns drained when it found nothing published
+// in a ring out of step: then KVM counts at least its soft limit of entries
+// as not harvested, all of them entries it wrote over and cleared (it wrote
+// more than twice the ring's size between two collections), and would stop
+// the vCPU again at once. collectFull hands the entries from fetch on back
+// to KVM, as many as the smallest soft limit (the size less ringReserve),
+// so KVM's reset walks them and no further than it wrote; if KVM still
+// counts the ring full, the vCPU exits again and collectFull drains more.
+// Pages are lost either way: collectStopped reported it when it took the
+// whole ring.
+func collectFull(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost, drained bool, err error) {
+	n, lost, err = collectStopped(r, slots, dst)
+	if n > 0 || err != nil || !r.outOfStep {
+		return n, lost, false, err
+	}
+	size := uint32(len(r.ring))
+	k := uint32(1)
+	if size > ringReserve {
+		k = size - ringReserve
+	}
+	for i := uint32(0); i < k; i++ {
+		atomic.StoreUint32(&r.ring[(r.fetch+i)&(size-1)].Flags, kvmapi.KVM_DIRTY_GFN_F_RESET)
+	}
+	r.fetch += k
+	return 0, lost, true, nil
+}
+
 // ringTracker reports vCPU writes from KVM's per-vCPU dirty rings.
 type ringTracker struct {
 	m     *vmm.Machine
@@ -232,7 +267,7 @@ func (t *ringTracker) ringFull(i int) error {
 		return fmt.Errorf("dirty ring full on vCPU %d of %d", i, len(t.rings))
 	}
 	r := t.rings[i]
-	n, lost, cerr := collectStopped(r, t.slots, &t.pending)
+	n, lost, drained, cerr := collectFull(r, t.slots, &t.pending)
 	t.fulls++
 	if lost {
 		t.overflowed(i)
@@ -243,7 +278,7 @@ func (t *ringTracker) ringFull(i int) error {
 	if cerr != nil {
 		return fmt.Errorf("collecting the full dirty ring of vCPU %d: %w", i, cerr)
 	}
-	if n == 0 {
+	if n == 0 && !drained {
 		// KVM would stop the vCPU with this exit again at once.
 		return fmt.Errorf("KVM reports the dirty ring of vCPU %d full and it holds no entry to collect (out of step with KVM after an overflow)", i)
 	}

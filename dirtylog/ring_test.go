@@ -278,3 +278,54 @@ func TestRingOverflowAgainWhileOutOfStep(t *testing.T) {
 		t.Fatalf("then 15 entries: collected %v (lost %v), KVM counts %d, out of step %v", got, lost, k.write-k.done, k.r.outOfStep)
 	}
 }
+
+// TestRingOverflowPastTwiceItsSize: KVM logs so far past the ring's size
+// that, once the harvest took the whole ring, it still counts its soft
+// limit or more of cleared entries as not harvested and stops the vCPU
+// with a ring-full exit with nothing published (seen on kvm-pvm with 100000
+// pages dirtied in an epoch). The exits hand entries back until KVM can run
+// the vCPU, never past KVM's write index, and the ring then collects what
+// KVM logs and comes back in step. Both soft limits: AMD's (no PML buffer)
+// and Intel's.
+func TestRingOverflowPastTwiceItsSize(t *testing.T) {
+	const size = 1024
+	for _, soft := range []uint32{size - 64, size - ringReserve} {
+		for _, over := range []int{int(soft), size, size + 300, 3*size + 5} {
+			k := newKVMRing(size)
+			k.push(3)
+			k.collect(t)
+			k.push(size + over)
+			if _, lost := k.collect(t); !lost {
+				t.Fatalf("soft %d, overflow by %d: the harvest is not lost", soft, over)
+			}
+			exits := 0
+			for k.write-k.done >= soft {
+				if exits++; exits > 10 {
+					t.Fatalf("soft %d, overflow by %d: still full after %d ring-full exits (KVM counts %d)", soft, over, exits-1, k.write-k.done)
+				}
+				n, _, drained, err := collectFull(k.r, twoSlots, machine.NewBitmap(1<<20))
+				if err != nil || n != 0 || !drained {
+					t.Fatalf("soft %d, overflow by %d: ring-full exit %d with nothing published: took %d, drained %v, %v", soft, over, exits, n, drained, err)
+				}
+				k.reset()
+				if int32(k.write-k.done) < 0 {
+					t.Fatalf("soft %d, overflow by %d: KVM's reset walked %d entries past its write index", soft, over, k.done-k.write)
+				}
+			}
+			for round := 0; k.r.outOfStep || round < 2; round++ {
+				if round > 3 {
+					t.Fatalf("soft %d, overflow by %d: still out of step after %d harvests", soft, over, round)
+				}
+				n := int(soft-(k.write-k.done)) - 1
+				first := k.push(n)
+				got, lost := k.collect(t)
+				if want := []machine.Run{{First: first, Count: uint64(n)}}; lost || !slices.Equal(got, want) {
+					t.Fatalf("soft %d, overflow by %d, harvest %d: collected %v (lost %v), want %v", soft, over, round, got, lost, want)
+				}
+			}
+			if k.write != k.done {
+				t.Fatalf("soft %d, overflow by %d: in step, and KVM counts %d entries not harvested", soft, over, k.write-k.done)
+			}
+		}
+	}
+}
