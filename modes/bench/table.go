@@ -26,7 +26,7 @@ func Print(out io.Writer, w Workload, results []*Result) {
 	for _, r := range results {
 		rp, replicated := r.Config.Mode == "replay", r.Config.Mode != "unprotected"
 		fmt.Fprintf(tw, "%v\t%s\t%sx\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Config,
-			fig(r.Rate()), ratio(floor/max(r.Rate(), 1e-9)),
+			fig(r.Rate()), dash(r.Rate() > 0, ratio(floor/r.Rate())),
 			dash(rp && r.Logged > 0, fmt.Sprintf("%.0f%%", 100*float64(r.Replayed)/float64(r.Logged))),
 			dash(replicated, fig(float64(r.Wire)/1e6/r.Secs)),
 			dash(replicated, fig(float64(r.Wire)/max(float64(r.Progress), 1))),
