@@ -42,6 +42,16 @@ type Primary struct {
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
 	pos atomic.Uint64
+	// setting, if set, replaces cfg's epoch policy (SetEpoch).
+	setting atomic.Pointer[epochSetting]
+	// detach takes Detach's request to the epoch loop while Run runs
+	// (unbuffered: nobody takes it otherwise). detachMu protects detached,
+	// which, once set, stops acks releasing outputs (commitAcked): the
+	// contest suspends the fence, and a release it refused would fail the
+	// output buffer.
+	detach   chan struct{}
+	detachMu sync.Mutex
+	detached bool
 	// resync is set by the receiver when the backup asks for a full sync.
 	resync atomic.Bool
 	// syncEpoch is the epoch the latest full sync commits, syncAcked
@@ -76,7 +86,7 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 		log = slog.Default()
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
-		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), spare: make(chan []byte, cfg.MaxInFlight+1)}
+		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), spare: make(chan []byte, cfg.MaxInFlight+1)}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
 	return p, nil
@@ -140,7 +150,7 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 
 	err = p.loop(ctx, l, pages, captures, failed, watchdog.C)
 	close(captures)
-	if errors.Is(err, errPeerFailed) {
+	if errors.Is(err, errPeerFailed) || errors.Is(err, ErrDetached) {
 		return p.backupLost(ctx, err)
 	}
 	return err
@@ -171,6 +181,9 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 			return nil
 		case err := <-failed:
 			return fmt.Errorf("%w: %w", errPeerFailed, err)
+		case <-p.detach:
+			p.markDetached()
+			return ErrDetached
 		case <-tick:
 			if err := p.checkSilence(l); err != nil {
 				return err
@@ -192,7 +205,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 		if err != nil {
 			return err
 		}
-		epochLen = p.cfg.nextEpoch(epochLen, uint64(pause.Dirty), pages)
+		epochLen = p.policy().nextEpoch(epochLen, uint64(pause.Dirty), pages)
 		p.Stats.epoch(pause, epochLen)
 		captures <- c
 		timer.Reset(epochLen)
@@ -490,7 +503,7 @@ func (p *Primary) receive(l *format.Link, failed chan<- error) {
 			default:
 			}
 			p.Stats.acked(a.Epoch)
-			if err := p.out.Commit(a.Epoch); err != nil {
+			if err := p.commitAcked(a.Epoch); err != nil {
 				failed <- fmt.Errorf("releasing outputs of epoch %d: %w", a.Epoch, err)
 				return
 			}

@@ -42,6 +42,8 @@ type Stats struct {
 	started   time.Time
 	lastEpoch uint64
 	lastTime  time.Time
+	// observe, if set, is told every pause (SetObserver).
+	observe func(Pause)
 }
 
 const pauseWindow = 1024
@@ -50,9 +52,24 @@ func newStats(now time.Time) *Stats {
 	return &Stats{started: now, lastTime: now, pauses: make([]Pause, 0, pauseWindow)}
 }
 
+// SetObserver has observe told every pause from now on, on the epoch
+// loop's goroutine, after the pause (metrics keep every one; the status
+// line only the last 1024). observe must be quick and must not call s.
+func (s *Stats) SetObserver(observe func(Pause)) {
+	s.mu.Lock()
+	s.observe = observe
+	s.mu.Unlock()
+}
+
 func (s *Stats) epoch(p Pause, epochLen time.Duration) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	observe := s.observe
+	defer func() {
+		s.mu.Unlock()
+		if observe != nil {
+			observe(p)
+		}
+	}()
 	if len(s.pauses) < pauseWindow {
 		s.pauses = append(s.pauses, p)
 	} else {
@@ -90,6 +107,13 @@ func (s *Stats) Counters() (epochs, acked, shipped, raw, dirty uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.Epochs, s.Acked, s.Shipped, s.Raw, s.Dirty
+}
+
+// ResyncCount is the number of full syncs the backup asked for.
+func (s *Stats) ResyncCount() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Resyncs
 }
 
 // Pauses returns the pauses (of the last 1024) that began in [from, to),
