@@ -35,13 +35,41 @@ func NewLink(conn net.Conn, maxCheckpoint int, now func() time.Time) *Link {
 // Conn is the connection, for deadlines and closing.
 func (l *Link) Conn() net.Conn { return l.conn }
 
-// Send writes one message. A write that cannot finish within timeout
-// fails: a peer that stops reading is as good as gone.
+// Send writes one message. A write blocked for timeout while the peer said
+// nothing for as long fails: a peer that neither reads nor speaks is gone.
+// One that speaks (its heartbeats, its acks) but reads slowly, as a backup
+// behind on its replay does, holds the writer back instead: the deadline
+// moves on while the peer is heard. (It must move before it passes: a
+// write that timed out leaves a TLS stream unusable.)
 func (l *Link) Send(t MsgType, payload []byte, timeout time.Duration) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	return l.send(t, payload, timeout)
+}
+
+// send is Send with wmu held.
+func (l *Link) send(t MsgType, payload []byte, timeout time.Duration) error {
 	l.conn.SetWriteDeadline(l.now().Add(timeout))
-	if err := WriteMessage(l.conn, t, payload); err != nil {
+	var (
+		mu     sync.Mutex // orders extend against the end of the write
+		done   bool
+		extend *time.Timer
+	)
+	extend = time.AfterFunc(timeout/2, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if done || l.SilentFor() >= timeout {
+			return
+		}
+		l.conn.SetWriteDeadline(l.now().Add(timeout))
+		extend.Reset(timeout / 2)
+	})
+	err := WriteMessage(l.conn, t, payload)
+	mu.Lock()
+	done = true
+	extend.Stop()
+	mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("sending %v: %w", t, err)
 	}
 	return nil
@@ -91,8 +119,9 @@ func (l *Link) Hello(mine Hello, timeout time.Duration) (Hello, error) {
 	return h, nil
 }
 
-// Heartbeats sends a heartbeat every interval until stop closes; a failed
-// send is reported to fail, and ends them.
+// Heartbeats sends a heartbeat every interval until stop closes, but for
+// while another message is being written (the peer hears that one); a
+// failed send is reported to fail, and ends them.
 func (l *Link) Heartbeats(interval time.Duration, stop <-chan struct{}, fail func(error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -102,7 +131,12 @@ func (l *Link) Heartbeats(interval time.Duration, stop <-chan struct{}, fail fun
 			return
 		case <-t.C:
 		}
-		if err := l.Send(MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil), 4*interval); err != nil {
+		if !l.wmu.TryLock() {
+			continue
+		}
+		err := l.send(MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil), 4*interval)
+		l.wmu.Unlock()
+		if err != nil {
 			fail(err)
 			return
 		}

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -33,5 +34,84 @@ func TestLinkHelloRefusesAMismatchedPeer(t *testing.T) {
 				t.Fatalf("hello: %v, want %q", err, tc.wantA)
 			}
 		})
+	}
+}
+
+// TestLinkSendWaitsForAPeerThatSpeaks: a peer that sends heartbeats but
+// reads nothing for many write timeouts (a backup behind on its replay)
+// holds a Send back instead of failing it, and the heartbeats of the
+// waiting side do not fail meanwhile; a peer that neither reads nor speaks
+// fails the Send.
+func TestLinkSendWaitsForAPeerThatSpeaks(t *testing.T) {
+	const timeout = 40 * time.Millisecond
+	a, b := net.Pipe() // unbuffered: a write waits for the peer's read
+	defer a.Close()
+	defer b.Close()
+	la := NewLink(a, 0, nil)
+	go func() {
+		for {
+			if _, _, err := la.Next(); err != nil {
+				return
+			}
+		}
+	}()
+	stop := make(chan struct{})
+	speaking := make(chan struct{})
+	go func() {
+		defer close(speaking)
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			b.SetWriteDeadline(time.Now().Add(time.Second))
+			if WriteMessage(b, MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil)) != nil {
+				return
+			}
+		}
+	}()
+	heartbeatFailed := make(chan error, 1)
+	hbStop := make(chan struct{})
+	go la.Heartbeats(5*time.Millisecond, hbStop, func(err error) { heartbeatFailed <- err })
+	read := make(chan error, 1)
+	go func() {
+		time.Sleep(10 * timeout)
+		r := NewReader(b, 0)
+		_, _, err := r.Next()
+		read <- err
+		for err == nil { // drain what la's heartbeats write after it
+			_, _, err = r.Next()
+		}
+	}()
+	if err := la.Send(MsgAck, Ack{Epoch: 7}.Append(nil), timeout); err != nil {
+		t.Fatalf("a send to a peer that speaks but reads after 10 timeouts: %v", err)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	close(hbStop)
+	select {
+	case err := <-heartbeatFailed:
+		t.Fatalf("a heartbeat failed while a message was being written: %v", err)
+	default:
+	}
+	close(stop)
+	<-speaking
+
+	// Now the peer is silent and reads nothing.
+	c, d := net.Pipe()
+	defer c.Close()
+	defer d.Close()
+	lc := NewLink(c, 0, nil)
+	done := make(chan error, 1)
+	go func() { done <- lc.Send(MsgAck, Ack{Epoch: 8}.Append(nil), timeout) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a send to a peer that neither reads nor speaks succeeded")
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a send to a peer that neither reads nor speaks is still blocked after a minute")
 	}
 }
