@@ -11,14 +11,21 @@ type ExitKind uint8
 
 // Exit kinds. The synchronous ones (PIO, MMIO, halt, window) happen at the
 // same point of every execution of the same guest from the same state with
-// the same inputs: they are the deterministic points replay is built on.
+// the same inputs: they are the deterministic points replay is built on
+// (a window less surely than the others: see ExitWindow).
 const (
-	ExitPIORead    ExitKind = 1 // IN: Complete fills Data
-	ExitPIOWrite   ExitKind = 2 // OUT of Data
-	ExitMMIORead   ExitKind = 3 // load from an unbacked guest-physical address: Complete fills Data
-	ExitMMIOWrite  ExitKind = 4 // store of Data to an unbacked guest-physical address
-	ExitHalt       ExitKind = 5 // HLT: the guest waits for an interrupt
-	ExitWindow     ExitKind = 6 // the interrupt window InjectPending asked for opened
+	ExitPIORead   ExitKind = 1 // IN: Complete fills Data
+	ExitPIOWrite  ExitKind = 2 // OUT of Data
+	ExitMMIORead  ExitKind = 3 // load from an unbacked guest-physical address: Complete fills Data
+	ExitMMIOWrite ExitKind = 4 // store of Data to an unbacked guest-physical address
+	ExitHalt      ExitKind = 5 // HLT: the guest waits for an interrupt
+	// ExitWindow: the interrupt window InjectPending asked for opened. Not
+	// always at the first boundary where it could: a KVM may notice a
+	// window that the guest opened without an exit (IRET setting IF) only
+	// at its next exit of any kind, a kick's, a breakpoint's or a host
+	// interrupt's (kvm-pvm does), so where it comes may differ between two
+	// executions. Where no window is asked for, none of that matters.
+	ExitWindow     ExitKind = 6
 	ExitKicked     ExitKind = 7 // Kick stopped the guest: an asynchronous point
 	ExitBreakpoint ExitKind = 8 // RunTo reached its address
 

@@ -1,0 +1,203 @@
+package machinetest
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// Runner is a machine.Runner under test, with its network device's
+// receive path.
+type Runner struct {
+	machine.Runner
+	// Receive hands the network device a frame, which it writes into a
+	// buffer the guest posted, now or once the guest runs (nil: the
+	// machine has no network device).
+	Receive func(frame []byte)
+}
+
+// RunnerSuite describes a machine.Runner implementation to RunRunner.
+type RunnerSuite struct {
+	// Open builds a fresh machine, not started, the same machine on every
+	// call: one's state restores into another. Its guest writes memory on
+	// its own or as it receives frames. It closes the machine with
+	// t.Cleanup.
+	Open func(t *testing.T) Runner
+	// Foreign returns states the machine must refuse (nil: only
+	// corruptions of its own).
+	Foreign Foreign
+	// StateDiff compares states (nil: byte for byte).
+	StateDiff StateDiff
+}
+
+// RunRunner runs the contract of machine.Runner (and so of
+// machine.Machine, and of machine.PauseSaver where the machine is one)
+// against s's machines, driving them as checkpoint mode does: running
+// freely, paused for each harvest.
+//
+//   - Memory is whole pages and stable.
+//   - Each Harvest reports every page whose contents changed since the
+//     previous one, the guest's writes and its network device's (frames
+//     received while it runs).
+//   - After Pause nothing changes memory, not even a frame received; while
+//     paused, CopyLive copies what Memory holds.
+//   - A state saved paused (with Pause, and with PauseSaving) and restored,
+//     with memory, into a fresh machine gives back the same state; the
+//     restored machine starts and runs. Bad states (truncated, corrupt, too
+//     long, of another machine) are refused and change nothing.
+//   - Stopped stays open while the guest runs or is paused.
+func RunRunner(t *testing.T, s RunnerSuite) {
+	t.Run("Memory", func(t *testing.T) {
+		r := s.Open(t)
+		checkMemory(t, r)
+		if err := r.Harvest(machine.NewBitmap(pages(r))); err != nil {
+			t.Fatalf("Harvest into a bitmap of every page, before Start: %v", err)
+		}
+	})
+
+	t.Run("Harvest", func(t *testing.T) {
+		r := &runner{Runner: s.Open(t)}
+		r.tr = newTracker(t, r)
+		if err := r.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(vmmtest.Bound)
+		for r.rounds < 3 || r.tr.changed < 16 || r.Receive != nil && r.landed < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("after %v, %d rounds: %d page changes seen, %d of %d frames found in memory", vmmtest.Bound, r.rounds, r.tr.changed, r.landed, r.frames)
+			}
+			r.round(t)
+		}
+		t.Logf("%d rounds, %d page changes reported, %d of %d frames seen in memory", r.rounds, r.tr.changed, r.landed, r.frames)
+	})
+
+	t.Run("SaveRestore", func(t *testing.T) {
+		a := &runner{Runner: s.Open(t)}
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		_, saver := a.Runner.Runner.(machine.PauseSaver)
+		for _, saving := range []bool{false, true} {
+			if saving && !saver {
+				continue
+			}
+			for i := 0; i < 3; i++ {
+				a.round(t)
+			}
+			a.pause(t, saving)
+			state, err := a.SaveState()
+			if err != nil {
+				t.Fatalf("SaveState (paused with PauseSaving: %v): %v", saving, err)
+			}
+			mem := bytes.Clone(a.Memory())
+			if err := a.Resume(); err != nil {
+				t.Fatal(err)
+			}
+
+			b := &runner{Runner: s.Open(t)}
+			restoreInto(t, b, mem, state, s.StateDiff)
+			if !saving {
+				var foreign map[string][]byte
+				if s.Foreign != nil {
+					foreign = s.Foreign(t)
+				}
+				checkRefuses(t, b, state, foreign, s.StateDiff)
+			}
+			b.tr = newTracker(t, b)
+			if err := b.Start(); err != nil {
+				t.Fatalf("Start of a restored machine: %v", err)
+			}
+			for i := 0; i < 3; i++ {
+				b.round(t)
+			}
+		}
+	})
+}
+
+// runner drives a Runner in rounds: run, pause, check, resume.
+type runner struct {
+	Runner
+	tr *tracker
+	// frames counts the frames received (the next one's index); pending
+	// holds the payloads of those not yet found in memory; landed counts
+	// those found.
+	frames  int
+	pending [][]byte
+	landed  int
+	rounds  int
+}
+
+// pause pauses r (with PauseSaving if saving) and checks Stopped.
+func (r *runner) pause(t *testing.T, saving bool) {
+	t.Helper()
+	var err error
+	if saving {
+		err = r.Runner.Runner.(machine.PauseSaver).PauseSaving()
+	} else {
+		err = r.Pause()
+	}
+	if err != nil {
+		t.Fatalf("pause (PauseSaving: %v): %v", saving, err)
+	}
+	select {
+	case <-r.Stopped():
+		t.Fatal("Stopped is closed: the guest stopped for good")
+	default:
+	}
+}
+
+// receive hands the guest its next frame, if it has a network.
+func (r *runner) receive() {
+	if r.Receive == nil {
+		return
+	}
+	f, payload := frame(r.frames)
+	r.frames++
+	r.pending = append(r.pending, payload)
+	r.Receive(f)
+}
+
+// round lets the guest run with a frame, pauses it (every other round with
+// PauseSaving, on a PauseSaver), checks the harvest if r has a tracker,
+// checks that a frame received while paused changes nothing and that
+// CopyLive copies memory, and resumes it.
+func (r *runner) round(t *testing.T) {
+	t.Helper()
+	r.receive()
+	_, saver := r.Runner.Runner.(machine.PauseSaver)
+	r.pause(t, saver && r.rounds%2 == 1)
+	if r.tr != nil {
+		changed := r.tr.check(t, fmt.Sprintf("round %d", r.rounds))
+		mem := r.Memory()
+		for i := 0; i < len(r.pending); {
+			if holds(mem, changed, r.pending[i]) {
+				r.landed++
+				r.pending = append(r.pending[:i], r.pending[i+1:]...)
+				continue
+			}
+			i++
+		}
+		// Paused, nothing writes memory: not a frame received now either.
+		r.receive()
+		for p := uint64(0); p < uint64(len(mem)/PageSize); p++ {
+			if !bytes.Equal(mem[p*PageSize:(p+1)*PageSize], r.tr.snap[p*PageSize:(p+1)*PageSize]) {
+				t.Fatalf("round %d: page %d changed while the machine was paused", r.rounds, p)
+			}
+		}
+		page := make([]byte, PageSize)
+		for _, p := range append(changed, 0, uint64(len(mem)/PageSize-1)) {
+			r.CopyLive(page, p)
+			if !bytes.Equal(page, mem[p*PageSize:(p+1)*PageSize]) {
+				t.Fatalf("round %d: CopyLive of page %d, paused, differs from Memory", r.rounds, p)
+			}
+		}
+	}
+	if err := r.Resume(); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	r.rounds++
+}
