@@ -86,3 +86,15 @@ func (p *Primary) commitAcked(epoch uint64) error {
 	}
 	return p.out.Commit(epoch)
 }
+
+// CurrentEpoch is the interval between checkpoints now (under the auto
+// policy, the one it chose last).
+func (p *Primary) CurrentEpoch() time.Duration {
+	p.Stats.mu.Lock()
+	defer p.Stats.mu.Unlock()
+	if p.Stats.EpochLen == 0 {
+		e, _ := p.Epoch()
+		return e
+	}
+	return p.Stats.EpochLen
+}

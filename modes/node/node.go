@@ -20,6 +20,9 @@ type Node struct {
 
 	mu    sync.Mutex // protects parts
 	parts Parts
+
+	// ops is the operator's surface: metrics, control socket (control.go).
+	ops *ops
 }
 
 // Parts are a running node's machine and engine, for statistics
@@ -48,10 +51,15 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if o.TLS == nil && o.Role != RoleAlone {
 		o.log().Warn("plain TCP: the link to the peer and to a raft witness is neither authenticated nor encrypted (--insecure)")
 	}
-	n := &Node{o: o, done: make(chan struct{})}
+	n := &Node{o: o, done: make(chan struct{}), ops: &ops{}}
+	n.o.ops = n.ops
+	if err := n.openOps(); err != nil {
+		return nil, err
+	}
 	go func() {
 		defer close(n.done)
 		n.err = n.run(ctx)
+		n.closeOps()
 	}()
 	return n, nil
 }
@@ -87,6 +95,9 @@ func (n *Node) Parts() Parts {
 func (n *Node) set(update func(*Parts)) {
 	n.mu.Lock()
 	update(&n.parts)
+	if n.ops.metrics != nil {
+		n.ops.metrics.partsChanged(&n.parts)
+	}
 	n.mu.Unlock()
 }
 

@@ -181,6 +181,13 @@ type Options struct {
 	Status      io.Writer
 	// Log receives the node's events; nil is slog.Default().
 	Log *slog.Logger
+
+	// Metrics is where the node serves its metrics over HTTP (--metrics),
+	// "" for nowhere; Control is its control socket (--control), "" for
+	// none.
+	Metrics, Control string
+	// ops is the node's operator surface (control.go), set by Start.
+	ops *ops
 }
 
 // DefaultOptions are a checkpoint-mode node of the kv guest on KVM with the

@@ -44,11 +44,22 @@ func (r *runner) waitOrCancel(ctx context.Context) error {
 // sending to net (nil: no network) and its disk device on disk (nil: no
 // disk). A machine that tracks dirty pages (a primary's) can be
 // checkpointed; one that does not (a backup's) only receives.
+//
+// The runner's machine is held by the node's operator (ftckpt ctl pause)
+// through a hold between it and the engine.
 func newRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*runner, error) {
+	var r *runner
+	var err error
 	if o.Machine == MachineSim {
-		return newSimRunner(o, net, disk)
+		r, err = newSimRunner(o, net, disk)
+	} else {
+		r, err = newKVMRunner(o, net, disk, track)
 	}
-	return newKVMRunner(o, net, disk, track)
+	if err != nil {
+		return nil, err
+	}
+	r.Runner = o.ops.wrapRunner(r.Runner)
+	return r, nil
 }
 
 func newKVMRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*runner, error) {

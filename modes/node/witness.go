@@ -16,8 +16,11 @@ func openFence(o *Options, role Role) (witness.Arbiter, *witness.Fence, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	arb = o.ops.wrapArbiter(arb)
 	host, _ := os.Hostname()
-	return arb, witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())), nil
+	fence := witness.NewFence(arb, fmt.Sprintf("%s-%s-%d", role, host, os.Getpid()))
+	o.ops.setFence(fence, 0)
+	return arb, fence, nil
 }
 
 // becomePrimary opens o's arbiter and wins, for this process, the
@@ -37,5 +40,6 @@ func becomePrimary(ctx context.Context, o *Options) (witness.Arbiter, *witness.F
 		arb.Close()
 		return nil, nil, 0, fmt.Errorf("becoming primary (generation %d): %w", gen, err)
 	}
+	o.ops.setFence(fence, gen)
 	return arb, fence, gen, nil
 }

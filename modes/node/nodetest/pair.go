@@ -100,6 +100,9 @@ type Pair struct {
 // Start starts a backup node with o's options, then a primary node that
 // connects to it through a new link; they are stopped when the test ends
 // (and their log printed, if it failed).
+// With o.Control set, the primary's control socket is o.Control and the
+// backup's o.Control+".backup"; with o.Metrics set (127.0.0.1:0), each
+// serves its metrics on a port of its own (node.Node.MetricsAddr).
 func Start(t testing.TB, o node.Options) *Pair {
 	t.Helper()
 	p := &Pair{t: t, Link: linktest.New(), Log: &Log{},
@@ -127,6 +130,9 @@ func Start(t testing.TB, o node.Options) *Pair {
 
 	b := o
 	b.Role, b.Listen, b.Peer = node.RoleBackup, "127.0.0.1:0", ""
+	if o.Control != "" {
+		b.Control = o.Control + ".backup" // the primary's is o.Control
+	}
 	b.Console, b.Log = p.BackupConsole, p.Log.Logger("backup")
 	listening := make(chan string, 1)
 	b.Ready = func(addr string) { listening <- addr }

@@ -1,0 +1,615 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// The control socket (--control PATH): a Unix socket, mode 0600, in a
+// directory of mode 0700 if ftckpt makes it, where each connection
+// carries one JSON request (a line) and gets one JSON Response (a line).
+// ftckpt ctl is its client (Ask).
+
+// ControlVersion is the control protocol's version; a request of another
+// is refused.
+const ControlVersion = 1
+
+// Request is one control request.
+type Request struct {
+	// V is ControlVersion.
+	V int `json:"v"`
+	// Op is status, set, pause, resume, detach-backup or failover.
+	Op string `json:"op"`
+	// Name and Value are set's: "epoch" and a duration (10ms) or auto.
+	Name  string `json:"name,omitempty"`
+	Value string `json:"value,omitempty"`
+}
+
+// Response answers a Request: Error, or what was done (Message) and the
+// node's status after it.
+type Response struct {
+	V       int     `json:"v"`
+	Error   string  `json:"error,omitempty"`
+	Message string  `json:"message,omitempty"`
+	Status  *Status `json:"status,omitempty"`
+}
+
+// ops is what a node exposes to its operators beyond its Parts: the
+// fence, the operator's hold on the guest, the metrics and the control
+// socket. Start makes it; the node's run fills in the fence and the hold.
+type ops struct {
+	mu    sync.Mutex     // protects fence and hold
+	fence *witness.Fence // this node's, once opened
+	// firstGen is the first generation the fence held (a primary's at
+	// start; a backup's when it went live).
+	firstGen uint64
+	hold     *hold // the guest's machine, once built in checkpoint mode or alone
+
+	metrics   *metrics // nil without --metrics
+	stopHTTP  func()
+	metricsLn net.Listener
+	controlLn net.Listener
+	served    sync.WaitGroup
+}
+
+// setFence records this node's fence, and the generation it won (0: none
+// yet).
+func (s *ops) setFence(f *witness.Fence, gen uint64) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.fence, s.firstGen = f, gen
+	s.mu.Unlock()
+}
+
+// wrapRunner puts a hold between the engine and r.
+func (s *ops) wrapRunner(r machine.Runner) machine.Runner {
+	if s == nil {
+		return r
+	}
+	w, h := newHold(r)
+	s.mu.Lock()
+	s.hold = h
+	s.mu.Unlock()
+	return w
+}
+
+// wrapArbiter has the arbiter's round trips observed, with metrics on.
+func (s *ops) wrapArbiter(a witness.Arbiter) witness.Arbiter {
+	if s == nil || s.metrics == nil {
+		return a
+	}
+	return timedArbiter{Arbiter: a, m: s.metrics}
+}
+
+// held returns the generation the fence holds (0: none or not valid), and
+// the first one it held.
+func (s *ops) held() (gen, first uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fence == nil {
+		return 0, 0
+	}
+	g, state := s.fence.Held()
+	if g == 0 || state == "revoked" {
+		return 0, s.firstGen
+	}
+	if s.firstGen == 0 {
+		s.firstGen = g
+	}
+	return g, s.firstGen
+}
+
+func (s *ops) theHold() *hold {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hold
+}
+
+// open starts the metrics server and the control socket o asks for.
+func (n *Node) openOps() error {
+	o := &n.o
+	s := n.ops
+	if o.Metrics != "" {
+		s.metrics = newMetrics(n)
+		ln, err := net.Listen("tcp", o.Metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics %s: %w", o.Metrics, err)
+		}
+		s.metricsLn = ln
+		srv := serveMetrics(ln, s.metrics, o.log())
+		s.stopHTTP = func() { srv.Close() }
+	}
+	if o.Control != "" {
+		ln, err := listenControl(o.Control)
+		if err != nil {
+			n.closeOps()
+			return fmt.Errorf("--control %s: %w", o.Control, err)
+		}
+		s.controlLn = ln
+		s.served.Add(1)
+		go func() { defer s.served.Done(); n.serveControl(ln) }()
+	}
+	return nil
+}
+
+// closeOps stops the metrics server and removes the control socket.
+func (n *Node) closeOps() {
+	s := n.ops
+	if s.stopHTTP != nil {
+		s.stopHTTP()
+	} else if s.metricsLn != nil {
+		s.metricsLn.Close()
+	}
+	if s.controlLn != nil {
+		s.controlLn.Close() // a Unix listener removes its socket file
+	}
+	s.served.Wait()
+}
+
+// MetricsAddr is where the node serves its metrics ("" without).
+func (n *Node) MetricsAddr() string {
+	if n.ops.metricsLn == nil {
+		return ""
+	}
+	return n.ops.metricsLn.Addr().String()
+}
+
+// DefaultControlPath is where a node in role listens for ftckpt ctl unless
+// told (--control): $XDG_RUNTIME_DIR/ftckpt/ROLE.sock, or, without
+// XDG_RUNTIME_DIR, ftckpt-UID/ROLE.sock in the temporary directory.
+func DefaultControlPath(role Role) string {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir != "" {
+		dir = filepath.Join(dir, "ftckpt")
+	} else {
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("ftckpt-%d", os.Getuid()))
+	}
+	return filepath.Join(dir, role.String()+".sock")
+}
+
+// listenControl listens on the Unix socket path, mode 0600, making its
+// directory (0700) if missing. A socket file no one answers on is left
+// over from a node that died: it is replaced. One that answers is in use.
+func listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, errors.New("another node is listening there")
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing a stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// maxRequest bounds a request line.
+const maxRequest = 64 << 10
+
+// serveControl answers requests on ln until it is closed, one connection
+// at a time (requests are quick).
+func (n *Node) serveControl(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		n.answer(c)
+	}
+}
+
+// answer reads one request from c, carries it out and writes the response.
+func (n *Node) answer(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp := Response{V: ControlVersion}
+	line, err := bufio.NewReader(io.LimitReader(c, maxRequest)).ReadBytes('\n')
+	var req Request
+	if err == nil || errors.Is(err, io.EOF) && len(line) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(line)))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&req)
+		if err != nil {
+			err = fmt.Errorf("a request is one JSON object on a line, such as {\"v\":1,\"op\":\"status\"}: %w", err)
+		}
+	} else if err != nil {
+		err = fmt.Errorf("reading the request: %w", err)
+	}
+	if err == nil {
+		resp.Message, err = n.Do(req)
+	}
+	if err != nil {
+		resp.Error = err.Error()
+	} else {
+		st := n.Status()
+		resp.Status = &st
+	}
+	json.NewEncoder(c).Encode(resp)
+}
+
+// Do carries out an operator's request (the control socket's, or a
+// test's) and says what it did. Safe to call from any goroutine.
+func (n *Node) Do(req Request) (string, error) {
+	if req.V != ControlVersion {
+		return "", fmt.Errorf("control protocol version %d: this node speaks version %d", req.V, ControlVersion)
+	}
+	switch req.Op {
+	case "status":
+		if req.Name != "" || req.Value != "" {
+			return "", errors.New("status takes no arguments")
+		}
+		return "", nil
+	case "set":
+		return n.set1(req.Name, req.Value)
+	case "pause", "resume":
+		if req.Name != "" || req.Value != "" {
+			return "", fmt.Errorf("%s takes no arguments", req.Op)
+		}
+		return n.pauseResume(req.Op == "pause")
+	case "detach-backup":
+		if req.Name != "" || req.Value != "" {
+			return "", errors.New("detach-backup takes no arguments")
+		}
+		return n.detachBackup()
+	case "failover":
+		return "", errors.New("failover: not implemented yet: a planned failover (a final checkpoint, then the backup takes over with no output lost) needs a handover the engines do not have; stopping the primary (SIGTERM) hands over to the backup, at the cost of its last epoch's outputs in checkpoint mode")
+	case "":
+		return "", errors.New("no op: want status, set, pause, resume, detach-backup or failover")
+	}
+	return "", fmt.Errorf("op %q: want status, set, pause, resume, detach-backup or failover", req.Op)
+}
+
+// set1 sets a tunable: only "epoch" for now.
+func (n *Node) set1(name, value string) (string, error) {
+	if name != "epoch" {
+		return "", fmt.Errorf("set %q: the only setting is epoch (set epoch 10ms, or set epoch auto)", name)
+	}
+	if n.o.Mode != ModeCheckpoint {
+		return "", errors.New("set epoch: replay mode has no epochs")
+	}
+	p := n.Parts().CheckpointPrimary
+	if p == nil {
+		return "", errors.New("set epoch: this node is not a checkpoint primary: set it on the primary")
+	}
+	if value == "auto" {
+		if err := p.SetEpoch(0, true); err != nil {
+			return "", err
+		}
+		lo, hi := p.Bounds()
+		return fmt.Sprintf("epoch auto (%v to %v) from the next epoch", lo, hi), nil
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil || d < 100*time.Microsecond || d > time.Minute {
+		return "", fmt.Errorf("set epoch %q: want a duration from 100µs to 1m, such as 10ms, or auto", value)
+	}
+	if err := p.SetEpoch(d, false); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("epoch %v from the next epoch", d), nil
+}
+
+// pauseResume holds or releases the guest.
+func (n *Node) pauseResume(pause bool) (string, error) {
+	op := map[bool]string{true: "pause", false: "resume"}[pause]
+	if n.o.Mode == ModeReplay && n.o.Role != RoleAlone {
+		return "", fmt.Errorf("%s: not implemented yet in replay mode (the engine steps the guest itself)", op)
+	}
+	if n.actingRole() == RoleBackup {
+		return "", fmt.Errorf("%s: this node is a backup: its guest does not run", op)
+	}
+	h := n.ops.theHold()
+	if h == nil {
+		return "", fmt.Errorf("%s: %w", op, errNotRunning)
+	}
+	if pause {
+		if err := h.Hold(); err != nil {
+			return "", fmt.Errorf("pause: %w", err)
+		}
+		return "guest paused (its outputs wait; checkpoints go on)", nil
+	}
+	if err := h.Release(); err != nil {
+		return "", fmt.Errorf("resume: %w", err)
+	}
+	return "guest running", nil
+}
+
+// detachBackup lets the primary's backup go.
+func (n *Node) detachBackup() (string, error) {
+	if n.o.Mode == ModeReplay {
+		return "", errors.New("detach-backup: not implemented yet in replay mode")
+	}
+	p := n.Parts().CheckpointPrimary
+	if p == nil || n.actingRole() != RolePrimary {
+		return "", errors.New("detach-backup: this node is not a checkpoint primary")
+	}
+	if err := p.Detach(); err != nil {
+		return "", fmt.Errorf("detach-backup: %w", err)
+	}
+	return "detaching the backup: the primary takes the next generation and runs on alone", nil
+}
+
+// actingRole is the role the node plays now: a backup that went live is a
+// primary.
+func (n *Node) actingRole() Role {
+	if n.o.Role == RoleBackup {
+		if g, _ := n.ops.held(); g > 0 {
+			return RolePrimary
+		}
+	}
+	return n.o.Role
+}
+
+// Duration is a time.Duration that reads and writes as "25ms" in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Status is a node's state for its operator (ftckpt ctl status): plain
+// data, JSON on the control socket.
+type Status struct {
+	Mode    string `json:"mode"`
+	Role    string `json:"role"` // now: a backup gone live is a primary
+	Started string `json:"started_as"`
+	Machine string `json:"machine"`
+	Guest   string `json:"guest"`
+	// Peer is the backup's address (a primary's), or where a backup
+	// listens for (or joins) its primary.
+	Peer string `json:"peer,omitempty"`
+	// InSync: the backup holds a committed copy of the guest (on a
+	// primary: and it has not lost its backup).
+	InSync bool `json:"in_sync"`
+	// Generation is the generation this node holds at the witness (0:
+	// none), Failovers the times it went live from backup, BackupsLost the
+	// times it went on alone without its backup.
+	Generation  uint64 `json:"generation"`
+	Failovers   uint64 `json:"failovers"`
+	BackupsLost uint64 `json:"backups_lost"`
+	// Paused: the operator holds the guest (ctl pause).
+	Paused bool `json:"paused"`
+	// Epoch is a checkpoint primary's interval now; EpochAuto whether it
+	// adapts.
+	Epoch      Duration          `json:"epoch,omitempty"`
+	EpochAuto  bool              `json:"epoch_auto,omitempty"`
+	Checkpoint *CheckpointStatus `json:"checkpoint,omitempty"`
+	Replay     *ReplayStatus     `json:"replay,omitempty"`
+	Outputs    *OutputStatus     `json:"outputs,omitempty"`
+}
+
+// CheckpointStatus are checkpoint mode's figures: a primary's (the status
+// line's, over the last 1024 epochs) or a backup's (Committed...).
+type CheckpointStatus struct {
+	Epochs      uint64   `json:"epochs,omitempty"`
+	Acked       uint64   `json:"acked,omitempty"`
+	Lag         uint64   `json:"lag_epochs,omitempty"`
+	PauseP50    Duration `json:"pause_p50,omitempty"`
+	PauseP99    Duration `json:"pause_p99,omitempty"`
+	StopP50     Duration `json:"stop_p50,omitempty"`
+	HarvestP50  Duration `json:"harvest_p50,omitempty"`
+	CopyP50     Duration `json:"copy_p50,omitempty"`
+	StateP50    Duration `json:"state_p50,omitempty"`
+	ResumeP50   Duration `json:"resume_p50,omitempty"`
+	DirtyP50    int      `json:"dirty_p50_pages,omitempty"`
+	WireBytes   uint64   `json:"wire_bytes,omitempty"`
+	PageBytes   uint64   `json:"page_bytes,omitempty"`
+	Resyncs     uint64   `json:"resyncs,omitempty"`
+	BackupState string   `json:"backup_state,omitempty"`
+	Committed   uint64   `json:"committed_epoch,omitempty"`
+	CommitGen   uint64   `json:"committed_generation,omitempty"`
+}
+
+// ReplayStatus are replay mode's figures (Stats).
+type ReplayStatus struct {
+	Entries     uint64 `json:"lsn,omitempty"`
+	Acked       uint64 `json:"acked_lsn,omitempty"`
+	Exits       uint64 `json:"exits,omitempty"`
+	Landings    uint64 `json:"landings,omitempty"`
+	LogBytes    uint64 `json:"log_bytes,omitempty"`
+	Syncs       uint64 `json:"syncs,omitempty"`
+	Resyncs     uint64 `json:"resyncs,omitempty"`
+	Received    uint64 `json:"received_lsn,omitempty"`
+	Replayed    uint64 `json:"replayed,omitempty"`
+	Divergences uint64 `json:"divergences,omitempty"`
+	Breakpoints uint64 `json:"breakpoint_visits,omitempty"`
+	Applied     uint64 `json:"checkpoints_applied,omitempty"`
+}
+
+// OutputStatus is the output buffer's state.
+type OutputStatus struct {
+	Held      int      `json:"held"`
+	HeldBytes int64    `json:"held_bytes"`
+	Released  uint64   `json:"released"`
+	DelayP50  Duration `json:"delay_p50"`
+	DelayP99  Duration `json:"delay_p99"`
+}
+
+// Status is the node's state now. Safe to call from any goroutine.
+func (n *Node) Status() Status {
+	o := &n.o
+	st := Status{Mode: o.Mode.String(), Role: n.actingRole().String(), Started: o.Role.String(),
+		Machine: machineLabel(o.Machine), Guest: o.Guest, Peer: o.Peer}
+	if o.Role == RoleBackup {
+		st.Peer = o.Listen
+		if o.Join != "" {
+			st.Peer = o.Join
+		}
+	}
+	gen, first := n.ops.held()
+	st.Generation = gen
+	if h := n.ops.theHold(); h != nil {
+		st.Paused = h.Held()
+	}
+	if o.Role == RoleBackup && gen > 0 {
+		st.Failovers = 1
+	}
+	if gen > first && first > 0 {
+		st.BackupsLost = gen - first
+	}
+	parts := n.Parts()
+	if out := parts.Outputs; out != nil {
+		s := out.Stats()
+		st.Outputs = &OutputStatus{Held: s.HeldOutputs, HeldBytes: s.HeldBytes, Released: s.Released,
+			DelayP50: Duration(s.Delay.Quantile(0.5)), DelayP99: Duration(s.Delay.Quantile(0.99))}
+	}
+	if p := parts.CheckpointPrimary; p != nil {
+		epochs, acked, shipped, raw, _ := p.Stats.Counters()
+		now := time.Now()
+		pauses := p.Stats.Pauses(time.Time{}, now.Add(time.Second))
+		m := ckmode.PauseMedian(pauses)
+		captured := p.Position() - 1
+		c := &CheckpointStatus{Epochs: epochs, Acked: acked, Lag: captured - min(acked, captured),
+			PauseP50: Duration(ckmode.PauseQuantile(pauses, 0.5)), PauseP99: Duration(ckmode.PauseQuantile(pauses, 0.99)),
+			StopP50: Duration(m.Stop), HarvestP50: Duration(m.Harvest), CopyP50: Duration(m.Copy),
+			StateP50: Duration(m.State), ResumeP50: Duration(m.Resume), DirtyP50: m.Dirty,
+			WireBytes: shipped, PageBytes: raw, Resyncs: p.Stats.ResyncCount()}
+		st.Checkpoint = c
+		st.InSync = acked > 0 && st.BackupsLost == 0
+		_, st.EpochAuto = p.Epoch()
+		st.Epoch = Duration(p.CurrentEpoch())
+	}
+	if b := parts.CheckpointBackup; b != nil && parts.CheckpointPrimary == nil {
+		s := b.Status()
+		st.Checkpoint = &CheckpointStatus{BackupState: s.State.String(), Committed: s.Epoch, CommitGen: s.Generation}
+		st.InSync = s.State == format.StateCommitted && gen == 0
+	}
+	if p := parts.ReplayPrimary; p != nil {
+		s := p.Stats
+		st.Replay = &ReplayStatus{Entries: s.Entries.Load(), Acked: s.Acked.Load(), Exits: s.Exits.Load(),
+			Landings: s.Landings.Load(), LogBytes: s.LogBytes.Load(), Syncs: s.Syncs.Load(), Resyncs: s.Resyncs.Load()}
+		st.InSync = p.Protected() && s.Acked.Load() > 0
+		st.BackupsLost = s.BackupsLost.Load()
+	} else if b := parts.ReplayBackup; b != nil {
+		s := b.Stats
+		st.Replay = &ReplayStatus{Received: s.Received.Load(), Replayed: s.Replayed.Load(), Divergences: s.Divergences.Load(),
+			Breakpoints: s.BreakpointHits.Load(), Applied: s.Applied.Load()}
+		st.InSync = s.Applied.Load() > 0 && gen == 0
+	}
+	return st
+}
+
+// Text renders s for a person, a line per subject.
+func (s Status) Text() string {
+	var b strings.Builder
+	line := func(k, f string, args ...any) { fmt.Fprintf(&b, "%-12s"+f+"\n", append([]any{k}, args...)...) }
+	sync := "NOT in sync"
+	if s.InSync {
+		sync = "in sync"
+	}
+	if s.Role == "alone" {
+		sync = "unprotected"
+	}
+	role := s.Role
+	if s.Started != s.Role {
+		role += " (started as " + s.Started + ")"
+	}
+	line("role", "%s, generation %d, %s", role, s.Generation, sync)
+	line("mode", "%s on %s, guest %s", s.Mode, s.Machine, s.Guest)
+	if s.Peer != "" {
+		line("peer", "%s", s.Peer)
+	}
+	if s.Paused {
+		line("guest", "PAUSED by the operator (ftckpt ctl resume)")
+	}
+	if s.Failovers > 0 || s.BackupsLost > 0 {
+		line("history", "%d failovers to this node, %d backups lost", s.Failovers, s.BackupsLost)
+	}
+	if s.Epoch > 0 {
+		kind := "fixed"
+		if s.EpochAuto {
+			kind = "auto"
+		}
+		line("epoch", "%v (%s)", s.Epoch, kind)
+	}
+	if c := s.Checkpoint; c != nil {
+		if c.BackupState != "" {
+			line("backup", "%s: generation %d epoch %d", c.BackupState, c.CommitGen, c.Committed)
+		} else {
+			ratio := 0.0
+			if c.WireBytes > 0 {
+				ratio = float64(c.PageBytes) / float64(c.WireBytes)
+			}
+			line("checkpoints", "%d (acked %d, lag %d), %d full syncs asked", c.Epochs, c.Acked, c.Lag, c.Resyncs)
+			line("pause", "p50 %v p99 %v (p50 stop %v harvest %v copy %v state %v resume %v), dirty p50 %d pages",
+				c.PauseP50, c.PauseP99, c.StopP50, c.HarvestP50, c.CopyP50, c.StateP50, c.ResumeP50, c.DirtyP50)
+			line("shipped", "%.1f MB on the wire for %.1f MB of pages (%.1fx)", float64(c.WireBytes)/1e6, float64(c.PageBytes)/1e6, ratio)
+		}
+	}
+	if r := s.Replay; r != nil {
+		if s.Started == "backup" && s.Role == "backup" {
+			line("replay", "lsn received %d, replayed %d, breakpoint visits %d, divergences %d, checkpoints applied %d",
+				r.Received, r.Replayed, r.Breakpoints, r.Divergences, r.Applied)
+		} else {
+			line("log", "lsn %d (acked %d), exits %d, landings %d, %.1f KB shipped, full syncs %d (asked %d)",
+				r.Entries, r.Acked, r.Exits, r.Landings, float64(r.LogBytes)/1e3, r.Syncs, r.Resyncs)
+		}
+	}
+	if o := s.Outputs; o != nil {
+		line("outputs", "held %d (%d bytes), released %d, delay p50 %v p99 %v", o.Held, o.HeldBytes, o.Released, o.DelayP50, o.DelayP99)
+	}
+	return b.String()
+}
+
+// Ask sends req to the control socket at path and returns the node's
+// response; an error is the node's refusal or a failure to ask.
+func Ask(ctx context.Context, path string, req Request) (Response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return Response{}, fmt.Errorf("no node answers at %s (--control): %w", path, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	req.V = ControlVersion
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return Response{}, fmt.Errorf("asking %s: %w", path, err)
+	}
+	var resp Response
+	if err := json.NewDecoder(io.LimitReader(c, 1<<20)).Decode(&resp); err != nil {
+		return Response{}, fmt.Errorf("reading the answer of %s: %w", path, err)
+	}
+	if resp.Error != "" {
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}

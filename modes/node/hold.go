@@ -1,0 +1,122 @@
+package node
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
+)
+
+// hold lets the operator pause a running guest (ftckpt ctl pause) under a
+// checkpoint-mode engine that pauses and resumes it every epoch: it stands
+// between the engine and the machine, and while the operator holds the
+// guest, the engine's Resume leaves it paused (and its Pause finds it
+// paused already). The engine goes on taking checkpoints, of a guest that
+// changes nothing.
+type hold struct {
+	machine.Runner
+	mu sync.Mutex // protects the fields below, and orders every Pause and Resume of Runner
+	// held: the operator holds the guest; engine: the engine has it paused.
+	held, engine bool
+}
+
+// holdSaver is a hold around a machine.PauseSaver: the engine looks for
+// PauseSaving, so the wrapper must offer it exactly when the machine does.
+type holdSaver struct{ *hold }
+
+// PauseSaving is Pause with the capture started as the vCPUs stop; a
+// guest the operator holds is paused already, and its state is captured
+// when the engine asks for it.
+func (h holdSaver) PauseSaving() error {
+	return h.enginePause(h.Runner.(machine.PauseSaver).PauseSaving)
+}
+
+// newHold wraps r (a holdSaver if r is a machine.PauseSaver).
+func newHold(r machine.Runner) (machine.Runner, *hold) {
+	h := &hold{Runner: r}
+	if _, ok := r.(machine.PauseSaver); ok {
+		return holdSaver{h}, h
+	}
+	return h, h
+}
+
+// Pause implements machine.Runner for the engine.
+func (h *hold) Pause() error { return h.enginePause(h.Runner.Pause) }
+
+func (h *hold) enginePause(pause func() error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.engine = true
+	if h.held {
+		return nil
+	}
+	return pause()
+}
+
+// Resume implements machine.Runner for the engine.
+func (h *hold) Resume() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.engine = false
+	if h.held {
+		return nil
+	}
+	return h.Runner.Resume()
+}
+
+// errNotRunning is Hold's and Release's answer for a guest that has not
+// started or has stopped.
+var errNotRunning = errors.New("the guest is not running")
+
+// Hold pauses the guest for the operator until Release. Holding a held
+// guest is an error.
+func (h *hold) Hold() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held {
+		return errors.New("the guest is paused already")
+	}
+	if h.stopped() {
+		return errNotRunning
+	}
+	if !h.engine {
+		if err := h.Runner.Pause(); err != nil {
+			return err
+		}
+	}
+	h.held = true
+	return nil
+}
+
+// Release lets a held guest run again (once the engine's pause in
+// progress, if any, ends). Releasing a guest not held is an error.
+func (h *hold) Release() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.held {
+		return errors.New("the guest is not paused")
+	}
+	if !h.engine {
+		if err := h.Runner.Resume(); err != nil {
+			return err
+		}
+	}
+	h.held = false
+	return nil
+}
+
+// Held says whether the operator holds the guest.
+func (h *hold) Held() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held
+}
+
+func (h *hold) stopped() bool {
+	select {
+	case <-h.Stopped():
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,444 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/modes/node"
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// The operator's surface of a running pair: its Prometheus metrics and
+// its control socket (ftckpt ctl).
+
+// scrape reads n's metrics over HTTP.
+func scrape(t *testing.T, n *node.Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + n.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
+}
+
+// value is the value of the series of family name whose labels include
+// labels ("k=v"); -1 if there is none. A histogram's value is its count.
+func value(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.GetMetric() {
+		for _, l := range labels {
+			k, v, _ := strings.Cut(l, "=")
+			found := false
+			for _, lp := range m.GetLabel() {
+				found = found || lp.GetName() == k && lp.GetValue() == v
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		case m.Untyped != nil:
+			return m.Untyped.GetValue()
+		}
+	}
+	return -1
+}
+
+// requireFamilies fails the test unless each family has a series.
+func requireFamilies(t *testing.T, who string, fams map[string]*dto.MetricFamily, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if f := fams[name]; f == nil || len(f.GetMetric()) == 0 {
+			t.Errorf("the %s's metrics lack %s", who, name)
+		}
+	}
+}
+
+var (
+	commonFamilies = []string{"ftckpt_node_info", "ftckpt_role", "ftckpt_generation", "ftckpt_in_sync",
+		"ftckpt_failovers_total", "ftckpt_backups_lost_total", "ftckpt_guest_paused", "go_goroutines"}
+	outputFamilies = []string{"ftckpt_output_delay_seconds", "ftckpt_outputs_held", "ftckpt_outputs_held_bytes",
+		"ftckpt_outputs_waiting", "ftckpt_outputs_released_total", "ftckpt_outputs_released_bytes_total", "ftckpt_outputs_dropped_total",
+		"ftckpt_witness_round_trip_seconds"}
+	checkpointPrimaryFamilies = []string{"ftckpt_checkpoint_pause_seconds", "ftckpt_checkpoint_pause_part_seconds",
+		"ftckpt_checkpoint_dirty_pages", "ftckpt_checkpoint_epochs_total", "ftckpt_checkpoint_acked_epoch",
+		"ftckpt_checkpoint_backup_lag_epochs", "ftckpt_checkpoint_epoch_seconds", "ftckpt_checkpoint_page_bytes_total",
+		"ftckpt_checkpoint_wire_bytes_total", "ftckpt_checkpoint_resyncs_total"}
+	checkpointBackupFamilies = []string{"ftckpt_checkpoint_committed_epoch", "ftckpt_checkpoint_committed_generation",
+		"ftckpt_checkpoint_backup_syncing"}
+	replayPrimaryFamilies = []string{"ftckpt_replay_exits_total", "ftckpt_replay_landings_total", "ftckpt_replay_log_entries_total",
+		"ftckpt_replay_log_bytes_total", "ftckpt_replay_log_batches_total", "ftckpt_replay_acked_lsn",
+		"ftckpt_replay_backup_lag_entries", "ftckpt_replay_syncs_total", "ftckpt_replay_resyncs_total",
+		"ftckpt_replay_precopied_pages_total", "ftckpt_replay_rx_dropped_total"}
+	replayBackupFamilies = []string{"ftckpt_replay_received_lsn", "ftckpt_replay_replayed_entries_total",
+		"ftckpt_replay_backup_lag_entries", "ftckpt_replay_divergences_total", "ftckpt_replay_breakpoint_visits_total",
+		"ftckpt_replay_checkpoints_applied_total", "ftckpt_replay_precopy_rounds_total"}
+)
+
+// TestMetricsOfAPair scrapes both nodes of a pair of the software
+// machine's kv guest, in each mode, under the client's requests: every
+// family of the node's mode and role is there, the figures move, and
+// after the primary's crash the backup reports itself primary of
+// generation 2 with one failover.
+func TestMetricsOfAPair(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := nodetest.Options(t, mode, node.MachineSim, "kv")
+			o.Metrics = "127.0.0.1:0"
+			p := nodetest.Start(t, o)
+			c := nodetest.NewKVClient(t, p.Addr(), mode)
+			p.WaitInSync()
+			for range 5 {
+				c.Incr()
+			}
+			pf, bf := scrape(t, p.Primary), scrape(t, p.Backup)
+			requireFamilies(t, "primary", pf, commonFamilies...)
+			requireFamilies(t, "primary", pf, outputFamilies...)
+			requireFamilies(t, "backup", bf, commonFamilies...)
+			if mode == node.ModeCheckpoint {
+				requireFamilies(t, "primary", pf, checkpointPrimaryFamilies...)
+				requireFamilies(t, "backup", bf, checkpointBackupFamilies...)
+				if v := value(pf, "ftckpt_checkpoint_pause_part_seconds", "part=copy"); v < 1 {
+					t.Errorf("the copy part of the pause has %v observations", v)
+				}
+			} else {
+				requireFamilies(t, "primary", pf, replayPrimaryFamilies...)
+				requireFamilies(t, "backup", bf, replayBackupFamilies...)
+			}
+			for _, check := range []struct {
+				fams  map[string]*dto.MetricFamily
+				name  string
+				label []string
+				want  float64
+			}{
+				{pf, "ftckpt_role", []string{"role=primary"}, 1},
+				{pf, "ftckpt_generation", nil, 1},
+				{pf, "ftckpt_in_sync", nil, 1},
+				{bf, "ftckpt_role", []string{"role=backup"}, 1},
+				{bf, "ftckpt_generation", nil, 0},
+				{pf, "ftckpt_node_info", []string{"mode=" + mode.String(), "role=primary", "machine=sim", "guest=kv"}, 1},
+			} {
+				if got := value(check.fams, check.name, check.label...); got != check.want {
+					t.Errorf("%s%v = %v, want %v", check.name, check.label, got, check.want)
+				}
+			}
+			if v := value(pf, "ftckpt_outputs_released_total"); v < 5 {
+				t.Errorf("%v outputs released after 5 replies", v)
+			}
+			if v := value(pf, "ftckpt_output_delay_seconds"); v < 5 {
+				t.Errorf("%v output delays observed after 5 replies", v)
+			}
+			if v := value(pf, "ftckpt_witness_round_trip_seconds", "op=acquire"); v < 1 {
+				t.Errorf("%v witness acquires observed", v)
+			}
+
+			p.CrashPrimary()
+			p.WaitLive()
+			c.Resend = 100 * time.Millisecond
+			c.Incr()
+			bf = scrape(t, p.Backup)
+			for name, want := range map[string]float64{"ftckpt_failovers_total": 1, "ftckpt_generation": 2} {
+				if got := value(bf, name); got != want {
+					t.Errorf("the live backup's %s = %v, want %v", name, got, want)
+				}
+			}
+			if got := value(bf, "ftckpt_role", "role=primary"); got != 1 {
+				t.Errorf("the live backup's role primary = %v, want 1", got)
+			}
+		})
+	}
+}
+
+// TestKVMMetricsOfAPair is TestMetricsOfAPair's checkpoint primary on
+// KVM, whose pause has all its parts.
+func TestKVMMetricsOfAPair(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineKVM, "kv")
+	o.Metrics = "127.0.0.1:0"
+	p := nodetest.Start(t, o)
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	for range 3 {
+		c.Incr()
+	}
+	pf := scrape(t, p.Primary)
+	requireFamilies(t, "primary", pf, append(append(commonFamilies, outputFamilies...), checkpointPrimaryFamilies...)...)
+	for _, part := range []string{"stop", "harvest", "copy", "state", "resume"} {
+		if v := value(pf, "ftckpt_checkpoint_pause_part_seconds", "part="+part); v < 1 {
+			t.Errorf("pause part %s: %v observations", part, v)
+		}
+	}
+	requireFamilies(t, "backup", scrape(t, p.Backup), checkpointBackupFamilies...)
+}
+
+// ask sends a request to the control socket at path.
+func ask(t *testing.T, path string, op string, args ...string) (node.Response, error) {
+	t.Helper()
+	req := node.Request{Op: op}
+	if len(args) > 0 {
+		req.Name = args[0]
+	}
+	if len(args) > 1 {
+		req.Value = args[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vmmtest.Bound)
+	defer cancel()
+	return node.Ask(ctx, path, req)
+}
+
+// mustAsk is ask that fails the test on an error.
+func mustAsk(t *testing.T, path string, op string, args ...string) node.Response {
+	t.Helper()
+	resp, err := ask(t, path, op, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v", op, args, err)
+	}
+	return resp
+}
+
+// refused checks that the request is refused with an error saying want.
+func refused(t *testing.T, path, want string, op string, args ...string) {
+	t.Helper()
+	_, err := ask(t, path, op, args...)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s %v: got %v, want an error saying %q", op, args, err, want)
+	}
+}
+
+// controlPath is a control socket path in a short temporary directory (a
+// Unix socket's path is at most 107 bytes).
+func controlPath(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "ftckpt-ctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "primary.sock")
+}
+
+// TestControlCheckpointPair drives every control request against a
+// checkpoint-mode pair of the software machine's kv guest, and the bad
+// ones: status on both nodes; set epoch (fixed, auto, and nonsense);
+// pause and resume (the paused guest dirties nothing while checkpoints
+// go on, and answers once resumed); detach-backup (the primary takes
+// generation 2 and the backup stays back); failover (not implemented).
+func TestControlCheckpointPair(t *testing.T) {
+	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineSim, "kv")
+	o.Control = controlPath(t)
+	p := nodetest.Start(t, o)
+	pc, bc := o.Control, o.Control+".backup"
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	c.Incr()
+
+	for _, path := range []string{pc, bc} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+			t.Errorf("%s is %v, want a socket of mode 0600", path, fi.Mode())
+		}
+	}
+	var st node.Status
+	vmmtest.WaitUntil(t, "the primary's status in sync", func() bool {
+		st = *mustAsk(t, pc, "status").Status
+		return st.InSync
+	})
+	if st.Role != "primary" || st.Generation != 1 || st.Checkpoint == nil || st.Checkpoint.Epochs == 0 || st.Outputs == nil {
+		t.Errorf("primary status %+v", st)
+	}
+	t.Logf("ftckpt ctl status:\n%s", st.Text())
+	bst := *mustAsk(t, bc, "status").Status
+	if bst.Role != "backup" || bst.Generation != 0 || bst.Checkpoint == nil || bst.Checkpoint.BackupState != "committed" {
+		t.Errorf("backup status %+v", bst)
+	}
+
+	// Bad requests, each with a clear error.
+	refused(t, pc, "want a duration", "set", "epoch", "banana")
+	refused(t, pc, "want a duration", "set", "epoch", "0s")
+	refused(t, pc, "want a duration", "set", "epoch", "2h")
+	refused(t, pc, "the only setting is epoch", "set", "speed", "11")
+	refused(t, pc, `op "reboot"`, "reboot")
+	refused(t, pc, "no op", "")
+	refused(t, pc, "takes no arguments", "status", "x")
+	refused(t, bc, "not a checkpoint primary", "set", "epoch", "10ms")
+	refused(t, bc, "backup", "pause")
+	refused(t, bc, "not a checkpoint primary", "detach-backup")
+	refused(t, pc, "not paused", "resume")
+	refused(t, pc, "not implemented yet", "failover")
+	if got := rawRequest(t, pc, "not json\n"); !strings.Contains(got, "one JSON object") {
+		t.Errorf("a line that is not JSON: %s", got)
+	}
+	if got := rawRequest(t, pc, `{"v":2,"op":"status"}`+"\n"); !strings.Contains(got, "version 2") {
+		t.Errorf("a request of version 2: %s", got)
+	}
+	if got := rawRequest(t, pc, `{"v":1,"op":"status","force":true}`+"\n"); !strings.Contains(got, "unknown field") {
+		t.Errorf("a request with an unknown field: %s", got)
+	}
+
+	// set epoch.
+	mustAsk(t, pc, "set", "epoch", "10ms")
+	vmmtest.WaitUntil(t, "the epoch to be 10ms", func() bool {
+		st := mustAsk(t, pc, "status").Status
+		return time.Duration(st.Epoch) == 10*time.Millisecond && !st.EpochAuto
+	})
+	if st := mustAsk(t, pc, "set", "epoch", "auto").Status; !st.EpochAuto {
+		t.Errorf("after set epoch auto: %+v", st)
+	}
+
+	// pause and resume.
+	mustAsk(t, pc, "pause")
+	refused(t, pc, "paused already", "pause")
+	if st := mustAsk(t, pc, "status").Status; !st.Paused {
+		t.Error("status does not say paused")
+	}
+	paused := time.Now()
+	prim := p.Primary.Parts().CheckpointPrimary
+	vmmtest.WaitUntil(t, "3 epochs taken while paused", func() bool {
+		return len(prim.Stats.Pauses(paused, time.Now().Add(time.Hour))) >= 3
+	})
+	for _, pause := range prim.Stats.Pauses(paused, time.Now().Add(time.Hour)) {
+		if pause.Dirty != 0 {
+			t.Errorf("a checkpoint of the paused guest captured %d dirty pages", pause.Dirty)
+		}
+	}
+	mustAsk(t, pc, "resume")
+	c.Incr() // the resumed guest answers
+
+	// detach-backup.
+	mustAsk(t, pc, "detach-backup")
+	vmmtest.WaitUntil(t, "the primary to hold generation 2", func() bool {
+		who, gen := p.Holder()
+		return who == "primary" && gen == 2
+	})
+	vmmtest.WaitUntil(t, "the backup to stay back", func() bool {
+		return p.Log.Has("backup", "another candidate won; staying backup")
+	})
+	vmmtest.WaitUntil(t, "the primary's status to say it lost its backup", func() bool {
+		st := mustAsk(t, pc, "status").Status
+		return st.BackupsLost == 1 && !st.InSync && st.Generation == 2
+	})
+	refused(t, pc, "not replicating", "detach-backup")
+	c.Incr() // alone, it answers
+	if p.IsLive() {
+		t.Fatal("the detached backup went live")
+	}
+}
+
+// TestControlReplayPair drives the control requests against a replay-mode
+// pair: status on both nodes, and the requests replay mode refuses.
+func TestControlReplayPair(t *testing.T) {
+	o := nodetest.Options(t, node.ModeReplay, node.MachineSim, "kv")
+	o.Control = controlPath(t)
+	p := nodetest.Start(t, o)
+	pc, bc := o.Control, o.Control+".backup"
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	c.Incr()
+	var st node.Status
+	vmmtest.WaitUntil(t, "the primary's status in sync", func() bool {
+		st = *mustAsk(t, pc, "status").Status
+		return st.InSync
+	})
+	if st.Role != "primary" || st.Replay == nil || st.Replay.Entries == 0 {
+		t.Errorf("primary status %+v", st)
+	}
+	t.Logf("ftckpt ctl status:\n%s", st.Text())
+	if st := mustAsk(t, bc, "status").Status; st.Role != "backup" || st.Replay == nil {
+		t.Errorf("backup status %+v", st)
+	}
+	refused(t, pc, "replay mode has no epochs", "set", "epoch", "10ms")
+	refused(t, pc, "not implemented yet in replay mode", "pause")
+	refused(t, pc, "not implemented yet in replay mode", "detach-backup")
+	refused(t, pc, "not implemented yet", "failover")
+}
+
+// TestControlSocketInUse: a second node cannot take a control socket a
+// running node answers on, and takes over one left by a dead node.
+func TestControlSocketInUse(t *testing.T) {
+	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineSim, "kv")
+	o.Role, o.Control = node.RoleAlone, controlPath(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := node.Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); n.Wait() }()
+	if st := mustAsk(t, o.Control, "status").Status; st.Role != "alone" {
+		t.Errorf("status %+v", st)
+	}
+	o2 := o
+	o2.Net = "none"
+	if _, err := node.Start(ctx, o2); err == nil || !strings.Contains(err.Error(), "another node is listening") {
+		t.Fatalf("a second node on the same socket: %v", err)
+	}
+	// A stale socket (no one listening) is replaced.
+	stale := filepath.Join(filepath.Dir(o.Control), "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	o3 := o2
+	o3.Control = stale
+	ctx3, cancel3 := context.WithCancel(ctx)
+	n3, err := node.Start(ctx3, o3)
+	if err != nil {
+		t.Fatalf("a node on a stale socket: %v", err)
+	}
+	mustAsk(t, stale, "status")
+	cancel3()
+	n3.Wait()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("the socket outlives its node: %v", err)
+	}
+}
+
+// rawRequest writes line to the control socket at path and returns the
+// answer.
+func rawRequest(t *testing.T, path, line string) string {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(vmmtest.Bound))
+	fmt.Fprint(c, line)
+	buf := make([]byte, 4096)
+	n, _ := c.Read(buf)
+	return string(buf[:n])
+}
