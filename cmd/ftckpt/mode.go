@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +46,8 @@ type modeFlags struct {
 	landingDelay   time.Duration
 	join           string
 	acceptBackups  string
+	metrics        string
+	control        string
 	machine        machineFlags
 	devices        deviceFlags
 	tls            tlsFlags
@@ -73,6 +77,8 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.machineKind, "machine", "auto", "the guest's machine: kvm, sim (the software machine: one vCPU, its own guests) or auto (kvm if /dev/kvm opens)")
 	fl.StringVar(&f.join, "join", "", "replay backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening")
 	fl.StringVar(&f.acceptBackups, "accept-backups", "", "replay primary (and a backup once live): accept backups that --join at ADDR, one at a time")
+	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. :9100); empty: off")
+	fl.StringVar(&f.control, "control", "", "control socket for ftckpt ctl (default ROLE-PID.sock in "+node.ControlDir()+"); none: no socket")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
@@ -94,6 +100,9 @@ func addModeFlags(root *cobra.Command) {
 			var backupArgs []string
 			var done func()
 			if o.TLS, backupArgs, done, err = f.localTLS(); err != nil {
+				return err
+			}
+			if backupArgs, err = f.localOps(backupArgs); err != nil {
 				return err
 			}
 			defer done()
@@ -168,6 +177,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 		return o, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
 	}
 	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status
+	o.Metrics, o.Control = f.metrics, f.controlPath(o.Role)
 	if f.readyFD > 0 {
 		o.Ready = func(addr string) {
 			rf := os.NewFile(uintptr(f.readyFD), "ready")
@@ -282,4 +292,43 @@ func startLocalBackup(extra []string) (node.Backup, error) {
 		}
 	}
 	return node.Backup{Addr: addr, Exited: exited, Stop: stop}, nil
+}
+
+// controlPath is the control socket of a node in role: --control, the
+// default for the role (a local run's is its primary's), or none.
+func (f *modeFlags) controlPath(role node.Role) string {
+	switch f.control {
+	case "none":
+		return ""
+	case "":
+		if role != node.RoleBackup {
+			role = node.RolePrimary
+		}
+		return node.DefaultControlPath(role)
+	}
+	return f.control
+}
+
+// localOps adds to the local backup's flags a control socket and a
+// metrics address of its own when the primary's were given: PATH.backup,
+// and the port after the primary's.
+func (f *modeFlags) localOps(args []string) ([]string, error) {
+	if f.control != "" && f.control != "none" {
+		args = append(args, "--control", f.control+".backup")
+	}
+	if f.metrics != "" {
+		host, port, err := net.SplitHostPort(f.metrics)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics %q: want HOST:PORT: %w", f.metrics, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics %q: want a numeric port", f.metrics)
+		}
+		if p != 0 {
+			p++
+		}
+		args = append(args, "--metrics", net.JoinHostPort(host, strconv.Itoa(p)))
+	}
+	return args, nil
 }

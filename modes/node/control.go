@@ -137,6 +137,9 @@ func (n *Node) openOps() error {
 		s.stopHTTP = func() { srv.Close() }
 	}
 	if o.Control != "" {
+		if filepath.Dir(o.Control) == ControlDir() {
+			FindControlSockets() // sweeps the sockets of nodes that died
+		}
 		ln, err := listenControl(o.Control)
 		if err != nil {
 			n.closeOps()
@@ -171,17 +174,61 @@ func (n *Node) MetricsAddr() string {
 	return n.ops.metricsLn.Addr().String()
 }
 
-// DefaultControlPath is where a node in role listens for ftckpt ctl unless
-// told (--control): $XDG_RUNTIME_DIR/ftckpt/ROLE.sock, or, without
-// XDG_RUNTIME_DIR, ftckpt-UID/ROLE.sock in the temporary directory.
-func DefaultControlPath(role Role) string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir != "" {
-		dir = filepath.Join(dir, "ftckpt")
-	} else {
-		dir = filepath.Join(os.TempDir(), fmt.Sprintf("ftckpt-%d", os.Getuid()))
+// ControlDir is the directory of the nodes' default control sockets:
+// $XDG_RUNTIME_DIR/ftckpt, or, without XDG_RUNTIME_DIR, ftckpt-UID in the
+// temporary directory.
+func ControlDir() string {
+	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
+		return filepath.Join(dir, "ftckpt")
 	}
-	return filepath.Join(dir, role.String()+".sock")
+	return filepath.Join(os.TempDir(), fmt.Sprintf("ftckpt-%d", os.Getuid()))
+}
+
+// DefaultControlPath is where this process listens for ftckpt ctl in role
+// unless told (--control): ROLE-PID.sock in ControlDir, so that the nodes
+// of several pairs on one host never contend for a socket.
+func DefaultControlPath(role Role) string {
+	return filepath.Join(ControlDir(), fmt.Sprintf("%s-%d.sock", role, os.Getpid()))
+}
+
+// FindControlSockets returns the default control sockets in ControlDir
+// that a node answers on, of the nodes started in one of roles (none: any
+// role), by role in the order given, then by name. A socket no node
+// answers on is left over from a node that died: it is removed.
+func FindControlSockets(roles ...Role) []string {
+	if len(roles) == 0 {
+		roles = []Role{RolePrimary, RoleBackup, RoleAlone}
+	}
+	var paths []string
+	for _, role := range roles {
+		ps, _ := filepath.Glob(filepath.Join(ControlDir(), role.String()+"-*.sock"))
+		paths = append(paths, ps...)
+	}
+	var live []string
+	for _, p := range paths {
+		c, err := net.DialTimeout("unix", p, time.Second)
+		if err != nil {
+			os.Remove(p)
+			continue
+		}
+		c.Close()
+		live = append(live, p)
+	}
+	return live
+}
+
+// FindControlSocket is the one default control socket of a node in role
+// on this host, or an error naming them if there are several (then the
+// caller must choose, --control).
+func FindControlSocket(role Role) (string, error) {
+	live := FindControlSockets(role)
+	switch len(live) {
+	case 0:
+		return "", fmt.Errorf("no %s on this host answers on a control socket in %s (give --control PATH)", role, ControlDir())
+	case 1:
+		return live[0], nil
+	}
+	return "", fmt.Errorf("%d %ss on this host answer (%s): choose one with --control", len(live), role, strings.Join(live, ", "))
 }
 
 // listenControl listens on the Unix socket path, mode 0600, making its
@@ -594,7 +641,11 @@ func Ask(ctx context.Context, path string, req Request) (Response, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return Response{}, fmt.Errorf("no node answers at %s (--control): %w", path, err)
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err // the path once, not twice
+		}
+		return Response{}, fmt.Errorf("no node answers at %s: %w", path, err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
