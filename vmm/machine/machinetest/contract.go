@@ -185,8 +185,11 @@ func checkRefuses(t *testing.T, m machine.Machine, good []byte, foreign map[stri
 		if err != nil {
 			t.Fatalf("SaveState after refusing %s: %v", name, err)
 		}
-		if diff, err := same.diff(now, good); diff != "" || err != nil {
-			t.Errorf("refusing %s changed the machine's state: %s%v", name, diff, err)
+		switch diff, err := same.diff(now, good); {
+		case err != nil:
+			t.Errorf("comparing the state after refusing %s: %v", name, err)
+		case diff != "":
+			t.Errorf("refusing %s changed the machine's state: %s", name, diff)
 		}
 		if !bytes.Equal(m.Memory(), mem) {
 			t.Fatalf("refusing %s changed the machine's memory", name)

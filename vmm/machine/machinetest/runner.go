@@ -66,7 +66,13 @@ func RunRunner(t *testing.T, s RunnerSuite) {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(vmmtest.Bound)
-		for r.rounds < 3 || r.tr.changed < 16 || r.Receive != nil && r.landed < 3 {
+		// With a network, 5 rounds go after the first frame is seen in
+		// memory (the guest is up), so that frames come while it is paused.
+		up := -1
+		for r.rounds < 3 || r.tr.changed < 16 || r.Receive != nil && (up < 0 || r.rounds < up+5) {
+			if up < 0 && r.landed > 0 {
+				up = r.rounds
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("after %v, %d rounds: %d page changes seen, %d of %d frames found in memory", vmmtest.Bound, r.rounds, r.tr.changed, r.landed, r.frames)
 			}
