@@ -8,8 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/kvmmachine"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/witness"
@@ -33,8 +36,9 @@ func newStepper(o *Options, env machine.Env, diskSize int64) (m machine.Stepper,
 		}
 		return sm, func() {}, nil
 	}
-	km, err := replay.NewKVMMachine(replay.KVMConfig{
+	km, err := kvmmachine.NewStepper(kvmmachine.StepperConfig{
 		Guest: o.Guest, MemSize: o.Memory, Params: o.Params, Net: o.hasNet(), DiskSize: diskSize,
+		Track: func(m *vmm.Machine) (kvmmachine.Tracker, error) { return dirtylog.New(m, dirtylog.ModeBitmap) },
 	}, env)
 	if err != nil {
 		return nil, nil, err

@@ -35,9 +35,9 @@ type DiskFlusher interface {
 
 // CheckpointGuest runs a Machine free, on a goroutine of its own (its
 // "vCPU"), as a KVM vCPU thread runs a guest, and so makes it a
-// modes/checkpoint Guest: the stand-in for KVMGuest where /dev/kvm cannot be
-// opened. Never paused, it is an unprotected machine: the benchmarks'
-// baseline.
+// checkpoint-mode machine (machine.Runner): the stand-in for
+// kvmmachine.Runner where /dev/kvm cannot be opened. Never paused, it is
+// an unprotected machine: the benchmarks' baseline.
 //
 // The vCPU goroutine delivers interrupts as hardware does, not as replay
 // mode must: a received frame kicks the guest at once, and the timer kicks

@@ -1,5 +1,5 @@
 // Package sim is a deterministic software computer with one vCPU that
-// implements replay.Machine: the stand-in for KVM in the replay engine's
+// implements machine.Stepper: the stand-in for KVM in the replay engine's
 // tests and in benchmarks on hosts without /dev/kvm. It is a small real
 // machine, not a script: programs in its own instruction set live in guest
 // RAM, take interrupts at whatever instruction a Kick catches them, and
@@ -8,7 +8,7 @@
 //
 // Files: isa.go (the instruction set and Disassemble), cpu.go (the
 // interpreter), asm.go and expr.go (the assembler), machine.go (the
-// replay.Machine methods), devices.go (ports, interrupt controller, timer,
+// machine.Stepper methods), devices.go (ports, interrupt controller, timer,
 // clock, disk, network), signature.go (dirty tracking, Mark, Signature),
 // state.go (SaveState, RestoreState), guests.go and guests/*.asm (the tick
 // and kv guests), client.go (their frame formats), ckguest.go (a machine

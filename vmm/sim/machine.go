@@ -26,13 +26,13 @@ const (
 )
 
 // Machine is a deterministic software computer with one vCPU, RAM and the
-// devices of devices.go, implementing replay.Machine: the stand-in for KVM
+// devices of devices.go, implementing machine.Stepper: the stand-in for KVM
 // where /dev/kvm cannot be opened.
 //
 // At reset pc is the program's entry, sp (r15) the end of RAM, every other
 // register and the flags zero (interrupts off).
 //
-// Locking: as replay.Machine says, one goroutine (the engine) calls every
+// Locking: as machine.Stepper says, one goroutine (the engine) calls every
 // method but Kick, which any goroutine may call.
 type Machine struct {
 	env machine.Env
@@ -45,7 +45,7 @@ type Machine struct {
 	// per page written since its hash in pageHash was computed (see
 	// signature.go). Every write to RAM, the guest's and the devices',
 	// goes through markWrite. written has a bit per page written since
-	// the last Written.
+	// the last Harvest.
 	dirty    []uint64
 	stale    []uint64
 	written  []uint64
@@ -141,24 +141,24 @@ func NewProgram(p *Program, memPages int, env machine.Env) (*Machine, error) {
 // RestoreState leaves it alone. Safe to call from any goroutine.
 func (m *Machine) Instructions() uint64 { return m.instructions.Load() }
 
-// Memory implements replay.Machine. Writes made through it are not seen
+// Memory implements machine.Stepper. Writes made through it are not seen
 // by the dirty tracking: make them only before RestoreState.
 func (m *Machine) Memory() []byte { return m.mem }
 
-// Run implements replay.Machine.
+// Run implements machine.Stepper.
 func (m *Machine) Run() (machine.Exit, error) { return m.run(noBreakpoint) }
 
-// RunTo implements replay.Machine. If rip is where the last ExitBreakpoint
+// RunTo implements machine.Stepper. If rip is where the last ExitBreakpoint
 // stopped and the guest is still there, the instruction at rip runs first.
 func (m *Machine) RunTo(rip uint64) (machine.Exit, error) { return m.run(rip) }
 
-// Kick implements replay.Machine. Safe from any goroutine.
+// Kick implements machine.Stepper. Safe from any goroutine.
 func (m *Machine) Kick() { m.kick.Store(true) }
 
-// Halted implements replay.Machine.
+// Halted implements machine.Stepper.
 func (m *Machine) Halted() bool { return m.cpu.Halted }
 
-// Complete implements replay.Machine: it performs the access of the exit
+// Complete implements machine.Stepper: it performs the access of the exit
 // Run returned last, which e must be, and moves the guest past it.
 func (m *Machine) Complete(e *machine.Exit) error {
 	p := &m.cpu.Pend
@@ -206,7 +206,7 @@ func (p *access) exit(pc uint64) machine.Exit {
 	return e
 }
 
-// InjectPending implements replay.Machine: the highest-priority pending
+// InjectPending implements machine.Stepper: the highest-priority pending
 // interrupt (the lowest unmasked line) is delivered if IF is set and no sti
 // shadow blocks it: flags then pc are pushed, IF cleared, and pc set to the
 // vector's handler. Otherwise a pending interrupt arranges an ExitWindow;
@@ -242,12 +242,12 @@ func (m *Machine) InjectPending() (bool, error) {
 	return true, nil
 }
 
-// TimerDeadline implements replay.Machine.
+// TimerDeadline implements machine.Stepper.
 func (m *Machine) TimerDeadline() (uint64, bool) {
 	return m.dev.Timer.Deadline, m.dev.Timer.Period != 0
 }
 
-// PollTimers implements replay.Machine: a due periodic timer raises its
+// PollTimers implements machine.Stepper: a due periodic timer raises its
 // line once, however many periods passed (as a PIT's missed ticks
 // coalesce), and its next deadline is the first period boundary after now.
 func (m *Machine) PollTimers(now uint64) {
@@ -259,7 +259,7 @@ func (m *Machine) PollTimers(now uint64) {
 	t.Deadline += ((now-t.Deadline)/t.Period + 1) * t.Period
 }
 
-// DeliverFrame implements replay.Machine (see netDevice).
+// DeliverFrame implements machine.Stepper (see netDevice).
 func (m *Machine) DeliverFrame(frame []byte) { m.netReceive(frame) }
 
 // read64 reads guest RAM at addr, which must be inside it.

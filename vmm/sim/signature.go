@@ -32,7 +32,7 @@ func (m *Machine) markWrite(addr, n uint64) {
 	}
 }
 
-// Written implements replay.Machine: exactly the pages written since the
+// Written implements machine.Stepper: exactly the pages written since the
 // previous Written (every write goes through markWrite).
 func (m *Machine) Harvest(dst *machine.Bitmap) error {
 	w := dst.Words()
@@ -46,13 +46,13 @@ func (m *Machine) Harvest(dst *machine.Bitmap) error {
 	return nil
 }
 
-// Mark implements replay.Machine.
+// Mark implements machine.Stepper.
 func (m *Machine) Mark() error {
 	clear(m.dirty)
 	return nil
 }
 
-// Signature implements replay.Machine. Regs hashes r0..r15, pc, the flags
+// Signature implements machine.Stepper. Regs hashes r0..r15, pc, the flags
 // and the sti shadow (which decides whether an interrupt can land here).
 // Dirty hashes, in page order, each page written since the last Mark as
 // (page number, hash of its contents); a page's contents hash is cached
@@ -61,7 +61,7 @@ func (m *Machine) Signature() (machine.Signature, error) {
 	return machine.Signature{RIP: m.cpu.PC, Regs: m.regsHash(), Dirty: m.dirtyHash()}, nil
 }
 
-// Matches implements replay.Machine.
+// Matches implements machine.Stepper.
 func (m *Machine) Matches(sig machine.Signature) (bool, error) {
 	if m.cpu.PC != sig.RIP || m.regsHash() != sig.Regs {
 		return false, nil

@@ -52,7 +52,7 @@ const (
 	cpuBitsKnown = cpuShadow | cpuHalted | cpuWindowReq | cpuOff
 )
 
-// SaveState implements replay.Machine.
+// SaveState implements machine.Stepper.
 func (m *Machine) SaveState() ([]byte, error) {
 	s := m.saved()
 	return s.encode(), nil
@@ -90,7 +90,7 @@ func (s *savedState) encode() []byte {
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
-// RestoreState implements replay.Machine. It verifies the whole encoding
+// RestoreState implements machine.Stepper. It verifies the whole encoding
 // (magic, version, size, checksum, and that every field is one SaveState
 // can produce for this machine's RAM size) before changing anything, and
 // starts a new Mark interval.

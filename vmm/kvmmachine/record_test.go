@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"bytes"
@@ -76,21 +76,22 @@ type kvmStop struct {
 	sig     machine.Signature
 }
 
-// kvmRecorder is a miniature primary: it runs a KVMMachine, kicking it at
+// kvmRecorder is a miniature primary: it runs a Stepper, kicking it at
 // random moments, and records every stop.
 type kvmRecorder struct {
 	t     *testing.T
-	m     *KVMMachine
+	m     *Stepper
 	env   *kvmTestEnv
 	rnd   *rand.Rand
 	stops []kvmStop
 	off   bool
 }
 
-func newKVMMachine(t *testing.T, cfg KVMConfig, env *kvmTestEnv) *KVMMachine {
+func newKVMMachine(t *testing.T, cfg StepperConfig, env *kvmTestEnv) *Stepper {
 	t.Helper()
 	vmmtest.RequireKVM(t)
-	m, err := NewKVMMachine(cfg, env)
+	cfg.Track = trackBitmap
+	m, err := NewStepper(cfg, env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +195,7 @@ func (r *kvmRecorder) stop(kick kvmKick, delay time.Duration) {
 // the guest is if the signature matches there (the kick may have stopped
 // the primary before it executed anything, even right after another kick),
 // else with RunTo until it matches (Backup.land).
-func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits int) {
+func replayStops(t *testing.T, m *Stepper, stops []kvmStop) (landings, hits int) {
 	t.Helper()
 	for i, s := range stops {
 		for _, a := range s.actions {
@@ -261,7 +262,7 @@ func replayStops(t *testing.T, m *KVMMachine, stops []kvmStop) (landings, hits i
 // PIT's interrupt injected from the userspace PIC.
 func TestKVMTickGuestStepped(t *testing.T) {
 	env := &kvmTestEnv{t: t}
-	m := newKVMMachine(t, KVMConfig{Guest: "tick", Params: map[string]string{"hz": "1000", "every": "1"}}, env)
+	m := newKVMMachine(t, StepperConfig{Guest: "tick", Params: map[string]string{"hz": "1000", "every": "1"}}, env)
 	r := &kvmRecorder{t: t, m: m, env: env, rnd: rand.New(rand.NewSource(1))}
 	r.record(300, 0, 1)
 	kinds, delivered := map[machine.ExitKind]int{}, 0
@@ -291,13 +292,13 @@ func TestKVMTickGuestStepped(t *testing.T) {
 func TestKVMRecordReplay(t *testing.T) {
 	for _, c := range []struct {
 		name   string
-		cfg    KVMConfig
+		cfg    StepperConfig
 		stops  int
 		kick   int
 		delays time.Duration
 	}{
-		{"counter", KVMConfig{Guest: "counter", Params: map[string]string{"every": "500"}}, 200, 20, 5 * time.Millisecond},
-		{"tick", KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "40"}}, 3000, 20, 2 * time.Millisecond},
+		{"counter", StepperConfig{Guest: "counter", Params: map[string]string{"every": "500"}}, 200, 20, 5 * time.Millisecond},
+		{"tick", StepperConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "40"}}, 3000, 20, 2 * time.Millisecond},
 	} {
 		for _, single := range []bool{false, true} {
 			name := c.name + "/probed"
@@ -329,7 +330,7 @@ func TestKVMRecordReplay(t *testing.T) {
 // with its memory into a fresh machine, and replays there what the first
 // one does next, kicks included.
 func TestKVMSaveRestore(t *testing.T) {
-	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
+	cfg := StepperConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
 	penv := &kvmTestEnv{t: t}
 	a := newKVMMachine(t, cfg, penv)
 	r := &kvmRecorder{t: t, m: a, env: penv, rnd: rand.New(rand.NewSource(3))}
@@ -360,7 +361,7 @@ func TestKVMSaveRestore(t *testing.T) {
 }
 
 // landingMode says how m's RunTo lands.
-func landingMode(m *KVMMachine) string {
+func landingMode(m *Stepper) string {
 	if m.land.singleStep {
 		return "landing by single steps"
 	}
@@ -373,7 +374,7 @@ func landingMode(m *KVMMachine) string {
 // where the guest already is, without RunTo, which would first execute the
 // instruction there and never come back to the same state.
 func TestKVMLandsTwiceAtOnePoint(t *testing.T) {
-	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "2"}}
+	cfg := StepperConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1", "ticks": "2"}}
 	penv := &kvmTestEnv{t: t}
 	r := &kvmRecorder{t: t, m: newKVMMachine(t, cfg, penv), env: penv, rnd: rand.New(rand.NewSource(1))}
 	r.record(20, 0, 1)
@@ -397,12 +398,12 @@ func TestKVMLandsTwiceAtOnePoint(t *testing.T) {
 }
 
 // TestKVMSignatureSkipsUnchangedPages: a page written with what it holds
-// (as KVM reports pages that were not written: see KVMMachine.Signature)
+// (as KVM reports pages that were not written: see Stepper.Signature)
 // leaves a signature as it is, and so does a change to the guest's paging
 // structures; a change to another page does not.
 func TestKVMSignatureSkipsUnchangedPages(t *testing.T) {
 	env := &kvmTestEnv{t: t}
-	m := newKVMMachine(t, KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}, env)
+	m := newKVMMachine(t, StepperConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}, env)
 	r := &kvmRecorder{t: t, m: m, env: env, rnd: rand.New(rand.NewSource(1))}
 	r.record(30, 0, 1)
 	if err := m.Mark(); err != nil {
@@ -460,7 +461,7 @@ func TestKVMSignatureSkipsUnchangedPages(t *testing.T) {
 // The fresh one's KVM reports pages the guest only reads as dirty the first
 // time it maps them (upstream KVM maps them writable), the other's does not.
 func TestKVMSignatureOfARestoredMachine(t *testing.T) {
-	cfg := KVMConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
+	cfg := StepperConfig{Guest: "tick", Params: map[string]string{"hz": "2000", "every": "1"}}
 	penv := &kvmTestEnv{t: t}
 	a := newKVMMachine(t, cfg, penv)
 	r := &kvmRecorder{t: t, m: a, env: penv, rnd: rand.New(rand.NewSource(1))}

@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"testing"
@@ -11,30 +11,31 @@ import (
 )
 
 // TestKVMStepperContract runs machinetest's Stepper contract on
-// KVMMachine, on a guest that computes on the PIT's interrupts and on one
+// Stepper, on a guest that computes on the PIT's interrupts and on one
 // that serves the network, landing RunTo with hardware breakpoints (where
 // this KVM honours them) and by single steps.
 func TestKVMStepperContract(t *testing.T) {
 	vmmtest.RequireKVM(t)
 	for _, c := range []struct {
 		name string
-		cfg  KVMConfig
+		cfg  StepperConfig
 	}{
-		{"tick", KVMConfig{Guest: "tick", MemSize: 16 << 20, Params: map[string]string{"hz": "2000", "every": "1"}}},
-		{"tick/single-step", KVMConfig{Guest: "tick", MemSize: 16 << 20, Params: map[string]string{"hz": "2000", "every": "1"}, SingleStep: true}},
-		{"kv", KVMConfig{Guest: "kv", MemSize: 16 << 20, Net: true}},
+		{"tick", StepperConfig{Guest: "tick", MemSize: 16 << 20, Params: map[string]string{"hz": "2000", "every": "1"}}},
+		{"tick/single-step", StepperConfig{Guest: "tick", MemSize: 16 << 20, Params: map[string]string{"hz": "2000", "every": "1"}, SingleStep: true}},
+		{"kv", StepperConfig{Guest: "kv", MemSize: 16 << 20, Net: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			open := func(t *testing.T, cfg KVMConfig, env machine.Env) *KVMMachine {
+			open := func(t *testing.T, cfg StepperConfig, env machine.Env) *Stepper {
 				t.Helper()
-				m, err := NewKVMMachine(cfg, env)
+				cfg.Track = trackBitmap
+				m, err := NewStepper(cfg, env)
 				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { m.Close() })
 				return m
 			}
-			state := func(t *testing.T, cfg KVMConfig) []byte {
+			state := func(t *testing.T, cfg StepperConfig) []byte {
 				t.Helper()
 				s, err := open(t, cfg, machinetest.NewEnv()).SaveState()
 				if err != nil {

@@ -1,18 +1,18 @@
-package checkpoint_test
+package kvmmachine_test
 
 import (
 	"testing"
 
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
-	"github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/kvmmachine"
 	"github.com/ftckpt/ftckpt/vmm/machine/machinetest"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
-// kvmRunnerCase is a KVMGuest the Runner contract runs on.
+// kvmRunnerCase is a Runner the contract runs on.
 type kvmRunnerCase struct {
 	name   string
 	guest  string
@@ -22,10 +22,10 @@ type kvmRunnerCase struct {
 	track  dirtylog.Mode
 }
 
-// openKVMGuest builds c's machine as ftckpt does for checkpoint mode (the
+// openRunner builds c's machine as ftckpt does for checkpoint mode (the
 // in-kernel irqchip, virtio-net if c.net, its dirty tracker), not started,
 // with mem bytes of RAM.
-func openKVMGuest(t *testing.T, c kvmRunnerCase, mem int64) machinetest.Runner {
+func openRunner(t *testing.T, c kvmRunnerCase, mem int64) machinetest.Runner {
 	t.Helper()
 	img, err := guests.Image(c.guest)
 	if err != nil {
@@ -60,7 +60,7 @@ func openKVMGuest(t *testing.T, c kvmRunnerCase, mem int64) machinetest.Runner {
 	if err := m.LoadBareMetal(img, boot); err != nil {
 		t.Fatal(err)
 	}
-	g := &checkpoint.KVMGuest{M: m}
+	g := &kvmmachine.Runner{M: m}
 	if g.Tracker, err = dirtylog.New(m, c.track); err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ type discard struct{}
 
 func (discard) SendFrame([]byte) error { return nil }
 
-// TestKVMRunnerContract runs machinetest's Runner contract on KVMGuest:
+// TestKVMRunnerContract runs machinetest's Runner contract on Runner:
 // a network server and a multi-vCPU guest, with the dirty bitmap and with
 // dirty rings.
 func TestKVMRunnerContract(t *testing.T) {
@@ -90,7 +90,7 @@ func TestKVMRunnerContract(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			machinetest.RunRunner(t, machinetest.RunnerSuite{
-				Open: func(t *testing.T) machinetest.Runner { return openKVMGuest(t, c, mem) },
+				Open: func(t *testing.T) machinetest.Runner { return openRunner(t, c, mem) },
 				Foreign: func(t *testing.T) map[string][]byte {
 					other := c
 					other.vcpus++
@@ -100,8 +100,8 @@ func TestKVMRunnerContract(t *testing.T) {
 					}
 					defer g.Close()
 					return map[string][]byte{
-						"the state of a machine with more RAM":    kvmState(t, openKVMGuest(t, c, 2*mem)),
-						"the state of a machine with a vCPU more": kvmState(t, openKVMGuest(t, other, mem)),
+						"the state of a machine with more RAM":    kvmState(t, openRunner(t, c, 2*mem)),
+						"the state of a machine with a vCPU more": kvmState(t, openRunner(t, other, mem)),
 						"a software machine's state":              kvmState(t, g),
 					}
 				},

@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"errors"
@@ -6,19 +6,17 @@ import (
 	"hash/maphash"
 	"slices"
 
-	"github.com/ftckpt/ftckpt/vmm/machine"
-
-	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
-// KVMConfig describes the machine NewKVMMachine builds: one vCPU, no
+// StepperConfig describes the machine NewStepper builds: one vCPU, no
 // in-kernel irqchip (the userspace PIC and PIT), a bundled guest and the
 // virtio devices it uses, attached in `ftckpt run`'s order (network, then
-// disk). Two KVMMachines built from the same KVMConfig are the same machine:
+// disk). Two Steppers built from the same StepperConfig are the same machine:
 // one's state restores into the other.
-type KVMConfig struct {
+type StepperConfig struct {
 	// Guest is the bundled guest program (guests.Names).
 	Guest string
 	// MemSize is the guest RAM in bytes; 0 means 64 MiB. At most
@@ -38,9 +36,16 @@ type KVMConfig struct {
 	// A KVM that ignores hardware breakpoints (vmm.ProbeHardwareBreakpoints)
 	// gets single steps whatever this says.
 	SingleStep bool
+	// Track builds the dirty-page tracker on the machine, before its guest
+	// is loaded: the KVM dirty bitmap, harvested at every stop the engine
+	// records (dirtylog.New(m, dirtylog.ModeBitmap)).
+	Track func(m *vmm.Machine) (Tracker, error)
 }
 
-func (c *KVMConfig) validate() error {
+func (c *StepperConfig) validate() error {
+	if c.Track == nil {
+		return errors.New("a Stepper needs a dirty-page tracker (StepperConfig.Track)")
+	}
 	if c.MemSize == 0 {
 		c.MemSize = 64 << 20
 	}
@@ -56,9 +61,9 @@ func (c *KVMConfig) validate() error {
 	return nil
 }
 
-// KVMMachine is a Machine on KVM (vmm.Stepper): the replay engine's guest
-// on real hardware. Every device's non-determinism goes through the Env
-// given to NewKVMMachine (see kvm_devices.go): the guest clock and the PIT
+// Stepper is a machine.Stepper on KVM (a vmm.Stepper): the replay engine's
+// guest on real hardware. Every device's non-determinism goes through the
+// Env given to NewStepper (see devices.go): the guest clock and the PIT
 // read Env.Now, the serial port writes Env.Console, virtio-blk reads and
 // writes the disk with Env.ReadDisk and Env.WriteDisk, virtio-net transmits
 // with Env.SendFrame and receives only in DeliverFrame. No backend
@@ -69,18 +74,18 @@ func (c *KVMConfig) validate() error {
 // (kvm-pvm does for OUT), the next one's. It is the same on every execution
 // on one KVM, not across KVMs.
 //
-// As Machine says, the engine calls every method from one goroutine except
-// Kick, which any goroutine may call.
-type KVMMachine struct {
-	cfg     KVMConfig
+// As machine.Stepper says, the engine calls every method from one
+// goroutine except Kick, which any goroutine may call.
+type Stepper struct {
+	cfg     StepperConfig
 	st      *vmm.Stepper
 	mem     *vmm.GuestMemory
 	net     *vmm.VirtioNet // nil without Net
-	tracker dirtylog.Tracker
+	tracker Tracker
 	// dirty accumulates the pages written since Mark; scratch takes what
 	// Mark discards.
 	dirty, scratch *machine.Bitmap
-	// written accumulates what Mark harvested, for Written.
+	// written accumulates what Mark harvested, for Harvest.
 	written *machine.Bitmap
 	// base holds, for every page of RAM, a hash of its contents when Mark
 	// last harvested it (or at creation or RestoreState, for pages not
@@ -94,13 +99,13 @@ type KVMMachine struct {
 	land  kvmLanding
 }
 
-var _ machine.Stepper = (*KVMMachine)(nil)
+var _ machine.Stepper = (*Stepper)(nil)
 
-// NewKVMMachine builds the machine cfg describes, loads its guest and wires
+// NewStepper builds the machine cfg describes, loads its guest and wires
 // its devices to env. Close it when done.
-func NewKVMMachine(cfg KVMConfig, env machine.Env) (*KVMMachine, error) {
+func NewStepper(cfg StepperConfig, env machine.Env) (*Stepper, error) {
 	if env == nil {
-		return nil, errors.New("a KVMMachine needs an Env")
+		return nil, errors.New("a Stepper needs an Env")
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -113,7 +118,7 @@ func NewKVMMachine(cfg KVMConfig, env machine.Env) (*KVMMachine, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &KVMMachine{cfg: cfg, st: st}
+	k := &Stepper{cfg: cfg, st: st}
 	built := false
 	defer func() {
 		if !built {
@@ -144,7 +149,7 @@ func NewKVMMachine(cfg KVMConfig, env machine.Env) (*KVMMachine, error) {
 		}
 		boot = append(boot, bd)
 	}
-	if k.tracker, err = dirtylog.New(m, dirtylog.ModeBitmap); err != nil {
+	if k.tracker, err = cfg.Track(m); err != nil {
 		return nil, err
 	}
 	if err := m.LoadBareMetal(img, boot); err != nil {
@@ -163,7 +168,7 @@ func NewKVMMachine(cfg KVMConfig, env machine.Env) (*KVMMachine, error) {
 }
 
 // Close releases the machine.
-func (k *KVMMachine) Close() error {
+func (k *Stepper) Close() error {
 	var errs []error
 	if k.tracker != nil {
 		errs = append(errs, k.tracker.Close())
@@ -171,8 +176,8 @@ func (k *KVMMachine) Close() error {
 	return errors.Join(append(errs, k.st.Close())...)
 }
 
-// Run implements Machine.
-func (k *KVMMachine) Run() (machine.Exit, error) {
+// Run implements machine.Stepper.
+func (k *Stepper) Run() (machine.Exit, error) {
 	if k.fault.err != nil {
 		return machine.Exit{}, k.fault.err
 	}
@@ -183,10 +188,10 @@ func (k *KVMMachine) Run() (machine.Exit, error) {
 	return kvmExit(s)
 }
 
-// RunTo implements Machine, with a hardware breakpoint or by single steps
-// (KVMConfig.SingleStep, or a KVM that ignores breakpoints); see
+// RunTo implements machine.Stepper, with a hardware breakpoint or by single steps
+// (StepperConfig.SingleStep, or a KVM that ignores breakpoints); see
 // kvmLanding.
-func (k *KVMMachine) RunTo(rip uint64) (machine.Exit, error) {
+func (k *Stepper) RunTo(rip uint64) (machine.Exit, error) {
 	if k.fault.err != nil {
 		return machine.Exit{}, k.fault.err
 	}
@@ -197,12 +202,12 @@ func (k *KVMMachine) RunTo(rip uint64) (machine.Exit, error) {
 	return kvmExit(s)
 }
 
-// Kick implements Machine: immediate_exit and a signal to the vCPU thread.
-func (k *KVMMachine) Kick() { k.st.Kick() }
+// Kick implements machine.Stepper: immediate_exit and a signal to the vCPU thread.
+func (k *Stepper) Kick() { k.st.Kick() }
 
-// Complete implements Machine. A device that calls the Env does so here; an
+// Complete implements machine.Stepper. A device that calls the Env does so here; an
 // Env error is returned (and fails every later call).
-func (k *KVMMachine) Complete(e *machine.Exit) error {
+func (k *Stepper) Complete(e *machine.Exit) error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}
@@ -225,8 +230,8 @@ func (k *KVMMachine) Complete(e *machine.Exit) error {
 	return nil
 }
 
-// InjectPending implements Machine with the userspace PIC.
-func (k *KVMMachine) InjectPending() (bool, error) {
+// InjectPending implements machine.Stepper with the userspace PIC.
+func (k *Stepper) InjectPending() (bool, error) {
 	if k.fault.err != nil {
 		return false, k.fault.err
 	}
@@ -237,24 +242,24 @@ func (k *KVMMachine) InjectPending() (bool, error) {
 	return delivered, err
 }
 
-// Halted implements Machine.
-func (k *KVMMachine) Halted() bool { return k.st.Halted() }
+// Halted implements machine.Stepper.
+func (k *Stepper) Halted() bool { return k.st.Halted() }
 
-// TimerDeadline implements Machine: the PIT's next interrupt.
-func (k *KVMMachine) TimerDeadline() (uint64, bool) { return k.st.TimerDeadline() }
+// TimerDeadline implements machine.Stepper: the PIT's next interrupt.
+func (k *Stepper) TimerDeadline() (uint64, bool) { return k.st.TimerDeadline() }
 
-// PollTimers implements Machine.
-func (k *KVMMachine) PollTimers(now uint64) { k.st.PollTimers(now) }
+// PollTimers implements machine.Stepper.
+func (k *Stepper) PollTimers(now uint64) { k.st.PollTimers(now) }
 
-// DeliverFrame implements Machine: the frame goes into the buffer the guest
+// DeliverFrame implements machine.Stepper: the frame goes into the buffer the guest
 // posted, or is dropped (no network device, no buffer, bad size).
-func (k *KVMMachine) DeliverFrame(frame []byte) {
+func (k *Stepper) DeliverFrame(frame []byte) {
 	if k.net != nil {
 		k.net.ReceiveNow(frame)
 	}
 }
 
-// Mark implements Machine: it harvests and drops the pages written so far,
+// Mark implements machine.Stepper: it harvests and drops the pages written so far,
 // and takes their contents as the base Signature compares against.
 //
 // Cost, at every stop the engine records: KVM_GET_DIRTY_LOG, in which the
@@ -264,7 +269,7 @@ func (k *KVMMachine) DeliverFrame(frame []byte) {
 // of the VMM's bitmap (one word per 64 pages) and a hash (maphash) of each
 // page written. So O(RAM/64) words plus O(pages written), whatever the
 // guest did.
-func (k *KVMMachine) Mark() error {
+func (k *Stepper) Mark() error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}
@@ -281,12 +286,12 @@ func (k *KVMMachine) Mark() error {
 }
 
 // pageHash is the base hash of RAM page p's contents now.
-func (k *KVMMachine) pageHash(p uint64) uint64 {
+func (k *Stepper) pageHash(p uint64) uint64 {
 	return maphash.Bytes(k.baseSeed, k.mem.Bytes()[p*vmm.PageSize:(p+1)*vmm.PageSize])
 }
 
 // rebase takes the contents of the pages set in b as their base.
-func (k *KVMMachine) rebase(b *machine.Bitmap) {
+func (k *Stepper) rebase(b *machine.Bitmap) {
 	for r := range b.Runs() {
 		for p := r.First; p < r.First+r.Count; p++ {
 			k.base[p] = k.pageHash(p)
@@ -297,16 +302,16 @@ func (k *KVMMachine) rebase(b *machine.Bitmap) {
 // rebaseAll takes the contents of every page as its base: at creation, and
 // after RestoreState (Memory is written without dirty tracking). About
 // 10 ms for 64 MiB.
-func (k *KVMMachine) rebaseAll() {
+func (k *Stepper) rebaseAll() {
 	for p := range k.base {
 		k.base[p] = k.pageHash(uint64(p))
 	}
 }
 
-// Written implements Machine: the pages harvested since the previous
-// Written (by Mark and Signature, and now), so a page Signature harvested
+// Harvest implements machine.Stepper: the pages harvested since the previous
+// Harvest (by Mark and Signature, and now), so a page Signature harvested
 // since the last Mark may be reported twice.
-func (k *KVMMachine) Harvest(dst *machine.Bitmap) error {
+func (k *Stepper) Harvest(dst *machine.Bitmap) error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}
@@ -319,7 +324,7 @@ func (k *KVMMachine) Harvest(dst *machine.Bitmap) error {
 	return nil
 }
 
-// Signature implements Machine: Regs hashes RAX..R15, RIP and RFLAGS
+// Signature implements machine.Stepper: Regs hashes RAX..R15, RIP and RFLAGS
 // (without the debug flags TF and RF: vmm.HashRegs); Dirty hashes (page
 // number, contents) of each page written since Mark, by the vCPU (KVM's
 // dirty log) or by a device (the VMM's bitmap), in page order, except:
@@ -337,7 +342,7 @@ func (k *KVMMachine) Harvest(dst *machine.Bitmap) error {
 //
 // Costs a harvest (see Mark), a walk of the page tables and reading and
 // hashing every dirty page.
-func (k *KVMMachine) Signature() (machine.Signature, error) {
+func (k *Stepper) Signature() (machine.Signature, error) {
 	if k.fault.err != nil {
 		return machine.Signature{}, k.fault.err
 	}
@@ -363,10 +368,10 @@ func (k *KVMMachine) Signature() (machine.Signature, error) {
 	return machine.Signature{RIP: rip, Regs: regs, Dirty: kvmDirtyHash(k.mem.Bytes(), k.dirty, skip)}, nil
 }
 
-// Matches implements Machine: GET_REGS first; the dirty log is harvested
+// Matches implements machine.Stepper: GET_REGS first; the dirty log is harvested
 // and hashed only when RIP and registers match (what a skipped harvest
 // leaves in KVM's log, the next one collects).
-func (k *KVMMachine) Matches(sig machine.Signature) (bool, error) {
+func (k *Stepper) Matches(sig machine.Signature) (bool, error) {
 	if k.fault.err != nil {
 		return false, k.fault.err
 	}
@@ -382,22 +387,22 @@ func (k *KVMMachine) Matches(sig machine.Signature) (bool, error) {
 	return got == sig, err
 }
 
-// Memory implements Machine: RAM is one mapping, guest-physical from 0 (at
+// Memory implements machine.Stepper: RAM is one mapping, guest-physical from 0 (at
 // most vmm.LowRAMTop). Writes through it are not dirty-tracked:
 // RestoreState starts a new Mark interval.
-func (k *KVMMachine) Memory() []byte { return k.mem.Bytes() }
+func (k *Stepper) Memory() []byte { return k.mem.Bytes() }
 
-// SaveState implements Machine: the vCPU, the PIC, PIT, clock, serial port,
+// SaveState implements machine.Stepper: the vCPU, the PIC, PIT, clock, serial port,
 // PCI and virtio devices, in vmm's checksummed encoding.
-func (k *KVMMachine) SaveState() ([]byte, error) {
+func (k *Stepper) SaveState() ([]byte, error) {
 	if k.fault.err != nil {
 		return nil, k.fault.err
 	}
 	return k.st.SaveState()
 }
 
-// RestoreState implements Machine.
-func (k *KVMMachine) RestoreState(state []byte) error {
+// RestoreState implements machine.Stepper.
+func (k *Stepper) RestoreState(state []byte) error {
 	if k.fault.err != nil {
 		return k.fault.err
 	}

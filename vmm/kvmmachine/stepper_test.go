@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"bytes"
@@ -8,31 +8,38 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ftckpt/ftckpt/vmm/machine"
-
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 func TestKVMConfig(t *testing.T) {
 	env := &kvmTestEnv{t: t}
 	for _, c := range []struct {
-		cfg  KVMConfig
+		cfg  StepperConfig
 		env  machine.Env
 		want string
 	}{
-		{KVMConfig{Guest: "tick"}, nil, "needs an Env"},
-		{KVMConfig{Guest: "nosuch"}, env, `unknown guest "nosuch" (have: counter`},
-		{KVMConfig{Guest: "tick", MemSize: 4 << 30}, env, "at most 3072 MiB"},
-		{KVMConfig{Guest: "tick", MemSize: 17 << 20}, env, "not a multiple of 2 MiB"},
-		{KVMConfig{Guest: "tick", MemSize: 8 << 20}, env, "below the minimum"},
-		{KVMConfig{Guest: "disk", DiskSize: 1000}, env, "not a multiple of 512"},
-		{KVMConfig{Guest: "disk", DiskSize: -512}, env, "not a multiple of 512"},
+		{StepperConfig{Guest: "tick"}, nil, "needs an Env"},
+		{StepperConfig{Guest: "nosuch"}, env, `unknown guest "nosuch" (have: counter`},
+		{StepperConfig{Guest: "tick", MemSize: 4 << 30}, env, "at most 3072 MiB"},
+		{StepperConfig{Guest: "tick", MemSize: 17 << 20}, env, "not a multiple of 2 MiB"},
+		{StepperConfig{Guest: "tick", MemSize: 8 << 20}, env, "below the minimum"},
+		{StepperConfig{Guest: "disk", DiskSize: 1000}, env, "not a multiple of 512"},
+		{StepperConfig{Guest: "disk", DiskSize: -512}, env, "not a multiple of 512"},
 	} {
-		if _, err := NewKVMMachine(c.cfg, c.env); err == nil || !strings.Contains(err.Error(), c.want) {
+		c.cfg.Track = trackBitmap
+		if _, err := NewStepper(c.cfg, c.env); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
 		}
 	}
+	if _, err := NewStepper(StepperConfig{Guest: "tick"}, env); err == nil || !strings.Contains(err.Error(), "needs a dirty-page tracker") {
+		t.Errorf("no Track: %v", err)
+	}
 }
+
+// trackBitmap is StepperConfig.Track as ftckpt sets it: KVM's dirty bitmap.
+func trackBitmap(m *vmm.Machine) (Tracker, error) { return dirtylog.New(m, dirtylog.ModeBitmap) }
 
 // failingEnv is an Env whose disk and network fail with err.
 type failingEnv struct {

@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"encoding/binary"
@@ -11,7 +11,7 @@ import (
 	"github.com/ftckpt/ftckpt/vmm"
 )
 
-// The device hooks of a KVMMachine: every source of non-determinism of its
+// The device hooks of a Stepper: every source of non-determinism of its
 // devices is its Env.
 //
 // Outputs are never refused. An Env output call blocks while the output
@@ -20,7 +20,7 @@ import (
 // ring and retry it at a point the backup could not reproduce. An error
 // from the Env (vmm.ErrOutputFull included) is fatal: the hook keeps it in
 // kvmFault and hands the device errEnvFailed, which the device treats as a
-// failed request (a dropped frame, IOERR); the KVMMachine method that ran
+// failed request (a dropped frame, IOERR); the Stepper method that ran
 // the device returns the Env's error, and every later call fails with it.
 // A blocked output call holds its device's lock (vmm's hooks are called
 // under it): harmless here, as only the engine's goroutine uses the devices.

@@ -1,4 +1,4 @@
-package replay
+package kvmmachine
 
 import (
 	"fmt"
@@ -30,7 +30,7 @@ type kvmStepper interface {
 // it. With singleStep it single-steps until RIP is the address. Both modes
 // stop at exactly the same points.
 type kvmLanding struct {
-	// singleStep is set by KVMConfig.SingleStep, or where the KVM ignores
+	// singleStep is set by StepperConfig.SingleStep, or where the KVM ignores
 	// hardware breakpoints (vmm.ProbeHardwareBreakpoints).
 	singleStep bool
 	// atBreak is set when the last stop was ExitBreakpoint at breakRIP and
