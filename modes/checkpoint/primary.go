@@ -52,6 +52,8 @@ type Primary struct {
 	detach   chan struct{}
 	detachMu sync.Mutex
 	detached bool
+	// syncing follows the full sync under way, on the sender (progress.go).
+	syncing syncTracker
 	// resync is set by the receiver when the backup asks for a full sync.
 	resync atomic.Bool
 	// syncEpoch is the epoch the latest full sync commits, syncAcked
@@ -428,6 +430,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 			return
 		}
+		p.syncing.begin(c.hdr, len(c.pfns), p.now())
 		for i, pfn := range c.pfns {
 			var page []byte
 			if c.pages != nil {
@@ -444,6 +447,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 				failed <- fmt.Errorf("encoding page %d of %v: %w", pfn, c.hdr, err)
 				return
 			}
+			p.syncing.page()
 		}
 		if c.disk != nil {
 			if err := enc.SetDiskLog(*c.disk); err != nil {
@@ -464,6 +468,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			return
 		}
 		p.Stats.shipped(uint64(len(data)), uint64(len(c.pfns))*format.PageSize)
+		p.syncing.sent(c.hdr, len(data))
 		if ctx.Err() != nil {
 			return
 		}

@@ -61,6 +61,7 @@ type ops struct {
 	hold     *hold // the guest's machine, once built in checkpoint mode or alone
 
 	metrics   *metrics // nil without --metrics
+	progress  *progress
 	stopHTTP  func()
 	metricsLn net.Listener
 	controlLn net.Listener
@@ -122,10 +123,22 @@ func (s *ops) theHold() *hold {
 	return s.hold
 }
 
-// open starts the metrics server and the control socket o asks for.
+// partsChanged has what the node just built observed: its pauses by the
+// metrics, its full syncs and pre-copies by the progress report.
+// Precondition: the node's mu is held (Node.set).
+func (s *ops) partsChanged(p *Parts) {
+	if s.metrics != nil {
+		s.metrics.partsChanged(p)
+	}
+	s.progress.follow(p)
+}
+
+// openOps starts the metrics server and the control socket o asks for,
+// and the progress report on o.Status.
 func (n *Node) openOps() error {
 	o := &n.o
 	s := n.ops
+	s.progress = newProgress(o.Status)
 	if o.Metrics != "" {
 		s.metrics = newMetrics(n)
 		ln, err := net.Listen("tcp", o.Metrics)
@@ -152,9 +165,11 @@ func (n *Node) openOps() error {
 	return nil
 }
 
-// closeOps stops the metrics server and removes the control socket.
+// closeOps stops the metrics server and the progress report, and removes
+// the control socket.
 func (n *Node) closeOps() {
 	s := n.ops
+	s.progress.stop()
 	if s.stopHTTP != nil {
 		s.stopHTTP()
 	} else if s.metricsLn != nil {

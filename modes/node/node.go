@@ -95,9 +95,7 @@ func (n *Node) Parts() Parts {
 func (n *Node) set(update func(*Parts)) {
 	n.mu.Lock()
 	update(&n.parts)
-	if n.ops.metrics != nil {
-		n.ops.metrics.partsChanged(&n.parts)
-	}
+	n.ops.partsChanged(&n.parts)
 	n.mu.Unlock()
 }
 

@@ -115,6 +115,9 @@ func (p *Primary) precopyStep() error {
 		}
 		pc.pass++
 	}
+	if p.Stats.PrecopyPass.Load() != uint64(pc.pass) {
+		p.Stats.PrecopyPassPages.Store(uint64(len(pc.todo)))
+	}
 	p.Stats.PrecopyPass.Store(uint64(pc.pass))
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk)]

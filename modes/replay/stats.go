@@ -21,6 +21,7 @@ type Stats struct {
 	// PrecopyPass and PrecopyLeft say how far the pre-copy in progress is:
 	// its pass (0: none in progress) and the pages left in that pass.
 	PrecopyPass, PrecopyLeft atomic.Uint64
+	PrecopyPassPages         atomic.Uint64 // pages of the pass in progress
 	Resyncs                  atomic.Uint64 // full checkpoints the backup asked for
 	BackupsLost              atomic.Uint64 // times the primary went on alone
 	RxDropped                atomic.Uint64 // received frames dropped: the queue was full
