@@ -29,7 +29,9 @@ found in the default directory):
   set epoch auto     checkpoint primary: adapt it between --min-epoch and --max-epoch
   pause, resume      hold the guest paused (checkpoint mode, or a node alone); checkpoints go on
   detach-backup      checkpoint primary: take the next generation and run on alone
-  failover           not implemented yet (stop the primary with SIGTERM to hand over)`,
+  failover           checkpoint primary: pause the guest, have its final checkpoint
+                     acknowledged and every output released, then stop: the backup
+                     goes live from there (start this host again as its backup)`,
 		Example: `  ftckpt ctl status
   ftckpt ctl --backup status --json
   ftckpt ctl --control /run/ftckpt/primary.sock set epoch 10ms`,

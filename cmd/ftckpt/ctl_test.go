@@ -54,7 +54,7 @@ func TestCtlAndStatusOfAPair(t *testing.T) {
 		{[]string{"ctl", "set", "epoch", "fast"}, "want a duration from 100µs to 1m", false},
 		{[]string{"ctl", "pause", "now"}, "pause takes no arguments", false},
 		{[]string{"ctl", "reboot"}, `op "reboot": want status, set, pause, resume, detach-backup or failover`, false},
-		{[]string{"ctl", "failover"}, "not implemented yet", false},
+		{[]string{"ctl", "--control", o.Control + ".backup", "failover"}, "this node is not a primary", false},
 		{[]string{"ctl", "--backup", "status"}, "no backup on this host answers", false},
 		{[]string{"ctl", "--control", o.Control + ".backup", "pause"}, "this node is a backup", false},
 		{[]string{"ctl", "--control", o.Control + ".nothing", "status"}, "no node answers at", false},

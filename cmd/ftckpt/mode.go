@@ -118,6 +118,10 @@ func addModeFlags(root *cobra.Command) {
 			slog.Info("stopped by a signal")
 			return nil
 		}
+		if errors.Is(err, node.ErrHandedOver) {
+			slog.Info("handed over to the backup (ftckpt ctl failover); stopping")
+			return nil
+		}
 		return err
 	}
 }

@@ -222,6 +222,8 @@ func (c Cluster) health(s Status) string {
 		notes = append(notes, "UNPROTECTED: no backup in sync")
 	case s.Role == "backup" && !s.InSync:
 		notes = append(notes, "not in sync yet")
+	case s.Role == "backup" && s.Checkpoint != nil && c.WitnessErr == nil && c.Holder.Generation > s.Checkpoint.CommitGen && s.Checkpoint.CommitGen > 0:
+		notes = append(notes, fmt.Sprintf("STALE: holds generation %d's state, the witness is at %d", s.Checkpoint.CommitGen, c.Holder.Generation))
 	}
 	if s.Paused {
 		notes = append(notes, "PAUSED by the operator")

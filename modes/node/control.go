@@ -59,7 +59,11 @@ type ops struct {
 	// start; a backup's when it went live).
 	firstGen uint64
 	hold     *hold // the guest's machine, once built in checkpoint mode or alone
+	// listening is where a backup accepts its primary, once it does.
+	listening string
 
+	// stop ends the node's run with a cause (ErrHandedOver).
+	stop      context.CancelCauseFunc
 	metrics   *metrics // nil without --metrics
 	progress  *progress
 	stopHTTP  func()
@@ -139,6 +143,16 @@ func (n *Node) openOps() error {
 	o := &n.o
 	s := n.ops
 	s.progress = newProgress(o.Status)
+	if ready := o.Ready; o.Role == RoleBackup {
+		o.Ready = func(addr string) {
+			s.mu.Lock()
+			s.listening = addr
+			s.mu.Unlock()
+			if ready != nil {
+				ready(addr)
+			}
+		}
+	}
 	if o.Metrics != "" {
 		s.metrics = newMetrics(n)
 		ln, err := net.Listen("tcp", o.Metrics)
@@ -243,7 +257,7 @@ func FindControlSocket(role Role) (string, error) {
 	case 1:
 		return live[0], nil
 	}
-	return "", fmt.Errorf("%d %ss on this host answer (%s): choose one with --control", len(live), role, strings.Join(live, ", "))
+	return "", fmt.Errorf("%d nodes started as %s on this host answer (%s): choose one with --control", len(live), role, strings.Join(live, ", "))
 }
 
 // listenControl listens on the Unix socket path, mode 0600, making its
@@ -342,7 +356,10 @@ func (n *Node) Do(req Request) (string, error) {
 		}
 		return n.detachBackup()
 	case "failover":
-		return "", errors.New("failover: not implemented yet: a planned failover (a final checkpoint, then the backup takes over with no output lost) needs a handover the engines do not have; stopping the primary (SIGTERM) hands over to the backup, at the cost of its last epoch's outputs in checkpoint mode")
+		if req.Name != "" || req.Value != "" {
+			return "", errors.New("failover takes no arguments")
+		}
+		return n.failover()
 	case "":
 		return "", errors.New("no op: want status, set, pause, resume, detach-backup or failover")
 	}
@@ -530,7 +547,9 @@ func (n *Node) Status() Status {
 	st := Status{Mode: o.Mode.String(), Role: n.actingRole().String(), Started: o.Role.String(),
 		Machine: machineLabel(o.Machine), Guest: o.Guest, Peer: o.Peer}
 	if o.Role == RoleBackup {
-		st.Peer = o.Listen
+		n.ops.mu.Lock()
+		st.Peer = n.ops.listening
+		n.ops.mu.Unlock()
 		if o.Join != "" {
 			st.Peer = o.Join
 		}
@@ -678,4 +697,70 @@ func Ask(ctx context.Context, path string, req Request) (Response, error) {
 		return resp, errors.New(resp.Error)
 	}
 	return resp, nil
+}
+
+// ErrHandedOver is how a primary node ends that handed its guest over to
+// its backup (ftckpt ctl failover).
+var ErrHandedOver = errors.New("handed over to the backup (ftckpt ctl failover)")
+
+// failoverWait bounds how long a planned failover waits for the backup to
+// acknowledge the final checkpoint.
+const failoverWait = 10 * time.Second
+
+// failover hands a checkpoint primary's guest over to its backup, losing
+// no output: the guest is held paused; the next checkpoint, of that final
+// state, is acknowledged and every output released; then the engine
+// stops without contesting the witness (as a stopping primary does), the
+// backup finds the link closed, wins the next generation and goes live
+// from that state, and this node ends with ErrHandedOver. If the backup
+// does not acknowledge within failoverWait, the guest runs on here. The
+// old primary does not become the new primary's backup: start it again
+// as one.
+func (n *Node) failover() (string, error) {
+	if n.o.Mode == ModeReplay {
+		return "", errors.New("failover: not implemented yet in replay mode (stop the primary with SIGTERM: it ships the whole log and the backup goes live where it stopped)")
+	}
+	parts := n.Parts()
+	p := parts.CheckpointPrimary
+	switch {
+	case n.actingRole() != RolePrimary:
+		return "", errors.New("failover: this node is not a primary: ask the primary")
+	case p == nil:
+		return "", errors.New("failover: this node runs alone: it has no backup to hand over to")
+	}
+	if !n.Status().InSync {
+		return "", errors.New("failover: the backup is not in sync: it has no state to take over")
+	}
+	h := n.ops.theHold()
+	if h == nil {
+		return "", fmt.Errorf("failover: %w", errNotRunning)
+	}
+	held := h.Held()
+	if !held {
+		if err := h.Hold(); err != nil {
+			return "", fmt.Errorf("failover: pausing the guest: %w", err)
+		}
+	}
+	// From here the guest changes nothing: the checkpoint of epoch
+	// Position() (or the one being taken) holds its final state.
+	final := p.Position()
+	deadline := time.Now().Add(failoverWait)
+	for {
+		_, acked, _, _, _ := p.Stats.Counters()
+		out := parts.Outputs.Stats()
+		if acked >= final && out.HeldOutputs == 0 && out.Waiting == 0 {
+			break
+		}
+		if time.Now().After(deadline) || out.Failed != nil {
+			if !held {
+				h.Release()
+			}
+			return "", fmt.Errorf("failover: the backup did not acknowledge the final checkpoint (epoch %d, acked %d, %d outputs held) in %v: the guest runs on here",
+				final, acked, out.HeldOutputs, failoverWait)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): every output released; stopping", "epoch", final)
+	n.ops.stop(ErrHandedOver)
+	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node stops", final), nil
 }

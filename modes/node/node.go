@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -56,9 +57,15 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := n.openOps(); err != nil {
 		return nil, err
 	}
+	ctx, stop := context.WithCancelCause(ctx)
+	n.ops.stop = stop
 	go func() {
 		defer close(n.done)
 		n.err = n.run(ctx)
+		if errors.Is(context.Cause(ctx), ErrHandedOver) {
+			n.err = ErrHandedOver
+		}
+		stop(nil)
 		n.closeOps()
 	}()
 	return n, nil
@@ -148,6 +155,14 @@ func RunLocal(ctx context.Context, o Options, startBackup func() (Backup, error)
 	}
 	o.Peer = b.Addr
 	err = Run(ctx, o)
+	if errors.Is(err, ErrHandedOver) { // the backup is the primary now
+		select {
+		case <-b.Exited:
+		case <-ctx.Done():
+			b.Stop(LocalStopGrace)
+		}
+		return nil
+	}
 	wait := time.Duration(0)
 	if err == nil {
 		wait = 10 * time.Second

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -251,7 +252,8 @@ func controlPath(t *testing.T) string {
 // ones: status on both nodes; set epoch (fixed, auto, and nonsense);
 // pause and resume (the paused guest dirties nothing while checkpoints
 // go on, and answers once resumed); detach-backup (the primary takes
-// generation 2 and the backup stays back); failover (not implemented).
+// generation 2 and the backup stays back). TestControlFailover has
+// failover.
 func TestControlCheckpointPair(t *testing.T) {
 	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineSim, "kv")
 	o.Control = controlPath(t)
@@ -296,7 +298,8 @@ func TestControlCheckpointPair(t *testing.T) {
 	refused(t, bc, "backup", "pause")
 	refused(t, bc, "not a checkpoint primary", "detach-backup")
 	refused(t, pc, "not paused", "resume")
-	refused(t, pc, "not implemented yet", "failover")
+	refused(t, pc, "failover takes no arguments", "failover", "now")
+	refused(t, bc, "not a primary", "failover")
 	if got := rawRequest(t, pc, "not json\n"); !strings.Contains(got, "one JSON object") {
 		t.Errorf("a line that is not JSON: %s", got)
 	}
@@ -381,7 +384,59 @@ func TestControlReplayPair(t *testing.T) {
 	refused(t, pc, "replay mode has no epochs", "set", "epoch", "10ms")
 	refused(t, pc, "not implemented yet in replay mode", "pause")
 	refused(t, pc, "not implemented yet in replay mode", "detach-backup")
-	refused(t, pc, "not implemented yet", "failover")
+	refused(t, pc, "not implemented yet in replay mode", "failover")
+}
+
+// TestControlFailover hands a checkpoint-mode pair's guest over on
+// purpose (ftckpt ctl failover), under the client's requests: the primary
+// ends having released every output and dropped none, the backup goes
+// live with generation 2, and the client's counters go on, one machine's;
+// a failover of the live backup, alone, is refused.
+func TestControlFailover(t *testing.T) {
+	failoverOnPurpose(t, kvOptions(t, node.ModeCheckpoint, node.MachineSim))
+}
+
+// TestKVMControlFailover is TestControlFailover with the C kv guest on
+// KVM, two vCPUs.
+func TestKVMControlFailover(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	failoverOnPurpose(t, kvOptions(t, node.ModeCheckpoint, node.MachineKVM))
+}
+
+// failoverOnPurpose runs a pair of o's nodes and hands the guest over.
+func failoverOnPurpose(t *testing.T, o node.Options) {
+	o.Control = controlPath(t)
+	p := nodetest.Start(t, o)
+	pc, bc := o.Control, o.Control+".backup"
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+	for range 10 {
+		c.Incr()
+	}
+	before := c.LastSeq()
+	resp := mustAsk(t, pc, "failover")
+	t.Log(resp.Message)
+	vmmtest.Closed(t, "the primary to end", p.Primary.Done())
+	if err := p.Primary.Wait(); !errors.Is(err, node.ErrHandedOver) {
+		t.Fatalf("the primary ended with %v, want ErrHandedOver", err)
+	}
+	if s := p.Primary.Parts().Outputs.Stats(); s.HeldOutputs != 0 || s.Dropped != 0 || s.Failed != nil {
+		t.Fatalf("the old primary's outputs: %d held, %d dropped, failed %v", s.HeldOutputs, s.Dropped, s.Failed)
+	}
+	p.WaitLive()
+	if who, gen := p.Holder(); who != "backup" || gen != 2 {
+		t.Fatalf("generation %d is the %s's, want generation 2 the backup's", gen, who)
+	}
+	for range 5 {
+		c.Incr()
+	}
+	t.Logf("replies %d before the failover, %d after 5 more requests", before, c.LastSeq())
+	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
+	if st := mustAsk(t, bc, "status").Status; st.Role != "primary" || st.Generation != 2 || st.Failovers != 1 {
+		t.Errorf("the live backup's status %+v", st)
+	}
+	refused(t, bc, "no backup to hand over to", "failover")
 }
 
 // TestControlSocketInUse: a second node cannot take a control socket a
