@@ -29,9 +29,10 @@ found in the default directory):
   set epoch auto     checkpoint primary: adapt it between --min-epoch and --max-epoch
   pause, resume      hold the guest paused (checkpoint mode, or a node alone); checkpoints go on
   detach-backup      checkpoint primary: take the next generation and run on alone
-  failover           checkpoint primary: pause the guest, have its final checkpoint
-                     acknowledged and every output released, then stop: the backup
-                     goes live from there (start this host again as its backup)`,
+  failover           hand the guest over to the backup, then stop (start this host
+                     again as a backup). Checkpoint mode: the guest is paused, its
+                     final checkpoint acknowledged and every output released; replay
+                     mode: the whole log is shipped and replayed. No output is lost`,
 		Example: `  ftckpt ctl status
   ftckpt ctl --backup status --json
   ftckpt ctl --control /run/ftckpt/primary.sock set epoch 10ms`,

@@ -718,7 +718,7 @@ const failoverWait = 10 * time.Second
 // as one.
 func (n *Node) failover() (string, error) {
 	if n.o.Mode == ModeReplay {
-		return "", errors.New("failover: not implemented yet in replay mode (stop the primary with SIGTERM: it ships the whole log and the backup goes live where it stopped)")
+		return n.replayFailover()
 	}
 	parts := n.Parts()
 	p := parts.CheckpointPrimary
@@ -763,4 +763,25 @@ func (n *Node) failover() (string, error) {
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): every output released; stopping", "epoch", final)
 	n.ops.stop(ErrHandedOver)
 	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node stops", final), nil
+}
+
+// replayFailover hands a replay primary's guest over to its backup: the
+// primary stops as it does when asked to (SIGTERM): it logs where the
+// guest stopped, ships the whole log and waits for the backup, which
+// replays it to the end and goes live there. As at any replay failover,
+// the backup may repeat the last outputs; none is lost.
+func (n *Node) replayFailover() (string, error) {
+	p := n.Parts().ReplayPrimary
+	switch {
+	case n.actingRole() != RolePrimary:
+		return "", errors.New("failover: this node is not a primary: ask the primary")
+	case p == nil:
+		return "", fmt.Errorf("failover: %w", errNotRunning)
+	case !p.Protected() || p.Stats.Acked.Load() == 0:
+		return "", errors.New("failover: this node has no backup in sync to hand over to")
+	}
+	lsn := p.Stats.Entries.Load()
+	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): shipping the whole log; stopping", "lsn", lsn)
+	n.ops.stop(ErrHandedOver)
+	return fmt.Sprintf("handing over: this node ships the rest of its log (lsn %d and on) and stops; the backup replays it and goes live where it stopped", lsn), nil
 }

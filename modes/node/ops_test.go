@@ -384,7 +384,44 @@ func TestControlReplayPair(t *testing.T) {
 	refused(t, pc, "replay mode has no epochs", "set", "epoch", "10ms")
 	refused(t, pc, "not implemented yet in replay mode", "pause")
 	refused(t, pc, "not implemented yet in replay mode", "detach-backup")
-	refused(t, pc, "not implemented yet in replay mode", "failover")
+	refused(t, bc, "not a primary", "failover")
+}
+
+// TestControlReplayFailover hands a replay-mode pair's guest over on
+// purpose: the primary ships its whole log and ends, the backup replays
+// it and goes live with generation 2, and the client's counters go on,
+// one machine's (the backup may repeat the last replies: replay mode).
+func TestControlReplayFailover(t *testing.T) {
+	o := kvOptions(t, node.ModeReplay, node.MachineSim)
+	// The default failure timeout: a stopping replay primary holds the
+	// guest's port until its backup closes the link (TestStoppedPrimaryHandsOver).
+	o.Replay.FailureTimeout = node.DefaultOptions().Replay.FailureTimeout
+	o.Control = controlPath(t)
+	p := nodetest.Start(t, o)
+	pc, bc := o.Control, o.Control+".backup"
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+	for range 10 {
+		c.Incr()
+	}
+	t.Log(mustAsk(t, pc, "failover").Message)
+	vmmtest.Closed(t, "the primary to end", p.Primary.Done())
+	if err := p.Primary.Wait(); !errors.Is(err, node.ErrHandedOver) {
+		t.Fatalf("the primary ended with %v, want ErrHandedOver", err)
+	}
+	p.WaitLive()
+	if who, gen := p.Holder(); who != "backup" || gen != 2 {
+		t.Fatalf("generation %d is the %s's, want generation 2 the backup's", gen, who)
+	}
+	c.Resend = 100 * time.Millisecond
+	for range 5 {
+		c.Incr()
+	}
+	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
+	if st := mustAsk(t, bc, "status").Status; st.Role != "primary" || st.Generation != 2 {
+		t.Errorf("the live backup's status %+v", st)
+	}
 }
 
 // TestControlFailover hands a checkpoint-mode pair's guest over on
