@@ -27,9 +27,23 @@ func NewLink(conn net.Conn, maxCheckpoint int, now func() time.Time) *Link {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Link{conn: conn, r: NewReader(conn, maxCheckpoint), now: now}
+	l := &Link{conn: conn, now: now}
+	l.r = NewReader(hearing{l}, maxCheckpoint)
 	l.heard.Store(now().UnixNano())
 	return l
+}
+
+// hearing reads l's connection and notes that the peer is alive whenever
+// bytes arrive: a long message (a full checkpoint over a slow link) is
+// not silence.
+type hearing struct{ l *Link }
+
+func (h hearing) Read(p []byte) (int, error) {
+	n, err := h.l.conn.Read(p)
+	if n > 0 {
+		h.l.heard.Store(h.l.now().UnixNano())
+	}
+	return n, err
 }
 
 // Conn is the connection, for deadlines and closing.
@@ -75,17 +89,12 @@ func (l *Link) send(t MsgType, payload []byte, timeout time.Duration) error {
 	return nil
 }
 
-// Next reads one message and notes that the peer is alive. The payload is
-// valid until the next call.
+// Next reads one message. The payload is valid until the next call.
 func (l *Link) Next() (MsgType, []byte, error) {
-	t, p, err := l.r.Next()
-	if err == nil {
-		l.heard.Store(l.now().UnixNano())
-	}
-	return t, p, err
+	return l.r.Next()
 }
 
-// SilentFor is how long the peer has been silent.
+// SilentFor is how long nothing arrived from the peer.
 func (l *Link) SilentFor() time.Duration {
 	return l.now().Sub(time.Unix(0, l.heard.Load()))
 }
@@ -120,9 +129,10 @@ func (l *Link) Hello(mine Hello, timeout time.Duration) (Hello, error) {
 }
 
 // Heartbeats sends a heartbeat every interval until stop closes, but for
-// while another message is being written (the peer hears that one); a
-// failed send is reported to fail, and ends them.
-func (l *Link) Heartbeats(interval time.Duration, stop <-chan struct{}, fail func(error)) {
+// while another message is being written (the peer hears that one). A
+// heartbeat not written within timeout (the failure timeout: see Send) is
+// reported to fail, and ends them.
+func (l *Link) Heartbeats(interval, timeout time.Duration, stop <-chan struct{}, fail func(error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for seq := uint64(1); ; seq++ {
@@ -134,7 +144,7 @@ func (l *Link) Heartbeats(interval time.Duration, stop <-chan struct{}, fail fun
 		if !l.wmu.TryLock() {
 			continue
 		}
-		err := l.send(MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil), 4*interval)
+		err := l.send(MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil), timeout)
 		l.wmu.Unlock()
 		if err != nil {
 			fail(err)

@@ -73,7 +73,7 @@ func TestLinkSendWaitsForAPeerThatSpeaks(t *testing.T) {
 	}()
 	heartbeatFailed := make(chan error, 1)
 	hbStop := make(chan struct{})
-	go la.Heartbeats(5*time.Millisecond, hbStop, func(err error) { heartbeatFailed <- err })
+	go la.Heartbeats(5*time.Millisecond, timeout, hbStop, func(err error) { heartbeatFailed <- err })
 	read := make(chan error, 1)
 	go func() {
 		time.Sleep(10 * timeout)

@@ -78,7 +78,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	hbErr := make(chan error, 1)
-	go l.Heartbeats(b.cfg.Heartbeat, stop, func(err error) { hbErr <- err })
+	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { hbErr <- err })
 	go func() {
 		select {
 		case <-ctx.Done():

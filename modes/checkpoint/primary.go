@@ -140,7 +140,7 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); p.send(ctx, l, format.NewEncoder(cache), captures, failed) }()
 	go func() { defer wg.Done(); p.receive(l, failed) }()
-	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, stopHB, func(err error) { failed <- err }) }()
+	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err }) }()
 	defer func() {
 		close(stopHB)
 		cancel()

@@ -119,7 +119,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	stop := make(chan struct{})
 	defer close(stop)
 	go b.receive(ctx, l)
-	go l.Heartbeats(b.cfg.Heartbeat, stop, func(err error) { conn.Close() })
+	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()

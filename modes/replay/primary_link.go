@@ -52,7 +52,7 @@ func (p *Primary) connectLink(conn net.Conn) error {
 	wg.Add(2)
 	go func() { defer close(sent); p.send(l, stopc) }()
 	go func() { defer close(received); p.receive(l) }()
-	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, stopc, p.linkFailed) }()
+	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopc, p.linkFailed) }()
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
 	// write side closes, so the backup reads the whole log before the end
