@@ -104,58 +104,131 @@ func freePort(t *testing.T, network string) string {
 	return ""
 }
 
-// kvClient is a UDP client of the kv guest. It increments three keys in
-// turn (distinct requests: a reply the backup could not reproduce would
-// show as one reply number with two contents, or a key's count off), sends
-// each request until a new reply comes (UDP: at least once), and checks
-// every reply against what one machine would say.
+// kvClient is a UDP client of the kv guest that checks every reply
+// against what one machine would say. It increments three keys in turn,
+// sends each request until a reply to it comes (UDP: at least once, so a
+// request sent again may run twice), and first sets each key to a base of
+// its own (a: 0, b: 1,000,000, c: 2,000,000), so that a reply's value names
+// its key whichever request it answers. One machine's replies have one
+// content per reply number, increase every key's value at each reply, and
+// never report a key incremented more often than it was asked; without
+// lossy, no reply number is skipped.
 type kvClient struct {
-	conn     *net.UDPConn
-	sent     int
-	attempts int
-	maxSeq   uint64
-	bySeq    map[uint64]string
-	values   map[string]uint64
-	prevKey  string
-	// prevRetried: the previous request was sent more than once, so it
-	// may have run twice.
-	prevRetried bool
+	conn   *net.UDPConn
+	sent   int // INCRs answered: the next key is kvKeys[sent%3]
+	maxSeq uint64
+	bySeq  map[uint64]string
+	// values is the last value seen of each key, incrs how many INCRs of it
+	// were sent, those sent again included.
+	values map[string]uint64
+	incrs  map[string]uint64
+	based  bool   // every key was set to its base
+	gets   uint64 // replies to GETs, which are not updates
 	// lossy allows replies lost at a failover (checkpoint mode never sends
-	// a frame again): reply numbers may skip, and the request being
-	// answered may then have run once more for each reply lost.
+	// a frame again): reply numbers may skip.
 	lossy bool
 	// resend is how long a request waits for its reply before it is sent
 	// again (0: 100 ms until the first reply, then a second).
 	resend time.Duration
-	// unseen counts, per key, the runs of its INCR whose replies may have
-	// been lost: a reply lost is a run of the request being answered, or
-	// of the previous one if that was sent more than once.
-	unseen map[string]uint64
 }
 
 var kvKeys = []string{"a", "b", "c"}
 
+// kvBase is the value SET gives key i of kvKeys before it is incremented.
+const kvBase = 1_000_000
+
+func newKVClient(conn *net.UDPConn, lossy bool) *kvClient {
+	return &kvClient{conn: conn, bySeq: map[uint64]string{}, values: map[string]uint64{}, incrs: map[string]uint64{}, lossy: lossy}
+}
+
 func (c *kvClient) key() string { return kvKeys[c.sent%len(kvKeys)] }
 
+// send sends the next INCR once more (it may run once more).
 func (c *kvClient) send() {
-	c.attempts++
+	c.incrs[c.key()]++
 	c.conn.Write([]byte("INCR " + c.key()))
 }
 
-// incr makes one request.
+// incr makes one INCR request, after setting the keys' bases the first
+// time.
 func (c *kvClient) incr(t *testing.T, within time.Duration) {
+	t.Helper()
+	if !c.based {
+		c.setBases(t, within)
+	}
+	key := c.key()
+	c.request(t, within, c.send, func(r sim.KVReply) bool {
+		k, _ := c.keyOf(t, r)
+		return k == key
+	})
+	c.sent++
+}
+
+// setBases sets every key to its base. A SET sent again may answer a later
+// one (a reply OK does not say which key), so each is read back with a GET,
+// whose value names its key, and set again until it has its base.
+func (c *kvClient) setBases(t *testing.T, within time.Duration) {
+	t.Helper()
+	// Until the guest listens requests go again every 100 ms, and those it
+	// received meanwhile are answered after the first: wait for them.
+	c.request(t, within, func() { c.conn.Write([]byte("GET a")) }, func(sim.KVReply) bool { return true })
+	c.drain(t)
+	for i, k := range kvKeys {
+		base := strconv.Itoa(i * kvBase)
+		for set := false; !set; {
+			c.request(t, within, func() { c.conn.Write([]byte("SET " + k + " " + base)) },
+				func(r sim.KVReply) bool { return r.Status == "OK" })
+			c.request(t, within, func() { c.conn.Write([]byte("GET " + k)) }, func(r sim.KVReply) bool {
+				set = r.Status == "VALUE" && r.Value == base
+				return set || r.Status == "NOTFOUND"
+			})
+		}
+		c.values[k] = uint64(i * kvBase)
+	}
+	c.drain(t)
+	c.based = true
+}
+
+// drain checks the replies that come until none has for 300 ms.
+func (c *kvClient) drain(t *testing.T) {
+	t.Helper()
+	buf := make([]byte, 2048)
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := c.conn.Read(buf)
+		if err != nil {
+			return
+		}
+		c.check(t, buf[:n])
+	}
+}
+
+// updates is how many updates (SETs and INCRs) the replies so far
+// reported, lost ones included: the kv guest journals update n at sector
+// n%1000 of its journal.
+func (c *kvClient) updates() uint64 { return c.maxSeq - c.gets }
+
+// keyOf is the key whose value an INCR reply reports, and the value.
+func (c *kvClient) keyOf(t *testing.T, r sim.KVReply) (string, uint64) {
+	t.Helper()
+	v, err := strconv.ParseUint(r.Value, 10, 64)
+	if err != nil || r.Status != "VALUE" || v/kvBase >= uint64(len(kvKeys)) {
+		t.Fatalf("reply %d %s %s: not an INCR's of one of %v", r.Seq, r.Status, r.Value, kvKeys)
+	}
+	return kvKeys[v/kvBase], v
+}
+
+// request sends with send until a reply answered says is the answer comes,
+// checking every reply that comes meanwhile.
+func (c *kvClient) request(t *testing.T, within time.Duration, send func(), answered func(sim.KVReply) bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	buf := make([]byte, 2048)
-	key := c.key()
-	if c.unseen == nil {
-		c.unseen = map[string]uint64{}
-	}
-	for answered := false; !answered; {
+	for {
 		if time.Now().After(deadline) {
-			t.Fatalf("no reply to INCR %s within %v", key, within)
+			t.Fatalf("no answer within %v", within)
 		}
-		c.send()
+		send()
 		resend := c.resend
 		switch {
 		case resend != 0:
@@ -163,58 +236,63 @@ func (c *kvClient) incr(t *testing.T, within time.Duration) {
 			// Nothing answered yet: the guest may not be listening.
 			resend = 100 * time.Millisecond
 		default:
-			// Long enough that a reply slow under load is not taken for
-			// lost: a needless resend runs the INCR twice, and two in a
-			// row confuse the model.
-			resend = time.Second
+			resend = time.Second // a reply slow under load is not taken for lost
 		}
-		c.conn.SetReadDeadline(time.Now().Add(resend))
-		for !answered {
+		until := time.Now().Add(resend)
+		c.conn.SetReadDeadline(until)
+		for {
 			n, err := c.conn.Read(buf)
 			if err != nil {
-				break // timed out: send again
+				// Timed out, or refused (no one has the port: the
+				// primary died and the backup is not live yet):
+				// send again when the interval is over.
+				time.Sleep(time.Until(until))
+				break
 			}
-			r := string(buf[:n])
-			kr, err := sim.ParseKVPayload(buf[:n])
-			if err != nil || kr.Status != "VALUE" {
-				t.Fatalf("reply %q: %v", r, err)
-			}
-			if prev, ok := c.bySeq[kr.Seq]; ok {
-				if prev != r {
-					t.Fatalf("reply %d was %q and then %q: two machines", kr.Seq, prev, r)
-				}
-				continue // the failover boundary's repeat
-			}
-			c.bySeq[kr.Seq] = r
-			lost := uint64(0)
-			switch {
-			case c.maxSeq == 0 || kr.Seq == c.maxSeq+1:
-			case kr.Seq > c.maxSeq && c.lossy:
-				lost = kr.Seq - c.maxSeq - 1
-			default:
-				t.Fatalf("reply %d after reply %d: a reply was lost", kr.Seq, c.maxSeq)
-			}
-			c.maxSeq = kr.Seq
-			if lost > 0 {
-				c.unseen[key] += lost
-				if c.prevRetried {
-					c.unseen[c.prevKey] += lost
-				}
-			}
-			v, _ := strconv.ParseUint(kr.Value, 10, 64)
-			switch {
-			case v > c.values[key] && v <= c.values[key]+1+c.unseen[key]:
-				// It ran once more than seen, or again after replies lost.
-				c.values[key], c.unseen[key], answered = v, 0, true
-			case c.prevRetried && v > c.values[c.prevKey] && v <= c.values[c.prevKey]+1+c.unseen[c.prevKey]:
-				c.values[c.prevKey], c.unseen[c.prevKey] = v, 0 // the resent request ran twice
-			default:
-				t.Fatalf("INCR %s answered %q after value %d: not one machine (replies so far: %v; values %v)", key, r, c.values[key], c.bySeq, c.values)
+			r, ok := c.check(t, buf[:n])
+			if ok && answered(r) {
+				return
 			}
 		}
 	}
-	c.prevKey, c.prevRetried = key, c.attempts > 1
-	c.sent, c.attempts = c.sent+1, 0
+}
+
+// check checks one reply against the replies before it; ok is false for a
+// reply number seen before (the failover boundary's repeat).
+func (c *kvClient) check(t *testing.T, payload []byte) (r sim.KVReply, ok bool) {
+	t.Helper()
+	s := string(payload)
+	r, err := sim.ParseKVPayload(payload)
+	if err != nil || r.Status == "ERR" {
+		t.Fatalf("reply %q: %v", s, err)
+	}
+	if prev, seen := c.bySeq[r.Seq]; seen {
+		if prev != s {
+			t.Fatalf("reply %d was %q and then %q: two machines", r.Seq, prev, s)
+		}
+		return r, false
+	}
+	c.bySeq[r.Seq] = s
+	switch {
+	case c.maxSeq == 0 || r.Seq == c.maxSeq+1:
+	case r.Seq > c.maxSeq && c.lossy:
+	default:
+		t.Fatalf("reply %d after reply %d: a reply was lost", r.Seq, c.maxSeq)
+	}
+	c.maxSeq = max(c.maxSeq, r.Seq)
+	if !c.based {
+		if r.Status != "OK" {
+			c.gets++
+		}
+		return r, true // SETs and GETs, checked by setBases
+	}
+	k, v := c.keyOf(t, r)
+	if base := uint64(slices.Index(kvKeys, k) * kvBase); v <= c.values[k] || v > base+c.incrs[k] {
+		t.Fatalf("reply %q: %s at %d after %d, asked to increment %d times: not one machine (replies so far: %v)",
+			s, k, v-base, c.values[k]-base, c.incrs[k], c.bySeq)
+	}
+	c.values[k] = v
+	return r, true
 }
 
 // TestReplayKill9AtRandomMoments runs `ftckpt --mode replay` as two real
@@ -332,7 +410,7 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c := &kvClient{conn: conn, bySeq: map[uint64]string{}, values: map[string]uint64{}, lossy: lossy}
+	c := newKVClient(conn, lossy)
 	for n := 1 + rng.Intn(20); n > 0; n-- {
 		c.incr(t, 20*time.Second)
 	}
@@ -358,7 +436,7 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	// The backup's stderr reaches bout through a pipe: its
 	// replies can arrive before its log line does.
 	waitFor(t, &bout, "live as primary")
-	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.maxSeq)
+	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
 	return true
 }
 
@@ -413,7 +491,7 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c := &kvClient{conn: conn, bySeq: map[uint64]string{}, values: map[string]uint64{}}
+	c := newKVClient(conn, false)
 	for i := 0; i < 5; i++ {
 		c.incr(t, 20*time.Second) // alone
 	}
