@@ -2,9 +2,10 @@
 // replicate it: what any machine offers (Machine: its memory, the pages
 // written since the last look, its state), and the two ways a mode drives
 // one — freely, paused at epochs (Runner, checkpoint mode), or stop by stop
-// (Stepper, replay mode). KVM's machines (package vmm) and the software
-// machine (package vmm/sim) implement it; machinetest holds the contract
-// tests every implementation passes.
+// (Stepper, replay mode). KVM's machines (package vmm/kvmmachine, on
+// package vmm) and the software machine (package vmm/sim) implement it;
+// machinetest holds the contract tests every implementation passes
+// (machinetest.RunRunner, machinetest.RunStepper), run on each of them.
 //
 // Pages are numbered by their offset in guest RAM (Memory), and sets of
 // them are Bitmaps.
