@@ -8,11 +8,14 @@
 #   make test-kvm  only the KVM tests, inside the emulated machine (a second, different KVM)
 #   make bench  Go benchmarks (numbers, never pass/fail)
 #   make fuzz   every decoder's fuzzer, FUZZTIME (default 20s) each
+#   make chaos  kill -9 the current primary of a local pair KILLS times (default 200) in a row,
+#               re-protected by --respawn each time, on the software machine and on KVM (not in CI)
 
 GO ?= go
 BIN := bin/ftckpt
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 20s
+KILLS ?= 200
 # How long each new input is minimized. Short: FuzzHandshake's coverage varies
 # from run to run (goroutines, fresh TLS keys), and minimizing such an input
 # for the default minute would take the whole FUZZTIME.
@@ -26,7 +29,7 @@ FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
 	./vmm/sim:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
 	./checkpoint/mtls:FuzzHandshake
 
-.PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz lint clean
+.PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz chaos lint clean
 
 all: build
 
@@ -66,6 +69,9 @@ fuzz: guests
 		echo "fuzz $${f#*:} in $${f%%:*} for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) "$${f%%:*}" || exit 1; \
 	done
+
+chaos: guests
+	FTCKPT_KILLS=$(KILLS) $(GO) test -count=1 -timeout 0 -v -run 'RespawnSurvivesKills' ./cmd/ftckpt
 
 lint:
 	$(GO) vet ./...

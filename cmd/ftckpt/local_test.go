@@ -37,8 +37,11 @@ func TestLocalRunEndsOnSIGTERM(t *testing.T) {
 			exited := make(chan error, 1)
 			go func() { exited <- local.Wait() }()
 			t.Cleanup(func() { local.Process.Kill(); <-exited })
-			waitFor(t, &out, "backup process is listening")
-			m := regexp.MustCompile(`backup process is listening pid=(\d+) `).FindStringSubmatch(out.String())
+			// A checkpoint-mode local run starts its backup to join it
+			// (--respawn); a replay-mode one, to listen.
+			started := regexp.MustCompile(`(?:backup process is listening|started a backup process) pid=(\d+) `)
+			waitForMatch(t, &out, started, 1)
+			m := started.FindStringSubmatch(out.String())
 			if m == nil {
 				t.Fatalf("no backup pid in:\n%s", out.String())
 			}

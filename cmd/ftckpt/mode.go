@@ -48,6 +48,7 @@ type modeFlags struct {
 	acceptBackups  string
 	metrics        string
 	control        string
+	respawn        bool
 	machine        machineFlags
 	devices        deviceFlags
 	tls            tlsFlags
@@ -75,10 +76,11 @@ func addModeFlags(root *cobra.Command) {
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
 	fl.StringVar(&f.machineKind, "machine", "auto", "the guest's machine: kvm, sim (the software machine: one vCPU, its own guests) or auto (kvm if /dev/kvm opens)")
-	fl.StringVar(&f.join, "join", "", "replay backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening")
-	fl.StringVar(&f.acceptBackups, "accept-backups", "", "replay primary (and a backup once live): accept backups that --join at ADDR, one at a time")
 	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. :9100); empty: off")
 	fl.StringVar(&f.control, "control", "", "control socket for ftckpt ctl (default ROLE-PID.sock in "+node.ControlDir()+"); none: no socket")
+	fl.StringVar(&f.join, "join", "", "backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening; checkpoint mode tries again until a primary takes it")
+	fl.StringVar(&f.acceptBackups, "accept-backups", "", "primary (and a backup once live): accept backups that --join at ADDR whenever the guest runs unprotected, one at a time")
+	fl.BoolVar(&f.respawn, "respawn", true, "checkpoint mode: start a backup that joins this node whenever the guest runs unprotected, after every failover (a local run; with --role, needs --accept-backups and is off unless given)")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
@@ -106,11 +108,15 @@ func addModeFlags(root *cobra.Command) {
 				return err
 			}
 			defer done()
-			err = node.RunLocal(ctx, o, func() (node.Backup, error) {
-				b, err := startLocalBackup(backupArgs)
-				done() // the backup has read its certificate, or failed
-				return b, err
-			})
+			if o.Respawn != nil {
+				err = runLocalRespawning(ctx, o, backupArgs)
+			} else {
+				err = node.RunLocal(ctx, o, func() (node.Backup, error) {
+					b, err := startLocalBackup(backupArgs)
+					done() // the backup has read its certificate, or failed
+					return b, err
+				})
+			}
 		} else {
 			err = node.Run(ctx, o)
 		}
@@ -179,6 +185,9 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 		c.EpochAuto, c.Epoch = true, max(f.minEpoch, min(f.maxEpoch, c.Epoch))
 	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {
 		return o, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
+	}
+	if f.respawn && o.Mode == node.ModeCheckpoint && (f.role == "" || changed("respawn")) {
+		o.Respawn = spawnJoiningBackup(nil) // a local run's gives it its certificates
 	}
 	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status
 	o.Metrics, o.Control = f.metrics, f.controlPath(o.Role)

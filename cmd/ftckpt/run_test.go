@@ -69,7 +69,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--mode", "checkpoint", "--machine", "sim", "--guest", "counter"}, "the software machine runs kv, tick"},
 		{[]string{"--mode", "checkpoint", "--machine", "qemu"}, `--machine "qemu"`},
 		{[]string{"--mode", "checkpoint", "--landing-delay", "1ms"}, "--landing-delay applies to --mode replay"},
-		{[]string{"--mode", "checkpoint", "--role", "backup", "--join", "h:1"}, "--join and --accept-backups apply to --mode replay"},
+		{[]string{"--mode", "checkpoint", "--role", "primary", "--peer", "h:1", "--respawn", "--insecure"}, "--respawn needs --accept-backups"},
 		{[]string{"--mode", "replay", "--role", "backup", "--listen", ":1", "--join", "h:1"}, "one of them"},
 		{[]string{"--mode", "replay", "--accept-backups", ":1"}, "need --role"},
 		{[]string{"--mode", "checkpoint", "--epoch", "fast"}, `--epoch "fast"`},

@@ -21,7 +21,8 @@ type Backup struct {
 	guest machine.Runner
 	fence *witness.Fence
 	recv  *format.Backup
-	disk  vmm.Disk // set by SetDisk before GoLive
+	disk  vmm.Disk               // set by SetDisk before GoLive
+	live  func(gen uint64) error // set by SetLive before GoLive
 	log   *slog.Logger
 	now   func() time.Time
 	// status mirrors recv.Status() for other goroutines: recv belongs to
@@ -51,6 +52,12 @@ func NewBackup(cfg Config, g machine.Runner, fence *witness.Fence, log *slog.Log
 // disk writes of committed epochs the primary had not yet made durable.
 // A guest with a disk needs it; call before GoLive.
 func (b *Backup) SetDisk(d vmm.Disk) { b.disk = d }
+
+// SetLive sets a function GoLive calls once it has won generation gen and
+// restored the machine, before the disk writes are written again and the
+// guest starts: the caller turns its devices to a primary's (outputs held
+// for the backups to come). An error stops GoLive. Call before GoLive.
+func (b *Backup) SetLive(live func(gen uint64) error) { b.live = live }
 
 // Status is the backup's position. Safe to call from any goroutine.
 func (b *Backup) Status() format.Status { return *b.status.Load() }
@@ -117,6 +124,9 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 				}
 				continue
 			}
+			if res.Committed && res.Header.Kind == format.KindSyncCommit {
+				b.log.Info("full sync committed: the guest is protected", "generation", res.Header.Generation, "epoch", res.Header.Epoch)
+			}
 			if res.Committed {
 				a := format.Ack{Generation: res.Header.Generation, Epoch: res.Header.Epoch}
 				if err := l.Send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout); err != nil {
@@ -173,6 +183,11 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 	if err := b.guest.RestoreState(b.recv.Machine()); err != nil {
 		return 0, fmt.Errorf("restoring epoch %d: %w", st.Epoch, err)
 	}
+	if b.live != nil {
+		if err := b.live(st.Generation + 1); err != nil {
+			return 0, err
+		}
+	}
 	if err := b.reissueDisk(st.Epoch); err != nil {
 		return 0, err
 	}
@@ -192,28 +207,27 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 func (b *Backup) Serve(ctx context.Context, ln net.Listener) (uint64, error) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	for {
-		conn, err := ln.Accept()
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		if err != nil {
-			return 0, err
-		}
-		err = b.Receive(ctx, conn)
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		st := b.Status()
-		b.log.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
-		if st.State != format.StateCommitted {
-			continue // nothing to go live with: wait for a primary
-		}
-		gen, err := b.GoLive(ctx)
-		if errors.Is(err, witness.ErrLost) {
-			b.log.Warn("another candidate won; staying backup", "err", err)
-			continue
-		}
-		return gen, err
+	return b.Follow(ctx, func(context.Context) (net.Conn, error) { return ln.Accept() })
+}
+
+// follow serves one primary over conn until it is lost, then goes live if
+// it can: it returns the generation won, or 0 and nil if the backup must
+// wait for the next primary (nothing committed, or another candidate won
+// the contest), or ctx.Err().
+func (b *Backup) follow(ctx context.Context, conn net.Conn) (uint64, error) {
+	err := b.Receive(ctx, conn)
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
 	}
+	st := b.Status()
+	b.log.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)
+	if st.State != format.StateCommitted {
+		return 0, nil // nothing to go live with: wait for a primary
+	}
+	gen, err := b.GoLive(ctx)
+	if errors.Is(err, witness.ErrLost) {
+		b.log.Warn("another candidate won; staying backup", "err", err)
+		return 0, nil
+	}
+	return gen, err
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"slices"
 	"sync"
@@ -71,6 +70,11 @@ type Primary struct {
 	mu       sync.Mutex
 	inflight map[uint64]bool
 	acked    chan struct{}
+	// committing is false while a joining backup's sync has not yet
+	// captured its commit: until then the guest's outputs leave at once
+	// and losing the backup costs nothing. Only the epoch loop's goroutine
+	// (run) touches it.
+	committing bool
 	// spare holds page buffers the sender is done with, for the next
 	// captures: a pause then copies into memory already faulted in instead
 	// of allocating (and zeroing) a fresh buffer.
@@ -112,6 +116,10 @@ type capture struct {
 	pages   []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
 	machine []byte
 	disk    *format.DiskLog // committing kinds with a held disk
+	// sent, if set, is closed by the sender once the capture is written
+	// to the link (a pre-copy round waits for it before harvesting the
+	// next).
+	sent chan struct{}
 }
 
 // Run replicates the guest over conn until ctx ends, the guest stops (nil),
@@ -121,8 +129,22 @@ type capture struct {
 // wrapping witness.ErrHalt.
 // Precondition: the guest is running.
 func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
+	return p.run(ctx, conn, false)
+}
+
+// run is Run; joining says the guest runs alone, its outputs released at
+// once (goAlone), and conn's backup joins it: a backup lost before the
+// sync's commit was captured is dropped (errJoinDropped, see backupLost)
+// without asking the witness, as it never protected the guest.
+// Precondition: no other run of p is under way.
+func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, p.now)
 	defer conn.Close()
+	if g, _ := p.fence.Held(); g > p.gen {
+		p.gen = g // won since NewPrimary, losing an earlier backup
+	}
+	p.resync.Store(false)
+	p.committing = !joining
 	pages := uint64(len(p.guest.Memory())) / format.PageSize
 	cache, err := format.NewPageCache(len(p.guest.Memory()))
 	if err != nil {
@@ -140,7 +162,10 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); p.send(ctx, l, format.NewEncoder(cache), captures, failed) }()
 	go func() { defer wg.Done(); p.receive(l, failed) }()
-	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err }) }()
+	go func() {
+		defer wg.Done()
+		l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err })
+	}()
 	defer func() {
 		close(stopHB)
 		cancel()
@@ -214,12 +239,25 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 	}
 }
 
+// roundChunk is the most pages a pre-copy round message carries (64 MiB
+// of memory): a round over a large memory is several messages, each
+// encoded and shipped while the next is read, and none near
+// MaxCheckpoint.
+const roundChunk = 16384
+
 // sync brings the backup to the guest's current state: pre-copy rounds
-// while the guest runs (the first sends every page), then a final round with
-// the guest paused that commits epoch Position().
+// while the guest runs (the first sends every page, each later one the
+// pages dirtied while the one before was shipped), then a final round with
+// the guest paused that commits epoch Position(). A round is harvested only
+// once the one before is written to the link, so that the pause at the end
+// copies what was dirtied during one round's shipping, not during all of
+// them. The rounds end when a harvest finds at most PrecopyDone pages, or
+// after PrecopyRounds: the pause then copies those pages and the ones
+// dirtied since. Each round is logged, with its pages and how long it took.
 func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan<- *capture, failed <-chan error) error {
 	epoch := p.pos.Load()
-	p.log.Info("full sync", "generation", p.gen, "epoch", epoch)
+	began := p.now()
+	p.log.Info("full sync", "generation", p.gen, "epoch", epoch, "pages", dirty.Len())
 	p.syncEpoch.Store(epoch)
 	p.syncAcked.Store(false)
 	p.mu.Lock()
@@ -230,39 +268,66 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
-	all := make([]uint64, dirty.Len())
-	for i := range all {
-		all[i] = uint64(i)
+	pfns := make([]uint64, dirty.Len())
+	for i := range pfns {
+		pfns[i] = uint64(i)
 	}
-	first := &capture{hdr: format.Header{Kind: format.KindSyncRound, Flags: format.FlagSyncStart, Generation: p.gen, Epoch: epoch}, pfns: all}
-	if err := p.enqueue(ctx, captures, first, failed); err != nil {
-		return err
-	}
-	for round := 1; round < p.cfg.PrecopyRounds; round++ {
+	for round := 1; ; round++ {
+		start := p.now()
+		if err := p.sendRound(ctx, captures, failed, epoch, pfns, round == 1); err != nil {
+			return err
+		}
+		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "took", p.now().Sub(start).Round(time.Millisecond))
 		if err := p.harvestWhilePaused(dirty); err != nil {
 			return err
 		}
-		n := dirty.Count()
-		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch}}
+		pfns = pfns[:0]
 		for r := range dirty.Runs() {
 			for q := r.First; q < r.First+r.Count; q++ {
-				c.pfns = append(c.pfns, q)
+				pfns = append(pfns, q)
 			}
 		}
-		if err := p.enqueue(ctx, captures, c, failed); err != nil {
-			return err
-		}
-		if n <= p.cfg.PrecopyDone {
-			break
+		if round >= p.cfg.PrecopyRounds || len(pfns) <= p.cfg.PrecopyDone {
+			break // the pages left go in the pause, with those dirtied since
 		}
 	}
 	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
 	if err != nil {
 		return err
 	}
+	p.committing = true // outputs from here on wait for the backup
 	p.Stats.epoch(pause, p.cfg.Epoch)
 	p.syncSent.Store(p.now().UnixNano())
+	p.log.Info("full sync's commit captured", "epoch", epoch, "pages in the pause", pause.Dirty,
+		"pause", pause.Total().Round(time.Microsecond), "since the sync began", p.now().Sub(began).Round(time.Millisecond))
 	return p.enqueue(ctx, captures, c, failed)
+}
+
+// sendRound hands the sender one pre-copy round over pfns, read live, in
+// messages of at most roundChunk pages (the first with FlagSyncStart if
+// start), and waits until the last is written to the link.
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns []uint64, start bool) error {
+	var last *capture
+	for len(pfns) > 0 || last == nil {
+		n := min(len(pfns), roundChunk)
+		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
+			pfns: slices.Clone(pfns[:n]), sent: make(chan struct{})}
+		if start {
+			c.hdr.Flags, start = format.FlagSyncStart, false
+		}
+		if err := p.enqueue(ctx, captures, c, failed); err != nil {
+			return err
+		}
+		pfns, last = pfns[n:], c
+	}
+	select {
+	case <-last.sent:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-failed:
+		return fmt.Errorf("%w: %w", errPeerFailed, err)
+	}
 }
 
 func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
@@ -296,7 +361,9 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 	}
 	split(&pause.Stop)
 	epoch := p.pos.Load()
-	dirty.Clear()
+	if kind != format.KindSyncCommit {
+		dirty.Clear() // a sync's commit also carries the pages its last round left (sync)
+	}
 	if err := p.guest.Harvest(dirty); err != nil {
 		return nil, pause, p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
 	}
@@ -469,6 +536,9 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 		}
 		p.Stats.shipped(uint64(len(data)), uint64(len(c.pfns))*format.PageSize)
 		p.syncing.sent(c.hdr, len(data))
+		if c.sent != nil {
+			close(c.sent)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -537,8 +607,14 @@ func (p *Primary) receive(l *format.Link, failed chan<- error) {
 	}
 }
 
-// backupLost applies the paper's rule for a primary without its backup.
+// backupLost applies the paper's rule for a primary without its backup,
+// unless the backup was still joining (!committing): it is then dropped,
+// as nothing of the guest's was held for it.
 func (p *Primary) backupLost(ctx context.Context, cause error) error {
+	if !p.committing {
+		p.log.Warn("the joining backup was lost before its sync committed; running on alone", "cause", cause)
+		return fmt.Errorf("%w: %w", errJoinDropped, cause)
+	}
 	p.log.Warn("backup lost", "cause", cause)
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DecideTimeout)
 	defer cancel()
@@ -551,8 +627,8 @@ func (p *Primary) backupLost(ctx context.Context, cause error) error {
 	}
 	gen, _ := p.fence.Held()
 	p.log.Warn("won the next generation: continuing alone, unprotected", "generation", gen)
-	if err := p.out.Commit(math.MaxUint64); err != nil {
-		return fmt.Errorf("releasing held outputs: %w", err)
+	if err := p.goAlone(); err != nil {
+		return err
 	}
 	return fmt.Errorf("%w (generation %d): %w", ErrBackupLost, gen, cause)
 }

@@ -2,8 +2,8 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
@@ -33,17 +33,14 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
-	env := outbuf.Env{Generation: gen, Fence: fence, Net: h.netSink(), Clock: outbuf.SystemClock{}}
-	var netDev vmm.FrameSink
-	var held *ckmode.HeldDisk
-	var diskDev vmm.Disk
-	if h.disk != nil {
-		held = ckmode.NewHeldDisk(h.disk, pos)
-		env.Disk, diskDev = held.Sink(), held
-	}
-	out, err := outbuf.New(outbuf.DefaultConfig(), env)
+	out, held, err := checkpointOutputs(gen, fence, h.netSink(), h.disk, pos)
 	if err != nil {
 		return err
+	}
+	var netDev vmm.FrameSink
+	var diskDev vmm.Disk
+	if held != nil {
+		diskDev = held
 	}
 	if o.hasNetDevice() {
 		netDev = ckmode.HeldNet{Out: out, Pos: pos}
@@ -54,7 +51,6 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	}
 	defer r.close() // before the backends close: no device may use them after
 	if held != nil {
-		held.Attach(out)
 		held.SetPoll(r.pollDisk) // a held-back FLUSH completes
 	}
 	cfg := o.Checkpoint
@@ -68,9 +64,11 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	if held != nil {
 		primary.SetDisk(held)
 	}
-	conn, err := dialPeer(ctx, o, o.Peer, 10*time.Second)
-	if err != nil {
-		return err
+	var conn net.Conn // nil: alone until a backup joins (AcceptBackups)
+	if o.Peer != "" {
+		if conn, err = dialPeer(ctx, o, o.Peer, 10*time.Second); err != nil {
+			return err
+		}
 	}
 	if err := r.Start(); err != nil {
 		return err
@@ -80,18 +78,8 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 			return err
 		}
 	}
-	log.Info("primary running", "generation", gen, "backup", o.Peer, "epoch", describeEpoch(&cfg), "machine", cfg.Machine)
-	stop := statusLines(o.Status, o.StatusEvery, func() string {
-		st := out.Stats()
-		return primary.Stats.Line(time.Now(), fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99)))
-	})
-	defer stop()
-	err = primary.Run(ctx, conn)
-	if errors.Is(err, ckmode.ErrBackupLost) {
-		log.Warn("running alone", "err", err)
-		err = r.waitOrCancel(ctx)
-	}
-	return err
+	log.Info("primary running", "generation", gen, "backup", o.Peer, "epoch", describeEpoch(&cfg), "machine", cfg.Machine, "pid", pid)
+	return n.protectCheckpoint(ctx, primary, r, out, conn)
 }
 
 // describeEpoch is the epoch setting as the user gave it.
@@ -124,7 +112,22 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 		netDev = deferred
 	}
 	diskDev := h.diskDev()
-	r, err := newRunner(o, netDev, diskDev, false)
+	// A backup that takes backups once live is built as a primary is
+	// (its dirty pages tracked), its devices turned to a primary's when
+	// it goes live.
+	var late *liveDevices
+	if o.AcceptBackups != "" {
+		late = &liveDevices{}
+		late.net.set(deferred)
+		if netDev != nil {
+			netDev = &late.net
+		}
+		if diskDev != nil {
+			late.disk.set(diskDev)
+			diskDev = &late.disk
+		}
+	}
+	r, err := newRunner(o, netDev, diskDev, late != nil)
 	if err != nil {
 		return err
 	}
@@ -139,12 +142,25 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if h.disk != nil {
 		backup.SetDisk(h.disk) // where going live writes again what the primary may not have
 	}
-	ln, err := listen(ctx, o)
-	if err != nil {
-		return err
+	var primary *ckmode.Primary
+	var out *outbuf.Buffer
+	if late != nil {
+		backup.SetLive(func(gen uint64) (err error) {
+			primary, out, err = late.becomePrimary(o, gen, fence, h, r, deferred)
+			return err
+		})
 	}
-	defer ln.Close()
-	gen, err := backup.Serve(ctx, ln)
+	var gen uint64
+	if o.Join != "" {
+		gen, err = backup.Follow(ctx, joinDialer(o))
+	} else {
+		var ln net.Listener
+		if ln, err = listen(ctx, o); err != nil {
+			return err
+		}
+		gen, err = backup.Serve(ctx, ln)
+		ln.Close()
+	}
 	if err != nil {
 		return err
 	}
@@ -157,6 +173,11 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 			return err
 		}
 	}
-	log.Warn("live as primary, unprotected", "generation", gen)
-	return r.waitOrCancel(ctx)
+	if primary == nil {
+		log.Warn("live as primary, unprotected", "generation", gen, "pid", pid)
+		return r.waitOrCancel(ctx)
+	}
+	n.set(func(p *Parts) { p.Outputs, p.CheckpointPrimary = out, primary })
+	log.Warn("live as primary, unprotected until a backup joins", "generation", gen, "pid", pid)
+	return n.protectCheckpoint(ctx, primary, r, out, nil)
 }

@@ -157,9 +157,16 @@ type Options struct {
 	DiskSize int64
 
 	// Peer is the backup's address (a primary). Listen is where a backup
-	// accepts its primary; Join, in replay mode, dials a running primary's
-	// AcceptBackups address instead.
+	// accepts its primary; Join dials a running primary's AcceptBackups
+	// address instead (in checkpoint mode, again until one takes it).
+	// AcceptBackups is where a primary, or a backup once live, takes
+	// backups that join while its guest runs unprotected.
 	Peer, Listen, Join, AcceptBackups string
+	// Respawn, if set, starts a backup that joins this node at addr (its
+	// AcceptBackups listener's) each time the guest runs unprotected,
+	// unless the last one it started still runs (--respawn, a local run's
+	// re-protection); the node stops that one when it ends.
+	Respawn func(addr string) (Backup, error)
 	// Arbiter names the witness (witness.Open): raft://..., disk:PATH.
 	Arbiter string
 	// TLS is this host's certificate, its cluster's CA and the peer names
@@ -253,12 +260,12 @@ func (o *Options) validateRole() error {
 		return nil
 	case o.Role != RolePrimary && o.Role != RoleBackup:
 		return errors.New("no role: want primary, backup or alone")
-	case o.Mode == ModeCheckpoint && (o.Join != "" || o.AcceptBackups != ""):
-		return errors.New("--join and --accept-backups apply to --mode replay")
 	case o.Role == RolePrimary && o.Peer == "" && o.AcceptBackups == "":
-		return errors.New("--role primary needs --peer HOST:PORT (the backup), or, in replay mode, --accept-backups ADDR")
+		return errors.New("--role primary needs --peer HOST:PORT (the backup), or --accept-backups ADDR")
 	case o.Role == RoleBackup && (o.Listen == "") == (o.Join == ""):
-		return errors.New("--role backup needs --listen ADDR, or, in replay mode, --join HOST:PORT (one of them)")
+		return errors.New("--role backup needs --listen ADDR, or --join HOST:PORT (one of them)")
+	case o.Respawn != nil && o.AcceptBackups == "":
+		return errors.New("--respawn needs --accept-backups ADDR, where the backups it starts join")
 	}
 	return nil
 }

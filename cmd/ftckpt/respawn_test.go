@@ -1,0 +1,171 @@
+package main
+
+import (
+	"io"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// TestCheckpointRespawnSurvivesKills runs a local pair (`ftckpt --mode
+// checkpoint`, no --role: --respawn is the default) of the software
+// machine's kv guest and kills whichever process is primary with SIGKILL at
+// a random moment under a UDP client's traffic, again and again: each time
+// the backup goes live and starts a backup of its own that joins it, with
+// no one's help. After every kill the client's replies stay one machine's;
+// at the end the disk holds every update a reply reported.
+func TestCheckpointRespawnSurvivesKills(t *testing.T) {
+	respawnKills(t, simKV, "--epoch", "5ms")
+}
+
+// TestKVMCheckpointRespawnSurvivesKills is the same with the C kv guest on a
+// 4-vCPU KVM machine.
+func TestKVMCheckpointRespawnSurvivesKills(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	respawnKills(t, kvmKV, "--vcpus", "4", "--epoch", "10ms")
+}
+
+// respawnKillCount is how many primaries a respawn test kills: 10, or
+// FTCKPT_KILLS (make chaos KILLS=200).
+func respawnKillCount() int {
+	if n, err := strconv.Atoi(os.Getenv("FTCKPT_KILLS")); err == nil && n > 0 {
+		return n
+	}
+	return 10
+}
+
+var (
+	// firstPrimary and livePrimary are the lines that name a primary's
+	// process: the local run's own, and each backup gone live.
+	firstPrimary = regexp.MustCompile(`primary running generation=\d+ .* pid=(\d+)`)
+	livePrimary  = regexp.MustCompile(`live as primary, unprotected until a backup joins generation=\d+ pid=(\d+)`)
+	// startedBackup names each backup process a node started.
+	startedBackup = regexp.MustCompile(`started a backup process pid=(\d+) `)
+)
+
+// respawnKills is the respawn test on machine, with flags.
+func respawnKills(t *testing.T, machine kvMachine, flags ...string) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	dir := t.TempDir()
+	udp := freePort(t, "udp")
+	args := slices.Concat([]string{"--mode", "checkpoint",
+		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, flags, machine.flags, loopbackTLS(t))
+	var out syncBuffer
+	t.Cleanup(func() {
+		// Every process the run started, which outlive the ones that
+		// started them.
+		for _, m := range startedBackup.FindAllStringSubmatch(out.String(), -1) {
+			if pid, err := strconv.Atoi(m[1]); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("the processes' output:\n%s", out.String())
+		}
+	})
+	local := processTree(t, &out, args...)
+
+	ua, _ := net.ResolveUDPAddr("udp", udp)
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := newKVClient(conn, true)
+	waitForMatch(t, &out, firstPrimary, 1)
+	primary, _ := strconv.Atoi(firstPrimary.FindStringSubmatch(out.String())[1])
+	from := 0 // where in the output the current primary's life began
+	for kill := 1; kill <= respawnKillCount(); kill++ {
+		// Protected again: its new backup committed a full sync.
+		waitForAfter(t, &out, from, "full sync committed")
+		for n := 1 + rng.Intn(5); n > 0; n-- {
+			c.incr(t, 20*time.Second)
+		}
+		// A request in flight (incr sends it again), then SIGKILL at a
+		// random moment.
+		c.send()
+		time.Sleep(time.Duration(rng.Intn(5000)) * time.Microsecond)
+		if err := syscall.Kill(primary, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %d: killing the primary, process %d: %v", kill, primary, err)
+		}
+		if primary == local.Process.Pid {
+			local.Wait() // its output is a file: Wait need not wait for its children
+		}
+		c.resend = 100 * time.Millisecond // the primary is gone: ask again soon
+		c.incr(t, 20*time.Second)
+		c.resend = 0
+		// The new primary's stderr reaches out through a pipe: its
+		// replies can arrive before its log line does.
+		waitForMatch(t, &out, livePrimary, kill)
+		lives := livePrimary.FindAllStringSubmatchIndex(out.String(), -1)
+		last := lives[kill-1]
+		s := out.String()
+		primary, _ = strconv.Atoi(s[last[2]:last[3]])
+		from = last[1]
+		t.Logf("kill %d: process %d is primary, after %d requests", kill, primary, c.sent)
+	}
+	for n := 0; n < 4; n++ {
+		c.incr(t, 20*time.Second)
+	}
+	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
+}
+
+// processTree starts this binary as `ftckpt args...`, its output, and that
+// of every process it starts, which inherit it and may outlive it, going to
+// out through a pipe of the test's own (exec's pipe would be closed when
+// Wait gives up waiting for the children, and they would die of SIGPIPE).
+// The test's end kills it; the caller kills the others.
+func processTree(t *testing.T, out *syncBuffer, args ...string) *exec.Cmd {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan struct{})
+	go func() { io.Copy(out, r); close(copied) }()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "FTCKPT_TEST_AS_MAIN=1")
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		r.Close() // the children are killed by now, or never will be
+		<-copied
+	})
+	return cmd
+}
+
+// waitForAfter waits until out, from byte from on, contains s.
+func waitForAfter(t *testing.T, out *syncBuffer, from int, s string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String()[from:], s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q after byte %d in:\n%s", s, from, out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
