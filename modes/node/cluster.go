@@ -200,7 +200,7 @@ func (c Cluster) Table() string {
 // lag is how far a node's backup is behind, as its status says.
 func lag(s Status) string {
 	switch {
-	case s.Checkpoint != nil && s.Checkpoint.BackupState != "":
+	case s.Checkpoint != nil && s.Checkpoint.BackupState != "" && s.Role == "backup":
 		return fmt.Sprintf("holds epoch %d", s.Checkpoint.Committed)
 	case s.Checkpoint != nil && s.Role == "primary":
 		return fmt.Sprintf("%d epochs", s.Checkpoint.Lag)

@@ -423,7 +423,17 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 // detachBackup lets the primary's backup go.
 func (n *Node) detachBackup() (string, error) {
 	if n.o.Mode == ModeReplay {
-		return "", errors.New("detach-backup: not implemented yet in replay mode")
+		p := n.Parts().ReplayPrimary
+		if p == nil || n.actingRole() != RolePrimary {
+			return "", errors.New("detach-backup: this node is not a primary")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), failoverWait)
+		defer cancel()
+		if err := p.Detach(ctx); err != nil {
+			return "", fmt.Errorf("detach-backup: %w", err)
+		}
+		gen, _ := n.ops.held()
+		return fmt.Sprintf("backup detached: this node holds generation %d and runs on alone", gen), nil
 	}
 	p := n.Parts().CheckpointPrimary
 	if p == nil || n.actingRole() != RolePrimary {
@@ -641,9 +651,12 @@ func (s Status) Text() string {
 		line("epoch", "%v (%s)", s.Epoch, kind)
 	}
 	if c := s.Checkpoint; c != nil {
-		if c.BackupState != "" {
+		switch {
+		case c.BackupState != "" && s.Role == "primary":
+			line("live", "from epoch %d of generation %d", c.Committed, c.CommitGen)
+		case c.BackupState != "":
 			line("backup", "%s: generation %d epoch %d", c.BackupState, c.CommitGen, c.Committed)
-		} else {
+		default:
 			ratio := 0.0
 			if c.WireBytes > 0 {
 				ratio = float64(c.PageBytes) / float64(c.WireBytes)

@@ -15,6 +15,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	"github.com/ftckpt/ftckpt/witness"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -383,8 +384,22 @@ func TestControlReplayPair(t *testing.T) {
 	}
 	refused(t, pc, "replay mode has no epochs", "set", "epoch", "10ms")
 	refused(t, pc, "not implemented yet in replay mode", "pause")
-	refused(t, pc, "not implemented yet in replay mode", "detach-backup")
 	refused(t, bc, "not a primary", "failover")
+	refused(t, bc, "not a primary", "detach-backup")
+
+	t.Log(mustAsk(t, pc, "detach-backup").Message)
+	if who, gen := p.Holder(); who != "primary" || gen != 2 {
+		t.Fatalf("generation %d is the %s's, want generation 2 the primary's", gen, who)
+	}
+	vmmtest.Closed(t, "the detached backup to end", p.Backup.Done())
+	if err := p.Backup.Wait(); !errors.Is(err, witness.ErrLost) {
+		t.Fatalf("the detached backup ended with %v, want a lost contest", err)
+	}
+	if st := mustAsk(t, pc, "status").Status; st.InSync || st.BackupsLost != 1 || st.Generation != 2 {
+		t.Errorf("the primary's status after detach-backup %+v", st)
+	}
+	refused(t, pc, "no backup to detach", "detach-backup")
+	c.Incr() // alone, it answers
 }
 
 // TestControlReplayFailover hands a replay-mode pair's guest over on

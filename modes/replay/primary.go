@@ -56,6 +56,8 @@ type Primary struct {
 	rx     rxQueue
 	wake   chan struct{} // buffered(1): frames arrived, resync asked, link lost, a backup attaching
 	attach chan net.Conn // buffered(1): a backup to protect the guest from now on
+	// detach is buffered(1): Detach's request, answered on its channel.
+	detach chan chan<- error
 	// rxKick kicks the guest LandingDelay after a frame arrived, if no
 	// synchronous exit delivered it first; rxKickArmed says it is set.
 	rxKick      *time.Timer
@@ -141,7 +143,7 @@ func newPrimary(cfg Config, m machine.Stepper, plug *Plug, out *outbuf.Buffer, f
 	}
 	p := &Primary{
 		cfg: cfg, m: m, out: out, fence: fence, log: log, Stats: &Stats{},
-		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1), ackedCh: make(chan struct{}, 1),
+		rx: rxQueue{max: cfg.RxQueue}, wake: make(chan struct{}, 1), attach: make(chan net.Conn, 1), detach: make(chan chan<- error, 1), ackedCh: make(chan struct{}, 1),
 		syncKick: make(chan struct{}, 1),
 		clock:    newGuestClock(clockFrom),
 	}
@@ -328,6 +330,13 @@ func (p *Primary) boundary() error {
 			return lerr
 		}
 		return err
+	}
+	select {
+	case done := <-p.detach:
+		if err := p.detachBackup(done); err != nil {
+			return err
+		}
+	default:
 	}
 	if p.recording && p.linkIsDown() {
 		if err := p.backupLost(); err != nil {
