@@ -8,8 +8,8 @@ import (
 
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
-	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/kvmmachine"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 )
@@ -106,7 +106,7 @@ func newKVMRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*ru
 	if err := m.LoadBareMetal(img, boot); err != nil {
 		return nil, err
 	}
-	g := &ckmode.KVMGuest{M: m}
+	g := &kvmmachine.Runner{M: m}
 	if track {
 		if g.Tracker, err = dirtylog.New(m, o.Tracking); err != nil {
 			return nil, err
