@@ -242,21 +242,24 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 		}
 		return x
 	}
-	// A guest that reports its progress by the pass (memtouch on KVM) is
-	// measured from one report to the first after the window's duration:
-	// a pass may take longer than the window (a VM exit per page's first
-	// write, a third of a millisecond in an emulated machine).
-	_, counted := primary.Parts().Machine.(instructions)
-	byPass := client == nil && !counted
-	if byPass {
-		if err := nextPass(ctx, con, primary, backup); err != nil {
+	// Progress counted in steps (memtouch's passes, kv's replies on KVM)
+	// is measured from one step to the first after the window's duration:
+	// a step may take longer than the window (a pass costs a VM exit per
+	// page, a third of a millisecond each in an emulated machine).
+	var steps func() uint64
+	if _, counted := primary.Parts().Machine.(instructions); !counted {
+		steps = con.dirtied.Load
+		if client != nil {
+			steps = client.repliesSoFar
+		}
+		if err := nextStep(ctx, steps, primary, backup); err != nil {
 			return nil, err
 		}
 	}
 	a := take()
 	err := sleep(ctx, p.Duration, primary, backup)
-	if err == nil && byPass {
-		err = nextPass(ctx, con, primary, backup)
+	if err == nil && steps != nil {
+		err = nextStep(ctx, steps, primary, backup)
 	}
 	b := take()
 	if err != nil {
@@ -285,16 +288,16 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	return r, nil
 }
 
-// nextPass waits until the guest's console reports its next pass.
-func nextPass(ctx context.Context, con *console, primary, backup *node.Node) error {
-	from := con.dirtied.Load()
+// nextStep waits until steps changes.
+func nextStep(ctx context.Context, steps func() uint64, primary, backup *node.Node) error {
+	from := steps()
 	deadline := time.Now().Add(readyWait)
-	for con.dirtied.Load() == from {
+	for steps() == from {
 		if err := sleep(ctx, 250*time.Microsecond, primary, backup); err != nil {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the guest reported no pass in %v", readyWait)
+			return fmt.Errorf("the guest made no progress in %v", readyWait)
 		}
 	}
 	return nil
