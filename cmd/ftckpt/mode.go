@@ -80,7 +80,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.control, "control", "", "control socket for ftckpt ctl (default ROLE-PID.sock in "+node.ControlDir()+"); none: no socket")
 	fl.StringVar(&f.join, "join", "", "backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening; checkpoint mode tries again until a primary takes it")
 	fl.StringVar(&f.acceptBackups, "accept-backups", "", "primary (and a backup once live): accept backups that --join at ADDR whenever the guest runs unprotected, one at a time")
-	fl.BoolVar(&f.respawn, "respawn", true, "checkpoint mode: start a backup that joins this node whenever the guest runs unprotected, after every failover (a local run; with --role, needs --accept-backups and is off unless given)")
+	fl.BoolVar(&f.respawn, "respawn", true, "start a backup that joins this node whenever the guest runs unprotected, after every failover (a local run; with --role, needs --accept-backups and is off unless given)")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
@@ -186,7 +186,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {
 		return o, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
 	}
-	if f.respawn && o.Mode == node.ModeCheckpoint && (f.role == "" || changed("respawn")) {
+	if f.respawn && (f.role == "" || changed("respawn")) {
 		o.Respawn = spawnJoiningBackup(nil) // a local run's gives it its certificates
 	}
 	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status

@@ -26,15 +26,42 @@ import (
 // no one's help. After every kill the client's replies stay one machine's;
 // at the end the disk holds every update a reply reported.
 func TestCheckpointRespawnSurvivesKills(t *testing.T) {
-	respawnKills(t, simKV, "--epoch", "5ms")
+	respawnKills(t, checkpointRespawn, simKV, "--epoch", "5ms")
 }
 
 // TestKVMCheckpointRespawnSurvivesKills is the same with the C kv guest on a
 // 4-vCPU KVM machine.
 func TestKVMCheckpointRespawnSurvivesKills(t *testing.T) {
 	vmmtest.RequireKVM(t)
-	respawnKills(t, kvmKV, "--vcpus", "4", "--epoch", "10ms")
+	respawnKills(t, checkpointRespawn, kvmKV, "--vcpus", "4", "--epoch", "10ms")
 }
+
+// TestReplayRespawnSurvivesKills is TestCheckpointRespawnSurvivesKills in
+// replay mode, where no reply is lost.
+func TestReplayRespawnSurvivesKills(t *testing.T) {
+	respawnKills(t, replayRespawn, simKV)
+}
+
+// TestKVMReplayRespawnSurvivesKills is TestReplayRespawnSurvivesKills with
+// the C kv guest on KVM.
+func TestKVMReplayRespawnSurvivesKills(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	respawnKills(t, replayRespawn, kvmKV)
+}
+
+// respawnMode is a mode as a respawn test runs it: its flag, the event a
+// backup logs once it protects the guest, and whether replies may be lost
+// at a failover.
+type respawnMode struct {
+	mode      string
+	protected string
+	lossy     bool
+}
+
+var (
+	checkpointRespawn = respawnMode{"checkpoint", "full sync committed", true}
+	replayRespawn     = respawnMode{"replay", "full checkpoint applied", false}
+)
 
 // respawnKillCount is how many primaries a respawn test kills: 10, or
 // FTCKPT_KILLS (make chaos KILLS=200).
@@ -48,14 +75,14 @@ func respawnKillCount() int {
 var (
 	// firstPrimary and livePrimary are the lines that name a primary's
 	// process: the local run's own, and each backup gone live.
-	firstPrimary = regexp.MustCompile(`primary running generation=\d+ .* pid=(\d+)`)
-	livePrimary  = regexp.MustCompile(`live as primary, unprotected until a backup joins generation=\d+ pid=(\d+)`)
+	firstPrimary = regexp.MustCompile(`primary (?:running|recording) generation=\d+ .*pid=(\d+)`)
+	livePrimary  = regexp.MustCompile(`live as primary, unprotected.*pid=(\d+)`)
 	// startedBackup names each backup process a node started.
 	startedBackup = regexp.MustCompile(`started a backup process pid=(\d+) `)
 )
 
-// respawnKills is the respawn test on machine, with flags.
-func respawnKills(t *testing.T, machine kvMachine, flags ...string) {
+// respawnKills is the respawn test in mode on machine, with flags.
+func respawnKills(t *testing.T, mode respawnMode, machine kvMachine, flags ...string) {
 	if testing.Short() {
 		t.Skip("-short: a multi-process test")
 	}
@@ -64,7 +91,7 @@ func respawnKills(t *testing.T, machine kvMachine, flags ...string) {
 	rng := rand.New(rand.NewSource(seed))
 	dir := t.TempDir()
 	udp := freePort(t, "udp")
-	args := slices.Concat([]string{"--mode", "checkpoint",
+	args := slices.Concat([]string{"--mode", mode.mode,
 		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, flags, machine.flags, loopbackTLS(t))
@@ -89,13 +116,13 @@ func respawnKills(t *testing.T, machine kvMachine, flags ...string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c := newKVClient(conn, true)
+	c := newKVClient(conn, mode.lossy)
 	waitForMatch(t, &out, firstPrimary, 1)
 	primary, _ := strconv.Atoi(firstPrimary.FindStringSubmatch(out.String())[1])
 	from := 0 // where in the output the current primary's life began
 	for kill := 1; kill <= respawnKillCount(); kill++ {
 		// Protected again: its new backup committed a full sync.
-		waitForAfter(t, &out, from, "full sync committed")
+		waitForAfter(t, &out, from, mode.protected)
 		for n := 1 + rng.Intn(5); n > 0; n-- {
 			c.incr(t, 20*time.Second)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
@@ -74,12 +75,17 @@ type respawner struct {
 	o    *Options
 	addr string // where this node accepts backups
 
-	mu   sync.Mutex // protects last
-	last *Backup
+	mu      sync.Mutex // protects last and started
+	last    *Backup
+	started time.Time
 }
 
-// unprotected starts a backup unless the last one still runs. It does not
-// wait for it to join.
+// respawnEvery is the least time between two backups started: one that
+// fails at once is not started again in a tight loop.
+const respawnEvery = time.Second
+
+// unprotected starts a backup unless the last one still runs or was
+// started less than respawnEvery ago. It does not wait for it to join.
 func (r *respawner) unprotected() {
 	if r == nil {
 		return
@@ -93,6 +99,10 @@ func (r *respawner) unprotected() {
 			return // still running: joining, or trying again to
 		}
 	}
+	if time.Since(r.started) < respawnEvery {
+		return
+	}
+	r.started = time.Now()
 	b, err := r.o.Respawn(r.addr)
 	if err != nil {
 		r.o.log().Error("could not start a backup; running unprotected", "err", err)
@@ -121,6 +131,38 @@ func newRespawner(o *Options, ln net.Listener) *respawner {
 		return nil
 	}
 	return &respawner{o: o, addr: ln.Addr().String()}
+}
+
+// replayWatch is how often watchReplay looks whether the guest runs
+// unprotected.
+const replayWatch = 100 * time.Millisecond
+
+// watchReplay calls rs.unprotected whenever p's guest is seen running
+// unprotected (p.Protected false), looking every replayWatch, until stop,
+// which also stops the last backup rs started. rs nil: nothing to do.
+func watchReplay(rs *respawner, p *replay.Primary) (stop func()) {
+	if rs == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(replayWatch)
+		defer t.Stop()
+		for {
+			if !p.Protected() {
+				rs.unprotected()
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait(); rs.stop() }
 }
 
 // checkpointOutputs is a checkpoint-mode primary's output buffer for

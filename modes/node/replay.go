@@ -63,17 +63,19 @@ func (t *toPrimary) Receive(frame []byte) bool {
 func (t *toPrimary) Poll() {}
 
 // acceptBackups lets backups join p at o.AcceptBackups (none if empty) for
-// as long as ctx lasts.
-func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) error {
+// as long as ctx lasts, and with o.Respawn starts them (watchReplay); stop
+// ends that and stops the last backup started.
+func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) (stop func(), err error) {
 	if o.AcceptBackups == "" {
-		return nil
+		return func() {}, nil
 	}
 	ln, err := net.Listen("tcp", o.AcceptBackups)
 	if err != nil {
-		return fmt.Errorf("--accept-backups: %w", err)
+		return nil, fmt.Errorf("--accept-backups: %w", err)
 	}
+	rs := newRespawner(o, ln)
 	p.AcceptBackups(ctx, secure(o, ln, "--accept-backups"))
-	return nil
+	return watchReplay(rs, p), nil
 }
 
 // runReplayPrimary records the guest's execution and ships the log to the
@@ -118,13 +120,15 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := acceptBackups(ctx, o, p); err != nil {
+	stopAccepting, err := acceptBackups(ctx, o, p)
+	if err != nil {
 		return err
 	}
+	defer stopAccepting()
 	if err := startRx(h, p); err != nil {
 		return err
 	}
-	log.Info("primary recording", "generation", gen, "backup", o.Peer, "guest", o.Guest)
+	log.Info("primary recording", "generation", gen, "backup", o.Peer, "guest", o.Guest, "pid", pid)
 	stop := statusLines(o.Status, o.StatusEvery, p.Stats.PrimaryLine)
 	defer stop()
 	err = p.Run(ctx, conn)
@@ -211,10 +215,12 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	if err := startRx(h, live); err != nil {
 		return err
 	}
-	log.Warn("live as primary, unprotected")
-	if err := acceptBackups(ctx, o, live); err != nil {
+	log.Warn("live as primary, unprotected", "pid", pid)
+	stopAccepting, err := acceptBackups(ctx, o, live)
+	if err != nil {
 		return err
 	}
+	defer stopAccepting()
 	return live.Run(ctx, nil)
 }
 
