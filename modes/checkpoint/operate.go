@@ -47,6 +47,11 @@ func (p *Primary) policy() Config {
 	return c
 }
 
+// Protected says whether the guest has a backup in sync now: the primary
+// replicates to a backup that acknowledged its latest full sync. Safe to
+// call from any goroutine.
+func (p *Primary) Protected() bool { return p.replicating.Load() && p.syncAcked.Load() }
+
 // ErrDetached is the cause ErrBackupLost wraps when the backup was
 // detached on purpose (Detach).
 var ErrDetached = errors.New("backup detached by the operator")

@@ -41,6 +41,8 @@ type Primary struct {
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
 	pos atomic.Uint64
+	// replicating is true while run replicates to a backup (Protected).
+	replicating atomic.Bool
 	// setting, if set, replaces cfg's epoch policy (SetEpoch).
 	setting atomic.Pointer[epochSetting]
 	// detach takes Detach's request to the epoch loop while Run runs
@@ -140,6 +142,9 @@ func (p *Primary) Run(ctx context.Context, conn net.Conn) error {
 func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, p.now)
 	defer conn.Close()
+	p.syncAcked.Store(false) // the last run's: this backup has none yet
+	p.replicating.Store(true)
+	defer p.replicating.Store(false)
 	if g, _ := p.fence.Held(); g > p.gen {
 		p.gen = g // won since NewPrimary, losing an earlier backup
 	}

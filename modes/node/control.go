@@ -593,7 +593,7 @@ func (n *Node) Status() Status {
 			StateP50: Duration(m.State), ResumeP50: Duration(m.Resume), DirtyP50: m.Dirty,
 			WireBytes: shipped, PageBytes: raw, Resyncs: p.Stats.ResyncCount()}
 		st.Checkpoint = c
-		st.InSync = acked > 0 && st.BackupsLost == 0
+		st.InSync = p.Protected()
 		_, st.EpochAuto = p.Epoch()
 		st.Epoch = Duration(p.CurrentEpoch())
 	}
