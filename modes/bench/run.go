@@ -15,6 +15,7 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/node"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // readyWait bounds a configuration that never gets going.
@@ -214,7 +215,15 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	take := func() at {
 		x := at{t: time.Now()}
 		pp := primary.Parts()
-		switch m := pp.Machine.(type) {
+		m := pp.Machine
+		for {
+			w, ok := m.(interface{ Unwrap() machine.Runner })
+			if !ok {
+				break
+			}
+			m = w.Unwrap() // the operator's hold (modes/node)
+		}
+		switch m := m.(type) {
 		case instructions:
 			x.progress = m.Instructions()
 		default:
@@ -247,7 +256,7 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	// a step may take longer than the window (a pass costs a VM exit per
 	// page, a third of a millisecond each in an emulated machine).
 	var steps func() uint64
-	if _, counted := primary.Parts().Machine.(instructions); !counted {
+	if p.Machine != node.MachineSim { // the software machine counts instructions
 		steps = con.dirtied.Load
 		if client != nil {
 			steps = client.repliesSoFar

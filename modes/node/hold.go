@@ -31,6 +31,9 @@ func (h holdSaver) PauseSaving() error {
 	return h.enginePause(h.Runner.(machine.PauseSaver).PauseSaving)
 }
 
+// Unwrap is the machine under the hold.
+func (h *hold) Unwrap() machine.Runner { return h.Runner }
+
 // newHold wraps r (a holdSaver if r is a machine.PauseSaver).
 func newHold(r machine.Runner) (machine.Runner, *hold) {
 	h := &hold{Runner: r}
