@@ -1,0 +1,197 @@
+package checkpoint
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
+	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	"github.com/ftckpt/ftckpt/witness"
+)
+
+// chanListener is a net.Listener whose connections the test hands over.
+type chanListener struct {
+	conns     chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// startAlone starts p's primary running alone (Protect), taking backups
+// from the returned listener, and builds p's backup without connecting it.
+func (p *pair) startAlone(pages uint64) *chanListener {
+	t := p.t
+	ctx := context.Background()
+	pf := witness.NewFence(p.arb, "primary")
+	if _, err := pf.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
+	p.disk = vmmtest.NewMemDisk(int64(p.pg.slots * recordSize))
+	sink, cut := p.client.sink("primary")
+	p.cutP = cut
+	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.Attach(out)
+	held.SetPoll(p.pg.poke)
+	if p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.primary.SetDisk(held)
+	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
+	p.pg.disk, p.bg.disk = held, p.disk
+	bf := witness.NewFence(p.arb, "backup")
+	if p.backup, err = NewBackup(p.cfg, p.bg, bf, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.backup.SetDisk(p.disk)
+	bsink, _ := p.client.sink("backup")
+	if p.bOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 2, Fence: bf, Net: bsink, Clock: outbuf.SystemClock{}}); err != nil {
+		t.Fatal(err)
+	}
+	holdCounts(p.bg, p.bOut, func() uint64 { return 1 }, nil)
+	ln := newChanListener()
+	if err := p.pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p.cancelP = cancel
+	go func() { p.pDone <- p.primary.Protect(pctx, nil, ln, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		p.link.Cut()
+		p.pg.Pause()
+		p.bg.Pause()
+	})
+	return ln
+}
+
+// stallAtFirstCheckpoint is a Filter that passes messages until the first
+// checkpoint (a full sync's first round), says so on reached, and then
+// reads nothing more until release is closed: the primary's writes fill
+// the link's buffers and wait, its pre-copy stuck in that round.
+func stallAtFirstCheckpoint(reached chan<- struct{}, release <-chan struct{}) linktest.Filter {
+	return func(from io.Reader, to io.Writer) {
+		hdr := make([]byte, 8)
+		for {
+			if _, err := io.ReadFull(from, hdr); err != nil {
+				return
+			}
+			if format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint {
+				reached <- struct{}{}
+				<-release
+				return
+			}
+			body := make([]byte, binary.LittleEndian.Uint32(hdr))
+			if _, err := io.ReadFull(from, body); err != nil {
+				return
+			}
+			if _, err := to.Write(append(hdr, body...)); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// TestBackupLostDuringPrecopyCostsNothing: a primary runs alone, outputs
+// released at once; a backup joins, and its link stalls in the full sync's
+// first round (the guest runs on, its outputs still released), then is
+// cut: the primary runs on alone without asking the witness. A second
+// backup then joins, commits, and on the primary's crash goes live with
+// generation 2: the lost joiner cost no generation.
+func TestBackupLostDuringPrecopyCostsNothing(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.link.Buffer = 4096 // the first round (4096 pages) cannot all be in flight
+	ln := p.startAlone(4096)
+	p.client.waitCount(t, 5) // alone: released at once
+
+	reached, release := make(chan struct{}, 1), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	p.link.SetFilter(linktest.Up, stallAtFirstCheckpoint(reached, release))
+	conn, bconn := p.link.Pipe()
+	ln.conns <- conn
+	lost := make(chan error, 1)
+	go func() { lost <- p.backup.Receive(context.Background(), bconn) }()
+	vmmtest.Receive(t, "the joining backup's first round", reached)
+	got, _ := p.client.snapshot()
+	p.client.waitCount(t, len(got)+5) // pre-copy: still released at once
+	p.link.Cut()
+	vmmtest.Receive(t, "the joining backup's receiver to end", lost)
+	got, _ = p.client.snapshot()
+	p.client.waitCount(t, len(got)+5) // alone again
+	if gen, state := p.primary.fence.Held(); gen != 1 || state != "valid" {
+		t.Fatalf("after losing a joining backup the primary's fence holds generation %d (%s), want 1 (valid)", gen, state)
+	}
+	if st := p.backup.Status(); st.State == format.StateCommitted {
+		t.Fatalf("the first joiner committed epoch %d", st.Epoch)
+	}
+
+	// A second backup (the same engine, as a joiner trying again) joins
+	// on a healthy link and commits.
+	p.link.SetFilter(linktest.Up, nil)
+	joined := make(chan struct{}, 1)
+	var once sync.Once
+	go func() {
+		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
+			conn, bconn := p.link.Pipe()
+			select {
+			case ln.conns <- conn:
+			case <-ln.closed:
+				return nil, net.ErrClosed
+			}
+			once.Do(func() { joined <- struct{}{} })
+			return bconn, nil
+		})
+		p.bDone <- errors.Join(err, errGen(gen))
+	}()
+	vmmtest.Receive(t, "the second backup's connection", joined)
+	vmmtest.WaitUntil(t, "the second backup to commit", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	got, _ = p.client.snapshot()
+	p.client.waitCount(t, len(got)+5) // protected: released on acks
+	p.crashPrimary(false)
+	err := vmmtest.Receive(t, "the backup to go live", p.bDone)
+	var g errGen
+	if !errors.As(err, &g) || g != 2 {
+		t.Fatalf("the backup went live with %v, want generation 2", err)
+	}
+	if err := p.bOut.Commit(^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	p.checkOutcome(5)
+}
+
+// errGen carries the generation Follow won through its error.
+type errGen uint64
+
+func (g errGen) Error() string { return "generation" }
