@@ -38,7 +38,9 @@ native)
 	;;
 emulated)
 	# Every guest exit costs ~0.3 ms there: the kill tests kill fewer times.
-	sed -i '2i export FTCKPT_KILLS=${FTCKPT_KILLS:-3}' "$runner"
+	# Its /tmp is the host's over 9p, where Unix sockets cannot be bound
+	# (the nodes' control sockets): temporary files go to /dev/shm.
+	sed -i '2i export FTCKPT_KILLS=${FTCKPT_KILLS:-3} TMPDIR=/dev/shm' "$runner"
 	if [ ! -x "$KVMTCG" ]; then
 		echo "test-kvm: no emulated machine at $KVMTCG (set KVMTCG to its run.sh)" >&2
 		exit 1
