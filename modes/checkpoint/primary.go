@@ -122,6 +122,10 @@ type capture struct {
 	// to the link (a pre-copy round waits for it before harvesting the
 	// next).
 	sent chan struct{}
+	// roundPages, on the first message of a pre-copy round sent in
+	// several (sendRound), is the round's pages; cont marks the others.
+	roundPages int
+	cont       bool
 }
 
 // Run replicates the guest over conn until ctx ends, the guest stops (nil),
@@ -313,10 +317,11 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 // start), and waits until the last is written to the link.
 func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns []uint64, start bool) error {
 	var last *capture
+	total := len(pfns)
 	for len(pfns) > 0 || last == nil {
 		n := min(len(pfns), roundChunk)
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
-			pfns: slices.Clone(pfns[:n]), sent: make(chan struct{})}
+			pfns: slices.Clone(pfns[:n]), sent: make(chan struct{}), roundPages: total, cont: last != nil}
 		if start {
 			c.hdr.Flags, start = format.FlagSyncStart, false
 		}
@@ -502,7 +507,9 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 			return
 		}
-		p.syncing.begin(c.hdr, len(c.pfns), p.now())
+		if !c.cont { // a round's later messages go on with it
+			p.syncing.begin(c.hdr, max(len(c.pfns), c.roundPages), p.now())
+		}
 		for i, pfn := range c.pfns {
 			var page []byte
 			if c.pages != nil {
