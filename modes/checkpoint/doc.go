@@ -23,6 +23,16 @@
 // never sent again: a released one must not repeat, and an unreleased one
 // lost with the primary is, to the client, a packet lost on the network.
 //
+// A primary that runs alone (from the start, or after it lost its backup
+// and won the next generation) takes a backup into the running guest
+// (Protect; the backup dials it and Follow tries again until one takes
+// it): the full sync's pre-copy rounds read memory while the guest runs,
+// each harvested once the one before is written to the link, and only the
+// pages left go in the pause that captures the commit. Until that pause the
+// guest's outputs leave at once and a backup lost costs nothing, no
+// generation asked for; from it on, outputs wait for the new backup's acks
+// and the paper's rule applies. The protocol is the full sync's, unchanged.
+//
 // The wire protocol is checkpoint/PROTOCOL.md. Goroutines of a primary:
 // the epoch loop (pauses, harvests, copies, hands epochs on), the sender
 // (encodes and writes checkpoints and heartbeats), and the receiver (reads
