@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -30,7 +29,7 @@ const joinRetry = 500 * time.Millisecond
 // joinDialer returns a backup's next connection to the primary at o.Join:
 // it dials until a primary is there and passes the handshake, waiting
 // joinRetry between attempts (the first call dials at once). A handshake
-// refusal (mtls.ErrRefused: a certificate or name not accepted) ends it:
+// refusal (mtls.IsRefusal: a certificate or name not accepted) ends it:
 // trying again would be refused again.
 func joinDialer(o *Options) func(ctx context.Context) (net.Conn, error) {
 	first := true
@@ -45,7 +44,7 @@ func joinDialer(o *Options) func(ctx context.Context) (net.Conn, error) {
 			}
 			first = false
 			conn, err := dialPeer(ctx, o, o.Join, 10*time.Second)
-			if err == nil || ctx.Err() != nil || errors.Is(err, mtls.ErrRefused) {
+			if err == nil || ctx.Err() != nil || mtls.IsRefusal(err) {
 				return conn, err
 			}
 			o.log().Info("no primary took this backup yet; trying again", "join", o.Join, "err", err)

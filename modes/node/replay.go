@@ -225,10 +225,12 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 }
 
 // connectToPrimary is a backup's connection to its primary: accepted on
-// o.Listen, or dialled to a running primary's accept address (o.Join).
+// o.Listen, or dialled to a running primary's accept address (o.Join),
+// again until one is there (a primary that turns this backup away, having
+// one, ends it: replay's Follow takes one connection).
 func connectToPrimary(ctx context.Context, o *Options) (net.Conn, error) {
 	if o.Join != "" {
-		return dialPeer(ctx, o, o.Join, 10*time.Second)
+		return joinDialer(o)(ctx) // until a primary is there
 	}
 	ln, err := listen(ctx, o)
 	if err != nil {
