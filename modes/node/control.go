@@ -58,7 +58,7 @@ type ops struct {
 	// firstGen is the first generation the fence held (a primary's at
 	// start; a backup's when it went live).
 	firstGen uint64
-	hold     *hold // the guest's machine, once built in checkpoint mode or alone
+	hold     holder // the guest's machine, once built
 	// listening is where a backup accepts its primary, once it does.
 	listening string
 
@@ -95,6 +95,18 @@ func (s *ops) wrapRunner(r machine.Runner) machine.Runner {
 	return w
 }
 
+// wrapStepper puts a holdStepper between the replay engine and m.
+func (s *ops) wrapStepper(m machine.Stepper) machine.Stepper {
+	if s == nil {
+		return m
+	}
+	h := newHoldStepper(m)
+	s.mu.Lock()
+	s.hold = h
+	s.mu.Unlock()
+	return h
+}
+
 // wrapArbiter has the arbiter's round trips observed, with metrics on.
 func (s *ops) wrapArbiter(a witness.Arbiter) witness.Arbiter {
 	if s == nil || s.metrics == nil {
@@ -121,7 +133,7 @@ func (s *ops) held() (gen, first uint64) {
 	return g, s.firstGen
 }
 
-func (s *ops) theHold() *hold {
+func (s *ops) theHold() holder {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.hold
@@ -398,9 +410,6 @@ func (n *Node) set1(name, value string) (string, error) {
 // pauseResume holds or releases the guest.
 func (n *Node) pauseResume(pause bool) (string, error) {
 	op := map[bool]string{true: "pause", false: "resume"}[pause]
-	if n.o.Mode == ModeReplay && n.o.Role != RoleAlone {
-		return "", fmt.Errorf("%s: not implemented yet in replay mode (the engine steps the guest itself)", op)
-	}
 	if n.actingRole() == RoleBackup {
 		return "", fmt.Errorf("%s: this node is a backup: its guest does not run", op)
 	}
@@ -412,7 +421,10 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 		if err := h.Hold(); err != nil {
 			return "", fmt.Errorf("pause: %w", err)
 		}
-		return "guest paused (its outputs wait; checkpoints go on)", nil
+		if n.o.Mode == ModeReplay {
+			return "guest paused (the log goes on; ftckpt ctl resume)", nil
+		}
+		return "guest paused (checkpoints go on; ftckpt ctl resume)", nil
 	}
 	if err := h.Release(); err != nil {
 		return "", fmt.Errorf("resume: %w", err)

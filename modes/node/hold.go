@@ -123,3 +123,94 @@ func (h *hold) stopped() bool {
 		return false
 	}
 }
+
+// holder is what ftckpt ctl pause and resume act on: a hold (checkpoint
+// mode, alone) or a holdStepper (replay mode).
+type holder interface {
+	Hold() error
+	Release() error
+	Held() bool
+}
+
+// holdStepper lets the operator pause a replay-mode guest: it stands
+// between the engine and the machine, and while the operator holds the
+// guest, Run does not enter it. It waits instead until Release, or until a
+// Kick, which it answers as the machine would, with ExitKicked (the engine
+// kicks to deliver an interrupt or a frame, or to stop): the engine's
+// boundaries go on, the guest executes nothing.
+type holdStepper struct {
+	machine.Stepper
+	mu   sync.Mutex // protects held and kicked
+	cond sync.Cond  // on mu: held or kicked changed
+	held bool
+	// kicked is a Kick made while held and not yet answered by a Run: the
+	// next Run returns ExitKicked, held or not (Kick's contract).
+	kicked bool
+}
+
+func newHoldStepper(s machine.Stepper) *holdStepper {
+	h := &holdStepper{Stepper: s}
+	h.cond.L = &h.mu
+	return h
+}
+
+// Run implements machine.Stepper for the engine.
+func (h *holdStepper) Run() (machine.Exit, error) {
+	h.mu.Lock()
+	for h.held && !h.kicked {
+		h.cond.Wait()
+	}
+	if h.kicked {
+		h.kicked = false
+		h.mu.Unlock()
+		return machine.Exit{Kind: machine.ExitKicked}, nil
+	}
+	h.mu.Unlock()
+	return h.Stepper.Run()
+}
+
+// Kick implements machine.Stepper; any goroutine may call it.
+func (h *holdStepper) Kick() {
+	h.mu.Lock()
+	if h.held {
+		h.kicked = true
+		h.cond.Broadcast()
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	h.Stepper.Kick()
+}
+
+// Hold stops the guest for the operator: the Run in progress returns at
+// once (kicked), and the next ones wait.
+func (h *holdStepper) Hold() error {
+	h.mu.Lock()
+	if h.held {
+		h.mu.Unlock()
+		return errors.New("the guest is paused already")
+	}
+	h.held = true
+	h.mu.Unlock()
+	h.Stepper.Kick()
+	return nil
+}
+
+// Release lets the guest run again.
+func (h *holdStepper) Release() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.held {
+		return errors.New("the guest is not paused")
+	}
+	h.held = false
+	h.cond.Broadcast()
+	return nil
+}
+
+// Held says whether the operator holds the guest.
+func (h *holdStepper) Held() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held
+}

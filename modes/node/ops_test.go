@@ -361,7 +361,8 @@ func TestControlCheckpointPair(t *testing.T) {
 }
 
 // TestControlReplayPair drives the control requests against a replay-mode
-// pair: status on both nodes, and the requests replay mode refuses.
+// pair: status on both nodes, set epoch (refused: no epochs), pause and
+// resume, detach-backup, and the bad ones.
 func TestControlReplayPair(t *testing.T) {
 	o := nodetest.Options(t, node.ModeReplay, node.MachineSim, "kv")
 	o.Control = controlPath(t)
@@ -383,7 +384,24 @@ func TestControlReplayPair(t *testing.T) {
 		t.Errorf("backup status %+v", st)
 	}
 	refused(t, pc, "replay mode has no epochs", "set", "epoch", "10ms")
-	refused(t, pc, "not implemented yet in replay mode", "pause")
+	refused(t, bc, "this node is a backup", "pause")
+
+	// pause and resume: a request sent while paused is answered once
+	// resumed, one machine's.
+	mustAsk(t, pc, "pause")
+	refused(t, pc, "paused already", "pause")
+	if st := mustAsk(t, pc, "status").Status; !st.Paused {
+		t.Error("status does not say paused")
+	}
+	c.Send()
+	mustAsk(t, pc, "resume")
+	refused(t, pc, "not paused", "resume")
+	for range 3 {
+		c.Incr()
+	}
+	if d := mustAsk(t, bc, "status").Status.Replay.Divergences; d != 0 {
+		t.Errorf("the backup found %d divergences", d)
+	}
 	refused(t, bc, "not a primary", "failover")
 	refused(t, bc, "not a primary", "detach-backup")
 
@@ -548,4 +566,29 @@ func rawRequest(t *testing.T, path, line string) string {
 	buf := make([]byte, 4096)
 	n, _ := c.Read(buf)
 	return string(buf[:n])
+}
+
+// TestKVMControlReplayPause pauses and resumes a replay-mode pair's C kv
+// guest on KVM under the client's requests: the paused guest answers once
+// resumed, one machine's, and the backup finds no divergence.
+func TestKVMControlReplayPause(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	o := nodetest.Options(t, node.ModeReplay, node.MachineKVM, "kv")
+	o.Control = controlPath(t)
+	p := nodetest.Start(t, o)
+	pc, bc := o.Control, o.Control+".backup"
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	for range 3 {
+		c.Incr()
+	}
+	for range 3 {
+		mustAsk(t, pc, "pause")
+		c.Send()
+		mustAsk(t, pc, "resume")
+		c.Incr()
+	}
+	if d := mustAsk(t, bc, "status").Status.Replay.Divergences; d != 0 {
+		t.Errorf("the backup found %d divergences", d)
+	}
 }

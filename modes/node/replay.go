@@ -24,7 +24,18 @@ import (
 // through which every device reads time, disk data and frames): KVM's, one
 // vCPU with userspace interrupts, or the software machine. close releases
 // it.
-func newStepper(o *Options, env machine.Env, diskSize int64) (m machine.Stepper, close func(), err error) {
+//
+// The machine is held by the node's operator (ftckpt ctl pause) through a
+// holdStepper between it and the engine.
+func newStepper(o *Options, env machine.Env, diskSize int64) (machine.Stepper, func(), error) {
+	m, closeM, err := newBareStepper(o, env, diskSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	return o.ops.wrapStepper(m), closeM, nil
+}
+
+func newBareStepper(o *Options, env machine.Env, diskSize int64) (m machine.Stepper, close func(), err error) {
 	if o.Machine == MachineSim {
 		params, err := sim.ParseParams(o.Params)
 		if err != nil {
