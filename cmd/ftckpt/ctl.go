@@ -27,8 +27,8 @@ found in the default directory):
   status             role, peer, in sync or not, generation, the status line's figures
   set epoch 10ms     checkpoint primary: the interval between checkpoints, from the next epoch
   set epoch auto     checkpoint primary: adapt it between --min-epoch and --max-epoch
-  pause, resume      hold the guest paused (checkpoint mode, or a node alone); checkpoints go on
-  detach-backup      checkpoint primary: take the next generation and run on alone
+  pause, resume      hold the guest paused, and let it run again (checkpoints, or the log, go on)
+  detach-backup      primary: take the next generation, let the backup go, run on alone
   failover           hand the guest over to the backup, then stop (start this host
                      again as a backup). Checkpoint mode: the guest is paused, its
                      final checkpoint acknowledged and every output released; replay
