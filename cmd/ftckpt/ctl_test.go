@@ -3,9 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
@@ -86,5 +92,72 @@ func TestCtlAndStatusOfAPair(t *testing.T) {
 	}
 	if out, err = cli("status", "--arbiter", ""); err != nil || !strings.Contains(out, o.Control) {
 		t.Errorf("ftckpt status of this host's nodes: %v\n%s", err, out)
+	}
+}
+
+// TestLocalRunFailover hands a local run's guest (the software machine's
+// kv, checkpoint mode) over with ftckpt ctl failover: the first process
+// ends cleanly, its backup goes live with generation 2 and is protected
+// again by a backup it starts (--respawn), whose certificates outlived the
+// first process; the client's counters go on, one machine's.
+func TestLocalRunFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir := t.TempDir()
+	ctl := filepath.Join(dir, "p.sock")
+	udp := freePort(t, "udp")
+	var out syncBuffer
+	local := ftckptProcess(t, &out, "--mode", "checkpoint", "--machine", "sim", "--guest", "kv",
+		"--net", "udp:"+udp, "--disk", filepath.Join(dir, "disk.img"), "--arbiter", "disk:"+filepath.Join(dir, "lease"),
+		"--status-every", "0", "--control", ctl)
+	pids := regexp.MustCompile(`started a backup process pid=(\d+) `)
+	t.Cleanup(func() {
+		for _, m := range pids.FindAllStringSubmatch(out.String(), -1) {
+			if pid, err := strconv.Atoi(m[1]); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	status := func(path string) *node.Status {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := node.Ask(ctx, path, node.Request{Op: "status"})
+		if err != nil {
+			return nil
+		}
+		return resp.Status
+	}
+	vmmtest.WaitUntil(t, "the local run's primary in sync", func() bool {
+		st := status(ctl)
+		return st != nil && st.InSync
+	})
+	c := nodetest.NewKVClient(t, udp, node.ModeCheckpoint)
+	for range 5 {
+		c.Incr()
+	}
+	if msg, err := witnessCLI(context.Background(), "ctl", "--control", ctl, "failover"); err != nil {
+		t.Fatalf("ftckpt ctl failover: %v\n%s", err, out.String())
+	} else {
+		t.Log(msg)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- local.Wait() }() // the live backup keeps the output open: WaitDelay
+	vmmtest.WaitUntil(t, "the live backup protected again", func() bool {
+		st := status(ctl + ".backup")
+		return st != nil && st.Role == "primary" && st.Generation == 2 && st.InSync
+	})
+	c.Resend = 100 * time.Millisecond
+	for range 5 {
+		c.Incr()
+	}
+	select {
+	case err := <-exited:
+		if err != nil && !errors.Is(err, exec.ErrWaitDelay) || local.ProcessState.ExitCode() != 0 {
+			t.Fatalf("the handing-over process ended with %v:\n%s", err, out.String())
+		}
+	case <-time.After(vmmtest.Bound):
+		t.Fatalf("the handing-over process did not end:\n%s", out.String())
 	}
 }

@@ -107,7 +107,11 @@ func addModeFlags(root *cobra.Command) {
 			if backupArgs, err = f.localOps(backupArgs); err != nil {
 				return err
 			}
-			defer done()
+			defer func() {
+				if !errors.Is(err, node.ErrHandedOver) { // else the nodes going on need the certificates
+					done()
+				}
+			}()
 			if o.Respawn != nil {
 				err = runLocalRespawning(ctx, o, backupArgs)
 			} else {

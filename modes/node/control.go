@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
@@ -62,14 +63,16 @@ type ops struct {
 	// listening is where a backup accepts its primary, once it does.
 	listening string
 
-	// stop ends the node's run with a cause (ErrHandedOver).
-	stop      context.CancelCauseFunc
-	metrics   *metrics // nil without --metrics
-	progress  *progress
-	stopHTTP  func()
-	metricsLn net.Listener
-	controlLn net.Listener
-	served    sync.WaitGroup
+	// stop ends the node's run with a cause (ErrHandedOver); handedOver
+	// is set first.
+	stop       context.CancelCauseFunc
+	handedOver atomic.Bool
+	metrics    *metrics // nil without --metrics
+	progress   *progress
+	stopHTTP   func()
+	metricsLn  net.Listener
+	controlLn  net.Listener
+	served     sync.WaitGroup
 }
 
 // setFence records this node's fence, and the generation it won (0: none
@@ -786,6 +789,7 @@ func (n *Node) failover() (string, error) {
 		time.Sleep(time.Millisecond)
 	}
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): every output released; stopping", "epoch", final)
+	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
 	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node stops", final), nil
 }
@@ -807,6 +811,7 @@ func (n *Node) replayFailover() (string, error) {
 	}
 	lsn := p.Stats.Entries.Load()
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): shipping the whole log; stopping", "lsn", lsn)
+	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
 	return fmt.Sprintf("handing over: this node ships the rest of its log (lsn %d and on) and stops; the backup replays it and goes live where it stopped", lsn), nil
 }

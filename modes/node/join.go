@@ -112,9 +112,10 @@ func (r *respawner) unprotected() {
 	r.last = &b
 }
 
-// stop stops the last backup started, if it runs.
+// stop stops the last backup started, if it runs, unless the guest was
+// handed over to it (ftckpt ctl failover): it is the primary now.
 func (r *respawner) stop() {
-	if r == nil {
+	if r == nil || r.o.ops.handedOver.Load() {
 		return
 	}
 	r.mu.Lock()
