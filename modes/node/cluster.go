@@ -202,7 +202,7 @@ func lag(s Status) string {
 	switch {
 	case s.Checkpoint != nil && s.Checkpoint.BackupState != "" && s.Role == "backup":
 		return fmt.Sprintf("holds epoch %d", s.Checkpoint.Committed)
-	case s.Checkpoint != nil && s.Role == "primary":
+	case s.Checkpoint != nil && s.Role == "primary" && s.InSync:
 		return fmt.Sprintf("%d epochs", s.Checkpoint.Lag)
 	case s.Replay != nil && s.Role == "primary" && s.InSync:
 		return fmt.Sprintf("%d entries", s.Replay.Entries-min(s.Replay.Acked, s.Replay.Entries))

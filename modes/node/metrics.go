@@ -160,7 +160,7 @@ var (
 
 	dEpochs     = newDesc("ftckpt_checkpoint_epochs_total", "Checkpoints taken (epochs and full syncs).", prometheus.CounterValue)
 	dAcked      = newDesc("ftckpt_checkpoint_acked_epoch", "The highest epoch the backup acknowledged.", prometheus.GaugeValue)
-	dLagEpochs  = newDesc("ftckpt_checkpoint_backup_lag_epochs", "Epochs captured and not yet acknowledged by the backup.", prometheus.GaugeValue)
+	dLagEpochs  = newDesc("ftckpt_checkpoint_backup_lag_epochs", "Epochs captured and not yet acknowledged by the backup (absent while the guest has no backup in sync).", prometheus.GaugeValue)
 	dEpochLen   = newDesc("ftckpt_checkpoint_epoch_seconds", "The interval between checkpoints now.", prometheus.GaugeValue)
 	dPageBytes  = newDesc("ftckpt_checkpoint_page_bytes_total", "Bytes of the dirty pages shipped, before delta encoding and compression.", prometheus.CounterValue)
 	dWireBytes  = newDesc("ftckpt_checkpoint_wire_bytes_total", "Checkpoint bytes written to the backup, after delta encoding and compression.", prometheus.CounterValue)
@@ -230,7 +230,9 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		epochs, acked, shipped, raw, _ := p.Stats.Counters()
 		emit(dEpochs, float64(epochs))
 		emit(dAcked, float64(acked))
-		emit(dLagEpochs, float64(p.Position()-1-min(acked, p.Position()-1)))
+		if p.Protected() {
+			emit(dLagEpochs, float64(p.Position()-1-min(acked, p.Position()-1)))
+		}
 		emit(dEpochLen, time.Duration(st.Epoch).Seconds())
 		emit(dPageBytes, float64(raw))
 		emit(dWireBytes, float64(shipped))
