@@ -16,8 +16,9 @@ type SyncStep struct {
 	// Round counts from 1; Commit says it is the last.
 	Round  int
 	Commit bool
-	// Pages are the round's pages, Done those encoded so far.
-	Pages, Done int
+	// Pages are the round's pages, Done those encoded so far; AllPages
+	// those of every round so far, this one's included.
+	Pages, Done, AllPages int
 	// Began is when the sync began, Shipped the bytes of its messages
 	// written so far.
 	Began   time.Time
@@ -71,6 +72,7 @@ func (t *syncTracker) begin(h format.Header, pages int, now time.Time) {
 	t.step.Round++
 	t.step.Commit = h.Kind == format.KindSyncCommit
 	t.step.Pages = pages
+	t.step.AllPages += pages
 	t.done.Store(0)
 	s, observe := t.step, t.observe
 	t.mu.Unlock()

@@ -110,8 +110,8 @@ func (pr *progress) syncStep(s ckmode.SyncStep) {
 	pr.endBar()
 	if s.Finished {
 		secs := time.Since(s.Began).Seconds()
-		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %.1f MB shipped (%.1f MB/s)\n",
-			secs, s.Round, float64(s.Shipped)/1e6, float64(s.Shipped)/1e6/max(secs, 1e-9))
+		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s) shipped as %.1f MB\n",
+			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), float64(s.Shipped)/1e6)
 		return
 	}
 	what := fmt.Sprintf("full sync: round %d, %d pages (%.1f MB) while the guest runs", s.Round, s.Pages, mb(s.Pages))
