@@ -68,7 +68,9 @@ func (b *Backup) publish() {
 }
 
 // Receive serves one connection from a primary: it applies checkpoints,
-// acknowledges committed ones and asks for a full sync after rejecting one.
+// acknowledges committed ones, reports each sync round message applied
+// (MsgRounds, by which the primary paces its pre-copy) and asks for a full
+// sync after rejecting one.
 // It returns when the link fails or the primary falls silent for
 // FailureTimeout; what was committed stays committed.
 func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
@@ -93,6 +95,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		case <-stop:
 		}
 	}()
+	var rounds uint64 // sync round messages applied in the sync under way
 	for {
 		select {
 		case err := <-hbErr:
@@ -123,6 +126,17 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 					return err
 				}
 				continue
+			}
+			if h := res.Header; h.Kind == format.KindSyncRound {
+				// The primary paces its pre-copy by the rounds applied.
+				if h.Flags&format.FlagSyncStart != 0 {
+					rounds = 0
+				}
+				rounds++
+				r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: rounds}
+				if err := l.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout); err != nil {
+					return err
+				}
 			}
 			if res.Committed && res.Header.Kind == format.KindSyncCommit {
 				b.log.Info("full sync committed: the guest is protected", "generation", res.Header.Generation, "epoch", res.Header.Epoch)

@@ -72,6 +72,14 @@ type Primary struct {
 	mu       sync.Mutex
 	inflight map[uint64]bool
 	acked    chan struct{}
+	// roundsApplied is the count of the sync's round messages the backup
+	// said it applied (MsgRounds), roundsSent those sent; roundsCh wakes
+	// sendRound when roundsApplied moves. roundsSent and link belong to
+	// the epoch loop's goroutine; link is the run's.
+	roundsApplied atomic.Uint64
+	roundsSent    uint64
+	roundsCh      chan struct{}
+	link          *format.Link
 	// committing is false while a joining backup's sync has not yet
 	// captured its commit: until then the guest's outputs leave at once
 	// and losing the backup costs nothing. Only the epoch loop's goroutine
@@ -154,6 +162,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	}
 	p.resync.Store(false)
 	p.committing = !joining
+	p.link, p.roundsCh = l, make(chan struct{}, 1)
 	pages := uint64(len(p.guest.Memory())) / format.PageSize
 	cache, err := format.NewPageCache(len(p.guest.Memory()))
 	if err != nil {
@@ -267,6 +276,8 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	epoch := p.pos.Load()
 	began := p.now()
 	p.log.Info("full sync", "generation", p.gen, "epoch", epoch, "pages", dirty.Len())
+	p.roundsSent = 0
+	p.roundsApplied.Store(0)
 	p.syncEpoch.Store(epoch)
 	p.syncAcked.Store(false)
 	p.mu.Lock()
@@ -314,7 +325,7 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 
 // sendRound hands the sender one pre-copy round over pfns, read live, in
 // messages of at most roundChunk pages (the first with FlagSyncStart if
-// start), and waits until the last is written to the link.
+// start), and waits until the backup has applied them all (MsgRounds).
 func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns []uint64, start bool) error {
 	var last *capture
 	total := len(pfns)
@@ -328,16 +339,45 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 		if err := p.enqueue(ctx, captures, c, failed); err != nil {
 			return err
 		}
+		p.roundsSent++
 		pfns, last = pfns[n:], c
 	}
 	select {
 	case <-last.sent:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case err := <-failed:
 		return fmt.Errorf("%w: %w", errPeerFailed, err)
 	}
+	// Written is not applied: the socket buffers hold many messages of
+	// pages that compress well. Wait until the backup has applied them,
+	// so that it is not far behind when the commit comes (the outputs
+	// after it wait for its ack). A backup silent for FailureTimeout is
+	// lost; one that applies nothing for as long (it rejected a round and
+	// waits for the sync to end) is not waited for: the sync goes on, and
+	// its commit, unacknowledged, starts another (loop).
+	tick := time.NewTicker(p.cfg.Heartbeat)
+	defer tick.Stop()
+	progress := p.now()
+	for applied := p.roundsApplied.Load(); applied < p.roundsSent; applied = p.roundsApplied.Load() {
+		select {
+		case <-p.roundsCh:
+			progress = p.now()
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-failed:
+			return fmt.Errorf("%w: %w", errPeerFailed, err)
+		case <-tick.C:
+			if err := p.checkSilence(p.link); err != nil {
+				return err
+			}
+			if p.now().Sub(progress) > p.cfg.FailureTimeout {
+				p.log.Warn("the backup applies no pre-copy round; going on without waiting", "applied", applied, "sent", p.roundsSent)
+				return nil
+			}
+		}
+	}
+	return nil
 }
 
 func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
@@ -610,6 +650,19 @@ func (p *Primary) receive(l *format.Link, failed chan<- error) {
 			select {
 			case p.acked <- struct{}{}: // wake a loop waiting for acks that will not come
 			default:
+			}
+		case format.MsgRounds:
+			r, err := format.DecodeRounds(payload)
+			if err != nil {
+				failed <- err
+				return
+			}
+			if r.Generation == p.gen && r.Epoch == p.syncEpoch.Load() {
+				p.roundsApplied.Store(r.Count)
+				select {
+				case p.roundsCh <- struct{}{}:
+				default:
+				}
 			}
 		case format.MsgHeartbeat:
 		default:
