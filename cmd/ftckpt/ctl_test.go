@@ -145,8 +145,12 @@ func TestLocalRunFailover(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- local.Wait() }() // the live backup keeps the output open: WaitDelay
 	vmmtest.WaitUntil(t, "the live backup protected again", func() bool {
-		st := status(ctl + ".backup")
-		return st != nil && st.Role == "primary" && st.Generation == 2 && st.InSync
+		for _, path := range node.FindControlSockets(node.RoleBackup) { // respawned: the default socket
+			if st := status(path); st != nil && st.Role == "primary" && st.Generation == 2 && st.InSync {
+				return true
+			}
+		}
+		return false
 	})
 	c.Resend = 100 * time.Millisecond
 	for range 5 {

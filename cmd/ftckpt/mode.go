@@ -104,17 +104,19 @@ func addModeFlags(root *cobra.Command) {
 			if o.TLS, backupArgs, done, err = f.localTLS(); err != nil {
 				return err
 			}
-			if backupArgs, err = f.localOps(backupArgs); err != nil {
-				return err
-			}
 			defer func() {
 				if !errors.Is(err, node.ErrHandedOver) { // else the nodes going on need the certificates
 					done()
 				}
 			}()
 			if o.Respawn != nil {
+				// Respawned backups take the default control socket and no
+				// metrics (pairFlags): there may be two at once.
 				err = runLocalRespawning(ctx, o, backupArgs)
 			} else {
+				if backupArgs, err = f.localOps(backupArgs); err != nil {
+					return err
+				}
 				err = node.RunLocal(ctx, o, func() (node.Backup, error) {
 					b, err := startLocalBackup(backupArgs)
 					done() // the backup has read its certificate, or failed
@@ -326,9 +328,9 @@ func (f *modeFlags) controlPath(role node.Role) string {
 	return f.control
 }
 
-// localOps adds to the local backup's flags a control socket and a
-// metrics address of its own when the primary's were given: PATH.backup,
-// and the port after the primary's.
+// localOps adds to the local backup's flags (a local run without
+// --respawn) a control socket and a metrics address of its own when the
+// primary's were given: PATH.backup, and the port after the primary's.
 func (f *modeFlags) localOps(args []string) ([]string, error) {
 	if f.control != "" && f.control != "none" {
 		args = append(args, "--control", f.control+".backup")
