@@ -154,6 +154,15 @@ func newHoldStepper(s machine.Stepper) *holdStepper {
 	return h
 }
 
+// bare is the machine under m's holdStepper, if it has one: what Parts
+// shows (ftckpt bench reads the software machine's instruction count).
+func bare(m machine.Stepper) machine.Stepper {
+	if h, ok := m.(*holdStepper); ok {
+		return h.Stepper
+	}
+	return m
+}
+
 // Run implements machine.Stepper for the engine.
 func (h *holdStepper) Run() (machine.Exit, error) {
 	h.mu.Lock()

@@ -120,7 +120,7 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.set(func(parts *Parts) { parts.Machine, parts.Outputs, parts.ReplayPrimary = m, out, p })
+	n.set(func(parts *Parts) { parts.Machine, parts.Outputs, parts.ReplayPrimary = bare(m), out, p })
 	p.Console = o.Console
 	if h.disk != nil {
 		p.SyncDisk = h.disk.Flush
@@ -203,7 +203,7 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = m, b })
+	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = bare(m), b })
 	b.Console = o.Console
 	if h.disk != nil {
 		b.SyncDisk = h.disk.Flush
