@@ -179,10 +179,17 @@ func (n *Node) openOps() error {
 		s.stopHTTP = func() { srv.Close() }
 	}
 	if o.Control != "" {
-		if filepath.Dir(o.Control) == ControlDir() {
+		inDefault := filepath.Dir(o.Control) == ControlDir()
+		if inDefault {
 			FindControlSockets() // sweeps the sockets of nodes that died
 		}
 		ln, err := listenControl(o.Control)
+		if err != nil && inDefault {
+			// The default socket is a convenience: a directory where no
+			// Unix socket can be bound (a 9p /tmp) does not stop the node.
+			o.log().Warn("no control socket: ftckpt ctl cannot reach this node (give --control PATH)", "path", o.Control, "err", err)
+			return nil
+		}
 		if err != nil {
 			n.closeOps()
 			return fmt.Errorf("--control %s: %w", o.Control, err)
