@@ -412,7 +412,7 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	defer conn.Close()
 	c := newKVClient(conn, lossy)
 	for n := 1 + rng.Intn(20); n > 0; n-- {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	// A request in flight (incr sends it again), then SIGKILL at a
 	// random moment.
@@ -428,10 +428,10 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	// The request in flight may have died with the primary: ask
 	// again soon, until the backup answers.
 	c.resend = 100 * time.Millisecond
-	c.incr(t, 20*time.Second)
+	c.incr(t, time.Minute)
 	c.resend = 0
 	for n := 0; n < 4; n++ {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	// The backup's stderr reaches bout through a pipe: its
 	// replies can arrive before its log line does.
@@ -493,32 +493,32 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	defer conn.Close()
 	c := newKVClient(conn, false)
 	for i := 0; i < 5; i++ {
-		c.incr(t, 20*time.Second) // alone
+		c.incr(t, time.Minute) // alone
 	}
 	second := ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, common...)...)
 	waitFor(t, &out1, "a backup attached")
 	waitFor(t, &out2, "full checkpoint applied")
 	for i := 0; i < 5; i++ {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	first.Process.Signal(syscall.SIGKILL)
 	first.Wait()
 	c.resend = 100 * time.Millisecond // the primary is gone: ask again soon
 	for i := 0; i < 5; i++ {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	c.resend = 0
 	waitFor(t, &out2, "accepting backups")
 	ftckptProcess(t, &out3, append([]string{"--role", "backup", "--join", accept2}, common...)...)
 	waitFor(t, &out3, "full checkpoint applied")
 	for i := 0; i < 5; i++ {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	second.Process.Signal(syscall.SIGKILL)
 	second.Wait()
 	c.resend = 100 * time.Millisecond
 	for i := 0; i < 5; i++ {
-		c.incr(t, 20*time.Second)
+		c.incr(t, time.Minute)
 	}
 	// Its stderr reaches out3 through a pipe: its replies can arrive
 	// before its log line does.
@@ -528,7 +528,7 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 // waitFor waits until out contains s.
 func waitFor(t *testing.T, out *syncBuffer, s string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a bound for failures: the emulated KVM is slow
 	for !strings.Contains(out.String(), s) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q in:\n%s", s, out.String())
@@ -594,6 +594,9 @@ func TestKVMSMPInvariantAcrossFailover(t *testing.T) {
 			ftckptProcess(t, &bout, append([]string{"--role", "backup", "--listen", peer}, common...)...)
 			primary := ftckptProcess(t, &pout, append([]string{"--role", "primary", "--peer", peer}, common...)...)
 			waitFor(t, &pout, "smp: round 2 OK")
+			// The guest runs during the full sync's pre-copy: in the
+			// emulated KVM round 2 can come before the backup has a state.
+			waitFor(t, &bout, "full sync committed")
 			time.Sleep(time.Duration(rng.Intn(300)) * time.Millisecond)
 			primary.Process.Signal(syscall.SIGKILL)
 			primary.Wait()
