@@ -57,6 +57,10 @@ type Stepper struct {
 	// have been delivered yet; injectedVec is its vector.
 	injected    bool
 	injectedVec uint8
+	// wantWindow is whether Inject wants an interrupt-window exit (part of
+	// the saved state); noWindows keeps KVM from being asked for it
+	// (AskWindows).
+	wantWindow, noWindows bool
 	// debug is the guest-debug setting in effect (zero: none).
 	debug Debug
 	// hwbp says whether this KVM honours hardware breakpoints, once known

@@ -21,7 +21,7 @@ func (s *Stepper) Inject() (bool, error) {
 	}
 	pic := s.m.pic
 	if !pic.Pending() {
-		s.kick.setWindow(false)
+		s.setWindow(false)
 		return false, nil
 	}
 	if !s.fresh {
@@ -41,8 +41,26 @@ func (s *Stepper) Inject() (bool, error) {
 			injected = true
 		}
 	}
-	s.kick.setWindow(pic.Pending())
+	s.setWindow(pic.Pending())
 	return injected, nil
+}
+
+// setWindow records whether an interrupt-window exit is wanted and asks
+// KVM for one unless AskWindows(false).
+func (s *Stepper) setWindow(on bool) {
+	s.wantWindow = on
+	s.kick.setWindow(on && !s.noWindows)
+}
+
+// AskWindows says whether Inject may ask KVM for an interrupt-window exit
+// (the default), and applies it to the request in effect. Where a KVM
+// reports an opened window is not deterministic (kvm-pvm notices a window
+// the guest opened with IRET only at its next exit of any kind), so a
+// replay backup, which takes interrupts only where the log says, turns the
+// request off. The saved state keeps what Inject wanted either way.
+func (s *Stepper) AskWindows(on bool) {
+	s.noWindows = !on
+	s.setWindow(s.wantWindow)
 }
 
 // settle enters KVM_RUN with immediate_exit set: KVM applies an access

@@ -114,7 +114,7 @@ func (c stepComponent) StateVersion() uint32 { return 1 }
 // SaveState implements Component.
 func (c stepComponent) SaveState() ([]byte, error) {
 	var st stepState
-	if c.s.kick.window() {
+	if c.s.wantWindow {
 		st.RequestWindow = 1
 	}
 	return encodePlain(&st)
@@ -132,6 +132,6 @@ func (c stepComponent) RestoreState(version uint32, data []byte) error {
 	if st.RequestWindow > 1 {
 		return fmt.Errorf("stepper: window request %d: %w", st.RequestWindow, ErrMismatch)
 	}
-	c.s.kick.setWindow(st.RequestWindow == 1)
+	c.s.setWindow(st.RequestWindow == 1)
 	return nil
 }

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -186,7 +187,7 @@ func TestStepComponentRoundTrip(t *testing.T) {
 		var w1, w2 uint32 = immediateExitOn, 0
 		a, b := &Stepper{}, &Stepper{}
 		a.kick.word, b.kick.word = &w1, &w2
-		a.kick.setWindow(on)
+		a.setWindow(on)
 		data, err := stepComponent{a}.SaveState()
 		if err != nil {
 			t.Fatal(err)
@@ -196,6 +197,27 @@ func TestStepComponentRoundTrip(t *testing.T) {
 		}
 		if b.kick.window() != on || w2&immediateExitBit != 0 {
 			t.Fatalf("window %v restored as word %#x", on, w2)
+		}
+		// A machine that does not ask for windows (a replay backup's)
+		// keeps what was wanted in its state, and asks KVM for nothing
+		// until it asks again.
+		var w3 uint32
+		c := &Stepper{}
+		c.kick.word = &w3
+		c.AskWindows(false)
+		if err := (stepComponent{c}).RestoreState(1, data); err != nil {
+			t.Fatal(err)
+		}
+		again, err := stepComponent{c}.SaveState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.kick.window() || !bytes.Equal(again, data) {
+			t.Fatalf("window %v restored without asking: word %#x, state %x, saved %x", on, w3, again, data)
+		}
+		c.AskWindows(true)
+		if c.kick.window() != on {
+			t.Fatalf("window %v: asking again left word %#x", on, w3)
 		}
 	}
 	var w uint32

@@ -17,6 +17,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
@@ -107,6 +108,9 @@ func (s *ops) wrapStepper(m machine.Stepper) machine.Stepper {
 	s.mu.Lock()
 	s.hold = h
 	s.mu.Unlock()
+	if _, ok := m.(replay.WindowAsker); ok {
+		return holdStepperWindows{h}
+	}
 	return h
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
@@ -154,10 +155,21 @@ func newHoldStepper(s machine.Stepper) *holdStepper {
 	return h
 }
 
+// holdStepperWindows is a holdStepper around a replay.WindowAsker: the
+// engine looks for AskWindows, so the wrapper must offer it exactly when
+// the machine does.
+type holdStepperWindows struct{ *holdStepper }
+
+// AskWindows implements replay.WindowAsker.
+func (h holdStepperWindows) AskWindows(on bool) { h.Stepper.(replay.WindowAsker).AskWindows(on) }
+
 // bare is the machine under m's holdStepper, if it has one: what Parts
 // shows (ftckpt bench reads the software machine's instruction count).
 func bare(m machine.Stepper) machine.Stepper {
-	if h, ok := m.(*holdStepper); ok {
+	switch h := m.(type) {
+	case *holdStepper:
+		return h.Stepper
+	case holdStepperWindows:
 		return h.Stepper
 	}
 	return m

@@ -98,6 +98,9 @@ func NewBackup(cfg Config, m machine.Stepper, plug *Plug, fence *witness.Fence, 
 		Stats: &Stats{}, q: newLogQueue(cfg.BackupQueueBytes)}
 	b.gate.hold(1) // nothing is reproducible before the first checkpoint
 	plug.Set(backupEnv{b})
+	if w, ok := m.(WindowAsker); ok {
+		w.AskWindows(false) // interrupts go in only where the log says
+	}
 	return b, nil
 }
 
@@ -560,6 +563,9 @@ func (b *Backup) failover() {
 		return
 	}
 	gen := b.gen + 1
+	if w, ok := b.m.(WindowAsker); ok {
+		w.AskWindows(true) // a primary takes interrupts as soon as it can
+	}
 	out, err := b.makeOut(gen)
 	if err != nil {
 		b.envErr = err

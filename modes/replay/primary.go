@@ -85,6 +85,10 @@ type Primary struct {
 	// logged stop, or a sync's checkpoint): the next run starts a new
 	// signature interval (Mark), as the backup's does.
 	unlogged, needMark bool
+	// atWindow says the guest stopped at an interrupt-window exit of a
+	// WindowAsker machine: an asynchronous stop, as a kick's, at which the
+	// pending interrupt goes in.
+	atWindow bool
 
 	// The link, while recording or pre-copying to a backup attaching.
 	// linkCtx ends, with the failure as its cause, when the link fails (or
@@ -284,9 +288,12 @@ func (p *Primary) drive(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("running the guest: %w", err)
 		}
-		if e.Kind == machine.ExitKicked {
+		_, asker := p.m.(WindowAsker)
+		p.atWindow = e.Kind == machine.ExitWindow && asker
+		if e.Kind == machine.ExitKicked || p.atWindow {
 			// Logged only if the boundary delivers something here (alone,
-			// nothing is logged).
+			// nothing is logged); at a window, the interrupt it opened
+			// for, named by the stop's signature as a kick's stop is.
 			p.unlogged = p.recording
 			p.flushIfStale()
 			continue
@@ -418,8 +425,11 @@ func (p *Primary) boundary() error {
 		p.append(Entry{Type: EntryPoll, Time: now})
 		p.m.PollTimers(now)
 	}
-	if p.unlogged {
+	if p.unlogged && !p.atWindow {
 		return nil
+	}
+	if err := p.logStop(); err != nil {
+		return err
 	}
 	delivered, err := p.m.InjectPending()
 	if err != nil {

@@ -242,6 +242,12 @@ func (k *Stepper) InjectPending() (bool, error) {
 	return delivered, err
 }
 
+// AskWindows says whether InjectPending may ask KVM for an ExitWindow
+// (vmm.Stepper.AskWindows): a KVM reports windows where it notices them,
+// not where they open, so a replay backup turns them off, and a primary
+// names the stop of each by its signature (replay.WindowAsker).
+func (k *Stepper) AskWindows(on bool) { k.st.AskWindows(on) }
+
 // Halted implements machine.Stepper.
 func (k *Stepper) Halted() bool { return k.st.Halted() }
 
