@@ -38,6 +38,7 @@ func NewLink(conn net.Conn, maxCheckpoint int, now func() time.Time) *Link {
 // not silence.
 type hearing struct{ l *Link }
 
+// Read implements io.Reader.
 func (h hearing) Read(p []byte) (int, error) {
 	n, err := h.l.conn.Read(p)
 	if n > 0 {
@@ -64,6 +65,9 @@ func (l *Link) Send(t MsgType, payload []byte, timeout time.Duration) error {
 // send is Send with wmu held.
 func (l *Link) send(t MsgType, payload []byte, timeout time.Duration) error {
 	l.conn.SetWriteDeadline(l.now().Add(timeout))
+	if timeout <= 0 {
+		return wrapSend(t, WriteMessage(l.conn, t, payload))
+	}
 	var (
 		mu     sync.Mutex // orders extend against the end of the write
 		done   bool
@@ -83,6 +87,10 @@ func (l *Link) send(t MsgType, payload []byte, timeout time.Duration) error {
 	done = true
 	extend.Stop()
 	mu.Unlock()
+	return wrapSend(t, err)
+}
+
+func wrapSend(t MsgType, err error) error {
 	if err != nil {
 		return fmt.Errorf("sending %v: %w", t, err)
 	}
