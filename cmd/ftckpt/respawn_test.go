@@ -42,11 +42,12 @@ func TestReplayRespawnSurvivesKills(t *testing.T) {
 	respawnKills(t, replayRespawn, simKV)
 }
 
-// Replay mode on KVM is not run here: its backup may diverge from the
-// primary a while after its full checkpoint (a landing that does not
-// match, then a full checkpoint asked for), and a kill in that window
-// leaves no one in sync to go live (TestKVMReplayKill9AtRandomMoments
-// meets the same).
+// TestKVMReplayRespawnSurvivesKills is TestReplayRespawnSurvivesKills with
+// the C kv guest on KVM.
+func TestKVMReplayRespawnSurvivesKills(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	respawnKills(t, replayRespawn, kvmKV)
+}
 
 // respawnMode is a mode as a respawn test runs it: its flag, the event a
 // backup logs once it protects the guest, and whether replies may be lost
