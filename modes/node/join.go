@@ -108,8 +108,7 @@ func (r *respawner) unprotected() {
 		r.last = nil
 		return
 	}
-	r.o.log().Info("started a backup to protect the guest again", "join", r.addr)
-	r.last = &b
+	r.last = &b // Respawn says so, with the process it started
 }
 
 // stop stops the last backup started, if it runs, unless the guest was
