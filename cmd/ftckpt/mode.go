@@ -300,7 +300,13 @@ func startLocalBackup(extra []string) (node.Backup, error) {
 		return node.Backup{}, fmt.Errorf("the backup process ended before listening (%v)", err)
 	}
 	slog.Info("backup process is listening", "pid", child.Process.Pid, "addr", addr)
-	stop := func(grace time.Duration) {
+	return node.Backup{Addr: addr, Exited: exited, Stop: stopper(child, exited)}, nil
+}
+
+// stopper is how a backup process started here is stopped: SIGTERM, then,
+// if it has not ended (exited closed) within grace, SIGKILL.
+func stopper(child *exec.Cmd, exited <-chan struct{}) func(grace time.Duration) {
+	return func(grace time.Duration) {
 		child.Process.Signal(unix.SIGTERM)
 		select {
 		case <-exited:
@@ -310,7 +316,6 @@ func startLocalBackup(extra []string) (node.Backup, error) {
 			<-exited
 		}
 	}
-	return node.Backup{Addr: addr, Exited: exited, Stop: stop}, nil
 }
 
 // controlPath is the control socket of a node in role: --control, the

@@ -7,10 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"time"
 
 	"github.com/ftckpt/ftckpt/modes/node"
-	"golang.org/x/sys/unix"
 )
 
 // Re-protection without a person (--respawn): a node that accepts backups
@@ -82,16 +80,6 @@ func spawnJoiningBackup(extra []string) func(addr string) (node.Backup, error) {
 		slog.Info("started a backup process", "pid", child.Process.Pid, "join", addr)
 		exited := make(chan struct{})
 		go func() { child.Wait(); close(exited) }()
-		stop := func(grace time.Duration) {
-			child.Process.Signal(unix.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(grace):
-				slog.Warn("the backup process did not end; killing it", "pid", child.Process.Pid, "after", grace)
-				child.Process.Kill()
-				<-exited
-			}
-		}
-		return node.Backup{Addr: addr, Exited: exited, Stop: stop}, nil
+		return node.Backup{Addr: addr, Exited: exited, Stop: stopper(child, exited)}, nil
 	}
 }
