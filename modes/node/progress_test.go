@@ -1,12 +1,10 @@
 package node_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/ftckpt/ftckpt/modes/node"
@@ -14,23 +12,8 @@ import (
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is output written while the test reads it.
+type syncBuffer = vmmtest.Console
 
 // TestProgressLinesOfAFullSync: a checkpoint primary whose status writer
 // is not a terminal writes a line as each round of its full sync begins,
