@@ -1,7 +1,8 @@
 # ftckpt — build, test, run and benchmark.
 #
-#   make run    build, then run the kv guest replicated in replay mode (primary here, backup as a
-#               child process; KVM where /dev/kvm opens, else the software machine)
+#   make run    build, then run the kv guest replicated in replay mode (primary here, a backup
+#               child process that joins it, a new one after every failover; KVM where /dev/kvm
+#               opens, else the software machine)
 #   make run-checkpoint  the same in checkpoint mode (25 ms epochs)
 #   make test   vet, then every test: on this host's KVM where /dev/kvm opens, else the KVM tests
 #               run inside an emulated machine (KVMTCG); a KVM test never skips
