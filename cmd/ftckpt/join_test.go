@@ -89,3 +89,33 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	waitFor(t, &out3, "live as primary")
 	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
 }
+
+// TestReplayJoinTurnedAwayTriesAgain: a replay backup that joins a primary
+// which has a backup already is turned away, and joins again until the
+// primary takes it, here once the first backup is killed.
+func TestReplayJoinTurnedAwayTriesAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	dir := t.TempDir()
+	accept := freePort(t, "tcp")
+	common := append([]string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:" + freePort(t, "udp"), "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0", "--control", "none",
+		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
+	var pout, out1, out2 syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("primary:\n%s\nfirst backup:\n%s\nsecond backup:\n%s", pout.String(), out1.String(), out2.String())
+		}
+	})
+	ftckptProcess(t, &pout, append([]string{"--role", "primary", "--accept-backups", accept}, common...)...)
+	first := ftckptProcess(t, &out1, append([]string{"--role", "backup", "--join", accept}, common...)...)
+	waitFor(t, &out1, "full checkpoint applied")
+	ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept}, common...)...)
+	waitFor(t, &pout, "a backup tried to join")
+	waitFor(t, &out2, "joining again")
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	waitFor(t, &out2, "full checkpoint applied")
+}

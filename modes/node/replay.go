@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -171,7 +172,10 @@ func startRx(h *host, p *replay.Primary) error {
 
 // runReplayBackup replays the primary's log and, when the primary is lost
 // and the witness agrees, goes live: it opens the backends and runs on as
-// a primary alone (letting backups join at o.AcceptBackups).
+// a primary alone (letting backups join at o.AcceptBackups). A backup that
+// joins (o.Join) and loses its primary before the full checkpoint came (a
+// primary that has a backup turns it away) joins again, on a fresh
+// machine: it never protected the guest, so nothing is lost.
 func (n *Node) runReplayBackup(ctx context.Context) error {
 	o := &n.o
 	log := o.log()
@@ -185,12 +189,41 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 		return err
 	}
 	defer h.close()
-	plug := &replay.Plug{}
-	m, closeM, err := newStepper(o, plug, h.diskSize())
-	if err != nil {
-		return err
+	for {
+		live, closeM, synced, err := n.followPrimary(ctx, h, fence)
+		if err == nil {
+			defer closeM()
+			return n.runLive(ctx, h, live)
+		}
+		closeM()
+		if synced || o.Join == "" || errors.Is(err, machine.ErrPowerOff) || ctx.Err() != nil {
+			if errors.Is(err, machine.ErrPowerOff) {
+				log.Info("the guest powered off; the backup replayed it to the end")
+				return nil
+			}
+			return err
+		}
+		log.Warn("the primary went away before its full checkpoint; joining again", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(joinRetry):
+		}
 	}
-	defer closeM()
+}
+
+// followPrimary builds a backup on a fresh machine and follows one
+// primary. It returns the primary the backup became (err nil), how to
+// close the machine, and whether the backup ever held a full checkpoint.
+func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence) (live *replay.Primary, closeM func(), synced bool, err error) {
+	o := &n.o
+	closeM = func() {}
+	plug := &replay.Plug{}
+	m, closeMachine, err := newStepper(o, plug, h.diskSize())
+	if err != nil {
+		return nil, closeM, false, err
+	}
+	closeM = closeMachine
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
 		if err := h.goLive(ctx); err != nil {
 			return nil, err
@@ -199,9 +232,9 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	}
 	cfg := o.Replay
 	cfg.Machine = o.describe(h.diskSize())
-	b, err := replay.NewBackup(cfg, m, plug, fence, makeOut, log)
+	b, err := replay.NewBackup(cfg, m, plug, fence, makeOut, o.log())
 	if err != nil {
-		return err
+		return nil, closeM, false, err
 	}
 	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = bare(m), b })
 	b.Console = o.Console
@@ -210,23 +243,22 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	}
 	conn, err := connectToPrimary(ctx, o)
 	if err != nil {
-		return err
+		return nil, closeM, false, err
 	}
 	stop := statusLines(o.Status, o.StatusEvery, b.Stats.BackupLine)
-	live, err := b.Follow(ctx, conn)
+	live, err = b.Follow(ctx, conn)
 	stop()
-	if errors.Is(err, machine.ErrPowerOff) {
-		log.Info("the guest powered off; the backup replayed it to the end")
-		return nil
-	}
-	if err != nil {
-		return err
-	}
+	return live, closeM, b.Stats.Applied.Load() > 0, err
+}
+
+// runLive runs the primary a backup became, alone, letting backups join.
+func (n *Node) runLive(ctx context.Context, h *host, live *replay.Primary) error {
+	o := &n.o
 	n.set(func(parts *Parts) { parts.ReplayPrimary = live })
 	if err := startRx(h, live); err != nil {
 		return err
 	}
-	log.Warn("live as primary, unprotected", "pid", pid)
+	o.log().Warn("live as primary, unprotected", "pid", os.Getpid())
 	stopAccepting, err := acceptBackups(ctx, o, live)
 	if err != nil {
 		return err
