@@ -190,17 +190,17 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	}
 	defer h.close()
 	for {
-		live, closeM, synced, err := n.followPrimary(ctx, h, fence)
+		live, closeM, again, err := n.followPrimary(ctx, h, fence)
 		if err == nil {
 			defer closeM()
 			return n.runLive(ctx, h, live)
 		}
 		closeM()
-		if synced || o.Join == "" || errors.Is(err, machine.ErrPowerOff) || ctx.Err() != nil {
-			if errors.Is(err, machine.ErrPowerOff) {
-				log.Info("the guest powered off; the backup replayed it to the end")
-				return nil
-			}
+		if errors.Is(err, machine.ErrPowerOff) {
+			log.Info("the guest powered off; the backup replayed it to the end")
+			return nil
+		}
+		if !again || o.Join == "" || ctx.Err() != nil {
 			return err
 		}
 		log.Warn("the primary went away before its full checkpoint; joining again", "err", err)
@@ -214,8 +214,10 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 
 // followPrimary builds a backup on a fresh machine and follows one
 // primary. It returns the primary the backup became (err nil), how to
-// close the machine, and whether the backup ever held a full checkpoint.
-func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence) (live *replay.Primary, closeM func(), synced bool, err error) {
+// close the machine, and whether joining again is worth it: the backup
+// connected (a refusal at the handshake is final) and never held a full
+// checkpoint.
+func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence) (live *replay.Primary, closeM func(), again bool, err error) {
 	o := &n.o
 	closeM = func() {}
 	plug := &replay.Plug{}
@@ -248,7 +250,7 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 	stop := statusLines(o.Status, o.StatusEvery, b.Stats.BackupLine)
 	live, err = b.Follow(ctx, conn)
 	stop()
-	return live, closeM, b.Stats.Applied.Load() > 0, err
+	return live, closeM, b.Stats.Applied.Load() == 0, err
 }
 
 // runLive runs the primary a backup became, alone, letting backups join.
