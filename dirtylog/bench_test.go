@@ -1,13 +1,10 @@
 package dirtylog
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,7 +174,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	con := &passConsole{}
+	con := &guests.MemtouchConsole{}
 	m, err := vmm.New(vmm.Config{VCPUs: 1, MemSize: mem, IRQChip: true, DirtyRingEntries: entries, Console: con,
 		Params: map[string]string{"ws": strconv.Itoa(dirty), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1"}})
 	if err != nil {
@@ -202,7 +199,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	// waitPass waits until memtouch has printed pass p (it has written
 	// every page of its set in it) and returns the last pass printed.
 	waitPass := func(p uint64) uint64 {
-		for con.pass.Load() < p {
+		for con.Pass() < p {
 			select {
 			case <-m.Stopped():
 				_, err := m.Wait()
@@ -210,7 +207,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 			case <-time.After(100 * time.Microsecond):
 			}
 		}
-		return con.pass.Load()
+		return con.Pass()
 	}
 	waitPass(1)
 	var fullsBefore int
@@ -235,7 +232,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	for i := 0; i < b.N; i++ {
 		// The pass under way when the guest stopped may have written
 		// pages before the last harvest: wait for the one after it.
-		last := con.pass.Load()
+		last := con.Pass()
 		if err := m.Resume(); err != nil {
 			b.Fatal(err)
 		}
@@ -262,33 +259,4 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	b.ReportMetric(us(harvests[(len(harvests)-1)*99/100]), "harvest-p99-µs")
 	b.ReportMetric(float64(total)/float64(b.N), "pages/harvest")
 	b.ReportMetric(float64(fulls()-fullsBefore)/float64(b.N), "ring-fulls/epoch")
-}
-
-// passConsole is memtouch's console read for progress: the last pass of
-// its "memtouch: pass P dirtied D ..." lines. Safe for the vCPU thread to
-// write while the benchmark reads.
-type passConsole struct {
-	mu      sync.Mutex
-	partial []byte
-	pass    atomic.Uint64
-}
-
-func (c *passConsole) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.partial = append(c.partial, p...)
-	for {
-		i := bytes.IndexByte(c.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := c.partial[:i]
-		c.partial = c.partial[i+1:]
-		if rest, ok := bytes.CutPrefix(line, []byte("memtouch: pass ")); ok {
-			num, _, _ := bytes.Cut(rest, []byte(" "))
-			if n, err := strconv.ParseUint(string(num), 10, 64); err == nil {
-				c.pass.Store(n)
-			}
-		}
-	}
 }

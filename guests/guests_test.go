@@ -299,3 +299,15 @@ func TestHostHarness(t *testing.T) {
 		t.Fatalf("harness did not report a clean run")
 	}
 }
+
+// TestMemtouchConsole reads passes and pages dirtied from memtouch's lines,
+// whole or split across writes, and ignores other lines.
+func TestMemtouchConsole(t *testing.T) {
+	var c MemtouchConsole
+	for _, w := range []string{"memtouch: start ws=4\n", "memtouch: pass 1 dirt", "ied 1024 check=00ff\nmem", "touch: pass 2 dirtied 2048 check=0\n", "memtouch: pass x dirtied 9\n"} {
+		c.Write([]byte(w))
+	}
+	if c.Pass() != 2 || c.Dirtied() != 2048 {
+		t.Fatalf("pass %d dirtied %d, want 2 and 2048", c.Pass(), c.Dirtied())
+	}
+}

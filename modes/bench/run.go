@@ -13,6 +13,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/guests"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/vmm/machine"
@@ -138,7 +139,7 @@ func runConfig(ctx context.Context, p Plan, w Workload, c Config) (*Result, erro
 
 // options are the nodes' options for w under c, their files in dir: the
 // primary's; the backup differs by role.
-func options(p Plan, w Workload, c Config, dir string) (node.Options, *console, error) {
+func options(p Plan, w Workload, c Config, dir string) (node.Options, *guests.MemtouchConsole, error) {
 	o := node.DefaultOptions()
 	o.Machine, o.Guest, o.Params, o.VCPUs = p.Machine, w.Guest, w.Params, 1
 	o.Mode = node.ModeCheckpoint
@@ -164,7 +165,7 @@ func options(p Plan, w Workload, c Config, dir string) (node.Options, *console, 
 	}
 	o.Arbiter = "disk:" + filepath.Join(dir, "lease")
 	o.Checkpoint.Epoch = max(c.Epoch, time.Millisecond)
-	con := &console{}
+	con := &guests.MemtouchConsole{}
 	o.Console, o.Log, o.StatusEvery = con, quiet, 0
 	return o, con, nil
 }
@@ -184,7 +185,7 @@ type instructions interface{ Instructions() uint64 }
 
 // measure waits for the configuration to be ready and the load to run,
 // then samples it over p.Duration.
-func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup *node.Node, con *console, netSpec string) (*Result, error) {
+func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup *node.Node, con *guests.MemtouchConsole, netSpec string) (*Result, error) {
 	deadline := time.Now().Add(readyWait)
 	for !ready(primary, backup) {
 		if err := sleep(ctx, time.Millisecond, primary, backup); err != nil {
@@ -230,7 +231,7 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 			if client != nil {
 				x.progress = client.repliesSoFar()
 			} else {
-				x.progress = con.dirtied.Load()
+				x.progress = con.Dirtied()
 			}
 		}
 		if client != nil {
@@ -257,7 +258,7 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	// page, a third of a millisecond each in an emulated machine).
 	var steps func() uint64
 	if p.Machine != node.MachineSim { // the software machine counts instructions
-		steps = con.dirtied.Load
+		steps = con.Dirtied
 		if client != nil {
 			steps = client.repliesSoFar
 		}
