@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
@@ -87,7 +88,7 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	// Its stderr reaches out3 through a pipe: its replies can arrive
 	// before its log line does.
 	waitFor(t, &out3, "live as primary")
-	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
+	nodetest.CheckJournal(t, filepath.Join(dir, "disk.img"), machine.machine, c.updates())
 }
 
 // TestReplayJoinTurnedAwayTriesAgain: a replay backup that joins a primary

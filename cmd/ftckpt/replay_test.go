@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math/rand"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/node"
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
@@ -320,23 +321,23 @@ func kills() int {
 }
 
 // kvMachine is the machine a kill test's kv guest runs on: its flags (after
-// the test's own, so they may override them), and the first sector of its
-// guest's journal (param journal=1000 flush=1: update n writes sector
-// journal+n%1000, holding n at byte 16, and flushes before it replies).
+// the test's own, so they may override them; param journal=1000 flush=1:
+// the guest journals every update and flushes before it replies), and its
+// kind, which says where the journal is (nodetest.Journal).
 type kvMachine struct {
 	flags   []string
-	journal int64
+	machine node.Machine
 }
 
 var (
 	// simKV is the software machine's kv guest.
 	simKV = kvMachine{flags: []string{"--machine", "sim", "--guest", "kv", "--memory", "1M",
-		"--param", "journal=1000", "--param", "flush=1"}, journal: 16}
+		"--param", "journal=1000", "--param", "flush=1"}, machine: node.MachineSim}
 	// kvmKV is the C kv guest on KVM (guests/pure/kvtable.h). Its vCPU
 	// polls the network, a busy core per process, so a loaded host gets a
 	// longer failure timeout.
 	kvmKV = kvMachine{flags: []string{"--machine", "kvm", "--guest", "kv", "--memory", "16M",
-		"--param", "journal=1000", "--param", "flush=1", "--failure-timeout", "1s"}, journal: 128}
+		"--param", "journal=1000", "--param", "flush=1", "--failure-timeout", "1s"}, machine: node.MachineKVM}
 )
 
 // kill9AtRandomMoments runs ftckpt with mode (its flags) on machine as a
@@ -419,30 +420,8 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	// The backup's stderr reaches bout through a pipe: its
 	// replies can arrive before its log line does.
 	waitFor(t, &bout, "live as primary")
-	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
+	nodetest.CheckJournal(t, filepath.Join(dir, "disk.img"), machine.machine, c.updates())
 	return true
-}
-
-// checkJournal checks that the kv guest's journal on the disk image, from
-// sector base, holds every update up to last (param journal=1000: update n
-// writes a sector at base+n%1000 holding n at byte 16). A FLUSH precedes each reply, so every
-// update a reply reported must be on the disk.
-func checkJournal(t *testing.T, image string, base int64, last uint64) {
-	t.Helper()
-	f, err := os.Open(image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sector := make([]byte, sim.DiskSectorSize)
-	for seq := uint64(1); seq <= last; seq++ {
-		if _, err := f.ReadAt(sector, (base+int64(seq%1000))*sim.DiskSectorSize); err != nil {
-			t.Fatal(err)
-		}
-		if got := binary.LittleEndian.Uint64(sector[16:]); got != seq {
-			t.Errorf("the journal sector of update %d holds update %d: a reported update is not on the disk", seq, got)
-		}
-	}
 }
 
 // TestReplayBackupsJoinARunningGuest is FT VMotion through the CLI, as

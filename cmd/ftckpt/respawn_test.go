@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
@@ -152,7 +153,7 @@ func respawnKills(t *testing.T, mode respawnMode, machine kvMachine, flags ...st
 	for n := 0; n < 4; n++ {
 		c.incr(t, 20*time.Second)
 	}
-	checkJournal(t, filepath.Join(dir, "disk.img"), machine.journal, c.updates())
+	nodetest.CheckJournal(t, filepath.Join(dir, "disk.img"), machine.machine, c.updates())
 }
 
 // processTree starts this binary as `ftckpt args...`, its output, and that
