@@ -52,6 +52,16 @@ type Result struct {
 	// (Generation, Epoch): the caller acknowledges it to the primary.
 	// A sync round is applied but not committed.
 	Committed bool
+	// Blocks and Writes are, for a backup with a mirrored disk
+	// (MirrorDisk), what the checkpoint changes on its image: the blocks
+	// a sync message carried, then the disk writes a committing one
+	// carried, to be written in that order before the checkpoint is
+	// acknowledged (a sync commit's writes are already in its blocks;
+	// writing them again changes nothing). They alias the Backup's staging
+	// and the buffer given to Receive: valid until the next Receive and
+	// while that buffer is unchanged; do not modify them.
+	Blocks []DiskBlock
+	Writes []DiskWrite
 }
 
 // BackupConfig configures a Backup.
@@ -86,6 +96,8 @@ type Backup struct {
 	// disk is the disk writes of committed epochs not known to be durable,
 	// in emission order (own copies); see DiskLog.
 	disk []DiskWrite
+	// blocks is the mirrored disk's part (MirrorDisk).
+	blocks blockBackup
 
 	// Staging, reused by every Receive.
 	ck    Checkpoint
@@ -154,7 +166,13 @@ func (b *Backup) Receive(buf []byte) (Result, error) {
 		return Result{}, fmt.Errorf("receive %v: %w", h, err)
 	}
 	b.apply()
-	return Result{Header: h, Committed: h.Kind.commits()}, nil
+	res := Result{Header: h, Committed: h.Kind.commits()}
+	if b.blocks.size > 0 {
+		res.Blocks = b.blocks.staged
+		b.blocks.writes = append(b.blocks.writes[:0], b.ck.Disk.Writes...) // release clears ck's
+		res.Writes = b.blocks.writes
+	}
+	return res, nil
 }
 
 // stageAll runs every check and fills b.src; it writes nothing but staging.
@@ -206,6 +224,9 @@ func (b *Backup) stageAll() error {
 		b.src = append(b.src, page)
 	}
 
+	if err := b.stageBlocks(start, h.Kind == KindSyncCommit); err != nil {
+		return err
+	}
 	if h.Kind == KindSyncCommit {
 		have := uint64(0)
 		if !start {
@@ -306,6 +327,7 @@ func (b *Backup) apply() {
 		for _, r := range b.ck.Pages {
 			b.covered[r.PFN/64] |= 1 << (r.PFN % 64)
 		}
+		b.applyBlocks(h.Flags&FlagSyncStart != 0)
 	}
 	b.maxGeneration = h.Generation
 	if h.Kind.commits() {

@@ -27,6 +27,10 @@ type Checkpoint struct {
 	// HasDisk says the checkpoint carries a disk section, Disk.
 	HasDisk bool
 	Disk    DiskLog
+	// Blocks are the mirrored disk's blocks (sync kinds), of a disk of
+	// DiskSize bytes.
+	Blocks   []BlockRecord
+	DiskSize int64
 }
 
 // Decode parses and verifies buf into ck, reusing ck.Pages' storage.
@@ -86,7 +90,7 @@ func decode(buf []byte, ck *Checkpoint) error {
 	if err := h.validate(); err != nil {
 		return err
 	}
-	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0], Disk: DiskLog{Writes: ck.Disk.Writes[:0]}}
+	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0], Disk: DiskLog{Writes: ck.Disk.Writes[:0]}, Blocks: ck.Blocks[:0]}
 	return decodeSections(body, binary.LittleEndian.Uint16(buf[12:]), ck)
 }
 
@@ -135,6 +139,8 @@ func decodeSections(body []byte, count uint16, ck *Checkpoint) error {
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionMemHash, kind)
 	case !kind.commits() && seen[SectionDisk]:
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDisk, kind)
+	case kind == KindEpoch && seen[SectionDiskBlocks]:
+		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDiskBlocks, kind)
 	}
 	return nil
 }
@@ -155,6 +161,8 @@ func decodeSection(id SectionID, p []byte, ck *Checkpoint) error {
 		return decodePages(p, ck)
 	case SectionDisk:
 		return decodeDiskLog(p, ck)
+	case SectionDiskBlocks:
+		return decodeDiskBlocks(p, ck)
 	}
 	return nil
 }

@@ -57,6 +57,7 @@ type Encoder struct {
 	lastPFN  uint64
 	anyPages bool
 	stats    Stats
+	blocks   blockEncoder // a mirrored disk's blocks (SetDiskSize)
 }
 
 // NewEncoder returns an Encoder that owns cache; nothing else may use the
@@ -107,6 +108,7 @@ func (e *Encoder) Begin(dst []byte, h Header) error {
 	}
 	e.active, e.h, e.disk = true, h, nil
 	e.count, e.lastPFN, e.anyPages = 0, 0, false
+	e.blocks.begin(h.Flags&FlagSyncStart != 0)
 	e.buf = append(dst[:0], make([]byte, headerSize+sectionSize+4)...)
 	return nil
 }
@@ -244,6 +246,8 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 		return nil, fmt.Errorf("%w: machine state %d bytes (limit %d)", ErrTooLarge, len(machine), MaxMachineState)
 	case e.h.Kind == KindSyncCommit && !e.cache.AllValid():
 		return nil, fmt.Errorf("%w: some pages were never sent during this sync", ErrIncompleteSync)
+	case e.h.Kind == KindSyncCommit && !e.blocks.allSent():
+		return nil, fmt.Errorf("%w: some disk blocks were never sent during this sync", ErrIncompleteSync)
 	case !commits && e.disk != nil:
 		return nil, fmt.Errorf("%w: disk log on a %v", ErrForbiddenSection, e.h.Kind)
 	}
@@ -268,6 +272,10 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 		putSection(sh[:], SectionDisk, uint32(e.disk.size()))
 		e.buf = appendDiskLog(append(e.buf, sh[:]...), *e.disk)
 		e.disk = nil
+		sections++
+	}
+	var withBlocks bool
+	if e.buf, withBlocks = e.blocks.appendSection(e.buf); withBlocks {
 		sections++
 	}
 	if withHash {

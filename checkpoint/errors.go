@@ -37,9 +37,11 @@ var (
 
 	// Disk writes.
 	ErrBadDiskWrite = errors.New("malformed disk write")
+	ErrBadDiskBlock = errors.New("malformed disk block")
 
 	// Against the backup's state.
 	ErrMemSizeMismatch = errors.New("checkpoint is for a different guest memory size")
+	ErrDiskMismatch    = errors.New("checkpoint is for a different disk")
 	ErrEpochOrder      = errors.New("checkpoint out of order")
 	ErrStaleGeneration = errors.New("checkpoint from a stale generation")
 	ErrNotSyncing      = errors.New("sync continuation without a sync in progress")

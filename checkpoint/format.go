@@ -156,16 +156,20 @@ const (
 	// SectionDisk is the DiskLog: disk writes the backup keeps until it
 	// learns they are durable. Optional, only on committing kinds.
 	SectionDisk SectionID = 4
+	// SectionDiskBlocks is blocks of a mirrored disk's image (see
+	// DiskBlockSize). Optional, only on sync kinds.
+	SectionDiskBlocks SectionID = 5
 
-	numSections = 5
+	numSections = 6
 )
 
 // sectionVersions is the version of each section this package reads and writes.
 var sectionVersions = map[SectionID]uint16{
-	SectionMachine: 1,
-	SectionPages:   1,
-	SectionMemHash: 1,
-	SectionDisk:    1,
+	SectionMachine:    1,
+	SectionPages:      1,
+	SectionMemHash:    1,
+	SectionDisk:       1,
+	SectionDiskBlocks: 1,
 }
 
 func (s SectionID) String() string {
@@ -178,6 +182,8 @@ func (s SectionID) String() string {
 		return "memhash"
 	case SectionDisk:
 		return "disk"
+	case SectionDiskBlocks:
+		return "diskblocks"
 	}
 	return fmt.Sprintf("section(%d)", uint16(s))
 }

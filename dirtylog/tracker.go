@@ -5,6 +5,8 @@
 // dirty rings) and unions them with the VMM-side bitmap of pages the VMM
 // wrote itself (vmm.GuestMemory.WriteAt). The result is a machine.Bitmap of RAM page
 // indexes whose Runs are ready to copy.
+//
+// Blocks is the same idea for a mirrored disk: the blocks the guest wrote.
 package dirtylog
 
 import (
