@@ -154,6 +154,16 @@ func (b *Backup) DiskWrites() []DiskWrite {
 	return b.disk
 }
 
+// Discard drops the backup's committed state or sync in progress (it
+// becomes StateEmpty; the highest generation accepted stays): what it
+// holds outside memory no longer matches it (a mirrored disk's image that
+// failed a write or a check). Only a full sync makes it committed again.
+func (b *Backup) Discard() {
+	b.status = Status{State: StateEmpty}
+	clear(b.disk)
+	b.disk = b.disk[:0]
+}
+
 // Receive verifies one whole checkpoint and, only if every check passes,
 // applies it. buf is not retained. On error nothing has changed.
 func (b *Backup) Receive(buf []byte) (Result, error) {

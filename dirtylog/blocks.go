@@ -49,6 +49,13 @@ func (b *Blocks) MarkAll() {
 	b.dirty.SetAll()
 }
 
+// Count is the number of dirty blocks.
+func (b *Blocks) Count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dirty.Count()
+}
+
 // Take appends the dirty blocks' indexes to dst in increasing order,
 // clears them, and returns dst.
 func (b *Blocks) Take(dst []uint64) []uint64 {

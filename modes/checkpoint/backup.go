@@ -21,10 +21,12 @@ type Backup struct {
 	guest machine.Runner
 	fence *witness.Fence
 	recv  *format.Backup
-	disk  vmm.Disk               // set by SetDisk before GoLive
-	live  func(gen uint64) error // set by SetLive before GoLive
-	log   *slog.Logger
-	now   func() time.Time
+	disk  vmm.Disk // set by SetDisk or MirrorDisk
+	// mirrored is set by MirrorDisk: disk is this backup's own image.
+	mirrored bool
+	live     func(gen uint64) error // set by SetLive before GoLive
+	log      *slog.Logger
+	now      func() time.Time
 	// status mirrors recv.Status() for other goroutines: recv belongs to
 	// the receiver.
 	status atomic.Pointer[format.Status]
@@ -52,6 +54,41 @@ func NewBackup(cfg Config, g machine.Runner, fence *witness.Fence, log *slog.Log
 // disk writes of committed epochs the primary had not yet made durable.
 // A guest with a disk needs it; call before GoLive.
 func (b *Backup) SetDisk(d vmm.Disk) { b.disk = d }
+
+// ErrImage marks a failure to write the backup's own disk image (a
+// mirrored disk): the backup cannot go live with an image that lacks
+// writes its committed state has seen, so it stops (the primary loses it,
+// and goes on alone) instead of holding a silent difference.
+var ErrImage = errors.New("the backup's disk image failed")
+
+// MirrorDisk gives the backup its own image of the guest's disk
+// (--disk-mode mirrored), which must be the size of the primary's: full
+// syncs copy the primary's disk to it, and each committed checkpoint's disk
+// writes are written to it before the checkpoint is acknowledged. Going
+// live it is flushed, and nothing written again. Call before Receive.
+func (b *Backup) MirrorDisk(d vmm.Disk) error {
+	if err := b.recv.MirrorDisk(d.Size()); err != nil {
+		return err
+	}
+	b.disk, b.mirrored = d, true
+	return nil
+}
+
+// writeImage puts on the backup's own image what an accepted checkpoint
+// changed (format.Result.Blocks, then Writes).
+func (b *Backup) writeImage(res format.Result) error {
+	for _, blk := range res.Blocks {
+		if _, err := b.disk.WriteAt(blk.Data, blk.Off); err != nil {
+			return fmt.Errorf("%w: writing %d bytes at %d for %v: %w", ErrImage, len(blk.Data), blk.Off, res.Header, err)
+		}
+	}
+	for _, w := range res.Writes {
+		if _, err := b.disk.WriteAt(w.Data, w.Off); err != nil {
+			return fmt.Errorf("%w: writing the guest's write of %d bytes at %d (epoch %d): %w", ErrImage, len(w.Data), w.Off, w.Epoch, err)
+		}
+	}
+	return nil
+}
 
 // SetLive sets a function GoLive calls once it has won generation gen and
 // restored the machine, before the disk writes are written again and the
@@ -126,6 +163,13 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 					return err
 				}
 				continue
+			}
+			if b.mirrored {
+				if err := b.writeImage(res); err != nil {
+					b.recv.Discard()
+					b.publish()
+					return err
+				}
 			}
 			if h := res.Header; h.Kind == format.KindSyncRound {
 				// The primary paces its pre-copy by the rounds applied.
@@ -202,7 +246,11 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 			return 0, err
 		}
 	}
-	if err := b.reissueDisk(st.Epoch); err != nil {
+	if b.mirrored {
+		if err := b.disk.Flush(); err != nil {
+			return 0, fmt.Errorf("%w: flushing it before going live: %w", ErrImage, err)
+		}
+	} else if err := b.reissueDisk(st.Epoch); err != nil {
 		return 0, err
 	}
 	if err := b.guest.Start(); err != nil {
@@ -232,6 +280,9 @@ func (b *Backup) follow(ctx context.Context, conn net.Conn) (uint64, error) {
 	err := b.Receive(ctx, conn)
 	if ctx.Err() != nil {
 		return 0, ctx.Err()
+	}
+	if errors.Is(err, ErrImage) {
+		return 0, err // lost: the image cannot hold the committed state
 	}
 	st := b.Status()
 	b.log.Warn("primary lost", "err", err, "committed", st.Epoch, "state", st.State)

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 )
@@ -53,6 +54,8 @@ type HeldDisk struct {
 	out  *outbuf.Buffer // set by Attach
 	disk vmm.Disk
 	pos  func() uint64
+	// blocks, if set (TrackBlocks), is marked with every write once held.
+	blocks *dirtylog.Blocks
 
 	wmu sync.Mutex
 	dmu sync.Mutex
@@ -88,6 +91,14 @@ type HeldDisk struct {
 // released writes reach disk), then Attach it, before the guest runs.
 func NewHeldDisk(disk vmm.Disk, pos func() uint64) *HeldDisk {
 	return &HeldDisk{disk: disk, pos: pos, maxLog: maxPendingLog}
+}
+
+// TrackBlocks makes h log the blocks the guest writes (once held, so that
+// a read through h then returns them) and returns the log: a mirrored
+// disk's full sync copies by it. Call before the guest runs.
+func (h *HeldDisk) TrackBlocks() *dirtylog.Blocks {
+	h.blocks = dirtylog.NewBlocks(h.disk.Size(), format.DiskBlockSize)
+	return h.blocks
 }
 
 // Attach sets the output buffer that holds the writes; its Env.Disk must
@@ -149,6 +160,9 @@ func (h *HeldDisk) WriteAt(p []byte, off int64) (int, error) {
 			return 0, vmm.ErrOutputFull
 		}
 		return 0, err
+	}
+	if h.blocks != nil {
+		h.blocks.Mark(off, len(p))
 	}
 	return len(p), nil
 }

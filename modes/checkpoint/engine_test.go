@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -110,9 +111,15 @@ type pair struct {
 	bDone   chan error
 	cancelP context.CancelFunc
 	bOut    *outbuf.Buffer
-	disk    *vmmtest.MemDisk // the shared disk
-	emitted sync.Map         // count → epoch it was emitted in
-	link    *linktest.Link   // primary↔backup; a test may set its filters before start
+	disk    *vmmtest.MemDisk // the shared disk, or the primary's if mirrored
+	// mirrored, set before start, gives the backup a disk of its own,
+	// bdisk, that full syncs and checkpoints keep equal (MirrorDisk).
+	mirrored bool
+	bdisk    *vmmtest.MemDisk
+	// onBackupDisk, if set, sees the backup's own disk before it is used.
+	onBackupDisk func(*vmmtest.MemDisk)
+	emitted      sync.Map       // count → epoch it was emitted in
+	link         *linktest.Link // primary↔backup; a test may set its filters before start
 	// flushEvery, if set, is how often the guests FLUSH (in steps).
 	flushEvery uint64
 }
@@ -128,11 +135,12 @@ func newPair(t *testing.T, cfg Config) *pair {
 	return p
 }
 
-func (p *pair) start(pages uint64) {
+// build makes p's guests, disks, output buffers and engines, nothing
+// started.
+func (p *pair) build(pages uint64) {
 	t := p.t
-	ctx := context.Background()
 	pf := witness.NewFence(p.arb, "primary")
-	if _, err := pf.Acquire(ctx, 1); err != nil {
+	if _, err := pf.Acquire(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
 	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
@@ -140,6 +148,15 @@ func (p *pair) start(pages uint64) {
 		p.pg.flushEvery, p.bg.flushEvery = p.flushEvery, p.flushEvery
 	}
 	p.disk = vmmtest.NewMemDisk(int64(p.pg.slots * recordSize))
+	if p.mirrored {
+		// Data the guest does not write, past its slots: only a full
+		// sync's copy of the disk brings it to the backup's image.
+		img := make([]byte, int64(p.pg.slots*recordSize)+2*format.DiskBlockSize+100)
+		for i := int(p.pg.slots * recordSize); i < len(img); i++ {
+			img[i] = byte(i*7 + i>>16)
+		}
+		p.disk.SetImage(img)
+	}
 	sink, cut := p.client.sink("primary")
 	p.cutP = cut
 	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
@@ -155,22 +172,41 @@ func (p *pair) start(pages uint64) {
 	}
 	p.primary.SetDisk(held)
 	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
-	p.pg.disk, p.bg.disk = held, p.disk
-	p.pg.onFlushed = p.flushedDurably
-	p.bg.onFlushed = p.flushedDurably
+	p.bdisk = p.disk
+	if p.mirrored {
+		p.primary.MirrorDisk()
+		p.bdisk = vmmtest.NewMemDisk(p.disk.Size())
+		if p.onBackupDisk != nil {
+			p.onBackupDisk(p.bdisk)
+		}
+	}
+	p.pg.disk, p.bg.disk = held, p.bdisk
+	p.pg.onFlushed = p.flushedDurably(p.disk)
+	p.bg.onFlushed = p.flushedDurably(p.bdisk)
 	bf := witness.NewFence(p.arb, "backup")
 	p.backup, err = NewBackup(p.cfg, p.bg, bf, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.backup.SetDisk(p.disk)
+	if p.mirrored {
+		if err := p.backup.MirrorDisk(p.bdisk); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		p.backup.SetDisk(p.disk)
+	}
 	bsink, _ := p.client.sink("backup")
 	p.bOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 2, Fence: bf, Net: bsink, Clock: outbuf.SystemClock{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	holdCounts(p.bg, p.bOut, func() uint64 { return 1 }, nil)
+}
 
+func (p *pair) start(pages uint64) {
+	t := p.t
+	ctx := context.Background()
+	p.build(pages)
 	conn, bconn := p.link.Pipe()
 	go func() { p.bDone <- p.backup.Receive(ctx, bconn) }()
 	if err := p.pg.Start(); err != nil {
@@ -187,18 +223,20 @@ func (p *pair) start(pages uint64) {
 	})
 }
 
-// flushedDurably is the guests' check after the FLUSH of step n completed:
+// flushedDurably is a guest's check after the FLUSH of step n completed:
 // the durable disk holds every record written before it that no later
 // write has replaced.
-func (p *pair) flushedDurably(n uint64) error {
-	img := p.disk.Durable()
-	s := p.pg.slots
-	for k := n - min(n, s) + 1; k <= n; k++ {
-		if m, _, ok := parseRecord(img[k%s*recordSize:]); !ok || m != k {
-			return fmt.Errorf("FLUSH after step %d completed, but the durable disk's slot of step %d holds %d (valid %v)", n, k, m, ok)
+func (p *pair) flushedDurably(disk *vmmtest.MemDisk) func(n uint64) error {
+	return func(n uint64) error {
+		img := disk.Durable()
+		s := p.pg.slots
+		for k := n - min(n, s) + 1; k <= n; k++ {
+			if m, _, ok := parseRecord(img[k%s*recordSize:]); !ok || m != k {
+				return fmt.Errorf("FLUSH after step %d completed, but the durable disk's slot of step %d holds %d (valid %v)", n, k, m, ok)
+			}
 		}
+		return nil
 	}
-	return nil
 }
 
 // crashPrimary stops the primary as a crash would: its guest stops, its
@@ -236,7 +274,10 @@ func (p *pair) checkOutcome(more int) {
 			t.Fatal(err)
 		}
 	}
-	checkDisk(t, p.disk.Bytes(), p.pg.slots, got)
+	checkDisk(t, p.bdisk.Bytes(), p.pg.slots, got)
+	if tail := int(p.pg.slots * recordSize); p.mirrored && !bytes.Equal(p.bdisk.Bytes()[tail:], p.disk.Bytes()[tail:]) {
+		t.Fatal("the backup's image lacks the primary's data past the guest's slots")
+	}
 }
 
 // checkDisk checks that every step in told has its record, or a later one
@@ -346,11 +387,15 @@ func TestSlowBackupHoldsOutputs(t *testing.T) {
 // moments; each time the backup goes live from its last committed epoch,
 // the client's view stays that of one machine, and the disk holds every
 // write the guest saw complete.
+//
+// With mirrored disks (odd runs) the backup's own image, which full syncs
+// and checkpoints fill, is the one checked.
 func TestFailoverAtRandomMoments(t *testing.T) {
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for i := 0; i < 20; i++ {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			p := newPair(t, testConfig())
+			p.mirrored = i%2 == 1
 			p.start(64)
 			p.client.waitCount(t, 1+rng.Intn(300))
 			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond) // a random crash moment: the test's point
@@ -487,6 +532,40 @@ func TestSilentBackupIsLost(t *testing.T) {
 	p.client.waitCount(t, 20)
 	p.link.Dark(linktest.Down)
 	if err := vmmtest.Receive(t, "the primary to give up on a silent backup", p.pDone); !errors.Is(err, ErrBackupLost) {
+		t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
+	}
+}
+
+// A disk write the backup cannot perform on its own image (a mirrored
+// disk) is a lost backup, never a silent difference: the backup's receiver
+// stops with ErrImage and drops its committed state (it can no longer go
+// live), and the primary goes on alone.
+func TestMirroredImageWriteFailureLosesTheBackup(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.mirrored = true
+	var fail atomic.Bool
+	p.onBackupDisk = func(d *vmmtest.MemDisk) {
+		d.OnWrite = func([]byte, int64) error {
+			if fail.Load() {
+				return errors.New("EIO (test)")
+			}
+			return nil
+		}
+	}
+	p.start(64)
+	p.client.waitCount(t, 30)
+	fail.Store(true)
+	err := vmmtest.Receive(t, "the backup's receiver to stop", p.bDone)
+	if !errors.Is(err, ErrImage) {
+		t.Fatalf("the backup's Receive: %v, want ErrImage", err)
+	}
+	if st := p.backup.Status(); st.State != format.StateEmpty {
+		t.Fatalf("after the failed write the backup is %v, want empty (it must not go live)", st.State)
+	}
+	if _, err := p.backup.GoLive(context.Background()); err == nil {
+		t.Fatal("a backup whose image failed went live")
+	}
+	if err := vmmtest.Receive(t, "the primary to lose its backup", p.pDone); !errors.Is(err, ErrBackupLost) {
 		t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
 	}
 }

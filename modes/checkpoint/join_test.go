@@ -11,9 +11,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
-	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
-	"github.com/ftckpt/ftckpt/witness"
 )
 
 // chanListener is a net.Listener whose connections the test hands over.
@@ -48,37 +46,7 @@ func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 func (p *pair) startAlone(pages uint64) *chanListener {
 	t := p.t
 	ctx := context.Background()
-	pf := witness.NewFence(p.arb, "primary")
-	if _, err := pf.Acquire(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
-	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
-	p.disk = vmmtest.NewMemDisk(int64(p.pg.slots * recordSize))
-	sink, cut := p.client.sink("primary")
-	p.cutP = cut
-	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
-	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	held.Attach(out)
-	held.SetPoll(p.pg.poke)
-	if p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, nil); err != nil {
-		t.Fatal(err)
-	}
-	p.primary.SetDisk(held)
-	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
-	p.pg.disk, p.bg.disk = held, p.disk
-	bf := witness.NewFence(p.arb, "backup")
-	if p.backup, err = NewBackup(p.cfg, p.bg, bf, nil); err != nil {
-		t.Fatal(err)
-	}
-	p.backup.SetDisk(p.disk)
-	bsink, _ := p.client.sink("backup")
-	if p.bOut, err = outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 2, Fence: bf, Net: bsink, Clock: outbuf.SystemClock{}}); err != nil {
-		t.Fatal(err)
-	}
-	holdCounts(p.bg, p.bOut, func() uint64 { return 1 }, nil)
+	p.build(pages)
 	ln := newChanListener()
 	if err := p.pg.Start(); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/witness"
 )
@@ -35,8 +36,11 @@ type Primary struct {
 	// Stats is updated as epochs pass; read it for the status line.
 	Stats *Stats
 	// disk, if set, is the guest's held disk; its writes ride in the
-	// checkpoints. Set before Run.
-	disk *HeldDisk
+	// checkpoints. Set before Run. blocks, if set (MirrorDisk), is its
+	// dirty-block log: the backup keeps its own image, which full syncs
+	// copy.
+	disk   *HeldDisk
+	blocks *dirtylog.Blocks
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -114,6 +118,13 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 // buffer at Position. Call before Run.
 func (p *Primary) SetDisk(d *HeldDisk) { p.disk = d }
 
+// MirrorDisk says the backup keeps its own image of the disk given to
+// SetDisk (--disk-mode mirrored): each full sync copies the disk to it by
+// the blocks the guest writes, as memory is copied by the pages, and the
+// backup writes each committed epoch's disk writes to it. Call after
+// SetDisk, before Run.
+func (p *Primary) MirrorDisk() { p.blocks = p.disk.TrackBlocks() }
+
 // Position is the epoch the guest's current outputs belong to: they are
 // released when the backup acknowledges that epoch.
 func (p *Primary) Position() uint64 { return p.pos.Load() }
@@ -121,11 +132,15 @@ func (p *Primary) Position() uint64 { return p.pos.Load() }
 // capture is one epoch's copy, taken while the guest was paused, on its way
 // to the sender.
 type capture struct {
-	hdr     format.Header
-	pfns    []uint64
-	pages   []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
-	machine []byte
-	disk    *format.DiskLog // committing kinds with a held disk
+	hdr   format.Header
+	pfns  []uint64
+	pages []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
+	// blocks are a mirrored disk's blocks for a sync message, block i of
+	// them at blockData[i*DiskBlockSize:] (nil: read the disk live).
+	blocks    []uint64
+	blockData []byte
+	machine   []byte
+	disk      *format.DiskLog // committing kinds with a held disk
 	// sent, if set, is closed by the sender once the capture is written
 	// to the link (a pre-copy round waits for it before harvesting the
 	// next).
@@ -178,7 +193,13 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	stopHB := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); p.send(ctx, l, format.NewEncoder(cache), captures, failed) }()
+	enc := format.NewEncoder(cache)
+	if p.blocks != nil {
+		if err := enc.SetDiskSize(p.disk.Size()); err != nil {
+			return err
+		}
+	}
+	go func() { defer wg.Done(); p.send(ctx, l, enc, captures, failed) }()
 	go func() { defer wg.Done(); p.receive(l, failed) }()
 	go func() {
 		defer wg.Done()
@@ -260,8 +281,15 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 // roundChunk is the most pages a pre-copy round message carries (64 MiB
 // of memory): a round over a large memory is several messages, each
 // encoded and shipped while the next is read, and none near
-// MaxCheckpoint.
-const roundChunk = 16384
+// MaxCheckpoint. blockChunk is the same for a mirrored disk's blocks (16
+// MiB), which follow the pages in messages of their own.
+const (
+	roundChunk = 16384
+	blockChunk = 256
+)
+
+// blockPages is what one disk block weighs against PrecopyDone.
+const blockPages = format.DiskBlockSize / format.PageSize
 
 // sync brings the backup to the guest's current state: pre-copy rounds
 // while the guest runs (the first sends every page, each later one the
@@ -284,20 +312,28 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	clear(p.inflight) // epochs before the sync will never be acknowledged
 	p.mu.Unlock()
 	// Round 1 reads every page live; the harvest before it clears the log,
-	// so any page written while it is read is sent again.
+	// so any page written while it is read is sent again. So with a
+	// mirrored disk's blocks.
 	if err := p.harvestWhilePaused(dirty); err != nil {
 		return err
+	}
+	if p.blocks != nil {
+		p.blocks.MarkAll()
 	}
 	pfns := make([]uint64, dirty.Len())
 	for i := range pfns {
 		pfns[i] = uint64(i)
 	}
+	var blocks []uint64
 	for round := 1; ; round++ {
 		start := p.now()
-		if err := p.sendRound(ctx, captures, failed, epoch, pfns, round == 1); err != nil {
+		if p.blocks != nil {
+			blocks = p.blocks.Take(blocks[:0])
+		}
+		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, round == 1); err != nil {
 			return err
 		}
-		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "took", p.now().Sub(start).Round(time.Millisecond))
+		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks), "took", p.now().Sub(start).Round(time.Millisecond))
 		if err := p.harvestWhilePaused(dirty); err != nil {
 			return err
 		}
@@ -307,8 +343,12 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 				pfns = append(pfns, q)
 			}
 		}
-		if round >= p.cfg.PrecopyRounds || len(pfns) <= p.cfg.PrecopyDone {
-			break // the pages left go in the pause, with those dirtied since
+		left := len(pfns)
+		if p.blocks != nil {
+			left += blockPages * p.blocks.Count()
+		}
+		if round >= p.cfg.PrecopyRounds || left <= p.cfg.PrecopyDone {
+			break // the pages (and blocks) left go in the pause, with those dirtied since
 		}
 	}
 	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
@@ -323,16 +363,23 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	return p.enqueue(ctx, captures, c, failed)
 }
 
-// sendRound hands the sender one pre-copy round over pfns, read live, in
-// messages of at most roundChunk pages (the first with FlagSyncStart if
+// sendRound hands the sender one pre-copy round over pfns and a mirrored
+// disk's blocks, read live, in messages of at most roundChunk pages, then
+// of at most blockChunk blocks (the first message with FlagSyncStart if
 // start), and waits until the backup has applied them all (MsgRounds).
-func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns []uint64, start bool) error {
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, start bool) error {
 	var last *capture
 	total := len(pfns)
-	for len(pfns) > 0 || last == nil {
-		n := min(len(pfns), roundChunk)
+	for len(pfns) > 0 || len(blocks) > 0 || last == nil {
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
-			pfns: slices.Clone(pfns[:n]), sent: make(chan struct{}), roundPages: total, cont: last != nil}
+			sent: make(chan struct{}), roundPages: total, cont: last != nil}
+		if len(pfns) > 0 || len(blocks) == 0 {
+			n := min(len(pfns), roundChunk)
+			c.pfns, pfns = slices.Clone(pfns[:n]), pfns[n:]
+		} else {
+			n := min(len(blocks), blockChunk)
+			c.blocks, blocks = slices.Clone(blocks[:n]), blocks[n:]
+		}
 		if start {
 			c.hdr.Flags, start = format.FlagSyncStart, false
 		}
@@ -340,7 +387,7 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 			return err
 		}
 		p.roundsSent++
-		pfns, last = pfns[n:], c
+		last = c
 	}
 	select {
 	case <-last.sent:
@@ -429,6 +476,11 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		c.pages = append(c.pages, mem[r.First*format.PageSize:(r.First+r.Count)*format.PageSize]...)
 	}
 	pause.Dirty = len(c.pfns)
+	if kind == format.KindSyncCommit && p.blocks != nil {
+		if err := p.copyBlocks(c); err != nil {
+			return nil, pause, p.resumeAfter(err)
+		}
+	}
 	split(&pause.Copy)
 	state, err := p.guest.SaveState()
 	if err != nil {
@@ -451,6 +503,31 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 	}
 	split(&pause.Resume)
 	return c, pause, nil
+}
+
+// copyBlocks takes a mirrored disk's dirty blocks into c and copies them,
+// as the guest sees them, while the guest is paused (a sync's commit).
+func (p *Primary) copyBlocks(c *capture) error {
+	c.blocks = p.blocks.Take(nil)
+	c.blockData = make([]byte, len(c.blocks)*format.DiskBlockSize)
+	for i, b := range c.blocks {
+		if err := p.readBlock(c.blockData[i*format.DiskBlockSize:(i+1)*format.DiskBlockSize], b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readBlock reads block b of the disk as the guest sees it (held writes
+// over the disk) into dst (DiskBlockSize bytes; a shorter last block fills
+// its start).
+func (p *Primary) readBlock(dst []byte, b uint64) error {
+	off := int64(b) * format.DiskBlockSize
+	n := min(int64(len(dst)), p.disk.Size()-off)
+	if _, err := p.disk.ReadAt(dst[:n], off); err != nil {
+		return fmt.Errorf("reading disk block %d for the backup's image: %w", b, err)
+	}
+	return nil
 }
 
 // harvestWhilePaused pauses the guest just long enough to harvest its dirty
@@ -542,6 +619,10 @@ func (p *Primary) checkSilence(l *format.Link) error {
 func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder, captures <-chan *capture, failed chan<- error) {
 	var buf []byte
 	scratch := make([]byte, format.PageSize)
+	var scratchBlock []byte
+	if p.blocks != nil {
+		scratchBlock = make([]byte, format.DiskBlockSize)
+	}
 	for c := range captures {
 		if err := enc.Begin(buf[:0], c.hdr); err != nil {
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
@@ -567,6 +648,11 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 				return
 			}
 			p.syncing.page()
+		}
+		if err := p.addBlocks(enc, c, scratchBlock); err != nil {
+			enc.Abort()
+			failed <- err
+			return
 		}
 		if c.disk != nil {
 			if err := enc.SetDiskLog(*c.disk); err != nil {
@@ -595,6 +681,25 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			return
 		}
 	}
+}
+
+// addBlocks adds c's disk blocks to the checkpoint begun: copied in the
+// pause, or read now while the guest runs (a torn read is sent again: the
+// write that tore it marked the block).
+func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) error {
+	for i, b := range c.blocks {
+		block := scratch
+		if c.blockData != nil {
+			block = c.blockData[i*format.DiskBlockSize : (i+1)*format.DiskBlockSize]
+		} else if err := p.readBlock(block, b); err != nil {
+			return err
+		}
+		n := min(int64(format.DiskBlockSize), p.disk.Size()-int64(b)*format.DiskBlockSize)
+		if err := enc.AddDiskBlock(b, block[:n]); err != nil {
+			return fmt.Errorf("encoding disk block %d of %v: %w", b, c.hdr, err)
+		}
+	}
+	return nil
 }
 
 // receive reads acks, heartbeats and resync requests from the backup.
