@@ -6,6 +6,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Disk is the single hook every guest disk access goes through. The
@@ -112,6 +115,30 @@ func (d *FileDisk) Flush() error { return fdatasync(d.f) }
 
 // Size implements Disk.
 func (d *FileDisk) Size() int64 { return d.size }
+
+// ErrDiskInUse is returned by Lock when another process holds the image.
+var ErrDiskInUse = errors.New("disk image in use by another process")
+
+// Lock takes an exclusive lock on the image (flock), waiting up to wait
+// for a process that holds it to let go: an image only one process may
+// use (a mirrored disk's) is then never written by two. The lock goes with
+// Close, or with the process.
+func (d *FileDisk) Lock(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unix.Flock(int(d.f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("locking disk image %s: %w", d.f.Name(), err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s (waited %v)", ErrDiskInUse, d.f.Name(), wait)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
 
 // Close closes the image file.
 func (d *FileDisk) Close() error { return d.f.Close() }

@@ -15,12 +15,46 @@ type deviceFlags struct {
 	net      string
 	disk     string
 	diskSize string
+	diskMode string
 }
 
 func (d *deviceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&d.net, "net", "auto", `network: udp:ADDR (a UDP front, no root needed), tap:NAME, none; auto: udp:127.0.0.1:7777 for the kv guest, else none`)
-	cmd.Flags().StringVar(&d.disk, "disk", "auto", `disk image (the shared disk), created if missing; none; auto: ftckpt-disk.img for the disk guest (and the software machine's kv), else none`)
+	cmd.Flags().StringVar(&d.disk, "disk", "auto", `disk image, created if missing; none; auto: ftckpt-disk.img for the disk guest (and the software machine's kv), else none`)
 	cmd.Flags().StringVar(&d.diskSize, "disk-size", "64M", "size of a disk image that --disk creates")
+}
+
+// addMode adds --disk-mode, which only a protected run has.
+func (d *deviceFlags) addMode(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&d.diskMode, "disk-mode", "auto", `shared: both hosts open the one image --disk names; mirrored: each host its own, kept equal by the checkpoints (or the log) and copied to a backup that joins; auto: mirrored with --role (hosts apart), shared on a local run (whose backups then get --disk's image with ".mirror" added or removed)`)
+}
+
+// resolveMode is --disk-mode, auto resolved: mirrored for a node given its
+// --role (hosts apart), shared for a local run.
+func (d *deviceFlags) resolveMode(role string) (node.DiskMode, error) {
+	if d.diskMode == "auto" {
+		if role != "" {
+			return node.DiskMirrored, nil
+		}
+		return node.DiskShared, nil
+	}
+	return node.ParseDiskMode(d.diskMode)
+}
+
+// localBackupDisk are the flags that give a backup this node starts (a
+// local run's, or a respawned one) the disk mode of o and, mirrored, an
+// image of its own: o's with ".mirror" added, or removed, so that a pair's
+// two images take turns.
+func localBackupDisk(o node.Options) []string {
+	args := []string{"--disk-mode", o.DiskMode.String()}
+	if o.DiskMode == node.DiskMirrored && o.Disk != "" {
+		img, ok := strings.CutSuffix(o.Disk, ".mirror")
+		if !ok {
+			img = o.Disk + ".mirror"
+		}
+		args = append(args, "--disk", img)
+	}
+	return args
 }
 
 // validate checks the flags' syntax before anything is built.

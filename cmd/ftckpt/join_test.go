@@ -38,8 +38,11 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	dir := t.TempDir()
 	udp := freePort(t, "udp")
 	accept1, accept2 := freePort(t, "tcp"), freePort(t, "tcp")
+	// Each process has its own disk image (--role: mirrored), which it
+	// gets by pre-copy when it joins.
+	disk := func(name string) []string { return []string{"--disk", filepath.Join(dir, name)} }
 	common := slices.Concat([]string{"--mode", "checkpoint",
-		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--net", "udp:" + udp, "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, flags, machine.flags, loopbackTLS(t))
 	var out1, out2, out3 syncBuffer
@@ -48,7 +51,7 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 			t.Logf("first:\n%s\nsecond:\n%s\nthird:\n%s", out1.String(), out2.String(), out3.String())
 		}
 	})
-	first := ftckptProcess(t, &out1, append([]string{"--role", "primary", "--accept-backups", accept1}, common...)...)
+	first := ftckptProcess(t, &out1, slices.Concat([]string{"--role", "primary", "--accept-backups", accept1}, disk("first.img"), common)...)
 	ua, _ := net.ResolveUDPAddr("udp", udp)
 	conn, err := net.DialUDP("udp", nil, ua)
 	if err != nil {
@@ -59,7 +62,7 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	for i := 0; i < 5; i++ {
 		c.incr(t, 20*time.Second) // alone
 	}
-	second := ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, common...)...)
+	second := ftckptProcess(t, &out2, slices.Concat([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, disk("second.img"), common)...)
 	// A reply to a request sent after the commit's capture was released
 	// by the backup's ack of a later epoch: the backup holds the guest.
 	waitFor(t, &out1, "full sync's commit captured")
@@ -74,7 +77,7 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	}
 	c.resend = 0
 	waitFor(t, &out2, "accepting backups")
-	ftckptProcess(t, &out3, append([]string{"--role", "backup", "--join", accept2}, common...)...)
+	ftckptProcess(t, &out3, slices.Concat([]string{"--role", "backup", "--join", accept2}, disk("third.img"), common)...)
 	waitFor(t, &out2, "full sync's commit captured")
 	for i := 0; i < 5; i++ {
 		c.incr(t, 20*time.Second)
@@ -88,7 +91,7 @@ func backupsJoin(t *testing.T, machine kvMachine, flags ...string) {
 	// Its stderr reaches out3 through a pipe: its replies can arrive
 	// before its log line does.
 	waitFor(t, &out3, "live as primary")
-	nodetest.CheckJournal(t, filepath.Join(dir, "disk.img"), machine.machine, c.updates())
+	nodetest.CheckJournal(t, filepath.Join(dir, "third.img"), machine.machine, c.updates())
 }
 
 // TestReplayJoinTurnedAwayTriesAgain: a replay backup that joins a primary
@@ -101,7 +104,7 @@ func TestReplayJoinTurnedAwayTriesAgain(t *testing.T) {
 	dir := t.TempDir()
 	accept := freePort(t, "tcp")
 	common := append([]string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
-		"--net", "udp:" + freePort(t, "udp"), "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--net", "udp:" + freePort(t, "udp"), "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0", "--control", "none",
 		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
 	var pout, out1, out2 syncBuffer
@@ -110,10 +113,11 @@ func TestReplayJoinTurnedAwayTriesAgain(t *testing.T) {
 			t.Logf("primary:\n%s\nfirst backup:\n%s\nsecond backup:\n%s", pout.String(), out1.String(), out2.String())
 		}
 	})
-	ftckptProcess(t, &pout, append([]string{"--role", "primary", "--accept-backups", accept}, common...)...)
-	first := ftckptProcess(t, &out1, append([]string{"--role", "backup", "--join", accept}, common...)...)
+	disk := func(name string) []string { return []string{"--disk", filepath.Join(dir, name)} } // mirrored: one each
+	ftckptProcess(t, &pout, slices.Concat([]string{"--role", "primary", "--accept-backups", accept}, disk("primary.img"), common)...)
+	first := ftckptProcess(t, &out1, slices.Concat([]string{"--role", "backup", "--join", accept}, disk("first.img"), common)...)
 	waitFor(t, &out1, "full checkpoint applied")
-	ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept}, common...)...)
+	ftckptProcess(t, &out2, slices.Concat([]string{"--role", "backup", "--join", accept}, disk("second.img"), common)...)
 	waitFor(t, &pout, "a backup tried to join")
 	waitFor(t, &out2, "joining again")
 	first.Process.Signal(syscall.SIGKILL)

@@ -84,6 +84,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
 	f.devices.add(root)
+	f.devices.addMode(root)
 	f.tls.add(root)
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
 		if f.mode == "" {
@@ -104,6 +105,7 @@ func addModeFlags(root *cobra.Command) {
 			if o.TLS, backupArgs, done, err = f.localTLS(); err != nil {
 				return err
 			}
+			backupArgs = append(backupArgs, localBackupDisk(o)...)
 			defer func() {
 				if !errors.Is(err, node.ErrHandedOver) { // else the nodes going on need the certificates
 					done()
@@ -183,6 +185,9 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	if o.Net, o.Disk, o.DiskSize, err = f.devices.resolve(o.Machine, o.Guest); err != nil {
 		return o, err
 	}
+	if o.DiskMode, err = f.devices.resolveMode(f.role); err != nil {
+		return o, err
+	}
 	o.Peer, o.Listen, o.Join, o.AcceptBackups, o.Arbiter = f.peer, f.listen, f.join, f.acceptBackups, f.arbiter
 	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
 	c := &o.Checkpoint
@@ -193,7 +198,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 		return o, fmt.Errorf("--epoch %q: want a duration such as 25ms, or auto", f.epoch)
 	}
 	if f.respawn && (f.role == "" || changed("respawn")) {
-		o.Respawn = spawnJoiningBackup(nil) // a local run's gives it its certificates
+		o.Respawn = spawnJoiningBackup(localBackupDisk(o)) // a local run's also gives it its certificates
 	}
 	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status
 	o.Metrics, o.Control = f.metrics, f.controlPath(o.Role)

@@ -67,8 +67,8 @@ func ftckptIn(t *testing.T, ns string, out *syncBuffer, args ...string) *exec.Cm
 }
 
 // TestPartitionBetweenHosts runs a primary and a backup on two hosts
-// (network namespaces on a bridge; the witness a lease file on the disk
-// they share) and cuts the link between them: each side finds the
+// (network namespaces on a bridge, each with its own disk image: mirrored
+// disks; the witness a lease file they share) and cuts the link between them: each side finds the
 // other silent and asks the witness for the next generation. Exactly one
 // goes on (the primary alone, or the backup live); the other stops asking
 // to run; the lease holds generation 2. In both modes.
@@ -92,7 +92,7 @@ func TestPartitionBetweenHosts(t *testing.T) {
 			dir := t.TempDir()
 			lease := filepath.Join(dir, "lease")
 			common := append(tc.mode, "--machine", "sim", "--guest", "kv", "--memory", "1M",
-				"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+				"--net", "udp:127.0.0.1:7777", "--disk-size", "1M",
 				"--arbiter", "disk:"+lease, "--status-every", "20ms",
 				"--heartbeat", "20ms", "--failure-timeout", "300ms")
 			var bout, pout syncBuffer
@@ -102,9 +102,9 @@ func TestPartitionBetweenHosts(t *testing.T) {
 				}
 			})
 			certs := clusterCerts(t, "10.78.0.1", "10.78.0.2")
-			ftckptIn(t, hostB, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.2"))...)
+			ftckptIn(t, hostB, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100", "--disk", filepath.Join(dir, "backup.img")}, common, hostTLS(certs, "10.78.0.2"))...)
 			waitFor(t, &bout, backupReadyPrefix)
-			primary := ftckptIn(t, hostA, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.1"))...)
+			primary := ftckptIn(t, hostA, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100", "--disk", filepath.Join(dir, "primary.img")}, common, hostTLS(certs, "10.78.0.1"))...)
 			deadline := time.Now().Add(20 * time.Second)
 			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
 				if time.Now().After(deadline) {
@@ -182,7 +182,7 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 						"--peers", peers, "--data-dir", filepath.Join(dir, fmt.Sprintf("w%d", i))}, hostTLS(certs, "10.78.0.3")...)...)
 				}
 				common := append(slices.Clone(mode.flags), "--machine", "sim", "--guest", "kv", "--memory", "1M",
-					"--net", "udp:127.0.0.1:7777", "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+					"--net", "udp:127.0.0.1:7777", "--disk-size", "1M",
 					"--arbiter", arbiter, "--status-every", "20ms", "--heartbeat", "20ms", "--failure-timeout", "300ms")
 				var bout, pout syncBuffer
 				t.Cleanup(func() {
@@ -190,9 +190,9 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 						t.Logf("primary:\n%s\nbackup:\n%s\nwitness:\n%s", pout.String(), bout.String(), wout.String())
 					}
 				})
-				ftckptIn(t, backupHost, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.2"))...)
+				ftckptIn(t, backupHost, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100", "--disk", filepath.Join(dir, "backup.img")}, common, hostTLS(certs, "10.78.0.2"))...)
 				waitFor(t, &bout, backupReadyPrefix)
-				primary := ftckptIn(t, primaryHost, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100"}, common, hostTLS(certs, "10.78.0.1"))...)
+				primary := ftckptIn(t, primaryHost, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100", "--disk", filepath.Join(dir, "primary.img")}, common, hostTLS(certs, "10.78.0.1"))...)
 				deadline := time.Now().Add(30 * time.Second)
 				for !mode.ready.MatchString(bout.String()) && !mode.ready.MatchString(pout.String()) {
 					if time.Now().After(deadline) {

@@ -50,6 +50,37 @@ func TestKVMReplayRespawnSurvivesKills(t *testing.T) {
 	respawnKills(t, replayRespawn, kvmKV)
 }
 
+// TestCheckpointRespawnMirroredDisks is TestCheckpointRespawnSurvivesKills
+// with mirrored disks (--disk-mode mirrored): each process has an image of
+// its own (a local run's two take turns), which each backup gets by
+// pre-copy when it joins and keeps by the checkpoints; no file is shared.
+// After 20 failovers the journal on the last primary's image holds every
+// update a reply reported.
+func TestCheckpointRespawnMirroredDisks(t *testing.T) {
+	respawnKills(t, checkpointRespawn, simKV, "--epoch", "5ms", "--disk-mode", "mirrored")
+}
+
+// TestReplayRespawnMirroredDisks is TestCheckpointRespawnMirroredDisks in
+// replay mode: the backup writes its replayed guest's writes to its image.
+func TestReplayRespawnMirroredDisks(t *testing.T) {
+	respawnKills(t, replayRespawn, simKV, "--disk-mode", "mirrored")
+}
+
+// TestKVMReplayRespawnMirroredDisks is TestReplayRespawnMirroredDisks with
+// the C kv guest on KVM.
+func TestKVMReplayRespawnMirroredDisks(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	respawnKills(t, replayRespawn, kvmKV, "--disk-mode", "mirrored")
+}
+
+// TestKVMCheckpointRespawnMirroredDisks is
+// TestCheckpointRespawnMirroredDisks with the C kv guest on a 2-vCPU KVM
+// machine.
+func TestKVMCheckpointRespawnMirroredDisks(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	respawnKills(t, checkpointRespawn, kvmKV, "--vcpus", "2", "--epoch", "10ms", "--disk-mode", "mirrored")
+}
+
 // respawnMode is a mode as a respawn test runs it: its flag, the event a
 // backup logs once it protects the guest, and whether replies may be lost
 // at a failover.
@@ -64,11 +95,14 @@ var (
 	replayRespawn     = respawnMode{"replay", "full checkpoint applied", false}
 )
 
-// respawnKillCount is how many primaries a respawn test kills: 10, or
-// FTCKPT_KILLS (make chaos KILLS=200).
-func respawnKillCount() int {
+// respawnKillCount is how many primaries a respawn test kills: 10 (20
+// with mirrored disks), or FTCKPT_KILLS (make chaos KILLS=200).
+func respawnKillCount(mirrored bool) int {
 	if n, err := strconv.Atoi(os.Getenv("FTCKPT_KILLS")); err == nil && n > 0 {
 		return n
+	}
+	if mirrored {
+		return 20
 	}
 	return 10
 }
@@ -121,7 +155,9 @@ func respawnKills(t *testing.T, mode respawnMode, machine kvMachine, flags ...st
 	waitForMatch(t, &out, firstPrimary, 1)
 	primary, _ := strconv.Atoi(firstPrimary.FindStringSubmatch(out.String())[1])
 	from := 0 // where in the output the current primary's life began
-	for kill := 1; kill <= respawnKillCount(); kill++ {
+	mirrored := slices.Contains(flags, "mirrored")
+	kills := respawnKillCount(mirrored)
+	for kill := 1; kill <= kills; kill++ {
 		// Protected again: its new backup committed a full sync.
 		waitForAfter(t, &out, from, mode.protected)
 		for n := 1 + rng.Intn(5); n > 0; n-- {
@@ -153,7 +189,14 @@ func respawnKills(t *testing.T, mode respawnMode, machine kvMachine, flags ...st
 	for n := 0; n < 4; n++ {
 		c.incr(t, 20*time.Second)
 	}
-	nodetest.CheckJournal(t, filepath.Join(dir, "disk.img"), machine.machine, c.updates())
+	image := filepath.Join(dir, "disk.img")
+	if mirrored && !strings.Contains(out.String(), "-byte mirrored disk") {
+		t.Fatal("no process says its disk is mirrored")
+	}
+	if mirrored && kills%2 == 1 {
+		image += ".mirror" // the images take turns: the first backup's is the primary's after an odd number of kills
+	}
+	nodetest.CheckJournal(t, image, machine.machine, c.updates())
 }
 
 // processTree starts this binary as `ftckpt args...`, its output, and that

@@ -62,7 +62,7 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	}
 	n.set(func(p *Parts) { p.Machine, p.Outputs, p.CheckpointPrimary = r.Runner, out, primary })
 	if held != nil {
-		primary.SetDisk(held)
+		o.setPrimaryDisk(primary, held)
 	}
 	var conn net.Conn // nil: alone until a backup joins (AcceptBackups)
 	if o.Peer != "" {
@@ -80,6 +80,26 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	}
 	log.Info("primary running", "generation", gen, "backup", o.Peer, "epoch", describeEpoch(&cfg), "machine", cfg.Machine, "pid", pid)
 	return n.protectCheckpoint(ctx, primary, r, out, conn)
+}
+
+// setPrimaryDisk gives a checkpoint primary its held disk, mirrored to the
+// backup's own image if the disk mode says so.
+func (o *Options) setPrimaryDisk(p *ckmode.Primary, held *ckmode.HeldDisk) {
+	p.SetDisk(held)
+	if o.DiskMode == DiskMirrored {
+		p.MirrorDisk()
+	}
+}
+
+// setBackupDisk gives a checkpoint backup its disk: the shared image, where
+// going live writes again what the primary may not have made durable, or
+// its own image, which the checkpoints keep equal to the primary's.
+func (o *Options) setBackupDisk(b *ckmode.Backup, disk vmm.Disk) error {
+	if o.DiskMode == DiskMirrored {
+		return b.MirrorDisk(disk)
+	}
+	b.SetDisk(disk)
+	return nil
 }
 
 // describeEpoch is the epoch setting as the user gave it.
@@ -140,7 +160,9 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	}
 	n.set(func(p *Parts) { p.Machine, p.CheckpointBackup = r.Runner, backup })
 	if h.disk != nil {
-		backup.SetDisk(h.disk) // where going live writes again what the primary may not have
+		if err := o.setBackupDisk(backup, h.disk); err != nil {
+			return err
+		}
 	}
 	var primary *ckmode.Primary
 	var out *outbuf.Buffer

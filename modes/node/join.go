@@ -273,7 +273,7 @@ func (d *liveDevices) becomePrimary(o *Options, gen uint64, fence *witness.Fence
 	}
 	if held != nil {
 		held.SetPoll(r.pollDisk)
-		primary.SetDisk(held)
+		o.setPrimaryDisk(primary, held)
 		d.disk.set(held)
 	}
 	d.net.set(ckmode.HeldNet{Out: out, Pos: pos})

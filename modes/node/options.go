@@ -127,6 +127,42 @@ func ParseMachine(s string) (Machine, error) {
 	return machineInvalid, fmt.Errorf("--machine %q: want kvm, sim or auto", s)
 }
 
+// DiskMode says where the guest's disk lives. The zero value is invalid.
+type DiskMode int
+
+const (
+	diskModeInvalid DiskMode = iota
+	// DiskShared is one image both hosts open (a SAN, NFS, or one host's
+	// file for a local run): a backup going live writes again the writes
+	// the primary may not have made durable.
+	DiskShared
+	// DiskMirrored is an image per host: the backup's receives the guest's
+	// writes with each checkpoint (or log) it acknowledges, and a full sync
+	// copies the primary's to it.
+	DiskMirrored
+)
+
+func (m DiskMode) String() string {
+	switch m {
+	case DiskShared:
+		return "shared"
+	case DiskMirrored:
+		return "mirrored"
+	}
+	return fmt.Sprintf("invalid disk mode %d", int(m))
+}
+
+// ParseDiskMode parses "shared" or "mirrored".
+func ParseDiskMode(s string) (DiskMode, error) {
+	switch s {
+	case "shared":
+		return DiskShared, nil
+	case "mirrored":
+		return DiskMirrored, nil
+	}
+	return diskModeInvalid, fmt.Errorf("--disk-mode %q: want shared or mirrored", s)
+}
+
 // Options describe one node. Start from DefaultOptions; Validate says what
 // is wrong. Every field maps to one ftckpt flag of the same name.
 type Options struct {
@@ -150,11 +186,13 @@ type Options struct {
 	// needed), "tap:NAME", or "none". OpenNet, if set, opens the backend
 	// instead (ftckpt bench's client, tests); the guest then has a network
 	// whatever Net says. Disk is the disk image (created at DiskSize if
-	// missing; both hosts open the same one), "" for none.
+	// missing), "" for none; DiskMode says whether both hosts open the same
+	// one or each its own (then locked by this node while it runs).
 	Net      string
 	OpenNet  func() (vmm.NetBackend, error)
 	Disk     string
 	DiskSize int64
+	DiskMode DiskMode
 
 	// Peer is the backup's address (a primary). Listen is where a backup
 	// accepts its primary; Join dials a running primary's AcceptBackups
@@ -202,7 +240,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Mode: ModeCheckpoint, Machine: MachineKVM, Guest: "kv", VCPUs: 1, IRQChip: true,
-		Tracking: dirtylog.ModeAuto, Memory: 64 << 20, Net: "none", DiskSize: 64 << 20,
+		Tracking: dirtylog.ModeAuto, Memory: 64 << 20, Net: "none", DiskSize: 64 << 20, DiskMode: DiskShared,
 		Arbiter: witness.DefaultSpec, Checkpoint: ckmode.DefaultConfig(), Replay: replay.DefaultConfig(),
 		StatusEvery: time.Second,
 	}
@@ -247,6 +285,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Disk != "" && (o.DiskSize <= 0 || o.DiskSize%512 != 0) {
 		return fmt.Errorf("--disk-size %d: want a positive multiple of 512 bytes", o.DiskSize)
+	}
+	if o.DiskMode != DiskShared && o.DiskMode != DiskMirrored {
+		return errors.New("no disk mode: want shared or mirrored")
 	}
 	if o.Mode == ModeReplay {
 		return o.Replay.Validate()
@@ -328,7 +369,7 @@ func (o *Options) describe(diskSize int64) string {
 		d += ", network"
 	}
 	if diskSize > 0 {
-		d += fmt.Sprintf(", %d-byte disk", diskSize)
+		d += fmt.Sprintf(", %d-byte %s disk", diskSize, o.DiskMode)
 	}
 	return d
 }

@@ -125,6 +125,9 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 	p.Console = o.Console
 	if h.disk != nil {
 		p.SyncDisk = h.disk.Flush
+		if o.DiskMode == DiskMirrored {
+			p.MirrorDisk(h.disk.Size())
+		}
 	}
 	var conn net.Conn // nil: alone until a backup joins
 	if o.Peer != "" {
@@ -140,7 +143,7 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 	if err := startRx(h, p); err != nil {
 		return err
 	}
-	log.Info("primary recording", "generation", gen, "backup", o.Peer, "guest", o.Guest, "pid", pid)
+	log.Info("primary recording", "generation", gen, "backup", o.Peer, "guest", o.Guest, "machine", cfg.Machine, "pid", pid)
 	stop := statusLines(o.Status, o.StatusEvery, p.Stats.PrimaryLine)
 	defer stop()
 	err = p.Run(ctx, conn)
@@ -242,6 +245,11 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 	b.Console = o.Console
 	if h.disk != nil {
 		b.SyncDisk = h.disk.Flush
+		if o.DiskMode == DiskMirrored {
+			if err := b.MirrorDisk(h.disk); err != nil {
+				return nil, closeM, false, err
+			}
+		}
 	}
 	conn, err := connectToPrimary(ctx, o)
 	if err != nil {
@@ -250,7 +258,8 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 	stop := statusLines(o.Status, o.StatusEvery, b.Stats.BackupLine)
 	live, err = b.Follow(ctx, conn)
 	stop()
-	return live, closeM, b.Stats.Applied.Load() == 0, err
+	// A backup whose own image failed stops: joining again would fail again.
+	return live, closeM, b.Stats.Applied.Load() == 0 && !errors.Is(err, replay.ErrImage), err
 }
 
 // runLive runs the primary a backup became, alone, letting backups join.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/guests"
@@ -190,7 +191,9 @@ func (d simDevices) Console(p []byte) {
 }
 
 // openDisk opens o's disk image, creating it at DiskSize if missing
-// (atomically: both hosts may start at once); nil without a disk.
+// (atomically: both hosts may start at once); nil without a disk. A
+// mirrored disk's image is this node's alone: it is locked, waiting a
+// while for a process that is ending to let go.
 func openDisk(o *Options) (*vmm.FileDisk, error) {
 	if o.Disk == "" {
 		return nil, nil
@@ -199,5 +202,15 @@ func openDisk(o *Options) (*vmm.FileDisk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--disk %s: %w", o.Disk, err)
 	}
+	if o.DiskMode == DiskMirrored {
+		if err := d.Lock(imageLockWait); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("--disk %s (--disk-mode mirrored: an image per host): %w", o.Disk, err)
+		}
+	}
 	return d, nil
 }
+
+// imageLockWait is how long a node waits for a mirrored disk's image that
+// another process holds.
+const imageLockWait = 10 * time.Second

@@ -14,6 +14,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
 )
@@ -39,6 +40,9 @@ type Backup struct {
 	// Primary.SyncDisk). Set before Follow.
 	Console  io.Writer
 	SyncDisk func() error
+	// image, if set (MirrorDisk), is this backup's own disk image: the
+	// replayer writes its guest's disk writes to it as it replays them.
+	image vmm.Disk
 
 	q    *logQueue
 	gate ackGate
@@ -102,6 +106,42 @@ func NewBackup(cfg Config, m machine.Stepper, plug *Plug, fence *witness.Fence, 
 		w.AskWindows(false) // interrupts go in only where the log says
 	}
 	return b, nil
+}
+
+// ErrImage marks a failure to write the backup's own disk image (a
+// mirrored disk): a backup whose image lacks a write its guest issued
+// cannot go live, so it stops (the primary loses it and goes on alone)
+// instead of holding a silent difference.
+var ErrImage = errors.New("the backup's disk image failed")
+
+// MirrorDisk gives the backup its own image of the guest's disk
+// (--disk-mode mirrored), the size of the primary's: full checkpoints copy
+// the primary's disk to it, the replayer writes each disk write its guest
+// issues to it as it replays it, and going live it is flushed and nothing
+// written again. A backup gone live mirrors its disk to its own backups.
+// Call before Follow.
+func (b *Backup) MirrorDisk(d vmm.Disk) error {
+	if err := b.recv.MirrorDisk(d.Size()); err != nil {
+		return err
+	}
+	b.image = d
+	return nil
+}
+
+// writeImage puts on the backup's own image what an accepted checkpoint
+// changed (format.Result.Blocks, then Writes).
+func (b *Backup) writeImage(res format.Result) error {
+	for _, blk := range res.Blocks {
+		if _, err := b.image.WriteAt(blk.Data, blk.Off); err != nil {
+			return fmt.Errorf("%w: writing %d bytes at %d for %v: %w", ErrImage, len(blk.Data), blk.Off, res.Header, err)
+		}
+	}
+	for _, w := range res.Writes {
+		if _, err := b.image.WriteAt(w.Data, w.Off); err != nil {
+			return fmt.Errorf("%w: writing the guest's write of %d bytes at %d (LSN %d): %w", ErrImage, len(w.Data), w.Off, w.Epoch, err)
+		}
+	}
+	return nil
 }
 
 // Follow replays the log of the primary at the other end of conn. When the
@@ -253,7 +293,9 @@ func (b *Backup) replay() (*Primary, error) {
 		it := *next
 		b.q.take()
 		if it.ckpt != nil {
-			b.stageRound(it.ckpt)
+			if err := b.stageRound(it.ckpt); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		if it.e.Type == EntrySync {
@@ -300,27 +342,34 @@ func (b *Backup) diverged(d *divergence) {
 // against one would be applied to another page. The backup asks for a full
 // checkpoint at once (the primary then stops to copy it all), and skips
 // the sync's other rounds and refuses its commit should they come.
-func (b *Backup) stageRound(ckpt []byte) {
+func (b *Backup) stageRound(ckpt []byte) error {
 	h, ok := format.PeekHeader(ckpt)
 	if b.synced || !ok || h.Kind != format.KindSyncRound {
-		return
+		return nil
 	}
 	if h.Flags&format.FlagSyncStart != 0 {
 		b.roundRejected, b.roundsApplied = nil, 0 // a new sync
 	}
 	if b.roundRejected != nil {
-		return
+		return nil
 	}
-	if _, err := b.recv.Receive(ckpt); err != nil {
+	res, err := b.recv.Receive(ckpt)
+	if err != nil {
 		b.log.Warn("pre-copy round rejected; asking for a full checkpoint instead", "err", err)
 		b.roundRejected = err
 		b.askResync(format.ResyncRejected, h.Epoch, fmt.Sprintf("pre-copy round rejected: %v", err))
-		return
+		return nil
+	}
+	if b.image != nil {
+		if err := b.writeImage(res); err != nil {
+			return err
+		}
 	}
 	b.Stats.Rounds.Add(1)
 	b.roundsApplied++
 	r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: b.roundsApplied}
 	b.link.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout) // a failure shows as silence
+	return nil
 }
 
 // applySync applies the full checkpoint that follows the sync entry at s.
@@ -346,6 +395,12 @@ func (b *Backup) applySync(s uint64) error {
 	res, err := b.recv.Receive(ckpt)
 	if err != nil {
 		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}
+	}
+	if b.image != nil {
+		if err := b.writeImage(res); err != nil {
+			b.synced = false // nobody goes live with this image
+			return err
+		}
 	}
 	if !res.Committed || res.Header.Epoch != s {
 		return &divergence{s, fmt.Sprintf("checkpoint %v does not commit the sync at LSN %d", res.Header, s)}
@@ -577,6 +632,15 @@ func (b *Backup) failover() {
 		return
 	}
 	p.Console, p.SyncDisk, p.ctx = b.Console, b.SyncDisk, b.ctx
+	if b.image != nil {
+		// Every disk write of the window is on the image already.
+		b.window = slices.DeleteFunc(b.window, func(s suppressed) bool { return s.out.Kind == outbuf.KindDiskWrite })
+		if err := b.image.Flush(); err != nil {
+			b.envErr = fmt.Errorf("%w: flushing it before going live: %w", ErrImage, err)
+			return
+		}
+		p.MirrorDisk(b.image.Size())
+	}
 	if err := p.goAlone(); err != nil {
 		b.envErr = err
 		return
@@ -657,6 +721,11 @@ func (e backupEnv) suppress(o outbuf.Output) error {
 		return nil
 	}
 	b.window = append(b.window, suppressed{pos: b.lsn, out: o})
+	if o.Kind == outbuf.KindDiskWrite && b.image != nil {
+		if _, err := b.image.WriteAt(o.Data, o.Off); err != nil {
+			b.envErr = fmt.Errorf("%w: writing the guest's write of %d bytes at %d (LSN %d): %w", ErrImage, len(o.Data), o.Off, b.lsn, err)
+		}
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/replay"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
@@ -328,5 +330,68 @@ func TestRunEndsWithItsGuest(t *testing.T) {
 	vmmtest.Closed(t, "the primary's Run to return after its guest powered off", c.pDone)
 	if c.pErr != nil {
 		t.Fatalf("the primary's Run: %v", c.pErr)
+	}
+}
+
+// TestMirroredDiskHoldsTheGuestsHistory gives the backup a disk image of
+// its own (--disk-mode mirrored) and kills the primary at 5 random moments
+// while the kv guest journals every update: after failover the backup's
+// image holds the primary's disk as it was when the pair started (copied
+// by the full checkpoint, with data the guest never writes) with the
+// backup's guest's whole write history over it, and no write the guest
+// did not issue.
+func TestMirroredDiskHoldsTheGuestsHistory(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	for i := 0; i < 5; i++ {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+			// The last 100 KiB: data the kv guest never touches.
+			initial := make([]byte, 1<<20)
+			for j := len(initial) - 100<<10; j < len(initial); j++ {
+				initial[j] = byte(rng.Intn(256))
+			}
+			if _, err := c.disk.WriteAt(initial, 0); err != nil {
+				t.Fatal(err)
+			}
+			img, err := vmm.CreateFileDisk(filepath.Join(t.TempDir(), "backup.img"), 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { img.Close() })
+			c.bImage = img
+			var backupWrites *writeLog
+			c.envWrap = func(host string, env machine.Env) machine.Env {
+				if host != "backup" {
+					return env
+				}
+				backupWrites = &writeLog{Env: env}
+				return backupWrites
+			}
+			c.start()
+			c.incr(t, 5+rng.Intn(40))
+			c.send()
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // the random moment: the test's point
+			c.crashPrimary()
+			c.failover()
+			want := bytes.Clone(initial)
+			backupWrites.mu.Lock()
+			for _, w := range backupWrites.writes {
+				overlay(want, 0, w)
+			}
+			n := len(backupWrites.writes)
+			backupWrites.mu.Unlock()
+			got := make([]byte, len(want))
+			if _, err := img.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				t.Fatal("the guest wrote nothing: the test does not test")
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("after failover the backup's image differs from the primary's disk at the start with the %d writes of the guest's history", n)
+			}
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
@@ -167,6 +168,9 @@ type cluster struct {
 	pDisk   outbuf.Disk
 	pSync   func() error
 	envWrap func(host string, env machine.Env) machine.Env
+	// Optional, set before start: the backup's own image of a mirrored
+	// disk (the shared file stays the primary's).
+	bImage *vmm.FileDisk
 	// Optional, set before start or alonePrimary: what the primary's
 	// engine drives instead of its software machine (which pm stays), and a
 	// func that sees the primary before it runs.
@@ -238,12 +242,22 @@ func (c *cluster) start() {
 	if c.bm, err = sim.New(c.guest, c.pages, c.wrap("backup", bplug), c.params...); err != nil {
 		t.Fatal(err)
 	}
+	var bdisk outbuf.Disk = c.disk
+	if c.bImage != nil {
+		bdisk = c.bImage
+		c.primary.MirrorDisk(c.bImage.Size())
+	}
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
 		nic, _ := c.client.nic("backup")
-		return outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: bf, Net: nic, Disk: c.disk, Clock: outbuf.SystemClock{}})
+		return outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: gen, Fence: bf, Net: nic, Disk: bdisk, Clock: outbuf.SystemClock{}})
 	}
 	if c.backup, err = replay.NewBackup(c.cfg, c.bm, bplug, bf, makeOut, nil); err != nil {
 		t.Fatal(err)
+	}
+	if c.bImage != nil {
+		if err := c.backup.MirrorDisk(c.bImage); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	bctx, cancelB := context.WithCancel(ctx)

@@ -28,6 +28,7 @@ type precopy struct {
 	epoch   uint64          // the LSN of the sync entry to come
 	pass    int             // 1: the pass over all of memory
 	todo    []uint64        // pages of this pass not sent yet
+	blocks  []uint64        // a mirrored disk's blocks of this pass not sent yet (after the pages)
 	written *machine.Bitmap // scratch for Machine.Written
 	first   bool            // the next round message starts the sync
 	began   time.Time
@@ -35,6 +36,13 @@ type precopy struct {
 	sent    uint64        // round messages sent
 	bytes   int           // sent so far
 }
+
+// blockChunk is the most disk blocks a round message carries (16 MiB);
+// blockPages is what one weighs against PrecopyDone.
+const (
+	blockChunk = 256
+	blockPages = format.DiskBlockSize / format.PageSize
+)
 
 // precopyEvery is the least time between two round messages: the guest
 // runs at least that long, and at least as long as the last round took,
@@ -87,6 +95,10 @@ func (p *Primary) startPrecopy() error {
 	for i := range pc.todo {
 		pc.todo[i] = uint64(i)
 	}
+	if p.blocks != nil {
+		p.blocks.MarkAll()
+		pc.blocks = p.blocks.Take(nil)
+	}
 	p.roundsApplied.Store(0)
 	p.resync.Store(false) // an old backup's request: this one starts afresh
 	p.precopy = pc
@@ -100,7 +112,7 @@ func (p *Primary) precopyStep() error {
 	pc := p.precopy
 	began := time.Now()
 	defer func() { pc.next = p.clock.host() + max(precopyEvery, time.Since(began)) }()
-	if len(pc.todo) == 0 {
+	if len(pc.todo) == 0 && len(pc.blocks) == 0 {
 		pc.written.Clear()
 		if err := p.m.Harvest(pc.written); err != nil {
 			return err
@@ -110,8 +122,15 @@ func (p *Primary) precopyStep() error {
 				pc.todo = append(pc.todo, q)
 			}
 		}
-		if pc.pass >= p.cfg.PrecopyRounds || len(pc.todo) <= p.cfg.PrecopyDone {
+		left := len(pc.todo)
+		if p.blocks != nil {
+			left += blockPages * p.blocks.Count()
+		}
+		if pc.pass >= p.cfg.PrecopyRounds || left <= p.cfg.PrecopyDone {
 			return p.endPrecopy()
+		}
+		if p.blocks != nil {
+			pc.blocks = p.blocks.Take(pc.blocks)
 		}
 		pc.pass++
 	}
@@ -120,7 +139,13 @@ func (p *Primary) precopyStep() error {
 	}
 	p.Stats.PrecopyPass.Store(uint64(pc.pass))
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
-	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk)]
+	// A message of pages, or once they are sent, of blocks.
+	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk):min(len(pc.todo), p.cfg.PrecopyChunk)]
+	var blocks []uint64
+	if len(chunk) == 0 {
+		chunk = []uint64{} // no pages (nil would be all of memory)
+		blocks = pc.blocks[:min(len(pc.blocks), blockChunk)]
+	}
 	h := format.Header{Kind: format.KindSyncRound, Generation: p.gen.Load(), Epoch: pc.epoch}
 	if pc.first {
 		h.Flags = format.FlagSyncStart
@@ -128,6 +153,10 @@ func (p *Primary) precopyStep() error {
 	if err := p.beginCheckpoint(h, chunk); err != nil {
 		return err
 	}
+	if err := p.addBlocks(blocks); err != nil {
+		return err
+	}
+	pc.blocks = pc.blocks[len(blocks):]
 	data, err := p.enc.Finish(nil, false)
 	if err != nil {
 		return err

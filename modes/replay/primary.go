@@ -13,6 +13,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/dirtylog"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
@@ -52,6 +53,11 @@ type Primary struct {
 	// runs on meanwhile, and may be called from two goroutines at once.
 	// Set before Run.
 	SyncDisk func() error
+	// blocks, if set (MirrorDisk), logs the disk blocks the guest writes:
+	// full checkpoints copy the disk, diskSize bytes, to the backup's own
+	// image by it.
+	blocks   *dirtylog.Blocks
+	diskSize int64
 
 	rx     rxQueue
 	wake   chan struct{} // buffered(1): frames arrived, resync asked, link lost, a backup attaching
@@ -126,6 +132,15 @@ type Primary struct {
 type message struct {
 	t       format.MsgType
 	payload []byte
+}
+
+// MirrorDisk says the backup keeps its own image of the guest's disk, of
+// size bytes (--disk-mode mirrored): every full checkpoint also copies the
+// disk, as the guest sees it, by the blocks the guest writes (all of them
+// on a stop-and-copy sync; the rest in the commit after pre-copy rounds).
+// Call before Run.
+func (p *Primary) MirrorDisk(size int64) {
+	p.blocks, p.diskSize = dirtylog.NewBlocks(size, format.DiskBlockSize), size
 }
 
 // NewPrimary prepares a primary for generation gen, already won through
@@ -624,6 +639,9 @@ func (e primaryEnv) ReadDisk(b []byte, off int64) error {
 func (e primaryEnv) WriteDisk(b []byte, off int64) error {
 	err := e.p.hold(outbuf.DiskWrite(b, off))
 	e.p.lastWrite = e.p.lsn // the position it was held at
+	if err == nil && e.p.blocks != nil {
+		e.p.blocks.Mark(off, len(b)) // held: a read through the buffer sees it
+	}
 	return err
 }
 

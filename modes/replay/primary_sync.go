@@ -106,6 +106,14 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	if err := p.beginCheckpoint(h, pfns); err != nil {
 		return 0, 0, err
 	}
+	if p.blocks != nil {
+		if start {
+			p.blocks.MarkAll()
+		}
+		if err := p.addBlocks(p.blocks.Take(nil)); err != nil {
+			return 0, 0, err
+		}
+	}
 	state, err := p.m.SaveState()
 	if err != nil {
 		p.enc.Abort()
@@ -135,6 +143,11 @@ func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
 			return err
 		}
 		p.enc = format.NewEncoder(cache)
+		if p.blocks != nil {
+			if err := p.enc.SetDiskSize(p.diskSize); err != nil {
+				return err
+			}
+		}
 	}
 	if err := p.enc.Begin(nil, h); err != nil {
 		return err
@@ -156,6 +169,27 @@ func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
 	}
 	for _, pfn := range pfns {
 		if err := add(pfn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addBlocks adds the disk blocks to the checkpoint begun, read as the guest
+// sees the disk (its held writes over it); the engine is here, so the
+// guest does not run. On error the checkpoint is abandoned.
+func (p *Primary) addBlocks(blocks []uint64) error {
+	size := p.diskSize
+	buf := make([]byte, format.DiskBlockSize)
+	for _, b := range blocks {
+		off := int64(b) * format.DiskBlockSize
+		block := buf[:min(int64(len(buf)), size-off)]
+		if _, err := p.out.ReadAt(block, off); err != nil {
+			p.enc.Abort()
+			return fmt.Errorf("reading disk block %d for the backup's image: %w", b, err)
+		}
+		if err := p.enc.AddDiskBlock(b, block); err != nil {
+			p.enc.Abort()
 			return err
 		}
 	}
