@@ -62,6 +62,10 @@ type Result struct {
 	// while that buffer is unchanged; do not modify them.
 	Blocks []DiskBlock
 	Writes []DiskWrite
+	// DiskHashes are the hashes of ranges of the disk the primary's
+	// committed guest sees (--verify), to compare with the backup's image
+	// once Blocks and Writes are on it. Valid until the next Receive.
+	DiskHashes []DiskRangeHash
 }
 
 // BackupConfig configures a Backup.
@@ -181,6 +185,9 @@ func (b *Backup) Receive(buf []byte) (Result, error) {
 		res.Blocks = b.blocks.staged
 		b.blocks.writes = append(b.blocks.writes[:0], b.ck.Disk.Writes...) // release clears ck's
 		res.Writes = b.blocks.writes
+		if len(b.ck.DiskHashes) > 0 {
+			res.DiskHashes = b.ck.DiskHashes
+		}
 	}
 	return res, nil
 }

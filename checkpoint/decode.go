@@ -31,6 +31,10 @@ type Checkpoint struct {
 	// DiskSize bytes.
 	Blocks   []BlockRecord
 	DiskSize int64
+	// DiskHashes are hashes of ranges of a mirrored disk of DiskHashSize
+	// bytes (committing kinds, --verify).
+	DiskHashes   []DiskRangeHash
+	DiskHashSize int64
 }
 
 // Decode parses and verifies buf into ck, reusing ck.Pages' storage.
@@ -90,7 +94,7 @@ func decode(buf []byte, ck *Checkpoint) error {
 	if err := h.validate(); err != nil {
 		return err
 	}
-	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0], Disk: DiskLog{Writes: ck.Disk.Writes[:0]}, Blocks: ck.Blocks[:0]}
+	*ck = Checkpoint{Header: h, Pages: ck.Pages[:0], Disk: DiskLog{Writes: ck.Disk.Writes[:0]}, Blocks: ck.Blocks[:0], DiskHashes: ck.DiskHashes[:0]}
 	return decodeSections(body, binary.LittleEndian.Uint16(buf[12:]), ck)
 }
 
@@ -141,6 +145,8 @@ func decodeSections(body []byte, count uint16, ck *Checkpoint) error {
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDisk, kind)
 	case kind == KindEpoch && seen[SectionDiskBlocks]:
 		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDiskBlocks, kind)
+	case !kind.commits() && seen[SectionDiskHash]:
+		return fmt.Errorf("%w: %v on a %v", ErrForbiddenSection, SectionDiskHash, kind)
 	}
 	return nil
 }
@@ -163,6 +169,8 @@ func decodeSection(id SectionID, p []byte, ck *Checkpoint) error {
 		return decodeDiskLog(p, ck)
 	case SectionDiskBlocks:
 		return decodeDiskBlocks(p, ck)
+	case SectionDiskHash:
+		return decodeDiskHashes(p, ck)
 	}
 	return nil
 }

@@ -291,6 +291,9 @@ func (b *Backup) stageBlocks(start, commit bool) error {
 		}
 		bb.staged = append(bb.staged, DiskBlock{Off: int64(r.Index) * DiskBlockSize, Data: data})
 	}
+	if len(ck.DiskHashes) > 0 && ck.DiskHashSize != bb.size {
+		return fmt.Errorf("%w: hashes of a %d-byte disk, this backup's is %d", ErrDiskMismatch, ck.DiskHashSize, bb.size)
+	}
 	if commit && bb.size > 0 {
 		have := uint64(0)
 		if !start {

@@ -231,3 +231,57 @@ func fill(rng *rand.Rand, p []byte) {
 		p[i] = byte(rng.Uint32())
 	}
 }
+
+// Disk hashes ride on committing checkpoints only, in increasing range
+// order inside the disk, and reach the backup exactly; a backup of another
+// disk refuses them.
+func TestDiskHashesRoundTrip(t *testing.T) {
+	m := newMirror(t, 4)
+	ck := m.encode(Header{Kind: KindSyncCommit, Flags: FlagSyncStart, Generation: 1, Epoch: 1}, []uint64{0, 1, 2, 3, 4, 5}, nil)
+	if _, err := m.receive(ck); err != nil {
+		t.Fatal(err)
+	}
+	hashes := []DiskRangeHash{{Range: 0, Sum: [32]byte{1}}, {Range: DiskHashRanges(testDiskSize) - 1, Sum: [32]byte{2, 3}}}
+	encode := func(h []DiskRangeHash, size int64) ([]byte, error) {
+		if err := m.enc.Begin(nil, Header{Kind: KindEpoch, Generation: 1, Epoch: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.enc.SetDiskHashes(size, h); err != nil {
+			t.Fatal(err)
+		}
+		return m.enc.Finish([]byte("state"), false)
+	}
+	if _, err := encode([]DiskRangeHash{hashes[1], hashes[0]}, testDiskSize); !errors.Is(err, ErrBadSection) {
+		t.Fatalf("hashes out of order: %v", err)
+	}
+	// The failed Finish invalidated the cache: sync again.
+	if _, err := m.receive(m.encode(Header{Kind: KindSyncCommit, Flags: FlagSyncStart, Generation: 1, Epoch: 2}, []uint64{0, 1, 2, 3, 4, 5}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.enc.Begin(nil, Header{Kind: KindEpoch, Generation: 1, Epoch: 3}); err != nil {
+		t.Fatal(err)
+	}
+	m.enc.SetDiskHashes(testDiskSize, hashes)
+	out, err := m.enc.Finish([]byte("state"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.bk.Receive(bytes.Clone(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.DiskHashes) != 2 || res.DiskHashes[0] != hashes[0] || res.DiskHashes[1] != hashes[1] {
+		t.Fatalf("received hashes %v, sent %v", res.DiskHashes, hashes)
+	}
+	// Hashes of a larger disk than the backup's.
+	if err := m.enc.Begin(nil, Header{Kind: KindEpoch, Generation: 1, Epoch: 4}); err != nil {
+		t.Fatal(err)
+	}
+	m.enc.SetDiskHashes(testDiskSize+DiskHashRange, hashes)
+	if out, err = m.enc.Finish([]byte("state"), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.bk.Receive(out); !errors.Is(err, ErrDiskMismatch) {
+		t.Fatalf("hashes of another disk: %v", err)
+	}
+}

@@ -58,6 +58,10 @@ type Encoder struct {
 	anyPages bool
 	stats    Stats
 	blocks   blockEncoder // a mirrored disk's blocks (SetDiskSize)
+	// diskHashes, if set, are for the checkpoint begun (SetDiskHashes), of
+	// a disk of diskHashSize bytes.
+	diskHashes   []DiskRangeHash
+	diskHashSize int64
 }
 
 // NewEncoder returns an Encoder that owns cache; nothing else may use the
@@ -106,7 +110,7 @@ func (e *Encoder) Begin(dst []byte, h Header) error {
 			return fmt.Errorf("begin %v: %w: no sync in progress for it", h, ErrEncoderState)
 		}
 	}
-	e.active, e.h, e.disk = true, h, nil
+	e.active, e.h, e.disk, e.diskHashes = true, h, nil, nil
 	e.count, e.lastPFN, e.anyPages = 0, 0, false
 	e.blocks.begin(h.Flags&FlagSyncStart != 0)
 	e.buf = append(dst[:0], make([]byte, headerSize+sectionSize+4)...)
@@ -250,6 +254,13 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 		return nil, fmt.Errorf("%w: some disk blocks were never sent during this sync", ErrIncompleteSync)
 	case !commits && e.disk != nil:
 		return nil, fmt.Errorf("%w: disk log on a %v", ErrForbiddenSection, e.h.Kind)
+	case !commits && e.diskHashes != nil:
+		return nil, fmt.Errorf("%w: disk hashes on a %v", ErrForbiddenSection, e.h.Kind)
+	}
+	if e.diskHashes != nil {
+		if err := checkDiskHashes(e.diskHashSize, e.diskHashes); err != nil {
+			return nil, err
+		}
 	}
 	if e.disk != nil {
 		if err := e.disk.check(e.h); err != nil {
@@ -278,6 +289,11 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 	if e.buf, withBlocks = e.blocks.appendSection(e.buf); withBlocks {
 		sections++
 	}
+	if e.diskHashes != nil {
+		e.buf = appendDiskHashes(e.buf, e.diskHashSize, e.diskHashes)
+		e.diskHashes = nil
+		sections++
+	}
 	if withHash {
 		if !e.cache.AllValid() {
 			return nil, fmt.Errorf("%w: memory hash needs every page known", ErrIncompleteSync)
@@ -299,7 +315,7 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 // hold some of its pages, so it is invalidated: the next checkpoint must
 // be a full sync.
 func (e *Encoder) Abort() {
-	e.active, e.syncing, e.disk = false, false, nil
+	e.active, e.syncing, e.disk, e.diskHashes = false, false, nil, nil
 	e.cache.Invalidate()
 }
 

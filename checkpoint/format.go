@@ -159,8 +159,12 @@ const (
 	// SectionDiskBlocks is blocks of a mirrored disk's image (see
 	// DiskBlockSize). Optional, only on sync kinds.
 	SectionDiskBlocks SectionID = 5
+	// SectionDiskHash is hashes of ranges of a mirrored disk as the
+	// committed guest sees it (DiskRangeHash). Optional, only on committing
+	// kinds (--verify).
+	SectionDiskHash SectionID = 6
 
-	numSections = 6
+	numSections = 7
 )
 
 // sectionVersions is the version of each section this package reads and writes.
@@ -170,6 +174,7 @@ var sectionVersions = map[SectionID]uint16{
 	SectionMemHash:    1,
 	SectionDisk:       1,
 	SectionDiskBlocks: 1,
+	SectionDiskHash:   1,
 }
 
 func (s SectionID) String() string {
@@ -184,6 +189,8 @@ func (s SectionID) String() string {
 		return "disk"
 	case SectionDiskBlocks:
 		return "diskblocks"
+	case SectionDiskHash:
+		return "diskhash"
 	}
 	return fmt.Sprintf("section(%d)", uint16(s))
 }

@@ -18,7 +18,9 @@ import (
 // primary is killed and the backup goes live, accepting backups in turn; a
 // third process joins it; the second is killed and the third goes live.
 // The client's replies stay one machine's throughout (but for replies lost
-// with a primary: checkpoint mode never sends a frame again).
+// with a primary: checkpoint mode never sends a frame again). Each process
+// has its own disk image (mirrored disks), copied by the pre-copy: the
+// third's holds every update a reply reported.
 func TestCheckpointBackupsJoinARunningGuest(t *testing.T) {
 	backupsJoin(t, simKV, "--epoch", "5ms")
 }

@@ -376,7 +376,7 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 	dir := t.TempDir()
 	udp, peer := freePort(t, "udp"), freePort(t, "tcp")
 	common := slices.Concat(mode, []string{
-		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M", "--disk-mode", "shared",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, machine.flags, loopbackTLS(t))
 	var bout, pout syncBuffer
@@ -429,6 +429,9 @@ func killPrimaryUnderTraffic(t *testing.T, rng *rand.Rand, lossy bool, machine k
 // joins it; the primary is killed and the backup goes live, accepting
 // backups in turn; a third process joins it; the second is killed and the
 // third goes live. The client's replies stay one machine's throughout.
+// Each process has its own disk image (mirrored disks), which a joining
+// backup gets by pre-copy: the third's holds every update a reply
+// reported.
 func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: a multi-process test")
@@ -437,16 +440,19 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	udp := freePort(t, "udp")
 	accept1, accept2 := freePort(t, "tcp"), freePort(t, "tcp")
 	common := append([]string{"--mode", "replay", "--machine", "sim", "--guest", "kv", "--memory", "1M",
-		"--net", "udp:" + udp, "--disk", filepath.Join(dir, "disk.img"), "--disk-size", "1M",
+		"--param", "journal=1000", "--param", "flush=1", "--net", "udp:" + udp, "--disk-size", "1M",
 		"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 		"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
+	// Each process has its own disk image (--role: mirrored), which it
+	// gets by pre-copy when it joins.
+	disk := func(name string) []string { return []string{"--disk", filepath.Join(dir, name)} }
 	var out1, out2, out3 syncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("first:\n%s\nsecond:\n%s\nthird:\n%s", out1.String(), out2.String(), out3.String())
 		}
 	})
-	first := ftckptProcess(t, &out1, append([]string{"--role", "primary", "--accept-backups", accept1}, common...)...)
+	first := ftckptProcess(t, &out1, slices.Concat([]string{"--role", "primary", "--accept-backups", accept1}, disk("first.img"), common)...)
 	ua, _ := net.ResolveUDPAddr("udp", udp)
 	conn, err := net.DialUDP("udp", nil, ua)
 	if err != nil {
@@ -457,7 +463,7 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		c.incr(t, time.Minute) // alone
 	}
-	second := ftckptProcess(t, &out2, append([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, common...)...)
+	second := ftckptProcess(t, &out2, slices.Concat([]string{"--role", "backup", "--join", accept1, "--accept-backups", accept2}, disk("second.img"), common)...)
 	waitFor(t, &out1, "a backup attached")
 	waitFor(t, &out2, "full checkpoint applied")
 	for i := 0; i < 5; i++ {
@@ -471,7 +477,7 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	}
 	c.resend = 0
 	waitFor(t, &out2, "accepting backups")
-	ftckptProcess(t, &out3, append([]string{"--role", "backup", "--join", accept2}, common...)...)
+	ftckptProcess(t, &out3, slices.Concat([]string{"--role", "backup", "--join", accept2}, disk("third.img"), common)...)
 	waitFor(t, &out3, "full checkpoint applied")
 	for i := 0; i < 5; i++ {
 		c.incr(t, time.Minute)
@@ -485,6 +491,7 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 	// Its stderr reaches out3 through a pipe: its replies can arrive
 	// before its log line does.
 	waitFor(t, &out3, "live as primary")
+	nodetest.CheckJournal(t, filepath.Join(dir, "third.img"), node.MachineSim, c.updates())
 }
 
 // waitFor waits until out contains s.
@@ -518,7 +525,7 @@ func TestReplayRefusesAMismatchedBackup(t *testing.T) {
 	if err := backup.Wait(); err == nil {
 		t.Fatalf("the backup accepted a primary with a disk it lacks:\n%s", bout.String())
 	}
-	want := `peer's machine is "replay mode on the software machine, 1 vCPU, network, 1048576-byte disk", ours "replay mode on the software machine, 1 vCPU, network"`
+	want := `peer's machine is "replay mode on the software machine, 1 vCPU, network, 1048576-byte mirrored disk", ours "replay mode on the software machine, 1 vCPU, network"`
 	if !strings.Contains(bout.String(), want) {
 		t.Fatalf("the backup's error does not name both machines:\n%s", bout.String())
 	}

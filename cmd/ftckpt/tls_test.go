@@ -154,7 +154,8 @@ func TestTLSRefusalsBetweenProcesses(t *testing.T) {
 	backup := append(append([]string{"--role", "backup", "--listen", peer, "--peer-name", "localhost"}, common...), hostTLS(home, "localhost")...)
 	ftckptProcess(t, &bout, backup...)
 	waitFor(t, &bout, backupReadyPrefix)
-	ftckptProcess(t, &pout, append(append([]string{"--role", "primary", "--peer", peer}, common...), hostTLS(home, "localhost")...)...)
+	// An image of its own (--role: mirrored disks).
+	ftckptProcess(t, &pout, slices.Concat([]string{"--role", "primary", "--peer", peer}, common, []string{"--disk", filepath.Join(dir, "primary.img")}, hostTLS(home, "localhost"))...)
 	acked := regexp.MustCompile(`\(acked (\d+)`)
 	waitForMatch(t, &pout, acked, 1)
 	// A stranger that trusts the cluster's CA too (its certificate is no

@@ -23,7 +23,9 @@ type Backup struct {
 	recv  *format.Backup
 	disk  vmm.Disk // set by SetDisk or MirrorDisk
 	// mirrored is set by MirrorDisk: disk is this backup's own image.
+	// hashBuf is the receiver's, for verifyImage.
 	mirrored bool
+	hashBuf  []byte
 	live     func(gen uint64) error // set by SetLive before GoLive
 	log      *slog.Logger
 	now      func() time.Time
@@ -151,6 +153,22 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		switch t {
 		case format.MsgCheckpoint:
 			res, err := b.recv.Receive(payload)
+			if err == nil && b.mirrored {
+				if err := b.writeImage(res); err != nil {
+					b.recv.Discard()
+					b.publish()
+					return err
+				}
+				if err = b.verifyImage(res.DiskHashes); errors.Is(err, ErrImage) {
+					b.recv.Discard()
+					b.publish()
+					return err
+				}
+				if err != nil {
+					b.log.Error("the disk image differs from the primary's (--verify); dropping the committed state", "err", err)
+					b.recv.Discard()
+				}
+			}
 			b.publish()
 			if err != nil {
 				st := b.recv.Status()
@@ -163,13 +181,6 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 					return err
 				}
 				continue
-			}
-			if b.mirrored {
-				if err := b.writeImage(res); err != nil {
-					b.recv.Discard()
-					b.publish()
-					return err
-				}
 			}
 			if h := res.Header; h.Kind == format.KindSyncRound {
 				// The primary paces its pre-copy by the rounds applied.

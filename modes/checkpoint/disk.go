@@ -54,8 +54,8 @@ type HeldDisk struct {
 	out  *outbuf.Buffer // set by Attach
 	disk vmm.Disk
 	pos  func() uint64
-	// blocks, if set (TrackBlocks), is marked with every write once held.
-	blocks *dirtylog.Blocks
+	// trackers (TrackBlocks) are marked with every write once held.
+	trackers []*dirtylog.Blocks
 
 	wmu sync.Mutex
 	dmu sync.Mutex
@@ -93,12 +93,14 @@ func NewHeldDisk(disk vmm.Disk, pos func() uint64) *HeldDisk {
 	return &HeldDisk{disk: disk, pos: pos, maxLog: maxPendingLog}
 }
 
-// TrackBlocks makes h log the blocks the guest writes (once held, so that
-// a read through h then returns them) and returns the log: a mirrored
-// disk's full sync copies by it. Call before the guest runs.
-func (h *HeldDisk) TrackBlocks() *dirtylog.Blocks {
-	h.blocks = dirtylog.NewBlocks(h.disk.Size(), format.DiskBlockSize)
-	return h.blocks
+// TrackBlocks returns a new log of the blocks (of block bytes) the guest
+// writes, marked once a write is held, so that a read through h then
+// returns it: a mirrored disk's full sync copies by one, --verify hashes
+// by another. Call before the guest runs.
+func (h *HeldDisk) TrackBlocks(block int64) *dirtylog.Blocks {
+	t := dirtylog.NewBlocks(h.disk.Size(), block)
+	h.trackers = append(h.trackers, t)
+	return t
 }
 
 // Attach sets the output buffer that holds the writes; its Env.Disk must
@@ -161,8 +163,8 @@ func (h *HeldDisk) WriteAt(p []byte, off int64) (int, error) {
 		}
 		return 0, err
 	}
-	if h.blocks != nil {
-		h.blocks.Mark(off, len(p))
+	for _, t := range h.trackers {
+		t.Mark(off, len(p))
 	}
 	return len(p), nil
 }

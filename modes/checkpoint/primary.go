@@ -41,6 +41,9 @@ type Primary struct {
 	// copy.
 	disk   *HeldDisk
 	blocks *dirtylog.Blocks
+	// hasher, with --verify and a mirrored disk, hashes its ranges for
+	// each committing checkpoint.
+	hasher *diskHasher
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -123,7 +126,14 @@ func (p *Primary) SetDisk(d *HeldDisk) { p.disk = d }
 // the blocks the guest writes, as memory is copied by the pages, and the
 // backup writes each committed epoch's disk writes to it. Call after
 // SetDisk, before Run.
-func (p *Primary) MirrorDisk() { p.blocks = p.disk.TrackBlocks() }
+// With --verify each committing checkpoint also carries hashes of some
+// ranges of the disk (diskverify.go).
+func (p *Primary) MirrorDisk() {
+	p.blocks = p.disk.TrackBlocks(format.DiskBlockSize)
+	if p.cfg.Verify {
+		p.hasher = newDiskHasher(p.disk)
+	}
+}
 
 // Position is the epoch the guest's current outputs belong to: they are
 // released when the backup acknowledges that epoch.
@@ -141,6 +151,8 @@ type capture struct {
 	blockData []byte
 	machine   []byte
 	disk      *format.DiskLog // committing kinds with a held disk
+	// diskHashes (--verify, a mirrored disk) are hashes of disk ranges.
+	diskHashes []format.DiskRangeHash
 	// sent, if set, is closed by the sender once the capture is written
 	// to the link (a pre-copy round waits for it before harvesting the
 	// next).
@@ -491,6 +503,11 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		d := p.disk.Capture(epoch, kind == format.KindSyncCommit)
 		c.disk = &d
 	}
+	if p.hasher != nil {
+		if c.diskHashes, err = p.hasher.capture(); err != nil {
+			return nil, pause, p.resumeAfter(err)
+		}
+	}
 	p.pos.Store(epoch + 1)
 	if track {
 		p.mu.Lock()
@@ -653,6 +670,13 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			enc.Abort()
 			failed <- err
 			return
+		}
+		if c.diskHashes != nil {
+			if err := enc.SetDiskHashes(p.disk.Size(), c.diskHashes); err != nil {
+				enc.Abort()
+				failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
+				return
+			}
 		}
 		if c.disk != nil {
 			if err := enc.SetDiskLog(*c.disk); err != nil {
