@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -164,4 +167,92 @@ func TestLocalRunFailover(t *testing.T) {
 	case <-time.After(vmmtest.Bound):
 		t.Fatalf("the handing-over process did not end:\n%s", out.String())
 	}
+}
+
+// TestPlannedFailoverBackAndForth runs a pair the way two hosts do (two
+// --role processes, each with its own disk image: mirrored disks), each
+// given the other's --accept-backups as --rejoin. ftckpt ctl failover on
+// the primary hands the guest over; the old primary joins the new one as
+// its backup, by pre-copy, and the pair is protected again with no one's
+// help; then the same the other way. The client's counters go on, one
+// machine's, and the journal on the last primary's image holds every
+// update a reply reported. In both modes.
+func TestPlannedFailoverBackAndForth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	for _, mode := range []node.Mode{node.ModeCheckpoint, node.ModeReplay} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			udp := freePort(t, "udp")
+			listen, accA, accB := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")
+			sockA, sockB := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+			common := append([]string{"--mode", mode.String(), "--machine", "sim", "--guest", "kv", "--memory", "1M",
+				"--param", "journal=1000", "--param", "flush=1", "--net", "udp:" + udp, "--disk-size", "1M",
+				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+				"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
+			var outA, outB syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("A:\n%s\nB:\n%s", outA.String(), outB.String())
+				}
+			})
+			ftckptProcess(t, &outB, slices.Concat([]string{"--role", "backup", "--listen", listen, "--accept-backups", accB,
+				"--rejoin", accA, "--control", sockB, "--disk", filepath.Join(dir, "b.img")}, common)...)
+			waitFor(t, &outB, backupReadyPrefix)
+			ftckptProcess(t, &outA, slices.Concat([]string{"--role", "primary", "--peer", listen, "--accept-backups", accA,
+				"--rejoin", accB, "--control", sockA, "--disk", filepath.Join(dir, "a.img")}, common)...)
+			protected := func(sock string, gen uint64) func() bool {
+				return func() bool {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					resp, err := node.Ask(ctx, sock, node.Request{Op: "status"})
+					return err == nil && resp.Status != nil && resp.Status.Role == "primary" && resp.Status.Generation == gen && resp.Status.InSync
+				}
+			}
+			vmmtest.WaitUntil(t, "A protected", protected(sockA, 1))
+			c := newKVClient(mustDialUDP(t, udp), mode == node.ModeCheckpoint)
+			for range 5 {
+				c.incr(t, 20*time.Second)
+			}
+			for i, hop := range []struct {
+				from, to string
+				out      *syncBuffer
+			}{{sockA, sockB, &outA}, {sockB, sockA, &outB}} {
+				if msg, err := witnessCLI(context.Background(), "ctl", "--control", hop.from, "failover"); err != nil {
+					t.Fatalf("hop %d: ftckpt ctl failover: %v", i+1, err)
+				} else {
+					t.Log(msg)
+				}
+				c.resend = 100 * time.Millisecond
+				for range 5 {
+					c.incr(t, 20*time.Second)
+				}
+				c.resend = 0
+				vmmtest.WaitUntil(t, fmt.Sprintf("hop %d: the new primary protected by the old one", i+1), protected(hop.to, uint64(i+2)))
+				if !strings.Contains(hop.out.String(), "joining the new primary as its backup") {
+					t.Fatalf("hop %d: the old primary did not say it rejoins", i+1)
+				}
+				for range 5 {
+					c.incr(t, 20*time.Second)
+				}
+			}
+			nodetest.CheckJournal(t, filepath.Join(dir, "a.img"), node.MachineSim, c.updates())
+		})
+	}
+}
+
+// mustDialUDP is a UDP socket to addr, closed at the test's end.
+func mustDialUDP(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

@@ -46,6 +46,7 @@ type modeFlags struct {
 	landingDelay   time.Duration
 	join           string
 	acceptBackups  string
+	rejoin         string
 	metrics        string
 	control        string
 	respawn        bool
@@ -80,6 +81,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.control, "control", "", "control socket for ftckpt ctl (default ROLE-PID.sock in "+node.ControlDir()+"); none: no socket")
 	fl.StringVar(&f.join, "join", "", "backup: join the running primary at HOST:PORT (its --accept-backups) instead of listening; checkpoint mode tries again until a primary takes it")
 	fl.StringVar(&f.acceptBackups, "accept-backups", "", "primary (and a backup once live): accept backups that --join at ADDR whenever the guest runs unprotected, one at a time")
+	fl.StringVar(&f.rejoin, "rejoin", "", "after handing the guest over to the peer (ftckpt ctl failover), join it at HOST:PORT (its --accept-backups) as its backup instead of stopping; give each host the other's, and the pair can swap back and forth")
 	fl.BoolVar(&f.respawn, "respawn", true, "start a backup that joins this node whenever the guest runs unprotected, after every failover (a local run; with --role, needs --accept-backups and is off unless given)")
 	fl.DurationVar(&f.landingDelay, "landing-delay", replay.DefaultConfig().LandingDelay, "replay: how long a due interrupt waits for a synchronous exit before the guest is kicked")
 	f.machine.add(root, "kv")
@@ -160,8 +162,8 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 		if o.Role, err = node.ParseRole(f.role); err != nil {
 			return o, err
 		}
-	} else if f.join != "" || f.acceptBackups != "" {
-		return o, errors.New("--join and --accept-backups need --role (a local run makes its own backup)")
+	} else if f.join != "" || f.acceptBackups != "" || f.rejoin != "" {
+		return o, errors.New("--join, --accept-backups and --rejoin need --role (a local run makes its own backups)")
 	}
 	if err := f.devices.validate(); err != nil {
 		return o, err
@@ -188,7 +190,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	if o.DiskMode, err = f.devices.resolveMode(f.role); err != nil {
 		return o, err
 	}
-	o.Peer, o.Listen, o.Join, o.AcceptBackups, o.Arbiter = f.peer, f.listen, f.join, f.acceptBackups, f.arbiter
+	o.Peer, o.Listen, o.Join, o.AcceptBackups, o.Rejoin, o.Arbiter = f.peer, f.listen, f.join, f.acceptBackups, f.rejoin, f.arbiter
 	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
 	c := &o.Checkpoint
 	c.Heartbeat, c.FailureTimeout, c.Verify, c.MinEpoch, c.MaxEpoch = f.heartbeat, f.failureTimeout, f.verify, f.minEpoch, f.maxEpoch

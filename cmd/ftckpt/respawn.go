@@ -31,7 +31,7 @@ func runLocalRespawning(ctx context.Context, o node.Options, extra []string) err
 // operator's addresses, which two processes cannot share: a respawned
 // backup gets its own place, the default control socket (named by its pid)
 // and no metrics endpoint.
-var pairFlags = []string{"role", "peer", "listen", "join", "accept-backups", "ready-fd", "respawn", "control", "metrics"}
+var pairFlags = []string{"role", "peer", "listen", "join", "accept-backups", "rejoin", "ready-fd", "respawn", "control", "metrics"}
 
 // withoutPairFlags is args less the pairFlags and their values (--flag
 // value or --flag=value; --respawn takes no separate value).

@@ -751,10 +751,9 @@ const failoverWait = 10 * time.Second
 // state, is acknowledged and every output released; then the engine
 // stops without contesting the witness (as a stopping primary does), the
 // backup finds the link closed, wins the next generation and goes live
-// from that state, and this node ends with ErrHandedOver. If the backup
-// does not acknowledge within failoverWait, the guest runs on here. The
-// old primary does not become the new primary's backup: start it again
-// as one.
+// from that state, and this node ends with ErrHandedOver (and, given
+// Rejoin, Run goes on as the new primary's backup). If the backup does not
+// acknowledge within failoverWait, the guest runs on here.
 func (n *Node) failover() (string, error) {
 	if n.o.Mode == ModeReplay {
 		return n.replayFailover()
@@ -802,7 +801,7 @@ func (n *Node) failover() (string, error) {
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): every output released; stopping", "epoch", final)
 	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
-	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node stops", final), nil
+	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node %s", final, n.afterHandover()), nil
 }
 
 // replayFailover hands a replay primary's guest over to its backup: the
@@ -824,5 +823,13 @@ func (n *Node) replayFailover() (string, error) {
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): shipping the whole log; stopping", "lsn", lsn)
 	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
-	return fmt.Sprintf("handing over: this node ships the rest of its log (lsn %d and on) and stops; the backup replays it and goes live where it stopped", lsn), nil
+	return fmt.Sprintf("handing over: this node ships the rest of its log (lsn %d and on); the backup replays it and goes live where it stopped; this node %s", lsn, n.afterHandover()), nil
+}
+
+// afterHandover says what this node does once it has handed its guest over.
+func (n *Node) afterHandover() string {
+	if n.o.Rejoin != "" {
+		return "then joins it as its backup (--rejoin " + n.o.Rejoin + ")"
+	}
+	return "stops"
 }

@@ -73,13 +73,22 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 
 // Run is Start and Wait: it returns nil when the guest powered off,
 // ctx.Err() when ctx ended, or what stopped the node (a primary that lost
-// its backup and the witness's contest halts).
+// its backup and the witness's contest halts). A node given Rejoin that
+// hands its guest over (ftckpt ctl failover) goes on as a backup that
+// joins the new primary there, again after every such handover.
 func Run(ctx context.Context, o Options) error {
-	n, err := Start(ctx, o)
-	if err != nil {
-		return err
+	for {
+		n, err := Start(ctx, o)
+		if err != nil {
+			return err
+		}
+		err = n.Wait()
+		if !errors.Is(err, ErrHandedOver) || o.Rejoin == "" || ctx.Err() != nil {
+			return err
+		}
+		o.log().Warn("handed over: joining the new primary as its backup", "join", o.Rejoin)
+		o.Role, o.Peer, o.Listen, o.Join = RoleBackup, "", "", o.Rejoin
 	}
-	return n.Wait()
 }
 
 // Wait waits for the node's end and returns its cause (see Run).

@@ -200,6 +200,11 @@ type Options struct {
 	// AcceptBackups is where a primary, or a backup once live, takes
 	// backups that join while its guest runs unprotected.
 	Peer, Listen, Join, AcceptBackups string
+	// Rejoin, if set, is where the peer accepts backups once it is the
+	// primary (its AcceptBackups): after handing the guest over to it
+	// (ftckpt ctl failover) this node joins it there as its backup
+	// (--rejoin), instead of stopping.
+	Rejoin string
 	// Respawn, if set, starts a backup that joins this node at addr (its
 	// AcceptBackups listener's) each time the guest runs unprotected,
 	// unless the last one it started still runs (--respawn, a local run's
@@ -307,6 +312,8 @@ func (o *Options) validateRole() error {
 		return errors.New("--role backup needs --listen ADDR, or --join HOST:PORT (one of them)")
 	case o.Respawn != nil && o.AcceptBackups == "":
 		return errors.New("--respawn needs --accept-backups ADDR, where the backups it starts join")
+	case o.Rejoin != "" && o.AcceptBackups == "":
+		return errors.New("--rejoin needs --accept-backups ADDR: the node it hands over to joins it there in turn")
 	}
 	return nil
 }
