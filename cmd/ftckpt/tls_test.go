@@ -237,7 +237,8 @@ func TestTLSPeerNamesAndPlainBackup(t *testing.T) {
 			})
 			ftckptProcess(t, &bout, slices.Concat([]string{"--role", "backup", "--listen", peer}, common, tc.backup)...)
 			waitFor(t, &bout, backupReadyPrefix)
-			primary := ftckptProcess(t, &pout, slices.Concat([]string{"--role", "primary", "--peer", peer}, common, tc.prim)...)
+			// An image of its own (--role: mirrored disks).
+			primary := ftckptProcess(t, &pout, slices.Concat([]string{"--role", "primary", "--peer", peer}, common, []string{"--disk", filepath.Join(dir, "primary.img")}, tc.prim)...)
 			if err := primary.Wait(); err == nil {
 				t.Fatal("the refused primary exited cleanly")
 			}
@@ -273,7 +274,8 @@ func TestTLSJoinRefusesStrangers(t *testing.T) {
 	})
 	ftckptProcess(t, &pout, slices.Concat([]string{"--role", "primary", "--accept-backups", accept}, common, hostTLS(home, "localhost"))...)
 	waitFor(t, &pout, "accepting backups")
-	s := ftckptProcess(t, &sout, slices.Concat([]string{"--role", "backup", "--join", accept}, common, hostTLS(other, "localhost"))...)
+	// Images of their own (--role: mirrored disks).
+	s := ftckptProcess(t, &sout, slices.Concat([]string{"--role", "backup", "--join", accept}, common, []string{"--disk", filepath.Join(dir, "stranger.img")}, hostTLS(other, "localhost"))...)
 	if err := s.Wait(); err == nil {
 		t.Fatal("the stranger's join exited cleanly")
 	}
@@ -284,7 +286,7 @@ func TestTLSJoinRefusesStrangers(t *testing.T) {
 	if strings.Contains(pout.String(), "a backup attached") {
 		t.Fatal("the stranger attached")
 	}
-	ftckptProcess(t, &bout, slices.Concat([]string{"--role", "backup", "--join", accept}, common, hostTLS(home, "localhost"))...)
+	ftckptProcess(t, &bout, slices.Concat([]string{"--role", "backup", "--join", accept}, common, []string{"--disk", filepath.Join(dir, "backup.img")}, hostTLS(home, "localhost"))...)
 	waitFor(t, &pout, "a backup attached")
 	waitFor(t, &bout, "full checkpoint applied")
 }
