@@ -72,7 +72,7 @@ fuzz: guests
 	done
 
 chaos: guests
-	FTCKPT_KILLS=$(KILLS) $(GO) test -count=1 -timeout 0 -v -run 'RespawnSurvivesKills' ./cmd/ftckpt
+	FTCKPT_KILLS=$(KILLS) $(GO) test -count=1 -timeout 0 -v -run 'RespawnSurvivesKills|RespawnMirroredDisks' ./cmd/ftckpt
 
 lint:
 	$(GO) vet ./...

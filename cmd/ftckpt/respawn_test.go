@@ -54,8 +54,8 @@ func TestKVMReplayRespawnSurvivesKills(t *testing.T) {
 // with mirrored disks (--disk-mode mirrored): each process has an image of
 // its own (a local run's two take turns), which each backup gets by
 // pre-copy when it joins and keeps by the checkpoints; no file is shared.
-// After 20 failovers the journal on the last primary's image holds every
-// update a reply reported.
+// After the 50 failovers the journal on the last primary's image holds
+// every update a reply reported.
 func TestCheckpointRespawnMirroredDisks(t *testing.T) {
 	respawnKills(t, checkpointRespawn, simKV, "--epoch", "5ms", "--disk-mode", "mirrored")
 }
@@ -95,16 +95,13 @@ var (
 	replayRespawn     = respawnMode{"replay", "full checkpoint applied", false}
 )
 
-// respawnKillCount is how many primaries a respawn test kills: 10 (20
-// with mirrored disks), or FTCKPT_KILLS (make chaos KILLS=200).
-func respawnKillCount(mirrored bool) int {
+// respawnKillCount is how many primaries a respawn test kills: 50, or
+// FTCKPT_KILLS (make chaos KILLS=200; the emulated KVM's run, 3).
+func respawnKillCount() int {
 	if n, err := strconv.Atoi(os.Getenv("FTCKPT_KILLS")); err == nil && n > 0 {
 		return n
 	}
-	if mirrored {
-		return 20
-	}
-	return 10
+	return 50
 }
 
 var (
@@ -156,7 +153,7 @@ func respawnKills(t *testing.T, mode respawnMode, machine kvMachine, flags ...st
 	primary, _ := strconv.Atoi(firstPrimary.FindStringSubmatch(out.String())[1])
 	from := 0 // where in the output the current primary's life began
 	mirrored := slices.Contains(flags, "mirrored")
-	kills := respawnKillCount(mirrored)
+	kills := respawnKillCount()
 	for kill := 1; kill <= kills; kill++ {
 		// Protected again: its new backup committed a full sync.
 		waitForAfter(t, &out, from, mode.protected)
