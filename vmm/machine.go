@@ -149,12 +149,18 @@ type Machine struct {
 	parked atomic.Int32
 	// saving is set by PauseSaving for the pause it starts: once every vCPU
 	// has parked, each captures its state on its own thread (VCPU.park),
-	// and captured counts those done. SaveState takes those captures
-	// instead of asking each vCPU's thread again; Resume and RestoreState
-	// wait for them to end and clear saving. mu protects saving; captured
-	// changes only under mu, and a spinning waiter reads it without.
-	saving   bool
-	captured atomic.Int32
+	// and the one that finishes last then assembles the machine's whole
+	// state (the VM's and the devices' with the vCPUs' captures, encoded)
+	// into ahead, or its error into aheadErr. capturesLeft counts what is
+	// left to do: one per vCPU, and the assembly. SaveState returns ahead
+	// (once) instead of saving anything; Resume and RestoreState wait for
+	// the captures to end, clear saving and drop ahead. mu protects
+	// saving, ahead and aheadErr; capturesLeft changes only under mu, and a
+	// spinning waiter reads it without.
+	saving       bool
+	capturesLeft atomic.Int32
+	ahead        []byte
+	aheadErr     error
 	// stopping is set once the machine has been told to stop for good; mu.
 	stopping bool
 	// stopStatus and stopErr say why it stopped; mu protects them.
@@ -423,7 +429,11 @@ func (m *Machine) pause(saving bool) error {
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
 	m.saving = saving && !m.stopping
-	m.captured.Store(0)
+	m.ahead, m.aheadErr = nil, nil
+	m.capturesLeft.Store(0)
+	if m.saving {
+		m.capturesLeft.Store(int32(len(m.vcpus)) + 1)
+	}
 	for _, d := range m.devices {
 		d.Quiesce()
 	}
@@ -474,14 +484,13 @@ func (m *Machine) awaitParkedLocked() {
 }
 
 // waitCapturedLocked waits until the vCPUs have captured the state
-// PauseSaving asked for, or the machine stops.
+// PauseSaving asked for and assembled the machine's, or the machine stops.
 // Precondition: mu is held; it is released meanwhile.
 func (m *Machine) waitCapturedLocked() {
-	n := int32(len(m.vcpus))
 	if m.saving && !m.stopping {
-		m.spinLocked(func() bool { return m.captured.Load() >= n })
+		m.spinLocked(func() bool { return m.capturesLeft.Load() == 0 })
 	}
-	for m.saving && m.captured.Load() < n && !m.stopping {
+	for m.saving && m.capturesLeft.Load() > 0 && !m.stopping {
 		m.cond.Wait()
 	}
 }
@@ -521,6 +530,7 @@ func (m *Machine) Resume() error {
 // capture (waitCapturedLocked).
 func (m *Machine) resumeLocked() {
 	m.saving = false
+	m.ahead, m.aheadErr = nil, nil
 	for _, v := range m.vcpus {
 		v.setImmediateExit(false)
 	}
@@ -560,13 +570,24 @@ func (m *Machine) vcpuParked() (capture bool) {
 }
 
 // vcpuCaptured is called by a vCPU thread when it has captured its state
-// for PauseSaving.
+// for PauseSaving. The vCPU that captured last then assembles the
+// machine's state on its thread, while the one that paused the machine
+// goes on with the pause (the primary copies dirty pages): SaveState then
+// has nothing left to do. Devices and the VM do not change meanwhile: the
+// devices are quiesced and no vCPU runs.
 func (m *Machine) vcpuCaptured() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.captured.Add(1) == int32(len(m.vcpus)) {
-		m.cond.Broadcast()
+	last := m.capturesLeft.Add(-1) == 1
+	m.mu.Unlock()
+	if !last {
+		return
 	}
+	state, err := m.saveState(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ahead, m.aheadErr = state, err
+	m.capturesLeft.Store(0)
+	m.cond.Broadcast()
 }
 
 // wakeHalted wakes vCPUs waiting in HLT (userspace interrupt delivery) to

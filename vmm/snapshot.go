@@ -75,18 +75,34 @@ type MachineState struct {
 }
 
 // SaveState captures every component's state (not memory), encoded and
-// checksummed. vCPUs save in parallel, each on its own thread; after
-// PauseSaving they have done so already (SaveState waits for them if they
-// have not finished), and only the VM and the devices are asked here.
+// checksummed. vCPUs save in parallel, each on its own thread. After
+// PauseSaving the vCPUs have done so already and the one that finished last
+// has assembled the whole state: SaveState waits for that if need be and
+// returns it, once (a second call in the same pause saves the VM and the
+// devices again, with the vCPUs' captures).
 // Precondition: the machine is paused or not yet started.
 func (m *Machine) SaveState() ([]byte, error) {
 	m.mu.Lock()
 	m.waitCapturedLocked()
 	st, ahead := m.state, m.saving
+	state, err := m.ahead, m.aheadErr
+	m.ahead, m.aheadErr = nil, nil
 	m.mu.Unlock()
 	if st != statePaused && st != stateCreated {
 		return nil, fmt.Errorf("saving state: machine is %v: %w", st, ErrNotPaused)
 	}
+	if state != nil || err != nil {
+		return state, err
+	}
+	return m.saveState(ahead)
+}
+
+// saveState saves every component's state and encodes it: each vCPU's
+// capture if ahead (PauseSaving's; the vCPUs are then not asked), else each
+// vCPU's thread captures it now.
+// Precondition: the machine is paused or not yet started; if ahead, every
+// vCPU has captured its state since it last ran.
+func (m *Machine) saveState(ahead bool) ([]byte, error) {
 	comps := m.components()
 	sections := make([]Section, len(comps))
 	errs := make([]error, len(comps))
@@ -142,6 +158,7 @@ func (m *Machine) RestoreState(data []byte) error {
 	m.mu.Lock()
 	m.waitCapturedLocked()
 	m.saving = false // what the vCPUs captured is not what they will hold
+	m.ahead, m.aheadErr = nil, nil
 	st := m.state
 	m.mu.Unlock()
 	if st != statePaused && st != stateCreated {

@@ -211,7 +211,8 @@ func (v *VCPU) runUntilParked() {
 
 // park stops the kick timer and counts the vCPU parked; in a pause of
 // PauseSaving it then captures the vCPU's state here, on its own thread,
-// once every vCPU has parked.
+// once every vCPU has parked (and the last to finish assembles the
+// machine's, vcpuCaptured).
 func (v *VCPU) park() {
 	v.stopKickTimer()
 	if !v.m.vcpuParked() {
