@@ -67,6 +67,20 @@ func TestKVMPauseSavingCapturesThePause(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The state a vCPU assembled is taken once; a second SaveState
+			// in the pause saves the VM and devices again, with the same
+			// vCPU captures.
+			again, err := m.SaveState()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for id, x := range vcpuSections(t, again) {
+				xe, _ := encodeVCPUState(x)
+				ye, _ := encodeVCPUState(vcpuSections(t, ahead)[id])
+				if !bytes.Equal(xe, ye) {
+					t.Fatalf("pause %d: a second SaveState gives another %s", i, id)
+				}
+			}
 			m.mu.Lock()
 			m.saving = false // ask the vCPU threads again
 			m.mu.Unlock()
