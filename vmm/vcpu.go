@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -49,6 +50,9 @@ type VCPU struct {
 	// PauseSaving asked for, and savedErr that capture's error.
 	savedEncoded []byte
 	savedErr     error
+	// pauseKicked is set once the vCPU has been kicked for the pause under
+	// way, or has left KVM_RUN for it; Machine.resumeLocked clears it.
+	pauseKicked atomic.Bool
 	// kickTimer kicks the vCPU out of the guest when the userspace PIT's
 	// next interrupt is due; used only by the vCPU's thread.
 	kickTimer *time.Timer
@@ -173,6 +177,14 @@ func (v *VCPU) setImmediateExit(on bool) {
 	}
 }
 
+// kickForPause kicks the vCPU for the pause under way, unless another
+// thread has already (Machine.helpKick).
+func (v *VCPU) kickForPause() {
+	if v.pauseKicked.CompareAndSwap(false, true) {
+		v.kick()
+	}
+}
+
 // kick interrupts the vCPU thread so that KVM_RUN returns EINTR.
 func (v *VCPU) kick() {
 	if err := unix.Tgkill(unix.Getpid(), v.tid, kickSignal); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -197,6 +209,7 @@ func (v *VCPU) runUntilParked() {
 		}
 		if kicked {
 			if v.m.pauseReq.Load() {
+				v.m.helpKick(v)
 				return
 			}
 			continue
