@@ -458,8 +458,8 @@ const waitSpin = 300 * time.Microsecond
 // spinning with mu released. It spins only where a core is left over when
 // every vCPU has one: with more vCPUs than that, the spinner would take a
 // core from a vCPU thread yet to take its kick or capture its state
-// (measured: 4 vCPUs on 2 cores paused 70 µs slower, sched_yield or not),
-// and it returns at once. done must read only atomics; the caller checks
+// (measured: 4 vCPUs on 2 cores paused 70 µs slower, yielding at each
+// turn), and it returns at once. done must read only atomics; the caller checks
 // again under mu.
 // Precondition: mu is held; it is held again on return.
 func (m *Machine) spinLocked(done func() bool) {
