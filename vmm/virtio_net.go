@@ -218,8 +218,8 @@ func (n *VirtioNet) deliverLocked() {
 			n.brokenLocked(fmt.Errorf("%w: receive chain %d has device-readable buffers", errBadChain, head))
 			break
 		}
-		n.rx.pop()
 		if writable < uint64(virtioNetHdrLen+len(frame)) {
+			n.rx.pop()
 			n.rxDropped.Add(1) // the buffer stays posted for the next frame
 			continue
 		}
@@ -231,6 +231,9 @@ func (n *VirtioNet) deliverLocked() {
 			n.brokenLocked(err)
 			break
 		}
+		// Only once copied: pop gives the frame's buffer to the next
+		// frame a backend pushes, from its own goroutine.
+		n.rx.pop()
 		if err := r.push(head, uint32(virtioNetHdrLen+len(frame))); err != nil {
 			n.brokenLocked(err)
 			break
