@@ -3,16 +3,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/node"
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/witness"
+	"golang.org/x/sys/unix"
 )
 
 // lan makes a namespace per host, each with eth0 at 10.78.0.(i+1)/24 on
@@ -232,5 +238,101 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// udpIn is a UDP socket in network namespace ns (made by lan), connected
+// to addr: its socket is opened by a thread that enters ns for that moment.
+func udpIn(t *testing.T, ns, addr string) *net.UDPConn {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	here, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer here.Close()
+	there, err := os.Open(filepath.Join("/var/run/netns", ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer there.Close()
+	if err := unix.Setns(int(there.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("entering %s: %v", ns, err)
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err == nil {
+		var conn *net.UDPConn
+		if conn, err = net.DialUDP("udp", nil, ua); err == nil {
+			t.Cleanup(func() { conn.Close() })
+			if err := unix.Setns(int(here.Fd()), unix.CLONE_NEWNET); err != nil {
+				panic(fmt.Sprintf("leaving %s: %v", ns, err)) // this thread must not go on in ns
+			}
+			return conn
+		}
+	}
+	if err := unix.Setns(int(here.Fd()), unix.CLONE_NEWNET); err != nil {
+		panic(fmt.Sprintf("leaving %s: %v", ns, err))
+	}
+	t.Fatal(err)
+	return nil
+}
+
+// TestJoinAcrossHostsMirroredDisks: a primary on one host runs alone, a
+// backup on another joins it (memory and disk by pre-copy: each host has
+// its own image, nothing is shared but the witness's lease), the primary
+// is killed (SIGKILL) and the backup goes live. A client on a third host
+// increments keys throughout, sending to the primary's address and then to
+// the backup's: its replies stay one machine's, and the journal on the
+// backup's image holds every update a reply reported. In both modes.
+func TestJoinAcrossHostsMirroredDisks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	for _, tc := range []struct {
+		mode      []string
+		protected string
+		lossy     bool
+	}{
+		{[]string{"--mode", "replay"}, "full checkpoint applied", false},
+		{[]string{"--mode", "checkpoint", "--epoch", "5ms"}, "full sync committed", true},
+	} {
+		t.Run(tc.mode[1], func(t *testing.T) {
+			hosts, _ := lan(t, 3)
+			hostA, hostB, client := hosts[0], hosts[1], hosts[2]
+			dir := t.TempDir()
+			common := slices.Concat(tc.mode, []string{"--machine", "sim", "--guest", "kv", "--memory", "1M",
+				"--param", "journal=1000", "--param", "flush=1", "--disk-size", "1M",
+				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+				"--heartbeat", "20ms", "--failure-timeout", "300ms"})
+			var aout, bout syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("A:\n%s\nB:\n%s", aout.String(), bout.String())
+				}
+			})
+			certs := clusterCerts(t, "10.78.0.1", "10.78.0.2")
+			primary := ftckptIn(t, hostA, &aout, slices.Concat([]string{"--role", "primary", "--accept-backups", "10.78.0.1:7200",
+				"--net", "udp:10.78.0.1:7777", "--disk", filepath.Join(dir, "a.img")}, common, hostTLS(certs, "10.78.0.1"))...)
+			waitFor(t, &aout, "accepting backups")
+			c := newKVClient(udpIn(t, client, "10.78.0.1:7777"), tc.lossy)
+			for range 5 {
+				c.incr(t, 20*time.Second) // alone
+			}
+			ftckptIn(t, hostB, &bout, slices.Concat([]string{"--role", "backup", "--join", "10.78.0.1:7200",
+				"--net", "udp:10.78.0.2:7777", "--disk", filepath.Join(dir, "b.img")}, common, hostTLS(certs, "10.78.0.2"))...)
+			waitFor(t, &bout, tc.protected)
+			for range 5 {
+				c.incr(t, 20*time.Second)
+			}
+			primary.Process.Signal(syscall.SIGKILL) // ip netns exec became ftckpt
+			waitFor(t, &bout, "live as primary")
+			c.conn = udpIn(t, client, "10.78.0.2:7777")
+			c.resend = 100 * time.Millisecond
+			for range 5 {
+				c.incr(t, 20*time.Second)
+			}
+			nodetest.CheckJournal(t, filepath.Join(dir, "b.img"), node.MachineSim, c.updates())
+		})
 	}
 }
