@@ -11,7 +11,6 @@ import (
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
-	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/witness"
@@ -132,14 +131,15 @@ func newRespawner(o *Options, ln net.Listener) *respawner {
 	return &respawner{o: o, addr: ln.Addr().String()}
 }
 
-// replayWatch is how often watchReplay looks whether the guest runs
-// unprotected.
-const replayWatch = 100 * time.Millisecond
+// protectionWatch is how often watchProtection looks whether the guest
+// runs unprotected.
+const protectionWatch = 100 * time.Millisecond
 
-// watchReplay calls rs.unprotected whenever p's guest is seen running
-// unprotected (p.Protected false), looking every replayWatch, until stop,
-// which also stops the last backup rs started. rs nil: nothing to do.
-func watchReplay(rs *respawner, p *replay.Primary) (stop func()) {
+// watchProtection has rs start a backup whenever protected says the guest
+// runs unprotected, looking every protectionWatch (a backup it started that
+// died before it joined is replaced, not only at the next loss), until
+// stop, which also stops the last backup started.
+func watchProtection(rs *respawner, protected func() bool) (stop func()) {
 	if rs == nil {
 		return func() {}
 	}
@@ -148,10 +148,10 @@ func watchReplay(rs *respawner, p *replay.Primary) (stop func()) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(replayWatch)
+		t := time.NewTicker(protectionWatch)
 		defer t.Stop()
 		for {
-			if !p.Protected() {
+			if !protected() {
 				rs.unprotected()
 			}
 			select {
@@ -198,7 +198,7 @@ func (n *Node) protectCheckpoint(ctx context.Context, primary *ckmode.Primary, r
 		return err
 	}
 	rs := newRespawner(o, ln)
-	defer rs.stop()
+	defer watchProtection(rs, primary.Protected)()
 	stop := statusLines(o.Status, o.StatusEvery, func() string {
 		st := out.Stats()
 		return primary.Stats.Line(time.Now(), fmt.Sprintf("p50 %v p99 %v", st.Delay.Quantile(0.5), st.Delay.Quantile(0.99)))

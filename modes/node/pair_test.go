@@ -220,3 +220,35 @@ func waitStayedBack(t *testing.T, p *nodetest.Pair, mode node.Mode) {
 		t.Fatalf("the backup that lost ended with %v, want a lost contest", err)
 	}
 }
+
+// TestRespawnReplacesABackupThatDiesBeforeJoining: a primary alone with
+// Respawn whose backups all die at once, before they join, starts another
+// each respawnEvery for as long as its guest runs unprotected (not only at
+// its next loss, which never comes), in both modes.
+func TestRespawnReplacesABackupThatDiesBeforeJoining(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := nodetest.Options(t, mode, node.MachineSim, "kv")
+			o.Role, o.Peer, o.AcceptBackups = node.RolePrimary, "", "127.0.0.1:0"
+			o.Control = ""
+			started := make(chan struct{}, 16)
+			o.Respawn = func(string) (node.Backup, error) {
+				dead := make(chan struct{})
+				close(dead)
+				started <- struct{}{}
+				return node.Backup{Addr: "", Exited: dead, Stop: func(time.Duration) {}}, nil
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			n, err := node.Start(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i <= 3; i++ {
+				vmmtest.Receive(t, "backup "+strconv.Itoa(i)+" started", started)
+			}
+			cancel()
+			n.Wait()
+		})
+	}
+}

@@ -75,7 +75,7 @@ func (t *toPrimary) Receive(frame []byte) bool {
 func (t *toPrimary) Poll() {}
 
 // acceptBackups lets backups join p at o.AcceptBackups (none if empty) for
-// as long as ctx lasts, and with o.Respawn starts them (watchReplay); stop
+// as long as ctx lasts, and with o.Respawn starts them (watchProtection); stop
 // ends that and stops the last backup started.
 func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) (stop func(), err error) {
 	if o.AcceptBackups == "" {
@@ -87,7 +87,7 @@ func acceptBackups(ctx context.Context, o *Options, p *replay.Primary) (stop fun
 	}
 	rs := newRespawner(o, ln)
 	p.AcceptBackups(ctx, secure(o, ln, "--accept-backups"))
-	return watchReplay(rs, p), nil
+	return watchProtection(rs, p.Protected), nil
 }
 
 // runReplayPrimary records the guest's execution and ships the log to the
