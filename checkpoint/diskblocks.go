@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/bits"
 
 	"github.com/pierrec/lz4/v4"
@@ -224,6 +225,22 @@ func decodeDiskBlocks(p []byte, ck *Checkpoint) error {
 	}
 	if len(p) != 0 {
 		return fmt.Errorf("%w: %d bytes after the last disk block", ErrBadSection, len(p))
+	}
+	return nil
+}
+
+// WriteImage writes what r changes on a mirrored disk's image: its blocks,
+// then its writes, in that order (see Result).
+func (r Result) WriteImage(image io.WriterAt) error {
+	for _, b := range r.Blocks {
+		if _, err := image.WriteAt(b.Data, b.Off); err != nil {
+			return fmt.Errorf("writing %d bytes of a full sync at %d (%v): %w", len(b.Data), b.Off, r.Header, err)
+		}
+	}
+	for _, w := range r.Writes {
+		if _, err := image.WriteAt(w.Data, w.Off); err != nil {
+			return fmt.Errorf("writing the guest's write of %d bytes at %d (epoch %d): %w", len(w.Data), w.Off, w.Epoch, err)
+		}
 	}
 	return nil
 }

@@ -93,13 +93,7 @@ func (m *mirror) receive(ck []byte) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	for _, b := range res.Blocks {
-		copy(m.image[b.Off:], b.Data)
-	}
-	for _, w := range res.Writes {
-		copy(m.image[w.Off:], w.Data)
-	}
-	return res, nil
+	return res, res.WriteImage(sliceImage(m.image))
 }
 
 func (m *mirror) write(epoch uint64) DiskWrite {
@@ -285,3 +279,8 @@ func TestDiskHashesRoundTrip(t *testing.T) {
 		t.Fatalf("hashes of another disk: %v", err)
 	}
 }
+
+// sliceImage is an image in memory.
+type sliceImage []byte
+
+func (s sliceImage) WriteAt(p []byte, off int64) (int, error) { return copy(s[off:], p), nil }

@@ -77,17 +77,10 @@ func (b *Backup) MirrorDisk(d vmm.Disk) error {
 }
 
 // writeImage puts on the backup's own image what an accepted checkpoint
-// changed (format.Result.Blocks, then Writes).
+// changed.
 func (b *Backup) writeImage(res format.Result) error {
-	for _, blk := range res.Blocks {
-		if _, err := b.disk.WriteAt(blk.Data, blk.Off); err != nil {
-			return fmt.Errorf("%w: writing %d bytes at %d for %v: %w", ErrImage, len(blk.Data), blk.Off, res.Header, err)
-		}
-	}
-	for _, w := range res.Writes {
-		if _, err := b.disk.WriteAt(w.Data, w.Off); err != nil {
-			return fmt.Errorf("%w: writing the guest's write of %d bytes at %d (epoch %d): %w", ErrImage, len(w.Data), w.Off, w.Epoch, err)
-		}
+	if err := res.WriteImage(b.disk); err != nil {
+		return fmt.Errorf("%w: %w", ErrImage, err)
 	}
 	return nil
 }

@@ -102,6 +102,42 @@ type writeLog struct {
 	writes []write
 }
 
+// logBackupWrites has c's backup machine record its disk writes.
+func logBackupWrites(c *cluster) *writeLog {
+	l := &writeLog{}
+	c.envWrap = func(host string, env machine.Env) machine.Env {
+		if host != "backup" {
+			return env
+		}
+		l.Env = env
+		return l
+	}
+	return l
+}
+
+// check fails the test unless disk holds base with every write logged
+// over it, in order.
+func (l *writeLog) check(t *testing.T, disk io.ReaderAt, base []byte, what string) {
+	t.Helper()
+	want := bytes.Clone(base)
+	l.mu.Lock()
+	for _, w := range l.writes {
+		overlay(want, 0, w)
+	}
+	n := len(l.writes)
+	l.mu.Unlock()
+	got := make([]byte, len(want))
+	if _, err := disk.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("the guest wrote nothing: the test does not test")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("after failover %s differs from the %d writes of the guest's history", what, n)
+	}
+}
+
 func (l *writeLog) WriteDisk(p []byte, off int64) error {
 	l.mu.Lock()
 	l.writes = append(l.writes, write{off, bytes.Clone(p)})
@@ -123,14 +159,7 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 			c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
 			cache := &cachedDisk{f: c.disk}
 			c.pDisk, c.pSync = cache, cache.Sync
-			var backupWrites *writeLog
-			c.envWrap = func(host string, env machine.Env) machine.Env {
-				if host != "backup" {
-					return env
-				}
-				backupWrites = &writeLog{Env: env}
-				return backupWrites
-			}
+			backupWrites := logBackupWrites(c)
 			c.start()
 			c.incr(t, 5+rng.Intn(40))
 			c.send()
@@ -140,23 +169,7 @@ func TestDiskWritesSurviveTheHostsCrash(t *testing.T) {
 			c.failover()
 			// What the disk must hold: the backup's guest's whole write
 			// history (replayed, then re-issued or live), applied in order.
-			want := make([]byte, 1<<20)
-			backupWrites.mu.Lock()
-			for _, w := range backupWrites.writes {
-				overlay(want, 0, w)
-			}
-			n := len(backupWrites.writes)
-			backupWrites.mu.Unlock()
-			got := make([]byte, len(want))
-			if _, err := c.disk.ReadAt(got, 0); err != nil {
-				t.Fatal(err)
-			}
-			if n == 0 {
-				t.Fatal("the guest wrote nothing: the test does not test")
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("after failover the shared disk differs from the %d writes of the guest's history", n)
-			}
+			backupWrites.check(t, c.disk, make([]byte, 1<<20), "the shared disk")
 		})
 	}
 }
@@ -361,37 +374,14 @@ func TestMirroredDiskHoldsTheGuestsHistory(t *testing.T) {
 			}
 			t.Cleanup(func() { img.Close() })
 			c.bImage = img
-			var backupWrites *writeLog
-			c.envWrap = func(host string, env machine.Env) machine.Env {
-				if host != "backup" {
-					return env
-				}
-				backupWrites = &writeLog{Env: env}
-				return backupWrites
-			}
+			backupWrites := logBackupWrites(c)
 			c.start()
 			c.incr(t, 5+rng.Intn(40))
 			c.send()
 			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // the random moment: the test's point
 			c.crashPrimary()
 			c.failover()
-			want := bytes.Clone(initial)
-			backupWrites.mu.Lock()
-			for _, w := range backupWrites.writes {
-				overlay(want, 0, w)
-			}
-			n := len(backupWrites.writes)
-			backupWrites.mu.Unlock()
-			got := make([]byte, len(want))
-			if _, err := img.ReadAt(got, 0); err != nil {
-				t.Fatal(err)
-			}
-			if n == 0 {
-				t.Fatal("the guest wrote nothing: the test does not test")
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("after failover the backup's image differs from the primary's disk at the start with the %d writes of the guest's history", n)
-			}
+			backupWrites.check(t, img, initial, "the backup's image (over the primary's disk at the start)")
 		})
 	}
 }
