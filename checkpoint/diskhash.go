@@ -1,8 +1,11 @@
 package checkpoint
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // Disk hashes (--verify with a mirrored disk): a committing checkpoint may
@@ -98,4 +101,37 @@ func decodeDiskHashes(p []byte, ck *Checkpoint) error {
 	}
 	ck.DiskHashSize = int64(size)
 	return checkDiskHashes(ck.DiskHashSize, ck.DiskHashes)
+}
+
+// HashDiskRange is the SHA-256 of range r of a disk of size bytes, read
+// from disk through buf (DiskHashRange bytes).
+func HashDiskRange(disk io.ReaderAt, size int64, r uint64, buf []byte) ([32]byte, error) {
+	off := int64(r) * DiskHashRange
+	n := min(int64(len(buf)), size-off)
+	if _, err := disk.ReadAt(buf[:n], off); err != nil {
+		return [32]byte{}, fmt.Errorf("reading disk range %d (%d bytes at %d) to hash it: %w", r, n, off, err)
+	}
+	return sha256.Sum256(buf[:n]), nil
+}
+
+// ErrImageDiffers marks a mirrored disk's image found to differ from the
+// hashes of the primary's disk (CompareImage).
+var ErrImageDiffers = errors.New("the disk image differs from the primary's")
+
+// CompareImage hashes the ranges of image (a disk of size bytes) that
+// hashes name, through buf (DiskHashRange bytes), and says where the first
+// differs (ErrImageDiffers); an error reading the image is returned as is.
+func CompareImage(image io.ReaderAt, size int64, hashes []DiskRangeHash, buf []byte) error {
+	for _, h := range hashes {
+		got, err := HashDiskRange(image, size, h.Range, buf)
+		if err != nil {
+			return err
+		}
+		if got != h.Sum {
+			off := int64(h.Range) * DiskHashRange
+			return fmt.Errorf("%w: range %d (bytes %d to %d) hashes to %x, the primary's to %x",
+				ErrImageDiffers, h.Range, off, min(off+DiskHashRange, size), got[:8], h.Sum[:8])
+		}
+	}
+	return nil
 }

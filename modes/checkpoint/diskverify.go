@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -51,7 +50,7 @@ func (d *diskHasher) capture() ([]format.DiskRangeHash, error) {
 	ranges = slices.Compact(ranges)
 	out := make([]format.DiskRangeHash, len(ranges))
 	for i, r := range ranges {
-		sum, err := hashRange(d.disk, r, d.buf)
+		sum, err := format.HashDiskRange(d.disk, size, r, d.buf)
 		if err != nil {
 			return nil, err
 		}
@@ -60,27 +59,8 @@ func (d *diskHasher) capture() ([]format.DiskRangeHash, error) {
 	return out, nil
 }
 
-// hashRange is the SHA-256 of range r of disk, read through buf
-// (DiskHashRange bytes).
-func hashRange(disk interface {
-	ReadAt([]byte, int64) (int, error)
-	Size() int64
-}, r uint64, buf []byte) ([32]byte, error) {
-	off := int64(r) * format.DiskHashRange
-	n := min(int64(len(buf)), disk.Size()-off)
-	if _, err := disk.ReadAt(buf[:n], off); err != nil {
-		return [32]byte{}, fmt.Errorf("reading disk range %d (%d bytes at %d) for --verify: %w", r, n, off, err)
-	}
-	return sha256.Sum256(buf[:n]), nil
-}
-
-// ErrImageDiffers marks a backup's image found to differ from the
-// primary's disk (--verify): the backup drops its committed state and asks
-// for a full sync, which copies every block again.
-var ErrImageDiffers = errors.New("the backup's disk image differs from the primary's")
-
 // verifyImage compares the backup's image with the hashes a checkpoint
-// carried.
+// carried: format.ErrImageDiffers, or ErrImage if the image cannot be read.
 func (b *Backup) verifyImage(hashes []format.DiskRangeHash) error {
 	if len(hashes) == 0 {
 		return nil
@@ -88,16 +68,9 @@ func (b *Backup) verifyImage(hashes []format.DiskRangeHash) error {
 	if b.hashBuf == nil {
 		b.hashBuf = make([]byte, format.DiskHashRange)
 	}
-	for _, h := range hashes {
-		got, err := hashRange(b.disk, h.Range, b.hashBuf)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrImage, err)
-		}
-		if got != h.Sum {
-			off := int64(h.Range) * format.DiskHashRange
-			return fmt.Errorf("%w: range %d (bytes %d to %d) hashes to %x, the primary's to %x",
-				ErrImageDiffers, h.Range, off, min(off+format.DiskHashRange, b.disk.Size()), got[:8], h.Sum[:8])
-		}
+	err := format.CompareImage(b.disk, b.disk.Size(), hashes, b.hashBuf)
+	if err != nil && !errors.Is(err, format.ErrImageDiffers) {
+		return fmt.Errorf("%w: %w", ErrImage, err)
 	}
-	return nil
+	return err
 }

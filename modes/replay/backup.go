@@ -116,10 +116,11 @@ var ErrImage = errors.New("the backup's disk image failed")
 
 // MirrorDisk gives the backup its own image of the guest's disk
 // (--disk-mode mirrored), the size of the primary's: full checkpoints copy
-// the primary's disk to it, the replayer writes each disk write its guest
-// issues to it as it replays it, and going live it is flushed and nothing
-// written again. A backup gone live mirrors its disk to its own backups.
-// Call before Follow.
+// the primary's disk to it (with --verify, and hashes of all of it, which
+// the backup compares with its image: a difference is a divergence), the
+// replayer writes each disk write its guest issues to it as it replays it,
+// and going live it is flushed and nothing written again. A backup gone
+// live mirrors its disk to its own backups. Call before Follow.
 func (b *Backup) MirrorDisk(d vmm.Disk) error {
 	if err := b.recv.MirrorDisk(d.Size()); err != nil {
 		return err
@@ -393,6 +394,13 @@ func (b *Backup) applySync(s uint64) error {
 		if err := b.writeImage(res); err != nil {
 			b.synced = false // nobody goes live with this image
 			return err
+		}
+		buf := make([]byte, format.DiskHashRange)
+		if err := format.CompareImage(b.image, b.image.Size(), res.DiskHashes, buf); errors.Is(err, format.ErrImageDiffers) {
+			return &divergence{s, err.Error()} // the next full checkpoint copies every block
+		} else if err != nil {
+			b.synced = false
+			return fmt.Errorf("%w: %w", ErrImage, err)
 		}
 	}
 	if !res.Committed || res.Header.Epoch != s {

@@ -47,9 +47,10 @@ type Config struct {
 	// engine's boundaries, until a pass finds at most PrecopyDone pages or
 	// PrecopyRounds passes were made; the rest goes in a final stop.
 	PrecopyRounds, PrecopyDone, PrecopyChunk int
-	// Verify adds a SHA-256 of all guest memory to every full checkpoint;
-	// the backup checks it after applying. It costs a pass over memory on
-	// both sides.
+	// Verify adds a SHA-256 of all guest memory to every full checkpoint
+	// (and, with a mirrored disk, one of each 256 KiB of the disk); the
+	// backup checks them after applying. It costs a pass over memory (and
+	// the disk) on both sides.
 	Verify bool
 	// Machine describes this side's machine (kind, devices) to the peer,
 	// which refuses the connection unless its own is the same (see

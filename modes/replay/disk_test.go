@@ -385,3 +385,53 @@ func TestMirroredDiskHoldsTheGuestsHistory(t *testing.T) {
 		})
 	}
 }
+
+// flipOnce is a disk image that stores one write wrong, once: the first
+// write that covers byte at gets it flipped, as a disk that corrupts data
+// silently does.
+type flipOnce struct {
+	vmm.Disk
+	at      int64
+	flipped atomic.Bool
+}
+
+func (f *flipOnce) WriteAt(p []byte, off int64) (int, error) {
+	if off <= f.at && f.at < off+int64(len(p)) && f.flipped.CompareAndSwap(false, true) {
+		p = bytes.Clone(p)
+		p[f.at-off] ^= 0x5a
+	}
+	return f.Disk.WriteAt(p, off)
+}
+
+// TestVerifyComparesTheMirroredImage (--verify, mirrored disks): the
+// backup's image stores one byte of the full checkpoint's copy of the disk
+// wrong. The disk hashes the checkpoint carries show it: the backup treats
+// it as a divergence and asks for another full checkpoint, which copies the
+// disk again; then it takes over with an image equal to the primary's disk.
+func TestVerifyComparesTheMirroredImage(t *testing.T) {
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+	c.cfg.Verify = true
+	initial := make([]byte, 1<<20)
+	for j := 700 << 10; j < len(initial); j++ {
+		initial[j] = byte(j * 7)
+	}
+	if _, err := c.disk.WriteAt(initial, 0); err != nil {
+		t.Fatal(err)
+	}
+	img, err := vmm.CreateFileDisk(filepath.Join(t.TempDir(), "backup.img"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	c.bImage = &flipOnce{Disk: img, at: 900 << 10}
+	backupWrites := logBackupWrites(c)
+	c.start()
+	c.incr(t, 10)
+	vmmtest.WaitUntil(t, "the backup to find its image differs and be in sync again", func() bool {
+		return c.backup.Stats.Divergences.Load() >= 1 && c.backup.Stats.Applied.Load() >= 1
+	})
+	c.incr(t, 5)
+	c.crashPrimary()
+	c.failover()
+	backupWrites.check(t, img, initial, "the backup's image (over the primary's disk at the start)")
+}

@@ -170,7 +170,7 @@ type cluster struct {
 	envWrap func(host string, env machine.Env) machine.Env
 	// Optional, set before start: the backup's own image of a mirrored
 	// disk (the shared file stays the primary's).
-	bImage *vmm.FileDisk
+	bImage vmm.Disk
 	// Optional, set before start or alonePrimary: what the primary's
 	// engine drives instead of its software machine (which pm stays), and a
 	// func that sees the primary before it runs.

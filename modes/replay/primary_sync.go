@@ -113,6 +113,11 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 		if err := p.addBlocks(p.blocks.Take(nil)); err != nil {
 			return 0, 0, err
 		}
+		if p.cfg.Verify {
+			if err := p.addDiskHashes(); err != nil {
+				return 0, 0, err
+			}
+		}
 	}
 	state, err := p.m.SaveState()
 	if err != nil {
@@ -194,6 +199,24 @@ func (p *Primary) addBlocks(blocks []uint64) error {
 		}
 	}
 	return nil
+}
+
+// addDiskHashes (--verify) has the checkpoint begun carry the hash of every
+// range of the disk as the guest sees it, for the backup to compare with
+// its image; the engine is here, so the guest does not run. On error the
+// checkpoint is abandoned.
+func (p *Primary) addDiskHashes() error {
+	buf := make([]byte, format.DiskHashRange)
+	hashes := make([]format.DiskRangeHash, format.DiskHashRanges(p.diskSize))
+	for r := range hashes {
+		sum, err := format.HashDiskRange(p.out, p.diskSize, uint64(r), buf)
+		if err != nil {
+			p.enc.Abort()
+			return err
+		}
+		hashes[r] = format.DiskRangeHash{Range: uint64(r), Sum: sum}
+	}
+	return p.enc.SetDiskHashes(p.diskSize, hashes)
 }
 
 // flushDisk waits until every disk write held so far is released (the
