@@ -206,3 +206,42 @@ func (m *Machine) attachVirtio(kind uint32, subsystem uint16, class uint32, mk f
 	}
 	return BootDevice{Kind: kind, IRQ: uint32(irq), IOBase: uint64(base), PCIBDF: uint32(got) << 3}, nil
 }
+
+// Devices is a guest's device list: every machine that runs a bundled
+// guest attaches its devices through AttachDevices, in its one order
+// (network, then disk), so that the machine that saves and the one that
+// restores place them alike. A nil entry is a device the guest does not
+// have.
+type Devices struct {
+	Net  *NetConfig
+	Disk *BlkConfig
+}
+
+// Attached is what AttachDevices made: the boot-info entries for
+// LoadBareMetal, in order, and each device (nil if not attached).
+type Attached struct {
+	Boot []BootDevice
+	Net  *VirtioNet
+	Disk *VirtioBlk
+}
+
+// AttachDevices attaches d's devices to m in the list's order.
+// Precondition: the machine is created and not started.
+func (m *Machine) AttachDevices(d Devices) (Attached, error) {
+	var a Attached
+	if d.Net != nil {
+		bd, dev, err := m.AttachVirtioNet(*d.Net)
+		if err != nil {
+			return Attached{}, err
+		}
+		a.Boot, a.Net = append(a.Boot, bd), dev
+	}
+	if d.Disk != nil {
+		bd, dev, err := m.AttachVirtioBlk(*d.Disk)
+		if err != nil {
+			return Attached{}, err
+		}
+		a.Boot, a.Disk = append(a.Boot, bd), dev
+	}
+	return a, nil
+}

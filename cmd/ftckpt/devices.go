@@ -122,16 +122,13 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string) (*attached, error) {
 	if err != nil {
 		return nil, err
 	}
+	var devs vmm.Devices
 	if netSpec != "none" {
 		if a.net, err = node.OpenBackend(node.MachineKVM, netSpec); err != nil {
 			return nil, err
 		}
 		a.closers = append(a.closers, a.net.Close)
-		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: a.net})
-		if err != nil {
-			return nil, err
-		}
-		a.boot, a.netDev = append(a.boot, bd), dev
+		devs.Net = &vmm.NetConfig{Sink: a.net}
 	}
 	if diskPath != "" {
 		disk, err := vmm.OpenOrCreateFileDisk(diskPath, size)
@@ -139,12 +136,13 @@ func (d *deviceFlags) attach(m *vmm.Machine, guest string) (*attached, error) {
 			return nil, fmt.Errorf("--disk %s: %w", diskPath, err)
 		}
 		a.closers = append(a.closers, disk.Close)
-		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
-		if err != nil {
-			return nil, err
-		}
-		a.boot = append(a.boot, bd)
+		devs.Disk = &vmm.BlkConfig{Disk: disk}
 	}
+	att, err := m.AttachDevices(devs)
+	if err != nil {
+		return nil, err
+	}
+	a.boot, a.netDev = att.Boot, att.Net
 	ok = true
 	return a, nil
 }

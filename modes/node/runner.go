@@ -89,22 +89,24 @@ func newKVMRunner(o *Options, net vmm.FrameSink, disk vmm.Disk, track bool) (*ru
 			r.close()
 		}
 	}()
-	var boot []vmm.BootDevice
+	var devs vmm.Devices
 	if net != nil {
-		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{Sink: net})
-		if err != nil {
-			return nil, err
-		}
-		boot, r.rx = append(boot, bd), dev
+		devs.Net = &vmm.NetConfig{Sink: net}
 	}
 	if disk != nil {
-		bd, dev, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: disk})
-		if err != nil {
-			return nil, err
-		}
-		boot, r.pollDisk = append(boot, bd), dev.Poll
+		devs.Disk = &vmm.BlkConfig{Disk: disk}
 	}
-	if err := m.LoadBareMetal(img, boot); err != nil {
+	att, err := m.AttachDevices(devs)
+	if err != nil {
+		return nil, err
+	}
+	if att.Net != nil {
+		r.rx = att.Net
+	}
+	if att.Disk != nil {
+		r.pollDisk = att.Disk.Poll
+	}
+	if err := m.LoadBareMetal(img, att.Boot); err != nil {
 		return nil, err
 	}
 	g := &kvmmachine.Runner{M: m}

@@ -13,8 +13,8 @@ import (
 
 // StepperConfig describes the machine NewStepper builds: one vCPU, no
 // in-kernel irqchip (the userspace PIC and PIT), a bundled guest and the
-// virtio devices it uses, attached in `ftckpt run`'s order (network, then
-// disk). Two Steppers built from the same StepperConfig are the same machine:
+// virtio devices it uses, attached as every machine attaches them
+// (vmm.Devices). Two Steppers built from the same StepperConfig are the same machine:
 // one's state restores into the other.
 type StepperConfig struct {
 	// Guest is the bundled guest program (guests.Names).
@@ -134,25 +134,22 @@ func NewStepper(cfg StepperConfig, env machine.Env) (*Stepper, error) {
 	k.land.singleStep = cfg.SingleStep || !hw
 	m := st.Machine()
 	k.mem = m.Memory()
-	var boot []vmm.BootDevice
+	var devs vmm.Devices
 	if cfg.Net {
-		bd, dev, err := m.AttachVirtioNet(vmm.NetConfig{MAC: cfg.MAC, Sink: kvmSink{env, &k.fault}, RxBacklog: 1})
-		if err != nil {
-			return nil, err
-		}
-		boot, k.net = append(boot, bd), dev
+		devs.Net = &vmm.NetConfig{MAC: cfg.MAC, Sink: kvmSink{env, &k.fault}, RxBacklog: 1}
 	}
 	if cfg.DiskSize > 0 {
-		bd, _, err := m.AttachVirtioBlk(vmm.BlkConfig{Disk: &kvmDisk{env, cfg.DiskSize, &k.fault}})
-		if err != nil {
-			return nil, err
-		}
-		boot = append(boot, bd)
+		devs.Disk = &vmm.BlkConfig{Disk: &kvmDisk{env, cfg.DiskSize, &k.fault}}
 	}
+	att, err := m.AttachDevices(devs)
+	if err != nil {
+		return nil, err
+	}
+	k.net = att.Net
 	if k.tracker, err = cfg.Track(m); err != nil {
 		return nil, err
 	}
-	if err := m.LoadBareMetal(img, boot); err != nil {
+	if err := m.LoadBareMetal(img, att.Boot); err != nil {
 		return nil, err
 	}
 	st.SetTimeSource(env.Now)
