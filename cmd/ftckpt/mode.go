@@ -18,6 +18,7 @@ import (
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/ftckpt/ftckpt/dirtylog"
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/witness"
@@ -47,6 +48,7 @@ type modeFlags struct {
 	join           string
 	acceptBackups  string
 	rejoin         string
+	precopyRounds  int
 	metrics        string
 	control        string
 	respawn        bool
@@ -67,6 +69,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.listen, "listen", "", "address to accept the primary on (backup)")
 	fl.StringVar(&f.epoch, "epoch", "25ms", "checkpoint interval, or auto (adapts between --min-epoch and --max-epoch)")
 	fl.DurationVar(&f.minEpoch, "min-epoch", 5*time.Millisecond, "shortest epoch for --epoch auto")
+	fl.IntVar(&f.precopyRounds, "precopy-rounds", ckmode.DefaultConfig().PrecopyRounds, "checkpoint mode: most rounds of a full sync while the guest runs before the final pause; 0 copies all of memory (and a mirrored disk) with the guest paused (stop-and-copy)")
 	fl.DurationVar(&f.maxEpoch, "max-epoch", 500*time.Millisecond, "longest epoch for --epoch auto")
 	fl.StringVar(&f.arbiter, "arbiter", witness.DefaultSpec, "who decides failover: raft://H:P,H:P,H:P or disk:PATH[#OFFSET]")
 	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint (replay: every full checkpoint); the backup checks it")
@@ -194,6 +197,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
 	c := &o.Checkpoint
 	c.Heartbeat, c.FailureTimeout, c.Verify, c.MinEpoch, c.MaxEpoch = f.heartbeat, f.failureTimeout, f.verify, f.minEpoch, f.maxEpoch
+	c.PrecopyRounds = f.precopyRounds
 	if f.epoch == "auto" {
 		c.EpochAuto, c.Epoch = true, max(f.minEpoch, min(f.maxEpoch, c.Epoch))
 	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {
@@ -253,7 +257,7 @@ func (f *modeFlags) localTLS() (*mtls.Identity, []string, func(), error) {
 // chosen, naming them.
 func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) error {
 	if o.Mode == node.ModeReplay {
-		for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip"} {
+		for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip", "precopy-rounds"} {
 			if changed(name) {
 				return fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
 			}

@@ -18,9 +18,10 @@ type Config struct {
 	// MaxInFlight bounds the checkpoints captured but not yet acknowledged;
 	// the epoch loop waits (the guest runs on) before pausing for another.
 	MaxInFlight int
-	// PrecopyRounds bounds the rounds of the initial sync made while the
-	// guest runs; PrecopyDone ends them early once a round has at most that
-	// many dirty pages.
+	// PrecopyRounds bounds the rounds of a full sync made while the guest
+	// runs (0: none, a stop-and-copy: the guest stays paused while all of
+	// memory is copied); PrecopyDone ends them early once a round has at
+	// most that many dirty pages.
 	PrecopyRounds int
 	PrecopyDone   int
 	// Heartbeat is how often each side sends a heartbeat; FailureTimeout

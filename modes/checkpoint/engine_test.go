@@ -603,3 +603,21 @@ func TestVerifyFindsACorruptImage(t *testing.T) {
 	seen, _ := p.client.snapshot()
 	p.client.waitCount(t, len(seen)+20) // the pair goes on
 }
+
+// TestStopAndCopySync (PrecopyRounds 0): the full sync is one commit that
+// carries every page and, mirrored, every disk block, copied with the guest
+// paused; the backup then fails over as after a pre-copy.
+func TestStopAndCopySync(t *testing.T) {
+	cfg := testConfig()
+	cfg.PrecopyRounds = 0
+	p := newPair(t, cfg)
+	p.mirrored = true
+	p.start(64)
+	p.client.waitCount(t, 50)
+	if st := p.backup.Status(); st.State != format.StateCommitted {
+		t.Fatalf("backup is %v", st.State)
+	}
+	p.crashPrimary(false)
+	p.failover()
+	p.checkOutcome(50)
+}

@@ -323,10 +323,13 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	p.mu.Lock()
 	clear(p.inflight) // epochs before the sync will never be acknowledged
 	p.mu.Unlock()
+	if p.cfg.PrecopyRounds == 0 {
+		return p.stopAndCopy(ctx, dirty, captures, failed, began)
+	}
 	// Round 1 reads every page live; the harvest before it clears the log,
 	// so any page written while it is read is sent again. So with a
 	// mirrored disk's blocks.
-	if err := p.harvestWhilePaused(dirty); err != nil {
+	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
 	if p.blocks != nil {
@@ -345,10 +348,12 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, round == 1); err != nil {
 			return err
 		}
-		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks), "took", p.now().Sub(start).Round(time.Millisecond))
-		if err := p.harvestWhilePaused(dirty); err != nil {
+		stall, err := p.harvestWhilePaused(dirty)
+		if err != nil {
 			return err
 		}
+		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks),
+			"took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))
 		pfns = pfns[:0]
 		for r := range dirty.Runs() {
 			for q := r.First; q < r.First+r.Count; q++ {
@@ -367,10 +372,31 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if err != nil {
 		return err
 	}
+	return p.commitSync(ctx, c, pause, captures, failed, began)
+}
+
+// stopAndCopy is a full sync without pre-copy (PrecopyRounds 0): one
+// commit that carries every page (and block), copied with the guest
+// paused.
+func (p *Primary) stopAndCopy(ctx context.Context, dirty *machine.Bitmap, captures chan<- *capture, failed <-chan error, began time.Time) error {
+	dirty.SetAll()
+	if p.blocks != nil {
+		p.blocks.MarkAll()
+	}
+	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
+	if err != nil {
+		return err
+	}
+	c.hdr.Flags = format.FlagSyncStart
+	return p.commitSync(ctx, c, pause, captures, failed, began)
+}
+
+// commitSync hands the sender a sync's commit, captured in pause.
+func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captures chan<- *capture, failed <-chan error, began time.Time) error {
 	p.committing = true // outputs from here on wait for the backup
 	p.Stats.epoch(pause, p.cfg.Epoch)
 	p.syncSent.Store(p.now().UnixNano())
-	p.log.Info("full sync's commit captured", "epoch", epoch, "pages in the pause", pause.Dirty,
+	p.log.Info("full sync's commit captured", "epoch", c.hdr.Epoch, "pages in the pause", pause.Dirty,
 		"pause", pause.Total().Round(time.Microsecond), "since the sync began", p.now().Sub(began).Round(time.Millisecond))
 	return p.enqueue(ctx, captures, c, failed)
 }
@@ -548,19 +574,21 @@ func (p *Primary) readBlock(dst []byte, b uint64) error {
 }
 
 // harvestWhilePaused pauses the guest just long enough to harvest its dirty
-// pages into dirty (cleared first), for a pre-copy round.
-func (p *Primary) harvestWhilePaused(dirty *machine.Bitmap) error {
+// pages into dirty (cleared first), for a pre-copy round, and returns how
+// long the guest was paused.
+func (p *Primary) harvestWhilePaused(dirty *machine.Bitmap) (time.Duration, error) {
+	start := p.now()
 	if err := p.guest.Pause(); err != nil {
-		return fmt.Errorf("pausing the guest: %w", err)
+		return 0, fmt.Errorf("pausing the guest: %w", err)
 	}
 	dirty.Clear()
 	if err := p.guest.Harvest(dirty); err != nil {
-		return p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
+		return 0, p.resumeAfter(fmt.Errorf("harvesting dirty pages: %w", err))
 	}
 	if err := p.guest.Resume(); err != nil {
-		return fmt.Errorf("resuming the guest: %w", err)
+		return 0, fmt.Errorf("resuming the guest: %w", err)
 	}
-	return nil
+	return p.now().Sub(start), nil
 }
 
 // resumeAfter resumes the paused guest after a failed step and returns the
@@ -744,8 +772,9 @@ func (p *Primary) receive(l *format.Link, failed chan<- error) {
 			if a.Generation != p.gen {
 				continue // an ack of another generation's state releases nothing
 			}
-			if a.Epoch >= p.syncEpoch.Load() {
-				p.syncAcked.Store(true)
+			if a.Epoch >= p.syncEpoch.Load() && !p.syncAcked.Swap(true) {
+				p.log.Info("full sync acknowledged: the outputs held since its commit leave", "epoch", a.Epoch,
+					"held for", p.now().Sub(time.Unix(0, p.syncSent.Load())).Round(time.Microsecond))
 			}
 			p.mu.Lock()
 			for e := range p.inflight {
