@@ -9,23 +9,19 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // refusalLog is a slog handler that keeps the refusals logged (what an
-// operator sees), so a test can wait for one.
-type refusalLog struct {
-	mu   sync.Mutex
-	errs []string
-	used []bool
-	more chan struct{} // signalled on each refusal
-}
+// operator sees), their attributes a line each, so a test can wait for one
+// (vmmtest.Lines).
+type refusalLog struct{ vmmtest.Lines }
 
-func newRefusalLog() *refusalLog { return &refusalLog{more: make(chan struct{}, 1024)} }
+func newRefusalLog() *refusalLog { return &refusalLog{} }
 
 func (l *refusalLog) Enabled(context.Context, slog.Level) bool { return true }
 func (l *refusalLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
@@ -36,46 +32,8 @@ func (l *refusalLog) Handle(_ context.Context, r slog.Record) error {
 	}
 	var b strings.Builder
 	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, "%s=%v ", a.Key, a.Value); return true })
-	l.mu.Lock()
-	l.errs = append(l.errs, b.String())
-	l.used = append(l.used, false)
-	l.mu.Unlock()
-	select {
-	case l.more <- struct{}{}:
-	default:
-	}
+	l.Add(b.String())
 	return nil
-}
-
-// waitFor waits for a refusal, not returned before, that says every one
-// of words, and returns it (the bound only catches a hang).
-func (l *refusalLog) waitFor(t *testing.T, words ...string) string {
-	t.Helper()
-	deadline := time.After(20 * time.Second)
-	for {
-		l.mu.Lock()
-	next:
-		for i, e := range l.errs {
-			if l.used[i] {
-				continue
-			}
-			for _, w := range words {
-				if !strings.Contains(e, w) {
-					continue next
-				}
-			}
-			l.used[i] = true
-			l.mu.Unlock()
-			return e
-		}
-		all := strings.Join(l.errs, "\n")
-		l.mu.Unlock()
-		select {
-		case <-l.more:
-		case <-deadline:
-			t.Fatalf("no refusal saying %q logged; the refusals:\n%s", words, all)
-		}
-	}
 }
 
 // tlsCluster runs a 3-node witness (RunNode: raft-boltdb, raft's network
@@ -191,7 +149,7 @@ func TestTLSWitnessRefusesStrangers(t *testing.T) {
 			t.Errorf("%s: Acquire = %v, want a refusal by every node", s.name, err)
 		}
 		for _, a := range c.addrs {
-			c.log.waitFor(t, "client port "+a, "this cluster's CA (--tls-ca)")
+			c.log.WaitFor(t, "refusal", "client port "+a, "this cluster's CA (--tls-ca)")
 		}
 		// Joining raft: dial a node's raft port as a node would.
 		raftAddr, _ := raftAddrOf(c.addrs[0])
@@ -199,7 +157,7 @@ func TestTLSWitnessRefusesStrangers(t *testing.T) {
 		if !errors.Is(err, mtls.ErrRefused) || !strings.Contains(err.Error(), "unknown certificate authority") {
 			t.Errorf("%s: dialling raft: %v, want a refusal", s.name, err)
 		}
-		c.log.waitFor(t, "raft port "+raftAddr, "this cluster's CA (--tls-ca)")
+		c.log.WaitFor(t, "refusal", "raft port "+raftAddr, "this cluster's CA (--tls-ca)")
 	}
 
 	// Replayed and truncated records: a recording of a member's whole
@@ -220,7 +178,7 @@ func TestTLSWitnessRefusesStrangers(t *testing.T) {
 		if bytes.Contains(answer, []byte("HTTP/1.1")) {
 			t.Errorf("%s: the node answered in HTTP: %q", cut.name, answer)
 		}
-		c.log.waitFor(t, "client port "+c.addrs[0], "refused at the TLS handshake")
+		c.log.WaitFor(t, "refusal", "client port "+c.addrs[0], "refused at the TLS handshake")
 	}
 
 	if cur, err := member.Current(ctx); err != nil || cur != (Claim{1, "primary"}) {
@@ -240,7 +198,7 @@ func TestTLSWitnessClientOfAnotherVersion(t *testing.T) {
 	if err == nil {
 		t.Fatal("a client of protocol 2 was accepted")
 	}
-	c.log.waitFor(t, "client port "+c.addrs[0], "another protocol or version")
+	c.log.WaitFor(t, "refusal", "client port "+c.addrs[0], "another protocol or version")
 }
 
 func mustIssue(t *testing.T, ca *mtls.CA, host string) (certPEM, keyPEM []byte) {
@@ -308,7 +266,7 @@ func TestOpenWithTLS(t *testing.T) {
 	if _, err := plain.Current(ctxTimeout(t, time.Second)); !errors.Is(err, ErrUnreachable) {
 		t.Errorf("a plain client of a TLS witness: %v", err)
 	}
-	c.log.waitFor(t, "does not speak TLS")
+	c.log.WaitFor(t, "refusal", "does not speak TLS")
 	lease := t.TempDir() + "/lease"
 	d, err := OpenWith("disk:"+lease, OpenOptions{TLS: id})
 	if err != nil {

@@ -10,12 +10,12 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -75,15 +75,11 @@ func (c *tlsCluster) member(t *testing.T, name string) *mtls.Identity {
 	return id
 }
 
-// eventLog keeps a node's log records, so a test can wait for one.
-type eventLog struct {
-	mu    sync.Mutex
-	lines []string
-	used  []bool
-	more  chan struct{}
-}
+// eventLog keeps a node's log records, one line each (message and
+// attributes), so a test can wait for one (vmmtest.Lines).
+type eventLog struct{ vmmtest.Lines }
 
-func newEventLog() *eventLog { return &eventLog{more: make(chan struct{}, 1)} }
+func newEventLog() *eventLog { return &eventLog{} }
 
 func (l *eventLog) Enabled(context.Context, slog.Level) bool { return true }
 func (l *eventLog) WithAttrs(as []slog.Attr) slog.Handler    { return &attrs{l, as} }
@@ -100,14 +96,7 @@ func (l *eventLog) add(r slog.Record, extra []slog.Attr) {
 		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
 	}
 	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
-	l.mu.Lock()
-	l.lines = append(l.lines, b.String())
-	l.used = append(l.used, false)
-	l.mu.Unlock()
-	select {
-	case l.more <- struct{}{}:
-	default:
-	}
+	l.Add(b.String())
 }
 
 type attrs struct {
@@ -123,52 +112,6 @@ func (a *attrs) WithGroup(string) slog.Handler { return a }
 func (a *attrs) Handle(_ context.Context, r slog.Record) error {
 	a.l.add(r, a.as)
 	return nil
-}
-
-// waitFor waits for a line not returned before that says every one of
-// words, and returns it (the bound only catches a hang).
-func (l *eventLog) waitFor(t *testing.T, words ...string) string {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		l.mu.Lock()
-	next:
-		for i, line := range l.lines {
-			if l.used[i] {
-				continue
-			}
-			for _, w := range words {
-				if !strings.Contains(line, w) {
-					continue next
-				}
-			}
-			l.used[i] = true
-			l.mu.Unlock()
-			return line
-		}
-		all := strings.Join(l.lines, "\n")
-		l.mu.Unlock()
-		select {
-		case <-l.more:
-		case <-deadline:
-			t.Fatalf("no log line saying %q in:\n%s", words, all)
-		}
-	}
-}
-
-func (l *eventLog) has(words ...string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-next:
-	for _, line := range l.lines {
-		for _, w := range words {
-			if !strings.Contains(line, w) {
-				continue next
-			}
-		}
-		return true
-	}
-	return false
 }
 
 // tlsOptions are a node of the tick guest on the software machine in mode
@@ -248,7 +191,7 @@ func attack(t *testing.T, c *tlsCluster, addr string, log *eventLog, on string, 
 		if !errors.Is(err, mtls.ErrRefused) || !strings.Contains(err.Error(), "the peer refused this host (tls: unknown certificate authority)") {
 			t.Errorf("%s: the stranger was told %v", s.name, err)
 		}
-		log.waitFor(t, "refused a connection", on, s.want)
+		log.WaitFor(t, "log line", "refused a connection", on, s.want)
 	}
 	session := recordMember(t, c.member(t, "primary"), target)
 	for _, cut := range []struct {
@@ -268,7 +211,7 @@ func attack(t *testing.T, c *tlsCluster, addr string, log *eventLog, on string, 
 		raw.(*net.TCPConn).CloseWrite()
 		io.Copy(io.Discard, raw)
 		raw.Close()
-		log.waitFor(t, "refused a connection", on, cut.want)
+		log.WaitFor(t, "log line", "refused a connection", on, cut.want)
 	}
 }
 
@@ -313,7 +256,7 @@ func TestTLSStrangersCannotFeedABackup(t *testing.T) {
 	if after.Generation != before.Generation {
 		t.Fatalf("the backup's generation went from %d to %d", before.Generation, after.Generation)
 	}
-	if blog.has("primary lost") {
+	if blog.Has("primary lost") {
 		t.Fatal("a stranger reached the engine: the backup lost a primary")
 	}
 	if cur := leaseHolder(t, dir); cur.Generation != 1 {
@@ -333,11 +276,11 @@ func TestTLSStrangersCannotJoin(t *testing.T) {
 	po := tlsOptions(ModeReplay, dir, c.member(t, "primary"), plog)
 	po.Role, po.AcceptBackups = RolePrimary, "127.0.0.1:0"
 	startNode(t, ctx, po)
-	line := plog.waitFor(t, "accepting backups")
+	line := plog.WaitFor(t, "log line", "accepting backups")
 	accept := line[strings.Index(line, "addr=")+len("addr="):]
 
 	attack(t, c, accept, plog, "--accept-backups", c.member(t, "primary"))
-	if plog.has("a backup attached") || plog.has("a backup tried to join") {
+	if plog.Has("a backup attached") || plog.Has("a backup tried to join") {
 		t.Fatal("a stranger reached the engine")
 	}
 	if cur := leaseHolder(t, dir); cur.Generation != 1 {
@@ -347,8 +290,8 @@ func TestTLSStrangersCannotJoin(t *testing.T) {
 	bo := tlsOptions(ModeReplay, dir, c.member(t, "backup"), blog)
 	bo.Role, bo.Join = RoleBackup, accept
 	startNode(t, ctx, bo)
-	plog.waitFor(t, "a backup attached")
-	blog.waitFor(t, "full checkpoint applied")
+	plog.WaitFor(t, "log line", "a backup attached")
+	blog.WaitFor(t, "log line", "full checkpoint applied")
 }
 
 // TestTLSPrimaryRefusesAFalseBackup: a primary whose --peer is a stranger
@@ -403,7 +346,7 @@ func TestPlainPeerOfAnotherVersion(t *testing.T) {
 	frame := append([]byte{byte(len(hello)), 0, 0, 0, 2, 0, byte(format.MsgHello), 0}, hello...)
 	conn.Write(frame)
 	answer, _ := io.ReadAll(conn)
-	log.waitFor(t, "refused a connection", "ftckpt protocol version 2 in plain TCP: an ftckpt older than TLS (version 3)")
+	log.WaitFor(t, "log line", "refused a connection", "ftckpt protocol version 2 in plain TCP: an ftckpt older than TLS (version 3)")
 	if len(answer) < 8 || answer[4] != 3 || answer[5] != 0 {
 		t.Fatalf("the old peer was answered %q, want a frame of version 3 (which it refuses by version)", answer)
 	}
