@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
@@ -300,18 +301,13 @@ const (
 	blockChunk = 256
 )
 
-// blockPages is what one disk block weighs against PrecopyDone.
-const blockPages = format.DiskBlockSize / format.PageSize
-
 // sync brings the backup to the guest's current state: pre-copy rounds
-// while the guest runs (the first sends every page, each later one the
-// pages dirtied while the one before was shipped), then a final round with
-// the guest paused that commits epoch Position(). A round is harvested only
-// once the one before is written to the link, so that the pause at the end
-// copies what was dirtied during one round's shipping, not during all of
-// them. The rounds end when a harvest finds at most PrecopyDone pages, or
-// after PrecopyRounds: the pause then copies those pages and the ones
-// dirtied since. Each round is logged, with its pages and how long it took.
+// while the guest runs, as session.Precopy plans them, then a final round
+// with the guest paused that commits epoch Position(). A round is
+// harvested only once the backup has applied the one before, so that the
+// pause at the end copies what was dirtied during one round's shipping,
+// not during all of them. Each round is logged, with its pages, how long
+// it took and the harvest's pause.
 func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan<- *capture, failed <-chan error) error {
 	epoch := p.pos.Load()
 	began := p.now()
@@ -332,19 +328,10 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
-	if p.blocks != nil {
-		p.blocks.MarkAll()
-	}
-	pfns := make([]uint64, dirty.Len())
-	for i := range pfns {
-		pfns[i] = uint64(i)
-	}
-	var blocks []uint64
-	for round := 1; ; round++ {
-		start := p.now()
-		if p.blocks != nil {
-			blocks = p.blocks.Take(blocks[:0])
-		}
+	plan := session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, dirty.Len(), p.blocks)
+	pfns, blocks := plan.First(nil, nil)
+	for more := true; more; {
+		round, start := plan.Pass(), p.now()
 		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, round == 1); err != nil {
 			return err
 		}
@@ -354,19 +341,9 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 		}
 		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks),
 			"took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))
-		pfns = pfns[:0]
-		for r := range dirty.Runs() {
-			for q := r.First; q < r.First+r.Count; q++ {
-				pfns = append(pfns, q)
-			}
-		}
-		left := len(pfns)
-		if p.blocks != nil {
-			left += blockPages * p.blocks.Count()
-		}
-		if round >= p.cfg.PrecopyRounds || left <= p.cfg.PrecopyDone {
-			break // the pages (and blocks) left go in the pause, with those dirtied since
-		}
+		// Not more: the pages (and blocks) left go in the pause, with
+		// those dirtied since.
+		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
 	}
 	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
 	if err != nil {

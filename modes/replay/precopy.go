@@ -4,6 +4,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
@@ -12,12 +13,12 @@ import (
 // precopy is a full checkpoint being pre-copied to a backup that attached
 // to the running primary (the paper's FT VMotion, with checkpoint mode's
 // sync rounds). At an engine boundary where one is due (precopyDue) the
-// primary sends a round message of at most PrecopyChunk pages: first a
-// pass over all of memory, then passes over the pages written meanwhile
-// (Machine.Written).
-// When a pass finds at most PrecopyDone pages, or PrecopyRounds passes
-// were made, it appends the sync entry and sends the commit, with the
-// pages written since the last pass and the machine state, in one stop.
+// primary sends a round message of at most PrecopyChunk pages (or
+// blockChunk disk blocks, after the pages): passes as session.Precopy plans
+// them, the first over all of memory and a mirrored disk, each later one
+// over what was written meanwhile. When the plan says so it appends the
+// sync entry and sends the commit, with the pages written since the last
+// pass and the machine state, in one stop.
 //
 // Until then the primary is alone: it logs nothing (so the sync entry's
 // LSN, which the rounds carry as their epoch, is known from the start) and
@@ -25,24 +26,20 @@ import (
 // protected the guest, so no generation is contested. The backup applies
 // the rounds to its memory as they come and commits at the sync entry.
 type precopy struct {
-	epoch   uint64          // the LSN of the sync entry to come
-	pass    int             // 1: the pass over all of memory
-	todo    []uint64        // pages of this pass not sent yet
-	blocks  []uint64        // a mirrored disk's blocks of this pass not sent yet (after the pages)
-	written *machine.Bitmap // scratch for Machine.Written
-	first   bool            // the next round message starts the sync
+	epoch   uint64           // the LSN of the sync entry to come
+	plan    *session.Precopy // the passes
+	todo    []uint64         // pages of this pass not sent yet
+	blocks  []uint64         // a mirrored disk's blocks of this pass not sent yet (after the pages)
+	written *machine.Bitmap  // scratch for Machine.Written
+	first   bool             // the next round message starts the sync
 	began   time.Time
 	next    time.Duration // not before (guestClock.host): the guest's share of the time
 	sent    uint64        // round messages sent
 	bytes   int           // sent so far
 }
 
-// blockChunk is the most disk blocks a round message carries (16 MiB);
-// blockPages is what one weighs against PrecopyDone.
-const (
-	blockChunk = 256
-	blockPages = format.DiskBlockSize / format.PageSize
-)
+// blockChunk is the most disk blocks a round message carries (16 MiB).
+const blockChunk = 256
 
 // precopyEvery is the least time between two round messages: the guest
 // runs at least that long, and at least as long as the last round took,
@@ -87,18 +84,12 @@ func (p *Primary) attachBackup(conn net.Conn) {
 // startPrecopy starts the pass over all of memory.
 func (p *Primary) startPrecopy() error {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	pc := &precopy{epoch: p.lsn + 1, pass: 1, written: machine.NewBitmap(pages), first: true, began: time.Now()}
+	pc := &precopy{epoch: p.lsn + 1, written: machine.NewBitmap(pages), first: true, began: time.Now(),
+		plan: session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, pages, p.blocks)}
 	if err := p.m.Harvest(pc.written); err != nil { // what is written from now on
 		return err
 	}
-	pc.todo = make([]uint64, pages)
-	for i := range pc.todo {
-		pc.todo[i] = uint64(i)
-	}
-	if p.blocks != nil {
-		p.blocks.MarkAll()
-		pc.blocks = p.blocks.Take(nil)
-	}
+	pc.todo, pc.blocks = pc.plan.First(nil, nil)
 	p.roundsApplied.Store(0)
 	p.resync.Store(false) // an old backup's request: this one starts afresh
 	p.precopy = pc
@@ -117,27 +108,16 @@ func (p *Primary) precopyStep() error {
 		if err := p.m.Harvest(pc.written); err != nil {
 			return err
 		}
-		for r := range pc.written.Runs() {
-			for q := r.First; q < r.First+r.Count; q++ {
-				pc.todo = append(pc.todo, q)
-			}
+		var more bool
+		if pc.todo, pc.blocks, more = pc.plan.Next(pc.written, pc.todo, pc.blocks); !more {
+			return p.endPrecopy() // the pages left, in pc.todo, go in the final stop
 		}
-		left := len(pc.todo)
-		if p.blocks != nil {
-			left += blockPages * p.blocks.Count()
-		}
-		if pc.pass >= p.cfg.PrecopyRounds || left <= p.cfg.PrecopyDone {
-			return p.endPrecopy()
-		}
-		if p.blocks != nil {
-			pc.blocks = p.blocks.Take(pc.blocks)
-		}
-		pc.pass++
 	}
-	if p.Stats.PrecopyPass.Load() != uint64(pc.pass) {
+	pass := uint64(pc.plan.Pass())
+	if p.Stats.PrecopyPass.Load() != pass {
 		p.Stats.PrecopyPassPages.Store(uint64(len(pc.todo)))
 	}
-	p.Stats.PrecopyPass.Store(uint64(pc.pass))
+	p.Stats.PrecopyPass.Store(pass)
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	// A message of pages, or once they are sent, of blocks.
 	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk):min(len(pc.todo), p.cfg.PrecopyChunk)]
@@ -191,7 +171,7 @@ func (p *Primary) endPrecopy() error {
 	if err != nil {
 		return err
 	}
-	p.log.Info("full checkpoint sent by pre-copy", "lsn", s, "passes", pc.pass, "bytes", pc.bytes+n,
+	p.log.Info("full checkpoint sent by pre-copy", "lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes+n,
 		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo))
 	return nil
 }
