@@ -7,6 +7,7 @@
 #   make test   vet, then every test: on this host's KVM where /dev/kvm opens, else the KVM tests
 #               run inside an emulated machine (KVMTCG); a KVM test never skips
 #   make test-kvm  only the KVM tests, inside the emulated machine (a second, different KVM)
+#   make race   the engines', formats' and machines' tests under the race detector (CI runs it)
 #   make bench  Go benchmarks (numbers, never pass/fail)
 #   make fuzz   every decoder's fuzzer, FUZZTIME (default 20s) each
 #   make chaos  kill -9 the current primary of a local pair KILLS times (default 200) in a row,
@@ -30,7 +31,7 @@ FUZZERS := ./checkpoint:FuzzDecodeCheckpoint ./checkpoint:FuzzDecodeMessage \
 	./vmm/sim:FuzzDisassemble ./witness:FuzzDecodeLease ./vmm:FuzzDecodeState \
 	./checkpoint/mtls:FuzzHandshake
 
-.PHONY: all build guests test test-kvm test-short run run-checkpoint bench fuzz chaos lint clean
+.PHONY: all build guests test test-kvm test-short race run run-checkpoint bench fuzz chaos lint clean
 
 all: build
 
@@ -55,6 +56,15 @@ test-kvm: guests
 
 test-short: guests
 	$(GO) test -count=1 -short ./...
+
+# The packages whose goroutines share memory most (engines, formats, machines,
+# witness); the multi-process tests of cmd/ftckpt and modes/node are left to
+# make test.
+RACE_PKGS = ./checkpoint/... ./outbuf/... ./dirtylog/... ./modes/checkpoint/... ./modes/replay/... \
+	./modes/session/... ./vmm/... ./witness/...
+
+race: guests
+	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 
 run: build
 	./$(BIN) --mode replay --guest kv
