@@ -257,10 +257,13 @@ func (f *modeFlags) localTLS() (*mtls.Identity, []string, func(), error) {
 // chosen, naming them.
 func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) error {
 	if o.Mode == node.ModeReplay {
-		for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip", "precopy-rounds"} {
+		for _, name := range []string{"epoch", "min-epoch", "max-epoch", "dirty-tracking", "vcpus", "irqchip"} {
 			if changed(name) {
 				return fmt.Errorf("--%s does not apply to --mode replay (one vCPU, userspace interrupts, no epochs)", name)
 			}
+		}
+		if changed("precopy-rounds") {
+			return errors.New("--precopy-rounds applies to --mode checkpoint (replay pre-copies only to a backup that joins a running guest)")
 		}
 		return nil
 	}
