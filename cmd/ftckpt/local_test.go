@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // TestLocalRunEndsOnSIGTERM: a local run (the backup a child process) that
@@ -56,14 +59,9 @@ func TestLocalRunEndsOnSIGTERM(t *testing.T) {
 			case <-time.After(60 * time.Second):
 				t.Fatalf("the local run did not end within a minute of SIGTERM:\n%s", out.String())
 			}
-			for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-				if err := syscall.Kill(child, 0); errors.Is(err, syscall.ESRCH) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the backup process %d outlived the local run by a minute:\n%s", child, out.String())
-				}
-			}
+			vmmtest.WaitUntil(t, fmt.Sprintf("the backup process %d to end with the local run", child), func() bool {
+				return errors.Is(syscall.Kill(child, 0), syscall.ESRCH)
+			})
 		})
 	}
 }

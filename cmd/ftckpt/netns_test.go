@@ -17,6 +17,7 @@ import (
 
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 	"golang.org/x/sys/unix"
 )
@@ -111,17 +112,13 @@ func TestPartitionBetweenHosts(t *testing.T) {
 			ftckptIn(t, hostB, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100", "--disk", filepath.Join(dir, "backup.img")}, common, hostTLS(certs, "10.78.0.2"))...)
 			waitFor(t, &bout, backupReadyPrefix)
 			primary := ftckptIn(t, hostA, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100", "--disk", filepath.Join(dir, "primary.img")}, common, hostTLS(certs, "10.78.0.1"))...)
-			deadline := time.Now().Add(20 * time.Second)
-			for !tc.ready.MatchString(bout.String()) && !tc.ready.MatchString(pout.String()) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the backup never held the guest's state (%v)", tc.ready)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			vmmtest.WaitUntil(t, fmt.Sprintf("the backup to hold the guest's state (%v)", tc.ready), func() bool {
+				return tc.ready.MatchString(bout.String()) || tc.ready.MatchString(pout.String())
+			})
 
 			cut(0) // the link between them: the primary's host's
 			// Each side decides within the failure timeout and a contest.
-			deadline = time.Now().Add(20 * time.Second)
+			deadline := time.Now().Add(20 * time.Second)
 			for {
 				aloneP := strings.Contains(pout.String(), tc.alone)
 				liveB := strings.Contains(bout.String(), "live as primary")
@@ -199,13 +196,9 @@ func TestIsolatedHostRaftWitness(t *testing.T) {
 				ftckptIn(t, backupHost, &bout, slices.Concat([]string{"--role", "backup", "--listen", "10.78.0.2:7100", "--disk", filepath.Join(dir, "backup.img")}, common, hostTLS(certs, "10.78.0.2"))...)
 				waitFor(t, &bout, backupReadyPrefix)
 				primary := ftckptIn(t, primaryHost, &pout, slices.Concat([]string{"--role", "primary", "--peer", "10.78.0.2:7100", "--disk", filepath.Join(dir, "primary.img")}, common, hostTLS(certs, "10.78.0.1"))...)
-				deadline := time.Now().Add(30 * time.Second)
-				for !mode.ready.MatchString(bout.String()) && !mode.ready.MatchString(pout.String()) {
-					if time.Now().After(deadline) {
-						t.Fatalf("the backup never held the guest's state (%v)", mode.ready)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+				vmmtest.WaitUntil(t, fmt.Sprintf("the backup to hold the guest's state (%v)", mode.ready), func() bool {
+					return mode.ready.MatchString(bout.String()) || mode.ready.MatchString(pout.String())
+				})
 
 				winner := "backup-"
 				if isolate == "primary" {
