@@ -76,6 +76,28 @@ func (b *Backup) MirrorDisk(d vmm.Disk) error {
 	return nil
 }
 
+// mirror puts an accepted checkpoint's changes on the backup's own image
+// and compares it with the checkpoint's disk hashes (--verify). An image
+// that fails is fatal (ErrImage: the backup stops); one that differs is a
+// rejection (the committed state is dropped; the caller asks for a full
+// sync). Either way the backup can no longer go live with that state.
+func (b *Backup) mirror(res format.Result) (rejected, fatal error) {
+	if err := b.writeImage(res); err != nil {
+		b.recv.Discard()
+		return nil, err
+	}
+	err := b.verifyImage(res.DiskHashes)
+	if errors.Is(err, ErrImage) {
+		b.recv.Discard()
+		return nil, err
+	}
+	if err != nil {
+		b.log.Error("the disk image differs from the primary's (--verify); dropping the committed state", "err", err)
+		b.recv.Discard()
+	}
+	return err, nil
+}
+
 // writeImage puts on the backup's own image what an accepted checkpoint
 // changed.
 func (b *Backup) writeImage(res format.Result) error {
@@ -147,19 +169,10 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		case format.MsgCheckpoint:
 			res, err := b.recv.Receive(payload)
 			if err == nil && b.mirrored {
-				if err := b.writeImage(res); err != nil {
-					b.recv.Discard()
+				var fatal error
+				if err, fatal = b.mirror(res); fatal != nil {
 					b.publish()
-					return err
-				}
-				if err = b.verifyImage(res.DiskHashes); errors.Is(err, ErrImage) {
-					b.recv.Discard()
-					b.publish()
-					return err
-				}
-				if err != nil {
-					b.log.Error("the disk image differs from the primary's (--verify); dropping the committed state", "err", err)
-					b.recv.Discard()
+					return fatal
 				}
 			}
 			b.publish()
