@@ -158,10 +158,11 @@ type capture struct {
 	// to the link (a pre-copy round waits for it before harvesting the
 	// next).
 	sent chan struct{}
-	// roundPages, on the first message of a pre-copy round sent in
-	// several (sendRound), is the round's pages; cont marks the others.
-	roundPages int
-	cont       bool
+	// roundPages and roundBlocks, on the first message of a pre-copy round
+	// sent in several (sendRound), are the round's pages and disk blocks;
+	// cont marks the others.
+	roundPages, roundBlocks int
+	cont                    bool
 }
 
 // Run replicates the guest over conn until ctx ends, the guest stops (nil),
@@ -384,10 +385,10 @@ func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captu
 // start), and waits until the backup has applied them all (MsgRounds).
 func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, start bool) error {
 	var last *capture
-	total := len(pfns)
+	total, totalBlocks := len(pfns), len(blocks)
 	for len(pfns) > 0 || len(blocks) > 0 || last == nil {
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
-			sent: make(chan struct{}), roundPages: total, cont: last != nil}
+			sent: make(chan struct{}), roundPages: total, roundBlocks: totalBlocks, cont: last != nil}
 		if len(pfns) > 0 || len(blocks) == 0 {
 			n := min(len(pfns), roundChunk)
 			c.pfns, pfns = slices.Clone(pfns[:n]), pfns[n:]
@@ -651,7 +652,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			return
 		}
 		if !c.cont { // a round's later messages go on with it
-			p.syncing.begin(c.hdr, max(len(c.pfns), c.roundPages), p.now())
+			p.syncing.begin(c.hdr, max(len(c.pfns), c.roundPages), max(len(c.blocks), c.roundBlocks), p.now())
 		}
 		for i, pfn := range c.pfns {
 			var page []byte
@@ -727,6 +728,7 @@ func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) err
 		if err := enc.AddDiskBlock(b, block[:n]); err != nil {
 			return fmt.Errorf("encoding disk block %d of %v: %w", b, c.hdr, err)
 		}
+		p.syncing.block()
 	}
 	return nil
 }

@@ -10,8 +10,8 @@ import (
 
 // SyncStep is where a full sync stands: its round (1, every page, read
 // while the guest runs; then the pages dirtied meanwhile; the last, the
-// commit, with the guest paused), the pages of the round and how many of
-// them are encoded.
+// commit, with the guest paused), the pages (and a mirrored disk's blocks)
+// of the round and how many of them are encoded.
 type SyncStep struct {
 	// Round counts from 1; Commit says it is the last.
 	Round  int
@@ -19,6 +19,9 @@ type SyncStep struct {
 	// Pages are the round's pages, Done those encoded so far; AllPages
 	// those of every round so far, this one's included.
 	Pages, Done, AllPages int
+	// Blocks, DoneBlocks and AllBlocks are the same for a mirrored disk's
+	// blocks (DiskBlockSize bytes each).
+	Blocks, DoneBlocks, AllBlocks int
 	// Began is when the sync began, Shipped the bytes of its messages
 	// written so far.
 	Began   time.Time
@@ -35,7 +38,9 @@ type syncTracker struct {
 	step    SyncStep
 	active  bool
 	observe func(SyncStep)
-	done    atomic.Int64 // step.Done, counted without mu
+	// done and doneBlocks are step.Done and step.DoneBlocks, counted
+	// without mu.
+	done, doneBlocks atomic.Int64
 }
 
 // SetSyncObserver has observe told each step of every full sync from now
@@ -54,13 +59,13 @@ func (p *Primary) Syncing() (SyncStep, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.step
-	s.Done = int(t.done.Load())
+	s.Done, s.DoneBlocks = int(t.done.Load()), int(t.doneBlocks.Load())
 	return s, t.active
 }
 
 // begin notes that the sender starts encoding a message of h's kind with
-// pages pages.
-func (t *syncTracker) begin(h format.Header, pages int, now time.Time) {
+// pages pages and blocks disk blocks.
+func (t *syncTracker) begin(h format.Header, pages, blocks int, now time.Time) {
 	if h.Kind != format.KindSyncRound && h.Kind != format.KindSyncCommit {
 		return
 	}
@@ -71,9 +76,11 @@ func (t *syncTracker) begin(h format.Header, pages int, now time.Time) {
 	t.active = true
 	t.step.Round++
 	t.step.Commit = h.Kind == format.KindSyncCommit
-	t.step.Pages = pages
+	t.step.Pages, t.step.Blocks = pages, blocks
 	t.step.AllPages += pages
+	t.step.AllBlocks += blocks
 	t.done.Store(0)
+	t.doneBlocks.Store(0)
 	s, observe := t.step, t.observe
 	t.mu.Unlock()
 	if observe != nil {
@@ -81,8 +88,9 @@ func (t *syncTracker) begin(h format.Header, pages int, now time.Time) {
 	}
 }
 
-// page notes a page encoded.
-func (t *syncTracker) page() { t.done.Add(1) }
+// page notes a page encoded; block a disk block.
+func (t *syncTracker) page()  { t.done.Add(1) }
+func (t *syncTracker) block() { t.doneBlocks.Add(1) }
 
 // sent notes that the message begun last, of h's kind and n bytes, was
 // written.
@@ -97,7 +105,7 @@ func (t *syncTracker) sent(h format.Header, n int) {
 		return
 	}
 	t.active = false
-	t.step.Finished, t.step.Done = true, int(t.done.Load())
+	t.step.Finished, t.step.Done, t.step.DoneBlocks = true, int(t.done.Load()), int(t.doneBlocks.Load())
 	s, observe := t.step, t.observe
 	t.mu.Unlock()
 	if observe != nil {

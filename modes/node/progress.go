@@ -102,6 +102,14 @@ func (pr *progress) stop() {
 // mb is a page count in megabytes.
 func mb(pages int) float64 { return float64(pages) * format.PageSize / 1e6 }
 
+// andBlocks says a count of a mirrored disk's blocks, if any.
+func andBlocks(blocks int) string {
+	if blocks == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" and %d disk blocks (%.1f MB)", blocks, float64(blocks)*format.DiskBlockSize/1e6)
+}
+
 // syncStep reports a step of a checkpoint primary's full sync (its sync
 // observer).
 func (pr *progress) syncStep(s ckmode.SyncStep) {
@@ -110,19 +118,19 @@ func (pr *progress) syncStep(s ckmode.SyncStep) {
 	pr.endBar()
 	if s.Finished {
 		secs := time.Since(s.Began).Seconds()
-		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s) shipped as %.1f MB\n",
-			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), float64(s.Shipped)/1e6)
+		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s)%s shipped as %.1f MB\n",
+			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), andBlocks(s.AllBlocks), float64(s.Shipped)/1e6)
 		return
 	}
-	what := fmt.Sprintf("full sync: round %d, %d pages (%.1f MB) while the guest runs", s.Round, s.Pages, mb(s.Pages))
+	what := fmt.Sprintf("full sync: round %d, %d pages (%.1f MB)%s while the guest runs", s.Round, s.Pages, mb(s.Pages), andBlocks(s.Blocks))
 	if s.Commit {
-		what = fmt.Sprintf("full sync: round %d, the commit: %d pages (%.1f MB) with the guest paused", s.Round, s.Pages, mb(s.Pages))
+		what = fmt.Sprintf("full sync: round %d, the commit: %d pages (%.1f MB)%s with the guest paused", s.Round, s.Pages, mb(s.Pages), andBlocks(s.Blocks))
 	}
 	if !pr.tty {
 		fmt.Fprintln(pr.w, what)
 		return
 	}
-	pr.newBar(fmt.Sprintf("full sync round %d", s.Round), s.Pages)
+	pr.newBarBytes(fmt.Sprintf("full sync round %d", s.Round), int64(s.Pages)*format.PageSize+int64(s.Blocks)*format.DiskBlockSize)
 }
 
 // redrawSync moves the bar of p's sync round on.
@@ -131,7 +139,7 @@ func (pr *progress) redrawSync(p *ckmode.Primary) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if ok && pr.bar != nil {
-		pr.bar.Set64(int64(s.Done) * format.PageSize)
+		pr.bar.Set64(int64(s.Done)*format.PageSize + int64(s.DoneBlocks)*format.DiskBlockSize)
 	}
 }
 
@@ -187,7 +195,13 @@ func (pr *progress) precopy(s *replay.Stats, last precopyState) precopyState {
 // newBar starts a bar for pages.
 // Precondition: mu held.
 func (pr *progress) newBar(desc string, pages int) {
-	pr.bar = progressbar.NewOptions64(int64(pages)*format.PageSize,
+	pr.newBarBytes(desc, int64(pages)*format.PageSize)
+}
+
+// newBarBytes starts a bar of total bytes.
+// Precondition: mu held.
+func (pr *progress) newBarBytes(desc string, total int64) {
+	pr.bar = progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(pr.w), progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true), progressbar.OptionSetWidth(30),
 		progressbar.OptionThrottle(progressTick), progressbar.OptionShowElapsedTimeOnFinish(),
