@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -100,6 +101,22 @@ func wrapSend(t MsgType, err error) error {
 // Next reads one message. The payload is valid until the next call.
 func (l *Link) Next() (MsgType, []byte, error) {
 	return l.r.Next()
+}
+
+// ErrSilent is NextWithin's error when nothing arrived in time.
+var ErrSilent = errors.New("peer silent")
+
+// NextWithin reads one message, failing with an error wrapping ErrSilent
+// if none arrives within timeout (the follower's failure detector: a
+// primary sends heartbeats at least that often). The payload is valid
+// until the next call.
+func (l *Link) NextWithin(timeout time.Duration) (MsgType, []byte, error) {
+	l.conn.SetReadDeadline(l.now().Add(timeout))
+	t, payload, err := l.r.Next()
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		return 0, nil, fmt.Errorf("%w for %v", ErrSilent, timeout)
+	}
+	return t, payload, err
 }
 
 // SilentFor is how long nothing arrived from the peer.

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -113,5 +114,21 @@ func TestLinkSendWaitsForAPeerThatSpeaks(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("a send to a peer that neither reads nor speaks is still blocked after a minute")
+	}
+}
+
+// NextWithin fails with ErrSilent when nothing arrives in time, and reads
+// a message that does.
+func TestNextWithin(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	l := NewLink(a, DefaultMaxCheckpoint, nil)
+	if _, _, err := l.NextWithin(30 * time.Millisecond); !errors.Is(err, ErrSilent) {
+		t.Fatalf("nothing sent: %v, want ErrSilent", err)
+	}
+	go WriteMessage(b, MsgHeartbeat, Heartbeat{Seq: 7}.Append(nil))
+	if typ, _, err := l.NextWithin(10 * time.Second); err != nil || typ != MsgHeartbeat {
+		t.Fatalf("a heartbeat sent: %v, %v", typ, err)
 	}
 }

@@ -156,13 +156,8 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 			return err
 		default:
 		}
-		conn.SetReadDeadline(b.now().Add(b.cfg.FailureTimeout))
-		t, payload, err := l.Next()
+		t, payload, err := l.NextWithin(b.cfg.FailureTimeout)
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("primary silent for %v", b.cfg.FailureTimeout)
-			}
 			return fmt.Errorf("reading from the primary: %w", err)
 		}
 		switch t {

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/outbuf"
@@ -170,13 +169,8 @@ func (b *Backup) receive(ctx context.Context, l *format.Link) {
 	next := uint64(0) // the LSN expected next; 0 before the first batch
 	gapped := false   // entries were lost: wait for a sync
 	for {
-		l.Conn().SetReadDeadline(time.Now().Add(b.cfg.FailureTimeout))
-		t, payload, err := l.Next()
+		t, payload, err := l.NextWithin(b.cfg.FailureTimeout)
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				err = fmt.Errorf("primary silent for %v", b.cfg.FailureTimeout)
-			}
 			b.q.close(err)
 			return
 		}
