@@ -26,7 +26,7 @@ func (d *deviceFlags) add(cmd *cobra.Command) {
 
 // addMode adds --disk-mode, which only a protected run has.
 func (d *deviceFlags) addMode(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&d.diskMode, "disk-mode", "auto", `shared: both hosts open the one image --disk names; mirrored: each host its own, kept equal by the checkpoints (or the log) and copied to a backup that joins; auto: mirrored with --role (hosts apart), shared on a local run (whose backups then get --disk's image with ".mirror" added or removed)`)
+	cmd.Flags().StringVar(&d.diskMode, "disk-mode", "auto", `shared: both hosts open the one image --disk names; mirrored: each host its own, kept equal by the checkpoints (or the log) and copied to a backup that joins; auto: mirrored with --role (hosts apart), shared on a local run. A local run's mirrored backups get --disk's image with ".mirror" added or removed`)
 }
 
 // resolveMode is --disk-mode, auto resolved: mirrored for a node given its
