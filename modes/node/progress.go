@@ -130,7 +130,7 @@ func (pr *progress) syncStep(s ckmode.SyncStep) {
 		fmt.Fprintln(pr.w, what)
 		return
 	}
-	pr.newBarBytes(fmt.Sprintf("full sync round %d", s.Round), int64(s.Pages)*format.PageSize+int64(s.Blocks)*format.DiskBlockSize)
+	pr.newBar(fmt.Sprintf("full sync round %d", s.Round), int64(s.Pages)*format.PageSize+int64(s.Blocks)*format.DiskBlockSize)
 }
 
 // redrawSync moves the bar of p's sync round on.
@@ -157,6 +157,7 @@ type precopyState struct {
 // between two looks shows only as its end (the pages pre-copied grew).
 func (pr *progress) precopy(s *replay.Stats, last precopyState) precopyState {
 	pass, left, pages := s.PrecopyPass.Load(), s.PrecopyLeft.Load(), s.PrecopyPassPages.Load()
+	blocks, blocksLeft := s.PrecopyPassBlocks.Load(), s.PrecopyBlocksLeft.Load()
 	copied := s.Precopied.Load() // grows before the pass goes back to 0
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
@@ -181,26 +182,20 @@ func (pr *progress) precopy(s *replay.Stats, last precopyState) precopyState {
 		cur.pass, cur.pages = pass, pages
 		pr.endBar()
 		if !pr.tty {
-			fmt.Fprintf(pr.w, "pre-copy: pass %d, %d pages (%.1f MB) while the guest runs\n", pass, pages, mb(int(pages)))
+			fmt.Fprintf(pr.w, "pre-copy: pass %d, %d pages (%.1f MB)%s while the guest runs\n", pass, pages, mb(int(pages)), andBlocks(int(blocks)))
 			return cur
 		}
-		pr.newBar(fmt.Sprintf("pre-copy pass %d", pass), int(pages))
+		pr.newBar(fmt.Sprintf("pre-copy pass %d", pass), int64(pages)*format.PageSize+int64(blocks)*format.DiskBlockSize)
 	}
 	if pr.bar != nil {
-		pr.bar.Set64(int64(pages-min(left, pages)) * format.PageSize)
+		pr.bar.Set64(int64(pages-min(left, pages))*format.PageSize + int64(blocks-min(blocksLeft, blocks))*format.DiskBlockSize)
 	}
 	return cur
 }
 
-// newBar starts a bar for pages.
+// newBar starts a bar of total bytes.
 // Precondition: mu held.
-func (pr *progress) newBar(desc string, pages int) {
-	pr.newBarBytes(desc, int64(pages)*format.PageSize)
-}
-
-// newBarBytes starts a bar of total bytes.
-// Precondition: mu held.
-func (pr *progress) newBarBytes(desc string, total int64) {
+func (pr *progress) newBar(desc string, total int64) {
 	pr.bar = progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(pr.w), progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true), progressbar.OptionSetWidth(30),

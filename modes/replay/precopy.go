@@ -116,7 +116,9 @@ func (p *Primary) precopyStep() error {
 	pass := uint64(pc.plan.Pass())
 	if p.Stats.PrecopyPass.Load() != pass {
 		p.Stats.PrecopyPassPages.Store(uint64(len(pc.todo)))
+		p.Stats.PrecopyPassBlocks.Store(uint64(len(pc.blocks)))
 	}
+	p.Stats.PrecopyBlocksLeft.Store(uint64(len(pc.blocks)))
 	p.Stats.PrecopyPass.Store(pass)
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	// A message of pages, or once they are sent, of blocks.

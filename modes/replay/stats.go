@@ -22,9 +22,12 @@ type Stats struct {
 	// its pass (0: none in progress) and the pages left in that pass.
 	PrecopyPass, PrecopyLeft atomic.Uint64
 	PrecopyPassPages         atomic.Uint64 // pages of the pass in progress
-	Resyncs                  atomic.Uint64 // full checkpoints the backup asked for
-	BackupsLost              atomic.Uint64 // times the primary went on alone
-	RxDropped                atomic.Uint64 // received frames dropped: the queue was full
+	// PrecopyPassBlocks and PrecopyBlocksLeft are the same for a mirrored
+	// disk's blocks.
+	PrecopyPassBlocks, PrecopyBlocksLeft atomic.Uint64
+	Resyncs                              atomic.Uint64 // full checkpoints the backup asked for
+	BackupsLost                          atomic.Uint64 // times the primary went on alone
+	RxDropped                            atomic.Uint64 // received frames dropped: the queue was full
 
 	// Backup.
 	Replayed       atomic.Uint64 // entries applied
