@@ -250,7 +250,7 @@ func (p *pair) flushedDurably(disk *vmmtest.MemDisk) func(n uint64) error {
 // witness over the link's failure), its link is cut. With host, the host
 // dies too: the disk's write cache loses what was not flushed.
 func (p *pair) crashPrimary(host bool) {
-	p.pg.Pause()
+	p.pg.Halt() // not Pause: a capture under way would resume it
 	p.cutP()
 	p.cancelP()
 	vmmtest.Receive(p.t, "the crashed primary's Run to return", p.pDone)

@@ -49,9 +49,11 @@ type simGuest struct {
 	mem   []byte
 	pages uint64
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	paused  bool // requested
+	mu     sync.Mutex
+	cond   *sync.Cond
+	paused bool // requested
+	// halted is set by Halt: the guest's host died; no Resume undoes it.
+	halted  bool
 	inStep  bool
 	dirty   *machine.Bitmap
 	started bool
@@ -167,7 +169,7 @@ func (g *simGuest) run() {
 	defer close(g.stopped)
 	for {
 		g.mu.Lock()
-		for g.paused || (g.pending == 0 && g.requests && !g.hasRequestLocked()) {
+		for g.paused || g.halted || (g.pending == 0 && g.requests && !g.hasRequestLocked()) {
 			g.cond.Wait()
 		}
 		g.inStep = true
@@ -318,6 +320,18 @@ func (g *simGuest) Pause() error {
 		g.cond.Wait()
 	}
 	return nil
+}
+
+// Halt stops the guest for good, as its host's death does, once any step
+// under way has ended: unlike Pause, the engine's next Resume (a capture
+// that was under way) does not start it again.
+func (g *simGuest) Halt() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.halted = true
+	for g.inStep {
+		g.cond.Wait()
+	}
 }
 
 func (g *simGuest) Resume() error {
