@@ -183,8 +183,11 @@ func freeUDPPort() (string, error) {
 // software machine).
 type instructions interface{ Instructions() uint64 }
 
+// minEpochs is the fewest epochs a checkpoint-mode window lasts.
+const minEpochs = 4
+
 // measure waits for the configuration to be ready and the load to run,
-// then samples it over p.Duration.
+// then samples it over p.Duration (at least minEpochs of its epochs).
 func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup *node.Node, con *guests.MemtouchConsole, netSpec string) (*Result, error) {
 	deadline := time.Now().Add(readyWait)
 	for !ready(primary, backup) {
@@ -267,7 +270,9 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 		}
 	}
 	a := take()
-	err := sleep(ctx, p.Duration, primary, backup)
+	// A window holds at least minEpochs epochs: fewer measure how an
+	// epoch falls in the window, not the mode.
+	err := sleep(ctx, max(p.Duration, minEpochs*c.Epoch), primary, backup)
 	if err == nil && steps != nil {
 		err = nextStep(ctx, steps, primary, backup)
 	}
