@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -437,8 +438,10 @@ func (m *Machine) pause(saving bool) error {
 	for _, d := range m.devices {
 		d.Quiesce()
 	}
+	slow := time.AfterFunc(slowPause, m.logSlowPause)
 	m.requestPauseLocked()
 	m.awaitParkedLocked()
+	slow.Stop()
 	if m.state == stateRunning {
 		m.state = statePaused
 	}
@@ -446,6 +449,23 @@ func (m *Machine) pause(saving bool) error {
 		return m.stopReasonLocked()
 	}
 	return nil
+}
+
+// slowPause is how long a pause may wait for the vCPUs to stop, or for
+// their state, before it says so (logSlowPause, waitCapturedLocked): both
+// take a millisecond or so, even on nested KVM.
+const slowPause = time.Second
+
+// logSlowPause logs, once, where a pause that has waited slowPause for the
+// vCPUs stands: how many parked, and which were kicked. Called on its own
+// goroutine; it reads only atomics, as the pausing thread holds mu.
+func (m *Machine) logSlowPause() {
+	kicked := make([]bool, len(m.vcpus))
+	for i, v := range m.vcpus {
+		kicked[i] = v.pauseKicked.Load()
+	}
+	slog.Warn("vmm: a pause is still waiting for its vCPUs to stop", "after", slowPause,
+		"parked", m.parked.Load(), "vcpus", len(m.vcpus), "kicked", kicked, "pause requested", m.pauseReq.Load())
 }
 
 // waitSpin is how long a waiter for the vCPUs (to park, to finish their
@@ -490,6 +510,10 @@ func (m *Machine) waitCapturedLocked() {
 	if m.saving && !m.stopping {
 		m.spinLocked(func() bool { return m.capturesLeft.Load() == 0 })
 	}
+	slow := time.AfterFunc(slowPause, func() {
+		slog.Warn("vmm: a pause is still waiting for the vCPUs' state", "after", slowPause, "captures left", m.capturesLeft.Load(), "vcpus", len(m.vcpus))
+	})
+	defer slow.Stop()
 	for m.saving && m.capturesLeft.Load() > 0 && !m.stopping {
 		m.cond.Wait()
 	}
