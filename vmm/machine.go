@@ -130,8 +130,9 @@ type Machine struct {
 	// machine).
 	stepped bool
 
-	// pauseReq is set while vCPUs are asked to stop entering the guest. It is
-	// read by vCPU threads without mu.
+	// pauseReq is set while vCPUs are asked to stop entering the guest, only
+	// once every vCPU's immediate_exit is (requestPauseLocked). It is
+	// written under mu and read by vCPU threads without it.
 	pauseReq atomic.Bool
 
 	// haltMu and haltCond wake vCPUs halted in HLT (userspace interrupts
@@ -524,12 +525,20 @@ func (m *Machine) waitCapturedLocked() {
 // signal kicks a vCPU that is already inside it.
 // Precondition: mu is held.
 func (m *Machine) requestPauseLocked() {
-	if m.pauseReq.Swap(true) {
+	if m.pauseReq.Load() { // mu held: no other requester
 		return
 	}
+	// Every immediate_exit before pauseReq: a vCPU that sees pauseReq kicks
+	// the others not kicked yet (helpKick), and a kick that lands while its
+	// target is out of KVM_RUN does nothing. Its immediate_exit, set before
+	// the kick could be sent, is what stops the target's next entry; set
+	// after, the target could enter the guest between the kick and the
+	// store, and never be kicked again (a pause that never ended, seen in
+	// the emulated KVM with 4 vCPUs).
 	for _, v := range m.vcpus {
 		v.setImmediateExit(true)
 	}
+	m.pauseReq.Store(true)
 	for _, v := range m.vcpus {
 		v.kickForPause()
 	}
