@@ -102,6 +102,21 @@ type writeLog struct {
 	writes []write
 }
 
+// mirror gives c's primary disk the contents initial (1 MiB) and returns a
+// fresh image of that size for the backup's own (mirrored) disk.
+func (c *cluster) mirror(initial []byte) *vmm.FileDisk {
+	c.t.Helper()
+	if _, err := c.disk.WriteAt(initial, 0); err != nil {
+		c.t.Fatal(err)
+	}
+	img, err := vmm.CreateFileDisk(filepath.Join(c.t.TempDir(), "backup.img"), 1<<20)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { img.Close() })
+	return img
+}
+
 // logBackupWrites has c's backup machine record its disk writes.
 func logBackupWrites(c *cluster) *writeLog {
 	l := &writeLog{}
@@ -365,14 +380,7 @@ func TestMirroredDiskHoldsTheGuestsHistory(t *testing.T) {
 			for j := len(initial) - 100<<10; j < len(initial); j++ {
 				initial[j] = byte(rng.Intn(256))
 			}
-			if _, err := c.disk.WriteAt(initial, 0); err != nil {
-				t.Fatal(err)
-			}
-			img, err := vmm.CreateFileDisk(filepath.Join(t.TempDir(), "backup.img"), 1<<20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { img.Close() })
+			img := c.mirror(initial)
 			c.bImage = img
 			backupWrites := logBackupWrites(c)
 			c.start()
@@ -415,14 +423,7 @@ func TestVerifyComparesTheMirroredImage(t *testing.T) {
 	for j := 700 << 10; j < len(initial); j++ {
 		initial[j] = byte(j * 7)
 	}
-	if _, err := c.disk.WriteAt(initial, 0); err != nil {
-		t.Fatal(err)
-	}
-	img, err := vmm.CreateFileDisk(filepath.Join(t.TempDir(), "backup.img"), 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { img.Close() })
+	img := c.mirror(initial)
 	c.bImage = &flipOnce{Disk: img, at: 900 << 10}
 	backupWrites := logBackupWrites(c)
 	c.start()
