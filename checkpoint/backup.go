@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
-	"math/bits"
 
 	"github.com/pierrec/lz4/v4"
 )
@@ -247,9 +246,7 @@ func (b *Backup) stageAll() error {
 	if h.Kind == KindSyncCommit {
 		have := uint64(0)
 		if !start {
-			for _, w := range b.covered {
-				have += uint64(bits.OnesCount64(w))
-			}
+			have = ones(b.covered)
 		}
 		for _, r := range ck.Pages {
 			if start || !b.isCovered(r.PFN) {

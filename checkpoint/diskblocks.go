@@ -150,11 +150,16 @@ func (b *blockEncoder) begin(start bool) {
 // allSent says whether the sync in progress has sent every block (true
 // without a mirrored disk).
 func (b *blockEncoder) allSent() bool {
+	return b.size == 0 || ones(b.sent) == DiskBlocks(b.size)
+}
+
+// ones is the number of bits set in a bitset.
+func ones(words []uint64) uint64 {
 	n := uint64(0)
-	for _, w := range b.sent {
+	for _, w := range words {
 		n += uint64(bits.OnesCount64(w))
 	}
-	return b.size == 0 || n == DiskBlocks(b.size)
+	return n
 }
 
 // appendSection appends the disk-blocks section if the checkpoint has
@@ -314,9 +319,7 @@ func (b *Backup) stageBlocks(start, commit bool) error {
 	if commit && bb.size > 0 {
 		have := uint64(0)
 		if !start {
-			for _, w := range bb.covered {
-				have += uint64(bits.OnesCount64(w))
-			}
+			have = ones(bb.covered)
 		}
 		for _, r := range ck.Blocks {
 			if start || bb.covered[r.Index/64]&(1<<(r.Index%64)) == 0 {
