@@ -1,0 +1,380 @@
+// Package cow copies pages of a memory mapping as they are at one moment
+// without keeping the mapping's writers stopped for the copy. The pages are
+// write-protected with userfaultfd; each is then copied before its first
+// write after that moment (the writer waits for the copy, in the kernel) or
+// in the background, whichever comes first. QEMU's background snapshot
+// does the same for a whole snapshot; the checkpoint primary does it for an
+// epoch's dirty pages, so that the guest resumes before they are copied.
+//
+// A write to a protected page by any thread — a vCPU inside KVM_RUN (KVM
+// faults the page in with the writer's page tables), a device goroutine
+// writing guest memory — waits until the page is copied and unprotected.
+// The region's own goroutines do the copying and never write to the
+// mapping, so they cannot wait on themselves.
+package cow
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PageSize is the unit of protection and copying.
+const PageSize = 4096
+
+const (
+	// faultAhead is how many pages a fault copies from the faulting one on
+	// (within its run), unprotecting them together: a guest writing pages
+	// in order then waits once per faultAhead pages, not once per page (a
+	// wait costs 15–30 µs on a nested host, the copy of a page under 1).
+	faultAhead = 32
+	// chunkPages is how many pages the background copier copies before it
+	// unprotects them in one UFFDIO_WRITEPROTECT (each call also makes KVM
+	// drop its mappings of the range, so fewer, larger calls are cheaper).
+	chunkPages = 64
+)
+
+// ErrUnsupported is Register's error where userfaultfd write protection is
+// unavailable: a kernel before 5.7, or userfaultfd forbidden (a seccomp
+// filter, vm.unprivileged_userfaultfd for a user without CAP_SYS_PTRACE).
+var ErrUnsupported = errors.New("userfaultfd write protection is unavailable")
+
+// A Region is a mapping registered for write-protect faults, taking one
+// Snapshot at a time.
+type Region struct {
+	mem  []byte
+	base uint64
+	fd   int // the userfaultfd
+	stop int // an eventfd, written by Close to end the fault handler
+	// handled is closed when the fault handler returns.
+	handled chan struct{}
+
+	// mu serializes Snapshot and Close, and protects closed.
+	mu     sync.Mutex
+	closed bool
+	// cur is the snapshot under way, nil when none: how the fault handler
+	// finds the page a writer waits for.
+	cur atomic.Pointer[Snapshot]
+}
+
+// Register prepares mem (page-aligned, anonymous or shared memory) for
+// snapshots. Nothing is protected until Snapshot. Close releases it.
+func Register(mem []byte) (*Region, error) {
+	if len(mem) == 0 || len(mem)%PageSize != 0 || addressOf(mem)%PageSize != 0 {
+		return nil, fmt.Errorf("registering %d bytes for write protection: not whole pages", len(mem))
+	}
+	// Not UFFD_USER_MODE_ONLY: KVM's own faults on guest memory are kernel
+	// faults, and they are the ones that matter.
+	fd, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
+	if errno != 0 {
+		return nil, fmt.Errorf("%w: userfaultfd: %w", ErrUnsupported, errno)
+	}
+	r := &Region{mem: mem, base: addressOf(mem), fd: int(fd), stop: -1, handled: make(chan struct{})}
+	if err := r.setUp(); err != nil {
+		unix.Close(r.fd)
+		if r.stop >= 0 {
+			unix.Close(r.stop)
+		}
+		return nil, err
+	}
+	go r.handleFaults()
+	return r, nil
+}
+
+// setUp negotiates write protection, registers the mapping and makes the
+// handler's stop event.
+func (r *Region) setUp() error {
+	features, err := apiHandshake(r.fd, UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	if features&UFFD_FEATURE_PAGEFAULT_FLAG_WP == 0 {
+		return fmt.Errorf("%w: the kernel lacks UFFD_FEATURE_PAGEFAULT_FLAG_WP", ErrUnsupported)
+	}
+	ioctls, err := register(r.fd, r.base, uint64(len(r.mem)), UFFDIO_REGISTER_MODE_WP)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	if ioctls&(1<<_UFFDIO_WRITEPROTECT) == 0 {
+		return fmt.Errorf("%w: UFFDIO_WRITEPROTECT is not offered for this memory", ErrUnsupported)
+	}
+	if r.stop, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	return nil
+}
+
+// Close waits for the snapshot under way to finish, then releases the
+// region (its pages are all unprotected by then). The mapping stays.
+func (r *Region) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if s := r.cur.Load(); s != nil {
+		<-s.done
+	}
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, err := unix.Write(r.stop, one[:])
+	<-r.handled
+	return errors.Join(err, unix.Close(r.fd), unix.Close(r.stop))
+}
+
+// protect write-protects (on) or unprotects n pages from pfn; unprotecting
+// lets the writers waiting on them go on.
+func (r *Region) protect(pfn, n uint64, on bool) error {
+	return writeProtect(r.fd, r.base+pfn*PageSize, n*PageSize, on)
+}
+
+// handleFaults answers write-protect faults until Close: it copies the
+// page a writer waits for (and the next ones of its run) into the snapshot
+// under way and unprotects them. If it cannot read faults any more, it
+// unprotects the whole mapping so that no writer waits forever, and fails
+// the snapshot under way.
+func (r *Region) handleFaults() {
+	defer close(r.handled)
+	fds := []unix.PollFd{{Fd: int32(r.fd), Events: unix.POLLIN}, {Fd: int32(r.stop), Events: unix.POLLIN}}
+	buf := make([]byte, 64*msgSize)
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == nil && fds[1].Revents != 0 {
+			return
+		}
+		var n int
+		if err == nil {
+			n, err = unix.Read(r.fd, buf)
+		}
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			r.release(fmt.Errorf("reading write-protect faults: %w", err))
+			return
+		}
+		for m := buf[:n]; len(m) >= msgSize; m = m[msgSize:] {
+			if m[msgEventOffset] != UFFD_EVENT_PAGEFAULT || binary.NativeEndian.Uint64(m[msgFaultFlagsOffset:])&UFFD_PAGEFAULT_FLAG_WP == 0 {
+				continue // registered for write protection only: nothing else comes
+			}
+			pfn := (binary.NativeEndian.Uint64(m[msgFaultAddrOffset:]) - r.base) / PageSize
+			if err := r.fault(pfn); err != nil {
+				r.release(err)
+				return
+			}
+		}
+	}
+}
+
+// fault answers a writer waiting on page pfn.
+func (r *Region) fault(pfn uint64) error {
+	if s := r.cur.Load(); s != nil {
+		if handled, err := s.copyForWriter(pfn); handled || err != nil {
+			return err
+		}
+	}
+	// Not a page of the snapshot under way: the background copier has
+	// unprotected it since the fault was queued. Make sure and wake.
+	return r.protect(pfn, 1, false)
+}
+
+// release unprotects the whole mapping after a failure of the fault
+// handler, failing the snapshot under way (its pages may now change before
+// they are copied).
+func (r *Region) release(err error) {
+	if s := r.cur.Load(); s != nil {
+		s.fail(err)
+	}
+	if uerr := r.protect(0, uint64(len(r.mem))/PageSize, false); uerr != nil {
+		// Writers may wait forever: nothing else can be done from here.
+		panic(fmt.Sprintf("cow: %v, and unprotecting the mapping failed: %v", err, uerr))
+	}
+}
+
+// Page states in a Snapshot.
+const (
+	pending uint32 = iota // not copied yet
+	claimed               // being copied by the copier or the fault handler
+	copied                // in dst
+)
+
+// run is pages [pfn, pfn+n) of the mapping, at page at of dst.
+type run struct{ pfn, n, at uint64 }
+
+// A Snapshot is pages of a Region being copied as they were when it was
+// taken.
+type Snapshot struct {
+	r     *Region
+	dst   []byte
+	runs  []run
+	state []atomic.Uint32 // by page of dst
+	began time.Time
+
+	done chan struct{} // closed when every page is copied and unprotected
+	// errMu protects err, set by fail; read after done.
+	errMu  sync.Mutex
+	err    error
+	took   time.Duration // set before done closes
+	faults atomic.Uint64
+}
+
+// Snapshot write-protects pages pfns (ascending) of the mapping and starts
+// copying them into dst, page i of pfns at dst[i*PageSize:]: each is copied
+// before it is next written, or sooner in the background. Wait says when
+// all are in dst. A snapshot still under way is waited for first.
+// Precondition: no thread writes to the mapping during the call (the guest
+// is paused); writers may go on as soon as it returns. On an error nothing
+// is protected and nothing is written to dst.
+func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, errors.New("snapshot of a closed region")
+	}
+	if s := r.cur.Load(); s != nil {
+		<-s.done
+	}
+	if len(dst) < len(pfns)*PageSize {
+		return nil, fmt.Errorf("snapshot of %d pages into %d bytes", len(pfns), len(dst))
+	}
+	s := &Snapshot{r: r, dst: dst, state: make([]atomic.Uint32, len(pfns)), began: time.Now(), done: make(chan struct{})}
+	pages := uint64(len(r.mem)) / PageSize
+	for i, pfn := range pfns {
+		if pfn >= pages || (i > 0 && pfn <= pfns[i-1]) {
+			return nil, fmt.Errorf("snapshot: page %d (the %d-th) is beyond the mapping's %d pages or out of order", pfn, i, pages)
+		}
+		if k := len(s.runs) - 1; k >= 0 && s.runs[k].pfn+s.runs[k].n == pfn {
+			s.runs[k].n++
+		} else {
+			s.runs = append(s.runs, run{pfn: pfn, n: 1, at: uint64(i)})
+		}
+	}
+	r.cur.Store(s) // before protecting: a fault finds what it must copy
+	for i, rn := range s.runs {
+		if err := r.protect(rn.pfn, rn.n, true); err != nil {
+			s.abandon(s.runs[:i])
+			return nil, err
+		}
+	}
+	go s.copyAll()
+	return s, nil
+}
+
+// Runs is how many ranges of consecutive pages the snapshot protected (one
+// UFFDIO_WRITEPROTECT each).
+func (s *Snapshot) Runs() int { return len(s.runs) }
+
+// Wait returns once every page is in dst, with the error that spoiled the
+// copy, if one did.
+func (s *Snapshot) Wait() error {
+	<-s.done
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
+// Took is how long the pages took to be copied and unprotected, from
+// Snapshot. Call after Wait.
+func (s *Snapshot) Took() time.Duration { return s.took }
+
+// Faults is how many writes waited for a page of the snapshot.
+func (s *Snapshot) Faults() uint64 { return s.faults.Load() }
+
+func (s *Snapshot) fail(err error) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// abandon undoes a Snapshot that could not protect all its runs: it
+// unprotects those it did, and takes every page from the fault handler
+// (waiting for the ones it is copying), so that nothing writes to dst
+// after Snapshot returns.
+func (s *Snapshot) abandon(protected []run) {
+	for _, rn := range protected {
+		if err := s.r.protect(rn.pfn, rn.n, false); err != nil {
+			panic(fmt.Sprintf("cow: unprotecting pages %d+%d of an abandoned snapshot: %v", rn.pfn, rn.n, err))
+		}
+	}
+	for i := range s.state {
+		if !s.state[i].CompareAndSwap(pending, copied) {
+			s.waitCopied(uint64(i))
+		}
+	}
+	s.r.cur.Store(nil)
+	close(s.done)
+}
+
+// copyAll is the background copier: it copies every page not yet copied,
+// a chunk at a time, and unprotects each chunk once all its pages are in
+// dst (whoever copied them).
+func (s *Snapshot) copyAll() {
+	for _, rn := range s.runs {
+		for c := uint64(0); c < rn.n; c += chunkPages {
+			first, end := rn.at+c, rn.at+min(c+chunkPages, rn.n)
+			for i := first; i < end; i++ {
+				s.claimAndCopy(i, rn.pfn+(i-rn.at))
+			}
+			for i := first; i < end; i++ {
+				s.waitCopied(i)
+			}
+			if err := s.r.protect(rn.pfn+c, end-first, false); err != nil {
+				s.r.release(fmt.Errorf("unprotecting copied pages: %w", err))
+			}
+		}
+	}
+	s.took = time.Since(s.began)
+	s.r.cur.CompareAndSwap(s, nil)
+	close(s.done)
+}
+
+// copyForWriter copies page pfn, and up to faultAhead-1 pages after it in
+// its run, and unprotects those copied, for a writer waiting on pfn. It
+// reports false if pfn is not a page of the snapshot.
+func (s *Snapshot) copyForWriter(pfn uint64) (bool, error) {
+	k := sort.Search(len(s.runs), func(k int) bool { return s.runs[k].pfn+s.runs[k].n > pfn })
+	if k == len(s.runs) || s.runs[k].pfn > pfn {
+		return false, nil
+	}
+	rn := s.runs[k]
+	first := rn.at + (pfn - rn.pfn)
+	end := min(first+faultAhead, rn.at+rn.n)
+	for i := first; i < end; i++ {
+		s.claimAndCopy(i, rn.pfn+(i-rn.at))
+	}
+	s.waitCopied(first) // it may have been the copier's
+	n := uint64(1)
+	for first+n < end && s.state[first+n].Load() == copied {
+		n++
+	}
+	s.faults.Add(1)
+	return true, s.r.protect(pfn, n, false)
+}
+
+// claimAndCopy copies page i of the snapshot, the mapping's page pfn, into
+// dst unless another goroutine has claimed it.
+func (s *Snapshot) claimAndCopy(i, pfn uint64) {
+	if !s.state[i].CompareAndSwap(pending, claimed) {
+		return
+	}
+	copy(s.dst[i*PageSize:(i+1)*PageSize], s.r.mem[pfn*PageSize:])
+	s.state[i].Store(copied)
+}
+
+// waitCopied waits for page i, claimed by another goroutine, to be copied:
+// a copy of one page, so a yield or two.
+func (s *Snapshot) waitCopied(i uint64) {
+	for s.state[i].Load() != copied {
+		runtime.Gosched()
+	}
+}
