@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftckpt/ftckpt/vmm/cow"
 )
 
 // PageSize is the granularity of guest memory tracking.
@@ -66,6 +69,12 @@ type GuestMemory struct {
 	// (64 GiB of RAM is 256 Ki words, a 4 Ki-word summary).
 	vmmDirty   []uint64
 	vmmSummary []uint64
+
+	// cowOnce registers the memory for copy-on-write snapshots at the
+	// first CopyOnWrite; cow is the region, cowErr why there is none.
+	cowOnce sync.Once
+	cow     *cow.Region
+	cowErr  error
 }
 
 // NewGuestMemory maps size bytes of anonymous, lazily allocated memory.
@@ -104,14 +113,33 @@ func ValidateMemSize(size int64) error {
 	return nil
 }
 
-// Close unmaps the memory. The memory must not be used afterwards.
+// Close unmaps the memory, after a copy-on-write snapshot under way has
+// finished. The memory must not be used afterwards.
 func (m *GuestMemory) Close() error {
 	if m.host == nil {
 		return nil
 	}
-	err := unix.Munmap(m.host)
+	var err error
+	if m.cow != nil {
+		err = m.cow.Close()
+	}
+	err = errors.Join(err, unix.Munmap(m.host))
 	m.host = nil
 	return err
+}
+
+// CopyOnWrite starts copying RAM pages pfns (ascending) into dst, page i
+// at dst[i*PageSize:], as they are now, without holding up their writers
+// for the copy: see package cow. Its error wraps cow.ErrUnsupported where
+// the host cannot (the caller copies the pages itself).
+// Precondition: nothing writes guest memory during the call (the machine
+// is paused); one call at a time.
+func (m *GuestMemory) CopyOnWrite(pfns []uint64, dst []byte) (*cow.Snapshot, error) {
+	m.cowOnce.Do(func() { m.cow, m.cowErr = cow.Register(m.host) })
+	if m.cowErr != nil {
+		return nil, m.cowErr
+	}
+	return m.cow.Snapshot(pfns, dst)
 }
 
 // Size is the number of bytes of RAM.

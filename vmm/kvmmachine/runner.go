@@ -32,7 +32,10 @@ type Runner struct {
 	Tracker Tracker
 }
 
-var _ machine.PauseSaver = (*Runner)(nil)
+var (
+	_ machine.PauseSaver   = (*Runner)(nil)
+	_ machine.CopyOnWriter = (*Runner)(nil)
+)
 
 // Memory implements machine.Runner.
 func (g *Runner) Memory() []byte { return g.M.Memory().Bytes() }
@@ -41,6 +44,18 @@ func (g *Runner) Memory() []byte { return g.M.Memory().Bytes() }
 // back, so a plain copy is what a live read is.
 func (g *Runner) CopyLive(dst []byte, pfn uint64) {
 	copy(dst, g.M.Memory().Page(pfn))
+}
+
+// CopyOnWrite implements machine.CopyOnWriter with userfaultfd write
+// protection of the guest's memory (vmm.GuestMemory.CopyOnWrite): KVM
+// faults a protected page in for a vCPU's write with the VMM's page
+// tables, so the vCPU waits for the copy as a VMM thread would.
+func (g *Runner) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, error), error) {
+	s, err := g.M.Memory().CopyOnWrite(pfns, dst)
+	if err != nil {
+		return nil, err
+	}
+	return func() (uint64, error) { err := s.Wait(); return s.Faults(), err }, nil
 }
 
 // Pause implements machine.Runner.

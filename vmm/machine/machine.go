@@ -57,6 +57,20 @@ type Runner interface {
 	Stopped() <-chan struct{}
 }
 
+// CopyOnWriter is a Runner that can copy pages after it resumes, so that
+// an epoch's pause does not grow with its dirty pages.
+type CopyOnWriter interface {
+	Runner
+	// CopyOnWrite, called while the machine is paused, starts copying
+	// pages pfns (ascending) of Memory into dst, page i of pfns at
+	// dst[i*PageSize:], as they are now: each page is copied before the
+	// guest or a device next writes it, or sooner in the background, so
+	// the machine may resume at once. wait returns once every page is in
+	// dst (and then reports how many writes waited for a copy). On an
+	// error nothing was started and the caller copies the pages itself.
+	CopyOnWrite(pfns []uint64, dst []byte) (wait func() (waited uint64, err error), err error)
+}
+
 // PauseSaver is a Runner that starts capturing its state as it pauses, so
 // that the capture runs alongside the rest of the pause (the primary
 // harvests and copies dirty pages meanwhile) instead of after it.
