@@ -29,32 +29,33 @@ import (
 // modeFlags are the root command's flags: ftckpt --mode checkpoint ...
 // They become node.Options; node builds and runs the node.
 type modeFlags struct {
-	mode           string
-	role           string
-	peer           string
-	listen         string
-	epoch          string
-	minEpoch       time.Duration
-	maxEpoch       time.Duration
-	arbiter        string
-	verify         bool
-	heartbeat      time.Duration
-	failureTimeout time.Duration
-	dirtyTracking  string
-	status         time.Duration
-	readyFD        int
-	machineKind    string
-	landingDelay   time.Duration
-	join           string
-	acceptBackups  string
-	rejoin         string
-	precopyRounds  int
-	metrics        string
-	control        string
-	respawn        bool
-	machine        machineFlags
-	devices        deviceFlags
-	tls            tlsFlags
+	mode            string
+	role            string
+	peer            string
+	listen          string
+	epoch           string
+	minEpoch        time.Duration
+	maxEpoch        time.Duration
+	arbiter         string
+	verify          bool
+	heartbeat       time.Duration
+	failureTimeout  time.Duration
+	dirtyTracking   string
+	status          time.Duration
+	readyFD         int
+	machineKind     string
+	landingDelay    time.Duration
+	join            string
+	acceptBackups   string
+	rejoin          string
+	precopyRounds   int
+	copyAfterResume bool
+	metrics         string
+	control         string
+	respawn         bool
+	machine         machineFlags
+	devices         deviceFlags
+	tls             tlsFlags
 }
 
 // backupReadyPrefix starts the line a backup prints once it listens.
@@ -70,6 +71,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.epoch, "epoch", "25ms", "checkpoint interval, or auto (adapts between --min-epoch and --max-epoch)")
 	fl.DurationVar(&f.minEpoch, "min-epoch", 5*time.Millisecond, "shortest epoch for --epoch auto")
 	fl.IntVar(&f.precopyRounds, "precopy-rounds", ckmode.DefaultConfig().PrecopyRounds, "checkpoint mode: most rounds of a full sync while the guest runs before the final pause; 0 copies all of memory (and a mirrored disk) with the guest paused (stop-and-copy)")
+	fl.BoolVar(&f.copyAfterResume, "copy-after-resume", ckmode.DefaultConfig().CopyAfterResume, "checkpoint mode on KVM: write-protect an epoch's dirty pages and resume the guest before they are copied, each before its next write (userfaultfd), when they come in runs long enough to pay; false: every pause copies them")
 	fl.DurationVar(&f.maxEpoch, "max-epoch", 500*time.Millisecond, "longest epoch for --epoch auto")
 	fl.StringVar(&f.arbiter, "arbiter", witness.DefaultSpec, "who decides failover: raft://H:P,H:P,H:P or disk:PATH[#OFFSET]")
 	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint (replay: every full checkpoint); the backup checks it")
@@ -197,7 +199,7 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
 	c := &o.Checkpoint
 	c.Heartbeat, c.FailureTimeout, c.Verify, c.MinEpoch, c.MaxEpoch = f.heartbeat, f.failureTimeout, f.verify, f.minEpoch, f.maxEpoch
-	c.PrecopyRounds = f.precopyRounds
+	c.PrecopyRounds, c.CopyAfterResume = f.precopyRounds, f.copyAfterResume
 	if f.epoch == "auto" {
 		c.EpochAuto, c.Epoch = true, max(f.minEpoch, min(f.maxEpoch, c.Epoch))
 	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {
@@ -265,6 +267,9 @@ func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) e
 		if changed("precopy-rounds") {
 			return errors.New("--precopy-rounds applies to --mode checkpoint (replay pre-copies only to a backup that joins a running guest)")
 		}
+		if changed("copy-after-resume") {
+			return errors.New("--copy-after-resume applies to --mode checkpoint (replay copies no pages at its epochs)")
+		}
 		return nil
 	}
 	if changed("landing-delay") {
@@ -275,7 +280,7 @@ func (f *modeFlags) checkFlagsApply(o node.Options, changed func(string) bool) e
 		if f.machineKind == "auto" {
 			why = ", chosen because /dev/kvm cannot be opened here"
 		}
-		for _, name := range []string{"vcpus", "irqchip", "dirty-tracking"} {
+		for _, name := range []string{"vcpus", "irqchip", "dirty-tracking", "copy-after-resume"} {
 			if changed(name) {
 				return fmt.Errorf("--%s does not apply to the software machine (one vCPU, its own interrupts and dirty tracking%s)", name, why)
 			}

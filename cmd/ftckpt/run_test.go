@@ -59,6 +59,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--mode", "replay", "--epoch", "5ms"}, "--epoch does not apply to --mode replay"},
 		{[]string{"--mode", "replay", "--vcpus", "4"}, "--vcpus does not apply"},
 		{[]string{"--mode", "replay", "--precopy-rounds", "0"}, "--precopy-rounds applies to --mode checkpoint"},
+		{[]string{"--mode", "replay", "--copy-after-resume=false"}, "--copy-after-resume applies to --mode checkpoint"},
+		{[]string{"--mode", "checkpoint", "--machine", "sim", "--copy-after-resume"}, "--copy-after-resume does not apply to the software machine"},
 		{[]string{"--mode", "checkpoint", "--disk-mode", "raid"}, `--disk-mode "raid": want shared or mirrored`},
 		{[]string{"--mode", "checkpoint", "--rejoin", "h:1"}, "--rejoin need --role"},
 		{[]string{"--mode", "checkpoint", "--role", "primary", "--peer", "h:1", "--rejoin", "h:2", "--insecure"}, "--rejoin needs --accept-backups"},

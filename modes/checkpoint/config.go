@@ -31,6 +31,12 @@ type Config struct {
 	// DecideTimeout bounds how long a primary that lost its backup may ask
 	// the witness before it must halt.
 	DecideTimeout time.Duration
+	// CopyAfterResume lets a pause write-protect its dirty pages and resume
+	// the guest before they are copied, where the machine can
+	// (machine.CopyOnWriter), for an epoch whose dirty pages come in runs
+	// long enough to be worth it (see deferCopy); otherwise, or off, the
+	// pause copies them.
+	CopyAfterResume bool
 	// Verify sends a hash of guest memory with every checkpoint, checked by
 	// the backup after applying.
 	Verify bool
@@ -46,7 +52,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Epoch: 25 * time.Millisecond, MinEpoch: 5 * time.Millisecond, MaxEpoch: 500 * time.Millisecond,
-		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256,
+		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256, CopyAfterResume: true,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: 500 * time.Millisecond,
 		DecideTimeout: 2 * time.Second, MaxCheckpoint: 1 << 30,
 	}

@@ -125,6 +125,9 @@ type pair struct {
 	link         *linktest.Link // primary↔backup; a test may set its filters before start
 	// flushEvery, if set, is how often the guests FLUSH (in steps).
 	flushEvery uint64
+	// copyAfterResume, set before start, has the primary copy every
+	// epoch's pages after the guest resumes (the simGuest's CopyOnWrite).
+	copyAfterResume bool
 }
 
 func newPair(t *testing.T, cfg Config) *pair {
@@ -177,6 +180,9 @@ func (p *pair) build(pages uint64) {
 		t.Fatal(err)
 	}
 	p.primary.SetDisk(held)
+	if p.copyAfterResume {
+		p.primary.deferPays = func(n, runs int) bool { return n > 0 }
+	}
 	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
 	p.bdisk = p.disk
 	if p.mirrored {
@@ -390,7 +396,8 @@ func TestSlowBackupHoldsOutputs(t *testing.T) {
 
 // TestFailoverAtRandomMoments crashes the primary (its process, or in half
 // the runs its whole host, losing the disk's write cache) at 20 random
-// moments; each time the backup goes live from its last committed epoch,
+// moments (in half the runs every epoch's pages are copied after the guest
+// resumes, each before the guest's next write to it); each time the backup goes live from its last committed epoch,
 // the client's view stays that of one machine, and the disk holds every
 // write the guest saw complete.
 //
@@ -401,7 +408,7 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			p := newPair(t, testConfig())
-			p.mirrored = i%2 == 1
+			p.mirrored, p.copyAfterResume = i%2 == 1, i%4 >= 2
 			p.start(64)
 			p.client.waitCount(t, 1+rng.Intn(300))
 			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond) // a random crash moment: the test's point
@@ -410,6 +417,10 @@ func TestFailoverAtRandomMoments(t *testing.T) {
 				t.Fatalf("backup went live with generation %d", gen)
 			}
 			p.checkOutcome(50)
+			_, _, _, _, dirty := p.primary.Stats.Counters()
+			if deferred, _ := p.primary.Stats.Deferrals(); p.copyAfterResume && dirty > 0 && deferred == 0 {
+				t.Error("no epoch's pages were copied after the guest resumed")
+			}
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/ftckpt/ftckpt/vmm/machine"
@@ -67,6 +68,10 @@ type simGuest struct {
 	// wake is poked by the device's Poll and by Resume.
 	wake chan struct{}
 
+	// snap is the copy-on-write snapshot under way (CopyOnWrite), nil when
+	// none. Protected by mu.
+	snap *simSnapshot
+
 	// Set before Start.
 	emit       func(n, id uint64) error
 	disk       vmm.Disk
@@ -98,11 +103,71 @@ func newSimGuest(pages uint64) *simGuest {
 	return g
 }
 
+// write is every write to memory, the guest's and its ring's (deliver).
+// Called with mu held.
 func (g *simGuest) write(off uint64, p []byte) {
-	copy(g.mem[off:], p)
 	for q := off / format.PageSize; q <= (off+uint64(len(p))-1)/format.PageSize; q++ {
+		if g.snap != nil && g.snap.copyPage(g.mem, q) {
+			g.snap.waited++
+		}
 		g.dirty.Set(q)
 	}
+	copy(g.mem[off:], p)
+}
+
+// simSnapshot is a copy-on-write snapshot of some of a simGuest's pages,
+// as the kernel's write protection takes one for KVM (package vmm/cow): a
+// page is copied by the first write to it, or by a background goroutine
+// that copies a page at a time, yielding to the guest in between.
+type simSnapshot struct {
+	at     map[uint64]int // page → its index in dst; removed once copied
+	dst    []byte
+	waited uint64
+	done   chan struct{}
+}
+
+// copyPage copies page q into dst if it is a page of the snapshot not yet
+// copied, and reports whether it did.
+func (s *simSnapshot) copyPage(mem []byte, q uint64) bool {
+	i, ok := s.at[q]
+	if !ok {
+		return false
+	}
+	copy(s.dst[i*format.PageSize:(i+1)*format.PageSize], mem[q*format.PageSize:])
+	delete(s.at, q)
+	return true
+}
+
+// CopyOnWrite implements machine.CopyOnWriter. Called while paused.
+func (g *simGuest) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, error), error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.snap != nil {
+		return nil, errors.New("a snapshot is under way")
+	}
+	s := &simSnapshot{at: make(map[uint64]int, len(pfns)), dst: dst, done: make(chan struct{})}
+	for i, q := range pfns {
+		s.at[q] = i
+	}
+	g.snap = s
+	go func() {
+		for _, q := range pfns {
+			g.mu.Lock()
+			s.copyPage(g.mem, q)
+			g.mu.Unlock()
+			runtime.Gosched()
+		}
+		g.mu.Lock()
+		g.snap = nil
+		g.mu.Unlock()
+		close(s.done)
+	}()
+	return func() (uint64, error) {
+		<-s.done
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return s.waited, nil
+	}, nil
 }
 
 func (g *simGuest) u64(off uint64) uint64 { return binary.LittleEndian.Uint64(g.mem[off:]) }

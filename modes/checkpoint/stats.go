@@ -19,7 +19,10 @@ type Pause struct {
 	// At is when the pause began.
 	At time.Time
 	// Dirty is the number of pages captured.
-	Dirty                              int
+	Dirty int
+	// Deferred says the pages were write-protected during the pause (its
+	// Copy) and copied after it (Config.CopyAfterResume).
+	Deferred                           bool
 	Stop, Harvest, Copy, State, Resume time.Duration
 }
 
@@ -30,18 +33,21 @@ func (p Pause) Total() time.Duration { return p.Stop + p.Harvest + p.Copy + p.St
 type Stats struct {
 	mu sync.Mutex
 	// pauses holds the last pauseWindow pauses, a ring from next.
-	pauses    []Pause
-	next      int
-	Epochs    uint64
-	Acked     uint64
-	Shipped   uint64 // checkpoint bytes written
-	Raw       uint64 // bytes of the dirty pages they carried
-	Dirty     uint64 // dirty pages captured
-	Resyncs   uint64 // full syncs the backup asked for
-	EpochLen  time.Duration
-	started   time.Time
-	lastEpoch uint64
-	lastTime  time.Time
+	pauses  []Pause
+	next    int
+	Epochs  uint64
+	Acked   uint64
+	Shipped uint64 // checkpoint bytes written
+	Raw     uint64 // bytes of the dirty pages they carried
+	Dirty   uint64 // dirty pages captured
+	Resyncs uint64 // full syncs the backup asked for
+	// Deferred counts the epochs whose pages were copied after the guest
+	// resumed, Waited the guest's writes that waited for such a copy.
+	Deferred, Waited uint64
+	EpochLen         time.Duration
+	started          time.Time
+	lastEpoch        uint64
+	lastTime         time.Time
 	// observe, if set, is told every pause (SetObserver).
 	observe func(Pause)
 }
@@ -78,6 +84,9 @@ func (s *Stats) epoch(p Pause, epochLen time.Duration) {
 	}
 	s.Epochs++
 	s.Dirty += uint64(p.Dirty)
+	if p.Deferred {
+		s.Deferred++
+	}
 	s.EpochLen = epochLen
 }
 
@@ -85,6 +94,12 @@ func (s *Stats) shipped(wire, raw uint64) {
 	s.mu.Lock()
 	s.Shipped += wire
 	s.Raw += raw
+	s.mu.Unlock()
+}
+
+func (s *Stats) waited(writes uint64) {
+	s.mu.Lock()
+	s.Waited += writes
 	s.mu.Unlock()
 }
 
@@ -107,6 +122,14 @@ func (s *Stats) Counters() (epochs, acked, shipped, raw, dirty uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.Epochs, s.Acked, s.Shipped, s.Raw, s.Dirty
+}
+
+// Deferrals are the epochs whose pages were copied after the guest
+// resumed, and the guest's writes that waited for such a copy.
+func (s *Stats) Deferrals() (epochs, waited uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Deferred, s.Waited
 }
 
 // ResyncCount is the number of full syncs the backup asked for.
@@ -175,7 +198,7 @@ func PauseQuantile(pauses []Pause, q float64) time.Duration {
 
 // Line renders the status line: epochs/s since the last call, the pause's
 // p50 and p99 and the p50 of each of its parts and of the dirty pages per
-// epoch (over the last 1024 epochs), MB/s shipped, compression ratio, and
+// epoch (over the last 1024 epochs), the epochs copied after resuming, MB/s shipped, compression ratio, and
 // outDelay as given.
 func (s *Stats) Line(now time.Time, outDelay string) string {
 	s.mu.Lock()
@@ -193,9 +216,13 @@ func (s *Stats) Line(now time.Time, outDelay string) string {
 	mbps := float64(s.Shipped) / 1e6 / now.Sub(s.started).Seconds()
 	us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
 	m := PauseMedian(s.pauses)
-	return fmt.Sprintf("epoch %d (acked %d, every %v) %.0f/s  pause p50 %v p99 %v (p50 stop %v harvest %v copy %v state %v resume %v)  dirty p50 %d pages  shipped %.1f MB/s  ratio %.1fx  output delay %s",
+	deferred := ""
+	if s.Deferred > 0 {
+		deferred = fmt.Sprintf("  copied after resume %d epochs (%d writes waited)", s.Deferred, s.Waited)
+	}
+	return fmt.Sprintf("epoch %d (acked %d, every %v) %.0f/s  pause p50 %v p99 %v (p50 stop %v harvest %v copy %v state %v resume %v)  dirty p50 %d pages%s  shipped %.1f MB/s  ratio %.1fx  output delay %s",
 		s.Epochs, s.Acked, s.EpochLen.Round(time.Millisecond), rate,
 		us(PauseQuantile(s.pauses, 0.5)), us(PauseQuantile(s.pauses, 0.99)),
-		us(m.Stop), us(m.Harvest), us(m.Copy), us(m.State), us(m.Resume), m.Dirty,
+		us(m.Stop), us(m.Harvest), us(m.Copy), us(m.State), us(m.Resume), m.Dirty, deferred,
 		mbps, ratio, outDelay)
 }

@@ -32,13 +32,30 @@ func (h holdSaver) PauseSaving() error {
 	return h.enginePause(h.Runner.(machine.PauseSaver).PauseSaving)
 }
 
+// holdCopier is a holdSaver around a machine that is also a
+// machine.CopyOnWriter (KVM's), offering its CopyOnWrite: copying pages
+// after a resume changes nothing of who holds the guest.
+type holdCopier struct{ holdSaver }
+
+// CopyOnWrite implements machine.CopyOnWriter.
+func (h holdCopier) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, error), error) {
+	return h.Runner.(machine.CopyOnWriter).CopyOnWrite(pfns, dst)
+}
+
 // Unwrap is the machine under the hold.
 func (h *hold) Unwrap() machine.Runner { return h.Runner }
 
-// newHold wraps r (a holdSaver if r is a machine.PauseSaver).
+// newHold wraps r in a hold that offers what r offers of the interfaces the
+// engine looks for: a holdCopier if r is a machine.PauseSaver and a
+// machine.CopyOnWriter, a holdSaver if only the first.
 func newHold(r machine.Runner) (machine.Runner, *hold) {
 	h := &hold{Runner: r}
-	if _, ok := r.(machine.PauseSaver); ok {
+	_, saver := r.(machine.PauseSaver)
+	_, copier := r.(machine.CopyOnWriter)
+	switch {
+	case saver && copier:
+		return holdCopier{holdSaver{h}}, h
+	case saver:
 		return holdSaver{h}, h
 	}
 	return h, h
