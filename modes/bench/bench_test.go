@@ -27,7 +27,7 @@ func machines() []node.Machine {
 func BenchmarkModes(b *testing.B) {
 	ctx := context.Background()
 	for _, m := range machines() {
-		for _, w := range Workloads(m) {
+		for _, w := range Workloads(m, DefaultMemtouchPages) {
 			b.Run(fmt.Sprintf("machine=%s/guest=%s", machineName(m), w.Guest), func(b *testing.B) {
 				p := Plan{Machine: m, VCPUs: 1, Duration: time.Second}
 				floor, err := runConfig(ctx, p, w, Config{Mode: "unprotected"})

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,13 +16,19 @@ type Workload struct {
 	Guest  string
 	About  string
 	Params map[string]string
+	// Memory is the guest's RAM (0: 16 MiB, 1 MiB on the software machine).
+	Memory int64
 }
 
 // KVWindow is the kv load's requests outstanding.
 const KVWindow = 8
 
-// Workloads are the workloads a machine runs, in table order.
-func Workloads(m node.Machine) []Workload {
+// DefaultMemtouchPages is memtouch's working set unless told otherwise.
+const DefaultMemtouchPages = 1024
+
+// Workloads are the workloads a machine runs, in table order; memtouch (on
+// KVM) rewrites memtouchPages pages flat out.
+func Workloads(m node.Machine, memtouchPages int) []Workload {
 	kv := Workload{Guest: "kv", About: fmt.Sprintf("a client keeps %d INCR requests outstanding", KVWindow)}
 	if m == node.MachineSim {
 		return []Workload{
@@ -30,10 +37,14 @@ func Workloads(m node.Machine) []Workload {
 			kv,
 		}
 	}
+	ws := strconv.Itoa(memtouchPages)
 	return []Workload{
 		kv,
-		{Guest: "memtouch", About: "writes 16 bytes to each of 1,024 pages per pass, flat out",
-			Params: map[string]string{"ws": "1024", "dirty": "1024", "every": "1"}},
+		{Guest: "memtouch", About: fmt.Sprintf("writes 16 bytes to each of %d pages per pass, flat out", memtouchPages),
+			Params: map[string]string{"ws": ws, "dirty": ws, "every": "1"},
+			// Twice the working set, rounded up to 2 MiB: room for the
+			// guest's code and stack beside it.
+			Memory: max(16<<20, (int64(memtouchPages)*2*4096+2<<20-1)&^(2<<20-1))},
 	}
 }
 
@@ -42,6 +53,10 @@ type Config struct {
 	// Mode is "unprotected", "replay" or "checkpoint".
 	Mode  string
 	Epoch time.Duration
+	// PauseCopies has checkpoint mode copy every epoch's dirty pages in the
+	// pause (on KVM it otherwise copies them after the guest resumes, where
+	// that pays: Config.CopyAfterResume).
+	PauseCopies bool
 	// Again marks the unprotected run after the others: the floor is the
 	// mean of the two, and their difference shows how steady the host was.
 	Again bool
@@ -49,6 +64,8 @@ type Config struct {
 
 func (c Config) String() string {
 	switch {
+	case c.Mode == "checkpoint" && c.PauseCopies:
+		return "checkpoint " + c.Epoch.String() + ", pause copies"
 	case c.Mode == "checkpoint":
 		return "checkpoint " + c.Epoch.String()
 	case c.Again:
@@ -69,12 +86,40 @@ type Plan struct {
 // MinDuration is the shortest measured window.
 const MinDuration = 100 * time.Millisecond
 
-// NewPlan checks a bench command line: the machine, the guest (a workload's
-// name or "all"), the epochs (comma-separated) and the window.
-func NewPlan(machine node.Machine, guest, epochs string, vcpus int, d time.Duration) (Plan, error) {
+// Request is a bench command line.
+type Request struct {
+	Machine node.Machine
+	// Guest is a workload's name or "all".
+	Guest string
+	// Epochs are checkpoint mode's, comma-separated.
+	Epochs   string
+	VCPUs    int
+	Duration time.Duration
+	// MemtouchPages is memtouch's working set (0: DefaultMemtouchPages).
+	MemtouchPages int
+	// Copy is where checkpoint mode copies dirty pages on KVM: "resume"
+	// (after the guest resumes, where that pays: the default behaviour),
+	// "pause", or "both", a row each ("": both on KVM, resume on the
+	// software machine, which cannot copy after resuming).
+	Copy string
+}
+
+// NewPlan checks a bench command line.
+func NewPlan(r Request) (Plan, error) {
+	machine, guest, vcpus, d := r.Machine, r.Guest, r.VCPUs, r.Duration
 	p := Plan{Machine: machine, VCPUs: vcpus, Duration: d}
+	if r.MemtouchPages == 0 {
+		r.MemtouchPages = DefaultMemtouchPages
+	}
+	if r.MemtouchPages < 1 || r.MemtouchPages > 1<<20 || machine == node.MachineSim && r.MemtouchPages != DefaultMemtouchPages {
+		return p, fmt.Errorf("--memtouch-pages %d: KVM's memtouch rewrites 1 to 1,048,576 pages (the software machine has no memtouch)", r.MemtouchPages)
+	}
+	copies, err := copyRows(machine, r.Copy)
+	if err != nil {
+		return p, err
+	}
 	var names []string
-	for _, w := range Workloads(machine) {
+	for _, w := range Workloads(machine, r.MemtouchPages) {
 		names = append(names, w.Guest)
 		if guest == w.Guest || guest == "all" {
 			p.Workloads = append(p.Workloads, w)
@@ -89,13 +134,15 @@ func NewPlan(machine node.Machine, guest, epochs string, vcpus int, d time.Durat
 	if vcpus < 1 || machine == node.MachineSim && vcpus != 1 {
 		return p, fmt.Errorf("--vcpus %d: %s runs 1 to 64 (the software machine 1)", vcpus, machine)
 	}
-	es, err := ParseEpochs(epochs)
+	es, err := ParseEpochs(r.Epochs)
 	if err != nil {
 		return p, err
 	}
 	p.Configs = []Config{{Mode: "unprotected"}, {Mode: "replay"}}
 	for _, e := range es {
-		p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e})
+		for _, pauseCopies := range copies {
+			p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e, PauseCopies: pauseCopies})
+		}
 	}
 	p.Configs = append(p.Configs, Config{Mode: "unprotected", Again: true})
 	return p, nil
@@ -121,4 +168,28 @@ func ParseEpochs(s string) ([]time.Duration, error) {
 		return nil, fmt.Errorf("--epochs %q: no epoch given (e.g. 5ms,25ms,100ms)", s)
 	}
 	return slices.Clip(epochs), nil
+}
+
+// copyRows is the Config.PauseCopies of each checkpoint row an epoch gets,
+// for Request.Copy.
+func copyRows(m node.Machine, where string) ([]bool, error) {
+	if where == "" {
+		where = "resume"
+		if m == node.MachineKVM {
+			where = "both"
+		}
+	}
+	switch where {
+	case "resume":
+		return []bool{false}, nil
+	case "pause", "both":
+		if m != node.MachineKVM {
+			return nil, fmt.Errorf("--copy %s: the software machine copies every epoch's pages in the pause; only KVM can copy them after resuming", where)
+		}
+		if where == "pause" {
+			return []bool{true}, nil
+		}
+		return []bool{false, true}, nil
+	}
+	return nil, fmt.Errorf("--copy %q: want resume, pause or both", where)
 }

@@ -25,7 +25,9 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	var pausePts, floorPts plotter.XYs
+	// Pauses by where the pages were copied: after the guest resumed (the
+	// default behaviour, where it pays), or in the pause (Config.PauseCopies).
+	var pausePts, pauseCopiesPts, floorPts plotter.XYs
 	for i, w := range p.Workloads {
 		rs := results[i]
 		floor := floorRate(rs)
@@ -35,14 +37,22 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 		for _, r := range rs {
 			switch r.Config.Mode {
 			case "checkpoint":
+				if len(r.Pauses) > 0 {
+					m := ckmode.PauseMedian(r.Pauses)
+					pt := plotter.XY{X: float64(m.Dirty), Y: ms2(ckmode.PauseQuantile(r.Pauses, 0.5))}
+					if r.Config.PauseCopies {
+						pauseCopiesPts = append(pauseCopiesPts, pt)
+					} else {
+						pausePts = append(pausePts, pt)
+					}
+					floorPts = append(floorPts, plotter.XY{X: float64(m.Dirty), Y: ms2(MemcpyPages(m.Dirty))})
+				}
+				if r.Config.PauseCopies {
+					continue // the lines against the epoch are the default behaviour's
+				}
 				ms := float64(r.Config.Epoch) / float64(time.Millisecond)
 				slow = append(slow, plotter.XY{X: ms, Y: floor / max(r.Rate(), 1e-9)})
 				delay = append(delay, plotter.XY{X: ms, Y: float64(r.OutputP50) / float64(time.Millisecond)})
-				if len(r.Pauses) > 0 {
-					m := ckmode.PauseMedian(r.Pauses)
-					pausePts = append(pausePts, plotter.XY{X: float64(m.Dirty), Y: ms2(ckmode.PauseQuantile(r.Pauses, 0.5))})
-					floorPts = append(floorPts, plotter.XY{X: float64(m.Dirty), Y: ms2(MemcpyPages(m.Dirty))})
-				}
 			case "replay":
 				replaySlow, replayDelay, hasReplay = floor/max(r.Rate(), 1e-9), float64(r.OutputP50)/float64(time.Millisecond), true
 			}
@@ -69,6 +79,11 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 	pl.Y.Label.Text = "ms"
 	if err := plotutil.AddScatters(pl, "pause p50", sorted(pausePts)); err != nil {
 		return err
+	}
+	if len(pauseCopiesPts) > 0 {
+		if err := plotutil.AddScatters(pl, "pause p50, the pause copying the pages", sorted(pauseCopiesPts)); err != nil {
+			return err
+		}
 	}
 	if err := plotutil.AddLinePoints(pl, "memcpy of the pages", sorted(floorPts)); err != nil {
 		return err

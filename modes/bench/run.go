@@ -152,6 +152,9 @@ func options(p Plan, w Workload, c Config, dir string) (node.Options, *guests.Me
 	if p.Machine == node.MachineSim {
 		o.Memory = 1 << 20
 	}
+	if w.Memory != 0 {
+		o.Memory = w.Memory
+	}
 	o.Net, o.Disk = node.DefaultDevices(p.Machine, w.Guest)
 	if o.Net != "none" {
 		port, err := freeUDPPort()
@@ -165,6 +168,7 @@ func options(p Plan, w Workload, c Config, dir string) (node.Options, *guests.Me
 	}
 	o.Arbiter = "disk:" + filepath.Join(dir, "lease")
 	o.Checkpoint.Epoch = max(c.Epoch, time.Millisecond)
+	o.Checkpoint.CopyAfterResume = !c.PauseCopies
 	con := &guests.MemtouchConsole{}
 	o.Console, o.Log, o.StatusEvery = con, quiet, 0
 	return o, con, nil

@@ -48,15 +48,21 @@ func Print(out io.Writer, w Workload, results []*Result) {
 	}
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "checkpoint pauses\tepochs\tdirty p50\tpause p50\tp99\tstop\tharvest\tcopy\tstate\tresume\tmemcpy floor\tpause/floor\t")
+	fmt.Fprintln(tw, "checkpoint pauses\tepochs\tdirty p50\tpause p50\tp99\tstop\tharvest\tcopy\tstate\tresume\tmemcpy floor\tpause/floor\tcopied after resume\t")
 	for _, r := range ck {
 		m := ckmode.PauseMedian(r.Pauses)
 		p := ckmode.PauseQuantile(r.Pauses, 0.5)
 		floor := MemcpyPages(m.Dirty)
-		fmt.Fprintf(tw, "%v\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Config, len(r.Pauses), m.Dirty,
+		deferred := 0
+		for _, pause := range r.Pauses {
+			if pause.Deferred {
+				deferred++
+			}
+		}
+		fmt.Fprintf(tw, "%v\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d%%\t\n", r.Config, len(r.Pauses), m.Dirty,
 			round(p), round(ckmode.PauseQuantile(r.Pauses, 0.99)),
 			round(m.Stop), round(m.Harvest), round(m.Copy), round(m.State), round(m.Resume),
-			round(floor), dash(floor > 0, ratio(float64(p)/float64(floor))))
+			round(floor), dash(floor > 0, ratio(float64(p)/float64(floor))), 100*deferred/len(r.Pauses))
 	}
 	tw.Flush()
 }
