@@ -19,6 +19,7 @@ import (
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/outbuf"
+	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 )
@@ -125,6 +126,9 @@ type pair struct {
 	link         *linktest.Link // primary↔backup; a test may set its filters before start
 	// flushEvery, if set, is how often the guests FLUSH (in steps).
 	flushEvery uint64
+	// primaryPath is the primary host's way to its disk, cut when the
+	// host dies.
+	primaryPath *diskPath
 	// copyAfterResume, set before start, has the primary copy every
 	// epoch's pages after the guest resumes (the simGuest's CopyOnWrite).
 	copyAfterResume bool
@@ -168,7 +172,8 @@ func (p *pair) build(pages uint64) {
 	}
 	sink, cut := p.client.sink("primary")
 	p.cutP = cut
-	held := NewHeldDisk(p.disk, func() uint64 { return p.primary.Position() })
+	p.primaryPath = &diskPath{Disk: p.disk}
+	held := NewHeldDisk(p.primaryPath, func() uint64 { return p.primary.Position() })
 	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: pf, Net: sink, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
 	if err != nil {
 		t.Fatal(err)
@@ -258,12 +263,44 @@ func (p *pair) flushedDurably(disk *vmmtest.MemDisk) func(n uint64) error {
 func (p *pair) crashPrimary(host bool) {
 	p.pg.Halt() // not Pause: a capture under way would resume it
 	p.cutP()
+	p.primaryPath.cut.Store(true) // a dead host writes nothing more: its held writes' flusher neither
 	p.cancelP()
 	vmmtest.Receive(p.t, "the crashed primary's Run to return", p.pDone)
 	p.link.Cut()
 	if host {
 		p.disk.Crash()
 	}
+}
+
+// diskPath is a host's way to a disk, which its death cuts: from then on
+// nothing it issues reaches the disk (a write under way may still land, as
+// one in flight on a real shared disk does).
+type diskPath struct {
+	vmm.Disk
+	cut atomic.Bool
+}
+
+var errHostDead = errors.New("the host is dead")
+
+func (d *diskPath) ReadAt(b []byte, off int64) (int, error) {
+	if d.cut.Load() {
+		return 0, errHostDead
+	}
+	return d.Disk.ReadAt(b, off)
+}
+
+func (d *diskPath) WriteAt(b []byte, off int64) (int, error) {
+	if d.cut.Load() {
+		return 0, errHostDead
+	}
+	return d.Disk.WriteAt(b, off)
+}
+
+func (d *diskPath) Flush() error {
+	if d.cut.Load() {
+		return errHostDead
+	}
+	return d.Disk.Flush()
 }
 
 // checkOutcome runs the backup a while after failover (until the client saw
