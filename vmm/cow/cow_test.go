@@ -13,7 +13,7 @@ import (
 
 // mapping returns pages of anonymous memory, every page written (as guest
 // memory that was dirtied is), registered for snapshots.
-func mapping(t *testing.T, pages int) ([]byte, *Region) {
+func mapping(t testing.TB, pages int) ([]byte, *Region) {
 	t.Helper()
 	mem, err := unix.Mmap(-1, 0, pages*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
