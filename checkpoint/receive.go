@@ -67,8 +67,9 @@ type FromPrimary struct {
 	Checkpoint func(payload []byte) error
 	// Log: a batch of the replay log. nil: a log is unexpected.
 	Log func(payload []byte) error
-	// Halt, if not nil, is looked at before each read: an error on it
-	// (the backup's heartbeats failed, say) ends the loop.
+	// Halt, if not nil, is looked at before each read: an error sent on
+	// it (the backup's heartbeats failed, say) ends the loop with that
+	// error. Never close it: the loop would end with nil.
 	Halt <-chan error
 }
 
