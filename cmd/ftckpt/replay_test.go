@@ -497,13 +497,34 @@ func TestReplayBackupsJoinARunningGuest(t *testing.T) {
 // waitFor waits until out contains s.
 func waitFor(t *testing.T, out *syncBuffer, s string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute) // a bound for failures: the emulated KVM is slow
-	for !strings.Contains(out.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in:\n%s", s, out.String())
+	waitForOutput(t, out, fmt.Sprintf("%q", s), func(output string) bool { return strings.Contains(output, s) })
+}
+
+// waitForAfter waits until out, from byte from on, contains s.
+func waitForAfter(t *testing.T, out *syncBuffer, from int, s string) {
+	t.Helper()
+	waitForOutput(t, out, fmt.Sprintf("%q after byte %d", s, from), func(output string) bool { return strings.Contains(output[from:], s) })
+}
+
+// waitForMatch waits until re matches out at least n times.
+func waitForMatch(t *testing.T, out *syncBuffer, re *regexp.Regexp, n int) {
+	t.Helper()
+	waitForOutput(t, out, fmt.Sprintf("%d matches of %v", n, re), func(output string) bool { return len(re.FindAllString(output, -1)) >= n })
+}
+
+// waitForOutput waits until says holds of what out holds (see
+// vmmtest.WaitUntil, which fails the test after its bound naming what it
+// waited for); a wait that failed shows out.
+func waitForOutput(t *testing.T, out *syncBuffer, what string, says func(output string) bool) {
+	t.Helper()
+	waited := false
+	defer func() {
+		if !waited {
+			t.Logf("the output waited on:\n%s", out.String())
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	}()
+	vmmtest.WaitUntil(t, "output saying "+what, func() bool { return says(out.String()) })
+	waited = true
 }
 
 // TestReplayRefusesAMismatchedBackup: a backup started without the

@@ -225,15 +225,3 @@ func processTree(t *testing.T, out *syncBuffer, args ...string) *exec.Cmd {
 	})
 	return cmd
 }
-
-// waitForAfter waits until out, from byte from on, contains s.
-func waitForAfter(t *testing.T, out *syncBuffer, from int, s string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String()[from:], s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q after byte %d in:\n%s", s, from, out.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

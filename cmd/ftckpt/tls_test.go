@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 )
@@ -289,16 +288,4 @@ func TestTLSJoinRefusesStrangers(t *testing.T) {
 	ftckptProcess(t, &bout, slices.Concat([]string{"--role", "backup", "--join", accept}, common, []string{"--disk", filepath.Join(dir, "backup.img")}, hostTLS(home, "localhost"))...)
 	waitFor(t, &pout, "a backup attached")
 	waitFor(t, &bout, "full checkpoint applied")
-}
-
-// waitForMatch waits until re matches out at least n times.
-func waitForMatch(t *testing.T, out *syncBuffer, re *regexp.Regexp, n int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for len(re.FindAllString(out.String(), -1)) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%v matched fewer than %d times in:\n%s", re, n, out.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

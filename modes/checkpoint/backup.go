@@ -150,64 +150,55 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		}
 	}()
 	var rounds uint64 // sync round messages applied in the sync under way
-	for {
-		select {
-		case err := <-hbErr:
-			return err
-		default:
-		}
-		t, payload, err := l.NextWithin(b.cfg.FailureTimeout)
-		if err != nil {
-			return fmt.Errorf("reading from the primary: %w", err)
-		}
-		switch t {
-		case format.MsgCheckpoint:
-			res, err := b.recv.Receive(payload)
-			if err == nil && b.mirrored {
-				var fatal error
-				if err, fatal = b.mirror(res); fatal != nil {
-					b.publish()
-					return fatal
-				}
-			}
+	return l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{
+		Checkpoint: func(payload []byte) error { return b.handleCheckpoint(l, payload, &rounds) },
+		Halt:       hbErr,
+	})
+}
+
+// handleCheckpoint applies a checkpoint from the primary and answers it on
+// l: an ack if it committed, the count of sync rounds applied (rounds) if
+// it is one, a resync request if it was rejected. An error (the image
+// failed, or an answer could not be sent) ends the connection. Called by
+// Receive's loop.
+func (b *Backup) handleCheckpoint(l *format.Link, payload []byte, rounds *uint64) error {
+	res, err := b.recv.Receive(payload)
+	if err == nil && b.mirrored {
+		var fatal error
+		if err, fatal = b.mirror(res); fatal != nil {
 			b.publish()
-			if err != nil {
-				st := b.recv.Status()
-				b.log.Warn("checkpoint rejected; asking for a full sync", "err", err, "committed", st.Epoch)
-				r := format.Resync{Reason: format.ResyncRejected, Detail: err.Error()} // Append cuts it to MaxResyncDetail
-				if st.State == format.StateCommitted {
-					r.Generation, r.Epoch = st.Generation, st.Epoch
-				}
-				if err := l.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			if h := res.Header; h.Kind == format.KindSyncRound {
-				// The primary paces its pre-copy by the rounds applied.
-				if h.Flags&format.FlagSyncStart != 0 {
-					rounds = 0
-				}
-				rounds++
-				r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: rounds}
-				if err := l.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout); err != nil {
-					return err
-				}
-			}
-			if res.Committed && res.Header.Kind == format.KindSyncCommit {
-				b.log.Info("full sync committed: the guest is protected", "generation", res.Header.Generation, "epoch", res.Header.Epoch)
-			}
-			if res.Committed {
-				a := format.Ack{Generation: res.Header.Generation, Epoch: res.Header.Epoch}
-				if err := l.Send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout); err != nil {
-					return err
-				}
-			}
-		case format.MsgHeartbeat:
-		default:
-			return fmt.Errorf("unexpected %v from the primary", t)
+			return fatal
 		}
 	}
+	b.publish()
+	if err != nil {
+		st := b.recv.Status()
+		b.log.Warn("checkpoint rejected; asking for a full sync", "err", err, "committed", st.Epoch)
+		r := format.Resync{Reason: format.ResyncRejected, Detail: err.Error()} // Append cuts it to MaxResyncDetail
+		if st.State == format.StateCommitted {
+			r.Generation, r.Epoch = st.Generation, st.Epoch
+		}
+		return l.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
+	}
+	if h := res.Header; h.Kind == format.KindSyncRound {
+		// The primary paces its pre-copy by the rounds applied.
+		if h.Flags&format.FlagSyncStart != 0 {
+			*rounds = 0
+		}
+		*rounds++
+		r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: *rounds}
+		if err := l.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout); err != nil {
+			return err
+		}
+	}
+	if res.Committed && res.Header.Kind == format.KindSyncCommit {
+		b.log.Info("full sync committed: the guest is protected", "generation", res.Header.Generation, "epoch", res.Header.Epoch)
+	}
+	if res.Committed {
+		a := format.Ack{Generation: res.Header.Generation, Epoch: res.Header.Epoch}
+		return l.Send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout)
+	}
+	return nil
 }
 
 // reissueDisk writes the committed epochs' writes that may not be on the

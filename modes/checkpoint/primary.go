@@ -789,78 +789,66 @@ func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) err
 	return nil
 }
 
-// receive reads acks, heartbeats and resync requests from the backup.
+// receive reads the backup's acks, resync requests and sync rounds
+// applied until the link fails, and reports why on failed.
 func (p *Primary) receive(l *format.Link, failed chan<- error) {
-	for {
-		t, payload, err := l.Next()
-		if err != nil {
-			failed <- fmt.Errorf("reading from the backup: %w", err)
-			return
+	failed <- l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds})
+}
+
+// handleAck releases what the backup's ack of a.Epoch covers, unless it
+// acks another generation's state. Called by the receiver.
+func (p *Primary) handleAck(a format.Ack) error {
+	if a.Generation != p.gen {
+		return nil // an ack of another generation's state releases nothing
+	}
+	if a.Epoch >= p.syncEpoch.Load() && !p.syncAcked.Swap(true) {
+		p.log.Info("full sync acknowledged: the outputs held since its commit leave", "epoch", a.Epoch,
+			"held for", p.now().Sub(time.Unix(0, p.syncSent.Load())).Round(time.Microsecond))
+	}
+	p.mu.Lock()
+	for e := range p.inflight {
+		if e <= a.Epoch {
+			delete(p.inflight, e)
 		}
-		switch t {
-		case format.MsgAck:
-			a, err := format.DecodeAck(payload)
-			if err != nil {
-				failed <- err
-				return
-			}
-			if a.Generation != p.gen {
-				continue // an ack of another generation's state releases nothing
-			}
-			if a.Epoch >= p.syncEpoch.Load() && !p.syncAcked.Swap(true) {
-				p.log.Info("full sync acknowledged: the outputs held since its commit leave", "epoch", a.Epoch,
-					"held for", p.now().Sub(time.Unix(0, p.syncSent.Load())).Round(time.Microsecond))
-			}
-			p.mu.Lock()
-			for e := range p.inflight {
-				if e <= a.Epoch {
-					delete(p.inflight, e)
-				}
-			}
-			p.mu.Unlock()
-			select {
-			case p.acked <- struct{}{}:
-			default:
-			}
-			p.Stats.acked(a.Epoch)
-			if err := p.commitAcked(a.Epoch); err != nil {
-				failed <- fmt.Errorf("releasing outputs of epoch %d: %w", a.Epoch, err)
-				return
-			}
-		case format.MsgResync:
-			r, err := format.DecodeResync(payload)
-			if err != nil {
-				failed <- err
-				return
-			}
-			if !p.syncAcked.Load() {
-				continue
-			}
-			p.log.Warn("backup asks for a full sync", "reason", r.Reason, "detail", r.Detail, "committed", r.Epoch)
-			p.Stats.resynced()
-			p.syncAcked.Store(false) // one request is enough
-			p.resync.Store(true)
-			select {
-			case p.acked <- struct{}{}: // wake a loop waiting for acks that will not come
-			default:
-			}
-		case format.MsgRounds:
-			r, err := format.DecodeRounds(payload)
-			if err != nil {
-				failed <- err
-				return
-			}
-			if r.Generation == p.gen && r.Epoch == p.syncEpoch.Load() {
-				p.roundsApplied.Store(r.Count)
-				select {
-				case p.roundsCh <- struct{}{}:
-				default:
-				}
-			}
-		case format.MsgHeartbeat:
+	}
+	p.mu.Unlock()
+	select {
+	case p.acked <- struct{}{}:
+	default:
+	}
+	p.Stats.acked(a.Epoch)
+	if err := p.commitAcked(a.Epoch); err != nil {
+		return fmt.Errorf("releasing outputs of epoch %d: %w", a.Epoch, err)
+	}
+	return nil
+}
+
+// handleResync makes the next checkpoint a full sync, unless one is under
+// way (not acknowledged yet): the backup gets that one. Called by the
+// receiver.
+func (p *Primary) handleResync(r format.Resync) {
+	if !p.syncAcked.Load() {
+		return
+	}
+	p.log.Warn("backup asks for a full sync", "reason", r.Reason, "detail", r.Detail, "committed", r.Epoch)
+	p.Stats.resynced()
+	p.syncAcked.Store(false) // one request is enough
+	p.resync.Store(true)
+	select {
+	case p.acked <- struct{}{}: // wake a loop waiting for acks that will not come
+	default:
+	}
+}
+
+// handleRounds notes how many rounds of the sync under way the backup
+// applied (a count for another sync is stale), by which sendRound paces
+// the pre-copy. Called by the receiver.
+func (p *Primary) handleRounds(r format.Rounds) {
+	if r.Generation == p.gen && r.Epoch == p.syncEpoch.Load() {
+		p.roundsApplied.Store(r.Count)
+		select {
+		case p.roundsCh <- struct{}{}:
 		default:
-			failed <- fmt.Errorf("unexpected %v from the backup", t)
-			return
 		}
 	}
 }

@@ -163,77 +163,91 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 
 // receive reads the stream into the queue and acknowledges what may be,
 // until the link fails or the primary falls silent; then it closes the
-// queue.
+// queue with why. If ctx ends first, it stops and leaves the queue open:
+// the replayer returns ctx's error.
 func (b *Backup) receive(ctx context.Context, l *format.Link) {
-	var batch Batch
-	next := uint64(0) // the LSN expected next; 0 before the first batch
-	gapped := false   // entries were lost: wait for a sync
-	for {
-		t, payload, err := l.NextWithin(b.cfg.FailureTimeout)
-		if err != nil {
-			b.q.close(err)
-			return
+	r := &streamReceiver{b: b, ctx: ctx}
+	err := l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{Log: r.log, Checkpoint: r.checkpoint})
+	if !errors.Is(err, errReceiverStopped) {
+		b.q.close(err)
+	}
+}
+
+// errReceiverStopped ends the receiver when the queue refuses an item:
+// Follow's ctx ended (the receiver is the only one to close the queue).
+var errReceiverStopped = errors.New("the backup stopped")
+
+// streamReceiver is receive's position in the primary's stream.
+type streamReceiver struct {
+	b      *Backup
+	ctx    context.Context
+	batch  Batch
+	next   uint64 // the LSN expected next; 0 before the first batch
+	gapped bool   // entries were lost: wait for a sync
+}
+
+// log queues a batch of the log's entries and acknowledges what may be. A
+// batch that does not decode or does not follow on leaves a gap: the
+// backup asks for a full checkpoint and drops entries until a sync.
+func (r *streamReceiver) log(payload []byte) error {
+	b := r.b
+	err := DecodeBatch(payload, &r.batch)
+	if g := b.gate.generation(); err == nil && g != 0 && r.batch.Generation != g {
+		return fmt.Errorf("the primary's log changed from generation %d to %d", g, r.batch.Generation)
+	}
+	if err == nil && r.next != 0 && r.batch.First != r.next && !r.gapped {
+		err = fmt.Errorf("batch starts at LSN %d, expected %d", r.batch.First, r.next)
+	}
+	if err != nil {
+		if !r.gapped {
+			r.gapped = true
+			b.gate.hold(max(r.next, 1))
+			b.askResync(format.ResyncGap, max(r.next, 1), err.Error())
 		}
-		switch t {
-		case format.MsgLog:
-			err := DecodeBatch(payload, &batch)
-			if g := b.gate.generation(); err == nil && g != 0 && batch.Generation != g {
-				b.q.close(fmt.Errorf("the primary's log changed from generation %d to %d", g, batch.Generation))
-				return
-			}
-			if err == nil && next != 0 && batch.First != next && !gapped {
-				err = fmt.Errorf("batch starts at LSN %d, expected %d", batch.First, next)
-			}
-			if err != nil {
-				if !gapped {
-					gapped = true
-					b.gate.hold(max(next, 1))
-					b.askResync(format.ResyncGap, max(next, 1), err.Error())
-				}
-				continue
-			}
-			entries := batch.Entries
-			if gapped {
-				i := firstSync(entries)
-				if i < 0 {
-					// Still lost at batch.First: ask again. The primary
-					// ignores this if it sent a sync since (which will
-					// come); the first request may have been ignored for
-					// a sync that was in the lost part.
-					b.askResync(format.ResyncGap, batch.First, "still waiting for a full checkpoint after a gap")
-					continue
-				}
-				entries, batch.First, gapped = entries[i:], batch.First+uint64(i), false
-			}
-			b.gate.setGeneration(batch.Generation)
-			for i := range entries {
-				e := entries[i]
-				e.Bytes = append([]byte(nil), e.Bytes...) // the batch buffer is reused
-				lsn := batch.First + uint64(i)
-				if e.Type == EntrySync {
-					b.gate.hold(lsn)
-				}
-				if !b.q.push(ctx, item{lsn: lsn, e: e}) {
-					return
-				}
-			}
-			next = batch.First + uint64(len(entries))
-			b.gate.receive(next - 1)
-			b.Stats.Received.Store(next - 1)
-			b.ack()
-		case format.MsgCheckpoint:
-			if gapped {
-				continue // its sync entry was lost; another sync will come
-			}
-			if !b.q.push(ctx, item{ckpt: append([]byte(nil), payload...)}) {
-				return
-			}
-		case format.MsgHeartbeat:
-		default:
-			b.q.close(fmt.Errorf("unexpected %v from the primary", t))
-			return
+		return nil
+	}
+	entries := r.batch.Entries
+	if r.gapped {
+		i := firstSync(entries)
+		if i < 0 {
+			// Still lost at batch.First: ask again. The primary ignores
+			// this if it sent a sync since (which will come); the first
+			// request may have been ignored for a sync that was in the
+			// lost part.
+			b.askResync(format.ResyncGap, r.batch.First, "still waiting for a full checkpoint after a gap")
+			return nil
+		}
+		entries, r.batch.First, r.gapped = entries[i:], r.batch.First+uint64(i), false
+	}
+	b.gate.setGeneration(r.batch.Generation)
+	for i := range entries {
+		e := entries[i]
+		e.Bytes = append([]byte(nil), e.Bytes...) // the batch buffer is reused
+		lsn := r.batch.First + uint64(i)
+		if e.Type == EntrySync {
+			b.gate.hold(lsn)
+		}
+		if !b.q.push(r.ctx, item{lsn: lsn, e: e}) {
+			return errReceiverStopped
 		}
 	}
+	r.next = r.batch.First + uint64(len(entries))
+	b.gate.receive(r.next - 1)
+	b.Stats.Received.Store(r.next - 1)
+	b.ack()
+	return nil
+}
+
+// checkpoint queues a full checkpoint's message for the replayer, unless
+// its sync entry was lost in a gap.
+func (r *streamReceiver) checkpoint(payload []byte) error {
+	if r.gapped {
+		return nil // its sync entry was lost; another sync will come
+	}
+	if !r.b.q.push(r.ctx, item{ckpt: append([]byte(nil), payload...)}) {
+		return errReceiverStopped
+	}
+	return nil
 }
 
 func firstSync(entries []Entry) int {

@@ -140,55 +140,39 @@ func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 	}
 }
 
-// receive reads acks, resync requests and heartbeats from the backup.
+// receive reads the backup's acks, resync requests and sync rounds
+// applied until the link fails, and fails the link with why.
 func (p *Primary) receive(l *format.Link) {
-	for {
-		t, payload, err := l.Next()
-		if err != nil {
-			p.linkFailed(fmt.Errorf("reading from the backup: %w", err))
-			return
-		}
-		switch t {
-		case format.MsgAck:
-			a, err := format.DecodeAck(payload)
-			if err != nil {
-				p.linkFailed(err)
-				return
-			}
-			if a.Generation != p.gen.Load() {
-				continue // another generation's log releases nothing
-			}
-			if err := p.applyAck(a.Epoch); err != nil {
-				p.linkFailed(err)
-				return
-			}
-		case format.MsgResync:
-			r, err := format.DecodeResync(payload)
-			if err != nil {
-				p.linkFailed(err)
-				return
-			}
-			if r.Epoch < p.lastSync.Load() {
-				continue // the backup has a sync after that point coming: moot
-			}
-			p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
-			p.Stats.Resyncs.Add(1)
-			p.resync.Store(true)
-			p.poke()
-		case format.MsgRounds:
-			r, err := format.DecodeRounds(payload)
-			if err != nil {
-				p.linkFailed(err)
-				return
-			}
-			p.roundsApplied.Store(r.Count) // one link, one pre-copy: see precopyDue
-			p.poke()
-		case format.MsgHeartbeat:
-		default:
-			p.linkFailed(fmt.Errorf("unexpected %v from the backup", t))
-			return
-		}
+	p.linkFailed(l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds}))
+}
+
+// handleAck releases the outputs held through the LSN the backup acked,
+// unless it acks another generation's log. Called by the receiver.
+func (p *Primary) handleAck(a format.Ack) error {
+	if a.Generation != p.gen.Load() {
+		return nil // another generation's log releases nothing
 	}
+	return p.applyAck(a.Epoch)
+}
+
+// handleResync makes the engine take a full checkpoint, unless one begun
+// after the LSN the backup asks from is on its way. Called by the
+// receiver.
+func (p *Primary) handleResync(r format.Resync) {
+	if r.Epoch < p.lastSync.Load() {
+		return // the backup has a sync after that point coming: moot
+	}
+	p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
+	p.Stats.Resyncs.Add(1)
+	p.resync.Store(true)
+	p.poke()
+}
+
+// handleRounds notes how many pre-copy rounds the backup applied, by
+// which the engine paces the pre-copy. Called by the receiver.
+func (p *Primary) handleRounds(r format.Rounds) {
+	p.roundsApplied.Store(r.Count) // one link, one pre-copy: see precopyDue
+	p.poke()
 }
 
 // applyAck releases the outputs held through lsn, which the backup has
