@@ -77,17 +77,22 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 	pl.Title.Text = fmt.Sprintf("checkpoint pause on %s", p.Machine)
 	pl.X.Label.Text = "dirty pages per epoch (p50)"
 	pl.Y.Label.Text = "ms"
-	if err := plotutil.AddScatters(pl, "pause p50", sorted(pausePts)); err != nil {
-		return err
-	}
+	// One call per kind of plotter, so each series gets its own colour and
+	// shape (plotutil numbers them within a call).
+	scatters := []any{"pause p50", sorted(pausePts)}
 	if len(pauseCopiesPts) > 0 {
-		if err := plotutil.AddScatters(pl, "pause p50, the pause copying the pages", sorted(pauseCopiesPts)); err != nil {
-			return err
-		}
+		scatters = append(scatters, "pause p50, the pause copying the pages", sorted(pauseCopiesPts))
 	}
-	if err := plotutil.AddLinePoints(pl, "memcpy of the pages", sorted(floorPts)); err != nil {
+	if err := plotutil.AddScatters(pl, scatters...); err != nil {
 		return err
 	}
+	line, points, err := plotter.NewLinePoints(sorted(floorPts))
+	if err != nil {
+		return err
+	}
+	line.Color, points.Color, points.Shape = plotutil.Color(2), plotutil.Color(2), plotutil.Shape(2)
+	pl.Add(line, points)
+	pl.Legend.Add("memcpy of the pages", line, points)
 	return save(pl, dir, "pause")
 }
 
