@@ -103,13 +103,9 @@ type Primary struct {
 	// Only the epoch loop's goroutine touches them.
 	ready    []byte
 	syncPeak int
-	// deferPays is the rule for copying pages after the guest resumes
-	// (the engine tests defer every epoch's).
-	deferPays func(n, runs int) bool
-	// copyOnWriteFailed is set once the machine could not copy pages after
-	// resuming: every pause copies them from then on. Only the epoch loop's
-	// goroutine touches it.
-	copyOnWriteFailed bool
+	// choice decides where each epoch's pages are copied. Only the epoch
+	// loop's goroutine touches it.
+	choice copyChoice
 }
 
 // NewPrimary prepares a primary for generation gen (already won through
@@ -124,7 +120,7 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
 		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), spare: make(chan []byte, cfg.MaxInFlight+1),
-		deferPays: deferPays}
+		choice: copyChoice{eligible: deferPays, learn: true}}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
 	return p, nil
@@ -540,26 +536,12 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 		return nil, pause, fmt.Errorf("resuming the guest: %w", err)
 	}
 	split(&pause.Resume)
+	p.choice.observe(pause)
 	return c, pause, nil
 }
 
-// Write-protecting a run of dirty pages instead of copying it (deferCopy)
-// costs one UFFDIO_WRITEPROTECT, about 2 µs, plus about 0.2 µs a page,
-// against about 0.45 µs a page copied from memory not in cache (measured on
-// this project's nested test host; bare metal is faster at both): it pays
-// from runs of about 8 pages. Below a few hundred pages the pause has little
-// copying to save, and each write that then waits for a copy costs more.
-const (
-	deferMinPages       = 256
-	deferMinPagesPerRun = 8
-)
-
-// deferPays says whether n dirty pages in runs runs are worth copying
-// after the guest resumes.
-func deferPays(n, runs int) bool { return n >= deferMinPages && runs*deferMinPagesPerRun <= n }
-
 // copyPages lists the dirty pages in c.pfns and copies them into c.pages:
-// during the pause, or, where it pays (deferPays) and the machine can,
+// during the pause, or, where the machine can and p.choice finds it pays,
 // after it (c.copied waits for the copy).
 // Precondition: the guest is paused.
 func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
@@ -572,13 +554,13 @@ func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
 		runs++
 	}
 	c.pages = p.pageBuffer(n * format.PageSize)
-	if cw, ok := p.guest.(machine.CopyOnWriter); ok && p.cfg.CopyAfterResume && !p.copyOnWriteFailed && p.deferPays(n, runs) {
+	if cw, ok := p.guest.(machine.CopyOnWriter); ok && p.cfg.CopyAfterResume && p.choice.choose(n, runs) {
 		wait, err := cw.CopyOnWrite(c.pfns, c.pages[:n*format.PageSize])
 		if err == nil {
 			c.pages, c.copied = c.pages[:n*format.PageSize], wait
 			return
 		}
-		p.copyOnWriteFailed = true
+		p.choice.off = true
 		p.log.Warn("pages cannot be copied after the guest resumes; every pause copies them", "err", err)
 	}
 	mem := p.guest.Memory()
