@@ -43,7 +43,8 @@ state capture, resume) with the dirty pages per epoch, beside the memcpy of as
 many pages measured in the same run, and the share of epochs whose pages were
 copied after the guest resumed (their "copy" is the write protection). On KVM
 each epoch runs twice: as checkpoint mode does by default (pages copied after
-the guest resumes, where that pays) and with the pause copying them. All configurations share this host's cores,
+the guest resumes where the pauses measure that cheaper) and with the pause
+copying them. All configurations share this host's cores,
 the backup's included. Progress goes to stderr, the tables to stdout.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -91,7 +92,7 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 	cmd.Flags().StringVar(&machine, "machine", "sim", "sim (the software machine) or kvm")
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
 	cmd.Flags().IntVar(&memtouchPages, "memtouch-pages", bench.DefaultMemtouchPages, "the pages memtouch rewrites flat out, on KVM (its memory grows to fit)")
-	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM: resume (after the guest resumes, where that pays: the default behaviour), pause, or both (a row each; the default on KVM)")
+	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM: resume (after the guest resumes where the pauses measure that cheaper: the default behaviour), pause, or both (a row each; the default on KVM)")
 	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")
 	return cmd

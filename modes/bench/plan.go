@@ -54,8 +54,8 @@ type Config struct {
 	Mode  string
 	Epoch time.Duration
 	// PauseCopies has checkpoint mode copy every epoch's dirty pages in the
-	// pause (on KVM it otherwise copies them after the guest resumes, where
-	// that pays: Config.CopyAfterResume).
+	// pause (on KVM it otherwise copies them after the guest resumes where
+	// that measures cheaper: Config.CopyAfterResume).
 	PauseCopies bool
 	// Again marks the unprotected run after the others: the floor is the
 	// mean of the two, and their difference shows how steady the host was.
@@ -98,7 +98,7 @@ type Request struct {
 	// MemtouchPages is memtouch's working set (0: DefaultMemtouchPages).
 	MemtouchPages int
 	// Copy is where checkpoint mode copies dirty pages on KVM: "resume"
-	// (after the guest resumes, where that pays: the default behaviour),
+	// (after the guest resumes where that measures cheaper: the default),
 	// "pause", or "both", a row each ("": both on KVM, resume on the
 	// software machine, which cannot copy after resuming).
 	Copy string

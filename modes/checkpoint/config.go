@@ -34,8 +34,8 @@ type Config struct {
 	// CopyAfterResume lets a pause write-protect its dirty pages and resume
 	// the guest before they are copied, where the machine can
 	// (machine.CopyOnWriter), for an epoch whose dirty pages come in runs
-	// long enough to be worth it (see deferCopy); otherwise, or off, the
-	// pause copies them.
+	// long enough (deferPays) when the pauses measure it cheaper
+	// (copyChoice); otherwise, or off, the pause copies them.
 	CopyAfterResume bool
 	// Verify sends a hash of guest memory with every checkpoint, checked by
 	// the backup after applying.
