@@ -1,13 +1,10 @@
 package cow
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/ftckpt/ftckpt/vmm/abitest"
 )
 
 // abiProgram prints the kernel's values of what uffd.go mirrors.
@@ -42,23 +39,7 @@ int main(void) {
 // TestABIMatchesKernelHeaders checks uffd.go against the system's
 // <linux/userfaultfd.h>, compiled with gcc.
 func TestABIMatchesKernelHeaders(t *testing.T) {
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to read <linux/userfaultfd.h> (.ci/run installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src, bin := filepath.Join(dir, "abi.c"), filepath.Join(dir, "abi")
-	if err := os.WriteFile(src, []byte(abiProgram), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(gcc, "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("compiling the ABI probe: %v\n%s", err, out)
-	}
-	out, err := exec.Command(bin).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]uint64{
+	abitest.Check(t, "<linux/userfaultfd.h>", abiProgram, map[string]uint64{
 		"UFFD_API":                            UFFD_API,
 		"UFFDIO_API":                          UFFDIO_API,
 		"UFFDIO_REGISTER":                     UFFDIO_REGISTER,
@@ -76,25 +57,5 @@ func TestABIMatchesKernelHeaders(t *testing.T) {
 		"offsetof uffd_msg.event":             msgEventOffset,
 		"offsetof uffd_msg.pagefault.flags":   msgFaultFlagsOffset,
 		"offsetof uffd_msg.pagefault.address": msgFaultAddrOffset,
-	}
-	seen := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		i := strings.LastIndexByte(line, ' ')
-		name := line[:i]
-		got, err := strconv.ParseUint(line[i+1:], 10, 64)
-		if err != nil {
-			t.Fatalf("probe line %q: %v", line, err)
-		}
-		w, ok := want[name]
-		if !ok {
-			t.Fatalf("probe prints %q, which the test does not know", name)
-		}
-		if got != w {
-			t.Errorf("%s: the kernel says %#x, uffd.go %#x", name, got, w)
-		}
-		seen++
-	}
-	if seen != len(want) {
-		t.Errorf("probe printed %d values, want %d", seen, len(want))
-	}
+	})
 }

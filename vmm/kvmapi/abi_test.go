@@ -1,16 +1,11 @@
 package kvmapi
 
 import (
-	"bufio"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftckpt/ftckpt/vmm/abitest"
 )
 
 // abiProgram prints, for each name, the kernel's value: ioctl numbers and
@@ -142,35 +137,6 @@ int main(void) {
 // It needs no /dev/kvm: it is what keeps the KVM layer honest on machines
 // that cannot run a guest.
 func TestABIMatchesKernelHeaders(t *testing.T) {
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to read <linux/kvm.h> (.ci/run installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "abi.c")
-	if err := os.WriteFile(src, []byte(abiProgram), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "abi")
-	if out, err := exec.Command(gcc, "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("compiling against <linux/kvm.h> (install linux-libc-dev): %v\n%s", err, out)
-	}
-	out, err := exec.Command(bin).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernel := map[string]uint64{}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseUint(line[i+1:], 10, 64)
-		if err != nil {
-			t.Fatalf("bad line %q", line)
-		}
-		kernel[line[:i]] = v
-	}
-
 	var run kvm.RunData
 	var ev kvm.VCPUEvents
 	var dbg DebugExitArch
@@ -296,19 +262,7 @@ func TestABIMatchesKernelHeaders(t *testing.T) {
 		"offsetof kvm_vcpu_events.interrupt.nr":          uint64(unsafe.Offsetof(ev.I)) + uint64(unsafe.Offsetof(ev.I.Nr)),
 		"offsetof kvm_vcpu_events.exception_payload":     uint64(unsafe.Offsetof(ev.ExceptionPayload)),
 	}
-	for name, want := range kernel {
-		got, ok := ours[name]
-		if !ok {
-			t.Errorf("%s: the C program prints it but the test does not check it", name)
-			continue
-		}
-		if got != want {
-			t.Errorf("%s = %#x here, %#x in <linux/kvm.h>", name, got, want)
-		}
-	}
-	if len(ours) != len(kernel) {
-		t.Errorf("checked %d names, the C program printed %d", len(ours), len(kernel))
-	}
+	abitest.Check(t, "<linux/kvm.h>", abiProgram, ours)
 }
 
 // same checks that a constant offset of ours equals the offset in the
