@@ -47,6 +47,10 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "--machine", "qemu"}, `--machine "qemu": want sim or kvm`},
 		{[]string{"bench", "--vcpus", "4"}, "--vcpus 4: the software machine"},
 		{[]string{"bench", "now"}, `unknown command "now"`},
+		{[]string{"bench", "--copy", "sideways"}, `--copy "sideways": want resume, pause or both`},
+		{[]string{"bench", "--copy", "pause"}, "--copy pause: the software machine copies every epoch's pages in the pause"},
+		{[]string{"bench", "--machine", "kvm", "--memtouch-pages", "0"}, "--memtouch-pages 0: KVM's memtouch rewrites 1 to 1,048,576 pages"},
+		{[]string{"bench", "--memtouch-pages", "2048"}, "the software machine has no memtouch"},
 	} {
 		start := time.Now()
 		_, _, err := benchCLI(tc.args...)

@@ -95,7 +95,8 @@ type Request struct {
 	Epochs   string
 	VCPUs    int
 	Duration time.Duration
-	// MemtouchPages is memtouch's working set (0: DefaultMemtouchPages).
+	// MemtouchPages is memtouch's working set (DefaultMemtouchPages unless
+	// told otherwise).
 	MemtouchPages int
 	// Copy is where checkpoint mode copies dirty pages on KVM: "resume"
 	// (after the guest resumes where that measures cheaper: the default),
@@ -108,9 +109,6 @@ type Request struct {
 func NewPlan(r Request) (Plan, error) {
 	machine, guest, vcpus, d := r.Machine, r.Guest, r.VCPUs, r.Duration
 	p := Plan{Machine: machine, VCPUs: vcpus, Duration: d}
-	if r.MemtouchPages == 0 {
-		r.MemtouchPages = DefaultMemtouchPages
-	}
 	if r.MemtouchPages < 1 || r.MemtouchPages > 1<<20 || machine == node.MachineSim && r.MemtouchPages != DefaultMemtouchPages {
 		return p, fmt.Errorf("--memtouch-pages %d: KVM's memtouch rewrites 1 to 1,048,576 pages (the software machine has no memtouch)", r.MemtouchPages)
 	}
