@@ -128,9 +128,10 @@ func (m *GuestMemory) Close() error {
 	return err
 }
 
-// CopyOnWrite starts copying RAM pages pfns (ascending) into dst, page i
-// at dst[i*PageSize:], as they are now, without holding up their writers
-// for the copy: see package cow. Its error wraps cow.ErrUnsupported where
+// CopyOnWrite snapshots RAM pages pfns (ascending) for a copy into dst,
+// page i at dst[i*PageSize:], as they are now, without holding up their
+// writers for the copy: see package cow (the snapshot's Start lets its
+// background copy go). Its error wraps cow.ErrUnsupported where
 // the host cannot (the caller copies the pages itself).
 // Precondition: nothing writes guest memory during the call (the machine
 // is paused); one call at a time.

@@ -121,6 +121,7 @@ func (r *Region) Close() error {
 	}
 	r.closed = true
 	if s := r.cur.Load(); s != nil {
+		s.Start()
 		<-s.done
 	}
 	var one [8]byte
@@ -218,7 +219,11 @@ type Snapshot struct {
 	state []atomic.Uint32 // by page of dst
 	began time.Time
 
-	done chan struct{} // closed when every page is copied and unprotected
+	// start is closed by Start: the background copier waits for it, so
+	// that it does not take a core from the rest of the pause.
+	start     chan struct{}
+	startOnce sync.Once
+	done      chan struct{} // closed when every page is copied and unprotected
 	// errMu protects err, set by fail; read after done.
 	errMu  sync.Mutex
 	err    error
@@ -226,10 +231,12 @@ type Snapshot struct {
 	faults atomic.Uint64
 }
 
-// Snapshot write-protects pages pfns (ascending) of the mapping and starts
-// copying them into dst, page i of pfns at dst[i*PageSize:]: each is copied
-// before it is next written, or sooner in the background. Wait says when
-// all are in dst. A snapshot still under way is waited for first.
+// Snapshot write-protects pages pfns (ascending) of the mapping for a copy
+// into dst, page i of pfns at dst[i*PageSize:]: each is copied before it is
+// next written, or by a background copier once Start (or Wait) is called —
+// after the writers are let go, so that it does not compete with what is
+// left of the pause. Wait says when all are in dst. A snapshot still under
+// way is started and waited for first.
 // Precondition: no thread writes to the mapping during the call (the guest
 // is paused); writers may go on as soon as it returns. On an error nothing
 // is protected and nothing is written to dst.
@@ -240,12 +247,14 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 		return nil, errors.New("snapshot of a closed region")
 	}
 	if s := r.cur.Load(); s != nil {
+		s.Start()
 		<-s.done
 	}
 	if len(dst) < len(pfns)*PageSize {
 		return nil, fmt.Errorf("snapshot of %d pages into %d bytes", len(pfns), len(dst))
 	}
-	s := &Snapshot{r: r, dst: dst, state: make([]atomic.Uint32, len(pfns)), began: time.Now(), done: make(chan struct{})}
+	s := &Snapshot{r: r, dst: dst, state: make([]atomic.Uint32, len(pfns)), began: time.Now(),
+		start: make(chan struct{}), done: make(chan struct{})}
 	pages := uint64(len(r.mem)) / PageSize
 	for i, pfn := range pfns {
 		if pfn >= pages || (i > 0 && pfn <= pfns[i-1]) {
@@ -272,9 +281,13 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 // UFFDIO_WRITEPROTECT each).
 func (s *Snapshot) Runs() int { return len(s.runs) }
 
-// Wait returns once every page is in dst, with the error that spoiled the
-// copy, if one did.
+// Start lets the background copier go. Idempotent.
+func (s *Snapshot) Start() { s.startOnce.Do(func() { close(s.start) }) }
+
+// Wait starts the background copier if need be and returns once every page
+// is in dst, with the error that spoiled the copy, if one did.
 func (s *Snapshot) Wait() error {
+	s.Start()
 	<-s.done
 	s.errMu.Lock()
 	defer s.errMu.Unlock()
@@ -282,7 +295,7 @@ func (s *Snapshot) Wait() error {
 }
 
 // Took is how long the pages took to be copied and unprotected, from
-// Snapshot. Call after Wait.
+// Snapshot (not from Start). Call after Wait.
 func (s *Snapshot) Took() time.Duration { return s.took }
 
 // Faults is how many writes waited for a page of the snapshot.
@@ -319,6 +332,7 @@ func (s *Snapshot) abandon(protected []run) {
 // a chunk at a time, and unprotects each chunk once all its pages are in
 // dst (whoever copied them).
 func (s *Snapshot) copyAll() {
+	<-s.start
 	for _, rn := range s.runs {
 		for c := uint64(0); c < rn.n; c += chunkPages {
 			first, end := rn.at+c, rn.at+min(c+chunkPages, rn.n)

@@ -98,6 +98,9 @@ func TestSnapshotHoldsThePagesAsTheyWere(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if gen%2 == 0 {
+			s.Start() // the copier races the writers; else Wait starts it after them
+		}
 		// The writers run on their own threads, as vCPUs do.
 		var wg sync.WaitGroup
 		for w := range 3 {

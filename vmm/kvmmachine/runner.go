@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/ftckpt/ftckpt/vmm"
+	"github.com/ftckpt/ftckpt/vmm/cow"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
@@ -30,6 +31,10 @@ type Runner struct {
 	// Tracker, nil on a machine that only receives checkpoints (a
 	// backup's), is built on M before it starts.
 	Tracker Tracker
+	// copying is the snapshot CopyOnWrite took in this pause, whose
+	// background copy Resume starts. Touched only by the goroutine that
+	// pauses and resumes.
+	copying *cow.Snapshot
 }
 
 var (
@@ -50,11 +55,15 @@ func (g *Runner) CopyLive(dst []byte, pfn uint64) {
 // protection of the guest's memory (vmm.GuestMemory.CopyOnWrite): KVM
 // faults a protected page in for a vCPU's write with the VMM's page
 // tables, so the vCPU waits for the copy as a VMM thread would.
+// Its background copy starts at Resume: started in the pause, it took a
+// core from the vCPUs capturing their state (with 4 vCPUs on 2 cores, 8,192
+// pages: pauses of 3–6 ms instead of 2).
 func (g *Runner) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, error), error) {
 	s, err := g.M.Memory().CopyOnWrite(pfns, dst)
 	if err != nil {
 		return nil, err
 	}
+	g.copying = s
 	return func() (uint64, error) { err := s.Wait(); return s.Faults(), err }, nil
 }
 
@@ -65,8 +74,16 @@ func (g *Runner) Pause() error { return g.M.Pause() }
 // on their own threads as they stop, while the primary copies pages.
 func (g *Runner) PauseSaving() error { return g.M.PauseSaving() }
 
-// Resume implements machine.Runner.
-func (g *Runner) Resume() error { return g.M.Resume() }
+// Resume implements machine.Runner, and starts the background copy of a
+// CopyOnWrite of this pause.
+func (g *Runner) Resume() error {
+	err := g.M.Resume()
+	if g.copying != nil {
+		g.copying.Start()
+		g.copying = nil
+	}
+	return err
+}
 
 // Harvest implements machine.Runner. A machine built without a tracker
 // refuses.

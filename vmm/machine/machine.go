@@ -64,8 +64,9 @@ type CopyOnWriter interface {
 	// CopyOnWrite, called while the machine is paused, starts copying
 	// pages pfns (ascending) of Memory into dst, page i of pfns at
 	// dst[i*PageSize:], as they are now: each page is copied before the
-	// guest or a device next writes it, or sooner in the background, so
-	// the machine may resume at once. wait returns once every page is in
+	// guest or a device next writes it, or sooner in the background (from
+	// Resume on, so as not to compete with the rest of the pause), so the
+	// machine may resume at once. wait returns once every page is in
 	// dst (and then reports how many writes waited for a copy). On an
 	// error nothing was started and the caller copies the pages itself.
 	CopyOnWrite(pfns []uint64, dst []byte) (wait func() (waited uint64, err error), err error)
