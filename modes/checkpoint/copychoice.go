@@ -17,10 +17,13 @@ func deferPays(n, runs int) bool { return n >= deferMinPages && runs*deferMinPag
 
 // How copyChoice learns: it alternates until it has choiceWarmup pauses of
 // each way, then takes the cheaper, and every choiceExploreEvery eligible
-// epochs the other, since the host's load and the guest change.
+// epochs the other, since the host's load and the guest change. Rarely
+// enough that the other way's pauses stay out of the p99 (under 1 %): one
+// such pause is enough to notice a swap (the way taken is measured every
+// epoch; see TestCopyChoiceFollowsTheCosts).
 const (
 	choiceWarmup       = 4
-	choiceExploreEvery = 16
+	choiceExploreEvery = 128
 )
 
 // copyChoice decides, epoch by epoch, whether a pause copies its dirty

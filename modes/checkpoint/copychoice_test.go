@@ -62,7 +62,7 @@ func TestCopyChoiceFollowsTheCosts(t *testing.T) {
 		t.Fatalf("deferring costs more: deferred %d of %d epochs, want only the %d explorations", got, 10*choiceExploreEvery, 10)
 	}
 	costs[false], costs[true] = costs[true], costs[false]
-	run(3 * choiceExploreEvery) // an exploration or two finds deferring cheaper now
+	run(choiceExploreEvery) // its exploration finds deferring cheaper now
 	if got := run(10 * choiceExploreEvery); got != 10*choiceExploreEvery-10 {
 		t.Fatalf("deferring costs less: deferred %d of %d epochs, want all but the %d explorations", got, 10*choiceExploreEvery, 10)
 	}
