@@ -92,7 +92,7 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 	cmd.Flags().StringVar(&machine, "machine", "sim", "sim (the software machine) or kvm")
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
 	cmd.Flags().IntVar(&memtouchPages, "memtouch-pages", bench.DefaultMemtouchPages, "the pages memtouch rewrites flat out, on KVM (its memory grows to fit)")
-	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM: resume (after the guest resumes where the pauses measure that cheaper: the default behaviour), pause, or both (a row each; the default on KVM)")
+	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto (the default behaviour), always, never (default on KVM auto,never)")
 	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")
 	return cmd

@@ -47,8 +47,9 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "--machine", "qemu"}, `--machine "qemu": want sim or kvm`},
 		{[]string{"bench", "--vcpus", "4"}, "--vcpus 4: the software machine"},
 		{[]string{"bench", "now"}, `unknown command "now"`},
-		{[]string{"bench", "--copy", "sideways"}, `--copy "sideways": want resume, pause or both`},
-		{[]string{"bench", "--copy", "pause"}, "--copy pause: the software machine copies every epoch's pages in the pause"},
+		{[]string{"bench", "--copy", "sideways"}, `--copy "sideways": want auto, always or never`},
+		{[]string{"bench", "--copy", "never"}, "--copy never: the software machine copies every epoch's pages in the pause"},
+		{[]string{"bench", "--machine", "kvm", "--copy", "auto,auto"}, `--copy "auto,auto": auto twice`},
 		{[]string{"bench", "--machine", "kvm", "--memtouch-pages", "0"}, "--memtouch-pages 0: KVM's memtouch rewrites 1 to 1,048,576 pages"},
 		{[]string{"bench", "--memtouch-pages", "2048"}, "the software machine has no memtouch"},
 	} {

@@ -49,7 +49,7 @@ type modeFlags struct {
 	acceptBackups   string
 	rejoin          string
 	precopyRounds   int
-	copyAfterResume bool
+	copyAfterResume string
 	metrics         string
 	control         string
 	respawn         bool
@@ -71,7 +71,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.StringVar(&f.epoch, "epoch", "25ms", "checkpoint interval, or auto (adapts between --min-epoch and --max-epoch)")
 	fl.DurationVar(&f.minEpoch, "min-epoch", 5*time.Millisecond, "shortest epoch for --epoch auto")
 	fl.IntVar(&f.precopyRounds, "precopy-rounds", ckmode.DefaultConfig().PrecopyRounds, "checkpoint mode: most rounds of a full sync while the guest runs before the final pause; 0 copies all of memory (and a mirrored disk) with the guest paused (stop-and-copy)")
-	fl.BoolVar(&f.copyAfterResume, "copy-after-resume", ckmode.DefaultConfig().CopyAfterResume, "checkpoint mode on KVM: write-protect an epoch's dirty pages and resume the guest before they are copied, each before its next write (userfaultfd), for epochs of a few hundred pages or more in long runs, whenever the pauses measure it cheaper than copying them; false: every pause copies them")
+	fl.StringVar(&f.copyAfterResume, "copy-after-resume", ckmode.DefaultConfig().CopyAfterResume.String(), "checkpoint mode on KVM: write-protect an epoch's dirty pages and resume the guest before they are copied, each before its next write (userfaultfd), for epochs of a few hundred pages or more in long runs — auto: whenever the pauses measure it cheaper than copying them; always; never: every pause copies them")
 	fl.DurationVar(&f.maxEpoch, "max-epoch", 500*time.Millisecond, "longest epoch for --epoch auto")
 	fl.StringVar(&f.arbiter, "arbiter", witness.DefaultSpec, "who decides failover: raft://H:P,H:P,H:P or disk:PATH[#OFFSET]")
 	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint (replay: every full checkpoint); the backup checks it")
@@ -199,7 +199,10 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	o.Replay.Heartbeat, o.Replay.FailureTimeout, o.Replay.LandingDelay, o.Replay.Verify = f.heartbeat, f.failureTimeout, f.landingDelay, f.verify
 	c := &o.Checkpoint
 	c.Heartbeat, c.FailureTimeout, c.Verify, c.MinEpoch, c.MaxEpoch = f.heartbeat, f.failureTimeout, f.verify, f.minEpoch, f.maxEpoch
-	c.PrecopyRounds, c.CopyAfterResume = f.precopyRounds, f.copyAfterResume
+	c.PrecopyRounds = f.precopyRounds
+	if c.CopyAfterResume, err = ckmode.ParseCopyMode(f.copyAfterResume); err != nil {
+		return o, fmt.Errorf("--copy-after-resume %w", err)
+	}
 	if f.epoch == "auto" {
 		c.EpochAuto, c.Epoch = true, max(f.minEpoch, min(f.maxEpoch, c.Epoch))
 	} else if c.Epoch, err = time.ParseDuration(f.epoch); err != nil {

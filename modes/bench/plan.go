@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	ckmode "github.com/ftckpt/ftckpt/modes/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/node"
 )
 
@@ -53,10 +54,10 @@ type Config struct {
 	// Mode is "unprotected", "replay" or "checkpoint".
 	Mode  string
 	Epoch time.Duration
-	// PauseCopies has checkpoint mode copy every epoch's dirty pages in the
-	// pause (on KVM it otherwise copies them after the guest resumes where
-	// that measures cheaper: Config.CopyAfterResume).
-	PauseCopies bool
+	// Copy is where checkpoint mode copies an epoch's dirty pages
+	// (Config.CopyAfterResume; on the software machine always in the
+	// pause).
+	Copy ckmode.CopyMode
 	// Again marks the unprotected run after the others: the floor is the
 	// mean of the two, and their difference shows how steady the host was.
 	Again bool
@@ -64,8 +65,10 @@ type Config struct {
 
 func (c Config) String() string {
 	switch {
-	case c.Mode == "checkpoint" && c.PauseCopies:
+	case c.Mode == "checkpoint" && c.Copy == ckmode.CopyNever:
 		return "checkpoint " + c.Epoch.String() + ", pause copies"
+	case c.Mode == "checkpoint" && c.Copy == ckmode.CopyAlways:
+		return "checkpoint " + c.Epoch.String() + ", always after resume"
 	case c.Mode == "checkpoint":
 		return "checkpoint " + c.Epoch.String()
 	case c.Again:
@@ -98,10 +101,10 @@ type Request struct {
 	// MemtouchPages is memtouch's working set (DefaultMemtouchPages unless
 	// told otherwise).
 	MemtouchPages int
-	// Copy is where checkpoint mode copies dirty pages on KVM: "resume"
-	// (after the guest resumes where that measures cheaper: the default),
-	// "pause", or "both", a row each ("": both on KVM, resume on the
-	// software machine, which cannot copy after resuming).
+	// Copy is where checkpoint mode copies dirty pages on KVM, a row for
+	// each of a comma-separated list of --copy-after-resume's values (auto,
+	// always, never); "": auto,never on KVM, auto on the software machine,
+	// which cannot copy after resuming.
 	Copy string
 }
 
@@ -138,8 +141,8 @@ func NewPlan(r Request) (Plan, error) {
 	}
 	p.Configs = []Config{{Mode: "unprotected"}, {Mode: "replay"}}
 	for _, e := range es {
-		for _, pauseCopies := range copies {
-			p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e, PauseCopies: pauseCopies})
+		for _, copy := range copies {
+			p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e, Copy: copy})
 		}
 	}
 	p.Configs = append(p.Configs, Config{Mode: "unprotected", Again: true})
@@ -168,26 +171,28 @@ func ParseEpochs(s string) ([]time.Duration, error) {
 	return slices.Clip(epochs), nil
 }
 
-// copyRows is the Config.PauseCopies of each checkpoint row an epoch gets,
-// for Request.Copy.
-func copyRows(m node.Machine, where string) ([]bool, error) {
-	if where == "" {
-		where = "resume"
+// copyRows is the Config.Copy of each checkpoint row an epoch gets, for
+// Request.Copy.
+func copyRows(m node.Machine, list string) ([]ckmode.CopyMode, error) {
+	if list == "" {
+		list = "auto"
 		if m == node.MachineKVM {
-			where = "both"
+			list = "auto,never"
 		}
 	}
-	switch where {
-	case "resume":
-		return []bool{false}, nil
-	case "pause", "both":
-		if m != node.MachineKVM {
-			return nil, fmt.Errorf("--copy %s: the software machine copies every epoch's pages in the pause; only KVM can copy them after resuming", where)
+	var modes []ckmode.CopyMode
+	for _, item := range strings.Split(list, ",") {
+		c, err := ckmode.ParseCopyMode(strings.TrimSpace(item))
+		if err != nil {
+			return nil, fmt.Errorf("--copy %w", err)
 		}
-		if where == "pause" {
-			return []bool{true}, nil
+		if c != ckmode.CopyAuto && m != node.MachineKVM {
+			return nil, fmt.Errorf("--copy %v: the software machine copies every epoch's pages in the pause; only KVM can copy them after resuming", c)
 		}
-		return []bool{false, true}, nil
+		if slices.Contains(modes, c) {
+			return nil, fmt.Errorf("--copy %q: %v twice", list, c)
+		}
+		modes = append(modes, c)
 	}
-	return nil, fmt.Errorf("--copy %q: want resume, pause or both", where)
+	return modes, nil
 }

@@ -25,9 +25,10 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	// Pauses by where the pages were copied: after the guest resumed (the
-	// default behaviour, where it pays), or in the pause (Config.PauseCopies).
-	var pausePts, pauseCopiesPts, floorPts plotter.XYs
+	// Pauses by Config.Copy (the default, always after resuming, in the
+	// pause).
+	var pausePts [3]plotter.XYs
+	var floorPts plotter.XYs
 	for i, w := range p.Workloads {
 		rs := results[i]
 		floor := floorRate(rs)
@@ -40,14 +41,10 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 				if len(r.Pauses) > 0 {
 					m := ckmode.PauseMedian(r.Pauses)
 					pt := plotter.XY{X: float64(m.Dirty), Y: ms2(ckmode.PauseQuantile(r.Pauses, 0.5))}
-					if r.Config.PauseCopies {
-						pauseCopiesPts = append(pauseCopiesPts, pt)
-					} else {
-						pausePts = append(pausePts, pt)
-					}
+					pausePts[r.Config.Copy] = append(pausePts[r.Config.Copy], pt)
 					floorPts = append(floorPts, plotter.XY{X: float64(m.Dirty), Y: ms2(MemcpyPages(m.Dirty))})
 				}
-				if r.Config.PauseCopies {
+				if r.Config.Copy != ckmode.CopyAuto {
 					continue // the lines against the epoch are the default behaviour's
 				}
 				ms := float64(r.Config.Epoch) / float64(time.Millisecond)
@@ -70,7 +67,7 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 			return err
 		}
 	}
-	if len(pausePts) == 0 {
+	if len(floorPts) == 0 {
 		return nil
 	}
 	pl := plot.New()
@@ -79,9 +76,13 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 	pl.Y.Label.Text = "ms"
 	// One call per kind of plotter, so each series gets its own colour and
 	// shape (plotutil numbers them within a call).
-	scatters := []any{"pause p50", sorted(pausePts)}
-	if len(pauseCopiesPts) > 0 {
-		scatters = append(scatters, "pause p50, the pause copying the pages", sorted(pauseCopiesPts))
+	names := [...]string{ckmode.CopyAuto: "pause p50", ckmode.CopyAlways: "pause p50, pages always copied after the resume",
+		ckmode.CopyNever: "pause p50, the pause copying the pages"}
+	var scatters []any
+	for c, name := range names {
+		if len(pausePts[c]) > 0 {
+			scatters = append(scatters, name, sorted(pausePts[c]))
+		}
 	}
 	if err := plotutil.AddScatters(pl, scatters...); err != nil {
 		return err

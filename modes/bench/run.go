@@ -168,7 +168,7 @@ func options(p Plan, w Workload, c Config, dir string) (node.Options, *guests.Me
 	}
 	o.Arbiter = "disk:" + filepath.Join(dir, "lease")
 	o.Checkpoint.Epoch = max(c.Epoch, time.Millisecond)
-	o.Checkpoint.CopyAfterResume = !c.PauseCopies
+	o.Checkpoint.CopyAfterResume = c.Copy
 	con := &guests.MemtouchConsole{}
 	o.Console, o.Log, o.StatusEvery = con, quiet, 0
 	return o, con, nil

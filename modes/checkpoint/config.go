@@ -31,12 +31,10 @@ type Config struct {
 	// DecideTimeout bounds how long a primary that lost its backup may ask
 	// the witness before it must halt.
 	DecideTimeout time.Duration
-	// CopyAfterResume lets a pause write-protect its dirty pages and resume
-	// the guest before they are copied, where the machine can
-	// (machine.CopyOnWriter), for an epoch whose dirty pages come in runs
-	// long enough (deferPays) when the pauses measure it cheaper
-	// (copyChoice); otherwise, or off, the pause copies them.
-	CopyAfterResume bool
+	// CopyAfterResume says when a pause may write-protect its dirty pages
+	// and resume the guest before they are copied (machine.CopyOnWriter)
+	// instead of copying them: see CopyMode.
+	CopyAfterResume CopyMode
 	// Verify sends a hash of guest memory with every checkpoint, checked by
 	// the backup after applying.
 	Verify bool
@@ -48,11 +46,46 @@ type Config struct {
 	Machine string
 }
 
+// CopyMode is where a pause's dirty pages are copied. Only a machine that
+// can copy pages after it resumes (KVM's, where userfaultfd write
+// protection works) defers; on others every mode copies in the pause.
+type CopyMode int
+
+const (
+	// CopyAuto defers an epoch whose dirty pages come in runs long enough
+	// (deferPays) when the pauses measure it cheaper (copyChoice).
+	CopyAuto CopyMode = iota
+	// CopyAlways defers every epoch whose dirty pages come in runs long
+	// enough.
+	CopyAlways
+	// CopyNever copies every epoch's pages in the pause.
+	CopyNever
+)
+
+var copyModeNames = [...]string{CopyAuto: "auto", CopyAlways: "always", CopyNever: "never"}
+
+func (m CopyMode) String() string {
+	if m < 0 || int(m) >= len(copyModeNames) {
+		return fmt.Sprintf("CopyMode(%d)", int(m))
+	}
+	return copyModeNames[m]
+}
+
+// ParseCopyMode parses auto, always or never.
+func ParseCopyMode(s string) (CopyMode, error) {
+	for m, name := range copyModeNames {
+		if s == name {
+			return CopyMode(m), nil
+		}
+	}
+	return 0, fmt.Errorf("%q: want auto, always or never", s)
+}
+
 // DefaultConfig is a 25 ms epoch with failure detection in 500 ms.
 func DefaultConfig() Config {
 	return Config{
 		Epoch: 25 * time.Millisecond, MinEpoch: 5 * time.Millisecond, MaxEpoch: 500 * time.Millisecond,
-		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256, CopyAfterResume: true,
+		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256, CopyAfterResume: CopyAuto,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: 500 * time.Millisecond,
 		DecideTimeout: 2 * time.Second, MaxCheckpoint: 1 << 30,
 	}
@@ -78,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.DecideTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("decide timeout %v: must be positive", c.DecideTimeout))
+	}
+	if c.CopyAfterResume < CopyAuto || c.CopyAfterResume > CopyNever {
+		errs = append(errs, fmt.Errorf("copy after resume %v: want auto, always or never", c.CopyAfterResume))
 	}
 	if c.MaxCheckpoint < 1<<20 {
 		errs = append(errs, fmt.Errorf("max checkpoint %d bytes: at least 1 MiB", c.MaxCheckpoint))

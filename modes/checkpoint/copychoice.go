@@ -41,7 +41,7 @@ type copyChoice struct {
 	// deferred at all (deferPays).
 	eligible func(n, runs int) bool
 	// learn chooses by the costs measured; off, every eligible epoch is
-	// deferred (the engine tests).
+	// deferred (CopyAlways).
 	learn bool
 	// off is set once the machine failed to copy pages after resuming:
 	// every pause copies from then on.

@@ -67,3 +67,21 @@ func TestCopyChoiceFollowsTheCosts(t *testing.T) {
 		t.Fatalf("deferring costs less: deferred %d of %d epochs, want all but the %d explorations", got, 10*choiceExploreEvery, 10)
 	}
 }
+
+// TestCopyModeNames: each mode parses from its name, other names are
+// refused, and a config with no such mode does not validate.
+func TestCopyModeNames(t *testing.T) {
+	for _, m := range []CopyMode{CopyAuto, CopyAlways, CopyNever} {
+		if got, err := ParseCopyMode(m.String()); err != nil || got != m {
+			t.Errorf("ParseCopyMode(%q) = %v, %v", m.String(), got, err)
+		}
+	}
+	if _, err := ParseCopyMode("sometimes"); err == nil {
+		t.Error(`ParseCopyMode("sometimes") accepted`)
+	}
+	c := DefaultConfig()
+	c.CopyAfterResume = CopyNever + 1
+	if err := c.Validate(); err == nil {
+		t.Errorf("Validate accepted copy mode %v", c.CopyAfterResume)
+	}
+}

@@ -186,7 +186,7 @@ func (p *pair) build(pages uint64) {
 	}
 	p.primary.SetDisk(held)
 	if p.copyAfterResume {
-		p.primary.choice = copyChoice{eligible: func(n, runs int) bool { return n > 0 }}
+		p.primary.choice = copyChoice{eligible: func(n, runs int) bool { return n > 0 }} // CopyAlways, from one page on
 	}
 	holdCounts(p.pg, out, p.primary.Position, func(n, pos uint64) { p.emitted.Store(n, pos) })
 	p.bdisk = p.disk

@@ -120,7 +120,7 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
 		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), spare: make(chan []byte, cfg.MaxInFlight+1),
-		choice: copyChoice{eligible: deferPays, learn: true}}
+		choice: copyChoice{eligible: deferPays, learn: cfg.CopyAfterResume == CopyAuto}}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
 	return p, nil
@@ -554,7 +554,7 @@ func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
 		runs++
 	}
 	c.pages = p.pageBuffer(n * format.PageSize)
-	if cw, ok := p.guest.(machine.CopyOnWriter); ok && p.cfg.CopyAfterResume && p.choice.choose(n, runs) {
+	if cw, ok := p.guest.(machine.CopyOnWriter); ok && p.cfg.CopyAfterResume != CopyNever && p.choice.choose(n, runs) {
 		wait, err := cw.CopyOnWrite(c.pfns, c.pages[:n*format.PageSize])
 		if err == nil {
 			c.pages, c.copied = c.pages[:n*format.PageSize], wait
