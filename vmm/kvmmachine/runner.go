@@ -2,6 +2,7 @@ package kvmmachine
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/cow"
@@ -60,6 +61,9 @@ func (g *Runner) CopyLive(dst []byte, pfn uint64) {
 // pages: pauses of 3–6 ms instead of 2).
 func (g *Runner) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, error), error) {
 	s, err := g.M.Memory().CopyOnWrite(pfns, dst)
+	if errors.Is(err, cow.ErrUnsupported) {
+		return nil, fmt.Errorf("%w: %w", machine.ErrNoCopyOnWrite, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@
 // them are Bitmaps.
 package machine
 
+import "errors"
+
 // Machine is what every machine offers a mode, whichever way it is driven.
 //
 // Precondition of every method: the guest does not run (a Runner is paused
@@ -68,9 +70,15 @@ type CopyOnWriter interface {
 	// Resume on, so as not to compete with the rest of the pause), so the
 	// machine may resume at once. wait returns once every page is in
 	// dst (and then reports how many writes waited for a copy). On an
-	// error nothing was started and the caller copies the pages itself.
+	// error nothing was started and the caller copies the pages itself;
+	// where the host cannot (no userfaultfd write protection, say) the
+	// error wraps ErrNoCopyOnWrite.
 	CopyOnWrite(pfns []uint64, dst []byte) (wait func() (waited uint64, err error), err error)
 }
+
+// ErrNoCopyOnWrite is CopyOnWrite's error where the host cannot copy pages
+// after the machine resumes.
+var ErrNoCopyOnWrite = errors.New("this host cannot copy pages after the machine resumes")
 
 // PauseSaver is a Runner that starts capturing its state as it pauses, so
 // that the capture runs alongside the rest of the pause (the primary

@@ -2,6 +2,7 @@ package machinetest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -164,6 +165,14 @@ func runCopyOnWrite(t *testing.T, m Runner) {
 		}
 		dst := make([]byte, len(want))
 		wait, err := cw.CopyOnWrite(pfns, dst)
+		if errors.Is(err, machine.ErrNoCopyOnWrite) {
+			// The machine copies in the pause here, as the primary then
+			// does: nothing of this contract can be seen.
+			if err := r.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			t.Skipf("this host cannot copy pages after a resume: %v", err)
+		}
 		if err != nil {
 			t.Fatalf("round %d: CopyOnWrite of %d pages: %v", round, len(pfns), err)
 		}
