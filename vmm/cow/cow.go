@@ -62,6 +62,9 @@ type Region struct {
 	// cur is the snapshot under way, nil when none: how the fault handler
 	// finds the page a writer waits for.
 	cur atomic.Pointer[Snapshot]
+	// failed is set by release: the region takes no snapshot again (its
+	// fault handler may be gone).
+	failed atomic.Bool
 }
 
 // Register prepares mem (page-aligned, anonymous or shared memory) for
@@ -191,6 +194,7 @@ func (r *Region) fault(pfn uint64) error {
 // handler, failing the snapshot under way (its pages may now change before
 // they are copied).
 func (r *Region) release(err error) {
+	r.failed.Store(true)
 	if s := r.cur.Load(); s != nil {
 		s.fail(err)
 	}
@@ -245,6 +249,9 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 	defer r.mu.Unlock()
 	if r.closed {
 		return nil, errors.New("snapshot of a closed region")
+	}
+	if r.failed.Load() {
+		return nil, errors.New("snapshot of a region whose write protection failed (see the snapshot that failed)")
 	}
 	if s := r.cur.Load(); s != nil {
 		s.Start()
