@@ -284,10 +284,6 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 	return s, nil
 }
 
-// Runs is how many ranges of consecutive pages the snapshot protected (one
-// UFFDIO_WRITEPROTECT each).
-func (s *Snapshot) Runs() int { return len(s.runs) }
-
 // Start lets the background copier go. Idempotent.
 func (s *Snapshot) Start() { s.startOnce.Do(func() { close(s.start) }) }
 
