@@ -141,8 +141,8 @@ func NewPlan(r Request) (Plan, error) {
 	}
 	p.Configs = []Config{{Mode: "unprotected"}, {Mode: "replay"}}
 	for _, e := range es {
-		for _, copy := range copies {
-			p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e, Copy: copy})
+		for _, where := range copies {
+			p.Configs = append(p.Configs, Config{Mode: "checkpoint", Epoch: e, Copy: where})
 		}
 	}
 	p.Configs = append(p.Configs, Config{Mode: "unprotected", Again: true})
