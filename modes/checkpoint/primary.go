@@ -93,15 +93,11 @@ type Primary struct {
 	// and losing the backup costs nothing. Only the epoch loop's goroutine
 	// (run) touches it.
 	committing bool
-	// spare holds page buffers the sender is done with, for the next
-	// captures: a pause then copies into memory already faulted in instead
-	// of allocating (and zeroing) a fresh buffer.
-	spare chan []byte
-	// ready is a page buffer made while the guest ran (prepareBuffer), for
-	// the next capture; syncPeak the most pages a pre-copy round after the
-	// first found dirty in the last sync: the first epochs' likely count.
-	// Only the epoch loop's goroutine touches them.
-	ready    []byte
+	// buffers holds the captures' page buffers. syncPeak is the most
+	// pages a pre-copy round after the first found dirty in the last sync:
+	// the first epochs' likely count; only the epoch loop's goroutine
+	// touches it.
+	buffers  pageBuffers
 	syncPeak int
 	// choice decides where each epoch's pages are copied. Only the epoch
 	// loop's goroutine touches it.
@@ -119,7 +115,7 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 		log = slog.Default()
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
-		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), spare: make(chan []byte, cfg.MaxInFlight+1),
+		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), buffers: newPageBuffers(cfg.MaxInFlight + 1),
 		choice: copyChoice{eligible: deferPays, learn: cfg.CopyAfterResume == CopyAuto}}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
@@ -297,7 +293,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 		if p.resync.Load() {
 			continue // the epochs in flight are moot; sync instead
 		}
-		p.prepareBuffer(expect)
+		p.buffers.prepare(expect)
 		c, pause, err := p.captureEpoch(dirty, format.KindEpoch, true)
 		if err != nil {
 			return err
@@ -366,7 +362,7 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
 		p.syncPeak = max(p.syncPeak, len(pfns)) // dirtied during one round's shipping
 	}
-	p.prepareBuffer(len(pfns))
+	p.buffers.prepare(len(pfns))
 	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
 	if err != nil {
 		return err
@@ -553,7 +549,7 @@ func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
 		}
 		runs++
 	}
-	c.pages = p.pageBuffer(n * format.PageSize)
+	c.pages = p.buffers.take(n * format.PageSize)
 	if cw, ok := p.guest.(machine.CopyOnWriter); ok && p.cfg.CopyAfterResume != CopyNever && p.choice.choose(n, runs) {
 		wait, err := cw.CopyOnWrite(c.pfns, c.pages[:n*format.PageSize])
 		if err == nil {
@@ -620,56 +616,6 @@ func (p *Primary) resumeAfter(err error) error {
 		return errors.Join(err, fmt.Errorf("resuming the guest: %w", rerr))
 	}
 	return err
-}
-
-// pageBuffer returns an empty buffer with room for n bytes: the one
-// prepareBuffer made if it is large enough, else a spare one (grown if
-// need be), else a new one. Growing or making one in a pause costs the
-// pause the allocation (about 20 ms for 32 MiB on this project's test
-// host, Go zeroing memory the kernel must first fault in).
-func (p *Primary) pageBuffer(n int) []byte {
-	if cap(p.ready) >= n {
-		b := p.ready
-		p.ready = nil
-		return b[:0]
-	}
-	select {
-	case b := <-p.spare:
-		return slices.Grow(b[:0], n)
-	default:
-		return make([]byte, 0, n)
-	}
-}
-
-// prepareBuffer makes sure, while the guest runs, that the next capture
-// has a buffer for expect dirty pages and a quarter more: a spare one, or
-// one made now rather than in the pause.
-func (p *Primary) prepareBuffer(expect int) {
-	want := (expect + expect/4) * format.PageSize
-	for range len(p.spare) {
-		if cap(p.ready) >= want {
-			return
-		}
-		b := <-p.spare
-		if cap(b) > cap(p.ready) {
-			p.ready, b = b, p.ready
-		}
-		p.recycle(b) // the smaller one, back for later (or dropped)
-	}
-	if cap(p.ready) < want {
-		p.ready = make([]byte, 0, want)
-	}
-}
-
-// recycle gives a capture's page buffer back for a later capture.
-func (p *Primary) recycle(b []byte) {
-	if b == nil {
-		return
-	}
-	select {
-	case p.spare <- b:
-	default:
-	}
 }
 
 // waitInflight waits until fewer than MaxInFlight epochs await their ack,
@@ -775,7 +721,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 			return
 		}
-		p.recycle(c.pages) // encoded: the pages are in data and the encoder's cache
+		p.buffers.recycle(c.pages) // encoded: the pages are in data and the encoder's cache
 		buf = data
 		if err := l.Send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
 			failed <- err

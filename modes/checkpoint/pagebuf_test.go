@@ -1,0 +1,91 @@
+package checkpoint
+
+import (
+	"testing"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"golang.org/x/sys/unix"
+)
+
+// resident counts buf's whole pages that are in memory (mincore). buf must
+// start on a page.
+func resident(t *testing.T, buf []byte) int {
+	t.Helper()
+	vec := make([]byte, len(buf)/format.PageSize)
+	if err := mincore(buf[:len(vec)*format.PageSize], vec); err != nil {
+		t.Fatalf("mincore: %v", err)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// TestPageBuffersPrepareFaultsIn checks that the buffer a pause takes is
+// in memory before the pause: made fresh, Go's large allocation is not.
+func TestPageBuffersPrepareFaultsIn(t *testing.T) {
+	const pages = 512
+	fresh := make([]byte, 0, 2*pages*format.PageSize)
+	if n := resident(t, fresh[:cap(fresh)]); n == cap(fresh)/format.PageSize {
+		t.Skip("fresh allocations are resident here: nothing to check")
+	}
+	b := newPageBuffers(2)
+	b.prepare(pages)
+	buf := b.take(pages * format.PageSize)
+	if want := pages + pages/2; cap(buf) != want*format.PageSize {
+		t.Fatalf("prepared %d pages of room, want %d", cap(buf)/format.PageSize, want)
+	}
+	if n, want := resident(t, buf[:cap(buf)]), cap(buf)/format.PageSize; n != want {
+		t.Fatalf("%d of the prepared buffer's %d pages are in memory", n, want)
+	}
+}
+
+// TestFaultIn checks both ways faultIn works, on memory never touched: a
+// buffer that starts on a page (madvise), and one that does not (madvise
+// refuses it; every page is written).
+func TestFaultIn(t *testing.T) {
+	const pages = 256
+	for _, skip := range []int{0, 1} {
+		mem, err := unix.Mmap(-1, 0, (pages+1)*format.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(mem)
+		if n := resident(t, mem); n != 0 {
+			t.Fatalf("%d pages of a fresh mapping are in memory already", n)
+		}
+		faultIn(mem[skip : skip+pages*format.PageSize])
+		if n := resident(t, mem[:pages*format.PageSize]); n != pages {
+			t.Errorf("buffer at page offset %d: %d of %d pages are in memory after faultIn", skip, n, pages)
+		}
+		if mem[skip] != 0 {
+			t.Errorf("faultIn changed the buffer's contents")
+		}
+	}
+}
+
+// TestPageBuffersReuse checks that a dirty count creeping up reuses the
+// buffer it had (a new one costs its faults), and that prepare picks the
+// largest spare one.
+func TestPageBuffersReuse(t *testing.T) {
+	b := newPageBuffers(3)
+	b.prepare(1000)
+	first := b.take(1000 * format.PageSize)
+	b.recycle(first)
+	b.prepare(1300) // 1,300 pages and an eighth fit in 1,500
+	if got := b.take(1300 * format.PageSize); &got[:1][0] != &first[:1][0] {
+		t.Fatal("prepare made a new buffer for 1,300 pages where the spare 1,500 fit")
+	}
+
+	small := make([]byte, 0, 10*format.PageSize)
+	b.recycle(small)
+	b.recycle(first)
+	b.prepare(900)
+	if got := b.take(900 * format.PageSize); &got[:1][0] != &first[:1][0] {
+		t.Fatal("prepare did not take the spare buffer large enough")
+	}
+	if got := b.take(5 * format.PageSize); &got[:1][0] != &small[:1][0] {
+		t.Fatal("the smaller spare was not kept for later")
+	}
+}
