@@ -20,6 +20,10 @@ type Link struct {
 	r     *Reader
 	heard atomic.Int64
 	now   func() time.Time
+	// silence is NextWithin's timeout while it reads, else 0: each read of
+	// the connection then waits that long for bytes. Only the reading
+	// goroutine touches it.
+	silence time.Duration
 }
 
 // NewLink returns a Link on conn accepting checkpoints of up to
@@ -39,8 +43,12 @@ func NewLink(conn net.Conn, maxCheckpoint int, now func() time.Time) *Link {
 // not silence.
 type hearing struct{ l *Link }
 
-// Read implements io.Reader.
+// Read implements io.Reader. Under NextWithin it waits for bytes for the
+// link's silence timeout from each read, not from the message's start.
 func (h hearing) Read(p []byte) (int, error) {
+	if h.l.silence > 0 {
+		h.l.conn.SetReadDeadline(h.l.now().Add(h.l.silence))
+	}
 	n, err := h.l.conn.Read(p)
 	if n > 0 {
 		h.l.heard.Store(h.l.now().UnixNano())
@@ -107,11 +115,13 @@ func (l *Link) Next() (MsgType, []byte, error) {
 var ErrSilent = errors.New("peer silent")
 
 // NextWithin reads one message, failing with an error wrapping ErrSilent
-// if none arrives within timeout (the follower's failure detector: a
-// primary sends heartbeats at least that often). The payload is valid
-// until the next call.
+// if the peer sends nothing for timeout (the follower's failure detector:
+// a primary sends heartbeats at least that often). A message that takes
+// longer to arrive, its bytes never that far apart (a pre-copy round over
+// a slow link), is not silence. The payload is valid until the next call.
 func (l *Link) NextWithin(timeout time.Duration) (MsgType, []byte, error) {
-	l.conn.SetReadDeadline(l.now().Add(timeout))
+	l.silence = timeout
+	defer func() { l.silence = 0 }()
 	t, payload, err := l.r.Next()
 	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 		return 0, nil, fmt.Errorf("%w for %v", ErrSilent, timeout)

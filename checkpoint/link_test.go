@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"strings"
@@ -130,5 +131,46 @@ func TestNextWithin(t *testing.T) {
 	go WriteMessage(b, MsgHeartbeat, Heartbeat{Seq: 7}.Append(nil))
 	if typ, _, err := l.NextWithin(10 * time.Second); err != nil || typ != MsgHeartbeat {
 		t.Fatalf("a heartbeat sent: %v, %v", typ, err)
+	}
+}
+
+// NextWithin's timeout is silence, not the time a message takes: a long
+// message whose bytes trickle in, never that far apart, is read whole; one
+// whose bytes stop coming fails with ErrSilent.
+func TestNextWithinLongMessage(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	var msg bytes.Buffer
+	if err := WriteMessage(&msg, MsgCheckpoint, make([]byte, 4000)); err != nil {
+		t.Fatal(err)
+	}
+	for _, stall := range []bool{false, true} {
+		a, b := net.Pipe()
+		l := NewLink(a, DefaultMaxCheckpoint, nil)
+		go func() {
+			// 20 pieces 30 ms apart: 600 ms in all, twice the timeout.
+			data := msg.Bytes()
+			for i, piece := 0, len(data)/20; i < 20; i++ {
+				if stall && i == 10 {
+					return // half the message, then nothing
+				}
+				end := min((i+1)*piece, len(data))
+				if i == 19 {
+					end = len(data)
+				}
+				if _, err := b.Write(data[i*piece : end]); err != nil {
+					return
+				}
+				time.Sleep(timeout / 10)
+			}
+		}()
+		typ, payload, err := l.NextWithin(timeout)
+		switch {
+		case stall && !errors.Is(err, ErrSilent):
+			t.Errorf("the message stopped halfway: %v, want ErrSilent", err)
+		case !stall && (err != nil || typ != MsgCheckpoint || len(payload) != 4000):
+			t.Errorf("a message trickling in for twice the timeout: %v, %d bytes, %v; want it whole", typ, len(payload), err)
+		}
+		a.Close()
+		b.Close()
 	}
 }
