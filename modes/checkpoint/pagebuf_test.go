@@ -1,9 +1,11 @@
 package checkpoint
 
 import (
+	"bytes"
 	"testing"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,5 +89,35 @@ func TestPageBuffersReuse(t *testing.T) {
 	}
 	if got := b.take(5 * format.PageSize); &got[:1][0] != &small[:1][0] {
 		t.Fatal("the smaller spare was not kept for later")
+	}
+}
+
+// TestCopyPagesInChunks checks the pause's copy of runs longer than
+// copyChunk, which it copies a chunk at a time: every dirty page, once,
+// in order.
+func TestCopyPagesInChunks(t *testing.T) {
+	chunk := uint64(copyChunk / format.PageSize)
+	pages := 2*chunk + 10
+	g := newSimGuest(pages)
+	for i := range g.mem {
+		g.mem[i] = byte(i/format.PageSize) ^ byte(i)
+	}
+	dirty := machine.NewBitmap(pages)
+	var want []byte
+	dirty.Set(0)
+	for q := uint64(3); q < 3+2*chunk+1; q++ { // a run of two chunks and a page
+		dirty.Set(q)
+	}
+	dirty.Set(pages - 1)
+	for q := range pages {
+		if dirty.Has(q) {
+			want = append(want, g.mem[q*format.PageSize:(q+1)*format.PageSize]...)
+		}
+	}
+	p := &Primary{guest: g, buffers: newPageBuffers(1), cfg: Config{CopyAfterResume: CopyNever}}
+	c := &capture{}
+	p.copyPages(c, dirty)
+	if len(c.pfns) != dirty.Count() || !bytes.Equal(c.pages, want) {
+		t.Fatalf("copied %d pages (%d bytes) for %d dirty pages; contents equal: %v", len(c.pfns), len(c.pages), dirty.Count(), bytes.Equal(c.pages, want))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -561,9 +562,22 @@ func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
 	}
 	mem := p.guest.Memory()
 	for r := range dirty.Runs() {
-		c.pages = append(c.pages, mem[r.First*format.PageSize:(r.First+r.Count)*format.PageSize]...)
+		run := mem[r.First*format.PageSize : (r.First+r.Count)*format.PageSize]
+		for len(run) > copyChunk {
+			c.pages = append(c.pages, run[:copyChunk]...)
+			run = run[copyChunk:]
+			runtime.Gosched()
+		}
+		c.pages = append(c.pages, run...)
 	}
 }
+
+// copyChunk is the most of one run of dirty pages the pause copies before
+// it lets the Go scheduler in. A copy cannot be preempted: a
+// stop-the-world (the GC's) waits for it, and every other goroutine with
+// it — the heartbeats too. One copy of a 128 MiB run held them 0.3 s on
+// this project's nested host, 9 ms in chunks of 16 MiB.
+const copyChunk = 16 << 20
 
 // copyBlocks takes a mirrored disk's dirty blocks into c and copies them,
 // as the guest sees them, while the guest is paused (a sync's commit).
