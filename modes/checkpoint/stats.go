@@ -1,7 +1,9 @@
 package checkpoint
 
 import (
+	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -155,7 +157,8 @@ func (s *Stats) Pauses(from, to time.Time) []Pause {
 }
 
 // PauseMedian is the median of each part of pauses, and of the whole (the
-// parts' medians need not add up to it).
+// parts' medians need not add up to it): the nearest-rank median, so of an
+// even count the lower of the middle two, as PauseQuantile(pauses, 0.5).
 func PauseMedian(pauses []Pause) Pause {
 	var m Pause
 	if len(pauses) == 0 {
@@ -166,8 +169,7 @@ func PauseMedian(pauses []Pause) Pause {
 		for i, p := range pauses {
 			ds[i] = part(p)
 		}
-		slices.Sort(ds)
-		return ds[len(ds)/2]
+		return nearestRank(ds, 0.5)
 	}
 	m.Stop = med(func(p Pause) time.Duration { return p.Stop })
 	m.Harvest = med(func(p Pause) time.Duration { return p.Harvest })
@@ -178,12 +180,13 @@ func PauseMedian(pauses []Pause) Pause {
 	for i, p := range pauses {
 		dirty[i] = p.Dirty
 	}
-	slices.Sort(dirty)
-	m.Dirty = dirty[len(dirty)/2]
+	m.Dirty = nearestRank(dirty, 0.5)
 	return m
 }
 
-// PauseQuantile is the q-quantile (0 to 1) of the whole pauses.
+// PauseQuantile is the q-quantile (0 to 1) of the whole pauses, by nearest
+// rank: the smallest pause no shorter than a q share of them. Of fewer
+// than 100 pauses, p99 is the longest.
 func PauseQuantile(pauses []Pause, q float64) time.Duration {
 	if len(pauses) == 0 {
 		return 0
@@ -192,8 +195,15 @@ func PauseQuantile(pauses []Pause, q float64) time.Duration {
 	for i, p := range pauses {
 		ds[i] = p.Total()
 	}
-	slices.Sort(ds)
-	return ds[int(q*float64(len(ds)-1))]
+	return nearestRank(ds, q)
+}
+
+// nearestRank sorts xs (not empty) and returns its q-quantile by nearest
+// rank: the ceil(q·n)-th smallest, the first for q 0.
+func nearestRank[T cmp.Ordered](xs []T, q float64) T {
+	slices.Sort(xs)
+	i := int(math.Ceil(q*float64(len(xs)))) - 1
+	return xs[min(max(i, 0), len(xs)-1)]
 }
 
 // Line renders the status line: epochs/s since the last call, the pause's

@@ -40,3 +40,23 @@ func TestStatsPauses(t *testing.T) {
 		}
 	}
 }
+
+// Quantiles are by nearest rank: with fewer than 100 pauses p99 is the
+// longest (the first epoch after a sync often is), and the median of two
+// is the shorter, for the whole pause and its parts alike.
+func TestPauseQuantiles(t *testing.T) {
+	var pauses []Pause
+	for i := 29; i >= 1; i-- {
+		pauses = append(pauses, Pause{Dirty: i, Copy: time.Duration(i) * time.Millisecond})
+	}
+	if got := PauseQuantile(pauses, 0.99); got != 29*time.Millisecond {
+		t.Errorf("p99 of 1..29 ms: %v, want 29ms", got)
+	}
+	if got := PauseQuantile(pauses, 0.5); got != 15*time.Millisecond {
+		t.Errorf("p50 of 1..29 ms: %v, want 15ms", got)
+	}
+	two := []Pause{{Dirty: 2, Copy: 600 * time.Millisecond}, {Dirty: 1, Copy: 4 * time.Millisecond}}
+	if p50, p99, m := PauseQuantile(two, 0.5), PauseQuantile(two, 0.99), PauseMedian(two); p50 != 4*time.Millisecond || p99 != 600*time.Millisecond || m.Copy != p50 || m.Dirty != 1 {
+		t.Errorf("of 4 and 600 ms: p50 %v, p99 %v, median parts %v and %d pages; want 4ms, 600ms, 4ms, 1", p50, p99, m.Copy, m.Dirty)
+	}
+}
