@@ -221,17 +221,31 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 		}
 	}
 	lostEpochs, lostBefore := 0, overflows()
+	countedSum := 0
 	for e := 1; e <= 200 && (written < 4*ws || e <= 4); e++ {
 		if err := m.Resume(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond) // lets the guest run; decides nothing
+		counted := -1
+		if c, ok := tr.(Counter); ok {
+			// While the guest runs: it must neither miss what was dirtied
+			// so far nor take it from the harvest (checked below).
+			if counted, err = c.DirtySoFar(); err != nil {
+				t.Fatalf("epoch %d: %v", e, err)
+			}
+			countedSum += counted
+		}
 		if err := m.Pause(); err != nil {
 			t.Fatal(err)
 		}
 		dst.Clear()
-		if _, err := tr.Harvest(dst); err != nil {
+		reports, err := tr.Harvest(dst)
+		if err != nil {
 			t.Fatalf("epoch %d: %v", e, err)
+		}
+		if counted > reports {
+			t.Fatalf("epoch %d: %d pages counted dirty while the guest ran, %d harvested after", e, counted, reports)
 		}
 		cur := heads(m, first, ws)
 		now, err := model.done(cur, done)
@@ -293,6 +307,9 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	}
 	if written == 0 {
 		t.Fatal("the guest wrote nothing in 200 epochs")
+	}
+	if _, ok := tr.(Counter); ok && countedSum == 0 {
+		t.Fatalf("%d pages written, and DirtySoFar counted none while the guest ran", written)
 	}
 	t.Logf("%d pages written; reported though not yet written or already written, as the pause split their write: %d in flight, %d split between two stores; %d epochs with a dirty ring overflowed (all reported)",
 		written, inFlight, split, lostEpochs)

@@ -44,6 +44,17 @@ type Tracker interface {
 	Close() error
 }
 
+// Counter is a Tracker that can count the pages dirtied since the last
+// Harvest while the vCPUs run, harvesting nothing (the bitmap tracker; a
+// ring is read only with its vCPU stopped). Not called concurrently with
+// Harvest.
+type Counter interface {
+	Tracker
+	DirtySoFar() (int, error)
+}
+
+var _ Counter = (*bitmapTracker)(nil)
+
 // New makes the tracker for mode on m. A machine built with dirty rings can
 // only use them, one without only the bitmap; ModeAuto takes what m was built
 // for (RingEntriesFor made that choice before m existed). Precondition: m has not started (the ring-full

@@ -224,6 +224,18 @@ func (m *GuestMemory) markDirty(off uint64, n int) {
 	}
 }
 
+// CountVMMDirty is how many pages TakeVMMDirty would take now, without
+// taking them. Safe alongside writers and TakeVMMDirty (a count then).
+func (m *GuestMemory) CountVMMDirty() int {
+	n := 0
+	for j := range m.vmmSummary {
+		for s := atomic.LoadUint64(&m.vmmSummary[j]); s != 0; s &= s - 1 {
+			n += bits.OnesCount64(atomic.LoadUint64(&m.vmmDirty[j*64+bits.TrailingZeros64(s)]))
+		}
+	}
+	return n
+}
+
 // TakeVMMDirty moves the VMM-side dirty bits into dst (OR-ing them in) and
 // clears them. dst must have one bit per RAM page (len ≥ (Pages()+63)/64). It
 // returns how many pages were dirty. Its cost is one load per 4096 pages

@@ -9,7 +9,8 @@ import (
 
 // TestTakeVMMDirtyMatchesWrites: whatever pages WriteAt and WritePage touch
 // (single pages, runs across words and summary words, the last page), the
-// next TakeVMMDirty reports exactly those, once.
+// next TakeVMMDirty reports exactly those, once; CountVMMDirty counts them
+// before, taking nothing.
 func TestTakeVMMDirtyMatchesWrites(t *testing.T) {
 	m, err := NewGuestMemory(64 << 20) // 16 Ki pages: 256 words, 4 summary words
 	if err != nil {
@@ -35,6 +36,9 @@ func TestTakeVMMDirtyMatchesWrites(t *testing.T) {
 			for q := p; q <= (p*PageSize+uint64(n)-1)/PageSize; q++ {
 				want[q] = true
 			}
+		}
+		if got := m.CountVMMDirty(); got != len(want) {
+			t.Fatalf("round %d: CountVMMDirty counts %d pages, %d were written", round, got, len(want))
 		}
 		clear(dst)
 		if got := m.TakeVMMDirty(dst); got != len(want) {

@@ -121,3 +121,25 @@ func TestCopyPagesInChunks(t *testing.T) {
 		t.Fatalf("copied %d pages (%d bytes) for %d dirty pages; contents equal: %v", len(c.pfns), len(c.pages), dirty.Count(), bytes.Equal(c.pages, want))
 	}
 }
+
+// TestPrepareBufferCountsDirtyPages checks that the pause's buffer is made
+// for the pages the guest has dirtied so far where it can count them
+// (machine.DirtyCounter), not for the guess from the last pause, which a
+// jump in the dirty count beats; a sync's commit adds the pages harvested
+// already.
+func TestPrepareBufferCountsDirtyPages(t *testing.T) {
+	const dirtied = 3000
+	for _, known := range []int{0, 500} {
+		g := newSimGuest(8192)
+		g.mu.Lock()
+		for q := range uint64(dirtied) {
+			g.dirty.Set(q)
+		}
+		g.mu.Unlock()
+		p := &Primary{guest: g, buffers: newPageBuffers(1)}
+		p.prepareBuffer(known, 10)
+		if got, want := cap(p.buffers.ready)/format.PageSize, (known+dirtied)*9/8; got < want {
+			t.Errorf("%d pages known, %d dirtied since: a buffer for %d pages, want %d or more", known, dirtied, got, want)
+		}
+	}
+}

@@ -294,7 +294,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 		if p.resync.Load() {
 			continue // the epochs in flight are moot; sync instead
 		}
-		p.buffers.prepare(expect)
+		p.prepareBuffer(0, expect)
 		c, pause, err := p.captureEpoch(dirty, format.KindEpoch, true)
 		if err != nil {
 			return err
@@ -363,7 +363,7 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
 		p.syncPeak = max(p.syncPeak, len(pfns)) // dirtied during one round's shipping
 	}
-	p.buffers.prepare(len(pfns))
+	p.prepareBuffer(len(pfns), 0)
 	c, pause, err := p.captureEpoch(dirty, format.KindSyncCommit, false)
 	if err != nil {
 		return err
@@ -535,6 +535,23 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 	split(&pause.Resume)
 	p.choice.observe(pause)
 	return c, pause, nil
+}
+
+// prepareBuffer makes the coming pause's page buffer, while the guest
+// runs, for known pages already harvested and those dirtied since: as
+// many as the guest counts now where it can (machine.DirtyCounter), else
+// guess (the last pause's count). A guess is wrong when the dirty count
+// jumps — the first epoch after a sync, whose pre-copy rounds ran
+// slower than the guest then does — and a pause then makes its buffer:
+// 3 ms for 1,026 pages on this project's nested test host, 0.6 s for
+// 32,770.
+func (p *Primary) prepareBuffer(known, guess int) {
+	if dc, ok := p.guest.(machine.DirtyCounter); ok {
+		if n, err := dc.DirtySoFar(); err == nil {
+			guess = n
+		}
+	}
+	p.buffers.prepare(known + guess)
 }
 
 // copyPages lists the dirty pages in c.pfns and copies them into c.pages:

@@ -414,6 +414,14 @@ func (g *simGuest) Harvest(dst *machine.Bitmap) error {
 	return nil
 }
 
+// DirtySoFar implements machine.DirtyCounter: the pages written since the
+// last Harvest, counted while the guest runs.
+func (g *simGuest) DirtySoFar() (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dirty.Count(), nil
+}
+
 func (g *simGuest) SaveState() ([]byte, error) {
 	var b []byte
 	for _, r := range []uint64{g.steps, g.pending, g.pendingID, g.stage} {

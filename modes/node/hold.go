@@ -42,6 +42,17 @@ func (h holdCopier) CopyOnWrite(pfns []uint64, dst []byte) (func() (uint64, erro
 	return h.Runner.(machine.CopyOnWriter).CopyOnWrite(pfns, dst)
 }
 
+// DirtySoFar implements machine.DirtyCounter, by every hold: it fails
+// where the machine cannot count (machine.DirtyCounter allows that), which
+// spares a wrapper for each mix of the interfaces the engine looks for.
+func (h *hold) DirtySoFar() (int, error) {
+	c, ok := h.Runner.(machine.DirtyCounter)
+	if !ok {
+		return 0, errors.New("this machine cannot count dirty pages while the guest runs")
+	}
+	return c.DirtySoFar()
+}
+
 // Unwrap is the machine under the hold.
 func (h *hold) Unwrap() machine.Runner { return h.Runner }
 

@@ -41,6 +41,7 @@ type Runner struct {
 var (
 	_ machine.PauseSaver   = (*Runner)(nil)
 	_ machine.CopyOnWriter = (*Runner)(nil)
+	_ machine.DirtyCounter = (*Runner)(nil)
 )
 
 // Memory implements machine.Runner.
@@ -97,6 +98,17 @@ func (g *Runner) Harvest(dst *machine.Bitmap) error {
 	}
 	_, err := g.Tracker.Harvest(dst)
 	return err
+}
+
+// DirtySoFar implements machine.DirtyCounter where the tracker can count
+// while the guest runs (dirtylog's bitmap tracker can, its ring tracker
+// cannot).
+func (g *Runner) DirtySoFar() (int, error) {
+	c, ok := g.Tracker.(interface{ DirtySoFar() (int, error) })
+	if !ok {
+		return 0, errors.New("this machine's dirty-page tracker cannot count while the guest runs")
+	}
+	return c.DirtySoFar()
 }
 
 // SaveState implements machine.Runner.

@@ -80,6 +80,17 @@ type CopyOnWriter interface {
 // after the machine resumes.
 var ErrNoCopyOnWrite = errors.New("this host cannot copy pages after the machine resumes")
 
+// DirtyCounter is a Runner that can count, while its guest runs, the pages
+// dirtied since the last Harvest without harvesting them: the primary
+// sizes the coming pause's page buffer with it, so that the pause does not
+// make one. The count may be a little short of the next Harvest's (pages
+// written meanwhile). Where the machine cannot count (KVM's dirty rings
+// are read only with the vCPUs stopped), DirtySoFar fails.
+type DirtyCounter interface {
+	Runner
+	DirtySoFar() (int, error)
+}
+
 // PauseSaver is a Runner that starts capturing its state as it pauses, so
 // that the capture runs alongside the rest of the pause (the primary
 // harvests and copies dirty pages meanwhile) instead of after it.

@@ -75,8 +75,9 @@ func pages(m machine.Machine) uint64 { return uint64(len(m.Memory()) / PageSize)
 type tracker struct {
 	m    machine.Machine
 	snap []byte
-	// changed counts the pages seen changed and reported, over all checks.
-	changed int
+	// changed counts the pages seen changed and reported, over all checks;
+	// reported the pages the last check's Harvest reported.
+	changed, reported int
 }
 
 // newTracker harvests what m holds so far (a new interval starts) and
@@ -115,6 +116,7 @@ func (tr *tracker) check(t *testing.T, what string) []uint64 {
 		t.Fatalf("%s: %d of the %d pages that changed since the last Harvest are not reported: %v", what, len(missed), len(changed), head(missed))
 	}
 	tr.changed += len(changed)
+	tr.reported = got.Count()
 	return changed
 }
 

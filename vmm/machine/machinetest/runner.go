@@ -53,6 +53,10 @@ type RunnerSuite struct {
 //   - Stopped stays open while the guest runs or is paused.
 //   - On a machine.CopyOnWriter, pages copied after Resume are as they were
 //     at the pause (runCopyOnWrite).
+//   - On a machine.DirtyCounter that counts, a count while the guest runs
+//     takes nothing from the next Harvest (which must still report every
+//     change), is no more than it reports (twice, as a page both the guest
+//     and a device wrote counts twice), and is not always zero.
 func RunRunner(t *testing.T, s RunnerSuite) {
 	t.Run("Memory", func(t *testing.T) {
 		r := s.Open(t)
@@ -81,7 +85,12 @@ func RunRunner(t *testing.T, s RunnerSuite) {
 			}
 			r.round(t)
 		}
-		t.Logf("%d rounds, %d page changes reported, %d of %d frames seen in memory", r.rounds, r.tr.changed, r.landed, r.frames)
+		if r.counted == 0 && r.countErr == nil && r.tr.changed > 0 {
+			if _, ok := r.Runner.Runner.(machine.DirtyCounter); ok {
+				t.Fatalf("%d page changes reported, and DirtySoFar counted none while the guest ran", r.tr.changed)
+			}
+		}
+		t.Logf("%d rounds, %d page changes reported, %d of %d frames seen in memory, %d dirty pages counted while running (%v)", r.rounds, r.tr.changed, r.landed, r.frames, r.counted, r.countErr)
 	})
 
 	t.Run("SaveRestore", func(t *testing.T) {
@@ -207,6 +216,10 @@ type runner struct {
 	pending [][]byte
 	landed  int
 	rounds  int
+	// counted sums what DirtySoFar counted before each pause, on a
+	// machine.DirtyCounter; countErr is its error if it cannot count.
+	counted  int
+	countErr error
 }
 
 // pause pauses r (with PauseSaving if saving) and checks Stopped.
@@ -246,10 +259,18 @@ func (r *runner) receive() {
 func (r *runner) round(t *testing.T) {
 	t.Helper()
 	r.receive()
+	counted := 0
+	if dc, ok := r.Runner.Runner.(machine.DirtyCounter); ok && r.tr != nil {
+		counted, r.countErr = dc.DirtySoFar()
+		r.counted += counted
+	}
 	_, saver := r.Runner.Runner.(machine.PauseSaver)
 	r.pause(t, saver && r.rounds%2 == 1)
 	if r.tr != nil {
 		changed := r.tr.check(t, fmt.Sprintf("round %d", r.rounds))
+		if counted > 2*r.tr.reported {
+			t.Fatalf("round %d: %d dirty pages counted while the guest ran, %d reported by the Harvest after", r.rounds, counted, r.tr.reported)
+		}
 		mem := r.Memory()
 		for i := 0; i < len(r.pending); {
 			if holds(mem, changed, r.pending[i]) {
