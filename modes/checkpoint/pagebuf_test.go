@@ -75,9 +75,11 @@ func TestPageBuffersReuse(t *testing.T) {
 	b.prepare(1000)
 	first := b.take(1000 * format.PageSize)
 	b.recycle(first)
-	b.prepare(1300) // 1,300 pages and an eighth fit in 1,500
-	if got := b.take(1300 * format.PageSize); &got[:1][0] != &first[:1][0] {
-		t.Fatal("prepare made a new buffer for 1,300 pages where the spare 1,500 fit")
+	if b.prepare(1200) { // 1,200 pages and minSpare more fit in 1,500
+		t.Error("prepare reports it made a buffer for 1,200 pages where the spare 1,500 fit")
+	}
+	if got := b.take(1200 * format.PageSize); &got[:1][0] != &first[:1][0] {
+		t.Fatal("prepare made a new buffer for 1,200 pages where the spare 1,500 fit")
 	}
 
 	small := make([]byte, 0, 10*format.PageSize)
@@ -141,5 +143,31 @@ func TestPrepareBufferCountsDirtyPages(t *testing.T) {
 		if got, want := cap(p.buffers.ready)/format.PageSize, (known+dirtied)*9/8; got < want {
 			t.Errorf("%d pages known, %d dirtied since: a buffer for %d pages, want %d or more", known, dirtied, got, want)
 		}
+	}
+}
+
+// growingGuest counts more dirty pages each time it is asked, as a guest
+// does while a buffer is made.
+type growingGuest struct {
+	*simGuest
+	counts []int
+	asked  int
+}
+
+func (g *growingGuest) DirtySoFar() (int, error) {
+	n := g.counts[min(g.asked, len(g.counts)-1)]
+	g.asked++
+	return n, nil
+}
+
+// TestPrepareBufferCountsAgain checks that prepareBuffer counts again after
+// making a buffer, since the guest dirtied more meanwhile, and makes a
+// larger one if the count outgrew it; and stops once one fits.
+func TestPrepareBufferCountsAgain(t *testing.T) {
+	g := &growingGuest{simGuest: newSimGuest(64), counts: []int{19472, 32770, 32770, 40000}}
+	p := &Primary{guest: g, buffers: newPageBuffers(1)}
+	p.prepareBuffer(0, 0)
+	if got, want := cap(p.buffers.ready)/format.PageSize, 32770*9/8; got < want || g.asked != 3 {
+		t.Fatalf("counts 19,472 then 32,770 then 32,770: a buffer for %d pages after %d counts; want %d pages or more after 3", got, g.asked, want)
 	}
 }
