@@ -226,7 +226,7 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	if _, err := tr.Harvest(dst); err != nil {
 		b.Fatal(err)
 	}
-	var harvests []time.Duration
+	var harvests, counts []time.Duration
 	total := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -237,6 +237,13 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 			b.Fatal(err)
 		}
 		waitPass(last + 2)
+		if c, ok := tr.(Counter); ok {
+			start := time.Now()
+			if _, err := c.DirtySoFar(); err != nil {
+				b.Fatal(err)
+			}
+			counts = append(counts, time.Since(start))
+		}
 		if err := m.Pause(); err != nil {
 			b.Fatal(err)
 		}
@@ -259,4 +266,8 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	b.ReportMetric(us(harvests[(len(harvests)-1)*99/100]), "harvest-p99-µs")
 	b.ReportMetric(float64(total)/float64(b.N), "pages/harvest")
 	b.ReportMetric(float64(fulls()-fullsBefore)/float64(b.N), "ring-fulls/epoch")
+	if len(counts) > 0 { // the primary's count before each pause (Counter), the guest running
+		slices.Sort(counts)
+		b.ReportMetric(us(counts[len(counts)/2]), "count-running-p50-µs")
+	}
 }
