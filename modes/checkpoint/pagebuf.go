@@ -1,8 +1,6 @@
 package checkpoint
 
 import (
-	"slices"
-
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"golang.org/x/sys/unix"
 )
@@ -29,8 +27,9 @@ func newPageBuffers(keep int) pageBuffers {
 }
 
 // take returns an empty buffer with room for n bytes, for a pause: the
-// one prepare made if it is large enough, else a spare one (grown if need
-// be), else a new one. Growing or making one costs the pause its faults.
+// one prepare made if it is large enough, else a spare one if large
+// enough, else a new one, which costs the pause its faults. (Not a spare
+// grown: slices.Grow would copy its whole capacity over, in one move.)
 func (b *pageBuffers) take(n int) []byte {
 	if cap(b.ready) >= n {
 		buf := b.ready
@@ -39,10 +38,12 @@ func (b *pageBuffers) take(n int) []byte {
 	}
 	select {
 	case buf := <-b.spare:
-		return slices.Grow(buf[:0], n)
+		if cap(buf) >= n {
+			return buf[:0]
+		}
 	default:
-		return make([]byte, 0, n)
 	}
+	return make([]byte, 0, n)
 }
 
 // prepare makes sure, while the guest runs, that the next take has a

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bytes"
+	"math/rand"
 	"testing"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
@@ -169,5 +170,51 @@ func TestPrepareBufferCountsAgain(t *testing.T) {
 	p.prepareBuffer(0, 0)
 	if got, want := cap(p.buffers.ready)/format.PageSize, 32770*9/8; got < want || g.asked != 3 {
 		t.Fatalf("counts 19,472 then 32,770 then 32,770: a buffer for %d pages after %d counts; want %d pages or more after 3", got, g.asked, want)
+	}
+}
+
+// TestEncodeBoundHoldsTheCheckpoint checks that a checkpoint of pages that
+// do not compress, the largest kind, fits the buffer the sender makes for
+// it (encodeBound), so the encoder's appends never grow it (which would
+// copy all encoded so far in one move); and that each page takes no more
+// than encodeBound gives it, apart from its slack.
+func TestEncodeBoundHoldsTheCheckpoint(t *testing.T) {
+	const pages = 300
+	r := rand.New(rand.NewSource(1))
+	round := format.Header{Kind: format.KindSyncRound, Flags: format.FlagSyncStart, Generation: 1, Epoch: 1}
+	encode := func(c *capture, buf []byte) []byte {
+		t.Helper()
+		cache, err := format.NewPageCache(4 * pages * format.PageSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc := format.NewEncoder(cache)
+		if err := enc.Begin(buf, c.hdr); err != nil {
+			t.Fatal(err)
+		}
+		for i, pfn := range c.pfns {
+			if err := enc.AddPage(pfn, c.pages[i*format.PageSize:(i+1)*format.PageSize]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		data, err := enc.Finish(nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	c := &capture{hdr: round, pages: make([]byte, pages*format.PageSize)}
+	r.Read(c.pages)
+	for i := range uint64(pages) {
+		c.pfns = append(c.pfns, 3*i+200) // gaps of more than one page
+	}
+	buf := make([]byte, 0, encodeBound(c))
+	data := encode(c, buf)
+	if &data[:1][0] != &buf[:1][0] {
+		t.Fatalf("%d pages that do not compress encoded in %d bytes, beyond the %d encodeBound gave", pages, len(data), cap(buf))
+	}
+	empty := encode(&capture{hdr: round}, nil)
+	if perPage := (len(data) - len(empty)) / pages; perPage > encodeBound(c)/pages-encodeSlack/pages {
+		t.Fatalf("a page that does not compress takes %d bytes, more than encodeBound gives it", perPage)
 	}
 }

@@ -715,6 +715,9 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			}
 			p.Stats.waited(waited)
 		}
+		if n := encodeBound(c); cap(buf) < n {
+			buf = make([]byte, 0, n)
+		}
 		if err := enc.Begin(buf[:0], c.hdr); err != nil {
 			failed <- fmt.Errorf("encoding %v: %w", c.hdr, err)
 			return
@@ -780,6 +783,22 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 		}
 	}
 }
+
+// encodeBound is room enough for c encoded but for a disk log and disk
+// hashes of more than encodeSlack: a page or a disk block takes at most
+// its size and 32 bytes (its gap, its encoding, a payload's length). The
+// sender makes its buffer that large before encoding, so that no append of
+// the encoder grows it: growing copies all encoded so far in one move that
+// cannot be preempted, which a GC stop-the-world then waits for, with
+// every goroutine (see copyChunk) — 64 MiB pre-copy rounds of
+// incompressible memory grew it by copies of 32 MiB.
+func encodeBound(c *capture) int {
+	return len(c.pfns)*(format.PageSize+32) + len(c.blocks)*(format.DiskBlockSize+32) + len(c.machine) + encodeSlack
+}
+
+// encodeSlack is encodeBound's room for the rest: headers, sections, a
+// disk log, disk hashes.
+const encodeSlack = 1 << 20
 
 // addBlocks adds c's disk blocks to the checkpoint begun: copied in the
 // pause, or read now while the guest runs (a torn read is sent again: the
