@@ -189,7 +189,10 @@ func TestKVMStepperStepAfterAccess(t *testing.T) {
 // where breakpoints work it stops there at once; where the probe says they
 // are ignored Enter refuses it, and armed anyway it does not stop there.
 func TestKVMStepperKick(t *testing.T) {
-	h := newStepHarness(t, "counter", map[string]string{"every": "100000000"})
+	// A busy loop the test never waits out: with 10^8 iterations the
+	// emulated machine once finished it before the kick came (0.9 s in
+	// all), and the guest was printing the next line.
+	h := newStepHarness(t, "counter", map[string]string{"every": "1000000000000"})
 	h.s.Kick()
 	rip, err := h.s.RIP()
 	if err != nil {
