@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
+	"runtime"
 )
 
 // Framing on a stream transport (see PROTOCOL.md). Every message is
@@ -365,6 +365,30 @@ type Reader struct {
 // readChunk is how much the Reader grows its buffer ahead of the data.
 const readChunk = 1 << 20
 
+// growFor returns b with room for step more bytes: b itself if it has
+// it, else b's bytes in a new buffer twice as large (at least len+step, at
+// most limit). The move goes a chunk at a time: one copy of a large buffer
+// cannot be preempted, and a GC stop-the-world would wait for it with
+// every goroutine — the heartbeats too (see modes/checkpoint's copyChunk);
+// a 64 MiB message grew the buffer by copies of 32 MiB.
+func growFor(b []byte, step, limit int) []byte {
+	if cap(b)-len(b) >= step {
+		return b
+	}
+	grown := make([]byte, len(b), max(min(2*cap(b), limit), len(b)+step))
+	for off := 0; off < len(b); off += moveChunk {
+		if off > 0 {
+			runtime.Gosched()
+		}
+		copy(grown[off:], b[off:min(off+moveChunk, len(b))])
+	}
+	return grown
+}
+
+// moveChunk is the most of a buffer growFor copies before it lets the
+// scheduler in.
+const moveChunk = 16 << 20
+
 // NewReader returns a Reader on r accepting checkpoints of up to
 // maxCheckpoint bytes (DefaultMaxCheckpoint if <= 0).
 func NewReader(r io.Reader, maxCheckpoint int) *Reader {
@@ -420,7 +444,7 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 	r.buf = r.buf[:0]
 	for uint64(len(r.buf)) < n {
 		step := min(n-uint64(len(r.buf)), readChunk)
-		r.buf = slices.Grow(r.buf, int(step))
+		r.buf = growFor(r.buf, int(step), int(n))
 		m, err := io.ReadFull(r.r, r.buf[len(r.buf):len(r.buf)+int(step)])
 		r.buf = r.buf[:len(r.buf)+m]
 		if err != nil {

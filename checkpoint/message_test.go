@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand"
 	"net"
 	"strings"
 	"testing"
@@ -175,5 +176,29 @@ func TestPayloadDecodersReject(t *testing.T) {
 	}
 	if err := WriteMessage(io.Discard, 0, nil); !errors.Is(err, ErrBadMessage) {
 		t.Errorf("writing type 0: %v", err)
+	}
+}
+
+// growFor keeps the bytes it moves, a chunk at a time past moveChunk,
+// leaves room for the step, doubles up to the limit, and moves nothing
+// that has room already.
+func TestGrowFor(t *testing.T) {
+	b := make([]byte, 0, 16)
+	if got := growFor(b, 16, 100); &got[:1][0] != &b[:1][0] {
+		t.Fatal("growFor moved a buffer that had room")
+	}
+	r := rand.New(rand.NewSource(2))
+	b = make([]byte, 2*moveChunk+5)
+	r.Read(b)
+	want := bytes.Clone(b)
+	got := growFor(b, 10, 5*moveChunk)
+	if !bytes.Equal(got, want) || cap(got) != 4*moveChunk+10 {
+		t.Fatalf("grew %d bytes to a buffer of %d (cap %d), bytes kept: %v; want cap %d", len(want), len(got), cap(got), bytes.Equal(got, want), 4*moveChunk+10)
+	}
+	if got := growFor(make([]byte, 10), 5, 12); cap(got) != 15 {
+		t.Fatalf("a limit below len+step: cap %d, want 15", cap(got))
+	}
+	if got := growFor(make([]byte, 10), 5, 18); cap(got) != 18 {
+		t.Fatalf("doubling past the limit: cap %d, want the limit, 18", cap(got))
 	}
 }
