@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 )
 
 // Framing on a stream transport (see PROTOCOL.md). Every message is
@@ -367,27 +366,14 @@ const readChunk = 1 << 20
 
 // growFor returns b with room for step more bytes: b itself if it has
 // it, else b's bytes in a new buffer twice as large (at least len+step, at
-// most limit). The move goes a chunk at a time: one copy of a large buffer
-// cannot be preempted, and a GC stop-the-world would wait for it with
-// every goroutine — the heartbeats too (see modes/checkpoint's copyChunk);
-// a 64 MiB message grew the buffer by copies of 32 MiB.
+// most limit), moved by AppendChunked (a 64 MiB message grew the buffer by
+// moves of 32 MiB).
 func growFor(b []byte, step, limit int) []byte {
 	if cap(b)-len(b) >= step {
 		return b
 	}
-	grown := make([]byte, len(b), max(min(2*cap(b), limit), len(b)+step))
-	for off := 0; off < len(b); off += moveChunk {
-		if off > 0 {
-			runtime.Gosched()
-		}
-		copy(grown[off:], b[off:min(off+moveChunk, len(b))])
-	}
-	return grown
+	return AppendChunked(make([]byte, 0, max(min(2*cap(b), limit), len(b)+step)), b)
 }
-
-// moveChunk is the most of a buffer growFor copies before it lets the
-// scheduler in.
-const moveChunk = 16 << 20
 
 // NewReader returns a Reader on r accepting checkpoints of up to
 // maxCheckpoint bytes (DefaultMaxCheckpoint if <= 0).

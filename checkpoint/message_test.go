@@ -179,7 +179,7 @@ func TestPayloadDecodersReject(t *testing.T) {
 	}
 }
 
-// growFor keeps the bytes it moves, a chunk at a time past moveChunk,
+// growFor keeps the bytes it moves, a chunk at a time past CopyChunk,
 // leaves room for the step, doubles up to the limit, and moves nothing
 // that has room already.
 func TestGrowFor(t *testing.T) {
@@ -188,12 +188,12 @@ func TestGrowFor(t *testing.T) {
 		t.Fatal("growFor moved a buffer that had room")
 	}
 	r := rand.New(rand.NewSource(2))
-	b = make([]byte, 2*moveChunk+5)
+	b = make([]byte, 2*CopyChunk+5)
 	r.Read(b)
 	want := bytes.Clone(b)
-	got := growFor(b, 10, 5*moveChunk)
-	if !bytes.Equal(got, want) || cap(got) != 4*moveChunk+10 {
-		t.Fatalf("grew %d bytes to a buffer of %d (cap %d), bytes kept: %v; want cap %d", len(want), len(got), cap(got), bytes.Equal(got, want), 4*moveChunk+10)
+	got := growFor(b, 10, 5*CopyChunk)
+	if !bytes.Equal(got, want) || cap(got) != 4*CopyChunk+10 {
+		t.Fatalf("grew %d bytes to a buffer of %d (cap %d), bytes kept: %v; want cap %d", len(want), len(got), cap(got), bytes.Equal(got, want), 4*CopyChunk+10)
 	}
 	if got := growFor(make([]byte, 10), 5, 12); cap(got) != 15 {
 		t.Fatalf("a limit below len+step: cap %d, want 15", cap(got))

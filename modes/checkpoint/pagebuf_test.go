@@ -26,13 +26,11 @@ func resident(t *testing.T, buf []byte) int {
 }
 
 // TestPageBuffersPrepareFaultsIn checks that the buffer a pause takes is
-// in memory before the pause: made fresh, Go's large allocation is not.
+// in memory before the pause: made fresh, Go's large allocation usually is
+// not (where it happens to be, this passes without proving much;
+// TestFaultIn shows faultIn itself on memory known untouched).
 func TestPageBuffersPrepareFaultsIn(t *testing.T) {
 	const pages = 512
-	fresh := make([]byte, 0, 2*pages*format.PageSize)
-	if n := resident(t, fresh[:cap(fresh)]); n == cap(fresh)/format.PageSize {
-		t.Skip("fresh allocations are resident here: nothing to check")
-	}
 	b := newPageBuffers(2)
 	b.prepare(pages)
 	buf := b.take(pages * format.PageSize)
@@ -96,10 +94,10 @@ func TestPageBuffersReuse(t *testing.T) {
 }
 
 // TestCopyPagesInChunks checks the pause's copy of runs longer than
-// copyChunk, which it copies a chunk at a time: every dirty page, once,
+// format.CopyChunk, which it copies a chunk at a time: every dirty page, once,
 // in order.
 func TestCopyPagesInChunks(t *testing.T) {
-	chunk := uint64(copyChunk / format.PageSize)
+	chunk := uint64(format.CopyChunk / format.PageSize)
 	pages := 2*chunk + 10
 	g := newSimGuest(pages)
 	for i := range g.mem {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -591,22 +590,11 @@ func (p *Primary) copyPages(c *capture, dirty *machine.Bitmap) {
 	}
 	mem := p.guest.Memory()
 	for r := range dirty.Runs() {
-		run := mem[r.First*format.PageSize : (r.First+r.Count)*format.PageSize]
-		for len(run) > copyChunk {
-			c.pages = append(c.pages, run[:copyChunk]...)
-			run = run[copyChunk:]
-			runtime.Gosched()
-		}
-		c.pages = append(c.pages, run...)
+		// In chunks: a copy of a long run would hold up the whole process
+		// for a GC's stop-the-world.
+		c.pages = format.AppendChunked(c.pages, mem[r.First*format.PageSize:(r.First+r.Count)*format.PageSize])
 	}
 }
-
-// copyChunk is the most of one run of dirty pages the pause copies before
-// it lets the Go scheduler in. A copy cannot be preempted: a
-// stop-the-world (the GC's) waits for it, and every other goroutine with
-// it — the heartbeats too. One copy of a 128 MiB run held them 0.3 s on
-// this project's nested host, 9 ms in chunks of 16 MiB.
-const copyChunk = 16 << 20
 
 // copyBlocks takes a mirrored disk's dirty blocks into c and copies them,
 // as the guest sees them, while the guest is paused (a sync's commit).
@@ -790,7 +778,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 // sender makes its buffer that large before encoding, so that no append of
 // the encoder grows it: growing copies all encoded so far in one move that
 // cannot be preempted, which a GC stop-the-world then waits for, with
-// every goroutine (see copyChunk) — 64 MiB pre-copy rounds of
+// every goroutine (see format.AppendChunked) — 64 MiB pre-copy rounds of
 // incompressible memory grew it by copies of 32 MiB.
 func encodeBound(c *capture) int {
 	return len(c.pfns)*(format.PageSize+32) + len(c.blocks)*(format.DiskBlockSize+32) + len(c.machine) + encodeSlack
