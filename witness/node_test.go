@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,14 +81,28 @@ func TestNodeConfigErrors(t *testing.T) {
 	}
 }
 
+// handedOut holds the ports freeClientPort has returned.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
 // freeClientPort returns a loopback port p with p+1 free too (the raft
 // port), both below the ephemeral range, where the outgoing connections of
 // tests running beside this one cannot land. Another process may still take
-// them before RunNode does; then RunNode's error says so.
+// them before RunNode does; then RunNode's error says so. p is even and
+// never handed out twice in this process, so no two nodes' pairs overlap
+// (one cluster once got w0's raft port as w1's client port: "ID or address
+// listed twice").
 func freeClientPort(t *testing.T) string {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	for range 1000 {
-		p := 20000 + rand.IntN(12000)
+		p := 20000 + 2*rand.IntN(6000)
+		if handedOut.ports[p] {
+			continue
+		}
 		free := true
 		for _, port := range []int{p, p + 1} {
 			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
@@ -98,6 +113,7 @@ func freeClientPort(t *testing.T) string {
 			ln.Close()
 		}
 		if free {
+			handedOut.ports[p] = true
 			return fmt.Sprintf("127.0.0.1:%d", p)
 		}
 	}
