@@ -126,6 +126,7 @@ func (c *cluster) incr(t *testing.T, n int) {
 		key := kvKeys[kv.sent%len(kvKeys)]
 		deadline := time.Now().Add(vmmtest.Bound)
 		for answered := false; !answered; {
+			c.primaryRunning(t, key)
 			c.send()
 			wait := time.Now().Add(50 * time.Millisecond)
 			for !answered {
@@ -146,6 +147,20 @@ func (c *cluster) incr(t *testing.T, n int) {
 			}
 		}
 		kv.sent++
+	}
+}
+
+// primaryRunning fails the test if the client's target is the primary and
+// its Run returned: nothing would answer the request for key.
+func (c *cluster) primaryRunning(t *testing.T, key string) {
+	t.Helper()
+	if c.live != nil {
+		return
+	}
+	select {
+	case <-c.pDone:
+		t.Fatalf("INCR %s: the primary's Run returned (%v)", key, c.pErr)
+	default:
 	}
 }
 

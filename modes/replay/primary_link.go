@@ -212,11 +212,17 @@ func (p *Primary) enqueue(msg message) {
 	}
 }
 
-// goAlone releases every output held: there is no backup to wait for.
-// From now on hold releases each output at once, until a backup attaches.
+// goAlone releases every output held and drops the log not shipped: there
+// is no backup to wait for. From now on hold releases each output at once,
+// until a backup attaches.
 func (p *Primary) goAlone() error {
 	p.recording, p.unlogged = false, false
 	p.protected.Store(false)
+	// The open batch was for the backup lost: no one will read it. A
+	// backup that attaches later starts from a sync in the generation now
+	// held, and a batch of the old one ahead of it would tell it that its
+	// primary was replaced: it would take over from a running primary.
+	p.w.Reset(p.gen.Load(), p.lsn+1)
 	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)
 	}
