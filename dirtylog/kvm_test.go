@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"regexp"
+	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -82,16 +83,27 @@ func (w memtouchWrites) head(i, n uint64) [2]uint64 {
 
 // done counts the writes heads show made, starting from from (a count they
 // showed before): write k is made when page k mod ws holds its stamp or a
-// later one. It checks every head against that count. A pause may split one
-// write, the last: its page[0] is stored and its page[1] not yet, which
-// shows only on the page's first write (page[1] still 0).
+// later one. In a state memtouch left, writes before the count are made and
+// none after, so it is found by bisection, up to the first write whose
+// stamp no page holds: an epoch can hold millions of writes (memtouch runs
+// flat out once its whole working set is writable; one long epoch in the
+// emulated KVM held 18 million). It checks every head against that count.
+// A pause may split one write, the last: its page[0] is stored and its
+// page[1] not yet, which shows only on the page's first write (page[1]
+// still 0).
 func (w memtouchWrites) done(heads [][2]uint64, from uint64) (uint64, error) {
-	n := from
-	for heads[n%w.ws][0] >= w.stamp(n) {
-		if n++; n-from > 1<<24 {
-			return 0, fmt.Errorf("the working set does not look like memtouch's (stamps from write %d on run past %d more writes)", from, n-from)
-		}
+	var top uint64
+	for _, h := range heads {
+		top = max(top, h[0])
 	}
+	if top > 1<<40 {
+		return 0, fmt.Errorf("a working-set page holds stamp %d: more passes than memtouch can make", top)
+	}
+	end := max(top*w.dirty, from) // stamp(top*dirty) is top+1: not made
+	n := from + uint64(sort.Search(int(end-from), func(j int) bool {
+		k := from + uint64(j)
+		return heads[k%w.ws][0] < w.stamp(k)
+	}))
 	for i, got := range heads {
 		want := w.head(uint64(i), n)
 		split := n > 0 && uint64(i) == (n-1)%w.ws && got == [2]uint64{want[0], 0}
@@ -128,12 +140,22 @@ func TestMemtouchWritesModel(t *testing.T) {
 	if n, err := w.done(split, 0); n != 4 || err != nil {
 		t.Fatalf("done(write 3 split) = %d, %v", n, err)
 	}
+	// Many more writes than a linear count would go through.
+	const many = 40_000_003
+	after := make([][2]uint64, w.ws)
+	for i := range after {
+		after[i] = w.head(uint64(i), many)
+	}
+	if n, err := w.done(after, 7); n != many || err != nil {
+		t.Fatalf("done(after %d writes, from 7) = %d, %v", uint64(many), n, err)
+	}
 	// A page missing a write, or holding what memtouch never writes, is
 	// not memtouch's working set.
 	for _, bad := range [][][2]uint64{
 		{{3, 0}, {4, 1}, {1, 2}, {2, 3}, {3, 4}},
 		{{1, 0}, {1, 1}, {0, 0}, {2, 3}, {0, 0}},
 		{{1, 7}, {1, 1}, {0, 0}, {0, 0}, {0, 0}},
+		{{1 << 62, 0}, {1, 1}, {0, 0}, {0, 0}, {0, 0}},
 	} {
 		if n, err := w.done(bad, 0); err == nil {
 			t.Errorf("done(%v) = %d, want an error", bad, n)
