@@ -77,8 +77,10 @@ type HeldDisk struct {
 	rewrite bool
 	// roomWait is set while a write was refused for a full failover log.
 	roomWait bool
-	// flushing is set while the flusher goroutine runs.
-	flushing bool
+	// flushing is set while the flusher goroutine runs; flushers counts it
+	// for Close. closed (Close) says no flusher starts any more.
+	flushing, closed bool
+	flushers         sync.WaitGroup
 	// flushWait, if non-zero, is a FLUSH waiting for writes 1..flushWait
 	// to be durable; flushErr is a failed flush for the next FLUSH.
 	flushWait uint64
@@ -234,12 +236,28 @@ func (s diskSink) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // startFlusherLocked starts the flusher if released writes are not yet
-// durable and it is not running. Precondition: mu held.
+// durable, it is not running and h is not closed. Precondition: mu held.
 func (h *HeldDisk) startFlusherLocked() {
-	if !h.flushing && h.durable < h.released {
+	if !h.flushing && !h.closed && h.durable < h.released {
 		h.flushing = true
-		go h.flushLoop()
+		h.flushers.Add(1)
+		go func() {
+			defer h.flushers.Done()
+			h.flushLoop()
+		}()
 	}
+}
+
+// Close waits for the background flush under way, if any, to end, and
+// starts no other; the disk stays open. Call it once nothing releases
+// writes any more (the primary's machine and run are over) and before the
+// disk is closed: a flusher still running would fdatasync a closed file
+// descriptor, or another file that took its number.
+func (h *HeldDisk) Close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.flushers.Wait()
 }
 
 // flushLoop flushes the disk until every released write is durable, then

@@ -290,3 +290,59 @@ func TestHeldDiskFlushUnderConcurrentAcks(t *testing.T) {
 	acker.Wait()
 	t.Logf("%d flushes, %d failed fdatasyncs reported", flushes, failures)
 }
+
+// gatedFlushDisk is a MemDisk whose Flush says it began (entered) and
+// waits for release; flushes counts the calls.
+type gatedFlushDisk struct {
+	*vmmtest.MemDisk
+	entered, release chan struct{}
+	flushes          atomic.Int32
+}
+
+func (d *gatedFlushDisk) Flush() error {
+	d.flushes.Add(1)
+	d.entered <- struct{}{}
+	<-d.release
+	return d.MemDisk.Flush()
+}
+
+// Close returns only once the background flush under way has ended, and
+// no flush starts after it: the node closes the disk file next, which a
+// flusher still running would fdatasync (the race detector caught that
+// when a test crashed a primary).
+func TestHeldDiskCloseWaitsForTheFlush(t *testing.T) {
+	disk := &gatedFlushDisk{MemDisk: vmmtest.NewMemDisk(4096), entered: make(chan struct{}, 4), release: make(chan struct{})}
+	var pos atomic.Uint64
+	pos.Store(1)
+	held := NewHeldDisk(disk, pos.Load)
+	out, err := outbuf.New(outbuf.DefaultConfig(), outbuf.Env{Generation: 1, Fence: okFence{}, Disk: held.Sink(), Clock: outbuf.SystemClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.Attach(out)
+	write := func(s string) {
+		t.Helper()
+		if _, err := held.WriteAt([]byte(s), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := out.Commit(pos.Load()); err != nil { // released: a flush is due
+			t.Fatal(err)
+		}
+	}
+	write("AAAA")
+	vmmtest.Receive(t, "the background flush", disk.entered)
+	closed := make(chan struct{})
+	go func() { held.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the flush was under way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(disk.release)
+	vmmtest.Closed(t, "Close to return once the flush ended", closed)
+	pos.Store(2)
+	write("BBBB")
+	if n := disk.flushes.Load(); n != 1 {
+		t.Fatalf("%d flushes, want the one before Close", n)
+	}
+}

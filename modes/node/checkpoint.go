@@ -33,7 +33,7 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
-	out, held, err := checkpointOutputs(gen, fence, h.netSink(), h.disk, pos)
+	out, held, err := checkpointOutputs(gen, fence, h.netSink(), h, pos)
 	if err != nil {
 		return err
 	}

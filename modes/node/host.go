@@ -13,6 +13,9 @@ type host struct {
 	o       *Options
 	disk    *vmm.FileDisk
 	backend vmm.NetBackend
+	// diskUsers are stopped before the disk closes: what writes to it in
+	// the background (a checkpoint primary's HeldDisk flusher).
+	diskUsers []func()
 }
 
 // openHost opens o's disk image and, with net, its network backend.
@@ -44,10 +47,16 @@ func (h *host) close() {
 	if h.backend != nil {
 		h.backend.Close()
 	}
+	for _, stop := range h.diskUsers {
+		stop()
+	}
 	if h.disk != nil {
 		h.disk.Close()
 	}
 }
+
+// stopBeforeDiskCloses has close call stop before it closes the disk.
+func (h *host) stopBeforeDiskCloses(stop func()) { h.diskUsers = append(h.diskUsers, stop) }
 
 // diskDev is the disk as a device's (nil without one: a nil *FileDisk in
 // an interface would not be).

@@ -165,13 +165,14 @@ func watchProtection(rs *respawner, protected func() bool) (stop func()) {
 }
 
 // checkpointOutputs is a checkpoint-mode primary's output buffer for
-// generation gen, frames to netSink and, with disk, writes held by a
-// HeldDisk at pos (nil without a disk).
-func checkpointOutputs(gen uint64, fence *witness.Fence, netSink outbuf.NetSink, disk *vmm.FileDisk, pos func() uint64) (*outbuf.Buffer, *ckmode.HeldDisk, error) {
+// generation gen, frames to netSink and, with h's disk, writes held by a
+// HeldDisk at pos (nil without a disk), closed before that disk is.
+func checkpointOutputs(gen uint64, fence *witness.Fence, netSink outbuf.NetSink, h *host, pos func() uint64) (*outbuf.Buffer, *ckmode.HeldDisk, error) {
 	env := outbuf.Env{Generation: gen, Fence: fence, Net: netSink, Clock: outbuf.SystemClock{}}
 	var held *ckmode.HeldDisk
-	if disk != nil {
-		held = ckmode.NewHeldDisk(disk, pos)
+	if h.disk != nil {
+		held = ckmode.NewHeldDisk(h.disk, pos)
+		h.stopBeforeDiskCloses(held.Close)
 		env.Disk = held.Sink()
 	}
 	out, err := outbuf.New(outbuf.DefaultConfig(), env)
@@ -262,7 +263,7 @@ func (d *lateDisk) Size() int64 { return (*d.to.Load()).Size() }
 func (d *liveDevices) becomePrimary(o *Options, gen uint64, fence *witness.Fence, h *host, r *runner, netSink outbuf.NetSink) (*ckmode.Primary, *outbuf.Buffer, error) {
 	var primary *ckmode.Primary
 	pos := func() uint64 { return primary.Position() }
-	out, held, err := checkpointOutputs(gen, fence, netSink, h.disk, pos)
+	out, held, err := checkpointOutputs(gen, fence, netSink, h, pos)
 	if err != nil {
 		return nil, nil, err
 	}
