@@ -25,10 +25,12 @@ runner=$out/run-all.sh
 	echo 'set -u; failed=0; cd "$1"'
 	echo 'export FTCKPT_REQUIRE_KVM=1'
 } >"$runner"
+args= # quoted for the runner: a -test.run of 'A|B' stays one argument
+[ $# -eq 0 ] || args=$(printf '%q ' "$@")
 for p in "${pkgs[@]}"; do
 	bin=$out/$(echo "${p#./}" | tr / _).test
 	$GO test -c -o "$bin" "$p"
-	echo "echo \"=== $p\"; (cd $p && $bin -test.run KVM -test.count=1 -test.timeout 30m $*) || failed=1" >>"$runner"
+	echo "echo \"=== $p\"; (cd $p && $bin -test.run KVM -test.count=1 -test.timeout 30m $args) || failed=1" >>"$runner"
 done
 echo 'exit $failed' >>"$runner"
 
