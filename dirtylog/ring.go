@@ -132,16 +132,13 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost bo
 func resync(r *vcpuRing, slots []slotPages, dst pageSet) (int, error) {
 	size := uint32(len(r.ring))
 	mask := size - 1
-	published := func(i uint32) bool {
-		return atomic.LoadUint32(&r.ring[i&mask].Flags)&kvmapi.KVM_DIRTY_GFN_F_DIRTY != 0
-	}
 	var runs, count, start uint32
 	for i := uint32(0); i < size; i++ {
-		if !published(i) {
+		if !r.published(i) {
 			continue
 		}
 		count++
-		if !published(i - 1) {
+		if !r.published(i - 1) {
 			runs++
 			start = i
 		}
@@ -170,6 +167,69 @@ func resync(r *vcpuRing, slots []slotPages, dst pageSet) (int, error) {
 	}
 	r.fetch += size
 	return n, err
+}
+
+// published says whether KVM has published entry i (modulo the ring's
+// length) and it is not collected yet. Its flags are loaded atomically:
+// safe while the vCPU runs and KVM writes the ring.
+func (r *vcpuRing) published(i uint32) bool {
+	return atomic.LoadUint32(&r.ring[i&uint32(len(r.ring)-1)].Flags)&kvmapi.KVM_DIRTY_GFN_F_DIRTY != 0
+}
+
+// markPublished marks in dst the pages of r's entries KVM has published
+// and not had collected yet — those from fetch on, or, in a ring out of
+// step, wherever they are (resync takes them all) — collecting nothing:
+// the vCPU may be running. An entry KVM writes over while it is read (see
+// collectStopped) may name another page, or none: what it serves is an
+// estimate.
+func markPublished(r *vcpuRing, slots []slotPages, dst pageSet) {
+	size := uint32(len(r.ring))
+	mark := func(i uint32) {
+		e := &r.ring[i&(size-1)]
+		if p, err := ramPage(slots, e.Slot, e.Offset); err == nil && p < dst.Len() {
+			dst.Set(p)
+		}
+	}
+	if r.outOfStep {
+		for i := range size {
+			if r.published(i) {
+				mark(i)
+			}
+		}
+		return
+	}
+	for n := uint32(0); n < size && r.published(r.fetch+n); n++ {
+		mark(r.fetch + n)
+	}
+}
+
+// distinctPages is a pageSet that keeps each page once, and forgets them
+// in time that follows their number, not the memory's: DirtySoFar's
+// scratch.
+type distinctPages struct {
+	seen  *machine.Bitmap
+	pages []uint64
+}
+
+// Set implements pageSet.
+func (d *distinctPages) Set(p uint64) {
+	if !d.seen.Has(p) {
+		d.seen.Set(p)
+		d.pages = append(d.pages, p)
+	}
+}
+
+// Len implements pageSet.
+func (d *distinctPages) Len() uint64 { return d.seen.Len() }
+
+// reset forgets the pages set, and returns how many there were.
+func (d *distinctPages) reset() int {
+	n, words := len(d.pages), d.seen.Words()
+	for _, p := range d.pages {
+		words[p/64] = 0 // every bit set in it is one of pages
+	}
+	d.pages = d.pages[:0]
+	return n
 }
 
 // ringReserve is the most entries KVM keeps in reserve below a ring's size:
@@ -229,6 +289,8 @@ type ringTracker struct {
 	lostAll   bool
 	overflows int
 	closed    bool
+	// counted is DirtySoFar's scratch, made by its first call.
+	counted *distinctPages
 }
 
 func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
@@ -344,6 +406,33 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	t.pending.pages = t.pending.pages[:0]
 	n += t.m.Memory().TakeVMMDirty(dst.Words())
 	return n, nil
+}
+
+// DirtySoFar implements Counter, the vCPUs running: the pages of the
+// entries KVM has published in the rings since they were last collected
+// (read, not collected) and of those full rings left pending, each once
+// (kvm-pvm logs a page at every store it emulates: 535 entries held one
+// page), and the pages the VMM wrote. After an overflow, which the next
+// Harvest answers with every page, it counts every page.
+func (t *ringTracker) DirtySoFar() (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, errors.New("dirty ring count: tracker closed")
+	}
+	if t.lostAll {
+		return int(t.pending.limit), nil
+	}
+	if t.counted == nil {
+		t.counted = &distinctPages{seen: machine.NewBitmap(t.pending.limit)}
+	}
+	for _, p := range t.pending.pages {
+		t.counted.Set(p)
+	}
+	for _, r := range t.rings {
+		markPublished(r, t.slots, t.counted)
+	}
+	return t.counted.reset() + t.m.Memory().CountVMMDirty(), nil
 }
 
 // Close unmaps the rings. Precondition: the machine is paused or stopped; a

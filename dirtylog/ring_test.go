@@ -329,3 +329,49 @@ func TestRingOverflowPastTwiceItsSize(t *testing.T) {
 		}
 	}
 }
+
+// TestMarkPublishedCountsWithoutCollecting: DirtySoFar's reading of a ring
+// counts the pages of the published entries, each once, leaves the entries
+// to the next harvest (which takes the same pages), and after an overflow
+// finds the entries wherever KVM wrote them.
+func TestMarkPublishedCountsWithoutCollecting(t *testing.T) {
+	count := &distinctPages{seen: machine.NewBitmap(1 << 20)}
+	k := newKVMRing(16)
+	k.push(3)
+	k.collect(t)
+	first := k.push(5)
+	k.r.ring[k.write%16] = kvmapi.DirtyGFN{Flags: dirty, Offset: first} // logged again
+	k.write++
+	markPublished(k.r, twoSlots, count)
+	if n := count.reset(); n != 5 {
+		t.Fatalf("6 entries of 5 pages published: counted %d", n)
+	}
+	if n := count.seen.Count(); n != 0 {
+		t.Fatalf("%d pages still marked after reset", n)
+	}
+	dst := machine.NewBitmap(1 << 20)
+	if n, lost, err := collectStopped(k.r, twoSlots, dst); n != 6 || lost || err != nil {
+		t.Fatalf("after the count the harvest took %d entries (lost %v, %v), want the 6", n, lost, err)
+	}
+	k.reset()
+	if got := slices.Collect(dst.Runs()); !slices.Equal(got, []machine.Run{{First: first, Count: 5}}) {
+		t.Fatalf("after the count the harvest collected %v, want the 5 pages from %d", got, first)
+	}
+	markPublished(k.r, twoSlots, count)
+	if n := count.reset(); n != 0 {
+		t.Fatalf("nothing published since the harvest: counted %d", n)
+	}
+
+	k.push(16 + 4) // over the ring's size: out of step after the harvest
+	if _, lost := k.collect(t); !lost || !k.r.outOfStep {
+		t.Fatal("the overflow was not seen")
+	}
+	first = k.push(2) // written after the 4 entries KVM still counts
+	markPublished(k.r, twoSlots, count)
+	if n := count.reset(); n != 2 {
+		t.Fatalf("2 entries published in a ring out of step: counted %d", n)
+	}
+	if got, _ := k.collect(t); !slices.Equal(got, []machine.Run{{First: first, Count: 2}}) {
+		t.Fatalf("after the count the harvest collected %v, want the 2 pages from %d", got, first)
+	}
+}

@@ -45,15 +45,18 @@ type Tracker interface {
 }
 
 // Counter is a Tracker that can count the pages dirtied since the last
-// Harvest while the vCPUs run, harvesting nothing (the bitmap tracker; a
-// ring is read only with its vCPU stopped). Not called concurrently with
-// Harvest.
+// Harvest while the vCPUs run, harvesting nothing: both trackers (the
+// bitmap read without clearing, the rings' published entries read without
+// collecting). Not called concurrently with Harvest.
 type Counter interface {
 	Tracker
 	DirtySoFar() (int, error)
 }
 
-var _ Counter = (*bitmapTracker)(nil)
+var (
+	_ Counter = (*bitmapTracker)(nil)
+	_ Counter = (*ringTracker)(nil)
+)
 
 // New makes the tracker for mode on m. A machine built with dirty rings can
 // only use them, one without only the bitmap; ModeAuto takes what m was built

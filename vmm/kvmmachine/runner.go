@@ -101,8 +101,7 @@ func (g *Runner) Harvest(dst *machine.Bitmap) error {
 }
 
 // DirtySoFar implements machine.DirtyCounter where the tracker can count
-// while the guest runs (dirtylog's bitmap tracker can, its ring tracker
-// cannot).
+// while the guest runs (dirtylog.Counter: both of dirtylog's trackers).
 func (g *Runner) DirtySoFar() (int, error) {
 	c, ok := g.Tracker.(interface{ DirtySoFar() (int, error) })
 	if !ok {

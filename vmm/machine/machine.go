@@ -84,8 +84,7 @@ var ErrNoCopyOnWrite = errors.New("this host cannot copy pages after the machine
 // dirtied since the last Harvest without harvesting them: the primary
 // sizes the coming pause's page buffer with it, so that the pause does not
 // make one. The count may be a little short of the next Harvest's (pages
-// written meanwhile). Where the machine cannot count (KVM's dirty rings
-// are read only with the vCPUs stopped), DirtySoFar fails.
+// written meanwhile). Where the machine cannot count, DirtySoFar fails.
 type DirtyCounter interface {
 	Runner
 	DirtySoFar() (int, error)
