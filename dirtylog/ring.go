@@ -274,8 +274,8 @@ type ringTracker struct {
 	slots []slotPages
 
 	// mu serialises ring collection (a full ring is collected on its vCPU's
-	// thread while others run) and protects pending, closed and each
-	// vcpuRing's fetch index.
+	// thread while others run) and counting (DirtySoFar), and protects the
+	// fields below and each vcpuRing's fetch index and outOfStep.
 	mu    sync.Mutex
 	rings []*vcpuRing
 	// pending holds the pages collected from full rings since the last
