@@ -107,7 +107,7 @@ func (t *bitmapTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	return n + t.mem.TakeVMMDirty(dst.Words()), nil
 }
 
-// DirtySoFar implements Counter: with manual protection,
+// DirtySoFar implements Tracker: with manual protection,
 // KVM_GET_DIRTY_LOG only copies each slot's bitmap out, clearing and
 // re-protecting nothing, so it may run while the vCPUs do. Its cost is a
 // copy and a count of one bit per page of memory.

@@ -408,7 +408,7 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	return n, nil
 }
 
-// DirtySoFar implements Counter, the vCPUs running: the pages of the
+// DirtySoFar implements Tracker, the vCPUs running: the pages of the
 // entries KVM has published in the rings since they were last collected
 // (read, not collected) and of those full rings left pending, each once
 // (kvm-pvm logs a page at every store it emulates: 535 entries held one

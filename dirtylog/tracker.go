@@ -39,23 +39,19 @@ import (
 // including what the loader wrote.
 type Tracker interface {
 	Harvest(dst *machine.Bitmap) (int, error)
+	// DirtySoFar counts the pages dirtied since the last Harvest while the
+	// vCPUs run, harvesting nothing (the bitmap read without clearing, the
+	// rings' published entries read without collecting). Not called
+	// concurrently with Harvest.
+	DirtySoFar() (int, error)
 	// Close releases the tracker's resources. Precondition: the machine is
 	// paused or stopped.
 	Close() error
 }
 
-// Counter is a Tracker that can count the pages dirtied since the last
-// Harvest while the vCPUs run, harvesting nothing: both trackers (the
-// bitmap read without clearing, the rings' published entries read without
-// collecting). Not called concurrently with Harvest.
-type Counter interface {
-	Tracker
-	DirtySoFar() (int, error)
-}
-
 var (
-	_ Counter = (*bitmapTracker)(nil)
-	_ Counter = (*ringTracker)(nil)
+	_ Tracker = (*bitmapTracker)(nil)
+	_ Tracker = (*ringTracker)(nil)
 )
 
 // New makes the tracker for mode on m. A machine built with dirty rings can

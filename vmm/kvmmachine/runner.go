@@ -19,6 +19,9 @@ type Tracker interface {
 	// and re-arms the tracking of those pages; it returns how many reports
 	// it took. Called while the machine's vCPUs do not run.
 	Harvest(dst *machine.Bitmap) (int, error)
+	// DirtySoFar counts the pages dirtied since the previous Harvest while
+	// the vCPUs run, harvesting nothing.
+	DirtySoFar() (int, error)
 	// Close releases the tracker. Precondition: the machine is paused or
 	// stopped.
 	Close() error
@@ -100,14 +103,13 @@ func (g *Runner) Harvest(dst *machine.Bitmap) error {
 	return err
 }
 
-// DirtySoFar implements machine.DirtyCounter where the tracker can count
-// while the guest runs (dirtylog.Counter: both of dirtylog's trackers).
+// DirtySoFar implements machine.DirtyCounter. A machine built without a
+// tracker refuses.
 func (g *Runner) DirtySoFar() (int, error) {
-	c, ok := g.Tracker.(interface{ DirtySoFar() (int, error) })
-	if !ok {
-		return 0, errors.New("this machine's dirty-page tracker cannot count while the guest runs")
+	if g.Tracker == nil {
+		return 0, errors.New("this machine does not track dirty pages")
 	}
-	return c.DirtySoFar()
+	return g.Tracker.DirtySoFar()
 }
 
 // SaveState implements machine.Runner.
