@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -13,7 +14,8 @@ import (
 // or not yet started: the KVM clock, the in-kernel PIT's load times, the
 // guest clock, each vCPU's TSC and LAPIC timer count. It returns "" if the
 // states describe the same machine at the same point, and otherwise names
-// what differs (the configuration, or the IDs of the sections). A state
+// what differs (the configuration, or the IDs of the sections, with the
+// parts of a vCPU's state that differ: see vcpuParts). A state
 // that does not decode is an error.
 func StateDiff(a, b []byte) (string, error) {
 	x, err := timelessSections(a)
@@ -37,10 +39,53 @@ func StateDiff(a, b []byte) (string, error) {
 	for _, id := range ids {
 		s, t := x.sections[id], y.sections[id]
 		if s.Version != t.Version || !bytes.Equal(s.Data, t.Data) {
-			diff = append(diff, id)
+			diff = append(diff, id+vcpuParts(id, s, t))
 		}
 	}
 	return strings.Join(diff, ", "), nil
+}
+
+// vcpuParts names, for the vCPU sections s and t of id that differ, the
+// parts of their state that do (" (Regs, MSR 0x10)"), or "" for a section
+// of another kind or one that does not decode.
+func vcpuParts(id string, s, t Section) string {
+	if !strings.HasPrefix(id, "vcpu/") || s.Version != t.Version {
+		return ""
+	}
+	a, err := decodeVCPUState(s.Data)
+	if err != nil {
+		return ""
+	}
+	b, err := decodeVCPUState(t.Data)
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	x, y := reflect.ValueOf(a.vcpuStateFixed), reflect.ValueOf(b.vcpuStateFixed)
+	for i := range x.NumField() {
+		if !reflect.DeepEqual(x.Field(i).Interface(), y.Field(i).Interface()) {
+			parts = append(parts, x.Type().Field(i).Name)
+		}
+	}
+	if len(a.MSRs) != len(b.MSRs) {
+		parts = append(parts, "MSRs")
+	} else {
+		for j := range a.MSRs {
+			if a.MSRs[j] != b.MSRs[j] {
+				parts = append(parts, fmt.Sprintf("MSR %#x", a.MSRs[j].Index))
+			}
+		}
+	}
+	if !reflect.DeepEqual(a.CPUID, b.CPUID) {
+		parts = append(parts, "CPUID")
+	}
+	if !bytes.Equal(a.XSave, b.XSave) {
+		parts = append(parts, "XSave")
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 type timelessState struct {
