@@ -12,7 +12,8 @@ import (
 // StateDiff compares two machine states from SaveState section by
 // section, leaving out what moves with host time while a machine is paused
 // or not yet started: the KVM clock, the in-kernel PIT's load times, the
-// guest clock, each vCPU's TSC and LAPIC timer count. It returns "" if the
+// guest clock, each vCPU's TSC and LAPIC timer count; and each vCPU's
+// XSTATE_BV, which is not state (see timelessSections). It returns "" if the
 // states describe the same machine at the same point, and otherwise names
 // what differs (the configuration, or the IDs of the sections, with the
 // parts of a vCPU's state that differ: see vcpuParts). A state
@@ -80,7 +81,11 @@ func vcpuParts(id string, s, t Section) string {
 		parts = append(parts, "CPUID")
 	}
 	if !bytes.Equal(a.XSave, b.XSave) {
-		parts = append(parts, "XSave")
+		i := 0
+		for i < min(len(a.XSave), len(b.XSave)) && a.XSave[i] == b.XSave[i] {
+			i++
+		}
+		parts = append(parts, fmt.Sprintf("XSave from byte %d", i))
 	}
 	if len(parts) == 0 {
 		return ""
@@ -135,6 +140,15 @@ func timelessSections(state []byte) (timelessState, error) {
 			}
 			const apicTMCCT = 0x390 // the timer's current count
 			clear(st.LAPIC.Regs[apicTMCCT : apicTMCCT+4])
+			// XSTATE_BV says which components the CPU tracked as in use, not
+			// their values: KVM_GET_XSAVE writes a component whose bit is
+			// clear in its initial state, so a bit set over initial values
+			// is the same state. A vCPU restored from a state with the SSE
+			// bit set over initial values saved it clear, now and then.
+			const xstateBV = 512
+			if len(st.XSave) >= xstateBV+8 {
+				clear(st.XSave[xstateBV : xstateBV+8])
+			}
 			if data, err = encodeVCPUState(st); err != nil {
 				return timelessState{}, err
 			}

@@ -27,3 +27,30 @@ func TestVCPUPartsNameWhatDiffers(t *testing.T) {
 		t.Fatalf("vcpuParts of a VM section = %q, want none", got)
 	}
 }
+
+// TestStateDiffLeavesOutXSTATEBV: two vCPU states whose XSAVE areas differ
+// only in XSTATE_BV are the same state (KVM writes a component whose bit is
+// clear in its initial state); any other byte of the area is a difference.
+func TestStateDiffLeavesOutXSTATEBV(t *testing.T) {
+	state := func(at int, b byte) []byte {
+		t.Helper()
+		st := &vcpuState{XSave: make([]byte, kvmapi.XSaveSize)}
+		st.XSave[at] = b
+		data, err := encodeVCPUState(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := EncodeState(&MachineState{Config: StateConfig{VCPUs: 1}, Sections: map[string]Section{"vcpu/0": {Version: 1, Data: data}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return enc
+	}
+	const xstateBV = 512
+	if d, err := StateDiff(state(xstateBV, 2), state(xstateBV, 0)); d != "" || err != nil {
+		t.Fatalf("states differing in XSTATE_BV alone: %q, %v", d, err)
+	}
+	if d, err := StateDiff(state(600, 2), state(600, 0)); d != "vcpu/0 (XSave from byte 600)" || err != nil {
+		t.Fatalf("states differing in an XSAVE component: %q, %v; want vcpu/0's XSave named", d, err)
+	}
+}
