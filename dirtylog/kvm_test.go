@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"testing"
@@ -60,28 +61,45 @@ func newMemtouch(t testing.TB, mode Mode, vcpus int, memSize int64, params map[s
 // the line would read "base=0x40" out of "base=0x400000".
 var startLine = regexp.MustCompile(`memtouch: start ws=(\d+) .* base=0x([0-9a-f]+)\n`)
 
-// memtouchWrites models memtouch in mode=small, whose cpu 0 writes while
-// the other vCPUs park. It writes working-set pages one at a time: write k
-// (k = 0, 1, ...) goes to page k mod ws, in pass k/dirty+1, as two stores
-// to that page: page[0] = the pass, then page[1] = the page's index. So the
-// working set's heads (each page's first two words) are a function of the
-// number of writes made, and each write changes its page's head (a page's
-// writes are ws >= dirty writes apart, in different passes).
-type memtouchWrites struct{ ws, dirty uint64 }
+// memtouchWrites models one writer of memtouch in mode=small: the vCPU
+// that rewrites the slice of ws pages from working-set page first, dirty
+// pages a pass (its share). It writes its pages one at a time: write k
+// (k = 0, 1, ...) goes to page first + k mod ws, in pass k/dirty+1, as two
+// stores to that page: page[0] = the pass, then page[1] = the page's
+// working-set index. So the slice's heads (each page's first two words)
+// are a function of the number of writes made, and each write changes its
+// page's head (a page's writes are ws >= dirty writes apart, in different
+// passes).
+type memtouchWrites struct{ first, ws, dirty uint64 }
+
+// memtouchWriters models memtouch's writers as the guest splits the work:
+// writer c rewrites pages [ws*c/writers, ws*(c+1)/writers), its share of
+// dirty the difference of the same split.
+func memtouchWriters(ws, dirty, writers uint64) []memtouchWrites {
+	out := make([]memtouchWrites, writers)
+	for c := range writers {
+		first := ws * c / writers
+		out[c] = memtouchWrites{first: first, ws: ws*(c+1)/writers - first, dirty: dirty*(c+1)/writers - dirty*c/writers}
+	}
+	return out
+}
 
 // stamp is what write k stores in page[0].
 func (w memtouchWrites) stamp(k uint64) uint64 { return k/w.dirty + 1 }
 
-// head is page i's head after the first n writes.
+// head is the head of the slice's page i after the first n writes.
 func (w memtouchWrites) head(i, n uint64) [2]uint64 {
 	if i >= n {
 		return [2]uint64{}
 	}
 	last := i + (n-1-i)/w.ws*w.ws // the last write to page i before write n
-	return [2]uint64{w.stamp(last), i}
+	return [2]uint64{w.stamp(last), w.first + i}
 }
 
-// done counts the writes heads show made, starting from from (a count they
+// slice is the writer's part of the working set's heads.
+func (w memtouchWrites) slice(heads [][2]uint64) [][2]uint64 { return heads[w.first : w.first+w.ws] }
+
+// done counts the writes the slice's heads show made, starting from from (a count they
 // showed before): write k is made when page k mod ws holds its stamp or a
 // later one. In a state memtouch left, writes before the count are made and
 // none after, so it is found by bisection, up to the first write whose
@@ -108,7 +126,7 @@ func (w memtouchWrites) done(heads [][2]uint64, from uint64) (uint64, error) {
 		want := w.head(uint64(i), n)
 		split := n > 0 && uint64(i) == (n-1)%w.ws && got == [2]uint64{want[0], 0}
 		if got != want && !split {
-			return 0, fmt.Errorf("working-set page %d holds (%d, %d) where memtouch leaves (%d, %d) after %d writes", i, got[0], got[1], want[0], want[1], n)
+			return 0, fmt.Errorf("working-set page %d holds (%d, %d) where memtouch leaves (%d, %d) after %d writes", w.first+uint64(i), got[0], got[1], want[0], want[1], n)
 		}
 	}
 	return n, nil
@@ -149,6 +167,20 @@ func TestMemtouchWritesModel(t *testing.T) {
 	if n, err := w.done(after, 7); n != many || err != nil {
 		t.Fatalf("done(after %d writes, from 7) = %d, %v", uint64(many), n, err)
 	}
+	// Two writers split ten pages and five writes a pass; the second's
+	// heads name working-set pages 5 to 9, and one that names page 1 is not
+	// its.
+	two := memtouchWriters(10, 5, 2)
+	if want := []memtouchWrites{{0, 5, 2}, {5, 5, 3}}; !slices.Equal(two, want) {
+		t.Fatalf("memtouchWriters(10, 5, 2) = %v, want %v", two, want)
+	}
+	second := [][2]uint64{{1, 5}, {1, 6}, {1, 7}, {2, 8}, {0, 0}}
+	if n, err := two[1].done(second, 0); n != 4 || err != nil {
+		t.Fatalf("second writer: done(after 4 writes) = %d, %v", n, err)
+	}
+	if n, err := two[1].done([][2]uint64{{1, 1}, {0, 0}, {0, 0}, {0, 0}, {0, 0}}, 0); err == nil {
+		t.Errorf("second writer: done(a head naming page 1) = %d, want an error", n)
+	}
 	// A page missing a write, or holding what memtouch never writes, is
 	// not memtouch's working set.
 	for _, bad := range [][][2]uint64{
@@ -171,14 +203,16 @@ func TestHarvestIsExactOnKVM(t *testing.T) {
 	}
 }
 
-// testHarvestIsExact runs memtouch for epochs and checks each harvest
-// against the writes memory shows the guest made in the epoch.
+// testHarvestIsExact runs memtouch for epochs, every vCPU writing its
+// slice of the working set (each into its own dirty ring, with rings), and
+// checks each harvest against the writes memory shows the guest made in
+// the epoch.
 //
 // A page written in the epoch and not reported fails the test: that is a
 // backup silently missing a change. A page reported and not written fails
 // it too, unless it is the write a pause split, and there is at most one
-// such write at each end of an epoch, because the guest writes one page at
-// a time (two stores to the same page, from its one writing vCPU):
+// such write at each end of an epoch for each writer, because a writer
+// writes one page at a time (two stores to the same page):
 //
 //   - at the epoch's end, the next write: KVM logs a page when it handles
 //     the write fault, and the pause can take the vCPU out after that and
@@ -197,7 +231,8 @@ func TestHarvestIsExactOnKVM(t *testing.T) {
 func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	const ws, dirty = 2048, 37
 	m, tr, con := newMemtouch(t, mode, vcpus, 32<<20, map[string]string{
-		"ws": strconv.Itoa(ws), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1000000"})
+		"ws": strconv.Itoa(ws), "dirty": strconv.Itoa(dirty), "mode": "small", "every": "1000000",
+		"writers": strconv.Itoa(vcpus)})
 	pages := m.Memory().Pages()
 	dst := machine.NewBitmap(pages)
 	// The loader's writes are the first harvest.
@@ -219,7 +254,7 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 	first := base / vmm.PageSize // below 3 GiB, GPA = RAM offset
 	devPage := first + ws + 10   // the guest never touches it
 	devEpoch := -1
-	model := memtouchWrites{ws: ws, dirty: dirty}
+	writers := memtouchWriters(ws, dirty, uint64(vcpus))
 	// Epoch 0 ends here: its harvest is not checked, the heads read while
 	// paused are the baseline.
 	if err := m.Pause(); err != nil {
@@ -229,10 +264,15 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 		t.Fatal(err)
 	}
 	prev := heads(m, first, ws)
-	done, err := model.done(prev, 0)
-	if err != nil {
-		t.Fatalf("epoch 0: %v", err)
+	done := make([]uint64, len(writers)) // each writer's writes made
+	for c, w := range writers {
+		var err error
+		if done[c], err = w.done(w.slice(prev), 0); err != nil {
+			t.Fatalf("epoch 0, writer %d: %v", c, err)
+		}
 	}
+	// maxEpoch is the most pages one writer (one vCPU's ring) dirtied in an
+	// epoch.
 	written, maxEpoch, inFlight, split := uint64(0), uint64(0), 0, 0
 	overflows := func() int { return 0 }
 	if rt, ok := tr.(*ringTracker); ok {
@@ -268,9 +308,11 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 			t.Fatalf("epoch %d: %d pages counted dirty while the guest ran, %d harvested after", e, counted, reports)
 		}
 		cur := heads(m, first, ws)
-		now, err := model.done(cur, done)
-		if err != nil {
-			t.Fatalf("epoch %d: %v", e, err)
+		now := make([]uint64, len(writers))
+		for c, w := range writers {
+			if now[c], err = w.done(w.slice(cur), done[c]); err != nil {
+				t.Fatalf("epoch %d, writer %d: %v", e, c, err)
+			}
 		}
 		lost := overflows() != lostBefore
 		lostBefore = overflows()
@@ -280,24 +322,27 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 			}
 			lostEpochs++
 		}
-		for i := uint64(0); i < ws; i++ {
-			changed := cur[i] != prev[i]
-			reported := dst.Has(first + i)
-			switch {
-			case changed && !reported:
-				t.Fatalf("epoch %d: working-set page %d was written (%v → %v) and not reported dirty", e, i, prev[i], cur[i])
-			case changed || !reported || lost:
-			case i == now%ws:
-				inFlight++ // write now: its fault was logged, its store is next epoch's
-			case done > 0 && i == (done-1)%ws:
-				split++ // write done-1: its second store is this epoch's
-			default:
-				t.Fatalf("epoch %d: working-set page %d was reported dirty and memtouch did not write it (its writes were %d to %d, on pages %d to %d)",
-					e, i, done, now, done%ws, now%ws)
+		for c, w := range writers {
+			for i := range w.ws {
+				page := w.first + i
+				changed := cur[page] != prev[page]
+				reported := dst.Has(first + page)
+				switch {
+				case changed && !reported:
+					t.Fatalf("epoch %d: working-set page %d was written (%v → %v) and not reported dirty", e, page, prev[page], cur[page])
+				case changed || !reported || lost:
+				case i == now[c]%w.ws:
+					inFlight++ // write now: its fault was logged, its store is next epoch's
+				case done[c] > 0 && i == (done[c]-1)%w.ws:
+					split++ // write done-1: its second store is this epoch's
+				default:
+					t.Fatalf("epoch %d: working-set page %d was reported dirty and memtouch did not write it (writer %d's writes were %d to %d, on pages %d to %d)",
+						e, page, c, done[c], now[c], w.first+done[c]%w.ws, w.first+now[c]%w.ws)
+				}
 			}
+			written += now[c] - done[c]
+			maxEpoch = max(maxEpoch, min(now[c]-done[c], w.ws))
 		}
-		written += now - done
-		maxEpoch = max(maxEpoch, now-done)
 		// A device write while paused is in the next harvest and not the one
 		// after.
 		switch {
@@ -322,7 +367,7 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 				t.Fatal(err)
 			}
 		}
-		t.Logf("epoch %d: memtouch wrote %d pages, %d pages harvested", e, now-done, dst.Count())
+		t.Logf("epoch %d: memtouch's writers wrote %v pages, %d pages harvested", e, diff(now, done), dst.Count())
 		prev, done = cur, now
 	}
 	if written == 0 {
@@ -338,9 +383,18 @@ func testHarvestIsExact(t *testing.T, mode Mode, vcpus int) {
 		fulls := rt.fulls
 		rt.mu.Unlock()
 		if fulls == 0 {
-			t.Fatalf("an epoch wrote %d pages into a 1024-entry ring and no ring-full exit was collected", maxEpoch)
+			t.Fatalf("a writer dirtied %d pages in an epoch, into its vCPU's 1024-entry ring, and no ring-full exit was collected", maxEpoch)
 		}
 	}
+}
+
+// diff is a - b, element by element.
+func diff(a, b []uint64) []uint64 {
+	out := make([]uint64, len(a))
+	for i := range a {
+		out[i] = a[i] - b[i]
+	}
+	return out
 }
 
 // TestTrackerRefusesTheWrongMachineOnKVM: a ring tracker needs a machine built
