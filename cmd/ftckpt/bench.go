@@ -13,7 +13,7 @@ func init() { register(newBenchCmd) }
 
 func newBenchCmd() *cobra.Command {
 	var guest, epochs, machine, plotDir, jsonFile string
-	var vcpus, memtouchPages int
+	var vcpus, memtouchPages, memtouchWriters int
 	var copyWhere string
 	var duration time.Duration
 	cmd := &cobra.Command{
@@ -58,7 +58,7 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 				return fmt.Errorf("--machine %q: want sim or kvm", machine)
 			}
 			p, err := bench.NewPlan(bench.Request{Machine: m, Guest: guest, Epochs: epochs, VCPUs: vcpus, Duration: duration,
-				MemtouchPages: memtouchPages, Copy: copyWhere})
+				MemtouchPages: memtouchPages, MemtouchWriters: memtouchWriters, Copy: copyWhere})
 			if err != nil {
 				return err
 			}
@@ -92,6 +92,7 @@ the backup's included. Progress goes to stderr, the tables to stdout.`,
 	cmd.Flags().StringVar(&machine, "machine", "sim", "sim (the software machine) or kvm")
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
 	cmd.Flags().IntVar(&memtouchPages, "memtouch-pages", bench.DefaultMemtouchPages, "the pages memtouch rewrites flat out, on KVM (its memory grows to fit)")
+	cmd.Flags().IntVar(&memtouchWriters, "memtouch-writers", 1, "how many of memtouch's vCPUs write, each its share of the pages (the others halt; more than one leaves replay out)")
 	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto (the default behaviour), always, never (default on KVM auto,never)")
 	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")

@@ -52,6 +52,9 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "--machine", "kvm", "--copy", "auto,auto"}, `--copy "auto,auto": auto twice`},
 		{[]string{"bench", "--machine", "kvm", "--memtouch-pages", "0"}, "--memtouch-pages 0: KVM's memtouch rewrites 1 to 1,048,576 pages"},
 		{[]string{"bench", "--memtouch-pages", "2048"}, "the software machine has no memtouch"},
+		{[]string{"bench", "--machine", "kvm", "--memtouch-writers", "0"}, "--memtouch-writers 0: KVM's memtouch writes on 1 to --vcpus (1) vCPUs"},
+		{[]string{"bench", "--machine", "kvm", "--vcpus", "2", "--memtouch-writers", "3"}, "--memtouch-writers 3: KVM's memtouch writes on 1 to --vcpus (2) vCPUs"},
+		{[]string{"bench", "--memtouch-writers", "2"}, "--memtouch-writers 2: KVM's memtouch writes on 1 to --vcpus (1) vCPUs (the software machine has no memtouch)"},
 	} {
 		start := time.Now()
 		_, _, err := benchCLI(tc.args...)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func machines() []node.Machine {
 func BenchmarkModes(b *testing.B) {
 	ctx := context.Background()
 	for _, m := range machines() {
-		for _, w := range Workloads(m, DefaultMemtouchPages) {
+		for _, w := range Workloads(m, DefaultMemtouchPages, 1) {
 			b.Run(fmt.Sprintf("machine=%s/guest=%s", machineName(m), w.Guest), func(b *testing.B) {
 				p := Plan{Machine: m, VCPUs: 1, Duration: time.Second}
 				floor, err := runConfig(ctx, p, w, Config{Mode: "unprotected"})
@@ -128,4 +129,39 @@ func machineName(m node.Machine) string {
 		return "sim"
 	}
 	return "kvm"
+}
+
+// TestRunLeavesOutReplayWhereItCannotRun: a workload replay cannot run
+// (memtouch with writers on several vCPUs) gets no replay row, and the
+// progress says why; the plan is refused where the writers outnumber the
+// vCPUs.
+func TestRunLeavesOutReplayWhereItCannotRun(t *testing.T) {
+	p, err := NewPlan(Request{Machine: node.MachineKVM, Guest: "memtouch", Epochs: "25ms", VCPUs: 4, Duration: time.Second,
+		MemtouchPages: DefaultMemtouchPages, MemtouchWriters: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Workloads[0].Params["writers"]; got != "4" {
+		t.Fatalf("memtouch's writers param is %q, want 4", got)
+	}
+	p.Configs = []Config{{Mode: "replay"}}
+	var progress strings.Builder
+	results, err := Run(context.Background(), p, &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 1 || len(results[0]) != 0 {
+		t.Fatalf("results %v: want memtouch's, without a replay row", results)
+	}
+	if want := "memtouch, replay: left out: replay runs one vCPU, memtouch's 4 writers need 4"; !strings.Contains(progress.String(), want) {
+		t.Errorf("progress %q does not say %q", progress.String(), want)
+	}
+	one, err := NewPlan(Request{Machine: node.MachineKVM, Guest: "memtouch", Epochs: "25ms", VCPUs: 4, Duration: time.Second,
+		MemtouchPages: DefaultMemtouchPages, MemtouchWriters: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.Workloads[0].NoReplay != "" {
+		t.Errorf("one writer: replay left out (%s)", one.Workloads[0].NoReplay)
+	}
 }

@@ -19,6 +19,9 @@ type Workload struct {
 	Params map[string]string
 	// Memory is the guest's RAM (0: 16 MiB, 1 MiB on the software machine).
 	Memory int64
+	// NoReplay, if set, says why replay mode cannot run the workload (it
+	// runs one vCPU): the plan's replay row is left out for it.
+	NoReplay string
 }
 
 // KVWindow is the kv load's requests outstanding.
@@ -28,8 +31,8 @@ const KVWindow = 8
 const DefaultMemtouchPages = 1024
 
 // Workloads are the workloads a machine runs, in table order; memtouch (on
-// KVM) rewrites memtouchPages pages flat out.
-func Workloads(m node.Machine, memtouchPages int) []Workload {
+// KVM) rewrites memtouchPages pages flat out on writers vCPUs.
+func Workloads(m node.Machine, memtouchPages, writers int) []Workload {
 	kv := Workload{Guest: "kv", About: fmt.Sprintf("a client keeps %d INCR requests outstanding", KVWindow)}
 	if m == node.MachineSim {
 		return []Workload{
@@ -39,14 +42,16 @@ func Workloads(m node.Machine, memtouchPages int) []Workload {
 		}
 	}
 	ws := strconv.Itoa(memtouchPages)
-	return []Workload{
-		kv,
-		{Guest: "memtouch", About: fmt.Sprintf("writes 16 bytes to each of %d pages per pass, flat out", memtouchPages),
-			Params: map[string]string{"ws": ws, "dirty": ws, "every": "1"},
-			// Twice the working set, rounded up to 2 MiB: room for the
-			// guest's code and stack beside it.
-			Memory: max(16<<20, (int64(memtouchPages)*2*4096+2<<20-1)&^(2<<20-1))},
+	memtouch := Workload{Guest: "memtouch", About: fmt.Sprintf("writes 16 bytes to each of %d pages per pass, flat out", memtouchPages),
+		Params: map[string]string{"ws": ws, "dirty": ws, "every": "1", "writers": strconv.Itoa(writers)},
+		// Twice the working set, rounded up to 2 MiB: room for the
+		// guest's code and stack beside it.
+		Memory: max(16<<20, (int64(memtouchPages)*2*4096+2<<20-1)&^(2<<20-1))}
+	if writers > 1 {
+		memtouch.About += fmt.Sprintf(", %d vCPUs writing a share each", writers)
+		memtouch.NoReplay = fmt.Sprintf("replay runs one vCPU, memtouch's %d writers need %d", writers, writers)
 	}
+	return []Workload{kv, memtouch}
 }
 
 // Config is one way of running a workload.
@@ -101,6 +106,9 @@ type Request struct {
 	// MemtouchPages is memtouch's working set (DefaultMemtouchPages unless
 	// told otherwise).
 	MemtouchPages int
+	// MemtouchWriters is how many of memtouch's vCPUs write, each its share
+	// of the working set (1 to VCPUs; 1 unless told otherwise).
+	MemtouchWriters int
 	// Copy is where checkpoint mode copies dirty pages on KVM, a row for
 	// each of a comma-separated list of --copy-after-resume's values (auto,
 	// always, never); "": auto,never on KVM, auto on the software machine,
@@ -120,7 +128,7 @@ func NewPlan(r Request) (Plan, error) {
 		return p, err
 	}
 	var names []string
-	for _, w := range Workloads(machine, r.MemtouchPages) {
+	for _, w := range Workloads(machine, r.MemtouchPages, r.MemtouchWriters) {
 		names = append(names, w.Guest)
 		if guest == w.Guest || guest == "all" {
 			p.Workloads = append(p.Workloads, w)
@@ -134,6 +142,9 @@ func NewPlan(r Request) (Plan, error) {
 	}
 	if vcpus < 1 || machine == node.MachineSim && vcpus != 1 {
 		return p, fmt.Errorf("--vcpus %d: %s runs 1 to 64 (the software machine 1)", vcpus, machine)
+	}
+	if r.MemtouchWriters < 1 || r.MemtouchWriters > vcpus {
+		return p, fmt.Errorf("--memtouch-writers %d: KVM's memtouch writes on 1 to --vcpus (%d) vCPUs (the software machine has no memtouch)", r.MemtouchWriters, vcpus)
 	}
 	es, err := ParseEpochs(r.Epochs)
 	if err != nil {

@@ -64,6 +64,10 @@ func Run(ctx context.Context, p Plan, progress io.Writer) ([][]*Result, error) {
 	for _, w := range p.Workloads {
 		var results []*Result
 		for _, c := range p.Configs {
+			if c.Mode == "replay" && w.NoReplay != "" {
+				fmt.Fprintf(progress, "ftckpt bench: %s, %v: left out: %s\n", w.Guest, c, w.NoReplay)
+				continue
+			}
 			fmt.Fprintf(progress, "ftckpt bench: %s, %v for %v ...\n", w.Guest, c, p.Duration)
 			r, err := runConfig(ctx, p, w, c)
 			if err != nil {
