@@ -91,6 +91,9 @@ func TestKVMRunnerContract(t *testing.T) {
 		// a round snapshots are written again at once (CopyOnWrite).
 		{name: "memtouch/bitmap", guest: "memtouch", vcpus: 1, track: dirtylog.ModeBitmap,
 			params: map[string]string{"ws": "64", "dirty": "64", "every": "1000000000"}},
+		// Two vCPUs writing at once, each into its own dirty ring.
+		{name: "memtouch/ring/2-writers", guest: "memtouch", vcpus: 2, track: dirtylog.ModeRing,
+			params: map[string]string{"ws": "64", "dirty": "64", "every": "1000000000", "writers": "2"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			machinetest.RunRunner(t, machinetest.RunnerSuite{
