@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -41,7 +42,7 @@ func startTCPCluster(t testing.TB, n int) *testCluster {
 	trans := make([]raft.Transport, n)
 	lns := make([]net.Listener, n)
 	for i := range n {
-		tr, err := raft.NewTCPTransport("127.0.0.1:0", nil, 4, time.Second, io.Discard)
+		tr, err := raft.NewTCPTransportWithConfig("127.0.0.1:0", nil, raftTransportConfig(hclog.NewNullLogger(), time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

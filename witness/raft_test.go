@@ -3,11 +3,14 @@ package witness
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint/mtls"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	"github.com/hashicorp/raft"
 )
 
 func TestRaftContract(t *testing.T) {
@@ -156,5 +159,33 @@ func TestRaftPartition(t *testing.T) {
 	}
 	for _, n := range c.nodes {
 		waitApplied(t, n, won)
+	}
+}
+
+// TestRaftTransportSendsAppendsOneAtATime: the witness's raft transport,
+// plain and with TLS, has no AppendEntries pipeline (raftTransportConfig:
+// raft 1.7's can deadlock a leader's replication and its shutdown).
+func TestRaftTransportSendsAppendsOneAtATime(t *testing.T) {
+	ca, err := mtls.NewCA("witness test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ca.Identity("w0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tlsID := range map[string]*mtls.Identity{"plain": nil, "tls": id} {
+		t.Run(name, func(t *testing.T) {
+			tr, err := raftTransport(ServeConfig{ID: "w0", TLS: tlsID, Logger: slog.New(slog.DiscardHandler)}, "127.0.0.1:0", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			// A peer that does not listen: a pipeline would dial it and fail
+			// with ECONNREFUSED.
+			if _, err := tr.AppendEntriesPipeline("w1", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+				t.Fatalf("AppendEntriesPipeline: %v, want %v", err, raft.ErrPipelineReplicationNotSupported)
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftckpt/ftckpt/checkpoint/mtls"
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -152,18 +153,34 @@ func RunNode(ctx context.Context, cfg ServeConfig) error {
 // raftTransport is raft's TCP transport between the nodes, through mutual
 // TLS with cfg.TLS (tlsStream), or plain.
 func raftTransport(cfg ServeConfig, bind string, advertise net.Addr) (*raft.NetworkTransport, error) {
-	logger := raftLogger(cfg.Logger.With("witness", cfg.ID), "raft-net")
+	tc := raftTransportConfig(raftLogger(cfg.Logger.With("witness", cfg.ID), "raft-net"), 5*time.Second)
 	if cfg.TLS == nil {
-		return raft.NewTCPTransportWithLogger(bind, advertise, 4, 5*time.Second, logger)
+		return raft.NewTCPTransportWithConfig(bind, advertise, tc)
 	}
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, err
 	}
-	stream := &tlsStream{id: cfg.TLS, advertise: advertise, Listener: mtls.Listen(ln, mtls.ListenOptions{
+	tc.Stream = &tlsStream{id: cfg.TLS, advertise: advertise, Listener: mtls.Listen(ln, mtls.ListenOptions{
 		Identity: cfg.TLS, Proto: RaftALPN, Confirm: true,
 		What: "witness " + cfg.ID + " raft port " + ln.Addr().String(), Log: cfg.Logger})}
-	return raft.NewNetworkTransportWithLogger(stream, 4, 5*time.Second, logger), nil
+	return raft.NewNetworkTransportWithConfig(tc), nil
+}
+
+// raftTransportConfig is the witness's raft transport settings: four
+// pooled connections a peer, RPCs that time out after timeout, and no
+// pipelining of AppendEntries (MaxRPCsInFlight 1: one request at a time,
+// each with its timeout). raft 1.7's pipeline (its default, 2 in flight)
+// can deadlock: when a follower answers an append with Success=false,
+// the pipeline's decoder stops reading while the next append waits to be
+// decoded, and nothing but the pipeline's own Close (which the stuck
+// sender would call) frees them. The leader then never replicates to that
+// follower again, and its Shutdown never returns (seen here: a node of
+// TestRaftRace's cluster under load, stuck 10 minutes in
+// netPipeline.AppendEntries). A witness appends a few claims a failover:
+// pipelining gains it nothing.
+func raftTransportConfig(logger hclog.Logger, timeout time.Duration) *raft.NetworkTransportConfig {
+	return &raft.NetworkTransportConfig{MaxPool: 4, Timeout: timeout, Logger: logger, MaxRPCsInFlight: 1}
 }
 
 // http1Listener hands net/http the connections of an mtls.Listener, their
