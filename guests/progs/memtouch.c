@@ -7,7 +7,7 @@
  * deterministic. `rate` passes per second, paced by the clock device
  * (0 = flat out); stops after `passes` passes (0 = forever); prints a
  * line every `every` passes with the stream state as a check value.
- * `writers` vCPUs (default 1, at most the machine's) share the work: each
+ * `writers` vCPUs (default 1; 0 or too many: all) share the work: each
  * rewrites its own slice of the working set and its share of `dirty` pages
  * per pass, paced alike; vCPU 0 counts the passes, prints (with the pages
  * all writers dirtied) and stops; the others park or keep writing.
@@ -36,7 +36,7 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 	bool full;
 
 	if (writers == 0 || writers > bi->nr_vcpus)
-		writers = bi->nr_vcpus;
+		writers = bi->nr_vcpus > 0 ? bi->nr_vcpus : 1;
 	if (cpu >= writers)
 		park();
 	if (str_eq(mode, "full")) {
