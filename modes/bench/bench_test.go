@@ -133,8 +133,8 @@ func machineName(m node.Machine) string {
 
 // TestRunLeavesOutReplayWhereItCannotRun: a workload replay cannot run
 // (memtouch with writers on several vCPUs) gets no replay row, and the
-// progress says why; the plan is refused where the writers outnumber the
-// vCPUs.
+// progress says why; with one writer replay runs. (ftckpt's
+// TestBenchRejectsBadFlags has the writers that the plan refuses.)
 func TestRunLeavesOutReplayWhereItCannotRun(t *testing.T) {
 	p, err := NewPlan(Request{Machine: node.MachineKVM, Guest: "memtouch", Epochs: "25ms", VCPUs: 4, Duration: time.Second,
 		MemtouchPages: DefaultMemtouchPages, MemtouchWriters: 4})
