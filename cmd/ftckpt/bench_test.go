@@ -228,6 +228,8 @@ func TestBenchPlotsAndJSON(t *testing.T) {
 	}
 	var figures struct {
 		Machine   string
+		VCPUs     int
+		Duration  time.Duration
 		Workloads []struct {
 			Guest   string
 			Results []struct {
@@ -239,7 +241,8 @@ func TestBenchPlotsAndJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &figures); err != nil {
 		t.Fatalf("bench.json: %v", err)
 	}
-	if len(figures.Workloads) != 2 || len(figures.Workloads[0].Results) != 5 || figures.Workloads[1].Results[0].Progress == 0 {
+	if len(figures.Workloads) != 2 || len(figures.Workloads[0].Results) != 5 || figures.Workloads[1].Results[0].Progress == 0 ||
+		figures.VCPUs != 1 || figures.Duration != 100*time.Millisecond {
 		t.Errorf("bench.json holds %+v", figures)
 	}
 }

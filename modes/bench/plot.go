@@ -167,7 +167,8 @@ func sorted(pts plotter.XYs) plotter.XYs {
 
 func ms2(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// WriteJSON writes the raw figures of a run to path, for other tools: per
+// WriteJSON writes the raw figures of a run to path, for other tools: the
+// machine, its vCPUs and the measured window asked for, then per
 // workload, per configuration, the window and every measured figure.
 func WriteJSON(path string, p Plan, results [][]*Result) error {
 	type row struct {
@@ -194,8 +195,10 @@ func WriteJSON(path string, p Plan, results [][]*Result) error {
 	}
 	out := struct {
 		Machine   string
+		VCPUs     int // checkpoint mode's (replay runs one)
+		Duration  time.Duration
 		Workloads []workload
-	}{Machine: p.Machine.String()}
+	}{Machine: p.Machine.String(), VCPUs: p.VCPUs, Duration: p.Duration}
 	for i, w := range p.Workloads {
 		wl := workload{Guest: w.Guest, About: w.About, Params: w.Params}
 		for _, r := range results[i] {
