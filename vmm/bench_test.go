@@ -47,22 +47,34 @@ func BenchmarkSnapshotMemory(b *testing.B) {
 }
 
 // BenchmarkPauseSave is the machine's part of a checkpoint pause: stop
-// every vCPU, capture the machine state, resume, with a guest that keeps
-// its vCPUs busy (smp) running 5 ms between pauses. "asked": Pause, then
+// every vCPU, capture the machine state, resume, running the guest 5 ms
+// between pauses: one that keeps every vCPU busy (smp), and with 4 vCPUs
+// one whose vCPU 0 writes while the others halt (memtouch: a halted vCPU
+// sleeps in KVM and must be woken to stop). "asked": Pause, then
 // SaveState hands each vCPU's thread the capture; "ahead": PauseSaving, the
 // vCPUs capture on their threads as they stop (the primary copies pages
 // meanwhile; here nothing does). It reports each part's p50, the whole
 // pause's p50 and p99, and the ioctl floor: one vCPU's capture timed on its
 // own thread.
 func BenchmarkPauseSave(b *testing.B) {
-	for _, n := range []int{1, 4} {
+	type shape struct {
+		name, guest string
+		vcpus       int
+		params      map[string]string
+	}
+	busy := map[string]string{"iters": "1000"}
+	for _, sh := range []shape{
+		{"vcpus=1/busy", "smp", 1, busy},
+		{"vcpus=4/busy", "smp", 4, busy},
+		{"vcpus=4/3-halted", "memtouch", 4, map[string]string{"ws": "64", "dirty": "64", "every": "1000000000"}},
+	} {
 		for _, ahead := range []bool{false, true} {
 			name := "asked"
 			if ahead {
 				name = "ahead"
 			}
-			b.Run(fmt.Sprintf("vcpus=%d/%s", n, name), func(b *testing.B) {
-				m, _ := newGuestMachine(b, "smp", n, map[string]string{"iters": "1000"})
+			b.Run(sh.name+"/"+name, func(b *testing.B) {
+				m, _ := newGuestMachine(b, sh.guest, sh.vcpus, sh.params)
 				if err := m.Start(); err != nil {
 					b.Fatal(err)
 				}
