@@ -23,10 +23,12 @@ import (
 //
 // Blocks are DiskBlockSize bytes, the last one possibly shorter (the rest of
 // the disk); gap is the block index minus the previous record's (the first
-// record's index itself), so indexes strictly increase. Only ZERO, RAW and
-// LZ4 encodings are used. The section is allowed on sync kinds only; a
-// sync commit must have carried, since its sync started, every block of
-// the disk, as it must every page.
+// record's index itself), so indexes strictly increase. Only ZERO, RAW,
+// LZ4 and KEPT encodings are used; KEPT (no payload) says the backup's
+// image has the block already, as the hashes of its image that it sent
+// showed (ImageHashes). The section is allowed on sync kinds only; a sync
+// commit must have carried, since its sync started, every block of the
+// disk, as it must every page.
 
 // DiskBlockSize is the unit in which a mirrored disk is copied and its
 // writes tracked during a full sync.
@@ -91,25 +93,13 @@ func (e *Encoder) SetDiskSize(size int64) error {
 // within a message. An error leaves the checkpoint as it was.
 func (e *Encoder) AddDiskBlock(index uint64, block []byte) error {
 	b := &e.blocks
-	switch {
-	case !e.active:
-		return fmt.Errorf("add disk block %d: %w: no checkpoint begun", index, ErrEncoderState)
-	case e.h.Kind == KindEpoch:
-		return fmt.Errorf("add disk block %d: %w: disk blocks on an epoch checkpoint", index, ErrForbiddenSection)
-	case b.size == 0:
-		return fmt.Errorf("add disk block %d: %w: no mirrored disk (SetDiskSize)", index, ErrEncoderState)
-	case index >= DiskBlocks(b.size):
-		return fmt.Errorf("add disk block %d: %w: the disk has %d blocks", index, ErrBadDiskBlock, DiskBlocks(b.size))
-	case len(block) != blockLen(b.size, index):
+	if err := e.checkDiskBlock(index); err != nil {
+		return err
+	}
+	if len(block) != blockLen(b.size, index) {
 		return fmt.Errorf("add disk block %d: %w: %d bytes, want %d", index, ErrBadDiskBlock, len(block), blockLen(b.size, index))
-	case b.count > 0 && index <= b.last:
-		return fmt.Errorf("add disk block %d: %w: after block %d", index, ErrBadDiskBlock, b.last)
 	}
-	gap := index
-	if b.count > 0 {
-		gap = index - b.last
-	}
-	b.buf = binary.AppendUvarint(b.buf, gap)
+	b.appendGap(index)
 	if isZero(block) {
 		b.buf = append(b.buf, byte(EncZero))
 	} else if n, err := e.comp.CompressBlock(block, b.lz[:len(block)-1]); err == nil && n > 0 {
@@ -120,10 +110,57 @@ func (e *Encoder) AddDiskBlock(index uint64, block []byte) error {
 		b.buf = append(b.buf, byte(EncRaw))
 		b.buf = append(b.buf, block...)
 	}
+	b.record(index)
+	return nil
+}
+
+// AddKeptDiskBlock adds block index of the mirrored disk to the sync
+// message begun as one the backup's image holds already (KEPT): it counts
+// as sent, and the backup writes nothing. The caller knows it from the
+// backup's image hashes (ImageHashes). Order and errors as AddDiskBlock.
+func (e *Encoder) AddKeptDiskBlock(index uint64) error {
+	if err := e.checkDiskBlock(index); err != nil {
+		return err
+	}
+	e.blocks.appendGap(index)
+	e.blocks.buf = append(e.blocks.buf, byte(EncKept))
+	e.blocks.record(index)
+	return nil
+}
+
+// checkDiskBlock says why block index may not be added next, if it may
+// not.
+func (e *Encoder) checkDiskBlock(index uint64) error {
+	b := &e.blocks
+	switch {
+	case !e.active:
+		return fmt.Errorf("add disk block %d: %w: no checkpoint begun", index, ErrEncoderState)
+	case e.h.Kind == KindEpoch:
+		return fmt.Errorf("add disk block %d: %w: disk blocks on an epoch checkpoint", index, ErrForbiddenSection)
+	case b.size == 0:
+		return fmt.Errorf("add disk block %d: %w: no mirrored disk (SetDiskSize)", index, ErrEncoderState)
+	case index >= DiskBlocks(b.size):
+		return fmt.Errorf("add disk block %d: %w: the disk has %d blocks", index, ErrBadDiskBlock, DiskBlocks(b.size))
+	case b.count > 0 && index <= b.last:
+		return fmt.Errorf("add disk block %d: %w: after block %d", index, ErrBadDiskBlock, b.last)
+	}
+	return nil
+}
+
+// appendGap appends a record's gap: index less the last record's.
+func (b *blockEncoder) appendGap(index uint64) {
+	gap := index
+	if b.count > 0 {
+		gap = index - b.last
+	}
+	b.buf = binary.AppendUvarint(b.buf, gap)
+}
+
+// record counts the record of block index just appended as sent.
+func (b *blockEncoder) record(index uint64) {
 	b.count++
 	b.last = index
 	b.sent[index/64] |= 1 << (index % 64)
-	return nil
 }
 
 // isZero says whether p is all zero bytes.
@@ -211,7 +248,7 @@ func decodeDiskBlocks(p []byte, ck *Checkpoint) error {
 		want := blockLen(int64(size), index)
 		r := BlockRecord{Index: index, Enc: enc}
 		switch enc {
-		case EncZero:
+		case EncZero, EncKept:
 		case EncRaw:
 			if len(p) < want {
 				return fmt.Errorf("%w: block %d: raw record of %d bytes with %d left", ErrBadDiskBlock, index, want, len(p))
@@ -300,6 +337,8 @@ func (b *Backup) stageBlocks(start, commit bool) error {
 		want := blockLen(bb.size, r.Index)
 		var data []byte
 		switch r.Enc {
+		case EncKept:
+			continue // the image has it: nothing to write
 		case EncZero:
 			data = zeroBlock[:want]
 		case EncRaw:

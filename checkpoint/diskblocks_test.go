@@ -220,6 +220,73 @@ func TestMirroredDiskRefusals(t *testing.T) {
 	m.enc.Abort()
 }
 
+// A sync whose backup's image has most blocks already (ImageHashes)
+// carries those as KEPT records: they count toward the sync's every block,
+// the backup writes nothing for them, and its image ends equal to the
+// disk. KEPT follows AddDiskBlock's rules: increasing order, sync kinds
+// only.
+func TestKeptBlocksCoverTheSync(t *testing.T) {
+	m := newMirror(t, 4)
+	copy(m.image, m.disk)
+	m.image[4*DiskBlockSize+10] ^= 0x5a // block 4 differs
+	h := Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: 1, Epoch: 1}
+	if err := m.enc.Begin(nil, h); err != nil {
+		t.Fatal(err)
+	}
+	for pfn := range uint64(len(m.mem) / PageSize) {
+		if err := m.enc.AddPage(pfn, m.mem[pfn*PageSize:(pfn+1)*PageSize]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range uint64(6) {
+		var err error
+		if i == 4 {
+			err = m.enc.AddDiskBlock(i, m.block(i))
+		} else {
+			err = m.enc.AddKeptDiskBlock(i)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.enc.AddKeptDiskBlock(5); !errors.Is(err, ErrBadDiskBlock) {
+		t.Fatalf("a kept block repeated: %v", err)
+	}
+	round, err := m.enc.Finish(nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	round = bytes.Clone(round)
+	var ck Checkpoint
+	if err := Decode(round, &ck); err != nil {
+		t.Fatal(err)
+	}
+	if len(ck.Blocks) != 6 || ck.Blocks[0].Enc != EncKept || ck.Blocks[4].Enc == EncKept || ck.Blocks[5].Enc != EncKept {
+		t.Fatalf("decoded block records %+v: want five kept, block 4 with data", ck.Blocks)
+	}
+	res, err := m.receive(round)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Blocks) != 1 || res.Blocks[0].Off != 4*DiskBlockSize {
+		t.Fatalf("the backup writes %d blocks, want block 4 alone", len(res.Blocks))
+	}
+	res, err = m.receive(m.encode(Header{Kind: KindSyncCommit, Generation: 1, Epoch: 1}, nil, nil))
+	if err != nil || !res.Committed {
+		t.Fatalf("a sync commit after a round of kept blocks: %+v, %v", res, err)
+	}
+	if !bytes.Equal(m.image, m.disk) {
+		t.Fatal("after the sync the image differs from the disk")
+	}
+	if err := m.enc.Begin(nil, Header{Kind: KindEpoch, Generation: 1, Epoch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.enc.AddKeptDiskBlock(0); !errors.Is(err, ErrForbiddenSection) {
+		t.Fatalf("a kept block on an epoch: %v", err)
+	}
+	m.enc.Abort()
+}
+
 func fill(rng *rand.Rand, p []byte) {
 	for i := range p {
 		p[i] = byte(rng.Uint32())

@@ -213,8 +213,11 @@ const (
 	EncRaw    Encoding = 2 // the page verbatim
 	EncLZ4    Encoding = 3 // lz4 block of the page
 	EncXORLZ4 Encoding = 4 // lz4 block of page XOR the backup's copy of it
+	// EncKept, for disk blocks only: the backup's image holds the block
+	// already (ImageHashes), nothing to write.
+	EncKept Encoding = 5
 
-	numEncodings = 5
+	numEncodings = 6
 )
 
 func (e Encoding) String() string {
@@ -227,6 +230,8 @@ func (e Encoding) String() string {
 		return "lz4"
 	case EncXORLZ4:
 		return "xorlz4"
+	case EncKept:
+		return "kept"
 	}
 	return fmt.Sprintf("encoding(%d)", uint8(e))
 }

@@ -16,12 +16,13 @@ import (
 
 // ProtocolVersion is the wire protocol this package speaks. Version 3
 // runs inside mutual TLS 1.3 (PROTOCOL.md), unless both sides chose plain
-// TCP (--insecure).
-const ProtocolVersion uint16 = 3
+// TCP (--insecure); version 4 adds a backup's image hashes (ImageHashes),
+// which a primary of version 4 may wait for.
+const ProtocolVersion uint16 = 4
 
 // ALPN names the protocol and its version in the TLS handshake, so that a
 // peer of another version is refused there, before any frame.
-const ALPN = "ftckpt/3"
+const ALPN = "ftckpt/4"
 
 const frameHeaderSize = 8
 
@@ -41,8 +42,11 @@ const (
 	// not speak with this peer (a TLS host to one in plain TCP). Reader.Next
 	// never returns it: it returns an error wrapping ErrPeerRefused.
 	MsgRefused MsgType = 8
+	// MsgImageHashes: a backup's disk image by range hashes, asked for by
+	// the primary's Hello (ImageHashes).
+	MsgImageHashes MsgType = 9
 
-	numMsgTypes = 9
+	numMsgTypes = 10
 )
 
 func (t MsgType) String() string {
@@ -63,6 +67,8 @@ func (t MsgType) String() string {
 		return "rounds"
 	case MsgRefused:
 		return "refused"
+	case MsgImageHashes:
+		return "image hashes"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint16(t))
 }
@@ -119,10 +125,19 @@ func (r Role) String() string {
 
 var helloMagic = [4]byte{'F', 'T', 'C', 'H'}
 
+// Hello's flags byte.
+const (
+	helloCommitted       = 1 << 0
+	helloWantImageHashes = 1 << 1
+)
+
 // Hello opens a connection in each direction. The backup reports the
 // state it holds committed; the primary reports its cache Base. The
 // primary continues with epoch checkpoints only if the backup's committed
 // (Generation, Epoch) equals its Base; otherwise it starts a full sync.
+//
+// WantImageHashes, from a primary, asks the backup for its disk image's
+// range hashes (ImageHashes), sent after its Hello.
 //
 // Machine describes what both sides' machines must agree on besides
 // memory (the mode, the kind of machine, vCPUs, devices), in words a user
@@ -131,6 +146,7 @@ type Hello struct {
 	Role              Role
 	MemPages          uint64
 	Committed         bool // Generation and Epoch are meaningful
+	WantImageHashes   bool // a primary's only
 	Generation, Epoch uint64
 	Machine           string // at most MaxHelloMachine bytes
 }
@@ -138,11 +154,14 @@ type Hello struct {
 // Append appends h's payload to b.
 func (h Hello) Append(b []byte) []byte {
 	b = append(b, helloMagic[:]...)
-	c := byte(0)
+	flags := byte(0)
 	if h.Committed {
-		c = 1
+		flags |= helloCommitted
 	}
-	b = append(b, byte(h.Role), c)
+	if h.WantImageHashes {
+		flags |= helloWantImageHashes
+	}
+	b = append(b, byte(h.Role), flags)
 	b = binary.LittleEndian.AppendUint64(b, h.MemPages)
 	b = binary.LittleEndian.AppendUint64(b, h.Generation)
 	b = binary.LittleEndian.AppendUint64(b, h.Epoch)
@@ -160,18 +179,21 @@ func DecodeHello(p []byte) (Hello, error) {
 		return Hello{}, fmt.Errorf("decode hello: %w: %d bytes with a %d-byte machine description", ErrBadMessage, len(p), n)
 	}
 	h := Hello{
-		Role:       Role(p[4]),
-		Committed:  p[5] == 1,
-		MemPages:   binary.LittleEndian.Uint64(p[6:]),
-		Generation: binary.LittleEndian.Uint64(p[14:]),
-		Epoch:      binary.LittleEndian.Uint64(p[22:]),
-		Machine:    string(p[helloFixed:]),
+		Role:            Role(p[4]),
+		Committed:       p[5]&helloCommitted != 0,
+		WantImageHashes: p[5]&helloWantImageHashes != 0,
+		MemPages:        binary.LittleEndian.Uint64(p[6:]),
+		Generation:      binary.LittleEndian.Uint64(p[14:]),
+		Epoch:           binary.LittleEndian.Uint64(p[22:]),
+		Machine:         string(p[helloFixed:]),
 	}
 	switch {
 	case h.Role != RolePrimary && h.Role != RoleBackup:
 		return Hello{}, fmt.Errorf("decode hello: %w: role %d", ErrBadMessage, p[4])
-	case p[5] > 1:
-		return Hello{}, fmt.Errorf("decode hello: %w: committed flag %d", ErrBadMessage, p[5])
+	case p[5]&^(helloCommitted|helloWantImageHashes) != 0:
+		return Hello{}, fmt.Errorf("decode hello: %w: flags %#x", ErrBadMessage, p[5])
+	case h.WantImageHashes && h.Role != RolePrimary:
+		return Hello{}, fmt.Errorf("decode hello: %w: a %v asking for image hashes", ErrBadMessage, h.Role)
 	case h.MemPages == 0 || h.MemPages > MaxMemPages:
 		return Hello{}, fmt.Errorf("decode hello: %w: %d pages", ErrBadMemSize, h.MemPages)
 	}
@@ -418,6 +440,8 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 		lo, hi = roundsSize, roundsSize
 	case MsgRefused:
 		lo, hi = 0, MaxRefusal
+	case MsgImageHashes:
+		lo, hi = imageHashesFixed+32, imageHashesFixed+MaxImageHashes*32
 	default:
 		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -22,6 +23,8 @@ func TestMessageRoundTrip(t *testing.T) {
 	h := newHarness(t, 8, 41)
 	ck := h.encode(KindSyncCommit, FlagSyncStart, 1, allPages(8), true)
 	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, Generation: 4, Epoch: 9, Machine: "checkpoint kvm vcpus=4"}
+	asks := Hello{Role: RolePrimary, MemPages: 8, WantImageHashes: true, Machine: "checkpoint kvm, mirrored disk"}
+	image := ImageHashes{DiskSize: 5*DiskHashRange + 7, First: 2, Sums: [][32]byte{{1, 2}, {3}, {4: 5}, {31: 6}}}
 	ack := Ack{4, 9}
 	hb := Heartbeat{77}
 	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
@@ -34,7 +37,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		for _, m := range []struct {
 			t MsgType
 			p []byte
-		}{{MsgHello, hello.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
+		}{{MsgHello, hello.Append(nil)}, {MsgHello, asks.Append(nil)}, {MsgImageHashes, image.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
 			if err := WriteMessage(a, m.t, m.p); err != nil {
 				t.Error(err)
 				return
@@ -52,6 +55,12 @@ func TestMessageRoundTrip(t *testing.T) {
 	}
 	if got, err := DecodeHello(next(MsgHello)); err != nil || got != hello {
 		t.Fatalf("hello %+v %v", got, err)
+	}
+	if got, err := DecodeHello(next(MsgHello)); err != nil || got != asks {
+		t.Fatalf("hello asking for image hashes %+v %v", got, err)
+	}
+	if got, err := DecodeImageHashes(next(MsgImageHashes)); err != nil || !reflect.DeepEqual(got, image) {
+		t.Fatalf("image hashes %+v %v", got, err)
 	}
 	if p := next(MsgCheckpoint); !bytes.Equal(p, ck) {
 		t.Fatal("checkpoint payload differs")
@@ -105,6 +114,8 @@ func TestReaderRejects(t *testing.T) {
 		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
 		{"rounds too long", frame(roundsSize+1, ProtocolVersion, MsgRounds, nil), ErrMessageTooLarge},
 		{"rounds too short", frame(roundsSize-1, ProtocolVersion, MsgRounds, make([]byte, roundsSize-1)), ErrBadMessage},
+		{"image hashes too long", frame(imageHashesFixed+MaxImageHashes*32+1, ProtocolVersion, MsgImageHashes, nil), ErrMessageTooLarge},
+		{"image hashes without one", frame(imageHashesFixed, ProtocolVersion, MsgImageHashes, make([]byte, imageHashesFixed)), ErrBadMessage},
 		{"log too long", frame(MaxLogMessage+1, ProtocolVersion, MsgLog, nil), ErrMessageTooLarge},
 		{"log empty", frame(0, ProtocolVersion, MsgLog, nil), ErrBadMessage},
 		{"checkpoint over limit", frame(1<<20+1, ProtocolVersion, MsgCheckpoint, nil), ErrMessageTooLarge},
@@ -142,6 +153,10 @@ func TestReaderGrowsWithData(t *testing.T) {
 
 func TestPayloadDecodersReject(t *testing.T) {
 	good := Hello{Role: RolePrimary, MemPages: 8}.Append(nil)
+	goodImage := ImageHashes{DiskSize: 1 << 20, First: 1, Sums: make([][32]byte, 3)}.Append(nil)
+	if _, err := DecodeImageHashes(goodImage); err != nil {
+		t.Fatalf("the image hashes the cases change: %v", err)
+	}
 	mod := func(b []byte, i int, v byte) []byte { c := bytes.Clone(b); c[i] = v; return c }
 	cases := []struct {
 		name string
@@ -149,7 +164,11 @@ func TestPayloadDecodersReject(t *testing.T) {
 	}{
 		{"hello magic", func() error { _, err := DecodeHello(mod(good, 0, 'X')); return err }()},
 		{"hello role zero", func() error { _, err := DecodeHello(mod(good, 4, 0)); return err }()},
-		{"hello committed flag", func() error { _, err := DecodeHello(mod(good, 5, 2)); return err }()},
+		{"hello unknown flag", func() error { _, err := DecodeHello(mod(good, 5, 4)); return err }()},
+		{"hello: a backup asks for image hashes", func() error {
+			_, err := DecodeHello(Hello{Role: RoleBackup, MemPages: 8, WantImageHashes: true}.Append(nil))
+			return err
+		}()},
 		{"hello zero memory", func() error { _, err := DecodeHello(Hello{Role: RoleBackup}.Append(nil)); return err }()},
 		{"hello machine length", func() error { _, err := DecodeHello(mod(good, 30, 1)); return err }()},
 		{"hello machine too long", func() error {
@@ -164,6 +183,21 @@ func TestPayloadDecodersReject(t *testing.T) {
 		{"rounds count zero", func() error { _, err := DecodeRounds(Rounds{1, 1, 0}.Append(nil)); return err }()},
 		{"rounds short", func() error { _, err := DecodeRounds(make([]byte, 23)); return err }()},
 		{"resync reason zero", func() error { _, err := DecodeResync(Resync{Reason: 0}.Append(nil)); return err }()},
+		{"image hashes algorithm", func() error { _, err := DecodeImageHashes(mod(goodImage, 0, 2)); return err }()},
+		{"image hashes of no disk", func() error {
+			_, err := DecodeImageHashes(ImageHashes{DiskSize: 0, Sums: make([][32]byte, 1)}.Append(nil))
+			return err
+		}()},
+		{"image hashes none", func() error { _, err := DecodeImageHashes(ImageHashes{DiskSize: 1 << 20}.Append(nil)); return err }()},
+		{"image hashes past the disk", func() error {
+			_, err := DecodeImageHashes(ImageHashes{DiskSize: 1 << 20, First: 3, Sums: make([][32]byte, 2)}.Append(nil))
+			return err
+		}()},
+		{"image hashes past the bound", func() error {
+			_, err := DecodeImageHashes(ImageHashes{DiskSize: 1 << 40, Sums: make([][32]byte, MaxImageHashes+1)}.Append(nil))
+			return err
+		}()},
+		{"image hashes count lies", func() error { _, err := DecodeImageHashes(goodImage[:len(goodImage)-1]); return err }()},
 		{"resync detail length lies", func() error {
 			p := Resync{ResyncGap, 1, 1, "abc"}.Append(nil)
 			return func() error { _, err := DecodeResync(p[:len(p)-1]); return err }()

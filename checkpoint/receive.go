@@ -7,10 +7,10 @@ import (
 
 // What each side of a Link reads from the other, in one loop for both
 // modes: a primary reads its backup's feedback (acks, resync requests,
-// sync rounds applied), a backup its primary's stream (checkpoints, replay
-// log batches). The loop ignores heartbeats (any message shows the peer
-// alive: see SilentFor), hands each other message to the engine's handler,
-// and returns the error that ended it.
+// sync rounds applied, its disk image's hashes), a backup its primary's
+// stream (checkpoints, replay log batches). The loop ignores heartbeats
+// (any message shows the peer alive: see SilentFor), hands each other
+// message to the engine's handler, and returns the error that ended it.
 
 // FromBackup is what a primary does with its backup's messages. Every
 // handler is required; ReceiveFromBackup calls them one at a time, in the
@@ -23,6 +23,9 @@ type FromBackup struct {
 	Resync func(r Resync)
 	// Rounds: the backup applied r.Count rounds of the sync under way.
 	Rounds func(r Rounds)
+	// ImageHashes: part of the backup's disk image, by range hashes,
+	// which the primary asked for in its Hello. An error ends the loop.
+	ImageHashes func(h ImageHashes) error
 }
 
 // ReceiveFromBackup reads the backup's messages and hands each, decoded,
@@ -51,6 +54,12 @@ func (l *Link) ReceiveFromBackup(h FromBackup) error {
 				return err
 			}
 			h.Rounds(r)
+		case MsgImageHashes:
+			ih, err := DecodeImageHashes(payload)
+			if err != nil {
+				return err
+			}
+			return h.ImageHashes(ih)
 		default:
 			return fmt.Errorf("unexpected %v from the backup", t)
 		}

@@ -35,7 +35,7 @@ func TestRefusalIsAnError(t *testing.T) {
 	}
 	// A version-2 reader checks the version first.
 	old := b.Bytes()
-	if v := uint16(old[4]) | uint16(old[5])<<8; v != 3 {
+	if v := uint16(old[4]) | uint16(old[5])<<8; v != ProtocolVersion {
 		t.Fatalf("a refusal carries version %d", v)
 	}
 	long := strings.Repeat("x", MaxRefusal+100)
@@ -49,17 +49,17 @@ func TestRefusalIsAnError(t *testing.T) {
 	}
 }
 
-// TestHelloFromAnOlderPeer: a peer of protocol version 2 is refused at the
-// Hello with both versions named.
+// TestHelloFromAnOlderPeer: a peer of protocol version 3 (before image
+// hashes) is refused at the Hello with both versions named.
 func TestHelloFromAnOlderPeer(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
 	h := Hello{Role: RolePrimary, MemPages: 8, Machine: "m"}.Append(nil)
 	go NewReader(a, 0).Next() // our hello
-	go a.Write(frame(uint32(len(h)), 2, MsgHello, h))
+	go a.Write(frame(uint32(len(h)), 3, MsgHello, h))
 	_, err := NewLink(b, 0, nil).Hello(Hello{Role: RoleBackup, MemPages: 8, Machine: "m"}, 5*time.Second)
-	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 2, this build 3") {
+	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 3, this build 4") {
 		t.Fatalf("Hello with an older peer: %v", err)
 	}
 }

@@ -163,6 +163,10 @@ func secure(o *Options, ln net.Listener, flag string) net.Listener {
 	})
 }
 
+// firstTLSVersion is the protocol version that brought mutual TLS: a peer
+// of an older one cannot speak it.
+const firstTLSVersion = 3
+
 // describePlainPeer says what a peer that spoke the protocol in plain TCP
 // to a TLS host is (an ftckpt before TLS, or one run with --insecure), or
 // "" if it is not that. With c, the accepting side's connection, it reads
@@ -184,8 +188,11 @@ func describePlainPeer(c net.Conn) func(first []byte) string {
 			c.SetWriteDeadline(time.Now().Add(time.Second))
 			format.WriteRefusal(c, "this host requires mutual TLS (--tls-cert, --tls-key, --tls-ca), and this peer spoke in plain TCP")
 		}
-		if v < format.ProtocolVersion {
-			return fmt.Sprintf("the peer speaks ftckpt protocol version %d in plain TCP: an ftckpt older than TLS (version %d); run the same release on both hosts", v, format.ProtocolVersion)
+		switch {
+		case v < firstTLSVersion:
+			return fmt.Sprintf("the peer speaks ftckpt protocol version %d in plain TCP: an ftckpt older than TLS (version %d); run the same release on both hosts", v, firstTLSVersion)
+		case v != format.ProtocolVersion:
+			return fmt.Sprintf("the peer speaks ftckpt protocol version %d in plain TCP (this host %d, with TLS): it runs with --insecure, and another release; run the same release on both hosts, with the same choice", v, format.ProtocolVersion)
 		}
 		return "the peer speaks in plain TCP: it runs with --insecure, and this host with TLS; give both sides the same choice"
 	}

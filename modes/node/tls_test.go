@@ -347,8 +347,8 @@ func TestPlainPeerOfAnotherVersion(t *testing.T) {
 	conn.Write(frame)
 	answer, _ := io.ReadAll(conn)
 	log.WaitFor(t, "log line", "refused a connection", "ftckpt protocol version 2 in plain TCP: an ftckpt older than TLS (version 3)")
-	if len(answer) < 8 || answer[4] != 3 || answer[5] != 0 {
-		t.Fatalf("the old peer was answered %q, want a frame of version 3 (which it refuses by version)", answer)
+	if len(answer) < 8 || answer[4] != byte(format.ProtocolVersion) || answer[5] != 0 {
+		t.Fatalf("the old peer was answered %q, want a frame of version %d (which it refuses by version)", answer, format.ProtocolVersion)
 	}
 	if _, _, err := format.NewReader(bytes.NewReader(answer), 0).Next(); !errors.Is(err, format.ErrPeerRefused) {
 		t.Fatalf("the answer reads as %v", err)
