@@ -1,0 +1,168 @@
+package session
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+)
+
+// A joining backup with a mirrored disk usually has most of the disk
+// already: it rejoins after a failover, or lost only its memory state. So
+// a primary that pre-copies asks it for its image's range hashes
+// (Hello.WantImageHashes), the backup sends every range's (SendImageHashes)
+// while the memory pre-copy runs, and the first pass carries the blocks of
+// every range equal on both sides as KEPT records, without their data
+// (BackupImage.Compare): the sync still covers every block.
+//
+// Why that is safe: the backup's image changes only by the blocks the
+// primary sends, and the primary sends a range's blocks only once it has
+// that range's hash, taken before. The primary hashes its own
+// range as the guest sees it while it runs, as the first pass reads
+// blocks; any write from the pass's start on marks its blocks again, after
+// it is visible, so a range read before a write is sent again in the next
+// pass, with the write. With --verify the hashes each checkpoint carries
+// compare every range again, in turn.
+
+// imageBatch is how many ranges a backup hashes before it sends them (64
+// MiB of disk): the primary decides the first blocks soon after the
+// backup starts.
+const imageBatch = 256
+
+// blocksPerRange is how many disk blocks a hash range holds.
+const blocksPerRange = format.DiskHashRange / format.DiskBlockSize
+
+// A hash range must be whole blocks.
+var _ [0]struct{} = [format.DiskHashRange % format.DiskBlockSize]struct{}{}
+
+// SendImageHashes hashes every range of image, a disk of size bytes, in
+// order, and sends the hashes on l, imageBatch ranges a message (timeout
+// as Link.Send's). It returns once all are sent, when stop closes (nil),
+// or on an error reading the image or sending.
+func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time.Duration, stop <-chan struct{}) error {
+	buf := make([]byte, format.DiskHashRange)
+	n := format.DiskHashRanges(size)
+	for first := uint64(0); first < n; first += imageBatch {
+		h := format.ImageHashes{DiskSize: size, First: first, Sums: make([][32]byte, min(imageBatch, n-first))}
+		for i := range h.Sums {
+			select {
+			case <-stop:
+				return nil
+			default:
+			}
+			sum, err := format.HashDiskRange(image, size, first+uint64(i), buf)
+			if err != nil {
+				return fmt.Errorf("hashing this backup's image for the primary: %w", err)
+			}
+			h.Sums[i] = sum
+		}
+		if err := l.Send(format.MsgImageHashes, h.Append(nil), timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BackupImage is what a primary knows of its backup's disk image: the
+// range hashes the backup has sent so far, which Compare compares with the
+// primary's disk. Add is called by the link's receiver, the rest by the
+// pre-copy: mu protects sums and arrived; Compare's own fields are the
+// pre-copy's.
+type BackupImage struct {
+	disk io.ReaderAt // the primary's disk as its guest sees it
+	size int64
+
+	mu      sync.Mutex
+	sums    [][32]byte    // the hashes of ranges 0 .. len(sums)-1
+	arrived chan struct{} // closed (and replaced) when hashes arrive
+
+	buf []byte
+	// decided says last is the range Compare hashed last, and equal its
+	// verdict: a range's blocks may come in two calls. kept counts the
+	// blocks found equal.
+	decided bool
+	last    uint64
+	equal   bool
+	kept    int
+}
+
+// NewBackupImage makes a BackupImage for a primary's disk of size bytes,
+// read as its guest sees it from disk.
+func NewBackupImage(disk io.ReaderAt, size int64) *BackupImage {
+	return &BackupImage{disk: disk, size: size, arrived: make(chan struct{})}
+}
+
+// Add records hashes from the backup. They must follow those before it
+// (the backup sends every range in order) and describe ranges of a disk
+// of the primary's size: an error otherwise, which should end the link.
+func (b *BackupImage) Add(h format.ImageHashes) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case h.DiskSize != b.size:
+		return fmt.Errorf("the backup's image hashes are of a %d-byte disk, this one has %d bytes", h.DiskSize, b.size)
+	case h.First != uint64(len(b.sums)):
+		return fmt.Errorf("the backup's image hashes start at range %d, %d expected", h.First, len(b.sums))
+	case h.First+uint64(len(h.Sums)) > format.DiskHashRanges(b.size):
+		return fmt.Errorf("the backup's image hashes end at range %d, past the disk's %d", h.First+uint64(len(h.Sums)), format.DiskHashRanges(b.size))
+	}
+	b.sums = append(b.sums, h.Sums...)
+	close(b.arrived)
+	b.arrived = make(chan struct{})
+	return nil
+}
+
+// Arrived returns a channel that closes when more hashes arrive than
+// there were at the call.
+func (b *BackupImage) Arrived() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.arrived
+}
+
+// sum returns range r's hash from the backup, if it has arrived.
+func (b *BackupImage) sum(r uint64) ([32]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r >= uint64(len(b.sums)) {
+		return [32]byte{}, false
+	}
+	return b.sums[r], true
+}
+
+// Compare decides blocks (DiskBlockSize blocks, in increasing order) in
+// turn: it appends to kept those of the ranges whose hash the backup's
+// image shares, which the sync carries as KEPT records, and stops at the
+// first block whose range's hash has not arrived yet. It returns how many
+// blocks it decided, blocks[:n]: all go in the sync, those in kept without
+// their data. Call it on the first pass's blocks, as it reads them (see
+// above).
+func (b *BackupImage) Compare(blocks, kept []uint64) (n int, _ []uint64, err error) {
+	if b.buf == nil {
+		b.buf = make([]byte, format.DiskHashRange)
+	}
+	for i, blk := range blocks {
+		r := blk / blocksPerRange
+		if !b.decided || b.last != r {
+			theirs, ok := b.sum(r)
+			if !ok {
+				return i, kept, nil
+			}
+			mine, err := format.HashDiskRange(b.disk, b.size, r, b.buf)
+			if err != nil {
+				return i, kept, fmt.Errorf("hashing the disk to compare with the backup's image: %w", err)
+			}
+			b.decided, b.last, b.equal = true, r, mine == theirs
+		}
+		if b.equal {
+			kept = append(kept, blk)
+			b.kept++
+		}
+	}
+	return len(blocks), kept, nil
+}
+
+// Kept is how many blocks Compare found the backup's image has.
+func (b *BackupImage) Kept() int { return b.kept }
