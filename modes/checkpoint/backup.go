@@ -10,6 +10,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
@@ -123,8 +124,9 @@ func (b *Backup) publish() {
 
 // Receive serves one connection from a primary: it applies checkpoints,
 // acknowledges committed ones, reports each sync round message applied
-// (MsgRounds, by which the primary paces its pre-copy) and asks for a full
-// sync after rejecting one.
+// (MsgRounds, by which the primary paces its pre-copy), asks for a full
+// sync after rejecting one, and sends its mirrored image's hashes if the
+// primary asks (session.SendImageHashes).
 // It returns when the link fails or the primary falls silent for
 // FailureTimeout; what was committed stays committed.
 func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
@@ -135,13 +137,30 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	if st.State == format.StateCommitted {
 		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
 	}
-	if _, err := l.Hello(hello, b.cfg.FailureTimeout); err != nil {
+	peer, err := l.Hello(hello, b.cfg.FailureTimeout)
+	if err != nil {
 		return err
+	}
+	if peer.WantImageHashes && !b.mirrored {
+		return errors.New("the primary asks for this backup's disk image, and it has none (--disk-mode mirrored on one side only?)")
 	}
 	stop := make(chan struct{})
 	defer close(stop)
-	hbErr := make(chan error, 1)
-	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { hbErr <- err })
+	halt := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case halt <- err:
+		default: // the loop ends with the first error
+		}
+	}
+	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
+	if peer.WantImageHashes {
+		go func() {
+			if err := session.SendImageHashes(l, b.disk, b.disk.Size(), b.cfg.FailureTimeout, stop); err != nil {
+				fail(err)
+			}
+		}()
+	}
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -152,7 +171,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	var rounds uint64 // sync round messages applied in the sync under way
 	return l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{
 		Checkpoint: func(payload []byte) error { return b.handleCheckpoint(l, payload, &rounds) },
-		Halt:       hbErr,
+		Halt:       halt,
 	})
 }
 

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -163,3 +164,60 @@ func TestBackupLostDuringPrecopyCostsNothing(t *testing.T) {
 type errGen uint64
 
 func (g errGen) Error() string { return "generation" }
+
+// TestFullSyncLeavesOutWhatTheBackupHas (mirrored disks): the backup's
+// image starts as the primary's disk but for one byte, in a hash range
+// past the guest's slots. The full sync's first round compares the
+// backup's range hashes with the disk: the blocks of every range past the
+// slots but that one go as KEPT, without their data, that range's with
+// it; the byte is repaired, and the pair then fails over as after any
+// sync.
+func TestFullSyncLeavesOutWhatTheBackupHas(t *testing.T) {
+	p := newPair(t, testConfig())
+	p.mirrored, p.tail = true, 6*format.DiskHashRange
+	var (
+		flipped int64
+		good    byte
+		synced  = make(chan SyncStep, 1)
+	)
+	p.onBackupDisk = func(d *vmmtest.MemDisk) {
+		img := bytes.Clone(p.disk.Bytes())
+		flipped = int64(len(img)) - 2*format.DiskHashRange
+		good = img[flipped]
+		img[flipped] ^= 0x5a
+		d.SetImage(img)
+		p.primary.SetSyncObserver(func(s SyncStep) {
+			if s.Finished {
+				select {
+				case synced <- s:
+				default:
+				}
+			}
+		})
+	}
+	p.start(64)
+	s := vmmtest.Receive(t, "the full sync's commit", synced)
+	// The ranges wholly past the guest's slots are the guest's to leave
+	// alone: all equal on both sides but the one with the flipped byte.
+	size := p.disk.Size()
+	ranges := format.DiskHashRanges(size)
+	firstUntouched := (uint64(p.pg.slots*recordSize) + format.DiskHashRange - 1) / format.DiskHashRange
+	perRange := uint64(format.DiskHashRange / format.DiskBlockSize)
+	least := 0
+	for r := firstUntouched; r < ranges; r++ {
+		if int64(r) != flipped/format.DiskHashRange {
+			least += int(min(perRange, format.DiskBlocks(size)-r*perRange))
+		}
+	}
+	if most := int(format.DiskBlocks(size)) - int(perRange); s.KeptBlocks < least || s.KeptBlocks > most {
+		t.Fatalf("the sync found %d blocks on the backup's image, want %d to %d", s.KeptBlocks, least, most)
+	}
+	vmmtest.WaitUntil(t, "the backup to commit the sync", func() bool { return p.backup.Status().State == format.StateCommitted })
+	if got := p.bdisk.Bytes()[flipped]; got != good {
+		t.Fatalf("the backup's image still has the flipped byte at %d: %#x, the disk %#x", flipped, got, good)
+	}
+	p.client.waitCount(t, 30)
+	p.crashPrimary(false)
+	p.failover()
+	p.checkOutcome(30)
+}

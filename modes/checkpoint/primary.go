@@ -45,6 +45,12 @@ type Primary struct {
 	// hasher, with --verify and a mirrored disk, hashes its ranges for
 	// each committing checkpoint.
 	hasher *diskHasher
+	// image, with a mirrored disk and pre-copy, holds the range hashes of
+	// the backup's image, which a connection's first full sync compares
+	// with the disk to leave out what the backup has (session.BackupImage).
+	// run sets it for each connection; the first sync takes it (later ones
+	// copy every block: the backup's image has changed since).
+	image *session.BackupImage
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -157,9 +163,12 @@ type capture struct {
 	// guest's writes waited for their copy.
 	copied func() (waited uint64, err error)
 	// blocks are a mirrored disk's blocks for a sync message, block i of
-	// them at blockData[i*DiskBlockSize:] (nil: read the disk live).
+	// them at blockData[i*DiskBlockSize:] (nil: read the disk live); kept
+	// are those of them the backup's image has (BackupImage), to carry as
+	// KEPT records, in the same order.
 	blocks    []uint64
 	blockData []byte
+	kept      []uint64
 	machine   []byte
 	disk      *format.DiskLog // committing kinds with a held disk
 	// diskHashes (--verify, a mirrored disk) are hashes of disk ranges.
@@ -207,7 +216,12 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	if err != nil {
 		return err
 	}
-	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
+	p.image = nil
+	if p.blocks != nil && p.cfg.PrecopyRounds > 0 {
+		p.image = session.NewBackupImage(p.disk, p.disk.Size())
+	}
+	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: p.image != nil}
+	if _, err := l.Hello(hello, p.cfg.FailureTimeout); err != nil {
 		return p.backupLost(ctx, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -224,7 +238,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 		}
 	}
 	go func() { defer wg.Done(); p.send(ctx, l, enc, captures, failed) }()
-	go func() { defer wg.Done(); p.receive(l, failed) }()
+	go func(image *session.BackupImage) { defer wg.Done(); p.receive(l, image, failed) }(p.image)
 	go func() {
 		defer wg.Done()
 		l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err })
@@ -339,24 +353,33 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	}
 	// Round 1 reads every page live; the harvest before it clears the log,
 	// so any page written while it is read is sent again. So with a
-	// mirrored disk's blocks.
+	// mirrored disk's blocks, and the ranges of them hashed to compare
+	// with the backup's image.
 	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
+	image := p.image
+	p.image = nil
+	p.syncing.kept.Store(0)
 	plan := session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, dirty.Len(), p.blocks)
 	pfns, blocks := plan.First(nil, nil)
 	p.syncPeak = 0
 	for more := true; more; {
 		round, start := plan.Pass(), p.now()
-		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, round == 1); err != nil {
+		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, image); err != nil {
 			return err
 		}
 		stall, err := p.harvestWhilePaused(dirty)
 		if err != nil {
 			return err
 		}
+		kept := 0
+		if image != nil {
+			kept = image.Kept()
+		}
 		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks),
-			"took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))
+			"of them the backup had", kept, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))
+		image = nil
 		// Not more: the pages (and blocks) left go in the pause, with
 		// those dirtied since.
 		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
@@ -398,11 +421,14 @@ func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captu
 
 // sendRound hands the sender one pre-copy round over pfns and a mirrored
 // disk's blocks, read live, in messages of at most roundChunk pages, then
-// of at most blockChunk blocks (the first message with FlagSyncStart if
-// start), and waits until the backup has applied them all (MsgRounds).
-func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, start bool) error {
+// of at most blockChunk blocks, and waits until the backup has applied
+// them all (MsgRounds). image is set for the sync's first round if the
+// backup sends its image's hashes: the blocks of ranges it has go without
+// their data (takeBlocks).
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, image *session.BackupImage) error {
 	var last *capture
 	total, totalBlocks := len(pfns), len(blocks)
+	start := p.roundsSent == 0
 	for len(pfns) > 0 || len(blocks) > 0 || last == nil {
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
 			sent: make(chan struct{}), roundPages: total, roundBlocks: totalBlocks, cont: last != nil}
@@ -410,8 +436,10 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 			n := min(len(pfns), roundChunk)
 			c.pfns, pfns = slices.Clone(pfns[:n]), pfns[n:]
 		} else {
-			n := min(len(blocks), blockChunk)
-			c.blocks, blocks = slices.Clone(blocks[:n]), blocks[n:]
+			var err error
+			if c.blocks, c.kept, blocks, image, err = p.takeBlocks(ctx, failed, image, blocks); err != nil {
+				return err
+			}
 		}
 		if start {
 			c.hdr.Flags, start = format.FlagSyncStart, false
@@ -458,6 +486,43 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 		}
 	}
 	return nil
+}
+
+// takeBlocks takes the next message's blocks from blocks, at most
+// blockChunk, and with image (the backup's image hashes, on the first
+// round) those of them the backup has, kept. It waits for the hashes as
+// need be: if none arrive for FailureTimeout (the backup's disk is slow,
+// or failing), the rest go with their data: the image it returns, to use
+// next, is then nil.
+func (p *Primary) takeBlocks(ctx context.Context, failed <-chan error, image *session.BackupImage, blocks []uint64) (chunk, kept, rest []uint64, _ *session.BackupImage, err error) {
+	for image != nil && len(blocks) > 0 {
+		arrived := image.Arrived()
+		n, kept, err := image.Compare(blocks[:min(len(blocks), blockChunk)], nil)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		p.syncing.kept.Add(int64(len(kept)))
+		if n > 0 {
+			return slices.Clone(blocks[:n]), kept, blocks[n:], image, nil
+		}
+		wait := time.NewTimer(p.cfg.FailureTimeout)
+		select {
+		case <-arrived:
+		case <-wait.C:
+			p.log.Warn("the backup's image hashes stopped coming; copying the rest of the disk without comparing", "blocks left", len(blocks))
+			image = nil
+		case <-ctx.Done():
+			err = ctx.Err()
+		case err = <-failed:
+			err = fmt.Errorf("%w: %w", errPeerFailed, err)
+		}
+		wait.Stop()
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	n := min(len(blocks), blockChunk)
+	return slices.Clone(blocks[:n]), nil, blocks[n:], nil, nil
 }
 
 func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
@@ -790,9 +855,18 @@ const encodeSlack = 1 << 20
 
 // addBlocks adds c's disk blocks to the checkpoint begun: copied in the
 // pause, or read now while the guest runs (a torn read is sent again: the
-// write that tore it marked the block).
+// write that tore it marked the block), or, those in c.kept, as KEPT.
 func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) error {
+	kept := c.kept
 	for i, b := range c.blocks {
+		if len(kept) > 0 && kept[0] == b {
+			kept = kept[1:]
+			if err := enc.AddKeptDiskBlock(b); err != nil {
+				return fmt.Errorf("encoding disk block %d of %v as the backup's: %w", b, c.hdr, err)
+			}
+			p.syncing.block()
+			continue
+		}
 		block := scratch
 		if c.blockData != nil {
 			block = c.blockData[i*format.DiskBlockSize : (i+1)*format.DiskBlockSize]
@@ -808,10 +882,17 @@ func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) err
 	return nil
 }
 
-// receive reads the backup's acks, resync requests and sync rounds
-// applied until the link fails, and reports why on failed.
-func (p *Primary) receive(l *format.Link, failed chan<- error) {
-	failed <- l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds})
+// receive reads the backup's acks, resync requests, sync rounds applied
+// and image hashes (into image, nil if not asked for) until the link
+// fails, and reports why on failed.
+func (p *Primary) receive(l *format.Link, image *session.BackupImage, failed chan<- error) {
+	failed <- l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
+		ImageHashes: func(h format.ImageHashes) error {
+			if image == nil {
+				return errors.New("the backup sent its image's hashes unasked")
+			}
+			return image.Add(h)
+		}})
 }
 
 // handleAck releases what the backup's ack of a.Epoch covers, unless it

@@ -20,8 +20,10 @@ type SyncStep struct {
 	// those of every round so far, this one's included.
 	Pages, Done, AllPages int
 	// Blocks, DoneBlocks and AllBlocks are the same for a mirrored disk's
-	// blocks (DiskBlockSize bytes each).
-	Blocks, DoneBlocks, AllBlocks int
+	// blocks (DiskBlockSize bytes each). KeptBlocks are those of the
+	// first round that the backup's image had already (BackupImage), sent
+	// without their data.
+	Blocks, DoneBlocks, AllBlocks, KeptBlocks int
 	// Began is when the sync began, Shipped the bytes of its messages
 	// written so far.
 	Began   time.Time
@@ -39,8 +41,10 @@ type syncTracker struct {
 	active  bool
 	observe func(SyncStep)
 	// done and doneBlocks are step.Done and step.DoneBlocks, counted
-	// without mu.
-	done, doneBlocks atomic.Int64
+	// without mu. kept is step.KeptBlocks, counted by the epoch loop (the
+	// sender may begin the first round after it counts some), which sets
+	// it to 0 before each sync.
+	done, doneBlocks, kept atomic.Int64
 }
 
 // SetSyncObserver has observe told each step of every full sync from now
@@ -59,7 +63,7 @@ func (p *Primary) Syncing() (SyncStep, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.step
-	s.Done, s.DoneBlocks = int(t.done.Load()), int(t.doneBlocks.Load())
+	s.Done, s.DoneBlocks, s.KeptBlocks = int(t.done.Load()), int(t.doneBlocks.Load()), int(t.kept.Load())
 	return s, t.active
 }
 
@@ -106,6 +110,7 @@ func (t *syncTracker) sent(h format.Header, n int) {
 	}
 	t.active = false
 	t.step.Finished, t.step.Done, t.step.DoneBlocks = true, int(t.done.Load()), int(t.doneBlocks.Load())
+	t.step.KeptBlocks = int(t.kept.Load())
 	s, observe := t.step, t.observe
 	t.mu.Unlock()
 	if observe != nil {
