@@ -12,6 +12,7 @@ import (
 	"slices"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
@@ -148,14 +149,28 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.ctx = ctx
 	defer conn.Close()
 	l := format.NewLink(conn, b.cfg.MaxCheckpoint, nil)
-	if _, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize, Machine: b.cfg.Machine}, b.cfg.FailureTimeout); err != nil {
+	peer, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize, Machine: b.cfg.Machine}, b.cfg.FailureTimeout)
+	if err != nil {
 		return nil, err
+	}
+	if peer.WantImageHashes && b.image == nil {
+		return nil, errors.New("the primary asks for this backup's disk image, and it has none (--disk-mode mirrored on one side only?)")
 	}
 	b.link = l
 	stop := make(chan struct{})
 	defer close(stop)
 	go b.receive(ctx, l)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
+	if peer.WantImageHashes {
+		// Its image does not change until the primary sends blocks, which
+		// it sends for a range only once it has the range's hash.
+		go func() {
+			if err := session.SendImageHashes(l, b.image, b.image.Size(), b.cfg.FailureTimeout, stop); err != nil {
+				b.log.Error("could not send this backup's image hashes; dropping the link", "err", err)
+				conn.Close()
+			}
+		}()
+	}
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()

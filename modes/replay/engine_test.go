@@ -409,6 +409,12 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*sim.Machine, *r
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.attachImage != nil {
+		if err := b.MirrorDisk(c.attachImage); err != nil {
+			t.Fatal(err)
+		}
+		c.attachImage = nil
+	}
 	link := linktest.New() // this backup's own: kill cuts it
 	t.Cleanup(link.Cut)
 	pa, bconn := c.connect(link) // the test's filters on this link too

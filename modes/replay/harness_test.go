@@ -169,8 +169,9 @@ type cluster struct {
 	pSync   func() error
 	envWrap func(host string, env machine.Env) machine.Env
 	// Optional, set before start: the backup's own image of a mirrored
-	// disk (the shared file stays the primary's).
-	bImage vmm.Disk
+	// disk (the shared file stays the primary's). attachImage is the same
+	// for the next backup attachBackup makes.
+	bImage, attachImage vmm.Disk
 	// Optional, set before start or alonePrimary: what the primary's
 	// engine drives instead of its software machine (which pm stays), and a
 	// func that sees the primary before it runs.

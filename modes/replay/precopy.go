@@ -31,11 +31,17 @@ type precopy struct {
 	todo    []uint64         // pages of this pass not sent yet
 	blocks  []uint64         // a mirrored disk's blocks of this pass not sent yet (after the pages)
 	written *machine.Bitmap  // scratch for Machine.Written
-	first   bool             // the next round message starts the sync
-	began   time.Time
-	next    time.Duration // not before (guestClock.host): the guest's share of the time
-	sent    uint64        // round messages sent
-	bytes   int           // sent so far
+	// image holds the backup's image hashes during the first pass, whose
+	// blocks of ranges the backup has go without their data (nextBlocks);
+	// nil after it, or without a mirrored disk. hashesSince is when the
+	// pass began waiting for hashes (zero: it is not).
+	image       *session.BackupImage
+	hashesSince time.Time
+	first       bool // the next round message starts the sync
+	began       time.Time
+	next        time.Duration // not before (guestClock.host): the guest's share of the time
+	sent        uint64        // round messages sent
+	bytes       int           // sent so far
 }
 
 // blockChunk is the most disk blocks a round message carries (16 MiB).
@@ -68,9 +74,13 @@ func (p *Primary) precopyDue() (bool, time.Duration) {
 // attachBackup greets a backup that attached while the primary ran alone
 // and starts pre-copying its full checkpoint.
 func (p *Primary) attachBackup(conn net.Conn) {
-	err := p.connectLink(conn)
+	var image *session.BackupImage
+	if p.blocks != nil {
+		image = session.NewBackupImage(p.out, p.diskSize)
+	}
+	err := p.connectLink(conn, image)
 	if err == nil {
-		err = p.startPrecopy()
+		err = p.startPrecopy(image)
 	}
 	if err != nil {
 		p.log.Warn("a backup could not attach", "err", err)
@@ -81,10 +91,12 @@ func (p *Primary) attachBackup(conn net.Conn) {
 	p.log.Info("a backup attached; pre-copying its full checkpoint while the guest runs", "lsn", p.precopy.epoch)
 }
 
-// startPrecopy starts the pass over all of memory.
-func (p *Primary) startPrecopy() error {
+// startPrecopy starts the pass over all of memory (and a mirrored disk,
+// compared with the backup's image through image).
+func (p *Primary) startPrecopy(image *session.BackupImage) error {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	pc := &precopy{epoch: p.lsn + 1, written: machine.NewBitmap(pages), first: true, began: time.Now(),
+	p.Stats.PrecopyKeptBlocks.Store(0)
+	pc := &precopy{epoch: p.lsn + 1, written: machine.NewBitmap(pages), first: true, began: time.Now(), image: image,
 		plan: session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, pages, p.blocks)}
 	if err := p.m.Harvest(pc.written); err != nil { // what is written from now on
 		return err
@@ -108,6 +120,7 @@ func (p *Primary) precopyStep() error {
 		if err := p.m.Harvest(pc.written); err != nil {
 			return err
 		}
+		pc.image = nil // a later pass sends what was written: no range is equal
 		var more bool
 		if pc.todo, pc.blocks, more = pc.plan.Next(pc.written, pc.todo, pc.blocks); !more {
 			return p.endPrecopy() // the pages left, in pc.todo, go in the final stop
@@ -123,10 +136,13 @@ func (p *Primary) precopyStep() error {
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	// A message of pages, or once they are sent, of blocks.
 	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk):min(len(pc.todo), p.cfg.PrecopyChunk)]
-	var blocks []uint64
+	var blocks, kept []uint64
 	if len(chunk) == 0 {
 		chunk = []uint64{} // no pages (nil would be all of memory)
-		blocks = pc.blocks[:min(len(pc.blocks), blockChunk)]
+		var err error
+		if blocks, kept, err = p.nextBlocks(); err != nil || len(blocks) == 0 {
+			return err // nothing to send yet
+		}
 	}
 	h := format.Header{Kind: format.KindSyncRound, Generation: p.gen.Load(), Epoch: pc.epoch}
 	if pc.first {
@@ -135,10 +151,9 @@ func (p *Primary) precopyStep() error {
 	if err := p.beginCheckpoint(h, chunk); err != nil {
 		return err
 	}
-	if err := p.addBlocks(blocks); err != nil {
+	if err := p.addBlocks(blocks, kept); err != nil {
 		return err
 	}
-	pc.blocks = pc.blocks[len(blocks):]
 	data, err := p.enc.Finish(nil, false)
 	if err != nil {
 		return err
@@ -150,6 +165,33 @@ func (p *Primary) precopyStep() error {
 	pc.todo = pc.todo[len(chunk):]
 	pc.bytes += len(data)
 	return nil
+}
+
+// nextBlocks takes the next message's blocks from the pass's, at most
+// blockChunk, and on the first pass those of them the backup's image has,
+// kept. It may return none: the hashes of the next ranges have not
+// arrived. If none arrive for FailureTimeout (the backup's disk is slow,
+// or failing), the rest of the pass goes with its data.
+func (p *Primary) nextBlocks() (blocks, kept []uint64, err error) {
+	pc := p.precopy
+	n := min(len(pc.blocks), blockChunk)
+	if pc.image != nil {
+		if n, kept, err = pc.image.Compare(pc.blocks[:n], nil); err != nil {
+			return nil, nil, err
+		}
+		p.Stats.PrecopyKeptBlocks.Add(uint64(len(kept)))
+		switch {
+		case n > 0:
+			pc.hashesSince = time.Time{}
+		case pc.hashesSince.IsZero():
+			pc.hashesSince = time.Now()
+		case time.Since(pc.hashesSince) > p.cfg.FailureTimeout:
+			p.log.Warn("the backup's image hashes stopped coming; copying the rest of the disk without comparing", "blocks left", len(pc.blocks))
+			pc.image = nil
+		}
+	}
+	blocks, pc.blocks = pc.blocks[:n], pc.blocks[n:]
+	return blocks, kept, nil
 }
 
 // stopPrecopy forgets the pre-copy in progress.
@@ -174,6 +216,7 @@ func (p *Primary) endPrecopy() error {
 		return err
 	}
 	p.log.Info("full checkpoint sent by pre-copy", "lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes+n,
+		"disk blocks the backup had", p.Stats.PrecopyKeptBlocks.Load(),
 		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo))
 	return nil
 }

@@ -2,12 +2,14 @@ package replay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/witness"
 )
 
@@ -27,12 +29,13 @@ func (p *Primary) disconnect() {
 func (p *Primary) connect(conn net.Conn) error {
 	p.recording = true
 	p.resync.Store(true) // the backup starts from a full checkpoint
-	return p.connectLink(conn)
+	return p.connectLink(conn, nil)
 }
 
 // connectLink greets the backup and starts the link's goroutines (stopLink
-// stops them).
-func (p *Primary) connectLink(conn net.Conn) error {
+// stops them). image, if not nil, asks the backup for its disk image's
+// hashes, which the receiver adds to it.
+func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage) error {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
 	p.ackMu.Lock()
@@ -42,7 +45,8 @@ func (p *Primary) connectLink(conn net.Conn) error {
 	p.protected.Store(true)
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	if _, err := l.Hello(format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine}, p.cfg.FailureTimeout); err != nil {
+	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: image != nil}
+	if _, err := l.Hello(hello, p.cfg.FailureTimeout); err != nil {
 		conn.Close()
 		return err
 	}
@@ -51,7 +55,7 @@ func (p *Primary) connectLink(conn net.Conn) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer close(sent); p.send(l, stopc) }()
-	go func() { defer close(received); p.receive(l) }()
+	go func() { defer close(received); p.receive(l, image) }()
 	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopc, p.linkFailed) }()
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
@@ -140,10 +144,21 @@ func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 	}
 }
 
-// receive reads the backup's acks, resync requests and sync rounds
-// applied until the link fails, and fails the link with why.
-func (p *Primary) receive(l *format.Link) {
-	p.linkFailed(l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds}))
+// receive reads the backup's acks, resync requests, sync rounds applied
+// and image hashes (into image, nil if not asked for) until the link
+// fails, and fails the link with why.
+func (p *Primary) receive(l *format.Link, image *session.BackupImage) {
+	p.linkFailed(l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
+		ImageHashes: func(h format.ImageHashes) error {
+			if image == nil {
+				return errors.New("the backup sent its image's hashes unasked")
+			}
+			if err := image.Add(h); err != nil {
+				return err
+			}
+			p.poke() // a pre-copy waiting for them goes on
+			return nil
+		}}))
 }
 
 // handleAck releases the outputs held through the LSN the backup acked,

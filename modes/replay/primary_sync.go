@@ -110,7 +110,7 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 		if start {
 			p.blocks.MarkAll()
 		}
-		if err := p.addBlocks(p.blocks.Take(nil)); err != nil {
+		if err := p.addBlocks(p.blocks.Take(nil), nil); err != nil {
 			return 0, 0, err
 		}
 		if p.cfg.Verify {
@@ -181,12 +181,21 @@ func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
 }
 
 // addBlocks adds the disk blocks to the checkpoint begun, read as the guest
-// sees the disk (its held writes over it); the engine is here, so the
-// guest does not run. On error the checkpoint is abandoned.
-func (p *Primary) addBlocks(blocks []uint64) error {
+// sees the disk (its held writes over it), but for those in kept (in the
+// same order), which the backup's image has: KEPT. The engine is here, so
+// the guest does not run. On error the checkpoint is abandoned.
+func (p *Primary) addBlocks(blocks, kept []uint64) error {
 	size := p.diskSize
 	buf := make([]byte, format.DiskBlockSize)
 	for _, b := range blocks {
+		if len(kept) > 0 && kept[0] == b {
+			kept = kept[1:]
+			if err := p.enc.AddKeptDiskBlock(b); err != nil {
+				p.enc.Abort()
+				return err
+			}
+			continue
+		}
 		off := int64(b) * format.DiskBlockSize
 		block := buf[:min(int64(len(buf)), size-off)]
 		if _, err := p.out.ReadAt(block, off); err != nil {

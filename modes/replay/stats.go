@@ -23,8 +23,10 @@ type Stats struct {
 	PrecopyPass, PrecopyLeft atomic.Uint64
 	PrecopyPassPages         atomic.Uint64 // pages of the pass in progress
 	// PrecopyPassBlocks and PrecopyBlocksLeft are the same for a mirrored
-	// disk's blocks.
+	// disk's blocks; PrecopyKeptBlocks those of a first pass that the
+	// backup's image had (session.BackupImage), sent without their data.
 	PrecopyPassBlocks, PrecopyBlocksLeft atomic.Uint64
+	PrecopyKeptBlocks                    atomic.Uint64
 	Resyncs                              atomic.Uint64 // full checkpoints the backup asked for
 	BackupsLost                          atomic.Uint64 // times the primary went on alone
 	RxDropped                            atomic.Uint64 // received frames dropped: the queue was full
