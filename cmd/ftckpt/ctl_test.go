@@ -174,9 +174,10 @@ func TestLocalRunFailover(t *testing.T) {
 // given the other's --accept-backups as --rejoin. ftckpt ctl failover on
 // the primary hands the guest over; the old primary joins the new one as
 // its backup, by pre-copy, and the pair is protected again with no one's
-// help; then the same the other way. The client's counters go on, one
-// machine's, and the journal on the last primary's image holds every
-// update a reply reported. In both modes.
+// help; then the same the other way. The rejoining image is the new
+// primary's but for the writes since: its sync sends the other blocks as
+// kept. The client's counters go on, one machine's, and the journal on the
+// last primary's image holds every update a reply reported. In both modes.
 func TestPlannedFailoverBackAndForth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: a multi-process test")
@@ -216,9 +217,10 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 				c.incr(t, 20*time.Second)
 			}
 			for i, hop := range []struct {
-				from, to string
-				out      *syncBuffer
-			}{{sockA, sockB, &outA}, {sockB, sockA, &outB}} {
+				from, to   string
+				out, toOut *syncBuffer
+			}{{sockA, sockB, &outA, &outB}, {sockB, sockA, &outB, &outA}} {
+				keptBefore := len(keptBlocks.FindAllString(hop.toOut.String(), -1))
 				if msg, err := witnessCLI(context.Background(), "ctl", "--control", hop.from, "failover"); err != nil {
 					t.Fatalf("hop %d: ftckpt ctl failover: %v", i+1, err)
 				} else {
@@ -233,6 +235,9 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 				if !strings.Contains(hop.out.String(), "joining the new primary as its backup") {
 					t.Fatalf("hop %d: the old primary did not say it rejoins", i+1)
 				}
+				if len(keptBlocks.FindAllString(hop.toOut.String(), -1)) == keptBefore {
+					t.Fatalf("hop %d: the new primary sent the rejoining image every block, none as one it had", i+1)
+				}
 				for range 5 {
 					c.incr(t, 20*time.Second)
 				}
@@ -241,6 +246,10 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 		})
 	}
 }
+
+// keptBlocks matches a primary's log line saying its backup's image had
+// some of the disk's blocks already (a full sync's first pass, either mode).
+var keptBlocks = regexp.MustCompile(`(of them the backup had|disk blocks the backup had)"?=[1-9]`)
 
 // mustDialUDP is a UDP socket to addr, closed at the test's end.
 func mustDialUDP(t *testing.T, addr string) *net.UDPConn {

@@ -373,12 +373,11 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 		if err != nil {
 			return err
 		}
-		kept := 0
+		attrs := []any{"round", round, "pages", len(pfns), "disk blocks", len(blocks)}
 		if image != nil {
-			kept = image.Kept()
+			attrs = append(attrs, "of them the backup had", image.Kept())
 		}
-		p.log.Info("pre-copy round shipped", "round", round, "pages", len(pfns), "disk blocks", len(blocks),
-			"of them the backup had", kept, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))
+		p.log.Info("pre-copy round shipped", append(attrs, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))...)
 		image = nil
 		// Not more: the pages (and blocks) left go in the pause, with
 		// those dirtied since.

@@ -110,6 +110,15 @@ func andBlocks(blocks int) string {
 	return fmt.Sprintf(" and %d disk blocks (%.1f MB)", blocks, float64(blocks)*format.DiskBlockSize/1e6)
 }
 
+// keptBlocks says how many of a sync's disk blocks the backup's image had
+// already (sent without their data), if any.
+func keptBlocks(kept uint64) string {
+	if kept == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d of its disk blocks were on the backup's image already", kept)
+}
+
 // syncStep reports a step of a checkpoint primary's full sync (its sync
 // observer).
 func (pr *progress) syncStep(s ckmode.SyncStep) {
@@ -118,8 +127,8 @@ func (pr *progress) syncStep(s ckmode.SyncStep) {
 	pr.endBar()
 	if s.Finished {
 		secs := time.Since(s.Began).Seconds()
-		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s)%s shipped as %.1f MB\n",
-			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), andBlocks(s.AllBlocks), float64(s.Shipped)/1e6)
+		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s)%s shipped as %.1f MB%s\n",
+			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), andBlocks(s.AllBlocks), float64(s.Shipped)/1e6, keptBlocks(uint64(s.KeptBlocks)))
 		return
 	}
 	what := fmt.Sprintf("full sync: round %d, %d pages (%.1f MB)%s while the guest runs", s.Round, s.Pages, mb(s.Pages), andBlocks(s.Blocks))
@@ -167,8 +176,8 @@ func (pr *progress) precopy(s *replay.Stats, last precopyState) precopyState {
 		pr.endBar()
 		n := copied - last.copied
 		secs := time.Since(last.began).Seconds()
-		fmt.Fprintf(pr.w, "pre-copy: done in %.2fs, %d passes, %d pages (%.1f MB/s); the backup commits at the next stop\n",
-			secs, last.pass, n, mb(int(n))/max(secs, 1e-9))
+		fmt.Fprintf(pr.w, "pre-copy: done in %.2fs, %d passes, %d pages (%.1f MB/s)%s; the backup commits at the next stop\n",
+			secs, last.pass, n, mb(int(n))/max(secs, 1e-9), keptBlocks(s.PrecopyKeptBlocks.Load()))
 		return precopyState{copied: copied}
 	case pass == 0 && copied > last.copied:
 		fmt.Fprintf(pr.w, "pre-copy: done, %d pages; the backup commits at the next stop\n", copied-last.copied)

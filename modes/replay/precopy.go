@@ -215,8 +215,11 @@ func (p *Primary) endPrecopy() error {
 	if err != nil {
 		return err
 	}
-	p.log.Info("full checkpoint sent by pre-copy", "lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes+n,
-		"disk blocks the backup had", p.Stats.PrecopyKeptBlocks.Load(),
-		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo))
+	attrs := []any{"lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes + n,
+		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo)}
+	if p.blocks != nil {
+		attrs = append(attrs, "disk blocks the backup had", p.Stats.PrecopyKeptBlocks.Load())
+	}
+	p.log.Info("full checkpoint sent by pre-copy", attrs...)
 	return nil
 }
