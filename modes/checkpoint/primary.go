@@ -47,7 +47,8 @@ type Primary struct {
 	hasher *diskHasher
 	// image, with a mirrored disk and pre-copy, holds the range hashes of
 	// the backup's image, which a connection's first full sync compares
-	// with the disk to leave out what the backup has (session.BackupImage).
+	// with the disk to send what the backup has as KEPT, without its data
+	// (session.BackupImage).
 	// run sets it for each connection; the first sync takes it (later ones
 	// copy every block: the backup's image has changed since).
 	image *session.BackupImage

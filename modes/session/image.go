@@ -17,14 +17,14 @@ import (
 // every range equal on both sides as KEPT records, without their data
 // (BackupImage.Compare): the sync still covers every block.
 //
-// Why that is safe: the backup's image changes only by the blocks the
-// primary sends, and the primary sends a range's blocks only once it has
-// that range's hash, taken before. The primary hashes its own
-// range as the guest sees it while it runs, as the first pass reads
-// blocks; any write from the pass's start on marks its blocks again, after
-// it is visible, so a range read before a write is sent again in the next
-// pass, with the write. With --verify the hashes each checkpoint carries
-// compare every range again, in turn.
+// Why that is safe: until the sync commits, the backup's image changes
+// only by the blocks the primary sends, and the primary sends a range's
+// blocks only once it has that range's hash, taken before. The primary
+// hashes its own range as the guest sees it while it runs, as the first
+// pass reads blocks; any write from the pass's start on marks its blocks
+// again, after it is visible, so a range read before a write is sent again
+// in the next pass, with the write. With --verify the hashes each
+// checkpoint carries compare every range again, in turn.
 
 // imageBatch is how many ranges a backup hashes before it sends them (64
 // MiB of disk): the primary decides the first blocks soon after the
