@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
@@ -216,6 +217,44 @@ func TestFullSyncLeavesOutWhatTheBackupHas(t *testing.T) {
 	if got := p.bdisk.Bytes()[flipped]; got != good {
 		t.Fatalf("the backup's image still has the flipped byte at %d: %#x, the disk %#x", flipped, got, good)
 	}
+	p.client.waitCount(t, 30)
+	p.crashPrimary(false)
+	p.failover()
+	p.checkOutcome(30)
+}
+
+// TestFullSyncGoesOnWithoutImageHashes (mirrored disks): the backup's
+// image cannot be read to hash it (its reads stall until the sync's commit
+// is written). The primary waits FailureTimeout for the hashes, then sends
+// the rest of the disk with its data: the sync commits, the backup's image
+// is the disk, and the pair fails over as after any sync.
+func TestFullSyncGoesOnWithoutImageHashes(t *testing.T) {
+	cfg := testConfig()
+	cfg.FailureTimeout = 2 * time.Second // how long the primary waits for the hashes
+	p := newPair(t, cfg)
+	p.mirrored = true
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	synced := make(chan SyncStep, 1)
+	p.onBackupDisk = func(d *vmmtest.MemDisk) {
+		d.AfterRead = func() { <-release }
+		p.primary.SetSyncObserver(func(s SyncStep) {
+			if s.Finished {
+				free()
+				select {
+				case synced <- s:
+				default:
+				}
+			}
+		})
+	}
+	p.start(64)
+	if s := vmmtest.Receive(t, "the full sync's commit", synced); s.KeptBlocks != 0 {
+		t.Fatalf("the sync kept %d blocks without the backup's hashes", s.KeptBlocks)
+	}
+	vmmtest.WaitUntil(t, "the backup to commit the sync", func() bool { return p.backup.Status().State == format.StateCommitted })
 	p.client.waitCount(t, 30)
 	p.crashPrimary(false)
 	p.failover()

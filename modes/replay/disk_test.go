@@ -499,3 +499,56 @@ func TestPrecopyLeavesOutWhatTheBackupHas(t *testing.T) {
 		}
 	}
 }
+
+// stallingImage is a backup's image whose reads wait until release
+// closes, as a disk too slow to hash in time does.
+type stallingImage struct {
+	vmm.Disk
+	release chan struct{}
+}
+
+func (s *stallingImage) ReadAt(p []byte, off int64) (int, error) {
+	<-s.release
+	return s.Disk.ReadAt(p, off)
+}
+
+// TestPrecopyGoesOnWithoutImageHashes (mirrored disks): an attaching
+// backup's image cannot be read to hash it (its reads stall until the
+// sync's commit is sent). The pre-copy waits FailureTimeout for the
+// hashes, then sends the disk's blocks with their data; the backup's image
+// gets the primary's disk, and it takes over.
+func TestPrecopyGoesOnWithoutImageHashes(t *testing.T) {
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+	c.cfg.FailureTimeout = 2 * time.Second // how long the pre-copy waits for the hashes
+	initial := make([]byte, 1<<20)
+	for j := 600 << 10; j < len(initial); j++ {
+		initial[j] = byte(j*7 + j>>12)
+	}
+	img := &stallingImage{Disk: c.mirror(initial), release: make(chan struct{})}
+	var once sync.Once
+	free := func() { once.Do(func() { close(img.release) }) }
+	t.Cleanup(free)
+	c.onPrimary = func(p *replay.Primary) { p.MirrorDisk(int64(len(initial))) }
+	c.attachImage = img
+	p, _, _ := c.alonePrimary(context.Background())
+	c.incr(t, 5)
+	_, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
+	if got := p.Stats.PrecopyKeptBlocks.Load(); got != 0 {
+		t.Fatalf("the pre-copy kept %d blocks without the backup's hashes", got)
+	}
+	free() // the backup compares its image with the commit's hashes (--verify)
+	vmmtest.WaitUntil(t, "the backup in sync", func() bool { return b.Stats.Applied.Load() >= 1 })
+	c.incr(t, 5)
+	c.stopPrimary()
+	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	got := make([]byte, len(initial))
+	if _, err := img.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if lo := 2 * format.DiskHashRange; !bytes.Equal(got[lo:], initial[lo:]) {
+		t.Fatal("the backup's image lacks the primary's data the guest never writes")
+	}
+}
