@@ -480,7 +480,7 @@ func TestPrecopyLeavesOutWhatTheBackupHas(t *testing.T) {
 		return b.Stats.Applied.Load() >= 1
 	})
 	const perRange = format.DiskHashRange / format.DiskBlockSize
-	if got := p.Stats.PrecopyKeptBlocks.Load(); got != 2*perRange {
+	if got := p.Stats.KeptBlocks.Load(); got != 2*perRange {
 		t.Errorf("the pre-copy found %d blocks on the backup's image, want %d (hash ranges 0 and 2)", got, 2*perRange)
 	}
 	c.incr(t, 5)
@@ -534,7 +534,7 @@ func TestPrecopyGoesOnWithoutImageHashes(t *testing.T) {
 	c.incr(t, 5)
 	_, b, done, _ := c.attachBackup(p, "backup")
 	vmmtest.WaitUntil(t, "the sync's commit", func() bool { return p.Stats.Syncs.Load() >= 1 })
-	if got := p.Stats.PrecopyKeptBlocks.Load(); got != 0 {
+	if got := p.Stats.KeptBlocks.Load(); got != 0 {
 		t.Fatalf("the pre-copy kept %d blocks without the backup's hashes", got)
 	}
 	free() // the backup compares its image with the commit's hashes (--verify)
@@ -551,4 +551,36 @@ func TestPrecopyGoesOnWithoutImageHashes(t *testing.T) {
 	if lo := 2 * format.DiskHashRange; !bytes.Equal(got[lo:], initial[lo:]) {
 		t.Fatal("the backup's image lacks the primary's data the guest never writes")
 	}
+}
+
+// TestFirstSyncLeavesOutWhatTheBackupHas (mirrored disks): a pair starts
+// (the primary given its backup's connection, the guest not yet run), the
+// backup's image the primary's disk but for one byte in the last of four
+// hash ranges. The first full checkpoint waits for the image's hashes and
+// carries the other three ranges' blocks as KEPT; the byte is repaired, and
+// the backup's image holds the guest's history over the disk after
+// failover.
+func TestFirstSyncLeavesOutWhatTheBackupHas(t *testing.T) {
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+	initial := make([]byte, 1<<20)
+	for j := 600 << 10; j < len(initial); j++ {
+		initial[j] = byte(j*7 + j>>12)
+	}
+	img := c.mirror(initial)
+	mostly := bytes.Clone(initial)
+	mostly[900<<10] ^= 0x5a
+	if _, err := img.WriteAt(mostly, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.bImage = img
+	backupWrites := logBackupWrites(c)
+	c.start()
+	c.incr(t, 10)
+	const perRange = format.DiskHashRange / format.DiskBlockSize
+	if got := c.primary.Stats.KeptBlocks.Load(); got != 3*perRange {
+		t.Errorf("the first full checkpoint sent %d blocks as the backup's, want %d (hash ranges 0 to 2)", got, 3*perRange)
+	}
+	c.crashPrimary()
+	c.failover()
+	backupWrites.check(t, img, initial, "the backup's image (over the primary's disk at the start)")
 }

@@ -95,7 +95,7 @@ func (p *Primary) attachBackup(conn net.Conn) {
 // compared with the backup's image through image).
 func (p *Primary) startPrecopy(image *session.BackupImage) error {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	p.Stats.PrecopyKeptBlocks.Store(0)
+	p.Stats.KeptBlocks.Store(0)
 	pc := &precopy{epoch: p.lsn + 1, written: machine.NewBitmap(pages), first: true, began: time.Now(), image: image,
 		plan: session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, pages, p.blocks)}
 	if err := p.m.Harvest(pc.written); err != nil { // what is written from now on
@@ -179,7 +179,7 @@ func (p *Primary) nextBlocks() (blocks, kept []uint64, err error) {
 		if n, kept, err = pc.image.Compare(pc.blocks[:n], nil); err != nil {
 			return nil, nil, err
 		}
-		p.Stats.PrecopyKeptBlocks.Add(uint64(len(kept)))
+		p.Stats.KeptBlocks.Add(uint64(len(kept)))
 		switch {
 		case n > 0:
 			pc.hashesSince = time.Time{}
@@ -218,7 +218,7 @@ func (p *Primary) endPrecopy() error {
 	attrs := []any{"lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes + n,
 		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo)}
 	if p.blocks != nil {
-		attrs = append(attrs, "disk blocks the backup had", p.Stats.PrecopyKeptBlocks.Load())
+		attrs = append(attrs, "disk blocks the backup had", p.Stats.KeptBlocks.Load())
 	}
 	p.log.Info("full checkpoint sent by pre-copy", attrs...)
 	return nil

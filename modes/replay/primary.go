@@ -14,6 +14,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/dirtylog"
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/outbuf"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
@@ -83,7 +84,10 @@ type Primary struct {
 	protected atomic.Bool
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
-	kickTimer *time.Timer
+	// startImage receives the image hashes of a backup that connected with
+	// Run (a mirrored disk), for its first full checkpoint (startKept).
+	startImage *session.BackupImage
+	kickTimer  *time.Timer
 	// unlogged says the guest stopped at a kick that the log does not
 	// name: the backup's guest will never stop there, so nothing may reach
 	// the guest there (boundary) until logStop names it as a landing.

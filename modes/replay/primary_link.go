@@ -29,7 +29,12 @@ func (p *Primary) disconnect() {
 func (p *Primary) connect(conn net.Conn) error {
 	p.recording = true
 	p.resync.Store(true) // the backup starts from a full checkpoint
-	return p.connectLink(conn, nil)
+	p.Stats.KeptBlocks.Store(0)
+	p.startImage = nil
+	if p.blocks != nil {
+		p.startImage = session.NewBackupImage(p.out, p.diskSize)
+	}
+	return p.connectLink(conn, p.startImage)
 }
 
 // connectLink greets the backup and starts the link's goroutines (stopLink

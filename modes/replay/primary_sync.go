@@ -110,7 +110,8 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 		if start {
 			p.blocks.MarkAll()
 		}
-		if err := p.addBlocks(p.blocks.Take(nil), nil); err != nil {
+		blocks := p.blocks.Take(nil)
+		if err := p.addBlocks(blocks, p.startKept(blocks)); err != nil {
 			return 0, 0, err
 		}
 		if p.cfg.Verify {
@@ -135,6 +136,53 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	p.enqueue(message{format.MsgCheckpoint, data})
 	p.Stats.Syncs.Add(1)
 	return s, len(data), nil
+}
+
+// startKept is, for the first full checkpoint of a backup that connected
+// with Run, those of blocks (all of them) that the backup's image has: the
+// guest has not run yet, so the engine waits for every range's hash, at
+// most FailureTimeout between two messages. It is nil for any other full
+// checkpoint, and if the hashes do not come or the link fails (the blocks
+// then go with their data).
+func (p *Primary) startKept(blocks []uint64) []uint64 {
+	image := p.startImage
+	p.startImage = nil
+	if image == nil {
+		return nil
+	}
+	var kept []uint64
+	for done := 0; done < len(blocks); {
+		arrived := image.Arrived()
+		n, k, err := image.Compare(blocks[done:], kept)
+		if err != nil {
+			p.log.Warn("could not compare the disk with the backup's image; copying all of it", "err", err)
+			return nil
+		}
+		if kept, done = k, done+n; done == len(blocks) {
+			break
+		}
+		if !p.awaitHashes(arrived) {
+			return nil
+		}
+	}
+	p.Stats.KeptBlocks.Store(uint64(len(kept)))
+	p.log.Info("the backup's image has disk blocks already: they go without their data", "blocks", len(kept), "of", len(blocks))
+	return kept
+}
+
+// awaitHashes waits for arrived (more of the backup's image hashes): false
+// if none come within FailureTimeout, or the link fails.
+func (p *Primary) awaitHashes(arrived <-chan struct{}) bool {
+	wait := time.NewTimer(p.cfg.FailureTimeout)
+	defer wait.Stop()
+	select {
+	case <-arrived:
+		return true
+	case <-wait.C:
+		p.log.Warn("the backup's image hashes stopped coming; copying all of the disk")
+	case <-p.linkCtx.Done(): // the engine drops the backup
+	}
+	return false
 }
 
 // beginCheckpoint begins a checkpoint of header h and adds the pages pfns

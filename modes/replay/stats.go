@@ -23,10 +23,11 @@ type Stats struct {
 	PrecopyPass, PrecopyLeft atomic.Uint64
 	PrecopyPassPages         atomic.Uint64 // pages of the pass in progress
 	// PrecopyPassBlocks and PrecopyBlocksLeft are the same for a mirrored
-	// disk's blocks; PrecopyKeptBlocks those of a first pass that the
-	// backup's image had (session.BackupImage), sent without their data.
+	// disk's blocks. KeptBlocks are the blocks that the first full
+	// checkpoint of the last backup to connect or attach sent as its image
+	// had them (session.BackupImage), without their data.
 	PrecopyPassBlocks, PrecopyBlocksLeft atomic.Uint64
-	PrecopyKeptBlocks                    atomic.Uint64
+	KeptBlocks                           atomic.Uint64
 	Resyncs                              atomic.Uint64 // full checkpoints the backup asked for
 	BackupsLost                          atomic.Uint64 // times the primary went on alone
 	RxDropped                            atomic.Uint64 // received frames dropped: the queue was full
