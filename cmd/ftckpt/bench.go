@@ -23,7 +23,8 @@ func newBenchCmd() *cobra.Command {
 each epoch, then unprotected again, one configuration after the other, in this
 process: a primary and a backup node on loopback TCP, a disk-lease witness in a
 temporary directory. Each configuration is measured for --duration once its
-backup is in sync. The first table compares:
+backup is in sync (in checkpoint mode, once it has committed the first epoch
+after the sync, whose page buffer is made then). The first table compares:
 
   UNIT/s          the guest's progress: instructions on the software machine
                   (--machine sim); on KVM, which has no instruction counter here,
