@@ -10,10 +10,10 @@ import (
 // DiskSize bytes (HashDiskRange: DiskHashRange bytes, the last range the
 // rest of the disk). A primary that asks for them in its Hello
 // (WantImageHashes) gets them for every range, in order, in messages of at
-// most MaxImageHashes ranges, and leaves out of its first pre-copy pass
-// the blocks of every range whose hash equals its own disk's: a backup
-// rejoining after a failover, or one that lost its state, has most of
-// the disk already.
+// most MaxImageHashes ranges, and sends in its first full sync the blocks
+// of every range whose hash equals its own disk's as KEPT, without their
+// data: a backup rejoining after a failover, or one that lost its state,
+// has most of the disk already.
 //
 // Payload (little-endian):
 //
