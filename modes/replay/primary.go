@@ -85,7 +85,8 @@ type Primary struct {
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
 	// startImage receives the image hashes of a backup that connected with
-	// Run (a mirrored disk), for its first full checkpoint (startKept).
+	// Run (a mirrored disk), for its first full checkpoint (startKept); the
+	// link's end (disconnect) drops it.
 	startImage *session.BackupImage
 	kickTimer  *time.Timer
 	// unlogged says the guest stopped at a kick that the log does not

@@ -16,12 +16,14 @@ import (
 // The primary's link to its backup: greeting it, the goroutines that send,
 // receive and watch it, and the paper's rule when it is lost.
 
-// disconnect stops the link's goroutines, if any.
+// disconnect stops the link's goroutines, if any, and forgets the image
+// hashes of its backup: they describe no other backup's image.
 func (p *Primary) disconnect() {
 	if p.stopLink != nil {
 		p.stopLink()
 		p.stopLink = nil
 	}
+	p.startImage = nil
 }
 
 // connect greets the backup and starts the link's goroutines and
