@@ -149,6 +149,8 @@ var (
 	dFailovers  = newDesc("ftckpt_failovers_total", "Times this node went live as primary from backup.", prometheus.CounterValue)
 	dLost       = newDesc("ftckpt_backups_lost_total", "Times this primary lost (or detached) its backup and went on alone.", prometheus.CounterValue)
 	dPaused     = newDesc("ftckpt_guest_paused", "1 while the operator holds the guest paused (ftckpt ctl pause).", prometheus.GaugeValue)
+	// dKept is a primary's, in either mode.
+	dKept = newDesc("ftckpt_sync_disk_blocks_kept", "Disk blocks that the last full sync to a backup found on its mirrored image already and sent without their data (0 without a mirrored disk).", prometheus.GaugeValue)
 
 	dDelay         = newDesc("ftckpt_output_delay_seconds", "Output commit delay: from an output's hold to its release. Power-of-two buckets; the sum is estimated from bucket midpoints.", prometheus.UntypedValue)
 	dHeld          = newDesc("ftckpt_outputs_held", "Outputs held until the backup acknowledges the state that produced them.", prometheus.GaugeValue)
@@ -188,7 +190,7 @@ var (
 	dRounds     = newDesc("ftckpt_replay_precopy_rounds_total", "Pre-copy round messages the backup applied.", prometheus.CounterValue)
 )
 
-var allDescs = []desc{dInfo, dRole, dGeneration, dInSync, dFailovers, dLost, dPaused,
+var allDescs = []desc{dInfo, dRole, dGeneration, dInSync, dFailovers, dLost, dPaused, dKept,
 	dDelay, dHeld, dHeldBytes, dWaiting, dReleased, dReleasedBytes, dDropped,
 	dEpochs, dAcked, dLagEpochs, dEpochLen, dPageBytes, dWireBytes, dResyncs, dCommitted, dCommitGen, dBackupSync,
 	dExits, dLandings, dEntries, dLogBytes, dBatches, dAckedLSN, dLagEntries, dSyncs, dRResyncs, dPrecopied, dRxDropped,
@@ -237,6 +239,8 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(dPageBytes, float64(raw))
 		emit(dWireBytes, float64(shipped))
 		emit(dResyncs, float64(p.Stats.ResyncCount()))
+		sync, _ := p.Syncing()
+		emit(dKept, float64(sync.KeptBlocks))
 	}
 	if bk := parts.CheckpointBackup; bk != nil {
 		s := bk.Status()
@@ -256,6 +260,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(dRResyncs, float64(s.Resyncs.Load()))
 		emit(dPrecopied, float64(s.Precopied.Load()))
 		emit(dRxDropped, float64(s.RxDropped.Load()))
+		emit(dKept, float64(s.KeptBlocks.Load()))
 		if p.Protected() {
 			emit(dLagEntries, float64(s.Entries.Load()-min(s.Acked.Load(), s.Entries.Load())))
 		}

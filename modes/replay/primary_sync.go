@@ -58,6 +58,9 @@ func (p *Primary) syncDisk(through uint64) error {
 // checkpoint by pre-copy instead (precopy.go).
 func (p *Primary) sync() error {
 	start := time.Now()
+	if p.startImage == nil {
+		p.Stats.KeptBlocks.Store(0) // a resync: the backup's image has changed since its hashes
+	}
 	s, n, err := p.commitSync(nil, true)
 	if err != nil {
 		return err

@@ -23,9 +23,9 @@ type Stats struct {
 	PrecopyPass, PrecopyLeft atomic.Uint64
 	PrecopyPassPages         atomic.Uint64 // pages of the pass in progress
 	// PrecopyPassBlocks and PrecopyBlocksLeft are the same for a mirrored
-	// disk's blocks. KeptBlocks are the blocks that the first full
-	// checkpoint of the last backup to connect or attach sent as its image
-	// had them (session.BackupImage), without their data.
+	// disk's blocks. KeptBlocks are the blocks that the last full
+	// checkpoint sent as the backup's image had them (session.BackupImage),
+	// without their data: only a backup's first has any.
 	PrecopyPassBlocks, PrecopyBlocksLeft atomic.Uint64
 	KeptBlocks                           atomic.Uint64
 	Resyncs                              atomic.Uint64 // full checkpoints the backup asked for
