@@ -223,6 +223,8 @@ func (b *Backup) stageAll() error {
 			page = zeroPage[:]
 		case EncRaw:
 			page = r.Data
+		case EncKept:
+			page = b.page(r.PFN) // decode refused it on an epoch
 		case EncLZ4, EncXORLZ4:
 			if r.Enc == EncXORLZ4 && sync && (start || !b.isCovered(r.PFN)) {
 				return fmt.Errorf("%w: record %d (page %d) is a delta but the backup's copy is not from this sync", ErrNoBase, i, r.PFN)
@@ -335,7 +337,9 @@ func (b *Backup) apply() {
 		b.status = Status{State: StateSyncing, Generation: h.Generation, Epoch: h.Epoch}
 	}
 	for i, r := range b.ck.Pages {
-		copy(b.page(r.PFN), b.src[i])
+		if r.Enc != EncKept {
+			copy(b.page(r.PFN), b.src[i])
+		}
 	}
 	if h.Kind != KindEpoch {
 		for _, r := range b.ck.Pages {

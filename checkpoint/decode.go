@@ -231,6 +231,10 @@ func decodePages(p []byte, ck *Checkpoint) error {
 				return fmt.Errorf("%w: record %d (page %d): %v payload length %d (n=%d) with %d bytes left", ErrBadPage, i, pfn, enc, l, n, len(p))
 			}
 			data, p = p[n:n+int(l)], p[n+int(l):]
+		case EncKept:
+			if ck.Header.Kind == KindEpoch {
+				return fmt.Errorf("%w: record %d (page %d): a kept page on an epoch checkpoint", ErrBadPage, i, pfn)
+			}
 		default:
 			return fmt.Errorf("%w: record %d (page %d): encoding %d", ErrBadPage, i, pfn, uint8(enc))
 		}

@@ -121,6 +121,29 @@ func (e *Encoder) Begin(dst []byte, h Header) error {
 // Pages must come in strictly increasing pfn order. A page equal to the
 // backup's copy is not sent. An error leaves the checkpoint as it was.
 func (e *Encoder) AddPage(pfn uint64, page []byte) error {
+	if err := e.checkPage(pfn, page); err != nil {
+		return err
+	}
+	var cached []byte
+	if e.cache.Valid(pfn) {
+		cached = e.cache.page(pfn)
+		if bytes.Equal(page, cached) {
+			e.stats.Unchanged++
+			return nil
+		}
+	}
+	enc, payload := e.choose(page, cached)
+	if enc == EncRaw {
+		payload = page
+	}
+	e.appendRecord(pfn, enc, payload)
+	e.cache.store(pfn, page, enc == EncZero)
+	return nil
+}
+
+// checkPage says why page pfn, of contents page, may not be added next, if
+// it may not.
+func (e *Encoder) checkPage(pfn uint64, page []byte) error {
 	switch {
 	case !e.active:
 		return fmt.Errorf("add page %d: %w: no checkpoint begun", pfn, ErrEncoderState)
@@ -133,18 +156,13 @@ func (e *Encoder) AddPage(pfn uint64, page []byte) error {
 	case e.count == math.MaxUint32:
 		return fmt.Errorf("add page %d: %w: page count", pfn, ErrTooLarge)
 	}
-	valid := e.cache.Valid(pfn)
-	var cached []byte
-	if valid {
-		cached = e.cache.page(pfn)
-		if bytes.Equal(page, cached) {
-			e.stats.Unchanged++
-			return nil
-		}
-	}
+	return nil
+}
 
-	enc, payload := e.choose(page, cached)
-
+// appendRecord appends page pfn's record: its gap, enc, and payload as enc
+// carries it (RAW the page, LZ4 and XORLZ4 a length and the block, ZERO
+// and KEPT nothing).
+func (e *Encoder) appendRecord(pfn uint64, enc Encoding, payload []byte) {
 	gap := pfn
 	if e.anyPages {
 		gap = pfn - e.lastPFN
@@ -154,7 +172,7 @@ func (e *Encoder) AddPage(pfn uint64, page []byte) error {
 	e.buf = append(e.buf, byte(enc))
 	switch enc {
 	case EncRaw:
-		e.buf = append(e.buf, page...)
+		e.buf = append(e.buf, payload...)
 	case EncLZ4, EncXORLZ4:
 		e.buf = binary.AppendUvarint(e.buf, uint64(len(payload)))
 		e.buf = append(e.buf, payload...)
@@ -163,7 +181,23 @@ func (e *Encoder) AddPage(pfn uint64, page []byte) error {
 	e.stats.PageBytes += uint64(len(e.buf) - start)
 	e.count++
 	e.lastPFN, e.anyPages = pfn, true
-	e.cache.store(pfn, page, enc == EncZero)
+}
+
+// AddKeptPage adds page pfn to the sync checkpoint begun as one the backup
+// holds already (KEPT), with page its contents (PageSize bytes), which the
+// cache takes as the backup's: it counts as sent, and the backup writes
+// nothing. The caller knows it from the backup's memory hashes
+// (MemoryHashes), and must pass the very contents it compared. Order and
+// errors as AddPage; an epoch cannot keep a page.
+func (e *Encoder) AddKeptPage(pfn uint64, page []byte) error {
+	if e.active && e.h.Kind == KindEpoch {
+		return fmt.Errorf("add kept page %d: %w: a kept page on an epoch checkpoint", pfn, ErrBadPage)
+	}
+	if err := e.checkPage(pfn, page); err != nil {
+		return err
+	}
+	e.appendRecord(pfn, EncKept, nil)
+	e.cache.store(pfn, page, false)
 	return nil
 }
 

@@ -205,6 +205,7 @@ func (s SectionID) String() string {
 //	ZERO:   nothing
 //	RAW:    PageSize bytes
 //	LZ4, XORLZ4: n:uvarint (1 <= n < PageSize) then n bytes of lz4 block
+//	KEPT:   nothing (sync kinds only)
 type Encoding uint8
 
 // Page encodings.
@@ -213,8 +214,9 @@ const (
 	EncRaw    Encoding = 2 // the page verbatim
 	EncLZ4    Encoding = 3 // lz4 block of the page
 	EncXORLZ4 Encoding = 4 // lz4 block of page XOR the backup's copy of it
-	// EncKept, for disk blocks only: the backup's image holds the block
-	// already (ImageHashes), nothing to write.
+	// EncKept, in a sync only: the backup holds the page already
+	// (MemoryHashes), or its image the disk block (ImageHashes), as the
+	// primary has it; it counts toward the sync, nothing is written.
 	EncKept Encoding = 5
 
 	numEncodings = 6

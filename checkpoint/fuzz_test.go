@@ -109,6 +109,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	_ = WriteMessage(&stream, MsgResync, Resync{ResyncGap, 3, 5, "gap"}.Append(nil))
 	_ = WriteMessage(&stream, MsgRounds, Rounds{3, 6, 2}.Append(nil))
 	_ = WriteMessage(&stream, MsgImageHashes, ImageHashes{DiskSize: 3 * DiskHashRange, First: 1, Sums: make([][32]byte, 2)}.Append(nil))
+	_ = WriteMessage(&stream, MsgMemoryHashes, MemoryHashes{MemPages: 2*MemHashRangePages + 3, First: 2, Sums: make([][32]byte, 1)}.Append(nil))
 	_, seeds := fuzzBackup(f)
 	_ = WriteMessage(&stream, MsgCheckpoint, seeds[0])
 	f.Add(stream.Bytes())
@@ -150,6 +151,11 @@ func FuzzDecodeMessage(f *testing.F) {
 				}
 			case MsgImageHashes:
 				m, err := DecodeImageHashes(p)
+				if err == nil {
+					re = m.Append(nil)
+				}
+			case MsgMemoryHashes:
+				m, err := DecodeMemoryHashes(p)
 				if err == nil {
 					re = m.Append(nil)
 				}

@@ -1,45 +1,87 @@
 package checkpoint
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 )
 
+// A joining backup that holds most of the guest already — it rejoins
+// after a failover, or lost its link and comes back — describes what it
+// holds by range hashes, and the primary's first full-sync pass carries
+// each range whose hash equals its own as KEPT records, without their
+// data. Two messages do it, one per thing a backup holds: ImageHashes for
+// its disk image (a mirrored disk), MemoryHashes for its guest memory.
+// Both carry, for every range of the thing in order, in messages of at
+// most MaxRangeHashes ranges, the SHA-256 of each range.
+//
+// Payload of both (little-endian):
+//
+//	alg:u8 (1 SHA-256) size:u64 first:u64 count:u32 (1..MaxRangeHashes)
+//	count × digest[32]
+//
+// size is the disk's bytes (ImageHashes) or the memory's pages
+// (MemoryHashes); the ranges first .. first+count-1 lie inside it.
+
 // ImageHashes is part of a backup's own disk image (a mirrored disk),
 // described by range: Sums[i] is the SHA-256 of range First+i of a disk of
 // DiskSize bytes (HashDiskRange: DiskHashRange bytes, the last range the
-// rest of the disk). A primary that asks for them in its Hello
-// (WantImageHashes) gets them for every range, in order, in messages of at
-// most MaxImageHashes ranges, and sends in its first full sync the blocks
-// of every range whose hash equals its own disk's as KEPT, without their
-// data: a backup rejoining after a failover, or one that lost its state,
-// has most of the disk already.
-//
-// Payload (little-endian):
-//
-//	alg:u8 (1 SHA-256) diskSize:u64 first:u64 count:u32 (1..MaxImageHashes)
-//	count × digest[32]
-//
-// The ranges first .. first+count-1 lie inside the disk.
+// rest of the disk). A primary asks for them in its Hello
+// (WantImageHashes).
 type ImageHashes struct {
 	DiskSize int64
 	First    uint64
 	Sums     [][32]byte
 }
 
-// MaxImageHashes bounds the ranges of one ImageHashes message (1 GiB of
-// disk, 128 KiB of payload).
-const MaxImageHashes = 4096
+// MemoryHashes is part of a backup's guest memory, described by range:
+// Sums[i] is the SHA-256 of range First+i of a memory of MemPages pages
+// (HashMemoryRange: MemHashRangePages pages, the last range the rest). A
+// primary asks for them in its Hello (WantMemoryHashes); a backup whose
+// memory holds a guest state, or part of one, offers them in its own
+// (SendsMemoryHashes), and sends them only if both did.
+type MemoryHashes struct {
+	MemPages uint64
+	First    uint64
+	Sums     [][32]byte
+}
 
-const imageHashesFixed = 1 + 8 + 8 + 4
+// MaxRangeHashes bounds the ranges of one ImageHashes or MemoryHashes
+// message (1 GiB of disk or memory, 128 KiB of payload).
+const MaxRangeHashes = 4096
+
+// MemHashRangePages is the span of guest memory one memory hash covers,
+// in pages: as much as a disk hash range.
+const MemHashRangePages = DiskHashRange / PageSize
+
+// MemHashRanges is the number of hash ranges of a memory of pages pages.
+func MemHashRanges(pages uint64) uint64 { return (pages + MemHashRangePages - 1) / MemHashRangePages }
+
+// HashMemoryRange is the SHA-256 of range r of mem, a guest memory
+// (page-frame i at mem[i*PageSize:]).
+func HashMemoryRange(mem []byte, r uint64) [32]byte {
+	off := r * MemHashRangePages * PageSize
+	return sha256.Sum256(mem[off:min(off+MemHashRangePages*PageSize, uint64(len(mem)))])
+}
+
+const rangeHashesFixed = 1 + 8 + 8 + 4
 
 // Append appends h's payload to b.
 func (h ImageHashes) Append(b []byte) []byte {
+	return appendRangeHashes(b, uint64(h.DiskSize), h.First, h.Sums)
+}
+
+// Append appends h's payload to b.
+func (h MemoryHashes) Append(b []byte) []byte {
+	return appendRangeHashes(b, h.MemPages, h.First, h.Sums)
+}
+
+func appendRangeHashes(b []byte, size, first uint64, sums [][32]byte) []byte {
 	b = append(b, byte(HashSHA256))
-	b = binary.LittleEndian.AppendUint64(b, uint64(h.DiskSize))
-	b = binary.LittleEndian.AppendUint64(b, h.First)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(h.Sums)))
-	for _, s := range h.Sums {
+	b = binary.LittleEndian.AppendUint64(b, size)
+	b = binary.LittleEndian.AppendUint64(b, first)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(sums)))
+	for _, s := range sums {
 		b = append(b, s[:]...)
 	}
 	return b
@@ -47,24 +89,45 @@ func (h ImageHashes) Append(b []byte) []byte {
 
 // DecodeImageHashes parses an ImageHashes payload.
 func DecodeImageHashes(p []byte) (ImageHashes, error) {
-	if len(p) < imageHashesFixed || HashAlg(p[0]) != HashSHA256 {
-		return ImageHashes{}, fmt.Errorf("decode image hashes: %w: %d bytes, algorithm %d", ErrBadMessage, len(p), firstByte(p))
+	size, first, sums, err := decodeRangeHashes(p, "image hashes", "disk of %d bytes", MaxDiskSize,
+		func(size uint64) uint64 { return DiskHashRanges(int64(size)) })
+	if err != nil {
+		return ImageHashes{}, err
 	}
-	size := binary.LittleEndian.Uint64(p[1:])
-	first := binary.LittleEndian.Uint64(p[9:])
+	return ImageHashes{DiskSize: int64(size), First: first, Sums: sums}, nil
+}
+
+// DecodeMemoryHashes parses a MemoryHashes payload.
+func DecodeMemoryHashes(p []byte) (MemoryHashes, error) {
+	pages, first, sums, err := decodeRangeHashes(p, "memory hashes", "memory of %d pages", MaxMemPages, MemHashRanges)
+	if err != nil {
+		return MemoryHashes{}, err
+	}
+	return MemoryHashes{MemPages: pages, First: first, Sums: sums}, nil
+}
+
+// decodeRangeHashes parses either payload: what names it in errors, thing
+// the thing its size describes (a format with one %d), at most maxSize;
+// ranges is how many ranges a thing of that size has.
+func decodeRangeHashes(p []byte, what, thing string, maxSize uint64, ranges func(size uint64) uint64) (size, first uint64, sums [][32]byte, err error) {
+	if len(p) < rangeHashesFixed || HashAlg(p[0]) != HashSHA256 {
+		return 0, 0, nil, fmt.Errorf("decode %s: %w: %d bytes, algorithm %d", what, ErrBadMessage, len(p), firstByte(p))
+	}
+	size = binary.LittleEndian.Uint64(p[1:])
+	first = binary.LittleEndian.Uint64(p[9:])
 	count := uint64(binary.LittleEndian.Uint32(p[17:]))
-	p = p[imageHashesFixed:]
+	p = p[rangeHashesFixed:]
 	switch {
-	case size == 0 || size > MaxDiskSize:
-		return ImageHashes{}, fmt.Errorf("decode image hashes: %w: a %d-byte disk", ErrBadMessage, size)
-	case count == 0 || count > MaxImageHashes || count*32 != uint64(len(p)):
-		return ImageHashes{}, fmt.Errorf("decode image hashes: %w: %d hashes in %d bytes (1 to %d)", ErrBadMessage, count, len(p), MaxImageHashes)
-	case first >= DiskHashRanges(int64(size)) || count > DiskHashRanges(int64(size))-first:
-		return ImageHashes{}, fmt.Errorf("decode image hashes: %w: ranges %d to %d of a disk of %d", ErrBadMessage, first, first+count-1, DiskHashRanges(int64(size)))
+	case size == 0 || size > maxSize:
+		return 0, 0, nil, fmt.Errorf("decode %s: %w: a "+thing, what, ErrBadMessage, size)
+	case count == 0 || count > MaxRangeHashes || count*32 != uint64(len(p)):
+		return 0, 0, nil, fmt.Errorf("decode %s: %w: %d hashes in %d bytes (1 to %d)", what, ErrBadMessage, count, len(p), MaxRangeHashes)
+	case first >= ranges(size) || count > ranges(size)-first:
+		return 0, 0, nil, fmt.Errorf("decode %s: %w: ranges %d to %d of a "+thing+", which has %d", what, ErrBadMessage, first, first+count-1, size, ranges(size))
 	}
-	h := ImageHashes{DiskSize: int64(size), First: first, Sums: make([][32]byte, count)}
-	for i := range h.Sums {
-		copy(h.Sums[i][:], p[i*32:])
+	sums = make([][32]byte, count)
+	for i := range sums {
+		copy(sums[i][:], p[i*32:])
 	}
-	return h, nil
+	return size, first, sums, nil
 }

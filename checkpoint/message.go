@@ -17,12 +17,13 @@ import (
 // ProtocolVersion is the wire protocol this package speaks. Version 3
 // runs inside mutual TLS 1.3 (PROTOCOL.md), unless both sides chose plain
 // TCP (--insecure); version 4 adds a backup's image hashes (ImageHashes),
-// which a primary of version 4 may wait for.
-const ProtocolVersion uint16 = 4
+// which a primary of version 4 may wait for; version 5 its memory's
+// (MemoryHashes) and KEPT pages.
+const ProtocolVersion uint16 = 5
 
 // ALPN names the protocol and its version in the TLS handshake, so that a
 // peer of another version is refused there, before any frame.
-const ALPN = "ftckpt/4"
+const ALPN = "ftckpt/5"
 
 const frameHeaderSize = 8
 
@@ -45,8 +46,11 @@ const (
 	// MsgImageHashes: a backup's disk image by range hashes, asked for by
 	// the primary's Hello (ImageHashes).
 	MsgImageHashes MsgType = 9
+	// MsgMemoryHashes: a backup's guest memory by range hashes, asked for
+	// by the primary's Hello and offered by the backup's (MemoryHashes).
+	MsgMemoryHashes MsgType = 10
 
-	numMsgTypes = 10
+	numMsgTypes = 11
 )
 
 func (t MsgType) String() string {
@@ -69,6 +73,8 @@ func (t MsgType) String() string {
 		return "refused"
 	case MsgImageHashes:
 		return "image hashes"
+	case MsgMemoryHashes:
+		return "memory hashes"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint16(t))
 }
@@ -127,8 +133,11 @@ var helloMagic = [4]byte{'F', 'T', 'C', 'H'}
 
 // Hello's flags byte.
 const (
-	helloCommitted       = 1 << 0
-	helloWantImageHashes = 1 << 1
+	helloCommitted         = 1 << 0
+	helloWantImageHashes   = 1 << 1
+	helloWantMemoryHashes  = 1 << 2
+	helloSendsMemoryHashes = 1 << 3
+	helloFlags             = helloCommitted | helloWantImageHashes | helloWantMemoryHashes | helloSendsMemoryHashes
 )
 
 // Hello opens a connection in each direction. The backup reports the
@@ -137,7 +146,9 @@ const (
 // (Generation, Epoch) equals its Base; otherwise it starts a full sync.
 //
 // WantImageHashes, from a primary, asks the backup for its disk image's
-// range hashes (ImageHashes), sent after its Hello.
+// range hashes (ImageHashes), sent after its Hello. WantMemoryHashes, from
+// a primary, asks for its memory's (MemoryHashes), and SendsMemoryHashes,
+// from a backup, offers them: they come only if both are set.
 //
 // Machine describes what both sides' machines must agree on besides
 // memory (the mode, the kind of machine, vCPUs, devices), in words a user
@@ -147,6 +158,8 @@ type Hello struct {
 	MemPages          uint64
 	Committed         bool // Generation and Epoch are meaningful
 	WantImageHashes   bool // a primary's only
+	WantMemoryHashes  bool // a primary's only
+	SendsMemoryHashes bool // a backup's only
 	Generation, Epoch uint64
 	Machine           string // at most MaxHelloMachine bytes
 }
@@ -160,6 +173,12 @@ func (h Hello) Append(b []byte) []byte {
 	}
 	if h.WantImageHashes {
 		flags |= helloWantImageHashes
+	}
+	if h.WantMemoryHashes {
+		flags |= helloWantMemoryHashes
+	}
+	if h.SendsMemoryHashes {
+		flags |= helloSendsMemoryHashes
 	}
 	b = append(b, byte(h.Role), flags)
 	b = binary.LittleEndian.AppendUint64(b, h.MemPages)
@@ -179,21 +198,25 @@ func DecodeHello(p []byte) (Hello, error) {
 		return Hello{}, fmt.Errorf("decode hello: %w: %d bytes with a %d-byte machine description", ErrBadMessage, len(p), n)
 	}
 	h := Hello{
-		Role:            Role(p[4]),
-		Committed:       p[5]&helloCommitted != 0,
-		WantImageHashes: p[5]&helloWantImageHashes != 0,
-		MemPages:        binary.LittleEndian.Uint64(p[6:]),
-		Generation:      binary.LittleEndian.Uint64(p[14:]),
-		Epoch:           binary.LittleEndian.Uint64(p[22:]),
-		Machine:         string(p[helloFixed:]),
+		Role:              Role(p[4]),
+		Committed:         p[5]&helloCommitted != 0,
+		WantImageHashes:   p[5]&helloWantImageHashes != 0,
+		WantMemoryHashes:  p[5]&helloWantMemoryHashes != 0,
+		SendsMemoryHashes: p[5]&helloSendsMemoryHashes != 0,
+		MemPages:          binary.LittleEndian.Uint64(p[6:]),
+		Generation:        binary.LittleEndian.Uint64(p[14:]),
+		Epoch:             binary.LittleEndian.Uint64(p[22:]),
+		Machine:           string(p[helloFixed:]),
 	}
 	switch {
 	case h.Role != RolePrimary && h.Role != RoleBackup:
 		return Hello{}, fmt.Errorf("decode hello: %w: role %d", ErrBadMessage, p[4])
-	case p[5]&^(helloCommitted|helloWantImageHashes) != 0:
+	case p[5]&^helloFlags != 0:
 		return Hello{}, fmt.Errorf("decode hello: %w: flags %#x", ErrBadMessage, p[5])
-	case h.WantImageHashes && h.Role != RolePrimary:
-		return Hello{}, fmt.Errorf("decode hello: %w: a %v asking for image hashes", ErrBadMessage, h.Role)
+	case (h.WantImageHashes || h.WantMemoryHashes) && h.Role != RolePrimary:
+		return Hello{}, fmt.Errorf("decode hello: %w: a %v asking for range hashes", ErrBadMessage, h.Role)
+	case h.SendsMemoryHashes && h.Role != RoleBackup:
+		return Hello{}, fmt.Errorf("decode hello: %w: a %v offering memory hashes", ErrBadMessage, h.Role)
 	case h.MemPages == 0 || h.MemPages > MaxMemPages:
 		return Hello{}, fmt.Errorf("decode hello: %w: %d pages", ErrBadMemSize, h.MemPages)
 	}
@@ -440,8 +463,8 @@ func (r *Reader) Next() (MsgType, []byte, error) {
 		lo, hi = roundsSize, roundsSize
 	case MsgRefused:
 		lo, hi = 0, MaxRefusal
-	case MsgImageHashes:
-		lo, hi = imageHashesFixed+32, imageHashesFixed+MaxImageHashes*32
+	case MsgImageHashes, MsgMemoryHashes:
+		lo, hi = rangeHashesFixed+32, rangeHashesFixed+MaxRangeHashes*32
 	default:
 		return 0, nil, fmt.Errorf("read message: %w: type %d", ErrBadMessage, uint16(t))
 	}

@@ -22,9 +22,10 @@ func frame(n uint32, version uint16, t MsgType, payload []byte) []byte {
 func TestMessageRoundTrip(t *testing.T) {
 	h := newHarness(t, 8, 41)
 	ck := h.encode(KindSyncCommit, FlagSyncStart, 1, allPages(8), true)
-	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, Generation: 4, Epoch: 9, Machine: "checkpoint kvm vcpus=4"}
-	asks := Hello{Role: RolePrimary, MemPages: 8, WantImageHashes: true, Machine: "checkpoint kvm, mirrored disk"}
+	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, SendsMemoryHashes: true, Generation: 4, Epoch: 9, Machine: "checkpoint kvm vcpus=4"}
+	asks := Hello{Role: RolePrimary, MemPages: 8, WantImageHashes: true, WantMemoryHashes: true, Machine: "checkpoint kvm, mirrored disk"}
 	image := ImageHashes{DiskSize: 5*DiskHashRange + 7, First: 2, Sums: [][32]byte{{1, 2}, {3}, {4: 5}, {31: 6}}}
+	memory := MemoryHashes{MemPages: 3*MemHashRangePages + 1, First: 3, Sums: [][32]byte{{7, 8}}}
 	ack := Ack{4, 9}
 	hb := Heartbeat{77}
 	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
@@ -37,7 +38,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		for _, m := range []struct {
 			t MsgType
 			p []byte
-		}{{MsgHello, hello.Append(nil)}, {MsgHello, asks.Append(nil)}, {MsgImageHashes, image.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
+		}{{MsgHello, hello.Append(nil)}, {MsgHello, asks.Append(nil)}, {MsgImageHashes, image.Append(nil)}, {MsgMemoryHashes, memory.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
 			if err := WriteMessage(a, m.t, m.p); err != nil {
 				t.Error(err)
 				return
@@ -61,6 +62,9 @@ func TestMessageRoundTrip(t *testing.T) {
 	}
 	if got, err := DecodeImageHashes(next(MsgImageHashes)); err != nil || !reflect.DeepEqual(got, image) {
 		t.Fatalf("image hashes %+v %v", got, err)
+	}
+	if got, err := DecodeMemoryHashes(next(MsgMemoryHashes)); err != nil || !reflect.DeepEqual(got, memory) {
+		t.Fatalf("memory hashes %+v %v", got, err)
 	}
 	if p := next(MsgCheckpoint); !bytes.Equal(p, ck) {
 		t.Fatal("checkpoint payload differs")
@@ -114,8 +118,8 @@ func TestReaderRejects(t *testing.T) {
 		{"resync too long", frame(resyncFixed+MaxResyncDetail+1, ProtocolVersion, MsgResync, nil), ErrMessageTooLarge},
 		{"rounds too long", frame(roundsSize+1, ProtocolVersion, MsgRounds, nil), ErrMessageTooLarge},
 		{"rounds too short", frame(roundsSize-1, ProtocolVersion, MsgRounds, make([]byte, roundsSize-1)), ErrBadMessage},
-		{"image hashes too long", frame(imageHashesFixed+MaxImageHashes*32+1, ProtocolVersion, MsgImageHashes, nil), ErrMessageTooLarge},
-		{"image hashes without one", frame(imageHashesFixed, ProtocolVersion, MsgImageHashes, make([]byte, imageHashesFixed)), ErrBadMessage},
+		{"image hashes too long", frame(rangeHashesFixed+MaxRangeHashes*32+1, ProtocolVersion, MsgImageHashes, nil), ErrMessageTooLarge},
+		{"image hashes without one", frame(rangeHashesFixed, ProtocolVersion, MsgImageHashes, make([]byte, rangeHashesFixed)), ErrBadMessage},
 		{"log too long", frame(MaxLogMessage+1, ProtocolVersion, MsgLog, nil), ErrMessageTooLarge},
 		{"log empty", frame(0, ProtocolVersion, MsgLog, nil), ErrBadMessage},
 		{"checkpoint over limit", frame(1<<20+1, ProtocolVersion, MsgCheckpoint, nil), ErrMessageTooLarge},
@@ -164,7 +168,23 @@ func TestPayloadDecodersReject(t *testing.T) {
 	}{
 		{"hello magic", func() error { _, err := DecodeHello(mod(good, 0, 'X')); return err }()},
 		{"hello role zero", func() error { _, err := DecodeHello(mod(good, 4, 0)); return err }()},
-		{"hello unknown flag", func() error { _, err := DecodeHello(mod(good, 5, 4)); return err }()},
+		{"hello unknown flag", func() error { _, err := DecodeHello(mod(good, 5, 16)); return err }()},
+		{"hello: a backup asks for memory hashes", func() error {
+			_, err := DecodeHello(Hello{Role: RoleBackup, MemPages: 8, WantMemoryHashes: true}.Append(nil))
+			return err
+		}()},
+		{"hello: a primary offers memory hashes", func() error {
+			_, err := DecodeHello(Hello{Role: RolePrimary, MemPages: 8, SendsMemoryHashes: true}.Append(nil))
+			return err
+		}()},
+		{"memory hashes past the memory", func() error {
+			_, err := DecodeMemoryHashes(MemoryHashes{MemPages: 3 * MemHashRangePages, First: 2, Sums: make([][32]byte, 2)}.Append(nil))
+			return err
+		}()},
+		{"memory hashes of no memory", func() error {
+			_, err := DecodeMemoryHashes(MemoryHashes{Sums: make([][32]byte, 1)}.Append(nil))
+			return err
+		}()},
 		{"hello: a backup asks for image hashes", func() error {
 			_, err := DecodeHello(Hello{Role: RoleBackup, MemPages: 8, WantImageHashes: true}.Append(nil))
 			return err
@@ -194,7 +214,7 @@ func TestPayloadDecodersReject(t *testing.T) {
 			return err
 		}()},
 		{"image hashes past the bound", func() error {
-			_, err := DecodeImageHashes(ImageHashes{DiskSize: 1 << 40, Sums: make([][32]byte, MaxImageHashes+1)}.Append(nil))
+			_, err := DecodeImageHashes(ImageHashes{DiskSize: 1 << 40, Sums: make([][32]byte, MaxRangeHashes+1)}.Append(nil))
 			return err
 		}()},
 		{"image hashes count lies", func() error { _, err := DecodeImageHashes(goodImage[:len(goodImage)-1]); return err }()},

@@ -13,7 +13,7 @@ import (
 // message to the engine's handler, and returns the error that ended it.
 
 // FromBackup is what a primary does with its backup's messages. Every
-// handler is required; ReceiveFromBackup calls them one at a time, in the
+// handler but MemoryHashes is required; ReceiveFromBackup calls them one at a time, in the
 // order the messages arrive.
 type FromBackup struct {
 	// Ack: the backup committed a.Epoch (an epoch, or an LSN) of
@@ -26,6 +26,10 @@ type FromBackup struct {
 	// ImageHashes: part of the backup's disk image, by range hashes,
 	// which the primary asked for in its Hello. An error ends the loop.
 	ImageHashes func(h ImageHashes) error
+	// MemoryHashes: part of the backup's memory, by range hashes, which
+	// the primary asked for and the backup offered in their Hellos. nil:
+	// they are unexpected. An error ends the loop.
+	MemoryHashes func(h MemoryHashes) error
 }
 
 // ReceiveFromBackup reads the backup's messages and hands each, decoded,
@@ -60,6 +64,15 @@ func (l *Link) ReceiveFromBackup(h FromBackup) error {
 				return err
 			}
 			return h.ImageHashes(ih)
+		case MsgMemoryHashes:
+			if h.MemoryHashes == nil {
+				return fmt.Errorf("unexpected %v from the backup", t)
+			}
+			mh, err := DecodeMemoryHashes(payload)
+			if err != nil {
+				return err
+			}
+			return h.MemoryHashes(mh)
 		default:
 			return fmt.Errorf("unexpected %v from the backup", t)
 		}

@@ -49,7 +49,7 @@ func TestRefusalIsAnError(t *testing.T) {
 	}
 }
 
-// TestHelloFromAnOlderPeer: a peer of protocol version 3 (before image
+// TestHelloFromAnOlderPeer: a peer of protocol version 4 (before memory
 // hashes) is refused at the Hello with both versions named.
 func TestHelloFromAnOlderPeer(t *testing.T) {
 	a, b := net.Pipe()
@@ -57,9 +57,9 @@ func TestHelloFromAnOlderPeer(t *testing.T) {
 	defer b.Close()
 	h := Hello{Role: RolePrimary, MemPages: 8, Machine: "m"}.Append(nil)
 	go NewReader(a, 0).Next() // our hello
-	go a.Write(frame(uint32(len(h)), 3, MsgHello, h))
+	go a.Write(frame(uint32(len(h)), 4, MsgHello, h))
 	_, err := NewLink(b, 0, nil).Hello(Hello{Role: RoleBackup, MemPages: 8, Machine: "m"}, 5*time.Second)
-	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 3, this build 4") {
+	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 4, this build 5") {
 		t.Fatalf("Hello with an older peer: %v", err)
 	}
 }
