@@ -43,22 +43,40 @@ var _ [0]struct{} = [format.DiskHashRange % format.DiskBlockSize]struct{}{}
 // or on an error reading the image or sending.
 func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time.Duration, stop <-chan struct{}) error {
 	buf := make([]byte, format.DiskHashRange)
-	n := format.DiskHashRanges(size)
+	return sendRangeHashes(l, format.DiskHashRanges(size), timeout, stop,
+		func(r uint64) ([32]byte, error) {
+			sum, err := format.HashDiskRange(image, size, r, buf)
+			if err != nil {
+				return sum, fmt.Errorf("hashing this backup's image for the primary: %w", err)
+			}
+			return sum, nil
+		},
+		func(first uint64, sums [][32]byte) (format.MsgType, []byte) {
+			return format.MsgImageHashes, format.ImageHashes{DiskSize: size, First: first, Sums: sums}.Append(nil)
+		})
+}
+
+// sendRangeHashes sends the hashes of ranges 0 .. n-1, in order, hash(r)
+// each, imageBatch a message, which message makes (its type and payload)
+// from a batch's first range and hashes; the rest as SendImageHashes.
+func sendRangeHashes(l *format.Link, n uint64, timeout time.Duration, stop <-chan struct{},
+	hash func(r uint64) ([32]byte, error), message func(first uint64, sums [][32]byte) (format.MsgType, []byte)) error {
 	for first := uint64(0); first < n; first += imageBatch {
-		h := format.ImageHashes{DiskSize: size, First: first, Sums: make([][32]byte, min(imageBatch, n-first))}
-		for i := range h.Sums {
+		sums := make([][32]byte, min(imageBatch, n-first))
+		for i := range sums {
 			select {
 			case <-stop:
 				return nil
 			default:
 			}
-			sum, err := format.HashDiskRange(image, size, first+uint64(i), buf)
+			sum, err := hash(first + uint64(i))
 			if err != nil {
-				return fmt.Errorf("hashing this backup's image for the primary: %w", err)
+				return err
 			}
-			h.Sums[i] = sum
+			sums[i] = sum
 		}
-		if err := l.Send(format.MsgImageHashes, h.Append(nil), timeout); err != nil {
+		t, payload := message(first, sums)
+		if err := l.Send(t, payload, timeout); err != nil {
 			return err
 		}
 	}
@@ -68,15 +86,11 @@ func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time
 // BackupImage is what a primary knows of its backup's disk image: the
 // range hashes the backup has sent so far, which Compare compares with the
 // primary's disk. Add is called by the link's receiver, the rest by the
-// pre-copy: mu protects sums and arrived; Compare's own fields are the
-// pre-copy's.
+// pre-copy; Compare's own fields are the pre-copy's.
 type BackupImage struct {
+	rangeSums
 	disk io.ReaderAt // the primary's disk as its guest sees it
 	size int64
-
-	mu      sync.Mutex
-	sums    [][32]byte    // the hashes of ranges 0 .. len(sums)-1
-	arrived chan struct{} // closed (and replaced) when hashes arrive
 
 	buf []byte
 	// decided says last is the range Compare hashed last, and equal its
@@ -91,45 +105,63 @@ type BackupImage struct {
 // NewBackupImage makes a BackupImage for a primary's disk of size bytes,
 // read as its guest sees it from disk.
 func NewBackupImage(disk io.ReaderAt, size int64) *BackupImage {
-	return &BackupImage{disk: disk, size: size, arrived: make(chan struct{})}
+	return &BackupImage{rangeSums: newRangeSums(), disk: disk, size: size}
 }
 
 // Add records hashes from the backup. They must follow those before it
 // (the backup sends every range in order) and describe ranges of a disk
 // of the primary's size: an error otherwise, which should end the link.
 func (b *BackupImage) Add(h format.ImageHashes) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case h.DiskSize != b.size:
+	if h.DiskSize != b.size {
 		return fmt.Errorf("the backup's image hashes are of a %d-byte disk, this one has %d bytes", h.DiskSize, b.size)
-	case h.First != uint64(len(b.sums)):
-		return fmt.Errorf("the backup's image hashes start at range %d, %d expected", h.First, len(b.sums))
-	case h.First+uint64(len(h.Sums)) > format.DiskHashRanges(b.size):
-		return fmt.Errorf("the backup's image hashes end at range %d, past the disk's %d", h.First+uint64(len(h.Sums)), format.DiskHashRanges(b.size))
 	}
-	b.sums = append(b.sums, h.Sums...)
-	close(b.arrived)
-	b.arrived = make(chan struct{})
+	return b.add("image", h.First, h.Sums, format.DiskHashRanges(b.size))
+}
+
+// rangeSums are the range hashes a backup has sent so far, in order. add
+// is called by the link's receiver, the rest by the pre-copy: mu protects
+// sums and arrived.
+type rangeSums struct {
+	mu      sync.Mutex
+	sums    [][32]byte    // the hashes of ranges 0 .. len(sums)-1
+	arrived chan struct{} // closed (and replaced) when hashes arrive
+}
+
+func newRangeSums() rangeSums { return rangeSums{arrived: make(chan struct{})} }
+
+// add records the hashes of ranges first .. first+len(sums)-1 of a thing
+// (what) of n ranges: they must follow those before.
+func (s *rangeSums) add(what string, first uint64, sums [][32]byte, n uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case first != uint64(len(s.sums)):
+		return fmt.Errorf("the backup's %s hashes start at range %d, %d expected", what, first, len(s.sums))
+	case first+uint64(len(sums)) > n:
+		return fmt.Errorf("the backup's %s hashes end at range %d, past the %d it has", what, first+uint64(len(sums)), n)
+	}
+	s.sums = append(s.sums, sums...)
+	close(s.arrived)
+	s.arrived = make(chan struct{})
 	return nil
 }
 
 // Arrived returns a channel that closes when more hashes arrive than
 // there were at the call.
-func (b *BackupImage) Arrived() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.arrived
+func (s *rangeSums) Arrived() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.arrived
 }
 
 // sum returns range r's hash from the backup, if it has arrived.
-func (b *BackupImage) sum(r uint64) ([32]byte, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if r >= uint64(len(b.sums)) {
+func (s *rangeSums) sum(r uint64) ([32]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r >= uint64(len(s.sums)) {
 		return [32]byte{}, false
 	}
-	return b.sums[r], true
+	return s.sums[r], true
 }
 
 // Compare decides blocks (DiskBlockSize blocks, in increasing order) in
