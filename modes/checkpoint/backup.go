@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,9 +28,12 @@ type Backup struct {
 	// hashBuf is the receiver's, for verifyImage.
 	mirrored bool
 	hashBuf  []byte
-	live     func(gen uint64) error // set by SetLive before GoLive
-	log      *slog.Logger
-	now      func() time.Time
+	// memMu is held by the receiver while it applies a checkpoint to the
+	// guest's memory, and by SendMemoryHashes while it hashes a range.
+	memMu sync.Mutex
+	live  func(gen uint64) error // set by SetLive before GoLive
+	log   *slog.Logger
+	now   func() time.Time
 	// status mirrors recv.Status() for other goroutines: recv belongs to
 	// the receiver.
 	status atomic.Pointer[format.Status]
@@ -126,7 +130,8 @@ func (b *Backup) publish() {
 // acknowledges committed ones, reports each sync round message applied
 // (MsgRounds, by which the primary paces its pre-copy), asks for a full
 // sync after rejecting one, and sends its mirrored image's hashes if the
-// primary asks (session.SendImageHashes).
+// primary asks (session.SendImageHashes), and its memory's if its memory
+// holds a guest state or part of one (session.SendMemoryHashes).
 // It returns when the link fails or the primary falls silent for
 // FailureTimeout; what was committed stays committed.
 func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
@@ -137,6 +142,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	if st.State == format.StateCommitted {
 		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
 	}
+	hello.SendsMemoryHashes = st.State != format.StateEmpty
 	peer, err := l.Hello(hello, b.cfg.FailureTimeout)
 	if err != nil {
 		return err
@@ -145,7 +151,8 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		return errors.New("the primary asks for this backup's disk image, and it has none (--disk-mode mirrored on one side only?)")
 	}
 	stop := make(chan struct{})
-	defer close(stop)
+	var hashing sync.WaitGroup // the memory's hasher, done before the guest may run
+	defer func() { close(stop); conn.Close(); hashing.Wait() }()
 	halt := make(chan error, 1)
 	fail := func(err error) {
 		select {
@@ -157,6 +164,15 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	if peer.WantImageHashes {
 		go func() {
 			if err := session.SendImageHashes(l, b.disk, b.disk.Size(), b.cfg.FailureTimeout, stop); err != nil {
+				fail(err)
+			}
+		}()
+	}
+	if peer.WantMemoryHashes && hello.SendsMemoryHashes {
+		hashing.Add(1)
+		go func() {
+			defer hashing.Done()
+			if err := session.SendMemoryHashes(l, b.guest.Memory(), &b.memMu, b.cfg.FailureTimeout, stop); err != nil {
 				fail(err)
 			}
 		}()
@@ -181,7 +197,9 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 // failed, or an answer could not be sent) ends the connection. Called by
 // Receive's loop.
 func (b *Backup) handleCheckpoint(l *format.Link, payload []byte, rounds *uint64) error {
+	b.memMu.Lock()
 	res, err := b.recv.Receive(payload)
+	b.memMu.Unlock()
 	if err == nil && b.mirrored {
 		var fatal error
 		if err, fatal = b.mirror(res); fatal != nil {

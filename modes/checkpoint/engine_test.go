@@ -129,6 +129,9 @@ type pair struct {
 	// primaryPath is the primary host's way to its disk, cut when the
 	// host dies.
 	primaryPath *diskPath
+	// guestSpan, set before start, confines the guests' writes to their
+	// first guestSpan pages (simGuest.span).
+	guestSpan uint64
 	// copyAfterResume, set before start, has the primary copy every
 	// epoch's pages after the guest resumes (the simGuest's CopyOnWrite).
 	copyAfterResume bool
@@ -154,6 +157,7 @@ func (p *pair) build(pages uint64) {
 		t.Fatal(err)
 	}
 	p.pg, p.bg = newSimGuest(pages), newSimGuest(pages)
+	p.pg.span, p.bg.span = p.guestSpan, p.guestSpan
 	if p.flushEvery != 0 {
 		p.pg.flushEvery, p.bg.flushEvery = p.flushEvery, p.flushEvery
 	}

@@ -65,11 +65,11 @@ func (p *pair) startAlone(pages uint64) *chanListener {
 	return ln
 }
 
-// stallAtFirstCheckpoint is a Filter that passes messages until the first
-// checkpoint (a full sync's first round), says so on reached, and then
-// reads nothing more until release is closed: the primary's writes fill
-// the link's buffers and wait, its pre-copy stuck in that round.
-func stallAtFirstCheckpoint(reached chan<- struct{}, release <-chan struct{}) linktest.Filter {
+// stallAtCheckpoint is a Filter that passes messages until the nth
+// checkpoint (from 1; the first, a full sync's first round), says so on
+// reached, and then reads nothing more until release is closed: the
+// primary's writes fill the link's buffers and wait, its sync stuck there.
+func stallAtCheckpoint(n int, reached chan<- struct{}, release <-chan struct{}) linktest.Filter {
 	return func(from io.Reader, to io.Writer) {
 		hdr := make([]byte, 8)
 		for {
@@ -77,9 +77,11 @@ func stallAtFirstCheckpoint(reached chan<- struct{}, release <-chan struct{}) li
 				return
 			}
 			if format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint {
-				reached <- struct{}{}
-				<-release
-				return
+				if n--; n == 0 {
+					reached <- struct{}{}
+					<-release
+					return
+				}
 			}
 			body := make([]byte, binary.LittleEndian.Uint32(hdr))
 			if _, err := io.ReadFull(from, body); err != nil {
@@ -106,7 +108,7 @@ func TestBackupLostDuringPrecopyCostsNothing(t *testing.T) {
 
 	reached, release := make(chan struct{}, 1), make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	p.link.SetFilter(linktest.Up, stallAtFirstCheckpoint(reached, release))
+	p.link.SetFilter(linktest.Up, stallAtCheckpoint(1, reached, release))
 	conn, bconn := p.link.Pipe()
 	ln.conns <- conn
 	lost := make(chan error, 1)
@@ -259,4 +261,77 @@ func TestFullSyncGoesOnWithoutImageHashes(t *testing.T) {
 	p.crashPrimary(false)
 	p.failover()
 	p.checkOutcome(30)
+}
+
+// TestRejoiningBackupKeepsItsMemory: a backup joins a primary running
+// alone, whose guest writes only its first pages, and its link stalls
+// after the sync's first round, then is cut: the backup's memory holds the
+// guest as that round read it, and nothing committed. It joins again and
+// offers its memory's hashes: the second sync's first round carries the
+// pages of every range equal on both sides as KEPT — those past the
+// pages the guest writes, and not range 0, which it writes at every step
+// — and commits (--verify's memory hash agrees, which a range kept wrongly
+// would fail); the pair then fails over as after any sync.
+func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
+	const pages, span = 8192, 1000
+	p := newPair(t, testConfig())
+	p.guestSpan = span
+	ln := p.startAlone(pages)
+	p.client.waitCount(t, 5)
+	synced := make(chan SyncStep, 4)
+	p.primary.SetSyncObserver(func(s SyncStep) {
+		if s.Finished {
+			synced <- s
+		}
+	})
+	reached, release := make(chan struct{}, 1), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	p.link.SetFilter(linktest.Up, stallAtCheckpoint(2, reached, release)) // the first round is one message
+	again := make(chan struct{})
+	dials := 0
+	go func() {
+		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
+			if dials++; dials > 1 {
+				<-again
+			}
+			conn, bconn := p.link.Pipe()
+			select {
+			case ln.conns <- conn:
+			case <-ln.closed:
+				return nil, net.ErrClosed
+			}
+			return bconn, nil
+		})
+		p.bDone <- errors.Join(err, errGen(gen))
+	}()
+	vmmtest.Receive(t, "the first sync's second round", reached)
+	vmmtest.WaitUntil(t, "the backup to apply the first sync's first round", func() bool {
+		return p.backup.Status().State == format.StateSyncing
+	})
+	p.link.Cut()
+	p.link.SetFilter(linktest.Up, nil)
+	got, _ := p.client.snapshot()
+	p.client.waitCount(t, len(got)+5) // alone again: range 0 written since
+	close(again)
+
+	s := vmmtest.Receive(t, "the second sync's commit", synced)
+	untouched := pages - (span+format.MemHashRangePages-1)/format.MemHashRangePages*format.MemHashRangePages
+	if s.KeptPages < untouched || s.KeptPages > pages-format.MemHashRangePages {
+		t.Fatalf("the second sync kept %d of %d pages: want at least the %d past those the guest writes, not range 0's", s.KeptPages, pages, untouched)
+	}
+	vmmtest.WaitUntil(t, "the backup to commit the second sync", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	got, _ = p.client.snapshot()
+	p.client.waitCount(t, len(got)+5) // protected: released on acks
+	p.crashPrimary(false)
+	err := vmmtest.Receive(t, "the backup to go live", p.bDone)
+	var g errGen
+	if !errors.As(err, &g) || g != 2 {
+		t.Fatalf("the backup went live with %v, want generation 2 (the first join cost none)", err)
+	}
+	if err := p.bOut.Commit(^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	p.checkOutcome(5)
 }

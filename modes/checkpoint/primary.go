@@ -52,6 +52,10 @@ type Primary struct {
 	// run sets it for each connection; the first sync takes it (later ones
 	// copy every block: the backup's image has changed since).
 	image *session.BackupImage
+	// memory, with pre-copy and a backup that offers them, holds the range
+	// hashes of the backup's memory, which a connection's first full sync
+	// compares with the guest's the same way (session.BackupMemory).
+	memory *session.BackupMemory
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -159,6 +163,10 @@ type capture struct {
 	hdr   format.Header
 	pfns  []uint64
 	pages []byte // page i of pfns at pages[i*PageSize:]; nil: read guest memory live
+	// keptPages are those of pfns the backup's memory has (BackupMemory),
+	// to carry as KEPT records, in the same order, with their contents in
+	// pages as the primary compared them.
+	keptPages []uint64
 	// copied, if set, waits until pages holds all the pages (copied after
 	// the guest resumed: machine.CopyOnWriter) and says how many of the
 	// guest's writes waited for their copy.
@@ -217,13 +225,18 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	if err != nil {
 		return err
 	}
-	p.image = nil
+	p.image, p.memory = nil, nil
 	if p.blocks != nil && p.cfg.PrecopyRounds > 0 {
 		p.image = session.NewBackupImage(p.disk, p.disk.Size())
 	}
-	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: p.image != nil}
-	if _, err := l.Hello(hello, p.cfg.FailureTimeout); err != nil {
+	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine,
+		WantImageHashes: p.image != nil, WantMemoryHashes: p.cfg.PrecopyRounds > 0}
+	peer, err := l.Hello(hello, p.cfg.FailureTimeout)
+	if err != nil {
 		return p.backupLost(ctx, err)
+	}
+	if hello.WantMemoryHashes && peer.SendsMemoryHashes {
+		p.memory = session.NewBackupMemory(pages)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -239,7 +252,10 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 		}
 	}
 	go func() { defer wg.Done(); p.send(ctx, l, enc, captures, failed) }()
-	go func(image *session.BackupImage) { defer wg.Done(); p.receive(l, image, failed) }(p.image)
+	go func(image *session.BackupImage, memory *session.BackupMemory) {
+		defer wg.Done()
+		p.receive(l, image, memory, failed)
+	}(p.image, p.memory)
 	go func() {
 		defer wg.Done()
 		l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err })
@@ -359,27 +375,32 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
-	image := p.image
-	p.image = nil
+	image, memory := p.image, p.memory
+	p.image, p.memory = nil, nil
 	p.syncing.kept.Store(0)
+	p.syncing.keptPages.Store(0)
 	plan := session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, dirty.Len(), p.blocks)
 	pfns, blocks := plan.First(nil, nil)
 	p.syncPeak = 0
 	for more := true; more; {
 		round, start := plan.Pass(), p.now()
-		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, image); err != nil {
+		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, image, memory); err != nil {
 			return err
 		}
 		stall, err := p.harvestWhilePaused(dirty)
 		if err != nil {
 			return err
 		}
-		attrs := []any{"round", round, "pages", len(pfns), "disk blocks", len(blocks)}
+		attrs := []any{"round", round, "pages", len(pfns)}
+		if memory != nil {
+			attrs = append(attrs, "pages the backup had", memory.Kept())
+		}
+		attrs = append(attrs, "disk blocks", len(blocks))
 		if image != nil {
 			attrs = append(attrs, "of them the backup had", image.Kept())
 		}
 		p.log.Info("pre-copy round shipped", append(attrs, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))...)
-		image = nil
+		image, memory = nil, nil
 		// Not more: the pages (and blocks) left go in the pause, with
 		// those dirtied since.
 		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
@@ -422,10 +443,11 @@ func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captu
 // sendRound hands the sender one pre-copy round over pfns and a mirrored
 // disk's blocks, read live, in messages of at most roundChunk pages, then
 // of at most blockChunk blocks, and waits until the backup has applied
-// them all (MsgRounds). image is set for the sync's first round if the
-// backup sends its image's hashes: the blocks of ranges it has go without
-// their data (takeBlocks).
-func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, image *session.BackupImage) error {
+// them all (MsgRounds). image and memory are set for the sync's first
+// round if the backup sends its image's hashes, its memory's: the blocks
+// and pages of ranges it has go without their data (takeBlocks,
+// takePages).
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, image *session.BackupImage, memory *session.BackupMemory) error {
 	var last *capture
 	total, totalBlocks := len(pfns), len(blocks)
 	start := p.roundsSent == 0
@@ -433,8 +455,10 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
 			sent: make(chan struct{}), roundPages: total, roundBlocks: totalBlocks, cont: last != nil}
 		if len(pfns) > 0 || len(blocks) == 0 {
-			n := min(len(pfns), roundChunk)
-			c.pfns, pfns = slices.Clone(pfns[:n]), pfns[n:]
+			var err error
+			if c.pfns, c.pages, c.keptPages, pfns, memory, err = p.takePages(ctx, failed, memory, pfns); err != nil {
+				return err
+			}
 		} else {
 			var err error
 			if c.blocks, c.kept, blocks, image, err = p.takeBlocks(ctx, failed, image, blocks); err != nil {
@@ -491,9 +515,8 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 // takeBlocks takes the next message's blocks from blocks, at most
 // blockChunk, and with image (the backup's image hashes, on the first
 // round) those of them the backup has, kept. It waits for the hashes as
-// need be: if none arrive for FailureTimeout (the backup's disk is slow,
-// or failing), the rest go with their data: the image it returns, to use
-// next, is then nil.
+// need be (awaitHashes): the image it returns, to use next, is nil once
+// they stopped coming.
 func (p *Primary) takeBlocks(ctx context.Context, failed <-chan error, image *session.BackupImage, blocks []uint64) (chunk, kept, rest []uint64, _ *session.BackupImage, err error) {
 	for image != nil && len(blocks) > 0 {
 		arrived := image.Arrived()
@@ -505,24 +528,71 @@ func (p *Primary) takeBlocks(ctx context.Context, failed <-chan error, image *se
 		if n > 0 {
 			return slices.Clone(blocks[:n]), kept, blocks[n:], image, nil
 		}
-		wait := time.NewTimer(p.cfg.FailureTimeout)
-		select {
-		case <-arrived:
-		case <-wait.C:
-			p.log.Warn("the backup's image hashes stopped coming; copying the rest of the disk without comparing", "blocks left", len(blocks))
-			image = nil
-		case <-ctx.Done():
-			err = ctx.Err()
-		case err = <-failed:
-			err = fmt.Errorf("%w: %w", errPeerFailed, err)
-		}
-		wait.Stop()
+		more, err := p.awaitHashes(ctx, failed, arrived, "the backup's image hashes stopped coming; copying the rest of the disk without comparing", len(blocks))
 		if err != nil {
 			return nil, nil, nil, nil, err
+		}
+		if !more {
+			image = nil
 		}
 	}
 	n := min(len(blocks), blockChunk)
 	return slices.Clone(blocks[:n]), nil, blocks[n:], nil, nil
+}
+
+// takePages takes the next message's pages from pfns: with memory (the
+// backup's memory hashes, on the first round) at most compareChunk of
+// them, their contents read and compared (BackupMemory.Compare), and
+// those the backup has, kept; without, at most roundChunk, to be read
+// live by the sender (no contents). It waits for the hashes as need be
+// (awaitHashes): the memory it returns, to use next, is nil once they
+// stopped coming.
+func (p *Primary) takePages(ctx context.Context, failed <-chan error, memory *session.BackupMemory, pfns []uint64) (chunk []uint64, pages []byte, kept, rest []uint64, _ *session.BackupMemory, err error) {
+	for memory != nil && len(pfns) > 0 {
+		arrived := memory.Arrived()
+		k := min(len(pfns), compareChunk)
+		n, pages, kept := memory.Compare(pfns[:k], p.buffers.take(k*format.PageSize), nil, p.guest.CopyLive)
+		p.syncing.keptPages.Add(int64(len(kept)))
+		if n > 0 {
+			return slices.Clone(pfns[:n]), pages, kept, pfns[n:], memory, nil
+		}
+		p.buffers.recycle(pages)
+		more, err := p.awaitHashes(ctx, failed, arrived, "the backup's memory hashes stopped coming; sending the rest of memory without comparing", len(pfns))
+		if err != nil {
+			return nil, nil, nil, nil, nil, err
+		}
+		if !more {
+			memory = nil
+		}
+	}
+	n := min(len(pfns), roundChunk)
+	return slices.Clone(pfns[:n]), nil, nil, pfns[n:], nil, nil
+}
+
+// compareChunk is the most pages a pre-copy message carries when they
+// are compared with the backup's (takePages): their contents travel in
+// the capture, so a message holds a buffer of them.
+const compareChunk = 1024
+
+// awaitHashes waits for more of the backup's range hashes (arrived
+// closes): it reports more once they come, or not more, saying so in the
+// log with giveUp and left (what is left to send), if none come for
+// FailureTimeout (the backup's disk is slow, or failing). An error if ctx
+// ends or the link fails.
+func (p *Primary) awaitHashes(ctx context.Context, failed <-chan error, arrived <-chan struct{}, giveUp string, left int) (more bool, err error) {
+	wait := time.NewTimer(p.cfg.FailureTimeout)
+	defer wait.Stop()
+	select {
+	case <-arrived:
+		return true, nil
+	case <-wait.C:
+		p.log.Warn(giveUp, "left", left)
+		return false, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case err := <-failed:
+		return false, fmt.Errorf("%w: %w", errPeerFailed, err)
+	}
 }
 
 func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
@@ -778,6 +848,7 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 		if !c.cont { // a round's later messages go on with it
 			p.syncing.begin(c.hdr, max(len(c.pfns), c.roundPages), max(len(c.blocks), c.roundBlocks), p.now())
 		}
+		kept := c.keptPages
 		for i, pfn := range c.pfns {
 			var page []byte
 			if c.pages != nil {
@@ -789,7 +860,11 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 				p.guest.CopyLive(scratch, pfn)
 				page = scratch
 			}
-			if err := enc.AddPage(pfn, page); err != nil {
+			add := enc.AddPage
+			if len(kept) > 0 && kept[0] == pfn {
+				kept, add = kept[1:], enc.AddKeptPage
+			}
+			if err := add(pfn, page); err != nil {
 				enc.Abort()
 				failed <- fmt.Errorf("encoding page %d of %v: %w", pfn, c.hdr, err)
 				return
@@ -882,17 +957,22 @@ func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) err
 	return nil
 }
 
-// receive reads the backup's acks, resync requests, sync rounds applied
-// and image hashes (into image, nil if not asked for) until the link
-// fails, and reports why on failed.
-func (p *Primary) receive(l *format.Link, image *session.BackupImage, failed chan<- error) {
-	failed <- l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
+// receive reads the backup's acks, resync requests, sync rounds applied,
+// image hashes (into image, nil if not asked for) and memory hashes (into
+// memory, nil if not asked for or offered) until the link fails, and
+// reports why on failed.
+func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *session.BackupMemory, failed chan<- error) {
+	from := format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
 		ImageHashes: func(h format.ImageHashes) error {
 			if image == nil {
 				return errors.New("the backup sent its image's hashes unasked")
 			}
 			return image.Add(h)
-		}})
+		}}
+	if memory != nil {
+		from.MemoryHashes = memory.Add
+	}
+	failed <- l.ReceiveFromBackup(from)
 }
 
 // handleAck releases what the backup's ack of a.Epoch covers, unless it

@@ -19,6 +19,9 @@ type SyncStep struct {
 	// Pages are the round's pages, Done those encoded so far; AllPages
 	// those of every round so far, this one's included.
 	Pages, Done, AllPages int
+	// KeptPages are those of the first round that the backup's memory
+	// had already (BackupMemory), sent without their data.
+	KeptPages int
 	// Blocks, DoneBlocks and AllBlocks are the same for a mirrored disk's
 	// blocks (DiskBlockSize bytes each). KeptBlocks are those of the
 	// first round that the backup's image had already (BackupImage), sent
@@ -41,10 +44,11 @@ type syncTracker struct {
 	active  bool
 	observe func(SyncStep)
 	// done and doneBlocks are step.Done and step.DoneBlocks, counted
-	// without mu. kept is step.KeptBlocks, counted by the epoch loop (the
-	// sender may begin the first round after it counts some), which sets
-	// it to 0 before each sync.
-	done, doneBlocks, kept atomic.Int64
+	// without mu. kept and keptPages are step.KeptBlocks and
+	// step.KeptPages, counted by the epoch loop (the sender may begin the
+	// first round after it counts some), which sets them to 0 before each
+	// sync.
+	done, doneBlocks, kept, keptPages atomic.Int64
 }
 
 // SetSyncObserver has observe told each step of every full sync from now
@@ -64,6 +68,7 @@ func (p *Primary) Syncing() (SyncStep, bool) {
 	defer t.mu.Unlock()
 	s := t.step
 	s.Done, s.DoneBlocks, s.KeptBlocks = int(t.done.Load()), int(t.doneBlocks.Load()), int(t.kept.Load())
+	s.KeptPages = int(t.keptPages.Load())
 	return s, t.active
 }
 
@@ -110,7 +115,7 @@ func (t *syncTracker) sent(h format.Header, n int) {
 	}
 	t.active = false
 	t.step.Finished, t.step.Done, t.step.DoneBlocks = true, int(t.done.Load()), int(t.doneBlocks.Load())
-	t.step.KeptBlocks = int(t.kept.Load())
+	t.step.KeptBlocks, t.step.KeptPages = int(t.kept.Load()), int(t.keptPages.Load())
 	s, observe := t.step, t.observe
 	t.mu.Unlock()
 	if observe != nil {

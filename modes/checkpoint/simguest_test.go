@@ -76,6 +76,7 @@ type simGuest struct {
 	emit       func(n, id uint64) error
 	disk       vmm.Disk
 	slots      uint64
+	span       uint64 // the pages its steps write, from the first (0: all)
 	flushEvery uint64
 	onFlushed  func(n uint64) error // after the FLUSH of step n completed
 	requests   bool
@@ -217,7 +218,11 @@ func (g *simGuest) step() error {
 		rng ^= rng << 13
 		rng ^= rng >> 7
 		rng ^= rng << 17
-		page := 2 + rng%(g.pages-2)
+		span := g.pages
+		if g.span != 0 {
+			span = g.span
+		}
+		page := 2 + rng%(span-2)
 		g.putU64(page*format.PageSize+(rng>>20)%512*8, n)
 	}
 	g.putU64(8, rng)

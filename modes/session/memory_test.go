@@ -25,7 +25,7 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 	}
 	backupMem := bytes.Clone(mem)
 	backupMem[7*format.MemHashRangePages*format.PageSize+99] ^= 1 // range 7
-	backupMem[len(backupMem)-1] ^= 1                             // the last
+	backupMem[len(backupMem)-1] ^= 1                              // the last
 	differ := []uint64{7, ranges - 1}
 
 	a, b := net.Pipe()
