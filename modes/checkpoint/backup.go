@@ -31,6 +31,9 @@ type Backup struct {
 	// memMu is held by the receiver while it applies a checkpoint to the
 	// guest's memory, and by SendMemoryHashes while it hashes a range.
 	memMu sync.Mutex
+	// holds says the memory held a guest state before anything was
+	// received (HoldsMemory).
+	holds bool
 	live  func(gen uint64) error // set by SetLive before GoLive
 	log   *slog.Logger
 	now   func() time.Time
@@ -56,6 +59,13 @@ func NewBackup(cfg Config, g machine.Runner, fence *witness.Fence, log *slog.Log
 	b.publish()
 	return b, nil
 }
+
+// HoldsMemory says the guest's memory already holds a guest state, or
+// most of the primary's (a node that handed its guest over and joins the
+// new primary): the backup offers its memory's hashes to the first
+// primary, as it does once it has received anything. Call before
+// Receive.
+func (b *Backup) HoldsMemory() { b.holds = true }
 
 // SetDisk gives the backup the shared disk, where GoLive writes again the
 // disk writes of committed epochs the primary had not yet made durable.
@@ -142,7 +152,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	if st.State == format.StateCommitted {
 		hello.Committed, hello.Generation, hello.Epoch = true, st.Generation, st.Epoch
 	}
-	hello.SendsMemoryHashes = st.State != format.StateEmpty
+	hello.SendsMemoryHashes = st.State != format.StateEmpty || b.holds
 	peer, err := l.Hello(hello, b.cfg.FailureTimeout)
 	if err != nil {
 		return err

@@ -49,7 +49,9 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer r.close() // before the backends close: no device may use them after
+	// Before the backends close: no device may use them after. Kept
+	// open, paused, the machine uses none.
+	defer n.keepOrClose(r)
 	if held != nil {
 		held.SetPoll(r.pollDisk) // a held-back FLUSH completes
 	}
@@ -151,12 +153,17 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer r.close()
+	defer n.keepOrClose(r) // live, it may hand its guest over
 	cfg := o.Checkpoint
 	cfg.Machine = o.describe(h.diskSize())
+	seeded := o.seedMemory(r.Memory()) // before the backup owns the memory
 	backup, err := ckmode.NewBackup(cfg, r, fence, log)
 	if err != nil {
 		return err
+	}
+	if seeded {
+		backup.HoldsMemory()
+		log.Info("this host's memory holds the guest as it handed it over: the new primary sends only what changed since")
 	}
 	n.set(func(p *Parts) { p.Machine, p.CheckpointBackup = r.Runner, backup })
 	if h.disk != nil {

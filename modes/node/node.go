@@ -24,6 +24,9 @@ type Node struct {
 
 	// ops is the operator's surface: metrics, control socket (control.go).
 	ops *ops
+	// handed, set as the node ends if it handed its guest over to rejoin
+	// (rejoin.go), is its machine, kept open for the next node.
+	handed *heldMemory
 }
 
 // Parts are a running node's machine and engine, for statistics
@@ -80,10 +83,14 @@ func Run(ctx context.Context, o Options) error {
 	for {
 		n, err := Start(ctx, o)
 		if err != nil {
+			o.held.release()
 			return err
 		}
 		err = n.Wait()
+		o.held.release() // the next node's, if it did not
+		o.held = n.handed
 		if !errors.Is(err, ErrHandedOver) || o.Rejoin == "" || ctx.Err() != nil {
+			o.held.release()
 			return err
 		}
 		o.log().Warn("handed over: joining the new primary as its backup", "join", o.Rejoin)

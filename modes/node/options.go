@@ -238,6 +238,9 @@ type Options struct {
 	Metrics, Control string
 	// ops is the node's operator surface (control.go), set by Start.
 	ops *ops
+	// held, set by Run for the node after one that handed its guest over
+	// to rejoin, is that node's machine, for its memory (rejoin.go).
+	held *heldMemory
 }
 
 // DefaultOptions are a checkpoint-mode node of the kv guest on KVM with the
