@@ -151,6 +151,8 @@ var (
 	dPaused     = newDesc("ftckpt_guest_paused", "1 while the operator holds the guest paused (ftckpt ctl pause).", prometheus.GaugeValue)
 	// dKept is a primary's, in either mode.
 	dKept = newDesc("ftckpt_sync_disk_blocks_kept", "Disk blocks that the last full sync to a backup found on its mirrored image already and sent without their data (0 without a mirrored disk).", prometheus.GaugeValue)
+	// dKeptPages is a checkpoint primary's.
+	dKeptPages = newDesc("ftckpt_sync_memory_pages_kept", "Guest memory pages that the last full sync to a backup found in its memory already (a backup that joins again, or a node that handed its guest over and rejoins) and sent without their data.", prometheus.GaugeValue)
 
 	dDelay         = newDesc("ftckpt_output_delay_seconds", "Output commit delay: from an output's hold to its release. Power-of-two buckets; the sum is estimated from bucket midpoints.", prometheus.UntypedValue)
 	dHeld          = newDesc("ftckpt_outputs_held", "Outputs held until the backup acknowledges the state that produced them.", prometheus.GaugeValue)
@@ -190,7 +192,7 @@ var (
 	dRounds     = newDesc("ftckpt_replay_precopy_rounds_total", "Pre-copy round messages the backup applied.", prometheus.CounterValue)
 )
 
-var allDescs = []desc{dInfo, dRole, dGeneration, dInSync, dFailovers, dLost, dPaused, dKept,
+var allDescs = []desc{dInfo, dRole, dGeneration, dInSync, dFailovers, dLost, dPaused, dKept, dKeptPages,
 	dDelay, dHeld, dHeldBytes, dWaiting, dReleased, dReleasedBytes, dDropped,
 	dEpochs, dAcked, dLagEpochs, dEpochLen, dPageBytes, dWireBytes, dResyncs, dCommitted, dCommitGen, dBackupSync,
 	dExits, dLandings, dEntries, dLogBytes, dBatches, dAckedLSN, dLagEntries, dSyncs, dRResyncs, dPrecopied, dRxDropped,
@@ -241,6 +243,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(dResyncs, float64(p.Stats.ResyncCount()))
 		sync, _ := p.Syncing()
 		emit(dKept, float64(sync.KeptBlocks))
+		emit(dKeptPages, float64(sync.KeptPages))
 	}
 	if bk := parts.CheckpointBackup; bk != nil {
 		s := bk.Status()

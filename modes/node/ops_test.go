@@ -95,7 +95,7 @@ var (
 	checkpointPrimaryFamilies = []string{"ftckpt_checkpoint_pause_seconds", "ftckpt_checkpoint_pause_part_seconds",
 		"ftckpt_checkpoint_dirty_pages", "ftckpt_checkpoint_epochs_total", "ftckpt_checkpoint_acked_epoch",
 		"ftckpt_checkpoint_backup_lag_epochs", "ftckpt_checkpoint_epoch_seconds", "ftckpt_checkpoint_page_bytes_total",
-		"ftckpt_checkpoint_wire_bytes_total", "ftckpt_checkpoint_resyncs_total", "ftckpt_sync_disk_blocks_kept"}
+		"ftckpt_checkpoint_wire_bytes_total", "ftckpt_checkpoint_resyncs_total", "ftckpt_sync_disk_blocks_kept", "ftckpt_sync_memory_pages_kept"}
 	checkpointBackupFamilies = []string{"ftckpt_checkpoint_committed_epoch", "ftckpt_checkpoint_committed_generation",
 		"ftckpt_checkpoint_backup_syncing"}
 	replayPrimaryFamilies = []string{"ftckpt_replay_exits_total", "ftckpt_replay_landings_total", "ftckpt_replay_log_entries_total",

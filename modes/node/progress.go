@@ -119,6 +119,15 @@ func keptBlocks(kept uint64) string {
 	return fmt.Sprintf("; %d of its disk blocks were on the backup's image already", kept)
 }
 
+// keptPages says how many of a sync's pages the backup's memory had
+// already (sent without their data), if any.
+func keptPages(kept int) string {
+	if kept == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d of its pages were in the backup's memory already", kept)
+}
+
 // syncStep reports a step of a checkpoint primary's full sync (its sync
 // observer).
 func (pr *progress) syncStep(s ckmode.SyncStep) {
@@ -127,8 +136,9 @@ func (pr *progress) syncStep(s ckmode.SyncStep) {
 	pr.endBar()
 	if s.Finished {
 		secs := time.Since(s.Began).Seconds()
-		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s)%s shipped as %.1f MB%s\n",
-			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), andBlocks(s.AllBlocks), float64(s.Shipped)/1e6, keptBlocks(uint64(s.KeptBlocks)))
+		fmt.Fprintf(pr.w, "full sync: done in %.2fs, %d rounds, %d pages (%.1f MB, %.0f MB/s)%s shipped as %.1f MB%s%s\n",
+			secs, s.Round, s.AllPages, mb(s.AllPages), mb(s.AllPages)/max(secs, 1e-9), andBlocks(s.AllBlocks), float64(s.Shipped)/1e6,
+			keptPages(s.KeptPages), keptBlocks(uint64(s.KeptBlocks)))
 		return
 	}
 	what := fmt.Sprintf("full sync: round %d, %d pages (%.1f MB)%s while the guest runs", s.Round, s.Pages, mb(s.Pages), andBlocks(s.Blocks))
