@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"math/rand"
 	"path/filepath"
@@ -132,6 +133,9 @@ type pair struct {
 	// guestSpan, set before start, confines the guests' writes to their
 	// first guestSpan pages (simGuest.span).
 	guestSpan uint64
+	// backupLog, set before start, is the backup's logger (nil: the
+	// default).
+	backupLog *slog.Logger
 	// copyAfterResume, set before start, has the primary copy every
 	// epoch's pages after the guest resumes (the simGuest's CopyOnWrite).
 	copyAfterResume bool
@@ -205,7 +209,7 @@ func (p *pair) build(pages uint64) {
 	p.pg.onFlushed = p.flushedDurably(p.disk)
 	p.bg.onFlushed = p.flushedDurably(p.bdisk)
 	bf := witness.NewFence(p.arb, "backup")
-	p.backup, err = NewBackup(p.cfg, p.bg, bf, nil)
+	p.backup, err = NewBackup(p.cfg, p.bg, bf, p.backupLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,4 +676,51 @@ func TestStopAndCopySync(t *testing.T) {
 	p.crashPrimary(false)
 	p.failover()
 	p.checkOutcome(50)
+}
+
+// TestRejectedSyncCommitIsSentAgain: the backup rejects the first full
+// sync's commit (a byte flipped in flight). Its request for a full sync
+// comes while that sync awaits its ack, when the primary takes such
+// requests as moot; the primary goes on capturing epochs, which the backup
+// rejects, until MaxInFlight await their acks. It must not wait for them
+// forever: the sync unacknowledged for FailureTimeout, it starts another,
+// which commits, and the pair then fails over as after any sync.
+func TestRejectedSyncCommitIsSentAgain(t *testing.T) {
+	cfg := testConfig()
+	cfg.FailureTimeout = 2 * time.Second // how long the sync goes unacknowledged
+	p := newPair(t, cfg)
+	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool { return h.Kind == format.KindSyncCommit }))
+	p.start(64)
+	vmmtest.WaitUntil(t, "the backup to commit a second sync", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	p.client.waitCount(t, 20)
+	p.crashPrimary(false)
+	p.failover()
+	p.checkOutcome(20)
+}
+
+// corruptFirst flips a byte in the middle of the first checkpoint whose
+// header which says.
+func corruptFirst(which func(format.Header) bool) linktest.Filter {
+	return func(from io.Reader, to io.Writer) {
+		hdr := make([]byte, 8)
+		done := false
+		for {
+			if _, err := io.ReadFull(from, hdr); err != nil {
+				return
+			}
+			body := make([]byte, binary.LittleEndian.Uint32(hdr))
+			if _, err := io.ReadFull(from, body); err != nil {
+				return
+			}
+			if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint && which(h) {
+				body[len(body)/2] ^= 0x40
+				done = true
+			}
+			if _, err := to.Write(append(hdr, body...)); err != nil {
+				return
+			}
+		}
+	}
 }

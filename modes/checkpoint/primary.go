@@ -311,10 +311,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 			if err := p.checkSilence(l); err != nil {
 				return err
 			}
-			if !p.syncAcked.Load() && p.now().Sub(time.Unix(0, p.syncSent.Load())) > p.cfg.FailureTimeout {
-				p.log.Warn("full sync not acknowledged; starting another", "epoch", p.syncEpoch.Load())
-				p.resync.Store(true)
-			}
+			p.checkSyncAcked()
 			continue
 		case <-timer.C:
 		}
@@ -785,11 +782,13 @@ func (p *Primary) resumeAfter(err error) error {
 }
 
 // waitInflight waits until fewer than MaxInFlight epochs await their ack,
-// or the backup asked for a full sync (the acks awaited will then never
-// come). The guest runs on meanwhile; its outputs wait in the buffer. A
-// backup silent for FailureTimeout is lost here too: a link that goes dark
-// fails no read or write for a long while (the kernel's buffers take the
-// writes), and the acks awaited never come.
+// or a full sync is due (the acks awaited will then never come): the
+// backup asked for one, or the last went unacknowledged (checkSyncAcked:
+// a backup that rejected it, whose request the primary took as moot). The
+// guest runs on meanwhile; its outputs wait in the buffer. A backup silent
+// for FailureTimeout is lost here too: a link that goes dark fails no read
+// or write for a long while (the kernel's buffers take the writes), and
+// the acks awaited never come.
 func (p *Primary) waitInflight(ctx context.Context, l *format.Link, failed <-chan error, tick <-chan time.Time) error {
 	for {
 		p.mu.Lock()
@@ -808,7 +807,18 @@ func (p *Primary) waitInflight(ctx context.Context, l *format.Link, failed <-cha
 			if err := p.checkSilence(l); err != nil {
 				return err
 			}
+			p.checkSyncAcked()
 		}
+	}
+}
+
+// checkSyncAcked asks for another full sync if the last one has gone
+// unacknowledged for FailureTimeout: the backup rejected it, and asked for
+// one while the primary took such requests as moot (handleResync).
+func (p *Primary) checkSyncAcked() {
+	if !p.syncAcked.Load() && p.now().Sub(time.Unix(0, p.syncSent.Load())) > p.cfg.FailureTimeout && !p.resync.Load() {
+		p.log.Warn("full sync not acknowledged; starting another", "epoch", p.syncEpoch.Load())
+		p.resync.Store(true)
 	}
 }
 
