@@ -175,9 +175,8 @@ func TestLocalRunFailover(t *testing.T) {
 // the primary hands the guest over; the old primary joins the new one as
 // its backup, by pre-copy, and the pair is protected again with no one's
 // help; then the same the other way. The rejoining image is the new
-// primary's but for the writes since: its sync sends the other blocks as
-// kept (and, in checkpoint mode, the other pages of the memory the old
-// primary kept). The client's counters go on, one machine's, and the journal on the
+// primary's but for the writes since, and so is the memory the old
+// primary kept: its sync sends the other blocks and pages as kept. The client's counters go on, one machine's, and the journal on the
 // last primary's image holds every update a reply reported. In both modes.
 func TestPlannedFailoverBackAndForth(t *testing.T) {
 	if testing.Short() {
@@ -240,7 +239,7 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 				if len(keptBlocks.FindAllString(hop.toOut.String(), -1)) == keptBefore {
 					t.Fatalf("hop %d: the new primary sent the rejoining image every block, none as one it had", i+1)
 				}
-				if mode == node.ModeCheckpoint && len(keptPages.FindAllString(hop.toOut.String(), -1)) == pagesBefore {
+				if len(keptPages.FindAllString(hop.toOut.String(), -1)) == pagesBefore {
 					t.Fatalf("hop %d: the new primary sent the rejoining backup every page, none as one it had", i+1)
 				}
 				for range 5 {
@@ -256,8 +255,9 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 // some of the disk's blocks already (a full sync's first pass, either mode).
 var keptBlocks = regexp.MustCompile(`(of them the backup had|disk blocks the backup had)"?=[1-9]`)
 
-// keptPages matches a checkpoint primary's log line saying its backup's
-// memory had some of the guest's pages already.
+// keptPages matches a primary's log line saying its backup's memory had
+// some of the guest's pages already (a full sync's first pass, either
+// mode).
 var keptPages = regexp.MustCompile(`"pages the backup had"=[1-9]`)
 
 // mustDialUDP is a UDP socket to addr, closed at the test's end.

@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,6 +278,8 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 	const pages, span = 8192, 1000
 	p := newPair(t, testConfig())
 	p.guestSpan = span
+	var blog lockedBuffer
+	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
 	ln := p.startAlone(pages)
 	p.client.waitCount(t, 5)
 	synced := make(chan SyncStep, 4)
@@ -320,6 +324,9 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 		t.Fatalf("the second sync kept %d of %d pages: want at least the %d past those the guest writes, not range 0's", s.KeptPages, pages, untouched)
 	}
 	vmmtest.WaitUntil(t, "the backup to commit the second sync", func() bool {
+		if strings.Contains(blog.String(), "checkpoint rejected") {
+			t.Fatalf("the backup rejected a checkpoint of the second sync:\n%s", blog.String())
+		}
 		return p.backup.Status().State == format.StateCommitted
 	})
 	got, _ = p.client.snapshot()
@@ -334,4 +341,22 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.checkOutcome(5)
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

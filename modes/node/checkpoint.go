@@ -51,7 +51,7 @@ func (n *Node) runCheckpointPrimary(ctx context.Context) error {
 	}
 	// Before the backends close: no device may use them after. Kept
 	// open, paused, the machine uses none.
-	defer n.keepOrClose(r)
+	defer n.keepOrClose(r.Memory(), r.close)
 	if held != nil {
 		held.SetPoll(r.pollDisk) // a held-back FLUSH completes
 	}
@@ -153,7 +153,7 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer n.keepOrClose(r) // live, it may hand its guest over
+	defer n.keepOrClose(r.Memory(), r.close) // live, it may hand its guest over
 	cfg := o.Checkpoint
 	cfg.Machine = o.describe(h.diskSize())
 	seeded := o.seedMemory(r.Memory()) // before the backup owns the memory

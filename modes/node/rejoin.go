@@ -10,9 +10,10 @@ import (
 // on as the new primary's backup, and its machine's memory is the guest as
 // it handed it over: the new primary's but for what the guest has written
 // since. So that node keeps its machine open past its end (keepOrClose),
-// and in checkpoint mode the backup it becomes copies that memory into its
-// own machine and offers its range hashes (ckmode.Backup.HoldsMemory): the
-// new primary's sync sends only the ranges that differ. The old machine is
+// and the backup it becomes copies that memory into its own machine and
+// offers its range hashes (ckmode.Backup.HoldsMemory,
+// replay.Backup.HoldsMemory): the new primary's pre-copy sends only the
+// ranges that differ. The old machine is
 // closed once copied, or at the latest when the next node ends (Run): for
 // a moment the host holds the guest's memory twice.
 
@@ -31,15 +32,16 @@ func (h *heldMemory) release() {
 	}
 }
 
-// keepOrClose, deferred by a checkpoint primary over its runner r, keeps
-// r open as the memory it hands over (n.handed) if the node handed its
-// guest over and rejoins, and closes r otherwise.
-func (n *Node) keepOrClose(r *runner) {
+// keepOrClose, deferred by a node that may hand its guest over, over its
+// machine's memory mem and what closes the machine, keeps the machine
+// open as the memory it hands over (n.handed) if the node handed its guest
+// over and rejoins, and closes it otherwise.
+func (n *Node) keepOrClose(mem []byte, closeMachine func()) {
 	if n.ops.handedOver.Load() && n.o.Rejoin != "" {
-		n.handed = &heldMemory{mem: r.Memory(), closeFn: r.close}
+		n.handed = &heldMemory{mem: mem, closeFn: closeMachine}
 		return
 	}
-	r.close()
+	closeMachine()
 }
 
 // seedMemory copies the memory the node before this one handed over
@@ -50,6 +52,7 @@ func (o *Options) seedMemory(mem []byte) bool {
 	if h == nil {
 		return false
 	}
+	o.held = nil
 	defer h.release()
 	if len(h.mem) != len(mem) {
 		return false

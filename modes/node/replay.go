@@ -110,7 +110,7 @@ func (n *Node) runReplayPrimary(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer closeM()
+	defer n.keepOrClose(m.Memory(), closeM)
 	out, err := replayOutputs(gen, fence, h)
 	if err != nil {
 		return err
@@ -195,7 +195,7 @@ func (n *Node) runReplayBackup(ctx context.Context) error {
 	for {
 		live, closeM, again, err := n.followPrimary(ctx, h, fence)
 		if err == nil {
-			defer closeM()
+			defer n.keepOrClose(n.Parts().Machine.Memory(), closeM) // live, it may hand its guest over
 			return n.runLive(ctx, h, live)
 		}
 		closeM()
@@ -229,6 +229,7 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 		return nil, closeM, false, err
 	}
 	closeM = closeMachine
+	seeded := o.seedMemory(m.Memory())
 	makeOut := func(gen uint64) (*outbuf.Buffer, error) {
 		if err := h.goLive(ctx); err != nil {
 			return nil, err
@@ -242,6 +243,10 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 		return nil, closeM, false, err
 	}
 	n.set(func(parts *Parts) { parts.Machine, parts.ReplayBackup = bare(m), b })
+	if seeded {
+		b.HoldsMemory()
+		o.log().Info("this host's memory holds the guest as it handed it over: the new primary sends only what changed since")
+	}
 	b.Console = o.Console
 	if h.disk != nil {
 		b.SyncDisk = h.disk.Flush

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/session"
@@ -43,6 +44,14 @@ type Backup struct {
 	// image, if set (MirrorDisk), is this backup's own disk image: the
 	// replayer writes its guest's disk writes to it as it replays them.
 	image vmm.Disk
+	// holds says the machine's memory holds a guest state already
+	// (HoldsMemory). While Follow sends the memory's hashes, memMu is held
+	// by the hasher as it hashes a range and by the receiver as it applies
+	// a pre-copy round; stopHashing stops the hasher and waits for it
+	// (before the sync's commit, after which the guest runs).
+	holds       bool
+	memMu       sync.Mutex
+	stopHashing func()
 
 	q    *logQueue
 	gate ackGate
@@ -149,7 +158,9 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.ctx = ctx
 	defer conn.Close()
 	l := format.NewLink(conn, b.cfg.MaxCheckpoint, nil)
-	peer, err := l.Hello(format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize, Machine: b.cfg.Machine}, b.cfg.FailureTimeout)
+	hello := format.Hello{Role: format.RoleBackup, MemPages: uint64(len(b.m.Memory())) / format.PageSize, Machine: b.cfg.Machine,
+		SendsMemoryHashes: b.holds}
+	peer, err := l.Hello(hello, b.cfg.FailureTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -171,9 +182,37 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 			}
 		}()
 	}
+	b.stopHashing = func() {}
+	if peer.WantMemoryHashes && hello.SendsMemoryHashes {
+		b.stopHashing = b.sendMemoryHashes(l, conn)
+	}
+	defer func() { conn.Close(); b.stopHashing() }() // a hasher blocked writing returns
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()
+}
+
+// HoldsMemory says the machine's memory already holds most of the
+// primary's guest (a node that handed its guest over and joins the new
+// primary): Follow offers its hashes, and the primary's pre-copy sends
+// only the ranges that differ. Call before Follow.
+func (b *Backup) HoldsMemory() { b.holds = true }
+
+// sendMemoryHashes starts sending the memory's range hashes on l (closing
+// conn if that fails) and returns what stops it and waits for it: until
+// then the memory changes only by the pre-copy rounds the receiver
+// applies (memMu).
+func (b *Backup) sendMemoryHashes(l *format.Link, conn net.Conn) (stop func()) {
+	done, halt := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := session.SendMemoryHashes(l, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halt); err != nil {
+			b.log.Error("could not send this backup's memory hashes; dropping the link", "err", err)
+			conn.Close()
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(halt); <-done }) }
 }
 
 // receive reads the stream into the queue and acknowledges what may be,
@@ -370,7 +409,9 @@ func (b *Backup) stageRound(ckpt []byte) error {
 	if b.roundRejected != nil {
 		return nil
 	}
+	b.memMu.Lock()
 	res, err := b.recv.Receive(ckpt)
+	b.memMu.Unlock()
 	if err != nil {
 		b.log.Warn("pre-copy round rejected; asking for a full checkpoint instead", "err", err)
 		b.roundRejected = err
@@ -409,6 +450,7 @@ func (b *Backup) applySync(s uint64) error {
 		}
 	}
 	b.roundRejected = nil
+	b.stopHashing() // from the commit on the guest runs: its pre-copy is over
 	res, err := b.recv.Receive(ckpt)
 	if err != nil {
 		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}

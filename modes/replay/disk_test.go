@@ -585,3 +585,41 @@ func TestFirstSyncLeavesOutWhatTheBackupHas(t *testing.T) {
 	c.failover()
 	backupWrites.check(t, img, initial, "the backup's image (over the primary's disk at the start)")
 }
+
+// TestPrecopyLeavesOutWhatTheBackupHolds: a backup attaches whose memory
+// holds the guest already (HoldsMemory) — here, as any fresh machine's
+// does, the guest as it booted. The pre-copy compares the backup's memory
+// hashes with the running guest's memory: the pages of ranges the guest
+// has not written since it booted go as KEPT, without their data — some,
+// not all — and the full checkpoint's memory hash (Verify) agrees with
+// the backup's memory, which a range kept wrongly would fail. The backup
+// then takes over.
+func TestPrecopyLeavesOutWhatTheBackupHolds(t *testing.T) {
+	c := newCluster(t, "kv")
+	c.pages = 16 * format.MemHashRangePages // ranges the guest never writes
+	c.attachHolds = true
+	p, _, _ := c.alonePrimary(context.Background())
+	c.incr(t, 5)
+	_, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "the backup in sync", func() bool {
+		select {
+		case <-c.pDone:
+			t.Fatalf("the primary stopped: %v", c.pErr)
+		case r := <-done:
+			t.Fatalf("the backup stopped: %v", r.err)
+		default:
+		}
+		return b.Stats.Applied.Load() >= 1
+	})
+	if kept := p.Stats.KeptPages.Load(); kept == 0 || kept >= uint64(c.pages) {
+		t.Errorf("the pre-copy found %d of %d pages in the backup's memory: want some, not all (the guest has run)", kept, c.pages)
+	}
+	if n := p.Stats.Resyncs.Load(); n != 0 {
+		t.Errorf("the backup asked for %d full checkpoints: it rejected the pre-copied one", n)
+	}
+	c.incr(t, 5)
+	c.stopPrimary()
+	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+}

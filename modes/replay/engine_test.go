@@ -415,6 +415,9 @@ func (c *cluster) attachBackup(p *replay.Primary, name string) (*sim.Machine, *r
 		}
 		c.attachImage = nil
 	}
+	if c.attachHolds {
+		b.HoldsMemory()
+	}
 	link := linktest.New() // this backup's own: kill cuts it
 	t.Cleanup(link.Cut)
 	pa, bconn := c.connect(link) // the test's filters on this link too

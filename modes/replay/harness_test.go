@@ -172,6 +172,9 @@ type cluster struct {
 	// disk (the shared file stays the primary's). attachImage is the same
 	// for the next backup attachBackup makes.
 	bImage, attachImage vmm.Disk
+	// attachHolds, set before attachBackup, has the backup it makes say
+	// its memory holds the guest already (HoldsMemory).
+	attachHolds bool
 	// Optional, set before start or alonePrimary: what the primary's
 	// engine drives instead of its software machine (which pm stays), and a
 	// func that sees the primary before it runs.

@@ -33,9 +33,13 @@ type precopy struct {
 	written *machine.Bitmap  // scratch for Machine.Written
 	// image holds the backup's image hashes during the first pass, whose
 	// blocks of ranges the backup has go without their data (nextBlocks);
-	// nil after it, or without a mirrored disk. hashesSince is when the
+	// nil after it, or without a mirrored disk. memory is the same for the
+	// backup's memory and the pass's pages (nextPages), nil unless the
+	// backup offered them; compared says it did. hashesSince is when the
 	// pass began waiting for hashes (zero: it is not).
 	image       *session.BackupImage
+	memory      *session.BackupMemory
+	compared    bool
 	hashesSince time.Time
 	first       bool // the next round message starts the sync
 	began       time.Time
@@ -78,9 +82,9 @@ func (p *Primary) attachBackup(conn net.Conn) {
 	if p.blocks != nil {
 		image = session.NewBackupImage(p.out, p.diskSize)
 	}
-	err := p.connectLink(conn, image)
+	memory, err := p.connectLink(conn, image, true)
 	if err == nil {
-		err = p.startPrecopy(image)
+		err = p.startPrecopy(image, memory)
 	}
 	if err != nil {
 		p.log.Warn("a backup could not attach", "err", err)
@@ -91,12 +95,15 @@ func (p *Primary) attachBackup(conn net.Conn) {
 	p.log.Info("a backup attached; pre-copying its full checkpoint while the guest runs", "lsn", p.precopy.epoch)
 }
 
-// startPrecopy starts the pass over all of memory (and a mirrored disk,
-// compared with the backup's image through image).
-func (p *Primary) startPrecopy(image *session.BackupImage) error {
+// startPrecopy starts the pass over all of memory (compared with the
+// backup's through memory, if not nil) and a mirrored disk (compared with
+// the backup's image through image).
+func (p *Primary) startPrecopy(image *session.BackupImage, memory *session.BackupMemory) error {
 	pages := uint64(len(p.m.Memory())) / format.PageSize
 	p.Stats.KeptBlocks.Store(0)
+	p.Stats.KeptPages.Store(0)
 	pc := &precopy{epoch: p.lsn + 1, written: machine.NewBitmap(pages), first: true, began: time.Now(), image: image,
+		memory: memory, compared: memory != nil,
 		plan: session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, pages, p.blocks)}
 	if err := p.m.Harvest(pc.written); err != nil { // what is written from now on
 		return err
@@ -120,7 +127,7 @@ func (p *Primary) precopyStep() error {
 		if err := p.m.Harvest(pc.written); err != nil {
 			return err
 		}
-		pc.image = nil // a later pass sends what was written: no range is equal
+		pc.image, pc.memory = nil, nil // a later pass sends what was written: no range is equal
 		var more bool
 		if pc.todo, pc.blocks, more = pc.plan.Next(pc.written, pc.todo, pc.blocks); !more {
 			return p.endPrecopy() // the pages left, in pc.todo, go in the final stop
@@ -135,8 +142,11 @@ func (p *Primary) precopyStep() error {
 	p.Stats.PrecopyPass.Store(pass)
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
 	// A message of pages, or once they are sent, of blocks.
-	chunk := pc.todo[:min(len(pc.todo), p.cfg.PrecopyChunk):min(len(pc.todo), p.cfg.PrecopyChunk)]
+	chunk, keptPages, ready := p.nextPages()
 	var blocks, kept []uint64
+	if !ready {
+		return nil // nothing to send yet
+	}
 	if len(chunk) == 0 {
 		chunk = []uint64{} // no pages (nil would be all of memory)
 		var err error
@@ -148,7 +158,7 @@ func (p *Primary) precopyStep() error {
 	if pc.first {
 		h.Flags = format.FlagSyncStart
 	}
-	if err := p.beginCheckpoint(h, chunk); err != nil {
+	if err := p.beginCheckpoint(h, chunk, keptPages); err != nil {
 		return err
 	}
 	if err := p.addBlocks(blocks, kept); err != nil {
@@ -167,6 +177,28 @@ func (p *Primary) precopyStep() error {
 	return nil
 }
 
+// nextPages takes the next message's pages from the pass's, at most
+// PrecopyChunk (none once they are all sent), and on the first pass those
+// of them the backup's memory has, kept (the guest does not run until
+// they are encoded: CompareStill). It is not ready if the hashes of the
+// next ranges have not arrived; if none arrive for FailureTimeout, the
+// rest of the pass goes with its data.
+func (p *Primary) nextPages() (chunk, kept []uint64, ready bool) {
+	pc := p.precopy
+	n := min(len(pc.todo), p.cfg.PrecopyChunk)
+	if pc.memory != nil && n > 0 {
+		n, kept = pc.memory.CompareStill(pc.todo[:n], p.m.Memory(), nil)
+		p.Stats.KeptPages.Add(uint64(len(kept)))
+		if p.hashesLate(n > 0) {
+			p.log.Warn("the backup's memory hashes stopped coming; sending the rest of memory without comparing", "pages left", len(pc.todo))
+			pc.memory, n = nil, min(len(pc.todo), p.cfg.PrecopyChunk)
+		} else if n == 0 {
+			return nil, nil, false
+		}
+	}
+	return pc.todo[:n:n], kept, true
+}
+
 // nextBlocks takes the next message's blocks from the pass's, at most
 // blockChunk, and on the first pass those of them the backup's image has,
 // kept. It may return none: the hashes of the next ranges have not
@@ -180,18 +212,30 @@ func (p *Primary) nextBlocks() (blocks, kept []uint64, err error) {
 			return nil, nil, err
 		}
 		p.Stats.KeptBlocks.Add(uint64(len(kept)))
-		switch {
-		case n > 0:
-			pc.hashesSince = time.Time{}
-		case pc.hashesSince.IsZero():
-			pc.hashesSince = time.Now()
-		case time.Since(pc.hashesSince) > p.cfg.FailureTimeout:
+		if p.hashesLate(n > 0) {
 			p.log.Warn("the backup's image hashes stopped coming; copying the rest of the disk without comparing", "blocks left", len(pc.blocks))
 			pc.image = nil
 		}
 	}
 	blocks, pc.blocks = pc.blocks[:n], pc.blocks[n:]
 	return blocks, kept, nil
+}
+
+// hashesLate notes whether the backup's range hashes let the pass decide
+// anything (decided), and reports whether none have for FailureTimeout:
+// the pass then goes on without them.
+func (p *Primary) hashesLate(decided bool) bool {
+	pc := p.precopy
+	switch {
+	case decided:
+		pc.hashesSince = time.Time{}
+	case pc.hashesSince.IsZero():
+		pc.hashesSince = time.Now()
+	case time.Since(pc.hashesSince) > p.cfg.FailureTimeout:
+		pc.hashesSince = time.Time{}
+		return true
+	}
+	return false
 }
 
 // stopPrecopy forgets the pre-copy in progress.
@@ -217,6 +261,9 @@ func (p *Primary) endPrecopy() error {
 	}
 	attrs := []any{"lsn", s, "passes", pc.plan.Pass(), "bytes", pc.bytes + n,
 		"took", time.Since(pc.began).Round(time.Microsecond), "final stop", time.Since(stop).Round(time.Microsecond), "pages in it", len(pc.todo)}
+	if pc.compared {
+		attrs = append(attrs, "pages the backup had", p.Stats.KeptPages.Load())
+	}
 	if p.blocks != nil {
 		attrs = append(attrs, "disk blocks the backup had", p.Stats.KeptBlocks.Load())
 	}

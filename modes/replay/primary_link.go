@@ -36,13 +36,15 @@ func (p *Primary) connect(conn net.Conn) error {
 	if p.blocks != nil {
 		p.startImage = session.NewBackupImage(p.out, p.diskSize)
 	}
-	return p.connectLink(conn, p.startImage)
+	_, err := p.connectLink(conn, p.startImage, false)
+	return err
 }
 
 // connectLink greets the backup and starts the link's goroutines (stopLink
 // stops them). image, if not nil, asks the backup for its disk image's
-// hashes, which the receiver adds to it.
-func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage) error {
+// hashes, which the receiver adds to it; askMemory asks for its memory's,
+// and if the backup offers them, they go to the BackupMemory it returns.
+func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemory bool) (*session.BackupMemory, error) {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
 	p.ackMu.Lock()
@@ -52,17 +54,22 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage) error {
 	p.protected.Store(true)
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: image != nil}
-	if _, err := l.Hello(hello, p.cfg.FailureTimeout); err != nil {
+	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: image != nil, WantMemoryHashes: askMemory}
+	peer, err := l.Hello(hello, p.cfg.FailureTimeout)
+	if err != nil {
 		conn.Close()
-		return err
+		return nil, err
+	}
+	var memory *session.BackupMemory
+	if askMemory && peer.SendsMemoryHashes {
+		memory = session.NewBackupMemory(pages)
 	}
 	stopc := make(chan struct{})
 	sent, received := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer close(sent); p.send(l, stopc) }()
-	go func() { defer close(received); p.receive(l, image) }()
+	go func() { defer close(received); p.receive(l, image, memory) }()
 	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopc, p.linkFailed) }()
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
@@ -94,7 +101,7 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage) error {
 		conn.Close()
 		<-received
 	}
-	return nil
+	return memory, nil
 }
 
 // linkFailed records the first failure of the link and wakes the engine,
@@ -151,11 +158,12 @@ func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 	}
 }
 
-// receive reads the backup's acks, resync requests, sync rounds applied
-// and image hashes (into image, nil if not asked for) until the link
-// fails, and fails the link with why.
-func (p *Primary) receive(l *format.Link, image *session.BackupImage) {
-	p.linkFailed(l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
+// receive reads the backup's acks, resync requests, sync rounds applied,
+// image hashes (into image, nil if not asked for) and memory hashes (into
+// memory, nil if not asked for or offered) until the link fails, and
+// fails the link with why.
+func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *session.BackupMemory) {
+	from := format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
 		ImageHashes: func(h format.ImageHashes) error {
 			if image == nil {
 				return errors.New("the backup sent its image's hashes unasked")
@@ -165,7 +173,17 @@ func (p *Primary) receive(l *format.Link, image *session.BackupImage) {
 			}
 			p.poke() // a pre-copy waiting for them goes on
 			return nil
-		}}))
+		}}
+	if memory != nil {
+		from.MemoryHashes = func(h format.MemoryHashes) error {
+			if err := memory.Add(h); err != nil {
+				return err
+			}
+			p.poke()
+			return nil
+		}
+	}
+	p.linkFailed(l.ReceiveFromBackup(from))
 }
 
 // handleAck releases the outputs held through the LSN the backup acked,

@@ -106,7 +106,7 @@ func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	if start {
 		h.Flags = format.FlagSyncStart
 	}
-	if err := p.beginCheckpoint(h, pfns); err != nil {
+	if err := p.beginCheckpoint(h, pfns, nil); err != nil {
 		return 0, 0, err
 	}
 	if p.blocks != nil {
@@ -189,9 +189,10 @@ func (p *Primary) awaitHashes(arrived <-chan struct{}) bool {
 }
 
 // beginCheckpoint begins a checkpoint of header h and adds the pages pfns
-// (nil: all of memory) from the guest's memory as it is now. On error the
-// checkpoint is abandoned.
-func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
+// (nil: all of memory) from the guest's memory as it is now, those of
+// them in kept (in the same order) as KEPT. On error the checkpoint is
+// abandoned.
+func (p *Primary) beginCheckpoint(h format.Header, pfns, kept []uint64) error {
 	mem := p.m.Memory()
 	if p.enc == nil {
 		cache, err := format.NewPageCache(len(mem))
@@ -209,7 +210,11 @@ func (p *Primary) beginCheckpoint(h format.Header, pfns []uint64) error {
 		return err
 	}
 	add := func(pfn uint64) error {
-		if err := p.enc.AddPage(pfn, mem[pfn*format.PageSize:(pfn+1)*format.PageSize]); err != nil {
+		addPage := p.enc.AddPage
+		if len(kept) > 0 && kept[0] == pfn {
+			kept, addPage = kept[1:], p.enc.AddKeptPage
+		}
+		if err := addPage(pfn, mem[pfn*format.PageSize:(pfn+1)*format.PageSize]); err != nil {
 			p.enc.Abort()
 			return fmt.Errorf("encoding page %d for %v: %w", pfn, h, err)
 		}

@@ -28,9 +28,13 @@ type Stats struct {
 	// without their data: only a backup's first has any.
 	PrecopyPassBlocks, PrecopyBlocksLeft atomic.Uint64
 	KeptBlocks                           atomic.Uint64
-	Resyncs                              atomic.Uint64 // full checkpoints the backup asked for
-	BackupsLost                          atomic.Uint64 // times the primary went on alone
-	RxDropped                            atomic.Uint64 // received frames dropped: the queue was full
+	// KeptPages are the pages that the last pre-copy's first pass sent as
+	// the backup's memory had them (session.BackupMemory): a node that
+	// handed its guest over and joins the new primary has most.
+	KeptPages   atomic.Uint64
+	Resyncs     atomic.Uint64 // full checkpoints the backup asked for
+	BackupsLost atomic.Uint64 // times the primary went on alone
+	RxDropped   atomic.Uint64 // received frames dropped: the queue was full
 
 	// Backup.
 	Replayed       atomic.Uint64 // entries applied

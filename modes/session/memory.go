@@ -86,29 +86,49 @@ func (b *BackupMemory) Add(h format.MemoryHashes) error {
 // the sync, with their contents in dst, those in kept without their data.
 // Call it on the first pass's pages, after its harvest (see above).
 func (b *BackupMemory) Compare(pfns []uint64, dst []byte, kept []uint64, read func(dst []byte, pfn uint64)) (n int, _ []byte, _ []uint64) {
+	n, kept = b.compare(pfns, kept, func(first, count uint64) [32]byte {
+		for j := range count {
+			read(b.buf[j*format.PageSize:(j+1)*format.PageSize], first+j)
+		}
+		return format.HashMemoryRange(b.buf[:count*format.PageSize], 0)
+	}, func(pfn uint64) {
+		off := (pfn - b.last*format.MemHashRangePages) * format.PageSize
+		dst = append(dst, b.buf[off:off+format.PageSize]...)
+	})
+	return n, dst, kept
+}
+
+// CompareStill is Compare for mem, a guest's memory that does not change
+// while it is called or until the pages it decides are encoded (a replay
+// primary's, between two runs of its guest): it hashes the ranges in
+// place, and the pages' contents are mem's.
+func (b *BackupMemory) CompareStill(pfns []uint64, mem []byte, kept []uint64) (n int, _ []uint64) {
+	return b.compare(pfns, kept, func(first, count uint64) [32]byte {
+		return format.HashMemoryRange(mem[:(first+count)*format.PageSize], first/format.MemHashRangePages)
+	}, func(uint64) {})
+}
+
+// compare is Compare and CompareStill: hashRange hashes the count pages
+// of a range from page first, and took sees each page decided.
+func (b *BackupMemory) compare(pfns []uint64, kept []uint64, hashRange func(first, count uint64) [32]byte, took func(pfn uint64)) (int, []uint64) {
 	for i, pfn := range pfns {
 		r := pfn / format.MemHashRangePages
 		if !b.decided || b.last != r {
 			theirs, ok := b.sum(r)
 			if !ok {
-				return i, dst, kept
+				return i, kept
 			}
 			first := r * format.MemHashRangePages
-			count := min(format.MemHashRangePages, b.pages-first)
-			for j := range count {
-				read(b.buf[j*format.PageSize:(j+1)*format.PageSize], first+j)
-			}
-			mine := format.HashMemoryRange(b.buf[:count*format.PageSize], 0)
+			mine := hashRange(first, min(format.MemHashRangePages, b.pages-first))
 			b.decided, b.last, b.equal = true, r, mine == theirs
 		}
-		off := (pfn - b.last*format.MemHashRangePages) * format.PageSize
-		dst = append(dst, b.buf[off:off+format.PageSize]...)
+		took(pfn)
 		if b.equal {
 			kept = append(kept, pfn)
 			b.kept++
 		}
 	}
-	return len(pfns), dst, kept
+	return len(pfns), kept
 }
 
 // Kept is how many pages Compare found the backup's memory has.

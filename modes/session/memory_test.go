@@ -16,6 +16,7 @@ import (
 // a range: the pages of ranges equal on both sides are kept, those of the
 // two ranges that differ are not, every page's contents come back as read,
 // and a page whose range's hash has not arrived is not decided.
+// CompareStill, over memory in place, decides the same.
 func TestBackupMemoryComparesRanges(t *testing.T) {
 	const ranges = imageBatch + 3
 	pages := uint64(ranges*format.MemHashRangePages - 5) // the last range short
@@ -36,7 +37,7 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 	sent := make(chan error, 1)
 	go func() { sent <- SendMemoryHashes(backup, backupMem, &lock, 5*time.Second, make(chan struct{})) }()
 
-	bm := NewBackupMemory(pages)
+	bm, still := NewBackupMemory(pages), NewBackupMemory(pages)
 	read := func(dst []byte, pfn uint64) { copy(dst, mem[pfn*format.PageSize:]) }
 	pfns := make([]uint64, pages)
 	for i := range pfns {
@@ -55,6 +56,9 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := bm.Add(h); err != nil {
+			t.Fatal(err)
+		}
+		if err := still.Add(h); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -82,6 +86,18 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 	}
 	if !slices.Equal(kept, want) || bm.Kept() != len(want) {
 		t.Fatalf("kept %d pages (Kept %d), want %d: every page but those of ranges %v", len(kept), bm.Kept(), len(want), differ)
+	}
+	var stillKept []uint64
+	for rest := pfns; len(rest) > 0; {
+		var n int
+		n, stillKept = still.CompareStill(rest[:min(len(rest), 100)], mem, stillKept)
+		if n == 0 {
+			t.Fatal("CompareStill decided nothing with every hash in")
+		}
+		rest = rest[n:]
+	}
+	if !slices.Equal(stillKept, want) {
+		t.Fatalf("CompareStill kept %d pages, want %d: every page but those of ranges %v", len(stillKept), len(want), differ)
 	}
 }
 
