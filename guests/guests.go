@@ -26,7 +26,7 @@ var buildFS embed.FS
 var catalog = map[string]string{
 	"counter":  "prints \"count N\" for N = 0, 1, 2, ... (params: limit, every)",
 	"smp":      "all vCPUs count under a spinlock; vCPU 0 checks the sums each round (params: iters, rounds)",
-	"memtouch": "dirties pages of a working set at a set rate (params: ws, dirty, mode=small|full, rate, passes, every, seed, writers)",
+	"memtouch": "dirties pages of a working set at a set rate (params: ws, dirty, mode=small|full, rate, passes, every, seed, writers, fill=1 to fill the working set first)",
 	"tick":     "PIT timer interrupts through the 8259 PIC, printing \"tick N\" (params: hz, every, ticks)",
 	"disk":     "virtio-blk: writes checksummed records and verifies them (params: records, start, verify_only)",
 	"kv":       "virtio-net: UDP key-value server with SET/GET/INCR, answers ARP; with a virtio-blk disk, persists before replying (params: ip, port, report, journal, persist_every, flush)",

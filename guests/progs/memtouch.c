@@ -11,6 +11,8 @@
  * rewrites its own slice of the working set and its share of `dirty` pages
  * per pass, paced alike; vCPU 0 counts the passes, prints (with the pages
  * all writers dirtied) and stops; the others park or keep writing.
+ * fill=1 has each writer first fill its slice with its stream, once: a
+ * guest holding that much data, of which the passes then change a part.
  */
 #include "rt.h"
 #include "xorshift.h"
@@ -32,6 +34,7 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 	uint64_t avail = free_pages(bi);
 	uint8_t *base = (uint8_t *)(uintptr_t)((bi->free_start + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1));
 	uint64_t writers = param_u64(bi, "writers", 1);
+	uint64_t fill = param_u64(bi, "fill", 0);
 	uint64_t total = 0, next_ns = 0, frac = 0, step = 0, rem = 0;
 	bool full;
 
@@ -76,6 +79,15 @@ void guest_main(unsigned cpu, struct boot_info *bi)
 	uint64_t share = dirty * (cpu + 1) / writers - dirty * cpu / writers;
 	uint64_t cursor = first;
 	uint64_t state = xorshift_seed(seed + cpu);
+	if (fill) {
+		for (uint64_t p = first; p < end; p++) {
+			volatile uint64_t *page = (volatile uint64_t *)(base + p * PAGE_SIZE);
+			for (unsigned k = 0; k < PAGE_SIZE / 8; k++)
+				page[k] = xorshift64(&state);
+		}
+		if (cpu == 0)
+			printk("memtouch: filled %lu pages\n", (unsigned long)(end - first));
+	}
 	if (rate != 0) {
 		step = NS_PER_S / rate;
 		rem = NS_PER_S % rate;

@@ -151,7 +151,7 @@ var (
 	dPaused     = newDesc("ftckpt_guest_paused", "1 while the operator holds the guest paused (ftckpt ctl pause).", prometheus.GaugeValue)
 	// dKept is a primary's, in either mode.
 	dKept = newDesc("ftckpt_sync_disk_blocks_kept", "Disk blocks that the last full sync to a backup found on its mirrored image already and sent without their data (0 without a mirrored disk).", prometheus.GaugeValue)
-	// dKeptPages is a checkpoint primary's.
+	// dKeptPages is a primary's, in either mode.
 	dKeptPages = newDesc("ftckpt_sync_memory_pages_kept", "Guest memory pages that the last full sync to a backup found in its memory already (a backup that joins again, or a node that handed its guest over and rejoins) and sent without their data.", prometheus.GaugeValue)
 
 	dDelay         = newDesc("ftckpt_output_delay_seconds", "Output commit delay: from an output's hold to its release. Power-of-two buckets; the sum is estimated from bucket midpoints.", prometheus.UntypedValue)
@@ -264,6 +264,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(dPrecopied, float64(s.Precopied.Load()))
 		emit(dRxDropped, float64(s.RxDropped.Load()))
 		emit(dKept, float64(s.KeptBlocks.Load()))
+		emit(dKeptPages, float64(s.KeptPages.Load()))
 		if p.Protected() {
 			emit(dLagEntries, float64(s.Entries.Load()-min(s.Acked.Load(), s.Entries.Load())))
 		}

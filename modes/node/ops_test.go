@@ -101,7 +101,7 @@ var (
 	replayPrimaryFamilies = []string{"ftckpt_replay_exits_total", "ftckpt_replay_landings_total", "ftckpt_replay_log_entries_total",
 		"ftckpt_replay_log_bytes_total", "ftckpt_replay_log_batches_total", "ftckpt_replay_acked_lsn",
 		"ftckpt_replay_backup_lag_entries", "ftckpt_replay_syncs_total", "ftckpt_replay_resyncs_total",
-		"ftckpt_replay_precopied_pages_total", "ftckpt_replay_rx_dropped_total", "ftckpt_sync_disk_blocks_kept"}
+		"ftckpt_replay_precopied_pages_total", "ftckpt_replay_rx_dropped_total", "ftckpt_sync_disk_blocks_kept", "ftckpt_sync_memory_pages_kept"}
 	replayBackupFamilies = []string{"ftckpt_replay_received_lsn", "ftckpt_replay_replayed_entries_total",
 		"ftckpt_replay_backup_lag_entries", "ftckpt_replay_divergences_total", "ftckpt_replay_breakpoint_visits_total",
 		"ftckpt_replay_checkpoints_applied_total", "ftckpt_replay_precopy_rounds_total"}

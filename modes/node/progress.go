@@ -186,8 +186,8 @@ func (pr *progress) precopy(s *replay.Stats, last precopyState) precopyState {
 		pr.endBar()
 		n := copied - last.copied
 		secs := time.Since(last.began).Seconds()
-		fmt.Fprintf(pr.w, "pre-copy: done in %.2fs, %d passes, %d pages (%.1f MB/s)%s; the backup commits at the next stop\n",
-			secs, last.pass, n, mb(int(n))/max(secs, 1e-9), keptBlocks(s.KeptBlocks.Load()))
+		fmt.Fprintf(pr.w, "pre-copy: done in %.2fs, %d passes, %d pages (%.1f MB/s)%s%s; the backup commits at the next stop\n",
+			secs, last.pass, n, mb(int(n))/max(secs, 1e-9), keptPages(int(s.KeptPages.Load())), keptBlocks(s.KeptBlocks.Load()))
 		return precopyState{copied: copied}
 	case pass == 0 && copied > last.copied:
 		fmt.Fprintf(pr.w, "pre-copy: done, %d pages; the backup commits at the next stop\n", copied-last.copied)
