@@ -182,13 +182,31 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: a multi-process test")
 	}
+	plannedFailoverBackAndForth(t, "sim", "1M")
+}
+
+// TestKVMPlannedFailoverBackAndForth is TestPlannedFailoverBackAndForth
+// with the C kv guest on KVM (one vCPU, 64 MiB of memory): the memory
+// each rejoining node keeps is a KVM machine's.
+func TestKVMPlannedFailoverBackAndForth(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	plannedFailoverBackAndForth(t, "kvm", "64M")
+}
+
+// plannedFailoverBackAndForth runs the test on the machine --machine
+// names, with --memory memory.
+func plannedFailoverBackAndForth(t *testing.T, machine, memory string) {
+	kind, err := node.ParseMachine(machine)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, mode := range []node.Mode{node.ModeCheckpoint, node.ModeReplay} {
 		t.Run(mode.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			udp := freePort(t, "udp")
 			listen, accA, accB := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")
 			sockA, sockB := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
-			common := append([]string{"--mode", mode.String(), "--machine", "sim", "--guest", "kv", "--memory", "1M",
+			common := append([]string{"--mode", mode.String(), "--machine", machine, "--guest", "kv", "--memory", memory,
 				"--param", "journal=1000", "--param", "flush=1", "--net", "udp:" + udp, "--disk-size", "1M",
 				"--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
 				"--heartbeat", "20ms", "--failure-timeout", "300ms"}, loopbackTLS(t)...)
@@ -246,7 +264,7 @@ func TestPlannedFailoverBackAndForth(t *testing.T) {
 					c.incr(t, 20*time.Second)
 				}
 			}
-			nodetest.CheckJournal(t, filepath.Join(dir, "a.img"), node.MachineSim, c.updates())
+			nodetest.CheckJournal(t, filepath.Join(dir, "a.img"), kind, c.updates())
 		})
 	}
 }
