@@ -47,11 +47,11 @@ type Backup struct {
 	// holds says the machine's memory holds a guest state already
 	// (HoldsMemory). While Follow sends the memory's hashes, memMu is held
 	// by the hasher as it hashes a range and by the receiver as it applies
-	// a pre-copy round; stopHashing stops the hasher and waits for it
-	// (before the sync's commit, after which the guest runs).
-	holds       bool
-	memMu       sync.Mutex
-	stopHashing func()
+	// a pre-copy round; haltHashing stops the hasher, and waitHashing
+	// waits for it (before the sync's commit, after which the guest runs).
+	holds                    bool
+	memMu                    sync.Mutex
+	haltHashing, waitHashing func()
 
 	q    *logQueue
 	gate ackGate
@@ -182,11 +182,11 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 			}
 		}()
 	}
-	b.stopHashing = func() {}
+	b.haltHashing, b.waitHashing = func() {}, func() {}
 	if peer.WantMemoryHashes && hello.SendsMemoryHashes {
-		b.stopHashing = b.sendMemoryHashes(l, conn)
+		b.haltHashing, b.waitHashing = b.sendMemoryHashes(l, conn)
 	}
-	defer func() { conn.Close(); b.stopHashing() }() // a hasher blocked writing returns
+	defer func() { b.haltHashing(); conn.Close(); b.waitHashing() }() // a hasher blocked writing returns
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()
@@ -199,20 +199,25 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 func (b *Backup) HoldsMemory() { b.holds = true }
 
 // sendMemoryHashes starts sending the memory's range hashes on l (closing
-// conn if that fails) and returns what stops it and waits for it: until
-// then the memory changes only by the pre-copy rounds the receiver
-// applies (memMu).
-func (b *Backup) sendMemoryHashes(l *format.Link, conn net.Conn) (stop func()) {
-	done, halt := make(chan struct{}), make(chan struct{})
+// conn if that fails, unless halted) and returns what halts it and what
+// waits for it: until then the memory changes only by the pre-copy rounds
+// the receiver applies (memMu).
+func (b *Backup) sendMemoryHashes(l *format.Link, conn net.Conn) (halt, wait func()) {
+	done, halted := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := session.SendMemoryHashes(l, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halt); err != nil {
-			b.log.Error("could not send this backup's memory hashes; dropping the link", "err", err)
-			conn.Close()
+		err := session.SendMemoryHashes(l, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halted)
+		select {
+		case <-halted: // the link's end, or the sync's commit: not a failure
+		default:
+			if err != nil {
+				b.log.Error("could not send this backup's memory hashes; dropping the link", "err", err)
+				conn.Close()
+			}
 		}
 	}()
 	var once sync.Once
-	return func() { once.Do(func() { close(halt); <-done }) }
+	return func() { once.Do(func() { close(halted) }) }, func() { <-done }
 }
 
 // receive reads the stream into the queue and acknowledges what may be,
@@ -450,7 +455,8 @@ func (b *Backup) applySync(s uint64) error {
 		}
 	}
 	b.roundRejected = nil
-	b.stopHashing() // from the commit on the guest runs: its pre-copy is over
+	b.haltHashing() // from the commit on the guest runs: its pre-copy is over
+	b.waitHashing()
 	res, err := b.recv.Receive(ckpt)
 	if err != nil {
 		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}
