@@ -151,13 +151,22 @@ func TestBackupLostDuringPrecopyCostsNothing(t *testing.T) {
 	vmmtest.WaitUntil(t, "the second backup to commit", func() bool {
 		return p.backup.Status().State == format.StateCommitted
 	})
-	got, _ = p.client.snapshot()
-	p.client.waitCount(t, len(got)+5) // protected: released on acks
+	p.failoverToJoiner(2)
+}
+
+// failoverToJoiner waits for 5 more outputs (the guest protected: released
+// on acks), crashes the primary, and checks that the backup that joined
+// goes live with generation want and the client's view is one machine's.
+func (p *pair) failoverToJoiner(want uint64) {
+	t := p.t
+	t.Helper()
+	got, _ := p.client.snapshot()
+	p.client.waitCount(t, len(got)+5)
 	p.crashPrimary(false)
 	err := vmmtest.Receive(t, "the backup to go live", p.bDone)
 	var g errGen
-	if !errors.As(err, &g) || g != 2 {
-		t.Fatalf("the backup went live with %v, want generation 2", err)
+	if !errors.As(err, &g) || uint64(g) != want {
+		t.Fatalf("the backup went live with %v, want generation %d", err, want)
 	}
 	if err := p.bOut.Commit(^uint64(0)); err != nil {
 		t.Fatal(err)
@@ -278,7 +287,7 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 	const pages, span = 8192, 1000
 	p := newPair(t, testConfig())
 	p.guestSpan = span
-	var blog lockedBuffer
+	var blog vmmtest.Console // the backup's log
 	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
 	ln := p.startAlone(pages)
 	p.client.waitCount(t, 5)
@@ -329,34 +338,5 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 		}
 		return p.backup.Status().State == format.StateCommitted
 	})
-	got, _ = p.client.snapshot()
-	p.client.waitCount(t, len(got)+5) // protected: released on acks
-	p.crashPrimary(false)
-	err := vmmtest.Receive(t, "the backup to go live", p.bDone)
-	var g errGen
-	if !errors.As(err, &g) || g != 2 {
-		t.Fatalf("the backup went live with %v, want generation 2 (the first join cost none)", err)
-	}
-	if err := p.bOut.Commit(^uint64(0)); err != nil {
-		t.Fatal(err)
-	}
-	p.checkOutcome(5)
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger and a test at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	p.failoverToJoiner(2) // the first join cost no generation
 }

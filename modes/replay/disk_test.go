@@ -487,16 +487,7 @@ func TestPrecopyLeavesOutWhatTheBackupHas(t *testing.T) {
 	p, _, _ := c.alonePrimary(context.Background())
 	c.incr(t, 5) // alone: the journal's sector now differs from the backup's image
 	_, b, done, _ := c.attachBackup(p, "backup")
-	vmmtest.WaitUntil(t, "the backup in sync", func() bool {
-		select { // either side failing fails the test at once, saying why
-		case <-c.pDone:
-			t.Fatalf("the primary stopped: %v", c.pErr)
-		case r := <-done:
-			t.Fatalf("the backup stopped: %v", r.err)
-		default:
-		}
-		return b.Stats.Applied.Load() >= 1
-	})
+	c.waitAttached(b, done)
 	const perRange = format.DiskHashRange / format.DiskBlockSize
 	if got := p.Stats.KeptBlocks.Load(); got != 2*perRange {
 		t.Errorf("the pre-copy found %d blocks on the backup's image, want %d (hash ranges 0 and 2)", got, 2*perRange)
@@ -601,16 +592,7 @@ func TestPrecopyLeavesOutWhatTheBackupHolds(t *testing.T) {
 	p, _, _ := c.alonePrimary(context.Background())
 	c.incr(t, 5)
 	_, b, done, _ := c.attachBackup(p, "backup")
-	vmmtest.WaitUntil(t, "the backup in sync", func() bool {
-		select {
-		case <-c.pDone:
-			t.Fatalf("the primary stopped: %v", c.pErr)
-		case r := <-done:
-			t.Fatalf("the backup stopped: %v", r.err)
-		default:
-		}
-		return b.Stats.Applied.Load() >= 1
-	})
+	c.waitAttached(b, done)
 	if kept := p.Stats.KeptPages.Load(); kept == 0 || kept >= uint64(c.pages) {
 		t.Errorf("the pre-copy found %d of %d pages in the backup's memory: want some, not all (the guest has run)", kept, c.pages)
 	}
@@ -622,4 +604,21 @@ func TestPrecopyLeavesOutWhatTheBackupHolds(t *testing.T) {
 	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
 		t.Fatalf("the backup did not take over: %v", r.err)
 	}
+}
+
+// waitAttached waits until b, attached by attachBackup (done), has applied
+// its full checkpoint; either side failing first fails the test at once,
+// saying why.
+func (c *cluster) waitAttached(b *replay.Backup, done chan followResult) {
+	c.t.Helper()
+	vmmtest.WaitUntil(c.t, "the backup in sync", func() bool {
+		select {
+		case <-c.pDone:
+			c.t.Fatalf("the primary stopped: %v", c.pErr)
+		case r := <-done:
+			c.t.Fatalf("the backup stopped: %v", r.err)
+		default:
+		}
+		return b.Stats.Applied.Load() >= 1
+	})
 }
