@@ -57,28 +57,33 @@ func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time
 }
 
 // sendRangeHashes sends the hashes of ranges 0 .. n-1, in order, hash(r)
-// each, imageBatch a message, which message makes (its type and payload)
-// from a batch's first range and hashes; the rest as SendImageHashes.
+// each, in messages that message makes (their type and payload) from a
+// batch's first range and hashes: imageBatch ranges a message, or fewer
+// where hashing them takes longer than a quarter of timeout (a slow disk,
+// or a slow machine: the emulated one hashes 64 MiB in seconds), so that
+// the primary, which gives up on hashes that stop coming for timeout,
+// hears from the backup in time. The rest as SendImageHashes.
 func sendRangeHashes(l *format.Link, n uint64, timeout time.Duration, stop <-chan struct{},
 	hash func(r uint64) ([32]byte, error), message func(first uint64, sums [][32]byte) (format.MsgType, []byte)) error {
-	for first := uint64(0); first < n; first += imageBatch {
-		sums := make([][32]byte, min(imageBatch, n-first))
-		for i := range sums {
+	for first := uint64(0); first < n; {
+		sums := make([][32]byte, 0, min(imageBatch, n-first))
+		for began := time.Now(); len(sums) < cap(sums) && (len(sums) == 0 || time.Since(began) < timeout/4); {
 			select {
 			case <-stop:
 				return nil
 			default:
 			}
-			sum, err := hash(first + uint64(i))
+			sum, err := hash(first + uint64(len(sums)))
 			if err != nil {
 				return err
 			}
-			sums[i] = sum
+			sums = append(sums, sum)
 		}
 		t, payload := message(first, sums)
 		if err := l.Send(t, payload, timeout); err != nil {
 			return err
 		}
+		first += uint64(len(sums))
 	}
 	return nil
 }

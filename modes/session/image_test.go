@@ -50,7 +50,8 @@ func TestBackupImageComparesRanges(t *testing.T) {
 	primary, backup := format.NewLink(a, 0, nil), format.NewLink(b, 0, nil)
 	sent := make(chan error, 1)
 	go func() {
-		sent <- SendImageHashes(backup, imageFile(t, "backup.img", image), size, 5*time.Second, make(chan struct{}))
+		// A long timeout: imageBatch ranges a message, however slow the host.
+		sent <- SendImageHashes(backup, imageFile(t, "backup.img", image), size, time.Minute, make(chan struct{}))
 	}()
 	bi := NewBackupImage(imageFile(t, "primary.img", disk), size)
 	blocks := make([]uint64, format.DiskBlocks(size))

@@ -35,7 +35,8 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 	primary, backup := format.NewLink(a, 0, nil), format.NewLink(b, 0, nil)
 	var lock sync.Mutex
 	sent := make(chan error, 1)
-	go func() { sent <- SendMemoryHashes(backup, backupMem, &lock, 5*time.Second, make(chan struct{})) }()
+	// A long timeout: imageBatch ranges a message, however slow the host.
+	go func() { sent <- SendMemoryHashes(backup, backupMem, &lock, time.Minute, make(chan struct{})) }()
 
 	bm, still := NewBackupMemory(pages), NewBackupMemory(pages)
 	read := func(dst []byte, pfn uint64) { copy(dst, mem[pfn*format.PageSize:]) }
@@ -117,5 +118,54 @@ func TestBackupMemoryRefusesStrayHashes(t *testing.T) {
 	}
 	if err := bm.Add(format.MemoryHashes{MemPages: pages, First: 3, Sums: make([][32]byte, 1)}); err == nil {
 		t.Error("hashes past the memory accepted")
+	}
+}
+
+// Where hashing is slow, a message goes once a quarter of the timeout has
+// passed, with the hashes so far: the primary, which gives up on hashes
+// that stop coming for the timeout, hears in time. Every range still
+// comes, once, in order.
+func TestSlowHashesGoInTime(t *testing.T) {
+	const n, timeout = 40, 40 * time.Millisecond
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	primary, backup := format.NewLink(a, 0, nil), format.NewLink(b, 0, nil)
+	sent := make(chan error, 1)
+	go func() {
+		sent <- sendRangeHashes(backup, n, timeout, make(chan struct{}),
+			func(r uint64) ([32]byte, error) { time.Sleep(timeout / 8); return [32]byte{byte(r)}, nil },
+			func(first uint64, sums [][32]byte) (format.MsgType, []byte) {
+				return format.MsgMemoryHashes, format.MemoryHashes{MemPages: n * format.MemHashRangePages, First: first, Sums: sums}.Append(nil)
+			})
+	}()
+	var next uint64
+	messages := 0
+	for next < n {
+		_, payload, err := primary.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := format.DecodeMemoryHashes(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.First != next {
+			t.Fatalf("a message starts at range %d, %d expected", h.First, next)
+		}
+		for i, s := range h.Sums {
+			if s[0] != byte(next+uint64(i)) {
+				t.Fatalf("range %d carries range %d's hash", next+uint64(i), s[0])
+			}
+		}
+		next += uint64(len(h.Sums))
+		messages++
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	// 5 ms a hash, a message every 10 ms or so: about 20 messages, not 1.
+	if messages < n/4 {
+		t.Fatalf("%d ranges came in %d messages: a message waited for more than a quarter of the timeout", n, messages)
 	}
 }
