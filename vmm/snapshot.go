@@ -19,12 +19,12 @@ import (
 // The machine-state encoding (everything but memory) and the snapshot file
 // (machine state plus memory). Both are little-endian:
 //
-//	state:    "FTCKVMST" version:u32 flags:u32
-//	          vcpus:u32 irqchip:u32 memsize:u64
+//	state:    "FTCKVMST" version:u32 flags:u32 (0)
+//	          vcpus:u32 irqchip:u32 (0 or 1) memsize:u64
 //	          nsections:u32 { idlen:u16 id version:u32 len:u32 data }…
 //	          crc32c:u32 (of everything before it)
 //
-//	snapshot: "FTCKSNAP" version:u32 flags:u32 statelen:u64 state
+//	snapshot: "FTCKSNAP" version:u32 flags:u32 (0) statelen:u64 state
 //	          { page:u64 data:[4096] }… endOfPages:u64
 //	          crc32c:u32 (of everything before it) "SNAPEND!"
 //
@@ -334,10 +334,18 @@ func DecodeState(data []byte) (*MachineState, error) {
 	if crc32.Checksum(body, castagnoli) != sum {
 		return nil, fmt.Errorf("machine state: %w", ErrChecksum)
 	}
+	if f := le.Uint32(data[12:]); f != 0 {
+		return nil, fmt.Errorf("machine state: flags %#x, not 0: %w", f, ErrMismatch)
+	}
 	d := decoder{buf: body[16:]}
 	ms := &MachineState{}
 	ms.Config.VCPUs = int(d.u32())
-	ms.Config.IRQChip = d.u32() != 0
+	switch irqchip := d.u32(); irqchip {
+	case 0, 1:
+		ms.Config.IRQChip = irqchip == 1
+	default:
+		return nil, fmt.Errorf("machine state: in-kernel irqchip flag %d, not 0 or 1: %w", irqchip, ErrMismatch)
+	}
 	ms.Config.MemSize = int64(d.u64())
 	n := d.u32()
 	if n > maxSections {
@@ -530,6 +538,9 @@ func readSnapshot(r io.Reader, newMemory func(StateConfig) (*GuestMemory, error)
 	le := binary.LittleEndian
 	if v := le.Uint32(hdr[8:]); v != snapshotVersion {
 		return nil, fmt.Errorf("snapshot: version %d: %w (this build reads %d)", v, ErrVersion, snapshotVersion)
+	}
+	if f := le.Uint32(hdr[12:]); f != 0 {
+		return nil, fmt.Errorf("snapshot: flags %#x, not 0: %w", f, ErrMismatch)
 	}
 	n := le.Uint64(hdr[16:])
 	if n > maxStateLen {

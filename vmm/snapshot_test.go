@@ -126,6 +126,8 @@ func TestSnapshotRejectsDamage(t *testing.T) {
 	future[8] = 99
 	wrongMagic := append([]byte(nil), snap...)
 	copy(wrongMagic, "NOTASNAP")
+	flagged := append([]byte(nil), snap...)
+	flagged[12] = 1
 	cases := []struct {
 		name string
 		data []byte
@@ -133,6 +135,7 @@ func TestSnapshotRejectsDamage(t *testing.T) {
 	}{
 		{"wrong magic", wrongMagic, ErrBadMagic},
 		{"future version", future, ErrVersion},
+		{"a flag this build does not know", flagged, ErrMismatch},
 		{"empty", nil, ErrTruncated},
 	}
 	for _, cut := range []int{10, 30, 24 + 100, len(snap) / 2, len(snap) - 13, len(snap) - 1} {
@@ -233,6 +236,18 @@ func TestStateSectionsByID(t *testing.T) {
 	binary.LittleEndian.PutUint32(v1[8:], 1)
 	if _, err := DecodeState(sealed(v1)); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 1") {
 		t.Errorf("a version 1 state: %v, want ErrVersion naming version 1", err)
+	}
+	// Fields with one encoding only, so that a decoded state re-encodes
+	// to itself (FuzzDecodeState found both).
+	flagged := append([]byte(nil), canonical...)
+	binary.LittleEndian.PutUint32(flagged[12:], 1)
+	if _, err := DecodeState(sealed(flagged)); !errors.Is(err, ErrMismatch) {
+		t.Errorf("a state with a flag set: %v, want ErrMismatch", err)
+	}
+	irqchip := append([]byte(nil), canonical...)
+	binary.LittleEndian.PutUint32(irqchip[20:], 2)
+	if _, err := DecodeState(sealed(irqchip)); !errors.Is(err, ErrMismatch) {
+		t.Errorf("a state whose irqchip flag is 2: %v, want ErrMismatch", err)
 	}
 }
 
