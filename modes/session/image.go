@@ -96,15 +96,7 @@ type BackupImage struct {
 	rangeSums
 	disk io.ReaderAt // the primary's disk as its guest sees it
 	size int64
-
-	buf []byte
-	// decided says last is the range Compare hashed last, and equal its
-	// verdict: a range's blocks may come in two calls. kept counts the
-	// blocks found equal.
-	decided bool
-	last    uint64
-	equal   bool
-	kept    int
+	buf  []byte // a range, for Compare
 }
 
 // NewBackupImage makes a BackupImage for a primary's disk of size bytes,
@@ -123,13 +115,22 @@ func (b *BackupImage) Add(h format.ImageHashes) error {
 	return b.add("image", h.First, h.Sums, format.DiskHashRanges(b.size))
 }
 
-// rangeSums are the range hashes a backup has sent so far, in order. add
-// is called by the link's receiver, the rest by the pre-copy: mu protects
-// sums and arrived.
+// rangeSums are the range hashes a backup has sent so far, in order, and
+// the pre-copy's comparison of them with the primary's (compare). add is
+// called by the link's receiver, the rest by the pre-copy: mu protects
+// sums and arrived; the comparison's fields are the pre-copy's.
 type rangeSums struct {
 	mu      sync.Mutex
 	sums    [][32]byte    // the hashes of ranges 0 .. len(sums)-1
 	arrived chan struct{} // closed (and replaced) when hashes arrive
+
+	// decided says last is the range compare hashed last, and equal its
+	// verdict: a range's items may come in two calls. kept counts the
+	// items found equal.
+	decided bool
+	last    uint64
+	equal   bool
+	kept    int
 }
 
 func newRangeSums() rangeSums { return rangeSums{arrived: make(chan struct{})} }
@@ -159,6 +160,41 @@ func (s *rangeSums) Arrived() <-chan struct{} {
 	return s.arrived
 }
 
+// compare decides items (disk blocks or pages, in increasing order, each
+// range perRange of them) in turn: it hashes each range they fall in with
+// hashRange, once, has took see each item decided (nil: nothing to see),
+// and appends to kept the items of the ranges whose hash the backup's
+// shares. It stops at the first item whose range's hash has not arrived,
+// or that hashRange fails, and returns how many items it decided.
+func (s *rangeSums) compare(items []uint64, perRange uint64, kept []uint64, hashRange func(r uint64) ([32]byte, error), took func(item uint64)) (int, []uint64, error) {
+	for i, item := range items {
+		r := item / perRange
+		if !s.decided || s.last != r {
+			theirs, ok := s.sum(r)
+			if !ok {
+				return i, kept, nil
+			}
+			mine, err := hashRange(r)
+			if err != nil {
+				return i, kept, err
+			}
+			s.decided, s.last, s.equal = true, r, mine == theirs
+		}
+		if took != nil {
+			took(item)
+		}
+		if s.equal {
+			kept = append(kept, item)
+			s.kept++
+		}
+	}
+	return len(items), kept, nil
+}
+
+// Kept is how many items (disk blocks, pages) compare found the backup
+// has.
+func (s *rangeSums) Kept() int { return s.kept }
+
 // sum returns range r's hash from the backup, if it has arrived.
 func (s *rangeSums) sum(r uint64) ([32]byte, bool) {
 	s.mu.Lock()
@@ -180,26 +216,11 @@ func (b *BackupImage) Compare(blocks, kept []uint64) (n int, _ []uint64, err err
 	if b.buf == nil {
 		b.buf = make([]byte, format.DiskHashRange)
 	}
-	for i, blk := range blocks {
-		r := blk / blocksPerRange
-		if !b.decided || b.last != r {
-			theirs, ok := b.sum(r)
-			if !ok {
-				return i, kept, nil
-			}
-			mine, err := format.HashDiskRange(b.disk, b.size, r, b.buf)
-			if err != nil {
-				return i, kept, fmt.Errorf("hashing the disk to compare with the backup's image: %w", err)
-			}
-			b.decided, b.last, b.equal = true, r, mine == theirs
+	return b.compare(blocks, blocksPerRange, kept, func(r uint64) ([32]byte, error) {
+		sum, err := format.HashDiskRange(b.disk, b.size, r, b.buf)
+		if err != nil {
+			return sum, fmt.Errorf("hashing the disk to compare with the backup's image: %w", err)
 		}
-		if b.equal {
-			kept = append(kept, blk)
-			b.kept++
-		}
-	}
-	return len(blocks), kept, nil
+		return sum, nil
+	}, nil)
 }
-
-// Kept is how many blocks Compare found the backup's image has.
-func (b *BackupImage) Kept() int { return b.kept }

@@ -46,19 +46,11 @@ func SendMemoryHashes(l *format.Link, mem []byte, lock sync.Locker, timeout time
 // BackupMemory is what a primary knows of its backup's memory: the range
 // hashes the backup has sent so far, which Compare compares with the
 // primary's. Add is called by the link's receiver, the rest by the
-// pre-copy; Compare's own fields are the pre-copy's.
+// pre-copy.
 type BackupMemory struct {
 	rangeSums
 	pages uint64
-
-	// buf holds the range Compare read last (range last, if decided),
-	// equal its verdict: a range's pages may come in two calls. kept
-	// counts the pages found equal.
-	buf     []byte
-	decided bool
-	last    uint64
-	equal   bool
-	kept    int
+	buf   []byte // the range Compare read last
 }
 
 // NewBackupMemory makes a BackupMemory for a guest of pages pages.
@@ -86,11 +78,12 @@ func (b *BackupMemory) Add(h format.MemoryHashes) error {
 // the sync, with their contents in dst, those in kept without their data.
 // Call it on the first pass's pages, after its harvest (see above).
 func (b *BackupMemory) Compare(pfns []uint64, dst []byte, kept []uint64, read func(dst []byte, pfn uint64)) (n int, _ []byte, _ []uint64) {
-	n, kept = b.compare(pfns, kept, func(first, count uint64) [32]byte {
+	n, kept, _ = b.compare(pfns, format.MemHashRangePages, kept, func(r uint64) ([32]byte, error) {
+		first, count := b.rangePages(r)
 		for j := range count {
 			read(b.buf[j*format.PageSize:(j+1)*format.PageSize], first+j)
 		}
-		return format.HashMemoryRange(b.buf[:count*format.PageSize], 0)
+		return format.HashMemoryRange(b.buf[:count*format.PageSize], 0), nil
 	}, func(pfn uint64) {
 		off := (pfn - b.last*format.MemHashRangePages) * format.PageSize
 		dst = append(dst, b.buf[off:off+format.PageSize]...)
@@ -103,33 +96,15 @@ func (b *BackupMemory) Compare(pfns []uint64, dst []byte, kept []uint64, read fu
 // primary's, between two runs of its guest): it hashes the ranges in
 // place, and the pages' contents are mem's.
 func (b *BackupMemory) CompareStill(pfns []uint64, mem []byte, kept []uint64) (n int, _ []uint64) {
-	return b.compare(pfns, kept, func(first, count uint64) [32]byte {
-		return format.HashMemoryRange(mem[:(first+count)*format.PageSize], first/format.MemHashRangePages)
-	}, func(uint64) {})
+	n, kept, _ = b.compare(pfns, format.MemHashRangePages, kept, func(r uint64) ([32]byte, error) {
+		return format.HashMemoryRange(mem, r), nil
+	}, nil)
+	return n, kept
 }
 
-// compare is Compare and CompareStill: hashRange hashes the count pages
-// of a range from page first, and took sees each page decided.
-func (b *BackupMemory) compare(pfns []uint64, kept []uint64, hashRange func(first, count uint64) [32]byte, took func(pfn uint64)) (int, []uint64) {
-	for i, pfn := range pfns {
-		r := pfn / format.MemHashRangePages
-		if !b.decided || b.last != r {
-			theirs, ok := b.sum(r)
-			if !ok {
-				return i, kept
-			}
-			first := r * format.MemHashRangePages
-			mine := hashRange(first, min(format.MemHashRangePages, b.pages-first))
-			b.decided, b.last, b.equal = true, r, mine == theirs
-		}
-		took(pfn)
-		if b.equal {
-			kept = append(kept, pfn)
-			b.kept++
-		}
-	}
-	return len(pfns), kept
+// rangePages is range r's first page and how many pages it has (the last
+// range the rest of memory).
+func (b *BackupMemory) rangePages(r uint64) (first, count uint64) {
+	first = r * format.MemHashRangePages
+	return first, min(format.MemHashRangePages, b.pages-first)
 }
-
-// Kept is how many pages Compare found the backup's memory has.
-func (b *BackupMemory) Kept() int { return b.kept }
