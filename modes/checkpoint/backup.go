@@ -217,6 +217,15 @@ func (b *Backup) handleCheckpoint(l *format.Link, payload []byte, rounds *uint64
 			return fatal
 		}
 	}
+	if err != nil && b.recv.Status().State == format.StateSyncing {
+		// The primary's page cache holds the rejected message's pages as
+		// this backup's: a later round's delta against one, or a page not
+		// sent again, would leave memory wrong, which the sync's commit
+		// checks only with --verify. The sync is spoiled: drop it, so
+		// that the rest of it is refused, and sync again.
+		b.log.Warn("a message of the sync under way was rejected; dropping the sync", "err", err)
+		b.recv.Discard()
+	}
 	b.publish()
 	if err != nil {
 		st := b.recv.Status()

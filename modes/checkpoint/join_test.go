@@ -340,3 +340,44 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 	})
 	p.failoverToJoiner(2) // the first join cost no generation
 }
+
+// TestRejectedRoundSpoilsTheSync: a backup joins a guest that dirties
+// pages all through its sync, and rejects a pre-copy round after the first
+// (a byte flipped in flight). Its pages are not in the
+// backup's memory, yet the primary's cache holds them as the backup's: a
+// later round's page sent as a delta against one, or one not sent again,
+// would leave the backup's copy wrong, and a commit without --verify would
+// not notice. The backup must drop that sync, not commit it; the pair
+// syncs again, and fails over to the guest's exact memory.
+func TestRejectedRoundSpoilsTheSync(t *testing.T) {
+	cfg := testConfig()
+	cfg.Verify = false               // what would catch it otherwise
+	cfg.FailureTimeout = time.Second // how long the primary waits on rounds not applied
+	p := newPair(t, cfg)
+	var blog vmmtest.Console // the backup's log
+	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
+	ln := p.startAlone(4096) // the guest dirties pages all through the sync
+	p.client.waitCount(t, 5)
+	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool {
+		return h.Kind == format.KindSyncRound && h.Flags&format.FlagSyncStart == 0
+	}))
+	go func() {
+		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
+			conn, bconn := p.link.Pipe()
+			select {
+			case ln.conns <- conn:
+			case <-ln.closed:
+				return nil, net.ErrClosed
+			}
+			return bconn, nil
+		})
+		p.bDone <- errors.Join(err, errGen(gen))
+	}()
+	vmmtest.WaitUntil(t, "the backup to commit a sync", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	if !strings.Contains(blog.String(), "checkpoint rejected") {
+		t.Fatalf("no pre-copy round was rejected:\n%s", blog.String())
+	}
+	p.failoverToJoiner(2)
+}
