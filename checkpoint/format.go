@@ -64,10 +64,10 @@ func (k Kind) String() string {
 func (k Kind) valid() bool { return k >= KindEpoch && k <= KindSyncCommit }
 
 // PeekHeader is the header buf claims, verified no further (ok is false
-// unless buf starts with the magic and a header). For routing only:
-// Decode and Backup.Receive verify.
+// unless buf starts with the magic and a header of a known kind). For
+// routing and naming only: Decode and Backup.Receive verify.
 func PeekHeader(buf []byte) (h Header, ok bool) {
-	if len(buf) < headerSize || [8]byte(buf[:8]) != magic {
+	if len(buf) < headerSize || [8]byte(buf[:8]) != magic || !Kind(buf[10]).valid() {
 		return Header{}, false
 	}
 	return Header{
@@ -89,8 +89,15 @@ const (
 	// forgets which pages it has and, for a round, its committed state.
 	// Only valid on KindSyncRound and KindSyncCommit.
 	FlagSyncStart Flags = 1 << 0
+	// FlagSendHashes, on a sync round that starts a sync, asks the backup
+	// for the range hashes of what it holds (MemoryHashes, and with a
+	// mirrored disk ImageHashes, as the primary's Hello asked for them),
+	// named by this sync's generation and epoch, so that the sync's first
+	// pass leaves out what the backup has (KEPT). A connection's first
+	// sync uses those the Hello asked for instead; later ones ask here.
+	FlagSendHashes Flags = 1 << 1
 
-	knownFlags = FlagSyncStart
+	knownFlags = FlagSyncStart | FlagSendHashes
 )
 
 // Header is the fixed start of every checkpoint.
@@ -113,6 +120,9 @@ func (h Header) validate() error {
 	}
 	if h.Kind == KindEpoch && h.Flags&FlagSyncStart != 0 {
 		return fmt.Errorf("%w: sync-start on an epoch checkpoint", ErrBadFlags)
+	}
+	if h.Flags&FlagSendHashes != 0 && (h.Kind != KindSyncRound || h.Flags&FlagSyncStart == 0) {
+		return fmt.Errorf("%w: send-hashes on a %v that does not start a sync", ErrBadFlags, h.Kind)
 	}
 	if h.MemPages == 0 || h.MemPages > MaxMemPages {
 		return fmt.Errorf("%w: %d pages (limit %d)", ErrBadMemSize, h.MemPages, MaxMemPages)

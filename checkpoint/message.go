@@ -18,12 +18,14 @@ import (
 // runs inside mutual TLS 1.3 (PROTOCOL.md), unless both sides chose plain
 // TCP (--insecure); version 4 adds a backup's image hashes (ImageHashes),
 // which a primary of version 4 may wait for; version 5 its memory's
-// (MemoryHashes) and KEPT pages.
-const ProtocolVersion uint16 = 5
+// (MemoryHashes) and KEPT pages; version 6 names the sync hashes are for
+// (a later sync asks again: FlagSendHashes) and the checkpoint a Resync
+// rejected.
+const ProtocolVersion uint16 = 6
 
 // ALPN names the protocol and its version in the TLS handshake, so that a
 // peer of another version is refused there, before any frame.
-const ALPN = "ftckpt/5"
+const ALPN = "ftckpt/6"
 
 const frameHeaderSize = 8
 
@@ -44,10 +46,11 @@ const (
 	// never returns it: it returns an error wrapping ErrPeerRefused.
 	MsgRefused MsgType = 8
 	// MsgImageHashes: a backup's disk image by range hashes, asked for by
-	// the primary's Hello (ImageHashes).
+	// the primary's Hello or a sync's first message (ImageHashes).
 	MsgImageHashes MsgType = 9
 	// MsgMemoryHashes: a backup's guest memory by range hashes, asked for
-	// by the primary's Hello and offered by the backup's (MemoryHashes).
+	// by the primary's Hello and offered by the backup's, or asked for by
+	// a sync's first message (MemoryHashes).
 	MsgMemoryHashes MsgType = 10
 
 	numMsgTypes = 11
@@ -98,7 +101,7 @@ const (
 	roundsSize      = 24
 	// MaxResyncDetail bounds the human-readable text in a Resync.
 	MaxResyncDetail = 512
-	resyncFixed     = 1 + 16 + 2
+	resyncFixed     = 1 + 16 + 1 + 16 + 2
 	// MaxRefusal bounds the text of a Refused message.
 	MaxRefusal = 512
 )
@@ -296,11 +299,32 @@ const (
 )
 
 // Resync asks the primary for a full sync. Generation and Epoch are the
-// backup's committed state (zero if none); Detail says what went wrong.
+// backup's committed state (zero if none); Rejected is the checkpoint
+// rejected (reason ResyncRejected, if its header could be read; zero
+// otherwise), by which a primary tells a rejected sync from a rejected
+// checkpoint that a sync under way makes moot; Detail says what went
+// wrong.
 type Resync struct {
 	Reason            ResyncReason
 	Generation, Epoch uint64
+	Rejected          CheckpointName
 	Detail            string
+}
+
+// CheckpointName names a checkpoint by its header's kind, generation and
+// epoch. The zero CheckpointName names none.
+type CheckpointName struct {
+	Kind              Kind
+	Generation, Epoch uint64
+}
+
+func (n CheckpointName) String() string {
+	return fmt.Sprintf("%v gen=%d epoch=%d", n.Kind, n.Generation, n.Epoch)
+}
+
+// Name is the name of the checkpoint h heads.
+func (h Header) Name() CheckpointName {
+	return CheckpointName{Kind: h.Kind, Generation: h.Generation, Epoch: h.Epoch}
 }
 
 // Append appends r's payload to b; Detail is cut to MaxResyncDetail bytes.
@@ -309,6 +333,9 @@ func (r Resync) Append(b []byte) []byte {
 	b = append(b, byte(r.Reason))
 	b = binary.LittleEndian.AppendUint64(b, r.Generation)
 	b = binary.LittleEndian.AppendUint64(b, r.Epoch)
+	b = append(b, byte(r.Rejected.Kind))
+	b = binary.LittleEndian.AppendUint64(b, r.Rejected.Generation)
+	b = binary.LittleEndian.AppendUint64(b, r.Rejected.Epoch)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(d)))
 	return append(b, d...)
 }
@@ -322,11 +349,15 @@ func DecodeResync(p []byte) (Resync, error) {
 		Reason:     ResyncReason(p[0]),
 		Generation: binary.LittleEndian.Uint64(p[1:]),
 		Epoch:      binary.LittleEndian.Uint64(p[9:]),
+		Rejected: CheckpointName{Kind: Kind(p[17]),
+			Generation: binary.LittleEndian.Uint64(p[18:]), Epoch: binary.LittleEndian.Uint64(p[26:])},
 	}
-	n := int(binary.LittleEndian.Uint16(p[17:]))
+	n := int(binary.LittleEndian.Uint16(p[34:]))
 	switch {
 	case r.Reason < ResyncRejected || r.Reason > ResyncDivergence:
 		return Resync{}, fmt.Errorf("decode resync: %w: reason %d", ErrBadMessage, p[0])
+	case r.Rejected != CheckpointName{} && (r.Reason != ResyncRejected || !r.Rejected.Kind.valid()):
+		return Resync{}, fmt.Errorf("decode resync: %w: names checkpoint %v (reason %d)", ErrBadMessage, r.Rejected, p[0])
 	case n > MaxResyncDetail || n != len(p)-resyncFixed:
 		return Resync{}, fmt.Errorf("decode resync: %w: detail length %d in %d bytes", ErrBadMessage, n, len(p))
 	}

@@ -24,11 +24,12 @@ func TestMessageRoundTrip(t *testing.T) {
 	ck := h.encode(KindSyncCommit, FlagSyncStart, 1, allPages(8), true)
 	hello := Hello{Role: RoleBackup, MemPages: 8, Committed: true, SendsMemoryHashes: true, Generation: 4, Epoch: 9, Machine: "checkpoint kvm vcpus=4"}
 	asks := Hello{Role: RolePrimary, MemPages: 8, WantImageHashes: true, WantMemoryHashes: true, Machine: "checkpoint kvm, mirrored disk"}
-	image := ImageHashes{DiskSize: 5*DiskHashRange + 7, First: 2, Sums: [][32]byte{{1, 2}, {3}, {4: 5}, {31: 6}}}
+	image := ImageHashes{For: HashesFor{4, 11}, DiskSize: 5*DiskHashRange + 7, First: 2, Sums: [][32]byte{{1, 2}, {3}, {4: 5}, {31: 6}}}
 	memory := MemoryHashes{MemPages: 3*MemHashRangePages + 1, First: 3, Sums: [][32]byte{{7, 8}}}
 	ack := Ack{4, 9}
 	hb := Heartbeat{77}
-	rs := Resync{ResyncDivergence, 4, 9, "exit 12 at rip 0x1000 differs"}
+	rs := Resync{Reason: ResyncDivergence, Generation: 4, Epoch: 9, Detail: "exit 12 at rip 0x1000 differs"}
+	rejected := Resync{Reason: ResyncRejected, Generation: 4, Epoch: 9, Rejected: CheckpointName{KindSyncCommit, 4, 12}, Detail: "checksum"}
 	rounds := Rounds{4, 10, 33}
 
 	// Over a real connection, so WriteMessage's writev path is used.
@@ -38,7 +39,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		for _, m := range []struct {
 			t MsgType
 			p []byte
-		}{{MsgHello, hello.Append(nil)}, {MsgHello, asks.Append(nil)}, {MsgImageHashes, image.Append(nil)}, {MsgMemoryHashes, memory.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
+		}{{MsgHello, hello.Append(nil)}, {MsgHello, asks.Append(nil)}, {MsgImageHashes, image.Append(nil)}, {MsgMemoryHashes, memory.Append(nil)}, {MsgCheckpoint, ck}, {MsgAck, ack.Append(nil)}, {MsgHeartbeat, hb.Append(nil)}, {MsgResync, rs.Append(nil)}, {MsgResync, rejected.Append(nil)}, {MsgRounds, rounds.Append(nil)}} {
 			if err := WriteMessage(a, m.t, m.p); err != nil {
 				t.Error(err)
 				return
@@ -75,8 +76,10 @@ func TestMessageRoundTrip(t *testing.T) {
 	if got, err := DecodeHeartbeat(next(MsgHeartbeat)); err != nil || got != hb {
 		t.Fatalf("heartbeat %+v %v", got, err)
 	}
-	if got, err := DecodeResync(next(MsgResync)); err != nil || got != rs {
-		t.Fatalf("resync %+v %v", got, err)
+	for _, want := range []Resync{rs, rejected} {
+		if got, err := DecodeResync(next(MsgResync)); err != nil || got != want {
+			t.Fatalf("resync %+v %v, want %+v", got, err, want)
+		}
 	}
 	if got, err := DecodeRounds(next(MsgRounds)); err != nil || got != rounds {
 		t.Fatalf("rounds %+v %v", got, err)
@@ -203,6 +206,18 @@ func TestPayloadDecodersReject(t *testing.T) {
 		{"rounds count zero", func() error { _, err := DecodeRounds(Rounds{1, 1, 0}.Append(nil)); return err }()},
 		{"rounds short", func() error { _, err := DecodeRounds(make([]byte, 23)); return err }()},
 		{"resync reason zero", func() error { _, err := DecodeResync(Resync{Reason: 0}.Append(nil)); return err }()},
+		{"resync names a checkpoint of no kind", func() error {
+			_, err := DecodeResync(Resync{Reason: ResyncRejected, Rejected: CheckpointName{Generation: 1, Epoch: 2}}.Append(nil))
+			return err
+		}()},
+		{"resync names a checkpoint but rejected none", func() error {
+			_, err := DecodeResync(Resync{Reason: ResyncGap, Rejected: CheckpointName{KindEpoch, 1, 2}}.Append(nil))
+			return err
+		}()},
+		{"hashes for an epoch of generation 0", func() error {
+			_, err := DecodeMemoryHashes(MemoryHashes{For: HashesFor{Epoch: 3}, MemPages: 64, Sums: make([][32]byte, 1)}.Append(nil))
+			return err
+		}()},
 		{"image hashes algorithm", func() error { _, err := DecodeImageHashes(mod(goodImage, 0, 2)); return err }()},
 		{"image hashes of no disk", func() error {
 			_, err := DecodeImageHashes(ImageHashes{DiskSize: 0, Sums: make([][32]byte, 1)}.Append(nil))
@@ -219,7 +234,7 @@ func TestPayloadDecodersReject(t *testing.T) {
 		}()},
 		{"image hashes count lies", func() error { _, err := DecodeImageHashes(goodImage[:len(goodImage)-1]); return err }()},
 		{"resync detail length lies", func() error {
-			p := Resync{ResyncGap, 1, 1, "abc"}.Append(nil)
+			p := Resync{Reason: ResyncGap, Generation: 1, Epoch: 1, Detail: "abc"}.Append(nil)
 			return func() error { _, err := DecodeResync(p[:len(p)-1]); return err }()
 		}()},
 	}

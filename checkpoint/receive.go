@@ -24,11 +24,13 @@ type FromBackup struct {
 	// Rounds: the backup applied r.Count rounds of the sync under way.
 	Rounds func(r Rounds)
 	// ImageHashes: part of the backup's disk image, by range hashes,
-	// which the primary asked for in its Hello. An error ends the loop.
+	// which the primary asked for in its Hello (and maybe again in a
+	// sync's first message: h.For says which). An error ends the loop.
 	ImageHashes func(h ImageHashes) error
 	// MemoryHashes: part of the backup's memory, by range hashes, which
-	// the primary asked for and the backup offered in their Hellos. nil:
-	// they are unexpected. An error ends the loop.
+	// the primary asked for and the backup offered in their Hellos, or
+	// the primary asked for again in a sync's first message (h.For says
+	// which). nil: they are unexpected. An error ends the loop.
 	MemoryHashes func(h MemoryHashes) error
 }
 

@@ -49,17 +49,18 @@ func TestRefusalIsAnError(t *testing.T) {
 	}
 }
 
-// TestHelloFromAnOlderPeer: a peer of protocol version 4 (before memory
-// hashes) is refused at the Hello with both versions named.
+// TestHelloFromAnOlderPeer: a peer of protocol version 5 (hashes not
+// named by the sync that asked) is refused at the Hello with both
+// versions named.
 func TestHelloFromAnOlderPeer(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
 	h := Hello{Role: RolePrimary, MemPages: 8, Machine: "m"}.Append(nil)
 	go NewReader(a, 0).Next() // our hello
-	go a.Write(frame(uint32(len(h)), 4, MsgHello, h))
+	go a.Write(frame(uint32(len(h)), 5, MsgHello, h))
 	_, err := NewLink(b, 0, nil).Hello(Hello{Role: RoleBackup, MemPages: 8, Machine: "m"}, 5*time.Second)
-	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 4, this build 5") {
+	if !errors.Is(err, ErrProtocolVersion) || !strings.Contains(err.Error(), "the peer speaks version 5, this build 6") {
 		t.Fatalf("Hello with an older peer: %v", err)
 	}
 }

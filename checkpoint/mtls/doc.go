@@ -9,7 +9,7 @@
 // names the peers it accepts (--peer-name), carries one of those names;
 // the side that dials also checks that the certificate is for the host it
 // dialled. Every connection names its protocol and version in ALPN
-// (ftckpt/5, ftckpt-raft/1, ftckpt-witness/1), so a peer of another
+// (ftckpt/6, ftckpt-raft/1, ftckpt-witness/1), so a peer of another
 // version, or one that dialled the wrong port, is refused in the handshake
 // too. There is no session resumption: every connection shows its
 // certificate.

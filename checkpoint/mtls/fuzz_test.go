@@ -55,7 +55,7 @@ func (l *pipeListener) Close() error {
 
 func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7100} }
 
-// fuzzWorld is the replication link's listener (ALPN ftckpt/5, admission)
+// fuzzWorld is the replication link's listener (ALPN ftckpt/6, admission)
 // and a member's identity, built once.
 type fuzzWorld struct {
 	server, member *mtls.Identity

@@ -29,7 +29,7 @@ const maxHandshakes = 64
 type ListenOptions struct {
 	// Identity is the host's; nil accepts plain TCP (--insecure).
 	Identity *Identity
-	// Proto is the protocol and version spoken (ALPN), e.g. "ftckpt/5".
+	// Proto is the protocol and version spoken (ALPN), e.g. "ftckpt/6".
 	Proto string
 	// Confirm sends Admitted once the dialler passed (see Admitted).
 	Confirm bool

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
-	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
@@ -29,7 +28,7 @@ type Backup struct {
 	mirrored bool
 	hashBuf  []byte
 	// memMu is held by the receiver while it applies a checkpoint to the
-	// guest's memory, and by SendMemoryHashes while it hashes a range.
+	// guest's memory, and by a hashSender while it hashes a range.
 	memMu sync.Mutex
 	// holds says the memory held a guest state before anything was
 	// received (HoldsMemory).
@@ -139,9 +138,10 @@ func (b *Backup) publish() {
 // Receive serves one connection from a primary: it applies checkpoints,
 // acknowledges committed ones, reports each sync round message applied
 // (MsgRounds, by which the primary paces its pre-copy), asks for a full
-// sync after rejecting one, and sends its mirrored image's hashes if the
-// primary asks (session.SendImageHashes), and its memory's if its memory
-// holds a guest state or part of one (session.SendMemoryHashes).
+// sync after rejecting one, and sends the range hashes of its mirrored
+// image and its memory as the primary asks (hashSender): for the first
+// sync if the primary's Hello asked (the memory's only if it holds a
+// guest state or part of one), and for each sync whose first message asks.
 // It returns when the link fails or the primary falls silent for
 // FailureTimeout; what was committed stays committed.
 func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
@@ -161,8 +161,6 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		return errors.New("the primary asks for this backup's disk image, and it has none (--disk-mode mirrored on one side only?)")
 	}
 	stop := make(chan struct{})
-	var hashing sync.WaitGroup // the memory's hasher, done before the guest may run
-	defer func() { close(stop); conn.Close(); hashing.Wait() }()
 	halt := make(chan error, 1)
 	fail := func(err error) {
 		select {
@@ -170,23 +168,17 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		default: // the loop ends with the first error
 		}
 	}
-	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
+	c := &backupConn{l: l, hashes: &hashSender{l: l, timeout: b.cfg.FailureTimeout, memMu: &b.memMu, fail: fail}}
 	if peer.WantImageHashes {
-		go func() {
-			if err := session.SendImageHashes(l, b.disk, b.disk.Size(), b.cfg.FailureTimeout, stop); err != nil {
-				fail(err)
-			}
-		}()
+		c.hashes.image = b.disk
 	}
-	if peer.WantMemoryHashes && hello.SendsMemoryHashes {
-		hashing.Add(1)
-		go func() {
-			defer hashing.Done()
-			if err := session.SendMemoryHashes(l, b.guest.Memory(), &b.memMu, b.cfg.FailureTimeout, stop); err != nil {
-				fail(err)
-			}
-		}()
+	if peer.WantMemoryHashes {
+		c.hashes.memory = b.guest.Memory()
 	}
+	// The hashers are done before the guest may run.
+	defer func() { close(stop); c.hashes.halt(); conn.Close(); c.hashes.wait() }()
+	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
+	c.hashes.start(format.HelloHashes, hello.SendsMemoryHashes)
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -194,19 +186,28 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		case <-stop:
 		}
 	}()
-	var rounds uint64 // sync round messages applied in the sync under way
 	return l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{
-		Checkpoint: func(payload []byte) error { return b.handleCheckpoint(l, payload, &rounds) },
+		Checkpoint: func(payload []byte) error { return b.handleCheckpoint(c, payload) },
 		Halt:       halt,
 	})
 }
 
+// backupConn is what a backup's receiver keeps of one connection.
+type backupConn struct {
+	l *format.Link
+	// rounds counts the sync round messages applied in the sync under way.
+	rounds uint64
+	hashes *hashSender
+}
+
 // handleCheckpoint applies a checkpoint from the primary and answers it on
-// l: an ack if it committed, the count of sync rounds applied (rounds) if
-// it is one, a resync request if it was rejected. An error (the image
+// c's link: an ack if it committed, the count of sync rounds applied if it
+// is one, a resync request naming it if it was rejected; and if it asks
+// for hashes (FlagSendHashes) it starts their series. An error (the image
 // failed, or an answer could not be sent) ends the connection. Called by
 // Receive's loop.
-func (b *Backup) handleCheckpoint(l *format.Link, payload []byte, rounds *uint64) error {
+func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
+	l := c.l
 	b.memMu.Lock()
 	res, err := b.recv.Receive(payload)
 	b.memMu.Unlock()
@@ -234,15 +235,21 @@ func (b *Backup) handleCheckpoint(l *format.Link, payload []byte, rounds *uint64
 		if st.State == format.StateCommitted {
 			r.Generation, r.Epoch = st.Generation, st.Epoch
 		}
+		if h, ok := format.PeekHeader(payload); ok {
+			r.Rejected = h.Name() // a sync's commit is not moot (Primary.handleResync)
+		}
 		return l.Send(format.MsgResync, r.Append(nil), b.cfg.FailureTimeout)
 	}
 	if h := res.Header; h.Kind == format.KindSyncRound {
 		// The primary paces its pre-copy by the rounds applied.
 		if h.Flags&format.FlagSyncStart != 0 {
-			*rounds = 0
+			c.rounds = 0
 		}
-		*rounds++
-		r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: *rounds}
+		if h.Flags&format.FlagSendHashes != 0 {
+			c.hashes.start(format.HashesFor{Generation: h.Generation, Epoch: h.Epoch}, true)
+		}
+		c.rounds++
+		r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: c.rounds}
 		if err := l.Send(format.MsgRounds, r.Append(nil), b.cfg.FailureTimeout); err != nil {
 			return err
 		}

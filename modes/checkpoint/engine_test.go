@@ -12,6 +12,7 @@ import (
 	"math/rand"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,9 +134,9 @@ type pair struct {
 	// guestSpan, set before start, confines the guests' writes to their
 	// first guestSpan pages (simGuest.span).
 	guestSpan uint64
-	// backupLog, set before start, is the backup's logger (nil: the
-	// default).
-	backupLog *slog.Logger
+	// backupLog and primaryLog, set before start, are the backup's and
+	// the primary's loggers (nil: the default).
+	backupLog, primaryLog *slog.Logger
 	// copyAfterResume, set before start, has the primary copy every
 	// epoch's pages after the guest resumes (the simGuest's CopyOnWrite).
 	copyAfterResume bool
@@ -188,7 +189,7 @@ func (p *pair) build(pages uint64) {
 	}
 	held.Attach(out)
 	held.SetPoll(p.pg.poke)
-	p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, nil)
+	p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, p.primaryLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -706,24 +707,71 @@ func TestStopAndCopySync(t *testing.T) {
 
 // TestRejectedSyncCommitIsSentAgain: the backup rejects the first full
 // sync's commit (a byte flipped in flight). Its request for a full sync
-// comes while that sync awaits its ack, when the primary takes such
-// requests as moot; the primary goes on capturing epochs, which the backup
-// rejects, until MaxInFlight await their acks. It must not wait for them
-// forever: the sync unacknowledged for FailureTimeout, it starts another,
-// which commits, and the pair then fails over as after any sync.
+// comes while that sync awaits its ack, when the primary takes requests
+// as moot, but it names that commit: the primary syncs again at once, not
+// after FailureTimeout (the fallback for a commit lost on the way), and
+// the pair then fails over as after any sync. Lost is the sync whose
+// commit is lost (a fallback it is, too, for a backup that does not name
+// it): the primary goes on capturing epochs, which the backup rejects,
+// until MaxInFlight await their acks, and must not wait for them forever.
 func TestRejectedSyncCommitIsSentAgain(t *testing.T) {
-	cfg := testConfig()
-	cfg.FailureTimeout = 2 * time.Second // how long the sync goes unacknowledged
-	p := newPair(t, cfg)
-	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool { return h.Kind == format.KindSyncCommit }))
-	p.start(64)
-	vmmtest.WaitUntil(t, "the backup to commit a second sync", func() bool {
-		return p.backup.Status().State == format.StateCommitted
-	})
-	p.client.waitCount(t, 20)
-	p.crashPrimary(false)
-	p.failover()
-	p.checkOutcome(20)
+	for _, tc := range []struct {
+		name   string
+		filter linktest.Filter
+		log    string // what the primary must say
+	}{
+		{"named", corruptFirst(func(h format.Header) bool { return h.Kind == format.KindSyncCommit }), "backup asks for a full sync"},
+		{"lost", dropFirst(func(h format.Header) bool { return h.Kind == format.KindSyncCommit }), "full sync not acknowledged; starting another"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			if tc.name == "lost" {
+				cfg.FailureTimeout = 2 * time.Second // how long the sync goes unacknowledged
+			}
+			p := newPair(t, cfg)
+			var plog vmmtest.Console
+			p.primaryLog = slog.New(slog.NewTextHandler(&plog, nil))
+			p.link.SetFilter(linktest.Up, tc.filter)
+			p.start(64)
+			vmmtest.WaitUntil(t, "the backup to commit a second sync", func() bool {
+				return p.backup.Status().State == format.StateCommitted
+			})
+			if !strings.Contains(plog.String(), tc.log) {
+				t.Fatalf("the primary did not say %q:\n%s", tc.log, plog.String())
+			}
+			if tc.name == "named" && strings.Contains(plog.String(), "full sync not acknowledged") {
+				t.Fatalf("the primary waited for FailureTimeout on a sync the backup refused:\n%s", plog.String())
+			}
+			p.client.waitCount(t, 20)
+			p.crashPrimary(false)
+			p.failover()
+			p.checkOutcome(20)
+		})
+	}
+}
+
+// dropFirst leaves out the first checkpoint whose header which says.
+func dropFirst(which func(format.Header) bool) linktest.Filter {
+	return func(from io.Reader, to io.Writer) {
+		hdr := make([]byte, 8)
+		done := false
+		for {
+			if _, err := io.ReadFull(from, hdr); err != nil {
+				return
+			}
+			body := make([]byte, binary.LittleEndian.Uint32(hdr))
+			if _, err := io.ReadFull(from, body); err != nil {
+				return
+			}
+			if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint && which(h) {
+				done = true
+				continue
+			}
+			if _, err := to.Write(append(hdr, body...)); err != nil {
+				return
+			}
+		}
+	}
 }
 
 // corruptFirst flips a byte in the middle of the first checkpoint whose

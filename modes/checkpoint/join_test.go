@@ -347,15 +347,18 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 // backup's memory, yet the primary's cache holds them as the backup's: a
 // later round's page sent as a delta against one, or one not sent again,
 // would leave the backup's copy wrong, and a commit without --verify would
-// not notice. The backup must drop that sync, not commit it; the pair
-// syncs again, and fails over to the guest's exact memory.
+// not notice. The backup must drop that sync, not commit it, and name the
+// round in its request for a sync: the primary then waits neither for
+// rounds it will not apply nor for its refused commit's ack (for
+// FailureTimeout each), and syncs again; the pair fails over to the
+// guest's exact memory.
 func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	cfg := testConfig()
-	cfg.Verify = false               // what would catch it otherwise
-	cfg.FailureTimeout = time.Second // how long the primary waits on rounds not applied
+	cfg.Verify = false // what would catch it otherwise
 	p := newPair(t, cfg)
-	var blog vmmtest.Console // the backup's log
+	var blog, plog vmmtest.Console // the backup's log, the primary's
 	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
+	p.primaryLog = slog.New(slog.NewTextHandler(&plog, nil))
 	ln := p.startAlone(4096) // the guest dirties pages all through the sync
 	p.client.waitCount(t, 5)
 	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool {
@@ -379,5 +382,57 @@ func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	if !strings.Contains(blog.String(), "checkpoint rejected") {
 		t.Fatalf("no pre-copy round was rejected:\n%s", blog.String())
 	}
+	for _, waited := range []string{"the backup applies no pre-copy round", "full sync not acknowledged"} {
+		if strings.Contains(plog.String(), waited) {
+			t.Fatalf("the primary waited (%q):\n%s", waited, plog.String())
+		}
+	}
 	p.failoverToJoiner(2)
+}
+
+// TestResyncKeepsWhatTheBackupHolds (mirrored disks): once the pair is in
+// step, the backup rejects an epoch (a byte flipped in flight) and asks
+// for a full sync. That sync asks for the backup's hashes again: its
+// memory and image are the last committed epoch's, and its first round
+// carries as KEPT every range the guest has not written since, of memory
+// and of the disk — at least the pages past those the guest writes and
+// the ranges past its slots — and commits (--verify's memory and disk
+// hashes agree, which a range kept wrongly would fail); the pair then
+// fails over to the guest's exact memory.
+func TestResyncKeepsWhatTheBackupHolds(t *testing.T) {
+	const pages, span = 8192, 1000
+	p := newPair(t, testConfig())
+	p.mirrored, p.tail = true, 6*format.DiskHashRange
+	p.guestSpan = span
+	synced := make(chan SyncStep, 4)
+	p.onBackupDisk = func(*vmmtest.MemDisk) {
+		p.primary.SetSyncObserver(func(s SyncStep) {
+			if s.Finished {
+				synced <- s
+			}
+		})
+	}
+	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool { return h.Kind == format.KindEpoch && h.Epoch >= 10 }))
+	p.start(pages)
+	vmmtest.Receive(t, "the first sync's commit", synced)
+	s := vmmtest.Receive(t, "the second sync's commit", synced)
+
+	untouched := pages - (span+format.MemHashRangePages-1)/format.MemHashRangePages*format.MemHashRangePages
+	if s.KeptPages < untouched || s.KeptPages > pages-format.MemHashRangePages {
+		t.Fatalf("the second sync kept %d of %d pages: want at least the %d past those the guest writes, not range 0's", s.KeptPages, pages, untouched)
+	}
+	size := p.disk.Size()
+	perRange := uint64(format.DiskHashRange / format.DiskBlockSize)
+	firstUntouched := (uint64(p.pg.slots*recordSize) + format.DiskHashRange - 1) / format.DiskHashRange
+	least := int(format.DiskBlocks(size) - min(format.DiskBlocks(size), firstUntouched*perRange))
+	if most := int(format.DiskBlocks(size) - perRange); s.KeptBlocks < least || s.KeptBlocks > most {
+		t.Fatalf("the second sync kept %d disk blocks, want %d to %d", s.KeptBlocks, least, most)
+	}
+	vmmtest.WaitUntil(t, "the backup to commit the second sync", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	p.client.waitCount(t, 20)
+	p.crashPrimary(false)
+	p.failover()
+	p.checkOutcome(20)
 }

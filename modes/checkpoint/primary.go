@@ -45,17 +45,23 @@ type Primary struct {
 	// hasher, with --verify and a mirrored disk, hashes its ranges for
 	// each committing checkpoint.
 	hasher *diskHasher
-	// image, with a mirrored disk and pre-copy, holds the range hashes of
-	// the backup's image, which a connection's first full sync compares
-	// with the disk to send what the backup has as KEPT, without its data
-	// (session.BackupImage).
-	// run sets it for each connection; the first sync takes it (later ones
-	// copy every block: the backup's image has changed since).
-	image *session.BackupImage
-	// memory, with pre-copy and a backup that offers them, holds the range
-	// hashes of the backup's memory, which a connection's first full sync
-	// compares with the guest's the same way (session.BackupMemory).
-	memory *session.BackupMemory
+	// hashes holds the range hashes of the backup's image and memory that
+	// the sync under way compares with the disk and the guest's memory in
+	// its first round, to send what the backup has as KEPT, without its
+	// data (hashes.go); nil when no sync compares. run sets it to the
+	// series the Hello asked for, sync to the one its first message asks
+	// for; the receiver adds to it the hashes of its series.
+	// askImage and askMemory say what this connection's Hellos agreed a
+	// sync may ask for (set by run before the receiver starts);
+	// syncsBegun counts its syncs (run's goroutine only).
+	hashes              atomic.Pointer[backupHashes]
+	askImage, askMemory bool
+	syncsBegun          int
+	// spoiled is set by the receiver when the backup rejects a message of
+	// the sync under way, which it then drops (Backup.handleCheckpoint):
+	// the pre-copy stops waiting for rounds it will not apply and goes to
+	// the commit, whose rejection starts the next sync.
+	spoiled atomic.Bool
 
 	// pos is the epoch whose outputs the guest produces now; devices read
 	// it when they hold an output.
@@ -225,19 +231,16 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	if err != nil {
 		return err
 	}
-	p.image, p.memory = nil, nil
-	if p.blocks != nil && p.cfg.PrecopyRounds > 0 {
-		p.image = session.NewBackupImage(p.disk, p.disk.Size())
-	}
+	p.askImage = p.blocks != nil && p.cfg.PrecopyRounds > 0
+	p.askMemory = p.cfg.PrecopyRounds > 0
+	p.syncsBegun = 0
 	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine,
-		WantImageHashes: p.image != nil, WantMemoryHashes: p.cfg.PrecopyRounds > 0}
+		WantImageHashes: p.askImage, WantMemoryHashes: p.askMemory}
 	peer, err := l.Hello(hello, p.cfg.FailureTimeout)
 	if err != nil {
 		return p.backupLost(ctx, err)
 	}
-	if hello.WantMemoryHashes && peer.SendsMemoryHashes {
-		p.memory = session.NewBackupMemory(pages)
-	}
+	p.hashes.Store(p.newBackupHashes(format.HelloHashes, peer.SendsMemoryHashes))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	failed := make(chan error, 4)
@@ -252,10 +255,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 		}
 	}
 	go func() { defer wg.Done(); p.send(ctx, l, enc, captures, failed) }()
-	go func(image *session.BackupImage, memory *session.BackupMemory) {
-		defer wg.Done()
-		p.receive(l, image, memory, failed)
-	}(p.image, p.memory)
+	go func() { defer wg.Done(); p.receive(l, failed) }()
 	go func() {
 		defer wg.Done()
 		l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopHB, func(err error) { failed <- err })
@@ -372,8 +372,15 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
-	image, memory := p.image, p.memory
-	p.image, p.memory = nil, nil
+	hashes, ask := p.hashes.Load(), false
+	if p.syncsBegun > 0 && (p.askImage || p.askMemory) {
+		// The backup's image and memory have changed since the last
+		// series: ask for another, named by this sync.
+		hashes, ask = p.newBackupHashes(format.HashesFor{Generation: p.gen, Epoch: epoch}, true), true
+		p.hashes.Store(hashes)
+	}
+	p.syncsBegun++
+	p.spoiled.Store(false)
 	p.syncing.kept.Store(0)
 	p.syncing.keptPages.Store(0)
 	plan := session.NewPrecopy(p.cfg.PrecopyRounds, p.cfg.PrecopyDone, dirty.Len(), p.blocks)
@@ -381,7 +388,7 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	p.syncPeak = 0
 	for more := true; more; {
 		round, start := plan.Pass(), p.now()
-		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, image, memory); err != nil {
+		if err := p.sendRound(ctx, captures, failed, epoch, pfns, blocks, hashes, ask); err != nil {
 			return err
 		}
 		stall, err := p.harvestWhilePaused(dirty)
@@ -389,18 +396,29 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 			return err
 		}
 		attrs := []any{"round", round, "pages", len(pfns)}
-		if memory != nil {
-			attrs = append(attrs, "pages the backup had", memory.Kept())
+		if hashes != nil && hashes.memory != nil {
+			attrs = append(attrs, "pages the backup had", hashes.memory.Kept())
 		}
 		attrs = append(attrs, "disk blocks", len(blocks))
-		if image != nil {
-			attrs = append(attrs, "of them the backup had", image.Kept())
+		if hashes != nil && hashes.image != nil {
+			attrs = append(attrs, "of them the backup had", hashes.image.Kept())
 		}
 		p.log.Info("pre-copy round shipped", append(attrs, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))...)
-		image, memory = nil, nil
+		if hashes != nil {
+			hashes, ask = nil, false
+			p.hashes.Store(nil) // later hashes of the series are dropped
+		}
 		// Not more: the pages (and blocks) left go in the pause, with
 		// those dirtied since.
 		pfns, blocks, more = plan.Next(dirty, pfns[:0], blocks[:0])
+		if p.spoiled.Load() {
+			// The backup dropped this sync: its commit, refused, starts
+			// the next at once (handleResync). It still comes, so that
+			// every sync on a connection has an epoch of its own, which
+			// names its hashes.
+			p.log.Warn("the backup dropped this sync; committing it now to start another", "round", round)
+			more = false
+		}
 		p.syncPeak = max(p.syncPeak, len(pfns)) // dirtied during one round's shipping
 	}
 	p.prepareBuffer(len(pfns), 0)
@@ -440,14 +458,30 @@ func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captu
 // sendRound hands the sender one pre-copy round over pfns and a mirrored
 // disk's blocks, read live, in messages of at most roundChunk pages, then
 // of at most blockChunk blocks, and waits until the backup has applied
-// them all (MsgRounds). image and memory are set for the sync's first
-// round if the backup sends its image's hashes, its memory's: the blocks
-// and pages of ranges it has go without their data (takeBlocks,
-// takePages).
-func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, image *session.BackupImage, memory *session.BackupMemory) error {
+// them all (MsgRounds). hashes is set for the sync's first round if the
+// backup sends its image's hashes, its memory's: the blocks and pages of
+// ranges it has go without their data (takeBlocks, takePages). ask says
+// the sync asks for them: its first message, then, carries nothing but
+// the question (FlagSendHashes), as the backup hashes only once it has
+// that message.
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, hashes *backupHashes, ask bool) error {
 	var last *capture
 	total, totalBlocks := len(pfns), len(blocks)
 	start := p.roundsSent == 0
+	var image *session.BackupImage
+	var memory *session.BackupMemory
+	if hashes != nil {
+		image, memory = hashes.image, hashes.memory
+	}
+	if ask {
+		last = &capture{hdr: format.Header{Kind: format.KindSyncRound, Flags: format.FlagSyncStart | format.FlagSendHashes, Generation: p.gen, Epoch: epoch},
+			sent: make(chan struct{}), roundPages: total, roundBlocks: totalBlocks}
+		if err := p.enqueue(ctx, captures, last, failed); err != nil {
+			return err
+		}
+		p.roundsSent++
+		start = false
+	}
 	for len(pfns) > 0 || len(blocks) > 0 || last == nil {
 		c := &capture{hdr: format.Header{Kind: format.KindSyncRound, Generation: p.gen, Epoch: epoch},
 			sent: make(chan struct{}), roundPages: total, roundBlocks: totalBlocks, cont: last != nil}
@@ -488,7 +522,7 @@ func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, faile
 	tick := time.NewTicker(p.cfg.Heartbeat)
 	defer tick.Stop()
 	progress := p.now()
-	for applied := p.roundsApplied.Load(); applied < p.roundsSent; applied = p.roundsApplied.Load() {
+	for applied := p.roundsApplied.Load(); applied < p.roundsSent && !p.spoiled.Load(); applied = p.roundsApplied.Load() {
 		select {
 		case <-p.roundsCh:
 			progress = p.now()
@@ -574,22 +608,27 @@ const compareChunk = 1024
 // awaitHashes waits for more of the backup's range hashes (arrived
 // closes): it reports more once they come, or not more, saying so in the
 // log with giveUp and left (what is left to send), if none come for
-// FailureTimeout (the backup's disk is slow, or failing). An error if ctx
-// ends or the link fails.
+// FailureTimeout (the backup's disk is slow, or failing), or at once if
+// the backup dropped the sync (spoiled: it may have refused the question).
+// An error if ctx ends or the link fails.
 func (p *Primary) awaitHashes(ctx context.Context, failed <-chan error, arrived <-chan struct{}, giveUp string, left int) (more bool, err error) {
 	wait := time.NewTimer(p.cfg.FailureTimeout)
 	defer wait.Stop()
-	select {
-	case <-arrived:
-		return true, nil
-	case <-wait.C:
-		p.log.Warn(giveUp, "left", left)
-		return false, nil
-	case <-ctx.Done():
-		return false, ctx.Err()
-	case err := <-failed:
-		return false, fmt.Errorf("%w: %w", errPeerFailed, err)
+	for !p.spoiled.Load() {
+		select {
+		case <-arrived:
+			return true, nil
+		case <-p.roundsCh: // handleResync's wake-up, or a round applied
+		case <-wait.C:
+			p.log.Warn(giveUp, "left", left)
+			return false, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case err := <-failed:
+			return false, fmt.Errorf("%w: %w", errPeerFailed, err)
+		}
 	}
+	return false, nil
 }
 
 func (p *Primary) enqueue(ctx context.Context, captures chan<- *capture, c *capture, failed <-chan error) error {
@@ -968,21 +1007,54 @@ func (p *Primary) addBlocks(enc *format.Encoder, c *capture, scratch []byte) err
 }
 
 // receive reads the backup's acks, resync requests, sync rounds applied,
-// image hashes (into image, nil if not asked for) and memory hashes (into
-// memory, nil if not asked for or offered) until the link fails, and
-// reports why on failed.
-func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *session.BackupMemory, failed chan<- error) {
-	from := format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
-		ImageHashes: func(h format.ImageHashes) error {
-			if image == nil {
-				return errors.New("the backup sent its image's hashes unasked")
-			}
-			return image.Add(h)
-		}}
-	if memory != nil {
-		from.MemoryHashes = memory.Add
+// image hashes and memory hashes (into hashes, if of its series) until the
+// link fails, and reports why on failed.
+func (p *Primary) receive(l *format.Link, failed chan<- error) {
+	from := format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds, ImageHashes: p.handleImageHashes}
+	if p.askMemory {
+		from.MemoryHashes = p.handleMemoryHashes
 	}
 	failed <- l.ReceiveFromBackup(from)
+}
+
+// handleImageHashes adds the backup's image hashes to those the sync
+// under way compares with, if they are of its series; it drops others (a
+// series the backup halted, or one whose sync's first round is over).
+// Called by the receiver.
+func (p *Primary) handleImageHashes(h format.ImageHashes) error {
+	if !p.askImage {
+		return errors.New("the backup sent its image's hashes unasked")
+	}
+	if c := p.hashes.Load(); c != nil && c.For == h.For && c.image != nil {
+		return c.image.Add(h)
+	}
+	return nil
+}
+
+// handleMemoryHashes is handleImageHashes for the backup's memory hashes.
+func (p *Primary) handleMemoryHashes(h format.MemoryHashes) error {
+	if c := p.hashes.Load(); c != nil && c.For == h.For && c.memory != nil {
+		return c.memory.Add(h)
+	}
+	return nil
+}
+
+// newBackupHashes makes what the primary will know of series f of the
+// backup's hashes: its image's if the Hellos agreed on them, its memory's
+// if they did and withMemory (a Hello's series only if the backup offered
+// it). nil if neither.
+func (p *Primary) newBackupHashes(f format.HashesFor, withMemory bool) *backupHashes {
+	h := &backupHashes{For: f}
+	if p.askImage {
+		h.image = session.NewBackupImage(p.disk, p.disk.Size())
+	}
+	if p.askMemory && withMemory {
+		h.memory = session.NewBackupMemory(uint64(len(p.guest.Memory())) / format.PageSize)
+	}
+	if h.image == nil && h.memory == nil {
+		return nil
+	}
+	return h
 }
 
 // handleAck releases what the backup's ack of a.Epoch covers, unless it
@@ -1014,11 +1086,29 @@ func (p *Primary) handleAck(a format.Ack) error {
 }
 
 // handleResync makes the next checkpoint a full sync, unless one is under
-// way (not acknowledged yet): the backup gets that one. Called by the
-// receiver.
+// way (not acknowledged yet): the backup gets that one, unless it rejected
+// a message of it (r.Rejected names it). It then drops that sync (its
+// handleCheckpoint): a rejected round marks the sync spoiled, so that the
+// pre-copy goes to its commit, and the rejected commit starts the next
+// sync at once, not after FailureTimeout (checkSyncAcked, which stays
+// for a commit lost on the way). Called by the receiver.
 func (p *Primary) handleResync(r format.Resync) {
 	if !p.syncAcked.Load() {
-		return
+		// Moot, unless it names a message of the sync under way: a round
+		// makes the backup drop the sync (the rest is refused), and the
+		// refused commit asks for the next at once.
+		rejected := r.Rejected
+		if rejected.Generation != p.gen || rejected.Epoch != p.syncEpoch.Load() || rejected.Kind == format.KindEpoch {
+			return
+		}
+		if rejected.Kind == format.KindSyncRound {
+			p.spoiled.Store(true)
+			select {
+			case p.roundsCh <- struct{}{}: // wake a pre-copy waiting for it
+			default:
+			}
+			return
+		}
 	}
 	p.log.Warn("backup asks for a full sync", "reason", r.Reason, "detail", r.Detail, "committed", r.Epoch)
 	p.Stats.resynced()

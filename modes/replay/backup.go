@@ -176,7 +176,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 		// Its image does not change until the primary sends blocks, which
 		// it sends for a range only once it has the range's hash.
 		go func() {
-			if err := session.SendImageHashes(l, b.image, b.image.Size(), b.cfg.FailureTimeout, stop); err != nil {
+			if err := session.SendImageHashes(l, format.HelloHashes, b.image, b.image.Size(), b.cfg.FailureTimeout, stop); err != nil {
 				b.log.Error("could not send this backup's image hashes; dropping the link", "err", err)
 				conn.Close()
 			}
@@ -206,7 +206,7 @@ func (b *Backup) sendMemoryHashes(l *format.Link, conn net.Conn) (halt, wait fun
 	done, halted := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		err := session.SendMemoryHashes(l, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halted)
+		err := session.SendMemoryHashes(l, format.HelloHashes, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halted)
 		select {
 		case <-halted: // the link's end, or the sync's commit: not a failure
 		default:

@@ -168,6 +168,9 @@ func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *se
 			if image == nil {
 				return errors.New("the backup sent its image's hashes unasked")
 			}
+			if err := checkHelloHashes(h.For); err != nil {
+				return err
+			}
 			if err := image.Add(h); err != nil {
 				return err
 			}
@@ -176,6 +179,9 @@ func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *se
 		}}
 	if memory != nil {
 		from.MemoryHashes = func(h format.MemoryHashes) error {
+			if err := checkHelloHashes(h.For); err != nil {
+				return err
+			}
 			if err := memory.Add(h); err != nil {
 				return err
 			}
@@ -184,6 +190,16 @@ func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *se
 		}
 	}
 	p.linkFailed(l.ReceiveFromBackup(from))
+}
+
+// checkHelloHashes refuses hashes of another series than the Hello's: a
+// replay primary asks for no other (its attach's pre-copy is the only one
+// that compares).
+func checkHelloHashes(f format.HashesFor) error {
+	if f != format.HelloHashes {
+		return fmt.Errorf("the backup sent hashes for sync %d of generation %d, which a replay primary never asks for", f.Epoch, f.Generation)
+	}
+	return nil
 }
 
 // handleAck releases the outputs held through the LSN the backup acked,

@@ -38,10 +38,11 @@ const blocksPerRange = format.DiskHashRange / format.DiskBlockSize
 var _ [0]struct{} = [format.DiskHashRange % format.DiskBlockSize]struct{}{}
 
 // SendImageHashes hashes every range of image, a disk of size bytes, in
-// order, and sends the hashes on l, imageBatch ranges a message (timeout
-// as Link.Send's). It returns once all are sent, when stop closes (nil),
-// or on an error reading the image or sending.
-func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time.Duration, stop <-chan struct{}) error {
+// order, and sends the hashes on l, named f (what asked for them),
+// imageBatch ranges a message (timeout as Link.Send's). It returns once
+// all are sent, when stop closes (nil), or on an error reading the image
+// or sending.
+func SendImageHashes(l *format.Link, f format.HashesFor, image io.ReaderAt, size int64, timeout time.Duration, stop <-chan struct{}) error {
 	buf := make([]byte, format.DiskHashRange)
 	return sendRangeHashes(l, format.DiskHashRanges(size), timeout, stop,
 		func(r uint64) ([32]byte, error) {
@@ -52,7 +53,7 @@ func SendImageHashes(l *format.Link, image io.ReaderAt, size int64, timeout time
 			return sum, nil
 		},
 		func(first uint64, sums [][32]byte) (format.MsgType, []byte) {
-			return format.MsgImageHashes, format.ImageHashes{DiskSize: size, First: first, Sums: sums}.Append(nil)
+			return format.MsgImageHashes, format.ImageHashes{For: f, DiskSize: size, First: first, Sums: sums}.Append(nil)
 		})
 }
 

@@ -51,7 +51,7 @@ func TestBackupImageComparesRanges(t *testing.T) {
 	sent := make(chan error, 1)
 	go func() {
 		// A long timeout: imageBatch ranges a message, however slow the host.
-		sent <- SendImageHashes(backup, imageFile(t, "backup.img", image), size, time.Minute, make(chan struct{}))
+		sent <- SendImageHashes(backup, format.HelloHashes, imageFile(t, "backup.img", image), size, time.Minute, make(chan struct{}))
 	}()
 	bi := NewBackupImage(imageFile(t, "primary.img", disk), size)
 	blocks := make([]uint64, format.DiskBlocks(size))
@@ -153,7 +153,7 @@ func TestSendImageHashesReportsAnUnreadableImage(t *testing.T) {
 	defer b.Close()
 	f := imageFile(t, "img", make([]byte, 100))
 	f.Close()
-	err := SendImageHashes(format.NewLink(b, 0, nil), f, 100, time.Second, make(chan struct{}))
+	err := SendImageHashes(format.NewLink(b, 0, nil), format.HelloHashes, f, 100, time.Second, make(chan struct{}))
 	if !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("hashing a closed image: %v", err)
 	}

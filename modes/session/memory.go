@@ -27,10 +27,11 @@ import (
 
 // SendMemoryHashes hashes every range of mem, a backup's guest memory, in
 // order, holding lock while it hashes a range (the backup's receiver holds
-// it while it applies a checkpoint), and sends the hashes on l, imageBatch
-// ranges a message (timeout as Link.Send's). It returns once all are sent,
-// when stop closes (nil), or on an error sending.
-func SendMemoryHashes(l *format.Link, mem []byte, lock sync.Locker, timeout time.Duration, stop <-chan struct{}) error {
+// it while it applies a checkpoint), and sends the hashes on l, named f
+// (what asked for them), imageBatch ranges a message (timeout as
+// Link.Send's). It returns once all are sent, when stop closes (nil), or
+// on an error sending.
+func SendMemoryHashes(l *format.Link, f format.HashesFor, mem []byte, lock sync.Locker, timeout time.Duration, stop <-chan struct{}) error {
 	pages := uint64(len(mem)) / format.PageSize
 	return sendRangeHashes(l, format.MemHashRanges(pages), timeout, stop,
 		func(r uint64) ([32]byte, error) {
@@ -39,7 +40,7 @@ func SendMemoryHashes(l *format.Link, mem []byte, lock sync.Locker, timeout time
 			return format.HashMemoryRange(mem, r), nil
 		},
 		func(first uint64, sums [][32]byte) (format.MsgType, []byte) {
-			return format.MsgMemoryHashes, format.MemoryHashes{MemPages: pages, First: first, Sums: sums}.Append(nil)
+			return format.MsgMemoryHashes, format.MemoryHashes{For: f, MemPages: pages, First: first, Sums: sums}.Append(nil)
 		})
 }
 

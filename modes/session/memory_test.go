@@ -36,7 +36,9 @@ func TestBackupMemoryComparesRanges(t *testing.T) {
 	var lock sync.Mutex
 	sent := make(chan error, 1)
 	// A long timeout: imageBatch ranges a message, however slow the host.
-	go func() { sent <- SendMemoryHashes(backup, backupMem, &lock, time.Minute, make(chan struct{})) }()
+	go func() {
+		sent <- SendMemoryHashes(backup, format.HelloHashes, backupMem, &lock, time.Minute, make(chan struct{}))
+	}()
 
 	bm, still := NewBackupMemory(pages), NewBackupMemory(pages)
 	read := func(dst []byte, pfn uint64) { copy(dst, mem[pfn*format.PageSize:]) }
