@@ -3,10 +3,8 @@ package checkpoint
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"math/rand"
@@ -561,51 +559,22 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 
 // dropAcks forwards the backup's messages, except acks once drop is set.
 func dropAcks(drop *atomic.Bool) linktest.Filter {
-	return func(from io.Reader, to io.Writer) {
-		hdr := make([]byte, 8)
-		for {
-			if _, err := io.ReadFull(from, hdr); err != nil {
-				return
-			}
-			n := binary.LittleEndian.Uint32(hdr)
-			body := make([]byte, n)
-			if _, err := io.ReadFull(from, body); err != nil {
-				return
-			}
-			if drop.Load() && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgAck {
-				continue
-			}
-			if _, err := to.Write(append(hdr, body...)); err != nil {
-				return
-			}
-		}
-	}
+	return linktest.Frames(func(typ uint16, _ []byte) bool {
+		return !drop.Load() || format.MsgType(typ) != format.MsgAck
+	})
 }
 
 // corruptNth flips a byte in the middle of the first message from the nth
 // on that is big enough to be a checkpoint.
 func corruptNth(nth int) linktest.Filter {
-	return func(from io.Reader, to io.Writer) {
-		hdr := make([]byte, 8)
-		done := false
-		for i := 0; ; i++ {
-			if _, err := io.ReadFull(from, hdr); err != nil {
-				return
-			}
-			n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16 | int(hdr[3])<<24
-			body := make([]byte, n)
-			if _, err := io.ReadFull(from, body); err != nil {
-				return
-			}
-			if i >= nth && n > 100 && !done {
-				body[n/2] ^= 0x40
-				done = true
-			}
-			if _, err := to.Write(append(hdr, body...)); err != nil {
-				return
-			}
+	i, done := 0, false
+	return linktest.Frames(func(_ uint16, body []byte) bool {
+		if i++; i > nth && len(body) > 100 && !done {
+			body[len(body)/2] ^= 0x40
+			done = true
 		}
-	}
+		return true
+	})
 }
 
 // TestSilentBackupIsLost: the backup→primary path goes dark (no reset, no
@@ -752,49 +721,25 @@ func TestRejectedSyncCommitIsSentAgain(t *testing.T) {
 
 // dropFirst leaves out the first checkpoint whose header which says.
 func dropFirst(which func(format.Header) bool) linktest.Filter {
-	return func(from io.Reader, to io.Writer) {
-		hdr := make([]byte, 8)
-		done := false
-		for {
-			if _, err := io.ReadFull(from, hdr); err != nil {
-				return
-			}
-			body := make([]byte, binary.LittleEndian.Uint32(hdr))
-			if _, err := io.ReadFull(from, body); err != nil {
-				return
-			}
-			if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint && which(h) {
-				done = true
-				continue
-			}
-			if _, err := to.Write(append(hdr, body...)); err != nil {
-				return
-			}
+	done := false
+	return linktest.Frames(func(typ uint16, body []byte) bool {
+		if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(typ) == format.MsgCheckpoint && which(h) {
+			done = true
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // corruptFirst flips a byte in the middle of the first checkpoint whose
 // header which says.
 func corruptFirst(which func(format.Header) bool) linktest.Filter {
-	return func(from io.Reader, to io.Writer) {
-		hdr := make([]byte, 8)
-		done := false
-		for {
-			if _, err := io.ReadFull(from, hdr); err != nil {
-				return
-			}
-			body := make([]byte, binary.LittleEndian.Uint32(hdr))
-			if _, err := io.ReadFull(from, body); err != nil {
-				return
-			}
-			if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(binary.LittleEndian.Uint16(hdr[6:])) == format.MsgCheckpoint && which(h) {
-				body[len(body)/2] ^= 0x40
-				done = true
-			}
-			if _, err := to.Write(append(hdr, body...)); err != nil {
-				return
-			}
+	done := false
+	return linktest.Frames(func(typ uint16, body []byte) bool {
+		if h, ok := format.PeekHeader(body); !done && ok && format.MsgType(typ) == format.MsgCheckpoint && which(h) {
+			body[len(body)/2] ^= 0x40
+			done = true
 		}
-	}
+		return true
+	})
 }

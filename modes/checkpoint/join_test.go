@@ -285,7 +285,9 @@ func TestFullSyncGoesOnWithoutImageHashes(t *testing.T) {
 // would fail); the pair then fails over as after any sync.
 func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 	const pages, span = 8192, 1000
-	p := newPair(t, testConfig())
+	cfg := testConfig()
+	cfg.PrecopyDone = 0 // a second round, however few pages the guest dirtied
+	p := newPair(t, cfg)
 	p.guestSpan = span
 	var blog vmmtest.Console // the backup's log
 	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
@@ -354,7 +356,8 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 // guest's exact memory.
 func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	cfg := testConfig()
-	cfg.Verify = false // what would catch it otherwise
+	cfg.Verify = false  // what would catch it otherwise
+	cfg.PrecopyDone = 0 // a second round, however few pages the guest dirtied
 	p := newPair(t, cfg)
 	var blog, plog vmmtest.Console // the backup's log, the primary's
 	p.backupLog = slog.New(slog.NewTextHandler(&blog, nil))
