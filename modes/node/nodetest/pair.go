@@ -105,7 +105,14 @@ type Pair struct {
 // serves its metrics on a port of its own (node.Node.MetricsAddr).
 func Start(t testing.TB, o node.Options) *Pair {
 	t.Helper()
-	p := &Pair{t: t, Link: linktest.New(), Log: &Log{},
+	return StartOn(t, o, linktest.New())
+}
+
+// StartOn is Start with the nodes' link through link, whose filters the
+// test has set (they apply to connections made from then on).
+func StartOn(t testing.TB, o node.Options, link *linktest.Link) *Pair {
+	t.Helper()
+	p := &Pair{t: t, Link: link, Log: &Log{},
 		PrimaryConsole: &vmmtest.Console{}, BackupConsole: &vmmtest.Console{}}
 	arb, err := witness.Open(o.Arbiter)
 	if err != nil {

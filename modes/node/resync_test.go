@@ -1,0 +1,91 @@
+package node_test
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
+	"github.com/ftckpt/ftckpt/modes/node"
+	"github.com/ftckpt/ftckpt/modes/node/nodetest"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+)
+
+// TestResyncKeepsWhatTheBackupHolds: a checkpoint pair of the software
+// machine's kv guest in sync; an epoch's checkpoint is corrupted on the
+// way, the backup rejects it and asks for a full sync, which keeps what
+// the backup holds (resyncKeeps): at least one of the four ranges of its 1
+// MiB.
+func TestResyncKeepsWhatTheBackupHolds(t *testing.T) {
+	resyncKeeps(t, node.MachineSim, format.MemHashRangePages)
+}
+
+// TestKVMResyncKeepsWhatTheBackupHolds is TestResyncKeepsWhatTheBackupHolds
+// with the C kv guest on KVM (two vCPUs): at least half of its 16 MiB are
+// kept (most of it the guest never touches).
+func TestKVMResyncKeepsWhatTheBackupHolds(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	resyncKeeps(t, node.MachineKVM, 2048)
+}
+
+// keptPages is what a pre-copy round's log record says the backup had.
+var keptPages = regexp.MustCompile(`pre-copy round shipped round=1 pages=(\d+) pages the backup had=(\d+)`)
+
+// resyncKeeps runs a checkpoint pair of the kv guest on machine, with
+// --verify, over plain TCP whose primary-to-backup path flips a byte of
+// the 20th epoch's checkpoint: the backup's checksum rejects it and it asks
+// for a full sync. That sync asks the backup for its memory's hashes and
+// sends what the guest has not written since the last epoch the backup
+// committed as KEPT: at least least pages, not all; it commits (--verify's memory hash agrees, which a page kept
+// wrongly would fail), the client's counters go on, and the backup goes
+// live after a crash with every update on the disk.
+func resyncKeeps(t *testing.T, machine node.Machine, least int) {
+	o := kvOptions(t, node.ModeCheckpoint, machine)
+	o.Checkpoint.Verify = true
+	link := linktest.New()
+	corrupted := false
+	link.SetFilter(linktest.Up, linktest.Frames(func(typ uint16, body []byte) bool {
+		if h, ok := format.PeekHeader(body); ok && !corrupted && format.MsgType(typ) == format.MsgCheckpoint &&
+			h.Kind == format.KindEpoch && h.Epoch >= 20 {
+			body[len(body)/2] ^= 0x40
+			corrupted = true
+		}
+		return true
+	}))
+	p := nodetest.StartOn(t, o, link)
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	var resync []string
+	vmmtest.WaitUntil(t, "a full sync after the rejected checkpoint", func() bool {
+		c.Incr()
+		resync = keptPages.FindStringSubmatch(p.Log.String())
+		return resync != nil
+	})
+	pages, _ := strconv.Atoi(resync[1])
+	kept, _ := strconv.Atoi(resync[2])
+	if !p.Log.Has("backup", "checkpoint rejected; asking for a full sync") {
+		t.Fatal("the backup rejected nothing")
+	}
+	if kept < least || kept >= pages {
+		t.Fatalf("the resync kept %d of %d pages: want at least %d, not all (the guest writes some)", kept, pages, least)
+	}
+	t.Logf("the resync kept %d of %d pages", kept, pages)
+	for range 10 {
+		c.Incr()
+	}
+	vmmtest.WaitUntil(t, "the resync's commit acknowledged", func() bool {
+		return strings.Count(p.Log.String(), "full sync acknowledged") == 2 && p.InSync()
+	})
+	p.CrashPrimary()
+	c.Resend = 100 * time.Millisecond // a reply may have died with the primary
+	for range 5 {
+		c.Incr()
+	}
+	if !p.IsLive() {
+		t.Fatal("the client was answered after the crash, and the backup is not live")
+	}
+	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
+}
