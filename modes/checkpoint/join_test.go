@@ -132,26 +132,35 @@ func TestBackupLostDuringPrecopyCostsNothing(t *testing.T) {
 	// A second backup (the same engine, as a joiner trying again) joins
 	// on a healthy link and commits.
 	p.link.SetFilter(linktest.Up, nil)
-	joined := make(chan struct{}, 1)
-	var once sync.Once
+	p.follow(ln, nil)
+	vmmtest.WaitUntil(t, "the second backup to commit", func() bool {
+		return p.backup.Status().State == format.StateCommitted
+	})
+	p.failoverToJoiner(2)
+}
+
+// follow has p's backup follow the primary that takes backups from ln
+// (Backup.Follow: each dial a new connection on p's link), in the
+// background, until it goes live (its generation to bDone, as errGen) or
+// fails. before, if set, is called before each dial with its number, from
+// 1, and may block.
+func (p *pair) follow(ln *chanListener, before func(dial int)) {
+	dials := 0
 	go func() {
 		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
+			if dials++; before != nil {
+				before(dials)
+			}
 			conn, bconn := p.link.Pipe()
 			select {
 			case ln.conns <- conn:
 			case <-ln.closed:
 				return nil, net.ErrClosed
 			}
-			once.Do(func() { joined <- struct{}{} })
 			return bconn, nil
 		})
 		p.bDone <- errors.Join(err, errGen(gen))
 	}()
-	vmmtest.Receive(t, "the second backup's connection", joined)
-	vmmtest.WaitUntil(t, "the second backup to commit", func() bool {
-		return p.backup.Status().State == format.StateCommitted
-	})
-	p.failoverToJoiner(2)
 }
 
 // failoverToJoiner waits for 5 more outputs (the guest protected: released
@@ -303,22 +312,11 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 	t.Cleanup(func() { close(release) })
 	p.link.SetFilter(linktest.Up, stallAtCheckpoint(2, reached, release)) // the first round is one message
 	again := make(chan struct{})
-	dials := 0
-	go func() {
-		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
-			if dials++; dials > 1 {
-				<-again
-			}
-			conn, bconn := p.link.Pipe()
-			select {
-			case ln.conns <- conn:
-			case <-ln.closed:
-				return nil, net.ErrClosed
-			}
-			return bconn, nil
-		})
-		p.bDone <- errors.Join(err, errGen(gen))
-	}()
+	p.follow(ln, func(dial int) {
+		if dial > 1 {
+			<-again
+		}
+	})
 	vmmtest.Receive(t, "the first sync's second round", reached)
 	vmmtest.WaitUntil(t, "the backup to apply the first sync's first round", func() bool {
 		return p.backup.Status().State == format.StateSyncing
@@ -367,18 +365,7 @@ func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	p.link.SetFilter(linktest.Up, corruptFirst(func(h format.Header) bool {
 		return h.Kind == format.KindSyncRound && h.Flags&format.FlagSyncStart == 0
 	}))
-	go func() {
-		gen, err := p.backup.Follow(context.Background(), func(ctx context.Context) (net.Conn, error) {
-			conn, bconn := p.link.Pipe()
-			select {
-			case ln.conns <- conn:
-			case <-ln.closed:
-				return nil, net.ErrClosed
-			}
-			return bconn, nil
-		})
-		p.bDone <- errors.Join(err, errGen(gen))
-	}()
+	p.follow(ln, nil)
 	vmmtest.WaitUntil(t, "the backup to commit a sync", func() bool {
 		return p.backup.Status().State == format.StateCommitted
 	})
