@@ -141,7 +141,10 @@ func (l *Link) receive(peer string, silence time.Duration, halt <-chan error, ha
 		if t == MsgHeartbeat {
 			continue
 		}
-		if err := handle(t, payload); err != nil {
+		l.handling.Store(l.now().UnixNano())
+		err = handle(t, payload)
+		l.handling.Store(0)
+		if err != nil {
 			return err
 		}
 	}

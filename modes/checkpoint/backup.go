@@ -177,6 +177,10 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	}
 	// The hashers are done before the guest may run.
 	defer func() { close(stop); c.hashes.halt(); conn.Close(); c.hashes.wait() }()
+	// A backup stuck on one checkpoint (its image's disk hangs) falls
+	// silent, so that its primary loses it instead of holding the guest's
+	// outputs for ever.
+	l.SetStuckAfter(b.cfg.FailureTimeout)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
 	c.hashes.start(format.HelloHashes, hello.SendsMemoryHashes)
 	go func() {
@@ -208,6 +212,7 @@ type backupConn struct {
 // Receive's loop.
 func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
 	l := c.l
+	defer b.noteSlow(b.now())
 	b.memMu.Lock()
 	res, err := b.recv.Receive(payload)
 	b.memMu.Unlock()
@@ -262,6 +267,17 @@ func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
 		return l.Send(format.MsgAck, a.Append(nil), b.cfg.FailureTimeout)
 	}
 	return nil
+}
+
+// noteSlow says so in the log if the checkpoint whose handling began at
+// began took longer than the failure timeout: the link's heartbeats fell
+// silent meanwhile (SetStuckAfter), and the primary may have lost this
+// backup for it.
+func (b *Backup) noteSlow(began time.Time) {
+	if took := b.now().Sub(began); took > b.cfg.FailureTimeout {
+		b.log.Warn("a checkpoint took longer than the failure timeout to apply, and this backup fell silent meanwhile: its primary may have lost it (--verify hashes all of memory at each; or a slow disk image)",
+			"took", took.Round(time.Millisecond), "failure timeout", b.cfg.FailureTimeout)
+	}
 }
 
 // reissueDisk writes the committed epochs' writes that may not be on the

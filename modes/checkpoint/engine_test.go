@@ -557,6 +557,36 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 	}
 }
 
+// TestStuckBackupIsLost (mirrored disks): the backup's image stops
+// completing writes while the pair runs, so its receiver hangs applying a
+// checkpoint while its heartbeats could go on, and no ack comes. A backup
+// stuck on one checkpoint for the failure timeout falls silent: the
+// primary must apply the backup-lost rule, not hold the guest's outputs
+// for ever.
+func TestStuckBackupIsLost(t *testing.T) {
+	cfg := testConfig()
+	cfg.FailureTimeout = 300 * time.Millisecond // how long the backup may be stuck
+	p := newPair(t, cfg)
+	p.mirrored = true
+	var hang atomic.Bool
+	release := make(chan struct{})
+	p.onBackupDisk = func(d *vmmtest.MemDisk) {
+		d.OnWrite = func([]byte, int64) error {
+			if hang.Load() {
+				<-release
+			}
+			return nil
+		}
+	}
+	p.start(64)
+	t.Cleanup(func() { close(release) }) // before the pair's own cleanups
+	p.client.waitCount(t, 20)
+	hang.Store(true)
+	if err := vmmtest.Receive(t, "the primary to give up on a stuck backup", p.pDone); !errors.Is(err, ErrBackupLost) {
+		t.Fatalf("the primary's Run: %v, want ErrBackupLost", err)
+	}
+}
+
 // dropAcks forwards the backup's messages, except acks once drop is set.
 func dropAcks(drop *atomic.Bool) linktest.Filter {
 	return linktest.Frames(func(typ uint16, _ []byte) bool {
