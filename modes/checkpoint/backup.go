@@ -30,8 +30,10 @@ type Backup struct {
 	// memMu is held by the receiver while it applies a checkpoint to the
 	// guest's memory, and by a hashSender while it hashes a range.
 	memMu sync.Mutex
-	// holds says the memory held a guest state before anything was
-	// received (HoldsMemory).
+	// holds says the memory holds a guest state, or most of one, whatever
+	// the receiver's state: one held before anything was received
+	// (HoldsMemory), or a sync dropped after a rejected message. Set
+	// before Receive or by its goroutine.
 	holds bool
 	live  func(gen uint64) error // set by SetLive before GoLive
 	log   *slog.Logger
@@ -231,6 +233,7 @@ func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
 		// that the rest of it is refused, and sync again.
 		b.log.Warn("a message of the sync under way was rejected; dropping the sync", "err", err)
 		b.recv.Discard()
+		b.holds = true // most of the guest still: worth offering to the next primary
 	}
 	b.publish()
 	if err != nil {

@@ -351,7 +351,8 @@ func TestRejoiningBackupKeepsItsMemory(t *testing.T) {
 // round in its request for a sync: the primary then waits neither for
 // rounds it will not apply nor for its refused commit's ack (for
 // FailureTimeout each), and syncs again; the pair fails over to the
-// guest's exact memory.
+// guest's exact memory. The backup, should it lose its link, would offer
+// the memory it holds to its next primary (HoldsMemory).
 func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	cfg := testConfig()
 	cfg.Verify = false  // what would catch it otherwise
@@ -371,6 +372,9 @@ func TestRejectedRoundSpoilsTheSync(t *testing.T) {
 	})
 	if !strings.Contains(blog.String(), "checkpoint rejected") {
 		t.Fatalf("no pre-copy round was rejected:\n%s", blog.String())
+	}
+	if !p.backup.holds {
+		t.Error("the backup that dropped a sync would not offer its memory to its next primary")
 	}
 	for _, waited := range []string{"the backup applies no pre-copy round", "full sync not acknowledged"} {
 		if strings.Contains(plog.String(), waited) {
