@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -111,7 +110,7 @@ func HashDiskRange(disk io.ReaderAt, size int64, r uint64, buf []byte) ([32]byte
 	if _, err := disk.ReadAt(buf[:n], off); err != nil {
 		return [32]byte{}, fmt.Errorf("reading disk range %d (%d bytes at %d) to hash it: %w", r, n, off, err)
 	}
-	return sha256.Sum256(buf[:n]), nil
+	return rangeSum(buf[:n]), nil
 }
 
 // ErrImageDiffers marks a mirrored disk's image found to differ from the

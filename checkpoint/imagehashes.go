@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -84,8 +85,24 @@ func MemHashRanges(pages uint64) uint64 { return (pages + MemHashRangePages - 1)
 // (page-frame i at mem[i*PageSize:]).
 func HashMemoryRange(mem []byte, r uint64) [32]byte {
 	off := r * MemHashRangePages * PageSize
-	return sha256.Sum256(mem[off:min(off+MemHashRangePages*PageSize, uint64(len(mem)))])
+	return rangeSum(mem[off:min(off+MemHashRangePages*PageSize, uint64(len(mem)))])
 }
+
+// rangeSum is the SHA-256 of b, a range of memory or disk (or the rest of
+// one). Most of an idle guest's memory, and of a sparse disk, is zero: a
+// whole range of zeros is found so (memequal runs at memory speed, SHA-256
+// at 1.6 GB/s a core here) and takes the zero range's hash, computed once.
+func rangeSum(b []byte) [32]byte {
+	if len(b) == DiskHashRange && bytes.Equal(b, zeroRange[:]) {
+		return zeroRangeSum
+	}
+	return sha256.Sum256(b)
+}
+
+var (
+	zeroRange    [DiskHashRange]byte
+	zeroRangeSum = sha256.Sum256(zeroRange[:])
+)
 
 const rangeHashesFixed = 1 + 8 + 8 + 8 + 8 + 4
 
