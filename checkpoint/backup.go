@@ -2,7 +2,6 @@ package checkpoint
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 
@@ -74,6 +73,10 @@ type BackupConfig struct {
 	// touched; an error rejects the checkpoint. It runs on the goroutine
 	// calling Receive and must not retain blob.
 	CheckMachine func(h Header, blob []byte) error
+	// SharedMemory says others write the memory between calls to Receive
+	// (a replay backup's guest replays in it): a memory hash then hashes
+	// all of it, not only the ranges the Backup wrote since the last.
+	SharedMemory bool
 }
 
 // Backup holds the backup's copy of the guest: its memory and the machine
@@ -102,6 +105,15 @@ type Backup struct {
 	// blocks is the mirrored disk's part (MirrorDisk).
 	blocks blockBackup
 
+	// sums are the range sums of mem, for memory hashes; after holds, once
+	// hashAfter checked a checkpoint, the sums of the ranges it writes, for
+	// apply to keep, and scratch a range, to take them. scrub is the next
+	// range hashAfter takes again though nothing wrote it.
+	sums    memorySums
+	after   []rangeSumAt
+	scratch []byte
+	scrub   uint64
+
 	// Staging, reused by every Receive.
 	ck    Checkpoint
 	stage []byte   // decompressed pages, PageSize each
@@ -123,6 +135,7 @@ func NewBackup(mem []byte, cfg BackupConfig) (*Backup, error) {
 		cfg:     cfg,
 		status:  Status{State: StateEmpty},
 		covered: make([]uint64, (n+63)/64),
+		sums:    newMemorySums(n),
 	}, nil
 }
 
@@ -312,22 +325,51 @@ func (b *Backup) checkOrder(h Header) error {
 	return nil
 }
 
-// hashAfter is the SHA-256 memory would have after applying b.src.
+// hashAfter is the memory hash (HashMemory) memory would have after
+// applying b.src: the sums kept of the ranges it leaves alone (taken again
+// where stale, and scrubRanges more in turn), and of each range it writes,
+// that range as it would be, which it keeps in b.after for apply.
 func (b *Backup) hashAfter() [32]byte {
-	d := sha256.New()
-	next := uint64(0) // first page not yet hashed
-	for i, r := range b.ck.Pages {
-		if r.PFN > next {
-			d.Write(b.mem[next*PageSize : r.PFN*PageSize])
-		}
-		d.Write(b.src[i])
-		next = r.PFN + 1
+	if b.cfg.SharedMemory {
+		b.sums.staleAll()
 	}
-	d.Write(b.mem[next*PageSize:])
-	var s [32]byte
-	d.Sum(s[:0])
-	return s
+	// A change the Backup did not make (a stray write, a bad bit) shows
+	// within ranges/scrubRanges checkpoints, as the disk's hashes check
+	// a range nobody writes in turn.
+	for range min(scrubRanges, len(b.sums.stale)) {
+		b.sums.stale[b.scrub] = true
+		b.scrub = (b.scrub + 1) % uint64(len(b.sums.stale))
+	}
+	b.after = b.after[:0]
+	if b.scratch == nil {
+		b.scratch = make([]byte, MemHashRangePages*PageSize)
+	}
+	for i := 0; i < len(b.ck.Pages); {
+		r := b.ck.Pages[i].PFN / MemHashRangePages
+		first := r * MemHashRangePages
+		n := min(MemHashRangePages, b.pages-first)
+		rng := b.scratch[:n*PageSize]
+		copy(rng, b.mem[first*PageSize:])
+		for ; i < len(b.ck.Pages) && b.ck.Pages[i].PFN/MemHashRangePages == r; i++ {
+			copy(rng[(b.ck.Pages[i].PFN-first)*PageSize:], b.src[i])
+		}
+		b.after = append(b.after, rangeSumAt{r, rangeSum(rng)})
+	}
+	for j, next := 0, 0; j < len(b.sums.stale); j++ {
+		if next < len(b.after) && b.after[next].r == uint64(j) {
+			next++
+			continue // its sum is b.after's
+		}
+		if b.sums.stale[j] {
+			b.sums.set(uint64(j), HashMemoryRange(b.mem, uint64(j)))
+		}
+	}
+	return b.sums.digest(b.after...)
 }
+
+// scrubRanges is how many ranges nothing wrote each memory hash takes
+// again (4 MiB).
+const scrubRanges = 16
 
 // apply writes the staged checkpoint; it cannot fail.
 func (b *Backup) apply() {
@@ -339,7 +381,11 @@ func (b *Backup) apply() {
 	for i, r := range b.ck.Pages {
 		if r.Enc != EncKept {
 			copy(b.page(r.PFN), b.src[i])
+			b.sums.touch(r.PFN)
 		}
+	}
+	for _, a := range b.after { // the ranges hashAfter took as written
+		b.sums.set(a.r, a.sum)
 	}
 	if h.Kind != KindEpoch {
 		for _, r := range b.ck.Pages {
@@ -362,6 +408,7 @@ func (b *Backup) release() {
 	clear(b.src)
 	clear(b.ck.Disk.Writes)
 	b.ck.Machine, b.ck.MemHash = nil, nil
+	b.after = b.after[:0]
 }
 
 func (b *Backup) page(pfn uint64) []byte {

@@ -22,7 +22,7 @@ type PageRecord struct {
 type Checkpoint struct {
 	Header  Header
 	Machine []byte // machine-state blob; nil on a sync round
-	MemHash []byte // SHA-256 of memory after applying; nil if absent
+	MemHash []byte // HashMemory of memory after applying; nil if absent
 	Pages   []PageRecord
 	// HasDisk says the checkpoint carries a disk section, Disk.
 	HasDisk bool
@@ -159,7 +159,7 @@ func decodeSection(id SectionID, p []byte, ck *Checkpoint) error {
 		}
 		ck.Machine = p
 	case SectionMemHash:
-		if len(p) != memHashSize || HashAlg(p[0]) != HashSHA256 {
+		if len(p) != memHashSize || HashAlg(p[0]) != HashRangeSHA256 {
 			return fmt.Errorf("%w: memhash section of %d bytes, algorithm %d", ErrBadSection, len(p), firstByte(p))
 		}
 		ck.MemHash = p[1:]

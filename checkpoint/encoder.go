@@ -334,7 +334,7 @@ func (e *Encoder) finish(machine []byte, withHash bool) ([]byte, error) {
 		}
 		sum := e.cache.Hash()
 		var p [memHashSize]byte
-		p[0] = byte(HashSHA256)
+		p[0] = byte(HashRangeSHA256)
 		copy(p[1:], sum[:])
 		e.buf = appendSection(e.buf, SectionMemHash, p[:])
 		sections++

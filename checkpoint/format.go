@@ -251,8 +251,14 @@ func (e Encoding) String() string {
 // HashAlg names the memory-hash algorithm. The zero HashAlg is invalid.
 type HashAlg uint8
 
-// HashSHA256 is SHA-256 over guest memory in page order.
-const HashSHA256 HashAlg = 1
+// Hash algorithms. HashSHA256 is SHA-256 of the bytes hashed (a range of
+// a disk or of memory: ImageHashes, MemoryHashes, the diskhash section);
+// HashRangeSHA256, the memhash section's, is the SHA-256 of each memory
+// range's (HashMemory).
+const (
+	HashSHA256      HashAlg = 1
+	HashRangeSHA256 HashAlg = 2
+)
 
 // memHashSize is the SectionMemHash payload size: alg:u8 then the digest.
 const memHashSize = 1 + 32

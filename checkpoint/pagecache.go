@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"crypto/sha256"
 	"fmt"
 )
 
@@ -24,6 +23,9 @@ type PageCache struct {
 	written []uint64 // bit per page whose bytes in mem were ever written
 	pages   uint64
 
+	// sums are the range sums of mem, for Hash.
+	sums memorySums
+
 	// base is the state the cache describes, set when a committing
 	// checkpoint finishes encoding; baseValid is false until then and after
 	// Invalidate.
@@ -44,6 +46,7 @@ func NewPageCache(memSize int) (*PageCache, error) {
 		valid:   make([]uint64, (n+63)/64),
 		written: make([]uint64, (n+63)/64),
 		pages:   n,
+		sums:    newMemorySums(n),
 	}, nil
 }
 
@@ -101,6 +104,7 @@ func (c *PageCache) store(pfn uint64, p []byte, zero bool) {
 		off := pfn * PageSize
 		copy(c.mem[off:off+PageSize], p)
 		c.written[pfn/64] |= bit
+		c.sums.touch(pfn)
 	}
 	c.valid[pfn/64] |= bit
 }
@@ -109,7 +113,11 @@ func (c *PageCache) setBase(generation, epoch uint64) {
 	c.baseGeneration, c.baseEpoch, c.baseValid = generation, epoch, true
 }
 
-// Hash returns the SHA-256 of the cached memory: what the backup's memory
-// hashes to once every encoded checkpoint commits. Meaningful only when
-// AllValid.
-func (c *PageCache) Hash() [32]byte { return sha256.Sum256(c.mem) }
+// Hash returns the memory hash (HashMemory) of the cached memory: what the
+// backup's memory hashes to once every encoded checkpoint commits. It
+// hashes again only the ranges stored to since the last call. Meaningful
+// only when AllValid.
+func (c *PageCache) Hash() [32]byte {
+	c.sums.refresh(c.mem)
+	return c.sums.digest()
+}

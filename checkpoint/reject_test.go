@@ -106,7 +106,7 @@ func TestRejections(t *testing.T) {
 		{"sync to the past", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e, MemPages: np}, pagesSec(0)), ErrEpochOrder},
 		{"sync round not started", build(Header{Kind: KindSyncRound, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0)), ErrNotSyncing},
 		{"sync round with machine", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), m), ErrForbiddenSection},
-		{"sync round with memhash", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), section{SectionMemHash, 1, append([]byte{byte(HashSHA256)}, make([]byte, 32)...)}), ErrForbiddenSection},
+		{"sync round with memhash", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), section{SectionMemHash, 1, append([]byte{byte(HashRangeSHA256)}, make([]byte, 32)...)}), ErrForbiddenSection},
 		{"xor without base", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(1, rec{1, EncXORLZ4, lzData})), ErrNoBase},
 		{"disk on a sync round", build(Header{Kind: KindSyncRound, Flags: FlagSyncStart, Generation: g, Epoch: e + 1, MemPages: np}, pagesSec(0), diskSec(e, 0)), ErrForbiddenSection},
 		{"disk section version", build(next, pagesSec(0), m, section{SectionDisk, 2, diskPayload(e, 0)}), ErrSectionVersion},

@@ -103,7 +103,7 @@ func NewBackup(cfg Config, m machine.Stepper, plug *Plug, fence *witness.Fence, 
 	if log == nil {
 		log = slog.Default()
 	}
-	recv, err := format.NewBackup(m.Memory(), format.BackupConfig{})
+	recv, err := format.NewBackup(m.Memory(), format.BackupConfig{SharedMemory: true}) // its guest replays in it
 	if err != nil {
 		return nil, err
 	}
