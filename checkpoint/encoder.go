@@ -197,7 +197,9 @@ func (e *Encoder) AddKeptPage(pfn uint64, page []byte) error {
 		return err
 	}
 	e.appendRecord(pfn, EncKept, nil)
-	e.cache.store(pfn, page, false)
+	// A zero page leaves the cache's bytes alone (as AddPage's): most of a
+	// kept memory is zero, and the copy would fault in all of the cache.
+	e.cache.store(pfn, page, bytes.Equal(page, zeroPage[:]))
 	return nil
 }
 
