@@ -84,8 +84,19 @@ func crashUnderLoad(t *testing.T, rng *rand.Rand, o node.Options) {
 	}
 	c.Send()                                                     // a request in flight (Incr sends it again)
 	time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond) // a random moment to crash at: the test's point
+	crashAndFailOver(t, p, c)
+	t.Logf("%d requests, %d replies; crashed after %d", c.Requests(), c.LastSeq(), c.Requests()-6)
+}
+
+// crashAndFailOver crashes p's primary (generation 1) under c: c's
+// request in flight goes again soon (its reply may have died with the
+// primary), then 5 more; the backup must have answered them live, with
+// generation 2 at the witness, and the disk hold every update a reply
+// reported.
+func crashAndFailOver(t *testing.T, p *nodetest.Pair, c *nodetest.KVClient) {
+	t.Helper()
 	p.CrashPrimary()
-	c.Resend = 100 * time.Millisecond // its reply may have died with the primary
+	c.Resend = 100 * time.Millisecond
 	c.Incr()
 	c.Resend = 0
 	for range 5 {
@@ -97,8 +108,7 @@ func crashUnderLoad(t *testing.T, rng *rand.Rand, o node.Options) {
 	if who, gen := p.Holder(); who != "backup" || gen != 2 {
 		t.Fatalf("the witness's generation %d is the %s's, want generation 2 the backup's", gen, who)
 	}
-	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
-	t.Logf("%d requests, %d replies; crashed after %d", c.Requests(), c.LastSeq(), c.Requests()-6)
+	nodetest.CheckJournal(t, p.Options.Disk, p.Options.Machine, c.LastSeq())
 }
 
 // TestStoppedPrimaryHandsOver stops the primary (SIGTERM, not a crash) in

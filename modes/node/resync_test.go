@@ -89,15 +89,5 @@ func resyncKeeps(t *testing.T, machine node.Machine, least int) {
 			t.Log(l) // the syncs as the primary saw them
 		}
 	}
-	p.CrashPrimary()
-	c.Resend = 100 * time.Millisecond // a reply may have died with the primary
-	c.Incr()
-	c.Resend = 0
-	for range 3 {
-		c.Incr()
-	}
-	if !p.IsLive() {
-		t.Fatal("the client was answered after the crash, and the backup is not live")
-	}
-	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
+	crashAndFailOver(t, p, c)
 }
