@@ -162,7 +162,8 @@ func (c *KVClient) judge(key, r string) (bool, error) {
 		c.values[c.prevKey] = v // the resent request ran twice
 		return false, nil
 	}
-	return false, fmt.Errorf("INCR %s answered %q after value %d: not one machine (values %v)", key, r, c.values[key], c.values)
+	return false, fmt.Errorf("INCR %s answered %q after value %d: not one machine (values %v; replies so far %v; this request sent %d times, the one before retried %v)",
+		key, r, c.values[key], c.values, c.bySeq, c.attempts, c.prevRetried)
 }
 
 // Requests is how many requests were answered.
