@@ -24,6 +24,11 @@ func TestKVClientJudge(t *testing.T) {
 		// b's first execution's reply died with the primary; resent, it
 		// ran again on the backup.
 		{"checkpoint loses a reply", node.ModeCheckpoint, []string{"1 VALUE 1", "3 VALUE 2", "4 VALUE 1"}, true},
+		// a's request, resent before the guest answered, ran twice; the
+		// second reply died with the primary at the failover that came
+		// while b's was in flight; a's value shows it when a comes round.
+		{"checkpoint loses the reply of a request that ran twice", node.ModeCheckpoint, []string{"1 VALUE 1", "3 VALUE 1", "4 VALUE 1", "5 VALUE 3"}, true},
+		{"a skip larger than the replies lost", node.ModeCheckpoint, []string{"1 VALUE 1", "3 VALUE 1", "4 VALUE 1", "5 VALUE 4"}, false},
 		{"an update skipped", node.ModeCheckpoint, []string{"1 VALUE 1", "2 VALUE 2"}, false},
 		{"an update lost", node.ModeReplay, []string{"1 VALUE 1", "2 VALUE 1", "3 VALUE 1", "4 VALUE 1"}, false},
 	} {
