@@ -107,12 +107,10 @@ type Backup struct {
 
 	// sums are the range sums of mem, for memory hashes; after holds, once
 	// hashAfter checked a checkpoint, the sums of the ranges it writes, for
-	// apply to keep, and scratch a range, to take them. scrub is the next
-	// range hashAfter takes again though nothing wrote it.
+	// apply to keep, and scratch a range, to take them.
 	sums    memorySums
 	after   []rangeSumAt
 	scratch []byte
-	scrub   uint64
 
 	// Staging, reused by every Receive.
 	ck    Checkpoint
@@ -336,10 +334,7 @@ func (b *Backup) hashAfter() [32]byte {
 	// A change the Backup did not make (a stray write, a bad bit) shows
 	// within ranges/scrubRanges checkpoints, as the disk's hashes check
 	// a range nobody writes in turn.
-	for range min(scrubRanges, len(b.sums.stale)) {
-		b.sums.stale[b.scrub] = true
-		b.scrub = (b.scrub + 1) % uint64(len(b.sums.stale))
-	}
+	b.sums.staleNext(scrubRanges)
 	b.after = b.after[:0]
 	if b.scratch == nil {
 		b.scratch = make([]byte, MemHashRangePages*PageSize)
@@ -355,15 +350,7 @@ func (b *Backup) hashAfter() [32]byte {
 		}
 		b.after = append(b.after, rangeSumAt{r, rangeSum(rng)})
 	}
-	for j, next := 0, 0; j < len(b.sums.stale); j++ {
-		if next < len(b.after) && b.after[next].r == uint64(j) {
-			next++
-			continue // its sum is b.after's
-		}
-		if b.sums.stale[j] {
-			b.sums.set(uint64(j), HashMemoryRange(b.mem, uint64(j)))
-		}
-	}
+	b.sums.refresh(b.mem, b.after...)
 	return b.sums.digest(b.after...)
 }
 

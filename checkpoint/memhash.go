@@ -19,10 +19,12 @@ func HashMemory(mem []byte) [32]byte {
 }
 
 // memorySums holds the sum of each range of a memory (HashMemoryRange)
-// and which ranges were written since their sum was taken (stale).
+// and which ranges were written since their sum was taken (stale); scrub
+// is the next range staleNext marks.
 type memorySums struct {
 	sums  [][32]byte
 	stale []bool
+	scrub int
 }
 
 // newMemorySums is the sums of a memory of pages pages, every one stale.
@@ -43,14 +45,29 @@ func (s *memorySums) staleAll() {
 	}
 }
 
+// staleNext marks the next n ranges in turn (from where the last call
+// stopped) as stale though nothing wrote them.
+func (s *memorySums) staleNext(n int) {
+	for range min(n, len(s.stale)) {
+		s.stale[s.scrub] = true
+		s.scrub = (s.scrub + 1) % len(s.stale)
+	}
+}
+
 // set records sum as range r's, taken of its current contents.
 func (s *memorySums) set(r uint64, sum [32]byte) {
 	s.sums[r], s.stale[r] = sum, false
 }
 
-// refresh takes again the sum of every stale range of mem.
-func (s *memorySums) refresh(mem []byte) {
+// refresh takes again the sum of every stale range of mem but those in
+// skip (in increasing range order), whose sums the caller has.
+func (s *memorySums) refresh(mem []byte, skip ...rangeSumAt) {
+	next := 0
 	for r, stale := range s.stale {
+		if next < len(skip) && skip[next].r == uint64(r) {
+			next++
+			continue
+		}
 		if stale {
 			s.set(uint64(r), HashMemoryRange(mem, uint64(r)))
 		}
