@@ -595,21 +595,12 @@ func TestALateAckDuringTheContest(t *testing.T) {
 // holding is a filter that passes messages until hold is set, then holds
 // them (and what follows) until release closes.
 func holding(hold *atomic.Bool, release <-chan struct{}) filter {
-	return func(from io.Reader, to io.Writer) {
-		r := format.NewReader(from, 0)
-		for {
-			typ, payload, err := r.Next()
-			if err != nil {
-				return
-			}
-			if hold.Load() {
-				<-release
-			}
-			if format.WriteMessage(to, typ, payload) != nil {
-				return
-			}
+	return linktest.Frames(func(uint16, []byte) bool {
+		if hold.Load() {
+			<-release
 		}
-	}
+		return true
+	})
 }
 
 // TestAStoppingPrimaryReleasesNothingLate: the primary stops while it

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 )
@@ -43,23 +44,15 @@ func tamper(edited *atomic.Bool, edit func(b *replay.Batch) bool) filter {
 // corrupt returns a filter that flips a bit in the n-th message of type
 // kind.
 func corrupt(kind format.MsgType, n int) filter {
-	return func(from io.Reader, to io.Writer) {
-		r := format.NewReader(from, 0)
-		for seen := 0; ; {
-			t, payload, err := r.Next()
-			if err != nil {
-				return
-			}
-			if t == kind {
-				if seen++; seen == n {
-					payload[len(payload)/2] ^= 0x10
-				}
-			}
-			if format.WriteMessage(to, t, payload) != nil {
-				return
+	seen := 0
+	return linktest.Frames(func(typ uint16, payload []byte) bool {
+		if format.MsgType(typ) == kind {
+			if seen++; seen == n {
+				payload[len(payload)/2] ^= 0x10
 			}
 		}
-	}
+		return true
+	})
 }
 
 // TestTamperedLogIsDetectedAndResynchronised changes one entry of each
