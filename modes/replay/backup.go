@@ -56,6 +56,7 @@ type Backup struct {
 	q    *logQueue
 	gate ackGate
 	link *format.Link
+	busy busyClock // marked by the replayer, read by watchReplayer
 
 	// Replayer.
 	ctx      context.Context
@@ -172,6 +173,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	defer close(stop)
 	go b.receive(ctx, l)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
+	go b.watchReplayer(conn, stop)
 	if peer.WantImageHashes {
 		// Its image does not change until the primary sends blocks, which
 		// it sends for a range only once it has the range's hash.
@@ -340,7 +342,7 @@ func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string
 // over.
 func (b *Backup) replay() (*Primary, error) {
 	for {
-		next, err := b.q.peek(b.ctx)
+		next, err := b.peek()
 		if errors.Is(err, errLogEnded) {
 			b.failover()
 			if b.live != nil {
@@ -379,6 +381,14 @@ func (b *Backup) replay() (*Primary, error) {
 			return nil, err
 		}
 	}
+}
+
+// peek waits for the next item of the log (see logQueue.peek); the
+// replayer is at work of its own again once it has it.
+func (b *Backup) peek() (*item, error) {
+	b.busy.waiting()
+	defer b.busy.working()
+	return b.q.peek(b.ctx)
 }
 
 // diverged stops replay until the next full checkpoint and asks for one.
@@ -437,7 +447,7 @@ func (b *Backup) stageRound(ckpt []byte) error {
 
 // applySync applies the full checkpoint that follows the sync entry at s.
 func (b *Backup) applySync(s uint64) error {
-	it, err := b.q.peek(b.ctx)
+	it, err := b.peek()
 	if errors.Is(err, errLogEnded) {
 		return nil // the primary died before sending it: fail over from here, before s
 	}
@@ -568,7 +578,9 @@ func (b *Backup) runToExit(want machine.Exit) error {
 	if err := b.enterGuest(); err != nil {
 		return err
 	}
+	b.busy.waiting()
 	e, err := b.m.Run()
+	b.busy.working()
 	if err != nil {
 		return fmt.Errorf("running the guest: %w", err)
 	}
@@ -625,7 +637,9 @@ func (b *Backup) land(sig machine.Signature) error {
 		return err
 	}
 	for hits := 1; ; hits++ {
+		b.busy.waiting()
 		e, err := b.m.RunTo(sig.RIP)
+		b.busy.working()
 		if err != nil {
 			return fmt.Errorf("running the guest to a landing: %w", err)
 		}
@@ -654,7 +668,7 @@ func (b *Backup) expect(t EntryType) (Entry, bool) {
 	if b.live != nil || b.envErr != nil {
 		return Entry{}, false
 	}
-	it, err := b.q.peek(b.ctx)
+	it, err := b.peek()
 	if errors.Is(err, errLogEnded) {
 		b.failover()
 		return Entry{}, false
@@ -686,7 +700,7 @@ func (b *Backup) failover() {
 	}
 	b.log.Warn("primary lost; log replayed", "cause", cause, "lsn", b.lsn)
 	if err := witness.BackupLostPrimary(b.ctx, b.fence, b.gen, witness.DefaultBackoff); err != nil {
-		b.envErr = fmt.Errorf("not going live: %w", err)
+		b.envErr = fmt.Errorf("primary lost (%w); not going live: %w", cause, err)
 		return
 	}
 	gen := b.gen + 1

@@ -622,3 +622,73 @@ func (c *cluster) waitAttached(b *replay.Backup, done chan followResult) {
 		return b.Stats.Applied.Load() >= 1
 	})
 }
+
+// faultyImage is a backup's disk image whose writes first ask fault, which
+// may fail them or block them.
+type faultyImage struct {
+	vmm.Disk
+	fault func() error
+}
+
+func (f *faultyImage) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.fault(); err != nil {
+		return 0, err
+	}
+	return f.Disk.WriteAt(p, off)
+}
+
+// A disk write the backup cannot perform on its own image (a mirrored
+// disk) is a lost backup, never a silent difference: the replayer stops
+// with ErrImage, and the primary goes on alone.
+func TestMirroredImageWriteFailureLosesTheBackup(t *testing.T) {
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+	var fail atomic.Bool
+	c.bImage = &faultyImage{Disk: c.mirror(make([]byte, 1<<20)), fault: func() error {
+		if fail.Load() {
+			return errors.New("EIO (test)")
+		}
+		return nil
+	}}
+	c.start()
+	c.incr(t, 5)
+	fail.Store(true)
+	c.incr(t, 5)
+	if r := vmmtest.Receive(t, "the backup to stop", c.bDone); !errors.Is(r.err, replay.ErrImage) || r.live != nil {
+		t.Fatalf("the backup's Follow: %v (live %v), want ErrImage", r.err, r.live != nil)
+	}
+	vmmtest.WaitUntil(t, "the primary to go on alone", func() bool { return c.primary.Stats.BackupsLost.Load() >= 1 })
+	c.incr(t, 5)
+}
+
+// TestStuckReplayerIsLost: the backup's image stops completing writes, so
+// its replayer hangs on the guest's next disk write, while its receiver
+// goes on acknowledging the log (acks are for the log received) and the
+// kv guest's log is far from filling the backup's queue. The backup must
+// give up on itself within about the failure timeout, so that its primary
+// goes on alone instead of counting on a backup that cannot take over; the
+// backup, once its image answers again, does not go live.
+func TestStuckReplayerIsLost(t *testing.T) {
+	c := newCluster(t, "kv", sim.Param{Name: "journal", Value: 1000})
+	c.cfg.Heartbeat, c.cfg.FailureTimeout = 100*time.Millisecond, time.Second // how long the replayer may be stuck
+	c.cfg.BackupQueueBytes = 16 << 20                                         // never full here: no push back on the primary
+	var hang atomic.Bool
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	c.bImage = &faultyImage{Disk: c.mirror(make([]byte, 1<<20)), fault: func() error {
+		if hang.Load() {
+			<-release
+		}
+		return nil
+	}}
+	c.start()
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // before the cluster's own cleanups
+	c.incr(t, 5)
+	hang.Store(true)
+	c.incr(t, 5) // answered: the primary counts on the backup's acks
+	vmmtest.WaitUntil(t, "the primary to go on alone", func() bool { return c.primary.Stats.BackupsLost.Load() >= 1 })
+	c.incr(t, 5)
+	releaseOnce.Do(func() { close(release) })
+	if r := vmmtest.Receive(t, "the backup to stop", c.bDone); !errors.Is(r.err, replay.ErrReplayerStuck) || r.live != nil {
+		t.Fatalf("the backup's Follow: %v (live %v), want ErrReplayerStuck and not live", r.err, r.live != nil)
+	}
+}
