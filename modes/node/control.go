@@ -632,7 +632,7 @@ func (n *Node) Status() Status {
 		s := p.Stats
 		st.Replay = &ReplayStatus{Entries: s.Entries.Load(), Acked: s.Acked.Load(), Exits: s.Exits.Load(),
 			Landings: s.Landings.Load(), LogBytes: s.LogBytes.Load(), Syncs: s.Syncs.Load(), Resyncs: s.Resyncs.Load()}
-		st.InSync = p.Protected() && s.Acked.Load() > 0
+		st.InSync = p.InSync()
 		st.BackupsLost = s.BackupsLost.Load()
 	} else if b := parts.ReplayBackup; b != nil {
 		s := b.Stats
@@ -816,7 +816,7 @@ func (n *Node) replayFailover() (string, error) {
 		return "", errors.New("failover: this node is not a primary: ask the primary")
 	case p == nil:
 		return "", fmt.Errorf("failover: %w", errNotRunning)
-	case !p.Protected() || p.Stats.Acked.Load() == 0:
+	case !p.InSync():
 		return "", errors.New("failover: this node has no backup in sync to hand over to")
 	}
 	lsn := p.Stats.Entries.Load()

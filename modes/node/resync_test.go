@@ -11,6 +11,7 @@ import (
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
@@ -88,6 +89,72 @@ func resyncKeeps(t *testing.T, machine node.Machine, least int) {
 		if strings.Contains(l, "primary") && strings.Contains(l, "sync") {
 			t.Log(l) // the syncs as the primary saw them
 		}
+	}
+	crashAndFailOver(t, p, c)
+}
+
+// TestReplayResyncsWhileTheGuestRuns: a replay pair of the kv guest over
+// plain TCP whose primary-to-backup path changes one value the guest read
+// in a batch of the log (re-encoded, so that only the backup's replay can
+// tell): the backup diverges and asks for a full checkpoint, which comes by
+// pre-copy while the guest runs; the pair is in sync again, the client's
+// counters go on, and the backup goes live after a crash with every update
+// on the disk.
+func TestReplayResyncsWhileTheGuestRuns(t *testing.T) {
+	replayResync(t, node.MachineSim)
+}
+
+// TestKVMReplayResyncsWhileTheGuestRuns is TestReplayResyncsWhileTheGuestRuns
+// on KVM.
+func TestKVMReplayResyncsWhileTheGuestRuns(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	replayResync(t, node.MachineKVM)
+}
+
+func replayResync(t *testing.T, machine node.Machine) {
+	o := kvOptions(t, node.ModeReplay, machine)
+	link := linktest.New()
+	edited := false
+	link.SetFilter(linktest.Up, linktest.Frames(func(typ uint16, body []byte) bool {
+		var b replay.Batch
+		if edited || format.MsgType(typ) != format.MsgLog || replay.DecodeBatch(body, &b) != nil || b.First < 200 {
+			return true
+		}
+		for i := range b.Entries {
+			if e := &b.Entries[i]; e.Type == replay.EntryValue {
+				e.Exit.Data[0] ^= 1
+				var w replay.BatchWriter
+				w.Reset(b.Generation, b.First)
+				for j := range b.Entries {
+					w.Add(&b.Entries[j])
+				}
+				if out := w.Finish(); len(out) == len(body) {
+					copy(body, out)
+					edited = true
+				}
+				break
+			}
+		}
+		return true
+	}))
+	p := nodetest.StartOn(t, o, link)
+	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	primary, backup := p.Primary.Parts().ReplayPrimary, p.Backup.Parts().ReplayBackup
+	vmmtest.WaitUntil(t, "the pair in sync again after a divergence", func() bool {
+		c.Incr()
+		return backup.Stats.Divergences.Load() > 0 && backup.Stats.Applied.Load() >= 2 && primary.InSync()
+	})
+	if !p.Log.Has("primary", "full checkpoint sent by pre-copy") {
+		t.Fatal("the resync did not go by pre-copy")
+	}
+	for _, l := range strings.Split(p.Log.String(), "\n") {
+		if strings.Contains(l, "diverged") || strings.Contains(l, "full checkpoint") {
+			t.Log(l)
+		}
+	}
+	for range 2 {
+		c.Incr()
 	}
 	crashAndFailOver(t, p, c)
 }

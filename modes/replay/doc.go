@@ -19,6 +19,9 @@
 // its outputs suppressed, checking every synchronous exit, written value and
 // read value against the log. A mismatch is a divergence: it asks for a
 // full checkpoint and skips to it instead of running a different machine.
+// The primary pre-copies it while the guest runs (as to a backup
+// attaching: precopy.go), but after a gap in the log, which it copies
+// stopped (see resyncWhileRunning).
 //
 // Output commit (DESIGN.md invariant 1): an output is held in an
 // outbuf.Buffer at the LSN of the log entry last appended when the guest

@@ -12,6 +12,15 @@ import (
 // running alone). Safe to call from any goroutine.
 func (p *Primary) Protected() bool { return p.protected.Load() }
 
+// InSync says whether the backup has applied the latest full checkpoint
+// and acknowledged the log from it: it could take over now. It is false
+// while a full checkpoint is on its way (a backup attaching, or one that
+// asked for it). Safe to call from any goroutine.
+func (p *Primary) InSync() bool {
+	s := p.lastSync.Load()
+	return p.protected.Load() && s > 0 && p.committed.Load() >= s
+}
+
 // Detach lets the backup go on purpose (ftckpt ctl detach-backup): at its
 // next boundary the engine stops acks from releasing outputs, wins the
 // next generation while the link still carries heartbeats — so the

@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"fmt"
 	"net"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 
 // precopy is a full checkpoint being pre-copied to a backup that attached
 // to the running primary (the paper's FT VMotion, with checkpoint mode's
-// sync rounds). At an engine boundary where one is due (precopyDue) the
+// sync rounds), or that asked for one (resyncWhileRunning). At an engine boundary where one is due (precopyDue) the
 // primary sends a round message of at most PrecopyChunk pages (or
 // blockChunk disk blocks, after the pages): passes as session.Precopy plans
 // them, the first over all of memory and a mirrored disk, each later one
@@ -22,9 +23,11 @@ import (
 //
 // Until then the primary is alone: it logs nothing (so the sync entry's
 // LSN, which the rounds carry as their epoch, is known from the start) and
-// its outputs leave at once. A backup lost meanwhile is dropped; it never
-// protected the guest, so no generation is contested. The backup applies
-// the rounds to its memory as they come and commits at the sync entry.
+// its outputs leave at once. A backup lost meanwhile is dropped; it does
+// not protect the guest (it never did, or it promised not to go live
+// before its next full checkpoint), so no generation is contested. The
+// backup applies the rounds to its memory as they come and commits at the
+// sync entry.
 type precopy struct {
 	epoch   uint64           // the LSN of the sync entry to come
 	plan    *session.Precopy // the passes
@@ -95,6 +98,29 @@ func (p *Primary) attachBackup(conn net.Conn) {
 	p.log.Info("a backup attached; pre-copying its full checkpoint while the guest runs", "lsn", p.precopy.epoch)
 }
 
+// resyncWhileRunning answers a backup that asked for a full checkpoint
+// because it diverged or refused one, by pre-copy on the same link, as to a
+// backup attaching: the guest runs meanwhile, where a stop-and-copy (sync)
+// would stop it for all of memory. Such a backup stopped replaying where it
+// asked (it is not in sync) and cannot go live before it applies the commit
+// of a later sync: it protects the guest no longer, so the primary runs
+// alone until the commit and releases what it holds now, which no state
+// the backup could go live with contradicts. (A backup that lost part of
+// the log instead still has the guest up to the gap and could take over
+// from there: it gets a stop-and-copy, which keeps that.)
+func (p *Primary) resyncWhileRunning() error {
+	p.flush() // the log so far goes first: the sync entry follows on
+	p.recording, p.unlogged = false, false
+	if err := p.out.Commit(p.lsn); err != nil {
+		return fmt.Errorf("releasing held outputs: %w", err)
+	}
+	if err := p.startPrecopy(nil, nil); err != nil {
+		return err
+	}
+	p.log.Info("pre-copying a full checkpoint to the backup that asked for one, while the guest runs", "lsn", p.precopy.epoch)
+	return nil
+}
+
 // startPrecopy starts the pass over all of memory (compared with the
 // backup's through memory, if not nil) and a mirrored disk (compared with
 // the backup's image through image).
@@ -110,7 +136,10 @@ func (p *Primary) startPrecopy(image *session.BackupImage, memory *session.Backu
 	}
 	pc.todo, pc.blocks = pc.plan.First(nil, nil)
 	p.roundsApplied.Store(0)
-	p.resync.Store(false) // an old backup's request: this one starts afresh
+	p.resync.Store(0) // answered by this sync
+	// A request from before the sync to come is moot (handleResync), and
+	// the backup is not in sync until it acknowledges it (InSync).
+	p.lastSync.Store(pc.epoch)
 	p.precopy = pc
 	return nil
 }

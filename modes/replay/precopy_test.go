@@ -71,6 +71,9 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 	if line := p.Stats.PrimaryLine(); !strings.Contains(line, "pre-copy pass") {
 		t.Errorf("the status line during a pre-copy does not show it: %s", line)
 	}
+	if p.InSync() {
+		t.Error("the primary says it is in sync with a backup whose pre-copy is under way")
+	}
 	kill()
 	if r := vmmtest.Receive(t, "the cut-off backup's Follow to return", done); r.err == nil {
 		t.Fatal("a backup cut off before its sync went live")

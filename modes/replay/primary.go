@@ -79,11 +79,15 @@ type Primary struct {
 	released uint64    // the last EntryReleased appended
 	// lastWrite is the LSN of the latest disk write held.
 	lastWrite uint64
-	recording bool // false when alone: nothing is logged
+	recording bool // false when alone or pre-copying: nothing is logged
+	// stopAndCopy asks for a full checkpoint with the guest stopped (sync)
+	// at the next boundary: a backup's first, before the guest has run, or
+	// after the backup refused a pre-copy round.
+	stopAndCopy bool
 	// protected mirrors recording for Attach, on other goroutines.
 	protected atomic.Bool
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
-	precopy   *precopy        // a full checkpoint being pre-copied, while a backup attaches
+	precopy   *precopy        // a full checkpoint being pre-copied: a backup attaches, or asked for one
 	// startImage receives the image hashes of a backup that connected with
 	// Run (a mirrored disk), for its first full checkpoint (startKept); the
 	// link's end (disconnect) drops it.
@@ -128,10 +132,21 @@ type Primary struct {
 	// progress (MsgRounds).
 	roundsApplied atomic.Uint64
 
-	ackedCh  chan struct{} // buffered(1): committed rose
-	resync   atomic.Bool   // the backup asked for a full sync
-	lastSync atomic.Uint64 // LSN of the latest EntrySync
+	ackedCh chan struct{} // buffered(1): committed rose
+	// resync says the backup asked for a full sync: resyncAsked, with
+	// resyncAfterGap if it asked after a gap in the log (see
+	// resyncWhileRunning).
+	resync atomic.Uint32
+	// lastSync is the LSN of the latest EntrySync, or of the one the
+	// pre-copy in progress will append.
+	lastSync atomic.Uint64
 }
+
+// Primary.resync's bits.
+const (
+	resyncAsked    = 1 << iota // the backup asked for a full sync
+	resyncAfterGap             // ... at least once after a gap in the log
+)
 
 // message is one framed message on its way to the sender.
 type message struct {
@@ -371,7 +386,7 @@ func (p *Primary) boundary() error {
 		}
 	}
 	if p.precopy != nil && p.linkIsDown() {
-		p.log.Warn("the backup attaching was lost before its full checkpoint; going on alone", "cause", context.Cause(p.linkCtx))
+		p.log.Warn("the backup was lost before its full checkpoint; going on alone", "cause", context.Cause(p.linkCtx))
 		p.stopPrecopy()
 		p.disconnect()
 		p.protected.Store(false)
@@ -383,11 +398,11 @@ func (p *Primary) boundary() error {
 		default:
 		}
 	}
-	if p.precopy != nil && p.resync.Load() {
+	if p.precopy != nil && p.resync.Swap(0) != 0 {
 		// The backup refused a round: the rest of this sync is worthless.
 		p.log.Warn("the backup refused a pre-copy round; stopping to copy it all")
 		p.stopPrecopy()
-		p.recording = true // the resync below sends the sync entry first
+		p.recording, p.stopAndCopy = true, true // the sync below sends the sync entry first
 	}
 	if p.precopy != nil {
 		if due, _ := p.precopyDue(); due {
@@ -396,8 +411,19 @@ func (p *Primary) boundary() error {
 			}
 		}
 	}
-	if p.recording && p.resync.Swap(false) {
+	if p.recording && p.stopAndCopy {
+		p.stopAndCopy = false
+		p.resync.Store(0) // answered by this sync
 		if err := p.sync(); err != nil {
+			return err
+		}
+	}
+	if p.recording && p.resync.Load() != 0 {
+		resync := p.resyncWhileRunning
+		if p.resync.Swap(0)&resyncAfterGap != 0 {
+			resync = p.sync
+		}
+		if err := resync(); err != nil {
 			return err
 		}
 	}

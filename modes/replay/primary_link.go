@@ -30,7 +30,7 @@ func (p *Primary) disconnect() {
 // recording, from a full checkpoint taken at once (the guest has not run).
 func (p *Primary) connect(conn net.Conn) error {
 	p.recording = true
-	p.resync.Store(true) // the backup starts from a full checkpoint
+	p.stopAndCopy = true // the backup starts from a full checkpoint
 	p.Stats.KeptBlocks.Store(0)
 	p.startImage = nil
 	if p.blocks != nil {
@@ -220,7 +220,11 @@ func (p *Primary) handleResync(r format.Resync) {
 	}
 	p.log.Warn("backup asks for a full checkpoint", "reason", r.Reason, "detail", r.Detail, "lsn", r.Epoch)
 	p.Stats.Resyncs.Add(1)
-	p.resync.Store(true)
+	asked := uint32(resyncAsked)
+	if r.Reason == format.ResyncGap {
+		asked |= resyncAfterGap
+	}
+	p.resync.Or(asked)
 	p.poke()
 }
 

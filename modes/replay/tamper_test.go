@@ -173,7 +173,7 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 				c.up = chain(up, corrupt(tc.kind, tc.n))
 			}
 			c.start()
-			drive(t, c, "kv", func() bool { return c.backup.Stats.Applied.Load() >= 1 && c.primary.Stats.Syncs.Load() >= 2 })
+			drive(t, c, "kv", func() bool { return c.primary.Stats.Syncs.Load() >= 2 && c.primary.InSync() })
 			c.incr(t, 10)
 			c.stopPrimary()
 			c.failover()
@@ -181,6 +181,62 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 			checkOutputs(t, "kv", c.client.seen())
 		})
 	}
+}
+
+// TestDivergenceResyncsWhileTheGuestRuns: the backup diverges (a value in
+// the log changed in flight), and its full checkpoint comes by pre-copy
+// while the guest runs. With the rounds held on the way, the primary —
+// which the backup no longer protects — answers its client (a stop-and-copy
+// resync would hold every reply until the backup acknowledged it) and does
+// not say it is in sync; once they go through it is in sync again, and the
+// backup takes over in the primary's state.
+func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
+	c := newCluster(t, "kv")
+	var edited atomic.Bool
+	diverge := tamper(&edited, func(b *replay.Batch) bool {
+		for i := range b.Entries {
+			if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
+				e.Exit.Data[0] ^= 1
+				return true
+			}
+		}
+		return false
+	})
+	held, release := make(chan struct{}), make(chan struct{})
+	checkpoints := 0
+	holdResync := linktest.Frames(func(typ uint16, _ []byte) bool {
+		if format.MsgType(typ) == format.MsgCheckpoint {
+			if checkpoints++; checkpoints == 2 { // the first is the backup's first sync
+				close(held)
+				<-release
+			}
+		}
+		return true
+	})
+	c.up = chain(diverge, holdResync)
+	c.start()
+	drive(t, c, "kv", func() bool {
+		select {
+		case <-held:
+			return true
+		default:
+			return false
+		}
+	})
+	c.incr(t, 5)
+	if c.primary.InSync() {
+		t.Error("the primary says it is in sync while the backup's full checkpoint is held on the way")
+	}
+	close(release)
+	drive(t, c, "kv", c.primary.InSync)
+	if n := c.primary.Stats.Precopied.Load(); n == 0 {
+		t.Error("no page went by pre-copy: the resync stopped the guest to copy it all")
+	}
+	c.incr(t, 5)
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	checkOutputs(t, "kv", c.client.seen())
 }
 
 // chain runs filters one after the other on a byte path.
