@@ -11,6 +11,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/modes/session"
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/machine"
 	"github.com/ftckpt/ftckpt/witness"
@@ -28,7 +29,7 @@ type Backup struct {
 	mirrored bool
 	hashBuf  []byte
 	// memMu is held by the receiver while it applies a checkpoint to the
-	// guest's memory, and by a hashSender while it hashes a range.
+	// guest's memory, and by a session.HashSender while it hashes a range.
 	memMu sync.Mutex
 	// holds says the memory holds a guest state, or most of one, whatever
 	// the receiver's state: one held before anything was received
@@ -141,7 +142,7 @@ func (b *Backup) publish() {
 // acknowledges committed ones, reports each sync round message applied
 // (MsgRounds, by which the primary paces its pre-copy), asks for a full
 // sync after rejecting one, and sends the range hashes of its mirrored
-// image and its memory as the primary asks (hashSender): for the first
+// image and its memory as the primary asks (session.HashSender): for the first
 // sync if the primary's Hello asked (the memory's only if it holds a
 // guest state or part of one), and for each sync whose first message asks.
 // It returns when the link fails or the primary falls silent for
@@ -170,21 +171,23 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		default: // the loop ends with the first error
 		}
 	}
-	c := &backupConn{l: l, hashes: &hashSender{l: l, timeout: b.cfg.FailureTimeout, memMu: &b.memMu, fail: fail}}
+	var image session.Image
 	if peer.WantImageHashes {
-		c.hashes.image = b.disk
+		image = b.disk
 	}
+	var memory []byte
 	if peer.WantMemoryHashes {
-		c.hashes.memory = b.guest.Memory()
+		memory = b.guest.Memory()
 	}
+	c := &backupConn{l: l, hashes: session.NewHashSender(l, b.cfg.FailureTimeout, image, memory, &b.memMu, fail)}
 	// The hashers are done before the guest may run.
-	defer func() { close(stop); c.hashes.halt(); conn.Close(); c.hashes.wait() }()
+	defer func() { close(stop); c.hashes.Halt(); conn.Close(); c.hashes.Wait() }()
 	// A backup stuck on one checkpoint (its image's disk hangs) falls
 	// silent, so that its primary loses it instead of holding the guest's
 	// outputs for ever.
 	l.SetStuckAfter(b.cfg.FailureTimeout)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
-	c.hashes.start(format.HelloHashes, hello.SendsMemoryHashes)
+	c.hashes.Start(format.HelloHashes, hello.SendsMemoryHashes)
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -203,7 +206,7 @@ type backupConn struct {
 	l *format.Link
 	// rounds counts the sync round messages applied in the sync under way.
 	rounds uint64
-	hashes *hashSender
+	hashes *session.HashSender
 }
 
 // handleCheckpoint applies a checkpoint from the primary and answers it on
@@ -254,7 +257,7 @@ func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
 			c.rounds = 0
 		}
 		if h.Flags&format.FlagSendHashes != 0 {
-			c.hashes.start(format.HashesFor{Generation: h.Generation, Epoch: h.Epoch}, true)
+			c.hashes.Start(format.HashesFor{Generation: h.Generation, Epoch: h.Epoch}, true)
 		}
 		c.rounds++
 		r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: c.rounds}

@@ -18,12 +18,12 @@ func TestHashesOfAnotherSeriesAreDropped(t *testing.T) {
 	mem := make([]byte, pages*format.PageSize)
 	p := &Primary{askMemory: true}
 	series := format.HashesFor{Generation: 2, Epoch: 40}
-	hashes := &backupHashes{For: series, memory: session.NewBackupMemory(pages)}
-	p.hashes.Store(hashes)
+	hashes := &session.Hashes{For: series, Memory: session.NewBackupMemory(pages)}
+	p.hashes.Set(hashes)
 	sums := [][32]byte{format.HashMemoryRange(mem, 0)}
 	read := func(dst []byte, pfn uint64) { copy(dst, mem[pfn*format.PageSize:]) }
 	decided := func() int {
-		n, _, _ := hashes.memory.Compare([]uint64{0}, nil, nil, read)
+		n, _, _ := hashes.Memory.Compare([]uint64{0}, nil, nil, read)
 		return n
 	}
 	for _, other := range []format.HashesFor{format.HelloHashes, {Generation: 2, Epoch: 39}, {Generation: 1, Epoch: 40}} {
@@ -37,10 +37,10 @@ func TestHashesOfAnotherSeriesAreDropped(t *testing.T) {
 	if err := p.handleMemoryHashes(format.MemoryHashes{For: series, MemPages: pages, Sums: sums}); err != nil {
 		t.Fatal(err)
 	}
-	if decided() != 1 || hashes.memory.Kept() != 1 {
-		t.Fatalf("the series' own hashes did not decide page 0 (kept %d)", hashes.memory.Kept())
+	if decided() != 1 || hashes.Memory.Kept() != 1 {
+		t.Fatalf("the series' own hashes did not decide page 0 (kept %d)", hashes.Memory.Kept())
 	}
-	p.hashes.Store(nil) // its first round is over
+	p.hashes.Set(nil) // its first round is over
 	if err := p.handleMemoryHashes(format.MemoryHashes{For: series, MemPages: pages, First: 1, Sums: sums}); err != nil {
 		t.Fatalf("hashes after the first round: %v", err)
 	}

@@ -48,13 +48,13 @@ type Primary struct {
 	// hashes holds the range hashes of the backup's image and memory that
 	// the sync under way compares with the disk and the guest's memory in
 	// its first round, to send what the backup has as KEPT, without its
-	// data (hashes.go); nil when no sync compares. run sets it to the
+	// data (session/hashes.go); none when no sync compares. run sets it to the
 	// series the Hello asked for, sync to the one its first message asks
 	// for; the receiver adds to it the hashes of its series.
 	// askImage and askMemory say what this connection's Hellos agreed a
 	// sync may ask for (set by run before the receiver starts);
 	// syncsBegun counts its syncs (run's goroutine only).
-	hashes              atomic.Pointer[backupHashes]
+	hashes              session.CurrentHashes
 	askImage, askMemory bool
 	syncsBegun          int
 	// spoiled is set by the receiver when the backup rejects a message of
@@ -240,7 +240,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	if err != nil {
 		return p.backupLost(ctx, err)
 	}
-	p.hashes.Store(p.newBackupHashes(format.HelloHashes, peer.SendsMemoryHashes))
+	p.hashes.Set(p.newBackupHashes(format.HelloHashes, peer.SendsMemoryHashes))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	failed := make(chan error, 4)
@@ -372,12 +372,12 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 	if _, err := p.harvestWhilePaused(dirty); err != nil {
 		return err
 	}
-	hashes, ask := p.hashes.Load(), false
+	hashes, ask := p.hashes.Get(), false
 	if p.syncsBegun > 0 && (p.askImage || p.askMemory) {
 		// The backup's image and memory have changed since the last
 		// series: ask for another, named by this sync.
 		hashes, ask = p.newBackupHashes(format.HashesFor{Generation: p.gen, Epoch: epoch}, true), true
-		p.hashes.Store(hashes)
+		p.hashes.Set(hashes)
 	}
 	p.syncsBegun++
 	p.spoiled.Store(false)
@@ -396,17 +396,17 @@ func (p *Primary) sync(ctx context.Context, dirty *machine.Bitmap, captures chan
 			return err
 		}
 		attrs := []any{"round", round, "pages", len(pfns)}
-		if hashes != nil && hashes.memory != nil {
-			attrs = append(attrs, "pages the backup had", hashes.memory.Kept())
+		if hashes != nil && hashes.Memory != nil {
+			attrs = append(attrs, "pages the backup had", hashes.Memory.Kept())
 		}
 		attrs = append(attrs, "disk blocks", len(blocks))
-		if hashes != nil && hashes.image != nil {
-			attrs = append(attrs, "of them the backup had", hashes.image.Kept())
+		if hashes != nil && hashes.Image != nil {
+			attrs = append(attrs, "of them the backup had", hashes.Image.Kept())
 		}
 		p.log.Info("pre-copy round shipped", append(attrs, "took", p.now().Sub(start).Round(time.Millisecond), "harvest pause", stall.Round(time.Microsecond))...)
 		if hashes != nil {
 			hashes, ask = nil, false
-			p.hashes.Store(nil) // later hashes of the series are dropped
+			p.hashes.Set(nil) // later hashes of the series are dropped
 		}
 		// Not more: the pages (and blocks) left go in the pause, with
 		// those dirtied since.
@@ -464,14 +464,14 @@ func (p *Primary) commitSync(ctx context.Context, c *capture, pause Pause, captu
 // the sync asks for them: its first message, then, carries nothing but
 // the question (FlagSendHashes), as the backup hashes only once it has
 // that message.
-func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, hashes *backupHashes, ask bool) error {
+func (p *Primary) sendRound(ctx context.Context, captures chan<- *capture, failed <-chan error, epoch uint64, pfns, blocks []uint64, hashes *session.Hashes, ask bool) error {
 	var last *capture
 	total, totalBlocks := len(pfns), len(blocks)
 	start := p.roundsSent == 0
 	var image *session.BackupImage
 	var memory *session.BackupMemory
 	if hashes != nil {
-		image, memory = hashes.image, hashes.memory
+		image, memory = hashes.Image, hashes.Memory
 	}
 	if ask {
 		last = &capture{hdr: format.Header{Kind: format.KindSyncRound, Flags: format.FlagSyncStart | format.FlagSendHashes, Generation: p.gen, Epoch: epoch},
@@ -1025,33 +1025,27 @@ func (p *Primary) handleImageHashes(h format.ImageHashes) error {
 	if !p.askImage {
 		return errors.New("the backup sent its image's hashes unasked")
 	}
-	if c := p.hashes.Load(); c != nil && c.For == h.For && c.image != nil {
-		return c.image.Add(h)
-	}
-	return nil
+	return p.hashes.AddImage(h)
 }
 
 // handleMemoryHashes is handleImageHashes for the backup's memory hashes.
 func (p *Primary) handleMemoryHashes(h format.MemoryHashes) error {
-	if c := p.hashes.Load(); c != nil && c.For == h.For && c.memory != nil {
-		return c.memory.Add(h)
-	}
-	return nil
+	return p.hashes.AddMemory(h)
 }
 
 // newBackupHashes makes what the primary will know of series f of the
 // backup's hashes: its image's if the Hellos agreed on them, its memory's
 // if they did and withMemory (a Hello's series only if the backup offered
 // it). nil if neither.
-func (p *Primary) newBackupHashes(f format.HashesFor, withMemory bool) *backupHashes {
-	h := &backupHashes{For: f}
+func (p *Primary) newBackupHashes(f format.HashesFor, withMemory bool) *session.Hashes {
+	h := &session.Hashes{For: f}
 	if p.askImage {
-		h.image = session.NewBackupImage(p.disk, p.disk.Size())
+		h.Image = session.NewBackupImage(p.disk, p.disk.Size())
 	}
 	if p.askMemory && withMemory {
-		h.memory = session.NewBackupMemory(uint64(len(p.guest.Memory())) / format.PageSize)
+		h.Memory = session.NewBackupMemory(uint64(len(p.guest.Memory())) / format.PageSize)
 	}
-	if h.image == nil && h.memory == nil {
+	if h.Image == nil && h.Memory == nil {
 		return nil
 	}
 	return h
