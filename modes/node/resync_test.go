@@ -97,9 +97,9 @@ func resyncKeeps(t *testing.T, machine node.Machine, least int) {
 // plain TCP whose primary-to-backup path changes one value the guest read
 // in a batch of the log (re-encoded, so that only the backup's replay can
 // tell): the backup diverges and asks for a full checkpoint, which comes by
-// pre-copy while the guest runs; the pair is in sync again, the client's
-// counters go on, and the backup goes live after a crash with every update
-// on the disk.
+// pre-copy while the guest runs, keeping the pages the backup holds (its
+// hashes); the pair is in sync again, the client's counters go on, and the
+// backup goes live after a crash with every update on the disk.
 func TestReplayResyncsWhileTheGuestRuns(t *testing.T) {
 	replayResync(t, node.MachineSim)
 }
@@ -147,6 +147,9 @@ func replayResync(t *testing.T, machine node.Machine) {
 	})
 	if !p.Log.Has("primary", "full checkpoint sent by pre-copy") {
 		t.Fatal("the resync did not go by pre-copy")
+	}
+	if primary.Stats.KeptPages.Load() == 0 {
+		t.Error("the resync sent every page: it kept none of those the backup held")
 	}
 	for _, l := range strings.Split(p.Log.String(), "\n") {
 		if strings.Contains(l, "diverged") || strings.Contains(l, "full checkpoint") {

@@ -45,13 +45,14 @@ type Backup struct {
 	// replayer writes its guest's disk writes to it as it replays them.
 	image vmm.Disk
 	// holds says the machine's memory holds a guest state already
-	// (HoldsMemory). While Follow sends the memory's hashes, memMu is held
-	// by the hasher as it hashes a range and by the receiver as it applies
-	// a pre-copy round; haltHashing stops the hasher, and waitHashing
-	// waits for it (before the sync's commit, after which the guest runs).
-	holds                    bool
-	memMu                    sync.Mutex
-	haltHashing, waitHashing func()
+	// (HoldsMemory). hashes sends the range hashes of its memory and image
+	// the primary asks for (its Hello, a sync's first round), and is halted
+	// and waited for before a sync's commit, after which the guest runs;
+	// memMu is held by a hasher as it hashes a range and by the replayer as
+	// it applies a pre-copy round. Both are the replayer's.
+	holds  bool
+	memMu  sync.Mutex
+	hashes *session.HashSender
 
 	q    *logQueue
 	gate ackGate
@@ -174,21 +175,20 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	go b.receive(ctx, l)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
 	go b.watchReplayer(conn, stop)
+	var image session.Image
 	if peer.WantImageHashes {
-		// Its image does not change until the primary sends blocks, which
-		// it sends for a range only once it has the range's hash.
-		go func() {
-			if err := session.SendImageHashes(l, format.HelloHashes, b.image, b.image.Size(), b.cfg.FailureTimeout, stop); err != nil {
-				b.log.Error("could not send this backup's image hashes; dropping the link", "err", err)
-				conn.Close()
-			}
-		}()
+		image = b.image
 	}
-	b.haltHashing, b.waitHashing = func() {}, func() {}
-	if peer.WantMemoryHashes && hello.SendsMemoryHashes {
-		b.haltHashing, b.waitHashing = b.sendMemoryHashes(l, conn)
+	var memory []byte
+	if peer.WantMemoryHashes {
+		memory = b.m.Memory()
 	}
-	defer func() { b.haltHashing(); conn.Close(); b.waitHashing() }() // a hasher blocked writing returns
+	b.hashes = session.NewHashSender(l, b.cfg.FailureTimeout, image, memory, &b.memMu, func(err error) {
+		b.log.Error("could not send this backup's range hashes; dropping the link", "err", err)
+		conn.Close()
+	})
+	b.hashes.Start(format.HelloHashes, hello.SendsMemoryHashes)
+	defer func() { b.hashes.Halt(); conn.Close(); b.hashes.Wait() }() // a hasher blocked writing returns
 	stopKick := context.AfterFunc(ctx, b.m.Kick)
 	defer stopKick()
 	return b.replay()
@@ -199,28 +199,6 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 // primary): Follow offers its hashes, and the primary's pre-copy sends
 // only the ranges that differ. Call before Follow.
 func (b *Backup) HoldsMemory() { b.holds = true }
-
-// sendMemoryHashes starts sending the memory's range hashes on l (closing
-// conn if that fails, unless halted) and returns what halts it and what
-// waits for it: until then the memory changes only by the pre-copy rounds
-// the receiver applies (memMu).
-func (b *Backup) sendMemoryHashes(l *format.Link, conn net.Conn) (halt, wait func()) {
-	done, halted := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		err := session.SendMemoryHashes(l, format.HelloHashes, b.m.Memory(), &b.memMu, b.cfg.FailureTimeout, halted)
-		select {
-		case <-halted: // the link's end, or the sync's commit: not a failure
-		default:
-			if err != nil {
-				b.log.Error("could not send this backup's memory hashes; dropping the link", "err", err)
-				conn.Close()
-			}
-		}
-	}()
-	var once sync.Once
-	return func() { once.Do(func() { close(halted) }) }, func() { <-done }
-}
 
 // receive reads the stream into the queue and acknowledges what may be,
 // until the link fails or the primary falls silent; then it closes the
@@ -438,6 +416,10 @@ func (b *Backup) stageRound(ckpt []byte) error {
 			return err
 		}
 	}
+	if h.Flags&format.FlagSendHashes != 0 {
+		// A resync's first round asks for what this backup holds now.
+		b.hashes.Start(format.HashesFor{Generation: h.Generation, Epoch: h.Epoch}, true)
+	}
 	b.Stats.Rounds.Add(1)
 	b.roundsApplied++
 	r := format.Rounds{Generation: h.Generation, Epoch: h.Epoch, Count: b.roundsApplied}
@@ -465,8 +447,8 @@ func (b *Backup) applySync(s uint64) error {
 		}
 	}
 	b.roundRejected = nil
-	b.haltHashing() // from the commit on the guest runs: its pre-copy is over
-	b.waitHashing()
+	b.hashes.Halt() // from the commit on the guest runs: its pre-copy is over
+	b.hashes.Wait()
 	res, err := b.recv.Receive(ckpt)
 	if err != nil {
 		return &divergence{s, fmt.Sprintf("checkpoint rejected: %v", err)}

@@ -38,17 +38,21 @@ type precopy struct {
 	// blocks of ranges the backup has go without their data (nextBlocks);
 	// nil after it, or without a mirrored disk. memory is the same for the
 	// backup's memory and the pass's pages (nextPages), nil unless the
-	// backup offered them; compared says it did. hashesSince is when the
+	// backup offered them in its Hello or the pre-copy is a resync, which
+	// asks for them; compared says it is set. hashesSince is when the
 	// pass began waiting for hashes (zero: it is not).
 	image       *session.BackupImage
 	memory      *session.BackupMemory
 	compared    bool
 	hashesSince time.Time
 	first       bool // the next round message starts the sync
-	began       time.Time
-	next        time.Duration // not before (guestClock.host): the guest's share of the time
-	sent        uint64        // round messages sent
-	bytes       int           // sent so far
+	// ask says the first round message is to ask for the backup's hashes
+	// of series p.hashes (FlagSendHashes) and carry nothing: a resync's.
+	ask   bool
+	began time.Time
+	next  time.Duration // not before (guestClock.host): the guest's share of the time
+	sent  uint64        // round messages sent
+	bytes int           // sent so far
 }
 
 // blockChunk is the most disk blocks a round message carries (16 MiB).
@@ -114,9 +118,18 @@ func (p *Primary) resyncWhileRunning() error {
 	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)
 	}
-	if err := p.startPrecopy(nil, nil); err != nil {
+	// What it holds has changed since the Hello's hashes, if it sent any:
+	// the first round asks for a series of its own.
+	hashes := &session.Hashes{For: format.HashesFor{Generation: p.gen.Load(), Epoch: p.lsn + 1},
+		Memory: session.NewBackupMemory(uint64(len(p.m.Memory())) / format.PageSize)}
+	if p.blocks != nil {
+		hashes.Image = session.NewBackupImage(p.out, p.diskSize)
+	}
+	if err := p.startPrecopy(hashes.Image, hashes.Memory); err != nil {
 		return err
 	}
+	p.hashes.Set(hashes)
+	p.precopy.ask = true
 	p.log.Info("pre-copying a full checkpoint to the backup that asked for one, while the guest runs", "lsn", p.precopy.epoch)
 	return nil
 }
@@ -157,6 +170,7 @@ func (p *Primary) precopyStep() error {
 			return err
 		}
 		pc.image, pc.memory = nil, nil // a later pass sends what was written: no range is equal
+		p.hashes.Set(nil)              // later hashes of the series are dropped
 		var more bool
 		if pc.todo, pc.blocks, more = pc.plan.Next(pc.written, pc.todo, pc.blocks); !more {
 			return p.endPrecopy() // the pages left, in pc.todo, go in the final stop
@@ -170,22 +184,30 @@ func (p *Primary) precopyStep() error {
 	p.Stats.PrecopyBlocksLeft.Store(uint64(len(pc.blocks)))
 	p.Stats.PrecopyPass.Store(pass)
 	p.Stats.PrecopyLeft.Store(uint64(len(pc.todo)))
-	// A message of pages, or once they are sent, of blocks.
-	chunk, keptPages, ready := p.nextPages()
-	var blocks, kept []uint64
-	if !ready {
-		return nil // nothing to send yet
-	}
-	if len(chunk) == 0 {
-		chunk = []uint64{} // no pages (nil would be all of memory)
-		var err error
-		if blocks, kept, err = p.nextBlocks(); err != nil || len(blocks) == 0 {
-			return err // nothing to send yet
-		}
-	}
 	h := format.Header{Kind: format.KindSyncRound, Generation: p.gen.Load(), Epoch: pc.epoch}
 	if pc.first {
 		h.Flags = format.FlagSyncStart
+	}
+	// A message of pages, or once they are sent, of blocks; or the
+	// question alone.
+	var chunk, keptPages, blocks, kept []uint64
+	if pc.ask {
+		// The backup hashes what it holds once it has applied this
+		// message, and the pass compares with that: it carries nothing.
+		h.Flags |= format.FlagSendHashes
+		chunk, pc.ask = []uint64{}, false
+	} else {
+		var ready bool
+		if chunk, keptPages, ready = p.nextPages(); !ready {
+			return nil // nothing to send yet
+		}
+		if len(chunk) == 0 {
+			chunk = []uint64{} // no pages (nil would be all of memory)
+			var err error
+			if blocks, kept, err = p.nextBlocks(); err != nil || len(blocks) == 0 {
+				return err // nothing to send yet
+			}
+		}
 	}
 	if err := p.beginCheckpoint(h, chunk, keptPages); err != nil {
 		return err
@@ -270,6 +292,7 @@ func (p *Primary) hashesLate(decided bool) bool {
 // stopPrecopy forgets the pre-copy in progress.
 func (p *Primary) stopPrecopy() {
 	p.precopy = nil
+	p.hashes.Set(nil)
 	p.Stats.PrecopyPass.Store(0)
 }
 

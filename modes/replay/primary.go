@@ -92,7 +92,12 @@ type Primary struct {
 	// Run (a mirrored disk), for its first full checkpoint (startKept); the
 	// link's end (disconnect) drops it.
 	startImage *session.BackupImage
-	kickTimer  *time.Timer
+	// hashes is the series of the backup's range hashes the pre-copy under
+	// way compares with in its first pass (the Hello's, for a backup
+	// attaching; its own, for a resync), for the receiver to add to; none
+	// otherwise.
+	hashes    session.CurrentHashes
+	kickTimer *time.Timer
 	// unlogged says the guest stopped at a kick that the log does not
 	// name: the backup's guest will never stop there, so nothing may reach
 	// the guest there (boundary) until logStop names it as a landing.

@@ -24,6 +24,7 @@ func (p *Primary) disconnect() {
 		p.stopLink = nil
 	}
 	p.startImage = nil
+	p.hashes.Set(nil)
 }
 
 // connect greets the backup and starts the link's goroutines and
@@ -44,6 +45,8 @@ func (p *Primary) connect(conn net.Conn) error {
 // stops them). image, if not nil, asks the backup for its disk image's
 // hashes, which the receiver adds to it; askMemory asks for its memory's,
 // and if the backup offers them, they go to the BackupMemory it returns.
+// The Hello also says that a later sync may ask for the memory's and (with
+// image) the image's hashes again (resyncWhileRunning).
 func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemory bool) (*session.BackupMemory, error) {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
@@ -54,7 +57,7 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemo
 	p.protected.Store(true)
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
-	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: image != nil, WantMemoryHashes: askMemory}
+	hello := format.Hello{Role: format.RolePrimary, MemPages: pages, Machine: p.cfg.Machine, WantImageHashes: image != nil, WantMemoryHashes: true}
 	peer, err := l.Hello(hello, p.cfg.FailureTimeout)
 	if err != nil {
 		conn.Close()
@@ -64,12 +67,13 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemo
 	if askMemory && peer.SendsMemoryHashes {
 		memory = session.NewBackupMemory(pages)
 	}
+	p.hashes.Set(&session.Hashes{For: format.HelloHashes, Image: image, Memory: memory})
 	stopc := make(chan struct{})
 	sent, received := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer close(sent); p.send(l, stopc) }()
-	go func() { defer close(received); p.receive(l, image, memory) }()
+	go func() { defer close(received); p.receive(l) }()
 	go func() { defer wg.Done(); l.Heartbeats(p.cfg.Heartbeat, p.cfg.FailureTimeout, stopc, p.linkFailed) }()
 	go func() { defer wg.Done(); p.watch(l, stopc) }()
 	// Stopping is graceful: the sender ships what is queued, then the
@@ -158,48 +162,28 @@ func (p *Primary) send(l *format.Link, stop <-chan struct{}) {
 	}
 }
 
-// receive reads the backup's acks, resync requests, sync rounds applied,
-// image hashes (into image, nil if not asked for) and memory hashes (into
-// memory, nil if not asked for or offered) until the link fails, and
-// fails the link with why.
-func (p *Primary) receive(l *format.Link, image *session.BackupImage, memory *session.BackupMemory) {
-	from := format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
+// receive reads the backup's acks, resync requests, sync rounds applied
+// and range hashes (into the series the pre-copy under way compares with,
+// if of it: p.hashes) until the link fails, and fails the link with why.
+func (p *Primary) receive(l *format.Link) {
+	p.linkFailed(l.ReceiveFromBackup(format.FromBackup{Ack: p.handleAck, Resync: p.handleResync, Rounds: p.handleRounds,
 		ImageHashes: func(h format.ImageHashes) error {
-			if image == nil {
+			if p.blocks == nil {
 				return errors.New("the backup sent its image's hashes unasked")
 			}
-			if err := checkHelloHashes(h.For); err != nil {
-				return err
-			}
-			if err := image.Add(h); err != nil {
-				return err
-			}
-			p.poke() // a pre-copy waiting for them goes on
-			return nil
-		}}
-	if memory != nil {
-		from.MemoryHashes = func(h format.MemoryHashes) error {
-			if err := checkHelloHashes(h.For); err != nil {
-				return err
-			}
-			if err := memory.Add(h); err != nil {
-				return err
-			}
-			p.poke()
-			return nil
-		}
-	}
-	p.linkFailed(l.ReceiveFromBackup(from))
+			return p.addHashes(p.hashes.AddImage(h))
+		},
+		MemoryHashes: func(h format.MemoryHashes) error { return p.addHashes(p.hashes.AddMemory(h)) },
+	}))
 }
 
-// checkHelloHashes refuses hashes of another series than the Hello's: a
-// replay primary asks for no other (its attach's pre-copy is the only one
-// that compares).
-func checkHelloHashes(f format.HashesFor) error {
-	if f != format.HelloHashes {
-		return fmt.Errorf("the backup sent hashes for sync %d of generation %d, which a replay primary never asks for", f.Epoch, f.Generation)
+// addHashes wakes the engine once hashes were added without error: a
+// pre-copy waiting for them goes on.
+func (p *Primary) addHashes(err error) error {
+	if err == nil {
+		p.poke()
 	}
-	return nil
+	return err
 }
 
 // handleAck releases the outputs held through the LSN the backup acked,
