@@ -13,19 +13,20 @@ import (
 
 // precopy is a full checkpoint being pre-copied to a backup that attached
 // to the running primary (the paper's FT VMotion, with checkpoint mode's
-// sync rounds), or that asked for one (resyncWhileRunning). At an engine boundary where one is due (precopyDue) the
-// primary sends a round message of at most PrecopyChunk pages (or
-// blockChunk disk blocks, after the pages): passes as session.Precopy plans
-// them, the first over all of memory and a mirrored disk, each later one
-// over what was written meanwhile. When the plan says so it appends the
-// sync entry and sends the commit, with the pages written since the last
-// pass and the machine state, in one stop.
+// sync rounds), or that asked for one (resyncWhileRunning). At an engine
+// boundary where one is due (precopyDue) the primary sends a round message
+// of at most PrecopyChunk pages (or blockChunk disk blocks, after the
+// pages): passes as session.Precopy plans them, the first over all of
+// memory and a mirrored disk, each later one over what was written
+// meanwhile. When the plan says so it appends the sync entry and sends the
+// commit, with the pages written since the last pass and the machine
+// state, in one stop.
 //
 // Until then the primary is alone: it logs nothing (so the sync entry's
 // LSN, which the rounds carry as their epoch, is known from the start) and
 // its outputs leave at once. A backup lost meanwhile is dropped; it does
-// not protect the guest (it never did, or it promised not to go live
-// before its next full checkpoint), so no generation is contested. The
+// not protect the guest (it never did, or it cannot go live before this
+// sync commits: resyncWhileRunning), so no generation is contested. The
 // backup applies the rounds to its memory as they come and commits at the
 // sync entry.
 type precopy struct {
