@@ -48,8 +48,8 @@ type HashSender struct {
 // NewHashSender returns a HashSender on l for what the primary's Hello
 // asked for: the disk image (nil if not asked), the guest memory (nil if
 // not), hashed holding memMu (which the backup holds while it applies a
-// checkpoint). fail is told of an error of a series (reading the image,
-// sending), which should end the connection.
+// checkpoint). fail is told of an error of a series not halted (reading
+// the image, sending), which should end the connection.
 func NewHashSender(l *format.Link, timeout time.Duration, image Image, memory []byte, memMu sync.Locker, fail func(error)) *HashSender {
 	return &HashSender{l: l, timeout: timeout, image: image, memory: memory, memMu: memMu, fail: fail}
 }
@@ -66,7 +66,11 @@ func (s *HashSender) Start(f format.HashesFor, withMemory bool) {
 		go func() {
 			defer s.running.Done()
 			if err := hash(); err != nil {
-				s.fail(err)
+				select {
+				case <-stop: // halted: the link is closing, or the series is not wanted
+				default:
+					s.fail(err)
+				}
 			}
 		}()
 	}
