@@ -123,12 +123,7 @@ func replayResync(t *testing.T, machine node.Machine) {
 		for i := range b.Entries {
 			if e := &b.Entries[i]; e.Type == replay.EntryValue {
 				e.Exit.Data[0] ^= 1
-				var w replay.BatchWriter
-				w.Reset(b.Generation, b.First)
-				for j := range b.Entries {
-					w.Add(&b.Entries[j])
-				}
-				if out := w.Finish(); len(out) == len(body) {
+				if out := b.Encode(); len(out) == len(body) {
 					copy(body, out)
 					edited = true
 				}

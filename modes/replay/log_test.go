@@ -40,12 +40,7 @@ func sampleEntries() []Entry {
 }
 
 func encodeBatch(gen, first uint64, entries []Entry) []byte {
-	var w BatchWriter
-	w.Reset(gen, first)
-	for i := range entries {
-		w.Add(&entries[i])
-	}
-	return append([]byte(nil), w.Finish()...)
+	return (&Batch{Generation: gen, First: first, Entries: entries}).Encode()
 }
 
 func TestBatchRoundTrip(t *testing.T) {

@@ -121,19 +121,13 @@ func (p *Primary) linkIsDown() bool { return p.broken.Load() }
 
 // watch declares the link failed when the backup falls silent.
 func (p *Primary) watch(l *format.Link, stop <-chan struct{}) {
-	t := time.NewTicker(p.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			if s := l.SilentFor(); s > p.cfg.FailureTimeout {
-				p.linkFailed(fmt.Errorf("nothing from the backup for %v", s.Round(time.Millisecond)))
-				return
-			}
+	everyUntil(p.cfg.Heartbeat, stop, func() bool {
+		s := l.SilentFor()
+		if s > p.cfg.FailureTimeout {
+			p.linkFailed(fmt.Errorf("nothing from the backup for %v", s.Round(time.Millisecond)))
 		}
-	}
+		return s > p.cfg.FailureTimeout
+	})
 }
 
 // send writes queued messages in order until stop, then what is still

@@ -46,23 +46,35 @@ var ErrReplayerStuck = errors.New("this backup's replayer was stuck on one entry
 // witness, as at any loss of its primary. It returns when stop closes or
 // the log has ended.
 func (b *Backup) watchReplayer(conn net.Conn, stop <-chan struct{}) {
-	t := time.NewTicker(b.cfg.Heartbeat)
+	everyUntil(b.cfg.Heartbeat, stop, func() bool {
+		if ended, _ := b.q.ended(); ended {
+			return true
+		}
+		d := b.busy.busyFor()
+		if d <= b.cfg.FailureTimeout {
+			return false
+		}
+		b.log.Error("the replayer is stuck; dropping the link so that the primary goes on alone",
+			"entries replayed", b.Stats.Replayed.Load(), "stuck for", d.Round(time.Millisecond), "failure timeout", b.cfg.FailureTimeout)
+		b.q.close(ErrReplayerStuck)
+		conn.Close()
+		return true
+	})
+}
+
+// everyUntil calls check every interval until it reports true or stop
+// closes.
+func everyUntil(interval time.Duration, stop <-chan struct{}, check func() bool) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
-		}
-		if ended, _ := b.q.ended(); ended {
-			return
-		}
-		if d := b.busy.busyFor(); d > b.cfg.FailureTimeout {
-			b.log.Error("the replayer is stuck; dropping the link so that the primary goes on alone",
-				"entries replayed", b.Stats.Replayed.Load(), "stuck for", d.Round(time.Millisecond), "failure timeout", b.cfg.FailureTimeout)
-			b.q.close(ErrReplayerStuck)
-			conn.Close()
-			return
+			if check() {
+				return
+			}
 		}
 	}
 }

@@ -27,12 +27,7 @@ func tamper(edited *atomic.Bool, edit func(b *replay.Batch) bool) filter {
 			}
 			if t == format.MsgLog && !edited.Load() && replay.DecodeBatch(payload, &b) == nil && edit(&b) {
 				edited.Store(true)
-				var w replay.BatchWriter
-				w.Reset(b.Generation, b.First)
-				for i := range b.Entries {
-					w.Add(&b.Entries[i])
-				}
-				payload = w.Finish()
+				payload = b.Encode()
 			}
 			if format.WriteMessage(to, t, payload) != nil {
 				return
