@@ -10,6 +10,7 @@ import (
 	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/sim"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // tamper returns a primary→backup filter that re-frames every message and
@@ -178,46 +179,15 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 	}
 }
 
-// TestDivergenceResyncsWhileTheGuestRuns: the backup diverges (a value in
-// the log changed in flight), and its full checkpoint comes by pre-copy
-// while the guest runs. With the rounds held on the way, the primary —
-// which the backup no longer protects — answers its client (a stop-and-copy
-// resync would hold every reply until the backup acknowledged it) and does
-// not say it is in sync; once they go through it is in sync again, and the
-// backup takes over in the primary's state.
+// TestDivergenceResyncsWhileTheGuestRuns: the backup diverges, and its
+// full checkpoint comes by pre-copy while the guest runs. With the rounds
+// held on the way, the primary — which the backup no longer protects —
+// answers its client (a stop-and-copy resync would hold every reply until
+// the backup acknowledged it) and does not say it is in sync; once they go
+// through it is in sync again, and the backup takes over in the primary's
+// state.
 func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
-	c := newCluster(t, "kv")
-	var edited atomic.Bool
-	diverge := tamper(&edited, func(b *replay.Batch) bool {
-		for i := range b.Entries {
-			if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
-				e.Exit.Data[0] ^= 1
-				return true
-			}
-		}
-		return false
-	})
-	held, release := make(chan struct{}), make(chan struct{})
-	checkpoints := 0
-	holdResync := linktest.Frames(func(typ uint16, _ []byte) bool {
-		if format.MsgType(typ) == format.MsgCheckpoint {
-			if checkpoints++; checkpoints == 2 { // the first is the backup's first sync
-				close(held)
-				<-release
-			}
-		}
-		return true
-	})
-	c.up = chain(diverge, holdResync)
-	c.start()
-	drive(t, c, "kv", func() bool {
-		select {
-		case <-held:
-			return true
-		default:
-			return false
-		}
-	})
+	c, release := divergeAndHoldTheResync(t)
 	c.incr(t, 5)
 	if c.primary.InSync() {
 		t.Error("the primary says it is in sync while the backup's full checkpoint is held on the way")
@@ -232,6 +202,57 @@ func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
 	c.failover()
 	sameMachine(t, c.pm, c.bm)
 	checkOutputs(t, "kv", c.client.seen())
+}
+
+// TestPrimaryDiesDuringAPrecopyResync: the primary releases the guest's
+// outputs while it pre-copies a diverged backup's full checkpoint, so that
+// backup must not go live until it has committed it: the primary dies with
+// the rounds held on the way, and the backup does not take over (from its
+// state before the divergence it would contradict the replies the client
+// saw).
+func TestPrimaryDiesDuringAPrecopyResync(t *testing.T) {
+	c, release := divergeAndHoldTheResync(t)
+	c.incr(t, 5)
+	c.crashPrimary()
+	close(release)
+	if r := vmmtest.Receive(t, "the backup's Follow to return", c.bDone); r.err == nil || r.live != nil {
+		t.Fatalf("the backup went live (%v) from a state older than the replies the client saw", r.err)
+	}
+	checkKV(t, c.client.seen())
+}
+
+// divergeAndHoldTheResync starts a pair of the kv guest whose backup
+// diverges (a value in the log changed in flight), and drives the guest
+// until the first message of its resync reaches the primary→backup path,
+// which holds it, and all after it, until release closes.
+func divergeAndHoldTheResync(t *testing.T) (*cluster, chan struct{}) {
+	c := newCluster(t, "kv")
+	var edited atomic.Bool
+	diverge := tamper(&edited, func(b *replay.Batch) bool {
+		for i := range b.Entries {
+			if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
+				e.Exit.Data[0] ^= 1
+				return true
+			}
+		}
+		return false
+	})
+	var held atomic.Bool
+	release := make(chan struct{})
+	checkpoints := 0
+	holdResync := linktest.Frames(func(typ uint16, _ []byte) bool {
+		if format.MsgType(typ) == format.MsgCheckpoint {
+			if checkpoints++; checkpoints == 2 { // the first is the backup's first sync
+				held.Store(true)
+				<-release
+			}
+		}
+		return true
+	})
+	c.up = chain(diverge, holdResync)
+	c.start()
+	drive(t, c, "kv", held.Load)
+	return c, release
 }
 
 // chain runs filters one after the other on a byte path.
