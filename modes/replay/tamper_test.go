@@ -187,7 +187,7 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 // through it is in sync again, and the backup takes over in the primary's
 // state.
 func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
-	c, release := divergeAndHoldTheResync(t)
+	c, release := divergeAndHoldTheResync(t, newCluster(t, "kv"))
 	c.incr(t, 5)
 	if c.primary.InSync() {
 		t.Error("the primary says it is in sync while the backup's full checkpoint is held on the way")
@@ -211,7 +211,7 @@ func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
 // state before the divergence it would contradict the replies the client
 // saw).
 func TestPrimaryDiesDuringAPrecopyResync(t *testing.T) {
-	c, release := divergeAndHoldTheResync(t)
+	c, release := divergeAndHoldTheResync(t, newCluster(t, "kv"))
 	c.incr(t, 5)
 	c.crashPrimary()
 	close(release)
@@ -221,12 +221,11 @@ func TestPrimaryDiesDuringAPrecopyResync(t *testing.T) {
 	checkKV(t, c.client.seen())
 }
 
-// divergeAndHoldTheResync starts a pair of the kv guest whose backup
+// divergeAndHoldTheResync starts c, a pair of the kv guest, whose backup
 // diverges (a value in the log changed in flight), and drives the guest
 // until the first message of its resync reaches the primary→backup path,
 // which holds it, and all after it, until release closes.
-func divergeAndHoldTheResync(t *testing.T) (*cluster, chan struct{}) {
-	c := newCluster(t, "kv")
+func divergeAndHoldTheResync(t *testing.T, c *cluster) (_ *cluster, release chan struct{}) {
 	var edited atomic.Bool
 	diverge := tamper(&edited, func(b *replay.Batch) bool {
 		for i := range b.Entries {
@@ -238,7 +237,7 @@ func divergeAndHoldTheResync(t *testing.T) (*cluster, chan struct{}) {
 		return false
 	})
 	var held atomic.Bool
-	release := make(chan struct{})
+	release = make(chan struct{})
 	checkpoints := 0
 	holdResync := linktest.Frames(func(typ uint16, _ []byte) bool {
 		if format.MsgType(typ) == format.MsgCheckpoint {
