@@ -42,8 +42,9 @@ type Backup struct {
 	Console  io.Writer
 	SyncDisk func() error
 	// image, if set (MirrorDisk), is this backup's own disk image: the
-	// replayer writes its guest's disk writes to it as it replays them.
-	image vmm.Disk
+	// replayer writes its guest's disk writes to it as it replays them,
+	// through replayerImage, which watchReplayer watches.
+	image, replayerImage vmm.Disk
 	// holds says the machine's memory holds a guest state already
 	// (HoldsMemory). hashes sends the range hashes of its memory and image
 	// the primary asks for (its Hello, a sync's first round), and is halted
@@ -57,7 +58,7 @@ type Backup struct {
 	q    *logQueue
 	gate ackGate
 	link *format.Link
-	busy busyClock // marked by the replayer, read by watchReplayer
+	busy busyClock // marked by replayerImage, read by watchReplayer
 
 	// Replayer.
 	ctx      context.Context
@@ -136,14 +137,14 @@ func (b *Backup) MirrorDisk(d vmm.Disk) error {
 	if err := b.recv.MirrorDisk(d.Size()); err != nil {
 		return err
 	}
-	b.image = d
+	b.image, b.replayerImage = d, watchedImage{Disk: d, busy: &b.busy}
 	return nil
 }
 
 // writeImage puts on the backup's own image what an accepted checkpoint
 // changed.
 func (b *Backup) writeImage(res format.Result) error {
-	if err := res.WriteImage(b.image); err != nil {
+	if err := res.WriteImage(b.replayerImage); err != nil {
 		return fmt.Errorf("%w: %w", ErrImage, err)
 	}
 	return nil
@@ -320,7 +321,7 @@ func (b *Backup) askResync(reason format.ResyncReason, lsn uint64, detail string
 // over.
 func (b *Backup) replay() (*Primary, error) {
 	for {
-		next, err := b.peek()
+		next, err := b.q.peek(b.ctx)
 		if errors.Is(err, errLogEnded) {
 			b.failover()
 			if b.live != nil {
@@ -359,14 +360,6 @@ func (b *Backup) replay() (*Primary, error) {
 			return nil, err
 		}
 	}
-}
-
-// peek waits for the next item of the log (see logQueue.peek); the
-// replayer is at work of its own again once it has it.
-func (b *Backup) peek() (*item, error) {
-	b.busy.waiting()
-	defer b.busy.working()
-	return b.q.peek(b.ctx)
 }
 
 // diverged stops replay until the next full checkpoint and asks for one.
@@ -429,7 +422,7 @@ func (b *Backup) stageRound(ckpt []byte) error {
 
 // applySync applies the full checkpoint that follows the sync entry at s.
 func (b *Backup) applySync(s uint64) error {
-	it, err := b.peek()
+	it, err := b.q.peek(b.ctx)
 	if errors.Is(err, errLogEnded) {
 		return nil // the primary died before sending it: fail over from here, before s
 	}
@@ -459,7 +452,7 @@ func (b *Backup) applySync(s uint64) error {
 			return err
 		}
 		buf := make([]byte, format.DiskHashRange)
-		if err := format.CompareImage(b.image, b.image.Size(), res.DiskHashes, buf); errors.Is(err, format.ErrImageDiffers) {
+		if err := format.CompareImage(b.replayerImage, b.image.Size(), res.DiskHashes, buf); errors.Is(err, format.ErrImageDiffers) {
 			return &divergence{s, err.Error()} // the next full checkpoint copies every block
 		} else if err != nil {
 			b.synced = false
@@ -560,9 +553,7 @@ func (b *Backup) runToExit(want machine.Exit) error {
 	if err := b.enterGuest(); err != nil {
 		return err
 	}
-	b.busy.waiting()
 	e, err := b.m.Run()
-	b.busy.working()
 	if err != nil {
 		return fmt.Errorf("running the guest: %w", err)
 	}
@@ -619,9 +610,7 @@ func (b *Backup) land(sig machine.Signature) error {
 		return err
 	}
 	for hits := 1; ; hits++ {
-		b.busy.waiting()
 		e, err := b.m.RunTo(sig.RIP)
-		b.busy.working()
 		if err != nil {
 			return fmt.Errorf("running the guest to a landing: %w", err)
 		}
@@ -650,7 +639,7 @@ func (b *Backup) expect(t EntryType) (Entry, bool) {
 	if b.live != nil || b.envErr != nil {
 		return Entry{}, false
 	}
-	it, err := b.peek()
+	it, err := b.q.peek(b.ctx)
 	if errors.Is(err, errLogEnded) {
 		b.failover()
 		return Entry{}, false
@@ -703,7 +692,7 @@ func (b *Backup) failover() {
 	if b.image != nil {
 		// Every disk write of the window is on the image already.
 		b.window = slices.DeleteFunc(b.window, func(s suppressed) bool { return s.out.Kind == outbuf.KindDiskWrite })
-		if err := b.image.Flush(); err != nil {
+		if err := b.replayerImage.Flush(); err != nil {
 			b.envErr = fmt.Errorf("%w: flushing it before going live: %w", ErrImage, err)
 			return
 		}
@@ -790,7 +779,7 @@ func (e backupEnv) suppress(o outbuf.Output) error {
 	}
 	b.window = append(b.window, suppressed{pos: b.lsn, out: o})
 	if o.Kind == outbuf.KindDiskWrite && b.image != nil {
-		if _, err := b.image.WriteAt(o.Data, o.Off); err != nil {
+		if _, err := b.replayerImage.WriteAt(o.Data, o.Off); err != nil {
 			b.envErr = fmt.Errorf("%w: writing the guest's write of %d bytes at %d (LSN %d): %w", ErrImage, len(o.Data), o.Off, b.lsn, err)
 		}
 	}

@@ -37,6 +37,6 @@
 // held while the backup was out of sync can be lost, as on a network), and
 // becomes a Primary with no backup. A primary that loses its backup must
 // win the next generation to go on alone, or halt. A backup whose replayer
-// is stuck on one entry (its disk image hangs) drops the link, so that its
-// primary stops counting on it (watchReplayer).
+// is stuck on its disk image (a write that does not return) drops the link,
+// so that its primary stops counting on it (watchReplayer).
 package replay

@@ -5,25 +5,26 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftckpt/ftckpt/vmm"
 )
 
-// busyClock tells how long the replayer has been at work of its own on one
-// item of the log: applying a checkpoint, completing an exit (writing the
-// guest's disk write to its image), checking a landing. Waiting for the log
-// and running the guest are left out: they go at the primary's pace, not
-// at this host's. The replayer marks it; the watchdog reads it.
+// busyClock tells how long the replayer's operation on its disk image in
+// progress (watchedImage) has taken: a write, a read, a flush. That is
+// what can hang for good (a dead disk, a lost NFS server); the replayer's
+// other work is CPU on memory, which ends, if late on a large guest. The
+// replayer marks it; the watchdog reads it.
 type busyClock struct {
-	since atomic.Int64 // UnixNano the work began; 0 while the replayer waits or runs the guest
+	since atomic.Int64 // UnixNano the operation began; 0 between operations
 }
 
-// working notes that the replayer is at work of its own from now on.
+// working notes that an operation begins.
 func (c *busyClock) working() { c.since.Store(time.Now().UnixNano()) }
 
-// waiting notes that the replayer waits for the log or runs the guest.
+// waiting notes that it ended.
 func (c *busyClock) waiting() { c.since.Store(0) }
 
-// busyFor is how long the replayer has been at work of its own, 0 while it
-// waits or runs the guest.
+// busyFor is how long the operation in progress has taken, 0 if none.
 func (c *busyClock) busyFor() time.Duration {
 	began := c.since.Load()
 	if began == 0 {
@@ -34,10 +35,10 @@ func (c *busyClock) busyFor() time.Duration {
 
 // ErrReplayerStuck ends the log of a backup whose replayer was stuck, and
 // is wrapped by Follow's error if it then does not go live.
-var ErrReplayerStuck = errors.New("this backup's replayer was stuck on one entry for longer than the failure timeout (its disk image hangs?); it dropped the link")
+var ErrReplayerStuck = errors.New("this backup's replayer was stuck on its disk image for longer than the failure timeout; it dropped the link")
 
 // watchReplayer drops the link once the replayer has spent longer than the
-// failure timeout on one item (its disk image hangs). Such a backup cannot
+// failure timeout in one operation on its disk image. Such a backup cannot
 // take over, yet its receiver goes on acknowledging what arrives (acks are
 // for the log received, not replayed), so without this its primary would
 // count on it, and with a quiet guest the queue never fills to push back:
@@ -54,7 +55,7 @@ func (b *Backup) watchReplayer(conn net.Conn, stop <-chan struct{}) {
 		if d <= b.cfg.FailureTimeout {
 			return false
 		}
-		b.log.Error("the replayer is stuck; dropping the link so that the primary goes on alone",
+		b.log.Error("the replayer is stuck on its disk image; dropping the link so that the primary goes on alone",
 			"entries replayed", b.Stats.Replayed.Load(), "stuck for", d.Round(time.Millisecond), "failure timeout", b.cfg.FailureTimeout)
 		b.q.close(ErrReplayerStuck)
 		conn.Close()
@@ -77,4 +78,29 @@ func everyUntil(interval time.Duration, stop <-chan struct{}, check func() bool)
 			}
 		}
 	}
+}
+
+// watchedImage is the backup's disk image as its replayer uses it: each
+// operation marks busy while it runs.
+type watchedImage struct {
+	vmm.Disk
+	busy *busyClock
+}
+
+func (w watchedImage) ReadAt(p []byte, off int64) (int, error) {
+	w.busy.working()
+	defer w.busy.waiting()
+	return w.Disk.ReadAt(p, off)
+}
+
+func (w watchedImage) WriteAt(p []byte, off int64) (int, error) {
+	w.busy.working()
+	defer w.busy.waiting()
+	return w.Disk.WriteAt(p, off)
+}
+
+func (w watchedImage) Flush() error {
+	w.busy.working()
+	defer w.busy.waiting()
+	return w.Disk.Flush()
 }
