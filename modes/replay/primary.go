@@ -137,7 +137,7 @@ type Primary struct {
 	// progress (MsgRounds).
 	roundsApplied atomic.Uint64
 
-	ackedCh chan struct{} // buffered(1): committed rose
+	ackedCh chan struct{} // buffered(1): committed rose, or the backup asked for a full sync (awaitAcks)
 	// resync says the backup asked for a full sync: resyncAsked, with
 	// resyncAfterGap if it asked after a gap in the log (see
 	// resyncWhileRunning).
@@ -634,19 +634,7 @@ func (p *Primary) hold(o outbuf.Output) error {
 // once the backup has the log that produced them (or the primary is alone).
 func (p *Primary) finish() error {
 	p.flush()
-	for p.recording && p.committed.Load() < p.lsn {
-		select {
-		case <-p.linkCtx.Done():
-			if err := p.ctx.Err(); err != nil {
-				return err
-			}
-			if err := p.backupLost(); err != nil {
-				return err
-			}
-		case <-time.After(p.cfg.Heartbeat):
-		}
-	}
-	return nil
+	return p.awaitAcks(p.lsn)
 }
 
 // primaryEnv is the recording Env: it answers from this host and logs what

@@ -203,6 +203,10 @@ func (p *Primary) handleResync(r format.Resync) {
 		asked |= resyncAfterGap
 	}
 	p.resync.Or(asked)
+	select {
+	case p.ackedCh <- struct{}{}: // an engine awaiting acks gets none before the sync
+	default:
+	}
 	p.poke()
 }
 

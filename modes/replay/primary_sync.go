@@ -2,6 +2,7 @@ package replay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -285,13 +286,42 @@ func (p *Primary) addDiskHashes() error {
 }
 
 // flushDisk waits until every disk write held so far is released (the
-// backup has the log through it), then makes them durable. If the backup
-// is lost meanwhile, the backup-lost rule runs here (alone, writes are
-// released at once).
+// backup has the log through it: awaitAcks), then makes them durable.
 func (p *Primary) flushDisk() error {
 	target := p.lastWrite
 	p.flush()
+	if err := p.awaitAcks(target); err != nil {
+		return err
+	}
+	if p.SyncDisk != nil {
+		return p.syncDisk(p.committed.Load()) // the engine: outside any Hold
+	}
+	return nil
+}
+
+// errGapInAwait fails the link to a backup that lost part of the log while
+// the engine waits for its acks (awaitAcks).
+var errGapInAwait = errors.New("the backup lost part of the log while the guest waits for its outputs to be released; its full checkpoint needs the guest stopped between exits")
+
+// awaitAcks waits until the backup has acknowledged the log through
+// target, so that what is held up to there is released (alone, it is at
+// once). If the backup is lost meanwhile, the backup-lost rule runs here.
+// A backup that asks for a full checkpoint meanwhile gives no more acks
+// before one, which the engine can send only at a boundary, not in the
+// exit it is completing here: one that diverged cannot go live before it,
+// so what is held is released now (as resyncWhileRunning does); one that
+// lost part of the log could take over from before the gap, so what came
+// after stays held, and it is lost instead.
+func (p *Primary) awaitAcks(target uint64) error {
 	for p.recording && p.committed.Load() < target {
+		if asked := p.resync.Load(); asked&resyncAfterGap != 0 {
+			p.linkFailed(errGapInAwait)
+		} else if asked != 0 {
+			if err := p.out.Commit(p.lsn); err != nil {
+				return fmt.Errorf("releasing held outputs: %w", err)
+			}
+			return nil
+		}
 		select {
 		case <-p.ackedCh:
 		case <-p.linkCtx.Done():
@@ -302,9 +332,6 @@ func (p *Primary) flushDisk() error {
 				return err
 			}
 		}
-	}
-	if p.SyncDisk != nil {
-		return p.syncDisk(p.committed.Load()) // the engine: outside any Hold
 	}
 	return nil
 }
