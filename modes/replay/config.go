@@ -45,8 +45,12 @@ type Config struct {
 	// pre-copy while the guest runs: a pass over all memory, then passes
 	// over what was written meanwhile, PrecopyChunk pages at each of the
 	// engine's boundaries, until a pass finds at most PrecopyDone pages or
-	// PrecopyRounds passes were made; the rest goes in a final stop.
+	// PrecopyRounds passes were made; the rest goes in a final stop. On a
+	// first pass compared with the backup's hashes a message also takes
+	// the pages the backup has, kept, until PrecopyChunk go with data or it
+	// has spent PrecopyCompare comparing (the guest is stopped meanwhile).
 	PrecopyRounds, PrecopyDone, PrecopyChunk int
+	PrecopyCompare                           time.Duration
 	// Verify adds a SHA-256 of all guest memory to every full checkpoint
 	// (and, with a mirrored disk, one of each 256 KiB of the disk); the
 	// backup checks them after applying. It costs a pass over memory (and
@@ -65,7 +69,7 @@ func DefaultConfig() Config {
 		BackupQueueBytes: 16 << 20, MaxLandingHits: 1 << 20, RxQueue: 256, LandingDelay: time.Millisecond,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: time.Second, DecideTimeout: 5 * time.Second,
 		MaxCheckpoint: format.DefaultMaxCheckpoint,
-		PrecopyRounds: 5, PrecopyDone: 256, PrecopyChunk: 256,
+		PrecopyRounds: 5, PrecopyDone: 256, PrecopyChunk: 256, PrecopyCompare: time.Millisecond,
 	}
 }
 
@@ -86,6 +90,7 @@ func (c Config) Validate() error {
 	check(c.RxQueue < 1, "rx queue %d: must be at least 1", c.RxQueue)
 	check(c.PrecopyRounds < 1 || c.PrecopyDone < 0, "pre-copy rounds %d, done threshold %d: want at least 1 round and a threshold of 0 or more", c.PrecopyRounds, c.PrecopyDone)
 	check(c.PrecopyChunk < 1, "pre-copy chunk of %d pages: must be at least 1", c.PrecopyChunk)
+	check(c.PrecopyCompare <= 0, "pre-copy compare time %v: must be positive", c.PrecopyCompare)
 	check(c.Heartbeat <= 0, "heartbeat %v: must be positive", c.Heartbeat)
 	check(c.FailureTimeout < 2*c.Heartbeat, "failure timeout %v: must be at least two heartbeats (%v)", c.FailureTimeout, 2*c.Heartbeat)
 	check(c.DecideTimeout <= 0, "decide timeout %v: must be positive", c.DecideTimeout)

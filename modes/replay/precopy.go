@@ -235,7 +235,8 @@ func (p *Primary) precopyStep() error {
 // backup has go kept, without data (the guest does not run until they are
 // encoded: CompareStill): a kept page costs a hash, not bytes, so the
 // message takes pages until PrecopyChunk go with data or it has spent
-// roundHashing comparing. It is not ready if the hashes of the next ranges
+// PrecopyCompare comparing (a range of zeros hashes in microseconds, one
+// of data in about 0.2 ms). It is not ready if the hashes of the next ranges
 // have not arrived; if none arrive for FailureTimeout, the rest of the
 // pass goes with its data.
 func (p *Primary) nextPages() (chunk, kept []uint64, ready bool) {
@@ -254,20 +255,14 @@ func (p *Primary) nextPages() (chunk, kept []uint64, ready bool) {
 	return pc.todo[:n:n], kept, true
 }
 
-// roundHashing is how long a round message may spend comparing its pages
-// with the backup's (the guest is stopped meanwhile) before it has
-// PrecopyChunk pages with data: a range of zeros hashes in microseconds,
-// one of data in about 0.2 ms.
-const roundHashing = time.Millisecond
-
 // compareChunk compares the pass's next pages with the backup's memory,
-// PrecopyChunk-with-data at a time, for roundHashing at most, and returns
+// PrecopyChunk-with-data at a time, for PrecopyCompare at most, and returns
 // how many it decided (stopping at a range whose hash has not arrived) and
 // those of them kept: at most PrecopyChunk of them are not.
 func (p *Primary) compareChunk() (n int, kept []uint64) {
 	pc := p.precopy
 	began := time.Now()
-	for n < len(pc.todo) && time.Since(began) < roundHashing {
+	for n < len(pc.todo) && time.Since(began) < p.cfg.PrecopyCompare {
 		budget := p.cfg.PrecopyChunk - (n - len(kept)) // pages with data still allowed
 		if budget <= 0 {
 			break
