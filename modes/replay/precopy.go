@@ -316,6 +316,52 @@ func (p *Primary) hashesLate(decided bool) bool {
 	return false
 }
 
+// finishPrecopy ends the pre-copy in progress at once with its final
+// stop, for a primary that is stopping (Run's ctx ended: SIGTERM, a
+// planned failover): the commit carries what the pass under way has not
+// sent and what was written since it began, so that the backup can go live
+// where the guest stopped, as one in sync does, instead of being left
+// without a full checkpoint and the guest with nobody. Nothing sent yet,
+// it is a stop-and-copy. Pages the backup's hashes would have kept go with
+// their data: a stop is no time to wait for hashes.
+func (p *Primary) finishPrecopy() error {
+	if err := p.lastStopCommit(); err != nil {
+		return err
+	}
+	// The backup's guest starts a signature interval at the sync; the
+	// primary's, which will not run again, does so here.
+	p.needMark = false
+	return p.m.Mark()
+}
+
+// lastStopCommit sends finishPrecopy's commit.
+func (p *Primary) lastStopCommit() error {
+	pc := p.precopy
+	if pc.first {
+		p.stopPrecopy()
+		p.recording = true
+		return p.sync()
+	}
+	pc.written.Clear()
+	if err := p.m.Harvest(pc.written); err != nil { // written since the pass began
+		return err
+	}
+	for _, pfn := range pc.todo {
+		pc.written.Set(pfn)
+	}
+	pc.todo = pc.todo[:0]
+	for r := range pc.written.Runs() {
+		for pfn := r.First; pfn < r.First+r.Count; pfn++ {
+			pc.todo = append(pc.todo, pfn)
+		}
+	}
+	for _, b := range pc.blocks { // the commit takes the blocks marked
+		p.blocks.Mark(int64(b)*format.DiskBlockSize, format.DiskBlockSize)
+	}
+	p.log.Info("stopping: the backup's full checkpoint goes in this last stop", "pages", len(pc.todo), "disk blocks", len(pc.blocks))
+	return p.endPrecopy()
+}
+
 // stopPrecopy forgets the pre-copy in progress.
 func (p *Primary) stopPrecopy() {
 	p.precopy = nil

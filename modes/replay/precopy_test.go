@@ -9,6 +9,7 @@ import (
 	"time"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
@@ -48,6 +49,56 @@ func TestPrecopyWhileTheGuestRuns(t *testing.T) {
 	r := vmmtest.Receive(t, "the backup to take over", done)
 	if r.err != nil {
 		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	sameMachine(t, c.pm, bm)
+	checkTicks(t, c.client.seen())
+}
+
+// TestStopDuringPrecopyHandsOver: the primary is stopped (as by SIGTERM)
+// while a backup attaching is pre-copying a busy guest's full checkpoint,
+// a pre-copy that would not end by itself here (the tick guest writes more
+// pages than it may leave for the final stop). The rest of the checkpoint
+// goes in the primary's last stop, and the backup takes over where the
+// guest stopped, holding exactly the primary's machine.
+func TestStopDuringPrecopyHandsOver(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	c.cfg = precopyConfig()
+	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	bm, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "rounds of the pre-copy applied", func() bool { return b.Stats.Rounds.Load() >= 5 })
+	c.stopPrimary()
+	r := vmmtest.Receive(t, "the backup to take over", done)
+	if r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	if n := p.Stats.Syncs.Load(); n != 1 {
+		t.Errorf("the primary sent %d full checkpoints, want the pre-copied one", n)
+	}
+	sameMachine(t, c.pm, bm)
+	checkTicks(t, c.client.seen())
+}
+
+// TestStopBeforeTheFirstRoundHandsOver: as TestStopDuringPrecopyHandsOver,
+// but the backup offered its memory's hashes and they do not come, so no
+// round has gone when the primary is stopped: its last stop copies the
+// whole full checkpoint, and the backup takes over.
+func TestStopBeforeTheFirstRoundHandsOver(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	c.attachHolds = true
+	c.down = linktest.Frames(func(typ uint16, _ []byte) bool { return format.MsgType(typ) != format.MsgMemoryHashes })
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	bm, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "the pre-copy to wait for the hashes", func() bool { return p.Stats.PrecopyPass.Load() == 1 })
+	c.stopPrimary()
+	r := vmmtest.Receive(t, "the backup to take over", done)
+	if r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	if n := b.Stats.Rounds.Load(); n != 0 {
+		t.Errorf("the backup applied %d rounds, want none", n)
 	}
 	sameMachine(t, c.pm, bm)
 	checkTicks(t, c.client.seen())

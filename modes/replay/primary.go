@@ -311,9 +311,7 @@ func (p *Primary) drive(ctx context.Context) error {
 			return err
 		}
 		if p.m.Halted() {
-			if err := p.waitHalted(); err != nil {
-				return err
-			}
+			p.waitHalted()
 			continue
 		}
 		if p.needMark {
@@ -372,7 +370,13 @@ func (p *Primary) drive(ctx context.Context) error {
 func (p *Primary) boundary() error {
 	if err := p.ctx.Err(); err != nil {
 		// The log ends where the guest stopped: a backup that replays it
-		// all holds the primary's machine.
+		// all holds the primary's machine. One still pre-copying gets the
+		// rest of its full checkpoint first.
+		if p.precopy != nil && !p.linkIsDown() {
+			if ferr := p.finishPrecopy(); ferr != nil {
+				return ferr
+			}
+		}
 		if lerr := p.logStop(); lerr != nil {
 			return lerr
 		}
@@ -535,9 +539,9 @@ func (p *Primary) armKick() {
 }
 
 // waitHalted waits while the guest is halted until something may wake it
-// (a frame, a timer deadline, a resync, a link failure or the end of ctx),
-// or a pre-copy round is due.
-func (p *Primary) waitHalted() error {
+// (a frame, a timer deadline, a resync, a link failure or the end of ctx:
+// the boundary after it stops the engine), or a pre-copy round is due.
+func (p *Primary) waitHalted() {
 	p.flush()
 	wait := time.Duration(-1)
 	if dl, ok := p.m.TimerDeadline(); ok {
@@ -557,11 +561,9 @@ func (p *Primary) waitHalted() error {
 	}
 	select {
 	case <-p.ctx.Done():
-		return p.ctx.Err()
 	case <-p.wake:
 	case <-timer:
 	}
-	return nil
 }
 
 // append logs e (when recording) and ships the batch when it is full.

@@ -221,6 +221,20 @@ func TestPrimaryDiesDuringAPrecopyResync(t *testing.T) {
 	checkKV(t, c.client.seen())
 }
 
+// TestStopDuringAPrecopyResyncHandsOver: the primary is stopped (as by
+// SIGTERM) while it pre-copies a diverged backup's full checkpoint: the
+// rest of it goes in the primary's last stop, and the backup takes over
+// in the primary's state.
+func TestStopDuringAPrecopyResyncHandsOver(t *testing.T) {
+	c, release := divergeAndHoldTheResync(t, newCluster(t, "kv"))
+	c.incr(t, 5)
+	time.AfterFunc(50*time.Millisecond, func() { close(release) }) // the stop's last messages wait for it
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	checkKV(t, c.client.seen())
+}
+
 // divergeAndHoldTheResync starts c, a pair of the kv guest, whose backup
 // diverges (a value in the log changed in flight), and drives the guest
 // until the first message of its resync reaches the primary→backup path,
