@@ -24,28 +24,18 @@ type Link struct {
 	// the connection then waits that long for bytes. Only the reading
 	// goroutine touches it.
 	silence time.Duration
-	// handling is when the receive loop's handler began on the message in
-	// hand (UnixNano), 0 between messages; stuckAfter (SetStuckAfter) is
-	// how long a handler may take before Heartbeats fall silent.
-	handling   atomic.Int64
-	stuckAfter time.Duration
+	// stuck (SetStuck) says when Heartbeats fall silent; nil: never.
+	stuck func() bool
 }
 
-// SetStuckAfter has Heartbeats send nothing while the receive loop has
-// spent longer than d handling one message (a backup whose disk hangs
-// while it applies a checkpoint): the peer, hearing nothing, finds this
-// side silent a failure timeout later, as it would a dead one, instead of
-// waiting forever for an answer that does not come. 0 (the default):
-// heartbeats go on whatever the handler does, for a side whose handler
-// may wait on purpose (flow control). Call before Heartbeats.
-func (l *Link) SetStuckAfter(d time.Duration) { l.stuckAfter = d }
-
-// stuck says whether the receive loop's handler has been at one message
-// for longer than stuckAfter.
-func (l *Link) stuck() bool {
-	began := l.handling.Load()
-	return l.stuckAfter > 0 && began != 0 && l.now().Sub(time.Unix(0, began)) > l.stuckAfter
-}
+// SetStuck has Heartbeats send nothing while stuck reports true (a backup
+// whose disk image hangs in a write while it applies a checkpoint): the
+// peer, hearing nothing, finds this side silent a failure timeout later,
+// as it would a dead one, instead of waiting forever for an answer that
+// does not come. Without it heartbeats go on whatever the receive loop
+// does, for a side whose handler may wait on purpose (flow control). Call
+// before Heartbeats; stuck is called from Heartbeats' goroutine.
+func (l *Link) SetStuck(stuck func() bool) { l.stuck = stuck }
 
 // NewLink returns a Link on conn accepting checkpoints of up to
 // maxCheckpoint bytes. now tells the time (nil: time.Now).
@@ -186,7 +176,7 @@ func (l *Link) Hello(mine Hello, timeout time.Duration) (Hello, error) {
 
 // Heartbeats sends a heartbeat every interval until stop closes, but for
 // while another message is being written (the peer hears that one) and
-// while the receive loop is stuck on a message (SetStuckAfter). A
+// while this side is stuck (SetStuck). A
 // heartbeat not written within timeout (the failure timeout: see Send) is
 // reported to fail, and ends them.
 func (l *Link) Heartbeats(interval, timeout time.Duration, stop <-chan struct{}, fail func(error)) {
@@ -198,7 +188,7 @@ func (l *Link) Heartbeats(interval, timeout time.Duration, stop <-chan struct{},
 			return
 		case <-t.C:
 		}
-		if l.stuck() || !l.wmu.TryLock() {
+		if (l.stuck != nil && l.stuck()) || !l.wmu.TryLock() {
 			continue
 		}
 		err := l.send(MsgHeartbeat, Heartbeat{Seq: seq}.Append(nil), timeout)

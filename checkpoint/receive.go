@@ -141,10 +141,7 @@ func (l *Link) receive(peer string, silence time.Duration, halt <-chan error, ha
 		if t == MsgHeartbeat {
 			continue
 		}
-		l.handling.Store(l.now().UnixNano())
-		err = handle(t, payload)
-		l.handling.Store(0)
-		if err != nil {
+		if err = handle(t, payload); err != nil {
 			return err
 		}
 	}

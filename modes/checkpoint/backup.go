@@ -24,10 +24,14 @@ type Backup struct {
 	fence *witness.Fence
 	recv  *format.Backup
 	disk  vmm.Disk // set by SetDisk or MirrorDisk
-	// mirrored is set by MirrorDisk: disk is this backup's own image.
-	// hashBuf is the receiver's, for verifyImage.
-	mirrored bool
-	hashBuf  []byte
+	// mirrored is set by MirrorDisk: disk is this backup's own image, which
+	// the receiver writes and reads through imageIO, timed by imageClock
+	// (a hung image makes the link fall silent: Receive). hashBuf is the
+	// receiver's, for verifyImage.
+	mirrored   bool
+	imageIO    vmm.Disk
+	imageClock session.OpClock
+	hashBuf    []byte
 	// memMu is held by the receiver while it applies a checkpoint to the
 	// guest's memory, and by a session.HashSender while it hashes a range.
 	memMu sync.Mutex
@@ -90,6 +94,7 @@ func (b *Backup) MirrorDisk(d vmm.Disk) error {
 		return err
 	}
 	b.disk, b.mirrored = d, true
+	b.imageIO = session.TimedDisk{Disk: d, Clock: &b.imageClock}
 	return nil
 }
 
@@ -118,7 +123,7 @@ func (b *Backup) mirror(res format.Result) (rejected, fatal error) {
 // writeImage puts on the backup's own image what an accepted checkpoint
 // changed.
 func (b *Backup) writeImage(res format.Result) error {
-	if err := res.WriteImage(b.disk); err != nil {
+	if err := res.WriteImage(b.imageIO); err != nil {
 		return fmt.Errorf("%w: %w", ErrImage, err)
 	}
 	return nil
@@ -182,10 +187,10 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 	c := &backupConn{l: l, hashes: session.NewHashSender(l, b.cfg.FailureTimeout, image, memory, &b.memMu, fail)}
 	// The hashers are done before the guest may run.
 	defer func() { close(stop); c.hashes.Halt(); conn.Close(); c.hashes.Wait() }()
-	// A backup stuck on one checkpoint (its image's disk hangs) falls
+	// A backup whose image hangs in an operation (session.TimedDisk) falls
 	// silent, so that its primary loses it instead of holding the guest's
 	// outputs for ever.
-	l.SetStuckAfter(b.cfg.FailureTimeout)
+	l.SetStuck(func() bool { return b.imageClock.Busy() > b.cfg.FailureTimeout })
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, fail)
 	c.hashes.Start(format.HelloHashes, hello.SendsMemoryHashes)
 	go func() {
@@ -276,12 +281,11 @@ func (b *Backup) handleCheckpoint(c *backupConn, payload []byte) error {
 }
 
 // noteSlow says so in the log if the checkpoint whose handling began at
-// began took longer than the failure timeout: the link's heartbeats fell
-// silent meanwhile (SetStuckAfter), and the primary may have lost this
-// backup for it.
+// began took longer than the failure timeout: its ack came that late, and
+// the primary held the guest's outputs as long.
 func (b *Backup) noteSlow(began time.Time) {
 	if took := b.now().Sub(began); took > b.cfg.FailureTimeout {
-		b.log.Warn("a checkpoint took longer than the failure timeout to apply, and this backup fell silent meanwhile: its primary may have lost it (--verify hashes all of memory at each; or a slow disk image)",
+		b.log.Warn("a checkpoint took longer than the failure timeout to apply (--verify hashes what it wrote; or a slow disk image)",
 			"took", took.Round(time.Millisecond), "failure timeout", b.cfg.FailureTimeout)
 	}
 }

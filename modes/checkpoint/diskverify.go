@@ -68,7 +68,7 @@ func (b *Backup) verifyImage(hashes []format.DiskRangeHash) error {
 	if b.hashBuf == nil {
 		b.hashBuf = make([]byte, format.DiskHashRange)
 	}
-	err := format.CompareImage(b.disk, b.disk.Size(), hashes, b.hashBuf)
+	err := format.CompareImage(b.imageIO, b.disk.Size(), hashes, b.hashBuf)
 	if err != nil && !errors.Is(err, format.ErrImageDiffers) {
 		return fmt.Errorf("%w: %w", ErrImage, err)
 	}

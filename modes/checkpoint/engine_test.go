@@ -560,9 +560,9 @@ func TestCorruptCheckpointIsRejectedAndResynced(t *testing.T) {
 // TestStuckBackupIsLost (mirrored disks): the backup's image stops
 // completing writes while the pair runs, so its receiver hangs applying a
 // checkpoint while its heartbeats could go on, and no ack comes. A backup
-// stuck on one checkpoint for the failure timeout falls silent: the
-// primary must apply the backup-lost rule, not hold the guest's outputs
-// for ever.
+// whose image has been in one write for the failure timeout falls silent:
+// the primary must apply the backup-lost rule, not hold the guest's
+// outputs for ever.
 func TestStuckBackupIsLost(t *testing.T) {
 	cfg := testConfig()
 	cfg.FailureTimeout = 300 * time.Millisecond // how long the backup may be stuck

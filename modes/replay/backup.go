@@ -43,8 +43,9 @@ type Backup struct {
 	SyncDisk func() error
 	// image, if set (MirrorDisk), is this backup's own disk image: the
 	// replayer writes its guest's disk writes to it as it replays them,
-	// through replayerImage, which watchReplayer watches.
+	// through replayerImage, which imageClock times for watchReplayer.
 	image, replayerImage vmm.Disk
+	imageClock           session.OpClock
 	// holds says the machine's memory holds a guest state already
 	// (HoldsMemory). hashes sends the range hashes of its memory and image
 	// the primary asks for (its Hello, a sync's first round), and is halted
@@ -58,7 +59,6 @@ type Backup struct {
 	q    *logQueue
 	gate ackGate
 	link *format.Link
-	busy busyClock // marked by replayerImage, read by watchReplayer
 
 	// Replayer.
 	ctx      context.Context
@@ -137,7 +137,7 @@ func (b *Backup) MirrorDisk(d vmm.Disk) error {
 	if err := b.recv.MirrorDisk(d.Size()); err != nil {
 		return err
 	}
-	b.image, b.replayerImage = d, watchedImage{Disk: d, busy: &b.busy}
+	b.image, b.replayerImage = d, session.TimedDisk{Disk: d, Clock: &b.imageClock}
 	return nil
 }
 

@@ -3,35 +3,8 @@ package replay
 import (
 	"errors"
 	"net"
-	"sync/atomic"
 	"time"
-
-	"github.com/ftckpt/ftckpt/vmm"
 )
-
-// busyClock tells how long the replayer's operation on its disk image in
-// progress (watchedImage) has taken: a write, a read, a flush. That is
-// what can hang for good (a dead disk, a lost NFS server); the replayer's
-// other work is CPU on memory, which ends, if late on a large guest. The
-// replayer marks it; the watchdog reads it.
-type busyClock struct {
-	since atomic.Int64 // UnixNano the operation began; 0 between operations
-}
-
-// working notes that an operation begins.
-func (c *busyClock) working() { c.since.Store(time.Now().UnixNano()) }
-
-// waiting notes that it ended.
-func (c *busyClock) waiting() { c.since.Store(0) }
-
-// busyFor is how long the operation in progress has taken, 0 if none.
-func (c *busyClock) busyFor() time.Duration {
-	began := c.since.Load()
-	if began == 0 {
-		return 0
-	}
-	return time.Since(time.Unix(0, began))
-}
 
 // ErrReplayerStuck ends the log of a backup whose replayer was stuck, and
 // is wrapped by Follow's error if it then does not go live.
@@ -51,7 +24,7 @@ func (b *Backup) watchReplayer(conn net.Conn, stop <-chan struct{}) {
 		if ended, _ := b.q.ended(); ended {
 			return true
 		}
-		d := b.busy.busyFor()
+		d := b.imageClock.Busy()
 		if d <= b.cfg.FailureTimeout {
 			return false
 		}
@@ -78,29 +51,4 @@ func everyUntil(interval time.Duration, stop <-chan struct{}, check func() bool)
 			}
 		}
 	}
-}
-
-// watchedImage is the backup's disk image as its replayer uses it: each
-// operation marks busy while it runs.
-type watchedImage struct {
-	vmm.Disk
-	busy *busyClock
-}
-
-func (w watchedImage) ReadAt(p []byte, off int64) (int, error) {
-	w.busy.working()
-	defer w.busy.waiting()
-	return w.Disk.ReadAt(p, off)
-}
-
-func (w watchedImage) WriteAt(p []byte, off int64) (int, error) {
-	w.busy.working()
-	defer w.busy.waiting()
-	return w.Disk.WriteAt(p, off)
-}
-
-func (w watchedImage) Flush() error {
-	w.busy.working()
-	defer w.busy.waiting()
-	return w.Disk.Flush()
 }
