@@ -377,6 +377,17 @@ func (c *cluster) stopPrimary() {
 	}
 }
 
+// handOverAndCheck stops the primary gracefully, has the backup take over,
+// and checks that it holds the primary's machine and that the client saw
+// one machine's outputs of guest.
+func (c *cluster) handOverAndCheck(t *testing.T, guest string) {
+	t.Helper()
+	c.stopPrimary()
+	c.failover()
+	sameMachine(t, c.pm, c.bm)
+	checkOutputs(t, guest, c.client.seen())
+}
+
 // failover waits for the backup to take over and runs the live primary it
 // became.
 func (c *cluster) failover() *replay.Primary {

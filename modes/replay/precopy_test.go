@@ -64,20 +64,10 @@ func TestStopDuringPrecopyHandsOver(t *testing.T) {
 	c := newCluster(t, "tick", tickParams...)
 	c.cfg = precopyConfig()
 	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
-	p, _, _ := c.alonePrimary(context.Background())
-	c.client.waitFrames(t, 3)
-	bm, b, done, _ := c.attachBackup(p, "backup")
-	vmmtest.WaitUntil(t, "rounds of the pre-copy applied", func() bool { return b.Stats.Rounds.Load() >= 5 })
-	c.stopPrimary()
-	r := vmmtest.Receive(t, "the backup to take over", done)
-	if r.err != nil {
-		t.Fatalf("the backup did not take over: %v", r.err)
-	}
+	p, _ := stopDuringPrecopy(t, c, func(_ *replay.Primary, b *replay.Backup) bool { return b.Stats.Rounds.Load() >= 5 })
 	if n := p.Stats.Syncs.Load(); n != 1 {
 		t.Errorf("the primary sent %d full checkpoints, want the pre-copied one", n)
 	}
-	sameMachine(t, c.pm, bm)
-	checkTicks(t, c.client.seen())
 }
 
 // TestStopBeforeTheFirstRoundHandsOver: as TestStopDuringPrecopyHandsOver,
@@ -88,20 +78,28 @@ func TestStopBeforeTheFirstRoundHandsOver(t *testing.T) {
 	c := newCluster(t, "tick", tickParams...)
 	c.attachHolds = true
 	c.down = linktest.Frames(func(typ uint16, _ []byte) bool { return format.MsgType(typ) != format.MsgMemoryHashes })
-	p, _, _ := c.alonePrimary(context.Background())
-	c.client.waitFrames(t, 3)
-	bm, b, done, _ := c.attachBackup(p, "backup")
-	vmmtest.WaitUntil(t, "the pre-copy to wait for the hashes", func() bool { return p.Stats.PrecopyPass.Load() == 1 })
-	c.stopPrimary()
-	r := vmmtest.Receive(t, "the backup to take over", done)
-	if r.err != nil {
-		t.Fatalf("the backup did not take over: %v", r.err)
-	}
+	_, b := stopDuringPrecopy(t, c, func(p *replay.Primary, _ *replay.Backup) bool { return p.Stats.PrecopyPass.Load() == 1 })
 	if n := b.Stats.Rounds.Load(); n != 0 {
 		t.Errorf("the backup applied %d rounds, want none", n)
 	}
+}
+
+// stopDuringPrecopy runs c's tick guest alone, attaches a backup, stops
+// the primary once reached says the pre-copy is where the test wants it,
+// and checks that the backup takes over holding the primary's machine.
+func stopDuringPrecopy(t *testing.T, c *cluster, reached func(*replay.Primary, *replay.Backup) bool) (*replay.Primary, *replay.Backup) {
+	t.Helper()
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	bm, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "the pre-copy where the test stops it", func() bool { return reached(p, b) })
+	c.stopPrimary()
+	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
 	sameMachine(t, c.pm, bm)
 	checkTicks(t, c.client.seen())
+	return p, b
 }
 
 // TestPrecopyBackupLostMidway: the link to a backup attaching goes dark

@@ -171,10 +171,7 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 			c.start()
 			drive(t, c, "kv", func() bool { return c.primary.Stats.Syncs.Load() >= 2 && c.primary.InSync() })
 			c.incr(t, 10)
-			c.stopPrimary()
-			c.failover()
-			sameMachine(t, c.pm, c.bm)
-			checkOutputs(t, "kv", c.client.seen())
+			c.handOverAndCheck(t, "kv")
 		})
 	}
 }
@@ -198,10 +195,7 @@ func TestDivergenceResyncsWhileTheGuestRuns(t *testing.T) {
 		t.Error("no page went by pre-copy: the resync stopped the guest to copy it all")
 	}
 	c.incr(t, 5)
-	c.stopPrimary()
-	c.failover()
-	sameMachine(t, c.pm, c.bm)
-	checkOutputs(t, "kv", c.client.seen())
+	c.handOverAndCheck(t, "kv")
 }
 
 // TestPrimaryDiesDuringAPrecopyResync: the primary releases the guest's
@@ -229,10 +223,7 @@ func TestStopDuringAPrecopyResyncHandsOver(t *testing.T) {
 	c, release := divergeAndHoldTheResync(t, newCluster(t, "kv"))
 	c.incr(t, 5)
 	time.AfterFunc(50*time.Millisecond, func() { close(release) }) // the stop's last messages wait for it
-	c.stopPrimary()
-	c.failover()
-	sameMachine(t, c.pm, c.bm)
-	checkKV(t, c.client.seen())
+	c.handOverAndCheck(t, "kv")
 }
 
 // divergeAndHoldTheResync starts c, a pair of the kv guest, whose backup
