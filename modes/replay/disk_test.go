@@ -250,15 +250,7 @@ func TestHeldDiskWritesSurviveAResync(t *testing.T) {
 			}
 			return true
 		}), lateResyncThenNothing},
-		{"divergence", tamper(&spoiled, func(b *replay.Batch) bool {
-			for i := range b.Entries {
-				if e := &b.Entries[i]; e.Type == replay.EntryValue && armed.Load() {
-					e.Exit.Data[0] ^= 1
-					return true
-				}
-			}
-			return false
-		}), linktest.Frames(func(typ uint16, _ []byte) bool {
+		{"divergence", flipValue(&spoiled, func(*replay.Batch) bool { return armed.Load() }), linktest.Frames(func(typ uint16, _ []byte) bool {
 			return !spoiled.Load() || format.MsgType(typ) != format.MsgAck
 		})},
 	} {
@@ -794,15 +786,7 @@ func TestResyncWhileTheGuestFlushes(t *testing.T) {
 	}
 	t.Run("divergence", func(t *testing.T) {
 		c, spoiled := start(t, func(armed, spoiled *atomic.Bool) filter {
-			return tamper(spoiled, func(b *replay.Batch) bool {
-				for i := range b.Entries {
-					if e := &b.Entries[i]; e.Type == replay.EntryValue && armed.Load() {
-						e.Exit.Data[0] ^= 1
-						return true
-					}
-				}
-				return false
-			})
+			return flipValue(spoiled, func(*replay.Batch) bool { return armed.Load() })
 		})
 		drive(t, c, "kv", func() bool { return spoiled.Load() && c.backup.Stats.Applied.Load() >= 2 && c.primary.InSync() })
 		if n := c.primary.Stats.BackupsLost.Load(); n != 0 {

@@ -37,6 +37,24 @@ func tamper(edited *atomic.Bool, edit func(b *replay.Batch) bool) filter {
 	}
 }
 
+// flipValue returns a tamper filter that flips a bit of the first value
+// the guest read (an EntryValue) in the first batch for which ready holds:
+// a divergence the backup finds as it replays it.
+func flipValue(edited *atomic.Bool, ready func(b *replay.Batch) bool) filter {
+	return tamper(edited, func(b *replay.Batch) bool {
+		if !ready(b) {
+			return false
+		}
+		for i := range b.Entries {
+			if e := &b.Entries[i]; e.Type == replay.EntryValue {
+				e.Exit.Data[0] ^= 1
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // corrupt returns a filter that flips a bit in the n-th message of type
 // kind.
 func corrupt(kind format.MsgType, n int) filter {
@@ -157,15 +175,7 @@ func TestCorruptMessagesAreRejectedAndResynchronised(t *testing.T) {
 			c.up = corrupt(tc.kind, tc.n)
 			if tc.n == 2 { // a second checkpoint needs a reason: a divergence
 				var edited atomic.Bool
-				up := tamper(&edited, func(b *replay.Batch) bool {
-					for i := range b.Entries {
-						if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
-							e.Exit.Data[0] ^= 1
-							return true
-						}
-					}
-					return false
-				})
+				up := flipValue(&edited, func(b *replay.Batch) bool { return b.First > 20 })
 				c.up = chain(up, corrupt(tc.kind, tc.n))
 			}
 			c.start()
@@ -232,15 +242,7 @@ func TestStopDuringAPrecopyResyncHandsOver(t *testing.T) {
 // which holds it, and all after it, until release closes.
 func divergeAndHoldTheResync(t *testing.T, c *cluster) (_ *cluster, release chan struct{}) {
 	var edited atomic.Bool
-	diverge := tamper(&edited, func(b *replay.Batch) bool {
-		for i := range b.Entries {
-			if e := &b.Entries[i]; e.Type == replay.EntryValue && b.First > 20 {
-				e.Exit.Data[0] ^= 1
-				return true
-			}
-		}
-		return false
-	})
+	diverge := flipValue(&edited, func(b *replay.Batch) bool { return b.First > 20 })
 	var held atomic.Bool
 	release = make(chan struct{})
 	checkpoints := 0
