@@ -1,7 +1,6 @@
 package replay
 
 import (
-	"fmt"
 	"net"
 	"time"
 
@@ -116,8 +115,8 @@ func (p *Primary) attachBackup(conn net.Conn) {
 func (p *Primary) resyncWhileRunning() error {
 	p.flush() // the log so far goes first: the sync entry follows on
 	p.recording, p.unlogged = false, false
-	if err := p.out.Commit(p.lsn); err != nil {
-		return fmt.Errorf("releasing held outputs: %w", err)
+	if err := p.releaseHeld(); err != nil {
+		return err
 	}
 	// What it holds has changed since the Hello's hashes, if it sent any:
 	// the first round asks for a series of its own.

@@ -265,6 +265,13 @@ func (p *Primary) goAlone() error {
 	// held, and a batch of the old one ahead of it would tell it that its
 	// primary was replaced: it would take over from a running primary.
 	p.w.Reset(p.gen.Load(), p.lsn+1)
+	return p.releaseHeld()
+}
+
+// releaseHeld releases every output held: no backup will go live with a
+// state that has not seen them (it is lost, or cannot go live before a
+// full checkpoint to come). The engine's.
+func (p *Primary) releaseHeld() error {
 	if err := p.out.Commit(p.lsn); err != nil {
 		return fmt.Errorf("releasing held outputs: %w", err)
 	}

@@ -317,10 +317,7 @@ func (p *Primary) awaitAcks(target uint64) error {
 		if asked := p.resync.Load(); asked&resyncAfterGap != 0 {
 			p.linkFailed(errGapInAwait)
 		} else if asked != 0 {
-			if err := p.out.Commit(p.lsn); err != nil {
-				return fmt.Errorf("releasing held outputs: %w", err)
-			}
-			return nil
+			return p.releaseHeld()
 		}
 		select {
 		case <-p.ackedCh:
