@@ -176,15 +176,7 @@ func (b *Backup) Receive(ctx context.Context, conn net.Conn) error {
 		default: // the loop ends with the first error
 		}
 	}
-	var image session.Image
-	if peer.WantImageHashes {
-		image = b.disk
-	}
-	var memory []byte
-	if peer.WantMemoryHashes {
-		memory = b.guest.Memory()
-	}
-	c := &backupConn{l: l, hashes: session.NewHashSender(l, b.cfg.FailureTimeout, image, memory, &b.memMu, fail)}
+	c := &backupConn{l: l, hashes: session.NewHashSender(l, peer, b.cfg.FailureTimeout, b.disk, b.guest.Memory(), &b.memMu, fail)}
 	// The hashers are done before the guest may run.
 	defer func() { close(stop); c.hashes.Halt(); conn.Close(); c.hashes.Wait() }()
 	// A backup whose image hangs in an operation (session.TimedDisk) falls

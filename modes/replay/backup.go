@@ -176,15 +176,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	go b.receive(ctx, l)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
 	go b.watchReplayer(conn, stop)
-	var image session.Image
-	if peer.WantImageHashes {
-		image = b.image
-	}
-	var memory []byte
-	if peer.WantMemoryHashes {
-		memory = b.m.Memory()
-	}
-	b.hashes = session.NewHashSender(l, b.cfg.FailureTimeout, image, memory, &b.memMu, func(err error) {
+	b.hashes = session.NewHashSender(l, peer, b.cfg.FailureTimeout, b.image, b.m.Memory(), &b.memMu, func(err error) {
 		b.log.Error("could not send this backup's range hashes; dropping the link", "err", err)
 		conn.Close()
 	})

@@ -45,13 +45,21 @@ type HashSender struct {
 	running sync.WaitGroup
 }
 
-// NewHashSender returns a HashSender on l for what the primary's Hello
-// asked for: the disk image (nil if not asked), the guest memory (nil if
-// not), hashed holding memMu (which the backup holds while it applies a
-// checkpoint). fail is told of an error of a series not halted (reading
-// the image, sending), which should end the connection.
-func NewHashSender(l *format.Link, timeout time.Duration, image Image, memory []byte, memMu sync.Locker, fail func(error)) *HashSender {
-	return &HashSender{l: l, timeout: timeout, image: image, memory: memory, memMu: memMu, fail: fail}
+// NewHashSender returns a HashSender on l of this backup's disk image (nil
+// if it has none) and guest memory, each only if the primary's Hello
+// (peer) asked for its hashes; memory is hashed holding memMu (which the
+// backup holds while it applies a checkpoint). fail is told of an error of
+// a series not halted (reading the image, sending), which should end the
+// connection.
+func NewHashSender(l *format.Link, peer format.Hello, timeout time.Duration, image Image, memory []byte, memMu sync.Locker, fail func(error)) *HashSender {
+	s := &HashSender{l: l, timeout: timeout, memMu: memMu, fail: fail}
+	if peer.WantImageHashes {
+		s.image = image
+	}
+	if peer.WantMemoryHashes {
+		s.memory = memory
+	}
+	return s
 }
 
 // Start halts the series under way and starts series f: the image's
