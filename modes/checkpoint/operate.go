@@ -62,15 +62,39 @@ var ErrDetached = errors.New("backup detached by the operator")
 // backup, which has seen nothing wrong, contests the next generation only
 // after the primary has won it, and loses. Run then returns an error
 // wrapping ErrBackupLost and ErrDetached, and the guest runs on alone. It
-// returns at once; an error says the primary is not replicating (Run has
-// not started, or has ended). Safe to call from any goroutine.
+// returns at once, the request taken whatever the loop is doing (a pause,
+// a sync); an error says the primary is not replicating (Run has not
+// started, or has ended) or is detaching already. A request that comes as
+// the run ends for another reason is moot: the backup is lost then, or
+// the primary stops. Safe to call from any goroutine.
 func (p *Primary) Detach() error {
+	p.detachMu.Lock()
+	defer p.detachMu.Unlock()
+	if p.detach == nil {
+		return errors.New("the primary is not replicating to a backup")
+	}
 	select {
 	case p.detach <- struct{}{}:
 		return nil
 	default:
-		return errors.New("the primary is not replicating to a backup (or is detaching already)")
+		return errors.New("the primary is detaching its backup already")
 	}
+}
+
+// openDetach readies Detach for a run beginning and returns the channel
+// its request comes on.
+func (p *Primary) openDetach() <-chan struct{} {
+	p.detachMu.Lock()
+	defer p.detachMu.Unlock()
+	p.detach, p.detached = make(chan struct{}, 1), false
+	return p.detach
+}
+
+// closeDetach ends a run's Detach: later requests are refused.
+func (p *Primary) closeDetach() {
+	p.detachMu.Lock()
+	defer p.detachMu.Unlock()
+	p.detach = nil
 }
 
 // markDetached stops acks from releasing outputs; once it returns, none

@@ -70,13 +70,13 @@ type Primary struct {
 	replicating atomic.Bool
 	// setting, if set, replaces cfg's epoch policy (SetEpoch).
 	setting atomic.Pointer[epochSetting]
-	// detach takes Detach's request to the epoch loop while Run runs
-	// (unbuffered: nobody takes it otherwise). detachMu protects detached,
-	// which, once set, stops acks releasing outputs (commitAcked): the
-	// contest suspends the fence, and a release it refused would fail the
-	// output buffer.
-	detach   chan struct{}
+	// detachMu protects detach and detached. detach takes Detach's
+	// request to the epoch loop of the run under way (room for one; nil
+	// while none runs). detached, once set, stops acks releasing outputs
+	// for the rest of that run (commitAcked): the contest suspends the
+	// fence, and a release it refused would fail the output buffer.
 	detachMu sync.Mutex
+	detach   chan struct{}
 	detached bool
 	// syncing follows the full sync under way, on the sender (progress.go).
 	syncing syncTracker
@@ -132,7 +132,7 @@ func NewPrimary(cfg Config, g machine.Runner, out *outbuf.Buffer, fence *witness
 		log = slog.Default()
 	}
 	p := &Primary{cfg: cfg, guest: g, out: out, fence: fence, gen: gen, log: log, now: time.Now,
-		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), detach: make(chan struct{}), buffers: newPageBuffers(cfg.MaxInFlight + 1),
+		inflight: map[uint64]bool{}, acked: make(chan struct{}, 1), buffers: newPageBuffers(cfg.MaxInFlight + 1),
 		choice: copyChoice{eligible: deferPays, learn: cfg.CopyAfterResume == CopyAuto}}
 	p.Stats = newStats(p.now())
 	p.pos.Store(1)
@@ -220,6 +220,8 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	p.syncAcked.Store(false) // the last run's: this backup has none yet
 	p.replicating.Store(true)
 	defer p.replicating.Store(false)
+	detach := p.openDetach()
+	defer p.closeDetach()
 	if g, _ := p.fence.Held(); g > p.gen {
 		p.gen = g // won since NewPrimary, losing an earlier backup
 	}
@@ -269,7 +271,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 	watchdog := time.NewTicker(p.cfg.Heartbeat)
 	defer watchdog.Stop()
 
-	err = p.loop(ctx, l, pages, captures, failed, watchdog.C)
+	err = p.loop(ctx, l, pages, captures, failed, watchdog.C, detach)
 	close(captures)
 	if errors.Is(err, errPeerFailed) || errors.Is(err, ErrDetached) {
 		return p.backupLost(ctx, err)
@@ -281,7 +283,7 @@ func (p *Primary) run(ctx context.Context, conn net.Conn, joining bool) error {
 var errPeerFailed = errors.New("backup link failed")
 
 // loop is the epoch loop: the initial sync, then one checkpoint per epoch.
-func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time) error {
+func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captures chan<- *capture, failed <-chan error, tick <-chan time.Time, detach <-chan struct{}) error {
 	dirty := machine.NewBitmap(pages)
 	epochLen := p.cfg.Epoch
 	timer := time.NewTimer(0)
@@ -304,7 +306,7 @@ func (p *Primary) loop(ctx context.Context, l *format.Link, pages uint64, captur
 			return nil
 		case err := <-failed:
 			return fmt.Errorf("%w: %w", errPeerFailed, err)
-		case <-p.detach:
+		case <-detach:
 			p.markDetached()
 			return ErrDetached
 		case <-tick:

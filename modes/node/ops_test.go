@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -592,5 +594,74 @@ func TestKVMControlReplayPause(t *testing.T) {
 	}
 	if d := mustAsk(t, bc, "status").Status.Replay.Divergences; d != 0 {
 		t.Errorf("the backup found %d divergences", d)
+	}
+}
+
+// TestABackupJoinsAfterADetach: a primary running alone that accepts
+// backups takes one and lets it go (detach-backup, which it takes at once
+// whatever it is doing), ten times, then takes another, which protects
+// the guest as the first did: its acks release the outputs (the client is
+// answered) and the primary says it is in sync, in both modes.
+func TestABackupJoinsAfterADetach(t *testing.T) {
+	const joins = 10
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := nodetest.Options(t, mode, node.MachineSim, "kv")
+			o.Checkpoint.Epoch = time.Millisecond
+			ctx, cancel := context.WithCancel(context.Background())
+			plog := &syncBuffer{}
+			po := o
+			po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
+			po.Log = slog.New(slog.NewTextHandler(plog, nil))
+			prim, err := node.Start(ctx, po)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cancel(); prim.Wait() }()
+			defer func() {
+				if t.Failed() {
+					t.Logf("the primary's log:\n%s", plog)
+				}
+			}()
+			var accept string
+			re := regexp.MustCompile(`msg="accepting backups" addr=(\S+)`)
+			vmmtest.WaitUntil(t, "the primary to accept backups", func() bool {
+				m := re.FindStringSubmatch(plog.String())
+				if m != nil {
+					accept = m[1]
+				}
+				return m != nil
+			})
+			c := nodetest.NewKVClient(t, o.Net[len("udp:"):], mode)
+			join := func(name string) *node.Node {
+				bo := o
+				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.DiscardHandler)
+				b, err := node.Start(ctx, bo)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cancel(); b.Wait() })
+				vmmtest.WaitUntil(t, name+" in sync", func() bool { return prim.Status().InSync })
+				c.Incr()
+				return b
+			}
+			for i := range uint64(joins) {
+				join(fmt.Sprintf("backup %d", i+1))
+				// Taken whatever the primary is doing (1 ms epochs: a
+				// pause, acks to wait for, often).
+				if _, err := prim.Do(node.Request{V: node.ControlVersion, Op: "detach-backup"}); err != nil {
+					t.Fatalf("detach-backup of backup %d: %v", i+1, err)
+				}
+				vmmtest.WaitUntil(t, "the primary to say it lost its backup", func() bool {
+					st := prim.Status()
+					return st.BackupsLost == i+1 && !st.InSync
+				})
+				c.Incr() // alone
+			}
+			join("the last backup")
+			for range 5 {
+				c.Incr()
+			}
+		})
 	}
 }

@@ -54,6 +54,10 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemo
 	p.acksOff = false
 	p.ackMu.Unlock()
 	p.sendq = make(chan message, p.cfg.MaxInFlight)
+	// Acks are this backup's: a backup before it (detached, lost) acked
+	// its own sync, which would have this one in sync (InSync) before it
+	// holds anything. The last link's receiver has ended (disconnect).
+	p.committed.Store(0)
 	p.protected.Store(true)
 	l := format.NewLink(conn, p.cfg.MaxCheckpoint, nil)
 	pages := uint64(len(p.m.Memory())) / format.PageSize
@@ -230,7 +234,7 @@ func (p *Primary) applyAck(lsn uint64) error {
 		return fmt.Errorf("releasing outputs through LSN %d: %w", lsn, err)
 	}
 	if lsn > p.committed.Load() {
-		p.committed.Store(lsn) // only the receiver stores it
+		p.committed.Store(lsn) // only the receiver stores it (and connectLink, before it starts)
 		p.Stats.Acked.Store(lsn)
 		select {
 		case p.ackedCh <- struct{}{}:
