@@ -46,7 +46,10 @@ copied after the guest resumed (their "copy" is the write protection). On KVM
 each epoch runs twice: as checkpoint mode does by default (pages copied after
 the guest resumes where the pauses measure that cheaper) and with the pause
 copying them. All configurations share this host's cores,
-the backup's included. Progress goes to stderr, the tables to stdout.`,
+the backup's included. A configuration whose backup is lost, resynchronised or
+out of sync in its window is measured again; if it lapses again, its rows are
+marked (!). Progress, with what the nodes warned of then, goes to stderr, the
+tables to stdout.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var m node.Machine

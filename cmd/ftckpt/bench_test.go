@@ -196,6 +196,12 @@ func benchRow(t *testing.T, table, name string, n int) []string {
 		if len(f) == 0 || f[0] == "again" || strings.HasPrefix(f[0], ",") {
 			continue // "unprotected" is a prefix of "unprotected, again"
 		}
+		if f[0] == "(!)" {
+			// The backup's protection lapsed in its window (the table says
+			// why below it): a busy host's doing, not the table's.
+			t.Logf("%s", line)
+			f = f[1:]
+		}
 		if len(f) != n {
 			t.Errorf("row %q has %d values, want %d: %q", name, len(f), n, line)
 			return nil

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +165,57 @@ func TestRunLeavesOutReplayWhereItCannotRun(t *testing.T) {
 	if one.Workloads[0].NoReplay != "" {
 		t.Errorf("one writer: replay left out (%s)", one.Workloads[0].NoReplay)
 	}
+}
+
+// TestRunSaysWhenTheBackupIsLostInTheWindow: a configuration whose backup
+// is lost while it is measured (detached by the operator, each time) is
+// measured again, then kept with its row marked and the primary's log of
+// the loss beside it.
+func TestRunSaysWhenTheBackupIsLostInTheWindow(t *testing.T) {
+	p, err := NewPlan(Request{Machine: node.MachineSim, Guest: "tick", Epochs: "25ms", VCPUs: 1, Duration: 300 * time.Millisecond,
+		MemtouchPages: DefaultMemtouchPages, MemtouchWriters: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Configs = []Config{{Mode: "checkpoint", Epoch: 25 * time.Millisecond}, {Mode: "replay"}}
+	windows := 0
+	testHookWindow = func(primary, _ *node.Node) {
+		windows++
+		if _, err := primary.Do(node.Request{V: node.ControlVersion, Op: "detach-backup"}); err != nil {
+			t.Errorf("detach-backup: %v", err)
+		}
+	}
+	defer func() { testHookWindow = nil }()
+	var progress strings.Builder
+	results, err := Run(context.Background(), p, &progress)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	if windows != 4 {
+		t.Errorf("%d windows measured, want 4 (each configuration twice)", windows)
+	}
+	for _, r := range results[0] {
+		if r.Lapse != "the backup was lost in the window" || !slices.ContainsFunc(r.Said, func(s string) bool {
+			return strings.Contains(s, "node=primary") && strings.Contains(s, "detached by the operator")
+		}) {
+			t.Errorf("%v: lapse %q, the nodes said %q", r.Config, r.Lapse, r.Said)
+		}
+		// r is the second measurement: the first's log is its own.
+		for _, want := range []string{
+			fmt.Sprintf("tick, %v: %s; measuring it again\n    level=WARN", r.Config, r.Lapse),
+			fmt.Sprintf("tick, %v: %s again; its row is marked\n%s", r.Config, r.Lapse, indent(r.Said)),
+		} {
+			if !strings.Contains(progress.String(), want) {
+				t.Errorf("progress does not say %q:\n%s", want, progress.String())
+			}
+		}
+	}
+	var table strings.Builder
+	Print(&table, p.Workloads[0], results[0])
+	for _, want := range []string{"checkpoint 25ms (!)", "replay (!)", "(!) replay: the backup was lost in the window, in this"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("the table does not say %q:\n%s", want, table.String())
+		}
+	}
+	t.Logf("\n%s\n%s", progress.String(), table.String())
 }

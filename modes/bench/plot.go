@@ -186,6 +186,8 @@ func WriteJSON(path string, p Plan, results [][]*Result) error {
 		Replayed    uint64
 		Pauses      []ckmode.Pause
 		MemcpyFloor time.Duration `json:",omitempty"`
+		Lapse       string        `json:",omitempty"`
+		Said        []string      `json:",omitempty"`
 	}
 	type workload struct {
 		Guest   string
@@ -204,7 +206,7 @@ func WriteJSON(path string, p Plan, results [][]*Result) error {
 		for _, r := range results[i] {
 			x := row{Config: r.Config.String(), Seconds: r.Secs, Progress: r.Progress, Unit: r.Unit, WireBytes: r.Wire,
 				Replies: r.Replies, RoundTrips: r.RoundTrips, OutputP50: r.OutputP50, Landings: r.Landings, Visits: r.Visits,
-				LogEntries: r.Logged, Replayed: r.Replayed, Pauses: r.Pauses}
+				LogEntries: r.Logged, Replayed: r.Replayed, Pauses: r.Pauses, Lapse: r.Lapse, Said: r.Said}
 			if len(r.Pauses) > 0 {
 				x.MemcpyFloor = MemcpyPages(ckmode.PauseMedian(r.Pauses).Dirty)
 			}

@@ -14,7 +14,8 @@ import (
 
 // Print writes one workload's tables: every configuration's progress and
 // costs, then checkpoint mode's pauses in their parts beside the memcpy
-// floor of the median dirty pages, measured now.
+// floor of the median dirty pages, measured now. A configuration whose
+// backup's protection lapsed in its window is marked, and why said below.
 func Print(out io.Writer, w Workload, results []*Result) {
 	if len(results) == 0 {
 		return
@@ -25,7 +26,7 @@ func Print(out io.Writer, w Workload, results []*Result) {
 	fmt.Fprintf(tw, "configuration\t%s/s\tslowdown\tbackup pace\twire MB/s\tbytes/%s\treq/s\treply p50\toutput p50\tlandings/s\tvisits/landing\t\n", u, singular(u))
 	for _, r := range results {
 		rp, replicated := r.Config.Mode == "replay", r.Config.Mode != "unprotected"
-		fmt.Fprintf(tw, "%v\t%s\t%sx\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Config,
+		fmt.Fprintf(tw, "%s\t%s\t%sx\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name(r),
 			fig(r.Rate()), dash(r.Rate() > 0, ratio(floor/r.Rate())),
 			dash(rp && r.Logged > 0, fmt.Sprintf("%.0f%%", 100*float64(r.Replayed)/float64(r.Logged))),
 			dash(replicated, fig(float64(r.Wire)/1e6/r.Secs)),
@@ -37,6 +38,11 @@ func Print(out io.Writer, w Workload, results []*Result) {
 			dash(rp && r.AllLandings > 0, fig(float64(r.Visits)/max(float64(r.AllLandings), 1))))
 	}
 	tw.Flush()
+	for _, r := range results {
+		if r.Lapse != "" {
+			fmt.Fprintf(out, "%s %v: %s, in this measurement and the one before (the progress output says why)\n", lapseMark, r.Config, r.Lapse)
+		}
+	}
 	var ck []*Result
 	for _, r := range results {
 		if len(r.Pauses) > 0 {
@@ -59,12 +65,23 @@ func Print(out io.Writer, w Workload, results []*Result) {
 				deferred++
 			}
 		}
-		fmt.Fprintf(tw, "%v\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d%%\t\n", r.Config, len(r.Pauses), m.Dirty,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d%%\t\n", name(r), len(r.Pauses), m.Dirty,
 			round(p), round(ckmode.PauseQuantile(r.Pauses, 0.99)),
 			round(m.Stop), round(m.Harvest), round(m.Copy), round(m.State), round(m.Resume),
 			round(floor), dash(floor > 0, ratio(float64(p)/float64(floor))), 100*deferred/len(r.Pauses))
 	}
 	tw.Flush()
+}
+
+// lapseMark marks a configuration whose backup's protection lapsed.
+const lapseMark = "(!)"
+
+// name is r's configuration as a table row names it.
+func name(r *Result) string {
+	if r.Lapse != "" {
+		return r.Config.String() + " " + lapseMark
+	}
+	return r.Config.String()
 }
 
 // MemcpyPages is the floor of a pause: the best of 200 copies of n pages
