@@ -158,6 +158,7 @@ type cluster struct {
 	bDone          chan followResult
 	link           *linktest.Link // primary↔backup
 	up, down       filter         // primary→backup and backup→primary byte paths of the links made from now on; nil copies
+	linkBuffer     int            // the links' buffers made from now on (linktest.Link.Buffer; 0: its default)
 	live           *replay.Primary
 	liveDone       chan error
 	cancelB        context.CancelFunc
@@ -338,6 +339,7 @@ func (c *cluster) wrap(host string, env machine.Env) machine.Env {
 // connect returns a primary's and a backup's end of a new connection on
 // link, with the test's filters in its path.
 func (c *cluster) connect(link *linktest.Link) (primary, backup net.Conn) {
+	link.Buffer = c.linkBuffer
 	link.SetFilter(linktest.Up, c.up)
 	link.SetFilter(linktest.Down, c.down)
 	return link.Pipe()

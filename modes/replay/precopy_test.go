@@ -2,6 +2,7 @@ package replay_test
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -81,6 +82,64 @@ func TestStopBeforeTheFirstRoundHandsOver(t *testing.T) {
 	_, b := stopDuringPrecopy(t, c, func(p *replay.Primary, _ *replay.Backup) bool { return p.Stats.PrecopyPass.Load() == 1 })
 	if n := b.Stats.Rounds.Load(); n != 0 {
 		t.Errorf("the backup applied %d rounds, want none", n)
+	}
+}
+
+// TestStopWithTheLinkBackedUpHandsOver: as TestStopDuringPrecopyHandsOver,
+// but when the primary is stopped the link to the backup delivers nothing
+// (its buffers and the primary's send queue are full), and only later
+// catches up: what the primary sends last, its last stop's commit, waits
+// for room rather than being dropped, and the backup takes over.
+func TestStopWithTheLinkBackedUpHandsOver(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	c.cfg = precopyConfig()
+	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	c.cfg.MaxInFlight = 1
+	c.linkBuffer = 512 // a round does not fit: the sender waits in it
+	hold, open := make(chan struct{}), make(chan struct{})
+	c.up = gate(hold, open)
+	p, _, _ := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	bm, b, done, _ := c.attachBackup(p, "backup")
+	vmmtest.WaitUntil(t, "two pre-copy rounds applied", func() bool { return b.Stats.Rounds.Load() >= 2 })
+	close(hold)
+	rounds := b.Stats.Rounds.Load()
+	time.Sleep(100 * time.Millisecond) // the link backs up; the guest runs on
+	c.cancelP()
+	time.Sleep(100 * time.Millisecond) // the stopped primary has its last messages to send
+	if b.Stats.Rounds.Load() != rounds {
+		t.Fatal("the held link delivered")
+	}
+	close(open)
+	vmmtest.Closed(t, "the stopped primary's Run to return", c.pDone)
+	if r := vmmtest.Receive(t, "the backup to take over", done); r.err != nil {
+		t.Fatalf("the backup did not take over: %v", r.err)
+	}
+	sameMachine(t, c.pm, bm)
+	checkTicks(t, c.client.seen())
+}
+
+// gate is a filter that copies until hold is closed, then delivers
+// nothing more until open is closed, then copies again.
+func gate(hold, open <-chan struct{}) filter {
+	return func(from io.Reader, to io.Writer) {
+		buf := make([]byte, 512)
+		for {
+			select {
+			case <-hold:
+				<-open
+			default:
+			}
+			n, err := from.Read(buf)
+			if n > 0 {
+				if _, werr := to.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
 	}
 }
 

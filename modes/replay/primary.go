@@ -112,12 +112,13 @@ type Primary struct {
 
 	// The link, while recording or pre-copying to a backup attaching.
 	// linkCtx ends, with the failure as its cause, when the link fails (or
-	// Run's ctx ends).
+	// Run's ctx ends); failed is closed, and broken set, only when it fails.
 	sendq      chan message
 	stopLink   func() // stops the link's goroutines; nil without a link
 	linkCtx    context.Context
 	cancelLink context.CancelCauseFunc
-	broken     atomic.Bool // the link failed (not merely Run's ctx ended)
+	broken     atomic.Bool
+	failed     chan struct{}
 
 	committed atomic.Uint64 // highest LSN the backup acknowledged
 	// ackMu serialises the receiver's applying of an ack (applyAck) with

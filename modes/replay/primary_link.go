@@ -50,6 +50,7 @@ func (p *Primary) connect(conn net.Conn) error {
 func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemory bool) (*session.BackupMemory, error) {
 	p.linkCtx, p.cancelLink = context.WithCancelCause(p.ctx)
 	p.broken.Store(false)
+	p.failed = make(chan struct{})
 	p.ackMu.Lock()
 	p.acksOff = false
 	p.ackMu.Unlock()
@@ -115,8 +116,10 @@ func (p *Primary) connectLink(conn net.Conn, image *session.BackupImage, askMemo
 // linkFailed records the first failure of the link and wakes the engine,
 // which applies the backup-lost rule at its next boundary.
 func (p *Primary) linkFailed(err error) {
-	p.broken.Store(true)
 	p.cancelLink(err)
+	if p.broken.CompareAndSwap(false, true) {
+		close(p.failed)
+	}
 	p.poke()
 }
 
@@ -245,7 +248,11 @@ func (p *Primary) applyAck(lsn uint64) error {
 }
 
 // enqueue hands msg to the sender, waiting while MaxInFlight messages are
-// queued; if the link fails (or Run's ctx ends) first, msg is dropped.
+// queued; if the link fails first, msg is dropped. A primary stopping
+// (Run's ctx ended) waits for room too: what it sends last, the log to
+// where its guest stopped and a pre-copy's commit, lets the backup take
+// over from there. That wait is bounded: a send that cannot go on fails
+// the link within FailureTimeout.
 func (p *Primary) enqueue(msg message) {
 	select {
 	case p.sendq <- msg:
@@ -254,7 +261,7 @@ func (p *Primary) enqueue(msg message) {
 	}
 	select {
 	case p.sendq <- msg:
-	case <-p.linkCtx.Done():
+	case <-p.failed:
 	}
 }
 
