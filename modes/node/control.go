@@ -816,8 +816,10 @@ func (n *Node) replayFailover() (string, error) {
 		return "", errors.New("failover: this node is not a primary: ask the primary")
 	case p == nil:
 		return "", fmt.Errorf("failover: %w", errNotRunning)
+	case !p.Protected():
+		return "", errors.New("failover: this node runs alone: it has no backup to hand over to")
 	case !p.InSync():
-		return "", errors.New("failover: this node has no backup in sync to hand over to")
+		return "", errors.New("failover: the backup is still getting its full checkpoint: ask again once ftckpt ctl status says in sync")
 	}
 	lsn := p.Stats.Entries.Load()
 	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): shipping the whole log; stopping", "lsn", lsn)

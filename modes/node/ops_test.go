@@ -421,6 +421,7 @@ func TestControlReplayPair(t *testing.T) {
 		t.Errorf("the primary's status after detach-backup %+v", st)
 	}
 	refused(t, pc, "no backup to detach", "detach-backup")
+	refused(t, pc, "runs alone: it has no backup to hand over to", "failover")
 	c.Incr() // alone, it answers
 }
 
