@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -624,15 +623,7 @@ func TestABackupJoinsAfterADetach(t *testing.T) {
 					t.Logf("the primary's log:\n%s", plog)
 				}
 			}()
-			var accept string
-			re := regexp.MustCompile(`msg="accepting backups" addr=(\S+)`)
-			vmmtest.WaitUntil(t, "the primary to accept backups", func() bool {
-				m := re.FindStringSubmatch(plog.String())
-				if m != nil {
-					accept = m[1]
-				}
-				return m != nil
-			})
+			accept := acceptAddr(t, plog)
 			c := nodetest.NewKVClient(t, o.Net[len("udp:"):], mode)
 			join := func(name string) *node.Node {
 				bo := o

@@ -54,15 +54,7 @@ func TestProgressLinesOfAPrecopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); prim.Wait() }()
-	var accept string
-	re := regexp.MustCompile(`msg="accepting backups" addr=(\S+)`)
-	vmmtest.WaitUntil(t, "the primary to accept backups", func() bool {
-		m := re.FindStringSubmatch(plog.String())
-		if m != nil {
-			accept = m[1]
-		}
-		return m != nil
-	})
+	accept := acceptAddr(t, plog)
 	bo := o
 	bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.DiscardHandler)
 	back, err := node.Start(ctx, bo)
@@ -72,4 +64,20 @@ func TestProgressLinesOfAPrecopy(t *testing.T) {
 	defer func() { cancel(); back.Wait() }()
 	vmmtest.WaitUntil(t, "the pre-copy's last line", func() bool { return strings.Contains(out.String(), "pre-copy: done") })
 	t.Logf("progress:\n%s", out)
+}
+
+// acceptAddr waits for a primary logging in text to log (into plog) where
+// it accepts backups, and returns that address.
+func acceptAddr(t *testing.T, plog *syncBuffer) string {
+	t.Helper()
+	var accept string
+	re := regexp.MustCompile(`msg="accepting backups" addr=(\S+)`)
+	vmmtest.WaitUntil(t, "the primary to accept backups", func() bool {
+		m := re.FindStringSubmatch(plog.String())
+		if m != nil {
+			accept = m[1]
+		}
+		return m != nil
+	})
+	return accept
 }
