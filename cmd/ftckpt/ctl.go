@@ -32,7 +32,8 @@ found in the default directory):
   failover           hand the guest over to the backup, then stop (start this host
                      again as a backup). Checkpoint mode: the guest is paused, its
                      final checkpoint acknowledged and every output released; replay
-                     mode: the whole log is shipped and replayed. No output is lost`,
+                     mode: the whole log is shipped and replayed (a backup still
+                     pre-copying gets the rest in the last stop). No output is lost`,
 		Example: `  ftckpt ctl status
   ftckpt ctl --backup status --json
   ftckpt ctl --control /run/ftckpt/primary.sock set epoch 10ms`,

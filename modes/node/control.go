@@ -807,8 +807,10 @@ func (n *Node) failover() (string, error) {
 // replayFailover hands a replay primary's guest over to its backup: the
 // primary stops as it does when asked to (SIGTERM): it logs where the
 // guest stopped, ships the whole log and waits for the backup, which
-// replays it to the end and goes live there. As at any replay failover,
-// the backup may repeat the last outputs; none is lost.
+// replays it to the end and goes live there. A backup still getting its
+// full checkpoint by pre-copy gets the rest of it in the last stop and
+// goes live there. As at any replay failover, the backup may repeat the
+// last outputs; none is lost.
 func (n *Node) replayFailover() (string, error) {
 	p := n.Parts().ReplayPrimary
 	switch {
@@ -818,14 +820,20 @@ func (n *Node) replayFailover() (string, error) {
 		return "", fmt.Errorf("failover: %w", errNotRunning)
 	case !p.Protected():
 		return "", errors.New("failover: this node runs alone: it has no backup to hand over to")
-	case !p.InSync():
-		return "", errors.New("failover: the backup is still getting its full checkpoint: ask again once ftckpt ctl status says in sync")
+	case !p.InSync() && !p.Precopying():
+		// It asked for a full checkpoint after losing part of the log:
+		// the next boundary answers with a stop-and-copy.
+		return "", errors.New("failover: the backup is waiting for a full checkpoint: ask again once ftckpt ctl status says in sync")
 	}
 	lsn := p.Stats.Entries.Load()
-	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): shipping the whole log; stopping", "lsn", lsn)
+	how := "ships the rest of its log (lsn %d and on); the backup replays it and goes live where it stopped"
+	if p.Precopying() {
+		how = "sends the rest of the backup's full checkpoint, still being pre-copied, in its last stop (lsn %d); the backup goes live there"
+	}
+	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): stopping", "lsn", lsn, "pre-copying", p.Precopying())
 	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
-	return fmt.Sprintf("handing over: this node ships the rest of its log (lsn %d and on); the backup replays it and goes live where it stopped; this node %s", lsn, n.afterHandover()), nil
+	return fmt.Sprintf("handing over: this node "+how+"; this node %s", lsn, n.afterHandover()), nil
 }
 
 // afterHandover says what this node does once it has handed its guest over.

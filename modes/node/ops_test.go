@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
+	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 	"github.com/ftckpt/ftckpt/witness"
 	dto "github.com/prometheus/client_model/go"
@@ -656,4 +658,110 @@ func TestABackupJoinsAfterADetach(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestControlReplayFailoverDuringAPrecopy: ctl failover of a replay
+// primary whose backup joined and is still getting its full checkpoint by
+// pre-copy (it never ends here: a load keeps writing pages): the primary
+// sends the rest in its last stop and ends, and the backup goes live
+// there and answers a client, holding what the load did.
+func TestControlReplayFailoverDuringAPrecopy(t *testing.T) {
+	o := kvOptions(t, node.ModeReplay, node.MachineSim)
+	o.Replay.PrecopyDone, o.Replay.PrecopyRounds, o.Replay.PrecopyChunk = 0, 1<<30, 4
+	// As in TestControlReplayFailover: the stopping primary holds the
+	// guest's port until the backup closes the link, or this long.
+	o.Replay.FailureTimeout = node.DefaultOptions().Replay.FailureTimeout
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	plog, blog := &syncBuffer{}, &syncBuffer{}
+	defer func() {
+		if t.Failed() {
+			t.Logf("the primary's log:\n%s\nthe backup's log:\n%s", plog, blog)
+		}
+	}()
+	start := func(o node.Options, log *syncBuffer) *node.Node {
+		o.Log = slog.New(slog.NewTextHandler(log, nil))
+		n, err := node.Start(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); n.Wait() })
+		return n
+	}
+	po := o
+	po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
+	prim := start(po, plog)
+	// The load: INCR of a key of its own every 100 µs, until the end.
+	load, err := net.Dial("udp", o.Net[len("udp:"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Close()
+	loading, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		for loading.Err() == nil {
+			load.Write([]byte("INCR load"))
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	var loadValue atomic.Uint64 // the value of the load's last reply
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := load.Read(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			} else if err != nil {
+				continue // refused: nothing listened when a request went
+			}
+			var seq, v uint64
+			if _, err := fmt.Sscanf(string(buf[:n]), "%d VALUE %d", &seq, &v); err == nil {
+				loadValue.Store(v)
+			}
+		}
+	}()
+	bo := o
+	bo.Role, bo.Join = node.RoleBackup, acceptAddr(t, plog)
+	back := start(bo, blog)
+	rp := func() *replay.Primary { return prim.Parts().ReplayPrimary }
+	vmmtest.WaitUntil(t, "the pre-copy's third pass", func() bool {
+		return rp() != nil && rp().Precopying() && rp().Stats.PrecopyPass.Load() >= 3
+	})
+	msg, err := prim.Do(node.Request{V: node.ControlVersion, Op: "failover"})
+	if err != nil {
+		t.Fatalf("failover: %v", err)
+	}
+	if !strings.Contains(msg, "still being pre-copied, in its last stop") {
+		t.Errorf("failover says %q", msg)
+	}
+	vmmtest.Closed(t, "the primary to end", prim.Done())
+	if err := prim.Wait(); !errors.Is(err, node.ErrHandedOver) {
+		t.Fatalf("the primary ended with %v, want ErrHandedOver", err)
+	}
+	stopLoad()
+	<-loaded
+	before := loadValue.Load()
+	if before == 0 {
+		t.Fatal("the primary answered none of the load's requests")
+	}
+	vmmtest.WaitUntil(t, "the backup to go live", func() bool {
+		st := back.Status()
+		return st.Role == "primary" && st.Generation == 2
+	})
+	// The load's requests took sequence numbers too: the client's count
+	// from here.
+	c := nodetest.NewKVClient(t, o.Net[len("udp:"):], o.Mode)
+	c.Resend = 100 * time.Millisecond
+	for range 5 {
+		c.Incr()
+	}
+	// The live backup's counter of the load goes on from the primary's
+	// (a fresh guest's would start again at 1).
+	vmmtest.WaitUntil(t, "the load's counter past its last value from the primary", func() bool {
+		load.Write([]byte("INCR load"))
+		return loadValue.Load() > before
+	})
 }

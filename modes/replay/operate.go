@@ -21,6 +21,13 @@ func (p *Primary) InSync() bool {
 	return p.protected.Load() && s > 0 && p.committed.Load() >= s
 }
 
+// Precopying says whether a full checkpoint is being pre-copied to the
+// backup (one attaching, or resynchronising after a divergence or a
+// rejection): it is not in sync, and a stop sends the rest of that
+// checkpoint in the last stop, so that the backup goes live where the
+// guest stopped (finishPrecopy). Safe to call from any goroutine.
+func (p *Primary) Precopying() bool { return p.precopying.Load() }
+
 // Detach lets the backup go on purpose (ftckpt ctl detach-backup): at its
 // next boundary the engine stops acks from releasing outputs, wins the
 // next generation while the link still carries heartbeats — so the

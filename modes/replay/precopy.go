@@ -154,6 +154,7 @@ func (p *Primary) startPrecopy(image *session.BackupImage, memory *session.Backu
 	// the backup is not in sync until it acknowledges it (InSync).
 	p.lastSync.Store(pc.epoch)
 	p.precopy = pc
+	p.precopying.Store(true)
 	return nil
 }
 
@@ -364,6 +365,7 @@ func (p *Primary) lastStopCommit() error {
 // stopPrecopy forgets the pre-copy in progress.
 func (p *Primary) stopPrecopy() {
 	p.precopy = nil
+	p.precopying.Store(false)
 	p.hashes.Set(nil)
 	p.Stats.PrecopyPass.Store(0)
 }

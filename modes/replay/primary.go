@@ -88,6 +88,8 @@ type Primary struct {
 	protected atomic.Bool
 	enc       *format.Encoder // made by the first sync: a primary alone needs none
 	precopy   *precopy        // a full checkpoint being pre-copied: a backup attaches, or asked for one
+	// precopying mirrors precopy != nil for Precopying, on other goroutines.
+	precopying atomic.Bool
 	// startImage receives the image hashes of a backup that connected with
 	// Run (a mirrored disk), for its first full checkpoint (startKept); the
 	// link's end (disconnect) drops it.
