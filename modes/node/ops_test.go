@@ -431,10 +431,7 @@ func TestControlReplayPair(t *testing.T) {
 // it and goes live with generation 2, and the client's counters go on,
 // one machine's (the backup may repeat the last replies: replay mode).
 func TestControlReplayFailover(t *testing.T) {
-	o := kvOptions(t, node.ModeReplay, node.MachineSim)
-	// The default failure timeout: a stopping replay primary holds the
-	// guest's port until its backup closes the link (TestStoppedPrimaryHandsOver).
-	o.Replay.FailureTimeout = node.DefaultOptions().Replay.FailureTimeout
+	o := kvOptions(t, node.ModeReplay, node.MachineSim) // a failure timeout past the backup's wait for the port (TestStoppedPrimaryHandsOver)
 	o.Control = controlPath(t)
 	p := nodetest.Start(t, o)
 	pc, bc := o.Control, o.Control+".backup"
@@ -668,9 +665,6 @@ func TestABackupJoinsAfterADetach(t *testing.T) {
 func TestControlReplayFailoverDuringAPrecopy(t *testing.T) {
 	o := kvOptions(t, node.ModeReplay, node.MachineSim)
 	o.Replay.PrecopyDone, o.Replay.PrecopyRounds, o.Replay.PrecopyChunk = 0, 1<<30, 4
-	// As in TestControlReplayFailover: the stopping primary holds the
-	// guest's port until the backup closes the link, or this long.
-	o.Replay.FailureTimeout = node.DefaultOptions().Replay.FailureTimeout
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	plog, blog := &syncBuffer{}, &syncBuffer{}

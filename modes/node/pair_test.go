@@ -118,14 +118,12 @@ func crashAndFailOver(t *testing.T, p *nodetest.Pair, c *nodetest.KVClient) {
 func TestStoppedPrimaryHandsOver(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
+			// The failure timeout is nodetest's, 10 s: a stopping replay
+			// primary holds the guest's network port until its backup
+			// closes the link (or for that long), and the backup, which
+			// waits 5 s for the port as it goes live, closes the link as
+			// soon as the stream ends.
 			o := kvOptions(t, mode, node.MachineSim)
-			// A stopping replay primary waits for its backup to close the
-			// link, for up to the failure timeout, holding the guest's
-			// network port; the backup closes it only once live, and waits
-			// 5 s for the port to go live: the default timeout (1 s) hands
-			// over, one of 5 s or more does not (the backup fails with
-			// EADDRINUSE).
-			o.Replay.FailureTimeout = node.DefaultOptions().Replay.FailureTimeout
 			p := nodetest.Start(t, o)
 			c := nodetest.NewKVClient(t, p.Addr(), mode)
 			p.WaitInSync()

@@ -173,7 +173,7 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	b.link = l
 	stop := make(chan struct{})
 	defer close(stop)
-	go b.receive(ctx, l)
+	go b.receive(ctx, l, conn)
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
 	go b.watchReplayer(conn, stop)
 	b.hashes = session.NewHashSender(l, peer, b.cfg.FailureTimeout, b.image, b.m.Memory(), &b.memMu, func(err error) {
@@ -194,13 +194,21 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 func (b *Backup) HoldsMemory() { b.holds = true }
 
 // receive reads the stream into the queue and acknowledges what may be,
-// until the link fails or the primary falls silent; then it closes the
-// queue with why. If ctx ends first, it stops and leaves the queue open:
-// the replayer returns ctx's error.
-func (b *Backup) receive(ctx context.Context, l *format.Link) {
+// until the stream ends (the primary stopped), the link fails or the
+// primary falls silent; then it closes conn and the queue with why. If ctx
+// ends first, it stops and leaves the queue open: the replayer returns
+// ctx's error.
+//
+// Nothing comes after the end, and nothing this side sends matters then
+// (the primary has stopped releasing on acks): closing at once lets a
+// primary that is stopping, which waits for this side to close before it
+// lets go of the guest's network port, end before this backup goes live
+// on that port, rather than after the failure timeout.
+func (b *Backup) receive(ctx context.Context, l *format.Link, conn net.Conn) {
 	r := &streamReceiver{b: b, ctx: ctx}
 	err := l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{Log: r.log, Checkpoint: r.checkpoint})
 	if !errors.Is(err, errReceiverStopped) {
+		conn.Close()
 		b.q.close(err)
 	}
 }
