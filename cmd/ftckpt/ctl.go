@@ -29,6 +29,7 @@ found in the default directory):
   set epoch auto     checkpoint primary: adapt it between --min-epoch and --max-epoch
   pause, resume      hold the guest paused, and let it run again (checkpoints, or the log, go on)
   detach-backup      primary: take the next generation, let the backup go, run on alone
+                     (a replay backup still pre-copying is let go without a contest)
   failover           hand the guest over to the backup, then stop (start this host
                      again as a backup). Checkpoint mode: the guest is paused, its
                      final checkpoint acknowledged and every output released; replay

@@ -32,7 +32,9 @@ func (p *Primary) Precopying() bool { return p.precopying.Load() }
 // next boundary the engine stops acks from releasing outputs, wins the
 // next generation while the link still carries heartbeats — so the
 // backup, which has seen nothing wrong, contests it only after, and loses
-// — then closes the link and runs on alone, releasing what it held. It
+// — then closes the link and runs on alone, releasing what it held. A
+// backup still getting its full checkpoint by pre-copy is dropped at
+// once, as it cannot go live (Precopying). It
 // waits for the engine's answer until ctx ends. If the witness cannot be
 // won the primary halts, as on losing its backup. Safe to call from any
 // goroutine.
@@ -55,8 +57,19 @@ func (p *Primary) Detach(ctx context.Context) error {
 	}
 }
 
-// detachBackup is Detach's work, at a boundary.
+// detachBackup is Detach's work, at a boundary. A backup still getting its
+// full checkpoint by pre-copy cannot go live before it commits: it is let
+// go as one lost then is, without a contest (the primary's generation does
+// not change).
 func (p *Primary) detachBackup(done chan<- error) error {
+	if p.precopy != nil {
+		p.log.Warn("detaching the backup before its full checkpoint (ftckpt ctl detach-backup): going on alone")
+		p.stopPrecopy()
+		p.disconnect()
+		p.protected.Store(false)
+		done <- nil
+		return nil
+	}
 	if !p.recording {
 		done <- errors.New("the primary has no backup to detach")
 		return nil

@@ -203,6 +203,38 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 	checkTicks(t, c.client.seen())
 }
 
+// TestDetachDuringAPrecopy: the operator detaches a backup still getting
+// its full checkpoint by pre-copy (which never ends here). It is let go
+// at once, without a contest: it does not go live, the primary keeps its
+// generation and runs on alone, and takes the next backup that attaches.
+func TestDetachDuringAPrecopy(t *testing.T) {
+	c := newCluster(t, "tick", tickParams...)
+	c.cfg = precopyConfig()
+	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	p, _, fence := c.alonePrimary(context.Background())
+	c.client.waitFrames(t, 3)
+	_, b, done, _ := c.attachBackup(p, "second")
+	vmmtest.WaitUntil(t, "three rounds applied", func() bool { return b.Stats.Rounds.Load() >= 3 })
+	ctx, cancel := context.WithTimeout(context.Background(), vmmtest.Bound)
+	defer cancel()
+	if err := p.Detach(ctx); err != nil {
+		t.Fatalf("Detach during the pre-copy: %v", err)
+	}
+	if r := vmmtest.Receive(t, "the detached backup's Follow to return", done); r.err == nil {
+		t.Fatal("a backup detached before its sync went live")
+	}
+	if p.Protected() || p.Precopying() {
+		t.Errorf("after Detach the primary says protected %v, pre-copying %v", p.Protected(), p.Precopying())
+	}
+	if g, _ := fence.Held(); g != 1 || p.Stats.BackupsLost.Load() != 0 {
+		t.Errorf("the primary holds generation %d and lost %d backups: want 1 and none", g, p.Stats.BackupsLost.Load())
+	}
+	c.client.waitFrames(t, len(c.client.seen())+5) // the guest runs on, alone
+	_, b3, _, _ := c.attachBackup(p, "third")
+	vmmtest.WaitUntil(t, "the third host's first rounds", func() bool { return b3.Stats.Rounds.Load() >= 3 })
+	checkTicks(t, c.client.seen())
+}
+
 // TestPrecopyRoundCorrupted: a round message is damaged in flight. The
 // backup rejects it and asks for a full checkpoint; the primary drops the
 // rest of the pre-copy, stops to copy it all, and the backup ends with the
