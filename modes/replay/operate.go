@@ -64,9 +64,7 @@ func (p *Primary) Detach(ctx context.Context) error {
 func (p *Primary) detachBackup(done chan<- error) error {
 	if p.precopy != nil {
 		p.log.Warn("detaching the backup before its full checkpoint (ftckpt ctl detach-backup): going on alone")
-		p.stopPrecopy()
-		p.disconnect()
-		p.protected.Store(false)
+		p.dropPrecopying()
 		done <- nil
 		return nil
 	}

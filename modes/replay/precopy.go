@@ -362,6 +362,15 @@ func (p *Primary) lastStopCommit() error {
 	return p.endPrecopy()
 }
 
+// dropPrecopying lets go the backup the pre-copy in progress was for (lost,
+// or detached): it cannot go live before the commit, so no contest is
+// needed, and the primary goes on alone in its generation.
+func (p *Primary) dropPrecopying() {
+	p.stopPrecopy()
+	p.disconnect()
+	p.protected.Store(false)
+}
+
 // stopPrecopy forgets the pre-copy in progress.
 func (p *Primary) stopPrecopy() {
 	p.precopy = nil

@@ -399,9 +399,7 @@ func (p *Primary) boundary() error {
 	}
 	if p.precopy != nil && p.linkIsDown() {
 		p.log.Warn("the backup was lost before its full checkpoint; going on alone", "cause", context.Cause(p.linkCtx))
-		p.stopPrecopy()
-		p.disconnect()
-		p.protected.Store(false)
+		p.dropPrecopying()
 	}
 	if !p.recording && p.precopy == nil {
 		select {
