@@ -14,6 +14,7 @@ import (
 	"github.com/ftckpt/ftckpt/modes/replay"
 	"github.com/ftckpt/ftckpt/vmm/sim"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
+	"github.com/ftckpt/ftckpt/witness"
 )
 
 // precopyConfig pre-copies a few pages at a time, so that a pass over the
@@ -62,9 +63,7 @@ func TestPrecopyWhileTheGuestRuns(t *testing.T) {
 // goes in the primary's last stop, and the backup takes over where the
 // guest stopped, holding exactly the primary's machine.
 func TestStopDuringPrecopyHandsOver(t *testing.T) {
-	c := newCluster(t, "tick", tickParams...)
-	c.cfg = precopyConfig()
-	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	c := endlessPrecopyCluster(t)
 	p, _ := stopDuringPrecopy(t, c, func(_ *replay.Primary, b *replay.Backup) bool { return b.Stats.Rounds.Load() >= 5 })
 	if n := p.Stats.Syncs.Load(); n != 1 {
 		t.Errorf("the primary sent %d full checkpoints, want the pre-copied one", n)
@@ -91,9 +90,7 @@ func TestStopBeforeTheFirstRoundHandsOver(t *testing.T) {
 // catches up: what the primary sends last, its last stop's commit, waits
 // for room rather than being dropped, and the backup takes over.
 func TestStopWithTheLinkBackedUpHandsOver(t *testing.T) {
-	c := newCluster(t, "tick", tickParams...)
-	c.cfg = precopyConfig()
-	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	c := endlessPrecopyCluster(t)
 	c.cfg.MaxInFlight = 1
 	c.linkBuffer = 512 // a round does not fit: the sender waits in it
 	hold, open := make(chan struct{}), make(chan struct{})
@@ -167,9 +164,7 @@ func stopDuringPrecopy(t *testing.T, c *cluster, reached func(*replay.Primary, *
 // drops. That backup never protected the guest, so the primary goes on
 // alone in the same generation, and takes the next backup that attaches.
 func TestPrecopyBackupLostMidway(t *testing.T) {
-	c := newCluster(t, "tick", tickParams...)
-	c.cfg = precopyConfig()
-	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	c := endlessPrecopyCluster(t)
 	p, _, fence := c.alonePrimary(context.Background())
 	c.client.waitFrames(t, 3)
 	reached := make(chan struct{})
@@ -190,9 +185,28 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 		t.Fatal("the backup committed a sync that was never finished")
 	}
 	c.up = nil
+	goesOnAloneAndTakesAnother(t, c, p, fence)
+}
+
+// endlessPrecopyCluster is a cluster of the tick guest whose pre-copies
+// never end by themselves: the guest writes more pages than a pass may
+// leave for the final stop.
+func endlessPrecopyCluster(t *testing.T) *cluster {
+	c := newCluster(t, "tick", tickParams...)
+	c.cfg = precopyConfig()
+	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	return c
+}
+
+// goesOnAloneAndTakesAnother checks a primary whose backup was let go
+// before its full checkpoint: it runs on alone without a pre-copy, in its
+// generation, without counting a backup lost or a sync sent, and the next
+// backup that attaches gets its rounds.
+func goesOnAloneAndTakesAnother(t *testing.T, c *cluster, p *replay.Primary, fence *witness.Fence) {
+	t.Helper()
 	c.client.waitFrames(t, len(c.client.seen())+5) // the guest runs on, alone
-	if line := p.Stats.PrimaryLine(); strings.Contains(line, "pre-copy") {
-		t.Errorf("the status line shows a pre-copy that was dropped: %s", line)
+	if line := p.Stats.PrimaryLine(); strings.Contains(line, "pre-copy") || p.Protected() || p.Precopying() {
+		t.Errorf("protected %v, pre-copying %v: the status line shows a pre-copy that was dropped: %s", p.Protected(), p.Precopying(), line)
 	}
 	if g, _ := fence.Held(); g != 1 || p.Stats.BackupsLost.Load() != 0 || p.Stats.Syncs.Load() != 0 {
 		t.Fatalf("the primary holds generation %d, lost %d backups, sent %d syncs: a backup that never protected it counted",
@@ -208,9 +222,7 @@ func TestPrecopyBackupLostMidway(t *testing.T) {
 // at once, without a contest: it does not go live, the primary keeps its
 // generation and runs on alone, and takes the next backup that attaches.
 func TestDetachDuringAPrecopy(t *testing.T) {
-	c := newCluster(t, "tick", tickParams...)
-	c.cfg = precopyConfig()
-	c.cfg.PrecopyDone, c.cfg.PrecopyRounds = 0, 1<<30
+	c := endlessPrecopyCluster(t)
 	p, _, fence := c.alonePrimary(context.Background())
 	c.client.waitFrames(t, 3)
 	_, b, done, _ := c.attachBackup(p, "second")
@@ -223,16 +235,7 @@ func TestDetachDuringAPrecopy(t *testing.T) {
 	if r := vmmtest.Receive(t, "the detached backup's Follow to return", done); r.err == nil {
 		t.Fatal("a backup detached before its sync went live")
 	}
-	if p.Protected() || p.Precopying() {
-		t.Errorf("after Detach the primary says protected %v, pre-copying %v", p.Protected(), p.Precopying())
-	}
-	if g, _ := fence.Held(); g != 1 || p.Stats.BackupsLost.Load() != 0 {
-		t.Errorf("the primary holds generation %d and lost %d backups: want 1 and none", g, p.Stats.BackupsLost.Load())
-	}
-	c.client.waitFrames(t, len(c.client.seen())+5) // the guest runs on, alone
-	_, b3, _, _ := c.attachBackup(p, "third")
-	vmmtest.WaitUntil(t, "the third host's first rounds", func() bool { return b3.Stats.Rounds.Load() >= 3 })
-	checkTicks(t, c.client.seen())
+	goesOnAloneAndTakesAnother(t, c, p, fence)
 }
 
 // TestPrecopyRoundCorrupted: a round message is damaged in flight. The
