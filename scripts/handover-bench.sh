@@ -15,32 +15,9 @@
 # before a rejoining node kept its memory, against the build after).
 # Guests run slowly on nested KVM (~1 M instructions/s): filling 2048 pages
 # takes the guest ~10 s there, and the script waits for it.
-set -euo pipefail
-bin=$(realpath "${1:-bin/ftckpt}")
-runs=${2:-2}
+name=handover-bench
+. "$(dirname "$0")/bench-lib.sh" "$@"
 fill=${FILL_PAGES:-2048}
-dir=$(mktemp -d /tmp/ftckpt-handover.XXXXXX)
-cleanup() {
-	kill -9 $(jobs -p) 2>/dev/null || true
-	wait 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-cd "$dir"
-"$bin" certs init ./certs --hosts localhost >/dev/null
-tls=(--tls-cert certs/localhost.crt --tls-key certs/localhost.key --tls-ca certs/ca.crt)
-
-# waitfor PATTERN FILE [N]: until FILE has N (default 1) lines matching
-# PATTERN (120 s).
-waitfor() {
-	for _ in $(seq 1200); do
-		[ "$(grep -c -- "$1" "$2" 2>/dev/null || true)" -ge "${3:-1}" ] && return 0
-		sleep 0.1
-	done
-	echo "handover-bench: no \"$1\" in $2 after 120 s:" >&2
-	tail -5 "$2" >&2
-	return 1
-}
 
 # freeport: a TCP port nothing listens on now.
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -48,8 +25,7 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 for mode in checkpoint replay; do
 	common=(--mode "$mode" --guest memtouch --memory 64M --param ws="$fill" --param fill=1
 		--param dirty=64 --param rate=1 --param every=1 --disk none --net none --arbiter disk:lease "${tls[@]}")
-	done_line="full sync: done"
-	[ "$mode" = replay ] && done_line="full checkpoint sent by pre-copy"
+	done_line=$(syncdone "$mode")
 	for run in $(seq "$runs"); do
 		rm -f lease* ./*.sock a.log b.log
 		pa=$(freeport)

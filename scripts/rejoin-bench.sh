@@ -11,38 +11,15 @@
 #
 # Give an older build as BINARY to compare: the README's figures are this
 # script's, for a4db58d (before image hashes) and for the build after it.
-set -euo pipefail
-bin=$(realpath "${1:-bin/ftckpt}")
-runs=${2:-2}
-dir=$(mktemp -d /tmp/ftckpt-rejoin.XXXXXX)
-cleanup() {
-	kill -9 $(jobs -p) 2>/dev/null || true
-	wait 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-cd "$dir"
-"$bin" certs init ./certs --hosts localhost >/dev/null
+name=rejoin-bench
+. "$(dirname "$0")/bench-lib.sh" "$@"
 head -c $((${SIZE_MB:-64} << 20)) /dev/urandom >data.img
-tls=(--tls-cert certs/localhost.crt --tls-key certs/localhost.key --tls-ca certs/ca.crt)
-
-# waitfor PATTERN FILE: until FILE has a line matching PATTERN (60 s).
-waitfor() {
-	for _ in $(seq 600); do
-		grep -q -- "$1" "$2" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "rejoin-bench: no \"$1\" in $2 after 60 s:" >&2
-	tail -5 "$2" >&2
-	return 1
-}
 
 for mode in checkpoint replay; do
 	common=(--mode "$mode" --guest kv --param journal=1000 --param flush=1 --net udp:127.0.0.1:0
 		--arbiter disk:lease "${tls[@]}")
 	[ "$mode" = checkpoint ] && common+=(--vcpus 2)
-	done_line="full sync: done"
-	[ "$mode" = replay ] && done_line="full checkpoint sent by pre-copy"
+	done_line=$(syncdone "$mode")
 	for run in $(seq "$runs"); do
 		rm -f lease* ./*.sock a.log b.log
 		cp data.img a.img
