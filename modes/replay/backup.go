@@ -177,7 +177,9 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 	go l.Heartbeats(b.cfg.Heartbeat, b.cfg.FailureTimeout, stop, func(err error) { conn.Close() })
 	go b.watchReplayer(conn, stop)
 	b.hashes = session.NewHashSender(l, peer, b.cfg.FailureTimeout, b.image, b.m.Memory(), &b.memMu, func(err error) {
-		b.log.Error("could not send this backup's range hashes; dropping the link", "err", err)
+		if ended, _ := b.q.ended(); !ended { // else the receiver closed the link at its end
+			b.log.Error("could not send this backup's range hashes; dropping the link", "err", err)
+		}
 		conn.Close()
 	})
 	b.hashes.Start(format.HelloHashes, hello.SendsMemoryHashes)
@@ -208,8 +210,8 @@ func (b *Backup) receive(ctx context.Context, l *format.Link, conn net.Conn) {
 	r := &streamReceiver{b: b, ctx: ctx}
 	err := l.ReceiveFromPrimary(b.cfg.FailureTimeout, format.FromPrimary{Log: r.log, Checkpoint: r.checkpoint})
 	if !errors.Is(err, errReceiverStopped) {
-		conn.Close()
 		b.q.close(err)
+		conn.Close()
 	}
 }
 
