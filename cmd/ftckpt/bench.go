@@ -43,9 +43,9 @@ The second gives checkpoint mode's pause in its parts (stop, harvest, copy,
 state capture, resume) with the dirty pages per epoch, beside the memcpy of as
 many pages measured in the same run, and the share of epochs whose pages were
 copied after the guest resumed (their "copy" is the write protection). On KVM
-each epoch runs twice: as checkpoint mode does by default (pages copied after
-the guest resumes where the pauses measure that cheaper) and with the pause
-copying them. All configurations share this host's cores,
+each epoch runs twice: with --copy-after-resume auto (pages copied after the
+guest resumes where the pauses measure that cheaper) and with the pause copying
+them, checkpoint mode's default. All configurations share this host's cores,
 the backup's included. A configuration whose backup is lost, resynchronised or
 out of sync in its window is measured again; if it lapses again, its rows are
 marked (!). Progress, with what the nodes warned of then, goes to stderr, the

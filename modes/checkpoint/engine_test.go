@@ -187,6 +187,9 @@ func (p *pair) build(pages uint64) {
 	}
 	held.Attach(out)
 	held.SetPoll(p.pg.poke)
+	if p.copyAfterResume {
+		p.cfg.CopyAfterResume = CopyAlways // with the choice below: every epoch, from one page on
+	}
 	p.primary, err = NewPrimary(p.cfg, p.pg, out, pf, 1, p.primaryLog)
 	if err != nil {
 		t.Fatal(err)
