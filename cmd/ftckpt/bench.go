@@ -97,7 +97,7 @@ tables to stdout.`,
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
 	cmd.Flags().IntVar(&memtouchPages, "memtouch-pages", bench.DefaultMemtouchPages, "the pages memtouch rewrites flat out, on KVM (its memory grows to fit)")
 	cmd.Flags().IntVar(&memtouchWriters, "memtouch-writers", 1, "how many of memtouch's vCPUs write, each its share of the pages (the others halt; more than one leaves replay out)")
-	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto (the default behaviour), always, never (default on KVM auto,never)")
+	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto, always, never (checkpoint mode's default) (default on KVM auto,never)")
 	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")
 	return cmd
