@@ -61,11 +61,7 @@ func (b *Blocks) Count() int {
 func (b *Blocks) Take(dst []uint64) []uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for r := range b.dirty.Runs() {
-		for i := r.First; i < r.First+r.Count; i++ {
-			dst = append(dst, i)
-		}
-	}
+	dst = b.dirty.AppendPages(dst)
 	b.dirty.Clear()
 	return dst
 }

@@ -349,12 +349,7 @@ func (p *Primary) lastStopCommit() error {
 	for _, pfn := range pc.todo {
 		pc.written.Set(pfn)
 	}
-	pc.todo = pc.todo[:0]
-	for r := range pc.written.Runs() {
-		for pfn := r.First; pfn < r.First+r.Count; pfn++ {
-			pc.todo = append(pc.todo, pfn)
-		}
-	}
+	pc.todo = pc.written.AppendPages(pc.todo[:0])
 	for _, b := range pc.blocks { // the commit takes the blocks marked
 		p.blocks.Mark(int64(b)*format.DiskBlockSize, format.DiskBlockSize)
 	}

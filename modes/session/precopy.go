@@ -55,11 +55,7 @@ func (p *Precopy) First(pfns, blocks []uint64) ([]uint64, []uint64) {
 // final pause: pfns are the pages left (dirty keeps them too) and the
 // blocks stay in the log, for the commit to take.
 func (p *Precopy) Next(dirty *machine.Bitmap, pfns, blocks []uint64) (_, _ []uint64, ok bool) {
-	for r := range dirty.Runs() {
-		for q := r.First; q < r.First+r.Count; q++ {
-			pfns = append(pfns, q)
-		}
-	}
+	pfns = dirty.AppendPages(pfns)
 	left := dirty.Count()
 	if p.blocks != nil {
 		left += blockPages * p.blocks.Count()

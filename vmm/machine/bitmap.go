@@ -80,6 +80,17 @@ func (b *Bitmap) Or(o *Bitmap) {
 	}
 }
 
+// AppendPages appends every marked page to dst, in ascending order, and
+// returns it.
+func (b *Bitmap) AppendPages(dst []uint64) []uint64 {
+	for r := range b.Runs() {
+		for p := r.First; p < r.First+r.Count; p++ {
+			dst = append(dst, p)
+		}
+	}
+	return dst
+}
+
 // Runs yields the maximal runs of consecutive marked pages, in ascending
 // order. Its cost is one load per 64 pages plus a few operations per run.
 // The bitmap must not change during the iteration.

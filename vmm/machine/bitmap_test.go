@@ -42,6 +42,15 @@ func TestRunsMatchReference(t *testing.T) {
 		if b.Count() != total {
 			t.Fatalf("case %d: Count() = %d, reference %d", i, b.Count(), total)
 		}
+		var marked []uint64
+		for p := uint64(0); p < b.Len(); p++ {
+			if b.Has(p) {
+				marked = append(marked, p)
+			}
+		}
+		if got := b.AppendPages([]uint64{7}); !slices.Equal(got, append([]uint64{7}, marked...)) {
+			t.Fatalf("case %d: AppendPages after 7 = %v, reference %v", i, got, marked)
+		}
 	}
 }
 

@@ -161,12 +161,7 @@ func runCopyOnWrite(t *testing.T, m Runner) {
 		if err := r.Harvest(dirty); err != nil {
 			t.Fatal(err)
 		}
-		var pfns []uint64
-		for run := range dirty.Runs() {
-			for p := run.First; p < run.First+run.Count; p++ {
-				pfns = append(pfns, p)
-			}
-		}
+		pfns := dirty.AppendPages(nil)
 		mem := r.Memory()
 		want := make([]byte, 0, len(pfns)*PageSize)
 		for _, p := range pfns {
