@@ -62,6 +62,15 @@ type Region struct {
 	// cur is the snapshot under way, nil when none: how the fault handler
 	// finds the page a writer waits for.
 	cur atomic.Pointer[Snapshot]
+	// answering is held by the fault handler while it answers a fault
+	// (from reading cur to unprotecting) and by Snapshot while it sets cur
+	// and protects. A fault can be answered long after it was queued — the
+	// background copier may have unprotected the page and woken its writer
+	// meanwhile, and the snapshot may have ended — so without it the
+	// handler could unprotect, for a snapshot it found done or for the one
+	// before, a page the next snapshot has just protected and not copied:
+	// the guest's writes to it would then reach the page before its copy.
+	answering sync.Mutex
 	// failed is set by release: the region takes no snapshot again (its
 	// fault handler may be gone).
 	failed atomic.Bool
@@ -170,7 +179,10 @@ func (r *Region) handleFaults() {
 				continue // registered for write protection only: nothing else comes
 			}
 			pfn := (binary.NativeEndian.Uint64(m[msgFaultAddrOffset:]) - r.base) / PageSize
-			if err := r.fault(pfn); err != nil {
+			r.answering.Lock()
+			err := r.fault(pfn)
+			r.answering.Unlock()
+			if err != nil {
 				r.release(err)
 				return
 			}
@@ -178,17 +190,27 @@ func (r *Region) handleFaults() {
 	}
 }
 
-// fault answers a writer waiting on page pfn.
+// fault answers a writer waiting on page pfn. Precondition: r.answering
+// is held.
 func (r *Region) fault(pfn uint64) error {
-	if s := r.cur.Load(); s != nil {
+	s := r.cur.Load()
+	if testHookAnswering != nil {
+		testHookAnswering()
+	}
+	if s != nil {
 		if handled, err := s.copyForWriter(pfn); handled || err != nil {
 			return err
 		}
 	}
 	// Not a page of the snapshot under way: the background copier has
-	// unprotected it since the fault was queued. Make sure and wake.
+	// unprotected it since the fault was queued, and no snapshot can
+	// protect it again while r.answering is held. Make sure and wake.
 	return r.protect(pfn, 1, false)
 }
+
+// testHookAnswering, if set, runs as the fault handler begins to answer
+// a fault: a test slows the handler with it, as a busy host does.
+var testHookAnswering func()
 
 // release unprotects the whole mapping after a failure of the fault
 // handler, failing the snapshot under way (its pages may now change before
@@ -273,6 +295,8 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 			s.runs = append(s.runs, run{pfn: pfn, n: 1, at: uint64(i)})
 		}
 	}
+	r.answering.Lock()
+	defer r.answering.Unlock()
 	r.cur.Store(s) // before protecting: a fault finds what it must copy
 	for i, rn := range s.runs {
 		if err := r.protect(rn.pfn, rn.n, true); err != nil {
@@ -313,18 +337,13 @@ func (s *Snapshot) fail(err error) {
 }
 
 // abandon undoes a Snapshot that could not protect all its runs: it
-// unprotects those it did, and takes every page from the fault handler
-// (waiting for the ones it is copying), so that nothing writes to dst
-// after Snapshot returns.
+// unprotects those it did and withdraws s, before anything was written to
+// dst. Precondition: s.r.answering is held since s became r.cur, so the
+// fault handler never sees s, and s's copier has not started.
 func (s *Snapshot) abandon(protected []run) {
 	for _, rn := range protected {
 		if err := s.r.protect(rn.pfn, rn.n, false); err != nil {
 			panic(fmt.Sprintf("cow: unprotecting pages %d+%d of an abandoned snapshot: %v", rn.pfn, rn.n, err))
-		}
-	}
-	for i := range s.state {
-		if !s.state[i].CompareAndSwap(pending, copied) {
-			s.waitCopied(uint64(i))
 		}
 	}
 	s.r.cur.Store(nil)

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -132,6 +134,69 @@ func TestSnapshotHoldsThePagesAsTheyWere(t *testing.T) {
 		faults += s.Faults()
 	}
 	t.Logf("20 snapshots, %d writes waited for a copy", faults)
+}
+
+// TestSnapshotsOfWritersThatNeverStop takes snapshot after snapshot of
+// pages that writers rewrite flat out, as a guest does between pauses:
+// the writers stop only for each Snapshot call (as vCPUs stop for a
+// pause), and the next snapshot comes as soon as the last is copied. A
+// fault is often answered after the background copier has already
+// unprotected its page and woken its writer; such a late answer must not
+// unprotect the page once the next snapshot has protected it again, or
+// that snapshot's copy holds a later write.
+func TestSnapshotsOfWritersThatNeverStop(t *testing.T) {
+	const pages, writers, rounds = 64, 2, 1000
+	// The handler answers late, as on a busy host where its ioctls wait
+	// for KVM: the copier overtakes it, and the next snapshot comes while
+	// it still holds faults of the last.
+	testHookAnswering = func() { time.Sleep(50 * time.Microsecond) }
+	defer func() { testHookAnswering = nil }()
+	mem, r := mapping(t, pages)
+	var stopped sync.RWMutex // held by each writer for one write; locked for a Snapshot
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	for w := range uint64(writers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for gen := uint64(1); !done.Load(); gen++ {
+				for p := w; p < pages; p += writers { // its own pages, in order
+					stopped.RLock()
+					binary.LittleEndian.PutUint64(mem[p*PageSize+8:], gen)
+					stopped.RUnlock()
+				}
+			}
+		}()
+	}
+	defer func() { done.Store(true); wg.Wait() }()
+	pfns := make([]uint64, pages)
+	for p := range pfns {
+		pfns[p] = uint64(p)
+	}
+	want := make([]byte, len(mem))
+	dst := make([]byte, len(mem))
+	var faults uint64
+	for round := range rounds {
+		stopped.Lock()
+		copy(want, mem)
+		s, err := r.Snapshot(pfns, dst)
+		stopped.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		for p := range uint64(pages) {
+			if got, was := binary.LittleEndian.Uint64(dst[p*PageSize+8:]), binary.LittleEndian.Uint64(want[p*PageSize+8:]); got != was {
+				t.Fatalf("round %d: page %d was copied at generation %d; it was at %d when the snapshot was taken", round, p, got, was)
+			}
+		}
+		faults += s.Faults()
+	}
+	t.Logf("%d snapshots, %d writes waited for a copy", rounds, faults)
 }
 
 // TestSnapshotRefusesBadInput: pages out of order or beyond the mapping
