@@ -43,9 +43,9 @@ The second gives checkpoint mode's pause in its parts (stop, harvest, copy,
 state capture, resume) with the dirty pages per epoch, beside the memcpy of as
 many pages measured in the same run, and the share of epochs whose pages were
 copied after the guest resumed (their "copy" is the write protection). On KVM
-each epoch runs twice: with --copy-after-resume auto (pages copied after the
-guest resumes where the pauses measure that cheaper) and with the pause copying
-them, checkpoint mode's default. All configurations share this host's cores,
+each epoch runs twice: as checkpoint mode does by default (pages copied after
+the guest resumes where the pauses measure that cheaper) and with the pause
+copying them. All configurations share this host's cores,
 the backup's included. A configuration whose backup is lost, resynchronised or
 out of sync in its window is measured again; if it lapses again, its rows are
 marked (!). Progress, with what the nodes warned of then, goes to stderr, the
@@ -97,7 +97,7 @@ tables to stdout.`,
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "checkpoint mode's vCPUs on KVM")
 	cmd.Flags().IntVar(&memtouchPages, "memtouch-pages", bench.DefaultMemtouchPages, "the pages memtouch rewrites flat out, on KVM (its memory grows to fit)")
 	cmd.Flags().IntVar(&memtouchWriters, "memtouch-writers", 1, "how many of memtouch's vCPUs write, each its share of the pages (the others halt; more than one leaves replay out)")
-	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto, always, never (checkpoint mode's default) (default on KVM auto,never)")
+	cmd.Flags().StringVar(&copyWhere, "copy", "", "where checkpoint mode copies dirty pages on KVM, a row for each of a comma-separated list of --copy-after-resume values: auto (checkpoint mode's default), always, never (default on KVM auto,never)")
 	cmd.Flags().StringVar(&plotDir, "plot", "", "write charts (PNG and SVG) into this directory: slowdown and output delay against the epoch, wire bytes, pause against dirty pages")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "write the raw figures to this file")
 	return cmd

@@ -45,7 +45,7 @@ func Plot(dir string, p Plan, results [][]*Result) error {
 					floorPts = append(floorPts, plotter.XY{X: float64(m.Dirty), Y: ms2(MemcpyPages(m.Dirty))})
 				}
 				if r.Config.Copy != ckmode.CopyAuto {
-					continue // the lines against the epoch are auto's rows (the software machine has only those)
+					continue // the lines against the epoch are the default behaviour's
 				}
 				ms := float64(r.Config.Epoch) / float64(time.Millisecond)
 				slow = append(slow, plotter.XY{X: ms, Y: floor / max(r.Rate(), 1e-9)})

@@ -33,11 +33,7 @@ type Config struct {
 	DecideTimeout time.Duration
 	// CopyAfterResume says when a pause may write-protect its dirty pages
 	// and resume the guest before they are copied (machine.CopyOnWriter)
-	// instead of copying them: see CopyMode. The default is CopyNever: on
-	// the KVM this was built on (kvm-pvm, Linux 6.18) a vCPU's write
-	// sometimes reaches a write-protected page before its copy, under load
-	// (TestKVMRunnerContract's CopyOnWrite), which would ship a page newer
-	// than the checkpoint's vCPU state.
+	// instead of copying them: see CopyMode.
 	CopyAfterResume CopyMode
 	// Verify sends a hash of guest memory with every checkpoint, checked by
 	// the backup after applying.
@@ -89,7 +85,7 @@ func ParseCopyMode(s string) (CopyMode, error) {
 func DefaultConfig() Config {
 	return Config{
 		Epoch: 25 * time.Millisecond, MinEpoch: 5 * time.Millisecond, MaxEpoch: 500 * time.Millisecond,
-		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256, CopyAfterResume: CopyNever,
+		MaxInFlight: 4, PrecopyRounds: 5, PrecopyDone: 256, CopyAfterResume: CopyAuto,
 		Heartbeat: 50 * time.Millisecond, FailureTimeout: 500 * time.Millisecond,
 		DecideTimeout: 2 * time.Second, MaxCheckpoint: 1 << 30,
 	}
