@@ -131,8 +131,10 @@ func (b *Backup) writeImage(res format.Result) error {
 
 // SetLive sets a function GoLive calls once it has won generation gen and
 // restored the machine, before the disk writes are written again and the
-// guest starts: the caller turns its devices to a primary's (outputs held
-// for the backups to come). An error stops GoLive. Call before GoLive.
+// guest starts: the caller opens what the guest's devices reach the world
+// through, so that nothing the guest sends once it runs is lost, and may
+// turn its devices to a primary's (outputs held for the backups to come).
+// An error stops GoLive. Call before GoLive.
 func (b *Backup) SetLive(live func(gen uint64) error) { b.live = live }
 
 // Status is the backup's position. Safe to call from any goroutine.
@@ -347,7 +349,7 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 // Serve follows one primary after another, accepted on ln, until one is
 // lost while this backup holds a committed epoch and GoLive wins the next
 // generation: it returns that generation, the guest restored and started
-// (the caller opens its backends). A primary lost before an epoch was
+// (its backends opened by SetLive's function). A primary lost before an epoch was
 // committed, or a contest another candidate won, and it waits for the next
 // primary. It returns ctx.Err() once ctx ends (closing ln stops it too).
 func (b *Backup) Serve(ctx context.Context, ln net.Listener) (uint64, error) {

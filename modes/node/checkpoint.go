@@ -173,12 +173,21 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	}
 	var primary *ckmode.Primary
 	var out *outbuf.Buffer
-	if late != nil {
-		backup.SetLive(func(gen uint64) (err error) {
-			primary, out, err = late.becomePrimary(o, gen, fence, h, r, deferred)
+	// Going live, the guest's network is opened before the guest starts:
+	// a frame it sent in between (its reply to a request whose disk flush
+	// the old primary released) would be lost.
+	backup.SetLive(func(gen uint64) (err error) {
+		if err := h.goLive(ctx); err != nil {
 			return err
-		})
-	}
+		}
+		if h.backend != nil {
+			deferred.set(h.backend)
+		}
+		if late != nil {
+			primary, out, err = late.becomePrimary(o, gen, fence, h, r, deferred)
+		}
+		return err
+	})
 	var gen uint64
 	if o.Join != "" {
 		gen, err = backup.Follow(ctx, joinDialer(o))
@@ -193,11 +202,7 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := h.goLive(ctx); err != nil {
-		return err
-	}
 	if h.backend != nil {
-		deferred.set(h.backend)
 		if err := h.backend.Start(r.rx); err != nil {
 			return err
 		}
