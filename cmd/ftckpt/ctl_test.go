@@ -297,3 +297,92 @@ func mustDialUDP(t *testing.T, addr string) *net.UDPConn {
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// TestSIGTERMedPrimaryHandsOver: a checkpoint-mode --role primary process
+// given SIGTERM, its backup (another process) in sync, hands the guest over
+// before it exits, as ftckpt ctl failover does: it says so, exits 0, the
+// backup goes live with generation 2 and every output released by the
+// primary, and the client's counters go on, one machine's; the backup's
+// image (mirrored) holds every update a reply reported.
+func TestSIGTERMedPrimaryHandsOver(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	sigtermedPrimaryHandsOver(t, "sim", "1M")
+}
+
+// TestKVMSIGTERMedPrimaryHandsOver is TestSIGTERMedPrimaryHandsOver with
+// the C kv guest on KVM (one vCPU, 64 MiB).
+func TestKVMSIGTERMedPrimaryHandsOver(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	sigtermedPrimaryHandsOver(t, "kvm", "64M")
+}
+
+func sigtermedPrimaryHandsOver(t *testing.T, machine, memory string) {
+	kind, err := node.ParseMachine(machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	udp, listen := freePort(t, "udp"), freePort(t, "tcp")
+	sockB := filepath.Join(dir, "b.sock")
+	common := append([]string{"--mode", "checkpoint", "--machine", machine, "--guest", "kv", "--memory", memory,
+		"--param", "journal=1000", "--param", "flush=1", "--net", "udp:" + udp, "--disk-size", "1M",
+		"--arbiter", "disk:" + filepath.Join(dir, "lease"),
+		"--status-every", "0", "--heartbeat", "20ms", "--failure-timeout", "2s"}, loopbackTLS(t)...)
+	var outP, outB syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("primary:\n%s\nbackup:\n%s", outP.String(), outB.String())
+		}
+	})
+	ftckptProcess(t, &outB, slices.Concat([]string{"--role", "backup", "--listen", listen, "--control", sockB,
+		"--disk", filepath.Join(dir, "b.img")}, common)...)
+	waitFor(t, &outB, backupReadyPrefix)
+	sockP := filepath.Join(dir, "p.sock")
+	primary := ftckptProcess(t, &outP, slices.Concat([]string{"--role", "primary", "--peer", listen, "--control", sockP,
+		"--disk", filepath.Join(dir, "a.img")}, common)...)
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool {
+		resp, err := ask(sockP)
+		return err == nil && resp.Status.InSync
+	})
+	c := newKVClient(mustDialUDP(t, udp), true)
+	for range 5 {
+		c.incr(t, 20*time.Second)
+	}
+	primary.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- primary.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the primary exited with %v after SIGTERM", err)
+		}
+	case <-time.After(vmmtest.Bound):
+		t.Fatalf("the primary did not exit within %v of SIGTERM", vmmtest.Bound)
+	}
+	for _, said := range []string{"handing over to the backup (asked to stop): every output released", "handed over to the backup; stopping"} {
+		if !strings.Contains(outP.String(), said) {
+			t.Fatalf("the primary did not say %q", said)
+		}
+	}
+	c.resend = 100 * time.Millisecond
+	for range 5 {
+		c.incr(t, 20*time.Second)
+	}
+	if resp, err := ask(sockB); err != nil || resp.Status.Role != "primary" || resp.Status.Generation != 2 {
+		t.Fatalf("the backup's status after the handover: %+v, %v; want primary of generation 2", resp.Status, err)
+	}
+	nodetest.CheckJournal(t, filepath.Join(dir, "b.img"), kind, c.updates())
+}
+
+// ask asks the node at control socket sock for its status.
+func ask(sock string) (node.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := node.Ask(ctx, sock, node.Request{Op: "status"})
+	if err == nil && resp.Status == nil {
+		err = errors.New("a status answer without a status")
+	}
+	return resp, err
+}

@@ -140,7 +140,7 @@ func addModeFlags(root *cobra.Command) {
 			return nil
 		}
 		if errors.Is(err, node.ErrHandedOver) {
-			slog.Info("handed over to the backup (ftckpt ctl failover); stopping")
+			slog.Info("handed over to the backup; stopping")
 			return nil
 		}
 		return err
@@ -211,6 +211,10 @@ func (f *modeFlags) options(changed func(string) bool, stdout io.Writer) (node.O
 	if f.respawn && (f.role == "" || changed("respawn")) {
 		o.Respawn = spawnJoiningBackup(localBackupDisk(o)) // a local run's also gives it its certificates
 	}
+	// A backup on another host goes on after this process: stopped, a
+	// checkpoint primary hands it the guest first. A local run's backups
+	// stop with it.
+	o.HandOverOnStop = f.role != "" && o.Respawn == nil
 	o.Console, o.Status, o.StatusEvery = stdout, os.Stderr, f.status
 	o.Metrics, o.Control = f.metrics, f.controlPath(o.Role)
 	if f.readyFD > 0 {

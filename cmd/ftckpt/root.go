@@ -35,6 +35,10 @@ never notice. See README.md for the modes and their trade-offs.
   ftckpt --mode checkpoint --role primary --peer backuphost:7100 $TLS
     where TLS="--tls-cert ./certs/HOST.crt --tls-key ./certs/HOST.key --tls-ca ./certs/ca.crt"
 
+A --role primary stopped by SIGTERM or SIGINT hands the guest over to its
+backup first (as "ftckpt ctl failover"), so the guest goes on there with no
+output lost; a local run stops its backup with it.
+
 Every connection between hosts (primary and backup, the raft witness) is
 mutual TLS 1.3 with certificates of the cluster's CA; a primary or backup
 started without --tls-* is refused unless --insecure (plain TCP) says so. A

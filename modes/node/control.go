@@ -385,7 +385,7 @@ func (n *Node) Do(req Request) (string, error) {
 		if req.Name != "" || req.Value != "" {
 			return "", errors.New("failover takes no arguments")
 		}
-		return n.failover()
+		return n.failover("ftckpt ctl failover")
 	case "":
 		return "", errors.New("no op: want status, set, pause, resume, detach-backup or failover")
 	}
@@ -739,8 +739,9 @@ func Ask(ctx context.Context, path string, req Request) (Response, error) {
 }
 
 // ErrHandedOver is how a primary node ends that handed its guest over to
-// its backup (ftckpt ctl failover).
-var ErrHandedOver = errors.New("handed over to the backup (ftckpt ctl failover)")
+// its backup (ftckpt ctl failover, or a checkpoint primary asked to stop:
+// see Start).
+var ErrHandedOver = errors.New("handed over to the backup")
 
 // failoverWait bounds how long a planned failover waits for the backup to
 // acknowledge the final checkpoint.
@@ -753,8 +754,10 @@ const failoverWait = 10 * time.Second
 // backup finds the link closed, wins the next generation and goes live
 // from that state, and this node ends with ErrHandedOver (and, given
 // Rejoin, Run goes on as the new primary's backup). If the backup does not
-// acknowledge within failoverWait, the guest runs on here.
-func (n *Node) failover() (string, error) {
+// acknowledge within failoverWait or is lost, the guest runs on here (and
+// stopAsked stops it). why says who asked, for the log (a replay
+// primary's is ftckpt ctl failover: its stop hands over by itself).
+func (n *Node) failover(why string) (string, error) {
 	if n.o.Mode == ModeReplay {
 		return n.replayFailover()
 	}
@@ -789,16 +792,20 @@ func (n *Node) failover() (string, error) {
 		if acked >= final && out.HeldOutputs == 0 && out.Waiting == 0 {
 			break
 		}
-		if time.Now().After(deadline) || out.Failed != nil {
+		lost := !p.Protected()
+		if time.Now().After(deadline) || out.Failed != nil || lost {
 			if !held {
 				h.Release()
 			}
-			return "", fmt.Errorf("failover: the backup did not acknowledge the final checkpoint (epoch %d, acked %d, %d outputs held) in %v: the guest runs on here",
+			if lost {
+				return "", fmt.Errorf("failover: the backup was lost before it acknowledged the final checkpoint (epoch %d): the guest was not handed over", final)
+			}
+			return "", fmt.Errorf("failover: the backup did not acknowledge the final checkpoint (epoch %d, acked %d, %d outputs held) in %v: the guest was not handed over",
 				final, acked, out.HeldOutputs, failoverWait)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	n.o.log().Warn("handing over to the backup (ftckpt ctl failover): every output released; stopping", "epoch", final)
+	n.o.log().Warn("handing over to the backup ("+why+"): every output released; stopping", "epoch", final)
 	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
 	return fmt.Sprintf("handing over: the backup takes over from epoch %d with every output released; this node %s", final, n.afterHandover()), nil
@@ -834,6 +841,26 @@ func (n *Node) replayFailover() (string, error) {
 	n.ops.handedOver.Store(true)
 	n.ops.stop(ErrHandedOver)
 	return fmt.Sprintf("handing over: this node "+how+"; this node %s", lsn, n.afterHandover()), nil
+}
+
+// stopAsked ends the node's run because its caller asked (Start's ctx
+// ended: SIGTERM, SIGINT) with cause. A checkpoint primary given
+// HandOverOnStop first hands its guest over to a backup in sync, as ftckpt
+// ctl failover does, so that the outputs it holds are released, not
+// dropped: the backup would go live anyway, from the last acknowledged
+// epoch, and the guest's clients would have to resend. If the handover
+// cannot be made, the node just stops. A replay primary's stop hands over
+// by itself (it ships the whole log).
+func (n *Node) stopAsked(cause error) {
+	p := n.Parts().CheckpointPrimary
+	if n.o.HandOverOnStop && n.o.Mode == ModeCheckpoint && p != nil && p.Protected() && n.actingRole() == RolePrimary {
+		_, err := n.failover("asked to stop")
+		if err == nil {
+			return
+		}
+		n.o.log().Warn("asked to stop: stopping the guest here; the backup, if it can, goes live from the last acknowledged epoch", "err", err)
+	}
+	n.ops.stop(cause)
 }
 
 // afterHandover says what this node does once it has handed its guest over.

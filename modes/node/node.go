@@ -47,7 +47,9 @@ type Parts struct {
 
 // Start validates o, then builds and runs the node in the background until
 // the guest powers off, ctx ends, or the role's rule stops it; Wait
-// returns why.
+// returns why. When ctx ends, a checkpoint primary given HandOverOnStop
+// hands its guest over to a backup in sync first (see stopAsked) and ends
+// with ErrHandedOver.
 func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -60,11 +62,23 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := n.openOps(); err != nil {
 		return nil, err
 	}
+	asked := ctx
+	if o.HandOverOnStop {
+		// ctx's end asks the run to stop (stopAsked), which a checkpoint
+		// primary does once it has handed its guest over. Otherwise it
+		// ends the run at once, as a crash would (nodetest's crashes).
+		ctx = context.WithoutCancel(ctx)
+	}
 	ctx, stop := context.WithCancelCause(ctx)
 	n.ops.stop = stop
+	unwatch := func() bool { return false }
+	if o.HandOverOnStop {
+		unwatch = context.AfterFunc(asked, func() { n.stopAsked(context.Cause(asked)) })
+	}
 	go func() {
 		defer close(n.done)
 		n.err = n.run(ctx)
+		unwatch()
 		if errors.Is(context.Cause(ctx), ErrHandedOver) {
 			n.err = ErrHandedOver
 		}
@@ -75,10 +89,11 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 }
 
 // Run is Start and Wait: it returns nil when the guest powered off,
-// ctx.Err() when ctx ended, or what stopped the node (a primary that lost
-// its backup and the witness's contest halts). A node given Rejoin that
-// hands its guest over (ftckpt ctl failover) goes on as a backup that
-// joins the new primary there, again after every such handover.
+// ctx.Err() when ctx ended (or ErrHandedOver, see Start), or what stopped
+// the node (a primary that lost its backup and the witness's contest
+// halts). A node given Rejoin that hands its guest over (ftckpt ctl
+// failover) goes on as a backup that joins the new primary there, again
+// after every such handover; not once ctx has ended.
 func Run(ctx context.Context, o Options) error {
 	for {
 		n, err := Start(ctx, o)

@@ -205,6 +205,14 @@ type Options struct {
 	// (ftckpt ctl failover) this node joins it there as its backup
 	// (--rejoin), instead of stopping.
 	Rejoin string
+	// HandOverOnStop: a checkpoint primary whose run is asked to end (Start's
+	// ctx ends: SIGTERM) with a backup in sync hands its guest over to it
+	// first, as ftckpt ctl failover does, and ends with ErrHandedOver; see
+	// Node.stopAsked. For a backup on another host: ftckpt sets it for a
+	// --role process without --respawn. Left unset, the node just stops,
+	// as a crash would stop it; so does a replay primary either way, its
+	// stop handing over by itself.
+	HandOverOnStop bool
 	// Respawn, if set, starts a backup that joins this node at addr (its
 	// AcceptBackups listener's) each time the guest runs unprotected,
 	// unless the last one it started still runs (--respawn, a local run's

@@ -112,9 +112,12 @@ func crashAndFailOver(t *testing.T, p *nodetest.Pair, c *nodetest.KVClient) {
 }
 
 // TestStoppedPrimaryHandsOver stops the primary (SIGTERM, not a crash) in
-// each mode: the backup goes live where the primary stopped — in replay
-// mode having replayed the whole log, so not a reply is lost — and the
-// client's counters go on.
+// each mode: the backup goes live where the primary stopped and the
+// client's counters go on. In replay mode the backup replays the whole log
+// first, so not a reply is lost. In checkpoint mode the stop comes with a
+// reply held (long epochs): the primary hands the guest over as ftckpt ctl
+// failover does, releasing every output, so that reply comes without the
+// request being sent again.
 func TestStoppedPrimaryHandsOver(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -124,16 +127,35 @@ func TestStoppedPrimaryHandsOver(t *testing.T) {
 			// waits 5 s for the port as it goes live, closes the link as
 			// soon as the stream ends.
 			o := kvOptions(t, mode, node.MachineSim)
+			o.Checkpoint.Epoch = 200 * time.Millisecond
+			o.HandOverOnStop = true // as ftckpt --role primary sets it
 			p := nodetest.Start(t, o)
 			c := nodetest.NewKVClient(t, p.Addr(), mode)
 			p.WaitInSync()
 			for range 10 {
 				c.Incr()
 			}
-			if err := p.StopPrimary(); !errors.Is(err, context.Canceled) {
-				t.Fatalf("the stopped primary ended with %v", err)
+			if mode == node.ModeReplay {
+				if err := p.StopPrimary(); !errors.Is(err, context.Canceled) {
+					t.Fatalf("the stopped primary ended with %v", err)
+				}
+			} else {
+				c.Send()
+				vmmtest.WaitUntil(t, "the reply held", func() bool { return p.Primary.Parts().Outputs.Stats().HeldOutputs > 0 })
+				if err := p.StopPrimary(); !errors.Is(err, node.ErrHandedOver) {
+					t.Fatalf("the stopped primary ended with %v, want ErrHandedOver", err)
+				}
+				if s := p.Primary.Parts().Outputs.Stats(); s.HeldOutputs != 0 || s.Dropped != 0 || s.Failed != nil {
+					t.Fatalf("the stopped primary's outputs: %d held, %d dropped, failed %v", s.HeldOutputs, s.Dropped, s.Failed)
+				}
+				if !c.Await(10 * time.Second) {
+					t.Fatal("the reply held when the primary was stopped never came")
+				}
 			}
 			p.WaitLive()
+			if who, gen := p.Holder(); who != "backup" || gen != 2 {
+				t.Fatalf("generation %d is the %s's, want generation 2 the backup's", gen, who)
+			}
 			c.Resend = 100 * time.Millisecond
 			for range 5 {
 				c.Incr()

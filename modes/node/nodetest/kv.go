@@ -108,25 +108,54 @@ func (c *KVClient) Incr() {
 		default:
 			resend = time.Second
 		}
-		until := time.Now().Add(resend)
-		c.conn.SetReadDeadline(until)
-		for !answered {
-			n, err := c.conn.Read(c.buf)
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				break // no reply in time: send again
-			}
-			if err != nil {
-				// Nothing listens at the address (between a primary's end
-				// and its backup going live): send again when it is time.
-				time.Sleep(time.Until(until))
-				break
-			}
-			if answered, err = c.judge(key, string(c.buf[:n])); err != nil {
-				c.t.Fatal(err)
-			}
+		answered = c.await(key, time.Now().Add(resend))
+	}
+	c.answered(key)
+}
+
+// Await waits up to d for the reply to the request Send sent, sending
+// nothing again, and reports whether it came: a reply a primary held when
+// it was stopped comes only if it handed its guest over. Once it has, the
+// request is made: the next Incr makes the next one.
+func (c *KVClient) Await(d time.Duration) bool {
+	c.t.Helper()
+	key := c.key()
+	if !c.await(key, time.Now().Add(d)) {
+		return false
+	}
+	c.answered(key)
+	return true
+}
+
+// await reads replies, checking each, until one answers INCR key or it is
+// time; it reports whether one answered.
+func (c *KVClient) await(key string, until time.Time) bool {
+	c.t.Helper()
+	c.conn.SetReadDeadline(until)
+	for {
+		n, err := c.conn.Read(c.buf)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return false
+		}
+		if err != nil {
+			// Nothing listens at the address (between a primary's end and
+			// its backup going live): wait out the time.
+			time.Sleep(time.Until(until))
+			return false
+		}
+		answered, err := c.judge(key, string(c.buf[:n]))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if answered {
+			return true
 		}
 	}
+}
+
+// answered ends the request for key, answered.
+func (c *KVClient) answered(key string) {
 	c.prevKey, c.prevRetried = key, c.attempts > 1
 	c.sent, c.attempts = c.sent+1, 0
 }

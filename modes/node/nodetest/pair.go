@@ -246,7 +246,9 @@ func (p *Pair) CrashPrimary() {
 
 // StopPrimary ends the primary as its stop would (SIGTERM): in replay mode
 // it ships the whole log first, which the backup replays before it goes
-// live. It returns what the primary's node returned.
+// live; in checkpoint mode, given Options.HandOverOnStop and its backup in
+// sync, it hands the guest over first (node.ErrHandedOver). It returns
+// what the primary's node returned.
 func (p *Pair) StopPrimary() error {
 	p.t.Helper()
 	p.cancelP()
