@@ -48,8 +48,10 @@ the guest resumes where the pauses measure that cheaper) and with the pause
 copying them. All configurations share this host's cores,
 the backup's included. A configuration whose backup is lost, resynchronised or
 out of sync in its window is measured again; if it lapses again, its rows are
-marked (!). Progress, with what the nodes warned of then, goes to stderr, the
-tables to stdout.`,
+marked (!). One whose backup does not get in sync in 30 s is started again,
+once. A checkpoint-mode window lasts until at least four epochs were taken.
+Progress, with what the nodes warned of then, goes to stderr, the tables to
+stdout.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var m node.Machine
