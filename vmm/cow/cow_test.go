@@ -150,7 +150,9 @@ func TestSnapshotsOfWritersThatNeverStop(t *testing.T) {
 	// for KVM: the copier overtakes it, and the next snapshot comes while
 	// it still holds faults of the last.
 	testHookAnswering = func() { time.Sleep(50 * time.Microsecond) }
-	defer func() { testHookAnswering = nil }()
+	// Cleared after the region is closed (cleanups run last first), its
+	// fault handler gone.
+	t.Cleanup(func() { testHookAnswering = nil })
 	mem, r := mapping(t, pages)
 	var stopped sync.RWMutex // held by each writer for one write; locked for a Snapshot
 	var done atomic.Bool
