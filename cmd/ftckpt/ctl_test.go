@@ -386,3 +386,54 @@ func ask(sock string) (node.Response, error) {
 	}
 	return resp, err
 }
+
+// TestSecondSIGTERMEndsAHandover: a --role primary given SIGTERM while its
+// backup cannot answer (stopped with SIGSTOP) waits for the final
+// checkpoint's acknowledgement; a second SIGTERM ends the process at once,
+// killed by the signal, as a user pressing Ctrl-C twice expects.
+func TestSecondSIGTERMEndsAHandover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a multi-process test")
+	}
+	dir := t.TempDir()
+	udp, listen := freePort(t, "udp"), freePort(t, "tcp")
+	sockP := filepath.Join(dir, "p.sock")
+	common := append([]string{"--mode", "checkpoint", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:" + udp, "--disk-size", "1M", "--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
+		"--heartbeat", "20ms", "--failure-timeout", "30s"}, loopbackTLS(t)...)
+	var outP, outB syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("primary:\n%s\nbackup:\n%s", outP.String(), outB.String())
+		}
+	})
+	backup := ftckptProcess(t, &outB, slices.Concat([]string{"--role", "backup", "--listen", listen,
+		"--disk", filepath.Join(dir, "b.img")}, common)...)
+	waitFor(t, &outB, backupReadyPrefix)
+	primary := ftckptProcess(t, &outP, slices.Concat([]string{"--role", "primary", "--peer", listen, "--control", sockP,
+		"--disk", filepath.Join(dir, "a.img")}, common)...)
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool {
+		resp, err := ask(sockP)
+		return err == nil && resp.Status.InSync
+	})
+	backup.Process.Signal(syscall.SIGSTOP)
+	defer backup.Process.Signal(syscall.SIGCONT)
+	primary.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- primary.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("the primary exited (%v) while its handover waited for a stopped backup", err)
+	case <-time.After(time.Second):
+	}
+	primary.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Fatalf("the primary ended with %v after a second SIGTERM, want killed by it", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the primary did not end within 5 s of a second SIGTERM")
+	}
+}

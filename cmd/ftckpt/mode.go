@@ -103,6 +103,9 @@ func addModeFlags(root *cobra.Command) {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 		defer stop()
+		// The first signal asks the node to stop (a primary hands its
+		// guest over first, up to 10 s); a second one kills the process.
+		context.AfterFunc(ctx, stop)
 		if f.machineKind == "auto" {
 			slog.Info(o.Mode.String()+" machine", "machine", describeMachineChoice(o.Machine))
 		}

@@ -37,7 +37,8 @@ never notice. See README.md for the modes and their trade-offs.
 
 A --role primary stopped by SIGTERM or SIGINT hands the guest over to its
 backup first (as "ftckpt ctl failover"), so the guest goes on there with no
-output lost; a local run stops its backup with it.
+output lost (within 10 s; a second signal ends it at once); a local run
+stops its backup with it.
 
 Every connection between hosts (primary and backup, the raft witness) is
 mutual TLS 1.3 with certificates of the cluster's CA; a primary or backup
