@@ -852,8 +852,9 @@ func (n *Node) replayFailover() (string, error) {
 // cannot be made, the node just stops. A replay primary's stop hands over
 // by itself (it ships the whole log).
 func (n *Node) stopAsked(cause error) {
+	// Only a checkpoint primary, or a live backup, has a CheckpointPrimary.
 	p := n.Parts().CheckpointPrimary
-	if n.o.HandOverOnStop && n.o.Mode == ModeCheckpoint && p != nil && p.Protected() && n.actingRole() == RolePrimary {
+	if n.o.HandOverOnStop && p != nil && p.Protected() {
 		_, err := n.failover("asked to stop")
 		if err == nil {
 			return
