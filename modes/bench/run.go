@@ -222,13 +222,12 @@ const minEpochs = 4
 // the nodes log (ev) goes into its errors and the result's Lapse.
 func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup *node.Node, con *guests.MemtouchConsole, netSpec string, ev *events) (*Result, error) {
 	deadline := time.Now().Add(readyWait)
-	for !ready(primary, backup) {
-		if err := sleep(ctx, time.Millisecond, primary, backup); err != nil {
-			return nil, err
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w after %v%s", errNeverInSync, readyWait, said(ev.since(0)))
-		}
+	ok, err := pollUntil(ctx, time.Millisecond, deadline, primary, backup, func() bool { return ready(primary, backup) })
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w after %v%s", errNeverInSync, readyWait, said(ev.since(0)))
 	}
 	if err := pastFirstEpoch(ctx, primary, backup, deadline); err != nil {
 		return nil, fmt.Errorf("%w%s", err, said(ev.since(0)))
@@ -315,7 +314,7 @@ func measure(ctx context.Context, p Plan, w Workload, c Config, primary, backup 
 	// epoch falls in the window. A backup that stops in it (a replay
 	// backup that lost its primary and the witness's contest) is a lapse,
 	// not the end of the run.
-	err := sleep(ctx, max(p.Duration, minEpochs*c.Epoch), primary, nil)
+	err = sleep(ctx, max(p.Duration, minEpochs*c.Epoch), primary, nil)
 	if err == nil {
 		err = untilEpochs(ctx, primary, a.epoch)
 	}
@@ -391,16 +390,11 @@ func lapse(before, after node.Status, backup *node.Node, logged []string) (why s
 // nextStep waits until steps changes.
 func nextStep(ctx context.Context, steps func() uint64, primary, backup *node.Node) error {
 	from := steps()
-	deadline := time.Now().Add(readyWait)
-	for steps() == from {
-		if err := sleep(ctx, 250*time.Microsecond, primary, backup); err != nil {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the guest made no progress in %v", readyWait)
-		}
+	ok, err := pollUntil(ctx, 250*time.Microsecond, time.Now().Add(readyWait), primary, backup, func() bool { return steps() != from })
+	if err == nil && !ok {
+		err = fmt.Errorf("the guest made no progress in %v", readyWait)
 	}
-	return nil
+	return err
 }
 
 // unit is what a workload's progress counts on a machine.
@@ -443,15 +437,11 @@ func pastFirstEpoch(ctx context.Context, primary, backup *node.Node, deadline ti
 	}
 	b := backup.Parts().CheckpointBackup
 	synced := b.Status().Epoch
-	for b.Status().Epoch < synced+2 {
-		if err := sleep(ctx, time.Millisecond, primary, backup); err != nil {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not two epochs after the full sync within %v", readyWait)
-		}
+	ok, err := pollUntil(ctx, time.Millisecond, deadline, primary, backup, func() bool { return b.Status().Epoch >= synced+2 })
+	if err == nil && !ok {
+		err = fmt.Errorf("not two epochs after the full sync within %v", readyWait)
 	}
-	return nil
+	return err
 }
 
 // untilEpochs waits, for a checkpoint primary, until it has taken
@@ -465,17 +455,28 @@ func untilEpochs(ctx context.Context, primary *node.Node, from uint64) error {
 	if p == nil {
 		return nil
 	}
-	deadline := time.Now().Add(readyWait)
-	for p.Position() < from+minEpochs && p.Protected() && time.Now().Before(deadline) {
-		if err := sleep(ctx, time.Millisecond, primary, nil); err != nil {
-			return err
+	_, err := pollUntil(ctx, time.Millisecond, time.Now().Add(readyWait), primary, nil, func() bool {
+		return p.Position() >= from+minEpochs || !p.Protected()
+	})
+	return err
+}
+
+// pollUntil checks done every interval until it holds (true) or deadline
+// passes (false); it fails as sleep does.
+func pollUntil(ctx context.Context, every time.Duration, deadline time.Time, primary, backup *node.Node, done func() bool) (bool, error) {
+	for !done() {
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+		if err := sleep(ctx, every, primary, backup); err != nil {
+			return false, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // sleep waits d, failing if ctx ends or a node stops first.
-func sleep(ctx context.Context, d time.Duration, nodes ...*node.Node) error {
+func sleep(ctx context.Context, d time.Duration, primary, backup *node.Node) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	done := func(n *node.Node) <-chan struct{} {
@@ -489,9 +490,9 @@ func sleep(ctx context.Context, d time.Duration, nodes ...*node.Node) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-done(nodes[0]):
-		return fmt.Errorf("the primary stopped: %v", nodes[0].Wait())
-	case <-done(nodes[1]):
-		return fmt.Errorf("the backup stopped: %v", nodes[1].Wait())
+	case <-done(primary):
+		return fmt.Errorf("the primary stopped: %v", primary.Wait())
+	case <-done(backup):
+		return fmt.Errorf("the backup stopped: %v", backup.Wait())
 	}
 }
