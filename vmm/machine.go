@@ -66,8 +66,9 @@ func (c *Config) Validate() error {
 // machineState is the machine's lifecycle:
 //
 //	created ──Start──▶ running ◀──Resume── paused
-//	                      │ ──Pause──────────▲
-//	                      └─(power-off, shutdown, error)──▶ stopped
+//	   │                  │ ──Pause──────────▲
+//	   │                  └─(power-off, shutdown, error)──▶ stopped
+//	   └─Pause, then Start (startPaused)──▶ paused
 //
 // Saving and restoring state is allowed in created and paused.
 type machineState int
@@ -163,6 +164,9 @@ type Machine struct {
 	capturesLeft atomic.Int32
 	ahead        []byte
 	aheadErr     error
+	// startPaused is set by a Pause before Start: Start then leaves the
+	// machine paused, its devices quiesced; mu.
+	startPaused bool
 	// stopping is set once the machine has been told to stop for good; mu.
 	stopping bool
 	// stopStatus and stopErr say why it stopped; mu protects them.
@@ -390,7 +394,9 @@ func (m *Machine) onEveryVCPU(fn func(*VCPU) error) error {
 	return errors.Join(errs...)
 }
 
-// Start lets the vCPUs run. Precondition: the machine is created.
+// Start lets the vCPUs run, or, after a Pause before Start, makes the
+// machine paused without running them: Resume does. Precondition: the
+// machine is created.
 func (m *Machine) Start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -400,6 +406,11 @@ func (m *Machine) Start() error {
 	if m.state != stateCreated {
 		return fmt.Errorf("cannot start a machine that is %v", m.state)
 	}
+	if m.startPaused {
+		m.startPaused = false
+		m.state = statePaused
+		return nil
+	}
 	m.resumeLocked()
 	return nil
 }
@@ -407,7 +418,9 @@ func (m *Machine) Start() error {
 // Pause quiesces every device, in attach order, then gets every vCPU out of
 // KVM_RUN and returns when all are stopped. Every pending I/O completion has
 // been applied to the vCPUs when it returns, so their state can be saved.
-// Pausing a paused machine does nothing.
+// Pausing a paused machine does nothing. Pausing a machine not started yet
+// quiesces its devices, and Start then leaves it paused (a backup's guest
+// going live held by its operator); Resume before Start undoes it.
 func (m *Machine) Pause() error { return m.pause(false) }
 
 // PauseSaving is Pause, and has every vCPU capture its state on its own
@@ -425,6 +438,17 @@ func (m *Machine) pause(saving bool) error {
 	defer m.mu.Unlock()
 	switch m.state {
 	case statePaused:
+		return nil
+	case stateCreated:
+		if m.stepped {
+			return errors.New("cannot pause a machine driven by a Stepper")
+		}
+		if !m.startPaused {
+			m.startPaused = true
+			for _, d := range m.devices {
+				d.Quiesce()
+			}
+		}
 		return nil
 	case stateRunning:
 	default:
@@ -562,6 +586,13 @@ func (m *Machine) Resume() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.waitCapturedLocked()
+	if m.state == stateCreated && m.startPaused {
+		m.startPaused = false
+		for _, d := range m.devices {
+			d.Wake()
+		}
+		return nil
+	}
 	if m.state != statePaused {
 		return fmt.Errorf("cannot resume a machine that is %v", m.state)
 	}

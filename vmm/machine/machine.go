@@ -45,9 +45,11 @@ type Machine interface {
 type Runner interface {
 	Machine
 	// Start runs a guest that has not run yet (a backup's, at failover).
+	// A guest paused before Start starts paused: Resume runs it.
 	Start() error
 	// Pause stops every vCPU and device (after Pause returns, neither the
 	// guest nor a device changes memory or state); Resume lets them go.
+	// Pause may come before Start (see Start).
 	Pause() error
 	Resume() error
 	// CopyLive copies page pfn into dst while the guest may be running

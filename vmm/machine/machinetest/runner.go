@@ -51,6 +51,8 @@ type RunnerSuite struct {
 //     restored machine starts and runs. Bad states (truncated, corrupt, too
 //     long, of another machine) are refused and change nothing.
 //   - Stopped stays open while the guest runs or is paused.
+//   - A machine paused before Start (restored) starts paused: neither its
+//     memory nor its state changes until Resume, which runs it.
 //   - On a machine.CopyOnWriter, pages copied after Resume are as they were
 //     at the pause (runCopyOnWrite).
 //   - On a machine.DirtyCounter that counts, a count while the guest runs
@@ -135,8 +137,65 @@ func RunRunner(t *testing.T, s RunnerSuite) {
 		}
 	})
 
+	t.Run("PauseBeforeStart", func(t *testing.T) { runPauseBeforeStart(t, s) })
+
 	if _, ok := s.Open(t).Runner.(machine.CopyOnWriter); ok {
 		t.Run("CopyOnWrite", func(t *testing.T) { runCopyOnWrite(t, s.Open(t)) })
+	}
+}
+
+// runPauseBeforeStart checks a machine paused before Start, as a backup's
+// guest goes live held by its operator: restored from a running machine's
+// state, paused, started, it changes neither memory nor state (not for a
+// frame received either), and runs once resumed.
+func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
+	a := &runner{Runner: s.Open(t)}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		a.round(t)
+	}
+	a.pause(t, false)
+	state, err := a.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := bytes.Clone(a.Memory())
+
+	b := &runner{Runner: s.Open(t)}
+	restoreInto(t, b, mem, state, s.StateDiff)
+	b.tr = newTracker(t, b)
+	if err := b.Pause(); err != nil {
+		t.Fatalf("Pause before Start: %v", err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatalf("Start of a machine paused before: %v", err)
+	}
+	b.receive()
+	time.Sleep(50 * time.Millisecond) // what the guest would run meanwhile
+	select {
+	case <-b.Stopped():
+		t.Fatal("Stopped is closed: the guest stopped for good")
+	default:
+	}
+	if !bytes.Equal(b.Memory(), mem) {
+		t.Fatal("a machine paused before Start changed memory once started")
+	}
+	again, err := b.SaveState()
+	if err != nil {
+		t.Fatalf("SaveState of a machine started paused: %v", err)
+	}
+	s.StateDiff.same(t, again, state, "a machine paused before Start changed state once started")
+	if err := b.Resume(); err != nil {
+		t.Fatalf("Resume of a machine started paused: %v", err)
+	}
+	deadline := time.Now().Add(vmmtest.Bound)
+	for b.tr.changed == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("resumed, the guest changed no page in %v", vmmtest.Bound)
+		}
+		b.round(t)
 	}
 }
 
