@@ -41,6 +41,9 @@ type Status struct {
 	// Generation and Epoch are the committed state (StateCommitted) or the
 	// target of the sync in progress (StateSyncing); zero when empty.
 	Generation, Epoch uint64
+	// Held: the committed state's checkpoint carried FlagHeld (the
+	// operator held the guest paused).
+	Held bool
 }
 
 // Result says what Receive did with an accepted checkpoint.
@@ -385,7 +388,7 @@ func (b *Backup) apply() {
 		b.keepDisk()
 		b.spare = append(b.spare[:0], b.ck.Machine...)
 		b.machine, b.spare = b.spare, b.machine
-		b.status = Status{State: StateCommitted, Generation: h.Generation, Epoch: h.Epoch}
+		b.status = Status{State: StateCommitted, Generation: h.Generation, Epoch: h.Epoch, Held: h.Flags&FlagHeld != 0}
 	}
 }
 

@@ -96,8 +96,13 @@ const (
 	// pass leaves out what the backup has (KEPT). A connection's first
 	// sync uses those the Hello asked for instead; later ones ask here.
 	FlagSendHashes Flags = 1 << 1
+	// FlagHeld says the operator held the guest paused (ftckpt ctl
+	// pause) when the state this checkpoint commits was taken: a backup
+	// that goes live from it keeps the guest paused. Only valid on the
+	// kinds that commit (KindEpoch, KindSyncCommit).
+	FlagHeld Flags = 1 << 2
 
-	knownFlags = FlagSyncStart | FlagSendHashes
+	knownFlags = FlagSyncStart | FlagSendHashes | FlagHeld
 )
 
 // Header is the fixed start of every checkpoint.
@@ -123,6 +128,9 @@ func (h Header) validate() error {
 	}
 	if h.Flags&FlagSendHashes != 0 && (h.Kind != KindSyncRound || h.Flags&FlagSyncStart == 0) {
 		return fmt.Errorf("%w: send-hashes on a %v that does not start a sync", ErrBadFlags, h.Kind)
+	}
+	if h.Flags&FlagHeld != 0 && !h.Kind.commits() {
+		return fmt.Errorf("%w: held on a %v, which commits nothing", ErrBadFlags, h.Kind)
 	}
 	if h.MemPages == 0 || h.MemPages > MaxMemPages {
 		return fmt.Errorf("%w: %d pages (limit %d)", ErrBadMemSize, h.MemPages, MaxMemPages)

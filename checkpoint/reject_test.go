@@ -61,6 +61,7 @@ func TestRejections(t *testing.T) {
 		{"sync-start on epoch", build(hdr(func(x *Header) { x.Flags = FlagSyncStart }), pagesSec(0), m), ErrBadFlags},
 		{"send-hashes on epoch", build(hdr(func(x *Header) { x.Flags = FlagSendHashes }), pagesSec(0), m), ErrBadFlags},
 		{"send-hashes on a sync's commit", build(hdr(func(x *Header) { x.Kind, x.Flags = KindSyncCommit, FlagSyncStart|FlagSendHashes }), pagesSec(0), m), ErrBadFlags},
+		{"held on a sync round", build(hdr(func(x *Header) { x.Kind, x.Flags = KindSyncRound, FlagSyncStart|FlagHeld }), pagesSec(0)), ErrBadFlags},
 		{"send-hashes on a round that goes on with a sync", build(hdr(func(x *Header) { x.Kind, x.Flags = KindSyncRound, FlagSendHashes }), pagesSec(0)), ErrBadFlags},
 		{"generation zero", build(hdr(func(x *Header) { x.Generation = 0 }), pagesSec(0), m), ErrBadHeader},
 		{"zero memory", build(hdr(func(x *Header) { x.MemPages = 0 }), pagesSec(0), m), ErrBadMemSize},

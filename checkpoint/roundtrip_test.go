@@ -157,6 +157,27 @@ func TestOneMessageResyncIsAtomic(t *testing.T) {
 	h.mustCommit(ck)
 }
 
+// The committed state says whether its checkpoint carried FlagHeld, and
+// only the last committed one counts.
+func TestCommittedStateSaysHeld(t *testing.T) {
+	h := newHarness(t, 64, 3)
+	h.fullSync()
+	for i, held := range []bool{true, true, false, true} {
+		var f Flags
+		if held {
+			f = FlagHeld
+		}
+		h.mustCommit(h.encode(KindEpoch, f, h.epoch+1, h.dirty(3, -1), false))
+		if got := h.bk.Status().Held; got != held {
+			t.Fatalf("epoch %d of the sequence: held %v, the checkpoint said %v", i, got, held)
+		}
+	}
+	h.mustCommit(h.encode(KindSyncCommit, FlagSyncStart|FlagHeld, h.epoch+5, allPages(h.pages), false))
+	if !h.bk.Status().Held {
+		t.Fatal("a held sync's commit: not held")
+	}
+}
+
 // The reconnect rule: a primary whose cache Base is ahead of the backup's
 // committed state must resync; after that, deltas are right again.
 func TestLostCheckpointForcesResync(t *testing.T) {
