@@ -52,11 +52,17 @@ const (
 	// its suppressed output is the same, so a divergence that changes only
 	// what the guest says is caught at once.
 	EntryOutput EntryType = 11
+	// EntryHeld: the operator started (Held) or stopped holding the guest
+	// paused (ftckpt ctl pause, resume; machine.OperatorHold), logged at
+	// the boundary before the guest would run again. Not input: a backup
+	// that goes live keeps the guest held as the last one says (a full
+	// checkpoint starts it over at not held).
+	EntryHeld EntryType = 12
 
-	numEntryTypes = 12
+	numEntryTypes = 13
 )
 
-var entryTypeNames = [numEntryTypes]string{"invalid", "exit", "value", "time", "poll", "frame", "disk-read", "landing", "inject", "released", "sync", "output"}
+var entryTypeNames = [numEntryTypes]string{"invalid", "exit", "value", "time", "poll", "frame", "disk-read", "landing", "inject", "released", "sync", "output", "held"}
 
 // OutputSum describes an output without its bytes.
 type OutputSum struct {
@@ -91,6 +97,7 @@ type Entry struct {
 	Sig   machine.Signature // EntryLanding
 	LSN   uint64            // EntryReleased
 	Out   OutputSum         // EntryOutput
+	Held  bool              // EntryHeld
 }
 
 func (e Entry) String() string {
@@ -111,6 +118,11 @@ func (e Entry) String() string {
 		return fmt.Sprintf("released through %d", e.LSN)
 	case EntryOutput:
 		return fmt.Sprintf("output %v of %d bytes at %d, hash %016x", e.Out.Kind, e.Out.Len, e.Out.Off, e.Out.Hash)
+	case EntryHeld:
+		if e.Held {
+			return "held by the operator"
+		}
+		return "released by the operator"
 	}
 	return e.Type.String()
 }
@@ -225,6 +237,8 @@ func (w *BatchWriter) Add(e *Entry) {
 		b = binary.AppendUvarint(b, uint64(e.Out.Off))
 		b = binary.AppendUvarint(b, e.Out.Len)
 		b = binary.LittleEndian.AppendUint64(b, e.Out.Hash)
+	case EntryHeld:
+		b = append(b, byteOf(e.Held))
 	case EntryInject, EntrySync:
 	default:
 		panic(fmt.Sprintf("replay log: adding %v", e.Type))
@@ -357,11 +371,26 @@ func decodeEntry(p []byte, e *Entry) (int, error) {
 			d.fail("output of kind %d at %d", uint8(e.Out.Kind), off)
 		}
 		e.Out.Off = int64(min(off, 1<<62))
+	case EntryHeld:
+		switch v := d.byte(); v {
+		case 0, 1:
+			e.Held = v == 1
+		default:
+			d.fail("held %d", v)
+		}
 	case EntryInject, EntrySync:
 	default:
 		d.fail("entry type %d", uint8(e.Type))
 	}
 	return d.n, d.err
+}
+
+// byteOf is 1 for true, 0 for false.
+func byteOf(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // decoder reads fields from a byte slice, remembering the first error; after

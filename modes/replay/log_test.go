@@ -36,6 +36,8 @@ func sampleEntries() []Entry {
 		{Type: EntrySync},
 		{Type: EntryOutput, Out: OutputSum{Kind: outbuf.KindNetFrame, Len: 60, Hash: 1<<64 - 1}},
 		{Type: EntryOutput, Out: OutputSum{Kind: outbuf.KindDiskWrite, Off: 512 * 7, Len: 4096, Hash: 3}},
+		{Type: EntryHeld, Held: true},
+		{Type: EntryHeld},
 	}
 }
 
@@ -143,6 +145,8 @@ func TestEntryRejects(t *testing.T) {
 		"output kind zero":      one(byte(EntryOutput), 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0),
 		"frame output offset":   one(byte(EntryOutput), byte(outbuf.KindNetFrame), 5, 1, 0, 0, 0, 0, 0, 0, 0, 0),
 		"output hash truncated": one(byte(EntryOutput), byte(outbuf.KindDiskWrite), 0, 1, 0, 0),
+		"held 2":                one(byte(EntryHeld), 2),
+		"held truncated":        one(byte(EntryHeld)),
 	}
 	for name, buf := range cases {
 		t.Run(name, func(t *testing.T) {
