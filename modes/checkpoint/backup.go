@@ -314,7 +314,9 @@ func (b *Backup) reissueDisk(epoch uint64) error {
 // again, in order, every disk write of a committed epoch not known to be
 // durable and flushes the disk (format.Backup.DiskWrites), and starts the
 // guest. Network frames are not sent again: a released one must not
-// repeat, and an unreleased one is a packet lost on the network. It returns
+// repeat, and an unreleased one is a packet lost on the network. If the
+// committed epoch's checkpoint says the operator held the guest paused
+// (format.FlagHeld), the guest starts held (machine.KeepHeld). It returns
 // the generation won. Precondition: the receiver has returned.
 func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 	st := b.recv.Status()
@@ -338,6 +340,13 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 		}
 	} else if err := b.reissueDisk(st.Epoch); err != nil {
 		return 0, err
+	}
+	if st.Held {
+		if err := machine.KeepHeld(b.guest); err != nil {
+			b.log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
+		} else {
+			b.log.Warn("the primary's operator held the guest paused: it stays paused until resumed (ftckpt ctl resume)")
+		}
 	}
 	if err := b.guest.Start(); err != nil {
 		return 0, err

@@ -443,7 +443,7 @@ func (p *Primary) stopAndCopy(ctx context.Context, dirty *machine.Bitmap, captur
 	if err != nil {
 		return err
 	}
-	c.hdr.Flags = format.FlagSyncStart
+	c.hdr.Flags |= format.FlagSyncStart
 	return p.commitSync(ctx, c, pause, captures, failed, began)
 }
 
@@ -672,6 +672,9 @@ func (p *Primary) captureEpoch(dirty *machine.Bitmap, kind format.Kind, track bo
 	}
 	split(&pause.Harvest)
 	c := &capture{hdr: format.Header{Kind: kind, Generation: p.gen, Epoch: epoch}}
+	if h, ok := p.guest.(machine.OperatorHold); ok && h.Held() {
+		c.hdr.Flags |= format.FlagHeld // a backup going live from it keeps it paused
+	}
 	p.copyPages(c, dirty)
 	pause.Dirty, pause.Deferred = len(c.pfns), c.copied != nil
 	if kind == format.KindSyncCommit && p.blocks != nil {

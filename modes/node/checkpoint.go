@@ -157,7 +157,9 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	cfg := o.Checkpoint
 	cfg.Machine = o.describe(h.diskSize())
 	seeded := o.seedMemory(r.Memory()) // before the backup owns the memory
-	backup, err := ckmode.NewBackup(cfg, r, fence, log)
+	// The hold itself, not the runner around it: going live, the backup
+	// holds the guest for the operator (machine.KeepHeld).
+	backup, err := ckmode.NewBackup(cfg, r.Runner, fence, log)
 	if err != nil {
 		return err
 	}

@@ -432,18 +432,61 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 		return "", fmt.Errorf("%s: %w", op, errNotRunning)
 	}
 	if pause {
+		known := n.holdKnown()
 		if err := h.Hold(); err != nil {
 			return "", fmt.Errorf("pause: %w", err)
 		}
+		goesOn := "checkpoints go on"
 		if n.o.Mode == ModeReplay {
-			return "guest paused (the log goes on; ftckpt ctl resume)", nil
+			goesOn = "the log goes on"
 		}
-		return "guest paused (checkpoints go on; ftckpt ctl resume)", nil
+		return fmt.Sprintf("guest paused (%s; ftckpt ctl resume); %s", goesOn, awaitHoldKnown(known)), nil
 	}
 	if err := h.Release(); err != nil {
 		return "", fmt.Errorf("resume: %w", err)
 	}
 	return "guest running", nil
+}
+
+// holdKnown returns, for a primary with a backup in sync, a test of
+// whether that backup has heard of a hold made after the call: it has
+// acknowledged a checkpoint taken since (checkpoint mode: the checkpoint
+// after the one being taken, which may have asked before the hold) or
+// the log entry that says so (replay mode). Once it has, a failover keeps
+// the guest paused. It returns nil for a node without such a backup.
+func (n *Node) holdKnown() func() bool {
+	parts := n.Parts()
+	if p := parts.CheckpointPrimary; p != nil && p.Protected() {
+		want := p.Position() + 1
+		return func() bool {
+			_, acked, _, _, _ := p.Stats.Counters()
+			return acked >= want
+		}
+	}
+	if p := parts.ReplayPrimary; p != nil && p.Protected() {
+		before := p.HeldLSN()
+		return func() bool {
+			at := p.HeldLSN()
+			return at > before && p.Stats.Acked.Load() >= at
+		}
+	}
+	return nil
+}
+
+// awaitHoldKnown waits up to failoverWait until known (holdKnown's test)
+// says the backup has heard of the hold, and says how it went.
+func awaitHoldKnown(known func() bool) string {
+	if known == nil {
+		return "no backup in sync to tell: a failover before it has heard runs the guest"
+	}
+	deadline := time.Now().Add(failoverWait)
+	for !known() {
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("the backup has not acknowledged it in %v: a failover before it does runs the guest", failoverWait)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return "the backup keeps it paused should it take over"
 }
 
 // detachBackup lets the primary's backup go.
@@ -748,8 +791,8 @@ var ErrHandedOver = errors.New("handed over to the backup")
 const failoverWait = 10 * time.Second
 
 // failover hands a checkpoint primary's guest over to its backup, losing
-// no output: the guest is held paused; the next checkpoint, of that final
-// state, is acknowledged and every output released; then the engine
+// no output: the guest is held paused (handOver); the next checkpoint, of
+// that final state, is acknowledged and every output released; then the engine
 // stops without contesting the witness (as a stopping primary does), the
 // backup finds the link closed, wins the next generation and goes live
 // from that state, and this node ends with ErrHandedOver (and, given
@@ -772,18 +815,16 @@ func (n *Node) failover(why string) (string, error) {
 	if !n.Status().InSync {
 		return "", errors.New("failover: the backup is not in sync: it has no state to take over")
 	}
-	h := n.ops.theHold()
+	h, _ := n.ops.theHold().(*hold) // checkpoint mode's
 	if h == nil {
 		return "", fmt.Errorf("failover: %w", errNotRunning)
 	}
-	held := h.Held()
-	if !held {
-		if err := h.Hold(); err != nil {
-			return "", fmt.Errorf("failover: pausing the guest: %w", err)
-		}
+	if err := h.handOver(); err != nil {
+		return "", fmt.Errorf("failover: pausing the guest: %w", err)
 	}
 	// From here the guest changes nothing: the checkpoint of epoch
-	// Position() (or the one being taken) holds its final state.
+	// Position() (or the one being taken) holds its final state, and says
+	// whether the operator holds the guest (which the backup then keeps).
 	final := p.Position()
 	deadline := time.Now().Add(failoverWait)
 	for {
@@ -794,9 +835,7 @@ func (n *Node) failover(why string) (string, error) {
 		}
 		lost := !p.Protected()
 		if time.Now().After(deadline) || out.Failed != nil || lost {
-			if !held {
-				h.Release()
-			}
+			h.endHandover()
 			if lost {
 				return "", fmt.Errorf("failover: the backup was lost before it acknowledged the final checkpoint (epoch %d): the guest was not handed over", final)
 			}

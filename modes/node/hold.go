@@ -14,11 +14,26 @@ import (
 // guest, the engine's Resume leaves it paused (and its Pause finds it
 // paused already). The engine goes on taking checkpoints, of a guest that
 // changes nothing.
+//
+// A planned failover holds the guest too (handOver), while the final
+// checkpoint is taken: that hold is not the operator's, and checkpoints
+// say only whether the operator held the guest (Held, which the engine
+// asks as ckmode.OperatorHold), so that a backup going live keeps the
+// guest paused exactly when the operator had it so.
 type hold struct {
 	machine.Runner
 	mu sync.Mutex // protects the fields below, and orders every Pause and Resume of Runner
-	// held: the operator holds the guest; engine: the engine has it paused.
-	held, engine bool
+	// held: the operator holds the guest; handover: a planned failover
+	// does; engine: the engine has it paused. The machine is paused while
+	// any of them is set.
+	held, handover, engine bool
+}
+
+// pausedByOthers says whether someone other than the caller, who is about
+// to set or clear its own field (named by mine), has the machine paused.
+// Precondition: mu is held.
+func (h *hold) pausedByOthers(mine *bool) bool {
+	return h.held && mine != &h.held || h.handover && mine != &h.handover || h.engine && mine != &h.engine
 }
 
 // holdSaver is a hold around a machine.PauseSaver: the engine looks for
@@ -79,7 +94,7 @@ func (h *hold) enginePause(pause func() error) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.engine = true
-	if h.held {
+	if h.pausedByOthers(&h.engine) {
 		return nil
 	}
 	return pause()
@@ -90,7 +105,7 @@ func (h *hold) Resume() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.engine = false
-	if h.held {
+	if h.pausedByOthers(&h.engine) {
 		return nil
 	}
 	return h.Runner.Resume()
@@ -101,23 +116,15 @@ func (h *hold) Resume() error {
 var errNotRunning = errors.New("the guest is not running")
 
 // Hold pauses the guest for the operator until Release. Holding a held
-// guest is an error.
+// guest is an error. A guest not started yet (a backup's going live from
+// a checkpoint the operator held) starts paused.
 func (h *hold) Hold() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.held {
 		return errors.New("the guest is paused already")
 	}
-	if h.stopped() {
-		return errNotRunning
-	}
-	if !h.engine {
-		if err := h.Runner.Pause(); err != nil {
-			return err
-		}
-	}
-	h.held = true
-	return nil
+	return h.set(&h.held)
 }
 
 // Release lets a held guest run again (once the engine's pause in
@@ -128,12 +135,49 @@ func (h *hold) Release() error {
 	if !h.held {
 		return errors.New("the guest is not paused")
 	}
-	if !h.engine {
+	return h.clear(&h.held)
+}
+
+// handOver pauses the guest for a planned failover, whether or not the
+// operator holds it, until endHandover (if the failover gives up).
+func (h *hold) handOver() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.set(&h.handover)
+}
+
+// endHandover lets the guest run again after a failover that gave up,
+// unless the operator or the engine holds it.
+func (h *hold) endHandover() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.clear(&h.handover)
+}
+
+// set pauses the machine unless another has it paused, and sets mine.
+// Precondition: mu is held.
+func (h *hold) set(mine *bool) error {
+	if h.stopped() {
+		return errNotRunning
+	}
+	if !h.pausedByOthers(mine) {
+		if err := h.Runner.Pause(); err != nil {
+			return err
+		}
+	}
+	*mine = true
+	return nil
+}
+
+// clear resumes the machine unless another has it paused, and clears
+// mine. Precondition: mu is held.
+func (h *hold) clear(mine *bool) error {
+	if !h.pausedByOthers(mine) {
 		if err := h.Runner.Resume(); err != nil {
 			return err
 		}
 	}
-	h.held = false
+	*mine = false
 	return nil
 }
 
@@ -172,15 +216,30 @@ type holdStepper struct {
 	mu   sync.Mutex // protects held and kicked
 	cond sync.Cond  // on mu: held or kicked changed
 	held bool
-	// kicked is a Kick made while held and not yet answered by a Run: the
-	// next Run returns ExitKicked, held or not (Kick's contract).
+	// kicked is a Kick made while held, or a Hold or Release, not yet
+	// answered by a Run: the next Run returns ExitKicked, held or not
+	// (Kick's contract).
 	kicked bool
+	// changed receives after each Hold and Release (buffered 1: one
+	// pending is enough), for an engine waiting while its guest halts.
+	changed chan struct{}
 }
 
 func newHoldStepper(s machine.Stepper) *holdStepper {
-	h := &holdStepper{Stepper: s}
+	h := &holdStepper{Stepper: s, changed: make(chan struct{}, 1)}
 	h.cond.L = &h.mu
 	return h
+}
+
+// HoldChanged implements replay.HoldWatcher.
+func (h *holdStepper) HoldChanged() <-chan struct{} { return h.changed }
+
+// notify says Held changed.
+func (h *holdStepper) notify() {
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
 }
 
 // holdStepperWindows is a holdStepper around a replay.WindowAsker: the
@@ -232,28 +291,32 @@ func (h *holdStepper) Kick() {
 }
 
 // Hold stops the guest for the operator: the Run in progress returns at
-// once (kicked), and the next ones wait.
+// once (kicked), and so does the next, so that the engine logs the hold at
+// a boundary (replay.EntryHeld); the ones after wait.
 func (h *holdStepper) Hold() error {
 	h.mu.Lock()
 	if h.held {
 		h.mu.Unlock()
 		return errors.New("the guest is paused already")
 	}
-	h.held = true
+	h.held, h.kicked = true, true
 	h.mu.Unlock()
 	h.Stepper.Kick()
+	h.notify()
 	return nil
 }
 
-// Release lets the guest run again.
+// Release lets the guest run again, once the engine has been through a
+// boundary (the Run waiting returns kicked), where it logs the release.
 func (h *holdStepper) Release() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.held {
 		return errors.New("the guest is not paused")
 	}
-	h.held = false
+	h.held, h.kicked = false, true
 	h.cond.Broadcast()
+	h.notify()
 	return nil
 }
 

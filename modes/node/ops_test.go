@@ -512,6 +512,77 @@ func failoverOnPurpose(t *testing.T, o node.Options) {
 	refused(t, bc, "no backup to hand over to", "failover")
 }
 
+// TestHeldGuestStaysHeldAcrossFailover: a guest the operator paused stays
+// paused on the backup that takes over, in both modes, whether the primary
+// hands it over (ftckpt ctl failover) or crashes once ftckpt ctl pause
+// said the backup had heard: a request sent while paused gets no reply
+// until ftckpt ctl resume on the new primary, whose status says paused;
+// then the counters go on, one machine's.
+func TestHeldGuestStaysHeldAcrossFailover(t *testing.T) {
+	heldAcrossFailover(t, node.MachineSim)
+}
+
+// TestKVMHeldGuestStaysHeldAcrossFailover is
+// TestHeldGuestStaysHeldAcrossFailover with the C kv guest on KVM (two
+// vCPUs in checkpoint mode, whose backup's machine starts paused).
+func TestKVMHeldGuestStaysHeldAcrossFailover(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	heldAcrossFailover(t, node.MachineKVM)
+}
+
+func heldAcrossFailover(t *testing.T, machine node.Machine) {
+	for _, mode := range modes {
+		for _, crash := range []bool{false, true} {
+			name := mode.String() + map[bool]string{false: "/handed-over", true: "/crashed"}[crash]
+			t.Run(name, func(t *testing.T) {
+				o := kvOptions(t, mode, machine)
+				o.Control = controlPath(t)
+				p := nodetest.Start(t, o)
+				pc, bc := o.Control, o.Control+".backup"
+				c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+				p.WaitInSync()
+				vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+				for range 3 {
+					c.Incr()
+				}
+				msg := mustAsk(t, pc, "pause").Message
+				t.Log(msg)
+				if !strings.Contains(msg, "the backup keeps it paused") {
+					t.Fatalf("pause says %q", msg)
+				}
+				c.Send()
+				if c.Await(300 * time.Millisecond) {
+					t.Fatal("the paused guest answered")
+				}
+				if crash {
+					p.CrashPrimary()
+				} else {
+					t.Log(mustAsk(t, pc, "failover").Message)
+					vmmtest.Closed(t, "the primary to end", p.Primary.Done())
+				}
+				p.WaitLive()
+				var st *node.Status
+				vmmtest.WaitUntil(t, "the live backup's status to say primary", func() bool {
+					st = mustAsk(t, bc, "status").Status
+					return st.Role == "primary"
+				})
+				if !st.Paused { // held before the guest started
+					t.Fatalf("the live backup's status does not say paused: %+v", st)
+				}
+				if c.Await(500 * time.Millisecond) {
+					t.Fatal("the guest answered on the new primary before it was resumed")
+				}
+				mustAsk(t, bc, "resume")
+				c.Resend = 100 * time.Millisecond
+				for range 3 {
+					c.Incr()
+				}
+				nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
+			})
+		}
+	}
+}
+
 // TestControlSocketInUse: a second node cannot take a control socket a
 // running node answers on, and takes over one left by a dead node.
 func TestControlSocketInUse(t *testing.T) {

@@ -66,6 +66,7 @@ type Backup struct {
 	lsn      uint64 // the last entry applied
 	synced   bool   // the machine is the primary's guest as of lsn
 	injected bool   // InjectPending delivered at this boundary
+	held     bool   // the last EntryHeld said held (false from each sync)
 	lastTime uint64 // the latest guest time the log showed
 	window   []suppressed
 	// roundRejected is why a pre-copy round of the sync in progress was
@@ -468,7 +469,7 @@ func (b *Backup) applySync(s uint64) error {
 		return &divergence{s, fmt.Sprintf("restoring the machine state: %v", err)}
 	}
 	b.gen = res.Header.Generation
-	b.lsn, b.synced, b.injected = s, true, false
+	b.lsn, b.synced, b.injected, b.held = s, true, false, false
 	// The disk writes that may still have to reach the disk are those the
 	// primary held at s, which the checkpoint carries; the window's other
 	// writes are released and durable, and writing them again after a
@@ -510,6 +511,8 @@ func (b *Backup) apply(e *Entry) error {
 		b.injected = true
 	case EntryReleased:
 		b.release(e.LSN)
+	case EntryHeld:
+		b.held = e.Held
 	case EntryExit:
 		return b.runToExit(e.Exit)
 	case EntryLanding:
@@ -679,6 +682,13 @@ func (b *Backup) failover() {
 	gen := b.gen + 1
 	if w, ok := b.m.(WindowAsker); ok {
 		w.AskWindows(true) // a primary takes interrupts as soon as it can
+	}
+	if b.held {
+		if err := machine.KeepHeld(b.m); err != nil {
+			b.log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
+		} else {
+			b.log.Warn("the primary's operator held the guest paused: it stays paused until resumed (ftckpt ctl resume)")
+		}
 	}
 	out, err := b.makeOut(gen)
 	if err != nil {

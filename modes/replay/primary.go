@@ -77,6 +77,10 @@ type Primary struct {
 	lsn      uint64    // LSN of the last entry appended
 	batchAt  time.Time // when the open batch got its first entry
 	released uint64    // the last EntryReleased appended
+	// loggedHeld is what the last EntryHeld said (false from each sync);
+	// heldLSN is the LSN of the last that said held (HeldLSN).
+	loggedHeld bool
+	heldLSN    atomic.Uint64
 	// lastWrite is the LSN of the latest disk write held.
 	lastWrite uint64
 	recording bool // false when alone or pre-copying: nothing is logged
@@ -383,6 +387,7 @@ func (p *Primary) boundary() error {
 		if lerr := p.logStop(); lerr != nil {
 			return lerr
 		}
+		p.logHold() // a backup going live from here keeps the guest held
 		return err
 	}
 	select {
@@ -473,6 +478,7 @@ func (p *Primary) boundary() error {
 			p.released = mark
 		}
 	}
+	p.logHold()
 	for _, f := range frames {
 		p.append(Entry{Type: EntryFrame, Bytes: f})
 		p.m.DeliverFrame(f)
@@ -541,7 +547,8 @@ func (p *Primary) armKick() {
 
 // waitHalted waits while the guest is halted until something may wake it
 // (a frame, a timer deadline, a resync, a link failure or the end of ctx:
-// the boundary after it stops the engine), or a pre-copy round is due.
+// the boundary after it stops the engine), a pre-copy round is due, or the
+// operator's hold changes (HoldWatcher).
 func (p *Primary) waitHalted() {
 	p.flush()
 	wait := time.Duration(-1)
@@ -560,10 +567,15 @@ func (p *Primary) waitHalted() {
 		defer t.Stop()
 		timer = t.C
 	}
+	var held <-chan struct{}
+	if w, ok := p.m.(HoldWatcher); ok && p.recording {
+		held = w.HoldChanged()
+	}
 	select {
 	case <-p.ctx.Done():
 	case <-p.wake:
 	case <-timer:
+	case <-held: // the boundary after logs it
 	}
 }
 

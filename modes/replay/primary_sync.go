@@ -84,6 +84,7 @@ func (p *Primary) sync() error {
 func (p *Primary) commitSync(pfns []uint64, start bool) (uint64, int, error) {
 	p.append(Entry{Type: EntrySync})
 	s := p.lsn
+	p.loggedHeld = false // the backup starts over at not held: logHold says if it is
 	// The backup's guest starts here, from the checkpoint, with a new
 	// signature interval: so does the primary's.
 	p.unlogged, p.needMark = false, true

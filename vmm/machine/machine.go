@@ -102,3 +102,30 @@ type PauseSaver interface {
 	// if need be.
 	PauseSaving() error
 }
+
+// OperatorHold is a machine whose guest an operator can hold paused
+// (ftckpt ctl pause: modes/node's wrappers between an engine and its
+// machine). The engines carry Held to the backup — in each checkpoint in
+// checkpoint mode, in the log in replay mode — and a backup going live
+// calls Hold before its guest runs if the primary's operator held it, so
+// that the guest stays paused across the failover until the operator
+// resumes it on the new primary.
+type OperatorHold interface {
+	// Held says whether the operator holds the guest.
+	Held() bool
+	// Hold holds it, paused; holding a held guest is an error. A guest
+	// not started yet starts paused.
+	Hold() error
+}
+
+// KeepHeld holds m's guest for its operator (OperatorHold.Hold): a backup
+// going live whose primary's operator held the guest paused calls it
+// before the guest runs. It fails where m has no operator's hold, as
+// nobody could resume the guest.
+func KeepHeld(m any) error {
+	h, ok := m.(OperatorHold)
+	if !ok {
+		return errors.New("this machine has no operator's hold: nobody could resume the guest")
+	}
+	return h.Hold()
+}
