@@ -477,7 +477,7 @@ func (n *Node) holdKnown() func() bool {
 // says the backup has heard of the hold, and says how it went.
 func awaitHoldKnown(known func() bool) string {
 	if known == nil {
-		return "no backup in sync to tell: a failover before it has heard runs the guest"
+		return "no backup in sync now: one that syncs keeps it paused should it take over"
 	}
 	deadline := time.Now().Add(failoverWait)
 	for !known() {

@@ -583,6 +583,79 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 	}
 }
 
+// TestHoldReachesABackupThatJoinsLater: a primary alone accepting
+// backups, its guest paused before its first backup joins and still
+// paused after that backup is let go and a second one joins; the primary
+// hands over to the second, which goes live with the guest paused: each
+// backup's full sync tells it (checkpoints carry the hold; the replay log
+// says it again after each sync).
+func TestHoldReachesABackupThatJoinsLater(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := nodetest.Options(t, mode, node.MachineSim, "kv")
+			ctx, cancel := context.WithCancel(context.Background())
+			plog := &syncBuffer{}
+			po := o
+			po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
+			po.Log = slog.New(slog.NewTextHandler(plog, nil))
+			prim, err := node.Start(ctx, po)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cancel(); prim.Wait() }()
+			defer func() {
+				if t.Failed() {
+					t.Logf("the primary's log:\n%s", plog)
+				}
+			}()
+			accept := acceptAddr(t, plog)
+			c := nodetest.NewKVClient(t, o.Net[len("udp:"):], mode)
+			c.Incr()
+			do := func(n *node.Node, op string) string {
+				t.Helper()
+				msg, err := n.Do(node.Request{V: node.ControlVersion, Op: op})
+				if err != nil {
+					t.Fatalf("%s: %v", op, err)
+				}
+				return msg
+			}
+			if msg := do(prim, "pause"); !strings.Contains(msg, "no backup in sync now") {
+				t.Fatalf("pause of a primary alone says %q", msg)
+			}
+			join := func() *node.Node {
+				bo := o
+				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.DiscardHandler)
+				b, err := node.Start(ctx, bo)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cancel(); b.Wait() })
+				vmmtest.WaitUntil(t, "the backup in sync", func() bool { return prim.Status().InSync })
+				return b
+			}
+			join()
+			do(prim, "detach-backup")
+			vmmtest.WaitUntil(t, "the primary to say it lost its backup", func() bool { return !prim.Status().InSync })
+			second := join()
+			c.Send()
+			t.Log(do(prim, "failover"))
+			vmmtest.Closed(t, "the primary to end", prim.Done())
+			vmmtest.WaitUntil(t, "the second backup live", func() bool { return second.Status().Role == "primary" })
+			if !second.Status().Paused {
+				t.Fatal("the second backup went live with the guest running")
+			}
+			if c.Await(300 * time.Millisecond) {
+				t.Fatal("the guest answered before it was resumed")
+			}
+			do(second, "resume")
+			c.Resend = 100 * time.Millisecond
+			for range 3 {
+				c.Incr()
+			}
+		})
+	}
+}
+
 // TestControlSocketInUse: a second node cannot take a control socket a
 // running node answers on, and takes over one left by a dead node.
 func TestControlSocketInUse(t *testing.T) {
