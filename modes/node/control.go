@@ -346,7 +346,7 @@ func (n *Node) answer(c net.Conn) {
 		err = fmt.Errorf("reading the request: %w", err)
 	}
 	if err == nil {
-		resp.Message, err = n.Do(req)
+		resp.Message, err = n.Do(req) // up to failoverWait (failover, pause)
 	}
 	if err != nil {
 		resp.Error = err.Error()
@@ -354,6 +354,7 @@ func (n *Node) answer(c net.Conn) {
 		st := n.Status()
 		resp.Status = &st
 	}
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // from the answer on
 	json.NewEncoder(c).Encode(resp)
 }
 
@@ -449,44 +450,51 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 }
 
 // holdKnown returns, for a primary with a backup in sync, a test of
-// whether that backup has heard of a hold made after the call: it has
+// whether that backup has heard of a hold made after the call — it has
 // acknowledged a checkpoint taken since (checkpoint mode: the checkpoint
-// after the one being taken, which may have asked before the hold) or
-// the log entry that says so (replay mode). Once it has, a failover keeps
-// the guest paused. It returns nil for a node without such a backup.
-func (n *Node) holdKnown() func() bool {
+// after the one being taken, which may have asked before the hold) or the
+// log entry that says so (replay mode) — and of whether it was lost
+// meanwhile. Once it has heard, a failover keeps the guest paused. It
+// returns nil for a node without such a backup.
+func (n *Node) holdKnown() func() (known, lost bool) {
 	parts := n.Parts()
 	if p := parts.CheckpointPrimary; p != nil && p.Protected() {
 		want := p.Position() + 1
-		return func() bool {
+		return func() (bool, bool) {
 			_, acked, _, _, _ := p.Stats.Counters()
-			return acked >= want
+			return acked >= want, !p.Protected()
 		}
 	}
 	if p := parts.ReplayPrimary; p != nil && p.Protected() {
 		before := p.HeldLSN()
-		return func() bool {
+		return func() (bool, bool) {
 			at := p.HeldLSN()
-			return at > before && p.Stats.Acked.Load() >= at
+			return at > before && p.Stats.Acked.Load() >= at, !p.Protected()
 		}
 	}
 	return nil
 }
 
 // awaitHoldKnown waits up to failoverWait until known (holdKnown's test)
-// says the backup has heard of the hold, and says how it went.
-func awaitHoldKnown(known func() bool) string {
+// says the backup has heard of the hold, or was lost, and says how it went.
+func awaitHoldKnown(known func() (known, lost bool)) string {
+	const later = "one that syncs keeps it paused should it take over"
 	if known == nil {
-		return "no backup in sync now: one that syncs keeps it paused should it take over"
+		return "no backup in sync now: " + later
 	}
 	deadline := time.Now().Add(failoverWait)
-	for !known() {
-		if time.Now().After(deadline) {
+	for {
+		heard, lost := known()
+		switch {
+		case heard:
+			return "the backup keeps it paused should it take over"
+		case lost:
+			return "the backup was lost before it heard: " + later
+		case time.Now().After(deadline):
 			return fmt.Sprintf("the backup has not acknowledged it in %v: a failover before it does runs the guest", failoverWait)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return "the backup keeps it paused should it take over"
 }
 
 // detachBackup lets the primary's backup go.

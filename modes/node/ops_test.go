@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftckpt/ftckpt/checkpoint"
+	"github.com/ftckpt/ftckpt/checkpoint/linktest"
 	"github.com/ftckpt/ftckpt/modes/node"
 	"github.com/ftckpt/ftckpt/modes/node/nodetest"
 	"github.com/ftckpt/ftckpt/modes/replay"
@@ -580,6 +582,29 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 				nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
 			})
 		}
+	}
+}
+
+// TestPauseSaysWhenTheBackupHasNotHeard: with the backup's acks dropped
+// on the way (its heartbeats pass), ftckpt ctl pause still answers, after
+// its 10 s wait, saying that the backup has not acknowledged the hold,
+// over the control socket (whose deadline must outlast the wait).
+func TestPauseSaysWhenTheBackupHasNotHeard(t *testing.T) {
+	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineSim, "kv")
+	o.Control = controlPath(t)
+	link := linktest.New()
+	var dropAcks atomic.Bool
+	link.SetFilter(linktest.Down, linktest.Frames(func(typ uint16, _ []byte) bool {
+		return !dropAcks.Load() || checkpoint.MsgType(typ) != checkpoint.MsgAck
+	}))
+	p := nodetest.StartOn(t, o, link)
+	p.WaitInSync()
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, o.Control, "status").Status.InSync })
+	dropAcks.Store(true)
+	msg := mustAsk(t, o.Control, "pause").Message
+	t.Log(msg)
+	if !strings.Contains(msg, "the backup has not acknowledged it in 10s") && !strings.Contains(msg, "the backup was lost before it heard") {
+		t.Fatalf("pause, no ack coming, says %q", msg)
 	}
 }
 
