@@ -342,11 +342,7 @@ func (b *Backup) GoLive(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	if st.Held {
-		if err := machine.KeepHeld(b.guest); err != nil {
-			b.log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
-		} else {
-			b.log.Warn("the primary's operator held the guest paused: it stays paused until resumed (ftckpt ctl resume)")
-		}
+		machine.KeepHeld(b.guest, b.log)
 	}
 	if err := b.guest.Start(); err != nil {
 		return 0, err

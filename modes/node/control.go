@@ -800,14 +800,15 @@ const failoverWait = 10 * time.Second
 
 // failover hands a checkpoint primary's guest over to its backup, losing
 // no output: the guest is held paused (handOver); the next checkpoint, of
-// that final state, is acknowledged and every output released; then the engine
-// stops without contesting the witness (as a stopping primary does), the
-// backup finds the link closed, wins the next generation and goes live
-// from that state, and this node ends with ErrHandedOver (and, given
-// Rejoin, Run goes on as the new primary's backup). If the backup does not
-// acknowledge within failoverWait or is lost, the guest runs on here (and
-// stopAsked stops it). why says who asked, for the log (a replay
-// primary's is ftckpt ctl failover: its stop hands over by itself).
+// that final state, is acknowledged and every output released; then the
+// engine stops without contesting the witness (as a stopping primary
+// does), the backup finds the link closed, wins the next generation and
+// goes live from that state (paused if the operator paused it), and this
+// node ends with ErrHandedOver (and, given Rejoin, Run goes on as the new
+// primary's backup). If the backup does not acknowledge within
+// failoverWait or is lost, the guest runs on here (and stopAsked stops
+// it). why says who asked, for the log (a replay primary's is ftckpt ctl
+// failover: its stop hands over by itself).
 func (n *Node) failover(why string) (string, error) {
 	if n.o.Mode == ModeReplay {
 		return n.replayFailover()

@@ -18,7 +18,7 @@ import (
 // A planned failover holds the guest too (handOver), while the final
 // checkpoint is taken: that hold is not the operator's, and checkpoints
 // say only whether the operator held the guest (Held, which the engine
-// asks as ckmode.OperatorHold), so that a backup going live keeps the
+// asks as machine.OperatorHold), so that a backup going live keeps the
 // guest paused exactly when the operator had it so.
 type hold struct {
 	machine.Runner

@@ -647,25 +647,28 @@ func TestHoldReachesABackupThatJoinsLater(t *testing.T) {
 			if msg := do(prim, "pause"); !strings.Contains(msg, "no backup in sync now") {
 				t.Fatalf("pause of a primary alone says %q", msg)
 			}
-			join := func() *node.Node {
+			join := func() (*node.Node, *syncBuffer) {
 				bo := o
-				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.DiscardHandler)
+				blog := &syncBuffer{}
+				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.NewTextHandler(blog, nil))
 				b, err := node.Start(ctx, bo)
 				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { cancel(); b.Wait() })
 				vmmtest.WaitUntil(t, "the backup in sync", func() bool { return prim.Status().InSync })
-				return b
+				return b, blog
 			}
 			join()
 			do(prim, "detach-backup")
 			vmmtest.WaitUntil(t, "the primary to say it lost its backup", func() bool { return !prim.Status().InSync })
-			second := join()
+			second, secondLog := join()
 			c.Send()
 			t.Log(do(prim, "failover"))
 			vmmtest.Closed(t, "the primary to end", prim.Done())
-			vmmtest.WaitUntil(t, "the second backup live", func() bool { return second.Status().Role == "primary" })
+			// Its role says primary once it wins the witness; its guest is
+			// held before it starts, and it says live after.
+			vmmtest.WaitUntil(t, "the second backup live", func() bool { return strings.Contains(secondLog.String(), "live as primary") })
 			if !second.Status().Paused {
 				t.Fatal("the second backup went live with the guest running")
 			}

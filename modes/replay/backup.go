@@ -684,11 +684,7 @@ func (b *Backup) failover() {
 		w.AskWindows(true) // a primary takes interrupts as soon as it can
 	}
 	if b.held {
-		if err := machine.KeepHeld(b.m); err != nil {
-			b.log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
-		} else {
-			b.log.Warn("the primary's operator held the guest paused: it stays paused until resumed (ftckpt ctl resume)")
-		}
+		machine.KeepHeld(b.m, b.log)
 	}
 	out, err := b.makeOut(gen)
 	if err != nil {

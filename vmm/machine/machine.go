@@ -11,7 +11,10 @@
 // them are Bitmaps.
 package machine
 
-import "errors"
+import (
+	"errors"
+	"log/slog"
+)
 
 // Machine is what every machine offers a mode, whichever way it is driven.
 //
@@ -120,12 +123,18 @@ type OperatorHold interface {
 
 // KeepHeld holds m's guest for its operator (OperatorHold.Hold): a backup
 // going live whose primary's operator held the guest paused calls it
-// before the guest runs. It fails where m has no operator's hold, as
-// nobody could resume the guest.
-func KeepHeld(m any) error {
+// before the guest runs. It says on log what it did; where m has no
+// operator's hold (nobody could resume the guest), or holding fails, the
+// guest runs.
+func KeepHeld(m any, log *slog.Logger) {
 	h, ok := m.(OperatorHold)
 	if !ok {
-		return errors.New("this machine has no operator's hold: nobody could resume the guest")
+		log.Warn("the primary's operator held the guest paused; it runs here: this machine has no operator's hold to resume it")
+		return
 	}
-	return h.Hold()
+	if err := h.Hold(); err != nil {
+		log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
+		return
+	}
+	log.Warn("the primary's operator held the guest paused: it stays paused until resumed (ftckpt ctl resume)")
 }
