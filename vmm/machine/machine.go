@@ -132,7 +132,7 @@ func KeepHeld(m any, log *slog.Logger) {
 		log.Warn("the primary's operator held the guest paused; it runs here: this machine has no operator's hold to resume it")
 		return
 	}
-	if err := h.Hold(); err != nil {
+	if err := h.Hold(); err != nil && !h.Held() { // held already: by this node's operator
 		log.Warn("the primary's operator held the guest paused; it runs here", "err", err)
 		return
 	}
