@@ -618,22 +618,8 @@ func TestHoldReachesABackupThatJoinsLater(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			o := nodetest.Options(t, mode, node.MachineSim, "kv")
-			ctx, cancel := context.WithCancel(context.Background())
-			plog := &syncBuffer{}
-			po := o
-			po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
-			po.Log = slog.New(slog.NewTextHandler(plog, nil))
-			prim, err := node.Start(ctx, po)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cancel(); prim.Wait() }()
-			defer func() {
-				if t.Failed() {
-					t.Logf("the primary's log:\n%s", plog)
-				}
-			}()
-			accept := acceptAddr(t, plog)
+			a := acceptingPrimary(t, o)
+			prim := a.prim
 			c := nodetest.NewKVClient(t, o.Net[len("udp:"):], mode)
 			c.Incr()
 			do := func(n *node.Node, op string) string {
@@ -647,22 +633,10 @@ func TestHoldReachesABackupThatJoinsLater(t *testing.T) {
 			if msg := do(prim, "pause"); !strings.Contains(msg, "no backup in sync now") {
 				t.Fatalf("pause of a primary alone says %q", msg)
 			}
-			join := func() (*node.Node, *syncBuffer) {
-				bo := o
-				blog := &syncBuffer{}
-				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.NewTextHandler(blog, nil))
-				b, err := node.Start(ctx, bo)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { cancel(); b.Wait() })
-				vmmtest.WaitUntil(t, "the backup in sync", func() bool { return prim.Status().InSync })
-				return b, blog
-			}
-			join()
+			a.join("the first backup")
 			do(prim, "detach-backup")
 			vmmtest.WaitUntil(t, "the primary to say it lost its backup", func() bool { return !prim.Status().InSync })
-			second, secondLog := join()
+			second, secondLog := a.join("the second backup")
 			c.Send()
 			t.Log(do(prim, "failover"))
 			vmmtest.Closed(t, "the primary to end", prim.Done())
@@ -768,6 +742,56 @@ func TestKVMControlReplayPause(t *testing.T) {
 	}
 }
 
+// accepting is a primary started alone that accepts backups, for the
+// tests of backups joining it: acceptingPrimary starts it, join starts
+// backups; the test's end stops them all.
+type accepting struct {
+	t      *testing.T
+	o      node.Options
+	ctx    context.Context
+	cancel context.CancelFunc // stops them all
+	prim   *node.Node
+	accept string // where backups join
+}
+
+// acceptingPrimary starts o's node as a primary alone accepting backups on
+// loopback; its log is shown if the test fails.
+func acceptingPrimary(t *testing.T, o node.Options) *accepting {
+	ctx, cancel := context.WithCancel(context.Background())
+	plog := &syncBuffer{}
+	po := o
+	po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
+	po.Log = slog.New(slog.NewTextHandler(plog, nil))
+	prim, err := node.Start(ctx, po)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		prim.Wait()
+		if t.Failed() {
+			t.Logf("the primary's log:\n%s", plog)
+		}
+	})
+	return &accepting{t: t, o: o, ctx: ctx, cancel: cancel, prim: prim, accept: acceptAddr(t, plog)}
+}
+
+// join starts a backup that joins the primary and waits until the primary
+// says it is in sync; it returns the backup and its log.
+func (a *accepting) join(name string) (*node.Node, *syncBuffer) {
+	a.t.Helper()
+	bo, blog := a.o, &syncBuffer{}
+	bo.Role, bo.Join, bo.Log = node.RoleBackup, a.accept, slog.New(slog.NewTextHandler(blog, nil))
+	b, err := node.Start(a.ctx, bo)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.t.Cleanup(func() { a.cancel(); b.Wait() })
+	vmmtest.WaitUntil(a.t, name+" in sync", func() bool { return a.prim.Status().InSync })
+	return b, blog
+}
+
 // TestABackupJoinsAfterADetach: a primary running alone that accepts
 // backups takes one and lets it go (detach-backup, which it takes at once
 // whatever it is doing), ten times, then takes another, which protects
@@ -779,37 +803,12 @@ func TestABackupJoinsAfterADetach(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			o := nodetest.Options(t, mode, node.MachineSim, "kv")
 			o.Checkpoint.Epoch = time.Millisecond
-			ctx, cancel := context.WithCancel(context.Background())
-			plog := &syncBuffer{}
-			po := o
-			po.Role, po.AcceptBackups = node.RolePrimary, "127.0.0.1:0"
-			po.Log = slog.New(slog.NewTextHandler(plog, nil))
-			prim, err := node.Start(ctx, po)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cancel(); prim.Wait() }()
-			defer func() {
-				if t.Failed() {
-					t.Logf("the primary's log:\n%s", plog)
-				}
-			}()
-			accept := acceptAddr(t, plog)
+			a := acceptingPrimary(t, o)
+			prim := a.prim
 			c := nodetest.NewKVClient(t, o.Net[len("udp:"):], mode)
-			join := func(name string) *node.Node {
-				bo := o
-				bo.Role, bo.Join, bo.Log = node.RoleBackup, accept, slog.New(slog.DiscardHandler)
-				b, err := node.Start(ctx, bo)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { cancel(); b.Wait() })
-				vmmtest.WaitUntil(t, name+" in sync", func() bool { return prim.Status().InSync })
-				c.Incr()
-				return b
-			}
 			for i := range uint64(joins) {
-				join(fmt.Sprintf("backup %d", i+1))
+				a.join(fmt.Sprintf("backup %d", i+1))
+				c.Incr()
 				// Taken whatever the primary is doing (1 ms epochs: a
 				// pause, acks to wait for, often).
 				if _, err := prim.Do(node.Request{V: node.ControlVersion, Op: "detach-backup"}); err != nil {
@@ -821,7 +820,7 @@ func TestABackupJoinsAfterADetach(t *testing.T) {
 				})
 				c.Incr() // alone
 			}
-			join("the last backup")
+			a.join("the last backup")
 			for range 5 {
 				c.Incr()
 			}
