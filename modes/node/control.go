@@ -64,6 +64,9 @@ type ops struct {
 	// listening is where a backup accepts its primary, once it does.
 	listening string
 
+	// acting orders what changes the node (Do's requests but status, a
+	// stop's handover): one at a time.
+	acting sync.Mutex
 	// stop ends the node's run with a cause (ErrHandedOver); handedOver
 	// is set first.
 	stop       context.CancelCauseFunc
@@ -316,15 +319,17 @@ func listenControl(path string) (net.Listener, error) {
 // maxRequest bounds a request line.
 const maxRequest = 64 << 10
 
-// serveControl answers requests on ln until it is closed, one connection
-// at a time (requests are quick).
+// serveControl answers requests on ln until it is closed, each connection
+// on its own goroutine: a status is answered while a failover or a pause
+// waits for the backup (Do runs one of those at a time).
 func (n *Node) serveControl(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		n.answer(c)
+		n.ops.served.Add(1)
+		go func() { defer n.ops.served.Done(); n.answer(c) }()
 	}
 }
 
@@ -359,10 +364,15 @@ func (n *Node) answer(c net.Conn) {
 }
 
 // Do carries out an operator's request (the control socket's, or a
-// test's) and says what it did. Safe to call from any goroutine.
+// test's) and says what it did. Safe to call from any goroutine: a status
+// is answered at once, the other requests one at a time.
 func (n *Node) Do(req Request) (string, error) {
 	if req.V != ControlVersion {
 		return "", fmt.Errorf("control protocol version %d: this node speaks version %d", req.V, ControlVersion)
+	}
+	if req.Op != "status" {
+		n.ops.acting.Lock()
+		defer n.ops.acting.Unlock()
 	}
 	switch req.Op {
 	case "status":
@@ -900,9 +910,11 @@ func (n *Node) replayFailover() (string, error) {
 // cannot be made, the node just stops. A replay primary's stop hands over
 // by itself (it ships the whole log).
 func (n *Node) stopAsked(cause error) {
+	n.ops.acting.Lock() // after an operator's request under way
+	defer n.ops.acting.Unlock()
 	// Only a checkpoint primary, or a live backup, has a CheckpointPrimary.
 	p := n.Parts().CheckpointPrimary
-	if n.o.HandOverOnStop && p != nil && p.Protected() {
+	if n.o.HandOverOnStop && p != nil && p.Protected() && !n.ops.handedOver.Load() {
 		_, err := n.failover("asked to stop")
 		if err == nil {
 			return

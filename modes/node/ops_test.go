@@ -588,7 +588,8 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 // TestPauseSaysWhenTheBackupHasNotHeard: with the backup's acks dropped
 // on the way (its heartbeats pass), ftckpt ctl pause still answers, after
 // its 10 s wait, saying that the backup has not acknowledged the hold,
-// over the control socket (whose deadline must outlast the wait).
+// over the control socket (whose deadline must outlast the wait); a status
+// asked meanwhile is answered while the pause waits.
 func TestPauseSaysWhenTheBackupHasNotHeard(t *testing.T) {
 	o := nodetest.Options(t, node.ModeCheckpoint, node.MachineSim, "kv")
 	o.Control = controlPath(t)
@@ -601,7 +602,24 @@ func TestPauseSaysWhenTheBackupHasNotHeard(t *testing.T) {
 	p.WaitInSync()
 	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, o.Control, "status").Status.InSync })
 	dropAcks.Store(true)
-	msg := mustAsk(t, o.Control, "pause").Message
+	paused := make(chan string, 1)
+	go func() {
+		resp, err := ask(t, o.Control, "pause")
+		if err != nil {
+			resp.Message = err.Error()
+		}
+		paused <- resp.Message
+	}()
+	vmmtest.WaitUntil(t, "the guest paused", func() bool { return p.Primary.Status().Paused })
+	if st := mustAsk(t, o.Control, "status").Status; !st.Paused {
+		t.Fatalf("status while the pause waits: %+v", st)
+	}
+	select {
+	case msg := <-paused:
+		t.Fatalf("the status was answered only after the pause (%q)", msg)
+	default:
+	}
+	msg := <-paused
 	t.Log(msg)
 	if !strings.Contains(msg, "the backup has not acknowledged it in 10s") && !strings.Contains(msg, "the backup was lost before it heard") {
 		t.Fatalf("pause, no ack coming, says %q", msg)
