@@ -569,7 +569,7 @@ type Status struct {
 	Machine string `json:"machine"`
 	Guest   string `json:"guest"`
 	// Peer is the backup's address (a primary's), or where a backup
-	// listens for (or joins) its primary.
+	// listens for (or joins) its primary; none for a backup gone live.
 	Peer string `json:"peer,omitempty"`
 	// InSync: the backup holds a committed copy of the guest (on a
 	// primary: and it has not lost its backup).
@@ -641,9 +641,10 @@ type OutputStatus struct {
 // Status is the node's state now. Safe to call from any goroutine.
 func (n *Node) Status() Status {
 	o := &n.o
-	st := Status{Mode: o.Mode.String(), Role: n.actingRole().String(), Started: o.Role.String(),
+	role := n.actingRole()
+	st := Status{Mode: o.Mode.String(), Role: role.String(), Started: o.Role.String(),
 		Machine: machineLabel(o.Machine), Guest: o.Guest, Peer: o.Peer}
-	if o.Role == RoleBackup {
+	if role == RoleBackup {
 		n.ops.mu.Lock()
 		st.Peer = n.ops.listening
 		n.ops.mu.Unlock()

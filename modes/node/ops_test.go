@@ -508,7 +508,7 @@ func failoverOnPurpose(t *testing.T, o node.Options) {
 	}
 	t.Logf("replies %d before the failover, %d after 5 more requests", before, c.LastSeq())
 	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
-	if st := mustAsk(t, bc, "status").Status; st.Role != "primary" || st.Generation != 2 || st.Failovers != 1 {
+	if st := mustAsk(t, bc, "status").Status; st.Role != "primary" || st.Generation != 2 || st.Failovers != 1 || st.Peer != "" {
 		t.Errorf("the live backup's status %+v", st)
 	}
 	refused(t, bc, "no backup to hand over to", "failover")
