@@ -580,7 +580,9 @@ type Status struct {
 	Generation  uint64 `json:"generation"`
 	Failovers   uint64 `json:"failovers"`
 	BackupsLost uint64 `json:"backups_lost"`
-	// Paused: the operator holds the guest (ctl pause).
+	// Paused: the operator holds the guest (ctl pause); on a backup, the
+	// state it holds says the primary's operator did, and it keeps the
+	// guest paused should it take over.
 	Paused bool `json:"paused"`
 	// Epoch is a checkpoint primary's interval now; EpochAuto whether it
 	// adapts.
@@ -689,6 +691,9 @@ func (n *Node) Status() Status {
 		s := b.Status()
 		st.Checkpoint = &CheckpointStatus{BackupState: s.State.String(), Committed: s.Epoch, CommitGen: s.Generation}
 		st.InSync = s.State == format.StateCommitted && gen == 0
+		if role == RoleBackup {
+			st.Paused = s.Held
+		}
 	}
 	if p := parts.ReplayPrimary; p != nil {
 		s := p.Stats
@@ -701,6 +706,7 @@ func (n *Node) Status() Status {
 		st.Replay = &ReplayStatus{Received: s.Received.Load(), Replayed: s.Replayed.Load(), Divergences: s.Divergences.Load(),
 			Breakpoints: s.BreakpointHits.Load(), Applied: s.Applied.Load()}
 		st.InSync = s.Applied.Load() > 0 && gen == 0
+		st.Paused = b.Held()
 	}
 	return st
 }
@@ -725,7 +731,10 @@ func (s Status) Text() string {
 	if s.Peer != "" {
 		line("peer", "%s", s.Peer)
 	}
-	if s.Paused {
+	switch {
+	case s.Paused && s.Role == "backup":
+		line("guest", "PAUSED by the primary's operator: it stays paused should this node take over")
+	case s.Paused:
 		line("guest", "PAUSED by the operator (ftckpt ctl resume)")
 	}
 	if s.Failovers > 0 || s.BackupsLost > 0 {

@@ -552,6 +552,9 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 				if !strings.Contains(msg, "the backup keeps it paused") {
 					t.Fatalf("pause says %q", msg)
 				}
+				// A replay backup says so once it has replayed the entry
+				// (it acknowledges the log as it receives it).
+				vmmtest.WaitUntil(t, "the backup's status to say paused", func() bool { return mustAsk(t, bc, "status").Status.Paused })
 				c.Send()
 				if c.Await(300 * time.Millisecond) {
 					t.Fatal("the paused guest answered")

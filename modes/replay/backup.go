@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/session"
@@ -62,12 +63,12 @@ type Backup struct {
 
 	// Replayer.
 	ctx      context.Context
-	gen      uint64 // the generation of the primary followed
-	lsn      uint64 // the last entry applied
-	synced   bool   // the machine is the primary's guest as of lsn
-	injected bool   // InjectPending delivered at this boundary
-	held     bool   // the last EntryHeld said held (false from each sync)
-	lastTime uint64 // the latest guest time the log showed
+	gen      uint64      // the generation of the primary followed
+	lsn      uint64      // the last entry applied
+	synced   bool        // the machine is the primary's guest as of lsn
+	injected bool        // InjectPending delivered at this boundary
+	held     atomic.Bool // the last EntryHeld said held (false from each sync): Held
+	lastTime uint64      // the latest guest time the log showed
 	window   []suppressed
 	// roundRejected is why a pre-copy round of the sync in progress was
 	// rejected; the sync's commit is refused (see stageRound).
@@ -195,6 +196,11 @@ func (b *Backup) Follow(ctx context.Context, conn net.Conn) (*Primary, error) {
 // primary): Follow offers its hashes, and the primary's pre-copy sends
 // only the ranges that differ. Call before Follow.
 func (b *Backup) HoldsMemory() { b.holds = true }
+
+// Held says whether the log replayed so far says the primary's operator
+// holds the guest paused (EntryHeld): going live, the backup keeps it
+// paused. Safe from any goroutine.
+func (b *Backup) Held() bool { return b.held.Load() }
 
 // receive reads the stream into the queue and acknowledges what may be,
 // until the stream ends (the primary stopped), the link fails or the
@@ -469,7 +475,8 @@ func (b *Backup) applySync(s uint64) error {
 		return &divergence{s, fmt.Sprintf("restoring the machine state: %v", err)}
 	}
 	b.gen = res.Header.Generation
-	b.lsn, b.synced, b.injected, b.held = s, true, false, false
+	b.lsn, b.synced, b.injected = s, true, false
+	b.held.Store(false)
 	// The disk writes that may still have to reach the disk are those the
 	// primary held at s, which the checkpoint carries; the window's other
 	// writes are released and durable, and writing them again after a
@@ -512,7 +519,7 @@ func (b *Backup) apply(e *Entry) error {
 	case EntryReleased:
 		b.release(e.LSN)
 	case EntryHeld:
-		b.held = e.Held
+		b.held.Store(e.Held)
 	case EntryExit:
 		return b.runToExit(e.Exit)
 	case EntryLanding:
@@ -683,7 +690,7 @@ func (b *Backup) failover() {
 	if w, ok := b.m.(WindowAsker); ok {
 		w.AskWindows(true) // a primary takes interrupts as soon as it can
 	}
-	if b.held {
+	if b.held.Load() {
 		machine.KeepHeld(b.m, b.log)
 	}
 	out, err := b.makeOut(gen)
