@@ -148,7 +148,7 @@ var (
 	dInSync     = newDesc("ftckpt_in_sync", "1 if the pair is in sync: the backup holds a committed copy of the guest (on a primary: and it still has its backup).", prometheus.GaugeValue)
 	dFailovers  = newDesc("ftckpt_failovers_total", "Times this node went live as primary from backup.", prometheus.CounterValue)
 	dLost       = newDesc("ftckpt_backups_lost_total", "Times this primary lost (or detached) its backup and went on alone.", prometheus.CounterValue)
-	dPaused     = newDesc("ftckpt_guest_paused", "1 while the operator holds the guest paused (ftckpt ctl pause).", prometheus.GaugeValue)
+	dPaused     = newDesc("ftckpt_guest_paused", "1 while the operator holds the guest paused (ftckpt ctl pause); on a backup, while the state it holds has it so (it keeps it paused should it take over).", prometheus.GaugeValue)
 	// dKept is a primary's, in either mode.
 	dKept = newDesc("ftckpt_sync_disk_blocks_kept", "Disk blocks that the last full sync to a backup found on its mirrored image already and sent without their data (0 without a mirrored disk).", prometheus.GaugeValue)
 	// dKeptPages is a primary's, in either mode.
