@@ -28,7 +28,7 @@ found in the default directory):
   set epoch 10ms     checkpoint primary: the interval between checkpoints, from the next epoch
   set epoch auto     checkpoint primary: adapt it between --min-epoch and --max-epoch
   pause, resume      hold the guest paused, and let it run again (checkpoints, or the log, go on);
-                     pause answers once the backup knows: a failover keeps the guest paused
+                     both answer once the backup knows: a failover keeps the guest as left
   detach-backup      primary: take the next generation, let the backup go, run on alone
                      (a replay backup still pre-copying is let go without a contest)
   failover           hand the guest over to the backup, then stop (start this host

@@ -432,7 +432,9 @@ func (n *Node) set1(name, value string) (string, error) {
 	return fmt.Sprintf("epoch %v from the next epoch", d), nil
 }
 
-// pauseResume holds or releases the guest.
+// pauseResume holds or releases the guest, and answers once the backup
+// has heard (or could not), so that a failover from then on keeps the
+// guest as the operator left it.
 func (n *Node) pauseResume(pause bool) (string, error) {
 	op := map[bool]string{true: "pause", false: "resume"}[pause]
 	if n.actingRole() == RoleBackup {
@@ -442,31 +444,34 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 	if h == nil {
 		return "", fmt.Errorf("%s: %w", op, errNotRunning)
 	}
-	if pause {
-		known := n.holdKnown()
-		if err := h.Hold(); err != nil {
-			return "", fmt.Errorf("pause: %w", err)
+	hears := n.backupHears()
+	if !pause {
+		if err := h.Release(); err != nil {
+			return "", fmt.Errorf("resume: %w", err)
 		}
-		goesOn := "checkpoints go on"
-		if n.o.Mode == ModeReplay {
-			goesOn = "the log goes on"
+		if hears == nil {
+			return "guest running", nil
 		}
-		return fmt.Sprintf("guest paused (%s; ftckpt ctl resume); %s", goesOn, awaitHoldKnown(known)), nil
+		return "guest running; " + awaitBackup(hears, "runs it too", "keeps the guest paused"), nil
 	}
-	if err := h.Release(); err != nil {
-		return "", fmt.Errorf("resume: %w", err)
+	if err := h.Hold(); err != nil {
+		return "", fmt.Errorf("pause: %w", err)
 	}
-	return "guest running", nil
+	goesOn := "checkpoints go on"
+	if n.o.Mode == ModeReplay {
+		goesOn = "the log goes on"
+	}
+	return fmt.Sprintf("guest paused (%s; ftckpt ctl resume); %s", goesOn, awaitBackup(hears, "keeps it paused", "runs the guest")), nil
 }
 
-// holdKnown returns, for a primary with a backup in sync, a test of
-// whether that backup has heard of a hold made after the call — it has
-// acknowledged a checkpoint taken since (checkpoint mode: the checkpoint
-// after the one being taken, which may have asked before the hold) or the
-// log entry that says so (replay mode) — and of whether it was lost
-// meanwhile. Once it has heard, a failover keeps the guest paused. It
-// returns nil for a node without such a backup.
-func (n *Node) holdKnown() func() (known, lost bool) {
+// backupHears returns, for a primary with a backup in sync, a test of
+// whether that backup has heard of a hold or a release made after the
+// call — it has acknowledged a checkpoint taken since (checkpoint mode:
+// the checkpoint after the one being taken, which may have asked before)
+// or the log entry that says so (replay mode) — and of whether it was
+// lost meanwhile. Once it has heard, a failover keeps the guest as the
+// operator left it. It returns nil for a node without such a backup.
+func (n *Node) backupHears() func() (heard, lost bool) {
 	parts := n.Parts()
 	if p := parts.CheckpointPrimary; p != nil && p.Protected() {
 		want := p.Position() + 1
@@ -476,32 +481,34 @@ func (n *Node) holdKnown() func() (known, lost bool) {
 		}
 	}
 	if p := parts.ReplayPrimary; p != nil && p.Protected() {
-		before := p.HeldLSN()
+		before := p.HoldLSN()
 		return func() (bool, bool) {
-			at := p.HeldLSN()
+			at := p.HoldLSN()
 			return at > before && p.Stats.Acked.Load() >= at, !p.Protected()
 		}
 	}
 	return nil
 }
 
-// awaitHoldKnown waits up to failoverWait until known (holdKnown's test)
-// says the backup has heard of the hold, or was lost, and says how it went.
-func awaitHoldKnown(known func() (known, lost bool)) string {
-	const later = "one that syncs keeps it paused should it take over"
-	if known == nil {
+// awaitBackup waits up to failoverWait until hears (backupHears' test)
+// says the backup has heard, or was lost, and says how it went: what the
+// backup does with the guest should it take over once it has heard (now),
+// and before (then).
+func awaitBackup(hears func() (heard, lost bool), now, then string) string {
+	later := "one that syncs " + now + " should it take over"
+	if hears == nil {
 		return "no backup in sync now: " + later
 	}
 	deadline := time.Now().Add(failoverWait)
 	for {
-		heard, lost := known()
+		heard, lost := hears()
 		switch {
 		case heard:
-			return "the backup keeps it paused should it take over"
+			return "the backup " + now + " should it take over"
 		case lost:
 			return "the backup was lost before it heard: " + later
 		case time.Now().After(deadline):
-			return fmt.Sprintf("the backup has not acknowledged it in %v: a failover before it does runs the guest", failoverWait)
+			return fmt.Sprintf("the backup has not acknowledged it in %v: a failover before it does %s", failoverWait, then)
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -588,6 +588,39 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 	}
 }
 
+// TestResumeReachesTheBackup: a guest paused then resumed runs on the
+// backup that takes over after a crash, in both modes, once ftckpt ctl
+// resume has said the backup heard.
+func TestResumeReachesTheBackup(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := kvOptions(t, mode, node.MachineSim)
+			o.Control = controlPath(t)
+			p := nodetest.Start(t, o)
+			pc, bc := o.Control, o.Control+".backup"
+			c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
+			p.WaitInSync()
+			vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+			c.Incr()
+			mustAsk(t, pc, "pause")
+			msg := mustAsk(t, pc, "resume").Message
+			t.Log(msg)
+			if !strings.Contains(msg, "the backup runs it too") {
+				t.Fatalf("resume says %q", msg)
+			}
+			p.CrashPrimary()
+			p.WaitLive()
+			if st := mustAsk(t, bc, "status").Status; st.Paused {
+				t.Fatalf("the backup went live paused after a resume it had heard of: %+v", st)
+			}
+			c.Resend = 100 * time.Millisecond
+			for range 3 {
+				c.Incr()
+			}
+		})
+	}
+}
+
 // TestPauseSaysWhenTheBackupHasNotHeard: with the backup's acks dropped
 // on the way (its heartbeats pass), ftckpt ctl pause still answers, after
 // its 10 s wait, saying that the backup has not acknowledged the hold,

@@ -26,13 +26,11 @@ func (p *Primary) logHold() {
 	if held := h.Held(); held != p.loggedHeld {
 		p.append(Entry{Type: EntryHeld, Held: held})
 		p.loggedHeld = held
-		if held {
-			p.heldLSN.Store(p.lsn)
-		}
+		p.holdLSN.Store(p.lsn)
 	}
 }
 
-// HeldLSN is the LSN of the last EntryHeld that said the operator holds
-// the guest (0: none yet): once the backup acknowledges it (Stats.Acked),
-// it would go live with the guest held. Safe from any goroutine.
-func (p *Primary) HeldLSN() uint64 { return p.heldLSN.Load() }
+// HoldLSN is the LSN of the last EntryHeld (0: none yet): once the backup
+// acknowledges it (Stats.Acked), it would go live with the guest held or
+// not as that entry says. Safe from any goroutine.
+func (p *Primary) HoldLSN() uint64 { return p.holdLSN.Load() }

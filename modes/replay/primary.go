@@ -78,9 +78,9 @@ type Primary struct {
 	batchAt  time.Time // when the open batch got its first entry
 	released uint64    // the last EntryReleased appended
 	// loggedHeld is what the last EntryHeld said (false from each sync);
-	// heldLSN is the LSN of the last that said held (HeldLSN).
+	// holdLSN is its LSN (HoldLSN).
 	loggedHeld bool
-	heldLSN    atomic.Uint64
+	holdLSN    atomic.Uint64
 	// lastWrite is the LSN of the latest disk write held.
 	lastWrite uint64
 	recording bool // false when alone or pre-copying: nothing is logged
