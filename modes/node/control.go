@@ -351,7 +351,7 @@ func (n *Node) answer(c net.Conn) {
 		err = fmt.Errorf("reading the request: %w", err)
 	}
 	if err == nil {
-		resp.Message, err = n.Do(req) // up to failoverWait (failover, pause)
+		resp.Message, err = n.Do(req) // up to failoverWait (failover, pause, resume)
 	}
 	if err != nil {
 		resp.Error = err.Error()
