@@ -428,18 +428,27 @@ func TestControlReplayPair(t *testing.T) {
 	c.Incr() // alone, it answers
 }
 
+// controlledPair starts a pair of o's nodes, each with a control socket
+// (the primary's and the backup's paths are returned), and a kv client,
+// and waits until the primary's status says it is in sync.
+func controlledPair(t *testing.T, o node.Options) (p *nodetest.Pair, pc, bc string, c *nodetest.KVClient) {
+	t.Helper()
+	o.Control = controlPath(t)
+	p = nodetest.Start(t, o)
+	pc, bc = o.Control, o.Control+".backup"
+	c = nodetest.NewKVClient(t, p.Addr(), o.Mode)
+	p.WaitInSync()
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+	return p, pc, bc, c
+}
+
 // TestControlReplayFailover hands a replay-mode pair's guest over on
 // purpose: the primary ships its whole log and ends, the backup replays
 // it and goes live with generation 2, and the client's counters go on,
 // one machine's (the backup may repeat the last replies: replay mode).
 func TestControlReplayFailover(t *testing.T) {
 	o := kvOptions(t, node.ModeReplay, node.MachineSim) // a failure timeout past the backup's wait for the port (TestStoppedPrimaryHandsOver)
-	o.Control = controlPath(t)
-	p := nodetest.Start(t, o)
-	pc, bc := o.Control, o.Control+".backup"
-	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
-	p.WaitInSync()
-	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+	p, pc, bc, c := controlledPair(t, o)
 	for range 10 {
 		c.Incr()
 	}
@@ -480,12 +489,7 @@ func TestKVMControlFailover(t *testing.T) {
 
 // failoverOnPurpose runs a pair of o's nodes and hands the guest over.
 func failoverOnPurpose(t *testing.T, o node.Options) {
-	o.Control = controlPath(t)
-	p := nodetest.Start(t, o)
-	pc, bc := o.Control, o.Control+".backup"
-	c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
-	p.WaitInSync()
-	vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+	p, pc, bc, c := controlledPair(t, o)
 	for range 10 {
 		c.Incr()
 	}
@@ -538,12 +542,7 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 			name := mode.String() + map[bool]string{false: "/handed-over", true: "/crashed"}[crash]
 			t.Run(name, func(t *testing.T) {
 				o := kvOptions(t, mode, machine)
-				o.Control = controlPath(t)
-				p := nodetest.Start(t, o)
-				pc, bc := o.Control, o.Control+".backup"
-				c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
-				p.WaitInSync()
-				vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+				p, pc, bc, c := controlledPair(t, o)
 				for range 3 {
 					c.Incr()
 				}
@@ -590,12 +589,7 @@ func TestResumeReachesTheBackup(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			o := kvOptions(t, mode, node.MachineSim)
-			o.Control = controlPath(t)
-			p := nodetest.Start(t, o)
-			pc, bc := o.Control, o.Control+".backup"
-			c := nodetest.NewKVClient(t, p.Addr(), o.Mode)
-			p.WaitInSync()
-			vmmtest.WaitUntil(t, "the primary in sync", func() bool { return mustAsk(t, pc, "status").Status.InSync })
+			p, pc, bc, c := controlledPair(t, o)
 			c.Incr()
 			mustAsk(t, pc, "pause")
 			msg := mustAsk(t, pc, "resume").Message
