@@ -68,8 +68,9 @@ type ops struct {
 	// stop's handover): one at a time.
 	acting sync.Mutex
 	// stop ends the node's run with a cause (ErrHandedOver); handedOver
-	// is set first.
+	// is set first. ending is closed once the run is ending.
 	stop       context.CancelCauseFunc
+	ending     <-chan struct{}
 	handedOver atomic.Bool
 	metrics    *metrics // nil without --metrics
 	progress   *progress
@@ -452,7 +453,7 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 		if hears == nil {
 			return "guest running", nil
 		}
-		return "guest running; " + awaitBackup(hears, "runs it too", "keeps the guest paused"), nil
+		return "guest running; " + n.awaitBackup(hears, "runs it too", "keeps the guest paused"), nil
 	}
 	if err := h.Hold(); err != nil {
 		return "", fmt.Errorf("pause: %w", err)
@@ -461,7 +462,7 @@ func (n *Node) pauseResume(pause bool) (string, error) {
 	if n.o.Mode == ModeReplay {
 		goesOn = "the log goes on"
 	}
-	return fmt.Sprintf("guest paused (%s; ftckpt ctl resume); %s", goesOn, awaitBackup(hears, "keeps it paused", "runs the guest")), nil
+	return fmt.Sprintf("guest paused (%s; ftckpt ctl resume); %s", goesOn, n.awaitBackup(hears, "keeps it paused", "runs the guest")), nil
 }
 
 // backupHears returns, for a primary with a backup in sync, a test of
@@ -491,10 +492,10 @@ func (n *Node) backupHears() func() (heard, lost bool) {
 }
 
 // awaitBackup waits up to failoverWait until hears (backupHears' test)
-// says the backup has heard, or was lost, and says how it went: what the
-// backup does with the guest should it take over once it has heard (now),
-// and before (then).
-func awaitBackup(hears func() (heard, lost bool), now, then string) string {
+// says the backup has heard, or was lost, or the node is ending, and says
+// how it went: what the backup does with the guest should it take over
+// once it has heard (now), and before (then).
+func (n *Node) awaitBackup(hears func() (heard, lost bool), now, then string) string {
 	later := "one that syncs " + now + " should it take over"
 	if hears == nil {
 		return "no backup in sync now: " + later
@@ -510,7 +511,11 @@ func awaitBackup(hears func() (heard, lost bool), now, then string) string {
 		case time.Now().After(deadline):
 			return fmt.Sprintf("the backup has not acknowledged it in %v: a failover before it does %s", failoverWait, then)
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case <-n.ops.ending:
+			return "this node stopped before the backup acknowledged it"
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 

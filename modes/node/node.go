@@ -59,9 +59,6 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	}
 	n := &Node{o: o, done: make(chan struct{}), ops: &ops{}}
 	n.o.ops = n.ops
-	if err := n.openOps(); err != nil {
-		return nil, err
-	}
 	asked := ctx
 	if o.HandOverOnStop {
 		// ctx's end asks the run to stop (stopAsked), which a checkpoint
@@ -70,7 +67,11 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 		ctx = context.WithoutCancel(ctx)
 	}
 	ctx, stop := context.WithCancelCause(ctx)
-	n.ops.stop = stop
+	n.ops.stop, n.ops.ending = stop, ctx.Done()
+	if err := n.openOps(); err != nil {
+		stop(err)
+		return nil, err
+	}
 	unwatch := func() bool { return false }
 	if o.HandOverOnStop {
 		unwatch = context.AfterFunc(asked, func() { n.stopAsked(context.Cause(asked)) })

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -580,6 +582,83 @@ func heldAcrossFailover(t *testing.T, machine node.Machine) {
 			})
 		}
 	}
+}
+
+// TestHoldAcrossCrashesAtRandomMoments pauses and resumes a pair's guest
+// a random number of times, then crashes the primary, in each mode, 6
+// times: right after the last request answered (the backup had heard), or
+// a random moment into one (in flight). The backup gone live holds the
+// guest exactly as the last answered request left it, or, after a request
+// in flight, either way; and in every case its status says what the guest
+// does: paused, a request gets no reply until ftckpt ctl resume; running,
+// it answers. The counters go on, one machine's, with the journal.
+func TestHoldAcrossCrashesAtRandomMoments(t *testing.T) {
+	holdAcrossCrashes(t, node.MachineSim, 6)
+}
+
+// TestKVMHoldAcrossCrashesAtRandomMoments is
+// TestHoldAcrossCrashesAtRandomMoments with the C kv guest on KVM, twice
+// in each mode.
+func TestKVMHoldAcrossCrashesAtRandomMoments(t *testing.T) {
+	vmmtest.RequireKVM(t)
+	holdAcrossCrashes(t, node.MachineKVM, 2)
+}
+
+func holdAcrossCrashes(t *testing.T, machine node.Machine, rounds int) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			seed := time.Now().UnixNano()
+			t.Logf("seed %d", seed)
+			rng := rand.New(rand.NewSource(seed))
+			for i := range rounds {
+				t.Run(strconv.Itoa(i), func(t *testing.T) {
+					holdThenCrash(t, rng, kvOptions(t, mode, machine))
+				})
+			}
+		})
+	}
+}
+
+func holdThenCrash(t *testing.T, rng *rand.Rand, o node.Options) {
+	p, pc, bc, c := controlledPair(t, o)
+	c.Incr()
+	paused := false
+	for range rng.Intn(4) {
+		op := map[bool]string{false: "pause", true: "resume"}[paused]
+		if msg := mustAsk(t, pc, op).Message; !strings.Contains(msg, "the backup ") {
+			t.Fatalf("%s says %q", op, msg)
+		}
+		paused = !paused
+	}
+	inFlight := rng.Intn(2) == 0
+	answered := make(chan struct{})
+	if inFlight {
+		op := map[bool]string{false: "pause", true: "resume"}[paused]
+		go func() { ask(t, pc, op); close(answered) }() // whatever it answers
+		time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+	} else {
+		close(answered)
+	}
+	t.Logf("paused %v, a request in flight %v", paused, inFlight)
+	p.CrashPrimary()
+	<-answered // the crashed node's socket is closed
+	p.WaitLive()
+	st := mustAsk(t, bc, "status").Status
+	if !inFlight && st.Paused != paused {
+		t.Fatalf("the live backup says paused %v; the last request answered left it paused %v", st.Paused, paused)
+	}
+	c.Resend = 100 * time.Millisecond
+	if st.Paused {
+		c.Send()
+		if c.Await(300 * time.Millisecond) {
+			t.Fatal("the live backup says paused, and its guest answered")
+		}
+		mustAsk(t, bc, "resume")
+	}
+	for range 3 {
+		c.Incr()
+	}
+	nodetest.CheckJournal(t, p.Options.Disk, o.Machine, c.LastSeq())
 }
 
 // TestResumeReachesTheBackup: a guest paused then resumed runs on the
