@@ -147,7 +147,8 @@ func RunRunner(t *testing.T, s RunnerSuite) {
 // runPauseBeforeStart checks a machine paused before Start, as a backup's
 // guest goes live held by its operator: restored from a running machine's
 // state, paused, started, it changes neither memory nor state (not for a
-// frame received either), and runs once resumed.
+// frame received either), and runs once resumed; one paused and resumed
+// before Start runs once started.
 func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
 	a := &runner{Runner: s.Open(t)}
 	if err := a.Start(); err != nil {
@@ -190,12 +191,33 @@ func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
 	if err := b.Resume(); err != nil {
 		t.Fatalf("Resume of a machine started paused: %v", err)
 	}
+	runsSoon(t, b, "resumed")
+
+	// Paused, then resumed, before Start: Start runs it.
+	c := &runner{Runner: s.Open(t)}
+	restoreInto(t, c, mem, state, s.StateDiff)
+	c.tr = newTracker(t, c)
+	if err := c.Pause(); err != nil {
+		t.Fatalf("Pause before Start: %v", err)
+	}
+	if err := c.Resume(); err != nil {
+		t.Fatalf("Resume before Start of a machine paused before: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatalf("Start of a machine paused and resumed before: %v", err)
+	}
+	runsSoon(t, c, "paused and resumed before Start, started")
+}
+
+// runsSoon runs rounds of r until its guest has changed a page.
+func runsSoon(t *testing.T, r *runner, what string) {
+	t.Helper()
 	deadline := time.Now().Add(vmmtest.Bound)
-	for b.tr.changed == 0 {
+	for r.tr.changed == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("resumed, the guest changed no page in %v", vmmtest.Bound)
+			t.Fatalf("%s, the guest changed no page in %v", what, vmmtest.Bound)
 		}
-		b.round(t)
+		r.round(t)
 	}
 }
 
