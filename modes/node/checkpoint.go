@@ -204,6 +204,7 @@ func (n *Node) runCheckpointBackup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.ops.live.Store(true)
 	if h.backend != nil {
 		if err := h.backend.Start(r.rx); err != nil {
 			return err

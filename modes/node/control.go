@@ -67,6 +67,8 @@ type ops struct {
 	// acting orders what changes the node (Do's requests but status, a
 	// stop's handover): one at a time.
 	acting sync.Mutex
+	// live is set once a backup has gone live (actingRole).
+	live atomic.Bool
 	// stop ends the node's run with a cause (ErrHandedOver); handedOver
 	// is set first. ending is closed once the run is ending.
 	stop       context.CancelCauseFunc
@@ -544,10 +546,11 @@ func (n *Node) detachBackup() (string, error) {
 	return "detaching the backup: the primary takes the next generation and runs on alone", nil
 }
 
-// actingRole is the role the node plays now: a backup that went live is a
-// primary.
+// actingRole is the role the node plays now: a backup that went live (its
+// guest restored and started, or held) is a primary; one that has won the
+// witness's generation and is on its way is still a backup.
 func (n *Node) actingRole() Role {
-	if n.o.Role == RoleBackup {
+	if n.o.Role == RoleBackup && n.ops.live.Load() {
 		if g, _ := n.ops.held(); g > 0 {
 			return RolePrimary
 		}

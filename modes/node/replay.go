@@ -271,6 +271,7 @@ func (n *Node) followPrimary(ctx context.Context, h *host, fence *witness.Fence)
 func (n *Node) runLive(ctx context.Context, h *host, live *replay.Primary) error {
 	o := &n.o
 	n.set(func(parts *Parts) { parts.ReplayPrimary = live })
+	n.ops.live.Store(true)
 	if err := startRx(h, live); err != nil {
 		return err
 	}
