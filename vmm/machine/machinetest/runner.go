@@ -164,12 +164,7 @@ func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
 	}
 	mem := bytes.Clone(a.Memory())
 
-	b := &runner{Runner: s.Open(t)}
-	restoreInto(t, b, mem, state, s.StateDiff)
-	b.tr = newTracker(t, b)
-	if err := b.Pause(); err != nil {
-		t.Fatalf("Pause before Start: %v", err)
-	}
+	b := pausedBeforeStart(t, s, mem, state)
 	if err := b.Start(); err != nil {
 		t.Fatalf("Start of a machine paused before: %v", err)
 	}
@@ -194,12 +189,7 @@ func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
 	runsSoon(t, b, "resumed")
 
 	// Paused, then resumed, before Start: Start runs it.
-	c := &runner{Runner: s.Open(t)}
-	restoreInto(t, c, mem, state, s.StateDiff)
-	c.tr = newTracker(t, c)
-	if err := c.Pause(); err != nil {
-		t.Fatalf("Pause before Start: %v", err)
-	}
+	c := pausedBeforeStart(t, s, mem, state)
 	if err := c.Resume(); err != nil {
 		t.Fatalf("Resume before Start of a machine paused before: %v", err)
 	}
@@ -207,6 +197,19 @@ func runPauseBeforeStart(t *testing.T, s RunnerSuite) {
 		t.Fatalf("Start of a machine paused and resumed before: %v", err)
 	}
 	runsSoon(t, c, "paused and resumed before Start, started")
+}
+
+// pausedBeforeStart opens a fresh machine, restores mem and state into
+// it, starts tracking its pages, and pauses it before Start.
+func pausedBeforeStart(t *testing.T, s RunnerSuite, mem, state []byte) *runner {
+	t.Helper()
+	r := &runner{Runner: s.Open(t)}
+	restoreInto(t, r, mem, state, s.StateDiff)
+	r.tr = newTracker(t, r)
+	if err := r.Pause(); err != nil {
+		t.Fatalf("Pause before Start: %v", err)
+	}
+	return r
 }
 
 // runsSoon runs rounds of r until its guest has changed a page.
