@@ -79,7 +79,7 @@ found in the default directory):
 	cmd.Flags().StringVar(&path, "control", "", "the node's control socket (default: the one primary's in "+node.ControlDir()+")")
 	cmd.Flags().BoolVar(&backup, "backup", false, "ask this host's backup at its default socket")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the node's answer as JSON")
-	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "give up after this long (a failover, or a pause, waits up to 10s for the backup)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "give up after this long (a failover, a pause or a resume waits up to 10s for the backup)")
 	return cmd
 }
 
