@@ -324,28 +324,12 @@ func sigtermedPrimaryHandsOver(t *testing.T, machine, memory string) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	udp, listen := freePort(t, "udp"), freePort(t, "tcp")
-	sockB := filepath.Join(dir, "b.sock")
-	common := append([]string{"--mode", "checkpoint", "--machine", machine, "--guest", "kv", "--memory", memory,
-		"--param", "journal=1000", "--param", "flush=1", "--net", "udp:" + udp, "--disk-size", "1M",
-		"--arbiter", "disk:" + filepath.Join(dir, "lease"),
-		"--status-every", "0", "--heartbeat", "20ms", "--failure-timeout", "2s"}, loopbackTLS(t)...)
-	var outP, outB syncBuffer
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("primary:\n%s\nbackup:\n%s", outP.String(), outB.String())
-		}
-	})
-	ftckptProcess(t, &outB, slices.Concat([]string{"--role", "backup", "--listen", listen, "--control", sockB,
-		"--disk", filepath.Join(dir, "b.img")}, common)...)
-	waitFor(t, &outB, backupReadyPrefix)
-	sockP := filepath.Join(dir, "p.sock")
-	primary := ftckptProcess(t, &outP, slices.Concat([]string{"--role", "primary", "--peer", listen, "--control", sockP,
-		"--disk", filepath.Join(dir, "a.img")}, common)...)
-	vmmtest.WaitUntil(t, "the primary in sync", func() bool {
-		resp, err := ask(sockP)
-		return err == nil && resp.Status.InSync
-	})
+	udp := freePort(t, "udp")
+	pair := rolePair(t, dir, "--mode", "checkpoint", "--machine", machine, "--guest", "kv", "--memory", memory,
+		"--param", "journal=1000", "--param", "flush=1", "--net", "udp:"+udp, "--disk-size", "1M",
+		"--arbiter", "disk:"+filepath.Join(dir, "lease"),
+		"--status-every", "0", "--heartbeat", "20ms", "--failure-timeout", "2s")
+	primary := pair.primary
 	c := newKVClient(mustDialUDP(t, udp), true)
 	for range 5 {
 		c.incr(t, 20*time.Second)
@@ -362,7 +346,7 @@ func sigtermedPrimaryHandsOver(t *testing.T, machine, memory string) {
 		t.Fatalf("the primary did not exit within %v of SIGTERM", vmmtest.Bound)
 	}
 	for _, said := range []string{"handing over to the backup (asked to stop): every output released", "handed over to the backup; stopping"} {
-		if !strings.Contains(outP.String(), said) {
+		if !strings.Contains(pair.outP.String(), said) {
 			t.Fatalf("the primary did not say %q", said)
 		}
 	}
@@ -370,10 +354,45 @@ func sigtermedPrimaryHandsOver(t *testing.T, machine, memory string) {
 	for range 5 {
 		c.incr(t, 20*time.Second)
 	}
-	if resp, err := ask(sockB); err != nil || resp.Status.Role != "primary" || resp.Status.Generation != 2 {
+	if resp, err := ask(pair.sockB); err != nil || resp.Status.Role != "primary" || resp.Status.Generation != 2 {
 		t.Fatalf("the backup's status after the handover: %+v, %v; want primary of generation 2", resp.Status, err)
 	}
 	nodetest.CheckJournal(t, filepath.Join(dir, "b.img"), kind, c.updates())
+}
+
+// processPair is a --role backup process and the --role primary process
+// that protects its guest with it (rolePair).
+type processPair struct {
+	primary, backup *exec.Cmd
+	outP, outB      *syncBuffer
+	sockP, sockB    string // their control sockets
+}
+
+// rolePair starts a --role backup process listening on loopback, then a
+// --role primary one that dials it, both with args (and loopback TLS),
+// each with its own image and control socket in dir, and waits until the
+// primary says it is in sync. The processes' output is logged if the test
+// fails.
+func rolePair(t *testing.T, dir string, args ...string) *processPair {
+	t.Helper()
+	listen := freePort(t, "tcp")
+	common := slices.Concat(args, loopbackTLS(t))
+	p := &processPair{outP: &syncBuffer{}, outB: &syncBuffer{}, sockP: filepath.Join(dir, "p.sock"), sockB: filepath.Join(dir, "b.sock")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("primary:\n%s\nbackup:\n%s", p.outP.String(), p.outB.String())
+		}
+	})
+	p.backup = ftckptProcess(t, p.outB, slices.Concat([]string{"--role", "backup", "--listen", listen, "--control", p.sockB,
+		"--disk", filepath.Join(dir, "b.img")}, common)...)
+	waitFor(t, p.outB, backupReadyPrefix)
+	p.primary = ftckptProcess(t, p.outP, slices.Concat([]string{"--role", "primary", "--peer", listen, "--control", p.sockP,
+		"--disk", filepath.Join(dir, "a.img")}, common)...)
+	vmmtest.WaitUntil(t, "the primary in sync", func() bool {
+		resp, err := ask(p.sockP)
+		return err == nil && resp.Status.InSync
+	})
+	return p
 }
 
 // ask asks the node at control socket sock for its status.
@@ -396,26 +415,10 @@ func TestSecondSIGTERMEndsAHandover(t *testing.T) {
 		t.Skip("-short: a multi-process test")
 	}
 	dir := t.TempDir()
-	udp, listen := freePort(t, "udp"), freePort(t, "tcp")
-	sockP := filepath.Join(dir, "p.sock")
-	common := append([]string{"--mode", "checkpoint", "--machine", "sim", "--guest", "kv", "--memory", "1M",
-		"--net", "udp:" + udp, "--disk-size", "1M", "--arbiter", "disk:" + filepath.Join(dir, "lease"), "--status-every", "0",
-		"--heartbeat", "20ms", "--failure-timeout", "30s"}, loopbackTLS(t)...)
-	var outP, outB syncBuffer
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("primary:\n%s\nbackup:\n%s", outP.String(), outB.String())
-		}
-	})
-	backup := ftckptProcess(t, &outB, slices.Concat([]string{"--role", "backup", "--listen", listen,
-		"--disk", filepath.Join(dir, "b.img")}, common)...)
-	waitFor(t, &outB, backupReadyPrefix)
-	primary := ftckptProcess(t, &outP, slices.Concat([]string{"--role", "primary", "--peer", listen, "--control", sockP,
-		"--disk", filepath.Join(dir, "a.img")}, common)...)
-	vmmtest.WaitUntil(t, "the primary in sync", func() bool {
-		resp, err := ask(sockP)
-		return err == nil && resp.Status.InSync
-	})
+	pair := rolePair(t, dir, "--mode", "checkpoint", "--machine", "sim", "--guest", "kv", "--memory", "1M",
+		"--net", "udp:"+freePort(t, "udp"), "--disk-size", "1M", "--arbiter", "disk:"+filepath.Join(dir, "lease"), "--status-every", "0",
+		"--heartbeat", "20ms", "--failure-timeout", "30s")
+	primary, backup := pair.primary, pair.backup
 	backup.Process.Signal(syscall.SIGSTOP)
 	defer backup.Process.Signal(syscall.SIGCONT)
 	primary.Process.Signal(syscall.SIGTERM)
