@@ -149,7 +149,9 @@ func (s *Stepper) usable() error {
 // Enter runs the guest, as d says, until its next exit and returns it
 // without dispatching it. A PIO or MMIO exit must be Completed before the
 // next Enter; after StepHalt, Inject must deliver an interrupt first.
-// StepKicked means Kick stopped it; other signals are absorbed.
+// StepKicked means Kick stopped it; other signals are absorbed. A free
+// run's (d zero) kicked stop is never inside an interrupt shadow (see
+// leaveShadow), so a breakpoint or single steps can stop there again.
 func (s *Stepper) Enter(d Debug) (StepExit, error) {
 	if err := s.usable(); err != nil {
 		return StepExit{}, err
@@ -184,6 +186,7 @@ func (s *Stepper) Enter(d Debug) (StepExit, error) {
 
 // enterOnThread is Enter on the vCPU's thread.
 func (s *Stepper) enterOnThread(d Debug) (StepExit, error) {
+	free := d == (Debug{})
 	if d.SingleStep && s.injected {
 		return s.deliverInjected()
 	}
@@ -215,6 +218,52 @@ func (s *Stepper) enterOnThread(d Debug) (StepExit, error) {
 	}
 	if ex.Reason == StepHalt {
 		s.v.halted = true
+	}
+	if ex.Reason == StepKicked && free {
+		return s.leaveShadow(ex)
+	}
+	return ex, nil
+}
+
+// maxShadowSteps bounds leaveShadow: a shadow lasts one instruction, and
+// only a guest chaining MOV SS (or POP SS) instructions opens a new one at
+// each.
+const maxShadowSteps = 4
+
+// leaveShadow moves the kicked stop ex out of an interrupt shadow: the
+// instruction after an STI that set IF, or after a MOV SS or POP SS. A
+// replay may not be able to stop there: single steps run an STI and the
+// HLT after it as one (haltsNext), and a MOV SS holds debug exceptions off
+// for the next instruction. So the guest is stepped on until it is out of
+// the shadow, and the stop is named there; an exit the shadowed instruction
+// causes (its access, its HLT) is the stop instead, as it would be had the
+// kick come later. A single step leaks the trap flag into what the stepped
+// instruction saves of RFLAGS (Debug.SingleStep): a PUSHF right after an
+// STI would. Precondition: on the vCPU's thread.
+func (s *Stepper) leaveShadow(ex StepExit) (StepExit, error) {
+	for range maxShadowSteps {
+		if s.injected {
+			return ex, nil // a delivery is due here: no shadow
+		}
+		var ev kvm.VCPUEvents
+		if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
+			return StepExit{}, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
+		}
+		if ev.I.Shadow == 0 {
+			return ex, nil
+		}
+		step, err := s.enterOnThread(Debug{SingleStep: true})
+		if err != nil {
+			return StepExit{}, err
+		}
+		switch step.Reason {
+		case StepDebug:
+			ex = StepExit{Reason: StepKicked, RIP: step.RIP}
+		case StepKicked:
+			ex = step // kicked again before the step: still in the shadow
+		default:
+			return step, nil
+		}
 	}
 	return ex, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftckpt/ftckpt/guests"
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
@@ -257,4 +258,123 @@ func TestKVMStepperPagingPages(t *testing.T) {
 	if err != nil || !slices.Equal(got, want) {
 		t.Fatalf("%#x, %v; want %#x", got, err, want)
 	}
+}
+
+// Interrupt shadows as kvm_vcpu_events says them (KVM_X86_SHADOW_INT_STI)
+// and the flag that makes KVM_SET_VCPU_EVENTS take one.
+const (
+	shadowSTI         = 2
+	eventsValidShadow = 0x4
+)
+
+// enterShadow puts the stepped vCPU, stopped, in an STI's interrupt shadow
+// at rip, as a kick right after an STI leaves it.
+func enterShadow(t *testing.T, s *Stepper, rip uint64) {
+	t.Helper()
+	err := s.v.do(func() error {
+		regs, err := kvm.GetRegs(uintptr(s.v.fd))
+		if err != nil {
+			return err
+		}
+		regs.RIP = rip
+		if err := kvm.SetRegs(uintptr(s.v.fd), regs); err != nil {
+			return err
+		}
+		s.regsOK = false
+		var ev kvm.VCPUEvents
+		if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
+			return err
+		}
+		ev.I.Shadow, ev.Flags = shadowSTI, ev.Flags|eventsValidShadow
+		if err := kvm.SetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
+			return err
+		}
+		if shadow := inShadow(t, s); !shadow {
+			return errors.New("KVM_SET_VCPU_EVENTS did not set the interrupt shadow")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inShadow reports whether the vCPU is in an interrupt shadow. On the vCPU's
+// thread.
+func inShadow(t *testing.T, s *Stepper) bool {
+	var ev kvm.VCPUEvents
+	if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
+		t.Error(err)
+	}
+	return ev.I.Shadow != 0
+}
+
+// TestKVMStepperKickLeavesInterruptShadow: a kicked stop is never inside
+// an interrupt shadow, where a replay landing by single steps could not
+// stop (it runs STI then HLT as one step): the stepper steps the guest out
+// of it first, or to the exit the shadowed instruction causes. Seen on the
+// emulated KVM before: the kv guest kicked between its idle loop's STI and
+// HLT, named as a landing the backup then ran past.
+func TestKVMStepperKickLeavesInterruptShadow(t *testing.T) {
+	t.Run("busy loop", func(t *testing.T) {
+		h := newStepHarness(t, "counter", map[string]string{"every": "1000000000000"})
+		for !regexp.MustCompile(`count 0\n`).MatchString(h.con.String()) {
+			h.next(t, Debug{})
+		}
+		rip, err := h.s.RIP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		enterShadow(t, h.s, rip)
+		h.s.Kick()
+		ex, err := h.s.Enter(Debug{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var shadow bool
+		if err := h.s.v.do(func() error { shadow = inShadow(t, h.s); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if ex.Reason != StepKicked || ex.RIP == rip || shadow {
+			t.Fatalf("kicked in a shadow at %#x: %v (in a shadow: %v), want a kick one instruction on, out of it", rip, ex, shadow)
+		}
+	})
+	t.Run("HLT", func(t *testing.T) {
+		// The kv guest's idle loop (STI; HLT) as it was found: kicked
+		// with RIP at the HLT, in the STI's shadow.
+		h := newStepHarness(t, "tick", map[string]string{"hz": "1000", "every": "1", "ticks": "5"})
+		var halt StepExit
+		for {
+			ex, err := h.s.Enter(Debug{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ex.IsIO() {
+				if err := h.s.Complete(&ex); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if ex.Reason == StepHalt {
+				halt = ex
+				break
+			}
+		}
+		var code [2]byte
+		if err := h.s.v.do(func() (err error) { code, err = h.s.codeAt(halt.RIP - 1); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if code[0] != opHLT {
+			t.Fatalf("halted at %#x after %#x, not a HLT", halt.RIP, code[0])
+		}
+		h.s.v.halted = false
+		enterShadow(t, h.s, halt.RIP-1)
+		h.s.Kick()
+		ex, err := h.s.Enter(Debug{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ex.Reason != StepHalt || ex.RIP != halt.RIP || !h.s.Halted() {
+			t.Fatalf("kicked at the HLT at %#x in a shadow: %v, want the HLT's exit at %#x", halt.RIP-1, ex, halt.RIP)
+		}
+	})
 }

@@ -115,8 +115,9 @@ type Stepper interface {
 	// instruction before stopping at rip again.
 	RunTo(rip uint64) (Exit, error)
 	// Kick makes the Run or RunTo in progress, or else the next one, return
-	// ExitKicked promptly, at an instruction boundary. Any goroutine may
-	// call it.
+	// ExitKicked promptly, at an instruction boundary. Run's is one where
+	// RunTo can stop too (on KVM: never in an STI's or MOV SS's interrupt
+	// shadow), so that a replay can land there. Any goroutine may call it.
 	Kick()
 	// Complete performs the access of the PIO or MMIO exit e against the
 	// machine's devices; the guest then continues after it. For a read it
