@@ -44,6 +44,22 @@ func newStepHarness(t *testing.T, guest string, params map[string]string) *stepH
 	return h
 }
 
+// enter is Enter with an access completed: nothing else is done (no
+// timer polled, no interrupt injected).
+func (h *stepHarness) enter(t *testing.T, d Debug) StepExit {
+	t.Helper()
+	ex, err := h.s.Enter(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.IsIO() {
+		if err := h.s.Complete(&ex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ex
+}
+
 // next returns the next synchronous exit (or kick); under a single step the
 // debug stops in between are passed over, with no engine action.
 func (h *stepHarness) next(t *testing.T, d Debug) StepExit {
@@ -151,15 +167,7 @@ func TestKVMStepperStepAfterAccess(t *testing.T) {
 		if n > 1000 || h.off {
 			t.Fatalf("no serial IN and OUT in %d exits", n)
 		}
-		ex, err := h.s.Enter(Debug{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ex.IsIO() {
-			if err := h.s.Complete(&ex); err != nil {
-				t.Fatal(err)
-			}
-		}
+		ex := h.enter(t, Debug{})
 		// IN AL,DX (0xec) of the line status register; OUT DX,AL (0xee) of
 		// the transmit register.
 		op, ok := map[uint64]byte{0x3fd: 0xec, 0x3f8: 0xee}[ex.Addr]
@@ -340,24 +348,12 @@ func TestKVMStepperKickLeavesInterruptShadow(t *testing.T) {
 		}
 	})
 	t.Run("HLT", func(t *testing.T) {
-		// The kv guest's idle loop (STI; HLT) as it was found: kicked
-		// with RIP at the HLT, in the STI's shadow.
+		// An idle loop's STI; HLT (tick's, as kv's) as the kv guest was
+		// found: kicked with RIP at the HLT, in the STI's shadow.
 		h := newStepHarness(t, "tick", map[string]string{"hz": "1000", "every": "1", "ticks": "5"})
-		var halt StepExit
-		for {
-			ex, err := h.s.Enter(Debug{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ex.IsIO() {
-				if err := h.s.Complete(&ex); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if ex.Reason == StepHalt {
-				halt = ex
-				break
-			}
+		halt := h.enter(t, Debug{})
+		for halt.Reason != StepHalt {
+			halt = h.enter(t, Debug{})
 		}
 		var code [2]byte
 		if err := h.s.v.do(func() (err error) { code, err = h.s.codeAt(halt.RIP - 1); return err }); err != nil {
