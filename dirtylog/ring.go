@@ -6,11 +6,12 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-
-	"github.com/ftckpt/ftckpt/vmm/machine"
+	"time"
 
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
+	"github.com/ftckpt/ftckpt/vmm/machine"
+	"golang.org/x/sys/unix"
 )
 
 // ringEntrySize is sizeof(struct kvm_dirty_gfn).
@@ -60,10 +61,15 @@ func (l *pageList) Len() uint64 { return l.limit }
 // published. It returns how many entries it collected and the first page it
 // could not place; an entry it cannot place is still handed back to KVM.
 func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst pageSet) (int, error) {
+	return collectUpTo(ring, fetch, slots, dst, len(ring))
+}
+
+// collectUpTo is collectRing taking at most max entries.
+func collectUpTo(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst pageSet, max int) (int, error) {
 	var firstErr error
 	mask := uint32(len(ring) - 1)
 	n := 0
-	for n < len(ring) {
+	for n < max {
 		e := &ring[*fetch&mask]
 		if atomic.LoadUint32(&e.Flags)&kvmapi.KVM_DIRTY_GFN_F_DIRTY == 0 {
 			break
@@ -110,6 +116,22 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost bo
 		lost = true
 	}
 	return n + k, lost, err
+}
+
+// collectRunning collects r into dst while its vCPU may be in KVM_RUN, if
+// at least min entries and at most half the ring are published (KVM
+// publishes them in order, so one entry tells): the reaper's collection,
+// which takes at most half the ring. KVM goes on logging meanwhile, after
+// the entries taken, and could write over them only once it has logged the
+// ring's size past the first: a ring over half full, which may be on its
+// way to overflowing (collectStopped), and one out of step after an
+// overflow are left to the stopped collections, which tell and mend that.
+func collectRunning(r *vcpuRing, slots []slotPages, dst pageSet, min uint32) (int, error) {
+	half := uint32(len(r.ring)) / 2
+	if r.outOfStep || min == 0 || min > half || !r.published(r.fetch+min-1) || r.published(r.fetch+half) {
+		return 0, nil
+	}
+	return collectUpTo(r.ring, &r.fetch, slots, dst, int(half))
 }
 
 // resync finds where KVM writes in a ring that is out of step. Precondition:
@@ -269,20 +291,28 @@ func collectFull(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost, drai
 
 // ringTracker reports vCPU writes from KVM's per-vCPU dirty rings.
 type ringTracker struct {
-	m     *vmm.Machine
+	m *vmm.Machine
+	// vmFd is the tracker's own descriptor of the VM (a dup), which Close
+	// closes.
 	vmFd  int
 	slots []slotPages
 
 	// mu serialises ring collection (a full ring is collected on its vCPU's
-	// thread while others run) and counting (DirtySoFar), and protects the
-	// fields below and each vcpuRing's fetch index and outOfStep.
+	// thread while others run, and the reaper collects while they run) and
+	// counting (DirtySoFar), and protects the fields below and each
+	// vcpuRing's fetch index and outOfStep.
 	mu    sync.Mutex
 	rings []*vcpuRing
-	// pending holds the pages collected from full rings since the last
-	// Harvest, one per entry.
+	// pending holds the pages collected from full rings and by the reaper
+	// since the last Harvest, one per entry.
 	pending pageList
-	// fulls counts ring-full exits collected, for tests.
-	fulls int
+	// fulls counts ring-full exits collected, and reaps the reaper's
+	// collections, for tests.
+	fulls, reaps int
+	// reapErr is the reaper's first error, which the next Harvest returns.
+	reapErr error
+	// stopReaper ends the reaper (Close); reaperDone is closed as it ends.
+	stopReaper, reaperDone chan struct{}
 	// lostAll is set when a ring overflowed since the last Harvest, which
 	// then reports every page and write-protects every page again in KVM;
 	// overflows counts the overflows, for tests.
@@ -299,10 +329,17 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		return nil, errors.New("dirty ring tracking: the machine was built without dirty rings (vmm.Config.DirtyRingEntries is 0)")
 	}
 	mem := m.Memory()
-	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: pageList{limit: mem.Pages()}}
+	// The tracker's own descriptor of the VM: the reaper may run until
+	// Close, after the machine has closed its own.
+	vmFd, err := unix.Dup(m.VMFd())
+	if err != nil {
+		return nil, fmt.Errorf("dirty ring tracking: %w", err)
+	}
+	t := &ringTracker{m: m, vmFd: vmFd, slots: slotsOf(mem), pending: pageList{limit: mem.Pages()}}
 	defer func() {
 		if err != nil {
 			t.unmapAll()
+			unix.Close(vmFd)
 		}
 	}()
 	for _, v := range m.VCPUs() {
@@ -313,7 +350,65 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		t.rings = append(t.rings, r)
 	}
 	m.SetDirtyRingFullHandler(t.ringFull)
+	t.stopReaper, t.reaperDone = make(chan struct{}), make(chan struct{})
+	go t.reaper()
 	return t, nil
+}
+
+// The reaper collects, every reapEvery, each ring at least 1/reapShare
+// full, while the vCPUs run, so that no ring nears its soft limit. A KVM
+// that keeps its promise then rarely stops a vCPU to have its ring
+// collected; kvm-pvm, which logs up to 1,024 emulated stores past that
+// limit (collectStopped), no longer writes over entries not collected —
+// which made a harvest report all of memory (at 64 GiB, 16 M pages a
+// pause). A quarter of the default ring is 4,096 entries: a vCPU logging an
+// entry a microsecond (a fault at each first write on bare metal; every
+// store kvm-pvm emulates, at its ~1 M instructions a second) reaches the
+// soft limit from there in 12 ms, over twice reapEvery.
+const (
+	reapEvery = 5 * time.Millisecond
+	reapShare = 4
+)
+
+// reaper is the reaper's loop, until Close.
+func (t *ringTracker) reaper() {
+	defer close(t.reaperDone)
+	tick := time.NewTicker(reapEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stopReaper:
+			return
+		case <-tick.C:
+			t.reap(reapShare)
+		}
+	}
+}
+
+// reap collects the rings at least 1/share full (and at most half) into
+// pending and has KVM reset them (collectRunning); an error is kept for the
+// next Harvest.
+func (t *ringTracker) reap(share uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || t.reapErr != nil {
+		return
+	}
+	collected := false
+	for i, r := range t.rings {
+		n, err := collectRunning(r, t.slots, &t.pending, uint32(len(r.ring))/share)
+		if err != nil {
+			t.reapErr = fmt.Errorf("collecting the dirty ring of vCPU %d while it ran: %w", i, err)
+		}
+		collected = collected || n > 0
+	}
+	if !collected {
+		return
+	}
+	t.reaps++
+	if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil && t.reapErr == nil {
+		t.reapErr = fmt.Errorf("resetting the dirty rings collected while the vCPUs ran: %w", err)
+	}
 }
 
 // ringFull runs on vCPU i's thread when KVM exits with
@@ -356,10 +451,10 @@ func (t *ringTracker) overflowed(i int) {
 }
 
 // Harvest implements Tracker. Its cost follows the number of ring entries
-// (those collected now and those full rings left pending) and the pages the
-// VMM wrote, not the memory size, except after a ring overflowed: then it
-// reports the whole memory. Precondition: the machine is paused (or not
-// yet started).
+// (those collected now and those the reaper and full rings left pending)
+// and the pages the VMM wrote, not the memory size, except after a ring
+// overflowed: then it reports the whole memory. Precondition: the machine
+// is paused (or not yet started).
 func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -368,6 +463,9 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	}
 	if dst.Len() != t.pending.limit {
 		return 0, fmt.Errorf("dirty ring harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.pending.limit)
+	}
+	if t.reapErr != nil {
+		return 0, t.reapErr
 	}
 	var firstErr error
 	n := 0
@@ -439,12 +537,16 @@ func (t *ringTracker) DirtySoFar() (int, error) {
 // ring that fills afterwards stops the machine with an error.
 func (t *ringTracker) Close() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return nil
 	}
 	t.closed = true
-	return t.unmapAll()
+	err := t.unmapAll()
+	t.mu.Unlock()
+	close(t.stopReaper)
+	<-t.reaperDone
+	return errors.Join(err, unix.Close(t.vmFd))
 }
 
 func (t *ringTracker) unmapAll() error {

@@ -375,3 +375,46 @@ func TestMarkPublishedCountsWithoutCollecting(t *testing.T) {
 		t.Fatalf("after the count the harvest collected %v, want the 2 pages from %d", got, first)
 	}
 }
+
+// TestCollectRunning: the reaper takes a ring once min entries are
+// published, all of them, and KVM's reset then counts none; it leaves a ring
+// over half full, and one out of step, to the stopped collections, which
+// see an overflow and resync.
+func TestCollectRunning(t *testing.T) {
+	k := newKVMRing(16)
+	dst := machine.NewBitmap(1 << 20)
+	first := k.push(3)
+	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 0 || err != nil {
+		t.Fatalf("3 entries published, 4 wanted: took %d (%v)", n, err)
+	}
+	k.push(2)
+	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 5 || err != nil {
+		t.Fatalf("5 entries published, 4 wanted: took %d (%v), want 5", n, err)
+	}
+	k.reset()
+	if k.write != k.done {
+		t.Fatalf("after the reap KVM counts %d entries not harvested", k.write-k.done)
+	}
+	if got := slices.Collect(dst.Runs()); !slices.Equal(got, []machine.Run{{First: first, Count: 5}}) {
+		t.Fatalf("reaped %v, want the 5 pages from %d", got, first)
+	}
+
+	k.push(9) // over half the ring
+	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 0 || err != nil {
+		t.Fatalf("9 of 16 entries published: the reaper took %d (%v), want none", n, err)
+	}
+	k.push(16 - 9 + 3) // KVM logs past the ring's size
+	if n, err := collectRunning(k.r, twoSlots, dst, 1); n != 0 || err != nil {
+		t.Fatalf("an overflowing ring: the reaper took %d (%v), want none", n, err)
+	}
+	if _, lost := k.collect(t); !lost || !k.r.outOfStep {
+		t.Fatal("the stopped collection did not see the overflow")
+	}
+	first = k.push(2)
+	if n, err := collectRunning(k.r, twoSlots, dst, 1); n != 0 || err != nil {
+		t.Fatalf("a ring out of step: the reaper took %d (%v), want it left alone", n, err)
+	}
+	if got, _ := k.collect(t); !slices.Equal(got, []machine.Run{{First: first, Count: 2}}) || k.r.outOfStep {
+		t.Fatalf("the stopped collection after the overflow took %v (out of step %v), want the 2 pages from %d", got, k.r.outOfStep, first)
+	}
+}
