@@ -451,6 +451,8 @@ func (m *Machine) pause(saving bool) error {
 		}
 		return nil
 	case stateRunning:
+	case stateStopped:
+		return fmt.Errorf("cannot pause: %w", m.stopReasonLocked())
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
