@@ -26,7 +26,10 @@ type vcpuRing struct {
 	// (see collectStopped): KVM's write index may then be ahead of fetch,
 	// by entries it wrote over, until resync finds where it writes.
 	outOfStep bool
-	unmap     func() error
+	// reaped says the reaper collected the ring since its vCPU's last
+	// ring-full exit (ringTracker.ringFull).
+	reaped bool
+	unmap  func() error
 }
 
 // pageSet is where collection marks the pages it takes: the harvest's
@@ -120,18 +123,20 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost bo
 
 // collectRunning collects r into dst while its vCPU may be in KVM_RUN, if
 // at least min entries and at most half the ring are published (KVM
-// publishes them in order, so one entry tells): the reaper's collection,
-// which takes at most half the ring. KVM goes on logging meanwhile, after
-// the entries taken, and could write over them only once it has logged the
-// ring's size past the first: a ring over half full, which may be on its
-// way to overflowing (collectStopped), and one out of step after an
-// overflow are left to the stopped collections, which tell and mend that.
-func collectRunning(r *vcpuRing, slots []slotPages, dst pageSet, min uint32) (int, error) {
+// publishes them in order, so one entry tells), taking at most max: the
+// reaper's collection. KVM goes on logging meanwhile, after the entries
+// taken, and could write over them only by logging half the ring and more
+// while they are taken — which a KVM that stops the vCPU at its soft limit
+// never does, and kvm-pvm, which logs past it (collectStopped), does not in
+// the time max entries take. A ring over half full, which may be on its way
+// to overflowing, and one out of step after an overflow are left to the
+// stopped collections, which tell and mend that.
+func collectRunning(r *vcpuRing, slots []slotPages, dst pageSet, min, max uint32) (int, error) {
 	half := uint32(len(r.ring)) / 2
 	if r.outOfStep || min == 0 || min > half || !r.published(r.fetch+min-1) || r.published(r.fetch+half) {
 		return 0, nil
 	}
-	return collectUpTo(r.ring, &r.fetch, slots, dst, int(half))
+	return collectUpTo(r.ring, &r.fetch, slots, dst, int(max))
 }
 
 // resync finds where KVM writes in a ring that is out of step. Precondition:
@@ -386,30 +391,36 @@ func (t *ringTracker) reaper() {
 }
 
 // reap collects the rings at least 1/share full (and at most half) into
-// pending and has KVM reset them (collectRunning); an error is kept for the
-// next Harvest.
+// pending, reapChunk entries at a time, each chunk reset by KVM before the
+// next, until less than 1/share is left (collectRunning); an error is kept
+// for the next Harvest.
 func (t *ringTracker) reap(share uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed || t.reapErr != nil {
-		return
-	}
-	collected := false
 	for i, r := range t.rings {
-		n, err := collectRunning(r, t.slots, &t.pending, uint32(len(r.ring))/share)
-		if err != nil {
-			t.reapErr = fmt.Errorf("collecting the dirty ring of vCPU %d while it ran: %w", i, err)
+		min := uint32(len(r.ring)) / share
+		for !t.closed && t.reapErr == nil {
+			n, err := collectRunning(r, t.slots, &t.pending, min, reapChunk)
+			if err != nil {
+				t.reapErr = fmt.Errorf("collecting the dirty ring of vCPU %d while it ran: %w", i, err)
+			}
+			if n == 0 {
+				break
+			}
+			r.reaped = true
+			t.reaps++
+			if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil && t.reapErr == nil {
+				t.reapErr = fmt.Errorf("resetting the dirty rings collected while the vCPUs ran: %w", err)
+			}
 		}
-		collected = collected || n > 0
-	}
-	if !collected {
-		return
-	}
-	t.reaps++
-	if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil && t.reapErr == nil {
-		t.reapErr = fmt.Errorf("resetting the dirty rings collected while the vCPUs ran: %w", err)
 	}
 }
+
+// reapChunk is the most entries the reaper takes from a ring before KVM
+// resets them: collecting them takes microseconds (a millisecond under the
+// race detector), in which no vCPU logs the thousands of entries that would
+// reach them.
+const reapChunk = 512
 
 // ringFull runs on vCPU i's thread when KVM exits with
 // KVM_EXIT_DIRTY_RING_FULL: it moves that ring's entries into pending and
@@ -435,8 +446,12 @@ func (t *ringTracker) ringFull(i int) error {
 	if cerr != nil {
 		return fmt.Errorf("collecting the full dirty ring of vCPU %d: %w", i, cerr)
 	}
-	if n == 0 && !drained {
-		// KVM would stop the vCPU with this exit again at once.
+	reaped := r.reaped
+	r.reaped = false
+	if n == 0 && !drained && !reaped {
+		// KVM would stop the vCPU with this exit again at once. (Unless
+		// the reaper took the entries after KVM found the ring full, and
+		// before this exit had mu: KVM's reset then made room.)
 		return fmt.Errorf("KVM reports the dirty ring of vCPU %d full and it holds no entry to collect (out of step with KVM after an overflow)", i)
 	}
 	return nil

@@ -384,11 +384,11 @@ func TestCollectRunning(t *testing.T) {
 	k := newKVMRing(16)
 	dst := machine.NewBitmap(1 << 20)
 	first := k.push(3)
-	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 0 || err != nil {
+	if n, err := collectRunning(k.r, twoSlots, dst, 4, 16); n != 0 || err != nil {
 		t.Fatalf("3 entries published, 4 wanted: took %d (%v)", n, err)
 	}
 	k.push(2)
-	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 5 || err != nil {
+	if n, err := collectRunning(k.r, twoSlots, dst, 4, 16); n != 5 || err != nil {
 		t.Fatalf("5 entries published, 4 wanted: took %d (%v), want 5", n, err)
 	}
 	k.reset()
@@ -399,19 +399,31 @@ func TestCollectRunning(t *testing.T) {
 		t.Fatalf("reaped %v, want the 5 pages from %d", got, first)
 	}
 
+	first = k.push(6)
+	if n, err := collectRunning(k.r, twoSlots, dst, 4, 4); n != 4 || err != nil {
+		t.Fatalf("6 entries published, 4 at most: took %d (%v)", n, err)
+	}
+	if n, err := collectRunning(k.r, twoSlots, dst, 2, 4); n != 2 || err != nil {
+		t.Fatalf("2 entries left: took %d (%v)", n, err)
+	}
+	k.reset()
+	if k.write != k.done || !dst.Has(first) || !dst.Has(first+5) {
+		t.Fatalf("after two reaps KVM counts %d entries not harvested (pages %d and %d taken: %v, %v)", k.write-k.done, first, first+5, dst.Has(first), dst.Has(first+5))
+	}
+
 	k.push(9) // over half the ring
-	if n, err := collectRunning(k.r, twoSlots, dst, 4); n != 0 || err != nil {
+	if n, err := collectRunning(k.r, twoSlots, dst, 4, 16); n != 0 || err != nil {
 		t.Fatalf("9 of 16 entries published: the reaper took %d (%v), want none", n, err)
 	}
 	k.push(16 - 9 + 3) // KVM logs past the ring's size
-	if n, err := collectRunning(k.r, twoSlots, dst, 1); n != 0 || err != nil {
+	if n, err := collectRunning(k.r, twoSlots, dst, 1, 16); n != 0 || err != nil {
 		t.Fatalf("an overflowing ring: the reaper took %d (%v), want none", n, err)
 	}
 	if _, lost := k.collect(t); !lost || !k.r.outOfStep {
 		t.Fatal("the stopped collection did not see the overflow")
 	}
 	first = k.push(2)
-	if n, err := collectRunning(k.r, twoSlots, dst, 1); n != 0 || err != nil {
+	if n, err := collectRunning(k.r, twoSlots, dst, 1, 16); n != 0 || err != nil {
 		t.Fatalf("a ring out of step: the reaper took %d (%v), want it left alone", n, err)
 	}
 	if got, _ := k.collect(t); !slices.Equal(got, []machine.Run{{First: first, Count: 2}}) || k.r.outOfStep {
