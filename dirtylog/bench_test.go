@@ -141,10 +141,9 @@ func rearm(ring []kvmapi.DirtyGFN, n int, from uint32) {
 // pass since the guest was resumed (so every page of the set was written in
 // the epoch), then the machine pauses and harvests. A row reports the
 // harvest's p50 and p99 (harvest-µs), the pages it reported (pages/harvest:
-// the working set, plus what the VMM wrote), how often the rings were
-// collected meanwhile (ring-fulls/epoch, each a vCPU stopped; reaps/epoch,
-// the reaper's, with the vCPUs running; the ring is the size ftckpt uses,
-// DefaultRingEntries). ns/op is a whole epoch, most of it the guest
+// the working set, plus what the VMM wrote) and what collecting full rings
+// meanwhile cost the vCPUs (ring-fulls/epoch; the ring is the size ftckpt
+// uses, DefaultRingEntries). ns/op is a whole epoch, most of it the guest
 // writing: one VM exit per page, as each first write faults.
 func BenchmarkKVMHarvest(b *testing.B) {
 	for _, mode := range []Mode{ModeBitmap, ModeRing} {
@@ -211,21 +210,16 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 		return con.Pass()
 	}
 	waitPass(1)
-	// fulls and reaps count the rings collected while the guest ran.
-	fulls, reaps := func() int { return 0 }, func() int { return 0 }
+	var fullsBefore int
+	fulls := func() int { return 0 }
 	if rt, ok := tr.(*ringTracker); ok {
 		fulls = func() int {
 			rt.mu.Lock()
 			defer rt.mu.Unlock()
 			return rt.fulls
 		}
-		reaps = func() int {
-			rt.mu.Lock()
-			defer rt.mu.Unlock()
-			return rt.reaps
-		}
 	}
-	fullsBefore, reapsBefore := fulls(), reaps()
+	fullsBefore = fulls()
 	if err := m.Pause(); err != nil {
 		b.Fatal(err)
 	}
@@ -270,7 +264,6 @@ func benchKVMHarvest(b *testing.B, mode Mode, mem int64, dirty int) {
 	b.ReportMetric(us(harvests[(len(harvests)-1)*99/100]), "harvest-p99-µs")
 	b.ReportMetric(float64(total)/float64(b.N), "pages/harvest")
 	b.ReportMetric(float64(fulls()-fullsBefore)/float64(b.N), "ring-fulls/epoch")
-	b.ReportMetric(float64(reaps()-reapsBefore)/float64(b.N), "reaps/epoch")
 	// The primary's count before each pause, the guest running.
 	slices.Sort(counts)
 	b.ReportMetric(us(counts[len(counts)/2]), "count-running-p50-µs")

@@ -6,12 +6,11 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/ftckpt/ftckpt/vmm/machine"
 
 	"github.com/ftckpt/ftckpt/vmm"
 	"github.com/ftckpt/ftckpt/vmm/kvmapi"
-	"github.com/ftckpt/ftckpt/vmm/machine"
-	"golang.org/x/sys/unix"
 )
 
 // ringEntrySize is sizeof(struct kvm_dirty_gfn).
@@ -26,10 +25,7 @@ type vcpuRing struct {
 	// (see collectStopped): KVM's write index may then be ahead of fetch,
 	// by entries it wrote over, until resync finds where it writes.
 	outOfStep bool
-	// reaped says the reaper collected the ring since its vCPU's last
-	// ring-full exit (ringTracker.ringFull).
-	reaped bool
-	unmap  func() error
+	unmap     func() error
 }
 
 // pageSet is where collection marks the pages it takes: the harvest's
@@ -64,15 +60,10 @@ func (l *pageList) Len() uint64 { return l.limit }
 // published. It returns how many entries it collected and the first page it
 // could not place; an entry it cannot place is still handed back to KVM.
 func collectRing(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst pageSet) (int, error) {
-	return collectUpTo(ring, fetch, slots, dst, len(ring))
-}
-
-// collectUpTo is collectRing taking at most max entries.
-func collectUpTo(ring []kvmapi.DirtyGFN, fetch *uint32, slots []slotPages, dst pageSet, max int) (int, error) {
 	var firstErr error
 	mask := uint32(len(ring) - 1)
 	n := 0
-	for n < max {
+	for n < len(ring) {
 		e := &ring[*fetch&mask]
 		if atomic.LoadUint32(&e.Flags)&kvmapi.KVM_DIRTY_GFN_F_DIRTY == 0 {
 			break
@@ -119,24 +110,6 @@ func collectStopped(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost bo
 		lost = true
 	}
 	return n + k, lost, err
-}
-
-// collectRunning collects r into dst while its vCPU may be in KVM_RUN, if
-// at least min entries and at most half the ring are published (KVM
-// publishes them in order, so one entry tells), taking at most max: the
-// reaper's collection. KVM goes on logging meanwhile, after the entries
-// taken, and could write over them only by logging half the ring and more
-// while they are taken — which a KVM that stops the vCPU at its soft limit
-// never does, and kvm-pvm, which logs past it (collectStopped), does not in
-// the time max entries take. A ring over half full, which may be on its way
-// to overflowing, and one out of step after an overflow are left to the
-// stopped collections, which tell and mend that.
-func collectRunning(r *vcpuRing, slots []slotPages, dst pageSet, min, max uint32) (int, error) {
-	half := uint32(len(r.ring)) / 2
-	if r.outOfStep || min == 0 || min > half || !r.published(r.fetch+min-1) || r.published(r.fetch+half) {
-		return 0, nil
-	}
-	return collectUpTo(r.ring, &r.fetch, slots, dst, int(max))
 }
 
 // resync finds where KVM writes in a ring that is out of step. Precondition:
@@ -296,28 +269,20 @@ func collectFull(r *vcpuRing, slots []slotPages, dst pageSet) (n int, lost, drai
 
 // ringTracker reports vCPU writes from KVM's per-vCPU dirty rings.
 type ringTracker struct {
-	m *vmm.Machine
-	// vmFd is the tracker's own descriptor of the VM (a dup), which Close
-	// closes.
+	m     *vmm.Machine
 	vmFd  int
 	slots []slotPages
 
 	// mu serialises ring collection (a full ring is collected on its vCPU's
-	// thread while others run, and the reaper collects while they run) and
-	// counting (DirtySoFar), and protects the fields below and each
-	// vcpuRing's fetch index and outOfStep.
+	// thread while others run) and counting (DirtySoFar), and protects the
+	// fields below and each vcpuRing's fetch index and outOfStep.
 	mu    sync.Mutex
 	rings []*vcpuRing
-	// pending holds the pages collected from full rings and by the reaper
-	// since the last Harvest, one per entry.
+	// pending holds the pages collected from full rings since the last
+	// Harvest, one per entry.
 	pending pageList
-	// fulls counts ring-full exits collected, and reaps the reaper's
-	// collections, for tests.
-	fulls, reaps int
-	// reapErr is the reaper's first error, which the next Harvest returns.
-	reapErr error
-	// stopReaper ends the reaper (Close); reaperDone is closed as it ends.
-	stopReaper, reaperDone chan struct{}
+	// fulls counts ring-full exits collected, for tests.
+	fulls int
 	// lostAll is set when a ring overflowed since the last Harvest, which
 	// then reports every page and write-protects every page again in KVM;
 	// overflows counts the overflows, for tests.
@@ -334,17 +299,10 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		return nil, errors.New("dirty ring tracking: the machine was built without dirty rings (vmm.Config.DirtyRingEntries is 0)")
 	}
 	mem := m.Memory()
-	// The tracker's own descriptor of the VM: the reaper may run until
-	// Close, after the machine has closed its own.
-	vmFd, err := unix.Dup(m.VMFd())
-	if err != nil {
-		return nil, fmt.Errorf("dirty ring tracking: %w", err)
-	}
-	t := &ringTracker{m: m, vmFd: vmFd, slots: slotsOf(mem), pending: pageList{limit: mem.Pages()}}
+	t := &ringTracker{m: m, vmFd: m.VMFd(), slots: slotsOf(mem), pending: pageList{limit: mem.Pages()}}
 	defer func() {
 		if err != nil {
 			t.unmapAll()
-			unix.Close(vmFd)
 		}
 	}()
 	for _, v := range m.VCPUs() {
@@ -355,72 +313,8 @@ func newRingTracker(m *vmm.Machine) (_ *ringTracker, err error) {
 		t.rings = append(t.rings, r)
 	}
 	m.SetDirtyRingFullHandler(t.ringFull)
-	t.stopReaper, t.reaperDone = make(chan struct{}), make(chan struct{})
-	go t.reaper()
 	return t, nil
 }
-
-// The reaper collects, every reapEvery, each ring at least 1/reapShare
-// full, while the vCPUs run, so that no ring nears its soft limit. A KVM
-// that keeps its promise then rarely stops a vCPU to have its ring
-// collected; kvm-pvm, which logs up to 1,024 emulated stores past that
-// limit (collectStopped), no longer writes over entries not collected —
-// which made a harvest report all of memory (at 64 GiB, 16 M pages a
-// pause). A quarter of the default ring is 4,096 entries: a vCPU logging an
-// entry a microsecond (a fault at each first write on bare metal; every
-// store kvm-pvm emulates, at its ~1 M instructions a second) reaches the
-// soft limit from there in 12 ms, over twice reapEvery.
-const (
-	reapEvery = 5 * time.Millisecond
-	reapShare = 4
-)
-
-// reaper is the reaper's loop, until Close.
-func (t *ringTracker) reaper() {
-	defer close(t.reaperDone)
-	tick := time.NewTicker(reapEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.stopReaper:
-			return
-		case <-tick.C:
-			t.reap(reapShare)
-		}
-	}
-}
-
-// reap collects the rings at least 1/share full (and at most half) into
-// pending, reapChunk entries at a time, each chunk reset by KVM before the
-// next, until less than 1/share is left (collectRunning); an error is kept
-// for the next Harvest.
-func (t *ringTracker) reap(share uint32) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for i, r := range t.rings {
-		min := uint32(len(r.ring)) / share
-		for !t.closed && t.reapErr == nil {
-			n, err := collectRunning(r, t.slots, &t.pending, min, reapChunk)
-			if err != nil {
-				t.reapErr = fmt.Errorf("collecting the dirty ring of vCPU %d while it ran: %w", i, err)
-			}
-			if n == 0 {
-				break
-			}
-			r.reaped = true
-			t.reaps++
-			if _, err := kvmapi.ResetDirtyRings(t.vmFd); err != nil && t.reapErr == nil {
-				t.reapErr = fmt.Errorf("resetting the dirty rings collected while the vCPUs ran: %w", err)
-			}
-		}
-	}
-}
-
-// reapChunk is the most entries the reaper takes from a ring before KVM
-// resets them: collecting them takes microseconds (a millisecond under the
-// race detector), in which no vCPU logs the thousands of entries that would
-// reach them.
-const reapChunk = 512
 
 // ringFull runs on vCPU i's thread when KVM exits with
 // KVM_EXIT_DIRTY_RING_FULL: it moves that ring's entries into pending and
@@ -446,12 +340,8 @@ func (t *ringTracker) ringFull(i int) error {
 	if cerr != nil {
 		return fmt.Errorf("collecting the full dirty ring of vCPU %d: %w", i, cerr)
 	}
-	reaped := r.reaped
-	r.reaped = false
-	if n == 0 && !drained && !reaped {
-		// KVM would stop the vCPU with this exit again at once. (Unless
-		// the reaper took the entries after KVM found the ring full, and
-		// before this exit had mu: KVM's reset then made room.)
+	if n == 0 && !drained {
+		// KVM would stop the vCPU with this exit again at once.
 		return fmt.Errorf("KVM reports the dirty ring of vCPU %d full and it holds no entry to collect (out of step with KVM after an overflow)", i)
 	}
 	return nil
@@ -466,10 +356,10 @@ func (t *ringTracker) overflowed(i int) {
 }
 
 // Harvest implements Tracker. Its cost follows the number of ring entries
-// (those collected now and those the reaper and full rings left pending)
-// and the pages the VMM wrote, not the memory size, except after a ring
-// overflowed: then it reports the whole memory. Precondition: the machine
-// is paused (or not yet started).
+// (those collected now and those full rings left pending) and the pages the
+// VMM wrote, not the memory size, except after a ring overflowed: then it
+// reports the whole memory. Precondition: the machine is paused (or not
+// yet started).
 func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -478,9 +368,6 @@ func (t *ringTracker) Harvest(dst *machine.Bitmap) (int, error) {
 	}
 	if dst.Len() != t.pending.limit {
 		return 0, fmt.Errorf("dirty ring harvest into a bitmap of %d pages; RAM has %d", dst.Len(), t.pending.limit)
-	}
-	if t.reapErr != nil {
-		return 0, t.reapErr
 	}
 	var firstErr error
 	n := 0
@@ -552,16 +439,12 @@ func (t *ringTracker) DirtySoFar() (int, error) {
 // ring that fills afterwards stops the machine with an error.
 func (t *ringTracker) Close() error {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.closed {
-		t.mu.Unlock()
 		return nil
 	}
 	t.closed = true
-	err := t.unmapAll()
-	t.mu.Unlock()
-	close(t.stopReaper)
-	<-t.reaperDone
-	return errors.Join(err, unix.Close(t.vmFd))
+	return t.unmapAll()
 }
 
 func (t *ringTracker) unmapAll() error {

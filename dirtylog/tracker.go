@@ -4,8 +4,7 @@
 // (the per-slot dirty bitmap with manual re-protection, and the per-vCPU
 // dirty rings) and unions them with the VMM-side bitmap of pages the VMM
 // wrote itself (vmm.GuestMemory.WriteAt). The result is a machine.Bitmap of RAM page
-// indexes whose Runs are ready to copy. The ring tracker also collects the
-// rings while the vCPUs run (its reaper), so that none nears its limit.
+// indexes whose Runs are ready to copy.
 //
 // Blocks is the same idea for a mirrored disk: the blocks the guest wrote.
 package dirtylog
