@@ -61,12 +61,18 @@ type Host struct {
 	// MaxRingBytes is KVM_CHECK_EXTENSION(KVM_CAP_DIRTY_LOG_RING): the largest
 	// ring in bytes, 0 if the host has no dirty ring.
 	MaxRingBytes int
+	// RingsOverflow says the KVM logs past a ring's soft limit before it
+	// stops the vCPU: kvm-pvm, which logs every store it emulates, up to
+	// 1,024 an exit. A guest writing tens of thousands of pages an epoch
+	// then overflows its rings, and each such harvest reports every page
+	// (collectStopped): at 64 GiB, a checkpoint of all of memory.
+	RingsOverflow bool
 }
 
 // Choose resolves mode for a machine of memSize bytes on host: ModeAuto
-// becomes ModeRing when the host has dirty rings and memSize is at least
-// AutoRingMinMemory, else ModeBitmap. It refuses ModeRing on a host without
-// rings.
+// becomes ModeRing when the host has dirty rings that do not overflow and
+// memSize is at least AutoRingMinMemory, else ModeBitmap. It refuses
+// ModeRing on a host without rings.
 func Choose(mode Mode, memSize int64, host Host) (Mode, error) {
 	ringOK := host.MaxRingBytes >= DefaultRingEntries*ringEntrySize
 	switch mode {
@@ -79,7 +85,7 @@ func Choose(mode Mode, memSize int64, host Host) (Mode, error) {
 		}
 		return ModeRing, nil
 	case ModeAuto:
-		if ringOK && memSize >= AutoRingMinMemory {
+		if ringOK && !host.RingsOverflow && memSize >= AutoRingMinMemory {
 			return ModeRing, nil
 		}
 		return ModeBitmap, nil

@@ -41,6 +41,8 @@ func TestChooseAndRingEntries(t *testing.T) {
 		{ModeAuto, AutoRingMinMemory, ring, ModeRing, DefaultRingEntries, ""},
 		{ModeAuto, 64 << 30, none, ModeBitmap, 0, ""},
 		{ModeAuto, 64 << 30, Host{MaxRingBytes: 4096}, ModeBitmap, 0, ""},
+		{ModeAuto, 64 << 30, Host{MaxRingBytes: 65536 * 16, RingsOverflow: true}, ModeBitmap, 0, ""},
+		{ModeRing, 64 << 30, Host{MaxRingBytes: 65536 * 16, RingsOverflow: true}, ModeRing, DefaultRingEntries, ""},
 		{Mode(0), 1 << 30, ring, 0, 0, "invalid"},
 	}
 	for _, c := range cases {

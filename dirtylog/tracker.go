@@ -91,5 +91,12 @@ func ProbeHost() (Host, error) {
 	if err != nil {
 		return Host{}, fmt.Errorf("KVM_CHECK_EXTENSION KVM_CAP_DIRTY_LOG_RING: %w", err)
 	}
-	return Host{MaxRingBytes: int(r)}, nil
+	return Host{MaxRingBytes: int(r), RingsOverflow: kvmPVMLoaded()}, nil
+}
+
+// kvmPVMLoaded says whether this host's KVM is kvm-pvm (its module is
+// loaded), whose dirty rings overflow (Host.RingsOverflow).
+func kvmPVMLoaded() bool {
+	_, err := os.Stat("/sys/module/kvm_pvm")
+	return err == nil
 }

@@ -77,7 +77,7 @@ func addModeFlags(root *cobra.Command) {
 	fl.BoolVar(&f.verify, "verify", false, "send a memory hash with every checkpoint (replay: every full checkpoint); the backup checks it")
 	fl.DurationVar(&f.heartbeat, "heartbeat", 50*time.Millisecond, "heartbeat interval")
 	fl.DurationVar(&f.failureTimeout, "failure-timeout", 500*time.Millisecond, "silence that means the peer is gone")
-	fl.StringVar(&f.dirtyTracking, "dirty-tracking", "auto", "bitmap, ring or auto")
+	fl.StringVar(&f.dirtyTracking, "dirty-tracking", "auto", "how KVM reports the pages vCPUs write: bitmap, ring, or auto (the ring from 4 GiB of guest memory, except on kvm-pvm, whose rings overflow under heavy writing)")
 	fl.DurationVar(&f.status, "status-every", time.Second, "how often the primary prints its status line (0: never)")
 	fl.IntVar(&f.readyFD, "ready-fd", 0, "backup: write the listening address to this inherited fd (for a local run)")
 	fl.MarkHidden("ready-fd")
