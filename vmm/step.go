@@ -245,12 +245,9 @@ func (s *Stepper) leaveShadow(ex StepExit) (StepExit, error) {
 		if s.injected {
 			return ex, nil // a delivery is due here: no shadow
 		}
-		var ev kvm.VCPUEvents
-		if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
-			return StepExit{}, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
-		}
-		if ev.I.Shadow == 0 {
-			return ex, nil
+		shadow, err := s.inShadow()
+		if err != nil || !shadow {
+			return ex, err
 		}
 		step, err := s.enterOnThread(Debug{SingleStep: true})
 		if err != nil {
@@ -266,6 +263,17 @@ func (s *Stepper) leaveShadow(ex StepExit) (StepExit, error) {
 		}
 	}
 	return ex, nil
+}
+
+// inShadow reports whether the vCPU is in an interrupt shadow (after an
+// STI or a load of SS), as KVM_GET_VCPU_EVENTS says. Precondition: on the
+// vCPU's thread.
+func (s *Stepper) inShadow() (bool, error) {
+	var ev kvm.VCPUEvents
+	if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
+		return false, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
+	}
+	return ev.I.Shadow != 0, nil
 }
 
 // completeStep is a single step right after Complete: KVM applies the

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -297,24 +298,14 @@ func enterShadow(t *testing.T, s *Stepper, rip uint64) {
 		if err := kvm.SetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
 			return err
 		}
-		if shadow := inShadow(t, s); !shadow {
-			return errors.New("KVM_SET_VCPU_EVENTS did not set the interrupt shadow")
+		if shadow, err := s.inShadow(); err != nil || !shadow {
+			return fmt.Errorf("KVM_SET_VCPU_EVENTS did not set the interrupt shadow (%v)", err)
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// inShadow reports whether the vCPU is in an interrupt shadow. On the vCPU's
-// thread.
-func inShadow(t *testing.T, s *Stepper) bool {
-	var ev kvm.VCPUEvents
-	if err := kvm.GetVCPUEvents(uintptr(s.v.fd), &ev); err != nil {
-		t.Error(err)
-	}
-	return ev.I.Shadow != 0
 }
 
 // TestKVMStepperKickLeavesInterruptShadow: a kicked stop is never inside
@@ -340,7 +331,7 @@ func TestKVMStepperKickLeavesInterruptShadow(t *testing.T) {
 			t.Fatal(err)
 		}
 		var shadow bool
-		if err := h.s.v.do(func() error { shadow = inShadow(t, h.s); return nil }); err != nil {
+		if err := h.s.v.do(func() (err error) { shadow, err = h.s.inShadow(); return err }); err != nil {
 			t.Fatal(err)
 		}
 		if ex.Reason != StepKicked || ex.RIP == rip || shadow {
