@@ -132,21 +132,32 @@ var forbidden = []string{"rdtsc", "rdtscp", "rdrand", "rdseed"}
 // opcode 0F 31 (RDTSC) or 0F C7 /6 (RDRAND) / /7 (RDSEED) after prefixes.
 func forbiddenInstructions(objdump string) []string {
 	var hits []string
+	for _, in := range instructions(objdump) {
+		if len(in.text) > 0 && slices.Contains(forbidden, in.text[0]) || hasForbiddenOpcode(in.bytes) {
+			hits = append(hits, in.line)
+		}
+	}
+	return hits
+}
+
+// instruction is one instruction line of `objdump -d -w` output: the line
+// (trimmed), its bytes (hex strings) and its text (mnemonic, operands).
+type instruction struct {
+	line        string
+	bytes, text []string
+}
+
+// instructions returns the instruction lines of objdump, in order.
+func instructions(objdump string) []instruction {
+	var ins []instruction
 	for _, line := range strings.Split(objdump, "\n") {
 		cols := strings.Split(line, "\t")
 		if len(cols) < 3 || !strings.HasSuffix(strings.TrimSpace(cols[0]), ":") {
 			continue
 		}
-		mnemonic := strings.Fields(cols[2])
-		if len(mnemonic) > 0 && slices.Contains(forbidden, mnemonic[0]) {
-			hits = append(hits, strings.TrimSpace(line))
-			continue
-		}
-		if hasForbiddenOpcode(strings.Fields(cols[1])) {
-			hits = append(hits, strings.TrimSpace(line))
-		}
+		ins = append(ins, instruction{line: strings.TrimSpace(line), bytes: strings.Fields(cols[1]), text: strings.Fields(cols[2])})
 	}
-	return hits
+	return ins
 }
 
 // hasForbiddenOpcode looks at one instruction's bytes (hex strings).
@@ -243,21 +254,17 @@ var savesRFLAGS = []string{"pushf", "pushfq", "pushfw", "int", "int1", "int3", "
 func shadowedSavers(objdump string) []string {
 	var hits []string
 	prev := ""
-	for _, line := range strings.Split(objdump, "\n") {
-		cols := strings.Split(line, "\t")
-		if len(cols) < 3 || !strings.HasSuffix(strings.TrimSpace(cols[0]), ":") {
-			continue
-		}
-		insn := strings.Fields(cols[2])
+	for _, in := range instructions(objdump) {
+		insn := in.text
 		if len(insn) == 0 {
 			continue
 		}
 		if prev != "" && slices.Contains(savesRFLAGS, insn[0]) {
-			hits = append(hits, prev+" / "+strings.TrimSpace(line))
+			hits = append(hits, prev+" / "+in.line)
 		}
 		prev = ""
 		if insn[0] == "sti" || len(insn) > 1 && (strings.HasPrefix(insn[0], "mov") && strings.HasSuffix(insn[1], ",%ss") || strings.HasPrefix(insn[0], "pop") && insn[1] == "%ss") {
-			prev = strings.TrimSpace(line)
+			prev = in.line
 		}
 	}
 	return hits
