@@ -168,8 +168,12 @@ func (k *kvmRing) push(n int) uint64 {
 	return first
 }
 
-func (k *kvmRing) reset() {
-	for {
+func (k *kvmRing) reset() { k.resetSome(-1) }
+
+// resetSome is reset stopped early, as a pending signal stops it, after n
+// entries (n < 0: none).
+func (k *kvmRing) resetSome(n int) {
+	for ; n != 0; n-- {
 		e := &k.r.ring[k.done%uint32(len(k.r.ring))]
 		if e.Flags&reset == 0 {
 			return
@@ -208,6 +212,46 @@ func TestCollectStoppedInStep(t *testing.T) {
 		}
 		if k.write != k.done || k.r.outOfStep {
 			t.Fatalf("%d entries pushed: KVM counts %d not harvested, out of step %v", n, k.write-k.done, k.r.outOfStep)
+		}
+	}
+}
+
+// TestResetDoneFollowsKVMsReset: a reset that stopped early (a signal was
+// pending) leaves entries marked, and resetDone says so until KVM reset the
+// last one marked, in step and after an overflow.
+func TestResetDoneFollowsKVMsReset(t *testing.T) {
+	k := newKVMRing(16)
+	if !k.r.resetDone() {
+		t.Fatal("a ring with nothing collected waits for a reset")
+	}
+	for _, c := range []struct {
+		name  string
+		push  int
+		stops []int // each reset's entries before it stops early
+	}{
+		{"in step", 10, []int{0, 4, 5}},
+		{"wrapping", 12, []int{11}},
+		{"overflow", 16 + 3, []int{1, 14}},
+	} {
+		k.push(c.push)
+		k.collect(t) // KVM's reset there is complete: take it back
+		if !k.r.resetDone() {
+			t.Fatalf("%s: a complete reset is not done", c.name)
+		}
+		k.push(c.push)
+		dst := machine.NewBitmap(1 << 20)
+		if _, _, err := collectStopped(k.r, twoSlots, dst); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.stops {
+			k.resetSome(n)
+			if k.r.resetDone() {
+				t.Fatalf("%s: done after a reset stopped %d entries in (KVM counts %d not harvested)", c.name, n, k.write-k.done)
+			}
+		}
+		k.reset()
+		if !k.r.resetDone() {
+			t.Fatalf("%s: not done after the reset completed", c.name)
 		}
 	}
 }
