@@ -420,7 +420,7 @@ func (c *cluster) load(what string, every time.Duration, to func() *replay.Prima
 	deadline := time.Now().Add(vmmtest.Bound)
 	for !done() {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("waited %v for %s", vmmtest.Bound, what)
+			vmmtest.WaitedTooLong(c.t, what)
 		}
 		to().Receive(sim.KVRequest("INCR", "a"))
 		<-tick.C

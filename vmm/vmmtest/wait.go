@@ -1,15 +1,17 @@
 package vmmtest
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
 
-// Bound is how long WaitUntil and Receive wait before they fail the test.
-// It only bounds a broken system, which would otherwise hang the test: no
-// test passes or fails because a working system was slow. (The emulated
-// machine of make test-kvm runs a guest exit in a third of a millisecond:
-// generous.)
+// Bound is how long WaitUntil, Receive and Closed wait before they fail the
+// test. It only bounds a broken system, which would otherwise hang the
+// test: no test passes or fails because a working system was slow. (The
+// emulated machine of make test-kvm runs a guest exit in a third of a
+// millisecond: generous.) A wait that reaches it logs every goroutine's
+// stack (WaitedTooLong).
 const Bound = 2 * time.Minute
 
 // WaitUntil returns once cond holds, looking again and again (first at
@@ -21,7 +23,7 @@ func WaitUntil(t testing.TB, what string, cond func() bool) {
 	deadline := time.Now().Add(Bound)
 	for pause := 50 * time.Microsecond; !cond(); pause = min(2*pause, 5*time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", Bound, what)
+			WaitedTooLong(t, what)
 		}
 		time.Sleep(pause) // between looks; decides nothing
 	}
@@ -41,7 +43,7 @@ func Receive[T any](t testing.TB, what string, ch <-chan T) T {
 		}
 		return v
 	case <-timer.C:
-		t.Fatalf("waited %v for %s", Bound, what)
+		WaitedTooLong(t, what)
 	}
 	panic("unreachable")
 }
@@ -55,6 +57,24 @@ func Closed[T any](t testing.TB, what string, ch <-chan T) {
 	select {
 	case <-ch:
 	case <-timer.C:
-		t.Fatalf("waited %v for %s", Bound, what)
+		WaitedTooLong(t, what)
 	}
+}
+
+// WaitedTooLong fails the test for a wait for what that reached Bound,
+// with every goroutine's stack in its log: such a wait is a hang, rare
+// ones show once in a long run, and the stacks say where it hangs.
+func WaitedTooLong(t testing.TB, what string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	t.Logf("every goroutine as the wait for %s gives up:\n%s", what, buf)
+	t.Fatalf("waited %v for %s", Bound, what)
 }

@@ -119,6 +119,13 @@ func StartOn(t testing.TB, o node.Options, link *linktest.Link) *Pair {
 		t.Fatal(err)
 	}
 	p.arb = arb
+	// Cleanups run last first: the log is shown after the nodes ended, or
+	// failed to (Closed ends its cleanup then).
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the nodes' log:\n%s", p.Log)
+		}
+	})
 	t.Cleanup(func() {
 		p.cancelP()
 		p.cancelB()
@@ -129,9 +136,6 @@ func StartOn(t testing.TB, o node.Options, link *linktest.Link) *Pair {
 			}
 		}
 		arb.Close()
-		if t.Failed() {
-			t.Logf("the nodes' log:\n%s", p.Log)
-		}
 	})
 	p.cancelP, p.cancelB = func() {}, func() {}
 
