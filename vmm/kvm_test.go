@@ -267,6 +267,31 @@ func TestKVMPauseIsRaceFree(t *testing.T) {
 	}
 }
 
+// TestKVMCloseDuringPause closes machines while a pause is under way, as a
+// node that crashes while its operator pauses the guest does: Close
+// returns, and the pause returns (nil, or that the machine stopped). A
+// Close that came after the vCPUs had parked for the pause, before the
+// pause saw it, once waited forever for a stop no vCPU would report.
+func TestKVMCloseDuringPause(t *testing.T) {
+	for i := range 200 {
+		m, _ := newGuestMachine(t, "smp", 2, map[string]string{"iters": "1000000"})
+		if err := m.Start(); err != nil {
+			t.Fatal(err)
+		}
+		paused := make(chan error, 1)
+		go func() { paused <- m.Pause() }()
+		// Close from at once to well after the pause: the pause's own
+		// length varies, so some Close lands as the vCPUs park.
+		time.Sleep(time.Duration(i%20) * 10 * time.Microsecond)
+		closed := make(chan struct{})
+		go func() { m.Close(); close(closed) }()
+		vmmtest.Closed(t, fmt.Sprintf("Close during pause %d", i), closed)
+		if err := vmmtest.Receive(t, "the pause", paused); err != nil && !strings.Contains(err.Error(), "machine stopped") {
+			t.Fatalf("pause %d, closed under way: %v", i, err)
+		}
+	}
+}
+
 // BenchmarkPauseResume measures a pause+resume of all vCPUs.
 func BenchmarkPauseResume(b *testing.B) {
 	for _, n := range []int{1, 4, 16, 64} {

@@ -692,7 +692,12 @@ func (m *Machine) stop(status uint8, err error) {
 	m.stopping = true
 	m.stopStatus, m.stopErr = status, err
 	m.cond.Broadcast() // waitCapturedLocked waits no more
-	if m.state == statePaused || m.state == stateCreated {
+	// Every vCPU parked while running: a pause has them all parked and has
+	// not yet seen it (it waits for mu). The last to park found the machine
+	// not stopping, and none parks again before a resume, so the stop is
+	// here.
+	allParked := m.parked.Load() == int32(len(m.vcpus))
+	if m.state == statePaused || m.state == stateCreated || allParked {
 		m.state = stateStopped
 		close(m.stopped)
 		return
