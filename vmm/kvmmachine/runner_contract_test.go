@@ -91,6 +91,11 @@ func TestKVMRunnerContract(t *testing.T) {
 		// a round snapshots are written again at once (CopyOnWrite).
 		{name: "memtouch/bitmap", guest: "memtouch", vcpus: 1, track: dirtylog.ModeBitmap,
 			params: map[string]string{"ws": "64", "dirty": "64", "every": "1000000000"}},
+		// 1,536 pages (6 MiB): a round's dirty pages cover whole huge
+		// pages of guest memory, which copy-on-write protects as one
+		// entry each and unprotects whole (vmm/cow's pieces).
+		{name: "memtouch/bitmap/huge-pages", guest: "memtouch", vcpus: 1, track: dirtylog.ModeBitmap,
+			params: map[string]string{"ws": "1536", "dirty": "1536", "every": "1000000000"}},
 		// Two vCPUs writing at once, each into its own dirty ring.
 		{name: "memtouch/ring/2-writers", guest: "memtouch", vcpus: 2, track: dirtylog.ModeRing,
 			params: map[string]string{"ws": "64", "dirty": "64", "every": "1000000000", "writers": "2"}},
