@@ -40,7 +40,7 @@ func mapAligned(size, align int) ([]byte, error) {
 	}
 	if tail := align - head; tail > 0 {
 		if err := unix.MunmapPtr(unsafe.Add(raw, head+size), uintptr(tail)); err != nil {
-			return nil, errors.Join(err, unmap(mem))
+			return nil, errors.Join(err, unix.MunmapPtr(unsafe.Add(raw, head), uintptr(size+tail)))
 		}
 	}
 	return mem, nil
