@@ -124,6 +124,7 @@ func StartOn(t testing.TB, o node.Options, link *linktest.Link) *Pair {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the nodes' log:\n%s", p.Log)
+			t.Logf("the primary's guest console, its end:\n%s\nthe backup's:\n%s", lastLines(p.PrimaryConsole.String(), consoleTail), lastLines(p.BackupConsole.String(), consoleTail))
 		}
 	})
 	t.Cleanup(func() {
@@ -287,3 +288,13 @@ func (p *Pair) Holder() (string, uint64) {
 // IsHalt says whether err is a node's halt: a primary that lost its backup
 // and the witness's contest.
 func IsHalt(err error) bool { return errors.Is(err, witness.ErrHalt) }
+
+// consoleTail is how many lines of each guest's console a failed test
+// shows: where the guest was, not its whole run.
+const consoleTail = 20
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
