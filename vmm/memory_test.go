@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ftckpt/ftckpt/vmm/cow"
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 func TestGuestMemorySlotsAroundTheHole(t *testing.T) {
@@ -144,54 +145,20 @@ func TestGuestMemoryIsMappedForHugePages(t *testing.T) {
 		if addr%cow.HugePageSize != 0 {
 			t.Errorf("%d MiB: guest memory at %#x, not on a %d MiB boundary", size>>20, addr, cow.HugePageSize>>20)
 		}
-		vma, ok := mappingAt(t, addr)
-		if !ok || vma.start != addr || vma.end != addr+uintptr(size) {
-			t.Errorf("%d MiB at %#x: the mapping there is [%#x, %#x) (found: %v), want exactly the guest's memory", size>>20, addr, vma.start, vma.end, ok)
+		vma, ok := vmmtest.MappingAt(t, addr)
+		if !ok || vma.Start != addr || vma.End != addr+uintptr(size) {
+			t.Errorf("%d MiB at %#x: the mapping there is [%#x, %#x) (found: %v), want exactly the guest's memory", size>>20, addr, vma.Start, vma.End, ok)
 		}
-		if _, err := os.Stat("/sys/kernel/mm/transparent_hugepage"); err == nil && !slices.Contains(vma.flags, "hg") {
-			t.Errorf("%d MiB: guest memory not advised to use huge pages: VmFlags %v", size>>20, vma.flags)
+		if _, err := os.Stat("/sys/kernel/mm/transparent_hugepage"); err == nil && !slices.Contains(vma.Flags, "hg") {
+			t.Errorf("%d MiB: guest memory not advised to use huge pages: VmFlags %v", size>>20, vma.Flags)
 		}
 		if err := m.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if vma, ok := mappingAt(t, addr); ok {
-			t.Errorf("%d MiB: after Close, %#x is still mapped: [%#x, %#x)", size>>20, addr, vma.start, vma.end)
+		if vma, ok := vmmtest.MappingAt(t, addr); ok {
+			t.Errorf("%d MiB: after Close, %#x is still mapped: [%#x, %#x)", size>>20, addr, vma.Start, vma.End)
 		}
 	}
-}
-
-// vma is a mapping of this process, as /proc/self/smaps lists it.
-type vma struct {
-	start, end uintptr
-	flags      []string // VmFlags
-}
-
-// mappingAt returns the mapping of this process that holds addr.
-func mappingAt(t *testing.T, addr uintptr) (vma, bool) {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cur vma
-	found := false
-	for _, line := range strings.Split(string(b), "\n") {
-		if flags, ok := strings.CutPrefix(line, "VmFlags:"); ok && found {
-			cur.flags = strings.Fields(flags)
-			return cur, true
-		}
-		span, _, _ := strings.Cut(line, " ")
-		lo, hi, ok := strings.Cut(span, "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 == nil && err2 == nil && uintptr(start) <= addr && addr < uintptr(end) {
-			cur, found = vma{start: uintptr(start), end: uintptr(end)}, true
-		}
-	}
-	return cur, found
 }
 
 // TestNewFailsCleanly builds a machine: where /dev/kvm is absent it must

@@ -4,16 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
 
 // mapping returns pages of anonymous memory, every page written (as guest
@@ -229,26 +228,12 @@ func TestAWriterWaitsOncePerPiece(t *testing.T) {
 	}
 }
 
-// hugePagesIn says how many of the huge pages that hold mem are mapped huge.
+// hugePagesIn says how many huge pages of the mapping that holds mem are
+// mapped huge.
 func hugePagesIn(t *testing.T, mem []byte) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := false
-	for _, line := range strings.Split(string(b), "\n") {
-		if lo, hi, ok := strings.Cut(strings.Fields(line + " x")[0], "-"); ok {
-			start, err1 := strconv.ParseUint(lo, 16, 64)
-			end, err2 := strconv.ParseUint(hi, 16, 64)
-			in = err1 == nil && err2 == nil && start <= uint64(addressOf(mem)) && uint64(addressOf(mem)) < end
-		}
-		if kb, ok := strings.CutPrefix(line, "AnonHugePages:"); ok && in {
-			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(kb), " kB"))
-			return n << 10 / HugePageSize
-		}
-	}
-	return 0
+	m, _ := vmmtest.MappingAt(t, uintptr(addressOf(mem)))
+	return int(m.AnonHuge / HugePageSize)
 }
 
 // TestSnapshotsOfWritersThatNeverStop takes snapshot after snapshot of
