@@ -301,7 +301,7 @@ func (r *Region) Snapshot(pfns []uint64, dst []byte) (*Snapshot, error) {
 		if pfn >= pages || (i > 0 && pfn <= pfns[i-1]) {
 			return nil, fmt.Errorf("snapshot: page %d (the %d-th) is beyond the mapping's %d pages or out of order", pfn, i, pages)
 		}
-		if k := len(s.pieces) - 1; k >= 0 && s.pieces[k].pfn+s.pieces[k].n == pfn && s.r.pieceOf(pfn) == s.r.pieceOf(pfn-1) {
+		if k := len(s.pieces) - 1; k >= 0 && s.pieces[k].pfn+s.pieces[k].n == pfn && r.pieceOf(pfn) == r.pieceOf(pfn-1) {
 			s.pieces[k].n++
 		} else {
 			s.pieces = append(s.pieces, piece{pfn: pfn, n: 1, at: uint64(i)})
