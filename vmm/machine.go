@@ -143,13 +143,16 @@ type Machine struct {
 	haltMu   sync.Mutex
 	haltCond *sync.Cond
 
-	mu   sync.Mutex
-	cond *sync.Cond // signalled when parked changes
+	mu sync.Mutex
 	// state is the lifecycle state; mu protects it.
 	state machineState
-	// parked counts vCPUs out of KVM_RUN and waiting. It changes only
-	// under mu; a waiter spinning without mu reads it (spinLocked).
+	// parked counts vCPUs out of KVM_RUN and waiting. A vCPU adds itself
+	// without mu (vcpuParked); a resume resets it under mu.
 	parked atomic.Int32
+	// round is the pause under way, nil when none is: set under mu before
+	// any vCPU is asked to stop, cleared by the resume; the vCPUs read it
+	// without mu as they park.
+	round atomic.Pointer[pauseRound]
 	// saving is set by PauseSaving for the pause it starts: once every vCPU
 	// has parked, each captures its state on its own thread (VCPU.park),
 	// and the one that finishes last then assembles the machine's whole
@@ -158,8 +161,9 @@ type Machine struct {
 	// left to do: one per vCPU, and the assembly. SaveState returns ahead
 	// (once) instead of saving anything; Resume and RestoreState wait for
 	// the captures to end, clear saving and drop ahead. mu protects
-	// saving, ahead and aheadErr; capturesLeft changes only under mu, and a
-	// spinning waiter reads it without.
+	// saving, ahead and aheadErr; capturesLeft is set under mu, and a
+	// spinning waiter reads it without; the vCPUs count their captures
+	// off without mu, and the last (vcpuCaptured) zeroes it under mu.
 	saving       bool
 	capturesLeft atomic.Int32
 	ahead        []byte
@@ -167,8 +171,9 @@ type Machine struct {
 	// startPaused is set by a Pause before Start: Start then leaves the
 	// machine paused, its devices quiesced; mu.
 	startPaused bool
-	// stopping is set once the machine has been told to stop for good; mu.
-	stopping bool
+	// stopping is set, under mu, once the machine has been told to stop
+	// for good; vCPUs read it without mu as they park.
+	stopping atomic.Bool
 	// stopStatus and stopErr say why it stopped; mu protects them.
 	stopStatus uint8
 	stopErr    error
@@ -184,7 +189,6 @@ func New(cfg Config) (*Machine, error) {
 	}
 	installKickHandler()
 	m := &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
-	m.cond = sync.NewCond(&m.mu)
 	m.haltCond = sync.NewCond(&m.haltMu)
 	built := false
 	defer func() {
@@ -456,19 +460,24 @@ func (m *Machine) pause(saving bool) error {
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
-	m.saving = saving && !m.stopping
+	m.saving = saving && !m.stopping.Load()
 	m.ahead, m.aheadErr = nil, nil
 	m.capturesLeft.Store(0)
 	if m.saving {
 		m.capturesLeft.Store(int32(len(m.vcpus)) + 1)
 	}
+	round := &pauseRound{saving: m.saving, parked: make(chan struct{}), captured: make(chan struct{})}
+	m.round.Store(round)
 	for _, d := range m.devices {
 		d.Quiesce()
 	}
 	slow := time.AfterFunc(slowPause, m.logSlowPause)
 	m.requestPauseLocked()
-	m.awaitParkedLocked()
+	m.awaitParkedLocked(round)
 	slow.Stop()
+	if m.stopping.Load() {
+		m.stoppedLocked() // its last vCPU to park may not have said so yet
+	}
 	if m.state == stateRunning {
 		m.state = statePaused
 	}
@@ -496,37 +505,61 @@ func (m *Machine) logSlowPause() {
 }
 
 // waitSpin is how long a waiter for the vCPUs (to park, to finish their
-// capture) spins before it sleeps on cond. On kvm-pvm a vCPU parks about
-// 40 µs after its kick and captures its state in about as long; a waiter
-// asleep on cond then took 33 µs more to wake, a spinning one 2 µs.
+// capture) spins before it sleeps. On kvm-pvm a vCPU parks about 40 µs
+// after its kick and captures its state in about as long; a waiter asleep
+// then took 33-55 µs more to wake, a spinning one 2 µs.
 const waitSpin = 300 * time.Microsecond
 
-// spinLocked returns once done reports true or waitSpin has passed,
-// spinning with mu released. It spins only where a core is left over when
-// every vCPU has one: with more vCPUs than that, the spinner would take a
-// core from a vCPU thread yet to take its kick or capture its state
-// (measured: 4 vCPUs on 2 cores paused 70 µs slower, yielding at each
-// turn), and it returns at once. done must read only atomics; the caller checks
-// again under mu.
+// spinLocked returns once busy reports 0 or waitSpin has passed, spinning
+// with mu released. busy is how many threads the awaited work keeps busy;
+// it spins only if that leaves a core over for the spinner, and otherwise
+// returns at once: the spinner would take a core from a vCPU thread yet to
+// take its kick or capture its state (measured: 4 vCPUs on 2 cores paused
+// 70 µs slower, yielding at each turn). busy must read only atomics; the
+// caller checks again under mu.
 // Precondition: mu is held; it is held again on return.
-func (m *Machine) spinLocked(done func() bool) {
-	if len(m.vcpus) >= runtime.NumCPU() || done() {
+func (m *Machine) spinLocked(busy func() int) {
+	if b := busy(); b == 0 || b >= runtime.NumCPU() {
 		return
 	}
 	m.mu.Unlock()
-	for start := time.Now(); !done() && time.Since(start) < waitSpin; {
+	for start := time.Now(); busy() > 0 && time.Since(start) < waitSpin; {
 		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) //nolint:errcheck // sched_yield cannot fail
 	}
 	m.mu.Lock()
 }
 
-// awaitParkedLocked waits until every vCPU has parked.
+// A pauseRound is one pause's meeting point of the vCPUs.
+type pauseRound struct {
+	// saving is PauseSaving's: each vCPU captures its state once all have
+	// parked.
+	saving bool
+	// parked is closed by the last vCPU to park.
+	parked chan struct{}
+	// captured is closed, under mu, for PauseSaving, when the machine's
+	// state is assembled (capturesLeft is 0), or when the machine stops.
+	captured chan struct{}
+}
+
+// endCapturesLocked closes r.captured, once.
+// Precondition: the machine's mu is held.
+func (r *pauseRound) endCapturesLocked() {
+	select {
+	case <-r.captured:
+	default:
+		close(r.captured)
+	}
+}
+
+// awaitParkedLocked waits until every vCPU has parked for round.
 // Precondition: mu is held; it is released meanwhile.
-func (m *Machine) awaitParkedLocked() {
+func (m *Machine) awaitParkedLocked(round *pauseRound) {
 	n := int32(len(m.vcpus))
-	m.spinLocked(func() bool { return m.parked.Load() >= n })
-	for m.parked.Load() < n {
-		m.cond.Wait()
+	m.spinLocked(func() int { return int(n - m.parked.Load()) })
+	if m.parked.Load() < n {
+		m.mu.Unlock()
+		<-round.parked
+		m.mu.Lock()
 	}
 }
 
@@ -534,15 +567,18 @@ func (m *Machine) awaitParkedLocked() {
 // PauseSaving asked for and assembled the machine's, or the machine stops.
 // Precondition: mu is held; it is released meanwhile.
 func (m *Machine) waitCapturedLocked() {
-	if m.saving && !m.stopping {
-		m.spinLocked(func() bool { return m.capturesLeft.Load() == 0 })
+	if m.saving && !m.stopping.Load() {
+		m.spinLocked(m.captureThreads)
 	}
 	slow := time.AfterFunc(slowPause, func() {
 		slog.Warn("vmm: a pause is still waiting for the vCPUs' state", "after", slowPause, "captures left", m.capturesLeft.Load(), "vcpus", len(m.vcpus))
 	})
 	defer slow.Stop()
-	for m.saving && m.capturesLeft.Load() > 0 && !m.stopping {
-		m.cond.Wait()
+	round := m.round.Load() // set whenever saving is
+	for m.saving && m.capturesLeft.Load() > 0 && !m.stopping.Load() {
+		m.mu.Unlock()
+		<-round.captured
+		m.mu.Lock()
 	}
 }
 
@@ -614,6 +650,7 @@ func (m *Machine) resumeLocked() {
 		v.pauseKicked.Store(false)
 	}
 	m.pauseReq.Store(false)
+	m.round.Store(nil)
 	m.parked.Store(0)
 	m.state = stateRunning
 	for _, v := range m.vcpus {
@@ -624,28 +661,54 @@ func (m *Machine) resumeLocked() {
 	}
 }
 
+// captureThreads is how many threads PauseSaving's captures keep busy: the
+// vCPUs' still capturing, or the one assembling the machine's state once
+// all are done.
+func (m *Machine) captureThreads() int {
+	left := int(m.capturesLeft.Load()) // the vCPUs' captures and the assembly
+	if left <= 1 {
+		return left
+	}
+	return left - 1
+}
+
 // vcpuParked is called by a vCPU thread when it has left KVM_RUN for a pause
 // or a stop. It reports whether the vCPU is to capture its state for
 // PauseSaving; if so, it returns once every vCPU has parked (none can then
 // change another's state), and the vCPU calls vcpuCaptured when done.
-func (m *Machine) vcpuParked() (capture bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+//
+// It takes mu only when the vCPU is the last to park for a stop: on a host
+// where waking a thread costs tens of microseconds (kvm-pvm: ~35 µs),
+// vCPUs taking turns on mu, then again to leave their wait, made a 4-vCPU
+// pause wait ~200 µs for them.
+func (m *Machine) vcpuParked() (capture *pauseRound) {
+	// Read before the vCPU counts itself: once all have, the pause may end
+	// and the next begin.
+	round := m.round.Load()
 	if m.parked.Add(1) == int32(len(m.vcpus)) {
-		m.cond.Broadcast()
-		if m.stopping && m.state != stateStopped {
-			m.state = stateStopped
-			close(m.stopped)
+		// A stop that read parked before this vCPU added itself has left
+		// the machine to stop here: stopping was set before that read.
+		// Under mu, parked says whether all are parked still: a pause may
+		// have seen them all and resumed them since.
+		if m.stopping.Load() {
+			m.mu.Lock()
+			if m.parked.Load() == int32(len(m.vcpus)) {
+				m.stoppedLocked()
+			}
+			m.mu.Unlock()
+		}
+		if round != nil {
+			close(round.parked) // after the stop: the pause then sees it
 		}
 	}
-	if !m.saving {
-		return false
+	if round == nil || !round.saving {
+		return nil
 	}
-	// Resume waits for the capture, so parked is not reset meanwhile.
-	for m.parked.Load() < int32(len(m.vcpus)) {
-		m.cond.Wait()
+	<-round.parked
+	if m.stopping.Load() {
+		return nil
 	}
-	return !m.stopping
+	return round
 }
 
 // vcpuCaptured is called by a vCPU thread when it has captured its state
@@ -653,12 +716,10 @@ func (m *Machine) vcpuParked() (capture bool) {
 // machine's state on its thread, while the one that paused the machine
 // goes on with the pause (the primary copies dirty pages): SaveState then
 // has nothing left to do. Devices and the VM do not change meanwhile: the
-// devices are quiesced and no vCPU runs.
-func (m *Machine) vcpuCaptured() {
-	m.mu.Lock()
-	last := m.capturesLeft.Add(-1) == 1
-	m.mu.Unlock()
-	if !last {
+// devices are quiesced and no vCPU runs. The last capture sees the others'
+// (their decrements of capturesLeft come before its own).
+func (m *Machine) vcpuCaptured(round *pauseRound) {
+	if m.capturesLeft.Add(-1) != 1 {
 		return
 	}
 	state, err := m.saveState(true)
@@ -666,7 +727,7 @@ func (m *Machine) vcpuCaptured() {
 	defer m.mu.Unlock()
 	m.ahead, m.aheadErr = state, err
 	m.capturesLeft.Store(0)
-	m.cond.Broadcast()
+	round.endCapturesLocked()
 }
 
 // wakeHalted wakes vCPUs waiting in HLT (userspace interrupt delivery) to
@@ -686,23 +747,35 @@ func (m *Machine) fail(err error) { m.stop(0xff, err) }
 func (m *Machine) stop(status uint8, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.stopping {
+	if m.stopping.Load() {
 		return
 	}
-	m.stopping = true
+	m.stopping.Store(true)
 	m.stopStatus, m.stopErr = status, err
-	m.cond.Broadcast() // waitCapturedLocked waits no more
+	if round := m.round.Load(); round != nil {
+		round.endCapturesLocked() // waitCapturedLocked waits no more
+	}
 	// Every vCPU parked while running: a pause has them all parked and has
-	// not yet seen it (it waits for mu). The last to park found the machine
-	// not stopping, and none parks again before a resume, so the stop is
-	// here.
+	// not yet seen it (it waits for mu), or the last has just added itself
+	// and may stop the machine too (vcpuParked); none parks again before
+	// a resume, so the stop is here.
 	allParked := m.parked.Load() == int32(len(m.vcpus))
 	if m.state == statePaused || m.state == stateCreated || allParked {
-		m.state = stateStopped
-		close(m.stopped)
+		m.stoppedLocked()
 		return
 	}
 	m.requestPauseLocked()
+}
+
+// stoppedLocked puts a stopping machine whose vCPUs are all parked in
+// stateStopped, once: a stop, the last vCPU to park for it, or a pause
+// that saw them all parked, whichever holds mu first.
+// Precondition: mu is held, stopping is set and no vCPU runs.
+func (m *Machine) stoppedLocked() {
+	if m.state != stateStopped {
+		m.state = stateStopped
+		close(m.stopped)
+	}
 }
 
 func (m *Machine) stopReasonLocked() error {

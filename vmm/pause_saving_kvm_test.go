@@ -2,9 +2,11 @@ package vmm
 
 import (
 	"bytes"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
@@ -139,5 +141,57 @@ func TestKVMPauseSavingCapturesThePause(t *testing.T) {
 	con2.WaitFor(t, r, regexp.MustCompile(`(?s)round \d+ OK.*round \d+ OK`))
 	if strings.Contains(con.String()+con2.String(), "VIOLATION") {
 		t.Fatalf("invariant broken:\n%s\n--- restored ---\n%s", con.String(), con2.String())
+	}
+}
+
+// TestKVMCloseDuringPauseSavingCycles closes 4-vCPU machines at moments
+// spread over cycles of PauseSaving, SaveState and Resume, as a node that
+// crashes mid-checkpoint does: Close returns, the cycles end with the
+// machine stopped (never a hang or another error), and when the machine
+// says it stopped every vCPU has parked. vCPUs park without the machine's
+// mutex: a pause that saw them all parked for a stop before the last of
+// them had said so once returned as if paused (in 3-4 runs of this test
+// in 10), and the SaveState after it asked vCPU threads that Close ended.
+func TestKVMCloseDuringPauseSavingCycles(t *testing.T) {
+	const vcpus = 4
+	for i := range 100 {
+		m, _ := newGuestMachine(t, "smp", vcpus, map[string]string{"iters": "1000000"})
+		if err := m.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cycles := make(chan error, 1)
+		go func() {
+			for {
+				err := m.PauseSaving()
+				if err == nil {
+					_, err = m.SaveState()
+				}
+				if err == nil {
+					err = m.Resume()
+				}
+				if err != nil {
+					cycles <- err
+					return
+				}
+			}
+		}()
+		parkedAtStop := make(chan int32, 1)
+		go func() {
+			<-m.Stopped()
+			parkedAtStop <- m.parked.Load()
+		}()
+		time.Sleep(time.Duration(i%25) * 40 * time.Microsecond)
+		closed := make(chan struct{})
+		go func() { m.Close(); close(closed) }()
+		vmmtest.Closed(t, fmt.Sprintf("Close %d during the cycles", i), closed)
+		if n := vmmtest.Receive(t, "the parked count at the stop", parkedAtStop); n != vcpus {
+			t.Fatalf("close %d: the machine stopped with %d of %d vCPUs parked", i, n, vcpus)
+		}
+		err := vmmtest.Receive(t, "the cycles' end", cycles)
+		// "cannot pause: machine stopped: …", "saving state: machine is
+		// stopped: …", "cannot resume a machine that is stopped".
+		if !strings.Contains(err.Error(), "stopped") {
+			t.Fatalf("close %d: the cycles ended with %v", i, err)
+		}
 	}
 }

@@ -19,7 +19,6 @@ func newDeviceStepper(t *testing.T) (*Stepper, *vmmtest.Console) {
 	t.Helper()
 	con := &vmmtest.Console{}
 	m := &Machine{cfg: Config{VCPUs: 1, MemSize: MinMemory, Console: con}, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
-	m.cond = sync.NewCond(&m.mu)
 	m.haltCond = sync.NewCond(&m.haltMu)
 	if err := m.addDevices(); err != nil {
 		t.Fatal(err)

@@ -228,14 +228,15 @@ func (v *VCPU) runUntilParked() {
 // machine's, vcpuCaptured).
 func (v *VCPU) park() {
 	v.stopKickTimer()
-	if !v.m.vcpuParked() {
+	round := v.m.vcpuParked()
+	if round == nil {
 		return
 	}
 	v.savedErr = v.capture()
 	if v.savedErr == nil {
 		v.savedEncoded = v.appendSaved(v.savedEncoded[:0])
 	}
-	v.m.vcpuCaptured()
+	v.m.vcpuCaptured(round)
 }
 
 // drain completes a pending I/O after a failure, so the saved state (for a
