@@ -460,7 +460,16 @@ func (m *Machine) pause(saving bool) error {
 	default:
 		return fmt.Errorf("cannot pause a machine that is %v", m.state)
 	}
-	m.saving = saving && !m.stopping.Load()
+	if m.stopping.Load() {
+		// The stop under way has asked the vCPUs to park, some perhaps
+		// before this pause's round exists, so the last of them may not
+		// end it: wait for the stop instead.
+		m.mu.Unlock()
+		<-m.stopped
+		m.mu.Lock()
+		return fmt.Errorf("cannot pause: %w", m.stopReasonLocked())
+	}
+	m.saving = saving
 	m.ahead, m.aheadErr = nil, nil
 	m.capturesLeft.Store(0)
 	if m.saving {
