@@ -682,9 +682,10 @@ func (m *Machine) captureThreads() int {
 }
 
 // vcpuParked is called by a vCPU thread when it has left KVM_RUN for a pause
-// or a stop. It reports whether the vCPU is to capture its state for
-// PauseSaving; if so, it returns once every vCPU has parked (none can then
-// change another's state), and the vCPU calls vcpuCaptured when done.
+// or a stop. It returns the pause the vCPU is to capture its state for
+// (PauseSaving's), or nil; a pause only once every vCPU has parked (none
+// can then change another's state), and the vCPU calls vcpuCaptured with
+// it when done.
 //
 // It takes mu only when the vCPU is the last to park for a stop: on a host
 // where waking a thread costs tens of microseconds (kvm-pvm: ~35 µs),
