@@ -143,6 +143,9 @@ type Machine struct {
 	haltMu   sync.Mutex
 	haltCond *sync.Cond
 
+	// mu guards the lifecycle: the fields below say which of theirs. The
+	// vCPUs park and capture without it (vcpuParked, vcpuCaptured); the
+	// last to park takes it only to stop the machine.
 	mu sync.Mutex
 	// state is the lifecycle state; mu protects it.
 	state machineState
