@@ -104,11 +104,15 @@ func BenchmarkPauseSave(b *testing.B) {
 				if err := m.Pause(); err != nil {
 					b.Fatal(err)
 				}
-				var ioctls time.Duration
+				var gets, byRun time.Duration
 				m.vcpus[0].do(func() error {
 					t0 := time.Now()
-					err := m.vcpus[0].capture()
-					ioctls = time.Since(t0)
+					err := m.vcpus[0].capture(false)
+					t1 := time.Now()
+					if err == nil && m.regsByRun {
+						err = m.vcpus[0].capture(true)
+					}
+					gets, byRun = t1.Sub(t0), time.Since(t1)
 					return err
 				})
 				us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
@@ -117,7 +121,10 @@ func BenchmarkPauseSave(b *testing.B) {
 				b.ReportMetric(us(quantile(resume, 0.5)), "resume-µs")
 				b.ReportMetric(us(quantile(total, 0.5)), "pause-p50-µs")
 				b.ReportMetric(us(quantile(total, 0.99)), "pause-p99-µs")
-				b.ReportMetric(us(ioctls), "vcpu0-ioctls-µs")
+				b.ReportMetric(us(gets), "vcpu0-ioctls-µs")
+				if m.regsByRun {
+					b.ReportMetric(us(byRun), "vcpu0-byrun-µs")
+				}
 			})
 		}
 	}

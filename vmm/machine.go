@@ -124,6 +124,10 @@ type Machine struct {
 	devices []Device
 	// savedMSRs are the MSRs this host lets us save, in restore order.
 	savedMSRs []uint32
+	// regsByRun says a parked vCPU may read its registers, special
+	// registers and events with one KVM_RUN (VCPU.readRegsByRun): the host
+	// has KVM_CAP_SYNC_REGS for the three, and the LAPIC is in the kernel.
+	regsByRun bool
 	// onDirtyRingFull collects a full dirty ring; set before Start.
 	onDirtyRingFull func(vcpu int) error
 	// stepped is set by NewStepper: the Stepper drives the vCPU, so Start
@@ -260,6 +264,11 @@ func New(cfg Config) (*Machine, error) {
 	}
 	if m.savedMSRs, err = m.probeMSRs(); err != nil {
 		return nil, err
+	}
+	if cfg.IRQChip {
+		const all = kvmapi.KVM_SYNC_X86_REGS | kvmapi.KVM_SYNC_X86_SREGS | kvmapi.KVM_SYNC_X86_EVENTS
+		r, err := kvm.CheckExtension(uintptr(m.vmFd), kvm.Capability(kvmapi.KVM_CAP_SYNC_REGS))
+		m.regsByRun = err == nil && r&all == all
 	}
 	if err := m.addDevices(); err != nil {
 		return nil, err

@@ -195,3 +195,69 @@ func TestKVMCloseDuringPauseSavingCycles(t *testing.T) {
 		}
 	}
 }
+
+// TestKVMRegsByRunMatchGets: the registers, special registers and events
+// that a parked vCPU reads with one KVM_RUN (readRegsByRun, as a
+// PauseSaving capture does where the host can) are what KVM_GET_REGS,
+// KVM_GET_SREGS and KVM_GET_VCPU_EVENTS read, at pauses all over the run
+// of 4-vCPU guests whose vCPUs compute, write memory or wait halted; and
+// the guest runs on correctly after those KVM_RUNs.
+func TestKVMRegsByRunMatchGets(t *testing.T) {
+	for _, g := range []struct {
+		guest  string
+		params map[string]string
+		done   *regexp.Regexp
+	}{
+		{"smp", map[string]string{"iters": "100"}, regexp.MustCompile(`round \d+ OK`)},
+		{"memtouch", map[string]string{"ws": "64", "dirty": "64", "every": "200"}, regexp.MustCompile(`pass \d+`)},
+	} {
+		t.Run(g.guest, func(t *testing.T) {
+			m, con := newGuestMachine(t, g.guest, 4, g.params)
+			if !m.regsByRun {
+				t.Skip("this host's KVM has no KVM_CAP_SYNC_REGS for registers, special registers and events: captures use the GETs")
+			}
+			if err := m.Start(); err != nil {
+				t.Fatal(err)
+			}
+			con.WaitFor(t, m, g.done)
+			for i := 0; i < 40; i++ {
+				if err := m.Pause(); err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range m.vcpus {
+					err := v.do(func() error {
+						if err := v.capture(false); err != nil {
+							return err
+						}
+						gets := v.saved.vcpuStateFixed
+						if err := v.capture(true); err != nil {
+							return err
+						}
+						byRun := v.saved.vcpuStateFixed
+						switch {
+						case byRun.Regs != gets.Regs:
+							return fmt.Errorf("registers %+v by KVM_RUN, %+v by KVM_GET_REGS", byRun.Regs, gets.Regs)
+						case byRun.Sregs != gets.Sregs:
+							return fmt.Errorf("special registers %+v by KVM_RUN, %+v by KVM_GET_SREGS", byRun.Sregs, gets.Sregs)
+						case byRun.Events != gets.Events:
+							return fmt.Errorf("events %+v by KVM_RUN, %+v by KVM_GET_VCPU_EVENTS", byRun.Events, gets.Events)
+						}
+						return nil
+					})
+					if err != nil {
+						t.Fatalf("pause %d, vCPU %d: %v", i, v.index, err)
+					}
+				}
+				if err := m.Resume(); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(time.Duration(i%5) * time.Millisecond)
+			}
+			before := len(g.done.FindAllString(con.String(), -1))
+			con.WaitFor(t, m, regexp.MustCompile(fmt.Sprintf(`(?s)(%s.*){%d}`, g.done, before+1)))
+			if strings.Contains(con.String(), "VIOLATION") {
+				t.Fatalf("invariant broken:\n%s", con.String())
+			}
+		})
+	}
+}

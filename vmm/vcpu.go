@@ -232,7 +232,7 @@ func (v *VCPU) park() {
 	if round == nil {
 		return
 	}
-	v.savedErr = v.capture()
+	v.savedErr = v.capture(v.m.regsByRun)
 	if v.savedErr == nil {
 		v.savedEncoded = v.appendSaved(v.savedEncoded[:0])
 	}

@@ -40,6 +40,10 @@ int main(void) {
 	P("KVM_CAP_XSAVE2", KVM_CAP_XSAVE2);
 	P("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT);
 	P("KVM_CAP_MAX_VCPUS", KVM_CAP_MAX_VCPUS);
+	P("KVM_CAP_SYNC_REGS", KVM_CAP_SYNC_REGS);
+	P("KVM_SYNC_X86_REGS", KVM_SYNC_X86_REGS);
+	P("KVM_SYNC_X86_SREGS", KVM_SYNC_X86_SREGS);
+	P("KVM_SYNC_X86_EVENTS", KVM_SYNC_X86_EVENTS);
 	P("KVM_CAP_NR_VCPUS", KVM_CAP_NR_VCPUS);
 	P("KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP);
 	P("KVM_CAP_PIT2", KVM_CAP_PIT2);
@@ -97,6 +101,10 @@ int main(void) {
 	P("offsetof kvm_run.debug.arch.pc", offsetof(struct kvm_run, debug.arch.pc));
 	P("offsetof kvm_run.debug.arch.dr6", offsetof(struct kvm_run, debug.arch.dr6));
 	P("offsetof kvm_run.debug.arch.dr7", offsetof(struct kvm_run, debug.arch.dr7));
+	P("offsetof kvm_run.kvm_valid_regs", offsetof(struct kvm_run, kvm_valid_regs));
+	P("offsetof kvm_run.s.regs.regs", offsetof(struct kvm_run, s.regs.regs));
+	P("offsetof kvm_run.s.regs.sregs", offsetof(struct kvm_run, s.regs.sregs));
+	P("offsetof kvm_run.s.regs.events", offsetof(struct kvm_run, s.regs.events));
 	P("offsetof kvm_regs.rip", offsetof(struct kvm_regs, rip));
 	P("offsetof kvm_regs.rflags", offsetof(struct kvm_regs, rflags));
 	P("offsetof kvm_sregs.cs", offsetof(struct kvm_sregs, cs));
@@ -171,6 +179,10 @@ func TestABIMatchesKernelHeaders(t *testing.T) {
 		"KVM_CAP_XSAVE2":                      KVM_CAP_XSAVE2,
 		"KVM_CAP_IMMEDIATE_EXIT":              KVM_CAP_IMMEDIATE_EXIT,
 		"KVM_CAP_MAX_VCPUS":                   KVM_CAP_MAX_VCPUS,
+		"KVM_CAP_SYNC_REGS":                   KVM_CAP_SYNC_REGS,
+		"KVM_SYNC_X86_REGS":                   KVM_SYNC_X86_REGS,
+		"KVM_SYNC_X86_SREGS":                  KVM_SYNC_X86_SREGS,
+		"KVM_SYNC_X86_EVENTS":                 KVM_SYNC_X86_EVENTS,
 		"KVM_CAP_NR_VCPUS":                    KVM_CAP_NR_VCPUS,
 		"KVM_CAP_IRQCHIP":                     KVM_CAP_IRQCHIP,
 		"KVM_CAP_PIT2":                        KVM_CAP_PIT2,
@@ -252,6 +264,10 @@ func TestABIMatchesKernelHeaders(t *testing.T) {
 		"offsetof kvm_run.debug.arch.pc":                 union + same(t, RunDebugPCOffset, unsafe.Offsetof(dbg.PC)),
 		"offsetof kvm_run.debug.arch.dr6":                union + same(t, RunDebugDR6Offset, unsafe.Offsetof(dbg.DR6)),
 		"offsetof kvm_run.debug.arch.dr7":                union + same(t, RunDebugDR7Offset, unsafe.Offsetof(dbg.DR7)),
+		"offsetof kvm_run.kvm_valid_regs":                RunValidRegsOffset,
+		"offsetof kvm_run.s.regs.regs":                   RunSyncRegsOffset,
+		"offsetof kvm_run.s.regs.sregs":                  RunSyncSregsOffset,
+		"offsetof kvm_run.s.regs.events":                 RunSyncEventsOffset,
 		"offsetof kvm_regs.rip":                          uint64(unsafe.Offsetof(regs.RIP)),
 		"offsetof kvm_regs.rflags":                       uint64(unsafe.Offsetof(regs.RFLAGS)),
 		"offsetof kvm_sregs.cs":                          uint64(unsafe.Offsetof(sregs.CS)),

@@ -61,6 +61,7 @@ const (
 	KVM_CAP_XSAVE                     = 55
 	KVM_CAP_XCRS                      = 56
 	KVM_CAP_MAX_VCPUS                 = 66
+	KVM_CAP_SYNC_REGS                 = 74
 	KVM_CAP_IMMEDIATE_EXIT            = 136
 	KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 	KVM_CAP_DIRTY_LOG_RING            = 192

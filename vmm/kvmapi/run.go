@@ -11,6 +11,23 @@ const (
 	RunExitUnionOffset              = 32 // the exit union (kvm.RunData.Data)
 )
 
+// kvm_run's register synchronisation (KVM_CAP_SYNC_REGS): the parts of the
+// vCPU's state named in kvm_valid_regs are stored in kvm_run as KVM_RUN
+// returns, whatever it returns for, as KVM_GET_REGS, KVM_GET_SREGS and
+// KVM_GET_VCPU_EVENTS would read them.
+const (
+	RunValidRegsOffset = 288 // u64 kvm_valid_regs, set by userspace
+	// kvm_run.s.regs (struct kvm_sync_regs): kvm_regs, then kvm_sregs,
+	// then kvm_vcpu_events.
+	RunSyncRegsOffset   = 304
+	RunSyncSregsOffset  = RunSyncRegsOffset + 144
+	RunSyncEventsOffset = RunSyncSregsOffset + 312
+
+	KVM_SYNC_X86_REGS   = 1 << 0
+	KVM_SYNC_X86_SREGS  = 1 << 1
+	KVM_SYNC_X86_EVENTS = 1 << 2
+)
+
 // Offsets inside kvm_run's exit union (kvm.RunData.Data), as the kernel lays
 // them out; abi_test.go checks them against <linux/kvm.h>.
 const (
