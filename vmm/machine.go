@@ -186,7 +186,14 @@ type Machine struct {
 	stopErr    error
 	// stopped is closed when the machine reaches stateStopped.
 	stopped chan struct{}
+	// recycled holds up to recycledStates buffers of states given back
+	// (RecycleState), for the next states to be encoded into.
+	recycled chan []byte
 }
+
+// recycledStates bounds the buffers a machine keeps for its states: a
+// checkpoint primary has a few states in flight at most.
+const recycledStates = 4
 
 // New creates a machine: the VM, its memory, its vCPU threads and its
 // devices. The vCPUs do not run until Start.
@@ -195,7 +202,7 @@ func New(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	installKickHandler()
-	m := &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{})}
+	m := &Machine{cfg: cfg, kvmFd: -1, vmFd: -1, state: stateCreated, stopped: make(chan struct{}), recycled: make(chan []byte, recycledStates)}
 	m.haltCond = sync.NewCond(&m.haltMu)
 	built := false
 	defer func() {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/ftckpt/ftckpt/vmm/vmmtest"
 )
@@ -259,5 +260,48 @@ func TestKVMRegsByRunMatchGets(t *testing.T) {
 				t.Fatalf("invariant broken:\n%s", con.String())
 			}
 		})
+	}
+}
+
+// TestKVMRecycledStatesAreReused: a state given back with RecycleState is
+// the buffer a later pause encodes its state into (so that it needs no
+// fresh one), and that state is whole; a state not given back is never
+// written again.
+func TestKVMRecycledStatesAreReused(t *testing.T) {
+	m, _ := newGuestMachine(t, "smp", 2, map[string]string{"iters": "100"})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	save := func() []byte {
+		t.Helper()
+		if err := m.PauseSaving(); err != nil {
+			t.Fatal(err)
+		}
+		s, err := m.SaveState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeState(s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	kept := save()
+	keptCopy := bytes.Clone(kept)
+	given := save()
+	m.RecycleState(given)
+	if next := save(); unsafe.SliceData(next) != unsafe.SliceData(given) {
+		t.Error("the state after a RecycleState was not encoded into the buffer given back")
+	}
+	for range 3 {
+		if s := save(); unsafe.SliceData(s) == unsafe.SliceData(kept) || unsafe.SliceData(s) == unsafe.SliceData(given) {
+			t.Fatal("a state was encoded into a buffer not given back")
+		}
+	}
+	if !bytes.Equal(kept, keptCopy) {
+		t.Fatal("a state not given back was written over")
 	}
 }

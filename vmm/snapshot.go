@@ -138,7 +138,26 @@ func (m *Machine) saveState(ahead bool) ([]byte, error) {
 	for i, c := range comps {
 		ids[i] = c.ID()
 	}
-	return encodeSections(m.stateConfig(), ids, sections)
+	return encodeSections(m.stateBuffer(), m.stateConfig(), ids, sections)
+}
+
+// RecycleState implements machine.StateRecycler: the next states are
+// encoded into state's buffer, which its caller must no longer use.
+func (m *Machine) RecycleState(state []byte) {
+	select {
+	case m.recycled <- state[:0]:
+	default: // enough kept
+	}
+}
+
+// stateBuffer is a buffer given back with RecycleState, emptied, or nil.
+func (m *Machine) stateBuffer() []byte {
+	select {
+	case b := <-m.recycled:
+		return b
+	default:
+		return nil
+	}
 }
 
 func (m *Machine) stateConfig() StateConfig {
@@ -258,9 +277,9 @@ func encodeState(ms *MachineState, ids []string) ([]byte, error) {
 }
 
 // encodeSections encodes the state of a machine of configuration cfg whose
-// components are ids, with their sections, in increasing order of ID. It
-// refuses an ID given twice.
-func encodeSections(cfg StateConfig, ids []string, sections []Section) ([]byte, error) {
+// components are ids, with their sections, in increasing order of ID,
+// appended to into (which may be nil). It refuses an ID given twice.
+func encodeSections(into []byte, cfg StateConfig, ids []string, sections []Section) ([]byte, error) {
 	if len(ids) > maxSections {
 		return nil, fmt.Errorf("encoding state: %d sections, at most %d", len(ids), maxSections)
 	}
@@ -277,7 +296,7 @@ func encodeSections(cfg StateConfig, ids []string, sections []Section) ([]byte, 
 		}
 		sortedIDs[k], sorted[k] = ids[i], sections[i]
 	}
-	return appendSections(nil, cfg, sortedIDs, sorted)
+	return appendSections(into, cfg, sortedIDs, sorted)
 }
 
 // appendSections appends the encoded state: the header for cfg, section i

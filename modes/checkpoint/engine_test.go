@@ -437,6 +437,12 @@ func TestEpochsReplicateAndOutputsFollowAcks(t *testing.T) {
 	if err := p.pg.Err(); err != nil {
 		t.Fatal(err)
 	}
+	p.pg.mu.Lock()
+	recycled := p.pg.recycled
+	p.pg.mu.Unlock()
+	if recycled == 0 {
+		t.Error("the primary gave no machine state back to its machine once encoded")
+	}
 	p.client.mu.Lock()
 	defer p.client.mu.Unlock()
 	if p.client.err != nil {

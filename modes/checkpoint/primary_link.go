@@ -8,6 +8,7 @@ import (
 
 	format "github.com/ftckpt/ftckpt/checkpoint"
 	"github.com/ftckpt/ftckpt/modes/session"
+	"github.com/ftckpt/ftckpt/vmm/machine"
 )
 
 // The primary's side of the link: the sender, which encodes and ships each
@@ -89,6 +90,10 @@ func (p *Primary) send(ctx context.Context, l *format.Link, enc *format.Encoder,
 			return
 		}
 		p.buffers.recycle(c.pages) // encoded: the pages are in data and the encoder's cache
+		if r, ok := p.guest.(machine.StateRecycler); ok && c.machine != nil {
+			r.RecycleState(c.machine) // encoded into data too
+			c.machine = nil
+		}
 		buf = data
 		if err := l.Send(format.MsgCheckpoint, data, p.cfg.FailureTimeout); err != nil {
 			failed <- err

@@ -71,6 +71,8 @@ type simGuest struct {
 	// snap is the copy-on-write snapshot under way (CopyOnWrite), nil when
 	// none. Protected by mu.
 	snap *simSnapshot
+	// recycled counts the states given back (RecycleState). Protected by mu.
+	recycled int
 
 	// Set before Start.
 	emit       func(n, id uint64) error
@@ -433,6 +435,20 @@ func (g *simGuest) SaveState() ([]byte, error) {
 		b = binary.LittleEndian.AppendUint64(b, r)
 	}
 	return b, nil
+}
+
+// RecycleState implements machine.StateRecycler as a machine that reused
+// the buffer at once would: it overwrites it, so that a state given back
+// before the engine is done with it reaches the backup garbled (registers
+// that no longer match memory: the guest's next step after a failover
+// finds it).
+func (g *simGuest) RecycleState(s []byte) {
+	for i := range s {
+		s[i] = 0xee
+	}
+	g.mu.Lock()
+	g.recycled++
+	g.mu.Unlock()
 }
 
 func (g *simGuest) RestoreState(s []byte) error {

@@ -68,6 +68,15 @@ func (h *hold) DirtySoFar() (int, error) {
 	return c.DirtySoFar()
 }
 
+// RecycleState implements machine.StateRecycler, by every hold: it gives
+// the state back to the machine where that reuses them, and drops it
+// otherwise.
+func (h *hold) RecycleState(state []byte) {
+	if r, ok := h.Runner.(machine.StateRecycler); ok {
+		r.RecycleState(state)
+	}
+}
+
 // Unwrap is the machine under the hold.
 func (h *hold) Unwrap() machine.Runner { return h.Runner }
 

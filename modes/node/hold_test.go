@@ -36,6 +36,33 @@ func TestHoldPassesTheDirtyCount(t *testing.T) {
 	}
 }
 
+// recyclingRunner is a machine that takes states back; the methods of the
+// embedded nil Runner are not called.
+type recyclingRunner struct {
+	machine.Runner
+	got *[][]byte
+}
+
+func (r recyclingRunner) RecycleState(s []byte) { *r.got = append(*r.got, s) }
+
+// The hold gives the engine's used states back to a machine that reuses
+// them (else its pauses would encode each into a fresh buffer), and drops
+// them for one that does not.
+func TestHoldPassesRecycledStates(t *testing.T) {
+	var got [][]byte
+	wrapped, _ := newHold(recyclingRunner{got: &got})
+	r, ok := wrapped.(machine.StateRecycler)
+	if !ok {
+		t.Fatal("the hold hides the machine's RecycleState")
+	}
+	r.RecycleState([]byte("state"))
+	if len(got) != 1 || string(got[0]) != "state" {
+		t.Fatalf("the machine got back %q, want the one state", got)
+	}
+	plain, _ := newHold(struct{ machine.Runner }{})
+	plain.(machine.StateRecycler).RecycleState([]byte("state")) // dropped, no panic
+}
+
 // The hold pauses the machine while the operator, a handover or the engine
 // has it paused, and only then; checkpoints hear only of the operator's
 // (Held); an operator's hold before Start makes the guest start paused.
