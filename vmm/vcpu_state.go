@@ -213,9 +213,9 @@ func (v *VCPU) readRegsByGets(st *vcpuState) error {
 // into st with one KVM_RUN that returns at once, kvm_run's register
 // synchronisation (KVM_CAP_SYNC_REGS) asked for that KVM_RUN alone: one
 // ioctl instead of readRegsByGets' three, each of which costs a load of
-// the vCPU (~5 µs on kvm-pvm, nine of them a capture). KVM stores the three
-// as KVM_RUN returns with the functions the GETs call, so they are what the
-// GETs would read now (TestKVMRegsByRunMatchGets).
+// the vCPU (~5 µs on kvm-pvm; a capture by GETs makes nine). KVM stores
+// the three as KVM_RUN returns with the functions the GETs call, so they
+// are what the GETs would read now (TestKVMRegsByRunMatchGets).
 // Precondition: on the vCPU's thread, parked by a pause: its immediate_exit
 // was set before the KVM_RUN that returned EINTR, so no I/O waits to be
 // completed and this KVM_RUN enters no guest; the machine's regsByRun (the
