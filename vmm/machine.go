@@ -273,9 +273,8 @@ func New(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	if cfg.IRQChip {
-		const all = kvmapi.KVM_SYNC_X86_REGS | kvmapi.KVM_SYNC_X86_SREGS | kvmapi.KVM_SYNC_X86_EVENTS
 		r, err := kvm.CheckExtension(uintptr(m.vmFd), kvm.Capability(kvmapi.KVM_CAP_SYNC_REGS))
-		m.regsByRun = err == nil && r&all == all
+		m.regsByRun = err == nil && r&syncedRegParts == syncedRegParts
 	}
 	if err := m.addDevices(); err != nil {
 		return nil, err

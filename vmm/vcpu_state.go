@@ -209,6 +209,10 @@ func (v *VCPU) readRegsByGets(st *vcpuState) error {
 	return nil
 }
 
+// syncedRegParts are the parts of the vCPU's state readRegsByRun has KVM
+// store in kvm_run: the host must offer all three (Machine.regsByRun).
+const syncedRegParts = kvmapi.KVM_SYNC_X86_REGS | kvmapi.KVM_SYNC_X86_SREGS | kvmapi.KVM_SYNC_X86_EVENTS
+
 // readRegsByRun reads the registers, special registers and vCPU events
 // into st with one KVM_RUN that returns at once, kvm_run's register
 // synchronisation (KVM_CAP_SYNC_REGS) asked for that KVM_RUN alone: one
@@ -222,9 +226,8 @@ func (v *VCPU) readRegsByGets(st *vcpuState) error {
 // LAPIC in the kernel: without it KVM_RUN would first load CR8 from
 // kvm_run).
 func (v *VCPU) readRegsByRun(st *vcpuState) error {
-	const all = kvmapi.KVM_SYNC_X86_REGS | kvmapi.KVM_SYNC_X86_SREGS | kvmapi.KVM_SYNC_X86_EVENTS
 	valid := v.run[kvmapi.RunValidRegsOffset:]
-	binary.LittleEndian.PutUint64(valid, all)
+	binary.LittleEndian.PutUint64(valid, syncedRegParts)
 	kicked, err := kvmapi.Run(v.fd)
 	binary.LittleEndian.PutUint64(valid, 0) // other exits need not copy them
 	if err != nil {
